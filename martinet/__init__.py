@@ -1,0 +1,131 @@
+"""martinet: a task system with a database for a disk and ZeroMQ for a wire.
+
+    import martinet
+    martinet.configure(url="tcp://127.0.0.1:8008")
+    tid = martinet.execute("resize", {"image_id": 7})
+    martinet.wait(tid, timeout=10)
+
+Module-level functions use one shared `Martinet` handle, made on first use
+from `configure(...)`, else from MARTINET_URL, else tcp://127.0.0.1:8008.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from martinet.api import Martinet
+from martinet.errors import (
+    BadInput,
+    BadSchedule,
+    BadTime,
+    ConfigError,
+    DaemonUnavailable,
+    Fail,
+    MartinetError,
+    ProtocolError,
+    Retry,
+    StoreError,
+    TaskFailed,
+    TaskNotFound,
+    WaitTimeout,
+)
+from martinet.worker import TaskContext, Worker, task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BadInput",
+    "BadSchedule",
+    "BadTime",
+    "ConfigError",
+    "DaemonUnavailable",
+    "Fail",
+    "Martinet",
+    "MartinetError",
+    "ProtocolError",
+    "Retry",
+    "StoreError",
+    "TaskContext",
+    "TaskFailed",
+    "TaskNotFound",
+    "WaitTimeout",
+    "Worker",
+    "configure",
+    "every",
+    "execute",
+    "get",
+    "list",
+    "revoke",
+    "schedule",
+    "show",
+    "task",
+    "update",
+    "wait",
+]
+
+_default: Martinet | None = None
+_default_lock = threading.Lock()
+
+
+def configure(url: str | None = None, timeout: float | None = None, **settings: Any) -> Martinet:
+    """Point the module-level functions at a daemon (and set their timeout)."""
+    global _default
+    with _default_lock:
+        if _default is not None:
+            _default.close()
+        _default = Martinet.connect(url, timeout, **settings)
+        return _default
+
+
+def _handle() -> Martinet:
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Martinet.connect()
+        return _default
+
+
+def execute(task: str | dict, args: dict | None = None, **options: Any) -> int:
+    """Run a task now. See `Martinet.execute`."""
+    return _handle().execute(task, args, **options)
+
+
+def schedule(when: Any, task: str | dict, args: dict | None = None, **options: Any) -> int:
+    """Run a task later ("in 20 minutes", a datetime). See `Martinet.schedule`."""
+    return _handle().schedule(when, task, args, **options)
+
+
+def every(spec: Any, task: str | dict, args: dict | None = None, **options: Any) -> str:
+    """Run a task repeatedly ("30 minutes"). See `Martinet.every`."""
+    return _handle().every(spec, task, args, **options)
+
+
+def get(task_or_schedule_id: int | str) -> dict:
+    """A task's or schedule's record. See `Martinet.get`."""
+    return _handle().get(task_or_schedule_id)
+
+
+def show(task_or_schedule_id: int | str) -> dict:
+    """A record with its history. See `Martinet.show`."""
+    return _handle().show(task_or_schedule_id)
+
+
+def list(status: Any = None, name: str | None = None, username: str | None = None, limit: int = 50) -> Any:  # noqa: A001
+    """Tasks, newest first. See `Martinet.list`."""
+    return _handle().list(status, name, username, limit)
+
+
+def wait(task_id: int, timeout: float = 30.0) -> Any:
+    """A task's result once it ends. See `Martinet.wait`."""
+    return _handle().wait(task_id, timeout)
+
+
+def revoke(task_or_schedule_id: int | str) -> str:
+    """Cancel a task or remove a schedule. See `Martinet.revoke`."""
+    return _handle().revoke(task_or_schedule_id)
+
+
+def update(task_or_schedule_id: int | str, args: dict) -> None:
+    """Replace a schedule's or waiting task's args. See `Martinet.update`."""
+    _handle().update(task_or_schedule_id, args)

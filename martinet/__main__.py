@@ -1,0 +1,3 @@
+from martinet.cli import main
+
+raise SystemExit(main())

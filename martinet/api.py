@@ -1,0 +1,241 @@
+"""The `Martinet` object: every public call, against a remote or an embedded daemon.
+
+Time expressions are read here, in the client, so the daemon's loop never
+runs the (slow) English parser: it receives UTC timestamps.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from martinet import config, when
+from martinet.client import Client, EventListener
+from martinet.errors import BadInput, TaskFailed, WaitTimeout
+from martinet.validate import Limits, check_args, check_name
+
+log = logging.getLogger(__name__)
+
+TaskSpec = str | dict[str, Any]
+When = str | datetime | timedelta | int | float
+_TASK_KEYS = {"name", "username", "description", "queue", "priority", "max_attempts", "run_at", "timezone"}
+
+
+class Martinet:
+    """A handle on a martinet daemon.
+
+    `Martinet.connect(url)` talks to a running `martinet serve`;
+    `Martinet(db="sqlite:///app.db")` starts a daemon inside this process
+    (in a thread, reached through its socket like any other client).
+    """
+
+    def __init__(
+        self, db: str | None = None, *, url: str | None = None, timeout: float | None = None, **settings: Any
+    ) -> None:
+        self.settings = config.load(flags={"db": db, "url": url, "timeout": timeout, **settings})
+        self.limits = Limits(self.settings.max_payload, self.settings.max_name_length)
+        self._daemon = None
+        self._thread: threading.Thread | None = None
+        self._hooks: dict[str, list[tuple[str | None, Callable]]] = {
+            "complete": [],
+            "error": [],
+            "progress": [],
+        }
+        self._listener: EventListener | None = None
+        target = self.settings.url
+        if db is not None:
+            target = self._start_embedded()
+        self.client = Client(target, self.settings.timeout)
+
+    @classmethod
+    def connect(cls, url: str | None = None, timeout: float | None = None, **settings: Any) -> Martinet:
+        """A handle on the daemon at `url` (default: MARTINET_URL, then tcp://127.0.0.1:8008)."""
+        return cls(url=url, timeout=timeout, **settings)
+
+    def _start_embedded(self) -> str:
+        from martinet.daemon import Daemon  # only embedded users pay for the daemon's imports
+
+        self._daemon = Daemon(self.settings)
+        self._daemon.open()
+        self._thread = threading.Thread(target=self._daemon.run, name="martinet-daemon", daemon=True)
+        self._thread.start()
+        host = self.settings.bind if self.settings.bind not in ("0.0.0.0", "*", "") else "127.0.0.1"
+        return f"tcp://{host}:{self._daemon.ports['client']}"
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """The ports of an embedded daemon (useful when they were chosen at random with 0)."""
+        return dict(self._daemon.ports) if self._daemon else {}
+
+    def close(self) -> None:
+        """Stop the event listener and, when embedded, the daemon (after committing its turn)."""
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
+        self.client.close()
+        if self._daemon is not None:
+            self._daemon.stop()
+            self._thread.join(timeout=10)
+            self._daemon = None
+
+    def __enter__(self) -> Martinet:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---- submitting ----------------------------------------------------------
+
+    def execute(self, task: TaskSpec, args: dict | None = None, **options: Any) -> int:
+        """Run a task as soon as a worker is free; returns its id once it is committed.
+
+        `task` is a name ("resize") or a dict with "name" and optionally
+        "username", "description", "queue", "priority", "max_attempts".
+        Options: the same keys, plus `request_id` to make a retried call safe
+        across processes.
+        """
+        fields = self._task_fields(task, args, options)
+        return self._submit("execute", fields)
+
+    def schedule(self, when_: When, task: TaskSpec, args: dict | None = None, **options: Any) -> int:
+        """Run a task at a time: "in 20 minutes", "tomorrow at 9am", a datetime, a timedelta."""
+        fields = self._task_fields(task, args, options)
+        tz = fields.pop("timezone", None) or self.settings.timezone
+        fields["run_at"] = when.parse_when(when_, when.utcnow(), tz).timestamp()
+        return self._submit("schedule", fields)
+
+    def every(
+        self, spec: str | timedelta | int | float, task: TaskSpec, args: dict | None = None, **options: Any
+    ) -> str:
+        """Run a task repeatedly: "30 minutes", "1 hour 30 minutes", or a cron expression.
+
+        The first run is one interval from now (cron: the next match), unless
+        the task dict or options give `run_at` ("midnight", "in 5 minutes", a
+        datetime). Returns the schedule's id, like "s3".
+        """
+        fields = self._task_fields(task, args, options)
+        tz = fields.pop("timezone", None) or self.settings.timezone
+        recurrence = when.parse_every(spec, tz)  # early, clear errors; the daemon checks again
+        fields["every"] = recurrence.spec if recurrence.kind == "cron" else float(recurrence.spec)
+        fields["timezone"] = tz
+        run_at = fields.pop("run_at", None)
+        if run_at is not None:
+            fields["first_due"] = when.parse_when(run_at, when.utcnow(), tz).timestamp()
+        reply = self.client.request("every", rid=fields["request_id"], **fields)
+        return reply["id"]
+
+    def _task_fields(self, task: TaskSpec, args: dict | None, options: dict) -> dict[str, Any]:
+        if isinstance(task, str):
+            fields: dict[str, Any] = {"name": task}
+        elif isinstance(task, dict):
+            unknown = set(task) - _TASK_KEYS
+            if unknown:
+                raise BadInput(
+                    f"unknown task field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_TASK_KEYS))}"
+                )
+            fields = dict(task)
+        else:
+            raise BadInput(f"task must be a name or a dict with a 'name', not {type(task).__name__}")
+        request_id = options.pop("request_id", None) or uuid.uuid4().hex
+        unknown = set(options) - _TASK_KEYS
+        if unknown:
+            raise BadInput(f"unknown option(s) {', '.join(sorted(unknown))}")
+        fields.update({k: v for k, v in options.items() if v is not None})
+        check_name(fields.get("name"), self.limits)
+        fields["args"] = check_args(args, self.limits)
+        fields["request_id"] = str(request_id)
+        return fields
+
+    def _submit(self, op: str, fields: dict) -> int:
+        if "run_at" in fields and op == "execute":
+            tz = fields.pop("timezone", None) or self.settings.timezone
+            fields["run_at"] = when.parse_when(fields["run_at"], when.utcnow(), tz).timestamp()
+        fields.pop("timezone", None)
+        reply = self.client.request(op, rid=fields["request_id"], **fields)
+        return reply["id"]
+
+    # ---- reading -----------------------------------------------------------------
+
+    def get(self, task_or_schedule_id: int | str) -> dict[str, Any]:
+        """The record of a task (status, progress, attempt, result, error, times) or schedule."""
+        return self.client.request("get", id=task_or_schedule_id)["item"]
+
+    def show(self, task_or_schedule_id: int | str) -> dict[str, Any]:
+        """`get` plus history: a task's attempts and why it waits; a schedule's recent runs."""
+        return self.client.request("show", id=task_or_schedule_id)["item"]
+
+    def list(
+        self,
+        status: str | list[str] | None = None,
+        name: str | None = None,
+        username: str | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """Tasks, newest first, filtered by status(es), name and username."""
+        reply = self.client.request("list", status=status, name=name, username=username, limit=limit)
+        return reply["items"]
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule that has not been removed."""
+        return self.client.request("schedules")["items"]
+
+    def wait(self, task_id: int, timeout: float = 30.0) -> Any:
+        """Block until the task ends; return its result, or raise TaskFailed / WaitTimeout."""
+        reply = self.client.request(
+            "wait", timeout=timeout + self.client.timeout, resend=False, id=task_id, wait_for=timeout
+        )
+        if not reply.get("done"):
+            raise WaitTimeout(f"task {task_id} did not finish within {timeout:g}s")
+        item = reply["item"]
+        if item["status"] != "succeeded":
+            error = item.get("error") or {}
+            detail = f": {error.get('type')}: {error.get('message')}" if error else ""
+            raise TaskFailed(f"task {task_id} {item['name']} ended {item['status']}{detail}", item)
+        return item["result"]
+
+    def ping(self) -> dict[str, Any]:
+        """The daemon's epoch, protocol version and number of connected workers."""
+        return self.client.request("ping")
+
+    # ---- changing ------------------------------------------------------------------
+
+    def revoke(self, task_or_schedule_id: int | str) -> str:
+        """Cancel a waiting task, ask a running one to stop, or remove a schedule."""
+        return self.client.request("revoke", id=task_or_schedule_id)["status"]
+
+    def update(self, task_or_schedule_id: int | str, args: dict) -> None:
+        """Replace the args of a schedule (its future runs) or of a task not yet started."""
+        self.client.request("update", id=task_or_schedule_id, args=check_args(args, self.limits))
+
+    # ---- hooks -------------------------------------------------------------------------
+
+    def on_complete(self, fn: Callable[[dict], Any], name: str | None = None) -> Callable:
+        """Call `fn(event)` when a task (optionally only `name`) succeeds."""
+        return self._hook("complete", fn, name)
+
+    def on_error(self, fn: Callable[[dict], Any], name: str | None = None) -> Callable:
+        """Call `fn(event)` when an attempt fails; event["status"] is "failed" (will retry) or "dead"."""
+        return self._hook("error", fn, name)
+
+    def on_progress(self, fn: Callable[[dict], Any], name: str | None = None) -> Callable:
+        """Call `fn(event)` when a running task reports progress."""
+        return self._hook("progress", fn, name)
+
+    def _hook(self, kind: str, fn: Callable, name: str | None) -> Callable:
+        self._hooks[kind].append((name, fn))
+        if self._listener is None:
+            self._listener = EventListener(self.client, self._dispatch_event)
+            self._listener.start(self.settings.timeout)
+        return fn
+
+    def _dispatch_event(self, event: dict) -> None:
+        kind = {"succeeded": "complete", "failed": "error", "dead": "error", "progress": "progress"}.get(
+            event.get("event")
+        )
+        for name, fn in self._hooks.get(kind, []):
+            if name is None or name == event.get("name"):
+                fn(event)

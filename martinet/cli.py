@@ -1,0 +1,380 @@
+"""The `martinet` and `martinet-worker` commands.
+
+Errors print one line ("martinet: error: ...") and exit 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from martinet import config
+from martinet.errors import MartinetError
+
+EPILOG = "Settings also come from --config FILE and MARTINET_* environment variables."
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="a TOML config file (see conf/martinet.toml)")
+    p.add_argument(
+        "--url", help="the daemon's client address (default MARTINET_URL, then tcp://127.0.0.1:8008)"
+    )
+    p.add_argument("--timeout", type=float, help="seconds to wait for the daemon (default 10)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def _add_task_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="the task name a worker handles")
+    p.add_argument("--args", default="{}", help="the arguments, a JSON object (default {})")
+    p.add_argument("--user", dest="username", help="who the task is for")
+    p.add_argument("--description", help="a line saying what it does")
+    p.add_argument("--priority", type=int, help="higher runs first (default 0)")
+    p.add_argument("--max-attempts", type=int, help="attempts before the task is dead")
+    p.add_argument("--timezone", help="IANA zone for times without one (default: config, else UTC)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="martinet", description="A durable task system.", epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the scheduler daemon", epilog=EPILOG)
+    p.add_argument("--config", help="a TOML config file")
+    p.add_argument("--db", help="database URL (default sqlite:///martinet.db)")
+    p.add_argument("--bind", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--client-port", type=int, help="client socket port (default 8008)")
+    p.add_argument("--worker-port", type=int, help="worker socket port (default 8009)")
+    p.add_argument("--status-port", type=int, help="status socket port (default 18009)")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+
+    p = sub.add_parser("execute", help="run a task now", epilog=EPILOG)
+    _add_task_options(p)
+    p.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    _add_common(p)
+
+    p = sub.add_parser(
+        "schedule", help='run a task later ("in 20 minutes", "tomorrow at 9am")', epilog=EPILOG
+    )
+    p.add_argument("when", help="when to run it, in English or ISO 8601")
+    _add_task_options(p)
+    _add_common(p)
+
+    p = sub.add_parser("every", help='run a task repeatedly ("30 minutes")', epilog=EPILOG)
+    p.add_argument("spec", help='an interval ("30 minutes", "1 hour 30 minutes") or a cron expression')
+    _add_task_options(p)
+    p.add_argument("--run-at", help='the first run ("midnight", "in 5 minutes")')
+    _add_common(p)
+
+    p = sub.add_parser("list", help="list tasks, newest first", epilog=EPILOG)
+    p.add_argument("--status", action="append", help="only this status (repeatable)")
+    p.add_argument("--name", help="only this task name")
+    p.add_argument("--user", dest="username", help="only this user's tasks")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    _add_common(p)
+
+    p = sub.add_parser("schedules", help="list recurring schedules", epilog=EPILOG)
+    _add_common(p)
+
+    p = sub.add_parser("show", help="a task or schedule with its history", epilog=EPILOG)
+    p.add_argument("id", help="a task id (42) or a schedule id (s7)")
+    _add_common(p)
+
+    p = sub.add_parser("wait", help="wait for a task to end and print its result", epilog=EPILOG)
+    p.add_argument("id", type=int, help="a task id")
+    p.add_argument("--for", dest="wait_for", type=float, default=30.0, help="seconds to wait (default 30)")
+    _add_common(p)
+
+    p = sub.add_parser("revoke", help="cancel a task or remove a schedule", epilog=EPILOG)
+    p.add_argument("id", help="a task id (42) or a schedule id (s7)")
+    _add_common(p)
+
+    p = sub.add_parser("update", help="replace the args of a schedule or waiting task", epilog=EPILOG)
+    p.add_argument("id", help="a task id (42) or a schedule id (s7)")
+    p.add_argument("--args", required=True, help="the new arguments, a JSON object")
+    _add_common(p)
+
+    p = sub.add_parser(
+        "demo", help="start a daemon and two workers on a fresh SQLite file and show them work"
+    )
+    p.add_argument(
+        "--tasks", type=int, default=2000, help="no-op tasks for the throughput line (default 2000)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve(args)
+        if args.command == "demo":
+            from martinet.demo import run_demo
+
+            return run_demo(args.tasks)
+        return _client_command(args)
+    except MartinetError as exc:
+        print(f"martinet: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# ---- serve --------------------------------------------------------------------
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    from martinet.daemon import Daemon
+
+    flags = {
+        "db": args.db,
+        "bind": args.bind,
+        "client_port": args.client_port,
+        "worker_port": args.worker_port,
+        "status_port": args.status_port,
+        "log_level": args.log_level,
+    }
+    settings = config.load(args.config, flags)
+    setup_logging(settings.log_level)
+    daemon = Daemon(settings)
+    daemon.open()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: daemon.stop())
+    daemon.run()
+    return 0
+
+
+# ---- client commands ---------------------------------------------------------------
+
+
+def _client_command(args: argparse.Namespace) -> int:
+    from martinet.api import Martinet
+
+    settings = config.load(args.config, {"url": args.url, "timeout": args.timeout})
+    setup_logging("WARNING")
+    m = Martinet.connect(settings.url, settings.timeout)
+    try:
+        return COMMANDS[args.command](m, args)
+    finally:
+        m.close()
+
+
+def _json_arg(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise MartinetError(f"--args is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise MartinetError(f"--args must be a JSON object like '{{\"image_id\": 7}}', not {text!r}")
+    return value
+
+
+def _task(args: argparse.Namespace) -> dict[str, Any]:
+    task = {
+        "name": args.name,
+        "username": args.username,
+        "description": args.description,
+        "priority": args.priority,
+        "max_attempts": args.max_attempts,
+        "timezone": args.timezone,
+    }
+    return {k: v for k, v in task.items() if v is not None}
+
+
+def _print(args: argparse.Namespace, data: Any, human: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else human)
+
+
+def cmd_execute(m, args) -> int:
+    tid = m.execute(_task(args), _json_arg(args.args))
+    if not args.wait:
+        _print(args, {"id": tid}, f"task {tid} accepted")
+        return 0
+    result = m.wait(tid, timeout=max(m.client.timeout, 30.0))
+    _print(args, {"id": tid, "result": result}, json.dumps(result))
+    return 0
+
+
+def cmd_schedule(m, args) -> int:
+    tid = m.schedule(args.when, _task(args), _json_arg(args.args))
+    item = m.get(tid)
+    _print(args, {"id": tid, "run_at": item["run_at"]}, f"task {tid} scheduled for {item['run_at']}")
+    return 0
+
+
+def cmd_every(m, args) -> int:
+    task = _task(args)
+    if args.run_at:
+        task["run_at"] = args.run_at
+    sid = m.every(args.spec, task, _json_arg(args.args))
+    item = m.get(sid)
+    _print(
+        args,
+        {"id": sid, "next_due": item["next_due"]},
+        f"schedule {sid} created; first run at {item['next_due']}",
+    )
+    return 0
+
+
+def cmd_list(m, args) -> int:
+    items = m.list(args.status, args.name, args.username, args.limit)
+    if args.json:
+        _print(args, items, "")
+        return 0
+    if not items:
+        print("no tasks")
+        return 0
+    print(f"{'ID':>8}  {'STATUS':<10} {'NAME':<20} {'USER':<12} {'ATTEMPT':<8} {'UPDATED':<24}")
+    for t in items:
+        attempts = f"{t['attempt']}/{t['max_attempts']}"
+        print(
+            f"{t['id']:>8}  {t['status']:<10} {t['name'][:20]:<20} {(t['username'] or '-')[:12]:<12} "
+            f"{attempts:<8} {t['updated_at']:<24}"
+        )
+    return 0
+
+
+def cmd_schedules(m, args) -> int:
+    items = m.schedules()
+    if args.json:
+        _print(args, items, "")
+        return 0
+    if not items:
+        print("no schedules")
+        return 0
+    print(f"{'ID':>6}  {'STATUS':<8} {'NAME':<20} {'EVERY':<20} {'NEXT DUE':<30}")
+    for s in items:
+        print(
+            f"{s['id']:>6}  {s['status']:<8} {s['name'][:20]:<20} {s['every'][:20]:<20} {s['next_due'] or '-':<30}"
+        )
+    return 0
+
+
+def cmd_show(m, args) -> int:
+    item = m.show(args.id)
+    if args.json:
+        _print(args, item, "")
+        return 0
+    skip = {"attempts", "recent_runs", "error", "kind"}
+    for key, value in item.items():
+        if key not in skip and value is not None:
+            print(f"{key:>17}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    error = item.get("error")
+    if error:
+        print(f"{'error':>17}: {error['type']}: {error['message']}")
+        if error.get("traceback"):
+            print("\n".join("    " + line for line in error["traceback"].rstrip().splitlines()))
+    for a in item.get("attempts", []):
+        outcome = a["outcome"] + (f" ({a['error']['type']}: {a['error']['message']})" if a["error"] else "")
+        print(f"  attempt {a['attempt']} on {a['worker']}: {a['started_at']} +{a['duration']}s {outcome}")
+    for r in item.get("recent_runs", []):
+        print(f"  run {r['id']} due {r['due_at']}: {r['status']}")
+    return 0
+
+
+def cmd_wait(m, args) -> int:
+    result = m.wait(args.id, timeout=args.wait_for)
+    _print(args, {"id": args.id, "result": result}, json.dumps(result))
+    return 0
+
+
+def cmd_revoke(m, args) -> int:
+    status = m.revoke(args.id)
+    _print(args, {"id": args.id, "status": status}, f"{args.id}: {status}")
+    return 0
+
+
+def cmd_update(m, args) -> int:
+    m.update(args.id, _json_arg(args.args))
+    _print(args, {"id": args.id, "status": "updated"}, f"{args.id}: updated")
+    return 0
+
+
+COMMANDS = {
+    "execute": cmd_execute,
+    "schedule": cmd_schedule,
+    "every": cmd_every,
+    "list": cmd_list,
+    "schedules": cmd_schedules,
+    "show": cmd_show,
+    "wait": cmd_wait,
+    "revoke": cmd_revoke,
+    "update": cmd_update,
+}
+
+
+# ---- martinet-worker --------------------------------------------------------------
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="martinet-worker",
+        description="Import modules that register tasks with @martinet.task and serve them.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("modules", nargs="+", help="modules to import, e.g. myapp.tasks")
+    parser.add_argument("--config", help="a TOML config file")
+    parser.add_argument("--connect", help="the daemon's host (default 127.0.0.1)")
+    parser.add_argument("--worker-port", type=int, help="the daemon's worker port (default 8009)")
+    parser.add_argument("--status-port", type=int, help="the daemon's status port (default 18009)")
+    parser.add_argument("--concurrency", type=int, help="tasks run at once (default 4)")
+    parser.add_argument("--worker-id", help="a name for this worker (default host-pid-random)")
+    parser.add_argument(
+        "--grace", type=float, default=30.0, help="seconds to finish running tasks on SIGTERM"
+    )
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    args = parser.parse_args(argv)
+    try:
+        settings = config.load(
+            args.config,
+            {
+                "connect": args.connect,
+                "worker_port": args.worker_port,
+                "status_port": args.status_port,
+                "concurrency": args.concurrency,
+                "log_level": args.log_level,
+            },
+        )
+        setup_logging(settings.log_level)
+        sys.path.insert(0, os.getcwd())
+        for module in args.modules:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise MartinetError(f"cannot import {module!r}: {exc}") from None
+        from martinet.worker import Worker, WorkerOptions
+
+        worker = Worker(
+            WorkerOptions(
+                connect=settings.connect,
+                worker_port=settings.worker_port,
+                status_port=settings.status_port,
+                concurrency=settings.concurrency,
+                worker_id=args.worker_id,
+                heartbeat_interval=settings.heartbeat_interval,
+                liveness=settings.liveness,
+                grace=args.grace,
+            )
+        )
+        if not worker.handlers:
+            raise MartinetError(
+                f"no tasks registered by {', '.join(args.modules)}; decorate handlers with @martinet.task"
+            )
+    except MartinetError as exc:
+        print(f"martinet-worker: error: {exc}", file=sys.stderr)
+        return 1
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: worker.stop())
+    worker.run()
+    return 0

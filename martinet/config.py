@@ -1,0 +1,119 @@
+"""Settings, in rising order of precedence: defaults < config file < environment < flags.
+
+Every tunable lives in DEFAULTS with a comment saying why it has that value.
+The config file is TOML (see conf/martinet.toml); each key may also be set
+with an environment variable named MARTINET_<KEY> (MARTINET_DB, MARTINET_URL,
+MARTINET_CLIENT_PORT, ...), and the CLI flags win over both.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from martinet.errors import ConfigError
+
+ENV_PREFIX = "MARTINET_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where tasks live. SQLite needs no server; a URL picks another backend.
+    db: str = "sqlite:///martinet.db"
+    # Loopback by default: nothing is exposed to the network unless asked.
+    bind: str = "127.0.0.1"
+    client_port: int = 8008
+    worker_port: int = 8009
+    status_port: int = 18009
+    # Where workers find the daemon, and how many tasks each runs at once.
+    connect: str = "127.0.0.1"
+    concurrency: int = 4
+    # Where clients find the daemon's client socket.
+    url: str = "tcp://127.0.0.1:8008"
+    # A client that gets no answer in this many seconds raises DaemonUnavailable.
+    timeout: float = 10.0
+    # Heartbeats both ways every second: cheap, and a dead peer is seen in a few.
+    heartbeat_interval: float = 1.0
+    # A peer silent for this many intervals is gone (Paranoid Pirate uses 3-5).
+    liveness: int = 3
+    # A running task's lease; renewed by its worker's heartbeats long before it ends.
+    lease: float = 30.0
+    # Limits on what one request may carry, so one client cannot exhaust memory.
+    max_payload: int = 1_048_576
+    max_name_length: int = 200
+    # Failed attempts are retried with exponential backoff and full jitter.
+    max_attempts: int = 3
+    retry_base: float = 1.0
+    retry_factor: float = 2.0
+    retry_cap: float = 300.0
+    # The zone of naive datetimes and wall-clock expressions ("tomorrow at 9am").
+    timezone: str = "UTC"
+    log_level: str = "INFO"
+
+    def with_overrides(self, values: dict[str, Any]) -> Settings:
+        """A copy with the given keys replaced (None values are ignored)."""
+        current = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key, value in values.items():
+            if value is None:
+                continue
+            if key not in current:
+                raise ConfigError(f"unknown setting {key!r}; known settings: {', '.join(current)}")
+            current[key] = _coerce(key, value, type(getattr(self, key)))
+        return Settings(**current)
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    try:
+        if kind is bool:
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {key!r} must be a {kind.__name__}, got {value!r}") from None
+
+
+def read_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a TOML config file into a flat dict of settings."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):  # sections only group keys for the reader
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def read_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    environ = os.environ if environ is None else environ
+    names = {f.name for f in fields(Settings)}
+    out = {}
+    for var, value in environ.items():
+        if var.startswith(ENV_PREFIX):
+            key = var[len(ENV_PREFIX) :].lower()
+            if key in names:
+                out[key] = value
+    return out
+
+
+def load(
+    config_file: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Settings from defaults, then the config file, then MARTINET_* variables, then flags."""
+    settings = Settings()
+    if config_file is None:
+        config_file = (os.environ if environ is None else environ).get("MARTINET_CONFIG")
+    if config_file:
+        settings = settings.with_overrides(read_file(config_file))
+    settings = settings.with_overrides(read_env(environ))
+    return settings.with_overrides(flags or {})

@@ -1,0 +1,698 @@
+"""The event loop of `martinet serve`: three ROUTER sockets, the store, the worker table.
+
+One thread owns everything here. Each turn of the loop reads what the sockets
+hold, writes it in one transaction (group commit), and only then sends the
+replies, acknowledgements and events that depend on it; then it leases due
+tasks to workers with credit (claim, commit, then send).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import peewee
+import zmq
+
+from martinet import protocol, when
+from martinet.config import Settings
+from martinet.errors import BadInput, MartinetError, ProtocolError
+from martinet.models import FAILED, QUEUED, SCHEDULED, STATES, TERMINAL
+from martinet.peers import Peers
+from martinet.protocol import Cmd
+from martinet.retry import RetryPolicy
+from martinet.store import Store, iso, open_database, redact
+from martinet.validate import Limits, check_every, check_task
+
+log = logging.getLogger(__name__)
+
+DRAIN_LIMIT = 2000  # messages read from one socket per turn: bounds a turn's latency
+SUBSCRIPTION_TTL = 30.0  # a client renews its event subscription well within this
+
+
+@dataclass
+class Outbox:
+    """What a turn will send once its transaction is committed."""
+
+    replies: list[tuple[bytes, dict]] = field(default_factory=list)  # client ident, header
+    acks: list[tuple[bytes, dict]] = field(default_factory=list)  # status ident, header
+    events: list[dict] = field(default_factory=list)
+    ended: list[int] = field(default_factory=list)  # task ids whose waiters can be answered
+
+
+class Daemon:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.limits = Limits(settings.max_payload, settings.max_name_length)
+        self.epoch = secrets.token_hex(4)
+        self.peers = Peers()
+        self.store: Store | None = None
+        self.ctx: zmq.Context | None = None
+        self._stopping = False
+        self._wake_r, self._wake_w = os.pipe()
+        self._dispatch_pending = True
+        self._next_wakeup: float | None = None
+        self._wakeup_dirty = True
+        self._next_tick = 0.0
+        self._waiters: dict[int, list[tuple[bytes, str, float]]] = {}
+        self._subscribers: dict[bytes, float] = {}
+        self.ports: dict[str, int] = {}
+
+    # ---- life cycle ---------------------------------------------------------
+
+    def open(self) -> None:
+        """Bind the sockets and open the database; errors say what to change."""
+        s = self.settings
+        self.ctx = zmq.Context()
+        try:
+            self.client = self._bind("client", s.client_port)
+            self.worker = self._bind("worker", s.worker_port)
+            self.status = self._bind("status", s.status_port)
+            db = open_database(s.db)
+        except BaseException:
+            self.ctx.destroy(linger=0)
+            raise
+        retry = RetryPolicy(s.retry_base, s.retry_factor, s.retry_cap)
+        self.store = Store(db, retry)
+        self.poller = zmq.Poller()
+        for sock in (self.client, self.worker, self.status):
+            self.poller.register(sock, zmq.POLLIN)
+        self.poller.register(self._wake_r, zmq.POLLIN)
+        log.info(
+            "martinet serving on %s (client %d, worker %d, status %d), database %s, epoch %s",
+            s.bind,
+            self.ports["client"],
+            self.ports["worker"],
+            self.ports["status"],
+            redact(s.db),
+            self.epoch,
+        )
+
+    def _bind(self, role: str, port: int) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a gone peer raises, never vanishes
+        sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_payload * 2 + 65536)
+        try:
+            if port == 0:
+                port = sock.bind_to_random_port(f"tcp://{self.settings.bind}")
+            else:
+                sock.bind(f"tcp://{self.settings.bind}:{port}")
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            if exc.errno == errno.EADDRINUSE:
+                raise MartinetError(
+                    f"the {role} port {port} on {self.settings.bind} is already in use "
+                    f"(is another martinet serve running?); choose another with --{role}-port"
+                ) from None
+            raise MartinetError(
+                f"cannot bind the {role} socket to {self.settings.bind}:{port}: {exc}"
+            ) from None
+        self.ports[role] = port
+        return sock
+
+    def stop(self) -> None:
+        """Ask the loop to finish its turn and exit; safe from signal handlers and threads."""
+        self._stopping = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def run(self) -> None:
+        if self.store is None:
+            self.open()
+        try:
+            while not self._stopping:
+                timeout = self._poll_timeout(self.clock())
+                ready = dict(self.poller.poll(timeout))
+                if self._wake_r in ready:
+                    os.read(self._wake_r, 4096)
+                self._turn(ready, self.clock())
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.ctx is not None:
+            for sock in (self.client, self.worker, self.status):
+                sock.close(0)
+            self.ctx.term()
+            self.ctx = None
+        if self.store is not None:
+            self.store.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        log.info("martinet stopped")
+
+    # ---- one turn -------------------------------------------------------------
+
+    def _poll_timeout(self, now: float) -> int:
+        """Milliseconds until the nearest deadline; never infinite."""
+        deadlines = [self._next_tick]
+        if self._next_wakeup is not None:
+            deadlines.append(self._next_wakeup)
+        for waits in self._waiters.values():
+            deadlines.extend(w[2] for w in waits)
+        if self._dispatch_pending and self.peers.with_credit():
+            return 0
+        delay = min(deadlines) - now
+        return max(0, min(int(delay * 1000) + 1, 1000))
+
+    def _turn(self, ready: dict, now: float) -> None:
+        out = Outbox()
+        try:
+            with self.store.atomic():
+                if self.client in ready:
+                    for ident, frames in self._drain(self.client):
+                        self._on_client(ident, frames, out, now)
+                if self.status in ready:
+                    self._on_status_batch(self._drain(self.status), out, now)
+                if self.worker in ready:
+                    for ident, frames in self._drain(self.worker):
+                        self._on_worker(ident, frames, out, now)
+                self._timers(out, now)
+        except (peewee.OperationalError, peewee.InterfaceError, peewee.DatabaseError) as exc:
+            log.error("database error, nothing from this turn was committed: %s", exc)
+            self._reconnect()
+            # Clients learn their request failed; workers will resend unacknowledged results.
+            out.replies = [
+                (ident, {"rid": h.get("rid"), "ok": False, "error": _err("StoreError", str(exc))})
+                for ident, h in out.replies
+            ]
+            out.acks, out.events, out.ended = [], [], []
+        self._flush(out, now)
+        self._dispatch(now)
+
+    def _reconnect(self) -> None:
+        try:
+            self.store.db.close()
+        except peewee.PeeweeException:
+            pass
+        try:
+            self.store.db.connect(reuse_if_open=True)
+        except peewee.PeeweeException as exc:
+            log.error("database still unreachable: %s", exc)
+
+    def _drain(self, sock: zmq.Socket) -> list[tuple[bytes, list[bytes]]]:
+        msgs = []
+        while len(msgs) < DRAIN_LIMIT:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            msgs.append((frames[0], frames[1:]))
+        return msgs
+
+    def _send(self, sock: zmq.Socket, ident: bytes, cmd: Cmd, header: dict) -> bool:
+        try:
+            sock.send_multipart([ident, *protocol.encode(cmd, header)], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as exc:
+            log.debug("could not send %s to %r: %s", cmd.name, ident, exc)
+            return False
+
+    def _decode(self, sock_name: str, ident: bytes, frames: list[bytes]):
+        try:
+            return protocol.decode(frames)
+        except ProtocolError as exc:
+            log.warning(
+                "dropped a malformed frame on the %s socket from %r: %s (%s)",
+                sock_name,
+                ident,
+                exc,
+                protocol.describe(exc.raw),
+            )
+            return None, None
+
+    # ---- client socket ------------------------------------------------------------
+
+    def _on_client(self, ident: bytes, frames: list[bytes], out: Outbox, now: float) -> None:
+        cmd, header = self._decode("client", ident, frames)
+        if cmd is None:
+            return
+        rid = header.get("rid")
+        if cmd is not Cmd.REQUEST:
+            log.warning("dropped a %s command on the client socket from %r", cmd.name, ident)
+            return
+        op = header.get("op")
+        handler = getattr(self, f"_op_{op}", None) if isinstance(op, str) else None
+        try:
+            if handler is None:
+                raise BadInput(f"unknown request {op!r}")
+            if len(frames[2]) > self.limits.max_payload:
+                raise BadInput(
+                    f"request is {len(frames[2])} bytes, over the limit of "
+                    f"{self.limits.max_payload} (max_payload)"
+                )
+            with self.store.atomic():  # a savepoint: one bad request spoils no other
+                reply = handler(header, now, out, ident)
+        except MartinetError as exc:
+            reply = {"ok": False, "error": _err(type(exc).__name__, str(exc))}
+        except (peewee.IntegrityError, peewee.DataError) as exc:
+            reply = {"ok": False, "error": _err("BadInput", f"the database refused it: {exc}")}
+        if reply is not None:
+            reply.setdefault("ok", True)
+            reply["rid"] = rid
+            out.replies.append((ident, reply))
+
+    def _op_ping(self, h, now, out, ident):
+        return {"epoch": self.epoch, "version": protocol.VERSION, "workers": len(self.peers)}
+
+    def _op_execute(self, h, now, out, ident):
+        spec = check_task(h, self.limits, self.settings.max_attempts)
+        task_id, created = self.store.submit(spec, now)
+        if spec.get("run_at") and spec["run_at"] > now:
+            self._wakeup_dirty = True
+        self._dispatch_pending = True
+        if created:
+            log.info("task %s %s accepted (run at %s)", task_id, spec["name"], iso(spec.get("run_at") or now))
+        return {"id": task_id, "created": created}
+
+    _op_schedule = _op_execute
+
+    def _op_every(self, h, now, out, ident):
+        spec, recurrence = check_every(h, self.limits, self.settings.timezone)
+        first = spec.get("first_due")
+        if first is None:
+            first = recurrence.next_after(when.from_timestamp(now)).timestamp()
+        sched_id, created = self.store.add_schedule(spec, first, now)
+        self._wakeup_dirty = True
+        if created:
+            log.info(
+                "schedule s%s %s every %s, first due %s", sched_id, spec["name"], spec["spec"], iso(first)
+            )
+        return {"id": f"s{sched_id}", "created": created, "next_due": iso(first)}
+
+    def _op_get(self, h, now, out, ident):
+        return {"item": self._lookup(h.get("id"))}
+
+    def _op_show(self, h, now, out, ident):
+        item = self._lookup(h.get("id"))
+        if item["kind"] == "task":
+            item["attempts"] = self.store.attempts(item["id"])
+            item["waiting"] = self._waiting_reason(item)
+        else:
+            recent = self.store.list_tasks(schedule_id=int(item["id"][1:]), limit=10)
+            item["recent_runs"] = [
+                {"id": r["id"], "status": r["status"], "due_at": r["due_at"]} for r in recent
+            ]
+        return {"item": item}
+
+    def _op_list(self, h, now, out, ident):
+        status = h.get("status") or None
+        if isinstance(status, str):
+            status = [status]
+        for s in status or []:
+            if s not in STATES:
+                raise BadInput(f"unknown status {s!r}; states are {', '.join(STATES)}")
+        limit = h.get("limit", 50)
+        if not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise BadInput("limit must be an integer from 1 to 10000")
+        items = self.store.list_tasks(status, h.get("name"), h.get("username"), limit=limit)
+        return {"items": items}
+
+    def _op_schedules(self, h, now, out, ident):
+        return {"items": self.store.list_schedules()}
+
+    def _op_revoke(self, h, now, out, ident):
+        kind, num = _parse_ref(h.get("id"))
+        if kind == "schedule":
+            if not self.store.remove_schedule(num, now):
+                self._lookup(h.get("id"))  # raises if missing
+                return {"status": "removed"}
+            self._wakeup_dirty = True
+            log.info("schedule s%s removed", num)
+            return {"status": "removed"}
+        status = self.store.revoke_task(num, now)
+        if status == "missing":
+            raise BadInput(f"no task with id {num}")
+        if status == "cancelling":
+            peer = self.peers.owner(num)
+            if peer is not None:
+                self._send(self.worker, peer.ident, Cmd.CANCEL, {"id": num})
+        elif status == "cancelled":
+            out.ended.append(num)
+        log.info("task %s revoked: %s", num, status)
+        return {"status": status}
+
+    def _op_update(self, h, now, out, ident):
+        args = h.get("args")
+        if not isinstance(args, dict):
+            raise BadInput("args must be a JSON object")
+        kind, num = _parse_ref(h.get("id"))
+        if kind == "schedule":
+            if not self.store.update_schedule_args(num, args, now):
+                raise BadInput(f"no active schedule with id s{num}")
+            return {"status": "updated"}
+        status = self.store.update_task_args(num, args, now)
+        if status == "missing":
+            raise BadInput(f"no task with id {num}")
+        if status != "updated":
+            raise BadInput(f"task {num} is {status}; only a task that has not started can be updated")
+        return {"status": status}
+
+    def _op_wait(self, h, now, out, ident):
+        kind, num = _parse_ref(h.get("id"))
+        if kind != "task":
+            raise BadInput("only tasks can be waited for")
+        item = self.store.get_task(num)
+        if item is None:
+            raise BadInput(f"no task with id {num}")
+        if item["status"] in TERMINAL:
+            return {"item": item, "done": True}
+        timeout = h.get("wait_for", 10)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+            raise BadInput("wait_for must be a number of seconds")
+        self._waiters.setdefault(num, []).append((ident, h.get("rid"), now + min(timeout, 3600)))
+        return None  # answered when the task ends, or at the deadline
+
+    def _op_subscribe(self, h, now, out, ident):
+        self._subscribers[ident] = now + SUBSCRIPTION_TTL
+        return {"ttl": SUBSCRIPTION_TTL}
+
+    def _lookup(self, ref: Any) -> dict:
+        kind, num = _parse_ref(ref)
+        item = self.store.get_task(num) if kind == "task" else self.store.get_schedule(num)
+        if item is None:
+            raise BadInput(f"no {kind} with id {ref}")
+        return item
+
+    def _waiting_reason(self, item: dict) -> str | None:
+        status, name = item["status"], item["name"]
+        if status == SCHEDULED:
+            return f"scheduled for {item['run_at']}"
+        if status == FAILED:
+            return f"attempt {item['attempt']} failed; retry at {item['run_at']}"
+        if status != QUEUED:
+            return None
+        handlers = self.peers.handles(name)
+        if not handlers:
+            return f"no connected worker handles {name!r}"
+        if not any(p.credit for p in handlers):
+            return f"all {len(handlers)} worker(s) that handle {name!r} are busy"
+        return "about to be dispatched"
+
+    # ---- worker socket ------------------------------------------------------------
+
+    def _on_worker(self, ident: bytes, frames: list[bytes], out: Outbox, now: float) -> None:
+        cmd, h = self._decode("worker", ident, frames)
+        if cmd is None:
+            return
+        if cmd is Cmd.HELLO:
+            self._on_hello(ident, h, now)
+            return
+        peer = self.peers.by_ident(ident)
+        if peer is None:
+            self._send(self.worker, ident, Cmd.HELLO_AGAIN, {"epoch": self.epoch})
+            return
+        peer.last_seen = now
+        if cmd is Cmd.HEARTBEAT:
+            return
+        if cmd is Cmd.REJECT:
+            task_id, attempt = h.get("id"), h.get("attempt")
+            reason = str(h.get("reason", ""))[:500]
+            if self.peers.owner(task_id) is peer and self.store.unclaim(task_id, attempt, now):
+                self.peers.release(task_id)
+                if h.get("name"):
+                    peer.names.discard(h["name"])
+                log.warning(
+                    "worker %s refused task %s: %s; it goes to another worker",
+                    peer.worker_id,
+                    task_id,
+                    reason,
+                )
+                self._dispatch_pending = True
+            return
+        if cmd is Cmd.BYE:
+            self._lose_worker(peer.worker_id, now, "worker said goodbye")
+            return
+        log.warning("dropped a %s command on the worker socket from %s", cmd.name, peer.worker_id)
+
+    def _on_hello(self, ident: bytes, h: dict, now: float) -> None:
+        worker_id, names, capacity = h.get("worker_id"), h.get("names"), h.get("capacity")
+        if (
+            not isinstance(worker_id, str)
+            or not 0 < len(worker_id) <= 200
+            or not isinstance(names, list)
+            or not all(isinstance(n, str) for n in names)
+            or not isinstance(capacity, int)
+            or not 0 < capacity <= 10_000
+        ):
+            log.warning("refused a malformed hello from %r: %s", ident, str(h)[:200])
+            return
+        old = self.peers.get(worker_id)
+        if old is not None and old.ident != ident:
+            log.info("worker %s reconnected", worker_id)
+        peer = self.peers.hello(worker_id, ident, set(names), capacity, now)
+        running = [r for r in h.get("running") or [] if isinstance(r, dict)]
+        for task_id in self.store.readopt(worker_id, running, now, self.settings.lease):
+            self.peers.assign(peer, task_id)
+        self._send(
+            self.worker,
+            ident,
+            Cmd.WELCOME,
+            {
+                "epoch": self.epoch,
+                "heartbeat_interval": self.settings.heartbeat_interval,
+                "liveness": self.settings.liveness,
+                "lease": self.settings.lease,
+                "version": protocol.VERSION,
+            },
+        )
+        self._dispatch_pending = True
+        log.info(
+            "worker %s ready: %d slot(s) for %s", worker_id, capacity, ", ".join(sorted(names)) or "nothing"
+        )
+
+    def _lose_worker(self, worker_id: str, now: float, reason: str) -> None:
+        peer = self.peers.remove(worker_id)
+        lost = self.store.release_worker(worker_id, now, reason)
+        if lost:
+            log.warning("worker %s gone (%s): tasks %s back to the queue", worker_id, reason, lost)
+        elif peer is not None:
+            log.info("worker %s gone (%s)", worker_id, reason)
+        self._wakeup_dirty = True
+        self._dispatch_pending = True
+
+    # ---- status socket ----------------------------------------------------------
+
+    def _on_status_batch(self, msgs, out: Outbox, now: float) -> None:
+        progress: dict[tuple[int, int, str], dict] = {}  # coalesced: latest wins
+        for ident, frames in msgs:
+            cmd, h = self._decode("status", ident, frames)
+            if cmd is None:
+                continue
+            worker_id, task_id, attempt = h.get("worker_id"), h.get("id"), h.get("attempt")
+            if not isinstance(task_id, int) or not isinstance(attempt, int) or not isinstance(worker_id, str):
+                log.warning("dropped a %s without worker_id, id and attempt from %r", cmd.name, ident)
+                continue
+            self.peers.seen(worker_id, now)
+            if cmd is Cmd.PROGRESS:
+                progress[(task_id, attempt, worker_id)] = h
+            elif cmd in (Cmd.DONE, Cmd.FAILED):
+                self._on_outcome(cmd, ident, h, worker_id, task_id, attempt, out, now)
+            else:
+                log.warning("dropped a %s command on the status socket", cmd.name)
+        for (task_id, attempt, _worker), h in progress.items():
+            value = h.get("progress")
+            value = float(value) if isinstance(value, (int, float)) else None
+            message = h.get("message")
+            message = None if message is None else str(message)[:1000]
+            if self.store.progress(task_id, attempt, value, message, now):
+                out.events.append(
+                    {
+                        "event": "progress",
+                        "id": task_id,
+                        "name": h.get("name"),
+                        "attempt": attempt,
+                        "progress": value,
+                        "message": message,
+                    }
+                )
+
+    def _on_outcome(self, cmd, ident, h, worker_id, task_id, attempt, out: Outbox, now: float) -> None:
+        if cmd is Cmd.DONE:
+            info = self.store.complete(task_id, attempt, worker_id, h.get("result"), now)
+        else:
+            error = h.get("error") if isinstance(h.get("error"), dict) else {}
+            error = {
+                "type": str(error.get("type") or "Error")[:255],
+                "message": str(error.get("message") or "")[:10_000],
+                "traceback": str(error.get("traceback") or "")[:100_000] or None,
+            }
+            retry_in = h.get("retry_in")
+            retry_in = float(retry_in) if isinstance(retry_in, (int, float)) else None
+            info = self.store.fail(task_id, attempt, worker_id, error, now, retry_in, bool(h.get("final")))
+        # Acknowledged even when fenced out: a late or repeated answer changes nothing.
+        out.acks.append((ident, {"id": task_id, "attempt": attempt}))
+        if info is None:
+            log.info(
+                "ignored a late %s for task %s attempt %s from %s", cmd.name, task_id, attempt, worker_id
+            )
+            return
+        peer = self.peers.release(task_id)
+        if peer is not None:
+            self._dispatch_pending = True
+        status = info["status"]
+        if status == "succeeded":
+            log.info("task %s %s attempt %s succeeded on %s", task_id, info["name"], attempt, worker_id)
+        elif status == "failed":
+            self._wakeup_dirty = True
+            log.warning(
+                "task %s %s attempt %s failed on %s: %s: %s; retry at %s",
+                task_id,
+                info["name"],
+                attempt,
+                worker_id,
+                info["error"]["type"],
+                info["error"]["message"],
+                info["run_at"],
+            )
+        else:
+            log.error(
+                "task %s %s attempt %s %s on %s: %s",
+                task_id,
+                info["name"],
+                attempt,
+                status,
+                worker_id,
+                (info["error"] or {}).get("message"),
+            )
+        out.events.append({"event": status, **info})
+        if status in TERMINAL:
+            out.ended.append(task_id)
+
+    # ---- timers -----------------------------------------------------------------
+
+    def _timers(self, out: Outbox, now: float) -> None:
+        if self._wakeup_dirty:
+            self._next_wakeup = self.store.next_wakeup()
+            self._wakeup_dirty = False
+        if self._next_wakeup is not None and now >= self._next_wakeup:
+            created = self.store.expand_schedules(now, self.settings.max_attempts)
+            if created:
+                log.info("schedules created tasks %s", created)
+            if self.store.promote_due(now) or created:
+                self._dispatch_pending = True
+            self._next_wakeup = self.store.next_wakeup()
+        if now >= self._next_tick:
+            self._tick(now)
+            self._next_tick = now + self.settings.heartbeat_interval
+        if self._waiters:
+            for task_id, waits in list(self._waiters.items()):
+                keep = []
+                for ident, rid, deadline in waits:
+                    if now >= deadline:
+                        out.replies.append((ident, {"rid": rid, "ok": True, "done": False}))
+                    else:
+                        keep.append((ident, rid, deadline))
+                if keep:
+                    self._waiters[task_id] = keep
+                else:
+                    del self._waiters[task_id]
+
+    def _tick(self, now: float) -> None:
+        """Once per heartbeat interval: heartbeats, dead workers, leases."""
+        s = self.settings
+        for peer in self.peers.silent(now, s.heartbeat_interval * s.liveness):
+            self._lose_worker(peer.worker_id, now, f"silent for {now - peer.last_seen:.1f}s")
+        for peer in self.peers:
+            self._send(self.worker, peer.ident, Cmd.HEARTBEAT, {})
+        self.store.renew_leases([p.worker_id for p in self.peers], now, s.lease)
+        lost = self.store.reap_expired(now)
+        if lost:
+            log.warning("leases expired for tasks %s: back to the queue", lost)
+            self._wakeup_dirty = True
+        for ident, expires in list(self._subscribers.items()):
+            if now > expires:
+                del self._subscribers[ident]
+
+    # ---- after commit --------------------------------------------------------------
+
+    def _flush(self, out: Outbox, now: float) -> None:
+        for ident, reply in out.replies:
+            self._send(self.client, ident, Cmd.REPLY, reply)
+        for ident, ack in out.acks:
+            self._send(self.status, ident, Cmd.ACK, ack)
+        for event in out.events:
+            for ident in list(self._subscribers):
+                if not self._send(self.client, ident, Cmd.EVENT, event):
+                    self._subscribers.pop(ident, None)
+        for task_id in out.ended:
+            waits = self._waiters.pop(task_id, None)
+            if waits:
+                item = self.store.get_task(task_id)
+                for ident, rid, _ in waits:
+                    self._send(
+                        self.client, ident, Cmd.REPLY, {"rid": rid, "ok": True, "done": True, "item": item}
+                    )
+
+    def _dispatch(self, now: float) -> None:
+        """Lease queued tasks to workers with credit: claim, commit, then send."""
+        if not self._dispatch_pending:
+            return
+        peers = self.peers.with_credit()
+        if not peers:
+            return
+        batches = []
+        more = False
+        try:
+            with self.store.atomic():
+                for peer in peers:
+                    credit = peer.credit
+                    rows = self.store.claim(peer.worker_id, peer.names, credit, now, self.settings.lease)
+                    for row in rows:
+                        self.peers.assign(peer, row["id"])
+                    more = more or len(rows) == credit
+                    batches.append((peer, rows))
+        except (peewee.OperationalError, peewee.InterfaceError, peewee.DatabaseError) as exc:
+            log.error("database error while dispatching: %s", exc)
+            for _peer, rows in batches:
+                for row in rows:
+                    self.peers.release(row["id"])
+            self._reconnect()
+            return
+        self._dispatch_pending = more
+        for peer, rows in batches:
+            for row in rows:
+                header = {
+                    "id": row["id"],
+                    "attempt": row["attempt"],
+                    "name": row["name"],
+                    "args": row["args"],
+                }
+                if not self._send(self.worker, peer.ident, Cmd.TASK, header):
+                    # The worker vanished between claim and send; its lease ends now.
+                    with self.store.atomic():
+                        self._lose_worker(peer.worker_id, now, "unreachable")
+                    break
+                log.debug("task %s attempt %s sent to %s", row["id"], row["attempt"], peer.worker_id)
+
+
+def _parse_ref(ref: Any) -> tuple[str, int]:
+    """42 or "42" is a task; "s7" is a schedule."""
+    if isinstance(ref, bool):
+        raise BadInput(f"{ref!r} is not a task or schedule id")
+    if isinstance(ref, int):
+        return "task", ref
+    if isinstance(ref, str):
+        text = ref.strip()
+        if text.isdigit():
+            return "task", int(text)
+        if text[:1] in ("s", "S") and text[1:].isdigit():
+            return "schedule", int(text[1:])
+    raise BadInput(f"{ref!r} is not a task id (like 42) or a schedule id (like s7)")
+
+
+def _err(kind: str, message: str) -> dict:
+    return {"type": kind, "message": message}

@@ -1,0 +1,78 @@
+"""One error hierarchy, rooted in MartinetError, with messages a user can act on.
+
+Control-flow signals raised by handlers (Retry, Fail) are not errors and stand
+apart from the hierarchy.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+
+class MartinetError(Exception):
+    """Base class of every error martinet raises on purpose."""
+
+
+class ConfigError(MartinetError):
+    """A setting is missing, unreadable or out of range."""
+
+
+class BadInput(MartinetError):
+    """A request was refused because something in it is invalid."""
+
+
+class BadTime(BadInput):
+    """A time expression could not be read, or reads as something unintended."""
+
+
+class BadSchedule(BadInput):
+    """A recurrence (interval or cron expression) could not be read."""
+
+
+class TaskNotFound(MartinetError):
+    """No task or schedule has the given id."""
+
+
+class DaemonUnavailable(MartinetError):
+    """The daemon did not answer within the timeout."""
+
+
+class ProtocolError(MartinetError):
+    """A frame could not be decoded; carries the raw bytes for the log."""
+
+    def __init__(self, message: str, raw: list[bytes] | None = None) -> None:
+        super().__init__(message)
+        self.raw = raw or []
+
+
+class StoreError(MartinetError):
+    """The database refused an operation or could not be reached."""
+
+
+class TaskFailed(MartinetError):
+    """A task ended without success (dead or cancelled); `info` holds its record."""
+
+    def __init__(self, message: str, info: dict | None = None) -> None:
+        super().__init__(message)
+        self.info = info or {}
+
+
+class WaitTimeout(MartinetError):
+    """`wait()` gave up before the task reached an end."""
+
+
+# ---- control-flow signals raised by handlers (not errors) ----
+
+
+class Retry(Exception):
+    """Raise in a handler to ask for another attempt, optionally after a delay."""
+
+    def __init__(self, in_: float | timedelta | None = None, message: str = "") -> None:
+        super().__init__(message or "retry requested")
+        if isinstance(in_, timedelta):
+            in_ = in_.total_seconds()
+        self.in_seconds = in_
+
+
+class Fail(Exception):
+    """Raise in a handler to fail the task for good, without further attempts."""

@@ -1,0 +1,96 @@
+"""The table of connected workers: what they run, their credit, their liveness (pure).
+
+A worker's credit is its capacity minus the tasks the daemon has leased to it
+and not yet seen end, so the daemon never sends more than a worker asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Peer:
+    worker_id: str
+    ident: bytes  # routing id on the worker socket
+    names: set[str]
+    capacity: int
+    last_seen: float
+    inflight: set[int] = field(default_factory=set)
+
+    @property
+    def credit(self) -> int:
+        return max(0, self.capacity - len(self.inflight))
+
+
+class Peers:
+    def __init__(self) -> None:
+        self._by_id: dict[str, Peer] = {}
+        self._by_ident: dict[bytes, str] = {}
+        self._owner: dict[int, str] = {}  # task id -> worker id
+        self._turn = 0  # rotates who is offered work first
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __iter__(self):
+        return iter(list(self._by_id.values()))
+
+    def hello(self, worker_id: str, ident: bytes, names: set[str], capacity: int, now: float) -> Peer:
+        """Register (or re-register) a worker. A repeated hello starts it afresh."""
+        self.remove(worker_id)
+        peer = Peer(worker_id, ident, set(names), max(0, capacity), now)
+        self._by_id[worker_id] = peer
+        self._by_ident[ident] = worker_id
+        return peer
+
+    def get(self, worker_id: str) -> Peer | None:
+        return self._by_id.get(worker_id)
+
+    def by_ident(self, ident: bytes) -> Peer | None:
+        worker_id = self._by_ident.get(ident)
+        return None if worker_id is None else self._by_id.get(worker_id)
+
+    def seen(self, worker_id: str, now: float) -> None:
+        peer = self._by_id.get(worker_id)
+        if peer is not None:
+            peer.last_seen = now
+
+    def remove(self, worker_id: str) -> Peer | None:
+        peer = self._by_id.pop(worker_id, None)
+        if peer is not None:
+            self._by_ident.pop(peer.ident, None)
+            for task_id in peer.inflight:
+                self._owner.pop(task_id, None)
+        return peer
+
+    def silent(self, now: float, timeout: float) -> list[Peer]:
+        """Workers not heard from in `timeout` seconds (not removed here)."""
+        return [p for p in self._by_id.values() if now - p.last_seen > timeout]
+
+    def with_credit(self) -> list[Peer]:
+        """Workers that can take a task, in an order that rotates between calls."""
+        peers = [p for p in self._by_id.values() if p.credit > 0]
+        if not peers:
+            return []
+        self._turn = (self._turn + 1) % len(peers)
+        return peers[self._turn :] + peers[: self._turn]
+
+    def assign(self, peer: Peer, task_id: int) -> None:
+        peer.inflight.add(task_id)
+        self._owner[task_id] = peer.worker_id
+
+    def release(self, task_id: int) -> Peer | None:
+        """The task's attempt ended: give its slot back to whoever held it."""
+        worker_id = self._owner.pop(task_id, None)
+        peer = self._by_id.get(worker_id) if worker_id else None
+        if peer is not None:
+            peer.inflight.discard(task_id)
+        return peer
+
+    def owner(self, task_id: int) -> Peer | None:
+        worker_id = self._owner.get(task_id)
+        return None if worker_id is None else self._by_id.get(worker_id)
+
+    def handles(self, name: str) -> list[Peer]:
+        return [p for p in self._by_id.values() if name in p.names]

@@ -1,0 +1,80 @@
+"""The wire format, in one place. Pure: no sockets here.
+
+A message is a list of frames (after the ROUTER's identity frame):
+
+    [SIGNATURE + version byte] [command byte] [JSON header]
+
+Headers are JSON objects; readers ignore keys they do not know and default
+the ones that are missing, so either side can add fields without breaking
+the other. Anything that does not decode raises ProtocolError carrying the
+raw frames, which the daemon logs and drops.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import IntEnum
+from typing import Any
+
+from martinet.errors import ProtocolError
+
+VERSION = 1
+SIGNATURE = b"MRTN"
+PREFIX = SIGNATURE + bytes([VERSION])
+
+
+class Cmd(IntEnum):
+    # client socket
+    REQUEST = 0x01  # client -> daemon: {"op": ..., "rid": ...}
+    REPLY = 0x02  # daemon -> client: {"rid": ..., "ok": bool, ...}
+    EVENT = 0x03  # daemon -> subscribed client: progress / succeeded / failed
+    # worker socket
+    HELLO = 0x10  # worker -> daemon: id, names, capacity, version, running
+    WELCOME = 0x11  # daemon -> worker: timings and epoch
+    TASK = 0x12  # daemon -> worker: one task to run
+    HEARTBEAT = 0x13  # both ways; any message also counts as one
+    REJECT = 0x14  # worker -> daemon: cannot run this task here
+    HELLO_AGAIN = 0x15  # daemon -> unknown peer: please say hello again
+    BYE = 0x16  # worker -> daemon: leaving
+    CANCEL = 0x17  # daemon -> worker: ask a running task to stop
+    # status socket
+    PROGRESS = 0x20  # worker -> daemon, coalesced (latest wins)
+    DONE = 0x21  # worker -> daemon, terminal for the attempt, acknowledged
+    FAILED = 0x22  # worker -> daemon, terminal for the attempt, acknowledged
+    ACK = 0x23  # daemon -> worker: the terminal event is committed
+
+
+_COMMANDS = {c.value: c for c in Cmd}
+
+
+def encode(cmd: Cmd, header: dict[str, Any] | None = None) -> list[bytes]:
+    body = json.dumps(header or {}, separators=(",", ":"), default=str).encode()
+    return [PREFIX, bytes([cmd]), body]
+
+
+def decode(frames: list[bytes]) -> tuple[Cmd, dict[str, Any]]:
+    """Frames (without any identity frame) to (command, header), or ProtocolError."""
+    if len(frames) < 3:
+        raise ProtocolError(f"expected 3 frames, got {len(frames)}", frames)
+    prefix, cmd_frame, body = frames[0], frames[1], frames[2]
+    if prefix[:4] != SIGNATURE or len(prefix) != 5:
+        raise ProtocolError("not a martinet frame (bad signature)", frames)
+    if prefix[4] != VERSION:
+        raise ProtocolError(
+            f"protocol version {prefix[4]} is not supported (this side speaks {VERSION})", frames
+        )
+    if len(cmd_frame) != 1 or cmd_frame[0] not in _COMMANDS:
+        raise ProtocolError(f"unknown command {cmd_frame[:8]!r}", frames)
+    try:
+        header = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"header is not JSON: {exc}", frames) from None
+    if not isinstance(header, dict):
+        raise ProtocolError("header is not a JSON object", frames)
+    return _COMMANDS[cmd_frame[0]], header
+
+
+def describe(frames: list[bytes], limit: int = 80) -> str:
+    """A short, safe rendering of raw frames for a log line."""
+    shown = b"|".join(f[:limit] for f in frames[:4])
+    return repr(shown[: limit * 2])

@@ -1,0 +1,23 @@
+"""Retry backoff: exponential with full jitter (pure)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base: float = 1.0
+    factor: float = 2.0
+    cap: float = 300.0
+
+    def delay(self, attempt: int, rand: random.Random | None = None) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based).
+
+        Full jitter (a uniform draw below the exponential ceiling) spreads
+        retries of many tasks that failed together, so they do not return
+        as one thundering herd.
+        """
+        ceiling = min(self.cap, self.base * self.factor ** max(0, attempt - 1))
+        return (rand or random).uniform(0, ceiling)

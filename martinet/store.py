@@ -1,0 +1,588 @@
+"""Every state change of tasks and schedules: one named function each, SQL beside it.
+
+The daemon's loop is the only caller that writes; it wraps one turn of its loop
+in one transaction (group commit). Results are fenced by attempt number: an
+UPDATE that names (id, attempt) changes nothing when a newer attempt exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlparse
+
+import peewee
+from playhouse.db_url import connect as connect_url
+
+from martinet import when
+from martinet.errors import StoreError
+from martinet.models import (
+    CANCELLED,
+    DEAD,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SCHEDULED,
+    STALLED,
+    SUCCEEDED,
+    TABLES,
+    TERMINAL,
+    Attempt,
+    Schedule,
+    Task,
+    database,
+)
+from martinet.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+WAITING = (SCHEDULED, FAILED)  # states that become QUEUED when run_at comes
+REVOCABLE = (SCHEDULED, QUEUED, FAILED, STALLED)
+
+
+def open_database(url: str) -> peewee.Database:
+    """Connect by URL (sqlite:///path.db, postgresql://..., mysql://...) and create tables."""
+    scheme = urlparse(url).scheme.split("+")[0]
+    try:
+        if scheme == "sqlite":
+            path = url.split(":///", 1)[1] if ":///" in url else ""
+            if not path:
+                raise StoreError(f"SQLite URL {url!r} names no file; use sqlite:///path/to/file.db")
+            db = peewee.SqliteDatabase(
+                path,
+                lock_type="IMMEDIATE",  # one writer; no read-to-write upgrade deadlocks
+                pragmas={
+                    "journal_mode": "wal",
+                    "synchronous": "normal",  # durable across process crashes in WAL mode
+                    "busy_timeout": 5000,
+                    "foreign_keys": 1,
+                },
+            )
+        elif scheme in ("mysql", "mariadb"):
+            # TEXT holds 64 KiB on MySQL; results and args may be larger.
+            db = connect_url(url.replace("mariadb://", "mysql://", 1), charset="utf8mb4")
+            db.field_types = {**db.field_types, "TEXT": "LONGTEXT"}
+        else:
+            db = connect_url(url)
+        database.initialize(db)
+        db.connect(reuse_if_open=True)
+        db.create_tables(TABLES, safe=True)
+    except peewee.PeeweeException as exc:
+        raise StoreError(f"cannot open database {redact(url)}: {exc}") from None
+    except ValueError as exc:
+        raise StoreError(f"cannot read database URL {redact(url)}: {exc}") from None
+    except ImportError as exc:
+        raise StoreError(
+            f"the driver for {scheme} is not installed ({exc}); install martinet[postgres] or martinet[mysql]"
+        ) from None
+    return db
+
+
+def redact(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.password:
+        return url.replace(f":{parsed.password}@", ":***@")
+    return url
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+def schedule_ref(schedule_id: int) -> str:
+    return f"s{schedule_id}"
+
+
+class Store:
+    """The only writer. Each method is one state transition or one read."""
+
+    def __init__(self, db: peewee.Database, retry: RetryPolicy | None = None) -> None:
+        self.db = db
+        self.retry = retry or RetryPolicy()
+        self.locks_rows = not isinstance(db, peewee.SqliteDatabase)
+
+    def atomic(self):
+        return self.db.atomic()
+
+    def close(self) -> None:
+        if not self.db.is_closed():
+            self.db.close()
+
+    # ---- submit -------------------------------------------------------------
+
+    def submit(self, spec: dict[str, Any], now: float) -> tuple[int, bool]:
+        """Insert one task; returns (id, created). A known request_id returns the old id."""
+        rid = spec.get("request_id")
+        if rid:
+            existing = Task.select(Task.id).where(Task.request_id == rid).first()
+            if existing is not None:
+                return existing.id, False
+        row = self._task_row(spec, now)
+        row["request_id"] = rid
+        return Task.insert(**row).execute(), True
+
+    # ---- dispatch -----------------------------------------------------------
+
+    def promote_due(self, now: float) -> int:
+        """Scheduled tasks and retries whose time has come become queued."""
+        return (
+            Task.update(status=QUEUED, updated_at=now)
+            .where(Task.status.in_(WAITING), Task.run_at <= now)
+            .execute()
+        )
+
+    def next_wakeup(self) -> float | None:
+        """The earliest time at which something waiting becomes due."""
+        task = Task.select(peewee.fn.MIN(Task.run_at)).where(Task.status.in_(WAITING)).scalar()
+        sched = Schedule.select(peewee.fn.MIN(Schedule.next_due)).where(Schedule.status == "active").scalar()
+        times = [t for t in (task, sched) if t is not None]
+        return min(times) if times else None
+
+    def claim(
+        self, worker: str, names: Iterable[str], limit: int, now: float, lease: float
+    ) -> list[dict[str, Any]]:
+        """Lease up to `limit` queued tasks with these names to `worker`, best first."""
+        names = list(names)
+        if limit <= 0 or not names:
+            return []
+        query = (
+            Task.select(Task.id, Task.name, Task.args, Task.attempt, Task.max_attempts)
+            .where(Task.status == QUEUED, Task.name.in_(names))
+            .order_by(Task.priority.desc(), Task.run_at, Task.id)
+            .limit(limit)
+        )
+        if self.locks_rows:
+            query = query.for_update(skip_locked=True)
+        rows = list(query.dicts())
+        if not rows:
+            return []
+        Task.update(
+            status=RUNNING,
+            attempt=Task.attempt + 1,
+            worker=worker,
+            lease_expires=now + lease,
+            started_at=now,
+            updated_at=now,
+            progress=None,
+            progress_message=None,
+        ).where(Task.id.in_([r["id"] for r in rows]), Task.status == QUEUED).execute()
+        for r in rows:
+            r["attempt"] += 1
+            r["args"] = json.loads(r["args"])
+        return rows
+
+    def unclaim(self, task_id: int, attempt: int, now: float) -> bool:
+        """A worker could not take the task (unknown name): back to the queue, no attempt spent."""
+        n = (
+            Task.update(
+                status=QUEUED,
+                attempt=Task.attempt - 1,
+                worker=None,
+                lease_expires=None,
+                started_at=None,
+                updated_at=now,
+            )
+            .where(Task.id == task_id, Task.attempt == attempt, Task.status == RUNNING)
+            .execute()
+        )
+        return n == 1
+
+    # ---- leases -------------------------------------------------------------
+
+    def renew_leases(self, workers: Iterable[str], now: float, lease: float) -> int:
+        workers = list(workers)
+        if not workers:
+            return 0
+        return (
+            Task.update(lease_expires=now + lease)
+            .where(
+                Task.status == RUNNING,
+                Task.worker.in_(workers),
+                Task.lease_expires < now + lease / 2,
+            )
+            .execute()
+        )
+
+    def readopt(self, worker: str, running: list[dict], now: float, lease: float) -> list[int]:
+        """A reconnecting worker still runs these (id, attempt): give the leases back to it."""
+        adopted = []
+        for item in running:
+            n = (
+                Task.update(status=RUNNING, worker=worker, lease_expires=now + lease, updated_at=now)
+                .where(
+                    Task.id == item["id"],
+                    Task.attempt == item["attempt"],
+                    Task.status.in_((RUNNING, QUEUED, FAILED)),
+                )
+                .execute()
+            )
+            if n:
+                adopted.append(item["id"])
+        return adopted
+
+    def release_worker(self, worker: str, now: float, reason: str) -> list[int]:
+        """A worker is gone: its running tasks end their attempt as lost."""
+        rows = list(Task.select().where(Task.status == RUNNING, Task.worker == worker).order_by(Task.id))
+        return [r.id for r in rows if self._lose(r, now, reason)]
+
+    def reap_expired(self, now: float) -> list[int]:
+        """Running tasks whose lease ran out (worker silent, or daemon restarted)."""
+        rows = list(Task.select().where(Task.status == RUNNING, Task.lease_expires < now))
+        return [r.id for r in rows if self._lose(r, now, "lease expired")]
+
+    def _lose(self, row: Task, now: float, reason: str) -> bool:
+        error = {"type": "WorkerLost", "message": f"{reason} (worker {row.worker})"}
+        return self._end_attempt(row, "lost", now, error=error) is not None
+
+    # ---- outcomes -----------------------------------------------------------
+
+    def progress(
+        self, task_id: int, attempt: int, value: float | None, message: str | None, now: float
+    ) -> bool:
+        n = (
+            Task.update(progress=value, progress_message=message, updated_at=now)
+            .where(Task.id == task_id, Task.attempt == attempt, Task.status == RUNNING)
+            .execute()
+        )
+        return n == 1
+
+    def complete(self, task_id: int, attempt: int, worker: str, result: Any, now: float) -> dict | None:
+        """The attempt succeeded. None when fenced out (old attempt, other worker, not running)."""
+        row = self._running(task_id, attempt, worker)
+        if row is None:
+            return None
+        return self._end_attempt(row, "succeeded", now, result=result)
+
+    def fail(
+        self,
+        task_id: int,
+        attempt: int,
+        worker: str,
+        error: dict[str, Any],
+        now: float,
+        retry_in: float | None = None,
+        final: bool = False,
+    ) -> dict | None:
+        """The attempt failed: retry later, or dead when attempts are spent or `final`."""
+        row = self._running(task_id, attempt, worker)
+        if row is None:
+            return None
+        return self._end_attempt(row, "failed", now, error=error, retry_in=retry_in, final=final)
+
+    def _running(self, task_id: int, attempt: int, worker: str) -> Task | None:
+        return Task.get_or_none(
+            Task.id == task_id,
+            Task.attempt == attempt,
+            Task.worker == worker,
+            Task.status == RUNNING,
+        )
+
+    def _end_attempt(
+        self,
+        row: Task,
+        outcome: str,
+        now: float,
+        *,
+        result: Any = None,
+        error: dict | None = None,
+        retry_in: float | None = None,
+        final: bool = False,
+    ) -> dict | None:
+        changes: dict[str, Any] = {
+            "worker": None,
+            "lease_expires": None,
+            "updated_at": now,
+        }
+        if outcome == "succeeded":
+            changes["result"] = json.dumps(result)
+        if row.cancel_requested:  # the handler was asked to stop; however it ended, it is cancelled
+            outcome, status = "cancelled", CANCELLED
+        elif outcome == "succeeded":
+            status = SUCCEEDED
+            changes["progress"] = 1.0
+        elif final or row.attempt >= row.max_attempts:
+            status = DEAD
+        else:
+            status = FAILED
+            delay = retry_in if retry_in is not None else self.retry.delay(row.attempt)
+            changes["run_at"] = now + max(0.0, delay)
+        if error:
+            changes.update(
+                error_type=error.get("type"),
+                error_message=error.get("message"),
+                error_traceback=error.get("traceback"),
+            )
+        if status in TERMINAL:
+            changes["finished_at"] = now
+        changes["status"] = status
+        n = (
+            Task.update(**changes)
+            .where(Task.id == row.id, Task.attempt == row.attempt, Task.status == RUNNING)
+            .execute()
+        )
+        if n != 1:
+            return None
+        Attempt.create(
+            task_id=row.id,
+            attempt=row.attempt,
+            worker=row.worker,
+            started_at=row.started_at,
+            ended_at=now,
+            outcome=outcome,
+            error_type=(error or {}).get("type"),
+            error_message=(error or {}).get("message"),
+            error_traceback=(error or {}).get("traceback"),
+        )
+        return {
+            "id": row.id,
+            "name": row.name,
+            "attempt": row.attempt,
+            "status": status,
+            "outcome": outcome,
+            "result": result,
+            "error": error,
+            "run_at": iso(changes.get("run_at")),
+        }
+
+    # ---- operator actions ---------------------------------------------------
+
+    def revoke_task(self, task_id: int, now: float) -> str:
+        """Cancel a waiting task, or ask a running one to stop. Returns the new status."""
+        row = Task.get_or_none(Task.id == task_id)
+        if row is None:
+            return "missing"
+        if row.status in REVOCABLE:
+            Task.update(status=CANCELLED, finished_at=now, updated_at=now).where(
+                Task.id == task_id, Task.status == row.status
+            ).execute()
+            return CANCELLED
+        if row.status == RUNNING:
+            Task.update(cancel_requested=True, updated_at=now).where(Task.id == task_id).execute()
+            return "cancelling"
+        return row.status
+
+    def update_task_args(self, task_id: int, args: dict, now: float) -> str:
+        row = Task.get_or_none(Task.id == task_id)
+        if row is None:
+            return "missing"
+        if row.status not in REVOCABLE:
+            return row.status
+        Task.update(args=json.dumps(args), updated_at=now).where(Task.id == task_id).execute()
+        return "updated"
+
+    # ---- schedules ----------------------------------------------------------
+
+    def add_schedule(self, spec: dict[str, Any], first_due: float, now: float) -> tuple[int, bool]:
+        """Insert a schedule; returns (id, created). A known request_id returns the old id."""
+        rid = spec.get("request_id")
+        if rid:
+            existing = Schedule.select(Schedule.id).where(Schedule.request_id == rid).first()
+            if existing is not None:
+                return existing.id, False
+        row = Schedule.create(
+            request_id=rid,
+            name=spec["name"],
+            username=spec.get("username"),
+            description=spec.get("description"),
+            args=json.dumps(spec.get("args") or {}),
+            queue=spec.get("queue") or "default",
+            priority=spec.get("priority") or 0,
+            max_attempts=spec.get("max_attempts"),
+            kind=spec["kind"],
+            spec=spec["spec"],
+            timezone=spec.get("timezone") or "UTC",
+            next_due=first_due,
+            created_at=now,
+            updated_at=now,
+        )
+        return row.id, True
+
+    def expand_schedules(self, now: float, default_max_attempts: int) -> list[int]:
+        """Create the run of every schedule that is due; one run per (schedule, due time).
+
+        Runs missed while the daemon was down collapse into one run now (the
+        latest missed due time); the next due time is then the first one
+        after `now`, computed from the previous due time, so there is no drift.
+        """
+        created = []
+        due = Schedule.select().where(Schedule.status == "active", Schedule.next_due <= now)
+        for sched in list(due):
+            rec = when.recurrence_from_db(sched.kind, sched.spec, sched.timezone)
+            due_at = sched.next_due
+            following = rec.next_after(when.from_timestamp(due_at)).timestamp()
+            while following <= now:  # collapse missed runs into the latest one
+                due_at = following
+                following = rec.next_after(when.from_timestamp(due_at)).timestamp()
+            spec = {
+                "name": sched.name,
+                "username": sched.username,
+                "description": sched.description,
+                "args": json.loads(sched.args),
+                "queue": sched.queue,
+                "priority": sched.priority,
+                "max_attempts": sched.max_attempts or default_max_attempts,
+                "schedule_id": sched.id,
+                "due_at": due_at,
+                "run_at": now,
+            }
+            inserted = Task.insert(**self._task_row(spec, now)).on_conflict_ignore().execute()
+            if inserted:
+                created.append(inserted)
+            Schedule.update(next_due=following, last_due=due_at, updated_at=now).where(
+                Schedule.id == sched.id, Schedule.next_due == sched.next_due
+            ).execute()
+        return created
+
+    def _task_row(self, spec: dict, now: float) -> dict[str, Any]:
+        run_at = spec.get("run_at") or now
+        return {
+            "name": spec["name"],
+            "username": spec.get("username"),
+            "description": spec.get("description"),
+            "args": json.dumps(spec.get("args") or {}),
+            "queue": spec.get("queue") or "default",
+            "priority": spec.get("priority") or 0,
+            "status": SCHEDULED if run_at > now else QUEUED,
+            "run_at": run_at,
+            "max_attempts": spec["max_attempts"],
+            "created_at": now,
+            "updated_at": now,
+            "schedule_id": spec.get("schedule_id"),
+            "due_at": spec.get("due_at"),
+        }
+
+    def remove_schedule(self, schedule_id: int, now: float) -> bool:
+        n = (
+            Schedule.update(status="removed", next_due=None, updated_at=now)
+            .where(Schedule.id == schedule_id, Schedule.status != "removed")
+            .execute()
+        )
+        return n == 1
+
+    def update_schedule_args(self, schedule_id: int, args: dict, now: float) -> bool:
+        n = (
+            Schedule.update(args=json.dumps(args), updated_at=now)
+            .where(Schedule.id == schedule_id, Schedule.status != "removed")
+            .execute()
+        )
+        return n == 1
+
+    # ---- reads --------------------------------------------------------------
+
+    def get_task(self, task_id: int) -> dict | None:
+        row = Task.get_or_none(Task.id == task_id)
+        return None if row is None else task_info(row)
+
+    def attempts(self, task_id: int) -> list[dict]:
+        rows = Attempt.select().where(Attempt.task_id == task_id).order_by(Attempt.attempt)
+        return [
+            {
+                "attempt": a.attempt,
+                "worker": a.worker,
+                "started_at": iso(a.started_at),
+                "ended_at": iso(a.ended_at),
+                "duration": None if a.started_at is None else round(a.ended_at - a.started_at, 6),
+                "outcome": a.outcome,
+                "error": _error(a.error_type, a.error_message, a.error_traceback),
+            }
+            for a in rows
+        ]
+
+    def list_tasks(
+        self,
+        status: list[str] | None = None,
+        name: str | None = None,
+        username: str | None = None,
+        schedule_id: int | None = None,
+        limit: int = 50,
+    ) -> list[dict]:
+        query = Task.select()
+        if status:
+            query = query.where(Task.status.in_(status))
+        if name:
+            query = query.where(Task.name == name)
+        if username:
+            query = query.where(Task.username == username)
+        if schedule_id is not None:
+            query = query.where(Task.schedule_id == schedule_id)
+        query = query.order_by(Task.id.desc()).limit(limit)
+        return [task_info(r) for r in query]
+
+    def get_schedule(self, schedule_id: int) -> dict | None:
+        row = Schedule.get_or_none(Schedule.id == schedule_id)
+        return None if row is None else schedule_info(row)
+
+    def list_schedules(self, include_removed: bool = False) -> list[dict]:
+        query = Schedule.select().order_by(Schedule.id)
+        if not include_removed:
+            query = query.where(Schedule.status != "removed")
+        return [schedule_info(r) for r in query]
+
+    def terminal_status(self, task_id: int) -> str | None:
+        row = Task.select(Task.status).where(Task.id == task_id).first()
+        return None if row is None else row.status
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _error(kind: str | None, message: str | None, trace: str | None) -> dict | None:
+    if kind is None and message is None:
+        return None
+    return {"type": kind, "message": message, "traceback": trace}
+
+
+def task_info(row: Task) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "kind": "task",
+        "name": row.name,
+        "username": row.username,
+        "description": row.description,
+        "args": json.loads(row.args),
+        "queue": row.queue,
+        "priority": row.priority,
+        "status": row.status,
+        "run_at": iso(row.run_at),
+        "attempt": row.attempt,
+        "max_attempts": row.max_attempts,
+        "progress": row.progress,
+        "progress_message": row.progress_message,
+        "result": None if row.result is None else json.loads(row.result),
+        "error": _error(row.error_type, row.error_message, row.error_traceback),
+        "worker": row.worker,
+        "cancel_requested": bool(row.cancel_requested),
+        "created_at": iso(row.created_at),
+        "started_at": iso(row.started_at),
+        "finished_at": iso(row.finished_at),
+        "updated_at": iso(row.updated_at),
+        "schedule": None if row.schedule_id is None else schedule_ref(row.schedule_id),
+        "due_at": iso(row.due_at),
+    }
+
+
+def schedule_info(row: Schedule) -> dict[str, Any]:
+    return {
+        "id": schedule_ref(row.id),
+        "kind": "schedule",
+        "name": row.name,
+        "username": row.username,
+        "description": row.description,
+        "args": json.loads(row.args),
+        "queue": row.queue,
+        "priority": row.priority,
+        "every": row.spec if row.kind == "cron" else f"{float(row.spec):g} seconds",
+        "recurrence": row.kind,
+        "timezone": row.timezone,
+        "status": row.status,
+        "next_due": iso(row.next_due),
+        "last_due": iso(row.last_due),
+        "created_at": iso(row.created_at),
+    }

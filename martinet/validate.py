@@ -1,0 +1,95 @@
+"""Checks on what a client submits, shared by the client (early, friendly errors)
+and the daemon (the authority). Each failure names the field and the limit."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from martinet import when
+from martinet.errors import BadInput
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_payload: int = 1_048_576
+    max_name_length: int = 200
+
+
+def check_name(name: Any, limits: Limits) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise BadInput("task name must be a non-empty string")
+    if len(name) > limits.max_name_length:
+        raise BadInput(
+            f"task name is {len(name)} characters long, over the limit of "
+            f"{limits.max_name_length} (max_name_length)"
+        )
+    return name
+
+
+def check_args(args: Any, limits: Limits) -> dict:
+    if args is None:
+        return {}
+    if not isinstance(args, dict):
+        raise BadInput(f"args must be a JSON object (a dict), not {type(args).__name__}")
+    try:
+        size = len(json.dumps(args))
+    except (TypeError, ValueError) as exc:
+        raise BadInput(f"args cannot be written as JSON: {exc}") from None
+    if size > limits.max_payload:
+        raise BadInput(f"args are {size} bytes as JSON, over the limit of {limits.max_payload} (max_payload)")
+    return args
+
+
+def _optional_text(h: dict, key: str, max_len: int = 10_000) -> str | None:
+    value = h.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > max_len:
+        raise BadInput(f"{key} must be a string of at most {max_len} characters")
+    return value
+
+
+def _optional_int(h: dict, key: str, low: int, high: int) -> int | None:
+    value = h.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BadInput(f"{key} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def check_task(h: dict, limits: Limits, default_max_attempts: int) -> dict[str, Any]:
+    """A submit request's fields, checked; returns the spec the store inserts."""
+    run_at = h.get("run_at")
+    if run_at is not None and (isinstance(run_at, bool) or not isinstance(run_at, (int, float))):
+        raise BadInput("run_at must be a UTC timestamp in seconds")
+    max_attempts = _optional_int(h, "max_attempts", 1, 1000)
+    return {
+        "name": check_name(h.get("name"), limits),
+        "args": check_args(h.get("args"), limits),
+        "username": _optional_text(h, "username", 255),
+        "description": _optional_text(h, "description"),
+        "queue": _optional_text(h, "queue", 255),
+        "priority": _optional_int(h, "priority", -1_000_000, 1_000_000) or 0,
+        "max_attempts": max_attempts or default_max_attempts,
+        "run_at": float(run_at) if run_at is not None else None,
+        "request_id": _optional_text(h, "request_id", 64),
+    }
+
+
+def check_every(h: dict, limits: Limits, default_tz: str) -> tuple[dict[str, Any], when.Recurrence]:
+    """An `every` request: a task spec plus a recurrence the daemon can compute."""
+    spec = check_task(h, limits, 1)
+    spec["max_attempts"] = _optional_int(h, "max_attempts", 1, 1000)
+    tz = h.get("timezone") or default_tz
+    every = h.get("every")
+    if not isinstance(every, (str, int, float)) or isinstance(every, bool):
+        raise BadInput("every must be an interval like '30 minutes' or a cron expression")
+    recurrence = when.parse_every(every, tz)
+    first = h.get("first_due")
+    if first is not None and (isinstance(first, bool) or not isinstance(first, (int, float))):
+        raise BadInput("first_due must be a UTC timestamp in seconds")
+    spec.update(kind=recurrence.kind, spec=recurrence.spec, timezone=tz, first_due=first)
+    return spec, recurrence

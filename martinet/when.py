@@ -1,0 +1,382 @@
+"""Time: English times, intervals, cron expressions, zones and next-run arithmetic.
+
+Pure code: only `utcnow()` reads the clock; what needs "now" takes it as an
+argument. Every datetime leaving this module is aware UTC. Wall times are
+placed on the time line here, not by dateparser or croniter: a wall time lost
+to a DST gap becomes the first instant after the gap, one that happens twice
+its first occurrence. Durations ("in 20 minutes", "1h30m", intervals) are
+elapsed time, so DST never stretches them.
+
+The next-occurrence rule of `parse_when`: text naming neither a year nor
+anything relative means its next occurrence, so a result in the past moves
+forward: a time of day alone ("at 9am" said at 10am, "midnight", "noon") by a
+day, a weekday ("friday", "monday 9am" said on Monday at 10) by a week, a day
+without a year ("dec 25") by a year. Text with a relative part ("in 2 days",
+"tomorrow at 9am", "next monday", "tonight", "2 hours ago") or a year
+("2020-01-01") is returned as is, even in the past: the caller runs a past
+time now. Text naming no day ("march 2027") is refused rather than guessed.
+
+`Cron` keeps the classic cron rule for DST: a job at a fixed hour whose time
+is skipped runs at the first instant after the gap, and one whose time happens
+twice runs once; a job whose hour field is `*` follows the clock (it skips the
+lost hour and repeats the doubled one). A sixth field is seconds, as in
+croniter.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from martinet.errors import BadSchedule, BadTime
+
+log = logging.getLogger(__name__)
+
+# No sane time expression is longer; bounds what we hand to dateparser.
+MAX_TEXT = 200
+
+_INTERVAL_HINT = "try '30 minutes' or a cron expression like '0 9 * * MON-FRI'"
+
+_UNITS = {
+    name: seconds
+    for names, seconds in [("s sec secs second seconds", 1), ("m min mins minute minutes", 60)]
+    + [("h hr hrs hour hours", 3600), ("d day days", 86400), ("w wk wks week weeks", 604800)]
+    for name in names.split()
+}
+_ALIASES = {"minutely": 60, "hourly": 3600, "daily": 86400, "weekly": 604800}
+_PART = re.compile(r"(?:(?P<num>[+-]?(?:\d+(?:\.\d+)?|\.\d+))\s*|(?P<one>an?|one)\s+)?(?P<unit>[a-z]+)")
+_SEP = re.compile(r"(?:\s*(?:,|\band\b))*\s*")
+_DURATION_TEXT = re.compile(r"(?:in\s+)?(?P<d>.+?)(?:\s+(?:from\s+now|later|hence))?")
+_BARE_CALENDAR_DURATION = re.compile(r"(?:\d+|an?|one)\s*(?:months?|years?)\b")
+
+_RELATIVE = re.compile(r"\b(?:in|ago|now|today|tonight|tomorrow|yesterday|next|last|this|hence|later|from)\b")
+# A year, not a UTC offset like "+0530".
+_YEAR = re.compile(r"(?<![+\-:\d])\d{4}(?!\d)")
+_WEEKDAY = re.compile(r"\b(?:mon|tue|tues|wed|thu|thur|thurs|fri|sat|sun)(?:day|nesday|sday|urday)?\b")
+
+_CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+_CRON_FIELD = re.compile(r"[\d*/,\-]+")
+# Largest value of each field, in croniter's order: minute, hour, day of
+# month, month, day of week, second.
+_FIELD_MAX = (59, 23, 31, 12, 6, 59)
+_FIELD_NAMES = ("minute", "hour", "day of month", "month", "day of week", "second")
+_NAMES = {n: i for i, n in enumerate("sun mon tue wed thu fri sat".split())} | {
+    n: i + 1 for i, n in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())
+}
+
+
+def utcnow() -> datetime:
+    """The current time, aware, in UTC (the only clock read in this module)."""
+    return datetime.now(UTC)
+
+
+def to_timestamp(dt: datetime) -> float:
+    """Seconds since the epoch; a naive datetime is taken to be UTC (as stored)."""
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+def from_timestamp(ts: float) -> datetime:
+    """Aware UTC datetime from seconds since the epoch."""
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def _require_aware(dt: Any, name: str) -> None:
+    if not isinstance(dt, datetime) or dt.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime, got {dt!r}")
+
+
+def _zone(name: str, error: type[Exception]) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise error(f"unknown time zone {name!r} (use an IANA name like 'Europe/Berlin')") from None
+
+
+def _localize(wall: datetime, zone: ZoneInfo) -> datetime:
+    """Naive wall time in `zone` -> aware UTC.
+
+    A wall time in a DST gap becomes the first valid instant after the gap;
+    one in a fold becomes its first occurrence (fold=0).
+    """
+    utc = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+    if utc.astimezone(zone).replace(tzinfo=None) == wall:
+        return utc
+    # In a gap, fold=0 and fold=1 read the wall time with the offsets from
+    # either side of the change, which lies between the two instants: find it.
+    lo, hi = sorted((utc, wall.replace(tzinfo=zone, fold=1).astimezone(UTC)))
+    after = hi.astimezone(zone).utcoffset()
+    lo_s, hi_s = math.floor(lo.timestamp()), math.ceil(hi.timestamp())
+    while hi_s - lo_s > 1:
+        mid = (lo_s + hi_s) // 2
+        if from_timestamp(mid).astimezone(zone).utcoffset() == after:
+            hi_s = mid
+        else:
+            lo_s = mid
+    log.debug("%s does not exist in %s; using %s", wall, zone.key, from_timestamp(hi_s))
+    return from_timestamp(hi_s)
+
+
+def parse_when(when: str | datetime | timedelta | int | float, now: datetime, tz: str = "UTC") -> datetime:
+    """When something should run, as an aware UTC datetime.
+
+    `when` is English text (read in zone `tz`), a datetime (naive means wall
+    time in `tz`), or a delay from `now` (timedelta, or seconds). See the
+    module docstring for the next-occurrence rule.
+    """
+    _require_aware(now, "now")
+    now = now.astimezone(UTC)
+    zone = _zone(tz, BadTime)
+    try:
+        if isinstance(when, datetime):
+            return _place(when, zone)
+        if isinstance(when, timedelta | int | float) and not isinstance(when, bool):
+            seconds = when.total_seconds() if isinstance(when, timedelta) else float(when)
+            if not seconds >= 0:  # also refuses NaN
+                raise BadTime(f"a delay must be zero or more seconds, got {when!r}")
+            return now + timedelta(seconds=seconds)
+        if isinstance(when, str):
+            return _parse_text(when, now, zone)
+    except OverflowError:
+        raise BadTime(f"{when!r} is out of range (too far from now)") from None
+    raise BadTime(f"cannot use {when!r} as a time")
+
+
+def _parse_text(text: str, now: datetime, zone: ZoneInfo) -> datetime:
+    text = " ".join(text.split())
+    if not text:
+        raise BadTime("empty time: give one like 'in 20 minutes' or '2027-01-05 08:00'")
+    if len(text) > MAX_TEXT:
+        raise BadTime(f"time text is longer than {MAX_TEXT} characters")
+    low = text.lower()
+    if low == "now":
+        return now
+    duration = _duration_seconds(_DURATION_TEXT.fullmatch(low)["d"])  # type: ignore[index]
+    if duration is not None:
+        if duration < 0:
+            raise BadTime(f"{text!r} is in the past")
+        return now + timedelta(seconds=duration)
+    if _BARE_CALENDAR_DURATION.match(low):
+        low = "in " + low  # "1 month" means from now, not ago
+
+    local_now = now.astimezone(zone).replace(tzinfo=None)
+    data = _date_data(low, local_now)
+    found = data.date_obj
+    if found is None:
+        raise BadTime(f"could not read {text!r} as a time")
+    parts = getattr(data, "parts", None) or ()
+    relative = bool(_RELATIVE.search(low))
+    if parts and "day" not in parts and not relative:
+        raise BadTime(f"{text!r} names no day; give a full date like '2027-03-01 09:00'")
+
+    yearless = "month" in parts and "year" not in parts
+    step = timedelta(days=7 if _WEEKDAY.search(low) else 1)
+    fixed = relative or bool(_YEAR.search(low))
+    result, k = _place(found, zone), 0
+    while result < now and not fixed and k < 8:
+        k += 1
+        try:
+            result = _place(found.replace(year=found.year + k) if yearless else found + k * step, zone)
+        except ValueError:  # 29 February in a common year: try the next
+            continue
+    return result
+
+
+def _place(found: datetime, zone: ZoneInfo) -> datetime:
+    """A datetime as aware UTC; naive means wall time in `zone`."""
+    if found.utcoffset() is None:
+        return _localize(found.replace(tzinfo=None), zone)
+    return found.astimezone(UTC)
+
+
+def _date_data(text: str, relative_base: datetime) -> Any:
+    """dateparser's reading of `text` relative to a naive wall time.
+
+    A DateDataParser fixes its settings, RELATIVE_BASE included, when made, so
+    each call makes one: the costly part (locale data, ~140 ms) is loaded once
+    per process and shared, and a new parser costs ~0.04 ms. TIMEZONE "UTC"
+    keeps dateparser's arithmetic naive ("local" would use the machine's zone).
+    """
+    from dateparser.date import DateDataParser  # slow import (~90 ms): on first use
+
+    settings = {"TIMEZONE": "UTC", "RELATIVE_BASE": relative_base}
+    return DateDataParser(languages=["en"], settings=settings).get_date_data(text)
+
+
+def _duration_seconds(text: str) -> float | None:
+    """'1h30m', '1 hour and 30 minutes', 'an hour' -> seconds; None if unreadable."""
+    pos, total, found = 0, 0.0, False
+    while pos < len(text):
+        m = _PART.match(text, pos)
+        if m is None or m["unit"] not in _UNITS:
+            return None
+        total += (float(m["num"]) if m["num"] else 1.0) * _UNITS[m["unit"]]
+        found = True
+        pos = _SEP.match(text, m.end()).end()  # type: ignore[union-attr]
+    return total if found else None
+
+
+def parse_interval(spec: str | timedelta | int | float) -> timedelta:
+    """A positive length of time: '30 minutes', 'every 1h30m', 'daily', 90, timedelta."""
+    if isinstance(spec, timedelta | int | float) and not isinstance(spec, bool):
+        return _positive(spec.total_seconds() if isinstance(spec, timedelta) else float(spec), spec)
+    if not isinstance(spec, str):
+        raise BadSchedule(f"cannot use {spec!r} as an interval")
+    text = re.sub(r"^every\s+", "", " ".join(spec.lower().split()))
+    seconds = _ALIASES.get(text) or _duration_seconds(text)
+    if seconds is None:
+        if re.search(r"\b(?:months?|years?)\b", text):
+            raise BadSchedule(
+                f"could not read {spec!r} as an interval: months and years vary in"
+                " length, use a cron expression like '0 9 1 * *'"
+            )
+        raise BadSchedule(f"could not read {spec!r} as an interval ({_INTERVAL_HINT})")
+    return _positive(seconds, spec)
+
+
+def _positive(seconds: float, spec: object) -> timedelta:
+    try:
+        delta = timedelta(seconds=seconds)  # rounds to whole microseconds
+    except (OverflowError, ValueError):
+        raise BadSchedule(f"an interval of {spec!r} is out of range") from None
+    if delta <= timedelta(0):
+        raise BadSchedule(f"an interval must be longer than zero, got {spec!r}")
+    return delta
+
+
+class Recurrence:
+    """A rule giving each due time from the one before."""
+
+    kind: str  # "interval" or "cron"
+    spec: str  # canonical text, as stored in the database
+
+    def next_after(self, prev_due: datetime) -> datetime:
+        """The first due time strictly after `prev_due` (aware; UTC out)."""
+        raise NotImplementedError
+
+    def next_n(self, after: datetime, n: int) -> list[datetime]:
+        """The next `n` due times after `after`."""
+        if n < 0:
+            raise ValueError(f"n must be zero or more, got {n}")
+        return [after := self.next_after(after) for _ in range(n)]
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.kind, self.spec, getattr(self, "tz", None))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Recurrence) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+
+class Interval(Recurrence):
+    """Every `seconds` of elapsed time, counted from the previous due time."""
+
+    kind = "interval"
+
+    def __init__(self, seconds: float) -> None:
+        self.delta = parse_interval(seconds)
+        self.seconds = self.delta.total_seconds()
+        self.spec = str(int(self.seconds)) if self.seconds.is_integer() else repr(self.seconds)
+
+    def next_after(self, prev_due: datetime) -> datetime:
+        _require_aware(prev_due, "prev_due")
+        return prev_due.astimezone(UTC) + self.delta
+
+    def __repr__(self) -> str:
+        return f"Interval({self.spec})"
+
+
+class Cron(Recurrence):
+    """A cron expression matched against wall time in zone `tz`."""
+
+    kind = "cron"
+
+    def __init__(self, expr: str, tz: str = "UTC") -> None:
+        from croniter import CroniterBadDateError, croniter  # slow import (~100 ms): on first use
+
+        text = " ".join(str(expr).split())
+        if text.startswith("@"):
+            text = text.lower()
+            if text not in _CRON_ALIASES:
+                raise BadSchedule(f"unknown cron alias {expr!r} (use one of {', '.join(_CRON_ALIASES)})")
+        elif len(text.split()) not in (5, 6):
+            raise BadSchedule(
+                f"could not read {expr!r} as a cron expression: it needs 5 fields"
+                " (minute hour day month weekday), or 6 with seconds last"
+            )
+        else:
+            _reject_max_step(expr, text.split())
+        self.spec, self.tz, self.zone = text, tz, _zone(tz, BadSchedule)
+        try:
+            it = croniter(text, datetime(2000, 1, 1, tzinfo=self.zone))
+            self._every_hour = it.expanded[1] == ["*"]
+            it.get_next(datetime)
+        except CroniterBadDateError:
+            raise BadSchedule(f"cron expression {expr!r} never fires") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise BadSchedule(f"could not read {expr!r} as a cron expression: {e}") from None
+
+    def next_after(self, prev_due: datetime) -> datetime:
+        from croniter import croniter
+
+        _require_aware(prev_due, "prev_due")
+        prev_due = prev_due.astimezone(UTC)
+        it = croniter(self.spec, prev_due.astimezone(self.zone))
+        # croniter 7 fires twice when a fall-back repeats a fixed-hour job's
+        # time: skip the repeat. Bounded by the longest fold, in seconds.
+        for _ in range(100_000):
+            due = it.get_next(datetime).astimezone(UTC)
+            wall = due.astimezone(self.zone).replace(tzinfo=None)
+            if due > prev_due and (self._every_hour or _localize(wall, self.zone) == due):
+                return due
+        raise BadSchedule(f"cron expression {self.spec!r} found no time after {prev_due}")
+
+    def __repr__(self) -> str:
+        return f"Cron({self.spec!r}, tz={self.tz!r})"
+
+
+def _reject_max_step(expr: str, fields: list[str]) -> None:
+    """Refuse '{max}/{step}' fields: croniter 7 reads '59/15' as :59 only, older
+    versions as every 15 minutes from :00, so a schedule would change meaning."""
+    for index, field in enumerate(fields):
+        for item in field.lower().split(","):
+            m = re.fullmatch(r"([a-z]+|\d+)/(\d+)", item)
+            if m is None:
+                continue
+            start = int(m[1]) if m[1].isdigit() else _NAMES.get(m[1])
+            if start == _FIELD_MAX[index]:
+                unit = _FIELD_NAMES[index]
+                raise BadSchedule(
+                    f"cron field {item!r} in {expr!r} is ambiguous: croniter 7 reads"
+                    f" it as {unit} {m[1]} only, older versions as every {m[2]}"
+                    f" from the start; write {m[1]!r} or '*/{m[2]}'"
+                )
+
+
+def _looks_like_cron(text: str) -> bool:
+    fields = text.split()
+    return text.startswith("@") or (len(fields) >= 3 and all(_CRON_FIELD.fullmatch(f) for f in fields[:2]))
+
+
+def parse_every(spec: str | timedelta | int | float, tz: str = "UTC") -> Recurrence:
+    """A recurrence: a cron expression (5 or 6 fields, or @alias) or an interval."""
+    if isinstance(spec, str) and _looks_like_cron(spec.strip()):
+        return Cron(spec, tz)
+    return Interval(parse_interval(spec).total_seconds())
+
+
+def recurrence_from_db(kind: str, spec: str, tz: str) -> Recurrence:
+    """Rebuild a recurrence from its stored kind, spec and zone."""
+    if kind == Interval.kind:
+        try:
+            return Interval(float(spec))
+        except ValueError:
+            raise BadSchedule(f"stored interval {spec!r} is not a number of seconds") from None
+    if kind == Cron.kind:
+        return Cron(spec, tz)
+    raise BadSchedule(f"unknown recurrence kind {kind!r} (expected 'interval' or 'cron')")

@@ -1,0 +1,379 @@
+"""The loop of `martinet-worker`: say hello, run what the daemon sends, report back.
+
+The main thread owns both sockets. Handlers run in a pool of threads and hand
+their progress and outcomes to the main thread through a queue (plus a pipe
+that wakes its poll). Outcomes wait in an outbox until the daemon acknowledges
+that it committed them, so a daemon restart loses none of them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from martinet import protocol
+from martinet.errors import Fail, ProtocolError, Retry
+from martinet.protocol import Cmd
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[..., Any]
+
+# Handlers registered with @martinet.task, served by every Worker by default.
+REGISTRY: dict[str, Handler] = {}
+
+
+def task(name: str | None = None) -> Callable[[Handler], Handler]:
+    """Register a handler: `@martinet.task("resize")` above `def resize(task, image_id): ...`."""
+
+    def register(fn: Handler) -> Handler:
+        REGISTRY[name or fn.__name__] = fn
+        return fn
+
+    return register
+
+
+class TaskContext:
+    """What a handler gets as its first argument: who it is, and a way to talk back."""
+
+    def __init__(self, task_id: int, attempt: int, name: str, args: dict, report: Callable) -> None:
+        self.id = task_id
+        self.attempt = attempt
+        self.name = name
+        self.args = args
+        self._report = report
+        self._cancel = threading.Event()
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the daemon asked this task to stop; long handlers should check it."""
+        return self._cancel.is_set()
+
+    def progress(self, value: float | None = None, message: str | None = None) -> None:
+        """Report progress (0.0 to 1.0) and a short message; streamed on the status socket."""
+        self._report(
+            Cmd.PROGRESS,
+            {
+                "id": self.id,
+                "attempt": self.attempt,
+                "name": self.name,
+                "progress": value,
+                "message": message,
+            },
+        )
+
+
+@dataclass
+class _Pending:
+    cmd: Cmd
+    header: dict
+    sent_at: float = 0.0
+
+
+@dataclass
+class WorkerOptions:
+    connect: str = "127.0.0.1"
+    worker_port: int = 8009
+    status_port: int = 18009
+    concurrency: int = 4
+    worker_id: str | None = None
+    heartbeat_interval: float = 1.0  # until the daemon's welcome says otherwise
+    liveness: int = 3
+    grace: float = 30.0  # seconds a graceful stop waits for running handlers
+    handlers: dict[str, Handler] = field(default_factory=dict)
+
+
+class Worker:
+    def __init__(self, options: WorkerOptions | None = None, **kwargs: Any) -> None:
+        self.options = options or WorkerOptions(**kwargs)
+        o = self.options
+        self.worker_id = o.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        self.handlers: dict[str, Handler] = dict(o.handlers) if o.handlers else dict(REGISTRY)
+        self._events: queue.Queue = queue.Queue()
+        self._jobs: queue.Queue = queue.Queue()
+        self._wake_r, self._wake_w = os.pipe()
+        self._running: dict[int, TaskContext] = {}
+        self._outbox: dict[tuple[int, int], _Pending] = {}
+        self._stopping = False
+        self._stop_deadline = 0.0
+        self._epoch: str | None = None
+        self._welcomed = False
+        self._last_heard = 0.0
+        self._next_heartbeat = 0.0
+        self._interval = o.heartbeat_interval
+        self._liveness = o.liveness
+        self._threads: list[threading.Thread] = []
+
+    def on(self, name: str, fn: Handler) -> None:
+        """Serve task `name` with `fn(task, **args)`."""
+        self.handlers[name] = fn
+
+    def stop(self) -> None:
+        """Graceful stop: take no more tasks, finish running ones within the grace period."""
+        if not self._stopping:
+            self._stopping = True
+            self._stop_deadline = time.monotonic() + self.options.grace
+        self._wake()
+
+    # ---- the loop -------------------------------------------------------------
+
+    def run(self) -> None:
+        o = self.options
+        if not self.handlers:
+            log.warning("worker %s has no handlers registered", self.worker_id)
+        for i in range(max(1, o.concurrency)):
+            t = threading.Thread(target=self._pool_loop, name=f"martinet-handler-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        self.ctx = zmq.Context()
+        self._connect()
+        log.info(
+            "worker %s connecting to %s (worker %d, status %d) for %s",
+            self.worker_id,
+            o.connect,
+            o.worker_port,
+            o.status_port,
+            ", ".join(sorted(self.handlers)),
+        )
+        try:
+            while True:
+                now = time.monotonic()
+                if self._stopping and (not self._running or now >= self._stop_deadline):
+                    if self._running:
+                        log.warning("grace period over; tasks %s go back to the queue", sorted(self._running))
+                    break
+                timeout = max(0, min(self._next_heartbeat - now, 0.5))
+                ready = dict(self.poller.poll(int(timeout * 1000) + 1))
+                if self._wake_r in ready:
+                    os.read(self._wake_r, 65536)
+                self._drain_events()
+                if self.wsock in ready:
+                    self._drain_worker_socket()
+                if self.ssock in ready:
+                    self._drain_status_socket()
+                self._timers(time.monotonic())
+            self._flush_outbox_before_exit()
+            self._send(self.wsock, Cmd.BYE, {})
+        finally:
+            self._close_sockets()
+            self.ctx.term()
+            for fd in (self._wake_r, self._wake_w):
+                os.close(fd)
+            log.info("worker %s stopped", self.worker_id)
+
+    def _connect(self) -> None:
+        o = self.options
+        self.wsock = self._dealer(o.worker_port)
+        self.ssock = self._dealer(o.status_port)
+        self.poller = zmq.Poller()
+        self.poller.register(self.wsock, zmq.POLLIN)
+        self.poller.register(self.ssock, zmq.POLLIN)
+        self.poller.register(self._wake_r, zmq.POLLIN)
+        self._welcomed = False
+        self._last_heard = time.monotonic()
+        self._next_heartbeat = self._last_heard + self._interval
+        self._hello()
+
+    def _dealer(self, port: int) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        sock.connect(f"tcp://{self.options.connect}:{port}")
+        return sock
+
+    def _close_sockets(self) -> None:
+        for sock in (self.wsock, self.ssock):
+            sock.close(0)
+
+    def _hello(self) -> None:
+        self._send(
+            self.wsock,
+            Cmd.HELLO,
+            {
+                "worker_id": self.worker_id,
+                "names": [] if self._stopping else sorted(self.handlers),
+                "capacity": max(1, self.options.concurrency),
+                "version": protocol.VERSION,
+                "running": [{"id": c.id, "attempt": c.attempt} for c in self._running.values()],
+            },
+        )
+
+    def _send(self, sock: zmq.Socket, cmd: Cmd, header: dict) -> None:
+        try:
+            sock.send_multipart(protocol.encode(cmd, header), zmq.NOBLOCK)
+        except zmq.Again:
+            log.debug("send of %s would block; dropped (it is resent if it matters)", cmd.name)
+
+    def _recv_all(self, sock: zmq.Socket):
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                yield protocol.decode(frames)
+            except ProtocolError as exc:
+                log.warning("dropped a malformed frame from the daemon: %s", exc)
+
+    def _drain_worker_socket(self) -> None:
+        for cmd, h in self._recv_all(self.wsock):
+            self._last_heard = time.monotonic()
+            if cmd is Cmd.TASK:
+                self._on_task(h)
+            elif cmd is Cmd.WELCOME:
+                self._on_welcome(h)
+            elif cmd is Cmd.HELLO_AGAIN:
+                log.info("daemon asked worker %s to say hello again", self.worker_id)
+                self._hello()
+            elif cmd is Cmd.CANCEL:
+                ctx = self._running.get(h.get("id"))
+                if ctx is not None:
+                    log.info("task %s attempt %s asked to stop", ctx.id, ctx.attempt)
+                    ctx._cancel.set()
+
+    def _on_welcome(self, h: dict) -> None:
+        self._interval = float(h.get("heartbeat_interval") or self._interval)
+        self._liveness = int(h.get("liveness") or self._liveness)
+        epoch = h.get("epoch")
+        if self._epoch is not None and epoch != self._epoch:
+            log.info("daemon restarted (epoch %s -> %s)", self._epoch, epoch)
+        self._epoch = epoch
+        self._welcomed = True
+        for pending in self._outbox.values():  # anything unacknowledged goes again
+            self._send_pending(pending)
+
+    def _on_task(self, h: dict) -> None:
+        task_id, attempt, name = h.get("id"), h.get("attempt"), h.get("name")
+        args = h.get("args") if isinstance(h.get("args"), dict) else {}
+        reason = None
+        if name not in self.handlers:
+            reason = f"worker {self.worker_id} has no handler for {name!r}"
+        elif self._stopping:
+            reason = f"worker {self.worker_id} is shutting down"
+        elif len(self._running) >= self.options.concurrency:
+            reason = f"worker {self.worker_id} has no free slot"
+        if reason:
+            self._send(
+                self.wsock, Cmd.REJECT, {"id": task_id, "attempt": attempt, "name": name, "reason": reason}
+            )
+            return
+        ctx = TaskContext(task_id, attempt, name, args, self._report)
+        self._running[task_id] = ctx
+        log.info("task %s %s attempt %s started on %s", task_id, name, attempt, self.worker_id)
+        self._jobs.put(ctx)
+
+    def _drain_status_socket(self) -> None:
+        for cmd, h in self._recv_all(self.ssock):
+            self._last_heard = time.monotonic()
+            if cmd is Cmd.ACK:
+                self._outbox.pop((h.get("id"), h.get("attempt")), None)
+
+    def _drain_events(self) -> None:
+        while True:
+            try:
+                cmd, header = self._events.get_nowait()
+            except queue.Empty:
+                return
+            header["worker_id"] = self.worker_id
+            if cmd is Cmd.PROGRESS:
+                self._send(self.ssock, cmd, header)
+                continue
+            self._running.pop(header["id"], None)
+            pending = _Pending(cmd, header)
+            self._outbox[(header["id"], header["attempt"])] = pending
+            self._send_pending(pending)
+
+    def _send_pending(self, pending: _Pending) -> None:
+        pending.sent_at = time.monotonic()
+        self._send(self.ssock, pending.cmd, pending.header)
+
+    def _timers(self, now: float) -> None:
+        silence = self._interval * self._liveness
+        if now - self._last_heard > silence:
+            log.warning("no word from the daemon for %.1fs; reconnecting", now - self._last_heard)
+            self._close_sockets()
+            self._connect()
+            return
+        if now >= self._next_heartbeat:
+            if self._welcomed:
+                self._send(self.wsock, Cmd.HEARTBEAT, {"running": sorted(self._running)})
+            else:
+                self._hello()
+            self._next_heartbeat = now + self._interval
+            for pending in self._outbox.values():
+                if now - pending.sent_at > silence:
+                    self._send_pending(pending)
+
+    def _flush_outbox_before_exit(self) -> None:
+        """Give the daemon a bounded chance to acknowledge our last outcomes."""
+        deadline = time.monotonic() + min(5.0, self._interval * self._liveness)
+        while self._outbox and time.monotonic() < deadline:
+            if dict(self.poller.poll(100)).get(self.ssock):
+                self._drain_status_socket()
+        if self._outbox:
+            log.warning(
+                "exiting with %d unacknowledged outcome(s); their leases will expire", len(self._outbox)
+            )
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b".")
+        except OSError:
+            pass
+
+    def _report(self, cmd: Cmd, header: dict) -> None:
+        self._events.put((cmd, header))
+        self._wake()
+
+    # ---- handler threads ------------------------------------------------------------
+
+    def _pool_loop(self) -> None:
+        while True:
+            ctx = self._jobs.get()
+            cmd, header = self._execute(ctx)
+            self._report(cmd, header)
+
+    def _execute(self, ctx: TaskContext) -> tuple[Cmd, dict]:
+        base = {"id": ctx.id, "attempt": ctx.attempt}
+        started = time.monotonic()
+        try:
+            result = self.handlers[ctx.name](ctx, **ctx.args)
+        except Retry as exc:
+            log.info("task %s attempt %s asked for a retry in %ss", ctx.id, ctx.attempt, exc.in_seconds)
+            return Cmd.FAILED, {**base, "error": _error(exc), "retry_in": exc.in_seconds}
+        except Fail as exc:
+            log.info("task %s attempt %s failed for good: %s", ctx.id, ctx.attempt, exc)
+            return Cmd.FAILED, {**base, "error": _error(exc), "final": True}
+        except BaseException as exc:  # noqa: BLE001 - a handler's failure is data, not a crash
+            log.info("task %s attempt %s raised %s: %s", ctx.id, ctx.attempt, type(exc).__name__, exc)
+            return Cmd.FAILED, {**base, "error": _error(exc)}
+        try:
+            json.dumps(result)
+        except (TypeError, ValueError) as exc:
+            error = {"type": "TypeError", "message": f"the handler's result cannot be stored as JSON: {exc}"}
+            return Cmd.FAILED, {**base, "error": error, "final": True}
+        log.info("task %s attempt %s succeeded in %.3fs", ctx.id, ctx.attempt, time.monotonic() - started)
+        return Cmd.DONE, {**base, "result": result}
+
+
+def _error(exc: BaseException) -> dict:
+    # Skip our own frame (the call into the handler): the trace starts in user code.
+    tb = exc.__traceback__.tb_next if exc.__traceback__ else None
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, tb)),
+    }

@@ -1,0 +1,57 @@
+"""The databases tests run on: SQLite always; PostgreSQL and MySQL when reachable.
+
+URLs come from MARTINET_TEST_POSTGRES / MARTINET_TEST_MYSQL (defaults: the
+local servers on their standard ports). A backend that cannot be reached is
+skipped with the reason, unless MARTINET_TEST_REQUIRE_BACKENDS=1 (as in CI),
+where it fails the run instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+import peewee
+import pytest
+from playhouse.db_url import connect as connect_url
+
+DEFAULT_URLS = {
+    "postgresql": "postgresql://postgres@127.0.0.1:5432/test",
+    "mysql": "mysql://root@127.0.0.1:3306/test",
+}
+ENV = {"postgresql": "MARTINET_TEST_POSTGRES", "mysql": "MARTINET_TEST_MYSQL"}
+REQUIRED = os.environ.get("MARTINET_TEST_REQUIRE_BACKENDS") == "1"
+_reachable: dict[str, str | None] = {}
+
+
+def server_url(backend: str) -> str:
+    return os.environ.get(ENV[backend]) or DEFAULT_URLS[backend]
+
+
+def check(backend: str) -> str:
+    """The URL of a reachable server backend, or skip (fail in CI) saying why."""
+    url = server_url(backend)
+    if backend not in _reachable:
+        try:
+            db = connect_url(url)
+            db.connect()
+            db.close()
+            _reachable[backend] = None
+        except (peewee.PeeweeException, ImportError, OSError) as exc:
+            _reachable[backend] = (
+                f"{backend} at {url} is not reachable ({exc}); set {ENV[backend]} to test it"
+            )
+    reason = _reachable[backend]
+    if reason:
+        if REQUIRED:
+            pytest.fail(reason + " [MARTINET_TEST_REQUIRE_BACKENDS=1]")
+        pytest.skip(reason)
+    return url
+
+
+def reset(url: str) -> None:
+    """Drop martinet's tables so a test starts from an empty database."""
+    db = connect_url(url)
+    db.connect()
+    for table in ("attempt", "task", "schedule"):
+        db.execute_sql(f"DROP TABLE IF EXISTS {table}")
+    db.close()

@@ -1,0 +1,66 @@
+"""Handlers the end-to-end tests run in real worker processes."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import martinet
+
+
+@martinet.task("add")
+def add(task, a, b):
+    return a + b
+
+
+@martinet.task("echo")
+def echo(task, **args):
+    return {"args": args, "attempt": task.attempt, "pid": os.getpid()}
+
+
+@martinet.task("steps")
+def steps(task, n=3):
+    for i in range(1, n + 1):
+        task.progress(i / n, f"step {i} of {n}")
+        time.sleep(0.05)  # lets each progress report go out on its own
+    return n
+
+
+@martinet.task("boom")
+def boom(task, message="kaboom"):
+    raise ValueError(message)
+
+
+@martinet.task("flaky")
+def flaky(task, succeed_on=2):
+    if task.attempt < succeed_on:
+        raise RuntimeError(f"attempt {task.attempt} fails")
+    return task.attempt
+
+
+@martinet.task("sleepy")
+def sleepy(task, seconds=1.0, marker=None):
+    """Sleeps in small steps; writes `marker` when it starts so a test can await it."""
+    if marker:
+        with open(marker, "a") as fh:
+            fh.write(f"{task.id}:{task.attempt}\n")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if task.cancelled:
+            return "stopped"
+        time.sleep(0.01)
+    return "slept"
+
+
+@martinet.task("not_json")
+def not_json(task):
+    return {1, 2, 3}
+
+
+@martinet.task("signals")
+def signals(task, mode="fail"):
+    if mode == "fail":
+        raise martinet.Fail("no point retrying")
+    if task.attempt == 1:
+        raise martinet.Retry(in_=0.1)
+    return task.attempt

@@ -1,0 +1,6 @@
+import martinet
+
+
+@martinet.task("alpha")
+def alpha(task):
+    return "alpha"

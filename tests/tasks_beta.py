@@ -1,0 +1,6 @@
+import martinet
+
+
+@martinet.task("beta")
+def beta(task):
+    return "beta"

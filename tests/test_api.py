@@ -1,0 +1,238 @@
+"""Each public call, end to end: a real daemon and real workers over TCP."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+import martinet
+from tests.harness import wait_for
+
+
+def test_execute_with_task_dict_and_with_name(any_cluster):
+    any_cluster.start_daemon()
+    any_cluster.start_worker()
+    m = any_cluster.client()
+    tid = m.execute({"name": "add", "username": "ana", "description": "Add two"}, {"a": 2, "b": 3})
+    assert m.wait(tid, timeout=10) == 5
+    info = m.get(tid)
+    assert info["status"] == "succeeded"
+    assert (info["username"], info["description"], info["attempt"]) == ("ana", "Add two", 1)
+    assert info["result"] == 5 and info["finished_at"] is not None
+    tid2 = m.execute("add", {"a": 1, "b": 1})
+    assert tid2 != tid and m.wait(tid2, timeout=10) == 2
+
+
+def test_module_level_functions(cluster):
+    cluster.start_daemon()
+    cluster.start_worker()
+    martinet.configure(url=cluster.url, timeout=5)
+    try:
+        tid = martinet.execute("echo", {"x": 1})
+        assert martinet.wait(tid, timeout=10)["args"] == {"x": 1}
+        assert martinet.get(tid)["status"] == "succeeded"
+        assert [t["id"] for t in martinet.list(name="echo")] == [tid]
+        assert martinet.show(tid)["attempts"][0]["outcome"] == "succeeded"
+        sid = martinet.every("1 hour", "echo", {"v": 1})
+        martinet.update(sid, {"v": 2})
+        assert martinet.get(sid)["args"] == {"v": 2}
+        assert martinet.revoke(sid) == "removed"
+        late = martinet.schedule("in 1 hour", "echo", {})
+        assert martinet.revoke(late) == "cancelled"
+    finally:
+        martinet.configure(url=cluster.url)  # closes the shared handle
+
+
+def test_schedule_english_and_datetime(cluster):
+    cluster.start_daemon()
+    cluster.start_worker()
+    m = cluster.client()
+    soon = m.schedule("in 1 second", "echo", {"when": "english"})
+    assert m.get(soon)["status"] == "scheduled"
+    at = datetime.now(UTC) + timedelta(seconds=1)
+    dt = m.schedule(at, "echo", {"when": "datetime"})
+    delta = m.schedule(timedelta(seconds=0.5), "echo", {"when": "timedelta"})
+    later = m.schedule("tomorrow at 9am", "echo", {})
+    for tid in (soon, dt, delta):
+        m.wait(tid, timeout=10)
+    started = datetime.fromisoformat(m.get(dt)["started_at"])
+    assert started >= at - timedelta(milliseconds=5)
+    assert m.get(later)["status"] == "scheduled"
+    assert "scheduled for" in m.show(later)["waiting"]
+
+
+def test_every_runs_repeatedly_without_drift(cluster):
+    cluster.start_daemon()
+    cluster.start_worker()
+    m = cluster.client()
+    sid = m.every("1 second", {"name": "echo", "run_at": "in 0.2 seconds"}, {"n": 1})
+    assert sid.startswith("s")
+
+    def three_runs():
+        done = [t for t in m.list(name="echo") if t["status"] == "succeeded"]
+        return done if len(done) >= 3 else None
+
+    runs = wait_for(three_runs, timeout=10, what="three runs")
+    dues = sorted(datetime.fromisoformat(t["due_at"]) for t in runs)
+    gaps = {round((b - a).total_seconds(), 3) for a, b in zip(dues, dues[1:], strict=False)}
+    assert gaps == {1.0}, gaps  # due times are exact multiples, whenever each fired
+    shown = m.show(sid)
+    assert shown["recent_runs"] and shown["status"] == "active"
+    assert m.schedules()[0]["id"] == sid
+    m.update(sid, {"n": 2})
+    wait_for(
+        lambda: any(t["args"] == {"n": 2} and t["status"] == "succeeded" for t in m.list(name="echo")),
+        timeout=10,
+        what="a run with the new args",
+    )
+    assert m.revoke(sid) == "removed"
+    assert m.get(sid)["status"] == "removed"
+
+
+def test_get_list_show(cluster):
+    cluster.start_daemon()
+    cluster.start_worker()
+    m = cluster.client()
+    a = m.execute({"name": "add", "username": "ana"}, {"a": 1, "b": 2})
+    b = m.execute({"name": "boom", "username": "bob", "max_attempts": 1}, {})
+    m.wait(a, timeout=10)
+    with pytest.raises(martinet.TaskFailed):
+        m.wait(b, timeout=10)
+    assert [t["id"] for t in m.list()] == [b, a]  # newest first
+    assert [t["id"] for t in m.list(status="dead")] == [b]
+    assert [t["id"] for t in m.list(status=["dead", "succeeded"])] == [b, a]
+    assert [t["id"] for t in m.list(username="ana")] == [a]
+    assert [t["id"] for t in m.list(name="boom")] == [b]
+    assert len(m.list(limit=1)) == 1
+    shown = m.show(b)
+    assert shown["error"]["type"] == "ValueError"
+    assert "kaboom" in shown["error"]["traceback"]
+    assert shown["attempts"][0]["outcome"] == "failed"
+    with pytest.raises(martinet.BadInput, match="unknown status"):
+        m.list(status="lost")
+    with pytest.raises(martinet.BadInput, match="no task with id 9999"):
+        m.get(9999)
+
+
+def test_failure_is_retried_then_dead_with_history(cluster):
+    cluster.start_daemon()
+    cluster.start_worker()
+    m = cluster.client()
+    ok = m.execute({"name": "flaky", "max_attempts": 3}, {"succeed_on": 2})
+    assert m.wait(ok, timeout=20) == 2
+    assert [a["outcome"] for a in m.show(ok)["attempts"]] == ["failed", "succeeded"]
+    dead = m.execute({"name": "boom", "max_attempts": 2}, {"message": "always"})
+    with pytest.raises(martinet.TaskFailed, match="dead: ValueError: always") as caught:
+        m.wait(dead, timeout=20)
+    assert caught.value.info["status"] == "dead"
+    attempts = m.show(dead)["attempts"]
+    assert [a["attempt"] for a in attempts] == [1, 2]
+    assert all(a["error"]["message"] == "always" and a["worker"] for a in attempts)
+
+
+def test_retry_and_fail_signals(cluster):
+    cluster.start_daemon()
+    cluster.start_worker()
+    m = cluster.client()
+    final = m.execute({"name": "signals", "max_attempts": 5}, {"mode": "fail"})
+    with pytest.raises(martinet.TaskFailed, match="no point retrying"):
+        m.wait(final, timeout=10)
+    assert m.get(final)["attempt"] == 1
+    retried = m.execute({"name": "signals", "max_attempts": 5}, {"mode": "retry"})
+    assert m.wait(retried, timeout=10) == 2
+
+
+def test_result_that_is_not_json_fails_clearly(cluster):
+    cluster.start_daemon()
+    cluster.start_worker()
+    m = cluster.client()
+    tid = m.execute("not_json")
+    with pytest.raises(martinet.TaskFailed, match="cannot be stored as JSON"):
+        m.wait(tid, timeout=10)
+
+
+def test_progress_is_recorded_and_streamed_to_hooks(cluster):
+    cluster.start_daemon()
+    cluster.start_worker()
+    m = cluster.client()
+    seen, done, errors = [], threading.Event(), []
+    m.on_progress(lambda e: seen.append((e["progress"], e["message"])), name="steps")
+    m.on_complete(lambda e: done.set(), name="steps")
+    m.on_error(errors.append)
+    tid = m.execute("steps", {"n": 3})
+    assert m.wait(tid, timeout=10) == 3
+    assert done.wait(5)
+    assert seen[-1] == (1.0, "step 3 of 3")
+    assert [s[0] for s in seen] == sorted(s[0] for s in seen)
+    info = m.get(tid)
+    assert info["progress"] == 1.0 and info["progress_message"] == "step 3 of 3"
+    bad = m.execute({"name": "boom", "max_attempts": 1})
+    wait_for(lambda: errors, timeout=10, what="the error hook")
+    assert errors[0]["id"] == bad and errors[0]["status"] == "dead"
+    assert errors[0]["error"]["type"] == "ValueError"
+
+
+def test_revoke_waiting_and_running_tasks(cluster, tmp_path):
+    cluster.start_daemon()
+    m = cluster.client()
+    waiting = m.execute("sleepy", {"seconds": 0.1})
+    assert m.revoke(waiting) == "cancelled"
+    cluster.start_worker()
+    marker = tmp_path / "started"
+    running = m.execute("sleepy", {"seconds": 30, "marker": str(marker)})
+    wait_for(marker.exists, timeout=10, what="the task to start")
+    assert m.revoke(running) == "cancelling"
+    with pytest.raises(martinet.TaskFailed, match="cancelled"):
+        m.wait(running, timeout=10)
+    assert m.get(waiting)["status"] == "cancelled"
+    assert m.get(running)["result"] == "stopped"  # the handler saw task.cancelled
+    assert m.show(running)["attempts"][0]["outcome"] == "cancelled"
+
+
+def test_wait_times_out_without_hanging(cluster):
+    cluster.start_daemon()
+    m = cluster.client()
+    tid = m.execute("echo")  # no worker: it waits forever
+    with pytest.raises(martinet.WaitTimeout):
+        m.wait(tid, timeout=0.3)
+
+
+def test_request_id_makes_a_retried_submit_safe(cluster):
+    cluster.start_daemon()
+    m = cluster.client()
+    first = m.execute("echo", {}, request_id="order-7-email")
+    again = m.execute("echo", {}, request_id="order-7-email")
+    assert first == again
+    assert len(m.list()) == 1
+    s1 = m.every("1 hour", "echo", {}, request_id="nightly")
+    s2 = m.every("1 hour", "echo", {}, request_id="nightly")
+    assert s1 == s2 and len(m.schedules()) == 1
+
+
+def test_embedded_daemon(tmp_path):
+    from tests.harness import Cluster
+
+    m = martinet.Martinet(db=f"sqlite:///{tmp_path / 'app.db'}", client_port=0, worker_port=0, status_port=0)
+    cluster = Cluster(tmp_path, "unused")
+    cluster.client_port, cluster.worker_port, cluster.status_port = (
+        m.ports["client"],
+        m.ports["worker"],
+        m.ports["status"],
+    )
+    try:
+        cluster.start_worker()
+        tid = m.execute("add", {"a": 20, "b": 22})
+        assert m.wait(tid, timeout=10) == 42
+    finally:
+        cluster.shutdown()
+        m.close()
+    # the data outlives the embedded daemon
+    again = martinet.Martinet(
+        db=f"sqlite:///{tmp_path / 'app.db'}", client_port=0, worker_port=0, status_port=0
+    )
+    try:
+        assert again.get(tid)["result"] == 42
+    finally:
+        again.close()
