@@ -40,6 +40,7 @@ from martinet.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
+SCHEMES = ("sqlite", "postgres", "postgresql", "mysql", "mariadb")
 WAITING = (SCHEDULED, FAILED)  # states that become QUEUED when run_at comes
 REVOCABLE = (SCHEDULED, QUEUED, FAILED, STALLED)
 
@@ -47,6 +48,11 @@ REVOCABLE = (SCHEDULED, QUEUED, FAILED, STALLED)
 def open_database(url: str) -> peewee.Database:
     """Connect by URL (sqlite:///path.db, postgresql://..., mysql://...) and create tables."""
     scheme = urlparse(url).scheme.split("+")[0]
+    if scheme not in SCHEMES:
+        raise StoreError(
+            f"cannot use database URL {redact(url)}: martinet knows sqlite:///file.db, "
+            f"postgresql://user@host/db and mysql://user@host/db"
+        )
     try:
         if scheme == "sqlite":
             path = url.split(":///", 1)[1] if ":///" in url else ""
@@ -64,8 +70,10 @@ def open_database(url: str) -> peewee.Database:
             )
         elif scheme in ("mysql", "mariadb"):
             # TEXT holds 64 KiB on MySQL; results and args may be larger.
-            db = connect_url(url.replace("mariadb://", "mysql://", 1), charset="utf8mb4")
-            db.field_types = {**db.field_types, "TEXT": "LONGTEXT"}
+            # (peewee reads field_types when the Database is made: pass them in, not after.)
+            db = connect_url(
+                url.replace("mariadb://", "mysql://", 1), charset="utf8mb4", field_types={"TEXT": "LONGTEXT"}
+            )
         else:
             db = connect_url(url)
         database.initialize(db)
@@ -431,9 +439,10 @@ class Store:
                 "due_at": due_at,
                 "run_at": now,
             }
-            inserted = Task.insert(**self._task_row(spec, now)).on_conflict_ignore().execute()
-            if inserted:
-                created.append(inserted)
+            # Count rows, not lastrowid: an ignored INSERT on SQLite reports the previous row's id.
+            query = Task.insert(**self._task_row(spec, now)).on_conflict_ignore()
+            if query.as_rowcount().execute() == 1:
+                created.append(Task.get(Task.schedule_id == sched.id, Task.due_at == due_at).id)
             Schedule.update(next_due=following, last_due=due_at, updated_at=now).where(
                 Schedule.id == sched.id, Schedule.next_due == sched.next_due
             ).execute()

@@ -1,0 +1,114 @@
+"""The `martinet` command, run as a real process against a real daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.harness import ROOT
+
+SUBCOMMANDS = [
+    "serve",
+    "execute",
+    "schedule",
+    "every",
+    "list",
+    "schedules",
+    "show",
+    "wait",
+    "revoke",
+    "update",
+    "demo",
+]
+
+
+def run(*args: str, url: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MARTINET_")}
+    if url:
+        env["MARTINET_URL"] = url  # the environment is how most people will point the CLI
+    return subprocess.run(
+        [sys.executable, "-m", "martinet", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+    )
+
+
+def ok(*args: str, url: str) -> str:
+    out = run(*args, url=url)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.mark.parametrize("sub", SUBCOMMANDS)
+def test_help_on_each_command(sub):
+    out = run(sub, "--help")
+    assert out.returncode == 0 and "usage: martinet " + sub in out.stdout
+
+
+def test_worker_help_and_bad_module():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MARTINET_")}
+    main = "import sys; from martinet.cli import worker_main; sys.exit(worker_main())"
+    out = subprocess.run(
+        [sys.executable, "-c", main, "--help"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.returncode == 0 and "--concurrency" in out.stdout
+    out = subprocess.run(
+        [sys.executable, "-c", main, "no.such.module"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.returncode == 1 and "cannot import 'no.such.module'" in out.stderr
+
+
+def test_cli_round_trip(cluster):
+    cluster.start_daemon()
+    cluster.start_worker()
+    url = cluster.url
+    assert ok("execute", "add", "--args", '{"a": 2, "b": 40}', "--wait", url=url).strip() == "42"
+    accepted = json.loads(ok("execute", "echo", "--args", '{"k": "v"}', "--user", "ana", "--json", url=url))
+    tid = accepted["id"]
+    assert json.loads(ok("wait", str(tid), "--json", url=url))["result"]["args"] == {"k": "v"}
+
+    shown = ok("show", str(tid), url=url)
+    assert "status: succeeded" in shown and "username: ana" in shown and "attempt 1 on" in shown
+    assert json.loads(ok("show", str(tid), "--json", url=url))["attempts"][0]["outcome"] == "succeeded"
+
+    listed = ok("list", "--user", "ana", url=url)
+    assert str(tid) in listed and "succeeded" in listed
+    assert [
+        t["id"] for t in json.loads(ok("list", "--status", "succeeded", "--name", "echo", "--json", url=url))
+    ] == [tid]
+
+    later = json.loads(ok("schedule", "in 1 hour", "echo", "--args", "{}", "--json", url=url))
+    assert ok("update", str(later["id"]), "--args", '{"n": 2}', url=url).strip().endswith("updated")
+    assert ok("revoke", str(later["id"]), url=url).strip() == f"{later['id']}: cancelled"
+
+    created = ok("every", "2 hours", "echo", "--run-at", "in 1 hour", url=url)
+    assert created.startswith("schedule s1 created; first run at")
+    assert "s1" in ok("schedules", url=url) and "7200 seconds" in ok("schedules", url=url)
+    assert "next_due" in ok("show", "s1", url=url)
+    assert ok("revoke", "s1", url=url).strip() == "s1: removed"
+    assert ok("schedules", url=url).strip() == "no schedules"
+
+
+def test_cli_failures_are_one_line(cluster):
+    cluster.start_daemon()
+    cluster.start_worker()
+    url = cluster.url
+    for args, message in (
+        (["show", "12345"], "no task with id 12345"),
+        (["show", "s9"], "no schedule with id s9"),
+        (["list", "--status", "weird"], "unknown status 'weird'"),
+        (["every", "0 minutes", "echo"], "an interval must be longer than zero, got '0 minutes'"),
+        (["update", "1", "--args", "[]"], "must be a JSON object"),
+    ):
+        out = run(*args, url=url)
+        assert out.returncode == 1, (args, out.stdout)
+        assert out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
+    out = run("execute", "boom", "--max-attempts", "1", "--wait", url=url)
+    assert out.returncode == 1 and "ended dead: ValueError: kaboom" in out.stderr

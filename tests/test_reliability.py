@@ -1,0 +1,129 @@
+"""Restarts, kills and refusals: accepted tasks always run, and run once where possible."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import pytest
+
+import martinet
+from tests.harness import wait_for
+
+FAST = {"MARTINET_HEARTBEAT_INTERVAL": "0.2", "MARTINET_LEASE": "3"}  # a dead worker is seen in 0.6 s
+
+
+def test_daemon_kill9_keeps_every_accepted_task(any_cluster):
+    # Given accepted tasks, a delayed one and a schedule, with no worker yet
+    any_cluster.start_daemon()
+    m = any_cluster.client()
+    now_ids = [m.execute("add", {"a": i, "b": i}) for i in range(5)]
+    later = m.schedule("in 1 second", "add", {"a": 10, "b": 10})
+    sid = m.every("1 second", "echo", {"from": "schedule"})
+    # When the daemon is killed without warning and started again
+    any_cluster.daemon.kill9()
+    any_cluster.start_daemon()
+    any_cluster.start_worker()
+    m2 = any_cluster.client()
+    # Then every task runs, and the schedule goes on
+    assert [m2.wait(t, timeout=15) for t in now_ids] == [0, 2, 4, 6, 8]
+    assert m2.wait(later, timeout=15) == 20
+    wait_for(lambda: m2.list(name="echo", status="succeeded"), timeout=15, what="a scheduled run")
+    assert m2.get(sid)["status"] == "active"
+
+
+def test_running_task_is_readopted_after_daemon_kill9(cluster, tmp_path):
+    cluster.start_daemon()
+    cluster.start_worker()
+    m = cluster.client()
+    marker = tmp_path / "runs"
+    tid = m.execute("sleepy", {"seconds": 2, "marker": str(marker)})
+    wait_for(marker.exists, timeout=10, what="the task to start")
+    cluster.daemon.kill9()
+    cluster.start_daemon()
+    assert cluster.client().wait(tid, timeout=20) == "slept"
+    assert marker.read_text().splitlines() == [f"{tid}:1"]  # it ran once, not twice
+    info = cluster.client().get(tid)
+    assert info["attempt"] == 1 and info["status"] == "succeeded"
+
+
+def test_killed_worker_task_goes_to_another_worker(cluster, tmp_path):
+    cluster.start_daemon(env=FAST)
+    victim = cluster.start_worker(worker_id="victim")
+    m = cluster.client()
+    marker = tmp_path / "runs"
+    tid = m.execute("sleepy", {"seconds": 0.5, "marker": str(marker)})
+    wait_for(marker.exists, timeout=10, what="the task to start")
+    victim.kill9()
+    cluster.start_worker(worker_id="rescuer", wait=False)
+    assert m.wait(tid, timeout=20) == "slept"
+    attempts = m.show(tid)["attempts"]
+    assert [(a["worker"], a["outcome"]) for a in attempts] == [("victim", "lost"), ("rescuer", "succeeded")]
+    assert attempts[0]["error"]["type"] == "WorkerLost"
+
+
+def test_tasks_go_only_to_workers_that_handle_their_name(cluster):
+    cluster.start_daemon()
+    cluster.start_worker("tests.tasks_alpha", worker_id="wa")
+    cluster.start_worker("tests.tasks_beta", worker_id="wb")
+    m = cluster.client()
+    ids = {m.execute(name): name for name in ["alpha", "beta"] * 4}
+    for tid, name in ids.items():
+        assert m.wait(tid, timeout=10) == name
+        assert m.show(tid)["attempts"][0]["worker"] == {"alpha": "wa", "beta": "wb"}[name]
+    waiting = m.execute("gamma")
+    assert m.show(waiting)["waiting"] == "no connected worker handles 'gamma'"
+    assert m.get(waiting)["status"] == "queued"
+
+
+def test_refused_task_goes_elsewhere_without_spending_an_attempt(cluster):
+    # Given a worker that claims 'beta' but cannot run it
+    cluster.start_daemon()
+    cluster.start_worker(
+        "tests.tasks_alpha", worker_id="liar", script=[sys.executable, "tests/liar_worker.py"]
+    )
+    m = cluster.client()
+    tid = m.execute("beta")
+    wait_for(lambda: "worker liar refused task" in cluster.daemon.log(), timeout=10, what="the refusal")
+    info = m.show(tid)
+    assert (info["status"], info["attempt"]) == ("queued", 0)
+    assert info["waiting"] == "no connected worker handles 'beta'"
+    # When a worker that can run it arrives, it runs there, on its first attempt
+    cluster.start_worker("tests.tasks_beta", worker_id="honest")
+    assert m.wait(tid, timeout=10) == "beta"
+    assert [(a["attempt"], a["worker"]) for a in m.show(tid)["attempts"]] == [(1, "honest")]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_daemon_stops_cleanly_on_signal(cluster, sig):
+    cluster.start_daemon()
+    m = cluster.client()
+    tid = m.execute("echo", {})
+    assert cluster.daemon.stop(sig, timeout=10) == 0
+    assert "martinet stopped" in cluster.daemon.log()
+    cluster.start_daemon()
+    assert cluster.client().get(tid)["status"] == "queued"
+
+
+def test_worker_finishes_its_task_on_sigterm(cluster, tmp_path):
+    cluster.start_daemon()
+    worker = cluster.start_worker()
+    m = cluster.client()
+    marker = tmp_path / "runs"
+    tid = m.execute("sleepy", {"seconds": 0.5, "marker": str(marker)})
+    wait_for(marker.exists, timeout=10, what="the task to start")
+    assert worker.stop(signal.SIGTERM, timeout=10) == 0
+    assert m.get(tid)["status"] == "succeeded"
+    wait_for(lambda: cluster.workers_connected() == 0, timeout=5, what="the worker to leave")
+
+
+def test_client_retry_after_timeout_creates_nothing_twice(cluster):
+    cluster.start_daemon()
+    m = cluster.client()
+    first = m.execute("echo", {}, request_id="same-request")
+    cluster.daemon.kill9()
+    cluster.start_daemon()
+    again = cluster.client().execute("echo", {}, request_id="same-request")
+    assert first == again and len(cluster.client().list()) == 1
+    with pytest.raises(martinet.BadInput):
+        cluster.client().get("s99")
