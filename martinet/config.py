@@ -69,6 +69,9 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
     try:
         if kind is bool:
             return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+        # int(True) is 1 and int(2.5) is 2: refuse rather than silently change the value.
+        if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
+            raise ValueError(value)
         return kind(value)
     except (TypeError, ValueError):
         raise ConfigError(f"setting {key!r} must be a {kind.__name__}, got {value!r}") from None
@@ -81,8 +84,10 @@ def read_file(path: str | os.PathLike) -> dict[str, Any]:
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, dict):  # sections only group keys for the reader
@@ -116,4 +121,20 @@ def load(
     if config_file:
         settings = settings.with_overrides(read_file(config_file))
     settings = settings.with_overrides(read_env(environ))
-    return settings.with_overrides(flags or {})
+    return check(settings.with_overrides(flags or {}))
+
+
+def check(settings: Settings) -> Settings:
+    """Refuse values that would make the daemon or a worker misbehave."""
+    s = settings
+    for key in ("client_port", "worker_port", "status_port"):
+        if not 0 <= getattr(s, key) <= 65535:
+            raise ConfigError(f"setting {key!r} must be a port from 0 to 65535, got {getattr(s, key)}")
+    for key in ("timeout", "heartbeat_interval", "lease", "retry_base", "retry_factor", "retry_cap"):
+        value = getattr(s, key)
+        if not (value > 0 and value != float("inf")):
+            raise ConfigError(f"setting {key!r} must be a positive number of seconds, got {value}")
+    for key in ("liveness", "max_payload", "max_name_length", "max_attempts", "concurrency"):
+        if getattr(s, key) < 1:
+            raise ConfigError(f"setting {key!r} must be 1 or more, got {getattr(s, key)}")
+    return s

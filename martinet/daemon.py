@@ -503,12 +503,12 @@ class Daemon:
                 self._on_outcome(cmd, ident, h, worker_id, task_id, attempt, out, now)
             else:
                 log.warning("dropped a %s command on the status socket", cmd.name)
-        for (task_id, attempt, _worker), h in progress.items():
+        for (task_id, attempt, worker_id), h in progress.items():
             value = h.get("progress")
             value = float(value) if isinstance(value, (int, float)) else None
             message = h.get("message")
             message = None if message is None else str(message)[:1000]
-            if self.store.progress(task_id, attempt, value, message, now):
+            if self.store.progress(task_id, attempt, worker_id, value, message, now):
                 out.events.append(
                     {
                         "event": "progress",

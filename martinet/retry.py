@@ -19,5 +19,8 @@ class RetryPolicy:
         retries of many tasks that failed together, so they do not return
         as one thundering herd.
         """
-        ceiling = min(self.cap, self.base * self.factor ** max(0, attempt - 1))
+        try:
+            ceiling = min(self.cap, self.base * self.factor ** max(0, attempt - 1))
+        except OverflowError:  # factor ** attempt beyond a float (factor 3, attempt 700): capped
+            ceiling = self.cap
         return (rand or random).uniform(0, ceiling)

@@ -251,11 +251,16 @@ class Store:
     # ---- outcomes -----------------------------------------------------------
 
     def progress(
-        self, task_id: int, attempt: int, value: float | None, message: str | None, now: float
+        self, task_id: int, attempt: int, worker: str, value: float | None, message: str | None, now: float
     ) -> bool:
         n = (
             Task.update(progress=value, progress_message=message, updated_at=now)
-            .where(Task.id == task_id, Task.attempt == attempt, Task.status == RUNNING)
+            .where(
+                Task.id == task_id,
+                Task.attempt == attempt,
+                Task.worker == worker,
+                Task.status == RUNNING,
+            )
             .execute()
         )
         return n == 1

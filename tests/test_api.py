@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 import martinet
-from tests.harness import wait_for
+from tests.harness import Proc, wait_for
 
 
 def test_execute_with_task_dict_and_with_name(any_cluster):
@@ -236,3 +237,17 @@ def test_embedded_daemon(tmp_path):
         assert again.get(tid)["result"] == 42
     finally:
         again.close()
+
+
+def test_worker_on_registration(cluster):
+    cluster.start_daemon()
+    before = cluster.workers_connected()
+    proc = Proc(
+        [sys.executable, "tests/on_worker.py", str(cluster.worker_port), str(cluster.status_port)],
+        cluster.tmp / "on-worker.log",
+    )
+    cluster.workers.append(proc)
+    wait_for(lambda: cluster.workers_connected() > before, timeout=20, what="the worker")
+    m = cluster.client()
+    assert m.wait(m.execute("double", {"x": 21}), timeout=10) == 42
+    assert proc.stop() == 0

@@ -1,0 +1,148 @@
+"""The table of connected workers: credit, liveness, ownership (pure)."""
+
+from __future__ import annotations
+
+from martinet.peers import Peer, Peers
+
+T0 = 1000.0
+
+
+def make(*specs: tuple[str, int]) -> tuple[Peers, list[Peer]]:
+    peers = Peers()
+    made = [peers.hello(wid, wid.encode(), {"add", wid}, cap, T0) for wid, cap in specs]
+    return peers, made
+
+
+def test_hello_registers_a_worker():
+    peers = Peers()
+    peer = peers.hello("w1", b"id-1", {"add", "mul"}, 4, T0)
+    assert (peer.worker_id, peer.ident, peer.names, peer.capacity, peer.last_seen) == (
+        "w1",
+        b"id-1",
+        {"add", "mul"},
+        4,
+        T0,
+    )
+    assert peer.inflight == set() and peer.credit == 4
+    assert len(peers) == 1 and list(peers) == [peer]
+    assert peers.get("w1") is peer and peers.by_ident(b"id-1") is peer
+    assert peers.get("w2") is None and peers.by_ident(b"nope") is None
+
+
+def test_hello_copies_names_and_clamps_capacity():
+    names = {"add"}
+    peers = Peers()
+    peer = peers.hello("w1", b"i", names, -3, T0)
+    names.add("later")
+    assert peer.names == {"add"}
+    assert peer.capacity == 0 and peer.credit == 0
+    assert peers.with_credit() == []
+
+
+def test_repeated_hello_replaces_the_worker_and_its_ident():
+    peers = Peers()
+    old = peers.hello("w1", b"old", {"add"}, 2, T0)
+    peers.assign(old, 7)
+    new = peers.hello("w1", b"new", {"mul"}, 3, T0 + 5)
+    assert new is not old
+    assert len(peers) == 1
+    assert peers.get("w1") is new
+    assert peers.by_ident(b"new") is new
+    assert peers.by_ident(b"old") is None
+    assert new.inflight == set() and new.credit == 3 and new.names == {"mul"}
+    assert peers.owner(7) is None  # a fresh start: the old leases are not its slots
+    assert peers.release(7) is None
+
+
+def test_credit_is_capacity_minus_inflight():
+    peers, (peer,) = make(("w1", 3))
+    peers.assign(peer, 1)
+    peers.assign(peer, 2)
+    assert peer.credit == 1
+    peers.assign(peer, 2)  # the same task twice takes one slot
+    assert peer.credit == 1
+    peers.assign(peer, 3)
+    assert peer.credit == 0
+    peers.assign(peer, 4)  # over capacity never goes negative
+    assert peer.credit == 0
+
+
+def test_assign_release_and_owner():
+    peers, (a, b) = make(("a", 2), ("b", 2))
+    peers.assign(a, 10)
+    peers.assign(b, 20)
+    assert peers.owner(10) is a and peers.owner(20) is b
+    assert peers.owner(30) is None
+    assert peers.release(10) is a
+    assert a.inflight == set() and a.credit == 2
+    assert peers.owner(10) is None
+    assert peers.release(10) is None  # twice: nothing to give back
+    assert peers.release(999) is None
+    assert b.inflight == {20}
+
+
+def test_with_credit_rotates_the_order():
+    peers, (a, b, c) = make(("a", 1), ("b", 1), ("c", 1))
+    orders = [[p.worker_id for p in peers.with_credit()] for _ in range(6)]
+    assert orders == [
+        ["b", "c", "a"],
+        ["c", "a", "b"],
+        ["a", "b", "c"],
+        ["b", "c", "a"],
+        ["c", "a", "b"],
+        ["a", "b", "c"],
+    ]
+    assert {o[0] for o in orders[:3]} == {"a", "b", "c"}  # each is offered work first in turn
+
+
+def test_with_credit_excludes_full_peers():
+    peers, (a, b, c) = make(("a", 1), ("b", 2), ("c", 1))
+    peers.assign(a, 1)
+    peers.assign(b, 2)
+    for _ in range(4):
+        assert {p.worker_id for p in peers.with_credit()} == {"b", "c"}
+    peers.assign(b, 3)
+    peers.assign(c, 4)
+    assert peers.with_credit() == []
+    peers.release(3)
+    assert peers.with_credit() == [b]
+
+
+def test_silent_lists_workers_not_heard_from_in_time():
+    peers, (a, b) = make(("a", 1), ("b", 1))
+    peers.seen("b", T0 + 4)
+    peers.seen("ghost", T0 + 4)  # unknown: ignored
+    assert peers.silent(T0 + 3, 3.0) == []  # exactly the timeout is not yet silent
+    assert peers.silent(T0 + 3.5, 3.0) == [a]
+    assert peers.silent(T0 + 7.5, 3.0) == [a, b]
+    assert len(peers) == 2  # silent() does not remove
+
+
+def test_remove_clears_the_worker_and_its_owners():
+    peers, (a, b) = make(("a", 2), ("b", 2))
+    peers.assign(a, 1)
+    peers.assign(a, 2)
+    peers.assign(b, 3)
+    assert peers.remove("a") is a
+    assert peers.get("a") is None and peers.by_ident(b"a") is None
+    assert peers.owner(1) is None and peers.owner(2) is None
+    assert peers.release(1) is None
+    assert peers.owner(3) is b
+    assert peers.remove("a") is None
+    assert list(peers) == [b]
+
+
+def test_handles_lists_workers_by_task_name():
+    peers, (a, b) = make(("a", 1), ("b", 1))
+    assert peers.handles("add") == [a, b]
+    assert peers.handles("a") == [a]
+    assert peers.handles("nobody") == []
+    peers.assign(a, 1)  # being full does not matter here
+    assert peers.handles("add") == [a, b]
+
+
+def test_iteration_is_a_snapshot():
+    peers, _ = make(("a", 1), ("b", 1))
+    for peer in peers:
+        peers.remove(peer.worker_id)
+    assert len(peers) == 0
