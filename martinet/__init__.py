@@ -56,8 +56,11 @@ __all__ = [
     "execute",
     "get",
     "list",
+    "pause",
+    "resume",
     "revoke",
     "schedule",
+    "schedules",
     "show",
     "task",
     "update",
@@ -126,6 +129,21 @@ def revoke(task_or_schedule_id: int | str) -> str:
     return _handle().revoke(task_or_schedule_id)
 
 
-def update(task_or_schedule_id: int | str, args: dict) -> None:
-    """Replace a schedule's or waiting task's args. See `Martinet.update`."""
-    _handle().update(task_or_schedule_id, args)
+def update(task_or_schedule_id: int | str, args: dict | None = None, **changes: Any) -> None:
+    """New args (and for a schedule, `every`/`timezone`). See `Martinet.update`."""
+    _handle().update(task_or_schedule_id, args, **changes)
+
+
+def schedules() -> Any:
+    """Every schedule that has not been removed. See `Martinet.schedules`."""
+    return _handle().schedules()
+
+
+def pause(schedule_id: str) -> None:
+    """Stop a schedule until resumed. See `Martinet.pause`."""
+    _handle().pause(schedule_id)
+
+
+def resume(schedule_id: str) -> None:
+    """Resume a paused schedule. See `Martinet.resume`."""
+    _handle().resume(schedule_id)

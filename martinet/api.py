@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 TaskSpec = str | dict[str, Any]
 When = str | datetime | timedelta | int | float
 _TASK_KEYS = {"name", "username", "description", "queue", "priority", "max_attempts", "run_at", "timezone"}
+_EVERY_KEYS = {"until", "count", "misfire", "misfire_grace"}
 
 
 class Martinet:
@@ -114,34 +115,47 @@ class Martinet:
         """Run a task repeatedly: "30 minutes", "1 hour 30 minutes", or a cron expression.
 
         The first run is one interval from now (cron: the next match), unless
-        the task dict or options give `run_at` ("midnight", "in 5 minutes", a
-        datetime). Returns the schedule's id, like "s3".
+        `run_at` says when ("midnight", "in 5 minutes", a datetime). Options
+        (in the task dict or as keywords): `timezone` (IANA; cron and
+        wall-clock times follow it), `until` (no run after it), `count` (this
+        many runs, then the schedule is finished), `misfire` ("once", "all"
+        or "skip": what to do with runs missed while the daemon was down) and
+        `misfire_grace` (how late a missed run is still worth running: seconds
+        or "10 minutes"). Returns the schedule's id, like "s3".
         """
-        fields = self._task_fields(task, args, options)
-        tz = fields.pop("timezone", None) or self.settings.timezone
+        fields = self._task_fields(task, args, options, _TASK_KEYS | _EVERY_KEYS)
+        tz = when.check_timezone(fields.pop("timezone", None) or self.settings.timezone)
         recurrence = when.parse_every(spec, tz)  # early, clear errors; the daemon checks again
         fields["every"] = recurrence.spec if recurrence.kind == "cron" else float(recurrence.spec)
         fields["timezone"] = tz
+        now = when.utcnow()
         run_at = fields.pop("run_at", None)
         if run_at is not None:
-            fields["first_due"] = when.parse_when(run_at, when.utcnow(), tz).timestamp()
+            fields["first_due"] = when.parse_when(run_at, now, tz).timestamp()
+        if fields.get("until") is not None:
+            fields["until"] = when.parse_when(fields["until"], now, tz).timestamp()
+        grace = fields.get("misfire_grace")
+        if grace is not None and not isinstance(grace, (int, float)):
+            fields["misfire_grace"] = when.parse_interval(grace).total_seconds()
         reply = self.client.request("every", rid=fields["request_id"], **fields)
         return reply["id"]
 
-    def _task_fields(self, task: TaskSpec, args: dict | None, options: dict) -> dict[str, Any]:
+    def _task_fields(
+        self, task: TaskSpec, args: dict | None, options: dict, known: set[str] = _TASK_KEYS
+    ) -> dict[str, Any]:
         if isinstance(task, str):
             fields: dict[str, Any] = {"name": task}
         elif isinstance(task, dict):
-            unknown = set(task) - _TASK_KEYS
+            unknown = set(task) - known
             if unknown:
                 raise BadInput(
-                    f"unknown task field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_TASK_KEYS))}"
+                    f"unknown task field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
                 )
             fields = dict(task)
         else:
             raise BadInput(f"task must be a name or a dict with a 'name', not {type(task).__name__}")
         request_id = options.pop("request_id", None) or uuid.uuid4().hex
-        unknown = set(options) - _TASK_KEYS
+        unknown = set(options) - known
         if unknown:
             raise BadInput(f"unknown option(s) {', '.join(sorted(unknown))}")
         fields.update({k: v for k, v in options.items() if v is not None})
@@ -180,7 +194,7 @@ class Martinet:
         return reply["items"]
 
     def schedules(self) -> list[dict[str, Any]]:
-        """Every schedule that has not been removed."""
+        """Every schedule that has not been removed (`show(sid)` adds its next five due times)."""
         return self.client.request("schedules")["items"]
 
     def wait(self, task_id: int, timeout: float = 30.0) -> Any:
@@ -207,9 +221,33 @@ class Martinet:
         """Cancel a waiting task, ask a running one to stop, or remove a schedule."""
         return self.client.request("revoke", id=task_or_schedule_id)["status"]
 
-    def update(self, task_or_schedule_id: int | str, args: dict) -> None:
-        """Replace the args of a schedule (its future runs) or of a task not yet started."""
-        self.client.request("update", id=task_or_schedule_id, args=check_args(args, self.limits))
+    def update(
+        self,
+        task_or_schedule_id: int | str,
+        args: dict | None = None,
+        *,
+        every: str | timedelta | int | float | None = None,
+        timezone: str | None = None,
+    ) -> None:
+        """New args for a schedule's future runs or a task not yet started; a schedule may
+        also get a new `every` (its due times start afresh from now) and `timezone`."""
+        fields: dict[str, Any] = {"id": task_or_schedule_id}
+        if args is not None:
+            fields["args"] = check_args(args, self.limits)
+        if timezone is not None:
+            fields["timezone"] = when.check_timezone(timezone)
+        if every is not None:
+            recurrence = when.parse_every(every, timezone or self.settings.timezone)
+            fields["every"] = recurrence.spec if recurrence.kind == "cron" else float(recurrence.spec)
+        self.client.request("update", **fields)
+
+    def pause(self, schedule_id: str) -> None:
+        """Stop a schedule from creating runs until `resume`."""
+        self.client.request("pause", id=schedule_id)
+
+    def resume(self, schedule_id: str) -> None:
+        """Let a paused schedule run again, from its next due time after now (no catch-up)."""
+        self.client.request("resume", id=schedule_id)
 
     # ---- hooks -------------------------------------------------------------------------
 

@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help='an interval ("30 minutes", "1 hour 30 minutes") or a cron expression')
     _add_task_options(p)
     p.add_argument("--run-at", help='the first run ("midnight", "in 5 minutes")')
+    p.add_argument("--until", help='no run after this time ("2027-01-01", "in 3 days")')
+    p.add_argument("--count", type=int, help="this many runs, then the schedule is finished")
+    p.add_argument("--misfire", choices=["once", "all", "skip"], help="runs missed while the daemon was down: "
+                   "run once now (default), run all, or skip to the next")  # fmt: skip
+    p.add_argument("--misfire-grace", help='how late a missed run is still worth running ("10 minutes")')
     _add_common(p)
 
     p = sub.add_parser("list", help="list tasks, newest first", epilog=EPILOG)
@@ -77,8 +82,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     _add_common(p)
 
-    p = sub.add_parser("schedules", help="list recurring schedules", epilog=EPILOG)
+    p = sub.add_parser(
+        "schedules", help="list, show, pause, resume, update or remove schedules", epilog=EPILOG
+    )
     _add_common(p)
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    q = actions.add_parser("list", help="every schedule (the default)")
+    _add_common(q)
+    for action, text in (
+        ("show", "a schedule, its next five due times and its recent runs"),
+        ("pause", "stop creating runs until resumed"),
+        ("resume", "create runs again, from the next due time after now"),
+        ("remove", "remove the schedule (its finished runs stay)"),
+    ):
+        q = actions.add_parser(action, help=text)
+        q.add_argument("id", help="a schedule id, like s7")
+        _add_common(q)
+    q = actions.add_parser("update", help="new args and/or a new spec")
+    q.add_argument("id", help="a schedule id, like s7")
+    q.add_argument("--args", help="the new arguments, a JSON object")
+    q.add_argument("--every", help="a new interval or cron expression; due times start afresh from now")
+    q.add_argument("--timezone", help="a new IANA time zone")
+    _add_common(q)
 
     p = sub.add_parser("show", help="a task or schedule with its history", epilog=EPILOG)
     p.add_argument("id", help="a task id (42) or a schedule id (s7)")
@@ -215,8 +240,9 @@ def cmd_schedule(m, args) -> int:
 
 def cmd_every(m, args) -> int:
     task = _task(args)
-    if args.run_at:
-        task["run_at"] = args.run_at
+    for key in ("run_at", "until", "count", "misfire", "misfire_grace"):
+        if getattr(args, key) is not None:
+            task[key] = getattr(args, key)
     sid = m.every(args.spec, task, _json_arg(args.args))
     item = m.get(sid)
     _print(
@@ -246,6 +272,19 @@ def cmd_list(m, args) -> int:
 
 
 def cmd_schedules(m, args) -> int:
+    action = args.action or "list"
+    if action == "show":
+        return cmd_show(m, args)
+    if action == "update":
+        new_args = _json_arg(args.args) if args.args is not None else None
+        m.update(args.id, new_args, every=args.every, timezone=args.timezone)
+        _print(args, {"id": args.id, "status": "updated"}, f"{args.id}: updated")
+        return 0
+    if action in ("pause", "resume", "remove"):
+        {"pause": m.pause, "resume": m.resume, "remove": m.revoke}[action](args.id)
+        done = {"pause": "paused", "resume": "resumed", "remove": "removed"}[action]
+        _print(args, {"id": args.id, "status": done}, f"{args.id}: {done}")
+        return 0
     items = m.schedules()
     if args.json:
         _print(args, items, "")
@@ -253,10 +292,11 @@ def cmd_schedules(m, args) -> int:
     if not items:
         print("no schedules")
         return 0
-    print(f"{'ID':>6}  {'STATUS':<8} {'NAME':<20} {'EVERY':<20} {'NEXT DUE':<30}")
+    print(f"{'ID':>6}  {'STATUS':<8} {'NAME':<20} {'EVERY':<20} {'ZONE':<16} {'NEXT DUE':<30}")
     for s in items:
         print(
-            f"{s['id']:>6}  {s['status']:<8} {s['name'][:20]:<20} {s['every'][:20]:<20} {s['next_due'] or '-':<30}"
+            f"{s['id']:>6}  {s['status']:<8} {s['name'][:20]:<20} {s['every'][:20]:<20} "
+            f"{s['timezone'][:16]:<16} {s['next_due'] or '-':<30}"
         )
     return 0
 
@@ -266,7 +306,7 @@ def cmd_show(m, args) -> int:
     if args.json:
         _print(args, item, "")
         return 0
-    skip = {"attempts", "recent_runs", "error", "kind"}
+    skip = {"attempts", "recent_runs", "upcoming", "error", "kind"}
     for key, value in item.items():
         if key not in skip and value is not None:
             print(f"{key:>17}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
@@ -278,6 +318,8 @@ def cmd_show(m, args) -> int:
     for a in item.get("attempts", []):
         outcome = a["outcome"] + (f" ({a['error']['type']}: {a['error']['message']})" if a["error"] else "")
         print(f"  attempt {a['attempt']} on {a['worker']}: {a['started_at']} +{a['duration']}s {outcome}")
+    for due in item.get("upcoming", []):
+        print(f"  next due {due}")
     for r in item.get("recent_runs", []):
         print(f"  run {r['id']} due {r['due_at']}: {r['status']}")
     return 0

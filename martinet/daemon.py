@@ -22,13 +22,13 @@ import zmq
 
 from martinet import protocol, when
 from martinet.config import Settings
-from martinet.errors import BadInput, MartinetError, ProtocolError
+from martinet.errors import BadInput, BadSchedule, MartinetError, ProtocolError
 from martinet.models import FAILED, QUEUED, SCHEDULED, STATES, TERMINAL
 from martinet.peers import Peers
 from martinet.protocol import Cmd
 from martinet.retry import RetryPolicy
 from martinet.store import Store, iso, open_database, redact
-from martinet.validate import Limits, check_every, check_task
+from martinet.validate import Limits, check_args, check_every, check_task
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +285,10 @@ class Daemon:
         first = spec.get("first_due")
         if first is None:
             first = recurrence.next_after(when.from_timestamp(now)).timestamp()
+        if spec.get("until") is not None and spec["until"] < first:
+            raise BadSchedule(
+                f"until ({iso(spec['until'])}) is before the first run ({iso(first)}); nothing would ever run"
+            )
         sched_id, created = self.store.add_schedule(spec, first, now)
         self._wakeup_dirty = True
         if created:
@@ -297,7 +301,7 @@ class Daemon:
         return {"item": self._lookup(h.get("id"))}
 
     def _op_show(self, h, now, out, ident):
-        item = self._lookup(h.get("id"))
+        item = self._lookup(h.get("id"), upcoming=5)
         if item["kind"] == "task":
             item["attempts"] = self.store.attempts(item["id"])
             item["waiting"] = self._waiting_reason(item)
@@ -346,20 +350,55 @@ class Daemon:
         return {"status": status}
 
     def _op_update(self, h, now, out, ident):
-        args = h.get("args")
-        if not isinstance(args, dict):
-            raise BadInput("args must be a JSON object")
         kind, num = _parse_ref(h.get("id"))
+        args = None if h.get("args") is None else check_args(h.get("args"), self.limits)
         if kind == "schedule":
-            if not self.store.update_schedule_args(num, args, now):
-                raise BadInput(f"no active schedule with id s{num}")
-            return {"status": "updated"}
+            current = self._lookup(h.get("id"))
+            recurrence, tz = None, h.get("timezone")
+            if h.get("every") is not None:
+                recurrence = when.parse_every(h["every"], tz or current["timezone"])
+            if args is None and recurrence is None:
+                raise BadInput("nothing to update: give args and/or every")
+            status = self.store.update_schedule(num, now, args, recurrence, tz)
+            if status != "updated":
+                raise BadInput(f"schedule s{num} is {status}; it can no longer be updated")
+            self._wakeup_dirty = True
+            return {"status": status}
+        if args is None:
+            raise BadInput("args must be a JSON object")
         status = self.store.update_task_args(num, args, now)
         if status == "missing":
             raise BadInput(f"no task with id {num}")
         if status != "updated":
             raise BadInput(f"task {num} is {status}; only a task that has not started can be updated")
         return {"status": status}
+
+    def _op_pause(self, h, now, out, ident):
+        num = self._schedule_ref(h.get("id"))
+        status = self.store.pause_schedule(num, now)
+        if status is None:
+            raise BadInput(f"no schedule with id s{num}")
+        if status != "paused":
+            raise BadInput(f"schedule s{num} is {status}; only an active schedule can be paused")
+        log.info("schedule s%s paused", num)
+        return {"status": status}
+
+    def _op_resume(self, h, now, out, ident):
+        num = self._schedule_ref(h.get("id"))
+        status = self.store.resume_schedule(num, now)
+        if status is None:
+            raise BadInput(f"no schedule with id s{num}")
+        if status != "active":
+            raise BadInput(f"schedule s{num} is {status}; only a paused schedule can be resumed")
+        self._wakeup_dirty = True
+        log.info("schedule s%s resumed", num)
+        return {"status": status}
+
+    def _schedule_ref(self, ref: Any) -> int:
+        kind, num = _parse_ref(ref)
+        if kind != "schedule":
+            raise BadInput(f"{ref!r} is a task id; schedules have ids like s7")
+        return num
 
     def _op_wait(self, h, now, out, ident):
         kind, num = _parse_ref(h.get("id"))
@@ -380,9 +419,9 @@ class Daemon:
         self._subscribers[ident] = now + SUBSCRIPTION_TTL
         return {"ttl": SUBSCRIPTION_TTL}
 
-    def _lookup(self, ref: Any) -> dict:
+    def _lookup(self, ref: Any, upcoming: int = 0) -> dict:
         kind, num = _parse_ref(ref)
-        item = self.store.get_task(num) if kind == "task" else self.store.get_schedule(num)
+        item = self.store.get_task(num) if kind == "task" else self.store.get_schedule(num, upcoming)
         if item is None:
             raise BadInput(f"no {kind} with id {ref}")
         return item

@@ -61,6 +61,10 @@ class Schedule(BaseModel):
     kind = CharField(max_length=16)
     spec = CharField(max_length=255)
     timezone = CharField(max_length=64, default="UTC")
+    until = DoubleField(null=True)  # no run is due after this
+    remaining = IntegerField(null=True)  # runs left to create (from count); null: no count
+    misfire = CharField(max_length=8, default="once")  # once | all | skip (see recurring.py)
+    misfire_grace = DoubleField(null=True)  # seconds late a run is still worth running
     next_due = DoubleField(null=True, index=True)
     last_due = DoubleField(null=True)
     status = CharField(max_length=16, default="active")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
+import math
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import peewee
 from playhouse.db_url import connect as connect_url
 
-from martinet import when
+from martinet import recurring, when
 from martinet.errors import StoreError
 from martinet.models import (
     CANCELLED,
@@ -410,6 +410,10 @@ class Store:
             kind=spec["kind"],
             spec=spec["spec"],
             timezone=spec.get("timezone") or "UTC",
+            until=spec.get("until"),
+            remaining=spec.get("count"),
+            misfire=spec.get("misfire") or "once",
+            misfire_grace=spec.get("misfire_grace"),
             next_due=first_due,
             created_at=now,
             updated_at=now,
@@ -417,40 +421,56 @@ class Store:
         return row.id, True
 
     def expand_schedules(self, now: float, default_max_attempts: int) -> list[int]:
-        """Create the run of every schedule that is due; one run per (schedule, due time).
+        """Create the runs every due schedule owes; one run per (schedule, due time).
 
-        Runs missed while the daemon was down collapse into one run now (the
-        latest missed due time); the next due time is then the first one
-        after `now`, computed from the previous due time, so there is no drift.
+        The schedule row is advanced first, conditionally on the next due time
+        it was read with: a second daemon sharing the database that read the
+        same row updates nothing and creates nothing. The unique key on
+        (schedule_id, due_at) backs this up. Which runs are owed (misfire
+        policy, until, count) is decided by `recurring.plan`.
         """
         created = []
         due = Schedule.select().where(Schedule.status == "active", Schedule.next_due <= now)
         for sched in list(due):
             rec = when.recurrence_from_db(sched.kind, sched.spec, sched.timezone)
-            due_at = sched.next_due
-            following = rec.next_after(when.from_timestamp(due_at)).timestamp()
-            while following <= now:  # collapse missed runs into the latest one
-                due_at = following
-                following = rec.next_after(when.from_timestamp(due_at)).timestamp()
-            spec = {
-                "name": sched.name,
-                "username": sched.username,
-                "description": sched.description,
-                "args": json.loads(sched.args),
-                "queue": sched.queue,
-                "priority": sched.priority,
-                "max_attempts": sched.max_attempts or default_max_attempts,
-                "schedule_id": sched.id,
-                "due_at": due_at,
-                "run_at": now,
-            }
-            # Count rows, not lastrowid: an ignored INSERT on SQLite reports the previous row's id.
-            query = Task.insert(**self._task_row(spec, now)).on_conflict_ignore()
-            if query.as_rowcount().execute() == 1:
-                created.append(Task.get(Task.schedule_id == sched.id, Task.due_at == due_at).id)
-            Schedule.update(next_due=following, last_due=due_at, updated_at=now).where(
-                Schedule.id == sched.id, Schedule.next_due == sched.next_due
-            ).execute()
+            owed = recurring.plan(rec, sched.next_due, now, _policy(sched))
+            advanced = (
+                Schedule.update(
+                    next_due=owed.next_due,
+                    last_due=owed.runs[-1] if owed.runs else sched.last_due,
+                    remaining=owed.remaining,
+                    status="active" if owed.next_due is not None else "finished",
+                    updated_at=now,
+                )
+                .where(Schedule.id == sched.id, Schedule.next_due == sched.next_due)
+                .execute()
+            )
+            if not advanced:
+                continue  # another daemon got there first
+            if owed.missed:
+                log.info(
+                    "schedule s%s: %d due time(s) not run (misfire policy %s)",
+                    sched.id,
+                    owed.missed,
+                    sched.misfire,
+                )
+            for due_at in owed.runs:
+                spec = {
+                    "name": sched.name,
+                    "username": sched.username,
+                    "description": sched.description,
+                    "args": json.loads(sched.args),
+                    "queue": sched.queue,
+                    "priority": sched.priority,
+                    "max_attempts": sched.max_attempts or default_max_attempts,
+                    "schedule_id": sched.id,
+                    "due_at": due_at,
+                    "run_at": now,
+                }
+                # Count rows, not lastrowid: an ignored INSERT on SQLite reports the previous row's id.
+                query = Task.insert(**self._task_row(spec, now)).on_conflict_ignore()
+                if query.as_rowcount().execute() == 1:
+                    created.append(Task.get(Task.schedule_id == sched.id, Task.due_at == due_at).id)
         return created
 
     def _task_row(self, spec: dict, now: float) -> dict[str, Any]:
@@ -479,13 +499,53 @@ class Store:
         )
         return n == 1
 
-    def update_schedule_args(self, schedule_id: int, args: dict, now: float) -> bool:
-        n = (
-            Schedule.update(args=json.dumps(args), updated_at=now)
-            .where(Schedule.id == schedule_id, Schedule.status != "removed")
-            .execute()
-        )
-        return n == 1
+    def pause_schedule(self, schedule_id: int, now: float) -> str | None:
+        """Stop creating runs; returns the schedule's status after, None if it is missing."""
+        Schedule.update(status="paused", updated_at=now).where(
+            Schedule.id == schedule_id, Schedule.status == "active"
+        ).execute()
+        row = Schedule.get_or_none(Schedule.id == schedule_id)
+        return None if row is None else row.status
+
+    def resume_schedule(self, schedule_id: int, now: float) -> str | None:
+        """Create runs again from the next due time after now: a pause does not owe the runs it skipped."""
+        row = Schedule.get_or_none(Schedule.id == schedule_id)
+        if row is None:
+            return None
+        if row.status != "paused":
+            return row.status
+        rec = when.recurrence_from_db(row.kind, row.spec, row.timezone)
+        next_due = _next_after_now(rec, row.next_due, now)
+        Schedule.update(status="active", next_due=next_due, updated_at=now).where(
+            Schedule.id == schedule_id, Schedule.status == "paused"
+        ).execute()
+        return "active"
+
+    def update_schedule(
+        self,
+        schedule_id: int,
+        now: float,
+        args: dict | None = None,
+        recurrence: when.Recurrence | None = None,
+        timezone: str | None = None,
+    ) -> str | None:
+        """New args (for future runs) and/or a new spec or zone (due times start afresh from now)."""
+        row = Schedule.get_or_none(Schedule.id == schedule_id)
+        if row is None:
+            return None
+        if row.status in ("removed", "finished"):
+            return row.status
+        changes: dict[str, Any] = {"updated_at": now}
+        if args is not None:
+            changes["args"] = json.dumps(args)
+        if recurrence is None and timezone is not None:
+            recurrence = when.recurrence_from_db(row.kind, row.spec, timezone)
+        if recurrence is not None:
+            zone = getattr(recurrence, "tz", None) or timezone or row.timezone  # the zone it was computed in
+            changes.update(kind=recurrence.kind, spec=recurrence.spec, timezone=zone)
+            changes["next_due"] = recurrence.next_after(when.from_timestamp(now)).timestamp()
+        Schedule.update(**changes).where(Schedule.id == schedule_id).execute()
+        return "updated"
 
     # ---- reads --------------------------------------------------------------
 
@@ -528,9 +588,24 @@ class Store:
         query = query.order_by(Task.id.desc()).limit(limit)
         return [task_info(r) for r in query]
 
-    def get_schedule(self, schedule_id: int) -> dict | None:
+    def get_schedule(self, schedule_id: int, upcoming: int = 0) -> dict | None:
+        """A schedule's record; with `upcoming`, its next due times (none after until, at most count)."""
         row = Schedule.get_or_none(Schedule.id == schedule_id)
-        return None if row is None else schedule_info(row)
+        if row is None:
+            return None
+        info = schedule_info(row)
+        if upcoming:
+            info["upcoming"] = []
+        if upcoming and row.next_due is not None:
+            rec = when.recurrence_from_db(row.kind, row.spec, row.timezone)
+            first = when.from_timestamp(row.next_due)
+            times = [first, *rec.next_n(first, upcoming - 1)]
+            if row.until is not None:
+                times = [t for t in times if t.timestamp() <= row.until]
+            if row.remaining is not None:
+                times = times[: row.remaining]
+            info["upcoming"] = [iso(t.timestamp()) for t in times]
+        return info
 
     def list_schedules(self, include_removed: bool = False) -> list[dict]:
         query = Schedule.select().order_by(Schedule.id)
@@ -538,13 +613,18 @@ class Store:
             query = query.where(Schedule.status != "removed")
         return [schedule_info(r) for r in query]
 
-    def terminal_status(self, task_id: int) -> str | None:
-        row = Task.select(Task.status).where(Task.id == task_id).first()
-        return None if row is None else row.status
+
+def _policy(sched: Schedule) -> recurring.Policy:
+    return recurring.Policy(sched.misfire, sched.misfire_grace, sched.until, sched.remaining)
 
 
-def new_request_id() -> str:
-    return uuid.uuid4().hex
+def _next_after_now(rec: when.Recurrence, due: float | None, now: float) -> float:
+    """The first due time after now, on the schedule's own grid when it has one."""
+    if isinstance(rec, when.Interval) and due is not None:
+        if due > now:
+            return due
+        return due + (math.floor((now - due) / rec.seconds) + 1) * rec.seconds
+    return rec.next_after(when.from_timestamp(now)).timestamp()
 
 
 def _error(kind: str | None, message: str | None, trace: str | None) -> dict | None:
@@ -595,6 +675,10 @@ def schedule_info(row: Schedule) -> dict[str, Any]:
         "every": row.spec if row.kind == "cron" else f"{float(row.spec):g} seconds",
         "recurrence": row.kind,
         "timezone": row.timezone,
+        "until": iso(row.until),
+        "remaining": row.remaining,
+        "misfire": row.misfire,
+        "misfire_grace": row.misfire_grace,
         "status": row.status,
         "next_due": iso(row.next_due),
         "last_due": iso(row.last_due),

@@ -4,11 +4,12 @@ and the daemon (the authority). Each failure names the field and the limit."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from martinet import when
-from martinet.errors import BadInput
+from martinet import recurring, when
+from martinet.errors import BadInput, BadSchedule
 
 
 @dataclass(frozen=True)
@@ -83,13 +84,40 @@ def check_every(h: dict, limits: Limits, default_tz: str) -> tuple[dict[str, Any
     """An `every` request: a task spec plus a recurrence the daemon can compute."""
     spec = check_task(h, limits, 1)
     spec["max_attempts"] = _optional_int(h, "max_attempts", 1, 1000)
-    tz = h.get("timezone") or default_tz
+    tz = when.check_timezone(h.get("timezone") or default_tz)
     every = h.get("every")
     if not isinstance(every, (str, int, float)) or isinstance(every, bool):
         raise BadInput("every must be an interval like '30 minutes' or a cron expression")
     recurrence = when.parse_every(every, tz)
-    first = h.get("first_due")
-    if first is not None and (isinstance(first, bool) or not isinstance(first, (int, float))):
-        raise BadInput("first_due must be a UTC timestamp in seconds")
-    spec.update(kind=recurrence.kind, spec=recurrence.spec, timezone=tz, first_due=first)
+    misfire = h.get("misfire") or "once"
+    if misfire not in recurring.POLICIES:
+        raise BadSchedule(f"misfire policy must be one of {', '.join(recurring.POLICIES)}, not {misfire!r}")
+    spec.update(
+        kind=recurrence.kind,
+        spec=recurrence.spec,
+        timezone=tz,
+        first_due=_optional_timestamp(h, "first_due"),
+        until=_optional_timestamp(h, "until"),
+        count=_optional_int(h, "count", 1, 1_000_000_000),
+        misfire=misfire,
+        misfire_grace=_optional_seconds(h, "misfire_grace"),
+    )
     return spec, recurrence
+
+
+def _optional_timestamp(h: dict, key: str) -> float | None:
+    value = h.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadInput(f"{key} must be a UTC timestamp in seconds")
+    return float(value)
+
+
+def _optional_seconds(h: dict, key: str) -> float | None:
+    value = h.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise BadInput(f"{key} must be a number of seconds, zero or more, got {value!r}")
+    return float(value)

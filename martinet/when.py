@@ -96,6 +96,14 @@ def _zone(name: str, error: type[Exception]) -> ZoneInfo:
         raise error(f"unknown time zone {name!r} (use an IANA name like 'Europe/Berlin')") from None
 
 
+def check_timezone(name: Any) -> str:
+    """The IANA zone name, or BadTime saying it is unknown."""
+    if not isinstance(name, str) or not name:
+        raise BadTime(f"unknown time zone {name!r} (use an IANA name like 'Europe/Berlin')")
+    _zone(name, BadTime)
+    return name
+
+
 def _localize(wall: datetime, zone: ZoneInfo) -> datetime:
     """Naive wall time in `zone` -> aware UTC.
 

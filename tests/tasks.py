@@ -64,3 +64,9 @@ def signals(task, mode="fail"):
     if task.attempt == 1:
         raise martinet.Retry(in_=0.1)
     return task.attempt
+
+
+@martinet.task("clock")
+def clock(task, **args):
+    """Returns when the handler started, to compare with the task's due time."""
+    return time.time()

@@ -112,3 +112,38 @@ def test_cli_failures_are_one_line(cluster):
         assert out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
     out = run("execute", "boom", "--max-attempts", "1", "--wait", url=url)
     assert out.returncode == 1 and "ended dead: ValueError: kaboom" in out.stderr
+
+
+def test_cli_schedules(cluster):
+    cluster.start_daemon()
+    url = cluster.url
+    out = ok("every", "0 9 * * MON-FRI", "echo", "--timezone", "Europe/Berlin", "--misfire", "skip",
+             "--misfire-grace", "10 minutes", "--until", "in 30 days", "--json", url=url)  # fmt: skip
+    sid = json.loads(out)["id"]
+    shown = json.loads(ok("schedules", "show", sid, "--json", url=url))
+    assert (shown["misfire"], shown["misfire_grace"], shown["timezone"]) == ("skip", 600.0, "Europe/Berlin")
+    assert len(shown["upcoming"]) == 5
+    assert ok("schedules", "show", sid, url=url).count("next due") == 5
+    assert ok("schedules", "pause", sid, url=url).strip() == f"{sid}: paused"
+    assert "paused" in ok("schedules", url=url)
+    assert ok("schedules", "resume", sid, url=url).strip() == f"{sid}: resumed"
+    assert (
+        ok("schedules", "update", sid, "--every", "30 minutes", "--args", '{"v": 2}', url=url).strip()
+        == f"{sid}: updated"
+    )
+    listed = json.loads(ok("schedules", "list", "--json", url=url))
+    assert (listed[0]["every"], listed[0]["args"]) == ("1800 seconds", {"v": 2})
+    assert ok("schedules", "remove", sid, url=url).strip() == f"{sid}: removed"
+    for args, message in (
+        (["every", "1 hour", "echo", "--timezone", "Mars/Olympus"], "unknown time zone 'Mars/Olympus'"),
+        (["every", "99 * * * *", "echo"], "99 * * * *"),
+        (
+            ["every", "1 hour", "echo", "--run-at", "in 2 hours", "--until", "in 1 hour"],
+            "is before the first run",
+        ),
+        (["schedules", "pause", "42"], "is a task id; schedules have ids like s7"),
+        (["schedules", "update", "s1"], "nothing to update"),
+    ):
+        out = run(*args, url=url)
+        assert out.returncode == 1 and message in out.stderr, (args, out.stderr)
+    assert json.loads(ok("schedules", "--json", url=url)) == []

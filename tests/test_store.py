@@ -43,6 +43,10 @@ TASK_KEYS = {
 }
 SCHEDULE_KEYS = {
     "id",
+    "until",
+    "remaining",
+    "misfire",
+    "misfire_grace",
     "kind",
     "name",
     "username",
@@ -605,8 +609,9 @@ def test_remove_schedule_stops_its_runs(store):
     assert [row(t).schedule_id for t in created] == [keep]
     assert [s["id"] for s in store.list_schedules()] == [f"s{keep}"]
     assert [s["id"] for s in store.list_schedules(include_removed=True)] == [f"s{sched}", f"s{keep}"]
-    assert not store.update_schedule_args(sched, {"a": 1}, NOW)
-    assert store.update_schedule_args(keep, {"a": 1}, NOW)
+    assert store.update_schedule(sched, NOW, args={"a": 1}) == "removed"
+    assert store.update_schedule(keep, NOW, args={"a": 1}) == "updated"
+    assert store.update_schedule(999, NOW, args={"a": 1}) is None
     assert store.get_schedule(keep)["args"] == {"a": 1}
 
 
@@ -661,8 +666,6 @@ def test_task_info_and_schedule_info_shapes(store):
     )
     assert (info["next_due"], info["last_due"]) == (iso(NOW + 90), None)
     assert store.get_schedule(999) is None
-    assert store.terminal_status(task_id) == "queued"
-    assert store.terminal_status(999) is None
 
 
 def test_large_and_unicode_payloads_round_trip(store):

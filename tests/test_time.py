@@ -1,0 +1,134 @@
+"""Delayed and recurring tasks end to end: on time, never lost, never doubled."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+import pytest
+
+import martinet
+from tests.harness import Cluster, wait_for
+
+
+def ts(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def runs_of(m: martinet.Martinet, sid: str) -> list[float]:
+    return sorted(ts(t["due_at"]) for t in m.list(name="clock", limit=10_000) if t["schedule"] == sid)
+
+
+def test_delayed_task_starts_at_its_due_time_not_before(cluster):
+    cluster.start_daemon()
+    cluster.start_worker()
+    m = cluster.client()
+    tid = m.schedule("in 1 second", "clock", {})
+    due = ts(m.get(tid)["run_at"])
+    started = m.wait(tid, timeout=10)
+    assert started >= due
+    past = m.schedule("2020-01-01 00:00", "clock", {})  # a time in the past runs now
+    assert m.get(past)["status"] in ("queued", "running", "succeeded")
+    assert m.wait(past, timeout=10) > due
+
+
+@pytest.mark.parametrize("policy", ["once", "all", "skip"])
+def test_schedule_resumes_after_kill9_under_its_misfire_policy(cluster, policy):
+    cluster.start_daemon()
+    cluster.start_worker()
+    m = cluster.client()
+    sid = m.every("1 second", "clock", {}, misfire=policy, misfire_grace=0.6 if policy == "skip" else None)
+    wait_for(lambda: len(runs_of(m, sid)) >= 1, timeout=10, what="a first run")
+    cluster.daemon.kill9()
+    killed = time.time()
+    time.sleep(2.6)  # the outage itself: due times pass while nobody is there
+    restarted = time.time()
+    cluster.start_daemon()
+    m = cluster.client()
+    wait_for(
+        lambda: [d for d in runs_of(m, sid) if d > restarted], timeout=10, what="an on-time run after restart"
+    )
+    dues = runs_of(m, sid)
+    missed = [d for d in dues if killed < d < restarted - 0.6]
+    assert len(dues) == len(set(dues))  # never two runs for one due time
+    assert {round(b - a, 6) % 1 for a, b in zip(dues, dues[1:], strict=False)} <= {0.0}  # one grid, no drift
+    if policy == "all":
+        assert {round(b - a, 6) for a, b in zip(dues, dues[1:], strict=False)} == {1.0}  # every due time ran
+    elif policy == "once":
+        assert len([d for d in dues if killed < d < restarted]) == 1  # the outage collapsed into one run
+    else:
+        assert missed == []
+
+
+def test_two_daemons_on_one_database_create_each_run_once(tmp_path, db_url):
+    first, second = Cluster(tmp_path, db_url), Cluster(tmp_path, db_url)
+    try:
+        first.start_daemon()
+        second.start_daemon()
+        m = first.client()
+        sid = m.every("0.2 seconds", "clock", {})
+        wait_for(lambda: len(runs_of(m, sid)) >= 10, timeout=15, what="ten runs")
+        dues = runs_of(m, sid)
+        assert len(dues) == len(set(dues))
+        assert {round(b - a, 6) for a, b in zip(dues, dues[1:], strict=False)} == {0.2}
+        logs = first.daemon.log() + second.daemon.log()
+        assert (
+            "schedules created tasks" in first.daemon.log()
+            or "schedules created tasks" in second.daemon.log()
+        ), logs
+    finally:
+        first.shutdown()
+        second.shutdown()
+
+
+def test_schedules_can_be_paused_resumed_updated_shown_and_removed(cluster):
+    cluster.start_daemon()
+    cluster.start_worker()
+    m = cluster.client()
+    sid = m.every("1 hour", {"name": "clock", "run_at": "in 10 minutes"}, {"v": 1}, timezone="Europe/Berlin")
+    shown = m.show(sid)
+    upcoming = [ts(t) for t in shown["upcoming"]]
+    assert len(upcoming) == 5 and {b - a for a, b in zip(upcoming, upcoming[1:], strict=False)} == {3600.0}
+    m.pause(sid)
+    assert m.get(sid)["status"] == "paused"
+    m.pause(sid)  # pausing twice is harmless
+    m.resume(sid)
+    assert m.get(sid)["status"] == "active"
+    m.update(sid, {"v": 2}, every="0 9 * * MON-FRI")
+    info = m.show(sid)
+    assert (info["args"], info["every"], info["recurrence"]) == ({"v": 2}, "0 9 * * MON-FRI", "cron")
+    nine = datetime.fromisoformat(info["upcoming"][0]).astimezone(
+        __import__("zoneinfo").ZoneInfo("Europe/Berlin")
+    )
+    assert (nine.hour, nine.minute) == (9, 0) and nine.weekday() < 5
+    assert m.revoke(sid) == "removed"
+    assert m.schedules() == []
+
+
+def test_count_and_until_end_a_schedule(cluster):
+    cluster.start_daemon()
+    cluster.start_worker()
+    m = cluster.client()
+    counted = m.every("0.3 seconds", "clock", {}, count=2)
+    wait_for(lambda: m.get(counted)["status"] == "finished", timeout=10, what="the schedule to finish")
+    assert len(runs_of(m, counted)) == 2
+    assert m.get(counted)["next_due"] is None
+
+
+def test_bad_time_input_writes_nothing(cluster):
+    cluster.start_daemon()
+    m = cluster.client()
+    with pytest.raises(martinet.BadTime, match="unknown time zone 'Mars/Olympus'"):
+        m.every("30 minutes", "clock", {}, timezone="Mars/Olympus")
+    with pytest.raises(martinet.BadSchedule, match="61 \\* \\* \\* \\*"):
+        m.every("61 * * * *", "clock", {})
+    for spec in ("0 minutes", "-5 minutes"):
+        with pytest.raises(martinet.BadSchedule, match=spec):
+            m.every(spec, "clock", {})
+    with pytest.raises(martinet.BadSchedule, match="is before the first run"):
+        m.every("1 hour", "clock", {}, run_at="in 2 hours", until="in 1 hour")
+    with pytest.raises(martinet.BadSchedule, match="misfire policy"):
+        m.every("1 hour", "clock", {}, misfire="sometimes")
+    with pytest.raises(martinet.BadTime, match="could not read 'when pigs fly' as a time"):
+        m.every("1 hour", "clock", {}, run_at="when pigs fly")
+    assert m.schedules() == [] and m.list() == []
