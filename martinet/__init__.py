@@ -58,10 +58,12 @@ __all__ = [
     "list",
     "pause",
     "resume",
+    "retry",
     "revoke",
     "schedule",
     "schedules",
     "show",
+    "stall",
     "task",
     "update",
     "wait",
@@ -132,6 +134,16 @@ def revoke(task_or_schedule_id: int | str) -> str:
 def update(task_or_schedule_id: int | str, args: dict | None = None, **changes: Any) -> None:
     """New args (and for a schedule, `every`/`timezone`). See `Martinet.update`."""
     _handle().update(task_or_schedule_id, args, **changes)
+
+
+def retry(task_id: int, attempts: int | None = None) -> None:
+    """Run a dead, stalled or cancelled task again. See `Martinet.retry`."""
+    _handle().retry(task_id, attempts)
+
+
+def stall(task_id: int, reason: str | None = None) -> None:
+    """Hold a waiting task until retried. See `Martinet.stall`."""
+    _handle().stall(task_id, reason)
 
 
 def schedules() -> Any:

@@ -22,7 +22,20 @@ log = logging.getLogger(__name__)
 
 TaskSpec = str | dict[str, Any]
 When = str | datetime | timedelta | int | float
-_TASK_KEYS = {"name", "username", "description", "queue", "priority", "max_attempts", "run_at", "timezone"}
+_TASK_KEYS = {
+    "name",
+    "username",
+    "description",
+    "queue",
+    "priority",
+    "max_attempts",
+    "run_at",
+    "timezone",
+    "timeout",
+    "retry_base",
+    "retry_factor",
+    "retry_cap",
+}
 _EVERY_KEYS = {"until", "count", "misfire", "misfire_grace"}
 
 
@@ -241,6 +254,15 @@ class Martinet:
             fields["every"] = recurrence.spec if recurrence.kind == "cron" else float(recurrence.spec)
         self.client.request("update", **fields)
 
+    def retry(self, task_id: int, attempts: int | None = None) -> None:
+        """Run a dead, stalled, cancelled or failed task again now, with a fresh set of attempts
+        (as many as it was given at submit, or `attempts`)."""
+        self.client.request("retry", id=task_id, attempts=attempts)
+
+    def stall(self, task_id: int, reason: str | None = None) -> None:
+        """Hold a waiting task: it is not dispatched until `retry`."""
+        self.client.request("stall", id=task_id, reason=reason)
+
     def pause(self, schedule_id: str) -> None:
         """Stop a schedule from creating runs until `resume`."""
         self.client.request("pause", id=schedule_id)
@@ -256,7 +278,8 @@ class Martinet:
         return self._hook("complete", fn, name)
 
     def on_error(self, fn: Callable[[dict], Any], name: str | None = None) -> Callable:
-        """Call `fn(event)` when an attempt fails; event["status"] is "failed" (will retry) or "dead"."""
+        """Call `fn(event)` when an attempt fails; event["status"] is "failed" (will retry),
+        "dead" (attempts spent) or "stalled" (held for an operator)."""
         return self._hook("error", fn, name)
 
     def on_progress(self, fn: Callable[[dict], Any], name: str | None = None) -> Callable:
@@ -271,9 +294,13 @@ class Martinet:
         return fn
 
     def _dispatch_event(self, event: dict) -> None:
-        kind = {"succeeded": "complete", "failed": "error", "dead": "error", "progress": "progress"}.get(
-            event.get("event")
-        )
+        kind = {
+            "succeeded": "complete",
+            "failed": "error",
+            "dead": "error",
+            "stalled": "error",
+            "progress": "progress",
+        }.get(event.get("event"))
         for name, fn in self._hooks.get(kind, []):
             if name is None or name == event.get("name"):
                 fn(event)

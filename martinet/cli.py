@@ -36,6 +36,9 @@ def _add_task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--description", help="a line saying what it does")
     p.add_argument("--priority", type=int, help="higher runs first (default 0)")
     p.add_argument("--max-attempts", type=int, help="attempts before the task is dead")
+    p.add_argument(
+        "--time-limit", dest="task_timeout", type=float, help="seconds an attempt may run (timeout=)"
+    )
     p.add_argument("--timezone", help="IANA zone for times without one (default: config, else UTC)")
 
 
@@ -116,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("revoke", help="cancel a task or remove a schedule", epilog=EPILOG)
     p.add_argument("id", help="a task id (42) or a schedule id (s7)")
+    _add_common(p)
+
+    p = sub.add_parser("retry", help="run a dead, stalled or cancelled task again", epilog=EPILOG)
+    p.add_argument("id", help="a task id")
+    p.add_argument("--attempts", type=int, help="attempts to give it (default: as many as at submit)")
+    _add_common(p)
+
+    p = sub.add_parser("stall", help="hold a waiting task until it is retried", epilog=EPILOG)
+    p.add_argument("id", help="a task id")
+    p.add_argument("--reason", help="why, shown by `martinet show`")
     _add_common(p)
 
     p = sub.add_parser("update", help="replace the args of a schedule or waiting task", epilog=EPILOG)
@@ -212,6 +225,7 @@ def _task(args: argparse.Namespace) -> dict[str, Any]:
         "description": args.description,
         "priority": args.priority,
         "max_attempts": args.max_attempts,
+        "timeout": args.task_timeout,
         "timezone": args.timezone,
     }
     return {k: v for k, v in task.items() if v is not None}
@@ -337,6 +351,18 @@ def cmd_revoke(m, args) -> int:
     return 0
 
 
+def cmd_retry(m, args) -> int:
+    m.retry(args.id, args.attempts)
+    _print(args, {"id": args.id, "status": "queued"}, f"{args.id}: queued")
+    return 0
+
+
+def cmd_stall(m, args) -> int:
+    m.stall(args.id, args.reason)
+    _print(args, {"id": args.id, "status": "stalled"}, f"{args.id}: stalled")
+    return 0
+
+
 def cmd_update(m, args) -> int:
     m.update(args.id, _json_arg(args.args))
     _print(args, {"id": args.id, "status": "updated"}, f"{args.id}: updated")
@@ -352,6 +378,8 @@ COMMANDS = {
     "show": cmd_show,
     "wait": cmd_wait,
     "revoke": cmd_revoke,
+    "retry": cmd_retry,
+    "stall": cmd_stall,
     "update": cmd_update,
 }
 
@@ -407,6 +435,7 @@ def worker_main(argv: list[str] | None = None) -> int:
                 heartbeat_interval=settings.heartbeat_interval,
                 liveness=settings.liveness,
                 grace=args.grace,
+                timeout_grace=settings.timeout_grace,
             )
         )
         if not worker.handlers:

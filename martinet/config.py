@@ -31,6 +31,8 @@ class Settings:
     # Where workers find the daemon, and how many tasks each runs at once.
     connect: str = "127.0.0.1"
     concurrency: int = 4
+    # Seconds a handler gets to unwind after its time limit before the worker abandons its thread.
+    timeout_grace: float = 2.0
     # Where clients find the daemon's client socket.
     url: str = "tcp://127.0.0.1:8008"
     # A client that gets no answer in this many seconds raises DaemonUnavailable.
@@ -49,6 +51,9 @@ class Settings:
     retry_base: float = 1.0
     retry_factor: float = 2.0
     retry_cap: float = 300.0
+    # A task whose attempts were lost this many times (its worker died or went
+    # silent running it) is stalled, so one poison task cannot take down the fleet.
+    poison_after: int = 3
     # The zone of naive datetimes and wall-clock expressions ("tomorrow at 9am").
     timezone: str = "UTC"
     log_level: str = "INFO"
@@ -130,11 +135,19 @@ def check(settings: Settings) -> Settings:
     for key in ("client_port", "worker_port", "status_port"):
         if not 0 <= getattr(s, key) <= 65535:
             raise ConfigError(f"setting {key!r} must be a port from 0 to 65535, got {getattr(s, key)}")
-    for key in ("timeout", "heartbeat_interval", "lease", "retry_base", "retry_factor", "retry_cap"):
+    for key in (
+        "timeout",
+        "heartbeat_interval",
+        "lease",
+        "retry_base",
+        "retry_factor",
+        "retry_cap",
+        "timeout_grace",
+    ):
         value = getattr(s, key)
         if not (value > 0 and value != float("inf")):
             raise ConfigError(f"setting {key!r} must be a positive number of seconds, got {value}")
-    for key in ("liveness", "max_payload", "max_name_length", "max_attempts", "concurrency"):
+    for key in ("liveness", "max_payload", "max_name_length", "max_attempts", "concurrency", "poison_after"):
         if getattr(s, key) < 1:
             raise ConfigError(f"setting {key!r} must be 1 or more, got {getattr(s, key)}")
     return s

@@ -23,7 +23,7 @@ import zmq
 from martinet import protocol, when
 from martinet.config import Settings
 from martinet.errors import BadInput, BadSchedule, MartinetError, ProtocolError
-from martinet.models import FAILED, QUEUED, SCHEDULED, STATES, TERMINAL
+from martinet.models import FAILED, QUEUED, SCHEDULED, STALLED, STATES, TERMINAL
 from martinet.peers import Peers
 from martinet.protocol import Cmd
 from martinet.retry import RetryPolicy
@@ -80,7 +80,7 @@ class Daemon:
             self.ctx.destroy(linger=0)
             raise
         retry = RetryPolicy(s.retry_base, s.retry_factor, s.retry_cap)
-        self.store = Store(db, retry)
+        self.store = Store(db, retry, s.poison_after)
         self.poller = zmq.Poller()
         for sock in (self.client, self.worker, self.status):
             self.poller.register(sock, zmq.POLLIN)
@@ -349,6 +349,41 @@ class Daemon:
         log.info("task %s revoked: %s", num, status)
         return {"status": status}
 
+    def _op_retry(self, h, now, out, ident):
+        num = self._task_ref(h.get("id"))
+        attempts = h.get("attempts")
+        if attempts is not None and (
+            isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 1000
+        ):
+            raise BadInput("attempts must be an integer from 1 to 1000")
+        status = self.store.retry_task(num, now, attempts)
+        if status == "missing":
+            raise BadInput(f"no task with id {num}")
+        if status != QUEUED:
+            raise BadInput(
+                f"task {num} is {status}; only a dead, stalled, cancelled or failed task can be retried"
+            )
+        self._dispatch_pending = True
+        log.info("task %s retried by an operator", num)
+        return {"status": status}
+
+    def _op_stall(self, h, now, out, ident):
+        num = self._task_ref(h.get("id"))
+        reason = h.get("reason") or "stalled by an operator"
+        status = self.store.stall_task(num, now, str(reason)[:1000])
+        if status == "missing":
+            raise BadInput(f"no task with id {num}")
+        if status != "stalled":
+            raise BadInput(f"task {num} is {status}; only a scheduled, queued or failed task can be stalled")
+        log.info("task %s stalled by an operator", num)
+        return {"status": status}
+
+    def _task_ref(self, ref: Any) -> int:
+        kind, num = _parse_ref(ref)
+        if kind != "task":
+            raise BadInput(f"{ref!r} is a schedule id; tasks have ids like 42")
+        return num
+
     def _op_update(self, h, now, out, ident):
         kind, num = _parse_ref(h.get("id"))
         args = None if h.get("args") is None else check_args(h.get("args"), self.limits)
@@ -432,6 +467,8 @@ class Daemon:
             return f"scheduled for {item['run_at']}"
         if status == FAILED:
             return f"attempt {item['attempt']} failed; retry at {item['run_at']}"
+        if status == STALLED:
+            return f"{item['reason'] or 'stalled'}; held until `martinet retry {item['id']}`"
         if status != QUEUED:
             return None
         handlers = self.peers.handles(name)
@@ -473,7 +510,7 @@ class Daemon:
                 self._dispatch_pending = True
             return
         if cmd is Cmd.BYE:
-            self._lose_worker(peer.worker_id, now, "worker said goodbye")
+            self._lose_worker(peer.worker_id, now, "worker shut down", outcome="interrupted")
             return
         log.warning("dropped a %s command on the worker socket from %s", cmd.name, peer.worker_id)
 
@@ -513,9 +550,9 @@ class Daemon:
             "worker %s ready: %d slot(s) for %s", worker_id, capacity, ", ".join(sorted(names)) or "nothing"
         )
 
-    def _lose_worker(self, worker_id: str, now: float, reason: str) -> None:
+    def _lose_worker(self, worker_id: str, now: float, reason: str, outcome: str = "lost") -> None:
         peer = self.peers.remove(worker_id)
-        lost = self.store.release_worker(worker_id, now, reason)
+        lost = self.store.release_worker(worker_id, now, reason, outcome)
         if lost:
             log.warning("worker %s gone (%s): tasks %s back to the queue", worker_id, reason, lost)
         elif peer is not None:
@@ -583,30 +620,22 @@ class Daemon:
         if peer is not None:
             self._dispatch_pending = True
         status = info["status"]
+        error = info["error"] or {}
         if status == "succeeded":
             log.info("task %s %s attempt %s succeeded on %s", task_id, info["name"], attempt, worker_id)
         elif status == "failed":
             self._wakeup_dirty = True
             log.warning(
                 "task %s %s attempt %s failed on %s: %s: %s; retry at %s",
-                task_id,
-                info["name"],
-                attempt,
-                worker_id,
-                info["error"]["type"],
-                info["error"]["message"],
-                info["run_at"],
-            )
+                task_id, info["name"], attempt, worker_id, error.get("type"), error.get("message"), info["run_at"],
+            )  # fmt: skip
+        elif status == "cancelled":
+            log.info("task %s %s attempt %s cancelled on %s", task_id, info["name"], attempt, worker_id)
         else:
             log.error(
-                "task %s %s attempt %s %s on %s: %s",
-                task_id,
-                info["name"],
-                attempt,
-                status,
-                worker_id,
-                (info["error"] or {}).get("message"),
-            )
+                "task %s %s attempt %s %s on %s: %s: %s",
+                task_id, info["name"], attempt, status, worker_id, error.get("type"), error.get("message"),
+            )  # fmt: skip
         out.events.append({"event": status, **info})
         if status in TERMINAL:
             out.ended.append(task_id)

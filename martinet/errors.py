@@ -76,3 +76,11 @@ class Retry(Exception):
 
 class Fail(Exception):
     """Raise in a handler to fail the task for good, without further attempts."""
+
+
+class TaskTimeout(BaseException):
+    """Raised inside a handler that ran past its `timeout`.
+
+    A BaseException, like KeyboardInterrupt, so that a handler's broad
+    `except Exception` does not swallow it.
+    """

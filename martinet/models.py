@@ -5,19 +5,23 @@ task      one row per task: what to run, its state and its latest outcome
   name, username, description, args (JSON), queue, priority,
   status (scheduled|queued|running|succeeded|failed|dead|cancelled|stalled),
   run_at (when it may run), attempt (number of the current or last attempt),
-  max_attempts, progress, progress_message, result (JSON), error_type,
-  error_message, error_traceback, worker, lease_expires, cancel_requested,
+  max_attempts (after this attempt number it is dead), attempt_budget (what
+  `retry` grants again), retry_base/retry_factor/retry_cap (per-task backoff),
+  timeout, reason (why stalled or cancelled), progress, progress_message,
+  result (JSON), error_type, error_message, error_traceback, worker,
+  lease_expires, cancel_requested,
   created_at, started_at, finished_at, updated_at,
   schedule_id + due_at (unique together: one run per schedule and due time)
 
 attempt   one row per finished attempt: the task's history
   task_id, attempt, worker, started_at, ended_at, outcome
-  (succeeded|failed|lost|cancelled), error_type, error_message, error_traceback
+  (succeeded|failed|lost|interrupted|cancelled), error_type, error_message, error_traceback
 
 schedule  one row per recurring schedule
   id, request_id, name, username, description, args, queue, priority, max_attempts,
-  kind (interval|cron), spec, timezone, next_due, last_due,
-  status (active|paused|removed), created_at, updated_at
+  kind (interval|cron), spec, timezone, until, remaining (runs left of a
+  count), misfire (once|all|skip), misfire_grace, next_due, last_due,
+  status (active|paused|finished|removed), created_at, updated_at
 """
 
 from __future__ import annotations
@@ -85,6 +89,12 @@ class Task(BaseModel):
     run_at = DoubleField()
     attempt = IntegerField(default=0)
     max_attempts = IntegerField(default=3)
+    attempt_budget = IntegerField(default=3)  # attempts given at submit; `retry` gives as many again
+    retry_base = DoubleField(null=True)  # per-task backoff; null: the daemon's settings
+    retry_factor = DoubleField(null=True)
+    retry_cap = DoubleField(null=True)
+    timeout = DoubleField(null=True)  # seconds an attempt may run before it is interrupted
+    reason = TextField(null=True)  # why it is stalled or cancelled
     progress = DoubleField(null=True)
     progress_message = TextField(null=True)
     result = TextField(null=True)

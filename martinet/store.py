@@ -110,9 +110,10 @@ def schedule_ref(schedule_id: int) -> str:
 class Store:
     """The only writer. Each method is one state transition or one read."""
 
-    def __init__(self, db: peewee.Database, retry: RetryPolicy | None = None) -> None:
+    def __init__(self, db: peewee.Database, retry: RetryPolicy | None = None, poison_after: int = 3) -> None:
         self.db = db
         self.retry = retry or RetryPolicy()
+        self.poison_after = poison_after  # lost attempts after which a task is stalled
         self.locks_rows = not isinstance(db, peewee.SqliteDatabase)
 
     def atomic(self):
@@ -160,7 +161,7 @@ class Store:
         if limit <= 0 or not names:
             return []
         query = (
-            Task.select(Task.id, Task.name, Task.args, Task.attempt, Task.max_attempts)
+            Task.select(Task.id, Task.name, Task.args, Task.attempt, Task.timeout)
             .where(Task.status == QUEUED, Task.name.in_(names))
             .order_by(Task.priority.desc(), Task.run_at, Task.id)
             .limit(limit)
@@ -234,19 +235,20 @@ class Store:
                 adopted.append(item["id"])
         return adopted
 
-    def release_worker(self, worker: str, now: float, reason: str) -> list[int]:
-        """A worker is gone: its running tasks end their attempt as lost."""
+    def release_worker(self, worker: str, now: float, reason: str, outcome: str = "lost") -> list[int]:
+        """A worker is gone: its running tasks end their attempt as `lost` (or `interrupted`
+        when it left on purpose: that does not spend an attempt)."""
         rows = list(Task.select().where(Task.status == RUNNING, Task.worker == worker).order_by(Task.id))
-        return [r.id for r in rows if self._lose(r, now, reason)]
+        return [r.id for r in rows if self._lose(r, now, reason, outcome)]
 
     def reap_expired(self, now: float) -> list[int]:
         """Running tasks whose lease ran out (worker silent, or daemon restarted)."""
         rows = list(Task.select().where(Task.status == RUNNING, Task.lease_expires < now))
-        return [r.id for r in rows if self._lose(r, now, "lease expired")]
+        return [r.id for r in rows if self._lose(r, now, "lease expired", "lost")]
 
-    def _lose(self, row: Task, now: float, reason: str) -> bool:
+    def _lose(self, row: Task, now: float, reason: str, outcome: str) -> bool:
         error = {"type": "WorkerLost", "message": f"{reason} (worker {row.worker})"}
-        return self._end_attempt(row, "lost", now, error=error) is not None
+        return self._end_attempt(row, outcome, now, error=error) is not None
 
     # ---- outcomes -----------------------------------------------------------
 
@@ -316,14 +318,29 @@ class Store:
             changes["result"] = json.dumps(result)
         if row.cancel_requested:  # the handler was asked to stop; however it ended, it is cancelled
             outcome, status = "cancelled", CANCELLED
+            changes["reason"] = "cancelled while running"
         elif outcome == "succeeded":
             status = SUCCEEDED
             changes["progress"] = 1.0
+        elif outcome == "interrupted":  # its worker shut down: back to the queue, attempt not spent
+            status = QUEUED
+            changes.update(run_at=now, max_attempts=row.max_attempts + 1)
+        elif outcome == "lost" and self._lost_before(row.id) + 1 >= self.poison_after:
+            status = STALLED
+            changes["reason"] = (
+                f"stalled: its attempts were lost {self.poison_after} times (the worker died or "
+                f"went silent running it); fix the cause, then `martinet retry {row.id}`"
+            )
         elif final or row.attempt >= row.max_attempts:
             status = DEAD
         else:
             status = FAILED
-            delay = retry_in if retry_in is not None else self.retry.delay(row.attempt)
+            policy = RetryPolicy(
+                row.retry_base or self.retry.base,
+                row.retry_factor or self.retry.factor,
+                row.retry_cap or self.retry.cap,
+            )
+            delay = retry_in if retry_in is not None else policy.delay(row.attempt)
             changes["run_at"] = now + max(0.0, delay)
         if error:
             changes.update(
@@ -361,7 +378,11 @@ class Store:
             "result": result,
             "error": error,
             "run_at": iso(changes.get("run_at")),
+            "reason": changes.get("reason"),
         }
+
+    def _lost_before(self, task_id: int) -> int:
+        return Attempt.select().where(Attempt.task_id == task_id, Attempt.outcome == "lost").count()
 
     # ---- operator actions ---------------------------------------------------
 
@@ -371,14 +392,52 @@ class Store:
         if row is None:
             return "missing"
         if row.status in REVOCABLE:
-            Task.update(status=CANCELLED, finished_at=now, updated_at=now).where(
-                Task.id == task_id, Task.status == row.status
-            ).execute()
+            Task.update(
+                status=CANCELLED, reason="cancelled before it ran", finished_at=now, updated_at=now
+            ).where(Task.id == task_id, Task.status == row.status).execute()
             return CANCELLED
         if row.status == RUNNING:
             Task.update(cancel_requested=True, updated_at=now).where(Task.id == task_id).execute()
             return "cancelling"
         return row.status
+
+    def retry_task(self, task_id: int, now: float, attempts: int | None = None) -> str:
+        """A dead, stalled, cancelled or failed task runs again now, with a fresh set of attempts.
+
+        Attempt numbers keep counting up (results stay fenced); max_attempts
+        moves to the current attempt plus the task's budget (or `attempts`).
+        """
+        row = Task.get_or_none(Task.id == task_id)
+        if row is None:
+            return "missing"
+        if row.status not in (DEAD, STALLED, CANCELLED, FAILED):
+            return row.status
+        n = (
+            Task.update(
+                status=QUEUED,
+                run_at=now,
+                max_attempts=row.attempt + (attempts or row.attempt_budget),
+                cancel_requested=False,
+                reason=None,
+                finished_at=None,
+                updated_at=now,
+            )
+            .where(Task.id == task_id, Task.status == row.status)
+            .execute()
+        )
+        return QUEUED if n else self.get_task(task_id)["status"]
+
+    def stall_task(self, task_id: int, now: float, reason: str) -> str:
+        """Hold a waiting task: it is never dispatched until retried."""
+        row = Task.get_or_none(Task.id == task_id)
+        if row is None:
+            return "missing"
+        if row.status not in (SCHEDULED, QUEUED, FAILED):
+            return row.status
+        Task.update(status=STALLED, reason=reason, updated_at=now).where(
+            Task.id == task_id, Task.status == row.status
+        ).execute()
+        return STALLED
 
     def update_task_args(self, task_id: int, args: dict, now: float) -> str:
         row = Task.get_or_none(Task.id == task_id)
@@ -485,6 +544,11 @@ class Store:
             "status": SCHEDULED if run_at > now else QUEUED,
             "run_at": run_at,
             "max_attempts": spec["max_attempts"],
+            "attempt_budget": spec["max_attempts"],
+            "retry_base": spec.get("retry_base"),
+            "retry_factor": spec.get("retry_factor"),
+            "retry_cap": spec.get("retry_cap"),
+            "timeout": spec.get("timeout"),
             "created_at": now,
             "updated_at": now,
             "schedule_id": spec.get("schedule_id"),
@@ -647,6 +711,8 @@ def task_info(row: Task) -> dict[str, Any]:
         "run_at": iso(row.run_at),
         "attempt": row.attempt,
         "max_attempts": row.max_attempts,
+        "timeout": row.timeout,
+        "reason": row.reason,
         "progress": row.progress,
         "progress_message": row.progress_message,
         "result": None if row.result is None else json.loads(row.result),

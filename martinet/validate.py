@@ -77,7 +77,20 @@ def check_task(h: dict, limits: Limits, default_max_attempts: int) -> dict[str, 
         "max_attempts": max_attempts or default_max_attempts,
         "run_at": float(run_at) if run_at is not None else None,
         "request_id": _optional_text(h, "request_id", 64),
+        "timeout": _optional_positive(h, "timeout"),
+        "retry_base": _optional_positive(h, "retry_base"),
+        "retry_factor": _optional_positive(h, "retry_factor"),
+        "retry_cap": _optional_positive(h, "retry_cap"),
     }
+
+
+def _optional_positive(h: dict, key: str) -> float | None:
+    value = h.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise BadInput(f"{key} must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 def check_every(h: dict, limits: Limits, default_tz: str) -> tuple[dict[str, Any], when.Recurrence]:

@@ -8,6 +8,7 @@ that it committed them, so a daemon restart loses none of them.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from typing import Any
 import zmq
 
 from martinet import protocol
-from martinet.errors import Fail, ProtocolError, Retry
+from martinet.errors import Fail, ProtocolError, Retry, TaskTimeout
 from martinet.protocol import Cmd
 
 log = logging.getLogger(__name__)
@@ -48,13 +49,27 @@ def task(name: str | None = None) -> Callable[[Handler], Handler]:
 class TaskContext:
     """What a handler gets as its first argument: who it is, and a way to talk back."""
 
-    def __init__(self, task_id: int, attempt: int, name: str, args: dict, report: Callable) -> None:
+    def __init__(
+        self,
+        task_id: int,
+        attempt: int,
+        name: str,
+        args: dict,
+        report: Callable,
+        timeout: float | None = None,
+    ) -> None:
         self.id = task_id
         self.attempt = attempt
         self.name = name
         self.args = args
+        self.timeout = timeout
         self._report = report
         self._cancel = threading.Event()
+        # Time-limit bookkeeping, shared by the handler's thread and the worker's loop.
+        self._lock = threading.Lock()
+        self._thread: int | None = None  # ident of the thread running the handler, while it does
+        self._deadline = time.monotonic() + timeout if timeout else None
+        self._abandon_at: float | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -92,6 +107,8 @@ class WorkerOptions:
     heartbeat_interval: float = 1.0  # until the daemon's welcome says otherwise
     liveness: int = 3
     grace: float = 30.0  # seconds a graceful stop waits for running handlers
+    # Seconds a handler gets to unwind after its time limit before its thread is abandoned.
+    timeout_grace: float = 2.0
     handlers: dict[str, Handler] = field(default_factory=dict)
 
 
@@ -133,10 +150,8 @@ class Worker:
         o = self.options
         if not self.handlers:
             log.warning("worker %s has no handlers registered", self.worker_id)
-        for i in range(max(1, o.concurrency)):
-            t = threading.Thread(target=self._pool_loop, name=f"martinet-handler-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        for _ in range(max(1, o.concurrency)):
+            self._start_thread()
         self.ctx = zmq.Context()
         self._connect()
         log.info(
@@ -270,7 +285,8 @@ class Worker:
                 self.wsock, Cmd.REJECT, {"id": task_id, "attempt": attempt, "name": name, "reason": reason}
             )
             return
-        ctx = TaskContext(task_id, attempt, name, args, self._report)
+        timeout = h.get("timeout") if isinstance(h.get("timeout"), (int, float)) else None
+        ctx = TaskContext(task_id, attempt, name, args, self._report, timeout)
         self._running[task_id] = ctx
         log.info("task %s %s attempt %s started on %s", task_id, name, attempt, self.worker_id)
         self._jobs.put(ctx)
@@ -288,10 +304,13 @@ class Worker:
             except queue.Empty:
                 return
             header["worker_id"] = self.worker_id
+            ctx = self._running.get(header["id"])
+            if ctx is None or ctx.attempt != header["attempt"]:
+                continue  # from a handler abandoned at its time limit: already reported
             if cmd is Cmd.PROGRESS:
                 self._send(self.ssock, cmd, header)
                 continue
-            self._running.pop(header["id"], None)
+            del self._running[ctx.id]
             pending = _Pending(cmd, header)
             self._outbox[(header["id"], header["attempt"])] = pending
             self._send_pending(pending)
@@ -301,6 +320,7 @@ class Worker:
         self._send(self.ssock, pending.cmd, pending.header)
 
     def _timers(self, now: float) -> None:
+        self._enforce_time_limits(now)
         silence = self._interval * self._liveness
         if now - self._last_heard > silence:
             log.warning("no word from the daemon for %.1fs; reconnecting", now - self._last_heard)
@@ -316,6 +336,41 @@ class Worker:
             for pending in self._outbox.values():
                 if now - pending.sent_at > silence:
                     self._send_pending(pending)
+
+    def _enforce_time_limits(self, now: float) -> None:
+        """Interrupt handlers past their time limit; abandon those that do not unwind.
+
+        Handlers run in threads, which cannot be killed: at the limit the
+        worker raises TaskTimeout inside the handler's thread (it lands at the
+        handler's next Python instruction). A handler blocked in C code (a
+        socket read without a timeout, say) cannot be interrupted; after
+        `timeout_grace` the worker reports the timeout itself, forgets the
+        attempt and starts a new thread, so its capacity stays whole.
+        """
+        for ctx in list(self._running.values()):
+            if ctx._deadline is None or now < ctx._deadline:
+                continue
+            if ctx._abandon_at is None:
+                ctx._abandon_at = now + self.options.timeout_grace
+                ctx._cancel.set()
+                with ctx._lock:
+                    if ctx._thread is not None:
+                        _interrupt(ctx._thread)
+                log.warning(
+                    "task %s attempt %s ran past its %gs time limit; interrupting",
+                    ctx.id,
+                    ctx.attempt,
+                    ctx.timeout,
+                )
+            elif now >= ctx._abandon_at:
+                log.error(
+                    "task %s attempt %s did not stop at its time limit; abandoning its thread",
+                    ctx.id,
+                    ctx.attempt,
+                )
+                self._report(Cmd.FAILED, {"id": ctx.id, "attempt": ctx.attempt, "error": _timeout_error(ctx)})
+                ctx._deadline = None  # reported once
+                self._start_thread()
 
     def _flush_outbox_before_exit(self) -> None:
         """Give the daemon a bounded chance to acknowledge our last outcomes."""
@@ -340,17 +395,40 @@ class Worker:
 
     # ---- handler threads ------------------------------------------------------------
 
+    def _start_thread(self) -> None:
+        t = threading.Thread(
+            target=self._pool_loop, name=f"martinet-handler-{len(self._threads)}", daemon=True
+        )
+        t.start()
+        self._threads.append(t)
+
     def _pool_loop(self) -> None:
         while True:
-            ctx = self._jobs.get()
-            cmd, header = self._execute(ctx)
-            self._report(cmd, header)
+            try:
+                ctx = self._jobs.get()
+                cmd, header = self._execute(ctx)
+                self._report(cmd, header)
+            except TaskTimeout:
+                # The interruption landed just after the handler returned; the
+                # loop reports the timeout once the grace period is over.
+                continue
 
     def _execute(self, ctx: TaskContext) -> tuple[Cmd, dict]:
         base = {"id": ctx.id, "attempt": ctx.attempt}
+        if ctx._abandon_at is not None:  # its time ran out before a thread was free
+            return Cmd.FAILED, {**base, "error": _timeout_error(ctx)}
         started = time.monotonic()
         try:
-            result = self.handlers[ctx.name](ctx, **ctx.args)
+            with ctx._lock:
+                ctx._thread = threading.get_ident()
+            try:
+                result = self.handlers[ctx.name](ctx, **ctx.args)
+            finally:
+                with ctx._lock:
+                    ctx._thread = None
+        except TaskTimeout:
+            log.info("task %s attempt %s stopped at its time limit", ctx.id, ctx.attempt)
+            return Cmd.FAILED, {**base, "error": _timeout_error(ctx)}
         except Retry as exc:
             log.info("task %s attempt %s asked for a retry in %ss", ctx.id, ctx.attempt, exc.in_seconds)
             return Cmd.FAILED, {**base, "error": _error(exc), "retry_in": exc.in_seconds}
@@ -367,6 +445,15 @@ class Worker:
             return Cmd.FAILED, {**base, "error": error, "final": True}
         log.info("task %s attempt %s succeeded in %.3fs", ctx.id, ctx.attempt, time.monotonic() - started)
         return Cmd.DONE, {**base, "result": result}
+
+
+def _interrupt(thread_ident: int) -> None:
+    """Raise TaskTimeout in another thread at its next Python instruction."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_ident), ctypes.py_object(TaskTimeout))
+
+
+def _timeout_error(ctx: TaskContext) -> dict:
+    return {"type": "TaskTimeout", "message": f"the handler ran past its time limit of {ctx.timeout:g}s"}
 
 
 def _error(exc: BaseException) -> dict:

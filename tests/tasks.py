@@ -70,3 +70,32 @@ def signals(task, mode="fail"):
 def clock(task, **args):
     """Returns when the handler started, to compare with the task's due time."""
     return time.time()
+
+
+@martinet.task("spin")
+def spin(task, seconds=30.0):
+    """Busy Python code: a time limit interrupts it."""
+    deadline = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+    return n
+
+
+@martinet.task("stuck")
+def stuck(task, seconds=30.0):
+    """Blocked in C code (sleep): a time limit cannot interrupt it, so it is abandoned."""
+    time.sleep(seconds)
+    return "woke"
+
+
+@martinet.task("swallow")
+def swallow(task, seconds=30.0):
+    """Catches Exception broadly: the time limit still stops it."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            sum(range(1000))
+        except Exception:  # noqa: BLE001
+            pass
+    return "finished"

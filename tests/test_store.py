@@ -17,6 +17,8 @@ NOW = 1_800_000_000.0  # 2027-01-15 08:00 UTC
 LEASE = 30.0
 TASK_KEYS = {
     "id",
+    "timeout",
+    "reason",
     "kind",
     "name",
     "username",
@@ -189,7 +191,7 @@ def test_claim_orders_by_priority_then_run_at_then_id(store):
 def test_claim_leases_tasks_and_counts_the_attempt(store):
     task_id = submit(store, args={"x": [1, 2]}, max_attempts=4)
     rows = store.claim("w1", ["add"], 5, NOW, LEASE)
-    assert rows == [{"id": task_id, "name": "add", "args": {"x": [1, 2]}, "attempt": 1, "max_attempts": 4}]
+    assert rows == [{"id": task_id, "name": "add", "args": {"x": [1, 2]}, "attempt": 1, "timeout": None}]
     r = row(task_id)
     assert (r.status, r.attempt, r.worker) == ("running", 1, "w1")
     assert r.lease_expires == NOW + LEASE
@@ -240,6 +242,7 @@ def test_complete_succeeds_and_writes_an_attempt_row(store):
         "result": {"sum": 3},
         "error": None,
         "run_at": None,
+        "reason": None,
     }
     task = store.get_task(task_id)
     assert task["status"] == "succeeded"

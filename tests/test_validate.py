@@ -37,7 +37,17 @@ def test_a_minimal_task_gets_defaults():
         "max_attempts": 3,
         "run_at": None,
         "request_id": None,
+        "timeout": None,
+        "retry_base": None,
+        "retry_factor": None,
+        "retry_cap": None,
     }
+
+
+@pytest.mark.parametrize("key", ["timeout", "retry_base", "retry_factor", "retry_cap"])
+@pytest.mark.parametrize("value", [0, -1, True, "5", float("inf"), float("nan")])
+def test_time_limit_and_backoff_must_be_positive_numbers(key, value):
+    refused(f"{key} must be a positive number of seconds", **{key: value})
 
 
 def test_a_full_task_is_passed_through():
