@@ -150,7 +150,7 @@ class Martinet:
         grace = fields.get("misfire_grace")
         if grace is not None and not isinstance(grace, (int, float)):
             fields["misfire_grace"] = when.parse_interval(grace).total_seconds()
-        reply = self.client.request("every", rid=fields["request_id"], **fields)
+        reply = self.client.request("every", {"rid": fields["request_id"], **fields})
         return reply["id"]
 
     def _task_fields(
@@ -182,18 +182,18 @@ class Martinet:
             tz = fields.pop("timezone", None) or self.settings.timezone
             fields["run_at"] = when.parse_when(fields["run_at"], when.utcnow(), tz).timestamp()
         fields.pop("timezone", None)
-        reply = self.client.request(op, rid=fields["request_id"], **fields)
+        reply = self.client.request(op, {"rid": fields["request_id"], **fields})
         return reply["id"]
 
     # ---- reading -----------------------------------------------------------------
 
     def get(self, task_or_schedule_id: int | str) -> dict[str, Any]:
         """The record of a task (status, progress, attempt, result, error, times) or schedule."""
-        return self.client.request("get", id=task_or_schedule_id)["item"]
+        return self.client.request("get", {"id": task_or_schedule_id})["item"]
 
     def show(self, task_or_schedule_id: int | str) -> dict[str, Any]:
         """`get` plus history: a task's attempts and why it waits; a schedule's recent runs."""
-        return self.client.request("show", id=task_or_schedule_id)["item"]
+        return self.client.request("show", {"id": task_or_schedule_id})["item"]
 
     def list(
         self,
@@ -203,7 +203,9 @@ class Martinet:
         limit: int = 50,
     ) -> list[dict[str, Any]]:
         """Tasks, newest first, filtered by status(es), name and username."""
-        reply = self.client.request("list", status=status, name=name, username=username, limit=limit)
+        reply = self.client.request(
+            "list", {"status": status, "name": name, "username": username, "limit": limit}
+        )
         return reply["items"]
 
     def schedules(self) -> list[dict[str, Any]]:
@@ -213,7 +215,7 @@ class Martinet:
     def wait(self, task_id: int, timeout: float = 30.0) -> Any:
         """Block until the task ends; return its result, or raise TaskFailed / WaitTimeout."""
         reply = self.client.request(
-            "wait", timeout=timeout + self.client.timeout, resend=False, id=task_id, wait_for=timeout
+            "wait", {"id": task_id, "wait_for": timeout}, timeout=timeout + self.client.timeout, resend=False
         )
         if not reply.get("done"):
             raise WaitTimeout(f"task {task_id} did not finish within {timeout:g}s")
@@ -232,7 +234,7 @@ class Martinet:
 
     def revoke(self, task_or_schedule_id: int | str) -> str:
         """Cancel a waiting task, ask a running one to stop, or remove a schedule."""
-        return self.client.request("revoke", id=task_or_schedule_id)["status"]
+        return self.client.request("revoke", {"id": task_or_schedule_id})["status"]
 
     def update(
         self,
@@ -252,24 +254,24 @@ class Martinet:
         if every is not None:
             recurrence = when.parse_every(every, timezone or self.settings.timezone)
             fields["every"] = recurrence.spec if recurrence.kind == "cron" else float(recurrence.spec)
-        self.client.request("update", **fields)
+        self.client.request("update", fields)
 
     def retry(self, task_id: int, attempts: int | None = None) -> None:
         """Run a dead, stalled, cancelled or failed task again now, with a fresh set of attempts
         (as many as it was given at submit, or `attempts`)."""
-        self.client.request("retry", id=task_id, attempts=attempts)
+        self.client.request("retry", {"id": task_id, "attempts": attempts})
 
     def stall(self, task_id: int, reason: str | None = None) -> None:
         """Hold a waiting task: it is not dispatched until `retry`."""
-        self.client.request("stall", id=task_id, reason=reason)
+        self.client.request("stall", {"id": task_id, "reason": reason})
 
     def pause(self, schedule_id: str) -> None:
         """Stop a schedule from creating runs until `resume`."""
-        self.client.request("pause", id=schedule_id)
+        self.client.request("pause", {"id": schedule_id})
 
     def resume(self, schedule_id: str) -> None:
         """Let a paused schedule run again, from its next due time after now (no catch-up)."""
-        self.client.request("resume", id=schedule_id)
+        self.client.request("resume", {"id": schedule_id})
 
     # ---- hooks -------------------------------------------------------------------------
 

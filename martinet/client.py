@@ -91,9 +91,20 @@ class Client:
 
     # ---- requests ----------------------------------------------------------------
 
-    def request(self, op: str, timeout: float | None = None, resend: bool = True, **fields: Any) -> dict:
-        """Send one request and return the reply's fields; raise our error if it failed."""
+    def request(
+        self,
+        op: str,
+        fields: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        resend: bool = True,
+    ) -> dict:
+        """Send one request and return the reply's fields; raise our error if it failed.
+
+        `fields` may carry "rid", the request id (made here if missing).
+        """
         timeout = self.timeout if timeout is None else timeout
+        fields = dict(fields or {})
         header = {"op": op, "rid": fields.pop("rid", None) or uuid.uuid4().hex, **fields}
         frames = protocol.encode(Cmd.REQUEST, header)
         deadline = time.monotonic() + timeout

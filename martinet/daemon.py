@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import secrets
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,12 +30,14 @@ from martinet.peers import Peers
 from martinet.protocol import Cmd
 from martinet.retry import RetryPolicy
 from martinet.store import Store, iso, open_database, redact
-from martinet.validate import Limits, check_args, check_every, check_task
+from martinet.validate import Limits, check_args, check_every, check_task, clean_text, is_worker_id
 
 log = logging.getLogger(__name__)
 
 DRAIN_LIMIT = 2000  # messages read from one socket per turn: bounds a turn's latency
 SUBSCRIPTION_TTL = 30.0  # a client renews its event subscription well within this
+MAX_PEERS = 10_000  # connected workers at most: a flood of hellos cannot grow memory without bound
+MAX_WAITERS = 100_000  # pending wait() requests at most, for the same reason
 
 
 @dataclass
@@ -135,7 +139,10 @@ class Daemon:
                 ready = dict(self.poller.poll(timeout))
                 if self._wake_r in ready:
                     os.read(self._wake_r, 4096)
-                self._turn(ready, self.clock())
+                try:
+                    self._turn(ready, self.clock())
+                except Exception:  # a bug of ours: that turn is rolled back, the daemon lives on
+                    log.exception("a turn of the loop failed; nothing of it was committed")
         finally:
             self.close()
 
@@ -179,7 +186,8 @@ class Daemon:
                     self._on_status_batch(self._drain(self.status), out, now)
                 if self.worker in ready:
                     for ident, frames in self._drain(self.worker):
-                        self._on_worker(ident, frames, out, now)
+                        with self._isolated(f"a message on the worker socket from {ident!r}"):
+                            self._on_worker(ident, frames, out, now)
                 self._timers(out, now)
         except (peewee.OperationalError, peewee.InterfaceError, peewee.DatabaseError) as exc:
             log.error("database error, nothing from this turn was committed: %s", exc)
@@ -202,6 +210,17 @@ class Daemon:
             self.store.db.connect(reuse_if_open=True)
         except peewee.PeeweeException as exc:
             log.error("database still unreachable: %s", exc)
+
+    @contextmanager
+    def _isolated(self, what: str):
+        """One message's work in a savepoint: an unexpected error drops that message only."""
+        try:
+            with self.store.atomic():
+                yield
+        except (peewee.OperationalError, peewee.InterfaceError):
+            raise  # the database itself is in trouble: the whole turn fails
+        except Exception:
+            log.exception("dropped %s after an unexpected error", what)
 
     def _drain(self, sock: zmq.Socket) -> list[tuple[bytes, list[bytes]]]:
         msgs = []
@@ -260,6 +279,14 @@ class Daemon:
             reply = {"ok": False, "error": _err(type(exc).__name__, str(exc))}
         except (peewee.IntegrityError, peewee.DataError) as exc:
             reply = {"ok": False, "error": _err("BadInput", f"the database refused it: {exc}")}
+        except (peewee.OperationalError, peewee.InterfaceError):
+            raise  # the database itself is in trouble: the whole turn fails
+        except Exception:  # a bug of ours must cost one request, never the daemon
+            log.exception("request %r from %r failed unexpectedly", op, ident)
+            reply = {
+                "ok": False,
+                "error": _err("InternalError", "the daemon could not handle this request; see its log"),
+            }
         if reply is not None:
             reply.setdefault("ok", True)
             reply["rid"] = rid
@@ -370,7 +397,7 @@ class Daemon:
     def _op_stall(self, h, now, out, ident):
         num = self._task_ref(h.get("id"))
         reason = h.get("reason") or "stalled by an operator"
-        status = self.store.stall_task(num, now, str(reason)[:1000])
+        status = self.store.stall_task(num, now, clean_text(reason, 1000))
         if status == "missing":
             raise BadInput(f"no task with id {num}")
         if status != "stalled":
@@ -447,6 +474,8 @@ class Daemon:
         timeout = h.get("wait_for", 10)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
             raise BadInput("wait_for must be a number of seconds")
+        if sum(len(w) for w in self._waiters.values()) >= MAX_WAITERS:
+            raise BadInput(f"too many clients are waiting already ({MAX_WAITERS}); poll with get() instead")
         self._waiters.setdefault(num, []).append((ident, h.get("rid"), now + min(timeout, 3600)))
         return None  # answered when the task ends, or at the deadline
 
@@ -496,7 +525,10 @@ class Daemon:
             return
         if cmd is Cmd.REJECT:
             task_id, attempt = h.get("id"), h.get("attempt")
-            reason = str(h.get("reason", ""))[:500]
+            if not (_is_id(task_id) and _is_id(attempt)):
+                log.warning("dropped a REJECT without a valid id and attempt from %s", peer.worker_id)
+                return
+            reason = clean_text(h.get("reason", ""), 500)
             if self.peers.owner(task_id) is peer and self.store.unclaim(task_id, attempt, now):
                 self.peers.release(task_id)
                 if h.get("name"):
@@ -517,20 +549,31 @@ class Daemon:
     def _on_hello(self, ident: bytes, h: dict, now: float) -> None:
         worker_id, names, capacity = h.get("worker_id"), h.get("names"), h.get("capacity")
         if (
-            not isinstance(worker_id, str)
-            or not 0 < len(worker_id) <= 200
+            not is_worker_id(worker_id)
             or not isinstance(names, list)
-            or not all(isinstance(n, str) for n in names)
-            or not isinstance(capacity, int)
+            or len(names) > 10_000
+            or not all(
+                isinstance(n, str) and n.isprintable() and len(n) <= self.limits.max_name_length
+                for n in names
+            )
+            or not _is_id(capacity)
             or not 0 < capacity <= 10_000
         ):
             log.warning("refused a malformed hello from %r: %s", ident, str(h)[:200])
             return
         old = self.peers.get(worker_id)
+        if old is None and len(self.peers) >= MAX_PEERS:
+            log.warning("refused a hello from %s: already %d workers connected", worker_id[:80], MAX_PEERS)
+            return
         if old is not None and old.ident != ident:
             log.info("worker %s reconnected", worker_id)
         peer = self.peers.hello(worker_id, ident, set(names), capacity, now)
-        running = [r for r in h.get("running") or [] if isinstance(r, dict)]
+        running = h.get("running") if isinstance(h.get("running"), list) else []
+        running = [
+            r
+            for r in running[:capacity]
+            if isinstance(r, dict) and _is_id(r.get("id")) and _is_id(r.get("attempt"))
+        ]
         for task_id in self.store.readopt(worker_id, running, now, self.settings.lease):
             self.peers.assign(peer, task_id)
         self._send(
@@ -569,22 +612,23 @@ class Daemon:
             if cmd is None:
                 continue
             worker_id, task_id, attempt = h.get("worker_id"), h.get("id"), h.get("attempt")
-            if not isinstance(task_id, int) or not isinstance(attempt, int) or not isinstance(worker_id, str):
-                log.warning("dropped a %s without worker_id, id and attempt from %r", cmd.name, ident)
+            if not (_is_id(task_id) and _is_id(attempt) and is_worker_id(worker_id)):
+                log.warning("dropped a %s without a valid worker_id, id and attempt from %r", cmd.name, ident)
                 continue
             self.peers.seen(worker_id, now)
             if cmd is Cmd.PROGRESS:
                 progress[(task_id, attempt, worker_id)] = h
             elif cmd in (Cmd.DONE, Cmd.FAILED):
-                self._on_outcome(cmd, ident, h, worker_id, task_id, attempt, out, now)
+                with self._isolated(f"a {cmd.name} for task {task_id}"):
+                    self._on_outcome(cmd, ident, h, worker_id, task_id, attempt, out, now)
             else:
                 log.warning("dropped a %s command on the status socket", cmd.name)
         for (task_id, attempt, worker_id), h in progress.items():
-            value = h.get("progress")
-            value = float(value) if isinstance(value, (int, float)) else None
-            message = h.get("message")
-            message = None if message is None else str(message)[:1000]
-            if self.store.progress(task_id, attempt, worker_id, value, message, now):
+            value = _finite(h.get("progress"))
+            message = clean_text(h.get("message"), 1000)
+            with self._isolated(f"progress of task {task_id}"):
+                updated = self.store.progress(task_id, attempt, worker_id, value, message, now)
+            if updated:
                 out.events.append(
                     {
                         "event": "progress",
@@ -602,12 +646,12 @@ class Daemon:
         else:
             error = h.get("error") if isinstance(h.get("error"), dict) else {}
             error = {
-                "type": str(error.get("type") or "Error")[:255],
-                "message": str(error.get("message") or "")[:10_000],
-                "traceback": str(error.get("traceback") or "")[:100_000] or None,
+                "type": clean_text(error.get("type") or "Error", 255),
+                "message": clean_text(error.get("message") or "", 10_000),
+                "traceback": clean_text(error.get("traceback"), 100_000) or None,
             }
-            retry_in = h.get("retry_in")
-            retry_in = float(retry_in) if isinstance(retry_in, (int, float)) else None
+            retry_in = _finite(h.get("retry_in"))
+            retry_in = None if retry_in is None else min(max(0.0, retry_in), 366 * 86400.0)
             info = self.store.fail(task_id, attempt, worker_id, error, now, retry_in, bool(h.get("final")))
         # Acknowledged even when fenced out: a late or repeated answer changes nothing.
         out.acks.append((ident, {"id": task_id, "attempt": attempt}))
@@ -733,13 +777,8 @@ class Daemon:
         self._dispatch_pending = more
         for peer, rows in batches:
             for row in rows:
-                header = {
-                    "id": row["id"],
-                    "attempt": row["attempt"],
-                    "name": row["name"],
-                    "args": row["args"],
-                }
-                if not self._send(self.worker, peer.ident, Cmd.TASK, header):
+                # The claimed row is the message: id, attempt, name, args, timeout.
+                if not self._send(self.worker, peer.ident, Cmd.TASK, row):
                     # The worker vanished between claim and send; its lease ends now.
                     with self.store.atomic():
                         self._lose_worker(peer.worker_id, now, "unreachable")
@@ -747,19 +786,35 @@ class Daemon:
                 log.debug("task %s attempt %s sent to %s", row["id"], row["attempt"], peer.worker_id)
 
 
+MAX_ID = 2**63 - 1  # the largest id any of our databases can hold
+
+
+def _is_id(value: Any) -> bool:
+    """A whole number the database can hold (task ids, attempt numbers)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 def _parse_ref(ref: Any) -> tuple[str, int]:
     """42 or "42" is a task; "s7" is a schedule."""
-    if isinstance(ref, bool):
-        raise BadInput(f"{ref!r} is not a task or schedule id")
-    if isinstance(ref, int):
-        return "task", ref
-    if isinstance(ref, str):
+    kind, num = None, None
+    if _is_id(ref):
+        kind, num = "task", ref
+    elif isinstance(ref, str) and len(ref) <= 20:
         text = ref.strip()
         if text.isdigit():
-            return "task", int(text)
-        if text[:1] in ("s", "S") and text[1:].isdigit():
-            return "schedule", int(text[1:])
-    raise BadInput(f"{ref!r} is not a task id (like 42) or a schedule id (like s7)")
+            kind, num = "task", int(text)
+        elif text[:1] in ("s", "S") and text[1:].isdigit():
+            kind, num = "schedule", int(text[1:])
+    if kind is None or not _is_id(num):
+        raise BadInput(f"{str(ref)[:40]!r} is not a task id (like 42) or a schedule id (like s7)")
+    return kind, num
 
 
 def _err(kind: str, message: str) -> dict:

@@ -26,7 +26,20 @@ def check_name(name: Any, limits: Limits) -> str:
             f"task name is {len(name)} characters long, over the limit of "
             f"{limits.max_name_length} (max_name_length)"
         )
+    if not name.isprintable():
+        raise BadInput(f"task name {name[:40]!r} contains control characters")
     return name
+
+
+def clean_text(value: Any, max_len: int) -> str | None:
+    """Text from a worker, made safe to store: a string, no NUL (PostgreSQL refuses it), bounded."""
+    if value is None:
+        return None
+    return str(value).replace("\x00", "")[:max_len]
+
+
+def is_worker_id(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable()
 
 
 def check_args(args: Any, limits: Limits) -> dict:
@@ -49,6 +62,8 @@ def _optional_text(h: dict, key: str, max_len: int = 10_000) -> str | None:
         return None
     if not isinstance(value, str) or len(value) > max_len:
         raise BadInput(f"{key} must be a string of at most {max_len} characters")
+    if "\x00" in value:
+        raise BadInput(f"{key} must not contain NUL characters")
     return value
 
 

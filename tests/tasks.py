@@ -99,3 +99,9 @@ def swallow(task, seconds=30.0):
         except Exception:  # noqa: BLE001
             pass
     return "finished"
+
+
+@martinet.task("suicide")
+def suicide(task):
+    """Kills its own worker process, as a segfaulting extension would."""
+    os.kill(os.getpid(), 9)

@@ -1,0 +1,134 @@
+"""Failures are retried, explained and actionable: dead letters, stalls, time limits, poison."""
+
+from __future__ import annotations
+
+import signal
+import time
+from datetime import datetime
+
+import pytest
+
+import martinet
+from tests.harness import wait_for
+
+FAST = {"MARTINET_HEARTBEAT_INTERVAL": "0.2", "MARTINET_LEASE": "3"}
+
+
+def test_dead_task_is_found_and_retried_with_a_fresh_set_of_attempts(cluster):
+    cluster.start_daemon()
+    cluster.start_worker()
+    m = cluster.client()
+    tid = m.execute({"name": "flaky", "max_attempts": 2, "retry_base": 0.01}, {"succeed_on": 3})
+    with pytest.raises(martinet.TaskFailed, match="dead"):
+        m.wait(tid, timeout=10)
+    assert [t["id"] for t in m.list(status="dead")] == [tid]
+    m.retry(tid)
+    assert m.wait(tid, timeout=10) == 3  # attempt numbers keep counting: results stay fenced
+    info = m.show(tid)
+    assert (info["attempt"], info["max_attempts"]) == (3, 4)
+    assert [a["outcome"] for a in info["attempts"]] == ["failed", "failed", "succeeded"]
+    with pytest.raises(
+        martinet.BadInput, match="only a dead, stalled, cancelled or failed task can be retried"
+    ):
+        m.retry(tid)
+
+
+def test_per_task_backoff_bounds_the_retry_delay(cluster):
+    cluster.start_daemon()
+    cluster.start_worker()
+    m = cluster.client()
+    tid = m.execute({"name": "boom", "max_attempts": 3, "retry_base": 600, "retry_cap": 900})
+    wait_for(lambda: m.get(tid)["status"] == "failed", timeout=10, what="the first failure")
+    info = m.get(tid)
+    delay = (
+        datetime.fromisoformat(info["run_at"]).timestamp()
+        - datetime.fromisoformat(info["updated_at"]).timestamp()
+    )
+    assert 0 <= delay <= 600
+    assert "retry at" in m.show(tid)["waiting"]
+
+
+def test_stalled_task_is_held_until_retried(cluster):
+    cluster.start_daemon()
+    m = cluster.client()
+    tid = m.execute("add", {"a": 1, "b": 2})
+    m.stall(tid, reason="waiting for the vendor to fix their API")
+    cluster.start_worker()
+    shown = m.show(tid)
+    assert shown["status"] == "stalled"
+    assert shown["waiting"].startswith("waiting for the vendor to fix their API; held until")
+    with pytest.raises(martinet.WaitTimeout):
+        m.wait(tid, timeout=0.5)  # not dispatched, though a worker is free
+    m.retry(tid)
+    assert m.wait(tid, timeout=10) == 3
+    with pytest.raises(martinet.BadInput, match="only a scheduled, queued or failed task can be stalled"):
+        m.stall(tid)
+
+
+def test_time_limit_interrupts_a_busy_handler(cluster):
+    cluster.start_daemon()
+    cluster.start_worker()
+    m = cluster.client()
+    for name in ("spin", "swallow"):  # even a handler that catches Exception is stopped
+        tid = m.execute({"name": name, "max_attempts": 1, "timeout": 0.3}, {"seconds": 30})
+        with pytest.raises(
+            martinet.TaskFailed, match="TaskTimeout: the handler ran past its time limit of 0.3s"
+        ):
+            m.wait(tid, timeout=10)
+        assert m.show(tid)["attempts"][0]["error"]["type"] == "TaskTimeout"
+
+
+def test_a_handler_stuck_in_c_code_is_abandoned_and_its_slot_refilled(cluster):
+    cluster.start_daemon()
+    cluster.start_worker(concurrency=1, extra=[])
+    m = cluster.client()
+    stuck = m.execute({"name": "stuck", "max_attempts": 1, "timeout": 0.2}, {"seconds": 20})
+    with pytest.raises(martinet.TaskFailed, match="TaskTimeout"):
+        m.wait(stuck, timeout=15)
+    # The one slot is free again: the next task runs although the stuck thread still sleeps.
+    assert m.wait(m.execute("add", {"a": 2, "b": 2}), timeout=10) == 4
+
+
+def test_a_task_that_keeps_killing_its_worker_is_stalled(cluster):
+    cluster.start_daemon(env={**FAST, "MARTINET_POISON_AFTER": "2"})
+    m = cluster.client()
+    tid = m.execute({"name": "suicide", "max_attempts": 10, "retry_base": 0.01})
+    for _ in range(2):
+        worker = cluster.start_worker(wait=False)
+        worker.popen.wait(15)  # the task kills it
+    wait_for(lambda: m.get(tid)["status"] == "stalled", timeout=10, what="the task to be stalled")
+    info = m.show(tid)
+    assert "its attempts were lost 2 times" in info["reason"]
+    assert [a["outcome"] for a in info["attempts"]] == ["lost", "lost"]
+    cluster.start_worker()  # a healthy fleet is not fed the poison again
+    with pytest.raises(martinet.WaitTimeout):
+        m.wait(tid, timeout=0.5)
+
+
+def test_worker_hands_back_what_it_cannot_finish_within_its_grace(cluster, tmp_path):
+    cluster.start_daemon()
+    worker = cluster.start_worker(extra=["--grace", "0.3"])
+    m = cluster.client()
+    marker = tmp_path / "runs"
+    tid = m.execute({"name": "sleepy", "max_attempts": 1}, {"seconds": 2, "marker": str(marker)})
+    wait_for(marker.exists, timeout=10, what="the task to start")
+    assert worker.stop(signal.SIGTERM, timeout=10) == 0
+    info = m.show(tid)
+    assert info["status"] == "queued"  # handed back, and the attempt was not spent
+    assert [a["outcome"] for a in info["attempts"]] == ["interrupted"]
+    cluster.start_worker()
+    assert m.wait(tid, timeout=10) == "slept"  # though max_attempts was 1
+
+
+def test_worker_restarts_do_not_lose_unacknowledged_results(cluster):
+    """A result sent while the daemon is down is resent and committed once it is back."""
+    cluster.start_daemon()
+    cluster.start_worker()
+    m = cluster.client()
+    tid = m.execute("sleepy", {"seconds": 1.0})
+    wait_for(lambda: m.get(tid)["status"] == "running", timeout=10, what="the task to run")
+    cluster.daemon.kill9()
+    time.sleep(1.5)  # the handler finishes while no daemon is there to hear it
+    cluster.start_daemon()
+    assert cluster.client().wait(tid, timeout=15) == "slept"
+    assert cluster.client().get(tid)["attempt"] == 1

@@ -1,0 +1,114 @@
+"""Fault injection with real processes, and hostile input on every socket."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+
+import zmq
+
+from martinet import protocol
+from martinet.protocol import Cmd
+from tests.harness import ROOT, wait_for
+
+spec = importlib.util.spec_from_file_location("chaos", ROOT / "scripts" / "chaos.py")
+chaos = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(chaos)
+
+
+def test_nothing_accepted_is_lost_while_daemon_and_workers_are_killed(tmp_path, db_url, capsys):
+    # Kills the daemon twice, a worker once and cuts one off, while 200 tasks arrive.
+    result = chaos.run_chaos(tasks=200, kills=4, duration=6, db=db_url, workdir=tmp_path, say=lambda s: None)
+    with capsys.disabled():
+        print(f"\nchaos on {db_url.split(':')[0]}: {json.dumps(result)}")
+    assert result["faults"] == {"kill_daemon": 2, "kill_worker": 1, "cut_off_worker": 1}
+    assert result["accepted"] == result["unique_ids"] == 200  # a retried submit never created twice
+    assert result["lost"] == 0 and result["never_ran"] == 0
+    assert result["completed"] == 200
+
+
+def _mutations(rng: random.Random) -> list[list[bytes]]:
+    valid = [
+        protocol.encode(Cmd.REQUEST, {"op": "get", "id": 1, "rid": "r"}),
+        protocol.encode(Cmd.HELLO, {"worker_id": "w", "names": ["add"], "capacity": 1, "running": []}),
+        protocol.encode(Cmd.DONE, {"worker_id": "w", "id": 1, "attempt": 1, "result": 1}),
+        protocol.encode(Cmd.PROGRESS, {"worker_id": "w", "id": 1, "attempt": 1, "progress": 0.5}),
+        protocol.encode(Cmd.REJECT, {"id": 1, "attempt": 1}),
+    ]
+    weird_values = [None, -1, 2**70, 1.5, "x" * 300, [], {}, {"a": [1, {"b": None}]}, True, "\u0000"]
+    out = []
+    for _ in range(600):
+        frames = [bytearray(f) for f in rng.choice(valid)]
+        kind = rng.randrange(6)
+        if kind == 0:  # flip bytes anywhere
+            for _ in range(rng.randint(1, 4)):
+                f = rng.choice(frames)
+                if f:
+                    f[rng.randrange(len(f))] = rng.randrange(256)
+        elif kind == 1:  # truncate or drop frames
+            frames = frames[: rng.randrange(len(frames) + 1)] or [bytearray(b"")]
+        elif kind == 2:  # replace header values with values of the wrong type
+            header = json.loads(bytes(frames[2]))
+            for key in list(header):
+                if rng.random() < 0.5:
+                    header[key] = rng.choice(weird_values)
+            frames[2] = bytearray(json.dumps(header).encode())
+        elif kind == 3:  # random bytes
+            frames = [bytearray(rng.randbytes(rng.randint(0, 64))) for _ in range(rng.randint(1, 5))]
+        elif kind == 4:  # extra frames
+            frames += [bytearray(rng.randbytes(8))]
+        else:  # an unknown command byte
+            frames[1] = bytearray([rng.randrange(256)])
+        out.append([bytes(f) for f in frames])
+    return out
+
+
+def test_fuzzed_frames_on_every_socket_change_nothing(any_cluster):
+    cluster = any_cluster
+    cluster.start_daemon()
+    cluster.start_worker(worker_id="w")
+    m = cluster.client()
+    done = m.execute("add", {"a": 1, "b": 2})
+    assert m.wait(done, timeout=10) == 3
+    waiting = m.schedule("in 1 hour", "add", {"a": 0, "b": 0})
+    before = (m.get(done), m.get(waiting))
+    rng = random.Random(20261123)
+    ctx = zmq.Context()
+    try:
+        for port in (cluster.client_port, cluster.worker_port, cluster.status_port):
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 2000)
+            sock.connect(f"tcp://127.0.0.1:{port}")
+            for frames in _mutations(rng) + _mutations(rng):
+                sock.send_multipart(frames)
+            sock.send_multipart([b"\x00" * (3 * 1024 * 1024)])  # over MAXMSGSIZE: the peer is cut off
+            sock.close()
+    finally:
+        ctx.term()
+    assert cluster.daemon.alive()
+    assert (m.get(done), m.get(waiting)) == before  # no task changed state wrongly
+    assert m.wait(m.execute("add", {"a": 20, "b": 22}), timeout=10) == 42  # and it still works
+    log = cluster.daemon.log()
+    assert "Traceback" not in log and "unexpected error" not in log, log[-3000:]
+
+
+def test_a_flood_of_hellos_is_forgotten(cluster):
+    cluster.start_daemon(env={"MARTINET_HEARTBEAT_INTERVAL": "0.2"})
+    m = cluster.client()
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.connect(f"tcp://127.0.0.1:{cluster.worker_port}")
+        for i in range(2000):
+            sock.send_multipart(
+                protocol.encode(Cmd.HELLO, {"worker_id": f"fake-{i}", "names": ["add"], "capacity": 1})
+            )
+        wait_for(lambda: m.ping()["workers"] > 0, timeout=10, what="the hellos to arrive")
+        sock.close()
+    finally:
+        ctx.term()
+    # Silent peers are dropped after a few heartbeat intervals: memory does not keep them.
+    wait_for(lambda: m.ping()["workers"] == 0, timeout=10, what="the fake workers to be forgotten")
+    assert cluster.daemon.alive()
