@@ -28,6 +28,7 @@ from martinet.errors import (
     StoreError,
     TaskFailed,
     TaskNotFound,
+    TaskTimeout,
     WaitTimeout,
 )
 from martinet.worker import TaskContext, Worker, task
@@ -49,6 +50,7 @@ __all__ = [
     "TaskContext",
     "TaskFailed",
     "TaskNotFound",
+    "TaskTimeout",
     "WaitTimeout",
     "Worker",
     "configure",

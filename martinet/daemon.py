@@ -24,7 +24,7 @@ import zmq
 
 from martinet import protocol, when
 from martinet.config import Settings
-from martinet.errors import BadInput, BadSchedule, MartinetError, ProtocolError
+from martinet.errors import BadInput, BadSchedule, MartinetError, ProtocolError, TaskNotFound
 from martinet.models import FAILED, QUEUED, SCHEDULED, STALLED, STATES, TERMINAL
 from martinet.peers import Peers
 from martinet.protocol import Cmd
@@ -366,7 +366,7 @@ class Daemon:
             return {"status": "removed"}
         status = self.store.revoke_task(num, now)
         if status == "missing":
-            raise BadInput(f"no task with id {num}")
+            raise TaskNotFound(f"no task with id {num}")
         if status == "cancelling":
             peer = self.peers.owner(num)
             if peer is not None:
@@ -385,7 +385,7 @@ class Daemon:
             raise BadInput("attempts must be an integer from 1 to 1000")
         status = self.store.retry_task(num, now, attempts)
         if status == "missing":
-            raise BadInput(f"no task with id {num}")
+            raise TaskNotFound(f"no task with id {num}")
         if status != QUEUED:
             raise BadInput(
                 f"task {num} is {status}; only a dead, stalled, cancelled or failed task can be retried"
@@ -399,7 +399,7 @@ class Daemon:
         reason = h.get("reason") or "stalled by an operator"
         status = self.store.stall_task(num, now, clean_text(reason, 1000))
         if status == "missing":
-            raise BadInput(f"no task with id {num}")
+            raise TaskNotFound(f"no task with id {num}")
         if status != "stalled":
             raise BadInput(f"task {num} is {status}; only a scheduled, queued or failed task can be stalled")
         log.info("task %s stalled by an operator", num)
@@ -430,7 +430,7 @@ class Daemon:
             raise BadInput("args must be a JSON object")
         status = self.store.update_task_args(num, args, now)
         if status == "missing":
-            raise BadInput(f"no task with id {num}")
+            raise TaskNotFound(f"no task with id {num}")
         if status != "updated":
             raise BadInput(f"task {num} is {status}; only a task that has not started can be updated")
         return {"status": status}
@@ -439,7 +439,7 @@ class Daemon:
         num = self._schedule_ref(h.get("id"))
         status = self.store.pause_schedule(num, now)
         if status is None:
-            raise BadInput(f"no schedule with id s{num}")
+            raise TaskNotFound(f"no schedule with id s{num}")
         if status != "paused":
             raise BadInput(f"schedule s{num} is {status}; only an active schedule can be paused")
         log.info("schedule s%s paused", num)
@@ -449,7 +449,7 @@ class Daemon:
         num = self._schedule_ref(h.get("id"))
         status = self.store.resume_schedule(num, now)
         if status is None:
-            raise BadInput(f"no schedule with id s{num}")
+            raise TaskNotFound(f"no schedule with id s{num}")
         if status != "active":
             raise BadInput(f"schedule s{num} is {status}; only a paused schedule can be resumed")
         self._wakeup_dirty = True
@@ -468,7 +468,7 @@ class Daemon:
             raise BadInput("only tasks can be waited for")
         item = self.store.get_task(num)
         if item is None:
-            raise BadInput(f"no task with id {num}")
+            raise TaskNotFound(f"no task with id {num}")
         if item["status"] in TERMINAL:
             return {"item": item, "done": True}
         timeout = h.get("wait_for", 10)
@@ -487,7 +487,7 @@ class Daemon:
         kind, num = _parse_ref(ref)
         item = self.store.get_task(num) if kind == "task" else self.store.get_schedule(num, upcoming)
         if item is None:
-            raise BadInput(f"no {kind} with id {ref}")
+            raise TaskNotFound(f"no {kind} with id {ref}")
         return item
 
     def _waiting_reason(self, item: dict) -> str | None:

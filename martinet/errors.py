@@ -29,7 +29,7 @@ class BadSchedule(BadInput):
     """A recurrence (interval or cron expression) could not be read."""
 
 
-class TaskNotFound(MartinetError):
+class TaskNotFound(BadInput):
     """No task or schedule has the given id."""
 
 

@@ -113,8 +113,10 @@ def test_get_list_show(cluster):
     assert shown["attempts"][0]["outcome"] == "failed"
     with pytest.raises(martinet.BadInput, match="unknown status"):
         m.list(status="lost")
-    with pytest.raises(martinet.BadInput, match="no task with id 9999"):
+    with pytest.raises(martinet.TaskNotFound, match="no task with id 9999"):
         m.get(9999)
+    with pytest.raises(martinet.TaskNotFound, match="no schedule with id s5"):
+        m.show("s5")
 
 
 def test_failure_is_retried_then_dead_with_history(cluster):
