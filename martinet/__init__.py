@@ -15,6 +15,7 @@ import threading
 from typing import Any
 
 from martinet.api import Martinet
+from martinet.compose import compose
 from martinet.errors import (
     BadInput,
     BadSchedule,
@@ -25,6 +26,7 @@ from martinet.errors import (
     MartinetError,
     ProtocolError,
     Retry,
+    StepFailed,
     StoreError,
     TaskFailed,
     TaskNotFound,
@@ -46,6 +48,7 @@ __all__ = [
     "MartinetError",
     "ProtocolError",
     "Retry",
+    "StepFailed",
     "StoreError",
     "TaskContext",
     "TaskFailed",
@@ -53,6 +56,7 @@ __all__ = [
     "TaskTimeout",
     "WaitTimeout",
     "Worker",
+    "compose",
     "configure",
     "every",
     "execute",

@@ -35,8 +35,34 @@ _TASK_KEYS = {
     "retry_base",
     "retry_factor",
     "retry_cap",
+    "key",
+    "unique",
+    "after",
 }
 _EVERY_KEYS = {"until", "count", "misfire", "misfire_grace"}
+
+
+class TaskId(int):
+    """A task's id; `.created` says whether this call created it (False: a known
+    request_id or a key in use returned the existing task)."""
+
+    created: bool = True
+
+    def __new__(cls, value: int, created: bool = True) -> TaskId:
+        obj = super().__new__(cls, value)
+        obj.created = created
+        return obj
+
+
+class ScheduleId(str):
+    """A schedule's id ("s3"); `.created` is False when a key named an existing schedule."""
+
+    created: bool = True
+
+    def __new__(cls, value: str, created: bool = True) -> ScheduleId:
+        obj = super().__new__(cls, value)
+        obj.created = created
+        return obj
 
 
 class Martinet:
@@ -104,18 +130,20 @@ class Martinet:
 
     # ---- submitting ----------------------------------------------------------
 
-    def execute(self, task: TaskSpec, args: dict | None = None, **options: Any) -> int:
+    def execute(self, task: TaskSpec, args: dict | None = None, **options: Any) -> TaskId:
         """Run a task as soon as a worker is free; returns its id once it is committed.
 
         `task` is a name ("resize") or a dict with "name" and optionally
-        "username", "description", "queue", "priority", "max_attempts".
-        Options: the same keys, plus `request_id` to make a retried call safe
-        across processes.
+        "username", "description", "queue", "priority", "max_attempts",
+        "timeout", "retry_base", "retry_factor", "retry_cap". Options: the
+        same keys, plus `request_id` (a retried call never creates twice),
+        `key` with `unique` ("active": one unfinished task per key; "always":
+        one task per key ever) and `after` (task ids that must succeed first).
         """
         fields = self._task_fields(task, args, options)
         return self._submit("execute", fields)
 
-    def schedule(self, when_: When, task: TaskSpec, args: dict | None = None, **options: Any) -> int:
+    def schedule(self, when_: When, task: TaskSpec, args: dict | None = None, **options: Any) -> TaskId:
         """Run a task at a time: "in 20 minutes", "tomorrow at 9am", a datetime, a timedelta."""
         fields = self._task_fields(task, args, options)
         tz = fields.pop("timezone", None) or self.settings.timezone
@@ -151,7 +179,7 @@ class Martinet:
         if grace is not None and not isinstance(grace, (int, float)):
             fields["misfire_grace"] = when.parse_interval(grace).total_seconds()
         reply = self.client.request("every", {"rid": fields["request_id"], **fields})
-        return reply["id"]
+        return ScheduleId(reply["id"], reply.get("created", True))
 
     def _task_fields(
         self, task: TaskSpec, args: dict | None, options: dict, known: set[str] = _TASK_KEYS
@@ -183,7 +211,7 @@ class Martinet:
             fields["run_at"] = when.parse_when(fields["run_at"], when.utcnow(), tz).timestamp()
         fields.pop("timezone", None)
         reply = self.client.request(op, {"rid": fields["request_id"], **fields})
-        return reply["id"]
+        return TaskId(reply["id"], reply.get("created", True))
 
     # ---- reading -----------------------------------------------------------------
 
@@ -212,7 +240,7 @@ class Martinet:
         """Every schedule that has not been removed (`show(sid)` adds its next five due times)."""
         return self.client.request("schedules")["items"]
 
-    def wait(self, task_id: int, timeout: float = 30.0) -> Any:
+    def wait(self, task_id: int | str, timeout: float = 30.0) -> Any:
         """Block until the task ends; return its result, or raise TaskFailed / WaitTimeout."""
         reply = self.client.request(
             "wait", {"id": task_id, "wait_for": timeout}, timeout=timeout + self.client.timeout, resend=False

@@ -447,5 +447,9 @@ def worker_main(argv: list[str] | None = None) -> int:
         return 1
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: worker.stop())
-    worker.run()
+    try:
+        worker.run()
+    except MartinetError as exc:  # raised before it connects, e.g. a composition names a missing step
+        print(f"martinet-worker: error: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -25,7 +25,7 @@ import zmq
 from martinet import protocol, when
 from martinet.config import Settings
 from martinet.errors import BadInput, BadSchedule, MartinetError, ProtocolError, TaskNotFound
-from martinet.models import FAILED, QUEUED, SCHEDULED, STALLED, STATES, TERMINAL
+from martinet.models import FAILED, QUEUED, SCHEDULED, STALLED, STATES, TERMINAL, WAITING
 from martinet.peers import Peers
 from martinet.protocol import Cmd
 from martinet.retry import RetryPolicy
@@ -356,7 +356,7 @@ class Daemon:
         return {"items": self.store.list_schedules()}
 
     def _op_revoke(self, h, now, out, ident):
-        kind, num = _parse_ref(h.get("id"))
+        kind, num = self._ref(h.get("id"))
         if kind == "schedule":
             if not self.store.remove_schedule(num, now):
                 self._lookup(h.get("id"))  # raises if missing
@@ -364,7 +364,7 @@ class Daemon:
             self._wakeup_dirty = True
             log.info("schedule s%s removed", num)
             return {"status": "removed"}
-        status = self.store.revoke_task(num, now)
+        status, also = self.store.revoke_task(num, now)
         if status == "missing":
             raise TaskNotFound(f"no task with id {num}")
         if status == "cancelling":
@@ -372,9 +372,11 @@ class Daemon:
             if peer is not None:
                 self._send(self.worker, peer.ident, Cmd.CANCEL, {"id": num})
         elif status == "cancelled":
-            out.ended.append(num)
-        log.info("task %s revoked: %s", num, status)
-        return {"status": status}
+            out.ended.extend([num, *also])
+        log.info(
+            "task %s revoked: %s%s", num, status, f" (and tasks {also} that waited on it)" if also else ""
+        )
+        return {"status": status, "also_cancelled": also}
 
     def _op_retry(self, h, now, out, ident):
         num = self._task_ref(h.get("id"))
@@ -406,13 +408,13 @@ class Daemon:
         return {"status": status}
 
     def _task_ref(self, ref: Any) -> int:
-        kind, num = _parse_ref(ref)
+        kind, num = self._ref(ref)
         if kind != "task":
             raise BadInput(f"{ref!r} is a schedule id; tasks have ids like 42")
         return num
 
     def _op_update(self, h, now, out, ident):
-        kind, num = _parse_ref(h.get("id"))
+        kind, num = self._ref(h.get("id"))
         args = None if h.get("args") is None else check_args(h.get("args"), self.limits)
         if kind == "schedule":
             current = self._lookup(h.get("id"))
@@ -457,13 +459,13 @@ class Daemon:
         return {"status": status}
 
     def _schedule_ref(self, ref: Any) -> int:
-        kind, num = _parse_ref(ref)
+        kind, num = self._ref(ref)
         if kind != "schedule":
             raise BadInput(f"{ref!r} is a task id; schedules have ids like s7")
         return num
 
     def _op_wait(self, h, now, out, ident):
-        kind, num = _parse_ref(h.get("id"))
+        kind, num = self._ref(h.get("id"))
         if kind != "task":
             raise BadInput("only tasks can be waited for")
         item = self.store.get_task(num)
@@ -483,8 +485,20 @@ class Daemon:
         self._subscribers[ident] = now + SUBSCRIPTION_TTL
         return {"ttl": SUBSCRIPTION_TTL}
 
+    def _ref(self, ref: Any) -> tuple[str, int]:
+        """An id (42, "s7") or a key ("avatar-7", or "key:42" for a key that looks like an id)."""
+        try:
+            return _parse_ref(ref)
+        except BadInput:
+            if not isinstance(ref, str) or not 0 < len(ref) <= 260 or not ref.isprintable():
+                raise
+        found = self.store.find_key(ref[4:] if ref.startswith("key:") else ref)
+        if found is None:
+            raise TaskNotFound(f"no task or schedule with the id or key {ref[:80]!r}")
+        return found
+
     def _lookup(self, ref: Any, upcoming: int = 0) -> dict:
-        kind, num = _parse_ref(ref)
+        kind, num = self._ref(ref)
         item = self.store.get_task(num) if kind == "task" else self.store.get_schedule(num, upcoming)
         if item is None:
             raise TaskNotFound(f"no {kind} with id {ref}")
@@ -498,6 +512,9 @@ class Daemon:
             return f"attempt {item['attempt']} failed; retry at {item['run_at']}"
         if status == STALLED:
             return f"{item['reason'] or 'stalled'}; held until `martinet retry {item['id']}`"
+        if status == WAITING:
+            parents = self.store.unfinished_parents(item["id"])
+            return f"waiting for task(s) {', '.join(map(str, parents))} to succeed"
         if status != QUEUED:
             return None
         handlers = self.peers.handles(name)
@@ -680,9 +697,17 @@ class Daemon:
                 "task %s %s attempt %s %s on %s: %s: %s",
                 task_id, info["name"], attempt, status, worker_id, error.get("type"), error.get("message"),
             )  # fmt: skip
+        settled = info.pop("dependents")
+        if settled["released"]:
+            self._dispatch_pending = self._wakeup_dirty = True
+            log.info("tasks %s no longer wait: task %s succeeded", settled["released"], task_id)
+        if settled["cancelled"]:
+            log.warning(
+                "tasks %s cancelled: task %s they waited on ended %s", settled["cancelled"], task_id, status
+            )
         out.events.append({"event": status, **info})
         if status in TERMINAL:
-            out.ended.append(task_id)
+            out.ended.extend([task_id, *settled["cancelled"]])
 
     # ---- timers -----------------------------------------------------------------
 

@@ -61,6 +61,19 @@ class WaitTimeout(MartinetError):
     """`wait()` gave up before the task reached an end."""
 
 
+class StepFailed(MartinetError):
+    """A step of a composed task raised; chained (`__cause__`) to what it raised.
+
+    `index` and `total` give its position (1-based), `step` its name.
+    """
+
+    def __init__(self, message: str, index: int = 0, total: int = 0, step: str = "") -> None:
+        super().__init__(message)
+        self.index = index
+        self.total = total
+        self.step = step
+
+
 # ---- control-flow signals raised by handlers (not errors) ----
 
 

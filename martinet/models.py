@@ -3,13 +3,14 @@
 task      one row per task: what to run, its state and its latest outcome
   id, request_id (client-made, unique: a retried submit never creates twice),
   name, username, description, args (JSON), queue, priority,
-  status (scheduled|queued|running|succeeded|failed|dead|cancelled|stalled),
+  status (waiting|scheduled|queued|running|succeeded|failed|dead|cancelled|stalled),
   run_at (when it may run), attempt (number of the current or last attempt),
   max_attempts (after this attempt number it is dead), attempt_budget (what
   `retry` grants again), retry_base/retry_factor/retry_cap (per-task backoff),
   timeout, reason (why stalled or cancelled), progress, progress_message,
   result (JSON), error_type, error_message, error_traceback, worker,
-  lease_expires, cancel_requested,
+  lease_expires, cancel_requested, key + unique_key + key_mode (unique keys),
+  has_parents / has_dependents (see dependency),
   created_at, started_at, finished_at, updated_at,
   schedule_id + due_at (unique together: one run per schedule and due time)
 
@@ -17,8 +18,10 @@ attempt   one row per finished attempt: the task's history
   task_id, attempt, worker, started_at, ended_at, outcome
   (succeeded|failed|lost|interrupted|cancelled), error_type, error_message, error_traceback
 
+dependency  task_id waits until parent_id has succeeded
+
 schedule  one row per recurring schedule
-  id, request_id, name, username, description, args, queue, priority, max_attempts,
+  id, request_id, key, name, username, description, args, queue, priority, max_attempts,
   kind (interval|cron), spec, timezone, until, remaining (runs left of a
   count), misfire (once|all|skip), misfire_grace, next_due, last_due,
   status (active|paused|finished|removed), created_at, updated_at
@@ -40,9 +43,9 @@ from peewee import (
 database = DatabaseProxy()
 
 # Task states; the terminal ones never change again on their own.
-SCHEDULED, QUEUED, RUNNING = "scheduled", "queued", "running"
+WAITING, SCHEDULED, QUEUED, RUNNING = "waiting", "scheduled", "queued", "running"
 SUCCEEDED, FAILED, DEAD, CANCELLED, STALLED = "succeeded", "failed", "dead", "cancelled", "stalled"
-STATES = (SCHEDULED, QUEUED, RUNNING, SUCCEEDED, FAILED, DEAD, CANCELLED, STALLED)
+STATES = (WAITING, SCHEDULED, QUEUED, RUNNING, SUCCEEDED, FAILED, DEAD, CANCELLED, STALLED)
 TERMINAL = (SUCCEEDED, DEAD, CANCELLED)
 
 
@@ -55,6 +58,7 @@ class BaseModel(Model):
 class Schedule(BaseModel):
     id = AutoField()
     request_id = CharField(max_length=64, null=True, unique=True)
+    key = CharField(max_length=255, null=True, unique=True)  # declared in code: created once, then updated
     name = CharField(max_length=255)
     username = CharField(max_length=255, null=True)
     description = TextField(null=True)
@@ -95,6 +99,13 @@ class Task(BaseModel):
     retry_cap = DoubleField(null=True)
     timeout = DoubleField(null=True)  # seconds an attempt may run before it is interrupted
     reason = TextField(null=True)  # why it is stalled or cancelled
+    key = CharField(max_length=255, null=True, index=True)  # the user's name for it
+    # Equal to key while the key is taken: always for unique="always", until the task
+    # ends for unique="active". The unique index is what makes a key a key.
+    unique_key = CharField(max_length=255, null=True, unique=True)
+    key_mode = CharField(max_length=8, null=True)  # active | always
+    has_parents = BooleanField(default=False)  # it waits on others (see Dependency)
+    has_dependents = BooleanField(default=False)  # others wait on it
     progress = DoubleField(null=True)
     progress_message = TextField(null=True)
     result = TextField(null=True)
@@ -121,6 +132,14 @@ class Task(BaseModel):
         )
 
 
+class Dependency(BaseModel):
+    """Task `task_id` runs only after task `parent_id` has succeeded."""
+
+    id = AutoField()
+    task_id = IntegerField(index=True)
+    parent_id = IntegerField(index=True)
+
+
 class Attempt(BaseModel):
     id = AutoField()
     task_id = IntegerField(index=True)
@@ -134,4 +153,4 @@ class Attempt(BaseModel):
     error_traceback = TextField(null=True)
 
 
-TABLES = [Schedule, Task, Attempt]
+TABLES = [Schedule, Task, Attempt, Dependency]

@@ -19,7 +19,7 @@ import peewee
 from playhouse.db_url import connect as connect_url
 
 from martinet import recurring, when
-from martinet.errors import StoreError
+from martinet.errors import StoreError, TaskNotFound
 from martinet.models import (
     CANCELLED,
     DEAD,
@@ -31,7 +31,9 @@ from martinet.models import (
     SUCCEEDED,
     TABLES,
     TERMINAL,
+    WAITING,
     Attempt,
+    Dependency,
     Schedule,
     Task,
     database,
@@ -41,8 +43,8 @@ from martinet.retry import RetryPolicy
 log = logging.getLogger(__name__)
 
 SCHEMES = ("sqlite", "postgres", "postgresql", "mysql", "mariadb")
-WAITING = (SCHEDULED, FAILED)  # states that become QUEUED when run_at comes
-REVOCABLE = (SCHEDULED, QUEUED, FAILED, STALLED)
+TIMED = (SCHEDULED, FAILED)  # states that become QUEUED when run_at comes
+REVOCABLE = (WAITING, SCHEDULED, QUEUED, FAILED, STALLED)
 
 
 def open_database(url: str) -> peewee.Database:
@@ -126,15 +128,56 @@ class Store:
     # ---- submit -------------------------------------------------------------
 
     def submit(self, spec: dict[str, Any], now: float) -> tuple[int, bool]:
-        """Insert one task; returns (id, created). A known request_id returns the old id."""
-        rid = spec.get("request_id")
+        """Insert one task; returns (id, created).
+
+        A known request_id returns the task it created. A `key` that is taken
+        (see models.Task.unique_key) returns the task holding it: the unique
+        index decides, so concurrent submitters and several daemons agree.
+        Tasks named in `after` must exist; the new task waits for them.
+        """
+        rid, key = spec.get("request_id"), spec.get("key")
         if rid:
             existing = Task.select(Task.id).where(Task.request_id == rid).first()
             if existing is not None:
                 return existing.id, False
+        if key:
+            holder = Task.select(Task.id).where(Task.unique_key == key).first()
+            if holder is not None:
+                return holder.id, False
         row = self._task_row(spec, now)
-        row["request_id"] = rid
-        return Task.insert(**row).execute(), True
+        row.update(request_id=rid, key=key, unique_key=key, key_mode=spec.get("unique") if key else None)
+        parents = self._check_parents(spec.get("after") or [])
+        if parents:
+            row["has_parents"] = True
+            blocked = [p for p in parents if p.status in (DEAD, CANCELLED)]
+            if blocked:
+                row.update(status=CANCELLED, finished_at=now, unique_key=None)
+                row["reason"] = f"task {blocked[0].id} it waits on ended {blocked[0].status}"
+            elif any(p.status != SUCCEEDED for p in parents):
+                row["status"] = WAITING
+        try:
+            with self.db.atomic():
+                task_id = Task.insert(**row).execute()
+        except peewee.IntegrityError:
+            holder = Task.select(Task.id).where(Task.unique_key == key).first() if key else None
+            if holder is None:
+                raise
+            return holder.id, False  # another daemon took the key between our read and write
+        if parents:
+            Dependency.insert_many([{"task_id": task_id, "parent_id": p.id} for p in parents]).execute()
+            Task.update(has_dependents=True).where(Task.id.in_([p.id for p in parents])).execute()
+        return task_id, True
+
+    def _check_parents(self, after: list[int]) -> list[Task]:
+        if not after:
+            return []
+        found = list(Task.select(Task.id, Task.status).where(Task.id.in_(after)))
+        missing = sorted(set(after) - {p.id for p in found})
+        if missing:
+            raise TaskNotFound(
+                f"after names unknown task(s) {', '.join(map(str, missing))}; nothing was created"
+            )
+        return found
 
     # ---- dispatch -----------------------------------------------------------
 
@@ -142,13 +185,13 @@ class Store:
         """Scheduled tasks and retries whose time has come become queued."""
         return (
             Task.update(status=QUEUED, updated_at=now)
-            .where(Task.status.in_(WAITING), Task.run_at <= now)
+            .where(Task.status.in_(TIMED), Task.run_at <= now)
             .execute()
         )
 
     def next_wakeup(self) -> float | None:
         """The earliest time at which something waiting becomes due."""
-        task = Task.select(peewee.fn.MIN(Task.run_at)).where(Task.status.in_(WAITING)).scalar()
+        task = Task.select(peewee.fn.MIN(Task.run_at)).where(Task.status.in_(TIMED)).scalar()
         sched = Schedule.select(peewee.fn.MIN(Schedule.next_due)).where(Schedule.status == "active").scalar()
         times = [t for t in (task, sched) if t is not None]
         return min(times) if times else None
@@ -161,7 +204,7 @@ class Store:
         if limit <= 0 or not names:
             return []
         query = (
-            Task.select(Task.id, Task.name, Task.args, Task.attempt, Task.timeout)
+            Task.select(Task.id, Task.name, Task.args, Task.attempt, Task.timeout, Task.has_parents)
             .where(Task.status == QUEUED, Task.name.in_(names))
             .order_by(Task.priority.desc(), Task.run_at, Task.id)
             .limit(limit)
@@ -181,10 +224,27 @@ class Store:
             progress=None,
             progress_message=None,
         ).where(Task.id.in_([r["id"] for r in rows]), Task.status == QUEUED).execute()
+        waiting_on = [r["id"] for r in rows if r.pop("has_parents")]
+        parents = self._parent_results(waiting_on) if waiting_on else {}
         for r in rows:
             r["attempt"] += 1
             r["args"] = json.loads(r["args"])
+            if r["id"] in parents:
+                r["parents"] = parents[r["id"]]
         return rows
+
+    def _parent_results(self, task_ids: list[int]) -> dict[int, dict[str, Any]]:
+        """What the tasks these waited on returned, as {task id: {parent id: result}}."""
+        out: dict[int, dict[str, Any]] = {}
+        query = (
+            Dependency.select(Dependency.task_id, Dependency.parent_id, Task.result)
+            .join(Task, on=(Task.id == Dependency.parent_id))
+            .where(Dependency.task_id.in_(task_ids))
+            .tuples()
+        )
+        for task_id, parent_id, result in query:
+            out.setdefault(task_id, {})[str(parent_id)] = None if result is None else json.loads(result)
+        return out
 
     def unclaim(self, task_id: int, attempt: int, now: float) -> bool:
         """A worker could not take the task (unknown name): back to the queue, no attempt spent."""
@@ -350,6 +410,8 @@ class Store:
             )
         if status in TERMINAL:
             changes["finished_at"] = now
+            if row.key_mode == "active":
+                changes["unique_key"] = None  # the key is free again
         changes["status"] = status
         n = (
             Task.update(**changes)
@@ -379,27 +441,90 @@ class Store:
             "error": error,
             "run_at": iso(changes.get("run_at")),
             "reason": changes.get("reason"),
+            "dependents": self._settle_dependents(row, status, now),
         }
+
+    def _settle_dependents(self, parent: Task, status: str, now: float) -> dict[str, list[int]]:
+        """A task ended: the tasks waiting on it are released (all their parents
+        succeeded) or cancelled (this one will never succeed), down the chain."""
+        settled: dict[str, list[int]] = {"released": [], "cancelled": []}
+        if status not in TERMINAL or not parent.has_dependents:
+            return settled
+        ended = [(parent.id, status)]
+        while ended:
+            parent_id, parent_status = ended.pop()
+            children = (
+                Task.select(Task.id, Task.run_at, Task.key_mode, Task.has_dependents)
+                .join(Dependency, on=(Dependency.task_id == Task.id))
+                .where(Dependency.parent_id == parent_id, Task.status == WAITING)
+            )
+            for child in list(children):
+                if parent_status != SUCCEEDED:
+                    changes = {
+                        "status": CANCELLED,
+                        "reason": f"task {parent_id} it waited on ended {parent_status}",
+                        "finished_at": now,
+                        "updated_at": now,
+                    }
+                    if child.key_mode == "active":
+                        changes["unique_key"] = None
+                    Task.update(**changes).where(Task.id == child.id, Task.status == WAITING).execute()
+                    settled["cancelled"].append(child.id)
+                    if child.has_dependents:
+                        ended.append((child.id, CANCELLED))
+                    continue
+                unfinished = (
+                    Dependency.select()
+                    .join(Task, on=(Task.id == Dependency.parent_id))
+                    .where(Dependency.task_id == child.id, Task.status != SUCCEEDED)
+                    .count()
+                )
+                if not unfinished:
+                    ready = SCHEDULED if child.run_at > now else QUEUED
+                    Task.update(status=ready, updated_at=now).where(
+                        Task.id == child.id, Task.status == WAITING
+                    ).execute()
+                    settled["released"].append(child.id)
+        return settled
+
+    def unfinished_parents(self, task_id: int) -> list[int]:
+        query = (
+            Dependency.select(Dependency.parent_id)
+            .join(Task, on=(Task.id == Dependency.parent_id))
+            .where(Dependency.task_id == task_id, Task.status != SUCCEEDED)
+            .order_by(Dependency.parent_id)
+        )
+        return [d.parent_id for d in query]
 
     def _lost_before(self, task_id: int) -> int:
         return Attempt.select().where(Attempt.task_id == task_id, Attempt.outcome == "lost").count()
 
     # ---- operator actions ---------------------------------------------------
 
-    def revoke_task(self, task_id: int, now: float) -> str:
-        """Cancel a waiting task, or ask a running one to stop. Returns the new status."""
+    def revoke_task(self, task_id: int, now: float) -> tuple[str, list[int]]:
+        """Cancel a waiting task, or ask a running one to stop.
+
+        Returns the new status and the ids of tasks cancelled with it (those
+        that waited on it, down the chain).
+        """
         row = Task.get_or_none(Task.id == task_id)
         if row is None:
-            return "missing"
+            return "missing", []
         if row.status in REVOCABLE:
-            Task.update(
-                status=CANCELLED, reason="cancelled before it ran", finished_at=now, updated_at=now
-            ).where(Task.id == task_id, Task.status == row.status).execute()
-            return CANCELLED
+            changes = {
+                "status": CANCELLED,
+                "reason": "cancelled before it ran",
+                "finished_at": now,
+                "updated_at": now,
+            }
+            if row.key_mode == "active":
+                changes["unique_key"] = None
+            Task.update(**changes).where(Task.id == task_id, Task.status == row.status).execute()
+            return CANCELLED, self._settle_dependents(row, CANCELLED, now)["cancelled"]
         if row.status == RUNNING:
             Task.update(cancel_requested=True, updated_at=now).where(Task.id == task_id).execute()
-            return "cancelling"
-        return row.status
+            return "cancelling", []
+        return row.status, []
 
     def retry_task(self, task_id: int, now: float, attempts: int | None = None) -> str:
         """A dead, stalled, cancelled or failed task runs again now, with a fresh set of attempts.
@@ -425,6 +550,12 @@ class Store:
             .where(Task.id == task_id, Task.status == row.status)
             .execute()
         )
+        if n and row.key and row.unique_key is None:
+            try:
+                with self.db.atomic():  # take the key back, unless another task holds it now
+                    Task.update(unique_key=row.key).where(Task.id == task_id).execute()
+            except peewee.IntegrityError:
+                log.info("task %s retried without its key %r: another task holds it", task_id, row.key)
         return QUEUED if n else self.get_task(task_id)["status"]
 
     def stall_task(self, task_id: int, now: float, reason: str) -> str:
@@ -451,32 +582,54 @@ class Store:
     # ---- schedules ----------------------------------------------------------
 
     def add_schedule(self, spec: dict[str, Any], first_due: float, now: float) -> tuple[int, bool]:
-        """Insert a schedule; returns (id, created). A known request_id returns the old id."""
-        rid = spec.get("request_id")
+        """Insert a schedule; returns (id, created).
+
+        A known request_id returns the old id. A schedule declared with a
+        `key` is created once; declaring it again updates it in place and
+        keeps its next due time unless its spec or zone changed.
+        """
+        rid, key = spec.get("request_id"), spec.get("key")
         if rid:
             existing = Schedule.select(Schedule.id).where(Schedule.request_id == rid).first()
             if existing is not None:
                 return existing.id, False
-        row = Schedule.create(
-            request_id=rid,
-            name=spec["name"],
-            username=spec.get("username"),
-            description=spec.get("description"),
-            args=json.dumps(spec.get("args") or {}),
-            queue=spec.get("queue") or "default",
-            priority=spec.get("priority") or 0,
-            max_attempts=spec.get("max_attempts"),
-            kind=spec["kind"],
-            spec=spec["spec"],
-            timezone=spec.get("timezone") or "UTC",
-            until=spec.get("until"),
-            remaining=spec.get("count"),
-            misfire=spec.get("misfire") or "once",
-            misfire_grace=spec.get("misfire_grace"),
-            next_due=first_due,
-            created_at=now,
-            updated_at=now,
-        )
+        fields = {
+            "name": spec["name"],
+            "username": spec.get("username"),
+            "description": spec.get("description"),
+            "args": json.dumps(spec.get("args") or {}),
+            "queue": spec.get("queue") or "default",
+            "priority": spec.get("priority") or 0,
+            "max_attempts": spec.get("max_attempts"),
+            "kind": spec["kind"],
+            "spec": spec["spec"],
+            "timezone": spec.get("timezone") or "UTC",
+            "until": spec.get("until"),
+            "remaining": spec.get("count"),
+            "misfire": spec.get("misfire") or "once",
+            "misfire_grace": spec.get("misfire_grace"),
+            "updated_at": now,
+        }
+        if key:
+            current = Schedule.get_or_none(Schedule.key == key)
+            if current is not None:
+                moved = (current.kind, current.spec, current.timezone) != (
+                    fields["kind"],
+                    fields["spec"],
+                    fields["timezone"],
+                )
+                if moved or current.status == "finished":
+                    fields.update(next_due=first_due, status="active")
+                Schedule.update(**fields).where(Schedule.id == current.id).execute()
+                return current.id, False
+        try:
+            with self.db.atomic():
+                row = Schedule.create(request_id=rid, key=key, next_due=first_due, created_at=now, **fields)
+        except peewee.IntegrityError:
+            current = Schedule.get_or_none(Schedule.key == key) if key else None
+            if current is None:
+                raise
+            return current.id, False  # declared by another daemon at the same moment
         return row.id, True
 
     def expand_schedules(self, now: float, default_max_attempts: int) -> list[int]:
@@ -557,7 +710,7 @@ class Store:
 
     def remove_schedule(self, schedule_id: int, now: float) -> bool:
         n = (
-            Schedule.update(status="removed", next_due=None, updated_at=now)
+            Schedule.update(status="removed", next_due=None, key=None, updated_at=now)  # its key is free
             .where(Schedule.id == schedule_id, Schedule.status != "removed")
             .execute()
         )
@@ -612,6 +765,15 @@ class Store:
         return "updated"
 
     # ---- reads --------------------------------------------------------------
+
+    def find_key(self, key: str) -> tuple[str, int] | None:
+        """The task holding `key` (else the newest with it), or the schedule with it."""
+        task = Task.select(Task.id).where(Task.unique_key == key).first()
+        task = task or Task.select(Task.id).where(Task.key == key).order_by(Task.id.desc()).first()
+        if task is not None:
+            return "task", task.id
+        sched = Schedule.select(Schedule.id).where(Schedule.key == key).first()
+        return None if sched is None else ("schedule", sched.id)
 
     def get_task(self, task_id: int) -> dict | None:
         row = Task.get_or_none(Task.id == task_id)
@@ -713,6 +875,8 @@ def task_info(row: Task) -> dict[str, Any]:
         "max_attempts": row.max_attempts,
         "timeout": row.timeout,
         "reason": row.reason,
+        "key": row.key,
+        "unique": row.key_mode,
         "progress": row.progress,
         "progress_message": row.progress_message,
         "result": None if row.result is None else json.loads(row.result),
@@ -732,6 +896,7 @@ def schedule_info(row: Schedule) -> dict[str, Any]:
     return {
         "id": schedule_ref(row.id),
         "kind": "schedule",
+        "key": row.key,
         "name": row.name,
         "username": row.username,
         "description": row.description,

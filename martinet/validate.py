@@ -93,10 +93,45 @@ def check_task(h: dict, limits: Limits, default_max_attempts: int) -> dict[str, 
         "run_at": float(run_at) if run_at is not None else None,
         "request_id": _optional_text(h, "request_id", 64),
         "timeout": _optional_positive(h, "timeout"),
+        "key": _optional_key(h),
+        "unique": _unique_mode(h),
+        "after": _after(h),
         "retry_base": _optional_positive(h, "retry_base"),
         "retry_factor": _optional_positive(h, "retry_factor"),
         "retry_cap": _optional_positive(h, "retry_cap"),
     }
+
+
+UNIQUE_MODES = ("active", "always")
+
+
+def _optional_key(h: dict) -> str | None:
+    key = h.get("key")
+    if key is None:
+        return None
+    if not isinstance(key, str) or not 0 < len(key) <= 255 or not key.isprintable():
+        raise BadInput(f"key must be printable text of 1 to 255 characters, got {str(key)[:60]!r}")
+    return key
+
+
+def _unique_mode(h: dict) -> str:
+    mode = h.get("unique") or "active"
+    if mode not in UNIQUE_MODES:
+        raise BadInput(f"unique must be 'active' or 'always', not {str(mode)[:40]!r}")
+    return mode
+
+
+def _after(h: dict) -> list[int]:
+    after = h.get("after") or []
+    if isinstance(after, int) and not isinstance(after, bool):
+        after = [after]
+    if (
+        not isinstance(after, list)
+        or len(after) > 1000
+        or not all(isinstance(i, int) and not isinstance(i, bool) and 0 < i < 2**63 for i in after)
+    ):
+        raise BadInput(f"after must be a list of task ids, got {str(after)[:60]}")
+    return sorted(set(after))
 
 
 def _optional_positive(h: dict, key: str) -> float | None:
@@ -112,6 +147,10 @@ def check_every(h: dict, limits: Limits, default_tz: str) -> tuple[dict[str, Any
     """An `every` request: a task spec plus a recurrence the daemon can compute."""
     spec = check_task(h, limits, 1)
     spec["max_attempts"] = _optional_int(h, "max_attempts", 1, 1000)
+    if spec.pop("after"):
+        raise BadInput("a schedule cannot wait on other tasks (after); its runs start on their due times")
+    if h.get("unique"):
+        raise BadInput("unique applies to tasks; a schedule's key always names one schedule")
     tz = when.check_timezone(h.get("timezone") or default_tz)
     every = h.get("every")
     if not isinstance(every, (str, int, float)) or isinstance(every, bool):

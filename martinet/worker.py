@@ -25,6 +25,7 @@ from typing import Any
 import zmq
 
 from martinet import protocol
+from martinet.compose import check as check_compositions
 from martinet.errors import Fail, ProtocolError, Retry, TaskTimeout
 from martinet.protocol import Cmd
 
@@ -63,6 +64,7 @@ class TaskContext:
         self.name = name
         self.args = args
         self.timeout = timeout
+        self.parents: dict[int, Any] = {}  # what the tasks it waited on (after=) returned
         self._report = report
         self._cancel = threading.Event()
         # Time-limit bookkeeping, shared by the handler's thread and the worker's loop.
@@ -148,6 +150,7 @@ class Worker:
 
     def run(self) -> None:
         o = self.options
+        self.handlers = check_compositions(self.handlers)  # a missing step stops us here
         if not self.handlers:
             log.warning("worker %s has no handlers registered", self.worker_id)
         for _ in range(max(1, o.concurrency)):
@@ -287,6 +290,8 @@ class Worker:
             return
         timeout = h.get("timeout") if isinstance(h.get("timeout"), (int, float)) else None
         ctx = TaskContext(task_id, attempt, name, args, self._report, timeout)
+        if isinstance(h.get("parents"), dict):
+            ctx.parents = {int(k): v for k, v in h["parents"].items() if str(k).isdigit()}
         self._running[task_id] = ctx
         log.info("task %s %s attempt %s started on %s", task_id, name, attempt, self.worker_id)
         self._jobs.put(ctx)

@@ -14,6 +14,8 @@ import peewee
 import pytest
 from playhouse.db_url import connect as connect_url
 
+from martinet.models import TABLES
+
 DEFAULT_URLS = {
     "postgresql": "postgresql://postgres@127.0.0.1:5432/test",
     "mysql": "mysql://root@127.0.0.1:3306/test",
@@ -52,6 +54,6 @@ def reset(url: str) -> None:
     """Drop martinet's tables so a test starts from an empty database."""
     db = connect_url(url)
     db.connect()
-    for table in ("attempt", "task", "schedule"):
-        db.execute_sql(f"DROP TABLE IF EXISTS {table}")
+    for model in TABLES:
+        db.execute_sql(f"DROP TABLE IF EXISTS {model._meta.table_name}")
     db.close()

@@ -105,3 +105,9 @@ def swallow(task, seconds=30.0):
 def suicide(task):
     """Kills its own worker process, as a segfaulting extension would."""
     os.kill(os.getpid(), 9)
+
+
+@martinet.task("parents")
+def parents(task, **args):
+    """Returns what the tasks it waited on returned."""
+    return {str(k): v for k, v in sorted(task.parents.items())}

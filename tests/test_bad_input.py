@@ -155,7 +155,10 @@ def test_unknown_request_gets_a_clear_error(cluster):
         "error": {"type": "BadInput", "message": "unknown request 'explode'"},
     }
     reply = raw_request(cluster, {"op": "get", "id": "nonsense"})
-    assert "is not a task id" in reply["error"]["message"]
+    assert reply["error"] == {
+        "type": "TaskNotFound",
+        "message": "no task or schedule with the id or key 'nonsense'",
+    }
 
 
 def test_second_daemon_on_ports_in_use(cluster):

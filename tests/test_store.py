@@ -17,6 +17,8 @@ NOW = 1_800_000_000.0  # 2027-01-15 08:00 UTC
 LEASE = 30.0
 TASK_KEYS = {
     "id",
+    "key",
+    "unique",
     "timeout",
     "reason",
     "kind",
@@ -45,6 +47,7 @@ TASK_KEYS = {
 }
 SCHEDULE_KEYS = {
     "id",
+    "key",
     "until",
     "remaining",
     "misfire",
@@ -243,6 +246,7 @@ def test_complete_succeeds_and_writes_an_attempt_row(store):
         "error": None,
         "run_at": None,
         "reason": None,
+        "dependents": {"released": [], "cancelled": []},
     }
     task = store.get_task(task_id)
     assert task["status"] == "succeeded"
@@ -355,7 +359,7 @@ def test_final_failure_is_dead_at_once(store):
 def test_a_task_asked_to_stop_ends_cancelled_however_it_ends(store, ending):
     task_id = submit(store)
     claim_one(store)
-    assert store.revoke_task(task_id, NOW + 1) == "cancelling"
+    assert store.revoke_task(task_id, NOW + 1) == ("cancelling", [])
     assert store.get_task(task_id)["cancel_requested"] is True
     assert row(task_id).status == "running"
     if ending == "complete":
@@ -473,16 +477,16 @@ def test_revoke_task_on_waiting_running_finished_and_missing(store):
     queued = submit(store)
     running = submit(store, name="long")
     claim_one(store, name="long")
-    assert store.revoke_task(scheduled, NOW + 1) == "cancelled"
-    assert store.revoke_task(queued, NOW + 1) == "cancelled"
+    assert store.revoke_task(scheduled, NOW + 1) == ("cancelled", [])
+    assert store.revoke_task(queued, NOW + 1) == ("cancelled", [])
     for task_id in (scheduled, queued):
         assert (row(task_id).status, row(task_id).finished_at) == ("cancelled", NOW + 1)
-    assert store.revoke_task(running, NOW + 1) == "cancelling"
+    assert store.revoke_task(running, NOW + 1) == ("cancelling", [])
     r = row(running)
     assert (r.status, bool(r.cancel_requested)) == ("running", True)
-    assert store.revoke_task(queued, NOW + 2) == "cancelled"  # already: reports its status
+    assert store.revoke_task(queued, NOW + 2) == ("cancelled", [])  # already: reports its status
     assert row(queued).finished_at == NOW + 1
-    assert store.revoke_task(4242, NOW) == "missing"
+    assert store.revoke_task(4242, NOW) == ("missing", [])
     store.promote_due(NOW + 100)
     assert row(scheduled).status == "cancelled"
     assert store.claim("w1", ["add"], 5, NOW + 100, LEASE) == []
@@ -492,7 +496,7 @@ def test_revoke_a_failed_task_waiting_for_its_retry(store):
     task_id = submit(store)
     claim_one(store)
     store.fail(task_id, 1, "w1", {"type": "E"}, NOW, retry_in=10)
-    assert store.revoke_task(task_id, NOW + 1) == "cancelled"
+    assert store.revoke_task(task_id, NOW + 1) == ("cancelled", [])
     store.promote_due(NOW + 20)
     assert row(task_id).status == "cancelled"
 

@@ -41,6 +41,9 @@ def test_a_minimal_task_gets_defaults():
         "retry_base": None,
         "retry_factor": None,
         "retry_cap": None,
+        "key": None,
+        "unique": "active",
+        "after": [],
     }
 
 
