@@ -10,7 +10,7 @@ a plain function called like a handler, `fn(task, ...)`.
 
 The first step that raises fails the attempt with `StepFailed` ("step 2/3
 (reshape) failed: ValueError: bad row"), chained to the original exception so
-its traceback is stored too. `Retry`, `Fail` and `TaskTimeout` pass through
+its traceback is stored too. `Retry`, `Fail`, `Release` and `TaskTimeout` pass through
 unchanged: they speak for the whole task. A retry runs every step again, from
 the first.
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from martinet.errors import Fail, MartinetError, Retry, StepFailed
+from martinet.errors import Fail, MartinetError, Release, Retry, StepFailed
 
 Step = str | Callable[..., Any]
 
@@ -86,7 +86,7 @@ class Composition:
             task.progress((i - 1) / n, f"step {i}/{n}: {label}")
             try:
                 value = _call(fn, task, value)
-            except (Retry, Fail):
+            except (Retry, Fail, Release):
                 raise  # signals about the whole task; TaskTimeout is no Exception, so it passes too
             except Exception as exc:
                 _skip_own_frames(exc)

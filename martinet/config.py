@@ -54,6 +54,8 @@ class Settings:
     # A task whose attempts were lost this many times (its worker died or went
     # silent running it) is stalled, so one poison task cannot take down the fleet.
     poison_after: int = 3
+    # A task given back (martinet.Release) more often than this is stalled for an operator.
+    max_releases: int = 10
     # The zone of naive datetimes and wall-clock expressions ("tomorrow at 9am").
     timezone: str = "UTC"
     log_level: str = "INFO"
@@ -147,7 +149,15 @@ def check(settings: Settings) -> Settings:
         value = getattr(s, key)
         if not (value > 0 and value != float("inf")):
             raise ConfigError(f"setting {key!r} must be a positive number of seconds, got {value}")
-    for key in ("liveness", "max_payload", "max_name_length", "max_attempts", "concurrency", "poison_after"):
+    for key in (
+        "liveness",
+        "max_payload",
+        "max_name_length",
+        "max_attempts",
+        "concurrency",
+        "poison_after",
+        "max_releases",
+    ):
         if getattr(s, key) < 1:
             raise ConfigError(f"setting {key!r} must be 1 or more, got {getattr(s, key)}")
     return s

@@ -84,7 +84,7 @@ class Daemon:
             self.ctx.destroy(linger=0)
             raise
         retry = RetryPolicy(s.retry_base, s.retry_factor, s.retry_cap)
-        self.store = Store(db, retry, s.poison_after)
+        self.store = Store(db, retry, s.poison_after, s.max_releases)
         self.poller = zmq.Poller()
         for sock in (self.client, self.worker, self.status):
             self.poller.register(sock, zmq.POLLIN)
@@ -660,6 +660,13 @@ class Daemon:
     def _on_outcome(self, cmd, ident, h, worker_id, task_id, attempt, out: Outbox, now: float) -> None:
         if cmd is Cmd.DONE:
             info = self.store.complete(task_id, attempt, worker_id, h.get("result"), now)
+        elif h.get("release"):
+            delay = _finite(h.get("retry_in"))
+            delay = None if delay is None else min(max(0.0, delay), 366 * 86400.0)
+            reason = clean_text(
+                (h.get("error") or {}).get("message") if isinstance(h.get("error"), dict) else "", 1000
+            )
+            info = self.store.release(task_id, attempt, worker_id, reason or "released", now, delay)
         else:
             error = h.get("error") if isinstance(h.get("error"), dict) else {}
             error = {
@@ -692,6 +699,9 @@ class Daemon:
             )  # fmt: skip
         elif status == "cancelled":
             log.info("task %s %s attempt %s cancelled on %s", task_id, info["name"], attempt, worker_id)
+        elif info["outcome"] == "released" and status != STALLED:
+            self._dispatch_pending = self._wakeup_dirty = True
+            log.info("task %s %s given back by %s: %s", task_id, info["name"], worker_id, info["reason"])
         else:
             log.error(
                 "task %s %s attempt %s %s on %s: %s: %s",

@@ -91,6 +91,17 @@ class Fail(Exception):
     """Raise in a handler to fail the task for good, without further attempts."""
 
 
+class Release(Exception):
+    """Raise in a handler to give the task back: it returns to its queue (after
+    `in_` seconds), no attempt is spent, and its release count goes up."""
+
+    def __init__(self, reason: str = "", in_: float | timedelta | None = None) -> None:
+        super().__init__(reason or "released")
+        if isinstance(in_, timedelta):
+            in_ = in_.total_seconds()
+        self.in_seconds = in_
+
+
 class TaskTimeout(BaseException):
     """Raised inside a handler that ran past its `timeout`.
 

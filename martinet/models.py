@@ -7,7 +7,7 @@ task      one row per task: what to run, its state and its latest outcome
   run_at (when it may run), attempt (number of the current or last attempt),
   max_attempts (after this attempt number it is dead), attempt_budget (what
   `retry` grants again), retry_base/retry_factor/retry_cap (per-task backoff),
-  timeout, reason (why stalled or cancelled), progress, progress_message,
+  timeout, reason (why stalled or cancelled), releases, progress, progress_message,
   result (JSON), error_type, error_message, error_traceback, worker,
   lease_expires, cancel_requested, key + unique_key + key_mode (unique keys),
   has_parents / has_dependents (see dependency),
@@ -16,7 +16,7 @@ task      one row per task: what to run, its state and its latest outcome
 
 attempt   one row per finished attempt: the task's history
   task_id, attempt, worker, started_at, ended_at, outcome
-  (succeeded|failed|lost|interrupted|cancelled), error_type, error_message, error_traceback
+  (succeeded|failed|lost|interrupted|released|cancelled), error_type, error_message, error_traceback
 
 dependency  task_id waits until parent_id has succeeded
 
@@ -99,6 +99,7 @@ class Task(BaseModel):
     retry_cap = DoubleField(null=True)
     timeout = DoubleField(null=True)  # seconds an attempt may run before it is interrupted
     reason = TextField(null=True)  # why it is stalled or cancelled
+    releases = IntegerField(default=0)  # times a handler gave it back (martinet.Release)
     key = CharField(max_length=255, null=True, index=True)  # the user's name for it
     # Equal to key while the key is taken: always for unique="always", until the task
     # ends for unique="active". The unique index is what makes a key a key.

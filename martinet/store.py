@@ -112,10 +112,17 @@ def schedule_ref(schedule_id: int) -> str:
 class Store:
     """The only writer. Each method is one state transition or one read."""
 
-    def __init__(self, db: peewee.Database, retry: RetryPolicy | None = None, poison_after: int = 3) -> None:
+    def __init__(
+        self,
+        db: peewee.Database,
+        retry: RetryPolicy | None = None,
+        poison_after: int = 3,
+        max_releases: int = 10,
+    ) -> None:
         self.db = db
         self.retry = retry or RetryPolicy()
         self.poison_after = poison_after  # lost attempts after which a task is stalled
+        self.max_releases = max_releases  # releases after which a task is stalled
         self.locks_rows = not isinstance(db, peewee.SqliteDatabase)
 
     def atomic(self):
@@ -350,6 +357,17 @@ class Store:
             return None
         return self._end_attempt(row, "failed", now, error=error, retry_in=retry_in, final=final)
 
+    def release(
+        self, task_id: int, attempt: int, worker: str, reason: str, now: float, delay: float | None = None
+    ) -> dict | None:
+        """The handler gave the task back (martinet.Release): to the queue, after `delay`."""
+        row = self._running(task_id, attempt, worker)
+        if row is None:
+            return None
+        return self._end_attempt(
+            row, "released", now, error={"type": "Release", "message": reason}, retry_in=delay
+        )
+
     def _running(self, task_id: int, attempt: int, worker: str) -> Task | None:
         return Task.get_or_none(
             Task.id == task_id,
@@ -369,6 +387,7 @@ class Store:
         retry_in: float | None = None,
         final: bool = False,
     ) -> dict | None:
+        logged = error  # what the attempt row records
         changes: dict[str, Any] = {
             "worker": None,
             "lease_expires": None,
@@ -385,6 +404,19 @@ class Store:
         elif outcome == "interrupted":  # its worker shut down: back to the queue, attempt not spent
             status = QUEUED
             changes.update(run_at=now, max_attempts=row.max_attempts + 1)
+        elif outcome == "released":  # the handler gave it back: no attempt spent, counted
+            changes.update(releases=row.releases + 1, max_attempts=row.max_attempts + 1)
+            message = (error or {}).get("message") or "released"
+            if row.releases + 1 > self.max_releases:
+                status = STALLED
+                changes["reason"] = (
+                    f"stalled: released {row.releases + 1} times (more than max_releases={self.max_releases}); "
+                    f"last: {message}"
+                )
+            else:
+                status = SCHEDULED if retry_in else QUEUED
+                changes.update(run_at=now + (retry_in or 0.0), reason=f"released: {message}")
+            error = None  # a release is not an error: the task's last error stays; its attempt row says why
         elif outcome == "lost" and self._lost_before(row.id) + 1 >= self.poison_after:
             status = STALLED
             changes["reason"] = (
@@ -427,9 +459,9 @@ class Store:
             started_at=row.started_at,
             ended_at=now,
             outcome=outcome,
-            error_type=(error or {}).get("type"),
-            error_message=(error or {}).get("message"),
-            error_traceback=(error or {}).get("traceback"),
+            error_type=(logged or {}).get("type"),
+            error_message=(logged or {}).get("message"),
+            error_traceback=(logged or {}).get("traceback"),
         )
         return {
             "id": row.id,
@@ -875,6 +907,7 @@ def task_info(row: Task) -> dict[str, Any]:
         "max_attempts": row.max_attempts,
         "timeout": row.timeout,
         "reason": row.reason,
+        "releases": row.releases,
         "key": row.key,
         "unique": row.key_mode,
         "progress": row.progress,

@@ -26,7 +26,7 @@ import zmq
 
 from martinet import protocol
 from martinet.compose import check as check_compositions
-from martinet.errors import Fail, ProtocolError, Retry, TaskTimeout
+from martinet.errors import Fail, ProtocolError, Release, Retry, TaskTimeout
 from martinet.protocol import Cmd
 
 log = logging.getLogger(__name__)
@@ -437,6 +437,10 @@ class Worker:
         except Retry as exc:
             log.info("task %s attempt %s asked for a retry in %ss", ctx.id, ctx.attempt, exc.in_seconds)
             return Cmd.FAILED, {**base, "error": _error(exc), "retry_in": exc.in_seconds}
+        except Release as exc:
+            log.info("task %s attempt %s given back: %s", ctx.id, ctx.attempt, exc)
+            return Cmd.FAILED, {**base, "error": {"type": "Release", "message": str(exc)}, "release": True,
+                                "retry_in": exc.in_seconds}  # fmt: skip
         except Fail as exc:
             log.info("task %s attempt %s failed for good: %s", ctx.id, ctx.attempt, exc)
             return Cmd.FAILED, {**base, "error": _error(exc), "final": True}

@@ -127,3 +127,23 @@ def test_revoking_a_parent_cancels_what_waits_on_it(cluster):
     wait_for(lambda: m.get(child)["status"] == "cancelled", timeout=5, what="the child to be cancelled")
     with pytest.raises(martinet.TaskFailed, match="cancelled"):
         m.wait(child, timeout=5)
+
+
+def test_release_gives_a_task_back_without_spending_attempts(cluster, tmp_path):
+    cluster.start_daemon(env={"MARTINET_MAX_RELEASES": "3"})
+    cluster.start_worker()
+    m = cluster.client()
+    tid = m.execute({"name": "picky", "max_attempts": 1}, {"marker": str(tmp_path / "a"), "accept_on": 3})
+    assert m.wait(tid, timeout=10) == "accepted"  # though max_attempts is 1
+    info = m.show(tid)
+    assert (info["releases"], info["attempt"], info["error"]) == (2, 3, None)
+    assert [a["outcome"] for a in info["attempts"]] == ["released", "released", "succeeded"]
+    assert info["attempts"][0]["error"]["message"] == "no GPU free"
+    later = m.execute("picky", {"marker": str(tmp_path / "b"), "accept_on": 2, "delay": 60})
+    wait_for(lambda: m.get(later)["status"] == "scheduled", timeout=10, what="the delayed release")
+    assert m.get(later)["reason"] == "released: no GPU free"
+    stubborn = m.execute("picky", {"marker": str(tmp_path / "c"), "accept_on": 100})
+    wait_for(
+        lambda: m.get(stubborn)["status"] == "stalled", timeout=10, what="the stall after too many releases"
+    )
+    assert m.get(stubborn)["reason"].startswith("stalled: released 4 times (more than max_releases=3)")
