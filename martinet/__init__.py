@@ -65,11 +65,15 @@ __all__ = [
     "get",
     "list",
     "pause",
+    "pause_queue",
+    "queues",
     "resume",
+    "resume_queue",
     "retry",
     "revoke",
     "schedule",
     "schedules",
+    "set_queue",
     "show",
     "stall",
     "task",
@@ -152,6 +156,26 @@ def retry(task_id: int, attempts: int | None = None) -> None:
 def stall(task_id: int, reason: str | None = None) -> None:
     """Hold a waiting task until retried. See `Martinet.stall`."""
     _handle().stall(task_id, reason)
+
+
+def queues() -> Any:
+    """Every queue with its settings and counts. See `Martinet.queues`."""
+    return _handle().queues()
+
+
+def pause_queue(name: str) -> None:
+    """Stop dispatching a queue. See `Martinet.pause_queue`."""
+    _handle().pause_queue(name)
+
+
+def resume_queue(name: str) -> None:
+    """Dispatch a paused queue again. See `Martinet.resume_queue`."""
+    _handle().resume_queue(name)
+
+
+def set_queue(name: str, **settings: Any) -> None:
+    """Change a queue's concurrency, rate, weight or order. See `Martinet.set_queue`."""
+    _handle().set_queue(name, **settings)
 
 
 def schedules() -> Any:

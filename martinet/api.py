@@ -293,6 +293,35 @@ class Martinet:
         """Hold a waiting task: it is not dispatched until `retry`."""
         self.client.request("stall", {"id": task_id, "reason": reason})
 
+    def queues(self) -> list[dict[str, Any]]:
+        """Every queue: its settings, how many of its tasks are in each state, how many
+        run, how long its oldest ready task has waited, and how many workers serve it."""
+        return self.client.request("queues")["items"]
+
+    def pause_queue(self, name: str) -> None:
+        """Stop dispatching tasks of queue `name` (it still accepts them), on every worker at once."""
+        self.client.request("pause_queue", {"name": name})
+
+    def resume_queue(self, name: str) -> None:
+        """Dispatch the queue's tasks again."""
+        self.client.request("resume_queue", {"name": name})
+
+    def set_queue(
+        self,
+        name: str,
+        concurrency: int | None = None,
+        rate: str | None = None,
+        weight: int | None = None,
+        order: str | None = None,
+    ) -> None:
+        """Change a queue's settings while running, fleet-wide: `concurrency` (most
+        running at once; 0 clears it), `rate` ("100/minute"; "none" clears it),
+        `weight` (its share of free slots among busy queues), `order` ("fifo" or "random")."""
+        self.client.request(
+            "set_queue",
+            {"name": name, "concurrency": concurrency, "rate": rate, "weight": weight, "order": order},
+        )
+
     def pause(self, schedule_id: str) -> None:
         """Stop a schedule from creating runs until `resume`."""
         self.client.request("pause", {"id": schedule_id})

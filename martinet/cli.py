@@ -14,7 +14,7 @@ import signal
 import sys
 from typing import Any
 
-from martinet import config
+from martinet import config, when
 from martinet.errors import MartinetError
 
 EPILOG = "Settings also come from --config FILE and MARTINET_* environment variables."
@@ -40,6 +40,38 @@ def _add_task_options(p: argparse.ArgumentParser) -> None:
         "--time-limit", dest="task_timeout", type=float, help="seconds an attempt may run (timeout=)"
     )
     p.add_argument("--timezone", help="IANA zone for times without one (default: config, else UTC)")
+    p.add_argument("--queue", help='the queue it waits in (default "default"); see `martinet queues`')
+
+
+def _add_queue_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("queues", help="list queues, pause or resume one, or set its limits", epilog=EPILOG)
+    _add_common(p)
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    q = actions.add_parser("list", help="every queue with its settings and task counts (the default)")
+    _add_common(q)
+    for action, text in (
+        ("pause", "dispatch none of the queue's tasks until resumed (running ones finish)"),
+        ("resume", "dispatch the queue's tasks again"),
+    ):
+        q = actions.add_parser(action, help=text)
+        q.add_argument("name", help="a queue name, like default or images")
+        _add_common(q)
+    q = actions.add_parser("set", help="change a queue's limits, weight or order")
+    q.add_argument("name", help="a queue name, like default or images")
+    q.add_argument(
+        "--concurrency", type=int, help="at most this many of its tasks run at once, fleet-wide (0: no cap)"
+    )
+    q.add_argument(
+        "--rate",
+        help='at most this many of its tasks start per period ("100/minute", "5/second"; none: no limit)',
+    )
+    q.add_argument(
+        "--weight", type=int, help="its share of free worker slots against other queues (1 or more)"
+    )
+    q.add_argument(
+        "--order", choices=["fifo", "random"], help="which waiting task goes first: fifo (oldest) or random"
+    )
+    _add_common(q)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--every", help="a new interval or cron expression; due times start afresh from now")
     q.add_argument("--timezone", help="a new IANA time zone")
     _add_common(q)
+
+    _add_queue_commands(sub)
 
     p = sub.add_parser("show", help="a task or schedule with its history", epilog=EPILOG)
     p.add_argument("id", help="a task id (42) or a schedule id (s7)")
@@ -227,8 +261,19 @@ def _task(args: argparse.Namespace) -> dict[str, Any]:
         "max_attempts": args.max_attempts,
         "timeout": args.task_timeout,
         "timezone": args.timezone,
+        "queue": None if args.queue is None else config.check_queue_name(args.queue),
     }
     return {k: v for k, v in task.items() if v is not None}
+
+
+def _queue_list(text: str) -> list[str]:
+    """--queues images,default -> ["images", "default"], each name checked."""
+    names: list[str] = []
+    for part in text.split(","):
+        name = config.check_queue_name(part.strip())
+        if name not in names:
+            names.append(name)
+    return names
 
 
 def _print(args: argparse.Namespace, data: Any, human: str) -> None:
@@ -315,6 +360,76 @@ def cmd_schedules(m, args) -> int:
     return 0
 
 
+# Task states in the order they happen, for the per-queue counts.
+_STATE_ORDER = (
+    "waiting",
+    "scheduled",
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "dead",
+    "cancelled",
+    "stalled",
+)
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    order = {state: i for i, state in enumerate(_STATE_ORDER)}
+    states = sorted(counts, key=lambda state: (order.get(state, len(order)), state))
+    return " ".join(f"{state}={counts[state]}" for state in states if counts[state]) or "-"
+
+
+def cmd_queues(m, args) -> int:
+    action = args.action or "list"
+    if action in ("pause", "resume"):
+        (m.pause_queue if action == "pause" else m.resume_queue)(args.name)
+        done = {"pause": "paused", "resume": "resumed"}[action]
+        _print(args, {"name": args.name, "status": done}, f"{args.name}: {done}")
+        return 0
+    if action == "set":
+        changes = {
+            "concurrency": args.concurrency,
+            "rate": args.rate,
+            "weight": args.weight,
+            "order": args.order,
+        }
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if not changes:
+            raise MartinetError("nothing to set; give --concurrency, --rate, --weight or --order")
+        if args.concurrency is not None and args.concurrency < 0:
+            raise MartinetError(f"--concurrency must be 0 (no cap) or more, got {args.concurrency}")
+        if args.weight is not None and args.weight < 1:
+            raise MartinetError(f"--weight must be 1 or more, got {args.weight}")
+        if args.rate is not None and args.rate.strip().lower() != "none":
+            when.parse_rate(args.rate)  # a friendly error before the round trip
+        m.set_queue(args.name, **changes)
+        _print(args, {"name": args.name, "status": "updated", **changes}, f"{args.name}: updated")
+        return 0
+    items = m.queues()
+    if args.json:
+        _print(args, items, "")
+        return 0
+    if not items:
+        print("no queues")
+        return 0
+    print(
+        f"{'NAME':<16} {'PAUSED':<6} {'WEIGHT':>6} {'ORDER':<6} {'CONCURRENCY':>11} {'RATE':<12} "
+        f"{'RUNNING':>7} {'WAITING':>7} {'OLDEST':>9}  COUNTS"
+    )
+    for q in items:
+        counts = q.get("counts") or {}
+        oldest = q.get("oldest_waiting_seconds")
+        concurrency = q.get("concurrency")
+        print(
+            f"{q['name'][:16]:<16} {'yes' if q.get('paused') else 'no':<6} {q.get('weight', 1):>6} "
+            f"{q.get('order') or 'fifo':<6} {'-' if concurrency is None else concurrency:>11} "
+            f"{(q.get('rate') or '-')[:12]:<12} {q.get('running', 0):>7} {counts.get('queued', 0):>7} "
+            f"{'-' if oldest is None else f'{oldest:.1f}s':>9}  {_counts_text(counts)}"
+        )
+    return 0
+
+
 def cmd_show(m, args) -> int:
     item = m.show(args.id)
     if args.json:
@@ -375,6 +490,7 @@ COMMANDS = {
     "every": cmd_every,
     "list": cmd_list,
     "schedules": cmd_schedules,
+    "queues": cmd_queues,
     "show": cmd_show,
     "wait": cmd_wait,
     "revoke": cmd_revoke,
@@ -401,6 +517,10 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, help="tasks run at once (default 4)")
     parser.add_argument("--worker-id", help="a name for this worker (default host-pid-random)")
     parser.add_argument(
+        "--queues",
+        help="serve only these queues, comma-separated, e.g. images,default (default: every queue)",
+    )
+    parser.add_argument(
         "--grace", type=float, default=30.0, help="seconds to finish running tasks on SIGTERM"
     )
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
@@ -416,6 +536,7 @@ def worker_main(argv: list[str] | None = None) -> int:
                 "log_level": args.log_level,
             },
         )
+        queues = None if args.queues is None else _queue_list(args.queues)
         setup_logging(settings.log_level)
         sys.path.insert(0, os.getcwd())
         for module in args.modules:
@@ -436,6 +557,7 @@ def worker_main(argv: list[str] | None = None) -> int:
                 liveness=settings.liveness,
                 grace=args.grace,
                 timeout_grace=settings.timeout_grace,
+                queues=queues,
             )
         )
         if not worker.handlers:

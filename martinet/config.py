@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from martinet.errors import ConfigError
+from martinet import when
+from martinet.errors import BadInput, ConfigError
 
 ENV_PREFIX = "MARTINET_"
+# What a [queues.NAME] table may set; a queue not in the file has the defaults
+# (fifo, weight 1, no concurrency cap, no rate limit, not paused).
+QUEUE_KEYS = ("order", "weight", "concurrency", "rate", "paused")
+QUEUE_ORDERS = ("fifo", "random")
+MAX_QUEUE_NAME = 255
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,10 @@ class Settings:
     # The zone of naive datetimes and wall-clock expressions ("tomorrow at 9am").
     timezone: str = "UTC"
     log_level: str = "INFO"
+    # Per-queue settings from the config file's [queues.NAME] tables:
+    # {name: {"order": "fifo", "weight": 2, "concurrency": 8, "rate": "100/minute", "paused": False}},
+    # only the keys the file sets. Not read from the environment.
+    queues: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def with_overrides(self, values: dict[str, Any]) -> Settings:
         """A copy with the given keys replaced (None values are ignored)."""
@@ -68,7 +78,10 @@ class Settings:
                 continue
             if key not in current:
                 raise ConfigError(f"unknown setting {key!r}; known settings: {', '.join(current)}")
-            current[key] = _coerce(key, value, type(getattr(self, key)))
+            if key == "queues":
+                current[key] = check_queues(value)
+            else:
+                current[key] = _coerce(key, value, type(getattr(self, key)))
         return Settings(**current)
 
 
@@ -84,8 +97,60 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
         raise ConfigError(f"setting {key!r} must be a {kind.__name__}, got {value!r}") from None
 
 
+def check_queue_name(name: Any) -> str:
+    """A queue name: 1 to 255 printable characters without spaces."""
+    if (
+        not isinstance(name, str)
+        or not 1 <= len(name) <= MAX_QUEUE_NAME
+        or not name.isprintable()
+        or any(c.isspace() for c in name)
+    ):
+        raise ConfigError(
+            f"queue name {name!r} must be 1 to {MAX_QUEUE_NAME} printable characters without spaces"
+        )
+    return name
+
+
+def check_queues(queues: Any) -> dict[str, dict[str, Any]]:
+    """The [queues.NAME] tables, checked: a new dict of queue name -> its settings."""
+    if not isinstance(queues, dict):
+        raise ConfigError(f"setting 'queues' must be a table of queues like [queues.images], got {queues!r}")
+    out: dict[str, dict[str, Any]] = {}
+    for name, table in queues.items():
+        check_queue_name(name)
+        if not isinstance(table, dict):
+            raise ConfigError(f"queue {name!r} must be a table like [queues.{name}], got {table!r}")
+        out[name] = {key: _queue_value(name, key, value) for key, value in table.items()}
+    return out
+
+
+def _queue_value(queue: str, key: str, value: Any) -> Any:
+    where = f"queue {queue!r} setting {key!r}"
+    if key == "order":
+        if value not in QUEUE_ORDERS:
+            raise ConfigError(f'{where} must be "fifo" or "random", got {value!r}')
+    elif key in ("weight", "concurrency"):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{where} must be a whole number of at least 1, got {value!r}")
+    elif key == "rate":
+        try:
+            when.parse_rate(value)
+        except BadInput as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    elif key == "paused":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+    else:
+        raise ConfigError(f"unknown setting {key!r} in queue {queue!r}; a queue has {', '.join(QUEUE_KEYS)}")
+    return value
+
+
 def read_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a TOML config file into a flat dict of settings."""
+    """Read a TOML config file into a flat dict of settings.
+
+    Sections only group keys, except a top-level [queues] table: its tables
+    ([queues.images]) are per-queue settings, kept whole as the `queues` setting.
+    """
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
@@ -97,7 +162,9 @@ def read_file(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict):  # sections only group keys for the reader
+        if key == "queues" and isinstance(value, dict):
+            flat["queues"] = value  # checked by check_queues when applied
+        elif isinstance(value, dict):  # sections only group keys for the reader
             flat.update(value)
         else:
             flat[key] = value
@@ -106,7 +173,7 @@ def read_file(path: str | os.PathLike) -> dict[str, Any]:
 
 def read_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
     environ = os.environ if environ is None else environ
-    names = {f.name for f in fields(Settings)}
+    names = {f.name for f in fields(Settings)} - {"queues"}  # queues come from the file only
     out = {}
     for var, value in environ.items():
         if var.startswith(ENV_PREFIX):
@@ -160,4 +227,5 @@ def check(settings: Settings) -> Settings:
     ):
         if getattr(s, key) < 1:
             raise ConfigError(f"setting {key!r} must be 1 or more, got {getattr(s, key)}")
+    check_queues(s.queues)
     return s

@@ -25,6 +25,7 @@ import zmq
 from martinet import protocol, when
 from martinet.config import Settings
 from martinet.errors import BadInput, BadSchedule, MartinetError, ProtocolError, TaskNotFound
+from martinet.lanes import DEFAULT_QUEUE, ORDERS, Lanes
 from martinet.models import FAILED, QUEUED, SCHEDULED, STALLED, STATES, TERMINAL, WAITING
 from martinet.peers import Peers
 from martinet.protocol import Cmd
@@ -57,6 +58,7 @@ class Daemon:
         self.limits = Limits(settings.max_payload, settings.max_name_length)
         self.epoch = secrets.token_hex(4)
         self.peers = Peers()
+        self.lanes = Lanes()
         self.store: Store | None = None
         self.ctx: zmq.Context | None = None
         self._stopping = False
@@ -85,6 +87,8 @@ class Daemon:
             raise
         retry = RetryPolicy(s.retry_base, s.retry_factor, s.retry_cap)
         self.store = Store(db, retry, s.poison_after, s.max_releases)
+        with self.store.atomic():
+            self._load_lanes(self.clock())
         self.poller = zmq.Poller()
         for sock in (self.client, self.worker, self.status):
             self.poller.register(sock, zmq.POLLIN)
@@ -98,6 +102,26 @@ class Daemon:
             redact(s.db),
             self.epoch,
         )
+
+    def _load_lanes(self, now: float) -> None:
+        """Queue settings (the config file's win at start), task-name limits, and what
+        runs and started recently, so limits hold across a restart."""
+        for name, settings in getattr(self.settings, "queues", {}).items():
+            self.store.save_queue(name, now, **queue_columns(settings))
+        state = self.store.lanes_state(now, RATE_LOOKBACK)
+        for row in state["queues"]:
+            self.lanes.configure(row["name"], **lane_settings(row))
+        for row in state["names"]:
+            self.lanes.limit_name(row["name"], row["concurrency"], _rate(row))
+        for queue, name, count in state["running"]:
+            for _ in range(count):
+                self.lanes.started(queue, name, 0.0)
+        for queue, name, started in state["recent"]:
+            for lane in (self.lanes.queue(queue), self.lanes.names.get(name)):
+                if lane is not None and lane.rate is not None:
+                    lane.starts.append(started)
+        for queue in state["ready"]:
+            self.lanes.ready(queue)
 
     def _bind(self, role: str, port: int) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -170,6 +194,9 @@ class Daemon:
             deadlines.append(self._next_wakeup)
         for waits in self._waiters.values():
             deadlines.extend(w[2] for w in waits)
+        rate_free = self.lanes.next_deadline(now) if self._dispatch_pending else None
+        if rate_free is not None:
+            deadlines.append(rate_free)
         if self._dispatch_pending and self.peers.with_credit():
             return 0
         delay = min(deadlines) - now
@@ -300,6 +327,7 @@ class Daemon:
         task_id, created = self.store.submit(spec, now)
         if spec.get("run_at") and spec["run_at"] > now:
             self._wakeup_dirty = True
+        self.lanes.ready(spec.get("queue") or DEFAULT_QUEUE)
         self._dispatch_pending = True
         if created:
             log.info("task %s %s accepted (run at %s)", task_id, spec["name"], iso(spec.get("run_at") or now))
@@ -393,6 +421,7 @@ class Daemon:
                 f"task {num} is {status}; only a dead, stalled, cancelled or failed task can be retried"
             )
         self._dispatch_pending = True
+        self._queues_ready()
         log.info("task %s retried by an operator", num)
         return {"status": status}
 
@@ -481,6 +510,73 @@ class Daemon:
         self._waiters.setdefault(num, []).append((ident, h.get("rid"), now + min(timeout, 3600)))
         return None  # answered when the task ends, or at the deadline
 
+    def _op_queues(self, h, now, out, ident):
+        stats = self.store.queue_stats()
+        names = sorted(set(self.lanes.queues) | set(stats))
+        items = []
+        for name in names:
+            q = self.lanes.queue(name)
+            st = stats.get(name, {"counts": {}, "oldest": None})
+            items.append(
+                {
+                    "name": name,
+                    "paused": q.paused,
+                    "weight": q.weight,
+                    "order": q.order,
+                    "concurrency": q.concurrency,
+                    "rate": None if q.rate is None else f"{q.rate[0]}/{q.rate[1]:g}s",
+                    "running": q.running,
+                    "counts": st["counts"],
+                    "oldest_waiting_seconds": None
+                    if st["oldest"] is None
+                    else round(max(0.0, now - st["oldest"]), 3),
+                    "served_by": sum(1 for p in self.peers if p.queues is None or name in p.queues),
+                }
+            )
+        return {"items": items}
+
+    def _op_pause_queue(self, h, now, out, ident):
+        return self._set_queue(h, now, {"paused": True})
+
+    def _op_resume_queue(self, h, now, out, ident):
+        return self._set_queue(h, now, {"paused": False})
+
+    def _op_set_queue(self, h, now, out, ident):
+        changes: dict[str, Any] = {}
+        if h.get("concurrency") is not None:
+            c = h["concurrency"]
+            if not _is_id(c) or c > 1_000_000:
+                raise BadInput(f"concurrency must be a whole number of 1 or more (0 clears it), got {c!r}")
+            changes["concurrency"] = c or None
+        if h.get("rate") is not None:
+            rate = h["rate"]
+            changes["rate"] = None if str(rate).lower() in ("none", "0", "") else when.parse_rate(str(rate))
+        if h.get("weight") is not None:
+            w = h["weight"]
+            if not _is_id(w) or not 1 <= w <= 1_000_000:
+                raise BadInput(f"weight must be a whole number of 1 or more, got {w!r}")
+            changes["weight"] = w
+        if h.get("order") is not None:
+            if h["order"] not in ORDERS:
+                raise BadInput(f"order must be 'fifo' or 'random', not {str(h['order'])[:40]!r}")
+            changes["order"] = h["order"]
+        if not changes:
+            raise BadInput("nothing to set: give concurrency, rate, weight or order")
+        return self._set_queue(h, now, changes)
+
+    def _set_queue(self, h: dict, now: float, changes: dict) -> dict:
+        name = h.get("name")
+        if not isinstance(name, str) or not 0 < len(name) <= 255 or not name.isprintable() or " " in name:
+            raise BadInput(
+                f"{str(name)[:60]!r} is not a queue name (1 to 255 printable characters, no spaces)"
+            )
+        self.store.save_queue(name, now, **queue_columns(changes))
+        self.lanes.configure(name, **changes)
+        self.lanes.ready(name)
+        self._dispatch_pending = True
+        log.info("queue %s: %s", name, changes)
+        return {"name": name, "status": "paused" if self.lanes.queue(name).paused else "active"}
+
     def _op_subscribe(self, h, now, out, ident):
         self._subscribers[ident] = now + SUBSCRIPTION_TTL
         return {"ttl": SUBSCRIPTION_TTL}
@@ -517,9 +613,20 @@ class Daemon:
             return f"waiting for task(s) {', '.join(map(str, parents))} to succeed"
         if status != QUEUED:
             return None
-        handlers = self.peers.handles(name)
-        if not handlers:
+        queue = item["queue"]
+        lane = self.lanes.queue(queue)
+        if lane.paused:
+            return f"queue {queue!r} is paused"
+        if not self.peers.handles(name):
             return f"no connected worker handles {name!r}"
+        handlers = self.peers.handles(name, queue)
+        if not handlers:
+            return f"no connected worker that handles {name!r} serves queue {queue!r}"
+        now = self.clock()
+        if lane.room(now) == 0:
+            return f"queue {queue!r} is at its limit (concurrency {lane.concurrency}, rate {lane.rate})"
+        if self.lanes.name_room(name, now) == 0:
+            return f"task name {name!r} is at its fleet-wide limit"
         if not any(p.credit for p in handlers):
             return f"all {len(handlers)} worker(s) that handle {name!r} are busy"
         return "about to be dispatched"
@@ -546,8 +653,11 @@ class Daemon:
                 log.warning("dropped a REJECT without a valid id and attempt from %s", peer.worker_id)
                 return
             reason = clean_text(h.get("reason", ""), 500)
-            if self.peers.owner(task_id) is peer and self.store.unclaim(task_id, attempt, now):
+            lane = self.store.unclaim(task_id, attempt, now) if self.peers.owner(task_id) is peer else None
+            if lane is not None:
                 self.peers.release(task_id)
+                self.lanes.ended(*lane)
+                self.lanes.ready(lane[0])
                 if h.get("name"):
                     peer.names.discard(h["name"])
                 log.warning(
@@ -584,7 +694,13 @@ class Daemon:
             return
         if old is not None and old.ident != ident:
             log.info("worker %s reconnected", worker_id)
-        peer = self.peers.hello(worker_id, ident, set(names), capacity, now)
+        queues = h.get("queues")
+        queues = {q for q in queues if isinstance(q, str)} if isinstance(queues, list) else None
+        peer = self.peers.hello(worker_id, ident, set(names), capacity, now, queues)
+        self.lanes.forget(worker_id)
+        for queue in queues or ():
+            self.lanes.queue(queue)
+        self._declare_limits(h.get("limits"), set(names), now)
         running = h.get("running") if isinstance(h.get("running"), list) else []
         running = [
             r
@@ -610,9 +726,41 @@ class Daemon:
             "worker %s ready: %d slot(s) for %s", worker_id, capacity, ", ".join(sorted(names)) or "nothing"
         )
 
+    def _queues_ready(self) -> None:
+        """Tasks became ready somewhere (due times came, retries, lost tasks): find where."""
+        for queue in self.store.ready_queues():
+            self.lanes.ready(queue)
+
+    def _ended_all(self, infos: list[dict]) -> list[int]:
+        """Attempts that ended without a word from their worker: free their lanes."""
+        for info in infos:
+            self.lanes.ended(info["queue"], info["name"])
+            self.peers.release(info["id"])
+        if infos:
+            self._queues_ready()
+        return [info["id"] for info in infos]
+
+    def _declare_limits(self, limits: Any, names: set[str], now: float) -> None:
+        """Fleet-wide limits a worker declares for its task names (@martinet.task(concurrency=, rate=))."""
+        if not isinstance(limits, dict):
+            return
+        for name, limit in limits.items():
+            if name not in names or not isinstance(limit, dict):
+                continue
+            concurrency = limit.get("concurrency")
+            concurrency = concurrency if _is_id(concurrency) and concurrency >= 1 else None
+            rate = limit.get("rate")
+            rate = (rate[0], float(rate[1])) if _is_rate(rate) else None
+            lane = self.lanes.names.get(name)
+            if lane is None or (lane.concurrency, lane.rate) != (concurrency, rate):
+                self.lanes.limit_name(name, concurrency, rate)
+                self.store.save_task_limit(name, concurrency, rate, now)
+                log.info("task %s limited to concurrency %s, rate %s", name, concurrency, rate)
+
     def _lose_worker(self, worker_id: str, now: float, reason: str, outcome: str = "lost") -> None:
         peer = self.peers.remove(worker_id)
-        lost = self.store.release_worker(worker_id, now, reason, outcome)
+        self.lanes.forget(worker_id)
+        lost = self._ended_all(self.store.release_worker(worker_id, now, reason, outcome))
         if lost:
             log.warning("worker %s gone (%s): tasks %s back to the queue", worker_id, reason, lost)
         elif peer is not None:
@@ -684,9 +832,10 @@ class Daemon:
                 "ignored a late %s for task %s attempt %s from %s", cmd.name, task_id, attempt, worker_id
             )
             return
-        peer = self.peers.release(task_id)
-        if peer is not None:
-            self._dispatch_pending = True
+        self.peers.release(task_id)
+        self.lanes.ended(info["queue"], info["name"])
+        self._dispatch_pending = True
+        self.lanes.ready(info["queue"])  # a slot, and maybe a name's limit, freed up there
         status = info["status"]
         error = info["error"] or {}
         if status == "succeeded":
@@ -730,6 +879,7 @@ class Daemon:
             if created:
                 log.info("schedules created tasks %s", created)
             if self.store.promote_due(now) or created:
+                self._queues_ready()
                 self._dispatch_pending = True
             self._next_wakeup = self.store.next_wakeup()
         if now >= self._next_tick:
@@ -756,7 +906,7 @@ class Daemon:
         for peer in self.peers:
             self._send(self.worker, peer.ident, Cmd.HEARTBEAT, {})
         self.store.renew_leases([p.worker_id for p in self.peers], now, s.lease)
-        lost = self.store.reap_expired(now)
+        lost = self._ended_all(self.store.reap_expired(now))
         if lost:
             log.warning("leases expired for tasks %s: back to the queue", lost)
             self._wakeup_dirty = True
@@ -791,34 +941,108 @@ class Daemon:
         peers = self.peers.with_credit()
         if not peers:
             return
-        batches = []
+        batches: list[tuple[Any, list[dict]]] = []
         more = False
         try:
             with self.store.atomic():
                 for peer in peers:
-                    credit = peer.credit
-                    rows = self.store.claim(peer.worker_id, peer.names, credit, now, self.settings.lease)
-                    for row in rows:
-                        self.peers.assign(peer, row["id"])
-                    more = more or len(rows) == credit
+                    rows, filled = self._claim_for(peer, now)
+                    more = more or filled
                     batches.append((peer, rows))
         except (peewee.OperationalError, peewee.InterfaceError, peewee.DatabaseError) as exc:
             log.error("database error while dispatching: %s", exc)
             for _peer, rows in batches:
                 for row in rows:
                     self.peers.release(row["id"])
+                    self.lanes.ended(row["queue"], row["name"])
             self._reconnect()
             return
-        self._dispatch_pending = more
+        self._dispatch_pending = more or self.lanes.next_deadline(now) is not None
         for peer, rows in batches:
             for row in rows:
-                # The claimed row is the message: id, attempt, name, args, timeout.
+                # The claimed row is the message: id, attempt, name, queue, args, timeout.
                 if not self._send(self.worker, peer.ident, Cmd.TASK, row):
                     # The worker vanished between claim and send; its lease ends now.
                     with self.store.atomic():
                         self._lose_worker(peer.worker_id, now, "unreachable")
                     break
                 log.debug("task %s attempt %s sent to %s", row["id"], row["attempt"], peer.worker_id)
+
+    def _claim_for(self, peer: Any, now: float) -> tuple[list[dict], bool]:
+        """Claim for one worker, queue by queue as the lanes share its credit out.
+        Returns the rows and whether a queue may hold more ready work."""
+        rows: list[dict] = []
+        filled = False
+        while peer.credit > 0:
+            plan = self.lanes.plan(peer.worker_id, peer.queues, peer.credit, now)
+            if not plan:
+                break
+            names = [n for n in peer.names if self.lanes.name_room(n, now) > 0]
+            if not names:
+                break
+            for queue, count in plan:
+                taken: dict[str, int] = {}
+
+                def accept(row: dict, taken: dict = taken) -> bool:
+                    if self.lanes.name_room(row["name"], now) <= taken.get(row["name"], 0):
+                        return False
+                    taken[row["name"]] = taken.get(row["name"], 0) + 1
+                    return True
+
+                claimed = self.store.claim(
+                    peer.worker_id, names, count, now, self.settings.lease,
+                    queue=queue, order=self.lanes.queue(queue).order,
+                    accept=accept if self.lanes.names else None,
+                )  # fmt: skip
+                for row in claimed:
+                    self.peers.assign(peer, row["id"])
+                    self.lanes.started(queue, row["name"], now)
+                rows.extend(claimed)
+                if len(claimed) < count:  # no more for this worker here: the next plan leaves it out
+                    self.lanes.found_empty(peer.worker_id, queue)
+                else:
+                    filled = True
+        return rows, filled
+
+
+RATE_LOOKBACK = 86400.0  # starts older than a day never count toward a rate
+
+
+def queue_columns(settings: dict) -> dict:
+    """Lane settings (rate as (count, period)) to QueueSetting columns."""
+    columns = dict(settings)
+    if "rate" in columns:
+        rate = columns.pop("rate")
+        if isinstance(rate, str):
+            rate = when.parse_rate(rate)
+        columns["rate_count"], columns["rate_period"] = rate if rate else (None, None)
+    return columns
+
+
+def lane_settings(row: dict) -> dict:
+    return {
+        "order": row["order"],
+        "weight": row["weight"],
+        "concurrency": row["concurrency"],
+        "paused": bool(row["paused"]),
+        "rate": _rate(row),
+    }
+
+
+def _rate(row: dict) -> tuple[int, float] | None:
+    return (row["rate_count"], row["rate_period"]) if row.get("rate_count") else None
+
+
+def _is_rate(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and _is_id(value[0])
+        and value[0] >= 1
+        and isinstance(value[1], (int, float))
+        and not isinstance(value[1], bool)
+        and 0 < value[1] < math.inf
+    )
 
 
 MAX_ID = 2**63 - 1  # the largest id any of our databases can hold

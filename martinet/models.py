@@ -20,6 +20,9 @@ attempt   one row per finished attempt: the task's history
 
 dependency  task_id waits until parent_id has succeeded
 
+queuesetting  a queue's order, weight, concurrency, rate and pause
+tasklimit     fleet-wide concurrency and rate of a task name
+
 schedule  one row per recurring schedule
   id, request_id, key, name, username, description, args, queue, priority, max_attempts,
   kind (interval|cron), spec, timezone, until, remaining (runs left of a
@@ -126,7 +129,7 @@ class Task(BaseModel):
     class Meta:
         indexes = (
             (("status", "run_at"), False),  # promotion of due tasks, lease checks
-            (("status", "priority", "run_at"), False),  # dispatch order
+            (("status", "queue", "priority", "run_at"), False),  # dispatch order, per queue
             (("schedule_id", "due_at"), True),  # one run per schedule and due time
             (("name", "status"), False),
             (("worker", "status"), False),
@@ -154,4 +157,27 @@ class Attempt(BaseModel):
     error_traceback = TextField(null=True)
 
 
-TABLES = [Schedule, Task, Attempt, Dependency]
+class QueueSetting(BaseModel):
+    """A queue's dispatch settings; a queue without a row has the defaults."""
+
+    name = CharField(max_length=255, primary_key=True)
+    order = CharField(max_length=8, default="fifo")  # fifo | random
+    weight = IntegerField(default=1)  # share of free slots among busy queues
+    concurrency = IntegerField(null=True)  # running at once, fleet-wide
+    rate_count = IntegerField(null=True)  # starts per rate_period, fleet-wide
+    rate_period = DoubleField(null=True)
+    paused = BooleanField(default=False)
+    updated_at = DoubleField()
+
+
+class TaskLimit(BaseModel):
+    """Fleet-wide limits of one task name, as its workers declare them."""
+
+    name = CharField(max_length=255, primary_key=True)
+    concurrency = IntegerField(null=True)
+    rate_count = IntegerField(null=True)
+    rate_period = DoubleField(null=True)
+    updated_at = DoubleField()
+
+
+TABLES = [Schedule, Task, Attempt, Dependency, QueueSetting, TaskLimit]

@@ -17,6 +17,7 @@ class Peer:
     capacity: int
     last_seen: float
     inflight: set[int] = field(default_factory=set)
+    queues: set[str] | None = None  # the queues it serves; None: all
 
     @property
     def credit(self) -> int:
@@ -36,10 +37,18 @@ class Peers:
     def __iter__(self):
         return iter(list(self._by_id.values()))
 
-    def hello(self, worker_id: str, ident: bytes, names: set[str], capacity: int, now: float) -> Peer:
+    def hello(
+        self,
+        worker_id: str,
+        ident: bytes,
+        names: set[str],
+        capacity: int,
+        now: float,
+        queues: set[str] | None = None,
+    ) -> Peer:
         """Register (or re-register) a worker. A repeated hello starts it afresh."""
         self.remove(worker_id)
-        peer = Peer(worker_id, ident, set(names), max(0, capacity), now)
+        peer = Peer(worker_id, ident, set(names), max(0, capacity), now, queues=queues)
         self._by_id[worker_id] = peer
         self._by_ident[ident] = worker_id
         return peer
@@ -92,5 +101,10 @@ class Peers:
         worker_id = self._owner.get(task_id)
         return None if worker_id is None else self._by_id.get(worker_id)
 
-    def handles(self, name: str) -> list[Peer]:
-        return [p for p in self._by_id.values() if name in p.names]
+    def handles(self, name: str, queue: str | None = None) -> list[Peer]:
+        """Workers that run `name` (and serve `queue`, when given)."""
+        return [
+            p
+            for p in self._by_id.values()
+            if name in p.names and (queue is None or p.queues is None or queue in p.queues)
+        ]

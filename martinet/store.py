@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
@@ -34,8 +34,10 @@ from martinet.models import (
     WAITING,
     Attempt,
     Dependency,
+    QueueSetting,
     Schedule,
     Task,
+    TaskLimit,
     database,
 )
 from martinet.retry import RetryPolicy
@@ -124,6 +126,7 @@ class Store:
         self.poison_after = poison_after  # lost attempts after which a task is stalled
         self.max_releases = max_releases  # releases after which a task is stalled
         self.locks_rows = not isinstance(db, peewee.SqliteDatabase)
+        self.is_mysql = isinstance(db, peewee.MySQLDatabase)
 
     def atomic(self):
         return self.db.atomic()
@@ -204,21 +207,40 @@ class Store:
         return min(times) if times else None
 
     def claim(
-        self, worker: str, names: Iterable[str], limit: int, now: float, lease: float
+        self,
+        worker: str,
+        names: Iterable[str],
+        limit: int,
+        now: float,
+        lease: float,
+        queue: str | None = None,
+        order: str = "fifo",
+        accept: Callable[[dict], bool] | None = None,
     ) -> list[dict[str, Any]]:
-        """Lease up to `limit` queued tasks with these names to `worker`, best first."""
+        """Lease up to `limit` queued tasks with these names (in `queue`) to `worker`.
+
+        fifo: higher priority first, then earlier due time, then submission
+        order; random: any ready task. `accept` may refuse a candidate (a task
+        name at its fleet-wide limit); refused ones stay queued.
+        """
         names = list(names)
         if limit <= 0 or not names:
             return []
-        query = (
-            Task.select(Task.id, Task.name, Task.args, Task.attempt, Task.timeout, Task.has_parents)
-            .where(Task.status == QUEUED, Task.name.in_(names))
-            .order_by(Task.priority.desc(), Task.run_at, Task.id)
-            .limit(limit)
-        )
+        query = Task.select(
+            Task.id, Task.name, Task.queue, Task.args, Task.attempt, Task.timeout, Task.has_parents
+        ).where(Task.status == QUEUED, Task.name.in_(names))
+        if queue is not None:
+            query = query.where(Task.queue == queue)
+        if order == "random":
+            query = query.order_by(peewee.fn.RAND() if self.is_mysql else peewee.fn.random())
+        else:
+            query = query.order_by(Task.priority.desc(), Task.run_at, Task.id)
+        query = query.limit(limit if accept is None else limit * 2 + 8)
         if self.locks_rows:
             query = query.for_update(skip_locked=True)
         rows = list(query.dicts())
+        if accept is not None:
+            rows = [r for r in rows if accept(r)][:limit]
         if not rows:
             return []
         Task.update(
@@ -253,9 +275,13 @@ class Store:
             out.setdefault(task_id, {})[str(parent_id)] = None if result is None else json.loads(result)
         return out
 
-    def unclaim(self, task_id: int, attempt: int, now: float) -> bool:
-        """A worker could not take the task (unknown name): back to the queue, no attempt spent."""
-        n = (
+    def unclaim(self, task_id: int, attempt: int, now: float) -> tuple[str, str] | None:
+        """A worker could not take the task (unknown name): back to the queue, no attempt spent.
+        Returns the task's (queue, name), or None when it was not running that attempt."""
+        row = Task.get_or_none(Task.id == task_id, Task.attempt == attempt, Task.status == RUNNING)
+        if row is None:
+            return None
+        (
             Task.update(
                 status=QUEUED,
                 attempt=Task.attempt - 1,
@@ -267,7 +293,7 @@ class Store:
             .where(Task.id == task_id, Task.attempt == attempt, Task.status == RUNNING)
             .execute()
         )
-        return n == 1
+        return row.queue, row.name
 
     # ---- leases -------------------------------------------------------------
 
@@ -302,20 +328,20 @@ class Store:
                 adopted.append(item["id"])
         return adopted
 
-    def release_worker(self, worker: str, now: float, reason: str, outcome: str = "lost") -> list[int]:
+    def release_worker(self, worker: str, now: float, reason: str, outcome: str = "lost") -> list[dict]:
         """A worker is gone: its running tasks end their attempt as `lost` (or `interrupted`
-        when it left on purpose: that does not spend an attempt)."""
+        when it left on purpose: that does not spend an attempt). Returns their outcomes."""
         rows = list(Task.select().where(Task.status == RUNNING, Task.worker == worker).order_by(Task.id))
-        return [r.id for r in rows if self._lose(r, now, reason, outcome)]
+        return [info for r in rows if (info := self._lose(r, now, reason, outcome))]
 
-    def reap_expired(self, now: float) -> list[int]:
+    def reap_expired(self, now: float) -> list[dict]:
         """Running tasks whose lease ran out (worker silent, or daemon restarted)."""
         rows = list(Task.select().where(Task.status == RUNNING, Task.lease_expires < now))
-        return [r.id for r in rows if self._lose(r, now, "lease expired", "lost")]
+        return [info for r in rows if (info := self._lose(r, now, "lease expired", "lost"))]
 
-    def _lose(self, row: Task, now: float, reason: str, outcome: str) -> bool:
+    def _lose(self, row: Task, now: float, reason: str, outcome: str) -> dict | None:
         error = {"type": "WorkerLost", "message": f"{reason} (worker {row.worker})"}
-        return self._end_attempt(row, outcome, now, error=error) is not None
+        return self._end_attempt(row, outcome, now, error=error)
 
     # ---- outcomes -----------------------------------------------------------
 
@@ -466,6 +492,7 @@ class Store:
         return {
             "id": row.id,
             "name": row.name,
+            "queue": row.queue,
             "attempt": row.attempt,
             "status": status,
             "outcome": outcome,
@@ -795,6 +822,74 @@ class Store:
             changes["next_due"] = recurrence.next_after(when.from_timestamp(now)).timestamp()
         Schedule.update(**changes).where(Schedule.id == schedule_id).execute()
         return "updated"
+
+    # ---- queues and limits ---------------------------------------------------
+
+    def lanes_state(self, now: float, lookback: float) -> dict[str, Any]:
+        """What the daemon needs to enforce limits after a start: settings, what runs,
+        what started within `lookback` seconds, and which queues have ready work."""
+        running = (
+            Task.select(Task.queue, Task.name, peewee.fn.COUNT(Task.id))
+            .where(Task.status == RUNNING)
+            .group_by(Task.queue, Task.name)
+            .tuples()
+        )
+        recent = (
+            Task.select(Task.queue, Task.name, Task.started_at)
+            .where(Task.started_at > now - lookback, Task.status != QUEUED)
+            .order_by(Task.started_at)
+            .tuples()
+        )
+        return {
+            "queues": list(QueueSetting.select().dicts()),
+            "names": list(TaskLimit.select().dicts()),
+            "running": list(running),
+            "recent": list(recent),
+            "ready": self.ready_queues(),
+        }
+
+    def ready_queues(self) -> list[str]:
+        """The queues that have ready (queued) tasks."""
+        return [q for (q,) in Task.select(Task.queue).where(Task.status == QUEUED).distinct().tuples()]
+
+    def save_queue(self, name: str, now: float, **settings: Any) -> None:
+        """Create or change a queue's settings (only the keys given)."""
+        if QueueSetting.get_or_none(QueueSetting.name == name) is None:
+            QueueSetting.create(name=name, updated_at=now, **settings)
+        elif settings:
+            QueueSetting.update(updated_at=now, **settings).where(QueueSetting.name == name).execute()
+
+    def save_task_limit(
+        self, name: str, concurrency: int | None, rate: tuple[int, float] | None, now: float
+    ) -> None:
+        fields = {
+            "concurrency": concurrency,
+            "rate_count": rate[0] if rate else None,
+            "rate_period": rate[1] if rate else None,
+            "updated_at": now,
+        }
+        if TaskLimit.update(**fields).where(TaskLimit.name == name).execute() == 0:
+            TaskLimit.create(name=name, **fields)
+
+    def queue_stats(self) -> dict[str, dict[str, Any]]:
+        """Per queue: counts by status and the due time of its oldest ready task."""
+        stats: dict[str, dict[str, Any]] = {}
+        counts = (
+            Task.select(Task.queue, Task.status, peewee.fn.COUNT(Task.id))
+            .group_by(Task.queue, Task.status)
+            .tuples()
+        )
+        for queue, status, n in counts:
+            stats.setdefault(queue, {"counts": {}, "oldest": None})["counts"][status] = n
+        oldest = (
+            Task.select(Task.queue, peewee.fn.MIN(Task.run_at))
+            .where(Task.status == QUEUED)
+            .group_by(Task.queue)
+            .tuples()
+        )
+        for queue, first in oldest:
+            stats[queue]["oldest"] = first
+        return stats
 
     # ---- reads --------------------------------------------------------------
 

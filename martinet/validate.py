@@ -87,7 +87,7 @@ def check_task(h: dict, limits: Limits, default_max_attempts: int) -> dict[str, 
         "args": check_args(h.get("args"), limits),
         "username": _optional_text(h, "username", 255),
         "description": _optional_text(h, "description"),
-        "queue": _optional_text(h, "queue", 255),
+        "queue": _queue_name(h),
         "priority": _optional_int(h, "priority", -1_000_000, 1_000_000) or 0,
         "max_attempts": max_attempts or default_max_attempts,
         "run_at": float(run_at) if run_at is not None else None,
@@ -103,6 +103,15 @@ def check_task(h: dict, limits: Limits, default_max_attempts: int) -> dict[str, 
 
 
 UNIQUE_MODES = ("active", "always")
+
+
+def _queue_name(h: dict) -> str | None:
+    queue = h.get("queue")
+    if queue is None:
+        return None
+    if not isinstance(queue, str) or not 0 < len(queue) <= 255 or not queue.isprintable() or " " in queue:
+        raise BadInput(f"{str(queue)[:60]!r} is not a queue name (1 to 255 printable characters, no spaces)")
+    return queue
 
 
 def _optional_key(h: dict) -> str | None:

@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from martinet.errors import BadSchedule, BadTime
+from martinet.errors import BadInput, BadSchedule, BadTime
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 MAX_TEXT = 200
 
 _INTERVAL_HINT = "try '30 minutes' or a cron expression like '0 9 * * MON-FRI'"
+_RATE_HINT = "try '100/minute' or '5/second'"
 
 _UNITS = {
     name: seconds
@@ -51,6 +52,10 @@ _ALIASES = {"minutely": 60, "hourly": 3600, "daily": 86400, "weekly": 604800}
 _PART = re.compile(r"(?:(?P<num>[+-]?(?:\d+(?:\.\d+)?|\.\d+))\s*|(?P<one>an?|one)\s+)?(?P<unit>[a-z]+)")
 _SEP = re.compile(r"(?:\s*(?:,|\band\b))*\s*")
 _DURATION_TEXT = re.compile(r"(?:in\s+)?(?P<d>.+?)(?:\s+(?:from\s+now|later|hence))?")
+# "100/minute", "5/s", "50 / 10 seconds", "100/60s", "3 per day".
+_RATE = re.compile(r"(?P<count>\d+)\s*(?:/|\bper\b)\s*(?P<num>\d+(?:\.\d+)?|\.\d+)?\s*(?P<unit>[a-z]+)")
+# A count this large is a typo, not a limit (and would not fit an INTEGER column).
+_MAX_RATE_COUNT = 2**31 - 1
 _BARE_CALENDAR_DURATION = re.compile(r"(?:\d+|an?|one)\s*(?:months?|years?)\b")
 
 _RELATIVE = re.compile(r"\b(?:in|ago|now|today|tonight|tomorrow|yesterday|next|last|this|hence|later|from)\b")
@@ -388,3 +393,23 @@ def recurrence_from_db(kind: str, spec: str, tz: str) -> Recurrence:
     if kind == Cron.kind:
         return Cron(spec, tz)
     raise BadSchedule(f"unknown recurrence kind {kind!r} (expected 'interval' or 'cron')")
+
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """A rate limit: '100/minute', '5/s', '50 / 10 seconds', '3/day' -> (count, period in seconds).
+
+    The count is a whole number of at least 1 and the period is longer than
+    zero; anything else raises BadInput quoting the text.
+    """
+    shown = text[:60] + "..." if isinstance(text, str) and len(text) > MAX_TEXT else text
+    error = BadInput(f"could not read {shown!r} as a rate ({_RATE_HINT})")
+    if not isinstance(text, str) or len(text) > MAX_TEXT:
+        raise error
+    m = _RATE.fullmatch(text.strip().lower())
+    if m is None or m["unit"] not in _UNITS:
+        raise error
+    count = int(m["count"])
+    period = (float(m["num"]) if m["num"] else 1.0) * _UNITS[m["unit"]]
+    if not 1 <= count <= _MAX_RATE_COUNT or not (period > 0 and math.isfinite(period)):
+        raise error
+    return count, period

@@ -24,9 +24,9 @@ from typing import Any
 
 import zmq
 
-from martinet import protocol
+from martinet import protocol, when
 from martinet.compose import check as check_compositions
-from martinet.errors import Fail, ProtocolError, Release, Retry, TaskTimeout
+from martinet.errors import BadInput, Fail, ProtocolError, Release, Retry, TaskTimeout
 from martinet.protocol import Cmd
 
 log = logging.getLogger(__name__)
@@ -35,16 +35,49 @@ Handler = Callable[..., Any]
 
 # Handlers registered with @martinet.task, served by every Worker by default.
 REGISTRY: dict[str, Handler] = {}
+# Fleet-wide limits of the registered task names that have one:
+# {"concurrency": int | None, "rate": [count, period_seconds] | None}, sent in the hello.
+LIMITS: dict[str, dict] = {}
 
 
-def task(name: str | None = None) -> Callable[[Handler], Handler]:
-    """Register a handler: `@martinet.task("resize")` above `def resize(task, image_id): ...`."""
+def task(
+    name: str | None = None, *, concurrency: int | None = None, rate: str | None = None
+) -> Callable[[Handler], Handler]:
+    """Register a handler: `@martinet.task("resize")` above `def resize(task, image_id): ...`.
+
+    `concurrency` caps how many run at once across every worker, `rate` how
+    many may start per period ("100/minute", "5/second"); the daemon enforces both.
+    """
 
     def register(fn: Handler) -> Handler:
-        REGISTRY[name or fn.__name__] = fn
+        key = name or fn.__name__
+        limits = _limits(key, concurrency, rate)  # bad values fail here, at import
+        REGISTRY[key] = fn
+        if limits:
+            LIMITS[key] = limits
+        else:
+            LIMITS.pop(key, None)
         return fn
 
     return register
+
+
+def _limits(name: str, concurrency: int | None, rate: str | None) -> dict | None:
+    """The limits of task `name` as sent in the hello, checked; None if it has none."""
+    if concurrency is not None and (
+        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+    ):
+        raise BadInput(
+            f"concurrency of task {name!r} must be a whole number of at least 1, got {concurrency!r}"
+        )
+    if rate is not None:
+        try:
+            count, period = when.parse_rate(rate)
+        except BadInput as exc:
+            raise BadInput(f"rate of task {name!r}: {exc}") from None
+    if concurrency is None and rate is None:
+        return None
+    return {"concurrency": concurrency, "rate": None if rate is None else [count, period]}
 
 
 class TaskContext:
@@ -112,6 +145,7 @@ class WorkerOptions:
     # Seconds a handler gets to unwind after its time limit before its thread is abandoned.
     timeout_grace: float = 2.0
     handlers: dict[str, Handler] = field(default_factory=dict)
+    queues: list[str] | None = None  # the queues this worker serves; None serves every queue
 
 
 class Worker:
@@ -134,9 +168,11 @@ class Worker:
         self._interval = o.heartbeat_interval
         self._liveness = o.liveness
         self._threads: list[threading.Thread] = []
+        self._limits: dict[str, dict | None] = {}  # set with on(); wins over LIMITS
 
-    def on(self, name: str, fn: Handler) -> None:
-        """Serve task `name` with `fn(task, **args)`."""
+    def on(self, name: str, fn: Handler, *, concurrency: int | None = None, rate: str | None = None) -> None:
+        """Serve task `name` with `fn(task, **args)`; limits as in `@martinet.task`."""
+        self._limits[name] = _limits(name, concurrency, rate)
         self.handlers[name] = fn
 
     def stop(self) -> None:
@@ -217,17 +253,20 @@ class Worker:
             sock.close(0)
 
     def _hello(self) -> None:
-        self._send(
-            self.wsock,
-            Cmd.HELLO,
-            {
-                "worker_id": self.worker_id,
-                "names": [] if self._stopping else sorted(self.handlers),
-                "capacity": max(1, self.options.concurrency),
-                "version": protocol.VERSION,
-                "running": [{"id": c.id, "attempt": c.attempt} for c in self._running.values()],
-            },
-        )
+        self._send(self.wsock, Cmd.HELLO, self._hello_header())
+
+    def _hello_header(self) -> dict:
+        names = [] if self._stopping else sorted(self.handlers)
+        limits = {n: self._limits[n] if n in self._limits else LIMITS.get(n) for n in names}
+        return {
+            "worker_id": self.worker_id,
+            "names": names,
+            "capacity": max(1, self.options.concurrency),
+            "version": protocol.VERSION,
+            "running": [{"id": c.id, "attempt": c.attempt} for c in self._running.values()],
+            "queues": None if self.options.queues is None else list(self.options.queues),
+            "limits": {n: dict(lim) for n, lim in limits.items() if lim},
+        }
 
     def _send(self, sock: zmq.Socket, cmd: Cmd, header: dict) -> None:
         try:

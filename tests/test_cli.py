@@ -18,9 +18,12 @@ SUBCOMMANDS = [
     "every",
     "list",
     "schedules",
+    "queues",
     "show",
     "wait",
     "revoke",
+    "retry",
+    "stall",
     "update",
     "demo",
 ]

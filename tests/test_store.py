@@ -17,6 +17,7 @@ NOW = 1_800_000_000.0  # 2027-01-15 08:00 UTC
 LEASE = 30.0
 TASK_KEYS = {
     "id",
+    "releases",
     "key",
     "unique",
     "timeout",
@@ -194,7 +195,16 @@ def test_claim_orders_by_priority_then_run_at_then_id(store):
 def test_claim_leases_tasks_and_counts_the_attempt(store):
     task_id = submit(store, args={"x": [1, 2]}, max_attempts=4)
     rows = store.claim("w1", ["add"], 5, NOW, LEASE)
-    assert rows == [{"id": task_id, "name": "add", "args": {"x": [1, 2]}, "attempt": 1, "timeout": None}]
+    assert rows == [
+        {
+            "id": task_id,
+            "name": "add",
+            "queue": "default",
+            "args": {"x": [1, 2]},
+            "attempt": 1,
+            "timeout": None,
+        }
+    ]
     r = row(task_id)
     assert (r.status, r.attempt, r.worker) == ("running", 1, "w1")
     assert r.lease_expires == NOW + LEASE
@@ -239,6 +249,7 @@ def test_complete_succeeds_and_writes_an_attempt_row(store):
     assert info == {
         "id": task_id,
         "name": "add",
+        "queue": "default",
         "attempt": 1,
         "status": "succeeded",
         "outcome": "succeeded",
@@ -397,8 +408,8 @@ def test_reap_expired_fails_tasks_whose_lease_ran_out(store):
     claim_one(store)
     other = submit(store, name="other")
     claim_one(store, name="other", now=NOW + 10)
-    assert store.reap_expired(NOW + LEASE) == []  # expires at NOW + 30: not before
-    assert store.reap_expired(NOW + LEASE + 0.5) == [task_id]
+    assert [i["id"] for i in store.reap_expired(NOW + LEASE)] == []  # expires at NOW + 30: not before
+    assert [i["id"] for i in store.reap_expired(NOW + LEASE + 0.5)] == [task_id]
     r = row(task_id)
     assert r.status == "failed"
     assert (r.worker, r.lease_expires) == (None, None)
@@ -414,7 +425,7 @@ def test_reap_expired_fails_tasks_whose_lease_ran_out(store):
 def test_reap_expired_kills_a_task_whose_attempts_are_spent(store):
     task_id = submit(store, max_attempts=1)
     claim_one(store)
-    assert store.reap_expired(NOW + 100) == [task_id]
+    assert [i["id"] for i in store.reap_expired(NOW + 100)] == [task_id]
     assert row(task_id).status == "dead"
     assert row(task_id).finished_at == NOW + 100
 
@@ -423,7 +434,7 @@ def test_a_lost_task_that_was_asked_to_stop_is_cancelled(store):
     task_id = submit(store)
     claim_one(store)
     store.revoke_task(task_id, NOW + 1)
-    assert store.release_worker("w1", NOW + 2, "worker went silent") == [task_id]
+    assert [i["id"] for i in store.release_worker("w1", NOW + 2, "worker went silent")] == [task_id]
     assert row(task_id).status == "cancelled"
     assert [a["outcome"] for a in store.attempts(task_id)] == ["cancelled"]
 
@@ -434,13 +445,13 @@ def test_release_worker_ends_only_that_workers_attempts(store):
     b = submit(store, name="b")
     store.claim("w1", ["a"], 2, NOW, LEASE)
     claim_one(store, worker="w2", name="b")
-    assert store.release_worker("w1", NOW + 1, "worker went silent") == [a1, a2]
+    assert [i["id"] for i in store.release_worker("w1", NOW + 1, "worker went silent")] == [a1, a2]
     assert (row(a1).status, row(a2).status, row(b).status) == ("failed", "dead", "running")
     lost = store.attempts(a1)[0]
     assert (lost["outcome"], lost["error"]["type"]) == ("lost", "WorkerLost")
     assert "worker went silent" in lost["error"]["message"]
-    assert store.release_worker("w1", NOW + 2, "again") == []
-    assert store.release_worker("nobody", NOW + 2, "x") == []
+    assert [i["id"] for i in store.release_worker("w1", NOW + 2, "again")] == []
+    assert [i["id"] for i in store.release_worker("nobody", NOW + 2, "x")] == []
 
 
 def test_readopt_gives_a_lease_back_by_id_and_attempt(store):

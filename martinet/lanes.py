@@ -1,0 +1,163 @@
+"""Fleet-wide limits on dispatch, decided in one place (pure).
+
+A lane is anything with a concurrency cap and a start rate: each queue is one,
+each task name with declared limits is one. Queues also have a weight (their
+share of free slots while several have ready work), an order (fifo or random)
+and can be paused. The daemon tells the lanes what started and what ended;
+the lanes tell it how many tasks of which queue to claim next.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+DEFAULT_QUEUE = "default"
+ORDERS = ("fifo", "random")
+
+
+def rate_window(period: float) -> float:
+    """How long a start counts toward a rate: the period plus a margin (5 %, at most
+    0.25 s), so that the jitter between dispatch and the handler's start never lets
+    a handler see the rate exceeded."""
+    return period + min(0.05 * period, 0.25)
+
+
+@dataclass
+class Lane:
+    concurrency: int | None = None
+    rate: tuple[int, float] | None = None  # (starts, per seconds)
+    running: int = 0
+    starts: deque = field(default_factory=deque)  # start times within the rate period
+
+    def room(self, now: float) -> float:
+        """How many more may start now (inf: no limit)."""
+        room = math.inf
+        if self.concurrency is not None:
+            room = self.concurrency - self.running
+        if self.rate is not None:
+            count, period = self.rate
+            while self.starts and self.starts[0] <= now - rate_window(period):
+                self.starts.popleft()
+            room = min(room, count - len(self.starts))
+        return max(0, room)
+
+    def next_free(self, now: float) -> float | None:
+        """When a rate-limited lane can start again, if the rate is what holds it."""
+        if self.rate is None or self.room(now) > 0 or not self.starts:
+            return None
+        if self.concurrency is not None and self.running >= self.concurrency:
+            return None  # an end will free it, not the clock
+        return self.starts[0] + rate_window(self.rate[1])
+
+    def started(self, now: float) -> None:
+        self.running += 1
+        if self.rate is not None:
+            self.starts.append(now)
+
+    def ended(self) -> None:
+        self.running = max(0, self.running - 1)
+
+
+@dataclass
+class Queue(Lane):
+    order: str = "fifo"
+    weight: int = 1
+    paused: bool = False
+    credit: float = 0.0  # smooth weighted round robin state
+
+
+class Lanes:
+    def __init__(self) -> None:
+        self.queues: dict[str, Queue] = {}
+        self.names: dict[str, Lane] = {}
+        # A claim that finds nothing for a worker marks (worker, queue) empty until
+        # something becomes ready there: generations tell "since" apart cheaply.
+        self._generation: dict[str, int] = {}
+        self._epoch = 0  # bumped when tasks became ready somewhere unknown
+        self._empty: dict[tuple[str, str], tuple[int, int]] = {}
+
+    def queue(self, name: str) -> Queue:
+        q = self.queues.get(name)
+        if q is None:
+            q = self.queues[name] = Queue()
+        return q
+
+    def configure(self, name: str, **settings) -> Queue:
+        q = self.queue(name)
+        for key, value in settings.items():
+            setattr(q, key, value)
+        return q
+
+    def limit_name(self, name: str, concurrency: int | None, rate: tuple[int, float] | None) -> None:
+        if concurrency is None and rate is None:
+            self.names.pop(name, None)
+            return
+        lane = self.names.setdefault(name, Lane())
+        lane.concurrency, lane.rate = concurrency, rate
+
+    def ready(self, queue: str | None = None) -> None:
+        """Tasks became ready in `queue` (None: somewhere)."""
+        if queue is None:
+            self._epoch += 1
+            self._empty.clear()
+        else:
+            self.queue(queue)
+            self._generation[queue] = self._generation.get(queue, 0) + 1
+
+    def _stamp(self, queue: str) -> tuple[int, int]:
+        return (self._epoch, self._generation.get(queue, 0))
+
+    def found_empty(self, worker: str, queue: str) -> None:
+        """A claim for `worker` found nothing more ready in `queue`."""
+        self._empty[(worker, queue)] = self._stamp(queue)
+
+    def forget(self, worker: str) -> None:
+        for key in [k for k in self._empty if k[0] == worker]:
+            del self._empty[key]
+
+    def _is_empty(self, worker: str, queue: str) -> bool:
+        return self._empty.get((worker, queue)) == self._stamp(queue)
+
+    def started(self, queue: str, name: str, now: float) -> None:
+        self.queue(queue).started(now)
+        if name in self.names:
+            self.names[name].started(now)
+
+    def ended(self, queue: str, name: str) -> None:
+        if queue in self.queues:
+            self.queues[queue].ended()
+        if name in self.names:
+            self.names[name].ended()
+
+    def name_room(self, name: str, now: float) -> float:
+        lane = self.names.get(name)
+        return math.inf if lane is None else lane.room(now)
+
+    def plan(self, worker: str, served: set[str] | None, credit: int, now: float) -> list[tuple[str, int]]:
+        """Split a worker's `credit` slots between the queues it serves that can start
+        work, by weight (smooth weighted round robin), within each queue's room."""
+        open_queues = {
+            name: q
+            for name, q in self.queues.items()
+            if (served is None or name in served) and not q.paused and not self._is_empty(worker, name)
+        }
+        rooms = {name: q.room(now) for name, q in open_queues.items()}
+        counts: dict[str, int] = {}
+        for _ in range(credit):
+            candidates = [name for name in open_queues if rooms[name] > counts.get(name, 0)]
+            if not candidates:
+                break
+            total = sum(open_queues[n].weight for n in candidates)
+            for n in candidates:
+                open_queues[n].credit += open_queues[n].weight
+            pick = max(candidates, key=lambda n: open_queues[n].credit)
+            open_queues[pick].credit -= total
+            counts[pick] = counts.get(pick, 0) + 1
+        return sorted(counts.items(), key=lambda item: -item[1])
+
+    def next_deadline(self, now: float) -> float | None:
+        """The earliest time a rate limit lets a lane start again."""
+        times = [t for lane in [*self.queues.values(), *self.names.values()] if (t := lane.next_free(now))]
+        return min(times) if times else None
