@@ -309,13 +309,13 @@ class Martinet:
     def set_queue(
         self,
         name: str,
-        concurrency: int | None = None,
+        concurrency: int | str | None = None,
         rate: str | None = None,
         weight: int | None = None,
         order: str | None = None,
     ) -> None:
         """Change a queue's settings while running, fleet-wide: `concurrency` (most
-        running at once; 0 clears it), `rate` ("100/minute"; "none" clears it),
+        running at once; "none" clears it), `rate` ("100/minute"; "none" clears it),
         `weight` (its share of free slots among busy queues), `order` ("fifo" or "random")."""
         self.client.request(
             "set_queue",

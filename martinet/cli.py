@@ -59,7 +59,7 @@ def _add_queue_commands(sub: argparse._SubParsersAction) -> None:
     q = actions.add_parser("set", help="change a queue's limits, weight or order")
     q.add_argument("name", help="a queue name, like default or images")
     q.add_argument(
-        "--concurrency", type=int, help="at most this many of its tasks run at once, fleet-wide (0: no cap)"
+        "--concurrency", help="at most this many of its tasks run at once, fleet-wide ('none': no cap)"
     )
     q.add_argument(
         "--rate",
@@ -397,8 +397,12 @@ def cmd_queues(m, args) -> int:
         changes = {k: v for k, v in changes.items() if v is not None}
         if not changes:
             raise MartinetError("nothing to set; give --concurrency, --rate, --weight or --order")
-        if args.concurrency is not None and args.concurrency < 0:
-            raise MartinetError(f"--concurrency must be 0 (no cap) or more, got {args.concurrency}")
+        if args.concurrency is not None and args.concurrency.lower() != "none":
+            if not args.concurrency.isdigit() or int(args.concurrency) < 1:
+                raise MartinetError(
+                    f"--concurrency must be 1 or more, or 'none' (no cap), got {args.concurrency!r}"
+                )
+            changes["concurrency"] = int(args.concurrency)
         if args.weight is not None and args.weight < 1:
             raise MartinetError(f"--weight must be 1 or more, got {args.weight}")
         if args.rate is not None and args.rate.strip().lower() != "none":

@@ -545,12 +545,17 @@ class Daemon:
         changes: dict[str, Any] = {}
         if h.get("concurrency") is not None:
             c = h["concurrency"]
-            if not _is_id(c) or c > 1_000_000:
-                raise BadInput(f"concurrency must be a whole number of 1 or more (0 clears it), got {c!r}")
-            changes["concurrency"] = c or None
+            if str(c).lower() == "none":
+                changes["concurrency"] = None
+            elif not _is_id(c) or not 1 <= c <= 1_000_000:
+                raise BadInput(
+                    f"concurrency must be a whole number of 1 or more ('none' clears it), got {c!r}"
+                )
+            else:
+                changes["concurrency"] = c
         if h.get("rate") is not None:
             rate = h["rate"]
-            changes["rate"] = None if str(rate).lower() in ("none", "0", "") else when.parse_rate(str(rate))
+            changes["rate"] = None if str(rate).lower() == "none" else when.parse_rate(str(rate))
         if h.get("weight") is not None:
             w = h["weight"]
             if not _is_id(w) or not 1 <= w <= 1_000_000:

@@ -8,6 +8,7 @@ Prints a table (median, min, max over the repeats) and one JSON line per
 scenario, so runs can be compared. Scenarios:
 
   throughput  N no-op tasks from 4 client threads, 2 workers: submit and drain rates
+  shaping     the same over two weighted queues, one with a concurrency cap: what limits cost
   timers      1,000 delayed tasks due at random times 2-12 s ahead: lateness of
               the handler start against the due time, p50/p99/max (ms)
   scale       the same timers with PENDING delayed tasks (hours ahead) and SCHEDULES
@@ -147,7 +148,7 @@ def measure_timers(m: martinet.Martinet, n: int = 1000, spread: tuple[float, flo
 # ---- scenarios ------------------------------------------------------------------
 
 
-def scenario_throughput(args) -> dict:
+def scenario_throughput(args, shaped: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         rig = Rig(Path(tmp))
         try:
@@ -157,8 +158,13 @@ def scenario_throughput(args) -> dict:
             rig.wait_ready(m)
             n, ids, lock = args.tasks, [], threading.Lock()
 
+            if shaped:  # two weighted queues, one with a concurrency cap: the cost of the limits
+                m.set_queue("bulk", weight=1)
+                m.set_queue("urgent", weight=3, concurrency=12)
+            queues = ["bulk", "urgent"] if shaped else ["default"]
+
             def submit(count: int) -> None:
-                mine = [m.execute("bench.noop") for _ in range(count)]
+                mine = [m.execute("bench.noop", queue=queues[i % len(queues)]) for i in range(count)]
                 with lock:
                     ids.extend(mine)
 
@@ -244,7 +250,16 @@ def scenario_scale(args) -> dict:
             rig.stop()
 
 
-SCENARIOS = {"throughput": scenario_throughput, "timers": scenario_timers, "scale": scenario_scale}
+def scenario_shaping(args) -> dict:
+    return scenario_throughput(args, shaped=True)
+
+
+SCENARIOS = {
+    "throughput": scenario_throughput,
+    "shaping": scenario_shaping,
+    "timers": scenario_timers,
+    "scale": scenario_scale,
+}
 
 
 def main() -> int:

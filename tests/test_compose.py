@@ -305,7 +305,8 @@ def test_exports():
 # ---- end to end --------------------------------------------------------------------
 
 
-def test_a_composition_runs_its_steps_in_series_and_reports_progress(cluster):
+def test_a_composition_runs_its_steps_in_series_and_reports_progress(any_cluster):
+    cluster = any_cluster  # on every backend
     cluster.start_daemon()
     cluster.start_worker("tests.tasks_compose")
     m = cluster.client()
@@ -323,7 +324,8 @@ def test_a_composition_runs_its_steps_in_series_and_reports_progress(cluster):
     assert info["progress_message"] == "step 3/3: targz"
 
 
-def test_a_composition_failing_at_step_2_names_the_step(cluster):
+def test_a_composition_failing_at_step_2_names_the_step(any_cluster):
+    cluster = any_cluster  # on every backend
     cluster.start_daemon()
     cluster.start_worker("tests.tasks_compose")
     m = cluster.client()

@@ -73,11 +73,12 @@ def test_a_queue_concurrency_cap_holds_across_workers(any_cluster, tmp_path):
     for tid in ids:
         m.wait(tid, timeout=30)
     assert most_at_once(spans(log)) <= 2
-    m.set_queue("narrow", concurrency=0)  # cleared
+    m.set_queue("narrow", concurrency="none")  # cleared
     assert {q["name"]: q for q in m.queues()}["narrow"]["concurrency"] is None
 
 
-def test_a_rate_is_never_exceeded_across_workers(cluster, tmp_path):
+def test_a_rate_is_never_exceeded_across_workers(any_cluster, tmp_path):
+    cluster = any_cluster  # on every backend
     cluster.start_daemon()
     m = cluster.client()
     m.set_queue("metered", rate="5/second")
@@ -93,7 +94,8 @@ def test_a_rate_is_never_exceeded_across_workers(cluster, tmp_path):
     assert starts[-1] - starts[0] >= 1.0  # 12 starts at 5/s take over two seconds
 
 
-def test_a_task_name_limit_declared_by_the_decorator_holds_fleet_wide(cluster, tmp_path):
+def test_a_task_name_limit_declared_by_the_decorator_holds_fleet_wide(any_cluster, tmp_path):
+    cluster = any_cluster  # on every backend
     cluster.start_daemon()
     cluster.start_worker("tests.tasks_limited", concurrency=4)
     cluster.start_worker("tests.tasks_limited", concurrency=4)
@@ -105,7 +107,8 @@ def test_a_task_name_limit_declared_by_the_decorator_holds_fleet_wide(cluster, t
     assert most_at_once(spans(log)) == 1
 
 
-def test_random_order_does_not_keep_submission_order(cluster):
+def test_random_order_does_not_keep_submission_order(any_cluster):
+    cluster = any_cluster  # on every backend
     cluster.start_daemon()
     m = cluster.client()
     m.set_queue("shuffled", order="random")
@@ -121,6 +124,7 @@ def test_bad_queue_settings_are_refused(cluster):
     m = cluster.client()
     for kwargs, message in (
         ({"concurrency": -1}, "concurrency must be a whole number"),
+        ({"concurrency": 0}, "concurrency must be a whole number of 1 or more ('none' clears it)"),
         ({"weight": 0}, "weight must be a whole number of 1 or more"),
         ({"rate": "fast"}, "could not read 'fast' as a rate"),
         ({"order": "lifo"}, "order must be 'fifo' or 'random'"),

@@ -378,7 +378,7 @@ def test_queue_actions(capsys):
     m = FakeMartinet()
     assert queues_command(m, capsys, "pause", "images").strip() == "images: paused"
     assert queues_command(m, capsys, "resume", "images").strip() == "images: resumed"
-    assert queues_command(m, capsys, "set", "images", "--concurrency", "0", "--rate", "none").strip() == (
+    assert queues_command(m, capsys, "set", "images", "--concurrency", "none", "--rate", "none").strip() == (
         "images: updated"
     )
     out = queues_command(m, capsys, "set", "images", "--weight", "2", "--order", "random", "--json")
@@ -387,7 +387,7 @@ def test_queue_actions(capsys):
     assert m.calls == [
         ("pause_queue", "images"),
         ("resume_queue", "images"),
-        ("set_queue", "images", 0, "none", None, None),
+        ("set_queue", "images", "none", "none", None, None),
         ("set_queue", "images", None, None, 2, "random"),
         ("set_queue", "images", 3, "5/s", None, None),
     ]
@@ -397,7 +397,8 @@ def test_queue_actions(capsys):
     "argv, message",
     [
         (["set", "images"], "nothing to set"),
-        (["set", "images", "--concurrency", "-1"], "--concurrency must be 0"),
+        (["set", "images", "--concurrency", "-1"], "--concurrency must be 1 or more"),
+        (["set", "images", "--concurrency", "0"], "--concurrency must be 1 or more"),
         (["set", "images", "--weight", "0"], "--weight must be 1 or more"),
         (["set", "images", "--rate", "fast"], "could not read 'fast' as a rate"),
     ],

@@ -48,7 +48,8 @@ def test_a_key_holds_one_unfinished_task(any_cluster):
     assert m.execute("add", {"a": 0, "b": 0}, key="cancel-me").created
 
 
-def test_a_key_submitted_by_several_processes_at_once_creates_one_task(cluster):
+def test_a_key_submitted_by_several_processes_at_once_creates_one_task(any_cluster):
+    cluster = any_cluster  # on every backend
     cluster.start_daemon()
     code = (
         "import sys, martinet; m = martinet.Martinet.connect(sys.argv[1], timeout=20); "
@@ -129,7 +130,8 @@ def test_revoking_a_parent_cancels_what_waits_on_it(cluster):
         m.wait(child, timeout=5)
 
 
-def test_release_gives_a_task_back_without_spending_attempts(cluster, tmp_path):
+def test_release_gives_a_task_back_without_spending_attempts(any_cluster, tmp_path):
+    cluster = any_cluster  # on every backend
     cluster.start_daemon(env={"MARTINET_MAX_RELEASES": "3"})
     cluster.start_worker()
     m = cluster.client()
