@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import os
 import secrets
 import time
@@ -22,23 +21,22 @@ from typing import Any
 import peewee
 import zmq
 
-from martinet import protocol, when
+from martinet import protocol
+from martinet.client_ops import ClientOps
 from martinet.config import Settings
-from martinet.errors import BadInput, BadSchedule, MartinetError, ProtocolError, TaskNotFound
-from martinet.lanes import DEFAULT_QUEUE, ORDERS, Lanes
-from martinet.models import FAILED, QUEUED, SCHEDULED, STALLED, STATES, TERMINAL, WAITING
+from martinet.errors import BadInput, MartinetError, ProtocolError
+from martinet.lanes import RATE_LOOKBACK, Lanes, lane_settings, queue_columns, rate_of
+from martinet.models import STALLED, TERMINAL
 from martinet.peers import Peers
 from martinet.protocol import Cmd
 from martinet.retry import RetryPolicy
-from martinet.store import Store, iso, open_database, redact
-from martinet.validate import Limits, check_args, check_every, check_task, clean_text, is_worker_id
+from martinet.store import Store, open_database, redact
+from martinet.validate import Limits, clean_text, finite, is_id, is_rate, is_worker_id
 
 log = logging.getLogger(__name__)
 
 DRAIN_LIMIT = 2000  # messages read from one socket per turn: bounds a turn's latency
-SUBSCRIPTION_TTL = 30.0  # a client renews its event subscription well within this
 MAX_PEERS = 10_000  # connected workers at most: a flood of hellos cannot grow memory without bound
-MAX_WAITERS = 100_000  # pending wait() requests at most, for the same reason
 
 
 @dataclass
@@ -51,7 +49,7 @@ class Outbox:
     ended: list[int] = field(default_factory=list)  # task ids whose waiters can be answered
 
 
-class Daemon:
+class Daemon(ClientOps):
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.clock = clock
@@ -112,7 +110,7 @@ class Daemon:
         for row in state["queues"]:
             self.lanes.configure(row["name"], **lane_settings(row))
         for row in state["names"]:
-            self.lanes.limit_name(row["name"], row["concurrency"], _rate(row))
+            self.lanes.limit_name(row["name"], row["concurrency"], rate_of(row))
         for queue, name, count in state["running"]:
             for _ in range(count):
                 self.lanes.started(queue, name, 0.0)
@@ -319,323 +317,6 @@ class Daemon:
             reply["rid"] = rid
             out.replies.append((ident, reply))
 
-    def _op_ping(self, h, now, out, ident):
-        return {"epoch": self.epoch, "version": protocol.VERSION, "workers": len(self.peers)}
-
-    def _op_execute(self, h, now, out, ident):
-        spec = check_task(h, self.limits, self.settings.max_attempts)
-        task_id, created = self.store.submit(spec, now)
-        if spec.get("run_at") and spec["run_at"] > now:
-            self._wakeup_dirty = True
-        self.lanes.ready(spec.get("queue") or DEFAULT_QUEUE)
-        self._dispatch_pending = True
-        if created:
-            log.info("task %s %s accepted (run at %s)", task_id, spec["name"], iso(spec.get("run_at") or now))
-        return {"id": task_id, "created": created}
-
-    _op_schedule = _op_execute
-
-    def _op_every(self, h, now, out, ident):
-        spec, recurrence = check_every(h, self.limits, self.settings.timezone)
-        first = spec.get("first_due")
-        if first is None:
-            first = recurrence.next_after(when.from_timestamp(now)).timestamp()
-        if spec.get("until") is not None and spec["until"] < first:
-            raise BadSchedule(
-                f"until ({iso(spec['until'])}) is before the first run ({iso(first)}); nothing would ever run"
-            )
-        sched_id, created = self.store.add_schedule(spec, first, now)
-        self._wakeup_dirty = True
-        if created:
-            log.info(
-                "schedule s%s %s every %s, first due %s", sched_id, spec["name"], spec["spec"], iso(first)
-            )
-        return {"id": f"s{sched_id}", "created": created, "next_due": iso(first)}
-
-    def _op_get(self, h, now, out, ident):
-        return {"item": self._lookup(h.get("id"))}
-
-    def _op_show(self, h, now, out, ident):
-        item = self._lookup(h.get("id"), upcoming=5)
-        if item["kind"] == "task":
-            item["attempts"] = self.store.attempts(item["id"])
-            item["waiting"] = self._waiting_reason(item)
-        else:
-            recent = self.store.list_tasks(schedule_id=int(item["id"][1:]), limit=10)
-            item["recent_runs"] = [
-                {"id": r["id"], "status": r["status"], "due_at": r["due_at"]} for r in recent
-            ]
-        return {"item": item}
-
-    def _op_list(self, h, now, out, ident):
-        status = h.get("status") or None
-        if isinstance(status, str):
-            status = [status]
-        for s in status or []:
-            if s not in STATES:
-                raise BadInput(f"unknown status {s!r}; states are {', '.join(STATES)}")
-        limit = h.get("limit", 50)
-        if not isinstance(limit, int) or not 1 <= limit <= 10_000:
-            raise BadInput("limit must be an integer from 1 to 10000")
-        items = self.store.list_tasks(status, h.get("name"), h.get("username"), limit=limit)
-        return {"items": items}
-
-    def _op_schedules(self, h, now, out, ident):
-        return {"items": self.store.list_schedules()}
-
-    def _op_revoke(self, h, now, out, ident):
-        kind, num = self._ref(h.get("id"))
-        if kind == "schedule":
-            if not self.store.remove_schedule(num, now):
-                self._lookup(h.get("id"))  # raises if missing
-                return {"status": "removed"}
-            self._wakeup_dirty = True
-            log.info("schedule s%s removed", num)
-            return {"status": "removed"}
-        status, also = self.store.revoke_task(num, now)
-        if status == "missing":
-            raise TaskNotFound(f"no task with id {num}")
-        if status == "cancelling":
-            peer = self.peers.owner(num)
-            if peer is not None:
-                self._send(self.worker, peer.ident, Cmd.CANCEL, {"id": num})
-        elif status == "cancelled":
-            out.ended.extend([num, *also])
-        log.info(
-            "task %s revoked: %s%s", num, status, f" (and tasks {also} that waited on it)" if also else ""
-        )
-        return {"status": status, "also_cancelled": also}
-
-    def _op_retry(self, h, now, out, ident):
-        num = self._task_ref(h.get("id"))
-        attempts = h.get("attempts")
-        if attempts is not None and (
-            isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 1000
-        ):
-            raise BadInput("attempts must be an integer from 1 to 1000")
-        status = self.store.retry_task(num, now, attempts)
-        if status == "missing":
-            raise TaskNotFound(f"no task with id {num}")
-        if status != QUEUED:
-            raise BadInput(
-                f"task {num} is {status}; only a dead, stalled, cancelled or failed task can be retried"
-            )
-        self._dispatch_pending = True
-        self._queues_ready()
-        log.info("task %s retried by an operator", num)
-        return {"status": status}
-
-    def _op_stall(self, h, now, out, ident):
-        num = self._task_ref(h.get("id"))
-        reason = h.get("reason") or "stalled by an operator"
-        status = self.store.stall_task(num, now, clean_text(reason, 1000))
-        if status == "missing":
-            raise TaskNotFound(f"no task with id {num}")
-        if status != "stalled":
-            raise BadInput(f"task {num} is {status}; only a scheduled, queued or failed task can be stalled")
-        log.info("task %s stalled by an operator", num)
-        return {"status": status}
-
-    def _task_ref(self, ref: Any) -> int:
-        kind, num = self._ref(ref)
-        if kind != "task":
-            raise BadInput(f"{ref!r} is a schedule id; tasks have ids like 42")
-        return num
-
-    def _op_update(self, h, now, out, ident):
-        kind, num = self._ref(h.get("id"))
-        args = None if h.get("args") is None else check_args(h.get("args"), self.limits)
-        if kind == "schedule":
-            current = self._lookup(h.get("id"))
-            recurrence, tz = None, h.get("timezone")
-            if h.get("every") is not None:
-                recurrence = when.parse_every(h["every"], tz or current["timezone"])
-            if args is None and recurrence is None:
-                raise BadInput("nothing to update: give args and/or every")
-            status = self.store.update_schedule(num, now, args, recurrence, tz)
-            if status != "updated":
-                raise BadInput(f"schedule s{num} is {status}; it can no longer be updated")
-            self._wakeup_dirty = True
-            return {"status": status}
-        if args is None:
-            raise BadInput("args must be a JSON object")
-        status = self.store.update_task_args(num, args, now)
-        if status == "missing":
-            raise TaskNotFound(f"no task with id {num}")
-        if status != "updated":
-            raise BadInput(f"task {num} is {status}; only a task that has not started can be updated")
-        return {"status": status}
-
-    def _op_pause(self, h, now, out, ident):
-        num = self._schedule_ref(h.get("id"))
-        status = self.store.pause_schedule(num, now)
-        if status is None:
-            raise TaskNotFound(f"no schedule with id s{num}")
-        if status != "paused":
-            raise BadInput(f"schedule s{num} is {status}; only an active schedule can be paused")
-        log.info("schedule s%s paused", num)
-        return {"status": status}
-
-    def _op_resume(self, h, now, out, ident):
-        num = self._schedule_ref(h.get("id"))
-        status = self.store.resume_schedule(num, now)
-        if status is None:
-            raise TaskNotFound(f"no schedule with id s{num}")
-        if status != "active":
-            raise BadInput(f"schedule s{num} is {status}; only a paused schedule can be resumed")
-        self._wakeup_dirty = True
-        log.info("schedule s%s resumed", num)
-        return {"status": status}
-
-    def _schedule_ref(self, ref: Any) -> int:
-        kind, num = self._ref(ref)
-        if kind != "schedule":
-            raise BadInput(f"{ref!r} is a task id; schedules have ids like s7")
-        return num
-
-    def _op_wait(self, h, now, out, ident):
-        kind, num = self._ref(h.get("id"))
-        if kind != "task":
-            raise BadInput("only tasks can be waited for")
-        item = self.store.get_task(num)
-        if item is None:
-            raise TaskNotFound(f"no task with id {num}")
-        if item["status"] in TERMINAL:
-            return {"item": item, "done": True}
-        timeout = h.get("wait_for", 10)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-            raise BadInput("wait_for must be a number of seconds")
-        if sum(len(w) for w in self._waiters.values()) >= MAX_WAITERS:
-            raise BadInput(f"too many clients are waiting already ({MAX_WAITERS}); poll with get() instead")
-        self._waiters.setdefault(num, []).append((ident, h.get("rid"), now + min(timeout, 3600)))
-        return None  # answered when the task ends, or at the deadline
-
-    def _op_queues(self, h, now, out, ident):
-        stats = self.store.queue_stats()
-        names = sorted(set(self.lanes.queues) | set(stats))
-        items = []
-        for name in names:
-            q = self.lanes.queue(name)
-            st = stats.get(name, {"counts": {}, "oldest": None})
-            items.append(
-                {
-                    "name": name,
-                    "paused": q.paused,
-                    "weight": q.weight,
-                    "order": q.order,
-                    "concurrency": q.concurrency,
-                    "rate": None if q.rate is None else f"{q.rate[0]}/{q.rate[1]:g}s",
-                    "running": q.running,
-                    "counts": st["counts"],
-                    "oldest_waiting_seconds": None
-                    if st["oldest"] is None
-                    else round(max(0.0, now - st["oldest"]), 3),
-                    "served_by": sum(1 for p in self.peers if p.queues is None or name in p.queues),
-                }
-            )
-        return {"items": items}
-
-    def _op_pause_queue(self, h, now, out, ident):
-        return self._set_queue(h, now, {"paused": True})
-
-    def _op_resume_queue(self, h, now, out, ident):
-        return self._set_queue(h, now, {"paused": False})
-
-    def _op_set_queue(self, h, now, out, ident):
-        changes: dict[str, Any] = {}
-        if h.get("concurrency") is not None:
-            c = h["concurrency"]
-            if str(c).lower() == "none":
-                changes["concurrency"] = None
-            elif not _is_id(c) or not 1 <= c <= 1_000_000:
-                raise BadInput(
-                    f"concurrency must be a whole number of 1 or more ('none' clears it), got {c!r}"
-                )
-            else:
-                changes["concurrency"] = c
-        if h.get("rate") is not None:
-            rate = h["rate"]
-            changes["rate"] = None if str(rate).lower() == "none" else when.parse_rate(str(rate))
-        if h.get("weight") is not None:
-            w = h["weight"]
-            if not _is_id(w) or not 1 <= w <= 1_000_000:
-                raise BadInput(f"weight must be a whole number of 1 or more, got {w!r}")
-            changes["weight"] = w
-        if h.get("order") is not None:
-            if h["order"] not in ORDERS:
-                raise BadInput(f"order must be 'fifo' or 'random', not {str(h['order'])[:40]!r}")
-            changes["order"] = h["order"]
-        if not changes:
-            raise BadInput("nothing to set: give concurrency, rate, weight or order")
-        return self._set_queue(h, now, changes)
-
-    def _set_queue(self, h: dict, now: float, changes: dict) -> dict:
-        name = h.get("name")
-        if not isinstance(name, str) or not 0 < len(name) <= 255 or not name.isprintable() or " " in name:
-            raise BadInput(
-                f"{str(name)[:60]!r} is not a queue name (1 to 255 printable characters, no spaces)"
-            )
-        self.store.save_queue(name, now, **queue_columns(changes))
-        self.lanes.configure(name, **changes)
-        self.lanes.ready(name)
-        self._dispatch_pending = True
-        log.info("queue %s: %s", name, changes)
-        return {"name": name, "status": "paused" if self.lanes.queue(name).paused else "active"}
-
-    def _op_subscribe(self, h, now, out, ident):
-        self._subscribers[ident] = now + SUBSCRIPTION_TTL
-        return {"ttl": SUBSCRIPTION_TTL}
-
-    def _ref(self, ref: Any) -> tuple[str, int]:
-        """An id (42, "s7") or a key ("avatar-7", or "key:42" for a key that looks like an id)."""
-        try:
-            return _parse_ref(ref)
-        except BadInput:
-            if not isinstance(ref, str) or not 0 < len(ref) <= 260 or not ref.isprintable():
-                raise
-        found = self.store.find_key(ref[4:] if ref.startswith("key:") else ref)
-        if found is None:
-            raise TaskNotFound(f"no task or schedule with the id or key {ref[:80]!r}")
-        return found
-
-    def _lookup(self, ref: Any, upcoming: int = 0) -> dict:
-        kind, num = self._ref(ref)
-        item = self.store.get_task(num) if kind == "task" else self.store.get_schedule(num, upcoming)
-        if item is None:
-            raise TaskNotFound(f"no {kind} with id {ref}")
-        return item
-
-    def _waiting_reason(self, item: dict) -> str | None:
-        status, name = item["status"], item["name"]
-        if status == SCHEDULED:
-            return f"scheduled for {item['run_at']}"
-        if status == FAILED:
-            return f"attempt {item['attempt']} failed; retry at {item['run_at']}"
-        if status == STALLED:
-            return f"{item['reason'] or 'stalled'}; held until `martinet retry {item['id']}`"
-        if status == WAITING:
-            parents = self.store.unfinished_parents(item["id"])
-            return f"waiting for task(s) {', '.join(map(str, parents))} to succeed"
-        if status != QUEUED:
-            return None
-        queue = item["queue"]
-        lane = self.lanes.queue(queue)
-        if lane.paused:
-            return f"queue {queue!r} is paused"
-        if not self.peers.handles(name):
-            return f"no connected worker handles {name!r}"
-        handlers = self.peers.handles(name, queue)
-        if not handlers:
-            return f"no connected worker that handles {name!r} serves queue {queue!r}"
-        now = self.clock()
-        if lane.room(now) == 0:
-            return f"queue {queue!r} is at its limit (concurrency {lane.concurrency}, rate {lane.rate})"
-        if self.lanes.name_room(name, now) == 0:
-            return f"task name {name!r} is at its fleet-wide limit"
-        if not any(p.credit for p in handlers):
-            return f"all {len(handlers)} worker(s) that handle {name!r} are busy"
-        return "about to be dispatched"
-
     # ---- worker socket ------------------------------------------------------------
 
     def _on_worker(self, ident: bytes, frames: list[bytes], out: Outbox, now: float) -> None:
@@ -654,7 +335,7 @@ class Daemon:
             return
         if cmd is Cmd.REJECT:
             task_id, attempt = h.get("id"), h.get("attempt")
-            if not (_is_id(task_id) and _is_id(attempt)):
+            if not (is_id(task_id) and is_id(attempt)):
                 log.warning("dropped a REJECT without a valid id and attempt from %s", peer.worker_id)
                 return
             reason = clean_text(h.get("reason", ""), 500)
@@ -688,7 +369,7 @@ class Daemon:
                 isinstance(n, str) and n.isprintable() and len(n) <= self.limits.max_name_length
                 for n in names
             )
-            or not _is_id(capacity)
+            or not is_id(capacity)
             or not 0 < capacity <= 10_000
         ):
             log.warning("refused a malformed hello from %r: %s", ident, str(h)[:200])
@@ -710,7 +391,7 @@ class Daemon:
         running = [
             r
             for r in running[:capacity]
-            if isinstance(r, dict) and _is_id(r.get("id")) and _is_id(r.get("attempt"))
+            if isinstance(r, dict) and is_id(r.get("id")) and is_id(r.get("attempt"))
         ]
         for task_id in self.store.readopt(worker_id, running, now, self.settings.lease):
             self.peers.assign(peer, task_id)
@@ -753,9 +434,9 @@ class Daemon:
             if name not in names or not isinstance(limit, dict):
                 continue
             concurrency = limit.get("concurrency")
-            concurrency = concurrency if _is_id(concurrency) and concurrency >= 1 else None
+            concurrency = concurrency if is_id(concurrency) and concurrency >= 1 else None
             rate = limit.get("rate")
-            rate = (rate[0], float(rate[1])) if _is_rate(rate) else None
+            rate = (rate[0], float(rate[1])) if is_rate(rate) else None
             lane = self.lanes.names.get(name)
             if lane is None or (lane.concurrency, lane.rate) != (concurrency, rate):
                 self.lanes.limit_name(name, concurrency, rate)
@@ -782,7 +463,7 @@ class Daemon:
             if cmd is None:
                 continue
             worker_id, task_id, attempt = h.get("worker_id"), h.get("id"), h.get("attempt")
-            if not (_is_id(task_id) and _is_id(attempt) and is_worker_id(worker_id)):
+            if not (is_id(task_id) and is_id(attempt) and is_worker_id(worker_id)):
                 log.warning("dropped a %s without a valid worker_id, id and attempt from %r", cmd.name, ident)
                 continue
             self.peers.seen(worker_id, now)
@@ -794,7 +475,7 @@ class Daemon:
             else:
                 log.warning("dropped a %s command on the status socket", cmd.name)
         for (task_id, attempt, worker_id), h in progress.items():
-            value = _finite(h.get("progress"))
+            value = finite(h.get("progress"))
             message = clean_text(h.get("message"), 1000)
             with self._isolated(f"progress of task {task_id}"):
                 updated = self.store.progress(task_id, attempt, worker_id, value, message, now)
@@ -814,7 +495,7 @@ class Daemon:
         if cmd is Cmd.DONE:
             info = self.store.complete(task_id, attempt, worker_id, h.get("result"), now)
         elif h.get("release"):
-            delay = _finite(h.get("retry_in"))
+            delay = finite(h.get("retry_in"))
             delay = None if delay is None else min(max(0.0, delay), 366 * 86400.0)
             reason = clean_text(
                 (h.get("error") or {}).get("message") if isinstance(h.get("error"), dict) else "", 1000
@@ -827,7 +508,7 @@ class Daemon:
                 "message": clean_text(error.get("message") or "", 10_000),
                 "traceback": clean_text(error.get("traceback"), 100_000) or None,
             }
-            retry_in = _finite(h.get("retry_in"))
+            retry_in = finite(h.get("retry_in"))
             retry_in = None if retry_in is None else min(max(0.0, retry_in), 366 * 86400.0)
             info = self.store.fail(task_id, attempt, worker_id, error, now, retry_in, bool(h.get("final")))
         # Acknowledged even when fenced out: a late or repeated answer changes nothing.
@@ -1008,77 +689,6 @@ class Daemon:
                 else:
                     filled = True
         return rows, filled
-
-
-RATE_LOOKBACK = 86400.0  # starts older than a day never count toward a rate
-
-
-def queue_columns(settings: dict) -> dict:
-    """Lane settings (rate as (count, period)) to QueueSetting columns."""
-    columns = dict(settings)
-    if "rate" in columns:
-        rate = columns.pop("rate")
-        if isinstance(rate, str):
-            rate = when.parse_rate(rate)
-        columns["rate_count"], columns["rate_period"] = rate if rate else (None, None)
-    return columns
-
-
-def lane_settings(row: dict) -> dict:
-    return {
-        "order": row["order"],
-        "weight": row["weight"],
-        "concurrency": row["concurrency"],
-        "paused": bool(row["paused"]),
-        "rate": _rate(row),
-    }
-
-
-def _rate(row: dict) -> tuple[int, float] | None:
-    return (row["rate_count"], row["rate_period"]) if row.get("rate_count") else None
-
-
-def _is_rate(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and len(value) == 2
-        and _is_id(value[0])
-        and value[0] >= 1
-        and isinstance(value[1], (int, float))
-        and not isinstance(value[1], bool)
-        and 0 < value[1] < math.inf
-    )
-
-
-MAX_ID = 2**63 - 1  # the largest id any of our databases can hold
-
-
-def _is_id(value: Any) -> bool:
-    """A whole number the database can hold (task ids, attempt numbers)."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
-
-
-def _finite(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _parse_ref(ref: Any) -> tuple[str, int]:
-    """42 or "42" is a task; "s7" is a schedule."""
-    kind, num = None, None
-    if _is_id(ref):
-        kind, num = "task", ref
-    elif isinstance(ref, str) and len(ref) <= 20:
-        text = ref.strip()
-        if text.isdigit():
-            kind, num = "task", int(text)
-        elif text[:1] in ("s", "S") and text[1:].isdigit():
-            kind, num = "schedule", int(text[1:])
-    if kind is None or not _is_id(num):
-        raise BadInput(f"{str(ref)[:40]!r} is not a task id (like 42) or a schedule id (like s7)")
-    return kind, num
 
 
 def _err(kind: str, message: str) -> dict:

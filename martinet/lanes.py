@@ -13,6 +13,8 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from martinet import when
+
 DEFAULT_QUEUE = "default"
 ORDERS = ("fifo", "random")
 
@@ -161,3 +163,33 @@ class Lanes:
         """The earliest time a rate limit lets a lane start again."""
         times = [t for lane in [*self.queues.values(), *self.names.values()] if (t := lane.next_free(now))]
         return min(times) if times else None
+
+
+RATE_LOOKBACK = 86400.0  # starts older than a day never count toward a rate
+
+
+def queue_columns(settings: dict) -> dict:
+    """Lane settings (rate as (count, period)) to QueueSetting columns."""
+    columns = dict(settings)
+    if "rate" in columns:
+        rate = columns.pop("rate")
+        if isinstance(rate, str):
+            rate = when.parse_rate(rate)
+        columns["rate_count"], columns["rate_period"] = rate if rate else (None, None)
+    return columns
+
+
+def lane_settings(row: dict) -> dict:
+    """A QueueSetting row as Queue attributes."""
+    return {
+        "order": row["order"],
+        "weight": row["weight"],
+        "concurrency": row["concurrency"],
+        "paused": bool(row["paused"]),
+        "rate": rate_of(row),
+    }
+
+
+def rate_of(row: dict) -> tuple[int, float] | None:
+    """A stored rate (rate_count, rate_period) as (count, period), or None."""
+    return (row["rate_count"], row["rate_period"]) if row.get("rate_count") else None

@@ -197,3 +197,48 @@ def _optional_seconds(h: dict, key: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
         raise BadInput(f"{key} must be a number of seconds, zero or more, got {value!r}")
     return float(value)
+
+
+def is_rate(value: Any) -> bool:
+    """A rate as a worker sends it: [count, period seconds]."""
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and is_id(value[0])
+        and value[0] >= 1
+        and isinstance(value[1], (int, float))
+        and not isinstance(value[1], bool)
+        and 0 < value[1] < math.inf
+    )
+
+
+MAX_ID = 2**63 - 1  # the largest id any of our databases can hold
+
+
+def is_id(value: Any) -> bool:
+    """A whole number the database can hold (task ids, attempt numbers)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
+
+
+def finite(value: Any) -> float | None:
+    """A finite float, or None for anything else (JSON allows NaN and Infinity)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def parse_ref(ref: Any) -> tuple[str, int]:
+    """42 or "42" is a task; "s7" is a schedule."""
+    kind, num = None, None
+    if is_id(ref):
+        kind, num = "task", ref
+    elif isinstance(ref, str) and len(ref) <= 20:
+        text = ref.strip()
+        if text.isdigit():
+            kind, num = "task", int(text)
+        elif text[:1] in ("s", "S") and text[1:].isdigit():
+            kind, num = "schedule", int(text[1:])
+    if kind is None or not is_id(num):
+        raise BadInput(f"{str(ref)[:40]!r} is not a task id (like 42) or a schedule id (like s7)")
+    return kind, num

@@ -1,0 +1,343 @@
+"""The daemon's answers to client requests: one `_op_<name>` method per request.
+
+A mixin of `Daemon`: these run inside its loop, in the turn's transaction,
+and see its store, worker table and lanes. Each returns the reply's fields,
+or None when the reply comes later (wait).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from martinet import protocol, when
+from martinet.errors import BadInput, BadSchedule, TaskNotFound
+from martinet.lanes import DEFAULT_QUEUE, ORDERS, queue_columns
+from martinet.models import FAILED, QUEUED, SCHEDULED, STALLED, STATES, TERMINAL, WAITING
+from martinet.protocol import Cmd
+from martinet.store import iso
+from martinet.validate import check_args, check_every, check_task, clean_text, is_id, parse_ref
+
+log = logging.getLogger("martinet.daemon")
+
+SUBSCRIPTION_TTL = 30.0  # a client renews its event subscription well within this
+MAX_WAITERS = 100_000  # pending wait() requests at most: a flood cannot grow memory without bound
+
+
+class ClientOps:
+    def _op_ping(self, h, now, out, ident):
+        return {"epoch": self.epoch, "version": protocol.VERSION, "workers": len(self.peers)}
+
+    def _op_execute(self, h, now, out, ident):
+        spec = check_task(h, self.limits, self.settings.max_attempts)
+        task_id, created = self.store.submit(spec, now)
+        if spec.get("run_at") and spec["run_at"] > now:
+            self._wakeup_dirty = True
+        self.lanes.ready(spec.get("queue") or DEFAULT_QUEUE)
+        self._dispatch_pending = True
+        if created:
+            log.info("task %s %s accepted (run at %s)", task_id, spec["name"], iso(spec.get("run_at") or now))
+        return {"id": task_id, "created": created}
+
+    _op_schedule = _op_execute
+
+    def _op_every(self, h, now, out, ident):
+        spec, recurrence = check_every(h, self.limits, self.settings.timezone)
+        first = spec.get("first_due")
+        if first is None:
+            first = recurrence.next_after(when.from_timestamp(now)).timestamp()
+        if spec.get("until") is not None and spec["until"] < first:
+            raise BadSchedule(
+                f"until ({iso(spec['until'])}) is before the first run ({iso(first)}); nothing would ever run"
+            )
+        sched_id, created = self.store.add_schedule(spec, first, now)
+        self._wakeup_dirty = True
+        if created:
+            log.info(
+                "schedule s%s %s every %s, first due %s", sched_id, spec["name"], spec["spec"], iso(first)
+            )
+        return {"id": f"s{sched_id}", "created": created, "next_due": iso(first)}
+
+    def _op_get(self, h, now, out, ident):
+        return {"item": self._lookup(h.get("id"))}
+
+    def _op_show(self, h, now, out, ident):
+        item = self._lookup(h.get("id"), upcoming=5)
+        if item["kind"] == "task":
+            item["attempts"] = self.store.attempts(item["id"])
+            item["waiting"] = self._waiting_reason(item)
+        else:
+            recent = self.store.list_tasks(schedule_id=int(item["id"][1:]), limit=10)
+            item["recent_runs"] = [
+                {"id": r["id"], "status": r["status"], "due_at": r["due_at"]} for r in recent
+            ]
+        return {"item": item}
+
+    def _op_list(self, h, now, out, ident):
+        status = h.get("status") or None
+        if isinstance(status, str):
+            status = [status]
+        for s in status or []:
+            if s not in STATES:
+                raise BadInput(f"unknown status {s!r}; states are {', '.join(STATES)}")
+        limit = h.get("limit", 50)
+        if not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise BadInput("limit must be an integer from 1 to 10000")
+        items = self.store.list_tasks(status, h.get("name"), h.get("username"), limit=limit)
+        return {"items": items}
+
+    def _op_schedules(self, h, now, out, ident):
+        return {"items": self.store.list_schedules()}
+
+    def _op_revoke(self, h, now, out, ident):
+        kind, num = self._ref(h.get("id"))
+        if kind == "schedule":
+            if not self.store.remove_schedule(num, now):
+                self._lookup(h.get("id"))  # raises if missing
+                return {"status": "removed"}
+            self._wakeup_dirty = True
+            log.info("schedule s%s removed", num)
+            return {"status": "removed"}
+        status, also = self.store.revoke_task(num, now)
+        if status == "missing":
+            raise TaskNotFound(f"no task with id {num}")
+        if status == "cancelling":
+            peer = self.peers.owner(num)
+            if peer is not None:
+                self._send(self.worker, peer.ident, Cmd.CANCEL, {"id": num})
+        elif status == "cancelled":
+            out.ended.extend([num, *also])
+        log.info(
+            "task %s revoked: %s%s", num, status, f" (and tasks {also} that waited on it)" if also else ""
+        )
+        return {"status": status, "also_cancelled": also}
+
+    def _op_retry(self, h, now, out, ident):
+        num = self._task_ref(h.get("id"))
+        attempts = h.get("attempts")
+        if attempts is not None and (
+            isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 1000
+        ):
+            raise BadInput("attempts must be an integer from 1 to 1000")
+        status = self.store.retry_task(num, now, attempts)
+        if status == "missing":
+            raise TaskNotFound(f"no task with id {num}")
+        if status != QUEUED:
+            raise BadInput(
+                f"task {num} is {status}; only a dead, stalled, cancelled or failed task can be retried"
+            )
+        self._dispatch_pending = True
+        self._queues_ready()
+        log.info("task %s retried by an operator", num)
+        return {"status": status}
+
+    def _op_stall(self, h, now, out, ident):
+        num = self._task_ref(h.get("id"))
+        reason = h.get("reason") or "stalled by an operator"
+        status = self.store.stall_task(num, now, clean_text(reason, 1000))
+        if status == "missing":
+            raise TaskNotFound(f"no task with id {num}")
+        if status != "stalled":
+            raise BadInput(f"task {num} is {status}; only a scheduled, queued or failed task can be stalled")
+        log.info("task %s stalled by an operator", num)
+        return {"status": status}
+
+    def _task_ref(self, ref: Any) -> int:
+        kind, num = self._ref(ref)
+        if kind != "task":
+            raise BadInput(f"{ref!r} is a schedule id; tasks have ids like 42")
+        return num
+
+    def _op_update(self, h, now, out, ident):
+        kind, num = self._ref(h.get("id"))
+        args = None if h.get("args") is None else check_args(h.get("args"), self.limits)
+        if kind == "schedule":
+            current = self._lookup(h.get("id"))
+            recurrence, tz = None, h.get("timezone")
+            if h.get("every") is not None:
+                recurrence = when.parse_every(h["every"], tz or current["timezone"])
+            if args is None and recurrence is None:
+                raise BadInput("nothing to update: give args and/or every")
+            status = self.store.update_schedule(num, now, args, recurrence, tz)
+            if status != "updated":
+                raise BadInput(f"schedule s{num} is {status}; it can no longer be updated")
+            self._wakeup_dirty = True
+            return {"status": status}
+        if args is None:
+            raise BadInput("args must be a JSON object")
+        status = self.store.update_task_args(num, args, now)
+        if status == "missing":
+            raise TaskNotFound(f"no task with id {num}")
+        if status != "updated":
+            raise BadInput(f"task {num} is {status}; only a task that has not started can be updated")
+        return {"status": status}
+
+    def _op_pause(self, h, now, out, ident):
+        num = self._schedule_ref(h.get("id"))
+        status = self.store.pause_schedule(num, now)
+        if status is None:
+            raise TaskNotFound(f"no schedule with id s{num}")
+        if status != "paused":
+            raise BadInput(f"schedule s{num} is {status}; only an active schedule can be paused")
+        log.info("schedule s%s paused", num)
+        return {"status": status}
+
+    def _op_resume(self, h, now, out, ident):
+        num = self._schedule_ref(h.get("id"))
+        status = self.store.resume_schedule(num, now)
+        if status is None:
+            raise TaskNotFound(f"no schedule with id s{num}")
+        if status != "active":
+            raise BadInput(f"schedule s{num} is {status}; only a paused schedule can be resumed")
+        self._wakeup_dirty = True
+        log.info("schedule s%s resumed", num)
+        return {"status": status}
+
+    def _schedule_ref(self, ref: Any) -> int:
+        kind, num = self._ref(ref)
+        if kind != "schedule":
+            raise BadInput(f"{ref!r} is a task id; schedules have ids like s7")
+        return num
+
+    def _op_wait(self, h, now, out, ident):
+        kind, num = self._ref(h.get("id"))
+        if kind != "task":
+            raise BadInput("only tasks can be waited for")
+        item = self.store.get_task(num)
+        if item is None:
+            raise TaskNotFound(f"no task with id {num}")
+        if item["status"] in TERMINAL:
+            return {"item": item, "done": True}
+        timeout = h.get("wait_for", 10)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+            raise BadInput("wait_for must be a number of seconds")
+        if sum(len(w) for w in self._waiters.values()) >= MAX_WAITERS:
+            raise BadInput(f"too many clients are waiting already ({MAX_WAITERS}); poll with get() instead")
+        self._waiters.setdefault(num, []).append((ident, h.get("rid"), now + min(timeout, 3600)))
+        return None  # answered when the task ends, or at the deadline
+
+    def _op_queues(self, h, now, out, ident):
+        stats = self.store.queue_stats()
+        names = sorted(set(self.lanes.queues) | set(stats))
+        items = []
+        for name in names:
+            q = self.lanes.queue(name)
+            st = stats.get(name, {"counts": {}, "oldest": None})
+            items.append(
+                {
+                    "name": name,
+                    "paused": q.paused,
+                    "weight": q.weight,
+                    "order": q.order,
+                    "concurrency": q.concurrency,
+                    "rate": None if q.rate is None else f"{q.rate[0]}/{q.rate[1]:g}s",
+                    "running": q.running,
+                    "counts": st["counts"],
+                    "oldest_waiting_seconds": None
+                    if st["oldest"] is None
+                    else round(max(0.0, now - st["oldest"]), 3),
+                    "served_by": sum(1 for p in self.peers if p.queues is None or name in p.queues),
+                }
+            )
+        return {"items": items}
+
+    def _op_pause_queue(self, h, now, out, ident):
+        return self._set_queue(h, now, {"paused": True})
+
+    def _op_resume_queue(self, h, now, out, ident):
+        return self._set_queue(h, now, {"paused": False})
+
+    def _op_set_queue(self, h, now, out, ident):
+        changes: dict[str, Any] = {}
+        if h.get("concurrency") is not None:
+            c = h["concurrency"]
+            if str(c).lower() == "none":
+                changes["concurrency"] = None
+            elif not is_id(c) or not 1 <= c <= 1_000_000:
+                raise BadInput(
+                    f"concurrency must be a whole number of 1 or more ('none' clears it), got {c!r}"
+                )
+            else:
+                changes["concurrency"] = c
+        if h.get("rate") is not None:
+            rate = h["rate"]
+            changes["rate"] = None if str(rate).lower() == "none" else when.parse_rate(str(rate))
+        if h.get("weight") is not None:
+            w = h["weight"]
+            if not is_id(w) or not 1 <= w <= 1_000_000:
+                raise BadInput(f"weight must be a whole number of 1 or more, got {w!r}")
+            changes["weight"] = w
+        if h.get("order") is not None:
+            if h["order"] not in ORDERS:
+                raise BadInput(f"order must be 'fifo' or 'random', not {str(h['order'])[:40]!r}")
+            changes["order"] = h["order"]
+        if not changes:
+            raise BadInput("nothing to set: give concurrency, rate, weight or order")
+        return self._set_queue(h, now, changes)
+
+    def _set_queue(self, h: dict, now: float, changes: dict) -> dict:
+        name = h.get("name")
+        if not isinstance(name, str) or not 0 < len(name) <= 255 or not name.isprintable() or " " in name:
+            raise BadInput(
+                f"{str(name)[:60]!r} is not a queue name (1 to 255 printable characters, no spaces)"
+            )
+        self.store.save_queue(name, now, **queue_columns(changes))
+        self.lanes.configure(name, **changes)
+        self.lanes.ready(name)
+        self._dispatch_pending = True
+        log.info("queue %s: %s", name, changes)
+        return {"name": name, "status": "paused" if self.lanes.queue(name).paused else "active"}
+
+    def _op_subscribe(self, h, now, out, ident):
+        self._subscribers[ident] = now + SUBSCRIPTION_TTL
+        return {"ttl": SUBSCRIPTION_TTL}
+
+    def _ref(self, ref: Any) -> tuple[str, int]:
+        """An id (42, "s7") or a key ("avatar-7", or "key:42" for a key that looks like an id)."""
+        try:
+            return parse_ref(ref)
+        except BadInput:
+            if not isinstance(ref, str) or not 0 < len(ref) <= 260 or not ref.isprintable():
+                raise
+        found = self.store.find_key(ref[4:] if ref.startswith("key:") else ref)
+        if found is None:
+            raise TaskNotFound(f"no task or schedule with the id or key {ref[:80]!r}")
+        return found
+
+    def _lookup(self, ref: Any, upcoming: int = 0) -> dict:
+        kind, num = self._ref(ref)
+        item = self.store.get_task(num) if kind == "task" else self.store.get_schedule(num, upcoming)
+        if item is None:
+            raise TaskNotFound(f"no {kind} with id {ref}")
+        return item
+
+    def _waiting_reason(self, item: dict) -> str | None:
+        status, name = item["status"], item["name"]
+        if status == SCHEDULED:
+            return f"scheduled for {item['run_at']}"
+        if status == FAILED:
+            return f"attempt {item['attempt']} failed; retry at {item['run_at']}"
+        if status == STALLED:
+            return f"{item['reason'] or 'stalled'}; held until `martinet retry {item['id']}`"
+        if status == WAITING:
+            parents = self.store.unfinished_parents(item["id"])
+            return f"waiting for task(s) {', '.join(map(str, parents))} to succeed"
+        if status != QUEUED:
+            return None
+        queue = item["queue"]
+        lane = self.lanes.queue(queue)
+        if lane.paused:
+            return f"queue {queue!r} is paused"
+        if not self.peers.handles(name):
+            return f"no connected worker handles {name!r}"
+        handlers = self.peers.handles(name, queue)
+        if not handlers:
+            return f"no connected worker that handles {name!r} serves queue {queue!r}"
+        now = self.clock()
+        if lane.room(now) == 0:
+            return f"queue {queue!r} is at its limit (concurrency {lane.concurrency}, rate {lane.rate})"
+        if self.lanes.name_room(name, now) == 0:
+            return f"task name {name!r} is at its fleet-wide limit"
+        if not any(p.credit for p in handlers):
+            return f"all {len(handlers)} worker(s) that handle {name!r} are busy"
+        return "about to be dispatched"
