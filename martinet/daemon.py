@@ -47,6 +47,7 @@ class Outbox:
     acks: list[tuple[bytes, dict]] = field(default_factory=list)  # status ident, header
     events: list[dict] = field(default_factory=list)
     ended: list[int] = field(default_factory=list)  # task ids whose waiters can be answered
+    tasks: list[tuple[Any, list[dict]]] = field(default_factory=list)  # claimed: (peer, rows) to send
 
 
 class Daemon(ClientOps):
@@ -201,6 +202,8 @@ class Daemon(ClientOps):
         return max(0, min(int(delay * 1000) + 1, 1000))
 
     def _turn(self, ready: dict, now: float) -> None:
+        """Read what arrived, write it and the turn's claims in one transaction (group
+        commit), then send what depends on it: replies, acks, events, and tasks."""
         out = Outbox()
         try:
             with self.store.atomic():
@@ -214,6 +217,7 @@ class Daemon(ClientOps):
                         with self._isolated(f"a message on the worker socket from {ident!r}"):
                             self._on_worker(ident, frames, out, now)
                 self._timers(out, now)
+                self._claim(out, now)
         except (peewee.OperationalError, peewee.InterfaceError, peewee.DatabaseError) as exc:
             log.error("database error, nothing from this turn was committed: %s", exc)
             self._reconnect()
@@ -222,9 +226,14 @@ class Daemon(ClientOps):
                 (ident, {"rid": h.get("rid"), "ok": False, "error": _err("StoreError", str(exc))})
                 for ident, h in out.replies
             ]
-            out.acks, out.events, out.ended = [], [], []
+            for _peer, rows in out.tasks:  # the claims were rolled back: so are their slots
+                for row in rows:
+                    self.peers.release(row["id"])
+                    self.lanes.ended(row["queue"], row["name"])
+            out.acks, out.events, out.ended, out.tasks = [], [], [], []
+            self._dispatch_pending = True
         self._flush(out, now)
-        self._dispatch(now)
+        self._send_tasks(out.tasks, now)
 
     def _reconnect(self) -> None:
         try:
@@ -620,30 +629,19 @@ class Daemon(ClientOps):
                         self.client, ident, Cmd.REPLY, {"rid": rid, "ok": True, "done": True, "item": item}
                     )
 
-    def _dispatch(self, now: float) -> None:
-        """Lease queued tasks to workers with credit: claim, commit, then send."""
+    def _claim(self, out: Outbox, now: float) -> None:
+        """Lease queued tasks to workers with credit (sent once the turn is committed)."""
         if not self._dispatch_pending:
             return
-        peers = self.peers.with_credit()
-        if not peers:
-            return
-        batches: list[tuple[Any, list[dict]]] = []
         more = False
-        try:
-            with self.store.atomic():
-                for peer in peers:
-                    rows, filled = self._claim_for(peer, now)
-                    more = more or filled
-                    batches.append((peer, rows))
-        except (peewee.OperationalError, peewee.InterfaceError, peewee.DatabaseError) as exc:
-            log.error("database error while dispatching: %s", exc)
-            for _peer, rows in batches:
-                for row in rows:
-                    self.peers.release(row["id"])
-                    self.lanes.ended(row["queue"], row["name"])
-            self._reconnect()
-            return
+        for peer in self.peers.with_credit():
+            rows, filled = self._claim_for(peer, now)
+            more = more or filled
+            if rows:
+                out.tasks.append((peer, rows))
         self._dispatch_pending = more or self.lanes.next_deadline(now) is not None
+
+    def _send_tasks(self, batches: list[tuple[Any, list[dict]]], now: float) -> None:
         for peer, rows in batches:
             for row in rows:
                 # The claimed row is the message: id, attempt, name, queue, args, timeout.
