@@ -62,6 +62,7 @@ __all__ = [
     "configure",
     "every",
     "execute",
+    "execute_many",
     "get",
     "list",
     "pause",
@@ -106,6 +107,11 @@ def _handle() -> Martinet:
 def execute(task: str | dict, args: dict | None = None, **options: Any) -> int:
     """Run a task now. See `Martinet.execute`."""
     return _handle().execute(task, args, **options)
+
+
+def execute_many(tasks: list, **options: Any) -> list:
+    """Submit many (task, args) pairs in one commit. See `Martinet.execute_many`."""
+    return _handle().execute_many(tasks, **options)
 
 
 def schedule(when: Any, task: str | dict, args: dict | None = None, **options: Any) -> int:

@@ -6,6 +6,7 @@ runs the (slow) English parser: it receives UTC timestamps.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import uuid
@@ -39,6 +40,7 @@ _TASK_KEYS = {
     "unique",
     "after",
 }
+BATCH = 1000  # tasks per execute_many request: well under the daemon's limits
 _EVERY_KEYS = {"until", "count", "misfire", "misfire_grace"}
 
 
@@ -142,6 +144,39 @@ class Martinet:
         """
         fields = self._task_fields(task, args, options)
         return self._submit("execute", fields)
+
+    def execute_many(self, tasks: list[tuple[TaskSpec, dict | None]], **options: Any) -> list[TaskId]:
+        """Submit many tasks in one request and one commit: all are accepted, or none.
+
+        `tasks` is a list of (task, args) pairs, `task` as in `execute`;
+        `options` apply to every one (a `request_id` makes one per task, so a
+        retried batch creates nothing twice). Returns their ids, in order.
+        """
+        base_rid = options.pop("request_id", None)  # one per item, so that a retried batch is safe
+        items = []
+        for i, (task, args) in enumerate(tasks):
+            item_options = {**options, "request_id": f"{base_rid}:{i}" if base_rid else None}
+            fields = self._task_fields(task, args, item_options)
+            if "run_at" in fields:
+                tz = fields.pop("timezone", None) or self.settings.timezone
+                fields["run_at"] = when.parse_when(fields["run_at"], when.utcnow(), tz).timestamp()
+            fields.pop("timezone", None)
+            items.append(fields)
+        ids: list[TaskId] = []
+        chunk: list[dict] = []
+        size = 0
+        for item in [*items, None]:  # None flushes the last chunk
+            item_size = 0 if item is None else len(json.dumps(item))
+            if chunk and (
+                item is None or len(chunk) == BATCH or size + item_size > self.limits.max_payload // 2
+            ):
+                reply = self.client.request("execute_many", {"rid": chunk[0]["request_id"], "tasks": chunk})
+                ids.extend(TaskId(i, c) for i, c in zip(reply["ids"], reply["created"], strict=True))
+                chunk, size = [], 0
+            if item is not None:
+                chunk.append(item)
+                size += item_size
+        return ids
 
     def schedule(self, when_: When, task: TaskSpec, args: dict | None = None, **options: Any) -> TaskId:
         """Run a task at a time: "in 20 minutes", "tomorrow at 9am", a datetime, a timedelta."""

@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("execute", help="run a task now", epilog=EPILOG)
     _add_task_options(p)
     p.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    p.add_argument(
+        "--many",
+        metavar="FILE",
+        help="submit one task per line of FILE (JSON objects of args; - for stdin) in bulk",
+    )
     _add_common(p)
 
     p = sub.add_parser(
@@ -281,6 +286,19 @@ def _print(args: argparse.Namespace, data: Any, human: str) -> None:
 
 
 def cmd_execute(m, args) -> int:
+    if args.many:
+        try:
+            fh = sys.stdin if args.many == "-" else open(args.many)  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise MartinetError(f"cannot read {args.many}: {exc.strerror}") from None
+        try:
+            pairs = [(_task(args), _json_arg(line)) for line in fh if line.strip()]
+        finally:
+            if fh is not sys.stdin:
+                fh.close()
+        ids = m.execute_many(pairs)
+        _print(args, {"ids": ids}, f"{len(ids)} tasks accepted" + (f" ({ids[0]}..{ids[-1]})" if ids else ""))
+        return 0
     tid = m.execute(_task(args), _json_arg(args.args))
     if not args.wait:
         _print(args, {"id": tid}, f"task {tid} accepted")

@@ -21,6 +21,7 @@ from martinet.validate import check_args, check_every, check_task, clean_text, i
 log = logging.getLogger("martinet.daemon")
 
 SUBSCRIPTION_TTL = 30.0  # a client renews its event subscription well within this
+MAX_BATCH = 10_000  # tasks in one execute_many request; the payload limit bounds it too
 MAX_WAITERS = 100_000  # pending wait() requests at most: a flood cannot grow memory without bound
 
 
@@ -40,6 +41,31 @@ class ClientOps:
         return {"id": task_id, "created": created}
 
     _op_schedule = _op_execute
+
+    def _op_execute_many(self, h, now, out, ident):
+        """Many tasks in one request and one commit; all are accepted, or none."""
+        tasks = h.get("tasks")
+        if not isinstance(tasks, list) or not 0 < len(tasks) <= MAX_BATCH:
+            raise BadInput(f"tasks must be a list of 1 to {MAX_BATCH} task objects")
+        specs = []
+        for i, item in enumerate(tasks):
+            if not isinstance(item, dict):
+                raise BadInput(f"task {i} of the batch is not an object")
+            try:
+                specs.append(check_task(item, self.limits, self.settings.max_attempts))
+            except BadInput as exc:
+                raise BadInput(f"task {i} of the batch: {exc}; nothing was created") from None
+        ids, created = [], []
+        for spec in specs:
+            task_id, new = self.store.submit(spec, now)
+            ids.append(task_id)
+            created.append(new)
+            self.lanes.ready(spec.get("queue") or DEFAULT_QUEUE)
+            if spec.get("run_at") and spec["run_at"] > now:
+                self._wakeup_dirty = True
+        self._dispatch_pending = True
+        log.info("%d tasks accepted in one batch (%d new)", len(ids), sum(created))
+        return {"ids": ids, "created": created}
 
     def _op_every(self, h, now, out, ident):
         spec, recurrence = check_every(h, self.limits, self.settings.timezone)

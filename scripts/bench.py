@@ -7,13 +7,16 @@
 Prints a table (median, min, max over the repeats) and one JSON line per
 scenario, so runs can be compared. Scenarios:
 
-  throughput  N no-op tasks from 4 client threads, 2 workers: submit and drain rates
+  throughput  one client calling execute in a loop (each waits for "accepted"); a bulk
+              execute_many of N no-op tasks; the drain rate of those N with 2 workers running
+  latency     2,000 tasks paced at 200/s into idle workers: execute call to handler start
+  floor       raw pyzmq to 2 processes with credit, and raw SQLite insert+update in batches
   shaping     the same over two weighted queues, one with a concurrency cap: what limits cost
   timers      1,000 delayed tasks due at random times 2-12 s ahead: lateness of
               the handler start against the due time, p50/p99/max (ms)
-  scale       the same timers with PENDING delayed tasks (hours ahead) and SCHEDULES
-              schedules in the database: daemon peak RSS, start to first dispatch,
-              and lateness
+  scale       PENDING delayed tasks (hours ahead), SCHEDULES schedules and DUE tasks due
+              now in the database: start to first dispatch, the drain rate of the due
+              tasks, timer lateness, and the daemon's peak RSS
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import martinet  # noqa: E402
-from martinet.store import open_database  # noqa: E402
+from martinet.store import TASK_DEFAULTS, open_database  # noqa: E402
 
 WORKER_MAIN = "import sys; from martinet.cli import worker_main; sys.exit(worker_main())"
 
@@ -122,10 +124,11 @@ class Rig:
         self.log.close()
 
 
-def wait_drained(m: martinet.Martinet, n: int, timeout: float = 300.0) -> float:
-    """When the n-th task's result is committed (polled every 10 ms), as perf_counter time."""
+def wait_drained(m: martinet.Martinet, timeout: float = 300.0) -> float:
+    """When no task is waiting or running any more (polled every 10 ms with an indexed
+    query), as perf_counter time."""
     deadline = time.monotonic() + timeout
-    while sum(q["counts"].get("succeeded", 0) for q in m.queues()) < n:
+    while m.list(status=["queued", "running", "scheduled", "failed"], limit=1):
         if time.monotonic() > deadline:
             raise RuntimeError("the tasks did not drain in time")
         time.sleep(0.01)
@@ -166,33 +169,122 @@ def scenario_throughput(args, shaped: bool = False) -> dict:
             rig.start_workers()
             m = rig.client()
             rig.wait_ready(m)
-            n, ids, lock = args.tasks, [], threading.Lock()
-
             if shaped:  # two weighted queues, one with a concurrency cap: the cost of the limits
                 m.set_queue("bulk", weight=1)
                 m.set_queue("urgent", weight=3, concurrency=12)
             queues = ["bulk", "urgent"] if shaped else ["default"]
-
-            def submit(count: int) -> None:
-                mine = [m.execute("bench.noop", queue=queues[i % len(queues)]) for i in range(count)]
-                with lock:
-                    ids.extend(mine)
-
+            n = args.tasks
+            sequential = min(n, 5000)
             start = time.perf_counter()
-            threads = [threading.Thread(target=submit, args=(n // 4,)) for _ in range(4)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            submitted = time.perf_counter()
-            drained = wait_drained(m, len(ids))
+            for i in range(sequential):  # one client, each call waiting for "accepted"
+                m.execute("bench.noop", queue=queues[i % len(queues)])
+            seq_s = time.perf_counter() - start
+            wait_drained(m)
+            start = time.perf_counter()  # workers already running: bulk submit, then drain
+            m.execute_many([({"name": "bench.noop", "queue": queues[i % len(queues)]}, {}) for i in range(n)])
+            bulk_s = time.perf_counter() - start
+            drained = wait_drained(m)
             m.close()
             return {
-                "submit_per_s": round(len(ids) / (submitted - start)),
-                "drain_per_s": round(len(ids) / (drained - start)),
+                "submit_seq_per_s": round(sequential / seq_s),
+                "submit_bulk_per_s": round(n / bulk_s),
+                "drain_per_s": round(n / (drained - start)),
             }
         finally:
             rig.stop()
+
+
+def scenario_latency(args) -> dict:
+    """2,000 tasks paced at 200/s into idle workers: execute call to handler start."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rig = Rig(Path(tmp))
+        try:
+            rig.start_daemon()
+            rig.start_workers()
+            m = rig.client()
+            rig.wait_ready(m)
+            sent = []
+            pace = 1 / 200
+            next_at = time.perf_counter()
+            for _ in range(2000):
+                next_at += pace
+                t0 = time.time()
+                sent.append((m.execute("bench.clock"), t0))
+                delay = next_at - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            latencies = [(m.wait(tid, timeout=60) - t0) * 1000 for tid, t0 in sent]
+            m.close()
+            return {f"latency_{k}_ms": round(v, 2) for k, v in percentiles(latencies).items()}
+        finally:
+            rig.stop()
+
+
+FLOOR_PEER = """
+import json, sys, zmq
+ctx = zmq.Context(); s = ctx.socket(zmq.DEALER); s.connect(sys.argv[1])
+s.send_multipart([b"ready"])
+while True:
+    frames = s.recv_multipart()
+    if frames[0] == b"stop":
+        break
+    task = json.loads(frames[1])
+    s.send_multipart([b"done", json.dumps({"id": task["id"], "result": None}).encode()])
+"""
+
+
+def scenario_floor(args) -> dict:
+    """What the machine allows: raw pyzmq moving the same messages to two processes with
+    credit, and raw SQLite committing an insert and an update per task in batches of 100."""
+    import zmq
+
+    n, credit = args.tasks, 16
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    peers = [
+        subprocess.Popen([sys.executable, "-c", FLOOR_PEER, f"tcp://127.0.0.1:{port}"]) for _ in range(2)
+    ]
+    try:
+        idents = [router.recv_multipart()[0] for _ in peers]
+        body = json.dumps({"id": 0, "name": "bench.noop", "args": {}, "attempt": 1}).encode()
+        sent = done = 0
+        start = time.perf_counter()
+        for ident in idents:
+            for _ in range(credit):
+                router.send_multipart([ident, b"task", body])
+                sent += 1
+        while done < n:
+            ident, _kind, _reply = router.recv_multipart()
+            done += 1
+            if sent < n:
+                router.send_multipart([ident, b"task", body])
+                sent += 1
+        zmq_rate = n / (time.perf_counter() - start)
+        for ident in idents:
+            router.send_multipart([ident, b"stop"])
+    finally:
+        for p in peers:
+            p.wait(10)
+        router.close(0)
+        ctx.term()
+    with tempfile.TemporaryDirectory() as tmp:
+        db = open_database(f"sqlite:///{tmp}/floor.db")
+        cols = list(TASK_DEFAULTS) + ["name", "status", "run_at", "created_at", "updated_at"]
+        now = time.time()
+        row = [*TASK_DEFAULTS.values(), "bench.noop", "queued", now, now, now]
+        insert = f"INSERT INTO task ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})"
+        start = time.perf_counter()
+        for _ in range(0, n, 100):
+            with db.atomic():
+                for _ in range(100):
+                    task_id = db.execute_sql(insert, row).lastrowid
+                    db.execute_sql(
+                        "UPDATE task SET status = 'succeeded', updated_at = ? WHERE id = ?", (now, task_id)
+                    )
+        sqlite_rate = n / (time.perf_counter() - start)
+        db.close()
+    return {"zmq_floor_per_s": round(zmq_rate), "sqlite_floor_per_s": round(sqlite_rate)}
 
 
 def scenario_timers(args) -> dict:
@@ -211,22 +303,21 @@ def scenario_timers(args) -> dict:
 
 
 def fill(db_url: str, pending: int, schedules: int, due_now: int) -> None:
-    """Bulk-insert far-future delayed tasks, schedules, and a few tasks due at once."""
+    """Bulk-insert far-future delayed tasks, schedules, and tasks due at once."""
     db = open_database(db_url)
     now = time.time()
     cur = db.cursor()
-    cols = (
-        "name,args,queue,priority,status,run_at,attempt,max_attempts,created_at,updated_at,cancel_requested"
-    )
+    cols = [*TASK_DEFAULTS, "name", "status", "run_at", "created_at", "updated_at"]
+    insert = f"INSERT INTO task ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})"
+    defaults = list(TASK_DEFAULTS.values())
     rng = random.Random(3)
     batch = 50_000
     with db.atomic():
         for start in range(0, pending, batch):
-            rows = [("bench.clock", "{}", "default", 0, "scheduled", now + 3600 + rng.uniform(0, 86400 * 30),
-                     0, 3, now, now, 0) for _ in range(min(batch, pending - start))]  # fmt: skip
-            cur.executemany(f"INSERT INTO task ({cols}) VALUES ({','.join('?' * 11)})", rows)
-        rows = [("bench.clock", "{}", "default", 0, "queued", now, 0, 3, now, now, 0) for _ in range(due_now)]
-        cur.executemany(f"INSERT INTO task ({cols}) VALUES ({','.join('?' * 11)})", rows)
+            rows = [[*defaults, "bench.clock", "scheduled", now + 3600 + rng.uniform(0, 86400 * 30), now, now]
+                    for _ in range(min(batch, pending - start))]  # fmt: skip
+            cur.executemany(insert, rows)
+        cur.executemany(insert, [[*defaults, "bench.noop", "queued", now, now, now] for _ in range(due_now)])
         scols = "name,args,queue,priority,kind,spec,timezone,misfire,next_due,status,created_at,updated_at"
         rows = [("bench.noop", "{}", "default", 0, "interval", "86400", "UTC", "once", now + 3600 + i, "active", now, now)
                 for i in range(schedules)]  # fmt: skip
@@ -235,21 +326,29 @@ def fill(db_url: str, pending: int, schedules: int, due_now: int) -> None:
 
 
 def scenario_scale(args) -> dict:
+    """A million pending delayed tasks and 10,000 schedules: memory, start, drain, timers."""
     with tempfile.TemporaryDirectory() as tmp:
         rig = Rig(Path(tmp))
         try:
             built = time.perf_counter()
-            fill(rig.db, args.pending, args.schedules, due_now=10)
+            fill(rig.db, args.pending, args.schedules, due_now=args.due)
             build_s = time.perf_counter() - built
             rig.start_workers()  # they wait for the daemon, reconnecting
             started = rig.start_daemon()
             m = rig.client()
-            rig.wait_ready(m)
-            first = min(
-                m.wait(t["id"], timeout=60)
-                for t in m.list(status=["queued", "running", "succeeded"], limit=10)
-            )
-            result = {"build_s": round(build_s, 1), "start_to_first_dispatch_s": round(first - started, 3)}
+            first = None
+            while first is None:  # the first handler start, read from the database
+                done = m.list(status="succeeded", limit=1)
+                first = done and datetime.fromisoformat(done[0]["started_at"]).timestamp()
+                time.sleep(0.005)
+            drain_start = time.perf_counter()
+            wait_drained(m)
+            drain_s = time.perf_counter() - drain_start
+            result = {
+                "build_s": round(build_s, 1),
+                "start_to_first_dispatch_s": round(first - started, 3),
+                "drain_due_per_s": round(args.due / drain_s),
+            }
             result.update(measure_timers(m, args.timers))
             result["peak_rss_mb"] = round(rig.peak_rss_mb(), 1)
             m.close()
@@ -264,6 +363,8 @@ def scenario_shaping(args) -> dict:
 
 SCENARIOS = {
     "throughput": scenario_throughput,
+    "latency": scenario_latency,
+    "floor": scenario_floor,
     "shaping": scenario_shaping,
     "timers": scenario_timers,
     "scale": scenario_scale,
@@ -280,6 +381,7 @@ def main() -> int:
     parser.add_argument("--timers", type=int, default=1000, help="timers/scale: delayed tasks (default 1000)")
     parser.add_argument("--pending", type=int, default=1_000_000, help="scale: pending delayed tasks")
     parser.add_argument("--schedules", type=int, default=10_000, help="scale: schedules")
+    parser.add_argument("--due", type=int, default=20_000, help="scale: tasks due at start, to drain")
     args = parser.parse_args()
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:

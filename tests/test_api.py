@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import threading
 from datetime import UTC, datetime, timedelta
@@ -9,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 import martinet
-from tests.harness import Proc, wait_for
+from tests.harness import ROOT, Proc, wait_for
 
 
 def test_execute_with_task_dict_and_with_name(any_cluster):
@@ -253,3 +255,25 @@ def test_worker_on_registration(cluster):
     m = cluster.client()
     assert m.wait(m.execute("double", {"x": 21}), timeout=10) == 42
     assert proc.stop() == 0
+
+
+def test_execute_many_accepts_all_in_one_commit_or_none(any_cluster, tmp_path):
+    any_cluster.start_daemon()
+    m = any_cluster.client()
+    ids = m.execute_many([("add", {"a": i, "b": 1}) for i in range(1500)], request_id="batch-1")
+    assert len(set(ids)) == 1500 and all(t.created for t in ids)
+    again = m.execute_many([("add", {"a": i, "b": 1}) for i in range(1500)], request_id="batch-1")
+    assert again == ids and not any(t.created for t in again)  # a retried batch creates nothing twice
+    with pytest.raises(martinet.BadInput, match="task 1 of the batch: args must be a JSON object"):
+        m.client.request("execute_many", {"tasks": [{"name": "add"}, {"name": "add", "args": [1]}]})
+    assert len(m.list(limit=10_000)) == 1500  # the bad batch wrote nothing
+    any_cluster.start_worker(concurrency=8)
+    assert m.wait(ids[-1], timeout=60) == 1500
+    lines = tmp_path / "args.jsonl"
+    lines.write_text("".join(f'{{"a": {i}, "b": 0}}\n' for i in range(5)))
+    out = subprocess.run(
+        [sys.executable, "-m", "martinet", "execute", "add", "--many", str(lines), "--url", any_cluster.url, "--json"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(out.stdout)["ids"]) == 5
