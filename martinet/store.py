@@ -694,12 +694,7 @@ class Store:
             if existing is not None:
                 return existing.id, False
         fields = {
-            "name": spec["name"],
-            "username": spec.get("username"),
-            "description": spec.get("description"),
-            "args": json.dumps(spec.get("args") or {}),
-            "queue": spec.get("queue") or "default",
-            "priority": spec.get("priority") or 0,
+            **_work_fields(spec),
             "max_attempts": spec.get("max_attempts"),
             "kind": spec["kind"],
             "spec": spec["spec"],
@@ -789,12 +784,7 @@ class Store:
         run_at = spec.get("run_at") or now
         return {
             **TASK_DEFAULTS,
-            "name": spec["name"],
-            "username": spec.get("username"),
-            "description": spec.get("description"),
-            "args": json.dumps(spec.get("args") or {}),
-            "queue": spec.get("queue") or "default",
-            "priority": spec.get("priority") or 0,
+            **_work_fields(spec),
             "status": SCHEDULED if run_at > now else QUEUED,
             "run_at": run_at,
             "max_attempts": spec["max_attempts"],
@@ -1026,6 +1016,18 @@ class RunningRow(NamedTuple):
     retry_base: float | None
     retry_factor: float | None
     retry_cap: float | None
+
+
+def _work_fields(spec: dict) -> dict[str, Any]:
+    """What to run, as tasks and schedules both store it."""
+    return {
+        "name": spec["name"],
+        "username": spec.get("username"),
+        "description": spec.get("description"),
+        "args": json.dumps(spec.get("args") or {}),
+        "queue": spec.get("queue") or "default",
+        "priority": spec.get("priority") or 0,
+    }
 
 
 def _policy(sched: Schedule) -> recurring.Policy:

@@ -32,6 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -125,14 +127,32 @@ class Rig:
 
 
 def wait_drained(m: martinet.Martinet, timeout: float = 300.0) -> float:
-    """When no task is waiting or running any more (polled every 10 ms with an indexed
+    """When no task is ready or running any more (polled every 10 ms with an indexed
     query), as perf_counter time."""
     deadline = time.monotonic() + timeout
-    while m.list(status=["queued", "running", "scheduled", "failed"], limit=1):
+    while m.list(status=["queued", "running"], limit=1):
         if time.monotonic() > deadline:
             raise RuntimeError("the tasks did not drain in time")
         time.sleep(0.01)
     return time.perf_counter()
+
+
+@contextmanager
+def running() -> Iterator[tuple[Rig, martinet.Martinet]]:
+    """A daemon and two workers on a fresh SQLite file, and a client; all stopped after."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rig = Rig(Path(tmp))
+        try:
+            rig.start_daemon()
+            rig.start_workers()
+            m = rig.client()
+            rig.wait_ready(m)
+            try:
+                yield rig, m
+            finally:
+                m.close()
+        finally:
+            rig.stop()
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -162,62 +182,44 @@ def measure_timers(m: martinet.Martinet, n: int = 1000, spread: tuple[float, flo
 
 
 def scenario_throughput(args, shaped: bool = False) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        rig = Rig(Path(tmp))
-        try:
-            rig.start_daemon()
-            rig.start_workers()
-            m = rig.client()
-            rig.wait_ready(m)
-            if shaped:  # two weighted queues, one with a concurrency cap: the cost of the limits
-                m.set_queue("bulk", weight=1)
-                m.set_queue("urgent", weight=3, concurrency=12)
-            queues = ["bulk", "urgent"] if shaped else ["default"]
-            n = args.tasks
-            sequential = min(n, 5000)
-            start = time.perf_counter()
-            for i in range(sequential):  # one client, each call waiting for "accepted"
-                m.execute("bench.noop", queue=queues[i % len(queues)])
-            seq_s = time.perf_counter() - start
-            wait_drained(m)
-            start = time.perf_counter()  # workers already running: bulk submit, then drain
-            m.execute_many([({"name": "bench.noop", "queue": queues[i % len(queues)]}, {}) for i in range(n)])
-            bulk_s = time.perf_counter() - start
-            drained = wait_drained(m)
-            m.close()
-            return {
-                "submit_seq_per_s": round(sequential / seq_s),
-                "submit_bulk_per_s": round(n / bulk_s),
-                "drain_per_s": round(n / (drained - start)),
-            }
-        finally:
-            rig.stop()
+    with running() as (_rig, m):
+        if shaped:  # two weighted queues, one with a concurrency cap: the cost of the limits
+            m.set_queue("bulk", weight=1)
+            m.set_queue("urgent", weight=3, concurrency=12)
+        queues = ["bulk", "urgent"] if shaped else ["default"]
+        n = args.tasks
+        sequential = min(n, 5000)
+        start = time.perf_counter()
+        for i in range(sequential):  # one client, each call waiting for "accepted"
+            m.execute("bench.noop", queue=queues[i % len(queues)])
+        seq_s = time.perf_counter() - start
+        wait_drained(m)
+        start = time.perf_counter()  # workers already running: bulk submit, then drain
+        m.execute_many([({"name": "bench.noop", "queue": queues[i % len(queues)]}, {}) for i in range(n)])
+        bulk_s = time.perf_counter() - start
+        drained = wait_drained(m)
+        return {
+            "submit_seq_per_s": round(sequential / seq_s),
+            "submit_bulk_per_s": round(n / bulk_s),
+            "drain_per_s": round(n / (drained - start)),
+        }
 
 
 def scenario_latency(args) -> dict:
     """2,000 tasks paced at 200/s into idle workers: execute call to handler start."""
-    with tempfile.TemporaryDirectory() as tmp:
-        rig = Rig(Path(tmp))
-        try:
-            rig.start_daemon()
-            rig.start_workers()
-            m = rig.client()
-            rig.wait_ready(m)
-            sent = []
-            pace = 1 / 200
-            next_at = time.perf_counter()
-            for _ in range(2000):
-                next_at += pace
-                t0 = time.time()
-                sent.append((m.execute("bench.clock"), t0))
-                delay = next_at - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-            latencies = [(m.wait(tid, timeout=60) - t0) * 1000 for tid, t0 in sent]
-            m.close()
-            return {f"latency_{k}_ms": round(v, 2) for k, v in percentiles(latencies).items()}
-        finally:
-            rig.stop()
+    with running() as (_rig, m):
+        sent = []
+        pace = 1 / 200
+        next_at = time.perf_counter()
+        for _ in range(2000):
+            next_at += pace
+            t0 = time.time()
+            sent.append((m.execute("bench.clock"), t0))
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        latencies = [(m.wait(tid, timeout=60) - t0) * 1000 for tid, t0 in sent]
+        return {f"latency_{k}_ms": round(v, 2) for k, v in percentiles(latencies).items()}
 
 
 FLOOR_PEER = """
@@ -288,18 +290,8 @@ def scenario_floor(args) -> dict:
 
 
 def scenario_timers(args) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        rig = Rig(Path(tmp))
-        try:
-            rig.start_daemon()
-            rig.start_workers()
-            m = rig.client()
-            rig.wait_ready(m)
-            result = measure_timers(m, args.timers)
-            m.close()
-            return result
-        finally:
-            rig.stop()
+    with running() as (_rig, m):
+        return measure_timers(m, args.timers)
 
 
 def fill(db_url: str, pending: int, schedules: int, due_now: int) -> None:
@@ -336,11 +328,10 @@ def scenario_scale(args) -> dict:
             rig.start_workers()  # they wait for the daemon, reconnecting
             started = rig.start_daemon()
             m = rig.client()
-            first = None
-            while first is None:  # the first handler start, read from the database
-                done = m.list(status="succeeded", limit=1)
-                first = done and datetime.fromisoformat(done[0]["started_at"]).timestamp()
+            first_due = args.pending + 1  # the due tasks were inserted after the pending ones
+            while m.get(first_due)["started_at"] is None:  # its dispatch, read from the database
                 time.sleep(0.005)
+            first = datetime.fromisoformat(m.get(first_due)["started_at"]).timestamp()
             drain_start = time.perf_counter()
             wait_drained(m)
             drain_s = time.perf_counter() - drain_start

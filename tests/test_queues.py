@@ -141,3 +141,17 @@ def test_bad_queue_settings_are_refused(cluster):
     except martinet.BadInput as exc:
         assert "is not a queue name" in str(exc)
     assert m.list() == []
+
+
+def test_queue_settings_and_name_limits_survive_a_restart(cluster):
+    cluster.start_daemon()
+    cluster.start_worker("tests.tasks_limited")
+    m = cluster.client()
+    m.set_queue("images", weight=5, concurrency=3, rate="10/minute", order="random")
+    m.pause_queue("images")
+    cluster.daemon.kill9()
+    cluster.start_daemon()
+    images = {q["name"]: q for q in cluster.client().queues()}["images"]
+    assert (images["weight"], images["concurrency"], images["rate"], images["order"], images["paused"]) == (
+        5, 3, "10/60s", "random", True
+    )  # fmt: skip
