@@ -67,6 +67,9 @@ class Daemon(ClientOps):
         self._wakeup_dirty = True
         self._next_tick = 0.0
         self._waiters: dict[int, list[tuple[bytes, str, float]]] = {}
+        self._ended_elsewhere: list[
+            int
+        ] = []  # tasks ended by a lost worker, whose waiters are owed an answer
         self._subscribers: dict[bytes, float] = {}
         self.ports: dict[str, int] = {}
 
@@ -431,6 +434,9 @@ class Daemon(ClientOps):
         for info in infos:
             self.lanes.ended(info["queue"], info["name"])
             self.peers.release(info["id"])
+            settled = info["dependents"]
+            if info["status"] in TERMINAL:  # dead: its waiters, and those of what waited on it, get an answer
+                self._ended_elsewhere.extend([info["id"], *settled["cancelled"]])
         if infos:
             self._queues_ready()
         return [info["id"] for info in infos]
@@ -620,14 +626,19 @@ class Daemon(ClientOps):
             for ident in list(self._subscribers):
                 if not self._send(self.client, ident, Cmd.EVENT, event):
                     self._subscribers.pop(ident, None)
-        for task_id in out.ended:
+        ended, self._ended_elsewhere = [*out.ended, *self._ended_elsewhere], []
+        for task_id in ended:
             waits = self._waiters.pop(task_id, None)
-            if waits:
-                item = self.store.get_task(task_id)
-                for ident, rid, _ in waits:
-                    self._send(
-                        self.client, ident, Cmd.REPLY, {"rid": rid, "ok": True, "done": True, "item": item}
-                    )
+            if not waits:
+                continue
+            item = self.store.get_task(task_id)
+            if item is None or item["status"] not in TERMINAL:  # its turn was rolled back: keep waiting
+                self._waiters[task_id] = waits
+                continue
+            for ident, rid, _ in waits:
+                self._send(
+                    self.client, ident, Cmd.REPLY, {"rid": rid, "ok": True, "done": True, "item": item}
+                )
 
     def _claim(self, out: Outbox, now: float) -> None:
         """Lease queued tasks to workers with credit (sent once the turn is committed)."""

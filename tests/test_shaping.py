@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from datetime import datetime
 
 import pytest
@@ -149,3 +150,16 @@ def test_release_gives_a_task_back_without_spending_attempts(any_cluster, tmp_pa
         lambda: m.get(stubborn)["status"] == "stalled", timeout=10, what="the stall after too many releases"
     )
     assert m.get(stubborn)["reason"].startswith("stalled: released 4 times (more than max_releases=3)")
+
+
+def test_waiters_hear_at_once_when_a_lost_worker_ends_a_parent_dead(cluster):
+    cluster.start_daemon(env={"MARTINET_HEARTBEAT_INTERVAL": "0.2", "MARTINET_POISON_AFTER": "5"})
+    m = cluster.client()
+    parent = m.execute({"name": "suicide", "max_attempts": 1})
+    child = m.execute("parents", {}, after=[parent])
+    cluster.start_worker(wait=False)  # the parent will kill its worker: it ends dead
+    started = time.monotonic()
+    with pytest.raises(martinet.TaskFailed, match="cancelled"):
+        m.wait(child, timeout=30)  # registered long before the worker has even started
+    assert time.monotonic() - started < 15  # answered when it happened, not at the timeout
+    assert m.get(parent)["status"] == "dead"
