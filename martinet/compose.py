@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from martinet.errors import Fail, MartinetError, Release, Retry, StepFailed
+from martinet.registry import REGISTRY
 
 Step = str | Callable[..., Any]
 
@@ -75,8 +76,6 @@ class Composition:
         # script) resolves step names among the @martinet.task handlers.
         fns = self._fns
         if fns is None:
-            from martinet.worker import REGISTRY
-
             fns = self.bind(REGISTRY)._fns
         n = len(fns)
         value: Any = _Args(args, kwargs)
@@ -136,8 +135,6 @@ def compose(name: str, steps: list[Step]) -> Composition:
     Steps are registered task names or plain functions `fn(task, ...)`. Names
     are checked when a Worker starts: one that no handler serves stops it.
     """
-    from martinet.worker import REGISTRY
-
     if not isinstance(name, str) or not name.strip():
         raise MartinetError("compose() needs a task name, a non-empty string")
     if isinstance(steps, (str, bytes)) or not isinstance(steps, (list, tuple)) or not steps:

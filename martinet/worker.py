@@ -24,60 +24,15 @@ from typing import Any
 
 import zmq
 
-from martinet import protocol, when
+from martinet import protocol
 from martinet.compose import check as check_compositions
-from martinet.errors import BadInput, Fail, ProtocolError, Release, Retry, TaskTimeout
+from martinet.errors import Fail, ProtocolError, Release, Retry, TaskTimeout
 from martinet.protocol import Cmd
+from martinet.registry import LIMITS, REGISTRY, check_limits, task  # noqa: F401 - martinet.worker.task still works
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[..., Any]
-
-# Handlers registered with @martinet.task, served by every Worker by default.
-REGISTRY: dict[str, Handler] = {}
-# Fleet-wide limits of the registered task names that have one:
-# {"concurrency": int | None, "rate": [count, period_seconds] | None}, sent in the hello.
-LIMITS: dict[str, dict] = {}
-
-
-def task(
-    name: str | None = None, *, concurrency: int | None = None, rate: str | None = None
-) -> Callable[[Handler], Handler]:
-    """Register a handler: `@martinet.task("resize")` above `def resize(task, image_id): ...`.
-
-    `concurrency` caps how many run at once across every worker, `rate` how
-    many may start per period ("100/minute", "5/second"); the daemon enforces both.
-    """
-
-    def register(fn: Handler) -> Handler:
-        key = name or fn.__name__
-        limits = _limits(key, concurrency, rate)  # bad values fail here, at import
-        REGISTRY[key] = fn
-        if limits:
-            LIMITS[key] = limits
-        else:
-            LIMITS.pop(key, None)
-        return fn
-
-    return register
-
-
-def _limits(name: str, concurrency: int | None, rate: str | None) -> dict | None:
-    """The limits of task `name` as sent in the hello, checked; None if it has none."""
-    if concurrency is not None and (
-        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
-    ):
-        raise BadInput(
-            f"concurrency of task {name!r} must be a whole number of at least 1, got {concurrency!r}"
-        )
-    if rate is not None:
-        try:
-            count, period = when.parse_rate(rate)
-        except BadInput as exc:
-            raise BadInput(f"rate of task {name!r}: {exc}") from None
-    if concurrency is None and rate is None:
-        return None
-    return {"concurrency": concurrency, "rate": None if rate is None else [count, period]}
 
 
 class TaskContext:
@@ -172,7 +127,7 @@ class Worker:
 
     def on(self, name: str, fn: Handler, *, concurrency: int | None = None, rate: str | None = None) -> None:
         """Serve task `name` with `fn(task, **args)`; limits as in `@martinet.task`."""
-        self._limits[name] = _limits(name, concurrency, rate)
+        self._limits[name] = check_limits(name, concurrency, rate)
         self.handlers[name] = fn
 
     def stop(self) -> None:
@@ -364,7 +319,7 @@ class Worker:
         self._send(self.ssock, pending.cmd, pending.header)
 
     def _timers(self, now: float) -> None:
-        self._enforce_time_limits(now)
+        self._enforce_timecheck_limits(now)
         silence = self._interval * self._liveness
         if now - self._last_heard > silence:
             log.warning("no word from the daemon for %.1fs; reconnecting", now - self._last_heard)
@@ -381,7 +336,7 @@ class Worker:
                 if now - pending.sent_at > silence:
                     self._send_pending(pending)
 
-    def _enforce_time_limits(self, now: float) -> None:
+    def _enforce_timecheck_limits(self, now: float) -> None:
         """Interrupt handlers past their time limit; abandon those that do not unwind.
 
         Handlers run in threads, which cannot be killed: at the limit the

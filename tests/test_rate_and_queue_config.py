@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from martinet import cli, worker
+from martinet import registry as registry_module
 from martinet.config import Settings, check_queues, load, read_env, read_file
 from martinet.errors import BadInput, ConfigError, MartinetError
 from martinet.when import parse_rate
@@ -79,9 +80,11 @@ def test_parse_rate_message_and_odd_types():
 @pytest.fixture
 def registry(monkeypatch):
     """A clean REGISTRY and LIMITS, so these tests leave the real ones alone."""
-    monkeypatch.setattr(worker, "REGISTRY", {})
-    monkeypatch.setattr(worker, "LIMITS", {})
-    return worker
+    fresh_handlers, fresh_limits = {}, {}
+    for module in (registry_module, worker):  # the worker reads what the decorator writes
+        monkeypatch.setattr(module, "REGISTRY", fresh_handlers)
+        monkeypatch.setattr(module, "LIMITS", fresh_limits)
+    return registry_module
 
 
 def make_worker(**kwargs) -> Worker:
