@@ -143,6 +143,7 @@ class Martinet:
         one task per key ever) and `after` (task ids that must succeed first).
         """
         fields = self._task_fields(task, args, options)
+        self._read_run_at(fields)
         return self._submit("execute", fields)
 
     def execute_many(self, tasks: list[tuple[TaskSpec, dict | None]], **options: Any) -> list[TaskId]:
@@ -157,10 +158,7 @@ class Martinet:
         for i, (task, args) in enumerate(tasks):
             item_options = {**options, "request_id": f"{base_rid}:{i}" if base_rid else None}
             fields = self._task_fields(task, args, item_options)
-            if "run_at" in fields:
-                tz = fields.pop("timezone", None) or self.settings.timezone
-                fields["run_at"] = when.parse_when(fields["run_at"], when.utcnow(), tz).timestamp()
-            fields.pop("timezone", None)
+            self._read_run_at(fields)
             items.append(fields)
         ids: list[TaskId] = []
         chunk: list[dict] = []
@@ -180,9 +178,8 @@ class Martinet:
 
     def schedule(self, when_: When, task: TaskSpec, args: dict | None = None, **options: Any) -> TaskId:
         """Run a task at a time: "in 20 minutes", "tomorrow at 9am", a datetime, a timedelta."""
-        fields = self._task_fields(task, args, options)
-        tz = fields.pop("timezone", None) or self.settings.timezone
-        fields["run_at"] = when.parse_when(when_, when.utcnow(), tz).timestamp()
+        fields = self._task_fields(task, args, {**options, "run_at": when_})
+        self._read_run_at(fields)
         return self._submit("schedule", fields)
 
     def every(
@@ -240,11 +237,14 @@ class Martinet:
         fields["request_id"] = str(request_id)
         return fields
 
-    def _submit(self, op: str, fields: dict) -> int:
-        if "run_at" in fields and op == "execute":
-            tz = fields.pop("timezone", None) or self.settings.timezone
+    def _read_run_at(self, fields: dict) -> None:
+        """English, a datetime or a delay in `run_at`, read in the task's zone, to a UTC
+        timestamp: time is read here, never in the daemon's loop."""
+        tz = fields.pop("timezone", None) or self.settings.timezone
+        if fields.get("run_at") is not None:
             fields["run_at"] = when.parse_when(fields["run_at"], when.utcnow(), tz).timestamp()
-        fields.pop("timezone", None)
+
+    def _submit(self, op: str, fields: dict) -> TaskId:
         reply = self.client.request(op, {"rid": fields["request_id"], **fields})
         return TaskId(reply["id"], reply.get("created", True))
 

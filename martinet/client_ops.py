@@ -12,7 +12,7 @@ from typing import Any
 
 from martinet import protocol, when
 from martinet.errors import BadInput, BadSchedule, TaskNotFound
-from martinet.lanes import DEFAULT_QUEUE, ORDERS, queue_columns
+from martinet.lanes import DEFAULT_QUEUE, ORDERS, Queue, queue_columns
 from martinet.models import FAILED, QUEUED, SCHEDULED, STALLED, STATES, TERMINAL, WAITING
 from martinet.protocol import Cmd
 from martinet.store import iso
@@ -239,7 +239,9 @@ class ClientOps:
             raise BadInput("wait_for must be a number of seconds")
         if sum(len(w) for w in self._waiters.values()) >= MAX_WAITERS:
             raise BadInput(f"too many clients are waiting already ({MAX_WAITERS}); poll with get() instead")
-        self._waiters.setdefault(num, []).append((ident, h.get("rid"), now + min(timeout, 3600)))
+        deadline = now + min(timeout, 3600)
+        self._waiters.setdefault(num, []).append((ident, h.get("rid"), deadline))
+        self._waiters_due = min(self._waiters_due, deadline)
         return None  # answered when the task ends, or at the deadline
 
     def _op_queues(self, h, now, out, ident):
@@ -247,7 +249,7 @@ class ClientOps:
         names = sorted(set(self.lanes.queues) | set(stats))
         items = []
         for name in names:
-            q = self.lanes.queue(name)
+            q = self.lanes.queues.get(name) or Queue()  # a read: no lane is made for it
             st = stats.get(name, {"counts": {}, "oldest": None})
             items.append(
                 {

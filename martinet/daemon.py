@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import secrets
 import time
@@ -67,6 +68,7 @@ class Daemon(ClientOps):
         self._wakeup_dirty = True
         self._next_tick = 0.0
         self._waiters: dict[int, list[tuple[bytes, str, float]]] = {}
+        self._waiters_due = math.inf  # the earliest wait deadline (or earlier): scan only then
         self._ended_elsewhere: list[
             int
         ] = []  # tasks ended by a lost worker, whose waiters are owed an answer
@@ -194,12 +196,11 @@ class Daemon(ClientOps):
         deadlines = [self._next_tick]
         if self._next_wakeup is not None:
             deadlines.append(self._next_wakeup)
-        for waits in self._waiters.values():
-            deadlines.extend(w[2] for w in waits)
+        deadlines.append(self._waiters_due)
         rate_free = self.lanes.next_deadline(now) if self._dispatch_pending else None
         if rate_free is not None:
             deadlines.append(rate_free)
-        if self._dispatch_pending and self.peers.with_credit():
+        if self._dispatch_pending and any(p.credit for p in self.peers):
             return 0
         delay = min(deadlines) - now
         return max(0, min(int(delay * 1000) + 1, 1000))
@@ -586,7 +587,8 @@ class Daemon(ClientOps):
         if now >= self._next_tick:
             self._tick(now)
             self._next_tick = now + self.settings.heartbeat_interval
-        if self._waiters:
+        if now >= self._waiters_due:
+            self._waiters_due = math.inf
             for task_id, waits in list(self._waiters.items()):
                 keep = []
                 for ident, rid, deadline in waits:
@@ -594,6 +596,7 @@ class Daemon(ClientOps):
                         out.replies.append((ident, {"rid": rid, "ok": True, "done": False}))
                     else:
                         keep.append((ident, rid, deadline))
+                        self._waiters_due = min(self._waiters_due, deadline)
                 if keep:
                     self._waiters[task_id] = keep
                 else:
