@@ -540,6 +540,11 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-port", type=int, help="the daemon's worker port (default 8009)")
     parser.add_argument("--status-port", type=int, help="the daemon's status port (default 18009)")
     parser.add_argument("--concurrency", type=int, help="tasks run at once (default 4)")
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        help="tasks held beyond --concurrency, ready for the next free thread (default: as many as --concurrency)",
+    )
     parser.add_argument("--worker-id", help="a name for this worker (default host-pid-random)")
     parser.add_argument(
         "--queues",
@@ -562,6 +567,8 @@ def worker_main(argv: list[str] | None = None) -> int:
             },
         )
         queues = None if args.queues is None else _queue_list(args.queues)
+        if args.prefetch is not None and args.prefetch < 0:
+            raise MartinetError(f"--prefetch must be 0 or more, got {args.prefetch}")
         setup_logging(settings.log_level)
         sys.path.insert(0, os.getcwd())
         for module in args.modules:
@@ -577,6 +584,7 @@ def worker_main(argv: list[str] | None = None) -> int:
                 worker_port=settings.worker_port,
                 status_port=settings.status_port,
                 concurrency=settings.concurrency,
+                prefetch=args.prefetch,
                 worker_id=args.worker_id,
                 heartbeat_interval=settings.heartbeat_interval,
                 liveness=settings.liveness,

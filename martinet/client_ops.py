@@ -55,17 +55,15 @@ class ClientOps:
                 specs.append(check_task(item, self.limits, self.settings.max_attempts))
             except BadInput as exc:
                 raise BadInput(f"task {i} of the batch: {exc}; nothing was created") from None
-        ids, created = [], []
-        for spec in specs:
-            task_id, new = self.store.submit(spec, now)
-            ids.append(task_id)
-            created.append(new)
-            self.lanes.ready(spec.get("queue") or DEFAULT_QUEUE)
-            if spec.get("run_at") and spec["run_at"] > now:
-                self._wakeup_dirty = True
+        results = self.store.submit_many(specs, now)
+        for queue in {spec.get("queue") or DEFAULT_QUEUE for spec in specs}:
+            self.lanes.ready(queue)
+        if any(spec.get("run_at") and spec["run_at"] > now for spec in specs):
+            self._wakeup_dirty = True
         self._dispatch_pending = True
-        log.info("%d tasks accepted in one batch (%d new)", len(ids), sum(created))
-        return {"ids": ids, "created": created}
+        created = [new for _id, new in results]
+        log.info("%d tasks accepted in one batch (%d new)", len(results), sum(created))
+        return {"ids": [task_id for task_id, _new in results], "created": created}
 
     def _op_every(self, h, now, out, ident):
         spec, recurrence = check_every(h, self.limits, self.settings.timezone)

@@ -31,7 +31,7 @@ from martinet.models import STALLED, TERMINAL
 from martinet.peers import Peers
 from martinet.protocol import Cmd
 from martinet.retry import RetryPolicy
-from martinet.store import Store, open_database, redact
+from martinet.store import Outcome, Store, open_database, redact
 from martinet.validate import Limits, clean_text, finite, is_id, is_rate, is_worker_id
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class Outbox:
     """What a turn will send once its transaction is committed."""
 
     replies: list[tuple[bytes, dict]] = field(default_factory=list)  # client ident, header
-    acks: list[tuple[bytes, dict]] = field(default_factory=list)  # status ident, header
+    acks: dict[bytes, list[list[int]]] = field(default_factory=dict)  # status ident: [[id, attempt], ...]
     events: list[dict] = field(default_factory=list)
     ended: list[int] = field(default_factory=list)  # task ids whose waiters can be answered
     tasks: list[tuple[Any, list[dict]]] = field(default_factory=list)  # claimed: (peer, rows) to send
@@ -234,7 +234,7 @@ class Daemon(ClientOps):
                 for row in rows:
                     self.peers.release(row["id"])
                     self.lanes.ended(row["queue"], row["name"])
-            out.acks, out.events, out.ended, out.tasks = [], [], [], []
+            out.acks, out.events, out.ended, out.tasks = {}, [], [], []
             self._dispatch_pending = True
         self._flush(out, now)
         self._send_tasks(out.tasks, now)
@@ -395,7 +395,8 @@ class Daemon(ClientOps):
             log.info("worker %s reconnected", worker_id)
         queues = h.get("queues")
         queues = {q for q in queues if isinstance(q, str)} if isinstance(queues, list) else None
-        peer = self.peers.hello(worker_id, ident, set(names), capacity, now, queues)
+        threads = h.get("threads") if is_id(h.get("threads")) and h["threads"] >= 1 else None
+        peer = self.peers.hello(worker_id, ident, set(names), capacity, now, queues, threads)
         self.lanes.forget(worker_id)
         for queue in queues or ():
             self.lanes.queue(queue)
@@ -474,22 +475,36 @@ class Daemon(ClientOps):
 
     def _on_status_batch(self, msgs, out: Outbox, now: float) -> None:
         progress: dict[tuple[int, int, str], dict] = {}  # coalesced: latest wins
+        ended: list[tuple[bytes, Outcome]] = []  # (status ident, outcome)
         for ident, frames in msgs:
             cmd, h = self._decode("status", ident, frames)
             if cmd is None:
                 continue
-            worker_id, task_id, attempt = h.get("worker_id"), h.get("id"), h.get("attempt")
-            if not (is_id(task_id) and is_id(attempt) and is_worker_id(worker_id)):
-                log.warning("dropped a %s without a valid worker_id, id and attempt from %r", cmd.name, ident)
-                continue
-            self.peers.seen(worker_id, now)
-            if cmd is Cmd.PROGRESS:
-                progress[(task_id, attempt, worker_id)] = h
-            elif cmd in (Cmd.DONE, Cmd.FAILED):
-                with self._isolated(f"a {cmd.name} for task {task_id}"):
-                    self._on_outcome(cmd, ident, h, worker_id, task_id, attempt, out, now)
+            worker_id = h.get("worker_id")
+            if cmd is Cmd.ENDED:
+                items = h.get("ended")
+                items = items if isinstance(items, list) else None
+            elif cmd in (Cmd.DONE, Cmd.FAILED, Cmd.PROGRESS):
+                items = [{**h, "ok": cmd is Cmd.DONE}]
             else:
                 log.warning("dropped a %s command on the status socket", cmd.name)
+                continue
+            if not is_worker_id(worker_id) or items is None:
+                log.warning("dropped a %s without a valid worker_id from %r", cmd.name, ident)
+                continue
+            self.peers.seen(worker_id, now)
+            for item in items:
+                if not (isinstance(item, dict) and is_id(item.get("id")) and is_id(item.get("attempt"))):
+                    log.warning("dropped a %s without a valid id and attempt from %s", cmd.name, worker_id)
+                elif cmd is Cmd.PROGRESS:
+                    progress[(item["id"], item["attempt"], worker_id)] = item
+                else:
+                    try:
+                        ended.append((ident, _outcome(item, worker_id)))
+                    except Exception:  # a bug of ours must cost one outcome, never the turn
+                        log.exception("dropped an outcome of task %s from %s", item["id"], worker_id)
+        if ended:
+            self._on_outcomes(ended, out, now)
         for (task_id, attempt, worker_id), h in progress.items():
             value = finite(h.get("progress"))
             message = clean_text(h.get("message"), 1000)
@@ -507,33 +522,38 @@ class Daemon(ClientOps):
                     }
                 )
 
-    def _on_outcome(self, cmd, ident, h, worker_id, task_id, attempt, out: Outbox, now: float) -> None:
-        if cmd is Cmd.DONE:
-            info = self.store.complete(task_id, attempt, worker_id, h.get("result"), now)
-        elif h.get("release"):
-            delay = finite(h.get("retry_in"))
-            delay = None if delay is None else min(max(0.0, delay), 366 * 86400.0)
-            reason = clean_text(
-                (h.get("error") or {}).get("message") if isinstance(h.get("error"), dict) else "", 1000
-            )
-            info = self.store.release(task_id, attempt, worker_id, reason or "released", now, delay)
-        else:
-            error = h.get("error") if isinstance(h.get("error"), dict) else {}
-            error = {
-                "type": clean_text(error.get("type") or "Error", 255),
-                "message": clean_text(error.get("message") or "", 10_000),
-                "traceback": clean_text(error.get("traceback"), 100_000) or None,
-            }
-            retry_in = finite(h.get("retry_in"))
-            retry_in = None if retry_in is None else min(max(0.0, retry_in), 366 * 86400.0)
-            info = self.store.fail(task_id, attempt, worker_id, error, now, retry_in, bool(h.get("final")))
-        # Acknowledged even when fenced out: a late or repeated answer changes nothing.
-        out.acks.append((ident, {"id": task_id, "attempt": attempt}))
-        if info is None:
-            log.info(
-                "ignored a late %s for task %s attempt %s from %s", cmd.name, task_id, attempt, worker_id
-            )
-            return
+    def _on_outcomes(self, ended: list[tuple[bytes, Outcome]], out: Outbox, now: float) -> None:
+        """Outcomes of one turn, written together; should that fail, one by one, so that a
+        bad one costs only itself (it is not acknowledged: its worker sends it again)."""
+        outcomes = [outcome for _ident, outcome in ended]
+        try:
+            with self.store.atomic():
+                infos = self.store.end_attempts(outcomes, now)
+        except (peewee.OperationalError, peewee.InterfaceError):
+            raise  # the database itself is in trouble: the whole turn fails
+        except Exception:
+            log.exception("%d outcomes failed together; taking them one by one", len(outcomes))
+            infos = []
+            for outcome in outcomes:
+                infos.append(_UNWRITTEN)
+                with self._isolated(f"the outcome of task {outcome.task_id}"):
+                    infos[-1] = self.store.end_attempts([outcome], now)[0]
+        for (ident, outcome), info in zip(ended, infos, strict=True):
+            if info is _UNWRITTEN:
+                continue
+            # Acknowledged even when fenced out: a late or repeated answer changes nothing.
+            out.acks.setdefault(ident, []).append([outcome.task_id, outcome.attempt])
+            if info is None:
+                log.info(
+                    "ignored a late outcome for task %s attempt %s from %s",
+                    outcome.task_id, outcome.attempt, outcome.worker,
+                )  # fmt: skip
+            else:
+                self._ended(info, outcome, out)
+
+    def _ended(self, info: dict, outcome: Outcome, out: Outbox) -> None:
+        """An attempt ended as its worker said: free its slot, log it, tell who listens."""
+        task_id, attempt, worker_id = outcome.task_id, outcome.attempt, outcome.worker
         self.peers.release(task_id)
         self.lanes.ended(info["queue"], info["name"])
         self._dispatch_pending = True
@@ -623,8 +643,8 @@ class Daemon(ClientOps):
     def _flush(self, out: Outbox, now: float) -> None:
         for ident, reply in out.replies:
             self._send(self.client, ident, Cmd.REPLY, reply)
-        for ident, ack in out.acks:
-            self._send(self.status, ident, Cmd.ACK, ack)
+        for ident, acks in out.acks.items():
+            self._send(self.status, ident, Cmd.ACK, {"acks": acks})
         for event in out.events:
             for ident in list(self._subscribers):
                 if not self._send(self.client, ident, Cmd.EVENT, event):
@@ -656,19 +676,24 @@ class Daemon(ClientOps):
         self._dispatch_pending = more or self.lanes.next_deadline(now) is not None
 
     def _send_tasks(self, batches: list[tuple[Any, list[dict]]], now: float) -> None:
+        if batches:
+            self.lanes.restamp(now, self.clock())
         for peer, rows in batches:
-            for row in rows:
-                # The claimed row is the message: id, attempt, name, queue, args, timeout.
-                if not self._send(self.worker, peer.ident, Cmd.TASK, row):
-                    # The worker vanished between claim and send; its lease ends now.
-                    with self.store.atomic():
-                        self._lose_worker(peer.worker_id, now, "unreachable")
-                    break
-                log.debug("task %s attempt %s sent to %s", row["id"], row["attempt"], peer.worker_id)
+            # The claimed rows are the message: id, attempt, name, queue, args, timeout.
+            if not self._send(self.worker, peer.ident, Cmd.TASK, {"tasks": rows}):
+                # The worker vanished between claim and send; its leases end now.
+                with self.store.atomic():
+                    self._lose_worker(peer.worker_id, now, "unreachable")
+                continue
+            log.debug("tasks %s sent to %s", [row["id"] for row in rows], peer.worker_id)
 
     def _claim_for(self, peer: Any, now: float) -> tuple[list[dict], bool]:
         """Claim for one worker, queue by queue as the lanes share its credit out.
-        Returns the rows and whether a queue may hold more ready work."""
+        Returns the rows and whether a queue may hold more ready work.
+
+        A task under a rate goes only to a thread that is idle: one held in the
+        worker's prefetch would start late, and a late start followed by a prompt
+        one would exceed the rate where the handlers run."""
         rows: list[dict] = []
         filled = False
         while peer.credit > 0:
@@ -678,13 +703,21 @@ class Daemon(ClientOps):
             names = [n for n in peer.names if self.lanes.name_room(n, now) > 0]
             if not names:
                 break
+            progress = False
             for queue, count in plan:
+                if self.lanes.is_rated(queue):
+                    count = min(count, peer.idle_threads)
+                    if count <= 0:
+                        continue
                 taken: dict[str, int] = {}
 
                 def accept(row: dict, taken: dict = taken) -> bool:
-                    if self.lanes.name_room(row["name"], now) <= taken.get(row["name"], 0):
+                    name = row["name"]
+                    if self.lanes.name_room(name, now) <= taken.get(name, 0):
                         return False
-                    taken[row["name"]] = taken.get(row["name"], 0) + 1
+                    if self.lanes.is_rated(name=name) and peer.idle_threads <= sum(taken.values()):
+                        return False
+                    taken[name] = taken.get(name, 0) + 1
                     return True
 
                 claimed = self.store.claim(
@@ -696,12 +729,40 @@ class Daemon(ClientOps):
                     self.peers.assign(peer, row["id"])
                     self.lanes.started(queue, row["name"], now)
                 rows.extend(claimed)
+                progress = True  # claimed, or learned the queue is empty for this worker
                 if len(claimed) < count:  # no more for this worker here: the next plan leaves it out
                     self.lanes.found_empty(peer.worker_id, queue)
                 else:
                     filled = True
+            if not progress:  # only rated queues had room, and no idle thread to take them
+                break
         return rows, filled
 
 
 def _err(kind: str, message: str) -> dict:
     return {"type": kind, "message": message}
+
+
+_UNWRITTEN = object()  # an outcome whose writing failed: not acknowledged
+
+
+def _outcome(h: dict, worker_id: str) -> Outcome:
+    """A worker's DONE or FAILED header, checked and bounded, as the store takes it."""
+    task_id, attempt = h["id"], h["attempt"]
+    if h.get("ok"):
+        return Outcome(task_id, attempt, worker_id, "succeeded", result=h.get("result"))
+    error = h.get("error") if isinstance(h.get("error"), dict) else {}
+    retry_in = finite(h.get("retry_in"))
+    retry_in = None if retry_in is None else min(max(0.0, retry_in), 366 * 86400.0)
+    if h.get("release"):
+        reason = clean_text(error.get("message") or "", 1000) or "released"
+        return Outcome(task_id, attempt, worker_id, "released", error={"type": "Release", "message": reason},
+                       retry_in=retry_in)  # fmt: skip
+    error = {
+        "type": clean_text(error.get("type") or "Error", 255),
+        "message": clean_text(error.get("message") or "", 10_000),
+        "traceback": clean_text(error.get("traceback"), 100_000) or None,
+    }
+    return Outcome(
+        task_id, attempt, worker_id, "failed", error=error, retry_in=retry_in, final=bool(h.get("final"))
+    )

@@ -127,6 +127,21 @@ class Lanes:
         if name in self.names:
             self.names[name].started(now)
 
+    def restamp(self, claimed_at: float, sent_at: float) -> None:
+        """Starts counted when claimed count from when they were sent (after the commit),
+        so that a slow turn cannot make the next period's starts come early."""
+        for lane in [*self.queues.values(), *self.names.values()]:
+            starts = lane.starts
+            i = len(starts) - 1
+            while i >= 0 and starts[i] == claimed_at:
+                starts[i] = sent_at
+                i -= 1
+
+    def is_rated(self, queue: str | None = None, name: str | None = None) -> bool:
+        """Whether a start counts toward a rate: of the queue, or of the task name."""
+        lane = self.names.get(name) if name is not None else self.queues.get(queue)
+        return lane is not None and lane.rate is not None
+
     def ended(self, queue: str, name: str) -> None:
         if queue in self.queues:
             self.queues[queue].ended()

@@ -2,6 +2,8 @@
 
 A worker's credit is its capacity minus the tasks the daemon has leased to it
 and not yet seen end, so the daemon never sends more than a worker asked for.
+Its capacity counts the tasks it runs at once (threads) and those it holds ready
+for its next free thread (prefetch).
 """
 
 from __future__ import annotations
@@ -18,10 +20,17 @@ class Peer:
     last_seen: float
     inflight: set[int] = field(default_factory=set)
     queues: set[str] | None = None  # the queues it serves; None: all
+    threads: int | None = None  # tasks it runs at once; None: its whole capacity
 
     @property
     def credit(self) -> int:
         return max(0, self.capacity - len(self.inflight))
+
+    @property
+    def idle_threads(self) -> int:
+        """How many tasks sent now would start at once, not wait in its prefetch."""
+        threads = self.capacity if self.threads is None else min(self.threads, self.capacity)
+        return max(0, threads - len(self.inflight))
 
 
 class Peers:
@@ -45,10 +54,11 @@ class Peers:
         capacity: int,
         now: float,
         queues: set[str] | None = None,
+        threads: int | None = None,
     ) -> Peer:
         """Register (or re-register) a worker. A repeated hello starts it afresh."""
         self.remove(worker_id)
-        peer = Peer(worker_id, ident, set(names), max(0, capacity), now, queues=queues)
+        peer = Peer(worker_id, ident, set(names), max(0, capacity), now, queues=queues, threads=threads)
         self._by_id[worker_id] = peer
         self._by_ident[ident] = worker_id
         return peer

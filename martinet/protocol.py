@@ -31,7 +31,7 @@ class Cmd(IntEnum):
     # worker socket
     HELLO = 0x10  # worker -> daemon: id, names, capacity, version, running
     WELCOME = 0x11  # daemon -> worker: timings and epoch
-    TASK = 0x12  # daemon -> worker: one task to run
+    TASK = 0x12  # daemon -> worker: {"tasks": [task, ...]}, the tasks leased to it in one turn
     HEARTBEAT = 0x13  # both ways; any message also counts as one
     REJECT = 0x14  # worker -> daemon: cannot run this task here
     HELLO_AGAIN = 0x15  # daemon -> unknown peer: please say hello again
@@ -39,9 +39,10 @@ class Cmd(IntEnum):
     CANCEL = 0x17  # daemon -> worker: ask a running task to stop
     # status socket
     PROGRESS = 0x20  # worker -> daemon, coalesced (latest wins)
-    DONE = 0x21  # worker -> daemon, terminal for the attempt, acknowledged
-    FAILED = 0x22  # worker -> daemon, terminal for the attempt, acknowledged
-    ACK = 0x23  # daemon -> worker: the terminal event is committed
+    DONE = 0x21  # worker -> daemon: one attempt succeeded {"id", "attempt", "result"}; acknowledged
+    FAILED = 0x22  # worker -> daemon: one attempt failed {"id", "attempt", "error", ...}; acknowledged
+    ENDED = 0x24  # worker -> daemon: {"ended": [outcome, ...]}, several DONE/FAILED headers, each with "ok"
+    ACK = 0x23  # daemon -> worker: {"acks": [[id, attempt], ...]}, those outcomes are committed
 
 
 _COMMANDS = {c.value: c for c in Cmd}
@@ -49,6 +50,18 @@ _COMMANDS = {c.value: c for c in Cmd}
 
 def encode(cmd: Cmd, header: dict[str, Any] | None = None) -> list[bytes]:
     body = json.dumps(header or {}, separators=(",", ":"), default=str).encode()
+    return [PREFIX, bytes([cmd]), body]
+
+
+def dumps(item: Any) -> bytes:
+    """One item of a batch, encoded once when it is made (see encode_batch)."""
+    return json.dumps(item, separators=(",", ":"), default=str).encode()
+
+
+def encode_batch(cmd: Cmd, key: str, items: list[bytes], header: dict[str, Any] | None = None) -> list[bytes]:
+    """A message whose header holds, under `key`, a list of items already encoded by dumps()."""
+    head = json.dumps({**(header or {}), key: []}, separators=(",", ":"), default=str).encode()
+    body = head[:-2] + b",".join(items) + b"]}"  # ...,"key":[ + items + ]}
     return [PREFIX, bytes([cmd]), body]
 
 

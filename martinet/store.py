@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sqlite3
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -134,16 +135,26 @@ class Store:
         self.locks_rows = not isinstance(db, peewee.SqliteDatabase)
         self.is_mysql = isinstance(db, peewee.MySQLDatabase)
         self.returns_ids = isinstance(db, peewee.PostgresqlDatabase)  # INSERT ... RETURNING id
+        # Without statistics, SQLite may serve `id IN (...) AND status = ?` from a status
+        # index, scanning every queued row; a unary + keeps it on the primary key.
+        self.by_id_status = "+status" if isinstance(db, peewee.SqliteDatabase) else "status"
         self._sql_cache: dict[str, str] = {}
+        self._insert_sql: dict[tuple[str, tuple[str, ...]], str] = {}
+        # Bound parameters per statement: SQLite before 3.32 allows 999.
+        self.max_params = (
+            999 if isinstance(db, peewee.SqliteDatabase) and sqlite3.sqlite_version_info < (3, 32) else 32_000
+        )
 
     # The hot path (submit, claim, outcomes) runs hand-written SQL: peewee takes
     # about 100 µs to build a query on this kind of machine; the statement itself
     # runs in about 10. Placeholders are written `?` and adapted to the driver.
 
-    def _exec(self, sql: str, params: Iterable[Any] = ()) -> Any:
+    def _exec(self, sql: str, params: Iterable[Any] = (), cache: bool = True) -> Any:
         ready = self._sql_cache.get(sql)
         if ready is None:
-            ready = self._sql_cache[sql] = sql.replace("?", self.db.param)
+            ready = sql.replace("?", self.db.param)
+            if cache:
+                self._sql_cache[sql] = ready
         return self.db.execute_sql(ready, tuple(params))
 
     def _name(self, column: str) -> str:
@@ -151,12 +162,41 @@ class Store:
         return f"{self.db.quote[0]}{column}{self.db.quote[1]}"
 
     def _insert(self, table: str, row: dict[str, Any]) -> int:
-        columns = ", ".join(map(self._name, row))
-        marks = ", ".join("?" * len(row))
-        sql = f"INSERT INTO {table} ({columns}) VALUES ({marks})"
+        sql = self._insert_sql.get((table, tuple(row)))
+        if sql is None:
+            columns = ", ".join(map(self._name, row))
+            sql = self._insert_sql[(table, tuple(row))] = (
+                f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(row))})"
+            )
         if self.returns_ids:
             return self._exec(sql + " RETURNING id", row.values()).fetchone()[0]
         return self._exec(sql, row.values()).lastrowid
+
+    def _insert_rows(self, table: str, rows: list[dict[str, Any]]) -> list[int]:
+        """Rows of one shape, in multi-row INSERTs; returns their ids in order. Not on MySQL.
+
+        SQLite numbers the rows of one INSERT one after another (the transaction holds
+        the only write lock), so the ids end at lastrowid; PostgreSQL's ids are drawn
+        from the table's sequence first, so their order is certain."""
+        if not rows:
+            return []
+        columns = list(rows[0])
+        if self.returns_ids:
+            seq = f"pg_get_serial_sequence('{table}', 'id')"
+            ids = [r[0] for r in self._exec(f"SELECT nextval({seq}) FROM generate_series(1, ?)", [len(rows)])]
+            rows = [{"id": i, **row} for i, row in zip(ids, rows, strict=True)]
+            columns = ["id", *columns]
+        per = max(1, self.max_params // len(columns))
+        one = f"({', '.join('?' * len(columns))})"
+        head = f"INSERT INTO {table} ({', '.join(map(self._name, columns))}) VALUES "
+        out: list[int] = []
+        for start in range(0, len(rows), per):
+            chunk = rows[start : start + per]
+            params = [value for row in chunk for value in row.values()]
+            last = self._exec(head + ", ".join([one] * len(chunk)), params, cache=False).lastrowid
+            if not self.returns_ids:
+                out.extend(range(last - len(chunk) + 1, last + 1))
+        return ids if self.returns_ids else out
 
     def _update_task(self, changes: dict[str, Any], where: str, params: Iterable[Any]) -> int:
         assignments = ", ".join(f"{self._name(column)} = ?" for column in changes)
@@ -215,6 +255,43 @@ class Store:
             Dependency.insert_many([{"task_id": task_id, "parent_id": p.id} for p in parents]).execute()
             Task.update(has_dependents=True).where(Task.id.in_([p.id for p in parents])).execute()
         return task_id, True
+
+    def submit_many(self, specs: list[dict[str, Any]], now: float) -> list[tuple[int, bool]]:
+        """Insert many tasks; returns (id, created) for each, in order, as submit() would.
+
+        Tasks without a key or parents go in with multi-row INSERTs (their
+        request_ids looked up in one query); on MySQL, whose multi-row INSERT
+        does not tell each row's id, or with keys or parents, one by one.
+        """
+        if self.is_mysql or any(spec.get("key") or spec.get("after") for spec in specs):
+            return [self.submit(spec, now) for spec in specs]
+        known = self._known_requests([spec["request_id"] for spec in specs if spec.get("request_id")])
+        rows: list[dict[str, Any]] = []
+        slots: list[tuple[int | None, int, bool]] = []  # (known id, or None and the new row's index; created)
+        new_rows: dict[str, int] = {}  # request_id -> index of its row, for repeats within the batch
+        for spec in specs:
+            rid = spec.get("request_id")
+            if rid in known:
+                slots.append((known[rid], 0, False))
+            elif rid in new_rows:
+                slots.append((None, new_rows[rid], False))
+            else:
+                row = self._task_row(spec, now)
+                row["request_id"] = rid
+                if rid:
+                    new_rows[rid] = len(rows)
+                slots.append((None, len(rows), True))
+                rows.append(row)
+        ids = self._insert_rows("task", rows)
+        return [(ids[index] if task_id is None else task_id, created) for task_id, index, created in slots]
+
+    def _known_requests(self, request_ids: list[str]) -> dict[str, int]:
+        known: dict[str, int] = {}
+        for start in range(0, len(request_ids), 500):
+            chunk = request_ids[start : start + 500]
+            sql = f"SELECT request_id, id FROM task WHERE request_id IN ({', '.join('?' * len(chunk))})"
+            known.update(self._exec(sql, chunk).fetchall())
+        return known
 
     def _check_parents(self, after: list[int]) -> list[Task]:
         if not after:
@@ -290,7 +367,7 @@ class Store:
         self._exec(
             "UPDATE task SET status = 'running', attempt = attempt + 1, worker = ?, lease_expires = ?,"
             " started_at = ?, updated_at = ?, progress = NULL, progress_message = NULL"
-            f" WHERE id IN ({', '.join('?' * len(ids))}) AND status = 'queued'",
+            f" WHERE id IN ({', '.join('?' * len(ids))}) AND {self.by_id_status} = 'queued'",
             [worker, now + lease, now, now, *ids],
         )
         waiting_on = [r["id"] for r in rows if r.pop("has_parents")]
@@ -400,12 +477,38 @@ class Store:
         )
         return n == 1
 
+    def end_attempts(self, outcomes: list[Outcome], now: float) -> list[dict | None]:
+        """What workers reported, in one go: for each outcome, what became of its task,
+        or None when it is fenced out (an old attempt, another worker, not running, or
+        already ended earlier in the list). The running rows are read with one query."""
+        ids = sorted({o.task_id for o in outcomes})
+        running: dict[int, RunningRow] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            sql = (
+                f"SELECT {', '.join(RunningRow._fields)} FROM task"
+                f" WHERE id IN ({', '.join('?' * len(chunk))}) AND {self.by_id_status} = 'running'"
+            )
+            if self.locks_rows:
+                sql += " FOR UPDATE"
+            running.update((r[0], RunningRow(*r)) for r in self._exec(sql, chunk).fetchall())
+        infos: list[dict | None] = []
+        for o in outcomes:
+            row = running.get(o.task_id)
+            if row is None or row.attempt != o.attempt or row.worker != o.worker:
+                infos.append(None)
+                continue
+            del running[o.task_id]  # an attempt ends once
+            infos.append(
+                self._end_attempt(
+                    row, o.kind, now, result=o.result, error=o.error, retry_in=o.retry_in, final=o.final
+                )
+            )
+        return infos
+
     def complete(self, task_id: int, attempt: int, worker: str, result: Any, now: float) -> dict | None:
         """The attempt succeeded. None when fenced out (old attempt, other worker, not running)."""
-        row = self._running(task_id, attempt, worker)
-        if row is None:
-            return None
-        return self._end_attempt(row, "succeeded", now, result=result)
+        return self.end_attempts([Outcome(task_id, attempt, worker, "succeeded", result=result)], now)[0]
 
     def fail(
         self,
@@ -418,29 +521,17 @@ class Store:
         final: bool = False,
     ) -> dict | None:
         """The attempt failed: retry later, or dead when attempts are spent or `final`."""
-        row = self._running(task_id, attempt, worker)
-        if row is None:
-            return None
-        return self._end_attempt(row, "failed", now, error=error, retry_in=retry_in, final=final)
+        outcome = Outcome(task_id, attempt, worker, "failed", error=error, retry_in=retry_in, final=final)
+        return self.end_attempts([outcome], now)[0]
 
     def release(
         self, task_id: int, attempt: int, worker: str, reason: str, now: float, delay: float | None = None
     ) -> dict | None:
         """The handler gave the task back (martinet.Release): to the queue, after `delay`."""
-        row = self._running(task_id, attempt, worker)
-        if row is None:
-            return None
-        return self._end_attempt(
-            row, "released", now, error={"type": "Release", "message": reason}, retry_in=delay
-        )
-
-    def _running(self, task_id: int, attempt: int, worker: str) -> RunningRow | None:
-        found = self._exec(
-            f"SELECT {', '.join(RunningRow._fields)} FROM task"
-            " WHERE id = ? AND attempt = ? AND worker = ? AND status = 'running'",
-            (task_id, attempt, worker),
-        ).fetchone()
-        return None if found is None else RunningRow(*found)
+        error = {"type": "Release", "message": reason}
+        return self.end_attempts(
+            [Outcome(task_id, attempt, worker, "released", error=error, retry_in=delay)], now
+        )[0]
 
     def _end_attempt(
         self,
@@ -997,6 +1088,19 @@ class Store:
         if not include_removed:
             query = query.where(Schedule.status != "removed")
         return [schedule_info(r) for r in query]
+
+
+class Outcome(NamedTuple):
+    """An attempt's end as its worker reported it."""
+
+    task_id: int
+    attempt: int
+    worker: str
+    kind: str  # succeeded, failed or released
+    result: Any = None
+    error: dict | None = None
+    retry_in: float | None = None  # failed: the handler's own delay; released: when to run again
+    final: bool = False  # failed for good (martinet.Fail): no retry
 
 
 class RunningRow(NamedTuple):

@@ -58,7 +58,7 @@ class TaskContext:
         # Time-limit bookkeeping, shared by the handler's thread and the worker's loop.
         self._lock = threading.Lock()
         self._thread: int | None = None  # ident of the thread running the handler, while it does
-        self._deadline = time.monotonic() + timeout if timeout else None
+        self._deadline: float | None = None  # set when the handler starts: waiting in line is free
         self._abandon_at: float | None = None
 
     @property
@@ -82,9 +82,14 @@ class TaskContext:
 
 @dataclass
 class _Pending:
-    cmd: Cmd
-    header: dict
+    """An outcome the daemon has not acknowledged yet, encoded once."""
+
+    body: bytes
     sent_at: float = 0.0
+
+
+BATCH_ITEMS = 500  # outcomes in one ENDED message at most
+BATCH_BYTES = 256 * 1024  # and about this many bytes (one larger outcome still goes alone)
 
 
 @dataclass
@@ -93,6 +98,10 @@ class WorkerOptions:
     worker_port: int = 8009
     status_port: int = 18009
     concurrency: int = 4
+    # Tasks held beyond `concurrency`, waiting for a free thread, so that a thread that
+    # finishes finds its next task here instead of waiting for the daemon. None: as many
+    # as `concurrency`; 0: none (a worker holds only what it runs).
+    prefetch: int | None = None
     worker_id: str | None = None
     heartbeat_interval: float = 1.0  # until the daemon's welcome says otherwise
     liveness: int = 3
@@ -112,6 +121,8 @@ class Worker:
         self._events: queue.Queue = queue.Queue()
         self._jobs: queue.Queue = queue.Queue()
         self._wake_r, self._wake_w = os.pipe()
+        self._wake_lock = threading.Lock()
+        self._wake_pending = False  # a byte is in the pipe: handlers need not write another
         self._running: dict[int, TaskContext] = {}
         self._outbox: dict[tuple[int, int], _Pending] = {}
         self._stopping = False
@@ -124,6 +135,8 @@ class Worker:
         self._liveness = o.liveness
         self._threads: list[threading.Thread] = []
         self._limits: dict[str, dict | None] = {}  # set with on(); wins over LIMITS
+        threads = max(1, o.concurrency)
+        self.capacity = threads + max(0, threads if o.prefetch is None else o.prefetch)
 
     def on(self, name: str, fn: Handler, *, concurrency: int | None = None, rate: str | None = None) -> None:
         """Serve task `name` with `fn(task, **args)`; limits as in `@martinet.task`."""
@@ -159,6 +172,8 @@ class Worker:
         try:
             while True:
                 now = time.monotonic()
+                if self._stopping:
+                    self._hand_back_waiting()
                 if self._stopping and (not self._running or now >= self._stop_deadline):
                     if self._running:
                         log.warning("grace period over; tasks %s go back to the queue", sorted(self._running))
@@ -167,6 +182,8 @@ class Worker:
                 ready = dict(self.poller.poll(int(timeout * 1000) + 1))
                 if self._wake_r in ready:
                     os.read(self._wake_r, 65536)
+                    with self._wake_lock:
+                        self._wake_pending = False
                 self._drain_events()
                 if self.wsock in ready:
                     self._drain_worker_socket()
@@ -216,7 +233,8 @@ class Worker:
         return {
             "worker_id": self.worker_id,
             "names": names,
-            "capacity": max(1, self.options.concurrency),
+            "capacity": self.capacity,
+            "threads": max(1, self.options.concurrency),
             "version": protocol.VERSION,
             "running": [{"id": c.id, "attempt": c.attempt} for c in self._running.values()],
             "queues": None if self.options.queues is None else list(self.options.queues),
@@ -244,7 +262,10 @@ class Worker:
         for cmd, h in self._recv_all(self.wsock):
             self._last_heard = time.monotonic()
             if cmd is Cmd.TASK:
-                self._on_task(h)
+                tasks = h.get("tasks")
+                for task in tasks if isinstance(tasks, list) else ():
+                    if isinstance(task, dict):
+                        self._on_task(task)
             elif cmd is Cmd.WELCOME:
                 self._on_welcome(h)
             elif cmd is Cmd.HELLO_AGAIN:
@@ -264,8 +285,7 @@ class Worker:
             log.info("daemon restarted (epoch %s -> %s)", self._epoch, epoch)
         self._epoch = epoch
         self._welcomed = True
-        for pending in self._outbox.values():  # anything unacknowledged goes again
-            self._send_pending(pending)
+        self._send_outcomes(list(self._outbox.values()))  # anything unacknowledged goes again
 
     def _on_task(self, h: dict) -> None:
         task_id, attempt, name = h.get("id"), h.get("attempt"), h.get("name")
@@ -275,7 +295,7 @@ class Worker:
             reason = f"worker {self.worker_id} has no handler for {name!r}"
         elif self._stopping:
             reason = f"worker {self.worker_id} is shutting down"
-        elif len(self._running) >= self.options.concurrency:
+        elif len(self._running) >= self.capacity:
             reason = f"worker {self.worker_id} has no free slot"
         if reason:
             self._send(
@@ -290,33 +310,72 @@ class Worker:
         log.info("task %s %s attempt %s started on %s", task_id, name, attempt, self.worker_id)
         self._jobs.put(ctx)
 
+    def _hand_back_waiting(self) -> None:
+        """Stopping: tasks that no thread has started go back to the daemon at once."""
+        while True:
+            try:
+                ctx = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            del self._running[ctx.id]
+            reason = f"worker {self.worker_id} is shutting down"
+            self._send(
+                self.wsock,
+                Cmd.REJECT,
+                {"id": ctx.id, "attempt": ctx.attempt, "name": ctx.name, "reason": reason},
+            )
+
     def _drain_status_socket(self) -> None:
         for cmd, h in self._recv_all(self.ssock):
             self._last_heard = time.monotonic()
-            if cmd is Cmd.ACK:
-                self._outbox.pop((h.get("id"), h.get("attempt")), None)
+            acks = h.get("acks") if cmd is Cmd.ACK else None
+            for ack in acks if isinstance(acks, list) else ():
+                if isinstance(ack, list) and len(ack) == 2:
+                    self._outbox.pop((ack[0], ack[1]), None)
 
     def _drain_events(self) -> None:
+        """Progress goes out as it comes; the outcomes of one pass go in one ENDED message."""
+        ended = []
         while True:
             try:
                 cmd, header = self._events.get_nowait()
             except queue.Empty:
-                return
-            header["worker_id"] = self.worker_id
+                break
             ctx = self._running.get(header["id"])
             if ctx is None or ctx.attempt != header["attempt"]:
                 continue  # from a handler abandoned at its time limit: already reported
             if cmd is Cmd.PROGRESS:
+                header["worker_id"] = self.worker_id
                 self._send(self.ssock, cmd, header)
                 continue
             del self._running[ctx.id]
-            pending = _Pending(cmd, header)
+            pending = _Pending(protocol.dumps({**header, "ok": cmd is Cmd.DONE}))
             self._outbox[(header["id"], header["attempt"])] = pending
-            self._send_pending(pending)
+            ended.append(pending)
+        if ended:
+            self._send_outcomes(ended)
 
-    def _send_pending(self, pending: _Pending) -> None:
-        pending.sent_at = time.monotonic()
-        self._send(self.ssock, pending.cmd, pending.header)
+    def _send_outcomes(self, pendings: list[_Pending]) -> None:
+        """Send outcomes in ENDED messages of bounded size; they stay in the outbox until acked."""
+        now = time.monotonic()
+        batch: list[bytes] = []
+        size = 0
+        for pending in pendings:
+            if batch and (len(batch) >= BATCH_ITEMS or size + len(pending.body) > BATCH_BYTES):
+                self._send_batch(batch)
+                batch, size = [], 0
+            pending.sent_at = now
+            batch.append(pending.body)
+            size += len(pending.body)
+        if batch:
+            self._send_batch(batch)
+
+    def _send_batch(self, bodies: list[bytes]) -> None:
+        frames = protocol.encode_batch(Cmd.ENDED, "ended", bodies, {"worker_id": self.worker_id})
+        try:
+            self.ssock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            log.debug("send of %d outcome(s) would block; they go again later", len(bodies))
 
     def _timers(self, now: float) -> None:
         self._enforce_timecheck_limits(now)
@@ -332,9 +391,7 @@ class Worker:
             else:
                 self._hello()
             self._next_heartbeat = now + self._interval
-            for pending in self._outbox.values():
-                if now - pending.sent_at > silence:
-                    self._send_pending(pending)
+            self._send_outcomes([p for p in self._outbox.values() if now - p.sent_at > silence])
 
     def _enforce_timecheck_limits(self, now: float) -> None:
         """Interrupt handlers past their time limit; abandon those that do not unwind.
@@ -390,6 +447,10 @@ class Worker:
 
     def _report(self, cmd: Cmd, header: dict) -> None:
         self._events.put((cmd, header))
+        with self._wake_lock:  # one byte in the pipe wakes the loop for every event before it drains
+            if self._wake_pending:
+                return
+            self._wake_pending = True
         self._wake()
 
     # ---- handler threads ------------------------------------------------------------
@@ -414,12 +475,11 @@ class Worker:
 
     def _execute(self, ctx: TaskContext) -> tuple[Cmd, dict]:
         base = {"id": ctx.id, "attempt": ctx.attempt}
-        if ctx._abandon_at is not None:  # its time ran out before a thread was free
-            return Cmd.FAILED, {**base, "error": _timeout_error(ctx)}
         started = time.monotonic()
         try:
             with ctx._lock:
                 ctx._thread = threading.get_ident()
+                ctx._deadline = started + ctx.timeout if ctx.timeout else None
             try:
                 result = self.handlers[ctx.name](ctx, **ctx.args)
             finally:

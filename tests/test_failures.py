@@ -132,3 +132,36 @@ def test_worker_restarts_do_not_lose_unacknowledged_results(cluster):
     cluster.start_daemon()
     assert cluster.client().wait(tid, timeout=15) == "slept"
     assert cluster.client().get(tid)["attempt"] == 1
+
+
+def test_a_prefetched_task_waits_for_a_thread_and_its_time_limit_counts_from_its_start(cluster, tmp_path):
+    cluster.start_daemon()
+    cluster.start_worker(concurrency=1, extra=["--prefetch", "1"])
+    m = cluster.client()
+    marker = tmp_path / "runs"
+    first = m.execute("sleepy", {"seconds": 0.6, "marker": str(marker)})
+    wait_for(marker.exists, timeout=10, what="the first task to start")
+    second = m.execute({"name": "sleepy", "timeout": 0.5, "max_attempts": 1}, {"seconds": 0.1})
+    wait_for(lambda: m.get(second)["status"] == "running", timeout=10, what="the second task to be held")
+    assert m.wait(first, timeout=10) == "slept"
+    assert m.wait(second, timeout=10) == "slept"  # 0.6 s in line, 0.1 s running: within its 0.5 s
+
+
+def test_a_stopping_worker_hands_back_at_once_what_no_thread_started(cluster, tmp_path):
+    cluster.start_daemon()
+    worker = cluster.start_worker(concurrency=1, extra=["--prefetch", "1"])
+    m = cluster.client()
+    marker = tmp_path / "runs"
+    running = m.execute("sleepy", {"seconds": 1.0, "marker": str(marker)})
+    wait_for(marker.exists, timeout=10, what="the first task to start")
+    held = m.execute({"name": "sleepy", "max_attempts": 1}, {"seconds": 0.1, "marker": str(marker)})
+    wait_for(lambda: m.get(held)["status"] == "running", timeout=10, what="the second task to be held")
+    worker.popen.send_signal(signal.SIGTERM)
+    wait_for(lambda: m.get(held)["status"] == "queued", timeout=5, what="the held task to come back")
+    assert m.get(running)["status"] == "running"  # still finishing within the grace period
+    assert worker.popen.wait(timeout=10) == 0
+    assert m.get(running)["status"] == "succeeded"
+    assert marker.read_text().splitlines() == [f"{running}:1"]  # the held one never started here
+    assert m.show(held)["attempt"] == 0 and m.show(held)["attempts"] == []  # handed back: no attempt spent
+    cluster.start_worker()
+    assert m.wait(held, timeout=10) == "slept"  # though max_attempts was 1

@@ -33,6 +33,16 @@ def _mutations(rng: random.Random) -> list[list[bytes]]:
         protocol.encode(Cmd.REQUEST, {"op": "get", "id": 1, "rid": "r"}),
         protocol.encode(Cmd.HELLO, {"worker_id": "w", "names": ["add"], "capacity": 1, "running": []}),
         protocol.encode(Cmd.DONE, {"worker_id": "w", "id": 1, "attempt": 1, "result": 1}),
+        protocol.encode(
+            Cmd.ENDED,
+            {
+                "worker_id": "w",
+                "ended": [
+                    {"id": 1, "attempt": 1, "ok": True},
+                    {"id": 2, "attempt": 1, "ok": False, "error": {"type": "E"}},
+                ],
+            },
+        ),  # fmt: skip
         protocol.encode(Cmd.PROGRESS, {"worker_id": "w", "id": 1, "attempt": 1, "progress": 0.5}),
         protocol.encode(Cmd.REJECT, {"id": 1, "attempt": 1}),
     ]

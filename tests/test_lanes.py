@@ -81,3 +81,17 @@ def test_task_name_limits():
     lanes.ended("default", "charge")
     lanes.limit_name("charge", None, None)
     assert lanes.name_room("charge", 0.0) == math.inf
+
+
+def test_starts_are_restamped_to_when_they_were_sent():
+    lanes = Lanes()
+    lanes.configure("q", rate=(2, 1.0))
+    lanes.limit_name("n", None, (1, 1.0))
+    lanes.started("q", "n", 100.0)
+    lanes.started("q", "other", 100.5)
+    lanes.started("q", "other", 100.5)
+    lanes.restamp(100.5, 100.6)  # a turn that claimed at 100.5 sent at 100.6
+    assert list(lanes.queue("q").starts) == [100.0, 100.6, 100.6]
+    assert list(lanes.names["n"].starts) == [100.0]
+    assert lanes.is_rated("q") and lanes.is_rated(name="n") and not lanes.is_rated(name="other")
+    assert not lanes.is_rated("elsewhere")

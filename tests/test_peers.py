@@ -146,3 +146,14 @@ def test_iteration_is_a_snapshot():
     for peer in peers:
         peers.remove(peer.worker_id)
     assert len(peers) == 0
+
+
+def test_idle_threads_leave_out_what_a_worker_holds_in_its_prefetch():
+    peers = Peers()
+    peer = peers.hello("w1", b"i1", {"add"}, capacity=4, now=0.0, threads=2)
+    assert (peer.credit, peer.idle_threads) == (4, 2)
+    for task_id in (1, 2, 3):
+        peers.assign(peer, task_id)
+    assert (peer.credit, peer.idle_threads) == (1, 0)
+    old = peers.hello("w2", b"i2", {"add"}, capacity=3, now=0.0)  # threads unknown: all of its capacity
+    assert old.idle_threads == 3

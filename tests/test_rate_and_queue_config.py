@@ -162,7 +162,9 @@ def test_hello_header_has_queues_and_limits(registry):
     registry.LIMITS["elsewhere"] = {"concurrency": 9, "rate": None}  # not served by this worker
     w = make_worker(queues=["images", "default"], concurrency=3)
     h = w._hello_header()
-    assert h["worker_id"] == "w1" and h["names"] == ["plain", "resize"] and h["capacity"] == 3
+    assert h["worker_id"] == "w1" and h["names"] == ["plain", "resize"]
+    assert (h["threads"], h["capacity"]) == (3, 6)  # and as many again held ready (prefetch)
+    assert make_worker(concurrency=3, prefetch=0)._hello_header()["capacity"] == 3
     assert h["running"] == [] and "version" in h
     assert h["queues"] == ["images", "default"]
     assert h["limits"] == {"resize": {"concurrency": 2, "rate": [10, 1.0]}}

@@ -127,6 +127,37 @@ def test_submit_in_the_past_is_queued_and_in_the_future_is_scheduled(store):
     assert row(future).run_at == NOW + 60
 
 
+def test_submit_many_returns_each_rows_id_in_order(store):
+    specs = [{"name": "add", "max_attempts": 3, "args": {"i": i}, "run_at": NOW + i % 2} for i in range(2500)]
+    results = store.submit_many(specs, NOW)
+    assert all(created for _id, created in results) and len({i for i, _ in results}) == 2500
+    for i, (task_id, _) in enumerate(results):  # each id is the row made of its spec
+        assert store.get_task(task_id)["args"] == {"i": i}
+    assert [row(results[i][0]).status for i in (0, 1)] == ["queued", "scheduled"]
+
+
+def test_submit_many_knows_request_ids_from_before_and_within_the_batch(store):
+    ((old, _),) = store.submit_many([{"name": "add", "max_attempts": 3, "request_id": "r0"}], NOW)
+    specs = [{"name": "add", "max_attempts": 3, "request_id": rid} for rid in ("r0", "r1", "r1", None, None)]
+    results = store.submit_many(specs, NOW)
+    assert results[0] == (old, False)
+    assert results[1][1] and results[2] == (results[1][0], False)  # a repeat in the batch: the same task
+    assert results[3][1] and results[4][1] and results[3][0] != results[4][0]
+    assert Task.select().count() == 4
+
+
+def test_submit_many_with_keys_or_parents_keeps_their_rules(store):
+    parent = submit(store)
+    specs = [
+        {"name": "add", "max_attempts": 3, "key": "k", "unique": "active"},
+        {"name": "add", "max_attempts": 3, "key": "k", "unique": "active"},
+        {"name": "add", "max_attempts": 3, "after": [parent]},
+    ]
+    (first, c1), (second, c2), (child, c3) = store.submit_many(specs, NOW)
+    assert (c1, c2, c3) == (True, False, True) and first == second
+    assert row(child).status == "waiting"
+
+
 def test_submit_with_known_request_id_returns_the_same_task(store):
     first, created = store.submit({"name": "add", "max_attempts": 3, "request_id": "r-1"}, NOW)
     assert created
