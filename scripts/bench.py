@@ -10,7 +10,10 @@ scenario, so runs can be compared. Scenarios:
   throughput  one client calling execute in a loop (each waits for "accepted"); a bulk
               execute_many of N no-op tasks; the drain rate of those N with 2 workers running
   latency     2,000 tasks paced at 200/s into idle workers: execute call to handler start
-  floor       raw pyzmq to 2 processes with credit, and raw SQLite insert+update in batches
+  floor       raw pyzmq to 2 processes with credit, and raw SQLite (and PostgreSQL, with
+              --postgres) insert+update in batches
+  backends    throughput and latency again on PostgreSQL (--postgres URL; its martinet
+              tables are dropped first); skipped without one
   shaping     the same over two weighted queues, one with a concurrency cap: what limits cost
   timers      1,000 delayed tasks due at random times 2-12 s ahead: lateness of
               the handler start against the due time, p50/p99/max (ms)
@@ -57,11 +60,14 @@ def free_ports(n: int) -> list[int]:
 
 
 class Rig:
-    """A daemon and workers on a fresh SQLite file; stops everything it started."""
+    """A daemon and workers on a fresh SQLite file (or an emptied database at `db`);
+    stops everything it started."""
 
-    def __init__(self, workdir: Path, workers: int = 2, concurrency: int = 8) -> None:
+    def __init__(self, workdir: Path, workers: int = 2, concurrency: int = 8, db: str | None = None) -> None:
         self.dir = workdir
-        self.db = f"sqlite:///{workdir / 'bench.db'}"
+        self.db = db or f"sqlite:///{workdir / 'bench.db'}"
+        if db:
+            drop_tables(db)
         self.ports = free_ports(3)
         self.n_workers, self.concurrency = workers, concurrency
         self.daemon: subprocess.Popen | None = None
@@ -126,6 +132,15 @@ class Rig:
         self.log.close()
 
 
+def drop_tables(db_url: str) -> None:
+    """Start from an empty database: martinet's tables are dropped (and made again by the daemon)."""
+    from martinet.models import TABLES
+
+    db = open_database(db_url)
+    db.drop_tables(TABLES)
+    db.close()
+
+
 def wait_drained(db_url: str, timeout: float = 300.0) -> float:
     """When the last result was committed (epoch seconds), once no task is ready or
     running any more. Polls the database itself (every 10 ms, a count the dispatch
@@ -143,10 +158,11 @@ def wait_drained(db_url: str, timeout: float = 300.0) -> float:
 
 
 @contextmanager
-def running() -> Iterator[tuple[Rig, martinet.Martinet]]:
-    """A daemon and two workers on a fresh SQLite file, and a client; all stopped after."""
+def running(db: str | None = None) -> Iterator[tuple[Rig, martinet.Martinet]]:
+    """A daemon and two workers on a fresh SQLite file (or the emptied database `db`),
+    and a client; all stopped after."""
     with tempfile.TemporaryDirectory() as tmp:
-        rig = Rig(Path(tmp))
+        rig = Rig(Path(tmp), db=db)
         try:
             rig.start_daemon()
             rig.start_workers()
@@ -169,6 +185,11 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": pick(0.50), "p99": pick(0.99), "max": ordered[-1]}
 
 
+def timer_spread(args) -> tuple[float, float]:
+    """Delayed tasks are due between 2 s (or half of --timers-ahead) and --timers-ahead from now."""
+    return (min(2.0, args.timers_ahead / 2), args.timers_ahead)
+
+
 def measure_timers(m: martinet.Martinet, n: int = 1000, spread: tuple[float, float] = (2.0, 12.0)) -> dict:
     rng = random.Random(7)
     now = time.time()
@@ -186,8 +207,8 @@ def measure_timers(m: martinet.Martinet, n: int = 1000, spread: tuple[float, flo
 # ---- scenarios ------------------------------------------------------------------
 
 
-def scenario_throughput(args, shaped: bool = False) -> dict:
-    with running() as (rig, m):
+def scenario_throughput(args, shaped: bool = False, db: str | None = None) -> dict:
+    with running(db) as (rig, m):
         if shaped:  # two weighted queues, one with a concurrency cap: the cost of the limits
             m.set_queue("bulk", weight=1)
             m.set_queue("urgent", weight=3, concurrency=12)
@@ -210,13 +231,13 @@ def scenario_throughput(args, shaped: bool = False) -> dict:
         }
 
 
-def scenario_latency(args) -> dict:
+def scenario_latency(args, db: str | None = None) -> dict:
     """2,000 tasks paced at 200/s into idle workers: execute call to handler start."""
-    with running() as (_rig, m):
+    with running(db) as (_rig, m):
         sent = []
         pace = 1 / 200
         next_at = time.perf_counter()
-        for _ in range(2000):
+        for _ in range(args.paced):
             next_at += pace
             t0 = time.time()
             sent.append((m.execute("bench.clock"), t0))
@@ -275,28 +296,40 @@ def scenario_floor(args) -> dict:
             p.wait(10)
         router.close(0)
         ctx.term()
+    result = {"zmq_floor_per_s": round(zmq_rate)}
     with tempfile.TemporaryDirectory() as tmp:
-        db = open_database(f"sqlite:///{tmp}/floor.db")
-        cols = list(TASK_DEFAULTS) + ["name", "status", "run_at", "created_at", "updated_at"]
-        now = time.time()
-        row = [*TASK_DEFAULTS.values(), "bench.noop", "queued", now, now, now]
-        insert = f"INSERT INTO task ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})"
-        start = time.perf_counter()
-        for _ in range(0, n, 100):
-            with db.atomic():
-                for _ in range(100):
-                    task_id = db.execute_sql(insert, row).lastrowid
-                    db.execute_sql(
-                        "UPDATE task SET status = 'succeeded', updated_at = ? WHERE id = ?", (now, task_id)
-                    )
-        sqlite_rate = n / (time.perf_counter() - start)
-        db.close()
-    return {"zmq_floor_per_s": round(zmq_rate), "sqlite_floor_per_s": round(sqlite_rate)}
+        result["sqlite_floor_per_s"] = round(database_floor(f"sqlite:///{tmp}/floor.db", n))
+    if args.postgres:
+        drop_tables(args.postgres)
+        result["postgres_floor_per_s"] = round(database_floor(args.postgres, n))
+    return result
+
+
+def database_floor(db_url: str, n: int) -> float:
+    """Inserts and updates per second, committed in batches of 100, through the same driver."""
+    db = open_database(db_url)
+    mark = db.param
+    cols = list(TASK_DEFAULTS) + ["name", "status", "run_at", "created_at", "updated_at"]
+    now = time.time()
+    row = [*TASK_DEFAULTS.values(), "bench.noop", "queued", now, now, now]
+    insert = f"INSERT INTO task ({','.join(cols)}) VALUES ({','.join([mark] * len(cols))})"
+    returning = " RETURNING id" if "postgres" in db_url else ""
+    update = f"UPDATE task SET status = 'succeeded', updated_at = {mark} WHERE id = {mark}"
+    start = time.perf_counter()
+    for _ in range(0, n, 100):
+        with db.atomic():
+            for _ in range(100):
+                cursor = db.execute_sql(insert + returning, row)
+                task_id = cursor.fetchone()[0] if returning else cursor.lastrowid
+                db.execute_sql(update, (now, task_id))
+    rate = n / (time.perf_counter() - start)
+    db.close()
+    return rate
 
 
 def scenario_timers(args) -> dict:
     with running() as (_rig, m):
-        return measure_timers(m, args.timers)
+        return measure_timers(m, args.timers, timer_spread(args))
 
 
 def fill(db_url: str, pending: int, schedules: int, due_now: int) -> None:
@@ -343,7 +376,7 @@ def scenario_scale(args) -> dict:
                 "start_to_first_dispatch_s": round(first - started, 3),
                 "drain_due_per_s": round(args.due / drain_s),
             }
-            result.update(measure_timers(m, args.timers))
+            result.update(measure_timers(m, args.timers, timer_spread(args)))
             result["peak_rss_mb"] = round(rig.peak_rss_mb(), 1)
             m.close()
             return result
@@ -355,6 +388,16 @@ def scenario_shaping(args) -> dict:
     return scenario_throughput(args, shaped=True)
 
 
+def scenario_backends(args) -> dict | None:
+    """Throughput and latency on PostgreSQL; None (skipped) without --postgres."""
+    if not args.postgres:
+        return None
+    return {
+        **{f"pg_{k}": v for k, v in scenario_throughput(args, db=args.postgres).items()},
+        **{f"pg_{k}": v for k, v in scenario_latency(args, db=args.postgres).items()},
+    }
+
+
 SCENARIOS = {
     "throughput": scenario_throughput,
     "latency": scenario_latency,
@@ -362,6 +405,7 @@ SCENARIOS = {
     "shaping": scenario_shaping,
     "timers": scenario_timers,
     "scale": scenario_scale,
+    "backends": scenario_backends,
 }
 
 
@@ -376,12 +420,27 @@ def main() -> int:
     parser.add_argument("--pending", type=int, default=1_000_000, help="scale: pending delayed tasks")
     parser.add_argument("--schedules", type=int, default=10_000, help="scale: schedules")
     parser.add_argument("--due", type=int, default=20_000, help="scale: tasks due at start, to drain")
+    parser.add_argument(
+        "--paced", type=int, default=2000, help="latency: tasks paced at 200/s (default 2000)"
+    )
+    parser.add_argument(
+        "--timers-ahead", type=float, default=12.0, help="timers/scale: due up to this many seconds ahead"
+    )
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("MARTINET_BENCH_POSTGRES"),
+        help="backends/floor: a PostgreSQL URL whose martinet tables may be dropped "
+        "(default $MARTINET_BENCH_POSTGRES)",
+    )
     args = parser.parse_args()
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
     for name in args.scenarios or list(SCENARIOS):
         runs = [SCENARIOS[name](args) for _ in range(args.repeat)]
+        if None in runs:
+            print(f"\n{name}: skipped (give --postgres URL, or set MARTINET_BENCH_POSTGRES)")
+            continue
         summary = {k: {"median": statistics.median(r[k] for r in runs), "min": min(r[k] for r in runs),
                        "max": max(r[k] for r in runs)} for k in runs[0]}  # fmt: skip
         print(f"\n{name} ({args.repeat} runs)")

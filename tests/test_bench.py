@@ -1,0 +1,61 @@
+"""A quick run of every benchmark scenario with tiny numbers: the benchmark keeps working.
+
+It checks that each scenario runs and reports what it should, never how fast:
+speed targets live in scripts/bench.py's figures, not in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests import backends
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--repeat", "1", "--tasks", "300", "--paced", "40", "--timers", "20", "--timers-ahead", "1",
+        "--pending", "3000", "--schedules", "50", "--due", "300"]  # fmt: skip
+
+
+def bench(*args: str) -> dict[str, dict[str, float]]:
+    """Run scripts/bench.py; the medians of each scenario's JSON line."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), *args],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "median" in out.stdout  # the human table
+    records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    return {r["scenario"]: {k: v["median"] for k, v in r["results"].items()} for r in records}
+
+
+def test_every_scenario_runs_on_sqlite_with_tiny_numbers():
+    results = bench(*TINY, "--postgres", "")
+    assert set(results) == {
+        "throughput",
+        "latency",
+        "floor",
+        "shaping",
+        "timers",
+        "scale",
+    }  # backends: skipped
+    expected = {
+        "throughput": {"submit_seq_per_s", "submit_bulk_per_s", "drain_per_s"},
+        "shaping": {"submit_seq_per_s", "submit_bulk_per_s", "drain_per_s"},
+        "latency": {"latency_p50_ms", "latency_p99_ms", "latency_max_ms"},
+        "floor": {"zmq_floor_per_s", "sqlite_floor_per_s"},
+        "timers": {"late_p50_ms", "late_p99_ms", "late_max_ms"},
+        "scale": {"start_to_first_dispatch_s", "drain_due_per_s", "peak_rss_mb", "late_p50_ms"},
+    }
+    for scenario, keys in expected.items():
+        assert keys <= set(results[scenario]), (scenario, results[scenario])
+        assert all(v > 0 for k, v in results[scenario].items() if k.endswith("_per_s")), results[scenario]
+
+
+def test_the_backends_scenario_runs_on_postgresql():
+    results = bench(*TINY, "--postgres", backends.check("postgresql"), "backends", "floor")
+    assert {"pg_drain_per_s", "pg_submit_seq_per_s", "pg_submit_bulk_per_s", "pg_latency_p99_ms"} <= set(
+        results["backends"]
+    )
+    assert results["backends"]["pg_drain_per_s"] > 0 and results["floor"]["postgres_floor_per_s"] > 0
