@@ -4,14 +4,19 @@ the API and the CLI. Store tests pass time in as numbers: no sleeps."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from dataclasses import replace
 
 import pytest
 
+import martinet
 from martinet.errors import BadInput
 from martinet.models import Task
 from martinet.query import Search, check_search, decode_cursor, encode_cursor, parse_where
@@ -377,3 +382,27 @@ def test_cli_list_filters_pages_and_counts(cluster):
     out = cli(cluster.url, "--sort", "size")
     assert out.returncode == 2 and "invalid choice: 'size'" in out.stderr
     assert m.count() == {"queued": 3}  # nothing changed
+
+
+def test_the_readme_search_examples_run(cluster):
+    """Each `martinet list` line and the Python example of "Finding tasks" run as written."""
+    section = (ROOT / "README.md").read_text().split("## Finding tasks", 1)[1].split("\n## ", 1)[0]
+    shell = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+    python = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    cluster.start_daemon()
+    m = cluster.client()
+    m.execute({"name": "resize", "username": "ana", "queue": "images", "description": "Resize avatar"},
+              {"image_id": 7, "user": {"email": "ana@example.com"}})  # fmt: skip
+    lines = [shlex.split(line.split("#")[0]) for line in shell.strip().splitlines()]
+    assert len(lines) >= 5 and all(line[:2] == ["martinet", "list"] for line in lines)
+    for line in lines:
+        out = cli(cluster.url, *line[2:])
+        assert out.returncode == 0, (line, out.stderr)
+    assert "resize" in cli(cluster.url, *lines[1][2:]).stdout  # the --where example finds it
+    martinet.configure(url=cluster.url, timeout=5)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            exec(python, {})
+        assert printed.getvalue().split() == ["1", "queued", "None"]
+    finally:
+        martinet.configure(url=cluster.url)  # closes the shared handle
