@@ -22,6 +22,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from martinet.errors import BadInput
@@ -117,7 +118,8 @@ def check_search(h: dict[str, Any]) -> tuple[Search, int]:
         after=None if h.get("after") is None else decode_cursor(h["after"], sort),
     )
     if search.since is not None and search.until is not None and search.since >= search.until:
-        raise BadInput("since is not before until: no task can match; swap them?")
+        since, until = (datetime.fromtimestamp(t, UTC).isoformat() for t in (search.since, search.until))
+        raise BadInput(f"since ({since}) is not before until ({until}): no task can match; swap them?")
     return search, _limit(h.get("limit", 50))
 
 
