@@ -34,6 +34,7 @@ from martinet.errors import (
     TaskTimeout,
     WaitTimeout,
 )
+from martinet.query import Page
 from martinet.worker import TaskContext, Worker, task
 
 __version__ = "0.1.0"
@@ -47,6 +48,7 @@ __all__ = [
     "Fail",
     "Martinet",
     "MartinetError",
+    "Page",
     "ProtocolError",
     "Release",
     "Retry",
@@ -60,6 +62,7 @@ __all__ = [
     "Worker",
     "compose",
     "configure",
+    "count",
     "every",
     "execute",
     "execute_many",
@@ -74,6 +77,7 @@ __all__ = [
     "revoke",
     "schedule",
     "schedules",
+    "search",
     "set_queue",
     "show",
     "stall",
@@ -134,9 +138,21 @@ def show(task_or_schedule_id: int | str) -> dict:
     return _handle().show(task_or_schedule_id)
 
 
-def list(status: Any = None, name: str | None = None, username: str | None = None, limit: int = 50) -> Any:  # noqa: A001
-    """Tasks, newest first. See `Martinet.list`."""
-    return _handle().list(status, name, username, limit)
+def list(  # noqa: A001
+    status: Any = None, name: str | None = None, username: str | None = None, limit: int = 50, **filters: Any
+) -> Any:
+    """Tasks matching the filters, newest first. See `Martinet.list` and `Martinet.search`."""
+    return _handle().list(status, name, username, limit, **filters)
+
+
+def search(**filters: Any) -> Page:
+    """One page of matching tasks and the cursor of the next. See `Martinet.search`."""
+    return _handle().search(**filters)
+
+
+def count(**filters: Any) -> dict:
+    """How many tasks match the filters, by status. See `Martinet.count`."""
+    return _handle().count(**filters)
 
 
 def wait(task_id: int, timeout: float = 30.0) -> Any:

@@ -17,6 +17,7 @@ from typing import Any
 from martinet import config, when
 from martinet.client import Client, EventListener
 from martinet.errors import BadInput, TaskFailed, WaitTimeout
+from martinet.query import Page, check_filter_names
 from martinet.validate import Limits, check_args, check_name
 
 log = logging.getLogger(__name__)
@@ -264,12 +265,46 @@ class Martinet:
         name: str | None = None,
         username: str | None = None,
         limit: int = 50,
+        **filters: Any,
     ) -> list[dict[str, Any]]:
-        """Tasks, newest first, filtered by status(es), name and username."""
-        reply = self.client.request(
-            "list", {"status": status, "name": name, "username": username, "limit": limit}
-        )
-        return reply["items"]
+        """Tasks matching the filters, newest first: one page of `search` (its items only)."""
+        return self.search(status=status, name=name, username=username, limit=limit, **filters).items
+
+    def search(
+        self, *, limit: int = 50, after: str | None = None, sort: str = "created", **filters: Any
+    ) -> Page:
+        """One page of the tasks that match every filter given, and the cursor of the next.
+
+        Filters: `status` (one or a list), `name` ("resize", or a prefix:
+        "resize.*"), `queue`, `username`, `key`, `schedule` ("s7"), `text` (in
+        the description, ignoring case), `error` (the last error's type, like
+        "TimeoutError"), `since` / `until` (read like `schedule`'s times: "2
+        hours ago", "yesterday", a datetime) applied to `time` ("created", the
+        default; "due"; "finished"), and `where`, payload fields that must
+        equal a string, number, bool or None: {"image_id": 7}, {"user":
+        {"email": "ana@example.com"}} or {"user.email": ...}.
+
+        Rows come newest first by `sort` ("created", "due" or "finished"; the
+        last lists finished tasks only), then by id. Pass the returned
+        `Page.next` as `after` for the following page (None: no more); pages
+        stay exact while tasks are added.
+        """
+        fields = {"filters": self._filters(filters), "limit": limit, "sort": sort, "after": after}
+        reply = self.client.request("list", fields)
+        return Page(reply["items"], reply.get("next"))
+
+    def count(self, **filters: Any) -> dict[str, int]:
+        """How many tasks match the filters (as for `search`), by status: {"dead": 3, ...}."""
+        return self.client.request("list", {"filters": self._filters(filters), "count": True})["counts"]
+
+    def _filters(self, filters: dict[str, Any]) -> dict[str, Any]:
+        """Filters for the wire: Nones dropped, times read here (in the configured zone)."""
+        wire = check_filter_names({k: v for k, v in filters.items() if v is not None})
+        now = when.utcnow()
+        for key in ("since", "until"):
+            if key in wire:
+                wire[key] = when.parse_when(wire[key], now, self.settings.timezone).timestamp()
+        return wire
 
     def schedules(self) -> list[dict[str, Any]]:
         """Every schedule that has not been removed (`show(sid)` adds its next five due times)."""

@@ -16,6 +16,7 @@ from typing import Any
 
 from martinet import config, when
 from martinet.errors import MartinetError
+from martinet.query import TIMES, parse_where
 
 EPILOG = "Settings also come from --config FILE and MARTINET_* environment variables."
 
@@ -74,6 +75,36 @@ def _add_queue_commands(sub: argparse._SubParsersAction) -> None:
     _add_common(q)
 
 
+def _add_list_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("list", help="find tasks: filter, sort, page through, or count them", epilog=EPILOG)
+    p.add_argument(
+        "--status", action="append", help="only these states (repeatable, or comma-separated: failed,dead)"
+    )
+    p.add_argument("--name", help="only this task name, or names starting with a prefix: resize.*")
+    p.add_argument("--queue", help="only this queue")
+    p.add_argument("--user", dest="username", help="only this user's tasks")
+    p.add_argument("--key", help="only tasks with this key")
+    p.add_argument("--schedule", help="only runs of this schedule (s7)")
+    p.add_argument("--text", help="only tasks whose description contains this (any case)")
+    p.add_argument("--error", help="only tasks whose last error has this type (TimeoutError)")
+    p.add_argument(
+        "--where",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="only tasks whose args have this value (image_id=7, user.email=ana@example.com; repeatable)",
+    )
+    p.add_argument("--since", help='only tasks whose --time is at or after this ("2 hours ago")')
+    p.add_argument("--until", help='only tasks whose --time is before this ("1 hour ago")')
+    p.add_argument("--time", choices=TIMES, help="the time --since and --until apply to (default created)")
+    p.add_argument(
+        "--sort", choices=TIMES, default="created", help="newest first by this time (default created)"
+    )
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p.add_argument("--after", metavar="CURSOR", help="the page after this one (the `next` of the last)")
+    p.add_argument("--count", action="store_true", help="print how many match, by status, not the tasks")
+    _add_common(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="martinet", description="A durable task system.", epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -115,12 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--misfire-grace", help='how late a missed run is still worth running ("10 minutes")')
     _add_common(p)
 
-    p = sub.add_parser("list", help="list tasks, newest first", epilog=EPILOG)
-    p.add_argument("--status", action="append", help="only this status (repeatable)")
-    p.add_argument("--name", help="only this task name")
-    p.add_argument("--user", dest="username", help="only this user's tasks")
-    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
-    _add_common(p)
+    _add_list_command(sub)
 
     p = sub.add_parser(
         "schedules", help="list, show, pause, resume, update or remove schedules", epilog=EPILOG
@@ -333,21 +359,59 @@ def cmd_every(m, args) -> int:
     return 0
 
 
+def _list_filters(args: argparse.Namespace) -> dict[str, Any]:
+    statuses = [s.strip() for text in args.status or [] for s in text.split(",") if s.strip()]
+    where: dict[str, Any] = {}
+    for text in args.where or []:
+        field, value = parse_where(text)
+        if field in where:
+            raise MartinetError(f"--where names {field!r} twice; a field can equal one value")
+        where[field] = value
+    return {
+        "status": statuses or None,
+        "name": args.name,
+        "queue": args.queue,
+        "username": args.username,
+        "key": args.key,
+        "schedule": args.schedule,
+        "text": args.text,
+        "error": args.error,
+        "where": where or None,
+        "since": args.since,
+        "until": args.until,
+        "time": args.time,
+    }
+
+
 def cmd_list(m, args) -> int:
-    items = m.list(args.status, args.name, args.username, args.limit)
-    if args.json:
-        _print(args, items, "")
+    filters = _list_filters(args)
+    if args.count:
+        counts = m.count(**filters)
+        total = sum(counts.values())
+        if args.json:
+            _print(args, {"counts": counts, "total": total}, "")
+            return 0
+        for state in sorted(counts, key=_STATE_ORDER.index):
+            print(f"{state:<10} {counts[state]:>10}")
+        print(f"{'total':<10} {total:>10}")
         return 0
-    if not items:
+    page = m.search(limit=args.limit, after=args.after, sort=args.sort, **filters)
+    if args.json:
+        _print(args, {"items": page.items, "next": page.next}, "")
+        return 0
+    if not page.items:
         print("no tasks")
         return 0
-    print(f"{'ID':>8}  {'STATUS':<10} {'NAME':<20} {'USER':<12} {'ATTEMPT':<8} {'UPDATED':<24}")
-    for t in items:
+    column = {"created": "created_at", "due": "run_at", "finished": "finished_at"}[args.sort]
+    print(f"{'ID':>8}  {'STATUS':<10} {'NAME':<20} {'USER':<12} {'ATTEMPT':<8} {column.upper():<29}")
+    for t in page.items:
         attempts = f"{t['attempt']}/{t['max_attempts']}"
         print(
             f"{t['id']:>8}  {t['status']:<10} {t['name'][:20]:<20} {(t['username'] or '-')[:12]:<12} "
-            f"{attempts:<8} {t['updated_at']:<24}"
+            f"{attempts:<8} {t[column]:<29}"
         )
+    if page.next:
+        print(f"more: martinet list ... --after {page.next}")
     return 0
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from martinet import protocol, when
+from martinet import protocol, query, when
 from martinet.errors import BadInput, BadSchedule, TaskNotFound
 from martinet.lanes import DEFAULT_QUEUE, ORDERS, Queue, queue_columns
-from martinet.models import FAILED, QUEUED, SCHEDULED, STALLED, STATES, TERMINAL, WAITING
+from martinet.models import FAILED, QUEUED, SCHEDULED, STALLED, TERMINAL, WAITING
 from martinet.protocol import Cmd
 from martinet.store import iso
 from martinet.validate import check_args, check_every, check_task, clean_text, is_id, parse_ref
@@ -91,24 +91,22 @@ class ClientOps:
             item["attempts"] = self.store.attempts(item["id"])
             item["waiting"] = self._waiting_reason(item)
         else:
-            recent = self.store.list_tasks(schedule_id=int(item["id"][1:]), limit=10)
+            recent, _ = self.store.search_tasks(query.Search(schedule_id=int(item["id"][1:])), 10)
             item["recent_runs"] = [
                 {"id": r["id"], "status": r["status"], "due_at": r["due_at"]} for r in recent
             ]
         return {"item": item}
 
     def _op_list(self, h, now, out, ident):
-        status = h.get("status") or None
-        if isinstance(status, str):
-            status = [status]
-        for s in status or []:
-            if s not in STATES:
-                raise BadInput(f"unknown status {s!r}; states are {', '.join(STATES)}")
-        limit = h.get("limit", 50)
-        if not isinstance(limit, int) or not 1 <= limit <= 10_000:
-            raise BadInput("limit must be an integer from 1 to 10000")
-        items = self.store.list_tasks(status, h.get("name"), h.get("username"), limit=limit)
-        return {"items": items}
+        """A page of tasks matching the filters and the cursor of the next; or, with
+        `count`, how many match by status. See query.py."""
+        wanted, limit = query.check_search(h)
+        if h.get("count"):
+            counts = self.store.count_tasks(wanted)
+            return {"counts": counts, "total": sum(counts.values())}
+        items, last = self.store.search_tasks(wanted, limit)
+        cursor = None if last is None else query.encode_cursor(wanted.sort, *last)
+        return {"items": items, "next": cursor}
 
     def _op_schedules(self, h, now, out, ident):
         return {"items": self.store.list_schedules()}

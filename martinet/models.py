@@ -13,6 +13,7 @@ task      one row per task: what to run, its state and its latest outcome
   has_parents / has_dependents (see dependency),
   created_at, started_at, finished_at, updated_at,
   schedule_id + due_at (unique together: one run per schedule and due time)
+  indexes for dispatch, leases and search are listed below the Task model
 
 attempt   one row per finished attempt: the task's history
   task_id, attempt, worker, started_at, ended_at, outcome
@@ -130,7 +131,6 @@ class Task(BaseModel):
         indexes = (
             (("status", "run_at"), False),  # promotion of due tasks, lease checks
             (("schedule_id", "due_at"), True),  # one run per schedule and due time
-            (("name", "status"), False),
             (("worker", "status"), False),
         )
 
@@ -140,6 +140,15 @@ class Task(BaseModel):
 Task.add_index(
     Task.index(Task.status, Task.queue, Task.priority.desc(), Task.run_at, Task.id, name="task_dispatch")
 )
+
+# Search (store.search_tasks): pages come newest first by (created_at, id), so
+# each common filter has an index ending in those columns and the first page
+# reads just its own rows, whatever the table's size. (name, status, ...) also
+# serves claims by name. Other filters walk task_created and stop at a page.
+Task.add_index(Task.index(Task.created_at, Task.id, name="task_created"))
+Task.add_index(Task.index(Task.status, Task.created_at, Task.id, name="task_status_created"))
+Task.add_index(Task.index(Task.name, Task.status, Task.created_at, Task.id, name="task_name_status_created"))
+Task.add_index(Task.index(Task.finished_at, Task.id, name="task_finished"))  # --time/--sort finished
 
 
 class Dependency(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import sqlite3
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -41,6 +42,7 @@ from martinet.models import (
     TaskLimit,
     database,
 )
+from martinet.query import Search
 from martinet.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ TASK_DEFAULTS = {
 }
 TIMED = (SCHEDULED, FAILED)  # states that become QUEUED when run_at comes
 REVOCABLE = (WAITING, SCHEDULED, QUEUED, FAILED, STALLED)
+TIME_COLUMNS = {"created": "created_at", "due": "run_at", "finished": "finished_at"}  # search times
 
 
 def open_database(url: str) -> peewee.Database:
@@ -1044,25 +1047,96 @@ class Store:
             for a in rows
         ]
 
-    def list_tasks(
-        self,
-        status: list[str] | None = None,
-        name: str | None = None,
-        username: str | None = None,
-        schedule_id: int | None = None,
-        limit: int = 50,
-    ) -> list[dict]:
-        query = Task.select()
-        if status:
-            query = query.where(Task.status.in_(status))
-        if name:
-            query = query.where(Task.name == name)
-        if username:
-            query = query.where(Task.username == username)
-        if schedule_id is not None:
-            query = query.where(Task.schedule_id == schedule_id)
-        query = query.order_by(Task.id.desc()).limit(limit)
-        return [task_info(r) for r in query]
+    # ---- search ---------------------------------------------------------------
+
+    def search_tasks(self, q: Search, limit: int) -> tuple[list[dict], tuple[float, int] | None]:
+        """One page of the tasks that match `q`, newest first by its sort column, then id.
+
+        Returns the page and the (sort value, id) of its last row when more rows
+        follow (None on the last page). Keyset paging: the next page starts
+        strictly after that row, so tasks created meanwhile never shift it.
+        Sorting by the finished time lists finished tasks only.
+        """
+        column = TIME_COLUMNS[q.sort]
+        conditions, params = self._search_conditions(q)
+        if q.sort == "finished":
+            conditions.append("finished_at IS NOT NULL")
+        if q.after is not None:
+            value, last_id = q.after
+            conditions.append(f"{column} <= ? AND ({column} < ? OR id < ?)")
+            params += [value, value, last_id]
+        table = "task"
+        if q.where and self.is_mysql:
+            # MySQL would walk the sort's index and fetch every row to read its args (5 s for a
+            # million on MariaDB); reading the table in order and sorting the few matches is faster.
+            table += " IGNORE INDEX FOR ORDER BY (task_created, task_finished)"
+        sql = f"SELECT * FROM {table}{_where(conditions)} ORDER BY {column} DESC, id DESC LIMIT ?"
+        rows = list(Task.raw(self._adapt(sql), *params, limit + 1))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        last = (getattr(rows[-1], column), rows[-1].id) if more else None
+        return [task_info(r) for r in rows], last
+
+    def count_tasks(self, q: Search) -> dict[str, int]:
+        """How many tasks match `q` (its sort and cursor aside), by status."""
+        conditions, params = self._search_conditions(q)
+        sql = f"SELECT status, COUNT(*) FROM task{_where(conditions)} GROUP BY status"
+        return {status: n for status, n in self.db.execute_sql(self._adapt(sql), params).fetchall()}
+
+    def _adapt(self, sql: str) -> str:
+        """`?` placeholders to the driver's (not cached: searches vary without end)."""
+        return sql.replace("?", self.db.param)
+
+    def _search_conditions(self, q: Search) -> tuple[list[str], list[Any]]:
+        conditions: list[str] = []
+        params: list[Any] = []
+
+        def add(condition: str, *values: Any) -> None:
+            conditions.append(condition)
+            params.extend(values)
+
+        if q.statuses:
+            add(f"status IN ({', '.join('?' * len(q.statuses))})", *q.statuses)
+        for column, value in (
+            ("name", q.name),
+            ("queue", q.queue),
+            ("username", q.username),
+            (self._name("key"), q.key),
+            ("schedule_id", q.schedule_id),
+            ("error_type", q.error),
+        ):
+            if value is not None:
+                add(f"{column} = ?", value)
+        if q.name_prefix is not None:
+            if isinstance(self.db, peewee.SqliteDatabase):  # GLOB: case-sensitive, as names are
+                add("name GLOB ?", re.sub(r"([*?\[])", r"[\1]", q.name_prefix) + "*")
+            else:
+                add("name LIKE ? ESCAPE '!'", _like_escape(q.name_prefix) + "%")
+        if q.text is not None:
+            postgres = isinstance(self.db, peewee.PostgresqlDatabase)
+            like = "ILIKE" if postgres else "LIKE"  # ignoring case on every backend
+            add(f"description {like} ? ESCAPE '!'", f"%{_like_escape(q.text)}%")
+        column = TIME_COLUMNS[q.time]
+        if q.since is not None:
+            add(f"{column} >= ?", q.since)
+        if q.until is not None:
+            add(f"{column} < ?", q.until)
+        for path, value in q.where:
+            condition, values = self._arg_equals(path, value)
+            add(condition, *values)
+        return conditions, params
+
+    def _arg_equals(self, path: tuple[str, ...], value: Any) -> tuple[str, list[Any]]:
+        """A payload field equals a JSON scalar, types compared too (7 is not "7", 1 is not true).
+
+        The path is written as a literal (query.py lets keys hold only letters,
+        digits, _ and -), so an expression index on the same path can serve it.
+        """
+        if isinstance(self.db, peewee.PostgresqlDatabase):
+            return _arg_equals_postgres(path, value)
+        if self.is_mysql:
+            return _arg_equals_mysql(path, value)
+        return _arg_equals_sqlite(path, value)
 
     def get_schedule(self, schedule_id: int, upcoming: int = 0) -> dict | None:
         """A schedule's record; with `upcoming`, its next due times (none after until, at most count)."""
@@ -1145,6 +1219,46 @@ def _next_after_now(rec: when.Recurrence, due: float | None, now: float) -> floa
             return due
         return due + (math.floor((now - due) / rec.seconds) + 1) * rec.seconds
     return rec.next_after(when.from_timestamp(now)).timestamp()
+
+
+def _where(conditions: list[str]) -> str:
+    return f" WHERE {' AND '.join(conditions)}" if conditions else ""
+
+
+def _like_escape(text: str) -> str:
+    """Text matched literally by LIKE ... ESCAPE '!'."""
+    return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+
+
+def _json_path(path: tuple[str, ...]) -> str:
+    """A literal JSON path, as SQLite and MySQL write it: '$.user.email'."""
+    return "'$" + "".join(f".{key}" if key.isidentifier() else f'."{key}"' for key in path) + "'"
+
+
+def _arg_equals_sqlite(path: tuple[str, ...], value: Any) -> tuple[str, list[Any]]:
+    field, kind = f"json_extract(args, {_json_path(path)})", f"json_type(args, {_json_path(path)})"
+    if value is None or isinstance(value, bool):
+        return f"{kind} = ?", [json.dumps(value)]  # its type says all: 'null', 'true', 'false'
+    if isinstance(value, str):
+        return f"{field} = ? AND {kind} = 'text'", [value]
+    return f"{field} = ? AND {kind} IN ('integer', 'real')", [value]
+
+
+def _arg_equals_postgres(path: tuple[str, ...], value: Any) -> tuple[str, list[Any]]:
+    field = "CAST(args AS jsonb)" + "".join(f" -> '{key}'" for key in path)
+    return f"({field}) = CAST(? AS jsonb)", [json.dumps(value)]  # jsonb equality compares types
+
+
+def _arg_equals_mysql(path: tuple[str, ...], value: Any) -> tuple[str, list[Any]]:
+    field = f"JSON_EXTRACT(args, {_json_path(path)})"
+    kind = f"JSON_TYPE({field})"
+    if value is None:
+        return f"{kind} = 'NULL'", []
+    if isinstance(value, bool):
+        return f"{kind} = 'BOOLEAN' AND JSON_UNQUOTE({field}) = ?", [json.dumps(value)]
+    if isinstance(value, str):  # compared as bytes, not by the collation: "Ana" is not "ana"
+        return f"CAST(JSON_UNQUOTE({field}) AS BINARY) = CAST(? AS BINARY) AND {kind} = 'STRING'", [value]
+    return f"{field} = ? AND {kind} IN ('INTEGER', 'UNSIGNED INTEGER', 'DOUBLE', 'DECIMAL')", [value]
 
 
 def _error(kind: str | None, message: str | None, trace: str | None) -> dict | None:

@@ -47,8 +47,8 @@ def check_args(args: Any, limits: Limits) -> dict:
         return {}
     if not isinstance(args, dict):
         raise BadInput(f"args must be a JSON object (a dict), not {type(args).__name__}")
-    try:
-        size = len(json.dumps(args))
+    try:  # NaN and Infinity are not JSON: the databases' JSON functions would refuse the row
+        size = len(json.dumps(args, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise BadInput(f"args cannot be written as JSON: {exc}") from None
     if size > limits.max_payload:

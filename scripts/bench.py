@@ -20,6 +20,10 @@ scenario, so runs can be compared. Scenarios:
   scale       PENDING delayed tasks (hours ahead), SCHEDULES schedules and DUE tasks due
               now in the database: start to first dispatch, the drain rate of the due
               tasks, timer lateness, and the daemon's peak RSS
+  search      PENDING tasks of ten names and six states made over 30 days (in --db, an
+              empty database, else a fresh SQLite file): one search request's time for
+              common filters and a payload filter, before and after an expression index
+              (run it with --repeat 1: each repeat builds the million rows again)
 """
 
 from __future__ import annotations
@@ -384,6 +388,114 @@ def scenario_scale(args) -> dict:
             rig.stop()
 
 
+SEARCH_NAMES = ["resize.small", "resize.large", "resize.thumb", "email.send", "email.digest",
+                "report.build", "sync.pull", "sync.push", "billing.charge", "cleanup"]  # fmt: skip
+SEARCH_STATES = {"succeeded": 80, "failed": 3, "dead": 2, "cancelled": 2, "scheduled": 8, "queued": 5}
+
+
+def fill_search(db_url: str, n: int) -> None:
+    """Bulk-insert n finished and waiting tasks made over 30 days: ten names, six states,
+    errors on the failed ones, and args like {"image_id": 31337, "user": {"email": ...}}."""
+    db = open_database(db_url)
+    if db.execute_sql("SELECT COUNT(*) FROM task").fetchone()[0]:
+        raise SystemExit(f"search fills an empty database; {db_url} already has tasks")
+    rng = random.Random(9)
+    now, span = time.time(), 30 * 86400.0
+    states = rng.choices(list(SEARCH_STATES), weights=list(SEARCH_STATES.values()), k=n)
+    cols = [*TASK_DEFAULTS, "name", "status", "username", "run_at", "created_at", "updated_at",
+            "finished_at", "error_type"]  # fmt: skip
+    chunk = 500  # rows per INSERT: well under every backend's limit on parameters
+    insert = f"INSERT INTO task ({','.join(cols)}) VALUES " + ",".join(
+        ["(" + ",".join([db.param] * len(cols)) + ")"] * chunk
+    )
+    rows: list = []
+    with db.atomic():
+        for i, state in enumerate(states):
+            created = now - span + span * i / n
+            args = {
+                "image_id": rng.randrange(100_000),
+                "user": {"email": f"user{rng.randrange(5000)}@example.com"},
+            }
+            finished = created + rng.uniform(0.1, 60) if state in ("succeeded", "dead", "cancelled") else None
+            run_at = now + rng.uniform(60, 86400) if state == "scheduled" else created
+            defaults = {**TASK_DEFAULTS, "args": json.dumps(args)}
+            rows.extend([*defaults.values(), SEARCH_NAMES[i % 10], state, f"user{i % 97}", run_at, created,
+                         finished or created, finished, "TimeoutError" if state in ("failed", "dead") else None])  # fmt: skip
+            if len(rows) == chunk * len(cols):
+                db.execute_sql(insert, rows)
+                rows = []
+        if rows:
+            tail = len(rows) // len(cols)
+            db.execute_sql(insert.rsplit(" VALUES ", 1)[0] + " VALUES " + ",".join(
+                ["(" + ",".join([db.param] * len(cols)) + ")"] * tail), rows)  # fmt: skip
+    if db_url.startswith("postgres"):
+        db.execute_sql("ANALYZE task")  # what autovacuum would soon do; martinet never runs it on SQLite
+    db.close()
+
+
+def index_image_id(db_url: str) -> bool:
+    """The README's recipe for a payload field filtered often: an expression index
+    (SQLite and PostgreSQL; MySQL's generated column is not measured here)."""
+    db = open_database(db_url)
+    if db_url.startswith("sqlite"):
+        db.execute_sql("CREATE INDEX task_arg_image_id ON task (json_extract(args, '$.image_id'))")
+    elif db_url.startswith("postgres"):
+        db.execute_sql("CREATE INDEX task_arg_image_id ON task ((CAST(args AS jsonb) -> 'image_id'))")
+        db.execute_sql("ANALYZE task")
+    db.close()
+    return db_url.startswith(("sqlite", "postgres"))
+
+
+def scenario_search(args) -> dict:
+    """A million tasks (--pending) in the database, a daemon, no workers: the time of one
+    search request (median of 7), first pages of common filters and a payload filter."""
+    n = args.pending
+    with tempfile.TemporaryDirectory() as tmp:
+        rig = Rig(Path(tmp), workers=0)
+        rig.db = args.db or rig.db
+        try:
+            built = time.perf_counter()
+            fill_search(rig.db, n)
+            result = {"build_s": round(time.perf_counter() - built, 1)}
+            rig.start_daemon()
+            m = rig.client()
+            m.ping()
+
+            def timed(call) -> float:
+                times = []
+                for _ in range(7):
+                    start = time.perf_counter()
+                    call()
+                    times.append((time.perf_counter() - start) * 1000)
+                return round(statistics.median(times), 2)
+
+            second = m.search(status="dead", name="resize.large").next
+            image_id = m.list(status="succeeded", limit=1)[0]["args"]["image_id"]
+            result.update(
+                latest_ms=timed(lambda: m.search()),
+                status_name_ms=timed(lambda: m.search(status="dead", name="resize.large")),
+                status_name_page2_ms=timed(
+                    lambda: m.search(status="dead", name="resize.large", after=second)
+                ),
+                failed_dead_prefix_ms=timed(lambda: m.search(status=["failed", "dead"], name="resize.*")),
+                error_since_ms=timed(lambda: m.search(error="TimeoutError", since="2 days ago")),
+                count_name_ms=timed(lambda: m.count(name="email.send")),
+                where_ms=timed(lambda: m.search(where={"image_id": image_id})),
+            )
+            if index_image_id(rig.db):
+                result["where_indexed_ms"] = timed(lambda: m.search(where={"image_id": image_id}))
+            m.close()
+            return result
+        finally:
+            rig.stop()
+            if args.db:
+                db = open_database(args.db)
+                if args.db.startswith("postgres"):
+                    db.execute_sql("DROP INDEX IF EXISTS task_arg_image_id")
+                db.execute_sql("DELETE FROM task")  # it was empty: leave it so
+                db.close()
+
+
 def scenario_shaping(args) -> dict:
     return scenario_throughput(args, shaped=True)
 
@@ -406,6 +518,7 @@ SCENARIOS = {
     "timers": scenario_timers,
     "scale": scenario_scale,
     "backends": scenario_backends,
+    "search": scenario_search,
 }
 
 
@@ -432,6 +545,7 @@ def main() -> int:
         help="backends/floor: a PostgreSQL URL whose martinet tables may be dropped "
         "(default $MARTINET_BENCH_POSTGRES)",
     )
+    parser.add_argument("--db", help="search: an empty database to fill (default: a fresh SQLite file)")
     args = parser.parse_args()
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:

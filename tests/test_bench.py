@@ -32,14 +32,8 @@ def bench(*args: str) -> dict[str, dict[str, float]]:
 
 def test_every_scenario_runs_on_sqlite_with_tiny_numbers():
     results = bench(*TINY, "--postgres", "")
-    assert set(results) == {
-        "throughput",
-        "latency",
-        "floor",
-        "shaping",
-        "timers",
-        "scale",
-    }  # backends: skipped
+    scenarios = {"throughput", "latency", "floor", "shaping", "timers", "scale", "search"}
+    assert set(results) == scenarios  # backends: skipped without --postgres
     expected = {
         "throughput": {"submit_seq_per_s", "submit_bulk_per_s", "drain_per_s"},
         "shaping": {"submit_seq_per_s", "submit_bulk_per_s", "drain_per_s"},
@@ -47,6 +41,7 @@ def test_every_scenario_runs_on_sqlite_with_tiny_numbers():
         "floor": {"zmq_floor_per_s", "sqlite_floor_per_s"},
         "timers": {"late_p50_ms", "late_p99_ms", "late_max_ms"},
         "scale": {"start_to_first_dispatch_s", "drain_due_per_s", "peak_rss_mb", "late_p50_ms"},
+        "search": {"status_name_ms", "where_ms", "count_name_ms"},
     }
     for scenario, keys in expected.items():
         assert keys <= set(results[scenario]), (scenario, results[scenario])

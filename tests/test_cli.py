@@ -84,7 +84,8 @@ def test_cli_round_trip(cluster):
     listed = ok("list", "--user", "ana", url=url)
     assert str(tid) in listed and "succeeded" in listed
     assert [
-        t["id"] for t in json.loads(ok("list", "--status", "succeeded", "--name", "echo", "--json", url=url))
+        t["id"]
+        for t in json.loads(ok("list", "--status", "succeeded", "--name", "echo", "--json", url=url))["items"]
     ] == [tid]
 
     later = json.loads(ok("schedule", "in 1 hour", "echo", "--args", "{}", "--json", url=url))

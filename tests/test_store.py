@@ -667,27 +667,6 @@ def test_remove_schedule_stops_its_runs(store):
 # ---- reads --------------------------------------------------------------------
 
 
-def test_list_tasks_filters(store):
-    a = submit(store, name="a", username="ann")
-    b = submit(store, name="b", username="bob")
-    c = submit(store, name="a", username="bob", run_at=NOW + 60)
-    sched = every_minute(store)
-    (s,) = store.expand_schedules(NOW, 3)
-
-    def ids(**kw):
-        return [t["id"] for t in store.list_tasks(**kw)]
-
-    assert ids() == [s, c, b, a]  # newest first
-    assert ids(limit=2) == [s, c]
-    assert ids(status=["queued"]) == [s, b, a]
-    assert ids(status=["scheduled", "running"]) == [c]
-    assert ids(name="a") == [c, a]
-    assert ids(username="bob") == [c, b]
-    assert ids(name="a", username="bob") == [c]
-    assert ids(schedule_id=sched) == [s]
-    assert ids(status=["dead"]) == []
-
-
 def test_task_info_and_schedule_info_shapes(store):
     task_id = submit(store, args={"x": 1})
     task = store.get_task(task_id)

@@ -91,6 +91,9 @@ def test_args_must_be_a_dict(args):
 def test_args_that_cannot_be_json():
     refused("args cannot be written as JSON", args={"when": object()})
     refused("args cannot be written as JSON", args={"s": {1, 2}})
+    # NaN and Infinity are not JSON: the databases' JSON functions (search) would refuse them
+    refused("args cannot be written as JSON: Out of range float", args={"x": [float("nan")]})
+    refused("args cannot be written as JSON: Out of range float", args={"x": float("inf")})
 
 
 def test_args_size_limit():
