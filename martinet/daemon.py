@@ -163,12 +163,15 @@ class Daemon(ClientOps):
             self.open()
         try:
             while not self._stopping:
-                timeout = self._poll_timeout(self.clock())
-                ready = dict(self.poller.poll(timeout))
+                deadline = self._next_deadline(self.clock())
+                ready = dict(self.poller.poll(_poll_ms(deadline - self.clock())))
                 if self._wake_r in ready:
                     os.read(self._wake_r, 4096)
+                now = self.clock()
+                if not ready and now < deadline:
+                    continue  # woke early, on purpose: see _poll_ms
                 try:
-                    self._turn(ready, self.clock())
+                    self._turn(ready, now)
                 except Exception:  # a bug of ours: that turn is rolled back, the daemon lives on
                     log.exception("a turn of the loop failed; nothing of it was committed")
         finally:
@@ -191,19 +194,17 @@ class Daemon(ClientOps):
 
     # ---- one turn -------------------------------------------------------------
 
-    def _poll_timeout(self, now: float) -> int:
-        """Milliseconds until the nearest deadline; never infinite."""
-        deadlines = [self._next_tick]
+    def _next_deadline(self, now: float) -> float:
+        """When the loop must take a turn even if nothing arrives (now: there is work to send)."""
+        if self._dispatch_pending and any(p.credit for p in self.peers):
+            return now
+        deadlines = [self._next_tick, self._waiters_due]
         if self._next_wakeup is not None:
             deadlines.append(self._next_wakeup)
-        deadlines.append(self._waiters_due)
         rate_free = self.lanes.next_deadline(now) if self._dispatch_pending else None
         if rate_free is not None:
             deadlines.append(rate_free)
-        if self._dispatch_pending and any(p.credit for p in self.peers):
-            return 0
-        delay = min(deadlines) - now
-        return max(0, min(int(delay * 1000) + 1, 1000))
+        return min(deadlines)
 
     def _turn(self, ready: dict, now: float) -> None:
         """Read what arrived, write it and the turn's claims in one transaction (group
@@ -439,8 +440,7 @@ class Daemon(ClientOps):
             settled = info["dependents"]
             if info["status"] in TERMINAL:  # dead: its waiters, and those of what waited on it, get an answer
                 self._ended_elsewhere.extend([info["id"], *settled["cancelled"]])
-        if infos:
-            self._queues_ready()
+            self.lanes.ready(info["queue"])
         return [info["id"] for info in infos]
 
     def _declare_limits(self, limits: Any, names: set[str], now: float) -> None:
@@ -579,8 +579,9 @@ class Daemon(ClientOps):
                 task_id, info["name"], attempt, status, worker_id, error.get("type"), error.get("message"),
             )  # fmt: skip
         settled = info.pop("dependents")
-        if settled["released"]:
+        if settled["released"]:  # they may wait in other queues
             self._dispatch_pending = self._wakeup_dirty = True
+            self._queues_ready()
             log.info("tasks %s no longer wait: task %s succeeded", settled["released"], task_id)
         if settled["cancelled"]:
             log.warning(
@@ -600,8 +601,10 @@ class Daemon(ClientOps):
             created = self.store.expand_schedules(now, self.settings.max_attempts)
             if created:
                 log.info("schedules created tasks %s", created)
-            if self.store.promote_due(now) or created:
                 self._queues_ready()
+                self._dispatch_pending = True
+            for queue in self.store.promote_due(now):
+                self.lanes.ready(queue)
                 self._dispatch_pending = True
             self._next_wakeup = self.store.next_wakeup()
         if now >= self._next_tick:
@@ -737,6 +740,20 @@ class Daemon(ClientOps):
             if not progress:  # only rated queues had room, and no idle thread to take them
                 break
         return rows, filled
+
+
+SPIN = 0.001  # seconds before a deadline when the loop stops sleeping and polls without waiting
+
+
+def _poll_ms(wait: float) -> int:
+    """How long to poll for messages, in whole milliseconds, `wait` seconds before a
+    deadline. A poll timeout rounds to the millisecond, and a timer that fires a
+    millisecond late is a millisecond late for every task it starts: so the loop
+    sleeps until about SPIN before the deadline and polls without waiting after that.
+    It never sleeps more than a second, so it notices a changed clock."""
+    if wait <= SPIN:
+        return 0
+    return min(math.ceil((wait - SPIN) * 1000), 1000)
 
 
 def _err(kind: str, message: str) -> dict:

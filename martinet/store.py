@@ -14,6 +14,7 @@ import re
 import sqlite3
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
@@ -309,18 +310,21 @@ class Store:
 
     # ---- dispatch -----------------------------------------------------------
 
-    def promote_due(self, now: float) -> int:
-        """Scheduled tasks and retries whose time has come become queued."""
-        return (
-            Task.update(status=QUEUED, updated_at=now)
-            .where(Task.status.in_(TIMED), Task.run_at <= now)
-            .execute()
-        )
+    def promote_due(self, now: float) -> list[str]:
+        """Scheduled tasks and retries whose time has come become queued; returns the
+        queues they are in (read from the due rows alone, through the (status, run_at) index)."""
+        due = "status IN ('scheduled', 'failed') AND run_at <= ?"
+        queues = [q for (q,) in self._exec(f"SELECT DISTINCT queue FROM task WHERE {due}", (now,)).fetchall()]
+        if queues:
+            self._exec(f"UPDATE task SET status = 'queued', updated_at = ? WHERE {due}", (now, now))
+        return queues
 
     def next_wakeup(self) -> float | None:
         """The earliest time at which something waiting becomes due."""
-        task = Task.select(peewee.fn.MIN(Task.run_at)).where(Task.status.in_(TIMED)).scalar()
-        sched = Schedule.select(peewee.fn.MIN(Schedule.next_due)).where(Schedule.status == "active").scalar()
+        task = self._exec("SELECT MIN(run_at) FROM task WHERE status IN ('scheduled', 'failed')").fetchone()[
+            0
+        ]
+        sched = self._exec("SELECT MIN(next_due) FROM schedule WHERE status = 'active'").fetchone()[0]
         times = [t for t in (task, sched) if t is not None]
         return min(times) if times else None
 
@@ -830,7 +834,11 @@ class Store:
         (schedule_id, due_at) backs this up. Which runs are owed (misfire
         policy, until, count) is decided by `recurring.plan`.
         """
-        created = []
+        created: list[int] = []
+        if not self._exec(
+            "SELECT id FROM schedule WHERE status = 'active' AND next_due <= ? LIMIT 1", (now,)
+        ).fetchone():
+            return created  # the common case, answered without building a query
         due = Schedule.select().where(Schedule.status == "active", Schedule.next_due <= now)
         for sched in list(due):
             rec = when.recurrence_from_db(sched.kind, sched.spec, sched.timezone)
@@ -1029,8 +1037,14 @@ class Store:
         return None if sched is None else ("schedule", sched.id)
 
     def get_task(self, task_id: int) -> dict | None:
-        row = Task.get_or_none(Task.id == task_id)
-        return None if row is None else task_info(row)
+        """One task's record. Hand-written: `wait` answers read it as tasks end, in the loop."""
+        columns = ", ".join(map(self._name, INFO_COLUMNS))
+        found = self._exec(f"SELECT {columns} FROM task WHERE id = ?", (task_id,)).fetchone()
+        return (
+            None
+            if found is None
+            else task_info(SimpleNamespace(**dict(zip(INFO_COLUMNS, found, strict=True))))
+        )
 
     def attempts(self, task_id: int) -> list[dict]:
         rows = Attempt.select().where(Attempt.task_id == task_id).order_by(Attempt.attempt)
@@ -1267,7 +1281,15 @@ def _error(kind: str | None, message: str | None, trace: str | None) -> dict | N
     return {"type": kind, "message": message, "traceback": trace}
 
 
-def task_info(row: Task) -> dict[str, Any]:
+INFO_COLUMNS = (
+    "id", "name", "username", "description", "args", "queue", "priority", "status", "run_at", "attempt",
+    "max_attempts", "timeout", "reason", "releases", "key", "key_mode", "progress", "progress_message",
+    "result", "error_type", "error_message", "error_traceback", "worker", "cancel_requested", "created_at",
+    "started_at", "finished_at", "updated_at", "schedule_id", "due_at",
+)  # fmt: skip  # what task_info reads
+
+
+def task_info(row: Task | SimpleNamespace) -> dict[str, Any]:
     return {
         "id": row.id,
         "kind": "task",

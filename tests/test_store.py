@@ -172,22 +172,23 @@ def test_submit_with_known_request_id_returns_the_same_task(store):
 
 
 def test_promote_due_queues_scheduled_tasks_when_their_time_comes(store):
-    soon = submit(store, run_at=NOW + 10)
-    later = submit(store, run_at=NOW + 20)
-    assert store.promote_due(NOW + 9.999) == 0
-    assert store.promote_due(NOW + 10) == 1
+    soon = submit(store, run_at=NOW + 10, queue="a")
+    later = submit(store, run_at=NOW + 20, queue="b")
+    also = submit(store, run_at=NOW + 20, queue="b")
+    assert store.promote_due(NOW + 9.999) == []
+    assert store.promote_due(NOW + 10) == ["a"]  # the queues that got ready tasks
     assert (row(soon).status, row(later).status) == ("queued", "scheduled")
-    assert store.promote_due(NOW + 10) == 0
-    assert store.promote_due(NOW + 30) == 1
-    assert row(later).status == "queued"
+    assert store.promote_due(NOW + 10) == []
+    assert store.promote_due(NOW + 30) == ["b"]
+    assert row(later).status == row(also).status == "queued"
 
 
 def test_promote_due_queues_retries_whose_delay_is_over(store):
     task_id = submit(store)
     claim_one(store)
     store.fail(task_id, 1, "w1", {"type": "E", "message": "m"}, NOW, retry_in=5)
-    assert store.promote_due(NOW + 4) == 0
-    assert store.promote_due(NOW + 5) == 1
+    assert store.promote_due(NOW + 4) == []
+    assert store.promote_due(NOW + 5) == ["default"]
     assert row(task_id).status == "queued"
 
 
