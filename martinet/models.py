@@ -33,6 +33,8 @@ schedule  one row per recurring schedule
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from peewee import (
     AutoField,
     BooleanField,
@@ -104,10 +106,10 @@ class Task(BaseModel):
     timeout = DoubleField(null=True)  # seconds an attempt may run before it is interrupted
     reason = TextField(null=True)  # why it is stalled or cancelled
     releases = IntegerField(default=0)  # times a handler gave it back (martinet.Release)
-    key = CharField(max_length=255, null=True, index=True)  # the user's name for it
+    key = CharField(max_length=255, null=True)  # the user's name for it
     # Equal to key while the key is taken: always for unique="always", until the task
     # ends for unique="active". The unique index is what makes a key a key.
-    unique_key = CharField(max_length=255, null=True, unique=True)
+    unique_key = CharField(max_length=255, null=True)
     key_mode = CharField(max_length=8, null=True)  # active | always
     has_parents = BooleanField(default=False)  # it waits on others (see Dependency)
     has_dependents = BooleanField(default=False)  # others wait on it
@@ -127,19 +129,33 @@ class Task(BaseModel):
     schedule_id = IntegerField(null=True)
     due_at = DoubleField(null=True)
 
-    class Meta:
-        indexes = (
-            (("status", "run_at"), False),  # promotion of due tasks, lease checks
-            (("schedule_id", "due_at"), True),  # one run per schedule and due time
-            (("worker", "status"), False),
-        )
+
+class PartialIndex(NamedTuple):
+    """An index over the rows that match `where` only (SQLite, PostgreSQL): a task that
+    leaves those rows costs the index one delete, and the rest never touch it. MySQL
+    has no partial indexes: there it covers every row, `full` its columns."""
+
+    name: str
+    columns: str
+    where: str
+    full: str
+    unique: bool = False
 
 
-# The dispatch order, served by the index itself (no sort, however long the queue):
-# higher priority first, then earlier due time, then submission order.
-Task.add_index(
-    Task.index(Task.status, Task.queue, Task.priority.desc(), Task.run_at, Task.id, name="task_dispatch")
-)
+# Made by store.open_database. Running scans (lost workers, leases) read the running
+# rows through task_status_created: they are few, bounded by the workers' capacity.
+PARTIAL_INDEXES = (
+    # The dispatch order, served by the index itself (no sort, however long the queue):
+    # higher priority first, then earlier due time, then submission order.
+    PartialIndex("task_ready", "queue, priority DESC, run_at, id", "status = 'queued'",
+                 "status, queue, priority DESC, run_at, id"),
+    PartialIndex("task_due", "run_at", "status IN ('scheduled', 'failed')", "status, run_at"),  # timers
+    PartialIndex("task_keyed", "key", "key IS NOT NULL", "key"),
+    # The unique index is what makes a key a key; and one run per schedule and due time.
+    PartialIndex("task_key_taken", "unique_key", "unique_key IS NOT NULL", "unique_key", unique=True),
+    PartialIndex("task_schedule_run", "schedule_id, due_at", "schedule_id IS NOT NULL", "schedule_id, due_at",
+                 unique=True),
+)  # fmt: skip
 
 # Search (store.search_tasks): pages come newest first by (created_at, id), so
 # each common filter has an index ending in those columns and the first page

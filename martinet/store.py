@@ -27,6 +27,7 @@ from martinet.models import (
     CANCELLED,
     DEAD,
     FAILED,
+    PARTIAL_INDEXES,
     QUEUED,
     RUNNING,
     SCHEDULED,
@@ -94,6 +95,7 @@ def open_database(url: str) -> peewee.Database:
         database.initialize(db)
         db.connect(reuse_if_open=True)
         db.create_tables(TABLES, safe=True)
+        _create_partial_indexes(db)
     except peewee.PeeweeException as exc:
         raise StoreError(f"cannot open database {redact(url)}: {exc}") from None
     except ValueError as exc:
@@ -103,6 +105,33 @@ def open_database(url: str) -> peewee.Database:
             f"the driver for {scheme} is not installed ({exc}); install martinet[postgres] or martinet[mysql]"
         ) from None
     return db
+
+
+def _create_partial_indexes(db: peewee.Database) -> None:
+    """models.PARTIAL_INDEXES, partial where the database can (not on MySQL)."""
+    mysql = isinstance(db, peewee.MySQLDatabase)
+
+    def quoted(
+        columns: str,
+    ) -> str:  # "queue, priority DESC" with each column quoted (key is reserved on MySQL)
+        return ", ".join(" ".join([f"{db.quote[0]}{col}{db.quote[1]}", *rest])
+                         for col, *rest in (c.split() for c in columns.split(",")))  # fmt: skip
+
+    for index in PARTIAL_INDEXES:
+        unique = "UNIQUE " if index.unique else ""
+        if not mysql:
+            db.execute_sql(
+                f"CREATE {unique}INDEX IF NOT EXISTS {index.name} ON task ({quoted(index.columns)})"
+                f" WHERE {index.where}"
+            )
+            continue
+        exists = db.execute_sql(
+            "SELECT 1 FROM information_schema.statistics"
+            " WHERE table_schema = DATABASE() AND table_name = 'task' AND index_name = %s",
+            (index.name,),
+        ).fetchone()
+        if not exists:
+            db.execute_sql(f"CREATE {unique}INDEX {index.name} ON task ({quoted(index.full)})")
 
 
 def redact(url: str) -> str:
@@ -142,6 +171,11 @@ class Store:
         # Without statistics, SQLite may serve `id IN (...) AND status = ?` from a status
         # index, scanning every queued row; a unary + keeps it on the primary key.
         self.by_id_status = "+status" if isinstance(db, peewee.SqliteDatabase) else "status"
+        # And without statistics it may prefer an equality on status_created to a range on a
+        # partial index (models.PARTIAL_INDEXES): the hot queries name theirs.
+        sqlite = isinstance(db, peewee.SqliteDatabase)
+        self.ready_rows = "task INDEXED BY task_ready" if sqlite else "task"
+        self.due_rows = "task INDEXED BY task_due" if sqlite else "task"
         self._sql_cache: dict[str, str] = {}
         self._insert_sql: dict[tuple[str, tuple[str, ...]], str] = {}
         # Bound parameters per statement: SQLite before 3.32 allows 999.
@@ -312,18 +346,19 @@ class Store:
 
     def promote_due(self, now: float) -> list[str]:
         """Scheduled tasks and retries whose time has come become queued; returns the
-        queues they are in (read from the due rows alone, through the (status, run_at) index)."""
+        queues they are in (read from the due rows alone, through the task_due index)."""
         due = "status IN ('scheduled', 'failed') AND run_at <= ?"
-        queues = [q for (q,) in self._exec(f"SELECT DISTINCT queue FROM task WHERE {due}", (now,)).fetchall()]
+        queues = [q for (q,) in self._exec(f"SELECT DISTINCT queue FROM {self.due_rows} WHERE {due}", (now,))]
         if queues:
-            self._exec(f"UPDATE task SET status = 'queued', updated_at = ? WHERE {due}", (now, now))
+            self._exec(
+                f"UPDATE {self.due_rows} SET status = 'queued', updated_at = ? WHERE {due}", (now, now)
+            )
         return queues
 
     def next_wakeup(self) -> float | None:
         """The earliest time at which something waiting becomes due."""
-        task = self._exec("SELECT MIN(run_at) FROM task WHERE status IN ('scheduled', 'failed')").fetchone()[
-            0
-        ]
+        sql = f"SELECT MIN(run_at) FROM {self.due_rows} WHERE status IN ('scheduled', 'failed')"
+        task = self._exec(sql).fetchone()[0]
         sched = self._exec("SELECT MIN(next_due) FROM schedule WHERE status = 'active'").fetchone()[0]
         times = [t for t in (task, sched) if t is not None]
         return min(times) if times else None
@@ -349,7 +384,7 @@ class Store:
         if limit <= 0 or not names:
             return []
         sql = (
-            "SELECT id, name, queue, args, attempt, timeout, has_parents FROM task"
+            f"SELECT id, name, queue, args, attempt, timeout, has_parents FROM {self.ready_rows}"
             f" WHERE status = 'queued' AND name IN ({', '.join('?' * len(names))})"
         )
         params: list[Any] = list(names)
