@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, NamedTuple
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import peewee
 from playhouse.db_url import connect as connect_url
@@ -72,6 +72,7 @@ def open_database(url: str) -> peewee.Database:
     try:
         if scheme == "sqlite":
             path = url.split(":///", 1)[1] if ":///" in url else ""
+            path, _, query = path.partition("?")
             if not path:
                 raise StoreError(f"SQLite URL {url!r} names no file; use sqlite:///path/to/file.db")
             db = peewee.SqliteDatabase(
@@ -79,7 +80,7 @@ def open_database(url: str) -> peewee.Database:
                 lock_type="IMMEDIATE",  # one writer; no read-to-write upgrade deadlocks
                 pragmas={
                     "journal_mode": "wal",
-                    "synchronous": "normal",  # durable across process crashes in WAL mode
+                    "synchronous": _sqlite_synchronous(url, query),
                     "busy_timeout": 5000,
                     "foreign_keys": 1,
                 },
@@ -105,6 +106,21 @@ def open_database(url: str) -> peewee.Database:
             f"the driver for {scheme} is not installed ({exc}); install martinet[postgres] or martinet[mysql]"
         ) from None
     return db
+
+
+def _sqlite_synchronous(url: str, query: str) -> str:
+    """`?synchronous=full` in a SQLite URL: every commit reaches the disk before it is
+    acknowledged, so a power loss loses nothing acknowledged either. The default,
+    normal, in WAL mode loses nothing when a process crashes or is killed; a power
+    loss or OS crash may lose the last commits (never corrupts the database)."""
+    options = parse_qs(query)
+    unknown = set(options) - {"synchronous"}
+    value = options.get("synchronous", ["normal"])[-1].lower()
+    if unknown or value not in ("normal", "full", "extra"):
+        raise StoreError(
+            f"SQLite URL {redact(url)}: the only option is ?synchronous=normal|full|extra (got {query!r})"
+        )
+    return value
 
 
 def _create_partial_indexes(db: peewee.Database) -> None:
@@ -178,6 +194,7 @@ class Store:
         self.due_rows = "task INDEXED BY task_due" if sqlite else "task"
         self._sql_cache: dict[str, str] = {}
         self._insert_sql: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._update_sql: dict[tuple[tuple[str, ...], str], str] = {}
         # Bound parameters per statement: SQLite before 3.32 allows 999.
         self.max_params = (
             999 if isinstance(db, peewee.SqliteDatabase) and sqlite3.sqlite_version_info < (3, 32) else 32_000
@@ -237,9 +254,11 @@ class Store:
         return ids if self.returns_ids else out
 
     def _update_task(self, changes: dict[str, Any], where: str, params: Iterable[Any]) -> int:
-        assignments = ", ".join(f"{self._name(column)} = ?" for column in changes)
-        cursor = self._exec(f"UPDATE task SET {assignments} WHERE {where}", [*changes.values(), *params])
-        return cursor.rowcount
+        sql = self._update_sql.get((tuple(changes), where))
+        if sql is None:
+            assignments = ", ".join(f"{self._name(column)} = ?" for column in changes)
+            sql = self._update_sql[(tuple(changes), where)] = f"UPDATE task SET {assignments} WHERE {where}"
+        return self._exec(sql, [*changes.values(), *params]).rowcount
 
     def atomic(self):
         return self.db.atomic()

@@ -266,7 +266,8 @@ while True:
 
 def scenario_floor(args) -> dict:
     """What the machine allows: raw pyzmq moving the same messages to two processes with
-    credit, and raw SQLite committing an insert and an update per task in batches of 100."""
+    credit, and one at a time there and back; raw SQLite (and PostgreSQL) committing an
+    insert and an update per task in batches of 100."""
     import zmq
 
     n, credit = args.tasks, 16
@@ -292,6 +293,12 @@ def scenario_floor(args) -> dict:
                 router.send_multipart([ident, b"task", body])
                 sent += 1
         zmq_rate = n / (time.perf_counter() - start)
+        trips = min(n, 5000)  # one message out, its answer back, one at a time: sequential execute's floor
+        start = time.perf_counter()
+        for _ in range(trips):
+            router.send_multipart([idents[0], b"task", body])
+            router.recv_multipart()
+        round_trips = trips / (time.perf_counter() - start)
         for ident in idents:
             router.send_multipart([ident, b"stop"])
     finally:
@@ -299,7 +306,7 @@ def scenario_floor(args) -> dict:
             p.wait(10)
         router.close(0)
         ctx.term()
-    result = {"zmq_floor_per_s": round(zmq_rate)}
+    result = {"zmq_floor_per_s": round(zmq_rate), "zmq_round_trips_per_s": round(round_trips)}
     with tempfile.TemporaryDirectory() as tmp:
         result["sqlite_floor_per_s"] = round(database_floor(f"sqlite:///{tmp}/floor.db", n))
     if args.postgres:

@@ -179,6 +179,11 @@ def test_bad_database_url_is_a_clear_error(tmp_path):
     ports = [str(p) for p in free_ports(3)]
     for url, expected in (
         ("sqlite://", "names no file"),
+        (
+            f"sqlite:///{tmp_path}/m.db?synchronous=sometimes",
+            "the only option is ?synchronous=normal|full|extra",
+        ),
+        (f"sqlite:///{tmp_path}/m.db?journal=off", "the only option is ?synchronous=normal|full|extra"),
         ("postgresql://nobody@127.0.0.1:1/none", "cannot open database"),
         ("oracle://x/y", "cannot"),
     ):

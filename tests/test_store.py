@@ -127,6 +127,15 @@ def test_submit_in_the_past_is_queued_and_in_the_future_is_scheduled(store):
     assert row(future).run_at == NOW + 60
 
 
+@pytest.mark.parametrize("query, expected", [("", 1), ("?synchronous=full", 2), ("?synchronous=FULL", 2)])
+def test_a_sqlite_url_chooses_how_commits_reach_the_disk(tmp_path, query, expected):
+    db = open_database(f"sqlite:///{tmp_path}/d.db{query}")  # 1: normal (the default), 2: full
+    assert db.execute_sql("PRAGMA synchronous").fetchone()[0] == expected
+    assert db.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+    assert (tmp_path / "d.db").exists()  # the file is the path, without the query
+
+
 def test_submit_many_returns_each_rows_id_in_order(store):
     specs = [{"name": "add", "max_attempts": 3, "args": {"i": i}, "run_at": NOW + i % 2} for i in range(2500)]
     results = store.submit_many(specs, NOW)
