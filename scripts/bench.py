@@ -50,6 +50,7 @@ sys.path.insert(0, str(HERE.parent))
 import martinet  # noqa: E402
 from martinet.store import TASK_DEFAULTS, open_database  # noqa: E402
 
+SQLITE_QUERY = ""  # "?synchronous=full" with --synchronous full
 WORKER_MAIN = "import sys; from martinet.cli import worker_main; sys.exit(worker_main())"
 
 
@@ -69,7 +70,7 @@ class Rig:
 
     def __init__(self, workdir: Path, workers: int = 2, concurrency: int = 8, db: str | None = None) -> None:
         self.dir = workdir
-        self.db = db or f"sqlite:///{workdir / 'bench.db'}"
+        self.db = db or f"sqlite:///{workdir / 'bench.db'}{SQLITE_QUERY}"
         if db:
             drop_tables(db)
         self.ports = free_ports(3)
@@ -552,7 +553,15 @@ def main() -> int:
         "(default $MARTINET_BENCH_POSTGRES)",
     )
     parser.add_argument("--db", help="search: an empty database to fill (default: a fresh SQLite file)")
+    parser.add_argument(
+        "--synchronous",
+        choices=["normal", "full"],
+        default="normal",
+        help="SQLite: normal (the default) or full (every commit synced to disk)",
+    )
     args = parser.parse_args()
+    global SQLITE_QUERY
+    SQLITE_QUERY = "" if args.synchronous == "normal" else f"?synchronous={args.synchronous}"
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
