@@ -307,9 +307,9 @@ class Daemon(ClientOps):
         try:
             if handler is None:
                 raise BadInput(f"unknown request {op!r}")
-            if len(frames[2]) > self.limits.max_payload:
+            if len(frames[0]) > self.limits.max_payload:
                 raise BadInput(
-                    f"request is {len(frames[2])} bytes, over the limit of "
+                    f"request is {len(frames[0])} bytes, over the limit of "
                     f"{self.limits.max_payload} (max_payload)"
                 )
             with self.store.atomic():  # a savepoint: one bad request spoils no other

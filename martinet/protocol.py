@@ -1,13 +1,16 @@
 """The wire format, in one place. Pure: no sockets here.
 
-A message is a list of frames (after the ROUTER's identity frame):
+A message is one frame (after the ROUTER's identity frame):
 
-    [SIGNATURE + version byte] [command byte] [JSON header]
+    SIGNATURE (4 bytes), version (1 byte), command (1 byte), JSON header
+
+One frame, not three: every frame is a separate send through ZeroMQ, and on a
+busy machine each costs tens of microseconds.
 
 Headers are JSON objects; readers ignore keys they do not know and default
 the ones that are missing, so either side can add fields without breaking
 the other. Anything that does not decode raises ProtocolError carrying the
-raw frames, which the daemon logs and drops.
+raw frames, which the daemon logs and drops. Frames after the first are ignored.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 from martinet.errors import ProtocolError
 
-VERSION = 1
+VERSION = 2  # 1 sent the prefix, the command and the header as three frames
 SIGNATURE = b"MRTN"
 PREFIX = SIGNATURE + bytes([VERSION])
 
@@ -50,7 +53,7 @@ _COMMANDS = {c.value: c for c in Cmd}
 
 def encode(cmd: Cmd, header: dict[str, Any] | None = None) -> list[bytes]:
     body = json.dumps(header or {}, separators=(",", ":"), default=str).encode()
-    return [PREFIX, bytes([cmd]), body]
+    return [PREFIX + bytes([cmd]) + body]
 
 
 def dumps(item: Any) -> bytes:
@@ -62,29 +65,29 @@ def encode_batch(cmd: Cmd, key: str, items: list[bytes], header: dict[str, Any] 
     """A message whose header holds, under `key`, a list of items already encoded by dumps()."""
     head = json.dumps({**(header or {}), key: []}, separators=(",", ":"), default=str).encode()
     body = head[:-2] + b",".join(items) + b"]}"  # ...,"key":[ + items + ]}
-    return [PREFIX, bytes([cmd]), body]
+    return [PREFIX + bytes([cmd]) + body]
 
 
 def decode(frames: list[bytes]) -> tuple[Cmd, dict[str, Any]]:
     """Frames (without any identity frame) to (command, header), or ProtocolError."""
-    if len(frames) < 3:
-        raise ProtocolError(f"expected 3 frames, got {len(frames)}", frames)
-    prefix, cmd_frame, body = frames[0], frames[1], frames[2]
-    if prefix[:4] != SIGNATURE or len(prefix) != 5:
-        raise ProtocolError("not a martinet frame (bad signature)", frames)
-    if prefix[4] != VERSION:
+    if not frames:
+        raise ProtocolError("an empty message", frames)
+    frame = frames[0]
+    if len(frame) < 5 or frame[:4] != SIGNATURE:
+        raise ProtocolError("not a martinet message (bad signature)", frames)
+    if frame[4] != VERSION:
         raise ProtocolError(
-            f"protocol version {prefix[4]} is not supported (this side speaks {VERSION})", frames
+            f"protocol version {frame[4]} is not supported (this side speaks {VERSION})", frames
         )
-    if len(cmd_frame) != 1 or cmd_frame[0] not in _COMMANDS:
-        raise ProtocolError(f"unknown command {cmd_frame[:8]!r}", frames)
+    if len(frame) < 6 or frame[5] not in _COMMANDS:
+        raise ProtocolError(f"unknown command {frame[5:6]!r}", frames)
     try:
-        header = json.loads(body)
+        header = json.loads(frame[6:])
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"header is not JSON: {exc}", frames) from None
     if not isinstance(header, dict):
         raise ProtocolError("header is not a JSON object", frames)
-    return _COMMANDS[cmd_frame[0]], header
+    return _COMMANDS[frame[5]], header
 
 
 def describe(frames: list[bytes], limit: int = 80) -> str:

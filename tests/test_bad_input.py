@@ -125,10 +125,11 @@ def test_garbage_on_every_port(cluster):
             sock.connect(f"tcp://127.0.0.1:{port}")
             for frames in (
                 [b"junk"],
-                [b"MRTN\x01", b"\x01", b"{not json"],
-                [b"MRTN\x09", b"\x01", b"{}"],  # a protocol version we do not speak
-                [b"MRTN\x01", b"\x7f", b"{}"],  # an unknown command
-                [b"MRTN\x01", b"\x01", b"[1, 2]"],
+                [b"MRTN\x02\x01{not json"],
+                [b"MRTN\x09\x01{}"],  # a protocol version we do not speak
+                [b"MRTN\x01", b"\x01", b"{}"],  # version 1's three frames
+                [b"MRTN\x02\x7f{}"],  # an unknown command
+                [b"MRTN\x02\x01[1, 2]"],
                 protocol.encode(Cmd.DONE, {"worker_id": "nobody", "id": 1, "attempt": 1, "result": "forged"}),
                 protocol.encode(Cmd.HELLO, {"worker_id": 7, "names": "all", "capacity": -1}),
                 protocol.encode(Cmd.REQUEST, {"op": "no_such_op", "rid": "x"}),

@@ -56,20 +56,20 @@ def _mutations(rng: random.Random) -> list[list[bytes]]:
                 f = rng.choice(frames)
                 if f:
                     f[rng.randrange(len(f))] = rng.randrange(256)
-        elif kind == 1:  # truncate or drop frames
-            frames = frames[: rng.randrange(len(frames) + 1)] or [bytearray(b"")]
+        elif kind == 1:  # cut the message short
+            frames = [frames[0][: rng.randrange(len(frames[0]) + 1)]]
         elif kind == 2:  # replace header values with values of the wrong type
-            header = json.loads(bytes(frames[2]))
+            header = json.loads(bytes(frames[0][6:]))
             for key in list(header):
                 if rng.random() < 0.5:
                     header[key] = rng.choice(weird_values)
-            frames[2] = bytearray(json.dumps(header).encode())
+            frames[0] = frames[0][:6] + json.dumps(header).encode()
         elif kind == 3:  # random bytes
             frames = [bytearray(rng.randbytes(rng.randint(0, 64))) for _ in range(rng.randint(1, 5))]
         elif kind == 4:  # extra frames
             frames += [bytearray(rng.randbytes(8))]
         else:  # an unknown command byte
-            frames[1] = bytearray([rng.randrange(256)])
+            frames[0][5] = rng.randrange(256)
         out.append([bytes(f) for f in frames])
     return out
 
