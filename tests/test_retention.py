@@ -198,6 +198,7 @@ def test_ages_read_like_intervals_and_zero_is_allowed():
         ("in twenty flurbs", "could not read 'in twenty flurbs' as an age"),
         ("3 months", "could not read '3 months' as an age"),
         (True, "cannot use True as an age"),
+        (float("inf"), "an age of inf is out of range"),
     ):
         with pytest.raises(BadInput, match=message):
             when.parse_age(bad)
