@@ -70,6 +70,7 @@ __all__ = [
     "list",
     "pause",
     "pause_queue",
+    "prune",
     "queues",
     "resume",
     "resume_queue",
@@ -198,6 +199,11 @@ def resume_queue(name: str) -> None:
 def set_queue(name: str, **settings: Any) -> None:
     """Change a queue's concurrency, rate, weight or order. See `Martinet.set_queue`."""
     _handle().set_queue(name, **settings)
+
+
+def prune(older_than: Any, status: Any = None, dry_run: bool = False) -> dict:
+    """Delete (or count) finished tasks older than `older_than`. See `Martinet.prune`."""
+    return _handle().prune(older_than, status, dry_run)
 
 
 def schedules() -> Any:

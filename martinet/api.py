@@ -11,7 +11,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from martinet import config, when
@@ -391,6 +391,37 @@ class Martinet:
             "set_queue",
             {"name": name, "concurrency": concurrency, "rate": rate, "weight": weight, "order": order},
         )
+
+    def prune(
+        self,
+        older_than: str | timedelta | int | float,
+        status: str | list[str] | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Delete finished tasks (`status`: succeeded, cancelled and/or dead; default all
+        three) that finished more than `older_than` ago ("30 days", a timedelta, seconds;
+        0: every finished task), with their attempt rows; with `dry_run`, only count them.
+
+        Returns {"tasks": n, "attempts": n, "dry_run": bool, "before": the cutoff}. Each
+        request to the daemon handles one bounded batch, so the daemon's loop is never
+        held up for long; this repeats them until none is left. Tasks another unfinished
+        task waits on, and those whose key is kept for good, stay (as with retention).
+        """
+        fields: dict[str, Any] = {
+            "older_than": when.parse_age(older_than),
+            "status": [status] if isinstance(status, str) else status,
+            "dry_run": dry_run,
+        }
+        tasks = attempts = 0
+        while True:
+            reply = self.client.request("prune", fields)
+            tasks += reply["tasks"]
+            attempts += reply["attempts"]
+            if not reply["more"]:
+                break
+            fields.update(before=reply["before"], after=reply["after"])  # the same cutoff, onwards
+        before = datetime.fromtimestamp(reply["before"], UTC).isoformat(timespec="seconds")
+        return {"tasks": tasks, "attempts": attempts, "dry_run": dry_run, "before": before}
 
     def pause(self, schedule_id: str) -> None:
         """Stop a schedule from creating runs until `resume`."""

@@ -202,6 +202,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser(
+        "prune", help="delete finished tasks older than an age, with their attempt logs", epilog=EPILOG
+    )
+    p.add_argument(
+        "--older-than", required=True, help='finished more than this long ago ("30 days", "12 hours"; 0: all)'
+    )
+    p.add_argument(
+        "--status",
+        action="append",
+        help="only these finished states: succeeded, cancelled, dead (repeatable or comma-separated; default all)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="count what would be deleted; delete nothing")
+    _add_common(p)
+
+    p = sub.add_parser(
         "demo", help="start a daemon and two workers on a fresh SQLite file and show them work"
     )
     p.add_argument(
@@ -524,22 +538,44 @@ def cmd_show(m, args) -> int:
     if args.json:
         _print(args, item, "")
         return 0
-    skip = {"attempts", "recent_runs", "upcoming", "error", "kind"}
+    skip = {"attempts", "recent_runs", "upcoming", "error", "kind", "progress_message"}
     for key, value in item.items():
-        if key not in skip and value is not None:
+        if key == "progress" and (value is not None or item.get("progress_message")):
+            percent = "-" if value is None else f"{value:.0%}"
+            print(
+                f"{key:>17}: {percent}"
+                + (f" {item['progress_message']}" if item.get("progress_message") else "")
+            )
+        elif key not in skip and value is not None:
             print(f"{key:>17}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
     error = item.get("error")
     if error:
-        print(f"{'error':>17}: {error['type']}: {error['message']}")
+        label = "earlier error" if item.get("status") == "succeeded" else "error"  # a retry then succeeded
+        print(f"{label:>17}: {error['type']}: {error['message']}")
         if error.get("traceback"):
             print("\n".join("    " + line for line in error["traceback"].rstrip().splitlines()))
-    for a in item.get("attempts", []):
-        outcome = a["outcome"] + (f" ({a['error']['type']}: {a['error']['message']})" if a["error"] else "")
-        print(f"  attempt {a['attempt']} on {a['worker']}: {a['started_at']} +{a['duration']}s {outcome}")
+    if item.get("kind") == "task":
+        attempts = item.get("attempts", [])
+        print(f"attempts ({len(attempts)}):" if attempts else "attempts: none finished yet")
+        for a in attempts:
+            took = "" if a["duration"] is None else f" ({a['duration']:.3f}s)"
+            outcome = a["outcome"] + (
+                f": {a['error']['type']}: {a['error']['message']}" if a["error"] else ""
+            )
+            print(
+                f"  attempt {a['attempt']} on {a['worker'] or '-'}: {a['started_at'] or '?'} -> {a['ended_at']}"
+                f"{took} {outcome}"
+            )
+        return 0
+    print("upcoming:" if item.get("upcoming") else "upcoming: none")
     for due in item.get("upcoming", []):
         print(f"  next due {due}")
-    for r in item.get("recent_runs", []):
-        print(f"  run {r['id']} due {r['due_at']}: {r['status']}")
+    runs = item.get("recent_runs", [])
+    print(f"recent runs ({len(runs)}, newest first):" if runs else "recent runs: none")
+    for r in runs:
+        error = f" ({r['error_type']})" if r.get("error_type") else ""
+        finished = f", finished {r['finished_at']}" if r.get("finished_at") else ""
+        print(f"  run {r['id']} due {r['due_at']}: {r['status']}{error}{finished}")
     return 0
 
 
@@ -573,6 +609,19 @@ def cmd_update(m, args) -> int:
     return 0
 
 
+def cmd_prune(m, args) -> int:
+    statuses = [s.strip() for text in args.status or [] for s in text.split(",") if s.strip()]
+    done = m.prune(args.older_than, statuses or None, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    _print(
+        args,
+        done,
+        f"{verb} {done['tasks']:,} tasks and {done['attempts']:,} attempt rows "
+        f"(finished before {done['before']})",
+    )
+    return 0
+
+
 COMMANDS = {
     "execute": cmd_execute,
     "schedule": cmd_schedule,
@@ -586,6 +635,7 @@ COMMANDS = {
     "retry": cmd_retry,
     "stall": cmd_stall,
     "update": cmd_update,
+    "prune": cmd_prune,
 }
 
 

@@ -8,14 +8,15 @@ or None when the reply comes later (wait).
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from martinet import protocol, query, when
 from martinet.errors import BadInput, BadSchedule, TaskNotFound
 from martinet.lanes import DEFAULT_QUEUE, ORDERS, Queue, queue_columns
-from martinet.models import FAILED, QUEUED, SCHEDULED, STALLED, TERMINAL, WAITING
+from martinet.models import FAILED, QUEUED, SCHEDULED, STALLED, STATES, TERMINAL, WAITING
 from martinet.protocol import Cmd
-from martinet.store import iso
+from martinet.store import PRUNE_BATCH, iso
 from martinet.validate import check_args, check_every, check_task, clean_text, is_id, parse_ref
 
 log = logging.getLogger("martinet.daemon")
@@ -93,7 +94,15 @@ class ClientOps:
         else:
             recent, _ = self.store.search_tasks(query.Search(schedule_id=int(item["id"][1:])), 10)
             item["recent_runs"] = [
-                {"id": r["id"], "status": r["status"], "due_at": r["due_at"]} for r in recent
+                {
+                    "id": r["id"],
+                    "status": r["status"],
+                    "due_at": r["due_at"],
+                    "finished_at": r["finished_at"],
+                    # a run that succeeded in the end keeps its earlier attempt's error: not its outcome
+                    "error_type": None if r["status"] == "succeeded" else (r["error"] or {}).get("type"),
+                }
+                for r in recent
             ]
         return {"item": item}
 
@@ -312,6 +321,46 @@ class ClientOps:
         log.info("queue %s: %s", name, changes)
         return {"name": name, "status": "paused" if self.lanes.queue(name).paused else "active"}
 
+    def _op_prune(self, h, now, out, ident):
+        """Delete (or with dry_run, count) finished tasks older than `older_than`, one
+        bounded batch per request: a million old tasks never hold the loop up. The
+        reply says `more` with where it stopped (`after`) and the cutoff it used
+        (`before`); the client sends both back until `more` is false."""
+        statuses = _finished_states(h.get("status"))
+        before = h.get("before")
+        if before is None:
+            before = now - when.parse_age(h.get("older_than"))
+        elif isinstance(before, bool) or not isinstance(before, int | float) or not math.isfinite(before):
+            raise BadInput(f"before must be a time in epoch seconds, got {str(before)[:40]!r}")
+        after = h.get("after")
+        if after is not None:
+            if not (
+                isinstance(after, list)
+                and len(after) == 2
+                and isinstance(after[0], int | float)
+                and not isinstance(after[0], bool)
+                and is_id(after[1])
+            ):
+                raise BadInput(
+                    f"after must be the [finished_at, id] of a prune reply, got {str(after)[:60]!r}"
+                )
+            after = (float(after[0]), after[1])
+        dry_run = bool(h.get("dry_run"))
+        pruned = self.store.prune(dict.fromkeys(statuses, before), PRUNE_BATCH, after, dry_run=dry_run)
+        if pruned.tasks and not dry_run:
+            log.info(
+                "prune: deleted %d %s tasks and %d attempt rows finished before %s",
+                pruned.tasks, "/".join(statuses), pruned.attempts, iso(before),
+            )  # fmt: skip
+        return {
+            "tasks": pruned.tasks,
+            "attempts": pruned.attempts,
+            "more": pruned.more,
+            "after": None if pruned.last is None else list(pruned.last),
+            "before": before,
+            "dry_run": dry_run,
+        }
+
     def _op_subscribe(self, h, now, out, ident):
         self._subscribers[ident] = now + SUBSCRIPTION_TTL
         return {"ttl": SUBSCRIPTION_TTL}
@@ -365,3 +414,21 @@ class ClientOps:
         if not any(p.credit for p in handlers):
             return f"all {len(handlers)} worker(s) that handle {name!r} are busy"
         return "about to be dispatched"
+
+
+def _finished_states(value: Any) -> list[str]:
+    """The states a prune applies to: a list of finished ones (default: all three)."""
+    if value is None or value == []:
+        return list(TERMINAL)
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadInput(f"status must be a state or a list of states, got {str(value)[:60]!r}")
+    for state in value:
+        if state not in STATES:
+            raise BadInput(f"unknown status {state[:40]!r}; prune takes {', '.join(TERMINAL)}")
+        if state not in TERMINAL:
+            raise BadInput(
+                f"status {state!r} is not finished; prune removes only {', '.join(TERMINAL)} tasks"
+            )
+    return list(dict.fromkeys(value))

@@ -62,6 +62,11 @@ class Settings:
     poison_after: int = 3
     # A task given back (martinet.Release) more often than this is stalled for an operator.
     max_releases: int = 10
+    # Retention: finished tasks (succeeded, cancelled) and dead ones are deleted, with
+    # their attempts, this long after they finished ("0" or "never": kept for good).
+    # A week answers "what happened last night"; dead tasks wait longer for an operator.
+    keep_finished: str = "7 days"
+    keep_dead: str = "30 days"
     # The zone of naive datetimes and wall-clock expressions ("tomorrow at 9am").
     timezone: str = "UTC"
     log_level: str = "INFO"
@@ -198,6 +203,17 @@ def load(
     return check(settings.with_overrides(flags or {}))
 
 
+def keep_seconds(key: str, value: Any) -> float | None:
+    """A retention setting in seconds; None for "never" (or 0, "off", "none"): keep for good."""
+    if str(value).strip().lower() in ("never", "off", "none", "false", ""):
+        return None
+    try:
+        seconds = when.parse_age(value)
+    except BadInput as exc:
+        raise ConfigError(f"setting {key!r}: {exc}") from None
+    return seconds or None
+
+
 def check(settings: Settings) -> Settings:
     """Refuse values that would make the daemon or a worker misbehave."""
     s = settings
@@ -227,5 +243,7 @@ def check(settings: Settings) -> Settings:
     ):
         if getattr(s, key) < 1:
             raise ConfigError(f"setting {key!r} must be 1 or more, got {getattr(s, key)}")
+    for key in ("keep_finished", "keep_dead"):
+        keep_seconds(key, getattr(s, key))
     check_queues(s.queues)
     return s

@@ -24,12 +24,13 @@ import zmq
 
 from martinet import protocol
 from martinet.client_ops import ClientOps
-from martinet.config import Settings
+from martinet.config import Settings, keep_seconds
 from martinet.errors import BadInput, MartinetError, ProtocolError
 from martinet.lanes import RATE_LOOKBACK, Lanes, lane_settings, queue_columns, rate_of
 from martinet.models import STALLED, TERMINAL
 from martinet.peers import Peers
 from martinet.protocol import Cmd
+from martinet.retention import Retention
 from martinet.retry import RetryPolicy
 from martinet.store import Outcome, Store, open_database, redact
 from martinet.validate import Limits, clean_text, finite, is_id, is_rate, is_worker_id
@@ -59,6 +60,10 @@ class Daemon(ClientOps):
         self.epoch = secrets.token_hex(4)
         self.peers = Peers()
         self.lanes = Lanes()
+        self.retention = Retention(
+            keep_seconds("keep_finished", settings.keep_finished),
+            keep_seconds("keep_dead", settings.keep_dead),
+        )
         self.store: Store | None = None
         self.ctx: zmq.Context | None = None
         self._stopping = False
@@ -626,7 +631,7 @@ class Daemon(ClientOps):
                     del self._waiters[task_id]
 
     def _tick(self, now: float) -> None:
-        """Once per heartbeat interval: heartbeats, dead workers, leases."""
+        """Once per heartbeat interval: heartbeats, dead workers, leases, retention."""
         s = self.settings
         for peer in self.peers.silent(now, s.heartbeat_interval * s.liveness):
             self._lose_worker(peer.worker_id, now, f"silent for {now - peer.last_seen:.1f}s")
@@ -640,6 +645,7 @@ class Daemon(ClientOps):
         for ident, expires in list(self._subscribers.items()):
             if now > expires:
                 del self._subscribers[ident]
+        self.retention.step(self.store, now)  # old finished tasks, a bounded batch per tick
 
     # ---- after commit --------------------------------------------------------------
 

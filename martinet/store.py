@@ -58,6 +58,9 @@ TASK_DEFAULTS = {
 }
 TIMED = (SCHEDULED, FAILED)  # states that become QUEUED when run_at comes
 REVOCABLE = (WAITING, SCHEDULED, QUEUED, FAILED, STALLED)
+# Finished tasks read per prune call: a delete of 500 tasks (and their attempts) takes
+# a few milliseconds, short enough to run inside a turn of the daemon's loop.
+PRUNE_BATCH = 500
 TIME_COLUMNS = {"created": "created_at", "due": "run_at", "finished": "finished_at"}  # search times
 
 
@@ -1079,6 +1082,83 @@ class Store:
             stats[queue]["oldest"] = first
         return stats
 
+    # ---- retention ------------------------------------------------------------
+
+    def prune(
+        self,
+        cutoffs: dict[str, float],
+        limit: int = PRUNE_BATCH,
+        after: tuple[float, int] | None = None,
+        dry_run: bool = False,
+    ) -> Pruned:
+        """Delete finished tasks older than a cutoff, with their attempt and dependency rows.
+
+        `cutoffs` maps finished states (succeeded, cancelled, dead) to a time: a
+        task in one of those states whose finished_at is before its state's time
+        goes. Guarantees:
+
+        - Bounded: one call reads at most `limit` rows of the (finished_at, id)
+          index, oldest first, starting just after `after` (the `last` of the
+          previous call), whatever the table holds; so it may find nothing to
+          delete and still say `more`. Call again with `after=result.last` while
+          `more`; start again from None for a fresh pass.
+        - Never deleted: a task in any other state (waiting, scheduled, queued,
+          running, failed and retrying, stalled); one that another unfinished task
+          still waits on (that task will read its result); one whose key is kept
+          for good (unique="always": deleting it would free the key).
+        - With the task go its attempt rows and its dependency rows (both ways).
+          A finished task retried after its parents were pruned no longer sees
+          their results in task.parents.
+        - dry_run counts what would go and deletes nothing.
+        Runs in the caller's transaction.
+        """
+        if not cutoffs:
+            return Pruned(0, 0, False, None)
+        sql = "SELECT id, status, finished_at, has_dependents, key_mode FROM task WHERE finished_at < ?"
+        params: list[Any] = [max(cutoffs.values())]
+        if after is not None:
+            sql += " AND finished_at >= ? AND (finished_at > ? OR id > ?)"
+            params += [after[0], after[0], after[1]]
+        rows = self._exec(sql + " ORDER BY finished_at, id LIMIT ?", [*params, limit]).fetchall()
+        more = len(rows) == limit
+        last = (rows[-1][2], rows[-1][0]) if rows else after
+        doomed = [
+            (task_id, has_dependents)
+            for task_id, status, finished_at, has_dependents, key_mode in rows
+            if status in cutoffs and finished_at < cutoffs[status] and key_mode != "always"
+        ]
+        parents = [task_id for task_id, has_dependents in doomed if has_dependents]
+        kept = set()
+        if parents:
+            marks = ", ".join("?" * len(parents))
+            finished = ", ".join(f"'{state}'" for state in TERMINAL)
+            kept = {
+                r[0]
+                for r in self._exec(
+                    f"SELECT DISTINCT d.parent_id FROM dependency d JOIN task c ON c.id = d.task_id "
+                    f"WHERE d.parent_id IN ({marks}) AND c.status NOT IN ({finished})",
+                    parents,
+                    cache=False,
+                )
+            }
+        ids = [task_id for task_id, _ in doomed if task_id not in kept]
+        if not ids:
+            return Pruned(0, 0, more, last)
+        marks = ", ".join("?" * len(ids))
+        if dry_run:
+            attempts = self._exec(
+                f"SELECT COUNT(*) FROM attempt WHERE task_id IN ({marks})", ids, cache=False
+            )
+            return Pruned(len(ids), attempts.fetchone()[0], more, last)
+        attempts = self._exec(f"DELETE FROM attempt WHERE task_id IN ({marks})", ids, cache=False).rowcount
+        self._exec(
+            f"DELETE FROM dependency WHERE task_id IN ({marks}) OR parent_id IN ({marks})",
+            ids * 2,
+            cache=False,
+        )
+        deleted = self._exec(f"DELETE FROM task WHERE id IN ({marks})", ids, cache=False).rowcount
+        return Pruned(deleted, attempts, more, last)
+
     # ---- reads --------------------------------------------------------------
 
     def find_key(self, key: str) -> tuple[str, int] | None:
@@ -1243,6 +1323,15 @@ class Outcome(NamedTuple):
     error: dict | None = None
     retry_in: float | None = None  # failed: the handler's own delay; released: when to run again
     final: bool = False  # failed for good (martinet.Fail): no retry
+
+
+class Pruned(NamedTuple):
+    """What one call of Store.prune removed (or, dry, would remove)."""
+
+    tasks: int
+    attempts: int  # attempt rows
+    more: bool  # the scan was full: call again from `last`
+    last: tuple[float, int] | None  # (finished_at, id) of the last row read: where the next call starts
 
 
 class RunningRow(NamedTuple):

@@ -260,6 +260,31 @@ def _positive(seconds: float, spec: object) -> timedelta:
     return delta
 
 
+def parse_age(spec: str | timedelta | int | float) -> float:
+    """How old, in seconds (0 or more): '30 days', '12h', '1 week 2 days', 90, a timedelta.
+
+    Used by retention ("tasks finished more than 30 days ago"); unlike an
+    interval, 0 is allowed. A negative or unreadable age is refused, quoted.
+    """
+    if isinstance(spec, bool) or not isinstance(spec, str | timedelta | int | float):
+        raise BadInput(f"cannot use {spec!r} as an age; give one like '30 days'")
+    if isinstance(spec, str):
+        text = " ".join(spec.lower().split())
+        if re.fullmatch(r"[+-]?(?:\d+(?:\.\d+)?|\.\d+)", text):
+            seconds: float | None = float(text)
+        else:
+            seconds = _ALIASES.get(text) or _duration_seconds(text)
+        if seconds is None:
+            raise BadInput(f"could not read {spec!r} as an age (try '30 days' or '12 hours')")
+    else:
+        seconds = spec.total_seconds() if isinstance(spec, timedelta) else float(spec)
+    if seconds < 0:
+        raise BadInput(f"an age must be 0 or more, got {spec!r}")
+    if not math.isfinite(seconds) or seconds > 1e11:  # 3,000 years: a typo, not an age
+        raise BadInput(f"an age of {spec!r} is out of range")
+    return seconds
+
+
 class Recurrence:
     """A rule giving each due time from the one before."""
 

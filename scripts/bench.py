@@ -24,6 +24,9 @@ scenario, so runs can be compared. Scenarios:
               empty database, else a fresh SQLite file): one search request's time for
               common filters and a payload filter, before and after an expression index
               (run it with --repeat 1: each repeat builds the million rows again)
+  prune       PENDING succeeded tasks finished 40 days ago: the drain of --tasks with
+              retention off, then while the daemon prunes them (keep_finished "7 days"),
+              the cost in %, and how long pruning them all took (--repeat 1 as for search)
 """
 
 from __future__ import annotations
@@ -503,6 +506,76 @@ def scenario_search(args) -> dict:
                 db.close()
 
 
+def fill_finished(db_url: str, n: int, days_ago: float = 40.0) -> None:
+    """Bulk-insert n succeeded tasks that finished `days_ago` days ago (SQLite)."""
+    db = open_database(db_url)
+    finished = time.time() - days_ago * 86400
+    cols = [
+        *TASK_DEFAULTS,
+        "name",
+        "status",
+        "run_at",
+        "created_at",
+        "updated_at",
+        "started_at",
+        "finished_at",
+    ]
+    insert = f"INSERT INTO task ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})"
+    defaults = list(TASK_DEFAULTS.values())
+    cur = db.cursor()
+    with db.atomic():
+        for start in range(0, n, 50_000):
+            at = finished + start * 1e-3
+            cur.executemany(insert, [[*defaults, "bench.noop", "succeeded", at, at, at, at, at + i * 1e-3]
+                                     for i in range(min(50_000, n - start))])  # fmt: skip
+    db.close()
+
+
+def scenario_prune(args) -> dict:
+    """PENDING succeeded tasks finished 40 days ago: the drain of --tasks with retention off,
+    then again (on a fresh copy) while the daemon prunes them (keep_finished "7 days"),
+    and how long the daemon took to delete them all."""
+    import shutil
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "filled.db"
+        built = time.perf_counter()
+        fill_finished(f"sqlite:///{source}", args.pending)
+        result: dict = {"build_s": round(time.perf_counter() - built, 1)}
+        for phase, keep in (("plain", "never"), ("pruning", "7 days")):
+            workdir = Path(tmp) / phase
+            workdir.mkdir()
+            shutil.copy(source, workdir / "bench.db")
+            rig = Rig(workdir)
+            rig.env["MARTINET_KEEP_FINISHED"] = keep
+            try:
+                started = rig.start_daemon()
+                rig.start_workers()
+                m = rig.client()
+                rig.wait_ready(m)
+                start = time.time()
+                m.execute_many([("bench.noop", {}) for _ in range(args.tasks)])
+                drained = wait_drained(rig.db)
+                result[f"drain_{phase}_per_s"] = round(args.tasks / (drained - start))
+                if phase == "pruning":
+                    db = open_database(rig.db)
+                    cutoff = time.time() - 7 * 86400
+                    while db.execute_sql(
+                        "SELECT COUNT(*) FROM task WHERE finished_at < ?", (cutoff,)
+                    ).fetchone()[0]:
+                        time.sleep(0.2)
+                    result["prune_s"] = round(time.time() - started, 1)
+                    result["pruned_per_s"] = round(args.pending / (time.time() - started))
+                    db.close()
+                m.close()
+            finally:
+                rig.stop()
+        result["drain_cost_pct"] = round(
+            100 * (1 - result["drain_pruning_per_s"] / result["drain_plain_per_s"]), 1
+        )
+        return result
+
+
 def scenario_shaping(args) -> dict:
     return scenario_throughput(args, shaped=True)
 
@@ -526,6 +599,7 @@ SCENARIOS = {
     "scale": scenario_scale,
     "backends": scenario_backends,
     "search": scenario_search,
+    "prune": scenario_prune,
 }
 
 

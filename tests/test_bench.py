@@ -32,7 +32,7 @@ def bench(*args: str) -> dict[str, dict[str, float]]:
 
 def test_every_scenario_runs_on_sqlite_with_tiny_numbers():
     results = bench(*TINY, "--postgres", "")
-    scenarios = {"throughput", "latency", "floor", "shaping", "timers", "scale", "search"}
+    scenarios = {"throughput", "latency", "floor", "shaping", "timers", "scale", "search", "prune"}
     assert set(results) == scenarios  # backends: skipped without --postgres
     expected = {
         "throughput": {"submit_seq_per_s", "submit_bulk_per_s", "drain_per_s"},
@@ -42,6 +42,7 @@ def test_every_scenario_runs_on_sqlite_with_tiny_numbers():
         "timers": {"late_p50_ms", "late_p99_ms", "late_max_ms"},
         "scale": {"start_to_first_dispatch_s", "drain_due_per_s", "peak_rss_mb", "late_p50_ms"},
         "search": {"status_name_ms", "where_ms", "count_name_ms"},
+        "prune": {"drain_plain_per_s", "drain_pruning_per_s", "drain_cost_pct", "prune_s"},
     }
     for scenario, keys in expected.items():
         assert keys <= set(results[scenario]), (scenario, results[scenario])

@@ -25,6 +25,7 @@ SUBCOMMANDS = [
     "retry",
     "stall",
     "update",
+    "prune",
     "demo",
 ]
 
