@@ -673,16 +673,38 @@ class Daemon(ClientOps):
                 )
 
     def _claim(self, out: Outbox, now: float) -> None:
-        """Lease queued tasks to workers with credit (sent once the turn is committed)."""
+        """Lease queued tasks to workers with credit (sent once the turn is committed).
+
+        Idle threads first, on every worker; then the prefetch, in rounds of at most
+        as many tasks as a worker has threads: a short queue spreads over the fleet
+        instead of waiting in the prefetch of whichever worker was asked first, and a
+        long one fills every worker's prefetch evenly."""
         if not self._dispatch_pending:
             return
-        more = False
-        for peer in self.peers.with_credit():
-            rows, filled = self._claim_for(peer, now)
-            more = more or filled
-            if rows:
-                out.tasks.append((peer, rows))
-        self._dispatch_pending = more or self.lanes.next_deadline(now) is not None
+        claimed: dict[str, tuple[Any, list[dict]]] = {}
+        idle_first, pending = True, False
+        while True:
+            rooms = [
+                (peer, peer.idle_threads if idle_first else min(peer.credit, peer.threads or peer.credit))
+                for peer in self.peers.with_credit()
+            ]
+            rooms = [(peer, room) for peer, room in rooms if room > 0]
+            if not rooms and idle_first:
+                idle_first = False
+                continue
+            filled_any = False
+            for peer, room in rooms:
+                rows, filled = self._claim_for(peer, now, room)
+                filled_any = filled_any or filled
+                if rows:
+                    claimed.setdefault(peer.worker_id, (peer, []))[1].extend(rows)
+            if rooms:
+                pending = filled_any  # a queue may hold more, for when credit frees up
+            if not filled_any:
+                break
+            idle_first = False
+        out.tasks.extend(claimed.values())
+        self._dispatch_pending = pending or self.lanes.next_deadline(now) is not None
 
     def _send_tasks(self, batches: list[tuple[Any, list[dict]]], now: float) -> None:
         if batches:
@@ -696,17 +718,17 @@ class Daemon(ClientOps):
                 continue
             log.debug("tasks %s sent to %s", [row["id"] for row in rows], peer.worker_id)
 
-    def _claim_for(self, peer: Any, now: float) -> tuple[list[dict], bool]:
-        """Claim for one worker, queue by queue as the lanes share its credit out.
-        Returns the rows and whether a queue may hold more ready work.
+    def _claim_for(self, peer: Any, now: float, room: int) -> tuple[list[dict], bool]:
+        """Claim up to `room` tasks for one worker, queue by queue as the lanes share its
+        credit out. Returns the rows and whether a queue may hold more ready work.
 
         A task under a rate goes only to a thread that is idle: one held in the
         worker's prefetch would start late, and a late start followed by a prompt
         one would exceed the rate where the handlers run."""
         rows: list[dict] = []
         filled = False
-        while peer.credit > 0:
-            plan = self.lanes.plan(peer.worker_id, peer.queues, peer.credit, now)
+        while min(peer.credit, room - len(rows)) > 0:
+            plan = self.lanes.plan(peer.worker_id, peer.queues, min(peer.credit, room - len(rows)), now)
             if not plan:
                 break
             names = [n for n in peer.names if self.lanes.name_room(n, now) > 0]

@@ -556,19 +556,81 @@ class Store:
             if self.locks_rows:
                 sql += " FOR UPDATE"
             running.update((r[0], RunningRow(*r)) for r in self._exec(sql, chunk).fetchall())
-        infos: list[dict | None] = []
-        for o in outcomes:
+        ended: list[tuple[int, RunningRow, _Ending]] = []  # (index in outcomes, row, what becomes of it)
+        for index, o in enumerate(outcomes):
             row = running.get(o.task_id)
             if row is None or row.attempt != o.attempt or row.worker != o.worker:
-                infos.append(None)
                 continue
             del running[o.task_id]  # an attempt ends once
-            infos.append(
-                self._end_attempt(
-                    row, o.kind, now, result=o.result, error=o.error, retry_in=o.retry_in, final=o.final
-                )
-            )
+            ending = self._ending(row, o.kind, now, result=o.result, error=o.error, retry_in=o.retry_in,
+                                  final=o.final)  # fmt: skip
+            ended.append((index, row, ending))
+        self._write_endings([(row, ending) for _index, row, ending in ended], now)
+        infos: list[dict | None] = [None] * len(outcomes)
+        for index, row, ending in ended:
+            infos[index] = self._ended_info(row, ending, now)
         return infos
+
+    def _write_endings(self, ended: list[tuple[RunningRow, _Ending]], now: float) -> None:
+        """The task updates of many endings, one executemany per shape of change, and their
+        attempt rows in multi-row INSERTs. The rows were read in this transaction (locked
+        on PostgreSQL and MySQL; SQLite's transaction holds the only write lock), so each
+        update must match: if one does not, this raises and the caller's savepoint undoes
+        them all (Daemon._on_outcomes then ends them one by one, each fenced on its own)."""
+        if not ended:
+            return
+        shapes: dict[tuple[str, ...], list[list[Any]]] = {}
+        for row, ending in ended:
+            shapes.setdefault(tuple(ending.changes), []).append(
+                [*ending.changes.values(), row.id, row.attempt]
+            )
+        cursor = self.db.cursor()
+        for columns, params in shapes.items():
+            sql = self._update_sql.get((columns, _FENCE))
+            if sql is None:
+                assignments = ", ".join(f"{self._name(column)} = ?" for column in columns)
+                sql = self._update_sql[(columns, _FENCE)] = f"UPDATE task SET {assignments} WHERE {_FENCE}"
+            cursor.executemany(sql.replace("?", self.db.param), params)
+            if cursor.rowcount != len(params):
+                raise StoreError(
+                    f"{len(params) - cursor.rowcount} of {len(params)} attempts changed meanwhile"
+                )
+        attempts = [self._attempt_row(row, ending.outcome, ending.logged, now) for row, ending in ended]
+        if self.is_mysql:
+            for attempt in attempts:
+                self._insert("attempt", attempt)
+        else:
+            self._insert_rows("attempt", attempts)
+
+    def _ended_info(self, row: RunningRow | Task, ending: _Ending, now: float) -> dict:
+        """What became of a task whose attempt ended (written): for the daemon's logs and events."""
+        return {
+            "id": row.id,
+            "name": row.name,
+            "queue": row.queue,
+            "attempt": row.attempt,
+            "status": ending.status,
+            "outcome": ending.outcome,
+            "result": ending.result,
+            "error": ending.error,
+            "run_at": iso(ending.changes.get("run_at")),
+            "reason": ending.changes.get("reason"),
+            "dependents": self._settle_dependents(row, ending.status, now),
+        }
+
+    @staticmethod
+    def _attempt_row(row: RunningRow | Task, outcome: str, logged: dict | None, now: float) -> dict[str, Any]:
+        return {
+            "task_id": row.id,
+            "attempt": row.attempt,
+            "worker": row.worker,
+            "started_at": row.started_at,
+            "ended_at": now,
+            "outcome": outcome,
+            "error_type": (logged or {}).get("type"),
+            "error_message": (logged or {}).get("message"),
+            "error_traceback": (logged or {}).get("traceback"),
+        }
 
     def complete(self, task_id: int, attempt: int, worker: str, result: Any, now: float) -> dict | None:
         """The attempt succeeded. None when fenced out (old attempt, other worker, not running)."""
@@ -608,6 +670,25 @@ class Store:
         retry_in: float | None = None,
         final: bool = False,
     ) -> dict | None:
+        """End one attempt, fenced by its number: None when it is no longer running."""
+        ending = self._ending(row, outcome, now, result=result, error=error, retry_in=retry_in, final=final)
+        if self._update_task(ending.changes, _FENCE, (row.id, row.attempt)) != 1:
+            return None
+        self._insert("attempt", self._attempt_row(row, ending.outcome, ending.logged, now))
+        return self._ended_info(row, ending, now)
+
+    def _ending(
+        self,
+        row: Task | RunningRow,
+        outcome: str,
+        now: float,
+        *,
+        result: Any = None,
+        error: dict | None = None,
+        retry_in: float | None = None,
+        final: bool = False,
+    ) -> _Ending:
+        """What becomes of a task whose attempt ended so (nothing written here)."""
         logged = error  # what the attempt row records
         changes: dict[str, Any] = {
             "worker": None,
@@ -666,38 +747,7 @@ class Store:
             if row.key_mode == "active":
                 changes["unique_key"] = None  # the key is free again
         changes["status"] = status
-        if (
-            self._update_task(changes, "id = ? AND attempt = ? AND status = 'running'", (row.id, row.attempt))
-            != 1
-        ):
-            return None
-        self._insert(
-            "attempt",
-            {
-                "task_id": row.id,
-                "attempt": row.attempt,
-                "worker": row.worker,
-                "started_at": row.started_at,
-                "ended_at": now,
-                "outcome": outcome,
-                "error_type": (logged or {}).get("type"),
-                "error_message": (logged or {}).get("message"),
-                "error_traceback": (logged or {}).get("traceback"),
-            },
-        )
-        return {
-            "id": row.id,
-            "name": row.name,
-            "queue": row.queue,
-            "attempt": row.attempt,
-            "status": status,
-            "outcome": outcome,
-            "result": result,
-            "error": error,
-            "run_at": iso(changes.get("run_at")),
-            "reason": changes.get("reason"),
-            "dependents": self._settle_dependents(row, status, now),
-        }
+        return _Ending(changes, status, outcome, logged, error, result)
 
     def _settle_dependents(self, parent: Task, status: str, now: float) -> dict[str, list[int]]:
         """A task ended: the tasks waiting on it are released (all their parents
@@ -1323,6 +1373,20 @@ class Outcome(NamedTuple):
     error: dict | None = None
     retry_in: float | None = None  # failed: the handler's own delay; released: when to run again
     final: bool = False  # failed for good (martinet.Fail): no retry
+
+
+class _Ending(NamedTuple):
+    """What becomes of a task whose attempt ended: the task's changes and the attempt's record."""
+
+    changes: dict[str, Any]  # the task row's new values, status included
+    status: str
+    outcome: str  # as the attempt row records it (a cancelled task's attempt says cancelled)
+    logged: dict | None  # the attempt row's error
+    error: dict | None  # the task's new last error (none for a release)
+    result: Any
+
+
+_FENCE = "id = ? AND attempt = ? AND status = 'running'"  # an attempt's end changes its own row only
 
 
 class Pruned(NamedTuple):

@@ -163,7 +163,7 @@ def test_hello_header_has_queues_and_limits(registry):
     w = make_worker(queues=["images", "default"], concurrency=3)
     h = w._hello_header()
     assert h["worker_id"] == "w1" and h["names"] == ["plain", "resize"]
-    assert (h["threads"], h["capacity"]) == (3, 6)  # and as many again held ready (prefetch)
+    assert (h["threads"], h["capacity"]) == (3, 15)  # and 4 per thread held ready (prefetch)
     assert make_worker(concurrency=3, prefetch=0)._hello_header()["capacity"] == 3
     assert h["running"] == [] and "version" in h
     assert h["queues"] == ["images", "default"]
