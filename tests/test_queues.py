@@ -144,3 +144,26 @@ def test_queue_settings_and_name_limits_survive_a_restart(cluster):
     assert (images["weight"], images["concurrency"], images["rate"], images["order"], images["paused"]) == (
         5, 3, "10/60s", "random", True
     )  # fmt: skip
+
+
+def test_idle_threads_fleet_wide_come_before_any_prefetch(cluster):
+    # Given two workers of 2 threads, each able to hold 8 more tasks (the default prefetch)
+    cluster.start_daemon()
+    cluster.start_worker(worker_id="a")
+    cluster.start_worker(worker_id="b")
+    m = cluster.client()
+    # When 4 long tasks arrive at once, then 8 more
+    few = m.execute_many([("sleepy", {"seconds": 0.3})] * 4)
+    for tid in few:
+        m.wait(tid, timeout=20)
+    many = m.execute_many([("sleepy", {"seconds": 0.3})] * 8)
+    for tid in many:
+        m.wait(tid, timeout=20)
+
+    # Then each worker ran half: no worker's prefetch hoarded what another could start
+    def by_worker(ids):
+        workers = [m.show(tid)["attempts"][0]["worker"] for tid in ids]
+        return {w: workers.count(w) for w in set(workers)}
+
+    assert by_worker(few) == {"a": 2, "b": 2}
+    assert by_worker(many) == {"a": 4, "b": 4}
