@@ -1,11 +1,13 @@
 """Benchmarks: real daemon and worker processes on 127.0.0.1, durable tasks only.
 
     python scripts/bench.py                 # every scenario, 3 repeats each
+    python scripts/bench.py --quick         # all but scale, search and prune (a million rows each)
     python scripts/bench.py timers --repeat 5
     python scripts/bench.py scale --pending 1000000 --schedules 10000
 
 Prints a table (median, min, max over the repeats) and one JSON line per
-scenario, so runs can be compared. Scenarios:
+scenario, so runs can be compared, then the medians against the targets (and the
+drain as a share of the lower floor, when throughput and floor both ran). Scenarios:
 
   throughput  one client calling execute in a loop (each waits for "accepted"); a bulk
               execute_many of N no-op tasks; the drain rate of those N with 2 workers running
@@ -19,7 +21,8 @@ scenario, so runs can be compared. Scenarios:
               the handler start against the due time, p50/p99/max (ms)
   scale       PENDING delayed tasks (hours ahead), SCHEDULES schedules and DUE tasks due
               now in the database: start to first dispatch, the drain rate of the due
-              tasks, timer lateness, and the daemon's peak RSS
+              tasks (and of as many in an empty database), timer lateness, and the
+              daemon's peak RSS
   search      PENDING tasks of ten names and six states made over 30 days (in --db, an
               empty database, else a fresh SQLite file): one search request's time for
               common filters and a payload filter, before and after an expression index
@@ -393,9 +396,34 @@ def scenario_scale(args) -> dict:
             result.update(measure_timers(m, args.timers, timer_spread(args)))
             result["peak_rss_mb"] = round(rig.peak_rss_mb(), 1)
             m.close()
-            return result
         finally:
             rig.stop()
+        result["drain_due_empty_per_s"] = drain_due(Path(tmp) / "empty", args.due)
+        result["drain_vs_empty_pct"] = round(
+            100 * result["drain_due_per_s"] / result["drain_due_empty_per_s"], 1
+        )
+        return result
+
+
+def drain_due(workdir: Path, due: int) -> int:
+    """The drain rate of `due` tasks waiting at start in an otherwise empty database: what
+    the scale scenario's drain, among a million pending tasks, is compared with."""
+    workdir.mkdir()
+    rig = Rig(workdir)
+    try:
+        fill(rig.db, 0, 0, due_now=due)
+        rig.start_workers()
+        rig.start_daemon()
+        m = rig.client()
+        first_due = 1
+        while m.get(first_due)["started_at"] is None:
+            time.sleep(0.005)
+        first = datetime.fromisoformat(m.get(first_due)["started_at"]).timestamp()
+        rate = round(due / (wait_drained(rig.db) - first))
+        m.close()
+        return rate
+    finally:
+        rig.stop()
 
 
 SEARCH_NAMES = ["resize.small", "resize.large", "resize.thumb", "email.send", "email.digest",
@@ -609,6 +637,9 @@ def main() -> int:
     )
     parser.add_argument("scenarios", nargs="*", help=f"some of {', '.join(SCENARIOS)} (default: all)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--quick", action="store_true", help=f"leave out {', '.join(BIG_DATA)} (a million rows each to build)"
+    )
     parser.add_argument("--tasks", type=int, default=20_000, help="throughput: tasks (default 20000)")
     parser.add_argument("--timers", type=int, default=1000, help="timers/scale: delayed tasks (default 1000)")
     parser.add_argument("--pending", type=int, default=1_000_000, help="scale: pending delayed tasks")
@@ -639,7 +670,9 @@ def main() -> int:
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
-    for name in args.scenarios or list(SCENARIOS):
+    chosen = args.scenarios or [n for n in SCENARIOS if not (args.quick and n in BIG_DATA)]
+    medians: dict[str, dict[str, float]] = {}
+    for name in chosen:
         runs = [SCENARIOS[name](args) for _ in range(args.repeat)]
         if None in runs:
             print(f"\n{name}: skipped (give --postgres URL, or set MARTINET_BENCH_POSTGRES)")
@@ -650,7 +683,47 @@ def main() -> int:
         for key, s in summary.items():
             print(f"  {key:<28} median {s['median']:>12,}   min {s['min']:>12,}   max {s['max']:>12,}")
         print(json.dumps({"scenario": name, "repeat": args.repeat, "results": summary}))
+        medians[name] = {k: s["median"] for k, s in summary.items()}
+    print_targets(medians)
     return 0
+
+
+BIG_DATA = ("scale", "search", "prune")  # build a million rows each; left out by --quick
+
+# The targets of issue 5 (2 cores, SQLite, 2 worker processes): (scenario, figure, goal, higher is better).
+TARGETS = [
+    ("throughput", "drain_per_s", 12_000, True),
+    ("throughput", "submit_bulk_per_s", 50_000, True),
+    ("throughput", "submit_seq_per_s", 7_000, True),
+    ("latency", "latency_p50_ms", 0.5, False),
+    ("latency", "latency_p99_ms", 1.0, False),
+    ("timers", "late_p50_ms", 1.0, False),
+    ("timers", "late_p99_ms", 2.0, False),
+    ("scale", "peak_rss_mb", 150, False),
+    ("scale", "start_to_first_dispatch_s", 2.0, False),
+    ("scale", "drain_vs_empty_pct", 80, True),
+    ("floor", "drain_of_floor_pct", 50, True),
+]
+
+
+def print_targets(medians: dict[str, dict[str, float]]) -> None:
+    """Medians against the targets, and the drain as a share of the lower floor (raw
+    pyzmq or raw SQLite): that share is what optimizing the daemon improves."""
+    if "throughput" in medians and "floor" in medians:
+        floor = min(medians["floor"]["zmq_floor_per_s"], medians["floor"]["sqlite_floor_per_s"])
+        medians["floor"]["drain_of_floor_pct"] = round(100 * medians["throughput"]["drain_per_s"] / floor, 1)
+    rows = [(scenario, key, goal, higher, medians[scenario][key]) for scenario, key, goal, higher in TARGETS
+            if key in medians.get(scenario, {})]  # fmt: skip
+    if not rows:
+        return
+    print("\ntargets (medians)")
+    for scenario, key, goal, higher, value in rows:
+        met = value >= goal if higher else value <= goal
+        sign = ">=" if higher else "<="
+        print(
+            f"  {scenario + ' ' + key:<40} {value:>12,}   target {sign} {goal:<8,} {'met' if met else 'not met'}"
+        )
+    print(json.dumps({"scenario": "targets", "results": {f"{s}.{k}": {"median": v, "target": g, "met": (v >= g) if h else (v <= g)} for s, k, g, h, v in rows}}))  # fmt: skip
 
 
 if __name__ == "__main__":
