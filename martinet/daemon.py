@@ -32,7 +32,7 @@ from martinet.peers import Peers
 from martinet.protocol import Cmd
 from martinet.retention import Retention
 from martinet.retry import RetryPolicy
-from martinet.store import Outcome, Store, open_database, redact
+from martinet.store import Outcome, Store, WalCheckpointer, open_database, redact
 from martinet.validate import Limits, clean_text, finite, is_id, is_rate, is_worker_id
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class Daemon(ClientOps):
             keep_seconds("keep_dead", settings.keep_dead),
         )
         self.store: Store | None = None
+        self._checkpointer: WalCheckpointer | None = None
         self.ctx: zmq.Context | None = None
         self._stopping = False
         self._wake_r, self._wake_w = os.pipe()
@@ -94,6 +95,8 @@ class Daemon(ClientOps):
         except BaseException:
             self.ctx.destroy(linger=0)
             raise
+        if isinstance(db, peewee.SqliteDatabase):
+            self._checkpointer = WalCheckpointer(db).start()
         retry = RetryPolicy(s.retry_base, s.retry_factor, s.retry_cap)
         self.store = Store(db, retry, s.poison_after, s.max_releases)
         with self.store.atomic():
@@ -188,6 +191,9 @@ class Daemon(ClientOps):
                 sock.close(0)
             self.ctx.term()
             self.ctx = None
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         if self.store is not None:
             self.store.close()
         for fd in (self._wake_r, self._wake_w):
@@ -562,7 +568,8 @@ class Daemon(ClientOps):
         self.peers.release(task_id)
         self.lanes.ended(info["queue"], info["name"])
         self._dispatch_pending = True
-        self.lanes.ready(info["queue"])  # a slot, and maybe a name's limit, freed up there
+        if self.lanes.queue(info["queue"]).concurrency is not None or info["name"] in self.lanes.names:
+            self.lanes.ready(info["queue"])  # a limit held tasks back there, and has room again
         status = info["status"]
         error = info["error"] or {}
         if status == "succeeded":

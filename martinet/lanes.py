@@ -161,6 +161,10 @@ class Lanes:
             if (served is None or name in served) and not q.paused and not self._is_empty(worker, name)
         }
         rooms = {name: q.room(now) for name, q in open_queues.items()}
+        if len(open_queues) == 1:  # the common case; round robin would give it all it can take
+            ((name, room),) = rooms.items()
+            count = int(min(credit, room))
+            return [(name, count)] if count > 0 else []
         counts: dict[str, int] = {}
         for _ in range(credit):
             candidates = [name for name in open_queues if rooms[name] > counts.get(name, 0)]
