@@ -22,19 +22,17 @@ from urllib.parse import parse_qs, urlparse
 import peewee
 from playhouse.db_url import connect as connect_url
 
-from martinet import recurring, when
+from martinet import migrations, recurring, when
 from martinet.errors import StoreError, TaskNotFound
 from martinet.models import (
     CANCELLED,
     DEAD,
     FAILED,
-    PARTIAL_INDEXES,
     QUEUED,
     RUNNING,
     SCHEDULED,
     STALLED,
     SUCCEEDED,
-    TABLES,
     TERMINAL,
     WAITING,
     Attempt,
@@ -102,8 +100,7 @@ def open_database(url: str) -> peewee.Database:
             db = connect_url(url)
         database.initialize(db)
         db.connect(reuse_if_open=True)
-        db.create_tables(TABLES, safe=True)
-        _create_partial_indexes(db)
+        migrations.upgrade(db)  # a new database gets the current schema; an older one is migrated
     except peewee.PeeweeException as exc:
         raise StoreError(f"cannot open database {redact(url)}: {exc}") from None
     except ValueError as exc:
@@ -176,33 +173,6 @@ def _sqlite_synchronous(url: str, query: str) -> str:
             f"SQLite URL {redact(url)}: the only option is ?synchronous=normal|full|extra (got {query!r})"
         )
     return value
-
-
-def _create_partial_indexes(db: peewee.Database) -> None:
-    """models.PARTIAL_INDEXES, partial where the database can (not on MySQL)."""
-    mysql = isinstance(db, peewee.MySQLDatabase)
-
-    def quoted(
-        columns: str,
-    ) -> str:  # "queue, priority DESC" with each column quoted (key is reserved on MySQL)
-        return ", ".join(" ".join([f"{db.quote[0]}{col}{db.quote[1]}", *rest])
-                         for col, *rest in (c.split() for c in columns.split(",")))  # fmt: skip
-
-    for index in PARTIAL_INDEXES:
-        unique = "UNIQUE " if index.unique else ""
-        if not mysql:
-            db.execute_sql(
-                f"CREATE {unique}INDEX IF NOT EXISTS {index.name} ON task ({quoted(index.columns)})"
-                f" WHERE {index.where}"
-            )
-            continue
-        exists = db.execute_sql(
-            "SELECT 1 FROM information_schema.statistics"
-            " WHERE table_schema = DATABASE() AND table_name = 'task' AND index_name = %s",
-            (index.name,),
-        ).fetchone()
-        if not exists:
-            db.execute_sql(f"CREATE {unique}INDEX {index.name} ON task ({quoted(index.full)})")
 
 
 def redact(url: str) -> str:
