@@ -130,17 +130,17 @@ def create_partial_indexes(db: peewee.Database) -> None:
             _create_index(db, index.name, "task", index.columns, index.unique, index.where)
 
 
-def _create_table(db: peewee.Database, table: str, **fields: peewee.Field) -> peewee.Model:
+def _create_table(
+    db: peewee.Database, table: str, indexes: tuple[str, ...] = (), **fields: peewee.Field
+) -> None:
     """A table as it was when a migration added it (not the current model: that may
-    have changed since), with its indexes."""
+    have changed since), with an index on each column in `indexes`, named as peewee
+    names them."""
     meta = type("Meta", (), {"database": db, "table_name": table})
     model = type(f"Frozen_{table}", (peewee.Model,), {"Meta": meta, **fields})
     model.create_table(safe=True)
-    if isinstance(db, peewee.MySQLDatabase):  # peewee skips a safe table's indexes on MySQL
-        for field in model._meta.sorted_fields:
-            if field.index or field.unique:
-                _create_index(db, f"{table}_{field.column_name}", table, field.column_name, field.unique)
-    return model
+    for column in indexes:
+        _create_index(db, f"{table}_{column}", table, column)
 
 
 # ---- the migrations, in order ------------------------------------------------------
@@ -212,9 +212,10 @@ def _v5_keys_and_dependencies(db: peewee.Database, migrator: SchemaMigrator) -> 
     _create_table(
         db,
         "dependency",
+        ("task_id", "parent_id"),
         id=peewee.AutoField(),
-        task_id=peewee.IntegerField(index=True),
-        parent_id=peewee.IntegerField(index=True),
+        task_id=peewee.IntegerField(),
+        parent_id=peewee.IntegerField(),
     )
 
 
@@ -297,15 +298,6 @@ LATEST = MIGRATIONS[-1].version
 # ---- reading and recording the version -------------------------------------------------
 
 
-class SchemaVersion(peewee.Model):
-    version = peewee.IntegerField(primary_key=True)
-    name = peewee.CharField(max_length=255)
-    applied_at = peewee.DoubleField()
-
-    class Meta:
-        table_name = VERSION_TABLE
-
-
 def detect(db: peewee.Database) -> int | None:
     """The version of a database that has no version table, read from what it has;
     None when it has no martinet tables. Versions that only added indexes are told
@@ -338,16 +330,28 @@ def detect(db: peewee.Database) -> int | None:
 def version(db: peewee.Database) -> int | None:
     """The database's schema version (recorded, else detected); None when it is new."""
     if VERSION_TABLE in db.get_tables():
-        with SchemaVersion.bind_ctx(db):
-            found = SchemaVersion.select(peewee.fn.MAX(SchemaVersion.version)).scalar()
+        found = db.execute_sql(f"SELECT MAX(version) FROM {VERSION_TABLE}").fetchone()[0]
         if found is not None:
             return found
     return detect(db)
 
 
+def _create_version_table(db: peewee.Database) -> None:
+    db.execute_sql(
+        f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER NOT NULL PRIMARY KEY,"
+        " name VARCHAR(255) NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+    )
+
+
 def _stamp(db: peewee.Database, number: int, name: str) -> None:
-    with SchemaVersion.bind_ctx(db):
-        SchemaVersion.insert(version=number, name=name, applied_at=time.time()).on_conflict_ignore().execute()
+    """Record a version reached (raw SQL: no model bound to a database, so two
+    connections in two threads can upgrade at once)."""
+    p = db.param
+    if not db.execute_sql(f"SELECT 1 FROM {VERSION_TABLE} WHERE version = {p}", (number,)).fetchone():
+        db.execute_sql(
+            f"INSERT INTO {VERSION_TABLE} (version, name, applied_at) VALUES ({p}, {p}, {p})",
+            (number, name, time.time()),
+        )
 
 
 @contextmanager
@@ -389,8 +393,7 @@ def upgrade(db: peewee.Database) -> tuple[int | None, int]:
             )
         if recorded and found == LATEST:
             return found, found  # the common case
-        with SchemaVersion.bind_ctx(db):
-            SchemaVersion.create_table(safe=True)
+        _create_version_table(db)
         if found is None:
             db.create_tables(TABLES, safe=True)
             create_partial_indexes(db)
