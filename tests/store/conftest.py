@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from martinet.models import database
 from martinet.retry import RetryPolicy
 from martinet.store import Store, open_database
 
@@ -24,3 +25,14 @@ def db(db_url):
 @pytest.fixture
 def store(db) -> Store:
     return Store(db, RetryPolicy(base=10.0, factor=2.0, cap=300.0))
+
+
+@pytest.fixture
+def other(db, db_url) -> Store:
+    """A second daemon's store: its own connection to the same database. The models
+    (peewee's proxy) stay on the first one; use `as_daemon(other)` to switch."""
+    second = open_database(db_url)
+    database.initialize(db)
+    yield Store(second, RetryPolicy(base=10.0, factor=2.0, cap=300.0))
+    second.close()
+    database.initialize(db)
