@@ -395,7 +395,8 @@ def upgrade(db: peewee.Database) -> tuple[int | None, int]:
             return found, found  # the common case
         _create_version_table(db)
         if found is None:
-            db.create_tables(TABLES, safe=True)
+            with db.bind_ctx(TABLES, bind_refs=False, bind_backrefs=False):  # this db, not the proxy's
+                db.create_tables(TABLES, safe=True)
             create_partial_indexes(db)
             _stamp(db, LATEST, "created")
             return None, LATEST

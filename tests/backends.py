@@ -53,7 +53,9 @@ def check(backend: str) -> str:
 
 def reset(url: str) -> None:
     """Drop martinet's tables (and its schema version) so a test starts from an empty database."""
-    db = connect_url(url.partition("?")[0] if url.startswith("sqlite") else url)
+    db = connect_url(
+        url.partition("?")[0] if url.startswith("sqlite") else url.replace("mariadb://", "mysql://", 1)
+    )
     db.connect()
     for table in [*(model._meta.table_name for model in TABLES), VERSION_TABLE]:
         db.execute_sql(f"DROP TABLE IF EXISTS {table}")

@@ -23,15 +23,14 @@ from tests.store.support import LEASE, NOW
 BIG = "x" * 100_000  # more than MySQL's TEXT holds (64 KiB)
 
 
-def plain(url: str) -> peewee.Database:
+def plain(url: str, **options) -> peewee.Database:
     """A connection as the first version made it (no LONGTEXT on MySQL, no pragmas)."""
     if url.startswith("sqlite"):
-        return peewee.SqliteDatabase(
-            url.split(":///", 1)[1].partition("?")[0], pragmas={"busy_timeout": 10000}
-        )
+        path = url.split(":///", 1)[1].partition("?")[0]
+        return peewee.SqliteDatabase(path, pragmas={"busy_timeout": 30000}, **options)
     if url.startswith(("mysql", "mariadb")):
-        return connect_url(url.replace("mariadb://", "mysql://", 1), charset="utf8mb4")
-    return connect_url(url)
+        return connect_url(url.replace("mariadb://", "mysql://", 1), charset="utf8mb4", **options)
+    return connect_url(url, **options)
 
 
 def make_v1(url: str) -> dict[str, int]:
@@ -173,10 +172,12 @@ def test_two_daemons_starting_at_once_upgrade_it_once(db_url, v1):
     start = threading.Barrier(2)
 
     def daemon() -> None:
-        db = plain(db_url) if not db_url.startswith(("mysql", "mariadb")) else connect_url(
-            db_url, charset="utf8mb4", field_types={"TEXT": "LONGTEXT"})  # fmt: skip
-        if isinstance(db, peewee.SqliteDatabase):
-            db = peewee.SqliteDatabase(db.database, lock_type="IMMEDIATE", pragmas={"busy_timeout": 30000})
+        if db_url.startswith("sqlite"):  # as open_database makes them
+            db = plain(db_url, lock_type="IMMEDIATE")
+        elif db_url.startswith(("mysql", "mariadb")):
+            db = plain(db_url, field_types={"TEXT": "LONGTEXT"})
+        else:
+            db = plain(db_url)
         try:
             db.connect()
             start.wait(timeout=10)
