@@ -86,11 +86,11 @@ def _add_columns(db: peewee.Database, migrator: SchemaMigrator, table: str, **fi
     have = _columns(db, table)
     for name, field in fields.items():
         if name not in have:
-            # NOT NULL columns carry a database default (see not_null): one ALTER, no row rewrite.
+            # NOT NULL columns carry a database default (see _not_null): one ALTER, no row rewrite.
             migrator.add_column(table, name, field, allow_not_null=not field.null).run()
 
 
-def not_null(field: peewee.Field, default: str) -> peewee.Field:
+def _not_null(field: peewee.Field, default: str) -> peewee.Field:
     """A NOT NULL column for add_column: the default is also the database's, so
     rows that exist get it at once (a new database has no database defaults:
     peewee, and the store's raw inserts, always give every column a value)."""
@@ -170,7 +170,7 @@ def _v3_schedule_limits(db: peewee.Database, migrator: SchemaMigrator) -> None:
         "schedule",
         until=peewee.DoubleField(null=True),
         remaining=peewee.IntegerField(null=True),
-        misfire=not_null(peewee.CharField(max_length=8), "'once'"),
+        misfire=_not_null(peewee.CharField(max_length=8), "'once'"),
         misfire_grace=peewee.DoubleField(null=True),
     )
 
@@ -182,7 +182,7 @@ def _v4_reliability(db: peewee.Database, migrator: SchemaMigrator) -> None:
         db,
         migrator,
         "task",
-        attempt_budget=not_null(peewee.IntegerField(), "3"),
+        attempt_budget=_not_null(peewee.IntegerField(), "3"),
         retry_base=peewee.DoubleField(null=True),
         retry_factor=peewee.DoubleField(null=True),
         retry_cap=peewee.DoubleField(null=True),
@@ -204,8 +204,8 @@ def _v5_keys_and_dependencies(db: peewee.Database, migrator: SchemaMigrator) -> 
         key=peewee.CharField(max_length=255, null=True),
         unique_key=peewee.CharField(max_length=255, null=True),
         key_mode=peewee.CharField(max_length=8, null=True),
-        has_parents=not_null(peewee.BooleanField(), "FALSE"),
-        has_dependents=not_null(peewee.BooleanField(), "FALSE"),
+        has_parents=_not_null(peewee.BooleanField(), "FALSE"),
+        has_dependents=_not_null(peewee.BooleanField(), "FALSE"),
     )
     _create_index(db, "task_key", "task", "key")
     _create_index(db, "task_unique_key", "task", "unique_key", unique=True)
@@ -221,7 +221,7 @@ def _v5_keys_and_dependencies(db: peewee.Database, migrator: SchemaMigrator) -> 
 
 def _v6_releases(db: peewee.Database, migrator: SchemaMigrator) -> None:
     """Tasks: how many times a handler gave the task back."""
-    _add_columns(db, migrator, "task", releases=not_null(peewee.IntegerField(), "0"))
+    _add_columns(db, migrator, "task", releases=_not_null(peewee.IntegerField(), "0"))
 
 
 def _v7_queues(db: peewee.Database, migrator: SchemaMigrator) -> None:

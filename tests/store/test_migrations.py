@@ -59,10 +59,10 @@ def make_v1(url: str) -> dict[str, int]:
 
 
 def schema(db: peewee.Database) -> dict:
-    """Tables, their columns (name, nullable) and indexes (name, unique, columns)."""
+    """Tables, their columns (name, type, nullable) and indexes (name, unique, columns)."""
     out = {}
     for table in sorted(db.get_tables()):
-        columns = sorted((c.name, c.null) for c in db.get_columns(table))
+        columns = sorted((c.name, c.data_type.lower(), c.null) for c in db.get_columns(table))
         indexes = sorted((i.name, i.unique, tuple(i.columns)) for i in db.get_indexes(table))
         out[table] = (columns, indexes)
     return out
@@ -202,4 +202,37 @@ def test_two_daemons_starting_at_once_upgrade_it_once(db_url, v1):
         assert Store(db).get_task(v1["queued"])["status"] == "queued"
         assert {t._meta.table_name for t in TABLES} <= set(db.get_tables())
     finally:
+        db.close()
+
+
+def test_a_database_stopped_at_any_version_without_a_record_of_it_is_upgraded(db_url):
+    """Databases made before versions were recorded are placed by what they have; every
+    migration is safe to run again (an upgrade interrupted on MySQL resumes)."""
+    backends.reset(db_url)
+    db = open_database(db_url)
+    new = schema(db)
+    db.close()
+    for stop in range(1, migrations.LATEST + 1):
+        # Given a database brought from version 1 to `stop`, with no version table
+        backends.reset(db_url)
+        make_v1(db_url)
+        mysql = db_url.startswith(("mysql", "mariadb"))
+        db = plain(db_url, **({"field_types": {"TEXT": "LONGTEXT"}} if mysql else {}))
+        db.connect()
+        migrator = migrations.SchemaMigrator.from_database(db)
+        for migration in migrations.MIGRATIONS:
+            if migration.version <= stop:
+                migration.apply(db, migrator)
+        # Then it is placed at that version (version 2 changed MySQL's column types only)
+        assert migrations.detect(db) == (1 if stop == 2 else stop), stop
+        # And running a migration again changes nothing
+        again = schema(db)
+        for migration in migrations.MIGRATIONS:
+            if migration.version <= stop:
+                migration.apply(db, migrator)
+        assert schema(db) == again, stop
+        db.close()
+        # And opening it brings it to the schema of a new database
+        db = open_database(db_url)
+        assert schema(db) == new, stop
         db.close()
