@@ -41,7 +41,8 @@ it on any database; README, "Adding a backend"). What holds for every method:
   never model objects; a missing task or schedule reads as None, and an operator
   action on a missing task returns "missing" (on a missing schedule, None).
 - Database errors are peewee's (IntegrityError, OperationalError, ...), raised,
-  not swallowed, except the lost races above.
+  not swallowed, except the lost races above; end_attempts raises StoreError
+  when a row it read changed before it wrote (see there).
 
 The hot path (submit, claim, outcomes, timers) runs hand-written SQL on the
 Store's own connection; the rest goes through the models (models.database, the
@@ -654,7 +655,10 @@ class Store:
         already ended earlier in the list). The running rows are read with one query.
 
         Each outcome's kind is succeeded, failed or released; see complete, fail and
-        release. An attempt ends once: a repeat in the list, or a resend later, is None."""
+        release. An attempt ends once: a repeat in the list, or a resend later, is None.
+        Call it in a transaction (a savepoint): the rows it reads stay as read until it
+        writes (locked FOR UPDATE on PostgreSQL and MySQL; SQLite's write lock). Should
+        one change anyway, it raises StoreError, and the savepoint undoes the batch."""
         ids = sorted({o.task_id for o in outcomes})
         running: dict[int, RunningRow] = {}
         for start in range(0, len(ids), 500):
