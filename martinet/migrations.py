@@ -328,8 +328,13 @@ def detect(db: peewee.Database) -> int | None:
 
 
 def version(db: peewee.Database) -> int | None:
-    """The database's schema version (recorded, else detected); None when it is new."""
-    if VERSION_TABLE in db.get_tables():
+    """The database's schema version (recorded, else detected); None when it is new:
+    without a task table it is, whatever a version table left behind says (martinet's
+    tables were dropped: bench.py does, so may an operator starting afresh)."""
+    tables = set(db.get_tables())
+    if "task" not in tables:
+        return None
+    if VERSION_TABLE in tables:
         found = db.execute_sql(f"SELECT MAX(version) FROM {VERSION_TABLE}").fetchone()[0]
         if found is not None:
             return found
@@ -395,6 +400,7 @@ def upgrade(db: peewee.Database) -> tuple[int | None, int]:
             return found, found  # the common case
         _create_version_table(db)
         if found is None:
+            db.execute_sql(f"DELETE FROM {VERSION_TABLE}")  # what a dropped schema left
             with db.bind_ctx(TABLES, bind_refs=False, bind_backrefs=False):  # this db, not the proxy's
                 db.create_tables(TABLES, safe=True)
             create_partial_indexes(db)

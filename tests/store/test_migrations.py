@@ -156,6 +156,21 @@ def test_a_database_without_a_version_table_is_placed_by_what_it_has(db):
     assert schema(db) == {**before, "martinet_schema": schema(db)["martinet_schema"]}
 
 
+def test_a_database_whose_tables_were_dropped_is_new_again(db_url, db):
+    # Given martinet's tables dropped, the version table left behind (as bench.py does)
+    db.execute_sql(f"UPDATE martinet_schema SET version = {migrations.LATEST + 1}")
+    db.drop_tables(TABLES)
+    db.close()
+    # Then the next start makes the current schema and records it afresh
+    db = open_database(db_url)
+    try:
+        assert {t._meta.table_name for t in TABLES} <= set(db.get_tables())
+        rows = db.execute_sql("SELECT version, name FROM martinet_schema").fetchall()
+        assert [tuple(r) for r in rows] == [(migrations.LATEST, "created")]
+    finally:
+        db.close()
+
+
 def test_a_database_from_a_newer_version_is_refused(db_url, db):
     db.execute_sql(
         f"INSERT INTO martinet_schema (version, name, applied_at) VALUES ({migrations.LATEST + 1}, 'future', 0)"
