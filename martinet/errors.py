@@ -49,6 +49,10 @@ class StoreError(MartinetError):
     """The database refused an operation or could not be reached."""
 
 
+class SchemaTooNew(StoreError):
+    """The database was upgraded by a newer martinet than this one: refused, not guessed at."""
+
+
 class TaskFailed(MartinetError):
     """A task ended without success (dead or cancelled); `info` holds its record."""
 

@@ -3,6 +3,50 @@
 The daemon's loop is the only caller that writes; it wraps one turn of its loop
 in one transaction (group commit). Results are fenced by attempt number: an
 UPDATE that names (id, attempt) changes nothing when a newer attempt exists.
+
+This is the store's interface: what each method must do and guarantee, on every
+backend. tests/store is its conformance suite (`pytest tests/store --db URL` runs
+it on any database; README, "Adding a backend"). What holds for every method:
+
+- Transactions: no method commits the caller's work. Each runs in the caller's
+  transaction (the daemon's `with store.atomic():` around a turn), so a turn's
+  changes commit together or not at all; called outside one, each statement
+  commits by itself. Methods that may lose a race for a unique index (submit and
+  add_schedule with a key, retry_task taking a key back) wrap that insert in a
+  savepoint, so losing it spoils nothing else in the transaction.
+- Time: nothing reads the clock. Times come in as `now` (UTC epoch seconds) and
+  are stored as such; a test passes any `now` it likes.
+- Fencing: an answer about an attempt (unclaim, progress, complete, fail,
+  release, end_attempts) changes the task only while that attempt is the running
+  one, held by that worker; otherwise it changes nothing and returns None (False
+  for progress). A late answer from an old attempt, a resend of one already
+  counted, or an answer for a task that was cancelled or reaped meanwhile is
+  therefore harmless, and the daemon still acknowledges it.
+- One lease at a time: a task is running on at most one worker. claim moves it
+  from queued to running and counts the attempt in one conditional UPDATE; on
+  PostgreSQL and MySQL its candidates are read FOR UPDATE SKIP LOCKED, so
+  daemons claiming at once skip each other's rows; on SQLite the write lock
+  (BEGIN IMMEDIATE) makes claimers take turns.
+- Decided by unique indexes, not by reads, so several daemons sharing one
+  database agree: a taken key holds one task (a submit that loses the race
+  returns the holder; on MySQL it raises IntegrityError for now, see
+  tests/store/test_two_daemons.py); a schedule's key names one schedule; one run
+  per (schedule, due time); a request_id never makes two tasks or schedules (a
+  second insert at the same moment is refused; the client's retry finds the first).
+- Every attempt that ends leaves one attempt row, the task's history (unclaim
+  leaves none: that attempt never started). A task in a terminal state
+  (succeeded, dead, cancelled) changes again only when an operator asks
+  (retry_task), and prune is the only method that deletes tasks.
+- Reads return plain dicts (task_info, schedule_info: times as ISO 8601 UTC),
+  never model objects; a missing task or schedule reads as None, and an operator
+  action on a missing task returns "missing" (on a missing schedule, None).
+- Database errors are peewee's (IntegrityError, OperationalError, ...), raised,
+  not swallowed, except the lost races above; end_attempts raises StoreError
+  when a row it read changed before it wrote (see there).
+
+The hot path (submit, claim, outcomes, timers) runs hand-written SQL on the
+Store's own connection; the rest goes through the models (models.database, the
+proxy open_database points at this database): one process, one database.
 """
 
 from __future__ import annotations
@@ -22,19 +66,17 @@ from urllib.parse import parse_qs, urlparse
 import peewee
 from playhouse.db_url import connect as connect_url
 
-from martinet import recurring, when
+from martinet import migrations, recurring, when
 from martinet.errors import StoreError, TaskNotFound
 from martinet.models import (
     CANCELLED,
     DEAD,
     FAILED,
-    PARTIAL_INDEXES,
     QUEUED,
     RUNNING,
     SCHEDULED,
     STALLED,
     SUCCEEDED,
-    TABLES,
     TERMINAL,
     WAITING,
     Attempt,
@@ -66,7 +108,11 @@ TIME_COLUMNS = {"created": "created_at", "due": "run_at", "finished": "finished_
 
 
 def open_database(url: str) -> peewee.Database:
-    """Connect by URL (sqlite:///path.db, postgresql://..., mysql://...) and create tables."""
+    """Connect by URL (sqlite:///path.db, postgresql://..., mysql://...) and bring the
+    schema to this version: a new database gets the current one, an older one is
+    migrated (martinet/migrations.py), a newer one is refused (SchemaTooNew).
+    Points models.database at it. Raises StoreError saying what to change when the
+    URL, the driver or the server is wrong."""
     scheme = urlparse(url).scheme.split("+")[0]
     if scheme not in SCHEMES:
         raise StoreError(
@@ -102,8 +148,7 @@ def open_database(url: str) -> peewee.Database:
             db = connect_url(url)
         database.initialize(db)
         db.connect(reuse_if_open=True)
-        db.create_tables(TABLES, safe=True)
-        _create_partial_indexes(db)
+        migrations.upgrade(db)  # a new database gets the current schema; an older one is migrated
     except peewee.PeeweeException as exc:
         raise StoreError(f"cannot open database {redact(url)}: {exc}") from None
     except ValueError as exc:
@@ -178,33 +223,6 @@ def _sqlite_synchronous(url: str, query: str) -> str:
     return value
 
 
-def _create_partial_indexes(db: peewee.Database) -> None:
-    """models.PARTIAL_INDEXES, partial where the database can (not on MySQL)."""
-    mysql = isinstance(db, peewee.MySQLDatabase)
-
-    def quoted(
-        columns: str,
-    ) -> str:  # "queue, priority DESC" with each column quoted (key is reserved on MySQL)
-        return ", ".join(" ".join([f"{db.quote[0]}{col}{db.quote[1]}", *rest])
-                         for col, *rest in (c.split() for c in columns.split(",")))  # fmt: skip
-
-    for index in PARTIAL_INDEXES:
-        unique = "UNIQUE " if index.unique else ""
-        if not mysql:
-            db.execute_sql(
-                f"CREATE {unique}INDEX IF NOT EXISTS {index.name} ON task ({quoted(index.columns)})"
-                f" WHERE {index.where}"
-            )
-            continue
-        exists = db.execute_sql(
-            "SELECT 1 FROM information_schema.statistics"
-            " WHERE table_schema = DATABASE() AND table_name = 'task' AND index_name = %s",
-            (index.name,),
-        ).fetchone()
-        if not exists:
-            db.execute_sql(f"CREATE {unique}INDEX {index.name} ON task ({quoted(index.full)})")
-
-
 def redact(url: str) -> str:
     parsed = urlparse(url)
     if parsed.password:
@@ -223,7 +241,8 @@ def schedule_ref(schedule_id: int) -> str:
 
 
 class Store:
-    """The only writer. Each method is one state transition or one read."""
+    """The only writer. Each method is one state transition or one read; the module
+    docstring says what holds for all of them."""
 
     def __init__(
         self,
@@ -316,9 +335,12 @@ class Store:
         return self._exec(sql, [*changes.values(), *params]).rowcount
 
     def atomic(self):
+        """A transaction (a savepoint inside one): everything in it commits together or
+        not at all. On SQLite it begins IMMEDIATE, taking the write lock at once."""
         return self.db.atomic()
 
     def close(self) -> None:
+        """Close this store's connection (a no-op when closed)."""
         if not self.db.is_closed():
             self.db.close()
 
@@ -326,6 +348,12 @@ class Store:
 
     def submit(self, spec: dict[str, Any], now: float) -> tuple[int, bool]:
         """Insert one task; returns (id, created).
+
+        Idempotent by request_id: a retried submit returns the first one's id and
+        created False, and changes nothing. Queued when `run_at` is missing or not
+        after `now`, scheduled otherwise; waiting while tasks in `after` are
+        unfinished; cancelled at once when one of them is dead or cancelled.
+        Raises TaskNotFound, writing nothing, when `after` names an unknown task.
 
         A known request_id returns the task it created. A `key` that is taken
         (see models.Task.unique_key) returns the task holding it: the unique
@@ -370,6 +398,9 @@ class Store:
 
     def submit_many(self, specs: list[dict[str, Any]], now: float) -> list[tuple[int, bool]]:
         """Insert many tasks; returns (id, created) for each, in order, as submit() would.
+
+        A request_id repeated within the batch is one task. The same guarantees as
+        submit; ids are in the order of `specs`.
 
         Tasks without a key or parents go in with multi-row INSERTs (their
         request_ids looked up in one query); on MySQL, whose multi-row INSERT
@@ -420,7 +451,9 @@ class Store:
 
     def promote_due(self, now: float) -> list[str]:
         """Scheduled tasks and retries whose time has come become queued; returns the
-        queues they are in (read from the due rows alone, through the task_due index)."""
+        queues they are in (read from the due rows alone, through the task_due index).
+
+        Due means run_at <= now. Waiting, stalled and running tasks never move."""
         due = "status IN ('scheduled', 'failed') AND run_at <= ?"
         queues = [q for (q,) in self._exec(f"SELECT DISTINCT queue FROM {self.due_rows} WHERE {due}", (now,))]
         if queues:
@@ -430,7 +463,9 @@ class Store:
         return queues
 
     def next_wakeup(self) -> float | None:
-        """The earliest time at which something waiting becomes due."""
+        """The earliest time at which something waiting becomes due: the first run_at of
+        a scheduled or failed (retrying) task, or next_due of an active schedule; None
+        when nothing is. The daemon sleeps until then."""
         sql = f"SELECT MIN(run_at) FROM {self.due_rows} WHERE status IN ('scheduled', 'failed')"
         task = self._exec(sql).fetchone()[0]
         sched = self._exec("SELECT MIN(next_due) FROM schedule WHERE status = 'active'").fetchone()[0]
@@ -453,6 +488,13 @@ class Store:
         fifo: higher priority first, then earlier due time, then submission
         order; random: any ready task. `accept` may refuse a candidate (a task
         name at its fleet-wide limit); refused ones stay queued.
+
+        Each claimed task is running, its attempt counted (attempt + 1), held by
+        `worker` until now + lease, progress cleared; it is returned with its id,
+        name, queue, args (decoded), attempt, timeout and, when it waited on
+        others, their results (`parents`). Never hands one task to two workers,
+        even to daemons claiming at once (see the module docstring). Fewer than
+        `limit` (or none) when fewer are ready.
         """
         names = list(names)
         if limit <= 0 or not names:
@@ -510,7 +552,8 @@ class Store:
 
     def unclaim(self, task_id: int, attempt: int, now: float) -> tuple[str, str] | None:
         """A worker could not take the task (unknown name): back to the queue, no attempt spent.
-        Returns the task's (queue, name), or None when it was not running that attempt."""
+        Returns the task's (queue, name), or None when it was not running that attempt.
+        No attempt row: the attempt never started."""
         row = Task.get_or_none(Task.id == task_id, Task.attempt == attempt, Task.status == RUNNING)
         if row is None:
             return None
@@ -531,6 +574,9 @@ class Store:
     # ---- leases -------------------------------------------------------------
 
     def renew_leases(self, workers: Iterable[str], now: float, lease: float) -> int:
+        """Traffic from these workers: their running tasks' leases end at now + lease.
+        Only leases with less than half their length left are written (a heartbeat
+        costs no write most of the time); returns how many were."""
         workers = list(workers)
         if not workers:
             return 0
@@ -545,7 +591,12 @@ class Store:
         )
 
     def readopt(self, worker: str, running: list[dict], now: float, lease: float) -> list[int]:
-        """A reconnecting worker still runs these (id, attempt): give the leases back to it."""
+        """A reconnecting worker still runs these (id, attempt): give the leases back to it.
+
+        Only the same attempt is readopted, also when its lease was reaped meanwhile
+        (the task queued or failed again, not yet claimed): then it runs again on this
+        worker instead of twice. A task claimed again since, or ended, is not.
+        Returns the ids readopted; the worker should stop the others."""
         adopted = []
         for item in running:
             n = (
@@ -563,12 +614,16 @@ class Store:
 
     def release_worker(self, worker: str, now: float, reason: str, outcome: str = "lost") -> list[dict]:
         """A worker is gone: its running tasks end their attempt as `lost` (or `interrupted`
-        when it left on purpose: that does not spend an attempt). Returns their outcomes."""
+        when it left on purpose: that does not spend an attempt). Returns their outcomes.
+        A task lost `poison_after` times is stalled instead of retried."""
         rows = list(Task.select().where(Task.status == RUNNING, Task.worker == worker).order_by(Task.id))
         return [info for r in rows if (info := self._lose(r, now, reason, outcome))]
 
     def reap_expired(self, now: float) -> list[dict]:
-        """Running tasks whose lease ran out (worker silent, or daemon restarted)."""
+        """Running tasks whose lease ran out (worker silent, or daemon restarted) end their
+        attempt as lost, as release_worker does; returns their outcomes. A lease that
+        ends after `now` is kept. Reads the database, not memory: after a restart it
+        finds the leases of the daemon that died."""
         rows = list(Task.select().where(Task.status == RUNNING, Task.lease_expires < now))
         return [info for r in rows if (info := self._lose(r, now, "lease expired", "lost"))]
 
@@ -581,6 +636,7 @@ class Store:
     def progress(
         self, task_id: int, attempt: int, worker: str, value: float | None, message: str | None, now: float
     ) -> bool:
+        """The running attempt's progress and message (latest wins); False when fenced out."""
         n = (
             Task.update(progress=value, progress_message=message, updated_at=now)
             .where(
@@ -596,7 +652,13 @@ class Store:
     def end_attempts(self, outcomes: list[Outcome], now: float) -> list[dict | None]:
         """What workers reported, in one go: for each outcome, what became of its task,
         or None when it is fenced out (an old attempt, another worker, not running, or
-        already ended earlier in the list). The running rows are read with one query."""
+        already ended earlier in the list). The running rows are read with one query.
+
+        Each outcome's kind is succeeded, failed or released; see complete, fail and
+        release. An attempt ends once: a repeat in the list, or a resend later, is None.
+        Call it in a transaction (a savepoint): the rows it reads stay as read until it
+        writes (locked FOR UPDATE on PostgreSQL and MySQL; SQLite's write lock). Should
+        one change anyway, it raises StoreError, and the savepoint undoes the batch."""
         ids = sorted({o.task_id for o in outcomes})
         running: dict[int, RunningRow] = {}
         for start in range(0, len(ids), 500):
@@ -685,7 +747,12 @@ class Store:
         }
 
     def complete(self, task_id: int, attempt: int, worker: str, result: Any, now: float) -> dict | None:
-        """The attempt succeeded. None when fenced out (old attempt, other worker, not running)."""
+        """The attempt succeeded. None when fenced out (old attempt, other worker, not running).
+
+        The task is succeeded with its result (JSON), finished_at = now, an attempt row;
+        cancelled instead when it was asked to stop. Its key is freed unless kept for
+        good; tasks waiting on it are released when their other parents succeeded too.
+        Returns what became of it (status, outcome, dependents released/cancelled)."""
         return self.end_attempts([Outcome(task_id, attempt, worker, "succeeded", result=result)], now)[0]
 
     def fail(
@@ -698,14 +765,20 @@ class Store:
         retry_in: float | None = None,
         final: bool = False,
     ) -> dict | None:
-        """The attempt failed: retry later, or dead when attempts are spent or `final`."""
+        """The attempt failed: retry later, or dead when attempts are spent or `final`.
+
+        A retry is the failed state with run_at = now + `retry_in` (a negative one:
+        now), or the task's backoff, else the store's; promote_due queues it then.
+        Dead tasks cancel the tasks waiting on them, down the chain. None when fenced out."""
         outcome = Outcome(task_id, attempt, worker, "failed", error=error, retry_in=retry_in, final=final)
         return self.end_attempts([outcome], now)[0]
 
     def release(
         self, task_id: int, attempt: int, worker: str, reason: str, now: float, delay: float | None = None
     ) -> dict | None:
-        """The handler gave the task back (martinet.Release): to the queue, after `delay`."""
+        """The handler gave the task back (martinet.Release): to the queue, after `delay`.
+        No attempt spent, its release count goes up; stalled after max_releases. None
+        when fenced out."""
         error = {"type": "Release", "message": reason}
         return self.end_attempts(
             [Outcome(task_id, attempt, worker, "released", error=error, retry_in=delay)], now
@@ -845,6 +918,7 @@ class Store:
         return settled
 
     def unfinished_parents(self, task_id: int) -> list[int]:
+        """The tasks this one waits on that have not succeeded, by id."""
         query = (
             Dependency.select(Dependency.parent_id)
             .join(Task, on=(Task.id == Dependency.parent_id))
@@ -862,7 +936,9 @@ class Store:
         """Cancel a waiting task, or ask a running one to stop.
 
         Returns the new status and the ids of tasks cancelled with it (those
-        that waited on it, down the chain).
+        that waited on it, down the chain). A running task is only marked
+        (cancel_requested; status "cancelling"): it ends cancelled however its
+        attempt ends. A finished task keeps its status; a missing one: "missing".
         """
         row = Task.get_or_none(Task.id == task_id)
         if row is None:
@@ -916,7 +992,8 @@ class Store:
         return QUEUED if n else self.get_task(task_id)["status"]
 
     def stall_task(self, task_id: int, now: float, reason: str) -> str:
-        """Hold a waiting task: it is never dispatched until retried."""
+        """Hold a waiting task (scheduled, queued or failed): it is never dispatched until
+        retried. Returns "stalled", the status it has when it cannot be, or "missing"."""
         row = Task.get_or_none(Task.id == task_id)
         if row is None:
             return "missing"
@@ -928,6 +1005,8 @@ class Store:
         return STALLED
 
     def update_task_args(self, task_id: int, args: dict, now: float) -> str:
+        """New args for a task that has not started (or waits to run again): "updated",
+        else its status (a running or finished task keeps its args), or "missing"."""
         row = Task.get_or_none(Task.id == task_id)
         if row is None:
             return "missing"
@@ -943,7 +1022,8 @@ class Store:
 
         A known request_id returns the old id. A schedule declared with a
         `key` is created once; declaring it again updates it in place and
-        keeps its next due time unless its spec or zone changed.
+        keeps its next due time unless its spec or zone changed. Two daemons
+        declaring the same key at once make one schedule (the unique index).
         """
         rid, key = spec.get("request_id"), spec.get("key")
         if rid:
@@ -1061,6 +1141,8 @@ class Store:
         }
 
     def remove_schedule(self, schedule_id: int, now: float) -> bool:
+        """No more runs, and its key is free; runs already created stay. False when it
+        is missing or already removed."""
         n = (
             Schedule.update(status="removed", next_due=None, key=None, updated_at=now)  # its key is free
             .where(Schedule.id == schedule_id, Schedule.status != "removed")
@@ -1155,6 +1237,7 @@ class Store:
     def save_task_limit(
         self, name: str, concurrency: int | None, rate: tuple[int, float] | None, now: float
     ) -> None:
+        """Set (create or replace) a task name's fleet-wide concurrency and rate."""
         fields = {
             "concurrency": concurrency,
             "rate_count": rate[0] if rate else None,
@@ -1283,6 +1366,7 @@ class Store:
         )
 
     def attempts(self, task_id: int) -> list[dict]:
+        """The task's finished attempts, oldest first: worker, times, duration, outcome, error."""
         rows = Attempt.select().where(Attempt.task_id == task_id).order_by(Attempt.attempt)
         return [
             {
@@ -1408,6 +1492,7 @@ class Store:
         return info
 
     def list_schedules(self, include_removed: bool = False) -> list[dict]:
+        """Every schedule's record, by id; removed ones only when asked."""
         query = Schedule.select().order_by(Schedule.id)
         if not include_removed:
             query = query.where(Schedule.status != "removed")

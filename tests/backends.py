@@ -14,6 +14,7 @@ import peewee
 import pytest
 from playhouse.db_url import connect as connect_url
 
+from martinet.migrations import VERSION_TABLE
 from martinet.models import TABLES
 
 DEFAULT_URLS = {
@@ -51,9 +52,11 @@ def check(backend: str) -> str:
 
 
 def reset(url: str) -> None:
-    """Drop martinet's tables so a test starts from an empty database."""
-    db = connect_url(url)
+    """Drop martinet's tables (and its schema version) so a test starts from an empty database."""
+    db = connect_url(
+        url.partition("?")[0] if url.startswith("sqlite") else url.replace("mariadb://", "mysql://", 1)
+    )
     db.connect()
-    for model in TABLES:
-        db.execute_sql(f"DROP TABLE IF EXISTS {model._meta.table_name}")
+    for table in [*(model._meta.table_name for model in TABLES), VERSION_TABLE]:
+        db.execute_sql(f"DROP TABLE IF EXISTS {table}")
     db.close()

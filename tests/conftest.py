@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from urllib.parse import urlparse
+
 import pytest
 
 from tests import backends
@@ -8,12 +10,32 @@ from tests.harness import Cluster
 BACKENDS = ["sqlite", "postgresql", "mysql"]
 
 
-@pytest.fixture(params=BACKENDS)
+def pytest_addoption(parser):
+    # Here, not in tests/store/conftest.py: pytest reads options from the root conftest only.
+    parser.addoption(
+        "--db",
+        metavar="URL",
+        help="run the tests that run on every backend (the store suite: pytest tests/store --db URL) "
+        "on this database only; its martinet tables are dropped before each test",
+    )
+
+
+def pytest_generate_tests(metafunc):
+    """`db_url` is parametrized by backend, or by the one URL given with --db."""
+    if "db_url" in metafunc.fixturenames:
+        url = metafunc.config.getoption("db")
+        if url:
+            metafunc.parametrize("db_url", [url], ids=[urlparse(url).scheme or "db"], indirect=True)
+        else:
+            metafunc.parametrize("db_url", BACKENDS, indirect=True)
+
+
+@pytest.fixture
 def db_url(request, tmp_path) -> str:
-    """A fresh, empty database on each backend."""
+    """A fresh, empty database on each backend (or the --db one, emptied)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'martinet.db'}"
-    url = backends.check(request.param)
+    url = request.param if "://" in request.param else backends.check(request.param)
     backends.reset(url)
     return url
 

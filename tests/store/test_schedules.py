@@ -13,25 +13,13 @@ import pytest
 from martinet import recurring
 from martinet.models import Schedule, Task
 from martinet.recurring import MAX_CATCH_UP, Policy
-from martinet.retry import RetryPolicy
-from martinet.store import Store, iso, open_database
+from martinet.store import Store, iso
 from martinet.when import Cron, Interval, from_timestamp, recurrence_from_db
+from tests.store.support import every_minute
 
 NOW = 1_800_000_000.0  # 2027-01-15 08:00 UTC, a Friday (09:00 in Berlin)
 BERLIN = "Europe/Berlin"
 DAY = 86400.0
-
-
-@pytest.fixture
-def db(db_url):
-    database = open_database(db_url)
-    yield database
-    database.close()
-
-
-@pytest.fixture
-def store(db) -> Store:
-    return Store(db, RetryPolicy(base=10.0, factor=2.0, cap=300.0))
 
 
 def add(store: Store, every: str = "60", first_due: float = NOW, kind: str = "interval", **fields) -> int:
@@ -436,3 +424,112 @@ def test_next_wakeup_counts_only_active_schedules(store):
     assert store.next_wakeup() is None
     store.resume_schedule(paused, NOW - 20)
     assert store.next_wakeup() == NOW + 10
+
+
+# ---- schedules: the basics (from the first store tests) ----------------------------------
+
+
+def test_add_schedule_dedupes_by_request_id(store):
+    spec = {"name": "tick", "kind": "interval", "spec": "60", "request_id": "s-1"}
+    first, created = store.add_schedule(spec, NOW, NOW)
+    assert created
+    again, created_again = store.add_schedule({**spec, "spec": "120"}, NOW + 5, NOW)
+    assert (again, created_again) == (first, False)
+    assert Schedule.select().count() == 1
+    assert store.get_schedule(first)["every"] == "60 seconds"
+
+
+def test_expand_creates_one_run_per_due_time(store):
+    sched = every_minute(store, args={"k": "v"}, priority=3, queue="q", username="ann")
+    assert store.expand_schedules(NOW - 0.001, 3) == []
+    created = store.expand_schedules(NOW, 3)
+    assert len(created) == 1
+    task = store.get_task(created[0])
+    assert task["status"] == "queued"
+    assert (task["name"], task["args"], task["priority"], task["queue"]) == ("tick", {"k": "v"}, 3, "q")
+    assert task["username"] == "ann"
+    assert task["schedule"] == f"s{sched}"
+    assert task["due_at"] == iso(NOW)
+    assert task["max_attempts"] == 3  # the default, as the schedule names none
+    info = store.get_schedule(sched)
+    assert (info["last_due"], info["next_due"]) == (iso(NOW), iso(NOW + 60))
+    assert store.expand_schedules(NOW, 3) == []
+    assert store.expand_schedules(NOW + 59, 3) == []
+    assert len(store.expand_schedules(NOW + 60, 3)) == 1
+    assert Task.select().count() == 2
+
+
+def test_expand_uses_the_schedules_own_max_attempts(store):
+    every_minute(store, max_attempts=7)
+    (task_id,) = store.expand_schedules(NOW, 3)
+    assert Task.get_by_id(task_id).max_attempts == 7
+
+
+def test_expand_does_not_drift_when_it_runs_late(store):
+    sched = every_minute(store)
+    store.expand_schedules(NOW + 7.5, 3)  # fired 7.5 s late
+    assert Schedule.get_by_id(sched).next_due == NOW + 60  # not NOW + 67.5
+    (late,) = store.expand_schedules(NOW + 60 + 12.25, 3)
+    assert Task.get_by_id(late).due_at == NOW + 60
+    assert Task.get_by_id(late).run_at == NOW + 72.25
+    assert Schedule.get_by_id(sched).next_due == NOW + 120
+
+
+def test_expand_collapses_missed_runs_into_one(store):
+    sched = every_minute(store)
+    # Down for a while: due times NOW, +60, ..., +300 have all passed.
+    created = store.expand_schedules(NOW + 330, 3)
+    assert len(created) == 1
+    assert Task.get_by_id(created[0]).due_at == NOW + 300  # the latest missed due time
+    s = Schedule.get_by_id(sched)
+    assert (s.last_due, s.next_due) == (NOW + 300, NOW + 360)
+    assert Task.select().count() == 1
+
+
+def test_expand_cron_schedule(store):
+    # 08:00 UTC on 15 January 2027; the cron fires at minute 0 and 30.
+    sched, _ = store.add_schedule(
+        {"name": "cron", "kind": "cron", "spec": "0,30 * * * *", "timezone": "UTC"}, NOW, NOW - 1
+    )
+    (first,) = store.expand_schedules(NOW + 1, 3)
+    assert Task.get_by_id(first).due_at == NOW
+    assert Schedule.get_by_id(sched).next_due == NOW + 1800
+    assert store.get_schedule(sched)["every"] == "0,30 * * * *"
+    assert store.get_schedule(sched)["recurrence"] == "cron"
+
+
+def test_two_daemons_expanding_the_same_due_time_create_one_run(db):
+    one, two = Store(db), Store(db)
+    sched = every_minute(one)
+    # Both daemons read the schedule (next_due = NOW); the first one expands it...
+    created = one.expand_schedules(NOW, 3)
+    assert len(created) == 1
+    # ...and the second one, working from what it read before, expands it too.
+    Schedule.update(next_due=NOW, last_due=None).where(Schedule.id == sched).execute()
+    assert two.expand_schedules(NOW + 0.5, 3) == []
+    assert Task.select().count() == 1
+    assert [t.id for t in Task.select()] == created
+    assert Schedule.get_by_id(sched).next_due == NOW + 60
+    # Sequentially, the second daemon sees the advanced schedule and does nothing.
+    assert two.expand_schedules(NOW + 1, 3) == []
+    assert len(two.expand_schedules(NOW + 60, 3)) == 1
+    assert len(one.expand_schedules(NOW + 60, 3)) == 0
+    assert Task.select().count() == 2
+
+
+def test_remove_schedule_stops_its_runs(store):
+    sched = every_minute(store)
+    keep = every_minute(store, name="keep")
+    assert store.remove_schedule(sched, NOW - 1)
+    assert not store.remove_schedule(sched, NOW - 1)
+    assert not store.remove_schedule(999, NOW - 1)
+    info = store.get_schedule(sched)
+    assert (info["status"], info["next_due"]) == ("removed", None)
+    created = store.expand_schedules(NOW + 600, 3)
+    assert [Task.get_by_id(t).schedule_id for t in created] == [keep]
+    assert [s["id"] for s in store.list_schedules()] == [f"s{keep}"]
+    assert [s["id"] for s in store.list_schedules(include_removed=True)] == [f"s{sched}", f"s{keep}"]
+    assert store.update_schedule(sched, NOW, args={"a": 1}) == "removed"
+    assert store.update_schedule(keep, NOW, args={"a": 1}) == "updated"
+    assert store.update_schedule(999, NOW, args={"a": 1}) is None
+    assert store.get_schedule(keep)["args"] == {"a": 1}

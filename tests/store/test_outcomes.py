@@ -1,0 +1,162 @@
+"""Ending attempts: success, failure and retries, fencing by attempt and worker, cancellation.
+
+No processes, no sockets, no sleeps: time is passed in as `now`.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from martinet.models import Attempt
+from martinet.store import iso
+from tests.store.support import (
+    LEASE,
+    NOW,
+    claim_one,
+    row,
+    submit,
+)
+
+# ---- outcomes -----------------------------------------------------------------
+
+
+def test_complete_succeeds_and_writes_an_attempt_row(store):
+    task_id = submit(store)
+    claim_one(store)
+    assert store.progress(task_id, 1, "w1", 0.5, "half", NOW + 1)
+    info = store.complete(task_id, 1, "w1", {"sum": 3}, NOW + 2)
+    assert info == {
+        "id": task_id,
+        "name": "add",
+        "queue": "default",
+        "attempt": 1,
+        "status": "succeeded",
+        "outcome": "succeeded",
+        "result": {"sum": 3},
+        "error": None,
+        "run_at": None,
+        "reason": None,
+        "dependents": {"released": [], "cancelled": []},
+    }
+    task = store.get_task(task_id)
+    assert task["status"] == "succeeded"
+    assert task["result"] == {"sum": 3}
+    assert task["progress"] == 1.0
+    assert task["worker"] is None
+    assert task["finished_at"] == iso(NOW + 2)
+    assert store.attempts(task_id) == [
+        {
+            "attempt": 1,
+            "worker": "w1",
+            "started_at": iso(NOW),
+            "ended_at": iso(NOW + 2),
+            "duration": 2.0,
+            "outcome": "succeeded",
+            "error": None,
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    "attempt, worker",
+    [(2, "w1"), (0, "w1"), (1, "w2")],
+    ids=["newer-attempt", "older-attempt", "other-worker"],
+)
+def test_complete_and_fail_are_fenced_by_attempt_and_worker(store, attempt, worker):
+    task_id = submit(store)
+    claim_one(store)
+    before = store.get_task(task_id)
+    assert store.complete(task_id, attempt, worker, "late", NOW + 1) is None
+    assert store.fail(task_id, attempt, worker, {"type": "E"}, NOW + 1) is None
+    assert store.fail(task_id, attempt, worker, {"type": "E"}, NOW + 1, final=True) is None
+    assert not store.progress(task_id, attempt, worker, 0.5, "x", NOW + 1)
+    assert store.get_task(task_id) == before
+    assert Attempt.select().count() == 0
+
+
+def test_results_for_a_task_that_is_not_running_change_nothing(store):
+    task_id = submit(store)
+    claim_one(store)
+    assert store.complete(task_id, 1, "w1", 1, NOW + 1) is not None
+    after = store.get_task(task_id)
+    assert store.complete(task_id, 1, "w1", 2, NOW + 2) is None
+    assert store.fail(task_id, 1, "w1", {"type": "E"}, NOW + 2) is None
+    assert store.get_task(task_id) == after
+    assert Attempt.select().count() == 1
+    queued = submit(store)
+    assert store.complete(queued, 0, "w1", 1, NOW) is None
+    assert store.complete(12345, 1, "w1", 1, NOW) is None
+    assert row(queued).status == "queued"
+
+
+def test_fail_retries_after_the_delay_then_dies_when_attempts_are_spent(store):
+    task_id = submit(store, max_attempts=2)
+    claim_one(store)
+    error = {"type": "ValueError", "message": "bad", "traceback": "Traceback ..."}
+    info = store.fail(task_id, 1, "w1", error, NOW + 1, retry_in=42)
+    assert info["status"] == "failed" and info["outcome"] == "failed"
+    assert info["run_at"] == iso(NOW + 43)
+    task = store.get_task(task_id)
+    assert (task["status"], task["run_at"], task["worker"]) == ("failed", iso(NOW + 43), None)
+    assert task["error"] == error
+    assert task["finished_at"] is None
+    assert store.claim("w1", ["add"], 1, NOW + 2, LEASE) == []  # failed waits for its time
+
+    store.promote_due(NOW + 43)
+    assert claim_one(store, now=NOW + 43)["attempt"] == 2
+    info = store.fail(task_id, 2, "w1", {"type": "KeyError", "message": "k"}, NOW + 44, retry_in=1)
+    assert info["status"] == "dead"
+    task = store.get_task(task_id)
+    assert task["status"] == "dead"
+    assert task["finished_at"] == iso(NOW + 44)
+    assert task["error"]["type"] == "KeyError"
+    assert [(a["attempt"], a["outcome"], a["error"]["type"]) for a in store.attempts(task_id)] == [
+        (1, "failed", "ValueError"),
+        (2, "failed", "KeyError"),
+    ]
+    store.promote_due(NOW + 1000)
+    assert row(task_id).status == "dead"
+
+
+def test_fail_without_retry_in_uses_the_backoff_policy(store):
+    task_id = submit(store, max_attempts=5)
+    claim_one(store)
+    store.fail(task_id, 1, "w1", {"type": "E"}, NOW)
+    assert NOW <= row(task_id).run_at <= NOW + 10.0  # base 10 for attempt 1
+    store.promote_due(NOW + 10)
+    claim_one(store, now=NOW + 10)
+    store.fail(task_id, 2, "w1", {"type": "E"}, NOW + 10)
+    assert NOW + 10 <= row(task_id).run_at <= NOW + 10 + 20.0
+
+
+def test_negative_retry_in_means_retry_now(store):
+    task_id = submit(store)
+    claim_one(store)
+    store.fail(task_id, 1, "w1", {"type": "E"}, NOW, retry_in=-5)
+    assert row(task_id).run_at == NOW
+
+
+def test_final_failure_is_dead_at_once(store):
+    task_id = submit(store, max_attempts=10)
+    claim_one(store)
+    info = store.fail(task_id, 1, "w1", {"type": "Fail", "message": "no"}, NOW + 1, retry_in=5, final=True)
+    assert info["status"] == "dead"
+    assert row(task_id).status == "dead"
+    assert row(task_id).finished_at == NOW + 1
+
+
+@pytest.mark.parametrize("ending", ["complete", "fail"])
+def test_a_task_asked_to_stop_ends_cancelled_however_it_ends(store, ending):
+    task_id = submit(store)
+    claim_one(store)
+    assert store.revoke_task(task_id, NOW + 1) == ("cancelling", [])
+    assert store.get_task(task_id)["cancel_requested"] is True
+    assert row(task_id).status == "running"
+    if ending == "complete":
+        info = store.complete(task_id, 1, "w1", "done anyway", NOW + 2)
+    else:
+        info = store.fail(task_id, 1, "w1", {"type": "Cancelled"}, NOW + 2)
+    assert (info["status"], info["outcome"]) == ("cancelled", "cancelled")
+    assert row(task_id).status == "cancelled"
+    assert row(task_id).finished_at == NOW + 2
+    assert [a["outcome"] for a in store.attempts(task_id)] == ["cancelled"]

@@ -1,0 +1,113 @@
+"""Operator actions on tasks (revoke, update) and what reads return, on every backend.
+
+No processes, no sockets, no sleeps: time is passed in as `now`.
+"""
+
+from __future__ import annotations
+
+import json
+
+from martinet.store import iso
+from tests.store.support import (
+    LEASE,
+    NOW,
+    SCHEDULE_KEYS,
+    TASK_KEYS,
+    claim_one,
+    every_minute,
+    row,
+    submit,
+)
+
+# ---- operator actions ---------------------------------------------------------
+
+
+def test_revoke_task_on_waiting_running_finished_and_missing(store):
+    scheduled = submit(store, run_at=NOW + 60)
+    queued = submit(store)
+    running = submit(store, name="long")
+    claim_one(store, name="long")
+    assert store.revoke_task(scheduled, NOW + 1) == ("cancelled", [])
+    assert store.revoke_task(queued, NOW + 1) == ("cancelled", [])
+    for task_id in (scheduled, queued):
+        assert (row(task_id).status, row(task_id).finished_at) == ("cancelled", NOW + 1)
+    assert store.revoke_task(running, NOW + 1) == ("cancelling", [])
+    r = row(running)
+    assert (r.status, bool(r.cancel_requested)) == ("running", True)
+    assert store.revoke_task(queued, NOW + 2) == ("cancelled", [])  # already: reports its status
+    assert row(queued).finished_at == NOW + 1
+    assert store.revoke_task(4242, NOW) == ("missing", [])
+    store.promote_due(NOW + 100)
+    assert row(scheduled).status == "cancelled"
+    assert store.claim("w1", ["add"], 5, NOW + 100, LEASE) == []
+
+
+def test_revoke_a_failed_task_waiting_for_its_retry(store):
+    task_id = submit(store)
+    claim_one(store)
+    store.fail(task_id, 1, "w1", {"type": "E"}, NOW, retry_in=10)
+    assert store.revoke_task(task_id, NOW + 1) == ("cancelled", [])
+    store.promote_due(NOW + 20)
+    assert row(task_id).status == "cancelled"
+
+
+def test_update_task_args_only_while_waiting(store):
+    queued = submit(store, args={"a": 1})
+    running = submit(store, name="long", args={"a": 1})
+    claim_one(store, name="long")
+    assert store.update_task_args(queued, {"a": 2}, NOW + 1) == "updated"
+    assert store.get_task(queued)["args"] == {"a": 2}
+    assert store.update_task_args(running, {"a": 2}, NOW + 1) == "running"
+    assert store.get_task(running)["args"] == {"a": 1}
+    assert store.update_task_args(777, {}, NOW) == "missing"
+    assert claim_one(store)["args"] == {"a": 2}
+
+
+# ---- reads --------------------------------------------------------------------
+
+
+def test_task_info_and_schedule_info_shapes(store):
+    task_id = submit(store, args={"x": 1})
+    task = store.get_task(task_id)
+    assert set(task) == TASK_KEYS
+    assert task["kind"] == "task" and task["id"] == task_id
+    assert task["cancel_requested"] is False
+    assert task["error"] is None and task["result"] is None and task["schedule"] is None
+    assert task["created_at"] == "2027-01-15T08:00:00.000+00:00"
+    assert store.get_task(999) is None
+
+    sched, _ = store.add_schedule(
+        {"name": "tick", "kind": "interval", "spec": "90", "args": {"y": 2}, "timezone": "Europe/Paris"},
+        NOW + 90,
+        NOW,
+    )
+    info = store.get_schedule(sched)
+    assert set(info) == SCHEDULE_KEYS
+    assert info["id"] == f"s{sched}" and info["kind"] == "schedule"
+    assert (info["every"], info["recurrence"], info["timezone"]) == ("90 seconds", "interval", "Europe/Paris")
+    assert (info["status"], info["args"], info["queue"], info["priority"]) == (
+        "active",
+        {"y": 2},
+        "default",
+        0,
+    )
+    assert (info["next_due"], info["last_due"]) == (iso(NOW + 90), None)
+    assert store.get_schedule(999) is None
+
+
+def test_large_and_unicode_payloads_round_trip(store):
+    big = {"blob": "x" * 200_000, "nested": [{"i": i} for i in range(1000)], "text": "héllo ✓ 😀"}
+    assert len(json.dumps(big)) > 200_000  # far over MySQL's 64 KiB TEXT
+    task_id = submit(store, args=big, description="d" * 100_000)
+    assert store.get_task(task_id)["args"] == big
+    assert row(task_id).description == "d" * 100_000
+    (claimed,) = store.claim("w1", ["add"], 1, NOW, LEASE)
+    assert claimed["args"] == big
+    result = {"out": "y" * 300_000, "emoji": "😀"}
+    store.complete(task_id, 1, "w1", result, NOW + 1)
+    assert store.get_task(task_id)["result"] == result
+    assert store.update_task_args(submit(store), big, NOW) == "updated"
+    sched = every_minute(store, args=big)
+    assert store.get_schedule(sched)["args"] == big
+    (run,) = store.expand_schedules(NOW, 3)
+    assert store.get_task(run)["args"] == big
