@@ -29,8 +29,8 @@ it on any database; README, "Adding a backend"). What holds for every method:
   (BEGIN IMMEDIATE) makes claimers take turns.
 - Decided by unique indexes, not by reads, so several daemons sharing one
   database agree: a taken key holds one task (a submit that loses the race
-  returns the holder; on MySQL it raises IntegrityError for now, see
-  tests/store/test_two_daemons.py); a schedule's key names one schedule; one run
+  returns the holder, read with a locking read on MySQL, whose snapshot would
+  miss it); a schedule's key names one schedule; one run
   per (schedule, due time); a request_id never makes two tasks or schedules (a
   second insert at the same moment is refused; the client's retry finds the first).
 - Every attempt that ends leaves one attempt row, the task's history (unclaim
@@ -334,6 +334,12 @@ class Store:
             sql = self._update_sql[(tuple(changes), where)] = f"UPDATE task SET {assignments} WHERE {where}"
         return self._exec(sql, [*changes.values(), *params]).rowcount
 
+    def _latest(self, query: peewee.Select) -> peewee.Select:
+        """The query as a read of the latest committed rows: on MySQL, whose REPEATABLE READ
+        would show the turn's own snapshot, a locking read (the row another daemon just
+        committed, which made our insert a duplicate, is there to be found)."""
+        return query.for_update("LOCK IN SHARE MODE") if self.is_mysql else query
+
     def atomic(self):
         """A transaction (a savepoint inside one): everything in it commits together or
         not at all. On SQLite it begins IMMEDIATE, taking the write lock at once."""
@@ -387,7 +393,7 @@ class Store:
             else:
                 task_id = self._insert("task", row)
         except peewee.IntegrityError:
-            holder = Task.select(Task.id).where(Task.unique_key == key).first() if key else None
+            holder = self._latest(Task.select(Task.id).where(Task.unique_key == key)).first() if key else None
             if holder is None:
                 raise
             return holder.id, False  # another daemon took the key between our read and write
@@ -1058,7 +1064,7 @@ class Store:
             with self.db.atomic():
                 row = Schedule.create(request_id=rid, key=key, next_due=first_due, created_at=now, **fields)
         except peewee.IntegrityError:
-            current = Schedule.get_or_none(Schedule.key == key) if key else None
+            current = self._latest(Schedule.select().where(Schedule.key == key)).first() if key else None
             if current is None:
                 raise
             return current.id, False  # declared by another daemon at the same moment

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-import peewee
 import pytest
 
 from martinet.models import Attempt, Task, database
@@ -60,17 +59,7 @@ def test_a_request_id_is_known_to_every_connection(store, other):
     assert Task.select().count() == 1
 
 
-def test_a_key_taken_on_another_connection_meanwhile_returns_its_holder(store, other, monkeypatch, request):
-    request.applymarker(
-        pytest.mark.xfail(
-            store.is_mysql,
-            raises=peewee.IntegrityError,
-            strict=True,
-            reason="MySQL's REPEATABLE READ: after the duplicate key, submit's second look for the "
-            "holder reads the turn's snapshot, taken before the other daemon committed, and finds "
-            "nothing (a locking read, or READ COMMITTED, would see it)",
-        )
-    )
+def test_a_key_taken_on_another_connection_meanwhile_returns_its_holder(store, other, monkeypatch):
     # Given the second daemon reads that key "k" is free, in its turn's transaction...
     with as_daemon(other), other.atomic():
         free = other._exec("SELECT id FROM task WHERE unique_key = ?", ("k",)).fetchone()
