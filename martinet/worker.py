@@ -343,6 +343,8 @@ class Worker:
     def _on_welcome(self, h: dict) -> None:
         self._interval = float(h.get("heartbeat_interval") or self._interval)
         self._liveness = int(h.get("liveness") or self._liveness)
+        # The next heartbeat was timed with our own interval; the daemon's may be shorter.
+        self._next_heartbeat = min(self._next_heartbeat, time.monotonic() + self._interval)
         epoch = h.get("epoch")
         if self._epoch is not None and epoch != self._epoch:
             log.info("daemon restarted (epoch %s -> %s)", self._epoch, epoch)
