@@ -659,7 +659,21 @@ def worker_main(argv: list[str] | None = None) -> int:
         type=int,
         help="tasks held beyond --concurrency, ready for the next free thread (default: as many as --concurrency)",
     )
-    parser.add_argument("--worker-id", help="a name for this worker (default host-pid-random)")
+    parser.add_argument(
+        "--worker-id",
+        help="a name for this worker (default: the one in its journal, else host-pid-random)",
+    )
+    journal = parser.add_mutually_exclusive_group()
+    journal.add_argument(
+        "--journal",
+        metavar="PATH",
+        help="the file where the worker keeps its id and the results the daemon has not "
+        "acknowledged, to send them after a crash and restart (default: worker-ID.journal in $MARTINET_STATE_DIR, "
+        "else $XDG_STATE_HOME/martinet or ~/.local/state/martinet)",
+    )
+    journal.add_argument(
+        "--no-journal", action="store_true", help="keep them in memory only: a crash loses them"
+    )
     parser.add_argument(
         "--queues",
         help="serve only these queues, comma-separated, e.g. images,default (default: every queue)",
@@ -705,6 +719,7 @@ def worker_main(argv: list[str] | None = None) -> int:
                 grace=args.grace,
                 timeout_grace=settings.timeout_grace,
                 queues=queues,
+                journal=False if args.no_journal else args.journal or True,
             )
         )
         if not worker.handlers:

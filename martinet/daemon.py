@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 DRAIN_LIMIT = 2000  # messages read from one socket per turn: bounds a turn's latency
 MAX_PEERS = 10_000  # connected workers at most: a flood of hellos cannot grow memory without bound
+# Tasks a hello may say its worker holds (running, or with an unacknowledged outcome): a
+# worker's outbox may hold more than its capacity after an outage, so not bound by that.
+MAX_HELD = 10_000
 
 
 @dataclass
@@ -413,12 +416,22 @@ class Daemon(ClientOps):
         for queue in queues or ():
             self.lanes.queue(queue)
         self._declare_limits(h.get("limits"), set(names), now)
-        running = h.get("running") if isinstance(h.get("running"), list) else []
-        running = [
-            r
-            for r in running[:capacity]
-            if isinstance(r, dict) and is_id(r.get("id")) and is_id(r.get("attempt"))
-        ]
+        running = _attempts(h.get("running"), MAX_HELD)
+        if (old is None or old.ident != ident) and self.store.runs_any(worker_id):
+            # A new connection (a restart, a reconnect, or this daemon restarted): tasks sent
+            # on the old one and not reported were never received, or died with the process.
+            # Unended, the worker's heartbeats would renew their leases for ever.
+            orphans = self._ended_all(
+                self.store.release_worker(
+                    worker_id,
+                    now,
+                    "its worker came back without it",
+                    keep={(r["id"], r["attempt"]) for r in running},
+                )
+            )
+            if orphans:
+                log.warning("worker %s came back without tasks %s: back to the queue", worker_id, orphans)
+                self._wakeup_dirty = True
         for task_id in self.store.readopt(worker_id, running, now, self.settings.lease):
             self.peers.assign(peer, task_id)
         self._send(
@@ -789,6 +802,12 @@ def _poll_ms(wait: float) -> int:
     if wait <= SPIN:
         return 0
     return min(math.ceil((wait - SPIN) * 1000), 1000)
+
+
+def _attempts(value: Any, limit: int) -> list[dict]:
+    """A hello's list of {id, attempt}, checked and bounded."""
+    items = value[:limit] if isinstance(value, list) else []
+    return [r for r in items if isinstance(r, dict) and is_id(r.get("id")) and is_id(r.get("attempt"))]
 
 
 def _err(kind: str, message: str) -> dict:

@@ -33,6 +33,10 @@ class TaskNotFound(BadInput):
     """No task or schedule has the given id."""
 
 
+class JournalError(MartinetError):
+    """A worker's journal is in use by another worker, unreadable or cannot be written."""
+
+
 class DaemonUnavailable(MartinetError):
     """The daemon did not answer within the timeout."""
 

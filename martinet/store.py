@@ -597,20 +597,28 @@ class Store:
         )
 
     def readopt(self, worker: str, running: list[dict], now: float, lease: float) -> list[int]:
-        """A reconnecting worker still runs these (id, attempt): give the leases back to it.
+        """A reconnecting worker still holds these (id, attempt): give the leases back to it.
 
         Only the same attempt is readopted, also when its lease was reaped meanwhile
         (the task queued or failed again, not yet claimed): then it runs again on this
-        worker instead of twice. A task claimed again since, or ended, is not.
-        Returns the ids readopted; the worker should stop the others."""
+        worker instead of twice. A task claimed again since is not; nor is an attempt
+        the worker itself ended (its outcome committed, the ack lost), so the outcome
+        it sends again is fenced out instead of ending the attempt twice. Returns the
+        ids readopted; the worker should stop the others."""
         adopted = []
         for item in running:
+            ended_by_worker = Attempt.select(Attempt.id).where(
+                Attempt.task_id == item["id"],
+                Attempt.attempt == item["attempt"],
+                Attempt.outcome.not_in(("lost", "interrupted")),
+            )
             n = (
                 Task.update(status=RUNNING, worker=worker, lease_expires=now + lease, updated_at=now)
                 .where(
                     Task.id == item["id"],
                     Task.attempt == item["attempt"],
                     Task.status.in_((RUNNING, QUEUED, FAILED)),
+                    (Task.status == RUNNING) | ~peewee.fn.EXISTS(ended_by_worker),
                 )
                 .execute()
             )
@@ -618,12 +626,28 @@ class Store:
                 adopted.append(item["id"])
         return adopted
 
-    def release_worker(self, worker: str, now: float, reason: str, outcome: str = "lost") -> list[dict]:
-        """A worker is gone: its running tasks end their attempt as `lost` (or `interrupted`
-        when it left on purpose: that does not spend an attempt). Returns their outcomes.
-        A task lost `poison_after` times is stalled instead of retried."""
+    def release_worker(
+        self,
+        worker: str,
+        now: float,
+        reason: str,
+        outcome: str = "lost",
+        keep: set[tuple[int, int]] = frozenset(),
+    ) -> list[dict]:
+        """A worker is gone: its running tasks (but the (id, attempt) in `keep`) end their attempt as
+        `lost` (or `interrupted` when it left on purpose: that does not spend an attempt).
+        Returns their outcomes. A task lost `poison_after` times is stalled instead of retried."""
         rows = list(Task.select().where(Task.status == RUNNING, Task.worker == worker).order_by(Task.id))
-        return [info for r in rows if (info := self._lose(r, now, reason, outcome))]
+        return [
+            info
+            for r in rows
+            if (r.id, r.attempt) not in keep and (info := self._lose(r, now, reason, outcome))
+        ]
+
+    def runs_any(self, worker: str) -> bool:
+        """Whether any task runs on this worker; cheap (raw SQL), for every hello."""
+        sql = "SELECT 1 FROM task WHERE status = 'running' AND worker = ? LIMIT 1"
+        return self._exec(sql, (worker,)).fetchone() is not None
 
     def reap_expired(self, now: float) -> list[dict]:
         """Running tasks whose lease ran out (worker silent, or daemon restarted) end their

@@ -3,7 +3,9 @@
 The main thread owns both sockets. Handlers run in a pool of threads and hand
 their progress and outcomes to the main thread through a queue (plus a pipe
 that wakes its poll). Outcomes wait in an outbox until the daemon acknowledges
-that it committed them, so a daemon restart loses none of them.
+that it committed them, so a daemon restart loses none of them; with a journal
+(martinet/journal.py) the outbox is on disk too, written before it is sent, so
+a worker killed and started again loses none of them either.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import zmq
 
 from martinet import protocol
 from martinet.compose import check as check_compositions
-from martinet.errors import Fail, ProtocolError, Release, Retry, TaskTimeout
+from martinet.errors import Fail, JournalError, ProtocolError, Release, Retry, TaskTimeout
+from martinet.journal import Journal
 from martinet.protocol import Cmd
 from martinet.registry import LIMITS, REGISTRY, check_limits, task  # noqa: F401 - martinet.worker.task still works
 
@@ -96,6 +99,11 @@ BATCH_ITEMS = 500  # outcomes in one ENDED message at most
 PREFETCH_PER_THREAD = 4
 BATCH_BYTES = 256 * 1024  # and about this many bytes (one larger outcome still goes alone)
 
+# TEST ONLY: MARTINET_FAULT=exit_before_send makes the worker os._exit(FAULT_EXIT)
+# right after it journaled an outcome and before it sends it (tests/test_journal.py).
+FAULT_EXIT_BEFORE_SEND = "exit_before_send"
+FAULT_EXIT = 86
+
 
 @dataclass
 class WorkerOptions:
@@ -116,13 +124,29 @@ class WorkerOptions:
     timeout_grace: float = 2.0
     handlers: dict[str, Handler] = field(default_factory=dict)
     queues: list[str] | None = None  # the queues this worker serves; None serves every queue
+    # Where the worker journals the outcomes not acknowledged yet: a path, True
+    # for the default file in the state directory (what martinet-worker does), or False
+    # for no journal (what a Worker made in Python does unless asked).
+    journal: str | os.PathLike | bool = False
 
 
 class Worker:
     def __init__(self, options: WorkerOptions | None = None, **kwargs: Any) -> None:
         self.options = options or WorkerOptions(**kwargs)
         o = self.options
-        self.worker_id = o.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        fresh_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        self._journal: Journal | None = None
+        if o.journal:
+            self._journal = (
+                Journal.open_default(o.worker_id) if o.journal is True else Journal.open(o.journal)
+            )
+            try:  # a restarted worker is the same worker to the daemon: its leases are its own
+                self.worker_id = self._journal.claim_worker_id(o.worker_id, fresh_id)
+            except JournalError:
+                self._journal.close()
+                raise
+        else:
+            self.worker_id = o.worker_id or fresh_id
         self.handlers: dict[str, Handler] = dict(o.handlers) if o.handlers else dict(REGISTRY)
         self._events: queue.Queue = queue.Queue()
         self._jobs: queue.Queue = queue.Queue()
@@ -131,6 +155,9 @@ class Worker:
         self._wake_pending = False  # a byte is in the pipe: handlers need not write another
         self._running: dict[int, TaskContext] = {}
         self._outbox: dict[tuple[int, int], _Pending] = {}
+        self._fault = os.environ.get("MARTINET_FAULT")
+        if self._journal is not None:
+            self._recover()
         self._stopping = False
         self._stop_deadline = 0.0
         self._epoch: str | None = None
@@ -155,6 +182,18 @@ class Worker:
             self._stopping = True
             self._stop_deadline = time.monotonic() + self.options.grace
         self._wake()
+
+    def _recover(self) -> None:
+        """Take over the outcomes a previous run of this worker left unacknowledged."""
+        for task_id, attempt, body in self._journal.recover():
+            self._outbox[(task_id, attempt)] = _Pending(body)
+        if self._outbox:
+            log.info(
+                "worker %s: journal %s holds %d unacknowledged outcome(s) from a previous run; sending them",
+                self.worker_id,
+                self._journal.path,
+                len(self._outbox),
+            )
 
     # ---- the loop -------------------------------------------------------------
 
@@ -201,9 +240,18 @@ class Worker:
         finally:
             self._close_sockets()
             self.ctx.term()
+            self._close_journal()
             for fd in (self._wake_r, self._wake_w):
                 os.close(fd)
             log.info("worker %s stopped", self.worker_id)
+
+    def _close_journal(self) -> None:
+        if self._journal is None:
+            return
+        try:
+            self._journal.close()
+        except JournalError as exc:
+            log.warning("%s", exc)
 
     def _connect(self) -> None:
         o = self.options
@@ -242,10 +290,19 @@ class Worker:
             "capacity": self.capacity,
             "threads": max(1, self.options.concurrency),
             "version": protocol.VERSION,
-            "running": [{"id": c.id, "attempt": c.attempt} for c in self._running.values()],
+            "running": self._held_list(),
             "queues": None if self.options.queues is None else list(self.options.queues),
             "limits": {n: dict(lim) for n, lim in limits.items() if lim},
         }
+
+    def _held_list(self) -> list[dict]:
+        """What this worker holds, for the daemon to re-adopt: tasks running or waiting for a
+        thread, and tasks whose outcome is not acknowledged yet (so that their attempt stays
+        open for it, even if the daemon had given up on us)."""
+        held = {c.id: c.attempt for c in self._running.values()}
+        for task_id, attempt in self._outbox:
+            held.setdefault(task_id, attempt)
+        return [{"id": i, "attempt": a} for i, a in held.items()]
 
     def _send(self, sock: zmq.Socket, cmd: Cmd, header: dict) -> None:
         try:
@@ -286,6 +343,8 @@ class Worker:
     def _on_welcome(self, h: dict) -> None:
         self._interval = float(h.get("heartbeat_interval") or self._interval)
         self._liveness = int(h.get("liveness") or self._liveness)
+        # The next heartbeat was timed with our own interval; the daemon's may be shorter.
+        self._next_heartbeat = min(self._next_heartbeat, time.monotonic() + self._interval)
         epoch = h.get("epoch")
         if self._epoch is not None and epoch != self._epoch:
             log.info("daemon restarted (epoch %s -> %s)", self._epoch, epoch)
@@ -333,14 +392,16 @@ class Worker:
 
     def _drain_status_socket(self) -> None:
         for cmd, h in self._recv_all(self.ssock):
-            self._last_heard = time.monotonic()
+            now = self._last_heard = time.monotonic()
             acks = h.get("acks") if cmd is Cmd.ACK else None
             for ack in acks if isinstance(acks, list) else ():
                 if isinstance(ack, list) and len(ack) == 2:
-                    self._outbox.pop((ack[0], ack[1]), None)
+                    if self._outbox.pop((ack[0], ack[1]), None) is not None and self._journal is not None:
+                        self._journal.acked(ack[0], ack[1], now)
 
     def _drain_events(self) -> None:
-        """Progress goes out as it comes; the outcomes of one pass go in one ENDED message."""
+        """Progress goes out as it comes; the outcomes of one pass go in one ENDED message,
+        once the journal has them."""
         ended = []
         while True:
             try:
@@ -357,9 +418,17 @@ class Worker:
             del self._running[ctx.id]
             pending = _Pending(protocol.dumps({**header, "ok": cmd is Cmd.DONE}))
             self._outbox[(header["id"], header["attempt"])] = pending
+            if self._journal is not None:
+                self._journal.ended(ctx.id, ctx.attempt, pending.body)
             ended.append(pending)
-        if ended:
-            self._send_outcomes(ended)
+        if not ended:
+            return
+        if self._journal is not None:
+            self._journal.commit(time.monotonic())  # write-ahead: on disk before it leaves
+        if self._fault == FAULT_EXIT_BEFORE_SEND:
+            log.warning("MARTINET_FAULT=%s: exiting before sending %d outcome(s)", self._fault, len(ended))
+            os._exit(FAULT_EXIT)
+        self._send_outcomes(ended)
 
     def _send_outcomes(self, pendings: list[_Pending]) -> None:
         """Send outcomes in ENDED messages of bounded size; they stay in the outbox until acked."""
@@ -398,6 +467,8 @@ class Worker:
                 self._hello()
             self._next_heartbeat = now + self._interval
             self._send_outcomes([p for p in self._outbox.values() if now - p.sent_at > silence])
+            if self._journal is not None:
+                self._journal.commit(now)  # acks that found no outcome to ride along with
 
     def _enforce_timecheck_limits(self, now: float) -> None:
         """Interrupt handlers past their time limit; abandon those that do not unwind.

@@ -57,6 +57,7 @@ import martinet  # noqa: E402
 from martinet.store import TASK_DEFAULTS, open_database  # noqa: E402
 
 SQLITE_QUERY = ""  # "?synchronous=full" with --synchronous full
+WORKER_FLAGS: list[str] = []  # ["--no-journal"] with --no-journal
 WORKER_MAIN = "import sys; from martinet.cli import worker_main; sys.exit(worker_main())"
 
 
@@ -87,6 +88,7 @@ class Rig:
             **os.environ,
             "PYTHONPATH": f"{HERE}{os.pathsep}{HERE.parent}",
             "MARTINET_LOG_LEVEL": "WARNING",
+            "MARTINET_STATE_DIR": str(workdir / "state"),  # the workers' journals
         }
         self.log = open(workdir / "processes.log", "ab")  # noqa: SIM115
 
@@ -108,7 +110,7 @@ class Rig:
         for i in range(self.n_workers):
             args = [sys.executable, "-c", WORKER_MAIN, "bench_tasks", "--worker-id", f"bench-{i}",
                     "--concurrency", str(self.concurrency), "--worker-port", str(self.ports[1]),
-                    "--status-port", str(self.ports[2])]  # fmt: skip
+                    "--status-port", str(self.ports[2]), *WORKER_FLAGS]  # fmt: skip
             self.workers.append(subprocess.Popen(args, stdout=self.log, stderr=self.log, env=self.env))
 
     def client(self) -> martinet.Martinet:
@@ -664,8 +666,12 @@ def main() -> int:
         default="normal",
         help="SQLite: normal (the default) or full (every commit synced to disk)",
     )
+    parser.add_argument(
+        "--no-journal", action="store_true", help="workers keep no journal (to measure what it costs)"
+    )
     args = parser.parse_args()
     global SQLITE_QUERY
+    WORKER_FLAGS[:] = ["--no-journal"] if args.no_journal else []
     SQLITE_QUERY = "" if args.synchronous == "normal" else f"?synchronous={args.synchronous}"
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:

@@ -56,6 +56,7 @@ class Fleet:
             **FAST,
             "PYTHONPATH": f"{HERE}{os.pathsep}{HERE.parent}",
             "MARTINET_LOG_LEVEL": "WARNING",
+            "MARTINET_STATE_DIR": str(workdir / "state"),  # a killed worker's successor takes its journal
         }
         self.log = open(workdir / "processes.log", "ab")  # noqa: SIM115
         self.daemon: subprocess.Popen | None = None

@@ -146,6 +146,7 @@ class Cluster:
         script: list[str] | None = None,
         wait: bool = True,
         extra: list[str] = (),
+        env: dict | None = None,
     ) -> Proc:
         before = self.workers_connected() if wait else 0
         head = script or [sys.executable, "-c", WORKER_MAIN]
@@ -158,7 +159,8 @@ class Cluster:
             *(["--worker-id", worker_id] if worker_id else []),
             *extra,
         ]  # fmt: skip
-        proc = Proc(args, self._log("worker"))
+        # Default journals go under the test's directory, never the developer's home.
+        proc = Proc(args, self._log("worker"), {"MARTINET_STATE_DIR": str(self.tmp / "state"), **(env or {})})
         self.workers.append(proc)
         if wait:
             wait_for(

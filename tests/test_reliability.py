@@ -62,6 +62,27 @@ def test_killed_worker_task_goes_to_another_worker(cluster, tmp_path):
     assert attempts[0]["error"]["type"] == "WorkerLost"
 
 
+def test_a_worker_back_under_its_id_without_a_journal_gives_up_what_it_held(cluster, tmp_path):
+    # Given a worker with a fixed id and no journal, killed while running a task
+    cluster.start_daemon()
+    flags = ["--no-journal"]
+    worker = cluster.start_worker(worker_id="w1", extra=flags)
+    m = cluster.client()
+    marker = tmp_path / "runs"
+    tid = m.execute({"name": "sleepy", "retry_base": 0.01}, {"seconds": 0.5, "marker": str(marker)})
+    wait_for(marker.exists, timeout=10, what="the task to start")
+    worker.kill9()
+    # When it is back, under the same id, before the daemon missed it (liveness 3 s)
+    cluster.start_worker(worker_id="w1", extra=flags, wait=False)
+    # Then the task it no longer holds is lost at once and runs again (its heartbeats would
+    # otherwise renew that lease for ever)
+    assert m.wait(tid, timeout=15) == "slept"
+    attempts = m.show(tid)["attempts"]
+    assert [a["outcome"] for a in attempts] == ["lost", "succeeded"]
+    assert "its worker came back without it" in attempts[0]["error"]["message"]
+    assert not (tmp_path / "state").exists()  # --no-journal: no default journal either
+
+
 def test_tasks_go_only_to_workers_that_handle_their_name(cluster):
     cluster.start_daemon()
     cluster.start_worker("tests.tasks_alpha", worker_id="wa")

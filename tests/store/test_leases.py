@@ -5,6 +5,7 @@ No processes, no sockets, no sleeps: time is passed in as `now`.
 
 from __future__ import annotations
 
+from martinet.models import Attempt
 from tests.store.support import (
     LEASE,
     NOW,
@@ -108,3 +109,28 @@ def test_readopt_retakes_a_task_whose_lease_was_reaped(store):
     r = row(task_id)
     assert (r.status, r.worker, r.attempt) == ("running", "w9", 1)
     assert store.complete(task_id, 1, "w9", "late but fine", NOW + 102)["status"] == "succeeded"
+
+
+def test_readopt_never_reopens_an_attempt_its_worker_ended(store):
+    """The outcome was committed but its ack lost: a worker (restarted from its journal)
+    reports the task again; the attempt stays ended and the outcome sent again is fenced."""
+    task_id = submit(store)
+    claim_one(store, worker="w1")
+    assert store.fail(task_id, 1, "w1", {"type": "E", "message": "x"}, NOW + 1)["status"] == "failed"
+    assert store.readopt("w1", [{"id": task_id, "attempt": 1}], NOW + 2, LEASE) == []
+    assert row(task_id).status == "failed"
+    assert store.fail(task_id, 1, "w1", {"type": "E", "message": "x"}, NOW + 3) is None
+    assert [a.outcome for a in Attempt.select().where(Attempt.task_id == task_id)] == ["failed"]
+
+
+def test_release_worker_keeps_what_the_worker_still_reports(store):
+    kept, orphan = submit(store), submit(store)
+    assert not store.runs_any("w1")
+    claim_one(store, worker="w1")
+    claim_one(store, worker="w1")
+    assert store.runs_any("w1") and not store.runs_any("w2")
+    infos = store.release_worker(
+        "w1", NOW + 1, "its worker came back without it", keep={(kept, 1), (orphan, 2)}
+    )
+    assert [(i["id"], i["outcome"]) for i in infos] == [(orphan, "lost")]
+    assert (row(kept).status, row(orphan).status) == ("running", "failed")

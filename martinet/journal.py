@@ -1,0 +1,232 @@
+"""The worker's own journal: the outcomes the daemon has not acknowledged yet.
+
+A worker keeps each outcome until the daemon says it is committed, but before
+this journal it kept them in memory only: a worker killed with kill -9 right
+after a handler returned lost the result, and the handler ran again. The
+journal is a small SQLite file, written by the worker's loop alone, holding
+every result or error not yet acknowledged (as sent), and the worker's id.
+
+A worker started again on the same journal takes its worker id from it, says
+in its hello that those attempts are its own (the daemon gives them back,
+even if it had declared the worker gone) and sends the outcomes again. The
+tasks it held without an outcome need no record here: the daemon knows which
+tasks run on that worker id, and ends those the hello does not report `lost`
+at once (counted by its poison rule), then runs them again.
+
+An outcome is committed before it is sent (write-ahead): one transaction for
+the outcomes of one pass of the worker loop, never one per outcome. Deleting
+acknowledged ones is not urgent (one sent again is fenced and acked again), so
+acks ride along with the next commit, or are written within a second. WAL with
+``synchronous=NORMAL``: a commit survives the process dying (the point of the
+journal); a power loss may lose the last few commits, which costs a handler
+run again, never a wrong result. The file is locked (``flock`` on
+``PATH.lock``) so that two workers never share it.
+
+This is worker-local state, hence the stdlib ``sqlite3`` and not peewee.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import socket
+import sqlite3
+from pathlib import Path
+
+from martinet.errors import JournalError
+
+FORMAT = "1"  # the journal's schema version, kept in its meta table
+ACK_DELAY = 1.0  # seconds acknowledged outcomes may stay in the file: resent, they are harmless
+MAX_SLOTS = 1000  # default journals per host without --worker-id: far more workers than one host runs
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS outcome (
+    id INTEGER NOT NULL, attempt INTEGER NOT NULL, body BLOB NOT NULL, PRIMARY KEY (id, attempt)
+) WITHOUT ROWID;
+"""
+
+
+def state_dir() -> Path:
+    """Where default journals live: $MARTINET_STATE_DIR, else $XDG_STATE_HOME/martinet,
+    else ~/.local/state/martinet."""
+    if os.environ.get("MARTINET_STATE_DIR"):
+        return Path(os.environ["MARTINET_STATE_DIR"])
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "martinet"
+
+
+def _file_name(worker_id: str) -> str:
+    return "worker-" + re.sub(r"[^A-Za-z0-9._-]", "_", worker_id)[:200] + ".journal"
+
+
+class Journal:
+    """One worker's journal file, locked for as long as it is open.
+
+    Changes are buffered by `ended` and `acked` and written by `commit`, in one
+    transaction.
+    """
+
+    def __init__(self, path: Path, lock_fd: int) -> None:
+        self.path = path
+        self._lock_fd = lock_fd
+        self._ended: list[tuple[int, int, bytes]] = []
+        self._acked: list[tuple[int, int]] = []
+        self._acked_since = 0.0  # when the oldest buffered ack came
+        try:
+            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+            found = self.meta("format")
+            if found is None:
+                self._set_meta("format", FORMAT)
+            elif found != FORMAT:
+                raise JournalError(
+                    f"journal {path} has format {found}, this martinet reads format {FORMAT}; "
+                    "start this worker with another --journal (or --no-journal)"
+                )
+        except sqlite3.DatabaseError as exc:
+            self._release()
+            raise JournalError(
+                f"journal {path} cannot be read ({exc}); move it aside (its results are then "
+                "lost, and their tasks run again), or start with another --journal"
+            ) from None
+
+    # ---- opening ----------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> Journal:
+        """Open (or create) the journal at `path`; JournalError if another worker has it."""
+        path = Path(path)
+        lock_fd = _lock(path)
+        if lock_fd is None:
+            raise JournalError(f"journal {path} is in use by another worker{_holder(path)}")
+        return cls(path, lock_fd)
+
+    @classmethod
+    def open_default(cls, worker_id: str | None) -> Journal:
+        """The default journal: state_dir()/worker-ID.journal for a named worker; without
+        a name, the first journal of this host that no running worker holds."""
+        directory = state_dir()
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # journals hold task arguments
+        except OSError as exc:
+            raise JournalError(
+                f"cannot create the state directory {directory} ({exc}); set MARTINET_STATE_DIR, "
+                "or pass --journal PATH or --no-journal"
+            ) from None
+        if worker_id is not None:
+            return cls.open(directory / _file_name(worker_id))
+        host = socket.gethostname()
+        for n in range(1, MAX_SLOTS + 1):
+            path = directory / _file_name(f"{host}-{n}")
+            lock_fd = _lock(path)
+            if lock_fd is not None:
+                return cls(path, lock_fd)
+        raise JournalError(f"all {MAX_SLOTS} default journals in {directory} are in use; pass --journal PATH")
+
+    # ---- identity and recovery --------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def claim_worker_id(self, wanted: str | None, fresh: str) -> str:
+        """The worker id to run as: the journal's own when it has one. A different
+        `wanted` id is refused while the journal still holds results of the old one."""
+        stored = self.meta("worker_id")
+        if stored is not None and wanted in (None, stored):
+            return stored
+        if stored is not None and not self.is_empty():
+            raise JournalError(
+                f"journal {self.path} holds results of worker {stored!r}; start it with "
+                f"--worker-id {stored} (or remove the file: its results are then lost, and "
+                "their tasks run again)"
+            )
+        worker_id = wanted or fresh
+        self._set_meta("worker_id", worker_id)
+        return worker_id
+
+    def is_empty(self) -> bool:
+        return self._db.execute("SELECT 1 FROM outcome LIMIT 1").fetchone() is None
+
+    def recover(self) -> list[tuple[int, int, bytes]]:
+        """The outcomes a previous run left unacknowledged: (id, attempt, body)."""
+        rows = self._db.execute("SELECT id, attempt, body FROM outcome ORDER BY id").fetchall()
+        return [(i, a, bytes(b)) for i, a, b in rows]
+
+    # ---- buffered changes, written by commit() ----------------------------------
+
+    def ended(self, task_id: int, attempt: int, body: bytes) -> None:
+        """A handler ended with this outcome: commit before sending it."""
+        self._ended.append((task_id, attempt, body))
+
+    def acked(self, task_id: int, attempt: int, now: float) -> None:
+        """The daemon committed this outcome: it may go, with the next commit."""
+        if not self._acked:
+            self._acked_since = now
+        self._acked.append((task_id, attempt))
+
+    def commit(self, now: float, force: bool = False) -> None:
+        """Write the buffered outcomes, and the acks with them, in one transaction.
+        Acks alone wait (for `force`, or ACK_DELAY) to ride along with outcomes."""
+        if not self._ended and not (self._acked and (force or now - self._acked_since >= ACK_DELAY)):
+            return
+        db = self._db
+        try:
+            db.execute("BEGIN")
+            if self._ended:
+                db.executemany(
+                    "INSERT OR REPLACE INTO outcome (id, attempt, body) VALUES (?, ?, ?)", self._ended
+                )
+            if self._acked:
+                db.executemany("DELETE FROM outcome WHERE id = ? AND attempt = ?", self._acked)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise JournalError(f"cannot write the journal {self.path}: {exc}") from None
+        self._ended, self._acked = [], []
+
+    def close(self) -> None:
+        """Commit what is buffered, close the file and release its lock."""
+        try:
+            self.commit(0.0, force=True)
+        finally:
+            self._db.close()
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = -1
+
+
+def _lock(path: Path) -> int | None:
+    """Take PATH.lock (flock, exclusive) and write our pid in it; None if someone holds it."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise JournalError(f"cannot open {lock_path} ({exc}); pass another --journal PATH") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _holder(path: Path) -> str:
+    try:
+        pid = path.with_name(path.name + ".lock").read_text().strip()
+    except OSError:
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""
