@@ -411,7 +411,12 @@ class Daemon(ClientOps):
         queues = h.get("queues")
         queues = {q for q in queues if isinstance(q, str)} if isinstance(queues, list) else None
         threads = h.get("threads") if is_id(h.get("threads")) and h["threads"] >= 1 else None
+        # A hello repeated on the same connection (sent before our welcome came back): the
+        # tasks leased to it are on their way there, in order, and still take its slots.
+        in_transit = set(old.inflight) if old is not None and old.ident == ident else set()
         peer = self.peers.hello(worker_id, ident, set(names), capacity, now, queues, threads)
+        for task_id in in_transit:
+            self.peers.assign(peer, task_id)
         self.lanes.forget(worker_id)
         for queue in queues or ():
             self.lanes.queue(queue)

@@ -6,8 +6,11 @@ import signal
 import sys
 
 import pytest
+import zmq
 
 import martinet
+from martinet import protocol
+from martinet.protocol import Cmd
 from tests.harness import wait_for
 
 FAST = {"MARTINET_HEARTBEAT_INTERVAL": "0.2", "MARTINET_LEASE": "3"}  # a dead worker is seen in 0.6 s
@@ -148,3 +151,36 @@ def test_client_retry_after_timeout_creates_nothing_twice(cluster):
     assert first == again and len(cluster.client().list()) == 1
     with pytest.raises(martinet.BadInput):
         cluster.client().get("s99")
+
+
+def test_a_hello_repeated_on_one_connection_keeps_the_tasks_on_their_way(cluster):
+    # Given a worker of one slot that got a task, and two more tasks waiting
+    cluster.start_daemon()
+    m = cluster.client()
+    first, *_ = [m.execute("add", {"a": i, "b": 0}) for i in range(3)]
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(f"tcp://127.0.0.1:{cluster.worker_port}")
+        hello = {"worker_id": "slow", "names": ["add"], "capacity": 1, "version": protocol.VERSION}
+
+        def next_tasks(timeout_ms: int) -> list[int]:
+            """The ids of the next TASK message within the timeout (heartbeats skipped)."""
+            while sock.poll(timeout_ms):
+                cmd, h = protocol.decode(sock.recv_multipart())
+                if cmd is Cmd.TASK:
+                    return [t["id"] for t in h["tasks"]]
+            return []
+
+        sock.send_multipart(protocol.encode(Cmd.HELLO, hello))
+        assert next_tasks(5000) == [first]
+        # When it says hello again on the same connection, before it read that task
+        sock.send_multipart(protocol.encode(Cmd.HELLO, {**hello, "running": []}))
+        m.ping()  # the daemon's turn that read the hello is over
+        # Then its one slot is still taken: no second task comes
+        assert next_tasks(300) == []
+        assert m.get(first)["status"] == "running"
+    finally:
+        sock.close()
+        ctx.term()
