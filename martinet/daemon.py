@@ -48,7 +48,7 @@ class Outbox:
 
     replies: list[tuple[bytes, dict]] = field(default_factory=list)  # client ident, header
     acks: dict[bytes, list[list[int]]] = field(default_factory=dict)  # status ident: [[id, attempt], ...]
-    events: list = field(default_factory=list)  # dicts; once recorded, (event id, wire form)
+    events: list = field(default_factory=list)  # dicts; once recorded, (event id, body)
     ended: list[int] = field(default_factory=list)  # task ids whose waiters can be answered
     tasks: list[tuple[Any, list[dict]]] = field(default_factory=list)  # claimed: (peer, rows) to send
 

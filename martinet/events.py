@@ -116,8 +116,8 @@ class EventHub:
 
     # ---- recording, in the turn's transaction ---------------------------------------
 
-    def record(self, store: Store, events: list[dict], now: float) -> list[tuple[int, bytes]]:
-        """Append the turn's events to the table; returns (event id, wire form) of each."""
+    def record(self, store: Store, events: list[dict], now: float) -> list[tuple[int, str]]:
+        """Append the turn's events to the table; returns (event id, body) of each."""
         if self.pending:
             events = [*self.pending, *events]
         if not events:
@@ -136,8 +136,7 @@ class EventHub:
             )
         ids = store.record_events(rows)
         self.pending = []
-        at = iso(now)
-        return [(i, _wire(i, at, row["body"])) for i, row in zip(ids, rows, strict=True)]
+        return [(i, row["body"]) for i, row in zip(ids, rows, strict=True)]
 
     # ---- subscriptions ---------------------------------------------------------------
 
@@ -183,20 +182,25 @@ class EventHub:
 
     # ---- sending, after the commit ---------------------------------------------------------
 
-    def push(self, sock: zmq.Socket, recorded: list[tuple[int, bytes]], now: float) -> None:
-        """A committed turn's events to each live subscriber, in one message each."""
+    def push(self, sock: zmq.Socket, recorded: list[tuple[int, str]], now: float) -> None:
+        """A committed turn's events (recorded at `now`) to each live subscriber, in one
+        message each; encoded only when someone listens."""
         if not recorded or not self.subscribers:
             return
         first, last = recorded[0][0], recorded[-1][0]
+        wires: list[tuple[int, bytes]] | None = None
         whole: list[bytes] | None = None
         for sub in list(self.subscribers.values()):
             if not sub.live or sub.cursor >= last:
                 continue
+            if wires is None:
+                at = iso(now)
+                wires = [(event_id, _wire(event_id, at, body)) for event_id, body in recorded]
             if sub.cursor < first:
-                whole = whole or _message([wire for _id, wire in recorded])
+                whole = whole or _message([wire for _id, wire in wires])
                 frames = whole
             else:
-                frames = _message([wire for event_id, wire in recorded if event_id > sub.cursor])
+                frames = _message([wire for event_id, wire in wires if event_id > sub.cursor])
             self._send(sock, sub, frames, last, now)
 
     def catch_up(self, store: Store, sock: zmq.Socket, now: float) -> None:

@@ -47,7 +47,7 @@ def event(task_id: int | None, kind: str, name: str | None = "job", **body) -> d
 
 def record(store: Store, at: float, *events: dict) -> list[int]:
     with store.atomic():
-        return [event_id for event_id, _wire in EventHub().record(store, list(events), at)]
+        return [event_id for event_id, _body in EventHub().record(store, list(events), at)]
 
 
 def table(db, after: int = 0) -> list[tuple]:
