@@ -71,8 +71,17 @@ class Subscriber:
     backoff: float = 0.0  # the last wait after a full queue (0: the last send went through)
 
 
+class _AttemptEvent(dict):
+    """An attempt's end with the keys of _ATTEMPT_KEYS, in that order: _body writes it
+    from a template, three times faster than key by key (it is most events of a drain)."""
+
+
+_ATTEMPT_KEYS = ("event", "id", "name", "queue", "attempt", "status", "outcome", "result", "error",
+                 "run_at", "reason")  # fmt: skip
+
+
 def attempt_event(info: dict) -> dict:
-    """The event of an attempt's end, from what Store._end_attempt returned."""
+    """The event of an attempt's end, from what the store said became of the task."""
     status, outcome = info["status"], info["outcome"]
     if outcome == "released" and status != STALLED:
         kind = "released"
@@ -82,6 +91,8 @@ def attempt_event(info: dict) -> dict:
         kind = status
     event = {"event": kind, **info}
     event.pop("dependents", None)
+    if tuple(event) == _ATTEMPT_KEYS and type(event["id"]) is int and type(event["attempt"]) is int:
+        return _AttemptEvent(event)
     return event
 
 
@@ -102,7 +113,16 @@ def _json(value: Any) -> str:
 
 def _body(event: dict) -> str:
     """An event as a JSON object (its keys are ours: plain names, no escaping needed)."""
-    body = "{" + ",".join([f'"{key}":{_json(value)}' for key, value in event.items()]) + "}"
+    if type(event) is _AttemptEvent:
+        e = event
+        body = (
+            f'{{"event":{_json(e["event"])},"id":{e["id"]},"name":{_json(e["name"])},"queue":{_json(e["queue"])},'
+            f'"attempt":{e["attempt"]},"status":{_json(e["status"])},"outcome":{_json(e["outcome"])},'
+            f'"result":{_json(e["result"])},"error":{_json(e["error"])},"run_at":{_json(e["run_at"])},'
+            f'"reason":{_json(e["reason"])}}}'
+        )
+    else:
+        body = "{" + ",".join([f'"{key}":{_json(value)}' for key, value in event.items()]) + "}"
     if len(body) > MAX_BODY:
         event = {**event, "result": None, "truncated": True}
         if isinstance(event.get("error"), dict):
