@@ -196,6 +196,19 @@ def test_a_subscriber_far_behind_gets_bounded_pages(store):
     assert [len(protocol.decode(f[1:])[1]["events"]) for f in sock.sent] == [CATCH_UP_PAGE, CATCH_UP_PAGE, 10]
 
 
+def test_an_attempts_end_is_written_as_json_would_write_it():
+    from martinet.events import _body, attempt_event
+
+    info = {"id": 7, "name": 'say "hi" ☃', "queue": "default", "attempt": 2, "status": "failed",
+            "outcome": "failed", "result": None, "error": {"type": "E", "message": "a\nb", "traceback": None},
+            "run_at": "2027-01-15T08:00:01.000+00:00", "reason": None, "dependents": {}}  # fmt: skip
+    for changes in ({}, {"status": "succeeded", "outcome": "succeeded", "result": {"x": [1.5, None, True]}}):
+        event = attempt_event({**info, **changes})
+        assert json.loads(_body(event)) == json.loads(json.dumps(dict(event)))
+        assert _body(event) == _body(dict(event))  # the template and the general case agree
+    assert attempt_event({**info, "status": "queued", "outcome": "released"})["event"] == "released"
+
+
 def test_malformed_records_are_rate_limited_with_a_count_of_the_rest():
     hub = EventHub()
     made = [hub.malformed("status", "0080000001", "bad signature", 5, NOW + i / 100) for i in range(25)]
