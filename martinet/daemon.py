@@ -298,15 +298,21 @@ class Daemon(ClientOps):
             self._malformed(sock_name, ident, str(exc), sum(map(len, frames)), protocol.describe(exc.raw))
             return None, None
 
-    def _malformed(self, sock_name: str, ident: bytes, why: str, size: int, shown: str = "") -> None:
-        """A message dropped because it could not be read: logged and recorded as an
-        event, both at most events.MALFORMED_PER_SECOND a second."""
+    def _malformed(
+        self, sock_name: str, ident: bytes, why: str, size: int, shown: str = "",
+        what: str = "dropped a malformed frame",
+    ) -> None:  # fmt: skip
+        """A message dropped because it could not be read: recorded as an event (at most
+        events.MALFORMED_PER_SECOND a second) and logged (MALFORMED_LOGGED_PER_SECOND)."""
         peer = self.peers.by_ident(ident) if sock_name == "worker" else None
-        where = f"{ident.hex()} (worker {peer.worker_id})" if peer is not None else ident.hex()
-        if self.hub.malformed(sock_name, where, why, size, self.clock()) is not None:
+        where = ident[:16].hex() + ("..." if len(ident) > 16 else "")  # a peer may choose its own (ZMTP 1.0)
+        if peer is not None:
+            where += f" (worker {peer.worker_id})"
+        self.hub.malformed(sock_name, where, why, size, self.clock())
+        if self.hub.may_log():
             log.warning(
-                "dropped a malformed message on the %s socket from %s: %s (%d bytes%s)",
-                sock_name, where, why, size, f": {shown}" if shown else "",
+                "%s on the %s socket from %s: %s (%d bytes%s)",
+                what, sock_name, where, why, size, f": {shown}" if shown else "",
             )  # fmt: skip
 
     # ---- client socket ------------------------------------------------------------
@@ -404,7 +410,7 @@ class Daemon(ClientOps):
             or not 0 < capacity <= 10_000
         ):
             self._malformed("worker", ident, f"a hello without a valid worker_id, names and capacity: "
-                            f"{str(h)[:200]}", len(protocol.dumps(h)))  # fmt: skip
+                            f"{str(h)[:200]}", len(protocol.dumps(h)), what="refused a malformed hello")  # fmt: skip
             return
         old = self.peers.get(worker_id)
         if old is None and len(self.peers) >= MAX_PEERS:

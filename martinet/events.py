@@ -55,7 +55,8 @@ FULL_BACKOFF = 0.05
 FULL_BACKOFF_MAX = 2.0
 SUBSCRIPTION_TTL = 30.0  # a client renews its subscription well within this (every 10 s)
 MAX_SUBSCRIBERS = 1000  # a flood of subscribe requests cannot grow memory without bound
-MALFORMED_PER_SECOND = 10  # malformed messages recorded (and logged) per second at most
+MALFORMED_PER_SECOND = 10  # malformed messages recorded per second at most: 864,000 rows a day
+MALFORMED_LOGGED_PER_SECOND = 100  # and logged one by one (a line each is cheaper than a row)
 # An event's body is kept below this: a larger result or traceback is left out
 # ("truncated": true; `martinet show` has it all). Bounds the table and a turn's INSERT.
 MAX_BODY = 65_536
@@ -149,9 +150,11 @@ class EventHub:
     def __init__(self) -> None:
         self.subscribers: dict[bytes, Subscriber] = {}
         self.pending: list[dict] = []  # made outside a handler that has an Outbox; recorded next
-        self._window = -1  # the second the malformed count is for
-        self._malformed = 0
-        self._suppressed = 0
+        self._window = -1  # the second the malformed counts are for
+        self._malformed = 0  # recorded in that second
+        self._suppressed = 0  # not recorded, since the last record
+        self._logged = 0  # logged in that second
+        self._unlogged = 0  # not logged, since the last summary
 
     # ---- recording, in the turn's transaction ---------------------------------------
 
@@ -283,7 +286,7 @@ class EventHub:
         (it is counted, and the count goes with the next one recorded)."""
         window = int(now)
         if window != self._window:
-            self._window, self._malformed = window, 0
+            self._window, self._malformed, self._logged = window, 0, 0
         if self._malformed >= MALFORMED_PER_SECOND:
             self._suppressed += 1
             return None
@@ -300,12 +303,26 @@ class EventHub:
         self.pending.append(event)
         return event
 
+    def may_log(self) -> bool:
+        """Whether the malformed message just counted gets its own log line (else it is
+        counted in a summary line)."""
+        if self._logged >= MALFORMED_LOGGED_PER_SECOND:
+            self._unlogged += 1
+            return False
+        self._logged += 1
+        return True
+
     def suppressed(self, now: float) -> None:
-        """Once a second at most: record how many malformed messages went unrecorded."""
-        if self._suppressed and int(now) != self._window:
+        """Once a second at most: log how many malformed messages were not logged one by
+        one, and record how many went unrecorded."""
+        if int(now) == self._window:
+            return
+        if self._unlogged:
+            log.warning("dropped %d more malformed messages (not each logged)", self._unlogged)
+            self._unlogged = 0
+        if self._suppressed:
             n, self._suppressed = self._suppressed, 0
-            self._window, self._malformed = int(now), 1
-            log.warning("dropped %d more malformed messages (not each logged)", n)
+            self._window, self._malformed, self._logged = int(now), 1, 0
             self.pending.append(
                 {
                     "event": "malformed",

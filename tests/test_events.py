@@ -24,7 +24,13 @@ import zmq
 
 import martinet
 from martinet import protocol
-from martinet.events import CATCH_UP_PAGE, FULL_BACKOFF, MALFORMED_PER_SECOND, EventHub
+from martinet.events import (
+    CATCH_UP_PAGE,
+    FULL_BACKOFF,
+    MALFORMED_LOGGED_PER_SECOND,
+    MALFORMED_PER_SECOND,
+    EventHub,
+)
 from martinet.protocol import Cmd
 from martinet.retention import Retention
 from martinet.store import Store, open_database
@@ -221,6 +227,8 @@ def test_malformed_records_are_rate_limited_with_a_count_of_the_rest():
     assert len(hub.pending) == MALFORMED_PER_SECOND * 2 + 1
     hub.suppressed(NOW + 3.2)
     assert hub.pending[-1]["suppressed"] == 2 and len(hub.pending) == MALFORMED_PER_SECOND * 2 + 2
+    hub.malformed("worker", "0080000003", "bad", 1, NOW + 4.0)  # the log has a quota of its own
+    assert sum(hub.may_log() for _ in range(MALFORMED_LOGGED_PER_SECOND + 5)) == MALFORMED_LOGGED_PER_SECOND
 
 
 # ---- end to end: hooks, catch-up, restart, malformed, on every backend ---------------------
@@ -323,6 +331,14 @@ def test_events_survive_a_daemon_kill_and_restart(any_cluster):
     got = seen.wait(lambda items: any(e["id"] == c for e in items), what="task c's event, replayed")
     after = [(e["id"], e["event"]) for e in got if e["event_id"] > last]
     assert after == [(b, "succeeded"), (c, "succeeded")]
+    # And so does a new one in another run, told where to resume before its first hook
+    again, resumed = cluster.client(), Seen()
+    again.last_event_id = last
+    again.on("any", resumed)
+    got = resumed.wait(lambda items: any(e["id"] == c for e in items), what="c, in a new client")
+    assert [(e["id"], e["event"]) for e in got] == [(b, "succeeded"), (c, "succeeded")]
+    with pytest.raises(martinet.BadInput, match="stop_listening"):
+        again.last_event_id = 0
     # And the one that listened throughout subscribed again by itself, from its last id
     items = live.wait(lambda items: any(e["id"] == c for e in items), timeout=30, what="c, live")
     ids = [e["event_id"] for e in items]
