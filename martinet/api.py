@@ -474,10 +474,10 @@ class Martinet:
 
     def listen(self, since: int | None = None) -> None:
         """(Re)start the event listener from after event `since` (the `last_event_id` of an
-        earlier run: the daemon replays what came after it, while it keeps it); by default
-        from where `stop_listening` left off, or from now. A hook starts it if need be."""
-        if since is not None and (isinstance(since, bool) or not isinstance(since, int) or since < 0):
-            raise BadInput(f"since must be an event id (a whole number of 0 or more), got {since!r}")
+        earlier run: the daemon replays what came after it, while it keeps it, even events
+        the hooks had already); by default from where `stop_listening` left off, or from
+        now. A hook starts it if need be."""
+        _check_since(since)
         self.stop_listening()
         start = self._since if since is None else since
         self._listener = EventListener(self.client, self._dispatch_event, start)
@@ -492,8 +492,18 @@ class Martinet:
 
     @property
     def last_event_id(self) -> int | None:
-        """The id of the last event the hooks got (keep it to catch up in a later run)."""
+        """The id of the last event the hooks got (keep it to catch up in a later run).
+        Set it before the first hook to resume there: the listener starts after it."""
         return self._listener.last if self._listener is not None else self._since
+
+    @last_event_id.setter
+    def last_event_id(self, since: int | None) -> None:
+        _check_since(since)
+        if self._listener is not None:
+            raise BadInput(
+                "events are being listened to already: stop_listening() first, or listen(since=...)"
+            )
+        self._since = since
 
     def _dispatch_event(self, event: dict) -> None:
         kind = event.get("event")
@@ -506,6 +516,11 @@ class Martinet:
                         "the %s hook %s raised on event %s (task %s)",
                         kind, getattr(fn, "__name__", fn), event.get("event_id"), event.get("id"),
                     )  # fmt: skip
+
+
+def _check_since(since: Any) -> None:
+    if since is not None and (isinstance(since, bool) or not isinstance(since, int) or since < 0):
+        raise BadInput(f"since must be an event id (a whole number of 0 or more), got {since!r}")
 
 
 # Hook names and the event kinds each gets (events.KINDS; "gap" is the client's own:
