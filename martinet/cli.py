@@ -12,12 +12,16 @@ import logging
 import os
 import signal
 import sys
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from martinet import config, when
 from martinet.errors import MartinetError
+from martinet.protocol import EVENT_KINDS
 from martinet.query import TIMES, parse_where
 
+WATCH_KINDS = (*EVENT_KINDS, "gap")  # what `watch --status` takes
 EPILOG = "Settings also come from --config FILE and MARTINET_* environment variables."
 
 
@@ -213,6 +217,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="only these finished states: succeeded, cancelled, dead (repeatable or comma-separated; default all)",
     )
     p.add_argument("--dry-run", action="store_true", help="count what would be deleted; delete nothing")
+    _add_common(p)
+
+    p = sub.add_parser(
+        "watch", help="print events live, one line each: progress, results, errors (tail -f)", epilog=EPILOG
+    )
+    p.add_argument(
+        "--name", help="only events of this task name, or of names starting with a prefix: resize.*"
+    )
+    p.add_argument(
+        "--status",
+        action="append",
+        help=f"only these kinds of event (repeatable or comma-separated): {', '.join(WATCH_KINDS)}",
+    )
+    p.add_argument(
+        "--since",
+        type=int,
+        metavar="ID",
+        help="first the events after event ID (while the daemon keeps them)",
+    )
     _add_common(p)
 
     p = sub.add_parser(
@@ -622,6 +645,79 @@ def cmd_prune(m, args) -> int:
     return 0
 
 
+def _watch_filter(args: argparse.Namespace) -> Callable[[dict], bool]:
+    """Which events `watch` prints, from --name and --status, checked before connecting."""
+    kinds = {k.strip() for text in args.status or [] for k in text.split(",") if k.strip()}
+    unknown = sorted(kinds - set(WATCH_KINDS))
+    if unknown:
+        raise MartinetError(f"unknown status {unknown[0]!r} for watch; events are {', '.join(WATCH_KINDS)}")
+    if args.since is not None and args.since < 0:
+        raise MartinetError(f"--since must be an event id (0 or more), got {args.since}")
+    name = args.name
+    prefix = name[:-1] if name and name.endswith(".*") else None
+
+    def wanted(event: dict) -> bool:
+        kind = event.get("event")
+        if kind == "gap":
+            return True  # whatever the filters: the operator must know events were missed
+        if kinds and kind not in kinds:
+            return False
+        if name is None:
+            return True
+        task_name = event.get("name")
+        return isinstance(task_name, str) and (task_name.startswith(prefix) if prefix else task_name == name)
+
+    return wanted
+
+
+def event_line(e: dict) -> str:
+    """One event as `martinet watch` prints it."""
+    kind = e.get("event")
+    head = f"{e.get('at', '')} #{e.get('event_id', '-')} {kind}"
+    if kind == "gap":
+        return f"{head}: events after #{e.get('since')} are no longer kept (oldest kept #{e.get('first')})"
+    if kind == "malformed":
+        more = f"; {e['suppressed']} more before it not recorded" if e.get("suppressed") else ""
+        where = (
+            f" on the {e['socket']} socket from {e['peer']} ({e['size']} bytes)" if e.get("socket") else ""
+        )
+        return f"{head}: {e.get('why')}{where}{more}"
+    task = f"{head} task {e.get('id')} {e.get('name')}"
+    if e.get("attempt"):
+        task += f" attempt {e['attempt']}"
+    error = e.get("error") or {}
+    if kind == "progress":
+        value = e.get("progress")
+        detail = " ".join(
+            x for x in (f"{value:.0%}" if isinstance(value, float | int) else "", e.get("message") or "") if x
+        )
+    elif kind == "succeeded":
+        detail = f"-> {json.dumps(e.get('result'), default=str)[:200]}"
+    elif kind in ("failed", "dead"):
+        detail = f"{error.get('type')}: {error.get('message')}"[:300]
+        if kind == "failed":
+            detail += f"; retry at {e.get('run_at')}"
+    else:
+        detail = e.get("reason") or ""
+    return f"{task}: {detail}" if detail else task
+
+
+def cmd_watch(m, args) -> int:
+    from martinet.client import EventStream
+
+    wanted = _watch_filter(args)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def show(event: dict) -> None:
+        if wanted(event):
+            print(json.dumps(event, default=str) if args.json else event_line(event), flush=True)
+
+    EventStream(m.client, args.since).run(show, stop)
+    return 0
+
+
 COMMANDS = {
     "execute": cmd_execute,
     "schedule": cmd_schedule,
@@ -636,6 +732,7 @@ COMMANDS = {
     "stall": cmd_stall,
     "update": cmd_update,
     "prune": cmd_prune,
+    "watch": cmd_watch,
 }
 
 

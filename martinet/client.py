@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from martinet import protocol
 from martinet.errors import (
@@ -149,53 +150,152 @@ def _unwrap(reply: dict) -> dict:
     raise cls(error.get("message") or "the daemon refused the request")
 
 
-class EventListener:
-    """A thread that subscribes to the daemon's events and calls hooks with each one."""
+class EventStream:
+    """A daemon's events, in order: from after `since` (an event id), or from now.
+
+    It subscribes, renews the subscription every RENEW seconds, and subscribes
+    again at once when its connection comes back (after a daemon restart, say),
+    sending the id of the last event it got: the daemon replays what came after
+    it, so nothing is lost within the daemon's keep_events. An event it already
+    had is skipped. `last` is the id of the last event handed to `dispatch`.
+    """
 
     RENEW = 10.0  # seconds between subscription renewals (the daemon keeps one for 30)
 
-    def __init__(self, client: Client, dispatch: Callable[[dict], None]) -> None:
+    def __init__(self, client: Client, since: int | None = None) -> None:
         self.client = client
-        self.dispatch = dispatch
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="martinet-events", daemon=True)
+        self.last = since
 
-    def start(self, timeout: float = 5.0) -> None:
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise DaemonUnavailable(f"could not subscribe to events at {self.client.url} within {timeout:g}s")
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
+    def run(
+        self,
+        dispatch: Callable[[dict], None],
+        stop: threading.Event,
+        ready: Callable[[dict], None] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Hand each event to `dispatch` until `stop` is set. `ready` gets the daemon's
+        first answer; raises DaemonUnavailable when none comes within `timeout`, and the
+        daemon's error when it refuses the subscription. What `dispatch` raises goes up."""
+        timeout = self.client.timeout if timeout is None else timeout
         sock = self.client.context().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED)
         sock.connect(self.client.url)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        answered, connects, rid = False, 0, ""
+        first_by = time.monotonic() + timeout
         next_renew = 0.0
         try:
-            while not self._stop.is_set():
+            while not stop.is_set():
                 now = time.monotonic()
-                if now >= next_renew:
-                    sock.send_multipart(
-                        protocol.encode(Cmd.REQUEST, {"op": "subscribe", "rid": uuid.uuid4().hex})
+                if not answered and now > first_by:
+                    raise DaemonUnavailable(
+                        f"no answer from the martinet daemon at {self.client.url} within {timeout:g}s "
+                        f"(is `martinet serve` running there?)"
                     )
+                if now >= next_renew:
+                    rid = uuid.uuid4().hex
+                    header = {"op": "subscribe", "rid": rid, "since": self.last}
+                    sock.send_multipart(protocol.encode(Cmd.REQUEST, header))
                     next_renew = now + self.RENEW
-                if not sock.poll(200):
+                polled = dict(poller.poll(200))
+                if monitor in polled:
+                    recv_monitor_message(monitor)
+                    connects += 1
+                    if connects > 1:  # a new connection: the daemon may not know us (any more)
+                        next_renew = 0.0
+                if sock not in polled:
                     continue
                 try:
                     cmd, h = protocol.decode(sock.recv_multipart())
                 except ProtocolError as exc:
-                    log.warning("dropped a malformed event: %s", exc)
+                    log.warning("dropped a malformed message from the daemon: %s", exc)
                     continue
-                if cmd is Cmd.REPLY:
-                    self._ready.set()
+                if cmd is Cmd.REPLY and h.get("rid") == rid:
+                    if not answered:
+                        _unwrap(h)  # the daemon's refusal, as our error
+                        answered = True
+                        if ready is not None:
+                            ready(h)
+                    self._on_reply(h, dispatch)
                 elif cmd is Cmd.EVENT:
-                    try:
-                        self.dispatch(h)
-                    except Exception:  # a hook's bug must not stop the others
-                        log.exception("an event hook raised")
+                    items = h.get("events") if isinstance(h.get("events"), list) else [h]
+                    for event in items:
+                        if isinstance(event, dict) and self._new(event):
+                            dispatch(event)
         finally:
+            sock.disable_monitor()
+            monitor.close(0)
             sock.close(0)
+
+    def _on_reply(self, h: dict, dispatch: Callable[[dict], None]) -> None:
+        if not h.get("ok"):
+            log.warning("the daemon refused to renew the event subscription: %s", h.get("error"))
+            return
+        asked = self.last
+        if isinstance(h.get("since"), int):  # a new subscription: the daemon sends what follows this
+            self.last = h["since"]
+        if h.get("gap"):
+            log.warning(
+                "events after %s are no longer kept by the daemon (oldest kept: %s, newest: %s): "
+                "some were missed", asked, h.get("first"), h.get("last"),
+            )  # fmt: skip
+            dispatch({"event": "gap", "since": asked, "first": h.get("first"), "last": h.get("last")})
+
+    def _new(self, event: dict) -> bool:
+        event_id = event.get("event_id")
+        if not isinstance(event_id, int):
+            return True  # from a daemon that numbers no events
+        if self.last is not None and event_id <= self.last:
+            return False  # had it already
+        self.last = event_id
+        return True
+
+
+class EventListener:
+    """A thread that hands a daemon's events to `dispatch` (see EventStream)."""
+
+    def __init__(self, client: Client, dispatch: Callable[[dict], None], since: int | None = None) -> None:
+        self.stream = EventStream(client, since)
+        self.dispatch = dispatch
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="martinet-events", daemon=True)
+
+    @property
+    def last(self) -> int | None:
+        return self.stream.last
+
+    def start(self, timeout: float = 5.0) -> None:
+        """Start and wait for the daemon to accept the subscription; raise if it does not."""
+        self._timeout = timeout
+        self._thread.start()
+        if not self._ready.wait(timeout + 1) and self._error is None:
+            self.stop()
+            raise DaemonUnavailable(
+                f"could not subscribe to events at {self.stream.client.url} within {timeout:g}s"
+            )
+        if self._error is not None:
+            self._thread.join(timeout=5)
+            raise self._error
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        try:
+            self.stream.run(self._safe_dispatch, self._stop, lambda _h: self._ready.set(), self._timeout)
+        except BaseException as exc:  # reported by start()
+            self._error = exc
+            self._ready.set()
+
+    def _safe_dispatch(self, event: dict) -> None:
+        try:
+            self.dispatch(event)
+        except Exception:  # a hook's bug must not stop the events
+            log.exception("an event hook raised")

@@ -21,7 +21,6 @@ from martinet.validate import check_args, check_every, check_task, clean_text, i
 
 log = logging.getLogger("martinet.daemon")
 
-SUBSCRIPTION_TTL = 30.0  # a client renews its event subscription well within this
 MAX_BATCH = 10_000  # tasks in one execute_many request; the payload limit bounds it too
 MAX_WAITERS = 100_000  # pending wait() requests at most: a flood cannot grow memory without bound
 
@@ -138,6 +137,7 @@ class ClientOps:
                 self._send(self.worker, peer.ident, Cmd.CANCEL, {"id": num})
         elif status == "cancelled":
             out.ended.extend([num, *also])
+            self._cancelled_events(out.events, [num, *also])
         log.info(
             "task %s revoked: %s%s", num, status, f" (and tasks {also} that waited on it)" if also else ""
         )
@@ -362,8 +362,8 @@ class ClientOps:
         }
 
     def _op_subscribe(self, h, now, out, ident):
-        self._subscribers[ident] = now + SUBSCRIPTION_TTL
-        return {"ttl": SUBSCRIPTION_TTL}
+        """Events pushed to this client from now, or from after `since` (events.py)."""
+        return self.hub.subscribe(self.store, ident, h.get("since"), now)
 
     def _ref(self, ref: Any) -> tuple[str, int]:
         """An id (42, "s7") or a key ("avatar-7", or "key:42" for a key that looks like an id)."""

@@ -67,6 +67,9 @@ class Settings:
     # A week answers "what happened last night"; dead tasks wait longer for an operator.
     keep_finished: str = "7 days"
     keep_dead: str = "30 days"
+    # Events (progress, attempt ends, malformed messages) are deleted this long after they
+    # happened: a client that was away for less catches up on what it missed.
+    keep_events: str = "1 day"
     # The zone of naive datetimes and wall-clock expressions ("tomorrow at 9am").
     timezone: str = "UTC"
     log_level: str = "INFO"
@@ -243,7 +246,7 @@ def check(settings: Settings) -> Settings:
     ):
         if getattr(s, key) < 1:
             raise ConfigError(f"setting {key!r} must be 1 or more, got {getattr(s, key)}")
-    for key in ("keep_finished", "keep_dead"):
+    for key in ("keep_finished", "keep_dead", "keep_events"):
         keep_seconds(key, getattr(s, key))
     check_queues(s.queues)
     return s

@@ -26,6 +26,7 @@ from martinet import protocol
 from martinet.client_ops import ClientOps
 from martinet.config import Settings, keep_seconds
 from martinet.errors import BadInput, MartinetError, ProtocolError
+from martinet.events import EventHub, attempt_event
 from martinet.lanes import RATE_LOOKBACK, Lanes, lane_settings, queue_columns, rate_of
 from martinet.models import STALLED, TERMINAL
 from martinet.peers import Peers
@@ -50,7 +51,7 @@ class Outbox:
 
     replies: list[tuple[bytes, dict]] = field(default_factory=list)  # client ident, header
     acks: dict[bytes, list[list[int]]] = field(default_factory=dict)  # status ident: [[id, attempt], ...]
-    events: list[dict] = field(default_factory=list)
+    events: list = field(default_factory=list)  # dicts; once recorded, (event id, body)
     ended: list[int] = field(default_factory=list)  # task ids whose waiters can be answered
     tasks: list[tuple[Any, list[dict]]] = field(default_factory=list)  # claimed: (peer, rows) to send
 
@@ -66,6 +67,7 @@ class Daemon(ClientOps):
         self.retention = Retention(
             keep_seconds("keep_finished", settings.keep_finished),
             keep_seconds("keep_dead", settings.keep_dead),
+            keep_events=keep_seconds("keep_events", settings.keep_events),
         )
         self.store: Store | None = None
         self._checkpointer: WalCheckpointer | None = None
@@ -81,7 +83,7 @@ class Daemon(ClientOps):
         self._ended_elsewhere: list[
             int
         ] = []  # tasks ended by a lost worker, whose waiters are owed an answer
-        self._subscribers: dict[bytes, float] = {}
+        self.hub = EventHub()  # event subscribers, and events still to record (events.py)
         self.ports: dict[str, int] = {}
 
     # ---- life cycle ---------------------------------------------------------
@@ -218,6 +220,9 @@ class Daemon(ClientOps):
         rate_free = self.lanes.next_deadline(now) if self._dispatch_pending else None
         if rate_free is not None:
             deadlines.append(rate_free)
+        catch_up = self.hub.next_turn()
+        if catch_up is not None:
+            deadlines.append(catch_up)
         return min(deadlines)
 
     def _turn(self, ready: dict, now: float) -> None:
@@ -237,6 +242,7 @@ class Daemon(ClientOps):
                             self._on_worker(ident, frames, out, now)
                 self._timers(out, now)
                 self._claim(out, now)
+                out.events = self.hub.record(self.store, out.events, now)
         except (peewee.OperationalError, peewee.InterfaceError, peewee.DatabaseError) as exc:
             log.error("database error, nothing from this turn was committed: %s", exc)
             self._reconnect()
@@ -250,6 +256,7 @@ class Daemon(ClientOps):
                     self.peers.release(row["id"])
                     self.lanes.ended(row["queue"], row["name"])
             out.acks, out.events, out.ended, out.tasks = {}, [], [], []
+            self.hub.pending = []  # events made in the turn that was rolled back
             self._dispatch_pending = True
         self._flush(out, now)
         self._send_tasks(out.tasks, now)
@@ -297,14 +304,25 @@ class Daemon(ClientOps):
         try:
             return protocol.decode(frames)
         except ProtocolError as exc:
-            log.warning(
-                "dropped a malformed frame on the %s socket from %r: %s (%s)",
-                sock_name,
-                ident,
-                exc,
-                protocol.describe(exc.raw),
-            )
+            self._malformed(sock_name, ident, str(exc), sum(map(len, frames)), protocol.describe(exc.raw))
             return None, None
+
+    def _malformed(
+        self, sock_name: str, ident: bytes, why: str, size: int, shown: str = "",
+        what: str = "dropped a malformed frame",
+    ) -> None:  # fmt: skip
+        """A message dropped because it could not be read: recorded as an event (at most
+        events.MALFORMED_PER_SECOND a second) and logged (MALFORMED_LOGGED_PER_SECOND)."""
+        peer = self.peers.by_ident(ident) if sock_name == "worker" else None
+        where = ident[:16].hex() + ("..." if len(ident) > 16 else "")  # a peer may choose its own (ZMTP 1.0)
+        if peer is not None:
+            where += f" (worker {peer.worker_id})"
+        self.hub.malformed(sock_name, where, why, size, self.clock())
+        if self.hub.may_log():
+            log.warning(
+                "%s on the %s socket from %s: %s (%d bytes%s)",
+                what, sock_name, where, why, size, f": {shown}" if shown else "",
+            )  # fmt: skip
 
     # ---- client socket ------------------------------------------------------------
 
@@ -400,7 +418,8 @@ class Daemon(ClientOps):
             or not is_id(capacity)
             or not 0 < capacity <= 10_000
         ):
-            log.warning("refused a malformed hello from %r: %s", ident, str(h)[:200])
+            self._malformed("worker", ident, f"a hello without a valid worker_id, names and capacity: "
+                            f"{str(h)[:200]}", len(protocol.dumps(h)), what="refused a malformed hello")  # fmt: skip
             return
         old = self.peers.get(worker_id)
         if old is None and len(self.peers) >= MAX_PEERS:
@@ -470,7 +489,22 @@ class Daemon(ClientOps):
             if info["status"] in TERMINAL:  # dead: its waiters, and those of what waited on it, get an answer
                 self._ended_elsewhere.extend([info["id"], *settled["cancelled"]])
             self.lanes.ready(info["queue"])
+            self.hub.pending.append(attempt_event(info))  # recorded with the turn (or the next)
+            self._cancelled_events(self.hub.pending, settled["cancelled"])
         return [info["id"] for info in infos]
+
+    def _cancelled_events(self, events: list, task_ids: list[int]) -> None:
+        """Events for tasks cancelled without running: revoked, or a task they waited on failed."""
+        for task_id in task_ids:
+            item = self.store.get_task(task_id)
+            if item is not None:
+                events.append(
+                    {
+                        "event": "cancelled", "id": task_id, "name": item["name"], "queue": item["queue"],
+                        "attempt": item["attempt"], "status": item["status"], "outcome": None,
+                        "reason": item["reason"],
+                    }
+                )  # fmt: skip
 
     def _declare_limits(self, limits: Any, names: set[str], now: float) -> None:
         """Fleet-wide limits a worker declares for its task names (@martinet.task(concurrency=, rate=))."""
@@ -617,7 +651,8 @@ class Daemon(ClientOps):
             log.warning(
                 "tasks %s cancelled: task %s they waited on ended %s", settled["cancelled"], task_id, status
             )
-        out.events.append({"event": status, **info})
+        out.events.append(attempt_event(info))
+        self._cancelled_events(out.events, settled["cancelled"])
         if status in TERMINAL:
             out.ended.extend([task_id, *settled["cancelled"]])
 
@@ -667,9 +702,8 @@ class Daemon(ClientOps):
         if lost:
             log.warning("leases expired for tasks %s: back to the queue", lost)
             self._wakeup_dirty = True
-        for ident, expires in list(self._subscribers.items()):
-            if now > expires:
-                del self._subscribers[ident]
+        self.hub.expire(now)
+        self.hub.suppressed(now)
         self.retention.step(self.store, now)  # old finished tasks, a bounded batch per tick
 
     # ---- after commit --------------------------------------------------------------
@@ -679,10 +713,8 @@ class Daemon(ClientOps):
             self._send(self.client, ident, Cmd.REPLY, reply)
         for ident, acks in out.acks.items():
             self._send(self.status, ident, Cmd.ACK, {"acks": acks})
-        for event in out.events:
-            for ident in list(self._subscribers):
-                if not self._send(self.client, ident, Cmd.EVENT, event):
-                    self._subscribers.pop(ident, None)
+        self.hub.push(self.client, out.events, now)
+        self.hub.catch_up(self.store, self.client, now)
         ended, self._ended_elsewhere = [*out.ended, *self._ended_elsewhere], []
         for task_id in ended:
             waits = self._waiters.pop(task_id, None)

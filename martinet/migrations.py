@@ -281,6 +281,20 @@ def _v10_partial_indexes(db: peewee.Database, migrator: SchemaMigrator) -> None:
         _drop_index(db, migrator, "task", old)
 
 
+def _v11_events(db: peewee.Database, migrator: SchemaMigrator) -> None:
+    """Events: what happened to tasks, kept for a while, so clients can catch up."""
+    _create_table(
+        db,
+        "event",
+        id=peewee.BigAutoField(),
+        task_id=peewee.BigIntegerField(null=True),
+        name=peewee.CharField(max_length=255, null=True),
+        kind=peewee.CharField(max_length=16),
+        at=peewee.DoubleField(),
+        body=peewee.TextField(),
+    )
+
+
 MIGRATIONS = (
     Migration(2, "MySQL: text columns are LONGTEXT", _v2_mysql_longtext),
     Migration(3, "schedules: until, count, misfire", _v3_schedule_limits),
@@ -291,6 +305,7 @@ MIGRATIONS = (
     Migration(8, "dispatch index", _v8_dispatch_index),
     Migration(9, "search indexes", _v9_search_indexes),
     Migration(10, "partial indexes", _v10_partial_indexes),
+    Migration(11, "events", _v11_events),
 )
 LATEST = MIGRATIONS[-1].version
 
@@ -318,6 +333,8 @@ def detect(db: peewee.Database) -> int | None:
         return 5
     if "queue_setting" not in tables or "task_limit" not in tables:
         return 6
+    if "event" in tables:
+        return 11
     if "task_ready" in indexes:
         return 10
     if "task_created" in indexes:

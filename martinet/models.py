@@ -24,6 +24,15 @@ dependency  task_id waits until parent_id has succeeded
 queuesetting  a queue's order, weight, concurrency, rate and pause
 tasklimit     fleet-wide concurrency and rate of a task name
 
+event     append-only: what happened, for hooks, `martinet watch` and catch-up (see events.py)
+  id (the event id: increasing, in commit order), task_id (null for malformed),
+  name (the task's), kind (progress|succeeded|failed|dead|cancelled|stalled|
+  released|interrupted|malformed), at, body (JSON: the event as clients get it).
+  No secondary index: written on the hot path (one multi-row INSERT per turn),
+  read by id (replay) and pruned oldest id first after keep_events; the newest
+  row is never pruned, so no backend hands out an id twice (SQLite and older
+  MySQL number a new row after the largest one left)
+
 schedule  one row per recurring schedule
   id, request_id, key, name, username, description, args, queue, priority, max_attempts,
   kind (interval|cron), spec, timezone, until, remaining (runs left of a
@@ -37,6 +46,8 @@ from typing import NamedTuple
 
 from peewee import (
     AutoField,
+    BigAutoField,
+    BigIntegerField,
     BooleanField,
     CharField,
     DatabaseProxy,
@@ -211,4 +222,15 @@ class TaskLimit(BaseModel):
     updated_at = DoubleField()
 
 
-TABLES = [Schedule, Task, Attempt, Dependency, QueueSetting, TaskLimit]
+class Event(BaseModel):
+    """One event: a task's progress or an attempt's end, or a message the daemon dropped."""
+
+    id = BigAutoField()
+    task_id = BigIntegerField(null=True)
+    name = CharField(max_length=255, null=True)
+    kind = CharField(max_length=16)
+    at = DoubleField()
+    body = TextField()
+
+
+TABLES = [Schedule, Task, Attempt, Dependency, QueueSetting, TaskLimit, Event]

@@ -30,7 +30,7 @@ class Cmd(IntEnum):
     # client socket
     REQUEST = 0x01  # client -> daemon: {"op": ..., "rid": ...}
     REPLY = 0x02  # daemon -> client: {"rid": ..., "ok": bool, ...}
-    EVENT = 0x03  # daemon -> subscribed client: progress / succeeded / failed
+    EVENT = 0x03  # daemon -> subscribed client: {"events": [event, ...]}, in id order
     # worker socket
     HELLO = 0x10  # worker -> daemon: id, names, capacity, version, running
     WELCOME = 0x11  # daemon -> worker: timings and epoch
@@ -49,6 +49,20 @@ class Cmd(IntEnum):
 
 
 _COMMANDS = {c.value: c for c in Cmd}
+
+# The kinds of EVENT, {"events": [{"event": kind, "event_id": n, "at": iso, ...}, ...]}
+# (see events.py). The end of an attempt is named by the task's new status.
+EVENT_KINDS = (
+    "progress",
+    "succeeded",
+    "failed",  # the attempt failed and another will come (at run_at)
+    "dead",  # it failed with no attempts left
+    "cancelled",
+    "stalled",
+    "released",  # the handler gave the task back (martinet.Release): it runs again later
+    "interrupted",  # its worker shut down while running it: back to the queue, no attempt spent
+    "malformed",  # the daemon dropped a message it could not read
+)
 
 
 def encode(cmd: Cmd, header: dict[str, Any] | None = None) -> list[bytes]:

@@ -2,7 +2,8 @@
 
 Succeeded and cancelled tasks go `keep_finished` after they finished (7 days by
 default), dead ones `keep_dead` after (30 days): an operator has longer to look
-at those. The daemon calls `Retention.step` once per tick, inside the turn's
+at those. Events (events.py) go `keep_events` after they were recorded (1 day):
+long enough for a client to catch up after a restart or a night offline. The daemon calls `Retention.step` once per tick, inside the turn's
 transaction; each step prunes batches of PRUNE_BATCH tasks (Store.prune) for at
 most PRUNE_BUDGET seconds, so a backlog of a million old tasks never holds
 dispatch up for long, and goes on at the next tick where it stopped. Once a pass
@@ -40,8 +41,11 @@ class Retention:
         budget: float = PRUNE_BUDGET,
         interval: float = PRUNE_INTERVAL,
         timer: Callable[[], float] = time.perf_counter,
+        keep_events: float | None = None,
     ) -> None:
         self.keep = {SUCCEEDED: keep_finished, CANCELLED: keep_finished, DEAD: keep_dead}
+        self.keep_events = keep_events
+        self.next_events_pass = 0.0
         self.budget = budget
         self.interval = interval
         self.timer = timer
@@ -54,6 +58,7 @@ class Retention:
 
     def step(self, store: Store, now: float) -> tuple[int, int]:
         """Prune for at most `budget` seconds; returns (tasks, attempts) removed."""
+        self.step_events(store, now)
         cutoffs = self.cutoffs(now)
         if not cutoffs or now < self.next_pass:
             return 0, 0
@@ -79,3 +84,22 @@ class Retention:
                 "" if self.after is None else "; more at the next tick",
             )
         return tasks, attempts
+
+    def step_events(self, store: Store, now: float) -> int:
+        """Delete events older than keep_events, PRUNE_BATCH at a time, for at most half
+        the budget; returns how many went. Like tasks, a pass every `interval`."""
+        if self.keep_events is None or now < self.next_events_pass:
+            return 0
+        started = self.timer()
+        deleted = 0
+        while True:
+            n, more = store.prune_events(now - self.keep_events, PRUNE_BATCH)
+            deleted += n
+            if not more:
+                self.next_events_pass = now + self.interval
+                break
+            if self.timer() - started >= self.budget / 2:
+                break
+        if deleted:
+            log.info("retention: deleted %d events in %.0f ms", deleted, (self.timer() - started) * 1000)
+        return deleted

@@ -104,6 +104,7 @@ REVOCABLE = (WAITING, SCHEDULED, QUEUED, FAILED, STALLED)
 # Finished tasks read per prune call: a delete of 500 tasks (and their attempts) takes
 # a few milliseconds, short enough to run inside a turn of the daemon's loop.
 PRUNE_BATCH = 500
+EVENT_COLUMNS = ("task_id", "name", "kind", "at", "body")  # what record_events writes
 TIME_COLUMNS = {"created": "created_at", "due": "run_at", "finished": "finished_at"}  # search times
 
 
@@ -1373,6 +1374,55 @@ class Store:
         )
         deleted = self._exec(f"DELETE FROM task WHERE id IN ({marks})", ids, cache=False).rowcount
         return Pruned(deleted, attempts, more, last)
+
+    # ---- events (see events.py) ------------------------------------------------
+
+    def record_events(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Append events (task_id, name, kind, at, body) in multi-row INSERTs, in the
+        caller's transaction; returns their ids, in order.
+
+        MySQL's lastrowid is the first id of a multi-row INSERT, and InnoDB numbers a
+        plain INSERT ... VALUES consecutively (it reserves them all at once)."""
+        if not self.is_mysql:
+            return self._insert_rows("event", rows)
+        ids: list[int] = []
+        per = max(1, self.max_params // len(EVENT_COLUMNS))
+        head = f"INSERT INTO event ({', '.join(EVENT_COLUMNS)}) VALUES "
+        for start in range(0, len(rows), per):
+            chunk = rows[start : start + per]
+            params = [row[column] for row in chunk for column in EVENT_COLUMNS]
+            values = ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))
+            first = self._exec(head + values, params, cache=False).lastrowid
+            ids.extend(range(first, first + len(chunk)))
+        return ids
+
+    def events_after(self, after: int, limit: int) -> list[tuple[int, float, str]]:
+        """Up to `limit` events with an id above `after`, oldest first: (id, at, body)."""
+        sql = "SELECT id, at, body FROM event WHERE id > ? ORDER BY id LIMIT ?"
+        return [tuple(r) for r in self._exec(sql, (after, limit)).fetchall()]
+
+    def event_bounds(self) -> tuple[int | None, int | None]:
+        """The oldest and newest event ids kept (None, None when there are none)."""
+        first, last = self._exec("SELECT MIN(id), MAX(id) FROM event").fetchone()
+        return first, last
+
+    def prune_events(self, before: float, limit: int = PRUNE_BATCH) -> tuple[int, bool]:
+        """Delete the oldest events recorded before `before`, at most `limit`; returns
+        (deleted, more). Reads the first `limit` rows by id (the primary key: no other
+        index to keep up on the hot path) and deletes the old ones among them, up to the
+        first one that is not old (events are recorded in time order). The newest event
+        stays whatever its age, so that no id is ever handed out again."""
+        rows = self._exec("SELECT id, at FROM event ORDER BY id LIMIT ?", (limit,)).fetchall()
+        newest = self._exec("SELECT MAX(id) FROM event").fetchone()[0]
+        doomed = []
+        for event_id, at in rows:
+            if at >= before or event_id == newest:
+                break
+            doomed.append(event_id)
+        if not doomed:
+            return 0, False
+        deleted = self._exec("DELETE FROM event WHERE id >= ? AND id <= ?", (doomed[0], doomed[-1])).rowcount
+        return deleted, len(doomed) == limit
 
     # ---- reads --------------------------------------------------------------
 

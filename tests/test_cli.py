@@ -26,6 +26,7 @@ SUBCOMMANDS = [
     "stall",
     "update",
     "prune",
+    "watch",
     "demo",
 ]
 
