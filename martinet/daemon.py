@@ -28,7 +28,7 @@ from martinet.config import Settings, keep_seconds
 from martinet.errors import BadInput, MartinetError, ProtocolError
 from martinet.events import EventHub, attempt_event
 from martinet.lanes import RATE_LOOKBACK, Lanes, lane_settings, queue_columns, rate_of
-from martinet.models import STALLED, TERMINAL
+from martinet.models import QUEUED, STALLED, TERMINAL
 from martinet.peers import Peers
 from martinet.protocol import Cmd
 from martinet.retention import Retention
@@ -620,8 +620,9 @@ class Daemon(ClientOps):
         self.peers.release(task_id)
         self.lanes.ended(info["queue"], info["name"])
         self._dispatch_pending = True
-        if self.lanes.queue(info["queue"]).concurrency is not None or info["name"] in self.lanes.names:
-            self.lanes.ready(info["queue"])  # a limit held tasks back there, and has room again
+        limited = self.lanes.queue(info["queue"]).concurrency is not None or info["name"] in self.lanes.names
+        if limited or info["status"] == QUEUED:  # a limit has room again, or the task is back (released)
+            self.lanes.ready(info["queue"])
         status = info["status"]
         error = info["error"] or {}
         if status == "succeeded":
