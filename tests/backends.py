@@ -27,7 +27,41 @@ _reachable: dict[str, str | None] = {}
 
 
 def server_url(backend: str) -> str:
-    return os.environ.get(ENV[backend]) or DEFAULT_URLS[backend]
+    """The backend's URL; under pytest-xdist, a database of each test process's own
+    (`test_gw0`, ...), made on first use, so that parallel tests never share tables."""
+    url = os.environ.get(ENV[backend]) or DEFAULT_URLS[backend]
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return url
+    own = f"{url.rstrip('/')}_{worker}"
+    if own not in _created:
+        _create_database(url, own.rsplit("/", 1)[1])
+        _created.add(own)
+    return own
+
+
+_created: set[str] = set()
+
+
+def _create_database(url: str, name: str) -> None:
+    """CREATE DATABASE `name` on the server of `url`, unless it exists (errors: see check)."""
+    try:
+        db = connect_url(url)
+        db.connect()
+    except (peewee.PeeweeException, ImportError, OSError):
+        return  # unreachable: check() says so when it tries the new URL
+    try:
+        if isinstance(db, peewee.PostgresqlDatabase):
+            conn = db.connection()
+            conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cur.fetchone() is None:
+                    cur.execute(f'CREATE DATABASE "{name}"')
+        else:
+            db.execute_sql(f"CREATE DATABASE IF NOT EXISTS `{name}`")
+    finally:
+        db.close()
 
 
 def check(backend: str) -> str:

@@ -20,6 +20,14 @@ def pytest_addoption(parser):
     )
 
 
+def pytest_configure(config):
+    """Tests run in two processes (pytest-xdist, `-n 2` in pyproject.toml), each with its
+    own databases (tests/backends.py); one database given with --db is one process's."""
+    if config.getoption("db") and getattr(config.option, "numprocesses", None):
+        config.option.numprocesses = 0
+        config.option.dist = "no"
+
+
 def pytest_generate_tests(metafunc):
     """`db_url` is parametrized by backend, or by the one URL given with --db."""
     if "db_url" in metafunc.fixturenames:
