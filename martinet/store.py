@@ -660,7 +660,7 @@ class Store:
 
     def _lose(self, row: Task, now: float, reason: str, outcome: str) -> dict | None:
         error = {"type": "WorkerLost", "message": f"{reason} (worker {row.worker})"}
-        return self._end_attempt(row, outcome, now, error=error)
+        return self._end_attempt(row, outcome, now, error)
 
     # ---- outcomes -----------------------------------------------------------
 
@@ -815,19 +815,10 @@ class Store:
             [Outcome(task_id, attempt, worker, "released", error=error, retry_in=delay)], now
         )[0]
 
-    def _end_attempt(
-        self,
-        row: Task | RunningRow,
-        outcome: str,
-        now: float,
-        *,
-        result: Any = None,
-        error: dict | None = None,
-        retry_in: float | None = None,
-        final: bool = False,
-    ) -> dict | None:
-        """End one attempt, fenced by its number: None when it is no longer running."""
-        ending = self._ending(row, outcome, now, result=result, error=error, retry_in=retry_in, final=final)
+    def _end_attempt(self, row: Task, outcome: str, now: float, error: dict) -> dict | None:
+        """End one attempt that ended without its worker's word (lost, interrupted), fenced
+        by its number: None when it is no longer running."""
+        ending = self._ending(row, outcome, now, error=error)
         if self._update_task(ending.changes, _FENCE, (row.id, row.attempt)) != 1:
             return None
         self._insert("attempt", self._attempt_row(row, ending.outcome, ending.logged, now))
