@@ -731,11 +731,12 @@ class Store:
             )
         cursor = self.db.cursor()
         for columns, params in shapes.items():
-            sql = self._update_sql.get((columns, _FENCE))
-            if sql is None:
+            sql = self._update_sql.get((columns, "many"))
+            if sql is None:  # kept with the driver's placeholders: this runs every turn
                 assignments = ", ".join(f"{self._name(column)} = ?" for column in columns)
-                sql = self._update_sql[(columns, _FENCE)] = f"UPDATE task SET {assignments} WHERE {_FENCE}"
-            cursor.executemany(sql.replace("?", self.db.param), params)
+                sql = f"UPDATE task SET {assignments} WHERE {_FENCE}".replace("?", self.db.param)
+                self._update_sql[(columns, "many")] = sql
+            cursor.executemany(sql, params)
             if cursor.rowcount != len(params):
                 raise StoreError(
                     f"{len(params) - cursor.rowcount} of {len(params)} attempts changed meanwhile"

@@ -93,9 +93,9 @@ class _Pending:
 
 BATCH_ITEMS = 500  # outcomes in one ENDED message at most
 # Default prefetch per thread. Short tasks need depth: each daemon commit then carries
-# tens of outcomes and claims (a worker holding 2 per thread drained about 30 % slower
-# in scripts/bench.py). The daemon fills idle threads fleet-wide before any prefetch,
-# so a short queue is never hoarded by one worker; for long tasks use --prefetch 0.
+# tens of outcomes and claims (with 1 per thread the daemon spent about 28 % more CPU
+# per task, measured in-process). The daemon fills idle threads fleet-wide before any
+# prefetch, so a short queue is never hoarded by one worker; for long tasks use --prefetch 0.
 PREFETCH_PER_THREAD = 4
 BATCH_BYTES = 256 * 1024  # and about this many bytes (one larger outcome still goes alone)
 
