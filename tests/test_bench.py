@@ -58,9 +58,12 @@ def test_a_quick_run_runs_every_scenario_but_those_that_build_a_million_rows():
     results = bench(*TINY, "--quick", "--postgres", "")
     assert set(results) == {"throughput", "latency", "floor", "shaping", "timers", "targets"}  # no backends
     check_figures(results)
-    assert {"throughput.drain_per_s", "floor.drain_of_floor_pct", "latency.latency_p99_ms"} <= set(
-        results["targets"]
-    )
+    assert {
+        "throughput.drain_per_s",
+        "floor.drain_of_floor_pct",
+        "floor.seq_of_round_trips_pct",
+        "latency.latency_p99_ms",
+    } <= set(results["targets"])
 
 
 def test_the_scenarios_that_build_a_million_rows_run_with_tiny_numbers():
