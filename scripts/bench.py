@@ -715,13 +715,13 @@ TARGETS = [
 def print_targets(medians: dict[str, dict[str, float]]) -> None:
     """Medians against the targets, and the drain as a share of the lower floor (raw
     pyzmq or raw SQLite): that share is what optimizing the daemon improves."""
+    share = None  # the sequential execute as a share of raw round trips: no target of its own
     if "throughput" in medians and "floor" in medians:
         floor = min(medians["floor"]["zmq_floor_per_s"], medians["floor"]["sqlite_floor_per_s"])
         medians["floor"]["drain_of_floor_pct"] = round(100 * medians["throughput"]["drain_per_s"] / floor, 1)
         # A sequential execute is one round trip: it can be no faster than raw pyzmq's.
-        trips = medians["floor"]["zmq_round_trips_per_s"]
-        medians["floor"]["seq_of_round_trips_pct"] = round(
-            100 * medians["throughput"]["submit_seq_per_s"] / trips, 1
+        share = round(
+            100 * medians["throughput"]["submit_seq_per_s"] / medians["floor"]["zmq_round_trips_per_s"], 1
         )
     rows = [(scenario, key, goal, higher, medians[scenario][key]) for scenario, key, goal, higher in TARGETS
             if key in medians.get(scenario, {})]  # fmt: skip
@@ -737,10 +737,9 @@ def print_targets(medians: dict[str, dict[str, float]]) -> None:
     record = {
         f"{s}.{k}": {"median": v, "target": g, "met": (v >= g) if h else (v <= g)} for s, k, g, h, v in rows
     }
-    share = medians.get("floor", {}).get("seq_of_round_trips_pct")
-    if share is not None:  # no target of its own: it tells how far the round trip leaves room
+    if share is not None:
         print(f"  floor seq_of_round_trips_pct (sequential execute / raw round trips) {share:>6}")
-        record["floor.seq_of_round_trips_pct"] = {"median": share}
+        record["floor.seq_of_round_trips_pct"] = {"median": share, "target": None, "met": None}
     print(json.dumps({"scenario": "targets", "results": record}))
 
 
