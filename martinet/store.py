@@ -137,6 +137,9 @@ def open_database(url: str) -> peewee.Database:
                     # A backstop: the daemon's WalCheckpointer keeps the log far shorter.
                     "wal_autocheckpoint": WAL_BACKSTOP_PAGES,
                     "journal_size_limit": 64 * 1024 * 1024,  # a long log is cut back after a checkpoint
+                    # Statement journals (the undo of one multi-row statement inside a transaction)
+                    # stay in memory: spilled to temporary files, they cost a write call per page.
+                    "temp_store": "memory",
                 },
             )
         elif scheme in ("mysql", "mariadb"):
