@@ -306,13 +306,25 @@ class Store:
         return self._exec(sql, row.values()).lastrowid
 
     def _insert_rows(self, table: str, rows: list[dict[str, Any]]) -> list[int]:
-        """Rows of one shape, in multi-row INSERTs; returns their ids in order. Not on MySQL.
+        """Rows in multi-row INSERTs, each run of rows with the same columns in one (a column
+        a row leaves out is NULL: fewer values to bind, the larger part of a row's cost);
+        returns their ids in order. Not on MySQL.
 
         SQLite numbers the rows of one INSERT one after another (the transaction holds
         the only write lock), so the ids end at lastrowid; PostgreSQL's ids are drawn
         from the table's sequence first, so their order is certain."""
-        if not rows:
-            return []
+        ids: list[int] = []
+        start = 0
+        while start < len(rows):
+            columns = rows[start].keys()
+            end = start + 1
+            while end < len(rows) and rows[end].keys() == columns:
+                end += 1
+            ids += self._insert_run(table, rows[start:end])
+            start = end
+        return ids
+
+    def _insert_run(self, table: str, rows: list[dict[str, Any]]) -> list[int]:
         columns = list(rows[0])
         if self.returns_ids:
             seq = f"pg_get_serial_sequence('{table}', 'id')"
@@ -325,7 +337,7 @@ class Store:
         out: list[int] = []
         for start in range(0, len(rows), per):
             chunk = rows[start : start + per]
-            params = [value for row in chunk for value in row.values()]
+            params = [row[column] for row in chunk for column in columns]
             last = self._exec(head + ", ".join([one] * len(chunk)), params, cache=False).lastrowid
             if not self.returns_ids:
                 out.extend(range(last - len(chunk) + 1, last + 1))
@@ -430,8 +442,8 @@ class Store:
                 slots.append((None, new_rows[rid], False))
             else:
                 row = self._task_row(spec, now)
-                row["request_id"] = rid
                 if rid:
+                    row["request_id"] = rid
                     new_rows[rid] = len(rows)
                 slots.append((None, len(rows), True))
                 rows.append(row)
@@ -769,17 +781,22 @@ class Store:
 
     @staticmethod
     def _attempt_row(row: RunningRow | Task, outcome: str, logged: dict | None, now: float) -> dict[str, Any]:
-        return {
+        """An ended attempt's history row, without the columns it leaves NULL (see _insert_rows)."""
+        attempt = {
             "task_id": row.id,
             "attempt": row.attempt,
             "worker": row.worker,
             "started_at": row.started_at,
             "ended_at": now,
             "outcome": outcome,
-            "error_type": (logged or {}).get("type"),
-            "error_message": (logged or {}).get("message"),
-            "error_traceback": (logged or {}).get("traceback"),
         }
+        if logged:
+            attempt.update(
+                error_type=logged.get("type"),
+                error_message=logged.get("message"),
+                error_traceback=logged.get("traceback"),
+            )
+        return attempt
 
     def complete(self, task_id: int, attempt: int, worker: str, result: Any, now: float) -> dict | None:
         """The attempt succeeded. None when fenced out (old attempt, other worker, not running).
@@ -1148,23 +1165,25 @@ class Store:
         return created
 
     def _task_row(self, spec: dict, now: float) -> dict[str, Any]:
+        """A new task's row, without the columns it leaves NULL (see _insert_rows)."""
         run_at = spec.get("run_at") or now
-        return {
+        row = {
             **TASK_DEFAULTS,
             **_work_fields(spec),
             "status": SCHEDULED if run_at > now else QUEUED,
             "run_at": run_at,
             "max_attempts": spec["max_attempts"],
             "attempt_budget": spec["max_attempts"],
-            "retry_base": spec.get("retry_base"),
-            "retry_factor": spec.get("retry_factor"),
-            "retry_cap": spec.get("retry_cap"),
-            "timeout": spec.get("timeout"),
             "created_at": now,
             "updated_at": now,
-            "schedule_id": spec.get("schedule_id"),
-            "due_at": spec.get("due_at"),
         }
+        for column in ("retry_base", "retry_factor", "retry_cap", "timeout", "schedule_id", "due_at"):
+            if spec.get(column) is not None:
+                row[column] = spec[column]
+        for column in ("username", "description"):
+            if row[column] is None:
+                del row[column]
+        return row
 
     def remove_schedule(self, schedule_id: int, now: float) -> bool:
         """No more runs, and its key is free; runs already created stay. False when it
