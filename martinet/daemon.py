@@ -786,7 +786,9 @@ class Daemon(ClientOps):
         rows: list[dict] = []
         filled = False
         while min(peer.credit, room - len(rows)) > 0:
-            plan = self.lanes.plan(peer.worker_id, peer.queues, min(peer.credit, room - len(rows)), now)
+            plan = self.lanes.plan(
+                peer.worker_id, peer.names, peer.queues, min(peer.credit, room - len(rows)), now
+            )
             if not plan:
                 break
             names = [n for n in peer.names if self.lanes.name_room(n, now) > 0]
@@ -819,8 +821,10 @@ class Daemon(ClientOps):
                     self.lanes.started(queue, row["name"], now)
                 rows.extend(claimed)
                 progress = True  # claimed, or learned the queue is empty for this worker
-                if len(claimed) < count:  # no more for this worker here: the next plan leaves it out
-                    self.lanes.found_empty(peer.worker_id, queue)
+                if len(claimed) < count:  # no more for these names here: the next plans leave it out
+                    self.lanes.found_empty(
+                        frozenset(names), queue, peer.worker_id if self.lanes.names else None
+                    )
                 else:
                     filled = True
             if not progress:  # only rated queues had room, and no idle thread to take them
