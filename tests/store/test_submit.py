@@ -56,6 +56,25 @@ def test_submit_many_returns_each_rows_id_in_order(store):
     assert [row(results[i][0]).status for i in (0, 1)] == ["queued", "scheduled"]
 
 
+def test_submit_many_with_mixed_options_keeps_each_ones_and_the_order(store):
+    # Rows leave out what they leave NULL, so a batch is written in runs of the same columns
+    specs = [
+        {
+            "name": "add",
+            "max_attempts": 3,
+            "args": {"i": i},
+            **({"timeout": 5.0, "username": "ann"} if i % 3 else {}),
+        }
+        for i in range(10)
+    ]
+    ids = [task_id for task_id, _ in store.submit_many(specs, NOW)]
+    assert ids == sorted(ids)  # submission order: the dispatch order of equal tasks
+    for i, task_id in enumerate(ids):
+        info = store.get_task(task_id)
+        assert info["args"] == {"i": i}
+        assert (info["timeout"], info["username"]) == ((5.0, "ann") if i % 3 else (None, None))
+
+
 def test_submit_many_knows_request_ids_from_before_and_within_the_batch(store):
     ((old, _),) = store.submit_many([{"name": "add", "max_attempts": 3, "request_id": "r0"}], NOW)
     specs = [{"name": "add", "max_attempts": 3, "request_id": rid} for rid in ("r0", "r1", "r1", None, None)]
