@@ -115,7 +115,7 @@ def execute(task: str | dict, args: dict | None = None, **options: Any) -> int:
 
 
 def execute_many(tasks: list, **options: Any) -> list:
-    """Submit many (task, args) pairs in one commit. See `Martinet.execute_many`."""
+    """Submit many (task, args) pairs, a commit per 1,000. See `Martinet.execute_many`."""
     return _handle().execute_many(tasks, **options)
 
 

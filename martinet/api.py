@@ -153,7 +153,9 @@ class Martinet:
         return self._submit("execute", fields)
 
     def execute_many(self, tasks: list[tuple[TaskSpec, dict | None]], **options: Any) -> list[TaskId]:
-        """Submit many tasks in one request and one commit: all are accepted, or none.
+        """Submit many tasks: up to 1,000 (and half of max_payload) go in one request and
+        one commit, all of them accepted or none; more go in several such requests, each
+        committed on its own.
 
         `tasks` is a list of (task, args) pairs, `task` as in `execute`;
         `options` apply to every one (a `request_id` makes one per task, so a
