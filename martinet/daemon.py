@@ -820,7 +820,7 @@ class Daemon(ClientOps):
                     self.peers.assign(peer, row["id"])
                     self.lanes.started(queue, row["name"], now)
                 rows.extend(claimed)
-                progress = True  # claimed, or learned the queue is empty for this worker
+                progress = True  # claimed, or learned the queue is empty for these names
                 if len(claimed) < count:  # no more for these names here: the next plans leave it out
                     self.lanes.found_empty(
                         frozenset(names), queue, peer.worker_id if self.lanes.names else None
