@@ -6,18 +6,18 @@ runs the (slow) English parser: it receives UTC timestamps.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from martinet import config, when
-from martinet.client import Client, EventListener
-from martinet.errors import BadInput, TaskFailed, WaitTimeout
+from martinet import config, protocol, when
+from martinet.client import Client, EventListener, refusal
+from martinet.errors import BadInput, MartinetError, TaskFailed, WaitTimeout
+from martinet.protocol import Cmd
 from martinet.query import Page, check_filter_names
 from martinet.validate import Limits, check_args, check_name
 
@@ -155,36 +155,69 @@ class Martinet:
     def execute_many(self, tasks: list[tuple[TaskSpec, dict | None]], **options: Any) -> list[TaskId]:
         """Submit many tasks: up to 1,000 (and half of max_payload) go in one request and
         one commit, all of them accepted or none; more go in several such requests, each
-        committed on its own.
+        committed on its own, the next sent while the daemon commits the one before.
 
         `tasks` is a list of (task, args) pairs, `task` as in `execute`;
         `options` apply to every one (a `request_id` makes one per task, so a
         retried batch creates nothing twice). Returns their ids, in order.
+
+        Should a request be refused (or a task be invalid, or the daemon not answer),
+        the error raised has `accepted`: the ids of the tasks known to be committed all
+        the same, those of the requests before it and of the one sent after it, if that
+        one was. Calling again with the same `request_id` creates nothing twice.
         """
         # One per item, so that a retried batch is safe; all from one base, so that the
         # unique index on request ids takes a batch in one place.
         base_rid = options.pop("request_id", None) or new_request_id()
-        items = []
-        for i, (task, args) in enumerate(tasks):
-            item_options = {**options, "request_id": f"{base_rid}:{i}"}
-            fields = self._task_fields(task, args, item_options)
-            self._read_run_at(fields)
-            items.append(fields)
         ids: list[TaskId] = []
-        chunk: list[dict] = []
+        refused: MartinetError | None = None
+        spans: list[tuple[int, int]] = []  # each request's first and last task, as it is made
+        try:
+            replies = self.client.exchange(self._batches(tasks, options, base_rid, spans), in_flight=2)
+            for n, reply in enumerate(replies):
+                if reply.get("ok"):
+                    ids.extend(TaskId(i, c) for i, c in zip(reply["ids"], reply["created"], strict=True))
+                elif refused is None:
+                    refused = refusal(reply)
+                    refused = type(refused)(
+                        f"{refused} (in the request of tasks {spans[n][0]} to {spans[n][1]})"
+                    )
+        except MartinetError as exc:
+            refused = exc
+        if refused is None:
+            return ids
+        if ids:
+            refused = type(refused)(
+                f"{refused}; {len(ids)} of the {len(tasks)} tasks were accepted (see .accepted)"
+            )
+        refused.accepted = ids  # type: ignore[attr-defined]
+        raise refused
+
+    def _batches(
+        self, tasks: list[tuple[TaskSpec, dict | None]], options: dict, base_rid: str, spans: list
+    ) -> Iterator[tuple[str, list[bytes]]]:
+        """The tasks as execute_many requests of up to BATCH tasks and half of max_payload,
+        each task checked and encoded once, as the request before goes out; each request's
+        first and last task go to `spans`."""
+        chunk: list[bytes] = []
         size = 0
-        for item in [*items, None]:  # None flushes the last chunk
-            item_size = 0 if item is None else len(json.dumps(item))
-            if chunk and (
-                item is None or len(chunk) == BATCH or size + item_size > self.limits.max_payload // 2
-            ):
-                reply = self.client.request("execute_many", {"rid": chunk[0]["request_id"], "tasks": chunk})
-                ids.extend(TaskId(i, c) for i, c in zip(reply["ids"], reply["created"], strict=True))
+        for i, (task, args) in enumerate(tasks):
+            fields = self._task_fields(task, args, {**options, "request_id": f"{base_rid}:{i}"})
+            self._read_run_at(fields)
+            item = protocol.dumps(fields)
+            if chunk and (len(chunk) == BATCH or size + len(item) > self.limits.max_payload // 2):
+                yield self._batch_request(base_rid, i - len(chunk), chunk, spans)
                 chunk, size = [], 0
-            if item is not None:
-                chunk.append(item)
-                size += item_size
-        return ids
+            chunk.append(item)
+            size += len(item)
+        if chunk:
+            yield self._batch_request(base_rid, len(tasks) - len(chunk), chunk, spans)
+
+    @staticmethod
+    def _batch_request(base_rid: str, first: int, items: list[bytes], spans: list) -> tuple[str, list[bytes]]:
+        spans.append((first, first + len(items) - 1))
+        rid = f"{base_rid}:{first}"  # the first task's request id
+        return rid, protocol.encode_batch(Cmd.REQUEST, "tasks", items, {"op": "execute_many", "rid": rid})
 
     def schedule(self, when_: When, task: TaskSpec, args: dict | None = None, **options: Any) -> TaskId:
         """Run a task at a time: "in 20 minutes", "tomorrow at 9am", a datetime, a timedelta."""

@@ -14,7 +14,8 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import zmq
@@ -104,19 +105,66 @@ class Client:
 
         `fields` may carry "rid", the request id (made here if missing).
         """
-        timeout = self.timeout if timeout is None else timeout
         fields = dict(fields or {})
-        header = {"op": op, "rid": fields.pop("rid", None) or uuid.uuid4().hex, **fields}
-        frames = protocol.encode(Cmd.REQUEST, header)
-        deadline = time.monotonic() + timeout
+        rid = fields.pop("rid", None) or uuid.uuid4().hex
+        frames = protocol.encode(Cmd.REQUEST, {"op": op, "rid": rid, **fields})
+        return _unwrap(next(self.exchange([(rid, frames)], timeout=timeout, resend=resend)))
+
+    def exchange(
+        self,
+        requests: Iterable[tuple[str, list[bytes]]],
+        *,
+        in_flight: int = 1,
+        timeout: float | None = None,
+        resend: bool = True,
+    ) -> Iterator[dict]:
+        """Send encoded requests, (rid, frames) pairs taken from `requests` as they are
+        needed, with up to `in_flight` of them awaiting a reply; yield each reply in the
+        order sent, refusals included (see refusal()). The daemon reads one client's
+        requests in order, so the next one waits at the daemon while it commits this one.
+
+        After a refusal, or an error raised while making the next request, nothing more
+        is sent: the replies of those already sent are yielded, then that error is raised.
+        Each reply must come within `timeout` of its send; requests are sent again on a
+        fresh socket when none comes for a while (see FIRST_TRY). Raises DaemonUnavailable."""
+        timeout = self.timeout if timeout is None else timeout
+        todo = iter(requests)
+        flying: deque[tuple[str, list[bytes], float]] = deque()  # (rid, frames, deadline)
+        stop: BaseException | None = None
+        refused = False
+        while True:
+            while not refused and stop is None and len(flying) < in_flight:
+                try:
+                    request = next(todo, None)
+                except Exception as exc:  # the next request could not be made: the sent ones still count
+                    stop = exc
+                    break
+                if request is None:
+                    break
+                rid, frames = request
+                self._socket().send_multipart(frames)
+                flying.append((rid, frames, time.monotonic() + timeout))
+            if not flying:
+                if stop is not None:
+                    raise stop
+                return
+            reply = self._reply_to_first(flying, resend, timeout)
+            flying.popleft()
+            refused = refused or not reply.get("ok")
+            yield reply
+
+    def _reply_to_first(
+        self, flying: deque[tuple[str, list[bytes], float]], resend: bool, timeout: float
+    ) -> dict:
+        """The reply to the first request in flight; resends them all on a fresh socket
+        after FIRST_TRY seconds without it, then after twice as long, and so on."""
+        rid, _frames, deadline = flying[0]
         window = FIRST_TRY
         while True:
-            sock = self._socket()
-            sock.send_multipart(frames)
             try_until = deadline if not resend else min(deadline, time.monotonic() + window)
-            reply = self._await_reply(sock, header["rid"], try_until)
+            reply = self._await_reply(self._socket(), rid, try_until)
             if reply is not None:
-                return _unwrap(reply)
+                return reply
             self._discard_socket()  # its queue may hold a stale request: start clean
             if time.monotonic() >= deadline:
                 raise DaemonUnavailable(
@@ -124,7 +172,10 @@ class Client:
                     f"(is `martinet serve` running there?)"
                 )
             window *= 2
-            log.debug("no reply to %s %s yet; sending it again", op, header["rid"])
+            log.debug("no reply to request %s yet; sending it again", rid)
+            sock = self._socket()
+            for _rid, frames, _deadline in flying:  # a repeated rid is not done twice
+                sock.send_multipart(frames)
 
     def _await_reply(self, sock: zmq.Socket, rid: str, until: float) -> dict | None:
         while True:
@@ -142,12 +193,17 @@ class Client:
                 return h
 
 
+def refusal(reply: dict) -> MartinetError:
+    """A reply that says a request failed, as our error (of the class the daemon named)."""
+    error = reply.get("error") or {}
+    cls = _ERRORS.get(error.get("type"), MartinetError)
+    return cls(error.get("message") or "the daemon refused the request")
+
+
 def _unwrap(reply: dict) -> dict:
     if reply.get("ok"):
         return reply
-    error = reply.get("error") or {}
-    cls = _ERRORS.get(error.get("type"), MartinetError)
-    raise cls(error.get("message") or "the daemon refused the request")
+    raise refusal(reply)
 
 
 class EventStream:

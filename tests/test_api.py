@@ -277,3 +277,33 @@ def test_execute_many_accepts_all_in_one_commit_or_none(any_cluster, tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert len(json.loads(out.stdout)["ids"]) == 5
+
+
+def test_execute_many_refused_half_way_says_which_tasks_were_accepted(cluster):
+    """Requests of 1,000 go two at a time: when one is refused, those before it and the
+    one already sent after it are committed, and the error lists exactly those."""
+    cluster.start_daemon()
+    m = cluster.client()
+    tasks = [("add", {"a": i, "b": 1}) for i in range(2500)]
+    tasks[1500] = ({"name": "add", "queue": "no spaces"}, {"a": 0, "b": 0})  # only the daemon checks queues
+    with pytest.raises(martinet.BadInput, match="task 500 of the batch") as refused:
+        m.execute_many(tasks, request_id="half-way")
+    message = str(refused.value)
+    assert "in the request of tasks 1000 to 1999" in message
+    assert "1500 of the 2500 tasks were accepted" in message
+    accepted = refused.value.accepted
+    assert len(accepted) == 1500 and all(t.created for t in accepted)
+    listed = m.list(limit=10_000)
+    assert sorted(t["id"] for t in listed) == sorted(accepted)
+    assert sorted(t["args"]["a"] for t in listed) == [*range(1000), *range(2000, 2500)]
+
+    tasks[1500] = ("add", {"a": 1500, "b": 1})  # fixed: the same call again creates only the rest
+    ids = m.execute_many(tasks, request_id="half-way")
+    assert [t for t in ids if not t.created] == accepted and len(set(ids)) == 2500
+    assert len(m.list(limit=10_000)) == 2500
+
+    tasks[1200] = ("add", [1, 2])  # refused by the client, before its request is made
+    with pytest.raises(martinet.BadInput, match="args must be a JSON object") as refused:
+        m.execute_many(tasks, request_id="client-side")
+    assert len(refused.value.accepted) == 1000  # the first request had gone out
+    assert len(m.list(limit=10_000)) == 3500
