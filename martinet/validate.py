@@ -42,13 +42,18 @@ def is_worker_id(value: Any) -> bool:
     return isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable()
 
 
+# NaN and Infinity are not JSON: the databases' JSON functions would refuse the row. One
+# encoder for every call: json.dumps with an option makes a new one each time (~1 us).
+_STRICT_JSON = json.JSONEncoder(allow_nan=False)
+
+
 def check_args(args: Any, limits: Limits) -> dict:
     if args is None:
         return {}
     if not isinstance(args, dict):
         raise BadInput(f"args must be a JSON object (a dict), not {type(args).__name__}")
-    try:  # NaN and Infinity are not JSON: the databases' JSON functions would refuse the row
-        size = len(json.dumps(args, allow_nan=False))
+    try:
+        size = len(_STRICT_JSON.encode(args))
     except (TypeError, ValueError) as exc:
         raise BadInput(f"args cannot be written as JSON: {exc}") from None
     if size > limits.max_payload:
