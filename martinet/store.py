@@ -270,6 +270,7 @@ class Store:
         sqlite = isinstance(db, peewee.SqliteDatabase)
         self.ready_rows = "task INDEXED BY task_ready" if sqlite else "task"
         self.due_rows = "task INDEXED BY task_due" if sqlite else "task"
+        self.savepoints = 0  # open _Savepoints: the next one's name
         self._sql_cache: dict[str, str] = {}
         self._insert_sql: dict[tuple[str, tuple[str, ...]], str] = {}
         self._update_sql: dict[tuple[tuple[str, ...], str], str] = {}
@@ -356,10 +357,12 @@ class Store:
         committed, which made our insert a duplicate, is there to be found)."""
         return query.for_update("LOCK IN SHARE MODE") if self.is_mysql else query
 
-    def atomic(self):
+    def atomic(self) -> Any:
         """A transaction (a savepoint inside one): everything in it commits together or
         not at all. On SQLite it begins IMMEDIATE, taking the write lock at once."""
-        return self.db.atomic()
+        if self.db.transaction_depth() == 0:
+            return self.db.atomic()
+        return _Savepoint(self)
 
     def close(self) -> None:
         """Close this store's connection (a no-op when closed)."""
@@ -1604,6 +1607,33 @@ class Outcome(NamedTuple):
     error: dict | None = None
     retry_in: float | None = None  # failed: the handler's own delay; released: when to run again
     final: bool = False  # failed for good (martinet.Fail): no retry
+
+
+class _Savepoint:
+    """A savepoint named by its depth, so that each level runs the same statements every
+    turn, prepared once; peewee names each savepoint afresh (a uuid: a new statement to
+    prepare, about 5 µs more for each request and batch of outcomes)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def __enter__(self) -> _Savepoint:
+        self.store.savepoints += 1
+        self.name = f"martinet_{self.store.savepoints}"
+        try:
+            self.store._exec(f"SAVEPOINT {self.name}")
+        except BaseException:
+            self.store.savepoints -= 1
+            raise
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc_type is not None:
+                self.store._exec(f"ROLLBACK TO SAVEPOINT {self.name}")
+            self.store._exec(f"RELEASE SAVEPOINT {self.name}")
+        finally:
+            self.store.savepoints -= 1
 
 
 class _Ending(NamedTuple):

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from martinet.models import Task
 from martinet.store import iso
 from tests.store.support import (
     LEASE,
@@ -111,3 +114,32 @@ def test_large_and_unicode_payloads_round_trip(store):
     assert store.get_schedule(sched)["args"] == big
     (run,) = store.expand_schedules(NOW, 3)
     assert store.get_task(run)["args"] == big
+
+
+# ---- transactions ----------------------------------------------------------------
+
+
+def test_savepoints_inside_a_transaction_undo_only_their_own_work(store):
+    """As the daemon nests them: a turn, a request in it, and a step inside that request."""
+    with store.atomic():
+        kept = submit(store, request_id="kept")
+        with pytest.raises(ValueError), store.atomic():
+            submit(store, request_id="undone")
+            raise ValueError("this request fails")
+        with store.atomic():
+            inner_kept = submit(store, request_id="inner-kept")
+            with pytest.raises(ValueError), store.atomic():
+                submit(store, request_id="inner-undone")
+                raise ValueError("this step fails")
+            with store.atomic():  # the same depth again, after a rollback there
+                deep = submit(store, request_id="deep")
+        assert store.savepoints == 0
+    ids = {r.request_id: r.id for r in Task.select(Task.request_id, Task.id)}
+    assert ids == {"kept": kept, "inner-kept": inner_kept, "deep": deep}
+
+    with pytest.raises(ValueError), store.atomic():  # and the transaction as a whole
+        submit(store, request_id="all-undone")
+        with store.atomic():
+            submit(store, request_id="all-undone-inner")
+        raise ValueError("the turn fails")
+    assert Task.select().count() == 3 and store.savepoints == 0
