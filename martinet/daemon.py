@@ -38,6 +38,10 @@ from martinet.validate import Limits, clean_text, finite, is_id, is_rate, is_wor
 
 log = logging.getLogger(__name__)
 
+# A delayed task (or a retry) is queued and leased this long before it is due, so that
+# the turn that claims it and the trip to the worker are over by then; the worker holds
+# it and starts it on time (the TASK row's start_in). Its thread waits meanwhile.
+TIMER_LEAD = 0.02
 DRAIN_LIMIT = 2000  # messages read from one socket per turn: bounds a turn's latency
 MAX_PEERS = 10_000  # connected workers at most: a flood of hellos cannot grow memory without bound
 # Tasks a hello may say its worker holds (running, or with an unacknowledged outcome): a
@@ -661,7 +665,7 @@ class Daemon(ClientOps):
 
     def _timers(self, out: Outbox, now: float) -> None:
         if self._wakeup_dirty:
-            self._next_wakeup = self.store.next_wakeup()
+            self._next_wakeup = self.store.next_wakeup(TIMER_LEAD)
             self._wakeup_dirty = False
         if self._next_wakeup is not None and now >= self._next_wakeup:
             created = self.store.expand_schedules(now, self.settings.max_attempts)
@@ -669,10 +673,10 @@ class Daemon(ClientOps):
                 log.info("schedules created tasks %s", created)
                 self._queues_ready()
                 self._dispatch_pending = True
-            for queue in self.store.promote_due(now):
+            for queue in self.store.promote_due(now, TIMER_LEAD):
                 self.lanes.ready(queue)
                 self._dispatch_pending = True
-            self._next_wakeup = self.store.next_wakeup()
+            self._next_wakeup = self.store.next_wakeup(TIMER_LEAD)
         if now >= self._next_tick:
             self._tick(now)
             self._next_tick = now + self.settings.heartbeat_interval
@@ -765,10 +769,17 @@ class Daemon(ClientOps):
         self._dispatch_pending = pending or self.lanes.next_deadline(now) is not None
 
     def _send_tasks(self, batches: list[tuple[Any, list[dict]]], now: float) -> None:
-        if batches:
-            self.lanes.restamp(now, self.clock())
+        if not batches:
+            return
+        sent_at = self.clock()
+        self.lanes.restamp(now, sent_at)
         for peer, rows in batches:
-            # The claimed rows are the message: id, attempt, name, queue, args, timeout.
+            # The claimed rows are the message: id, attempt, name, queue, args, timeout, and
+            # start_in (seconds from now) for a task leased ahead of its run_at.
+            for row in rows:
+                run_at = row.pop("run_at", None)
+                if run_at is not None and run_at > sent_at:
+                    row["start_in"] = run_at - sent_at
             if not self._send(self.worker, peer.ident, Cmd.TASK, {"tasks": rows}):
                 # The worker vanished between claim and send; its leases end now.
                 with self.store.atomic():
@@ -818,7 +829,7 @@ class Daemon(ClientOps):
                 )  # fmt: skip
                 for row in claimed:
                     self.peers.assign(peer, row["id"])
-                    self.lanes.started(queue, row["name"], now)
+                    self.lanes.started(queue, row["name"], max(now, row.get("run_at", now)))
                 rows.extend(claimed)
                 progress = True  # claimed, or learned the queue is empty for these names
                 if len(claimed) < count:  # no more for these names here: the next plans leave it out

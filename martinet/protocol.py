@@ -34,7 +34,7 @@ class Cmd(IntEnum):
     # worker socket
     HELLO = 0x10  # worker -> daemon: id, names, capacity, version, running
     WELCOME = 0x11  # daemon -> worker: timings and epoch
-    TASK = 0x12  # daemon -> worker: {"tasks": [task, ...]}, the tasks leased to it in one turn
+    TASK = 0x12  # daemon -> worker: {"tasks": [task, ...]}, leased to it in one turn (start_in: not before)
     HEARTBEAT = 0x13  # both ways; any message also counts as one
     REJECT = 0x14  # worker -> daemon: cannot run this task here
     HELLO_AGAIN = 0x15  # daemon -> unknown peer: please say hello again

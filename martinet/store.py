@@ -474,27 +474,32 @@ class Store:
 
     # ---- dispatch -----------------------------------------------------------
 
-    def promote_due(self, now: float) -> list[str]:
-        """Scheduled tasks and retries whose time has come become queued; returns the
-        queues they are in (read from the due rows alone, through the task_due index).
+    def promote_due(self, now: float, lead: float = 0.0) -> list[str]:
+        """Scheduled tasks and retries whose time has come, or comes within `lead` seconds,
+        become queued; returns the queues they are in (read from the due rows alone,
+        through the task_due index). A task queued ahead of its run_at keeps it: claim
+        says so, and its worker starts it then.
 
-        Due means run_at <= now. Waiting, stalled and running tasks never move."""
+        Due means run_at <= now + lead. Waiting, stalled and running tasks never move."""
         due = "status IN ('scheduled', 'failed') AND run_at <= ?"
-        queues = [q for (q,) in self._exec(f"SELECT DISTINCT queue FROM {self.due_rows} WHERE {due}", (now,))]
+        until = now + lead
+        queues = [
+            q for (q,) in self._exec(f"SELECT DISTINCT queue FROM {self.due_rows} WHERE {due}", (until,))
+        ]
         if queues:
             self._exec(
-                f"UPDATE {self.due_rows} SET status = 'queued', updated_at = ? WHERE {due}", (now, now)
+                f"UPDATE {self.due_rows} SET status = 'queued', updated_at = ? WHERE {due}", (now, until)
             )
         return queues
 
-    def next_wakeup(self) -> float | None:
-        """The earliest time at which something waiting becomes due: the first run_at of
-        a scheduled or failed (retrying) task, or next_due of an active schedule; None
-        when nothing is. The daemon sleeps until then."""
+    def next_wakeup(self, lead: float = 0.0) -> float | None:
+        """The earliest time at which the daemon has something to do: `lead` seconds before
+        the first run_at of a scheduled or failed (retrying) task (see promote_due), or
+        next_due of an active schedule; None when nothing waits. The daemon sleeps until then."""
         sql = f"SELECT MIN(run_at) FROM {self.due_rows} WHERE status IN ('scheduled', 'failed')"
         task = self._exec(sql).fetchone()[0]
         sched = self._exec("SELECT MIN(next_due) FROM schedule WHERE status = 'active'").fetchone()[0]
-        times = [t for t in (task, sched) if t is not None]
+        times = [t for t in (None if task is None else task - lead, sched) if t is not None]
         return min(times) if times else None
 
     def claim(
@@ -516,7 +521,8 @@ class Store:
 
         Each claimed task is running, its attempt counted (attempt + 1), held by
         `worker` until now + lease, progress cleared; it is returned with its id,
-        name, queue, args (decoded), attempt, timeout and, when it waited on
+        name, queue, args (decoded), attempt, timeout, its run_at when that is still
+        to come (it was queued ahead: see promote_due) and, when it waited on
         others, their results (`parents`). Never hands one task to two workers,
         even to daemons claiming at once (see the module docstring). Fewer than
         `limit` (or none) when fewer are ready.
@@ -525,7 +531,7 @@ class Store:
         if limit <= 0 or not names:
             return []
         sql = (
-            f"SELECT id, name, queue, args, attempt, timeout, has_parents FROM {self.ready_rows}"
+            f"SELECT id, name, queue, args, attempt, timeout, has_parents, run_at FROM {self.ready_rows}"
             f" WHERE status = 'queued' AND name IN ({', '.join('?' * len(names))})"
         )
         params: list[Any] = list(names)
@@ -540,24 +546,28 @@ class Store:
         params.append(limit if accept is None else limit * 2 + 8)
         if self.locks_rows:
             sql += " FOR UPDATE SKIP LOCKED"
-        columns = ("id", "name", "queue", "args", "attempt", "timeout", "has_parents")
+        columns = ("id", "name", "queue", "args", "attempt", "timeout", "has_parents", "run_at")
         rows = [dict(zip(columns, r, strict=True)) for r in self._exec(sql, params).fetchall()]
         if accept is not None:
             rows = [r for r in rows if accept(r)][:limit]
         if not rows:
             return []
         ids = [r["id"] for r in rows]
+        # A task queued ahead of its run_at starts then (its worker waits): so says started_at.
         self._exec(
             "UPDATE task SET status = 'running', attempt = attempt + 1, worker = ?, lease_expires = ?,"
-            " started_at = ?, updated_at = ?, progress = NULL, progress_message = NULL"
+            " started_at = CASE WHEN run_at > ? THEN run_at ELSE ? END, updated_at = ?, progress = NULL,"
+            " progress_message = NULL"
             f" WHERE id IN ({', '.join('?' * len(ids))}) AND {self.by_id_status} = 'queued'",
-            [worker, now + lease, now, now, *ids],
+            [worker, now + lease, now, now, now, *ids],
         )
         waiting_on = [r["id"] for r in rows if r.pop("has_parents")]
         parents = self._parent_results(waiting_on) if waiting_on else {}
         for r in rows:
             r["attempt"] += 1
             r["args"] = json.loads(r["args"])
+            if r["run_at"] <= now:
+                del r["run_at"]
             if r["id"] in parents:
                 r["parents"] = parents[r["id"]]
         return rows

@@ -62,6 +62,7 @@ class TaskContext:
         self._lock = threading.Lock()
         self._thread: int | None = None  # ident of the thread running the handler, while it does
         self._deadline: float | None = None  # set when the handler starts: waiting in line is free
+        self._start_at: float | None = None  # (monotonic) sent ahead of its due time: not before then
         self._abandon_at: float | None = None
 
     @property
@@ -98,6 +99,9 @@ BATCH_ITEMS = 500  # outcomes in one ENDED message at most
 # prefetch, so a short queue is never hoarded by one worker; for long tasks use --prefetch 0.
 PREFETCH_PER_THREAD = 4
 BATCH_BYTES = 256 * 1024  # and about this many bytes (one larger outcome still goes alone)
+# A task sent ahead of its due time (start_in, see daemon.TIMER_LEAD) is held this long
+# at most, whatever start_in says: a thread waits for it meanwhile.
+MAX_START_IN = 1.0
 
 # TEST ONLY: MARTINET_FAULT=exit_before_send makes the worker os._exit(FAULT_EXIT)
 # right after it journaled an outcome and before it sends it (tests/test_journal.py).
@@ -369,6 +373,9 @@ class Worker:
             return
         timeout = h.get("timeout") if isinstance(h.get("timeout"), (int, float)) else None
         ctx = TaskContext(task_id, attempt, name, args, self._report, timeout)
+        start_in = h.get("start_in")
+        if isinstance(start_in, (int, float)) and start_in > 0:
+            ctx._start_at = time.monotonic() + min(start_in, MAX_START_IN)
         if isinstance(h.get("parents"), dict):
             ctx.parents = {int(k): v for k, v in h["parents"].items() if str(k).isdigit()}
         self._running[task_id] = ctx
@@ -552,6 +559,10 @@ class Worker:
 
     def _execute(self, ctx: TaskContext) -> tuple[Cmd, dict]:
         base = {"id": ctx.id, "attempt": ctx.attempt}
+        while ctx._start_at is not None and (early := ctx._start_at - time.monotonic()) > 0:
+            if ctx._cancel.wait(early):
+                log.info("task %s attempt %s cancelled before it was due", ctx.id, ctx.attempt)
+                return Cmd.DONE, {**base, "result": None}  # the daemon ends it cancelled
         started = time.monotonic()
         try:
             with ctx._lock:

@@ -6,8 +6,11 @@ import time
 from datetime import datetime
 
 import pytest
+import zmq
 
 import martinet
+from martinet import protocol
+from martinet.protocol import Cmd
 from tests.harness import Cluster, wait_for
 
 
@@ -30,6 +33,45 @@ def test_delayed_task_starts_at_its_due_time_not_before(cluster):
     past = m.schedule("2020-01-01 00:00", "clock", {})  # a time in the past runs now
     assert m.get(past)["status"] in ("queued", "running", "succeeded")
     assert m.wait(past, timeout=10) > due
+
+
+def test_a_task_sent_ahead_of_its_due_time_starts_then_or_never_if_cancelled_meanwhile(cluster):
+    """The daemon leases a delayed task a moment before it is due (start_in, see
+    daemon.TIMER_LEAD) and the worker holds it until then. A scripted daemon plays
+    the daemon's part here, so that the times are the test's own."""
+    ctx = zmq.Context()
+    work, status = ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
+    try:
+        for sock, port in ((work, cluster.worker_port), (status, cluster.status_port)):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.bind(f"tcp://127.0.0.1:{port}")
+        cluster.start_worker(wait=False)
+        assert work.poll(10_000), "the worker did not say hello"
+        ident, frame = work.recv_multipart()
+        assert protocol.decode([frame])[0] is Cmd.HELLO
+
+        def send(cmd: Cmd, header: dict) -> None:
+            work.send_multipart([ident, *protocol.encode(cmd, header)])
+
+        def outcomes() -> list[dict]:
+            assert status.poll(10_000), "no outcome came"
+            cmd, header = protocol.decode(status.recv_multipart()[1:])
+            assert cmd is Cmd.ENDED
+            return header["ended"]
+
+        sent = time.time()
+        send(Cmd.TASK, {"tasks": [{"id": 1, "attempt": 1, "name": "clock", "args": {}, "start_in": 0.3}]})
+        (outcome,) = outcomes()
+        assert outcome["ok"] and outcome["result"] >= sent + 0.3  # the handler's start: not before
+
+        send(Cmd.TASK, {"tasks": [{"id": 2, "attempt": 1, "name": "clock", "args": {}, "start_in": 0.9}]})
+        send(Cmd.CANCEL, {"id": 2})
+        (outcome,) = outcomes()
+        assert (outcome["id"], outcome["ok"], outcome["result"]) == (2, True, None)  # its handler never ran
+    finally:
+        work.close()
+        status.close()
+        ctx.term()
 
 
 @pytest.mark.parametrize("policy", ["once", "all", "skip"])

@@ -131,6 +131,26 @@ def test_promote_due_queues_retries_whose_delay_is_over(store):
     assert row(task_id).status == "queued"
 
 
+def test_a_lead_queues_tasks_due_soon_and_their_claim_says_when_they_are_due(store):
+    soon = submit(store, run_at=NOW + 10.01)
+    later = submit(store, run_at=NOW + 10.05)
+    assert store.next_wakeup(0.02) == NOW + 9.99  # a task's wakeup comes the lead early
+    assert store.promote_due(NOW + 9.995, lead=0.02) == ["default"]
+    assert (row(soon).status, row(later).status) == ("queued", "scheduled")
+    assert row(soon).run_at == NOW + 10.01  # queued ahead, its due time kept
+    claimed = store.claim("w1", ["add"], 10, NOW + 9.995, lease=60)
+    assert [(t["id"], t["run_at"]) for t in claimed] == [(soon, NOW + 10.01)]
+    assert row(soon).started_at == NOW + 10.01  # when its worker starts it, not when it was leased
+    submit(store, run_at=NOW - 1)
+    (due,) = store.claim("w1", ["add"], 10, NOW + 9.995, lease=60)
+    assert "run_at" not in due  # already due: nothing to wait for
+
+
+def test_a_lead_does_not_make_schedules_wake_early(store):
+    every_minute(store, first_due=NOW + 50)
+    assert store.next_wakeup(0.02) == NOW + 50  # a schedule's runs are made when due
+
+
 def test_next_wakeup_is_the_earliest_waiting_task_or_schedule(store):
     assert store.next_wakeup() is None
     submit(store)  # queued: already due, not a wakeup
