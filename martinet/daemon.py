@@ -829,7 +829,7 @@ class Daemon(ClientOps):
                 )  # fmt: skip
                 for row in claimed:
                     self.peers.assign(peer, row["id"])
-                    self.lanes.started(queue, row["name"], max(now, row.get("run_at", now)))
+                    self.lanes.started(queue, row["name"], row.get("run_at", now))  # (a later one: see claim)
                 rows.extend(claimed)
                 progress = True  # claimed, or learned the queue is empty for these names
                 if len(claimed) < count:  # no more for these names here: the next plans leave it out

@@ -499,7 +499,9 @@ class Store:
         sql = f"SELECT MIN(run_at) FROM {self.due_rows} WHERE status IN ('scheduled', 'failed')"
         task = self._exec(sql).fetchone()[0]
         sched = self._exec("SELECT MIN(next_due) FROM schedule WHERE status = 'active'").fetchone()[0]
-        times = [t for t in (None if task is None else task - lead, sched) if t is not None]
+        if task is not None:
+            task -= lead
+        times = [t for t in (task, sched) if t is not None]
         return min(times) if times else None
 
     def claim(
