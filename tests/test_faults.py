@@ -107,8 +107,8 @@ def test_a_flood_of_hellos_is_forgotten(cluster):
     cluster.start_daemon(env={"MARTINET_HEARTBEAT_INTERVAL": "0.2"})
     m = cluster.client()
     ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
     try:
-        sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 2000)
         sock.connect(f"tcp://127.0.0.1:{cluster.worker_port}")
         for i in range(2000):
@@ -117,8 +117,8 @@ def test_a_flood_of_hellos_is_forgotten(cluster):
             )
         # Bounded generously: with tests running in parallel, 2,000 hellos queue behind other work.
         wait_for(lambda: m.ping()["workers"] > 0, timeout=30, what="the hellos to arrive")
-        sock.close(linger=0)
     finally:
+        sock.close(linger=0)  # also when the wait fails: an open socket would hang term() for ever
         ctx.term()
     # Silent peers are dropped after a few heartbeat intervals: memory does not keep them.
     wait_for(lambda: m.ping()["workers"] == 0, timeout=30, what="the fake workers to be forgotten")
