@@ -136,9 +136,9 @@ def test_garbage_on_every_port(cluster):
                 protocol.encode(Cmd.HEARTBEAT, {}),
             ):
                 sock.send_multipart(frames)
-            sock.close(linger=5000)  # bounded, as in test_faults: term() never waits for ever
+            sock.close()
     finally:
-        ctx.destroy(linger=0)
+        ctx.term()
     tid = m.execute("add", {"a": 1, "b": 1})
     assert m.wait(tid, timeout=10) == 2
     assert m.get(tid)["result"] == 2  # the forged DONE changed nothing
