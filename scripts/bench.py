@@ -12,6 +12,9 @@ drain as a share of the lower floor, when throughput and floor both ran). Scenar
   throughput  one client calling execute in a loop (each waits for "accepted"); a bulk
               execute_many of N no-op tasks; the drain rate of those N with 2 workers running
   latency     2,000 tasks paced at 200/s into idle workers: execute call to handler start
+  store       the daemon's store in one process, no sockets: turns of 20 tasks (as in a
+              drain) and of 1 (as in a sequential call), each checked, submitted, claimed,
+              ended and committed; µs a task by phase. Little noise: for before and after
   floor       raw pyzmq to 2 processes with credit, and raw SQLite (and PostgreSQL, with
               --postgres) insert+update in batches
   backends    throughput and latency again on PostgreSQL (--postgres URL; its martinet
@@ -324,6 +327,63 @@ def scenario_floor(args) -> dict:
     return result
 
 
+def scenario_store(args) -> dict:
+    """The store's part of a task's cost, without sockets or other processes: turns that
+    check and submit K tasks, claim them, end them and commit, as the daemon's turn does
+    (with its checkpointer). µs a task by phase for K = 20 (a drain's turn), and the µs of
+    a one-task turn and of its commit (a sequential call's). One process, so the figures
+    move far less than the whole system's: use them to compare a change of the hot path."""
+    from martinet.store import Outcome, Store, WalCheckpointer
+    from martinet.validate import Limits, check_task
+
+    limits = Limits(1_000_000, 255)
+    phases = ("check", "submit", "claim", "end", "commit")
+    with tempfile.TemporaryDirectory() as tmp:
+        db = open_database(f"sqlite:///{tmp}/store.db{SQLITE_QUERY}")
+        checkpointer = WalCheckpointer(db).start()
+        store = Store(db)
+        made = 0
+
+        def turns(count: int, per_turn: int) -> dict[str, float]:
+            nonlocal made
+            spent = dict.fromkeys(phases, 0.0)
+            for _ in range(count):
+                now = time.time()
+                t0 = time.perf_counter()
+                with store.atomic():
+                    specs = []
+                    for i in range(per_turn):
+                        made += 1
+                        specs.append(check_task({"name": "bench.noop", "args": {"n": i}, "request_id": f"b{made:012d}"},
+                                                limits, 3))  # fmt: skip
+                    t1 = time.perf_counter()
+                    store.submit_many(specs, now)
+                    t2 = time.perf_counter()
+                    rows = store.claim("bench-0", ["bench.noop"], per_turn, now, 30.0)
+                    t3 = time.perf_counter()
+                    store.end_attempts(
+                        [Outcome(r["id"], r["attempt"], "bench-0", "succeeded") for r in rows], now
+                    )
+                    t4 = time.perf_counter()
+                took = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, time.perf_counter() - t4)
+                for phase, seconds in zip(phases, took, strict=True):
+                    spent[phase] += seconds
+            return {phase: seconds / (count * per_turn) * 1e6 for phase, seconds in spent.items()}
+
+        try:
+            turns(50, 20)  # warm: statements prepared, pages cached
+            batch = turns(max(10, args.tasks // 20), 20)
+            single = turns(max(10, min(args.tasks, 2000)), 1)
+        finally:
+            checkpointer.stop()
+            db.close()
+    result = {f"store_{phase}_us": round(batch[phase], 1) for phase in phases}
+    result["store_us_per_task"] = round(sum(batch.values()), 1)
+    result["store_one_task_turn_us"] = round(sum(single.values()), 1)
+    result["store_one_task_commit_us"] = round(single["commit"], 1)
+    return result
+
+
 def database_floor(db_url: str, n: int) -> float:
     """Inserts and updates per second, committed in batches of 100, through the same driver."""
     db = open_database(db_url)
@@ -623,6 +683,7 @@ def scenario_backends(args) -> dict | None:
 SCENARIOS = {
     "throughput": scenario_throughput,
     "latency": scenario_latency,
+    "store": scenario_store,
     "floor": scenario_floor,
     "shaping": scenario_shaping,
     "timers": scenario_timers,

@@ -35,6 +35,7 @@ EXPECTED = {
     "shaping": {"submit_seq_per_s", "submit_bulk_per_s", "drain_per_s"},
     "latency": {"latency_p50_ms", "latency_p99_ms", "latency_max_ms"},
     "floor": {"zmq_floor_per_s", "sqlite_floor_per_s"},
+    "store": {"store_us_per_task", "store_commit_us", "store_one_task_turn_us", "store_one_task_commit_us"},
     "timers": {"late_p50_ms", "late_p99_ms", "late_max_ms"},
     "scale": {
         "start_to_first_dispatch_s",
@@ -51,12 +52,22 @@ EXPECTED = {
 def check_figures(results: dict[str, dict[str, float]]) -> None:
     for scenario in set(results) - {"targets"}:
         assert EXPECTED[scenario] <= set(results[scenario]), (scenario, results[scenario])
-        assert all(v > 0 for k, v in results[scenario].items() if k.endswith("_per_s")), results[scenario]
+        assert all(v > 0 for k, v in results[scenario].items() if k.endswith(("_per_s", "_us"))), results[
+            scenario
+        ]
 
 
 def test_a_quick_run_runs_every_scenario_but_those_that_build_a_million_rows():
     results = bench(*TINY, "--quick", "--postgres", "")
-    assert set(results) == {"throughput", "latency", "floor", "shaping", "timers", "targets"}  # no backends
+    assert set(results) == {
+        "throughput",
+        "latency",
+        "store",
+        "floor",
+        "shaping",
+        "timers",
+        "targets",
+    }  # no backends
     check_figures(results)
     assert {
         "throughput.drain_per_s",
