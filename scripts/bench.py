@@ -38,6 +38,7 @@ drain as a share of the lower floor, when throughput and floor both ran). Scenar
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -333,33 +334,34 @@ def scenario_store(args) -> dict:
     (with its checkpointer). µs a task by phase for K = 20 (a drain's turn), and the µs of
     a one-task turn and of its commit (a sequential call's). One process, so the figures
     move far less than the whole system's: use them to compare a change of the hot path."""
+    from martinet.config import Settings
     from martinet.store import Outcome, Store, WalCheckpointer
     from martinet.validate import Limits, check_task
 
-    limits = Limits(1_000_000, 255)
+    defaults = Settings()  # what the daemon checks a submit against
+    limits = Limits(defaults.max_payload, defaults.max_name_length)
     phases = ("check", "submit", "claim", "end", "commit")
+    request_ids = itertools.count(1)
     with tempfile.TemporaryDirectory() as tmp:
         db = open_database(f"sqlite:///{tmp}/store.db{SQLITE_QUERY}")
         checkpointer = WalCheckpointer(db).start()
         store = Store(db)
-        made = 0
 
         def turns(count: int, per_turn: int) -> dict[str, float]:
-            nonlocal made
             spent = dict.fromkeys(phases, 0.0)
             for _ in range(count):
                 now = time.time()
                 t0 = time.perf_counter()
                 with store.atomic():
-                    specs = []
-                    for i in range(per_turn):
-                        made += 1
-                        specs.append(check_task({"name": "bench.noop", "args": {"n": i}, "request_id": f"b{made:012d}"},
-                                                limits, 3))  # fmt: skip
+                    specs = [
+                        check_task({"name": "bench.noop", "args": {"n": i}, "request_id": f"b{next(request_ids):012d}"},
+                                   limits, defaults.max_attempts)
+                        for i in range(per_turn)
+                    ]  # fmt: skip
                     t1 = time.perf_counter()
                     store.submit_many(specs, now)
                     t2 = time.perf_counter()
-                    rows = store.claim("bench-0", ["bench.noop"], per_turn, now, 30.0)
+                    rows = store.claim("bench-0", ["bench.noop"], per_turn, now, defaults.lease)
                     t3 = time.perf_counter()
                     store.end_attempts(
                         [Outcome(r["id"], r["attempt"], "bench-0", "succeeded") for r in rows], now
