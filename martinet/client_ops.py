@@ -36,7 +36,7 @@ class ClientOps:
             self._wakeup_dirty = True
         self.lanes.ready(spec.get("queue") or DEFAULT_QUEUE)
         self._dispatch_pending = True
-        if created:
+        if created and log.isEnabledFor(logging.INFO):  # iso() costs a few µs on every call otherwise
             log.info("task %s %s accepted (run at %s)", task_id, spec["name"], iso(spec.get("run_at") or now))
         return {"id": task_id, "created": created}
 

@@ -785,7 +785,8 @@ class Daemon(ClientOps):
                 with self.store.atomic():
                     self._lose_worker(peer.worker_id, now, "unreachable")
                 continue
-            log.debug("tasks %s sent to %s", [row["id"] for row in rows], peer.worker_id)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("tasks %s sent to %s", [row["id"] for row in rows], peer.worker_id)
 
     def _claim_for(self, peer: Any, now: float, room: int) -> tuple[list[dict], bool]:
         """Claim up to `room` tasks for one worker, queue by queue as the lanes share its

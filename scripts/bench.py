@@ -61,7 +61,7 @@ import martinet  # noqa: E402
 from martinet.store import TASK_DEFAULTS, open_database  # noqa: E402
 
 SQLITE_QUERY = ""  # "?synchronous=full" with --synchronous full
-WORKER_FLAGS: list[str] = []  # ["--no-journal"] with --no-journal
+WORKER_FLAGS: list[str] = []  # ["--no-journal"] with --no-journal, ["--prefetch", N] with --prefetch N
 WORKER_MAIN = "import sys; from martinet.cli import worker_main; sys.exit(worker_main())"
 
 
@@ -277,10 +277,81 @@ while True:
 """
 
 
+# The latency floor: a relay that does the least a durable task system must do for one task
+# (commit it, say "accepted", pass it on to a worker) between a client and a worker process.
+FLOOR_RELAY = """
+import sqlite3, sys, zmq
+ctx = zmq.Context()
+clients = ctx.socket(zmq.ROUTER); clients.bind(sys.argv[1])
+workers = ctx.socket(zmq.ROUTER); workers.bind(sys.argv[2])
+db = sqlite3.connect(sys.argv[3], isolation_level=None)
+db.execute("PRAGMA journal_mode=WAL"); db.execute("PRAGMA synchronous=NORMAL")
+db.execute("CREATE TABLE task (id INTEGER PRIMARY KEY, body TEXT, status TEXT)")
+worker = workers.recv_multipart()[0]
+while True:
+    ident, body = clients.recv_multipart()
+    if body == b"stop":
+        workers.send_multipart([worker, b"stop"])
+        break
+    db.execute("BEGIN")
+    db.execute("INSERT INTO task (body, status) VALUES (?, 'running')", (body,))
+    db.execute("COMMIT")
+    clients.send_multipart([ident, b"accepted"])
+    workers.send_multipart([worker, body])
+"""
+FLOOR_SINK = """
+import json, sys, time, zmq
+ctx = zmq.Context(); s = ctx.socket(zmq.DEALER); s.connect(sys.argv[1]); s.send(b"ready")
+late = []
+while (body := s.recv()) != b"stop":
+    late.append((time.time() - json.loads(body)["t"]) * 1000)
+print(json.dumps(late))
+"""
+
+
+def relay_latency(paced: int) -> dict[str, float]:
+    """The latency scenario's pace through FLOOR_RELAY: from the send (stamped in the
+    message) to the worker process reading it, p50 and p99 in ms."""
+    import zmq
+
+    client_port, worker_port = free_ports(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        relay = subprocess.Popen([sys.executable, "-c", FLOOR_RELAY, f"tcp://127.0.0.1:{client_port}",
+                                  f"tcp://127.0.0.1:{worker_port}", f"{tmp}/relay.db"])  # fmt: skip
+        sink = subprocess.Popen([sys.executable, "-c", FLOOR_SINK, f"tcp://127.0.0.1:{worker_port}"],
+                                stdout=subprocess.PIPE)  # fmt: skip
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.RCVTIMEO, 10_000)
+        sock.connect(f"tcp://127.0.0.1:{client_port}")
+        try:
+            next_at = time.perf_counter()
+            for _ in range(paced):
+                next_at += 1 / 200
+                sock.send(json.dumps({"t": time.time()}).encode())
+                sock.recv()  # accepted
+                delay = next_at - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            sock.send(b"stop")
+            late, _ = sink.communicate(timeout=30)
+            relay.wait(30)
+        finally:
+            for p in (relay, sink):
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            sock.close(0)
+            ctx.term()
+    picked = percentiles(json.loads(late))
+    return {"relay_latency_p50_ms": round(picked["p50"], 3), "relay_latency_p99_ms": round(picked["p99"], 3)}
+
+
 def scenario_floor(args) -> dict:
     """What the machine allows: raw pyzmq moving the same messages to two processes with
     credit, and one at a time there and back; raw SQLite (and PostgreSQL) committing an
-    insert and an update per task in batches of 100."""
+    insert and an update per task in batches of 100; a task's least latency through a
+    relay that commits it (FLOOR_RELAY), at the latency scenario's pace."""
     import zmq
 
     n, credit = args.tasks, 16
@@ -325,6 +396,7 @@ def scenario_floor(args) -> dict:
     if args.postgres:
         drop_tables(args.postgres)
         result["postgres_floor_per_s"] = round(database_floor(args.postgres, n))
+    result.update(relay_latency(args.paced))
     return result
 
 
@@ -732,9 +804,12 @@ def main() -> int:
     parser.add_argument(
         "--no-journal", action="store_true", help="workers keep no journal (to measure what it costs)"
     )
+    parser.add_argument("--prefetch", type=int, help="the workers' --prefetch (default: theirs)")
     args = parser.parse_args()
     global SQLITE_QUERY
     WORKER_FLAGS[:] = ["--no-journal"] if args.no_journal else []
+    if args.prefetch is not None:
+        WORKER_FLAGS.extend(["--prefetch", str(args.prefetch)])
     SQLITE_QUERY = "" if args.synchronous == "normal" else f"?synchronous={args.synchronous}"
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
@@ -746,7 +821,7 @@ def main() -> int:
         if None in runs:
             print(f"\n{name}: skipped (give --postgres URL, or set MARTINET_BENCH_POSTGRES)")
             continue
-        summary = {k: {"median": statistics.median(r[k] for r in runs), "min": min(r[k] for r in runs),
+        summary = {k: {"median": round(statistics.median(r[k] for r in runs), 3), "min": min(r[k] for r in runs),
                        "max": max(r[k] for r in runs)} for k in runs[0]}  # fmt: skip
         print(f"\n{name} ({args.repeat} runs)")
         for key, s in summary.items():
@@ -779,6 +854,12 @@ def print_targets(medians: dict[str, dict[str, float]]) -> None:
     """Medians against the targets, and the drain as a share of the lower floor (raw
     pyzmq or raw SQLite): that share is what optimizing the daemon improves."""
     share = None  # the sequential execute as a share of raw round trips: no target of its own
+    times_floor = None  # the latency's p50 and p99 as multiples of the relay's: no target either
+    if "latency" in medians and "floor" in medians:
+        latency, floor = medians["latency"], medians["floor"]
+        times_floor = tuple(
+            round(latency[f"latency_{p}_ms"] / floor[f"relay_latency_{p}_ms"], 2) for p in ("p50", "p99")
+        )
     if "throughput" in medians and "floor" in medians:
         floor = min(medians["floor"]["zmq_floor_per_s"], medians["floor"]["sqlite_floor_per_s"])
         medians["floor"]["drain_of_floor_pct"] = round(100 * medians["throughput"]["drain_per_s"] / floor, 1)
@@ -803,6 +884,12 @@ def print_targets(medians: dict[str, dict[str, float]]) -> None:
     if share is not None:
         print(f"  floor seq_of_round_trips_pct (sequential execute / raw round trips) {share:>6}")
         record["floor.seq_of_round_trips_pct"] = {"median": share, "target": None, "met": None}
+    if times_floor is not None:
+        print(
+            f"  floor latency_of_relay_x (latency / the relay's, p50 and p99) {times_floor[0]:>6} {times_floor[1]:>6}"
+        )
+        for p, value in zip(("p50", "p99"), times_floor, strict=True):
+            record[f"floor.latency_{p}_of_relay_x"] = {"median": value, "target": None, "met": None}
     print(json.dumps({"scenario": "targets", "results": record}))
 
 

@@ -34,7 +34,7 @@ EXPECTED = {
     "throughput": {"submit_seq_per_s", "submit_bulk_per_s", "drain_per_s"},
     "shaping": {"submit_seq_per_s", "submit_bulk_per_s", "drain_per_s"},
     "latency": {"latency_p50_ms", "latency_p99_ms", "latency_max_ms"},
-    "floor": {"zmq_floor_per_s", "sqlite_floor_per_s"},
+    "floor": {"zmq_floor_per_s", "sqlite_floor_per_s", "relay_latency_p50_ms", "relay_latency_p99_ms"},
     "store": {"store_us_per_task", "store_commit_us", "store_one_task_turn_us", "store_one_task_commit_us"},
     "timers": {"late_p50_ms", "late_p99_ms", "late_max_ms"},
     "scale": {
@@ -65,8 +65,10 @@ def test_a_quick_run_runs_every_scenario_but_those_that_build_a_million_rows():
         "throughput.drain_per_s",
         "floor.drain_of_floor_pct",
         "floor.seq_of_round_trips_pct",
+        "floor.latency_p50_of_relay_x",
         "latency.latency_p99_ms",
     } <= set(results["targets"])
+    assert 0 < results["floor"]["relay_latency_p50_ms"] <= results["floor"]["relay_latency_p99_ms"]
 
 
 def test_the_scenarios_that_build_a_million_rows_run_with_tiny_numbers():
