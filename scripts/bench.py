@@ -247,19 +247,23 @@ def scenario_throughput(args, shaped: bool = False, db: str | None = None) -> di
         }
 
 
+def paced(count: int, call) -> list:
+    """`call(sent_at)` `count` times at 200 a second, as the latency scenario's client; its results."""
+    results = []
+    next_at = time.perf_counter()
+    for _ in range(count):
+        next_at += 1 / 200
+        results.append(call(time.time()))
+        delay = next_at - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+    return results
+
+
 def scenario_latency(args, db: str | None = None) -> dict:
     """2,000 tasks paced at 200/s into idle workers: execute call to handler start."""
     with running(db) as (_rig, m):
-        sent = []
-        pace = 1 / 200
-        next_at = time.perf_counter()
-        for _ in range(args.paced):
-            next_at += pace
-            t0 = time.time()
-            sent.append((m.execute("bench.clock"), t0))
-            delay = next_at - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
+        sent = paced(args.paced, lambda t0: (m.execute("bench.clock"), t0))
         latencies = [(m.wait(tid, timeout=60) - t0) * 1000 for tid, t0 in sent]
         return {f"latency_{k}_ms": round(v, 2) for k, v in percentiles(latencies).items()}
 
@@ -302,6 +306,7 @@ while True:
 FLOOR_SINK = """
 import json, sys, time, zmq
 ctx = zmq.Context(); s = ctx.socket(zmq.DEALER); s.connect(sys.argv[1]); s.send(b"ready")
+s.recv()  # the client's first message waited for this process to start: not a latency
 late = []
 while (body := s.recv()) != b"stop":
     late.append((time.time() - json.loads(body)["t"]) * 1000)
@@ -309,7 +314,7 @@ print(json.dumps(late))
 """
 
 
-def relay_latency(paced: int) -> dict[str, float]:
+def relay_latency(count: int) -> dict[str, float]:
     """The latency scenario's pace through FLOOR_RELAY: from the send (stamped in the
     message) to the worker process reading it, p50 and p99 in ms."""
     import zmq
@@ -324,15 +329,14 @@ def relay_latency(paced: int) -> dict[str, float]:
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.RCVTIMEO, 10_000)
         sock.connect(f"tcp://127.0.0.1:{client_port}")
+
+        def send(sent_at: float) -> None:
+            sock.send(json.dumps({"t": sent_at}).encode())
+            sock.recv()  # accepted
+
         try:
-            next_at = time.perf_counter()
-            for _ in range(paced):
-                next_at += 1 / 200
-                sock.send(json.dumps({"t": time.time()}).encode())
-                sock.recv()  # accepted
-                delay = next_at - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
+            send(time.time())  # passed on once the worker process is there (FLOOR_SINK drops it)
+            paced(count, send)
             sock.send(b"stop")
             late, _ = sink.communicate(timeout=30)
             relay.wait(30)
@@ -856,9 +860,9 @@ def print_targets(medians: dict[str, dict[str, float]]) -> None:
     share = None  # the sequential execute as a share of raw round trips: no target of its own
     times_floor = None  # the latency's p50 and p99 as multiples of the relay's: no target either
     if "latency" in medians and "floor" in medians:
-        latency, floor = medians["latency"], medians["floor"]
+        latency, relay = medians["latency"], medians["floor"]
         times_floor = tuple(
-            round(latency[f"latency_{p}_ms"] / floor[f"relay_latency_{p}_ms"], 2) for p in ("p50", "p99")
+            round(latency[f"latency_{p}_ms"] / relay[f"relay_latency_{p}_ms"], 2) for p in ("p50", "p99")
         )
     if "throughput" in medians and "floor" in medians:
         floor = min(medians["floor"]["zmq_floor_per_s"], medians["floor"]["sqlite_floor_per_s"])
