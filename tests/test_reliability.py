@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import time
 
 import pytest
 import zmq
@@ -48,6 +50,27 @@ def test_running_task_is_readopted_after_daemon_kill9(cluster, tmp_path):
     assert marker.read_text().splitlines() == [f"{tid}:1"]  # it ran once, not twice
     info = cluster.client().get(tid)
     assert info["attempt"] == 1 and info["status"] == "succeeded"
+
+
+def test_a_paused_daemon_blames_no_healthy_worker(cluster, tmp_path):
+    """Given a healthy worker running a task, when the daemon itself stops (SIGSTOP: a
+    GC pause, a slow disk) three times for longer than its workers' liveness, then
+    nobody is declared lost: the task succeeds on its first and only attempt."""
+    daemon = cluster.start_daemon(env={**FAST, "MARTINET_POISON_AFTER": "3"})
+    cluster.start_worker(concurrency=1)
+    m = cluster.client(timeout=20)
+    marker = tmp_path / "runs"
+    tid = m.execute("sleepy", {"seconds": 3, "marker": str(marker)})
+    wait_for(marker.exists, timeout=10, what="the task to start")
+    for _ in range(3):
+        os.kill(daemon.pid, signal.SIGSTOP)
+        time.sleep(1.0)  # the pause itself: five liveness windows of 0.2 s heartbeats
+        os.kill(daemon.pid, signal.SIGCONT)
+        m.ping()
+    assert m.wait(tid, timeout=20) == "slept"
+    assert [(a["attempt"], a["outcome"]) for a in m.show(tid)["attempts"]] == [(1, "succeeded")]
+    assert marker.read_text().splitlines() == [f"{tid}:1"]
+    assert "did not read its sockets" in daemon.log() and " gone (" not in daemon.log()
 
 
 def test_killed_worker_task_goes_to_another_worker(cluster, tmp_path):
