@@ -185,7 +185,7 @@ def test_resends_go_on_until_the_timeout_runs_out(scripted, monkeypatch):
     daemon.silent.set()  # copies sent at 0, 0.05, 0.15, 0.35, 0.75 are all lost
     back = threading.Timer(0.9, daemon.silent.clear)
     back.start()
-    c = Client(daemon.url, timeout=1.6)
+    c = Client(daemon.url, timeout=1.5)
     try:
         assert c.request("ping", {"rid": "r1"})["echo"] == "r1"  # doubling alone sends none after 0.75
     finally:
