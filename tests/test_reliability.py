@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 
 import pytest
 import zmq
 
 import martinet
+from martinet import client as client_module
 from martinet import protocol
 from martinet.protocol import Cmd
 from tests.harness import wait_for
@@ -174,6 +176,64 @@ def test_client_retry_after_timeout_creates_nothing_twice(cluster):
     assert first == again and len(cluster.client().list()) == 1
     with pytest.raises(martinet.BadInput):
         cluster.client().get("s99")
+
+
+def test_a_call_outlasts_a_paused_or_restarted_daemon_and_one_that_gives_up_is_found_again(
+    any_cluster, monkeypatch
+):
+    """A call with a long timeout rides out a paused daemon and a killed and restarted
+    one, creating its task once; a call whose timeout runs out while the daemon is paused
+    says its task may be in and names its request id, and calling again with that id,
+    after a restart even, returns that task instead of making a second."""
+    monkeypatch.setattr(client_module, "FIRST_TRY", 0.2)
+    resends = threading.Semaphore(0)
+    discard = client_module.Client._discard_socket
+
+    def counted(self) -> None:
+        discard(self)
+        resends.release()
+
+    monkeypatch.setattr(client_module.Client, "_discard_socket", counted)
+    any_cluster.start_daemon()
+    patient, hasty = any_cluster.client(timeout=30), any_cluster.client(timeout=1)
+    hasty.ping()  # connected: its next request reaches even a paused daemon's socket
+    done: dict[str, int] = {}
+
+    def call_waiting(name: str) -> threading.Thread:
+        while resends.acquire(blocking=False):
+            pass  # count this call's resends only
+        thread = threading.Thread(target=lambda: done.update({name: patient.execute("echo", {"n": name})}))
+        thread.start()
+        assert resends.acquire(timeout=10), "the call was not sent again"
+        return thread
+
+    daemon = any_cluster.daemon.popen
+    try:
+        # Given a daemon paused while a call waits: the call succeeds when it resumes
+        daemon.send_signal(signal.SIGSTOP)
+        paused = call_waiting("paused")
+        daemon.send_signal(signal.SIGCONT)
+        paused.join(30)
+        # Given a daemon paused for longer than a call's timeout: the call raises ...
+        daemon.send_signal(signal.SIGSTOP)
+        with pytest.raises(martinet.DaemonUnavailable, match="may have been accepted") as caught:
+            hasty.execute("echo", {"n": "gave up"})
+    finally:
+        daemon.send_signal(signal.SIGCONT)
+    request_id = caught.value.request_id
+    assert f"request_id={request_id!r}" in str(caught.value)
+    # ... and the daemon commits it all the same when it resumes
+    wait_for(lambda: patient.count() == {"queued": 2}, timeout=10, what="the request read after the pause")
+    gave_up = next(t["id"] for t in patient.list() if t["args"] == {"n": "gave up"})
+    # Given a daemon killed and started again while a call waits: the call succeeds
+    any_cluster.daemon.kill9()
+    restarted = call_waiting("restarted")
+    any_cluster.start_daemon()
+    restarted.join(30)
+    # Then each call made one task, and calling again with the request id makes none
+    again = hasty.execute("echo", {"n": "gave up"}, request_id=request_id)
+    assert again == gave_up and again.created is False
+    assert set(done) == {"paused", "restarted"} and patient.count() == {"queued": 3}
 
 
 def test_a_hello_repeated_on_one_connection_keeps_the_tasks_on_their_way(cluster):
