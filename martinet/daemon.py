@@ -811,7 +811,7 @@ class Daemon(ClientOps):
             if not filled_any:  # (a filled claim took a task: the rounds are finite)
                 break
             idle_first = False
-        if budget[0] <= 0:
+        if budget[0] <= 0 and claimed:
             more = True
             log.debug("a turn made %d claims: the next turn goes on", CLAIMS_PER_TURN)
         out.tasks.extend(claimed.values())
@@ -857,6 +857,8 @@ class Daemon(ClientOps):
         rows: list[dict] = []
         filled = False
         held_back: set[str] = set()  # names this worker may take no more of in this turn
+        if not peer.idle_threads:  # (see above)
+            held_back.update(name for name in peer.names if self.lanes.is_rated(name=name))
         while (want := min(peer.credit, room - len(rows))) > 0 and budget[0] > 0:
             names = self._names_with_room(peer, now) - held_back
             plan = self.lanes.plan(names, peer.queues, want, now) if names else []

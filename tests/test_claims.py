@@ -114,3 +114,15 @@ def test_limits_of_both_kinds_at_once_on_two_workers(core):
                 core.succeed(task_id)
         core.now += 0.6
     assert sorted(ran) == sorted(["capped"] * 3 + ["a"] * 3 + ["b"] * 3)
+
+
+def test_a_turn_makes_a_bounded_number_of_claims_and_the_next_goes_on(core, monkeypatch):
+    monkeypatch.setattr("martinet.daemon.CLAIMS_PER_TURN", 4)
+    queues = [f"q{i}" for i in range(10)]
+    core.hello("w1", ["a"], capacity=20, queues=queues)
+    for queue in queues:
+        core.submit("a", queue=queue)
+    counts = []
+    while len(counts) < 5 and (not counts or counts[-1]):
+        counts.append(len(claim(core)))
+    assert counts == [4, 4, 2, 0]  # one claim a queue, four a turn; nothing lost between turns
