@@ -49,6 +49,12 @@ class Settings:
     liveness: int = 3
     # A running task's lease; renewed by its worker's heartbeats long before it ends.
     lease: float = 30.0
+    # The daemon ends an attempt itself (failed, TaskTimeout) when it has had no answer this
+    # long after the task's time limit (its timeout): its worker is stuck, or lies, and
+    # heartbeats alone would keep the lease for ever. Longer than a worker needs to report
+    # its own timeout (timeout_grace, 2 s, then an outcome's trip and a heartbeat or two),
+    # so a healthy worker always answers first. Keep it above the workers' timeout_grace.
+    time_limit_grace: float = 10.0
     # Limits on what one request may carry, so one client cannot exhaust memory.
     max_payload: int = 1_048_576
     max_name_length: int = 200
@@ -231,6 +237,7 @@ def check(settings: Settings) -> Settings:
         "retry_factor",
         "retry_cap",
         "timeout_grace",
+        "time_limit_grace",
     ):
         value = getattr(s, key)
         if not (value > 0 and value != float("inf")):

@@ -48,8 +48,13 @@ DRAIN_LIMIT = 2000  # messages read from one socket per turn: bounds a turn's la
 CLAIMS_PER_TURN = 200
 MAX_PEERS = 10_000  # connected workers at most: a flood of hellos cannot grow memory without bound
 # Tasks a hello may say its worker holds (running, or with an unacknowledged outcome): a
-# worker's outbox may hold more than its capacity after an outage, so not bound by that.
+# worker's outbox may hold more than its capacity after an outage, so the list is not bound
+# by that; but the daemon readopts no more than the capacity (Daemon._on_hello): outcomes
+# it committed already (their acks were lost) are not readopted and take no room.
 MAX_HELD = 10_000
+# Running tasks checked against their time limit per tick (Daemon._time_limits): a bounded
+# batch of writes, like retention's; the next tick goes on from where this one stopped.
+OVERDUE_BATCH = 500
 
 
 @dataclass
@@ -86,6 +91,8 @@ class Daemon(ClientOps):
         self._wakeup_dirty = True
         self._next_tick = 0.0
         self._rate_wakeup: float | None = None  # when a rate limit lets a waiting task start
+        self._overdue_after: tuple[float, int] | None = None  # where the next overdue scan starts
+        self._cancels: list[tuple[bytes, int]] = []  # (worker ident, task id): attempts timed out
         self._waiters: dict[int, list[tuple[bytes, str, float]]] = {}
         self._waiters_due = math.inf  # the earliest wait deadline (or earlier): scan only then
         self._ended_elsewhere: list[
@@ -276,10 +283,11 @@ class Daemon(ClientOps):
             ]
             for _peer, rows in out.tasks:  # the claims were rolled back: so are their slots
                 for row in rows:
-                    self.peers.release(row["id"])
+                    self.peers.release(row["id"], now)
                     self.lanes.ended(row["queue"], row["name"])
             out.acks, out.events, out.ended, out.tasks = {}, [], [], []
             self.hub.pending = []  # events made in the turn that was rolled back
+            self._cancels = []  # the time-outs were rolled back too
             self._dispatch_pending = True
         self._flush(out, now)
         self._send_tasks(out.tasks, now)
@@ -418,7 +426,7 @@ class Daemon(ClientOps):
             reason = clean_text(h.get("reason", ""), 500)
             lane = self.store.unclaim(task_id, attempt, now) if self.peers.owner(task_id) is peer else None
             if lane is not None:
-                self.peers.release(task_id)
+                self.peers.release(task_id, now)
                 self.lanes.ended(*lane)
                 self.lanes.ready(lane[0])
                 if h.get("name"):
@@ -465,29 +473,45 @@ class Daemon(ClientOps):
         # tasks leased to it are on their way there, in order, and still take its slots.
         in_transit = set(old.inflight) if old is not None and old.ident == ident else set()
         peer = self.peers.hello(worker_id, ident, set(names), capacity, now, queues, threads)
-        for task_id in in_transit:
-            self.peers.assign(peer, task_id)
+        clocks = old.clocks if old is not None else {}  # a reconnect keeps when its tasks started
+        if old is not None and in_transit:
+            for task_id in [*old.clocks, *old.prefetched]:  # in the order sent
+                self.peers.assign(peer, task_id, clocks.get(task_id, now))
         for queue in queues or ():
             self.lanes.queue(queue)
         self._declare_limits(h.get("limits"), set(names), now)
         running = _attempts(h.get("running"), MAX_HELD)
+        # It gets back at most what its capacity holds: a hello that says it runs more is
+        # not believed beyond that (the rest end as lost below). Attempts whose outcome is
+        # committed (acks lost in an outage) are not readopted, so they take no room.
+        room = max(0, (capacity or 0) - len(in_transit - {r["id"] for r in running}))
+        adopted = self.store.readopt(worker_id, running, now, self.settings.lease, limit=room)
+        over = len(adopted) == room and len(running) > room
+        if over:
+            log.warning(
+                "worker %s said it holds %d tasks, more than its capacity of %d: only %d readopted",
+                worker_id, len(running), capacity, len(adopted),
+            )  # fmt: skip
+        for task_id in adopted:  # as far as the daemon can tell, the first ones have a thread
+            self.peers.assign(peer, task_id, clocks.get(task_id, now))
         if (old is None or old.ident != ident) and self.store.runs_any(worker_id):
             # A new connection (a restart, a reconnect, or this daemon restarted): tasks sent
             # on the old one and not reported were never received, or died with the process.
             # Unended, the worker's heartbeats would renew their leases for ever.
+            kept = set(adopted)
             orphans = self._ended_all(
                 self.store.release_worker(
                     worker_id,
                     now,
-                    "its worker came back without it",
-                    keep={(r["id"], r["attempt"]) for r in running},
-                )
+                    "its worker came back without it"
+                    + (f" or beyond its capacity of {capacity}" if over else ""),
+                    keep={(r["id"], r["attempt"]) for r in running if r["id"] in kept},
+                ),
+                now,
             )
             if orphans:
                 log.warning("worker %s came back without tasks %s: back to the queue", worker_id, orphans)
                 self._wakeup_dirty = True
-        for task_id in self.store.readopt(worker_id, running, now, self.settings.lease):
-            self.peers.assign(peer, task_id)
         self._send(
             self.worker,
             ident,
@@ -510,11 +534,11 @@ class Daemon(ClientOps):
         for queue in self.store.ready_queues():
             self.lanes.ready(queue)
 
-    def _ended_all(self, infos: list[dict]) -> list[int]:
+    def _ended_all(self, infos: list[dict], now: float) -> list[int]:
         """Attempts that ended without a word from their worker: free their lanes."""
         for info in infos:
             self.lanes.ended(info["queue"], info["name"])
-            self.peers.release(info["id"])
+            self.peers.release(info["id"], now)
             settled = info["dependents"]
             if info["status"] in TERMINAL:  # dead: its waiters, and those of what waited on it, get an answer
                 self._ended_elsewhere.extend([info["id"], *settled["cancelled"]])
@@ -555,7 +579,7 @@ class Daemon(ClientOps):
 
     def _lose_worker(self, worker_id: str, now: float, reason: str, outcome: str = "lost") -> None:
         peer = self.peers.remove(worker_id)
-        lost = self._ended_all(self.store.release_worker(worker_id, now, reason, outcome))
+        lost = self._ended_all(self.store.release_worker(worker_id, now, reason, outcome), now)
         if lost:
             log.warning("worker %s gone (%s): tasks %s back to the queue", worker_id, reason, lost)
         elif peer is not None:
@@ -641,9 +665,9 @@ class Daemon(ClientOps):
                     outcome.task_id, outcome.attempt, outcome.worker,
                 )  # fmt: skip
             else:
-                self._ended(info, outcome, out)
+                self._ended(info, outcome, out, now)
 
-    def _ended(self, info: dict, outcome: Outcome, out: Outbox) -> None:
+    def _ended(self, info: dict, outcome: Outcome, out: Outbox, now: float) -> None:
         """An attempt ended as its worker said: free its slot, log it, tell who listens."""
         task_id, attempt, worker_id = outcome.task_id, outcome.attempt, outcome.worker
         if info.pop("late", False):  # its slot was freed when the daemon thought it lost
@@ -652,7 +676,7 @@ class Daemon(ClientOps):
                 task_id, info["name"], attempt, worker_id,
             )  # fmt: skip
         else:
-            self.peers.release(task_id)
+            self.peers.release(task_id, now)
             self.lanes.ended(info["queue"], info["name"])
         self._dispatch_pending = True
         limited = self.lanes.queue(info["queue"]).concurrency is not None or info["name"] in self.lanes.names
@@ -740,17 +764,63 @@ class Daemon(ClientOps):
         for peer in self.peers.silent(now, s.heartbeat_interval * s.liveness):
             self._lose_worker(peer.worker_id, now, f"silent for {now - peer.last_seen:.1f}s")
         self.store.renew_leases(self.peers.busy(), now, s.lease)
-        lost = self._ended_all(self.store.reap_expired(now))
+        lost = self._ended_all(self.store.reap_expired(now), now)
         if lost:
             log.warning("leases expired for tasks %s: back to the queue", lost)
             self._wakeup_dirty = True
+        self._time_limits(now)
         self.hub.expire(now)
         self.hub.suppressed(now)
         self.retention.step(self.store, now)  # old finished tasks, a bounded batch per tick
 
+    def _time_limits(self, now: float) -> None:
+        """Attempts past their time limit plus time_limit_grace without an answer end as
+        timed out (failed: retried with backoff elsewhere, or dead), however many heartbeats
+        their worker sends; it gets a CANCEL, in case it is alive but stuck.
+
+        The limit counts from the attempt's start (started_at), or later when the daemon
+        knows the task waited in its worker's prefetch (Peer.clock): a healthy worker
+        starts its time limit when a thread takes the task, and must never be blamed for
+        the wait. Only tasks of this daemon's workers are judged (another daemon sharing the
+        database judges its own; leases end the rest). A task with no timeout is bounded by
+        its worker only: by its liveness, and by the capacity it declared (see _on_hello).
+        A bounded batch per tick (OVERDUE_BATCH), going on from where the last one stopped."""
+        store, grace = self.store, self.settings.time_limit_grace
+        assert store is not None  # open() made it
+        rows = store.overdue(now, grace, OVERDUE_BATCH, self._overdue_after)
+        self._overdue_after = (rows[-1]["started_at"], rows[-1]["id"]) if len(rows) == OVERDUE_BATCH else None
+        ended = []
+        for row in rows:
+            peer = self.peers.owner(row["id"])
+            if peer is None or peer.worker_id != row["worker"]:
+                continue  # not ours
+            clock = peer.clock(row["id"])
+            if clock is None or max(clock, row["started_at"]) + row["timeout"] + grace >= now:
+                continue  # waiting in its worker's prefetch, or started later than claimed
+            message = (
+                f"no answer within the task's time limit of {row['timeout']:g}s "
+                f"and a grace of {grace:g}s: the daemon ended the attempt"
+            )
+            info = store.time_out(row["id"], row["attempt"], now, message)
+            if info is None:
+                continue
+            ended.append(info)
+            self._cancels.append((peer.ident, row["id"]))  # sent once the turn is committed
+            log.warning(
+                "task %s %s attempt %s on %s: %s; %s",
+                row["id"], info["name"], row["attempt"], row["worker"], message,
+                f"retry at {info['run_at']}" if info["status"] == "failed" else info["status"],
+            )  # fmt: skip
+        if ended:
+            self._ended_all(ended, now)
+            self._wakeup_dirty = self._dispatch_pending = True
+
     # ---- after commit --------------------------------------------------------------
 
     def _flush(self, out: Outbox, now: float) -> None:
+        cancels, self._cancels = self._cancels, []
+        for ident, task_id in cancels:
+            self._send(self.worker, ident, Cmd.CANCEL, {"id": task_id})
         for ident, reply in out.replies:
             self._send(self.client, ident, Cmd.REPLY, reply)
         for ident, acks in out.acks.items():
@@ -892,7 +962,7 @@ class Daemon(ClientOps):
                     accept=accept if self.lanes.names else None,
                 )  # fmt: skip
                 for row in claimed:
-                    self.peers.assign(peer, row["id"])
+                    self.peers.assign(peer, row["id"], max(now, row.get("run_at", now)))
                     self.lanes.started(queue, row["name"], row.get("run_at", now))  # (a later one: see claim)
                 rows.extend(claimed)
                 held_back |= refused

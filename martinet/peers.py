@@ -12,6 +12,12 @@ kinds of workers, and a claim that finds nothing for one skips its whole kind);
 those holding tasks (whose leases heartbeats renew); the order in which they
 were last heard from (the silent ones are at the front) and last sent a
 heartbeat (the ones due are at the front).
+
+The table also keeps the daemon's picture of which of a worker's tasks have a
+thread, and since when: a worker starts what it is sent in the order sent, one
+task per free thread, and a task's time limit counts from its start. The daemon
+enforces time limits itself (a worker may be stuck, or lie), so it must not count
+the time a task waits in a prefetch; see Peers.assign and Peer.clock.
 """
 
 from __future__ import annotations
@@ -34,6 +40,10 @@ class Peer:
     inflight: set[int] = field(default_factory=set)
     queues: set[str] | None = None  # the queues it serves; None: all
     threads: int | None = None  # tasks it runs at once; None: its whole capacity
+    # Tasks with a thread, as far as the daemon can tell, and since when their time limit
+    # counts; the others wait in its prefetch, in the order sent (a dict: ordered, O(1) removal).
+    clocks: dict[int, float] = field(default_factory=dict)
+    prefetched: dict[int, None] = field(default_factory=dict)
 
     @property
     def credit(self) -> int:
@@ -42,8 +52,17 @@ class Peer:
     @property
     def idle_threads(self) -> int:
         """How many tasks sent now would start at once, not wait in its prefetch."""
-        threads = self.capacity if self.threads is None else min(self.threads, self.capacity)
-        return max(0, threads - len(self.inflight))
+        return max(0, self.thread_count - len(self.inflight))
+
+    @property
+    def thread_count(self) -> int:
+        return self.capacity if self.threads is None else min(self.threads, self.capacity)
+
+    def clock(self, task_id: int) -> float | None:
+        """Since when the task's time limit counts, as far as the daemon can tell: when it
+        was sent (or due) if a thread was free then, else when one freed up for it. None
+        while it waits in the prefetch (or is not this worker's)."""
+        return self.clocks.get(task_id)
 
     @property
     def kind(self) -> Kind:
@@ -183,15 +202,25 @@ class Peers:
         """The workers holding tasks."""
         return list(self._busy)
 
-    def assign(self, peer: Peer, task_id: int) -> None:
+    def assign(self, peer: Peer, task_id: int, now: float = 0.0) -> None:
+        """The task is leased to this worker; its time limit counts from `now` (the time it
+        was sent, or its due time if later) if the worker has a thread free for it, else
+        from when one frees up (see release)."""
+        if task_id in peer.inflight:
+            return
         peer.inflight.add(task_id)
         self._owner[task_id] = peer.worker_id
         self._busy.add(peer.worker_id)
         if peer.credit == 0:
             self._unindex(peer)
+        if len(peer.clocks) < peer.thread_count:
+            peer.clocks[task_id] = now
+        else:
+            peer.prefetched[task_id] = None
 
-    def release(self, task_id: int) -> Peer | None:
-        """The task's attempt ended: give its slot back to whoever held it."""
+    def release(self, task_id: int, now: float = 0.0) -> Peer | None:
+        """The task's attempt ended: give its slot back to whoever held it. A thread it
+        had goes to the task sent next (its time limit counts from `now`)."""
         worker_id = self._owner.pop(task_id, None)
         peer = self._by_id.get(worker_id) if worker_id else None
         if peer is not None and task_id in peer.inflight:
@@ -199,6 +228,12 @@ class Peers:
             if not peer.inflight:
                 self._busy.discard(peer.worker_id)
             self._index(peer)
+            peer.prefetched.pop(task_id, None)
+            if peer.clocks.pop(task_id, None) is not None:
+                while peer.prefetched and len(peer.clocks) < peer.thread_count:
+                    waiting = next(iter(peer.prefetched))
+                    del peer.prefetched[waiting]
+                    peer.clocks[waiting] = now
         return peer
 
     def owner(self, task_id: int) -> Peer | None:

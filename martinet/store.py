@@ -627,17 +627,23 @@ class Store:
             .execute()
         )
 
-    def readopt(self, worker: str, running: list[dict], now: float, lease: float) -> list[int]:
+    def readopt(
+        self, worker: str, running: list[dict], now: float, lease: float, limit: int | None = None
+    ) -> list[int]:
         """A reconnecting worker still holds these (id, attempt): give the leases back to it.
 
         Only the same attempt is readopted, also when its lease was reaped meanwhile
         (the task queued, failed or stalled by its losses, not yet claimed again): it
-        goes on running on this worker instead of twice. A task claimed again since is not; nor is an attempt
-        the worker itself ended (its outcome committed, the ack lost), so the outcome
-        it sends again is fenced out instead of ending the attempt twice. Returns the
+        goes on running on this worker instead of twice. A task claimed again since is
+        not, nor one running on another worker; nor is an attempt that ended otherwise
+        than lost or interrupted (its worker's outcome committed, the ack lost; or timed
+        out by the daemon), so an outcome sent again is fenced out instead of ending the
+        attempt twice. At most `limit` are readopted, in the order given. Returns the
         ids readopted; the worker should stop the others."""
-        adopted = []
+        adopted: list[int] = []
         for item in running:
+            if limit is not None and len(adopted) >= limit:
+                break
             ended_by_worker = Attempt.select(Attempt.id).where(
                 Attempt.task_id == item["id"],
                 Attempt.attempt == item["attempt"],
@@ -648,8 +654,8 @@ class Store:
                 .where(
                     Task.id == item["id"],
                     Task.attempt == item["attempt"],
-                    Task.status.in_((RUNNING, QUEUED, FAILED, STALLED)),
-                    (Task.status == RUNNING) | ~peewee.fn.EXISTS(ended_by_worker),
+                    ((Task.status == RUNNING) & (Task.worker == worker))
+                    | (Task.status.in_((QUEUED, FAILED, STALLED)) & ~peewee.fn.EXISTS(ended_by_worker)),
                 )
                 .execute()
             )
@@ -687,6 +693,41 @@ class Store:
         finds the leases of the daemon that died."""
         rows = list(Task.select().where(Task.status == RUNNING, Task.lease_expires < now))
         return [info for r in rows if (info := self._lose(r, now, "lease expired", "lost"))]
+
+    def overdue(
+        self, now: float, grace: float, limit: int, after: tuple[float, int] | None = None
+    ) -> list[dict[str, Any]]:
+        """Running attempts whose time limit (the task's timeout, counted from started_at)
+        ended more than `grace` seconds before `now`: up to `limit`, by (started_at, id),
+        after `after` (the last one of the previous call). Each as id, attempt, worker,
+        started_at, timeout. Tasks without a timeout are never overdue.
+
+        No index of its own: it reads the running rows (task_status_created), which are
+        few, bounded by the capacity the connected workers declared; renew_leases and
+        reap_expired read them at each tick too."""
+        sql = (
+            "SELECT id, attempt, worker, started_at, timeout FROM task"
+            " WHERE status = 'running' AND timeout IS NOT NULL AND started_at + timeout < ?"
+        )
+        params: list[Any] = [now - grace]
+        if after is not None:
+            sql += " AND (started_at > ? OR (started_at = ? AND id > ?))"
+            params += [after[0], after[0], after[1]]
+        sql += " ORDER BY started_at, id LIMIT ?"
+        params.append(limit)
+        columns = ("id", "attempt", "worker", "started_at", "timeout")
+        return [dict(zip(columns, r, strict=True)) for r in self._exec(sql, params).fetchall()]
+
+    def time_out(self, task_id: int, attempt: int, now: float, message: str) -> dict | None:
+        """End a running attempt as past its time limit without an answer from its worker:
+        a failed attempt (error TaskTimeout, as a worker reports its own time limit), so it
+        is retried with backoff until max_attempts, then dead. Fenced by attempt: None when
+        it is no longer running. Returns what became of it, as release_worker does."""
+        row = Task.get_or_none(Task.id == task_id, Task.attempt == attempt, Task.status == RUNNING)
+        if row is None:
+            return None
+        error = {"type": "TaskTimeout", "message": f"{message} (worker {row.worker})"}
+        return self._end_attempt(row, "failed", now, error)
 
     def _lose(self, row: Task, now: float, reason: str, outcome: str) -> dict | None:
         error = {"type": "WorkerLost", "message": f"{reason} (worker {row.worker})"}

@@ -180,3 +180,33 @@ def test_idle_threads_leave_out_what_a_worker_holds_in_its_prefetch():
     assert (peer.credit, peer.idle_threads) == (1, 0)
     old = peers.hello("w2", b"i2", {"add"}, capacity=3, now=0.0)  # threads unknown: all of its capacity
     assert old.idle_threads == 3
+
+
+def test_time_limits_count_from_when_a_thread_takes_the_task_not_from_the_prefetch():
+    # Given a worker with two threads and room for two more tasks in its prefetch
+    peers = Peers()
+    peer = peers.hello("w1", b"i1", {"add"}, capacity=4, now=0.0, threads=2)
+    for task_id, now in ((1, 10.0), (2, 11.0), (3, 12.0), (4, 13.0)):
+        peers.assign(peer, task_id, now)
+    # Then the first two have a thread since they were sent; the others wait, in order
+    assert [peer.clock(t) for t in (1, 2, 3, 4)] == [10.0, 11.0, None, None]
+    # When a task with a thread ends, the next one sent takes its thread then
+    peers.release(2, 20.0)
+    assert [peer.clock(t) for t in (1, 3, 4)] == [10.0, 20.0, None]
+    # A task that ends from the prefetch frees no thread
+    peers.release(4, 21.0)
+    assert (peer.clock(1), peer.clock(3), peer.prefetched) == (10.0, 20.0, {})
+    peers.assign(peer, 5, 22.0)
+    peers.release(1, 23.0)
+    assert (peer.clock(3), peer.clock(5)) == (20.0, 23.0)
+    # Assigning a task twice changes nothing; a task not its own has no clock
+    peers.assign(peer, 5, 99.0)
+    assert peer.clock(5) == 23.0 and peer.clock(1) is None and len(peer.inflight) == 2
+
+
+def test_a_worker_of_unknown_threads_runs_its_whole_capacity_at_once():
+    peers = Peers()
+    peer = peers.hello("w1", b"i1", {"add"}, capacity=2, now=0.0)
+    for task_id in (1, 2):
+        peers.assign(peer, task_id, 5.0)
+    assert (peer.clock(1), peer.clock(2), peer.prefetched) == (5.0, 5.0, {})
