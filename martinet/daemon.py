@@ -907,12 +907,29 @@ class Daemon(ClientOps):
                 if run_at is not None and run_at > sent_at:
                     row["start_in"] = run_at - sent_at
             if not self._send(self.worker, peer.ident, Cmd.TASK, {"tasks": rows}):
-                # The worker vanished between claim and send; its leases end now.
-                with self.store.atomic():
-                    self._lose_worker(peer.worker_id, now, "unreachable")
+                self._undelivered(peer, rows, now)
                 continue
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("tasks %s sent to %s", [row["id"] for row in rows], peer.worker_id)
+
+    def _undelivered(self, peer: Any, rows: list[dict], now: float) -> None:
+        """Tasks claimed for a connection that is gone (its worker reconnected meanwhile, as
+        workers do while the daemon is paused, or it died): they never left, so they go back
+        to the queue with no attempt spent. The worker is not judged by it: it gets nothing
+        more on that connection, and its next hello, or its silence, decides the rest."""
+        with self.store.atomic():
+            for row in rows:
+                lane = self.store.unclaim(row["id"], row["attempt"], now)
+                self.peers.release(row["id"], now)
+                if lane is not None:
+                    self.lanes.ended(*lane)
+                    self.lanes.ready(lane[0])
+        self.peers.unreachable(peer)
+        self._dispatch_pending = True
+        log.warning(
+            "worker %s could not be reached: tasks %s back to the queue, unspent",
+            peer.worker_id, [row["id"] for row in rows],
+        )  # fmt: skip
 
     def _claim_for(self, peer: Any, now: float, room: int, budget: list[int]) -> tuple[list[dict], bool]:
         """Claim up to `room` tasks for one worker, queue by queue as the lanes share its

@@ -132,6 +132,11 @@ class Peers:
                 self._owner.pop(task_id, None)
         return peer
 
+    def unreachable(self, peer: Peer) -> None:
+        """Its connection is gone: it takes no more tasks until it says hello again."""
+        self._unindex(peer)
+        peer.capacity = 0
+
     def drop_name(self, peer: Peer, name: str) -> None:
         """The worker cannot run `name` after all (it refused such a task)."""
         self._unindex(peer)

@@ -777,7 +777,7 @@ class Store:
         for index, o in enumerate(outcomes):
             row = running.get(o.task_id)
             if row is None or row.attempt != o.attempt or row.worker != o.worker:
-                if o.kind == "succeeded" and (row is None or row.attempt == o.attempt):
+                if o.kind != "released" and (row is None or row.attempt == o.attempt):
                     late.append((index, o))
                 continue
             del running[o.task_id]  # an attempt ends once
@@ -790,48 +790,67 @@ class Store:
             infos[index] = self._ended_info(row, ending, now)
         for index, o in late:
             if infos[index] is None:
-                infos[index] = self._late_success(o, now)
+                infos[index] = self._late_outcome(o, now)
         return infos
 
-    def _late_success(self, o: Outcome, now: float) -> dict | None:
-        """A success for an attempt the daemon had declared lost, not yet claimed again:
-        its worker was alive after all (the daemon, or the network, was slow). The result
-        is the truth, so the task succeeds with it and the attempt's row says so; fenced
-        by the attempt number, its lost row and its worker. A task that went dead and
-        cancelled the tasks waiting on it stays dead. Returns its info (with "late": the
-        daemon freed the attempt's slot when it lost it), or None."""
-        lost = Attempt.select(Attempt.id).where(
-            Attempt.task_id == o.task_id,
-            Attempt.attempt == o.attempt,
-            Attempt.outcome == "lost",
-            Attempt.worker == o.worker,
+    def _late_outcome(self, o: Outcome, now: float) -> dict | None:
+        """The outcome of an attempt the daemon had declared lost, not claimed again since:
+        its worker was alive after all (the daemon, or the network, was slow). Fenced by
+        the attempt number, its lost row and its worker.
+
+        A success is the truth: the task succeeds with its result (a task that went dead
+        and cancelled the tasks waiting on it stays dead). A failure changes nothing the
+        loss did not already decide, but its attempt row and the task's last error say
+        what really happened, and the worker cannot readopt it after that. Returns the
+        task's info (with "late": the daemon freed the slot when it lost the attempt)."""
+        lost = (
+            Attempt.select(Attempt.id)
+            .where(
+                Attempt.task_id == o.task_id,
+                Attempt.attempt == o.attempt,
+                Attempt.outcome == "lost",
+                Attempt.worker == o.worker,
+            )
+            .first()
         )
         found = self._exec(
-            f"SELECT {', '.join(RunningRow._fields)} FROM task WHERE id = ? AND attempt = ?"
-            " AND (status IN ('queued', 'failed', 'stalled') OR (status = 'dead' AND has_dependents = ?))",
-            (o.task_id, o.attempt, False),
+            f"SELECT status, {', '.join(RunningRow._fields)} FROM task WHERE id = ? AND attempt = ?"
+            " AND status IN ('queued', 'failed', 'stalled', 'dead')",
+            (o.task_id, o.attempt),
         ).fetchone()
-        lost_row = None if found is None else lost.first()
-        if lost_row is None:
+        if lost is None or found is None:
             return None
-        row = RunningRow(*found)._replace(worker=o.worker)
-        ending = self._ending(row, "succeeded", now, result=o.result)
-        changes = {"reason": None, "error_type": None, "error_message": None, "error_traceback": None,
-                   **ending.changes}  # fmt: skip
+        status, row = found[0], RunningRow(*found[1:])._replace(worker=o.worker)
+        if o.kind == "succeeded":
+            if status == DEAD and row.has_dependents:
+                return None
+            ending = self._ending(row, "succeeded", now, result=o.result)
+            changes = {"reason": None, "error_type": None, "error_message": None, "error_traceback": None,
+                       **ending.changes}  # fmt: skip
+        else:
+            error = o.error or {}
+            changes = {
+                "error_type": error.get("type"),
+                "error_message": error.get("message"),
+                "error_traceback": error.get("traceback"),
+                "updated_at": now,
+            }
+            ending = _Ending(changes, status, "failed", error, error, None)
         n = (
             Task.update(**changes)
-            .where(
-                Task.id == row.id,
-                Task.attempt == row.attempt,
-                Task.status.in_((QUEUED, FAILED, STALLED, DEAD)),
-            )
+            .where(Task.id == row.id, Task.attempt == row.attempt, Task.status == status)
             .execute()
         )
         if n != 1:
             return None
+        logged = ending.logged or {}
         Attempt.update(
-            outcome=ending.outcome, ended_at=now, error_type=None, error_message=None, error_traceback=None
-        ).where(Attempt.id == lost_row.id).execute()
+            outcome=ending.outcome,
+            ended_at=now,
+            error_type=logged.get("type"),
+            error_message=logged.get("message"),
+            error_traceback=logged.get("traceback"),
+        ).where(Attempt.id == lost.id).execute()
         return {**self._ended_info(row, ending, now), "late": True}
 
     def _write_endings(self, ended: list[tuple[RunningRow, _Ending]], now: float) -> None:

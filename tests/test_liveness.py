@@ -3,6 +3,7 @@ In process, with the clock the test sets (tests/core.py)."""
 
 from __future__ import annotations
 
+from martinet.daemon import Outbox
 from tests.core import Core
 
 
@@ -34,5 +35,27 @@ def test_a_daemon_that_did_not_listen_does_not_count_that_silence(sqlite_url):
         core.now += 0.7  # then silence while it listens does count
         core.tick()
         assert core.daemon.peers.get("w1") is None
+    finally:
+        core.close()
+
+
+def test_tasks_claimed_for_a_connection_that_is_gone_go_back_unspent(db_url):
+    """A worker that reconnected while the daemon was paused: the tasks claimed for its old
+    connection never left. They are queued again with no attempt spent and no attempt
+    lost, and the worker is not declared gone for it."""
+    core = Core(db_url)
+    try:
+        core.hello("w1", ["add"])  # its connection: nobody is on the other end
+        task_id = core.submit("add")
+        out = Outbox()
+        with core.store.atomic():
+            core.daemon._claim(out, core.now)
+        core.daemon._send_tasks(out.tasks, core.now)
+        task = core.store.get_task(task_id)
+        assert (task["status"], task["attempt"], core.store.attempts(task_id)) == ("queued", 0, [])
+        peer = core.daemon.peers.get("w1")
+        assert peer is not None and peer.credit == 0 and not peer.inflight
+        core.hello("w1", ["add"])  # it says hello on its new connection
+        assert core.claimed_names() == ["add"]
     finally:
         core.close()

@@ -194,12 +194,11 @@ def test_a_task_stalled_by_losses_takes_its_late_success(store):
     assert store.complete(task_id, 1, "w1", 7, NOW + 2)["status"] == "succeeded"
 
 
-def test_a_late_success_is_fenced_by_worker_attempt_and_kind(store):
+def test_a_late_success_is_fenced_by_worker_and_attempt(store):
     task_id = submit(store)
     claim_one(store)
     store.release_worker("w1", NOW + 1, "silent")
     assert store.complete(task_id, 1, "w2", 1, NOW + 2) is None  # not the worker that ran it
-    assert store.fail(task_id, 1, "w1", {"type": "E", "message": "m"}, NOW + 2) is None  # the loss counted
     store.promote_due(NOW + 1000)
     claim_one(store, worker="w2", now=NOW + 1000)  # attempt 2 runs
     assert store.complete(task_id, 1, "w1", 1, NOW + 1001) is None
@@ -221,3 +220,17 @@ def test_a_worker_coming_back_readopts_a_task_stalled_by_its_losses(store):
     store.release_worker("w1", NOW + 1, "silent")
     assert store.readopt("w1", [{"id": task_id, "attempt": 1}], NOW + 2, LEASE) == [task_id]
     assert (row(task_id).status, row(task_id).worker) == ("running", "w1")
+
+
+def test_a_late_failure_tells_the_truth_and_cannot_be_readopted(store):
+    """A failure for an attempt declared lost: the task stays as the loss left it, its
+    attempt row and last error say what happened, and a hello that still lists the
+    attempt (sent before the ack came back) cannot make it run for ever."""
+    task_id = submit(store)
+    claim_one(store)
+    store.release_worker("w1", NOW + 1, "silent")
+    info = store.fail(task_id, 1, "w1", {"type": "ValueError", "message": "bad"}, NOW + 2)
+    assert (info["status"], info["late"]) == ("failed", True)
+    assert store.get_task(task_id)["error"]["type"] == "ValueError"
+    assert [(a["attempt"], a["outcome"]) for a in store.attempts(task_id)] == [(1, "failed")]
+    assert store.readopt("w1", [{"id": task_id, "attempt": 1}], NOW + 3, LEASE) == []
