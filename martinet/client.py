@@ -36,7 +36,9 @@ from martinet.protocol import Cmd
 
 log = logging.getLogger(__name__)
 
-_ERRORS = {cls.__name__: cls for cls in (BadInput, BadTime, BadSchedule, StoreError, TaskNotFound)}
+_ERRORS = {
+    cls.__name__: cls for cls in (BadInput, BadTime, BadSchedule, ProtocolError, StoreError, TaskNotFound)
+}
 FIRST_TRY = 2.0  # seconds before the first resend; a healthy daemon answers in well under 1 ms
 
 
@@ -184,9 +186,16 @@ class Client:
                 return None
             if not sock.poll(int(remaining * 1000) + 1):
                 continue
+            frames = sock.recv_multipart()
             try:
-                cmd, h = protocol.decode(sock.recv_multipart())
+                cmd, h = protocol.decode(frames)
             except ProtocolError as exc:
+                if frames and f'"rid":"{rid}"'.encode() in frames[0]:  # ours: say so, rather than time out
+                    error = {
+                        "type": "ProtocolError",
+                        "message": f"the daemon's reply could not be read: {exc}",
+                    }
+                    return {"rid": rid, "ok": False, "error": error}
                 log.warning("dropped a malformed reply: %s", exc)
                 continue
             if cmd is Cmd.REPLY and h.get("rid") == rid:
