@@ -311,8 +311,7 @@ class Daemon(ClientOps):
             return protocol.decode(frames)
         except ProtocolError as exc:
             self._malformed(sock_name, ident, str(exc), sum(map(len, frames)), protocol.describe(exc.raw))
-            rid = protocol.recover_rid(frames) if out is not None else None
-            if rid is not None:
+            if out is not None and (rid := protocol.recover_rid(frames)) is not None:
                 error = _err("BadInput", f"unreadable request: {exc}")
                 out.replies.append((ident, {"rid": rid, "ok": False, "error": error}))
             return None, None
