@@ -28,17 +28,18 @@ VERSION = 2  # 1 sent the prefix, the command and the header as three frames
 SIGNATURE = b"MRTN"
 PREFIX = SIGNATURE + bytes([VERSION])
 
-# How deeply a value a user gives us may nest arrays and objects: the args of a task,
-# its result. Deep enough for any real document; far from Python's recursion limit
-# (1000 frames, which json.loads, json.dumps and repr all count against) and under
-# MySQL's limit on a JSON document (100 levels). validate.check_args and the worker's
-# check of a result hold values to it.
-MAX_VALUE_DEPTH = 64
+# How deeply a value a user gives us may nest lists and dicts: the args of a task, its
+# result (validate.check_args and the worker's check of a result hold them to it).
+# Under MariaDB's limit on a JSON document (32 levels: deeper, JSON_EXTRACT takes it
+# for invalid, and a search on the args' fields would pass the task by), and deep
+# enough for any real document.
+MAX_VALUE_DEPTH = 30
 # How deeply a frame's header may nest: a value above, plus the messages that carry it
-# (4 levels at most today: a TASK's {"tasks": [{"parents": {id: result}}]}), plus room
-# for more. decode refuses a deeper frame before json.loads sees it: a frame a thousand
-# levels deep made it raise RecursionError, which no caller expected.
-MAX_DEPTH = MAX_VALUE_DEPTH + 16
+# (4 levels at most today: a TASK's {"tasks": [{"parents": {id: result}}]}), plus room.
+# Far from Python's recursion limit (1000 frames, which json.loads, json.dumps and repr
+# all count against): decode refuses a deeper frame before json.loads sees it, for one
+# a thousand levels deep made it raise RecursionError, which no caller expected.
+MAX_DEPTH = 64
 
 
 class Cmd(IntEnum):

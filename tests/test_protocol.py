@@ -195,7 +195,7 @@ def test_a_frame_a_thousand_levels_deep_is_a_protocol_error_not_a_recursion_erro
 
 
 def test_the_depth_limit_is_exact():
-    assert MAX_DEPTH >= MAX_VALUE_DEPTH + 4  # room for the messages that carry a value
+    assert MAX_DEPTH >= MAX_VALUE_DEPTH + 4  # room for the messages that carry a value (see MAX_DEPTH)
     at_limit = {"a": nested(MAX_DEPTH - 1)}  # the header object is a level too
     assert decode(encode(Cmd.REQUEST, at_limit)) == (Cmd.REQUEST, at_limit)
     assert "levels deep" in str(bad(encode(Cmd.REQUEST, {"a": nested(MAX_DEPTH)})))

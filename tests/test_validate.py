@@ -120,7 +120,7 @@ def test_args_nested_deeper_than_the_limit():
     deep: list = []
     for _ in range(100_000):  # deeper than Python's recursion limit: json.dumps raises RecursionError
         deep = [deep]
-    refused("more than 64 levels deep", args={"x": deep})
+    refused(f"more than {MAX_VALUE_DEPTH} levels deep", args={"x": deep})
 
 
 def test_none_args_are_an_empty_dict():
