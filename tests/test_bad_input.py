@@ -307,10 +307,12 @@ def test_a_flood_of_deep_frames_is_logged_at_a_bounded_rate(cluster):
     ctx = zmq.Context()
     try:
         csock, ssock = dealer(ctx, cluster.client_port), dealer(ctx, cluster.status_port)
+        wsock = dealer(ctx, cluster.worker_port)
         with paused(daemon):
             for i in range(flood):
                 csock.send_multipart(deep_frame(Cmd.REQUEST, b'"op":"get","rid":"r%d",' % i))
                 ssock.send_multipart(deep_frame(Cmd.PROGRESS, b'"worker_id":"raw",'))
+                wsock.send_multipart(deep_frame(Cmd.HELLO, b'"worker_id":"raw",'))
         rids = {recv(csock, Cmd.REPLY)["rid"] for _ in range(flood)}  # each sender told why
         assert rids == {f"r{i}" for i in range(flood)}
     finally:

@@ -12,17 +12,20 @@ import zmq
 from martinet import client as client_module
 from martinet import protocol
 from martinet.client import Client
-from martinet.errors import BadInput
+from martinet.errors import BadInput, ProtocolError
 from martinet.protocol import Cmd
 from tests.harness import free_ports
 
 
 class ScriptedDaemon:
     """Answers each request {"ok": True, "echo": rid}, except that it ignores the first
-    copy of the rids in `drop` and refuses those in `refuse`; counts what it receives."""
+    copy of the rids in `drop`, refuses those in `refuse` and answers those in `deep` with
+    a header nested a thousand levels deep; counts what it receives."""
 
-    def __init__(self, drop: set[str] = frozenset(), refuse: set[str] = frozenset()) -> None:
-        self.drop, self.refuse = set(drop), set(refuse)
+    def __init__(
+        self, drop: set[str] = frozenset(), refuse: set[str] = frozenset(), deep: set[str] = frozenset()
+    ) -> None:
+        self.drop, self.refuse, self.deep = set(drop), set(refuse), set(deep)
         self.seen: Counter[str] = Counter()
         (port,) = free_ports(1)
         self.url = f"tcp://127.0.0.1:{port}"
@@ -43,6 +46,10 @@ class ScriptedDaemon:
             rid = h["rid"]
             self.seen[rid] += 1
             if rid in self.drop and self.seen[rid] == 1:
+                continue
+            if rid in self.deep:  # the rid last, as the daemon writes it
+                body = b'{"ok":true,"item":' + b"[" * 1000 + b"]" * 1000 + b',"rid":"' + rid.encode() + b'"}'
+                self.sock.send_multipart([ident, protocol.PREFIX + bytes([Cmd.REPLY]) + body])
                 continue
             if rid in self.refuse:
                 reply = {"rid": rid, "ok": False, "error": {"type": "BadInput", "message": f"no to {rid}"}}
@@ -126,3 +133,15 @@ def test_request_raises_the_daemons_refusal_as_our_error(scripted):
         assert c.request("ping", {"rid": "r2"})["echo"] == "r2"
     finally:
         c.close()
+
+
+def test_a_reply_too_deep_to_read_is_an_error_not_a_timeout(scripted):
+    daemon = scripted(deep={"r1"})
+    c = Client(daemon.url, timeout=10)
+    try:
+        with pytest.raises(ProtocolError, match="reply could not be read: .* levels deep"):
+            c.request("ping", {"rid": "r1"})
+        assert c.request("ping", {"rid": "r2"})["echo"] == "r2"
+    finally:
+        c.close()
+    assert daemon.seen == {"r1": 1, "r2": 1}  # answered at once: not sent again
