@@ -64,7 +64,7 @@ def check_args(args: Any, limits: Limits) -> dict:
         raise BadInput(
             f"args are {len(text)} bytes as JSON, over the limit of {limits.max_payload} (max_payload)"
         )
-    if deeper_than(text.encode(), MAX_VALUE_DEPTH):  # no worker or client could read them
+    if deeper_than(text.encode(), MAX_VALUE_DEPTH):  # see MAX_VALUE_DEPTH for why
         raise BadInput(_TOO_DEEP)
     return args
 
