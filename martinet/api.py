@@ -16,7 +16,7 @@ from typing import Any
 
 from martinet import config, protocol, when
 from martinet.client import Client, EventListener, refusal
-from martinet.errors import BadInput, MartinetError, TaskFailed, WaitTimeout
+from martinet.errors import BadInput, DaemonUnavailable, MartinetError, TaskFailed, WaitTimeout
 from martinet.protocol import Cmd
 from martinet.query import Page, check_filter_names
 from martinet.validate import Limits, check_args, check_name
@@ -57,7 +57,9 @@ _EVERY_KEYS = {"until", "count", "misfire", "misfire_grace"}
 
 class TaskId(int):
     """A task's id; `.created` says whether this call created it (False: a known
-    request_id or a key in use returned the existing task)."""
+    request_id or a key in use returned the existing task; a known request_id
+    includes one this very call sent before, when the daemon did not answer at once,
+    or an earlier call that raised DaemonUnavailable)."""
 
     created: bool = True
 
@@ -147,6 +149,11 @@ class Martinet:
         same keys, plus `request_id` (a retried call never creates twice),
         `key` with `unique` ("active": one unfinished task per key; "always":
         one task per key ever) and `after` (task ids that must succeed first).
+
+        The request is sent again while the daemon does not answer, for as long
+        as the timeout allows. Then DaemonUnavailable says the task may have been
+        accepted all the same, and carries `request_id`: calling again with it
+        returns that task if it was, and never creates a second one.
         """
         fields = self._task_fields(task, args, options)
         self._read_run_at(fields)
@@ -164,7 +171,8 @@ class Martinet:
         Should a request be refused (or a task be invalid, or the daemon not answer),
         the error raised has `accepted`: the ids of the tasks known to be committed all
         the same, those of the requests before it and of the one sent after it, if that
-        one was. Calling again with the same `request_id` creates nothing twice.
+        one was; and `request_id`, the one given or made here. Calling again with the
+        same tasks and that `request_id` creates nothing twice.
         """
         # One per item, so that a retried batch is safe; all from one base, so that the
         # unique index on request ids takes a batch in one place.
@@ -182,6 +190,8 @@ class Martinet:
                     refused = type(refused)(
                         f"{refused} (in the request of tasks {spans[n][0]} to {spans[n][1]})"
                     )
+        except DaemonUnavailable as exc:
+            refused = _unconfirmed(exc, "the tasks not confirmed yet", base_rid, "the same tasks and ")
         except MartinetError as exc:
             refused = exc
         if refused is None:
@@ -191,6 +201,7 @@ class Martinet:
                 f"{refused}; {len(ids)} of the {len(tasks)} tasks were accepted (see .accepted)"
             )
         refused.accepted = ids  # type: ignore[attr-defined]
+        refused.request_id = base_rid  # type: ignore[attr-defined]
         raise refused
 
     def _batches(
@@ -253,7 +264,10 @@ class Martinet:
         grace = fields.get("misfire_grace")
         if grace is not None and not isinstance(grace, (int, float)):
             fields["misfire_grace"] = when.parse_interval(grace).total_seconds()
-        reply = self.client.request("every", {"rid": fields["request_id"], **fields})
+        try:
+            reply = self.client.request("every", {"rid": fields["request_id"], **fields})
+        except DaemonUnavailable as exc:
+            raise _unconfirmed(exc, "the schedule", fields["request_id"]) from None
         return ScheduleId(reply["id"], reply.get("created", True))
 
     def _task_fields(
@@ -288,7 +302,10 @@ class Martinet:
             fields["run_at"] = when.parse_when(fields["run_at"], when.utcnow(), tz).timestamp()
 
     def _submit(self, op: str, fields: dict) -> TaskId:
-        reply = self.client.request(op, {"rid": fields["request_id"], **fields})
+        try:
+            reply = self.client.request(op, {"rid": fields["request_id"], **fields})
+        except DaemonUnavailable as exc:
+            raise _unconfirmed(exc, "the task", fields["request_id"]) from None
         return TaskId(reply["id"], reply.get("created", True))
 
     # ---- reading -----------------------------------------------------------------
@@ -563,6 +580,16 @@ class Martinet:
                         "the %s hook %s raised on event %s (task %s)",
                         kind, getattr(fn, "__name__", fn), event.get("event_id"), event.get("id"),
                     )  # fmt: skip
+
+
+def _unconfirmed(exc: DaemonUnavailable, what: str, request_id: str, same: str = "") -> DaemonUnavailable:
+    """The error of a call that creates something and got no answer: it may be in all the
+    same (the daemon may have committed it, or may read a copy of it when it resumes)."""
+    return DaemonUnavailable(
+        f"{exc}; {what} may have been accepted all the same: call again with {same}"
+        f"request_id={request_id!r}, which never creates anything twice",
+        request_id=request_id,
+    )
 
 
 def _check_since(since: Any) -> None:

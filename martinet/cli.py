@@ -46,6 +46,11 @@ def _add_task_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--timezone", help="IANA zone for times without one (default: config, else UTC)")
     p.add_argument("--queue", help='the queue it waits in (default "default"); see `martinet queues`')
+    p.add_argument(
+        "--request-id",
+        help="an id of your own for this submit: run again with the same one, it never creates twice "
+        "(an error with no answer from the daemon names the one it made)",
+    )
 
 
 def _add_queue_commands(sub: argparse._SubParsersAction) -> None:
@@ -258,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(args.tasks)
         return _client_command(args)
     except MartinetError as exc:
-        print(f"martinet: error: {exc}", file=sys.stderr)
+        rid = getattr(exc, "request_id", None)
+        again = f" (here: the same command with --request-id {rid})" if rid and "request_id" in args else ""
+        print(f"martinet: error: {exc}{again}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -364,10 +371,10 @@ def cmd_execute(m, args) -> int:
         finally:
             if fh is not sys.stdin:
                 fh.close()
-        ids = m.execute_many(pairs)
+        ids = m.execute_many(pairs, request_id=args.request_id)
         _print(args, {"ids": ids}, f"{len(ids)} tasks accepted" + (f" ({ids[0]}..{ids[-1]})" if ids else ""))
         return 0
-    tid = m.execute(_task(args), _json_arg(args.args))
+    tid = m.execute(_task(args), _json_arg(args.args), request_id=args.request_id)
     if not args.wait:
         _print(args, {"id": tid}, f"task {tid} accepted")
         return 0
@@ -377,7 +384,7 @@ def cmd_execute(m, args) -> int:
 
 
 def cmd_schedule(m, args) -> int:
-    tid = m.schedule(args.when, _task(args), _json_arg(args.args))
+    tid = m.schedule(args.when, _task(args), _json_arg(args.args), request_id=args.request_id)
     item = m.get(tid)
     _print(args, {"id": tid, "run_at": item["run_at"]}, f"task {tid} scheduled for {item['run_at']}")
     return 0
@@ -388,7 +395,7 @@ def cmd_every(m, args) -> int:
     for key in ("run_at", "until", "count", "misfire", "misfire_grace"):
         if getattr(args, key) is not None:
             task[key] = getattr(args, key)
-    sid = m.every(args.spec, task, _json_arg(args.args))
+    sid = m.every(args.spec, task, _json_arg(args.args), request_id=args.request_id)
     item = m.get(sid)
     _print(
         args,

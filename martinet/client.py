@@ -2,9 +2,12 @@
 
 Every request carries a client-made id (rid). When no reply comes in time the
 socket is thrown away and the same request is sent again on a fresh one (the
-"lazy pirate" pattern); the daemon answers a repeated rid without doing the
-work twice. A request that gets no answer within the timeout raises
-DaemonUnavailable; nothing ever waits forever.
+"lazy pirate" pattern), again and again for as long as the timeout allows; the
+daemon answers a repeated rid without doing the work twice. A request that gets
+no answer within the timeout raises DaemonUnavailable carrying its rid
+(`request_id`): the daemon may have done it all the same (a daemon paused longer
+than the timeout reads the copies waiting in its sockets when it resumes), and
+sending it again with that rid does not do it twice. Nothing ever waits forever.
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ _ERRORS = {
     cls.__name__: cls for cls in (BadInput, BadTime, BadSchedule, ProtocolError, StoreError, TaskNotFound)
 }
 FIRST_TRY = 2.0  # seconds before the first resend; a healthy daemon answers in well under 1 ms
+# Most seconds between two resends. A copy already sent can be lost with the daemon that
+# read it (killed before it committed); the next copy then goes at most this long after
+# the daemon is back. Each copy reaches a paused daemon as one more connection to read
+# when it resumes, so not much more often than this.
+MAX_TRY = 5.0
 
 
 class Client:
@@ -128,7 +136,8 @@ class Client:
         After a refusal, or an error raised while making the next request, nothing more
         is sent: the replies of those already sent are yielded, then that error is raised.
         Each reply must come within `timeout` of its send; requests are sent again on a
-        fresh socket when none comes for a while (see FIRST_TRY). Raises DaemonUnavailable."""
+        fresh socket when none comes for a while (see FIRST_TRY, MAX_TRY). Raises
+        DaemonUnavailable, with the rid of the first request still unanswered."""
         timeout = self.timeout if timeout is None else timeout
         todo = iter(requests)
         flying: deque[tuple[str, list[bytes], float]] = deque()  # (rid, frames, deadline)
@@ -159,7 +168,8 @@ class Client:
         self, flying: deque[tuple[str, list[bytes], float]], resend: bool, timeout: float
     ) -> dict:
         """The reply to the first request in flight; resends them all on a fresh socket
-        after FIRST_TRY seconds without it, then after twice as long, and so on."""
+        after FIRST_TRY seconds without it, then after twice as long, and so on up to
+        MAX_TRY seconds between resends, until its deadline."""
         rid, _frames, deadline = flying[0]
         window = FIRST_TRY
         while True:
@@ -171,9 +181,10 @@ class Client:
             if time.monotonic() >= deadline:
                 raise DaemonUnavailable(
                     f"no answer from the martinet daemon at {self.url} within {timeout:g}s "
-                    f"(is `martinet serve` running there?)"
+                    f"(is `martinet serve` running there?)",
+                    request_id=rid,
                 )
-            window *= 2
+            window = min(window * 2, MAX_TRY)
             log.debug("no reply to request %s yet; sending it again", rid)
             sock = self._socket()
             for _rid, frames, _deadline in flying:  # a repeated rid is not done twice

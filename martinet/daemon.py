@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 # it and starts it on time (the TASK row's start_in). Its thread waits meanwhile.
 TIMER_LEAD = 0.02
 DRAIN_LIMIT = 2000  # messages read from one socket per turn: bounds a turn's latency
+# Claim queries in one turn at most, whatever the state of limits and queues: a turn that
+# reaches it answers its sockets and goes on claiming in the next one.
+CLAIMS_PER_TURN = 200
 MAX_PEERS = 10_000  # connected workers at most: a flood of hellos cannot grow memory without bound
 # Tasks a hello may say its worker holds (running, or with an unacknowledged outcome): a
 # worker's outbox may hold more than its capacity after an outage, so not bound by that.
@@ -82,6 +85,7 @@ class Daemon(ClientOps):
         self._next_wakeup: float | None = None
         self._wakeup_dirty = True
         self._next_tick = 0.0
+        self._rate_wakeup: float | None = None  # when a rate limit lets a waiting task start
         self._waiters: dict[int, list[tuple[bytes, str, float]]] = {}
         self._waiters_due = math.inf  # the earliest wait deadline (or earlier): scan only then
         self._ended_elsewhere: list[
@@ -180,17 +184,21 @@ class Daemon(ClientOps):
             self.open()
         try:
             while not self._stopping:
-                deadline = self._next_deadline(self.clock())
-                ready = dict(self.poller.poll(_poll_ms(deadline - self.clock())))
+                before = self.clock()
+                deadline = self._next_deadline(before)
+                wait = _poll_ms(deadline - before)
+                ready = dict(self.poller.poll(wait))
                 if self._wake_r in ready:
                     os.read(self._wake_r, 4096)
                 now = self.clock()
+                self._not_listening(now - before - wait / 1000)
                 if not ready and now < deadline:
                     continue  # woke early, on purpose: see _poll_ms
                 try:
                     self._turn(ready, now)
                 except Exception:  # a bug of ours: that turn is rolled back, the daemon lives on
                     log.exception("a turn of the loop failed; nothing of it was committed")
+                self._not_listening(self.clock() - now)
         finally:
             self.close()
 
@@ -212,18 +220,29 @@ class Daemon(ClientOps):
                 pass
         log.info("martinet stopped")
 
+    def _not_listening(self, gap: float) -> None:
+        """The daemon did not read its sockets for `gap` seconds longer than it meant to (it
+        was paused, its disk was slow, another process held the database's lock): a worker's
+        silence over that time is the daemon's, not the worker's, and does not count."""
+        interval = self.settings.heartbeat_interval
+        if gap > interval / 4:
+            self.peers.excuse(gap)
+            log.log(
+                logging.WARNING if gap > interval else logging.DEBUG,
+                "the daemon did not read its sockets for %.2fs (paused, or held up by its database); "
+                "workers' silence over that time is not held against them", gap,
+            )  # fmt: skip
+
     # ---- one turn -------------------------------------------------------------
 
     def _next_deadline(self, now: float) -> float:
         """When the loop must take a turn even if nothing arrives (now: there is work to send)."""
-        if self._dispatch_pending and any(p.credit for p in self.peers):
+        if self._dispatch_pending and self.peers.any_credit():
             return now
         deadlines = [self._next_tick, self._waiters_due]
-        if self._next_wakeup is not None:
-            deadlines.append(self._next_wakeup)
-        rate_free = self.lanes.next_deadline(now) if self._dispatch_pending else None
-        if rate_free is not None:
-            deadlines.append(rate_free)
+        for deadline in (self._next_wakeup, self._rate_wakeup, self._next_heartbeat()):
+            if deadline is not None:
+                deadlines.append(deadline)
         catch_up = self.hub.next_turn()
         if catch_up is not None:
             deadlines.append(catch_up)
@@ -297,12 +316,20 @@ class Daemon(ClientOps):
         return msgs
 
     def _send(self, sock: zmq.Socket, ident: bytes, cmd: Cmd, header: dict) -> bool:
+        return self._send_raw(sock, ident, protocol.encode(cmd, header))
+
+    def _send_raw(self, sock: zmq.Socket, ident: bytes, frames: list[bytes]) -> bool:
         try:
-            sock.send_multipart([ident, *protocol.encode(cmd, header)], zmq.NOBLOCK)
+            sock.send_multipart([ident, *frames], zmq.NOBLOCK)
             return True
         except zmq.ZMQError as exc:
-            log.debug("could not send %s to %r: %s", cmd.name, ident, exc)
+            log.debug("could not send %s to %r: %s", protocol.describe(frames), ident, exc)
             return False
+
+    _heartbeat = protocol.encode(Cmd.HEARTBEAT, {})
+
+    def _next_heartbeat(self) -> float | None:
+        return self.peers.next_heartbeat(self.settings.heartbeat_interval)
 
     def _decode(self, sock_name: str, ident: bytes, frames: list[bytes], out: Outbox | None = None):
         """(command, header), or (None, None) for a message dropped as malformed; with `out`
@@ -385,7 +412,7 @@ class Daemon(ClientOps):
         if peer is None:
             self._send(self.worker, ident, Cmd.HELLO_AGAIN, {"epoch": self.epoch})
             return
-        peer.last_seen = now
+        self.peers.seen(peer.worker_id, now)
         if cmd is Cmd.HEARTBEAT:
             return
         if cmd is Cmd.REJECT:
@@ -400,7 +427,7 @@ class Daemon(ClientOps):
                 self.lanes.ended(*lane)
                 self.lanes.ready(lane[0])
                 if h.get("name"):
-                    peer.names.discard(h["name"])
+                    self.peers.drop_name(peer, h["name"])
                 log.warning(
                     "worker %s refused task %s: %s; it goes to another worker",
                     peer.worker_id,
@@ -445,7 +472,6 @@ class Daemon(ClientOps):
         peer = self.peers.hello(worker_id, ident, set(names), capacity, now, queues, threads)
         for task_id in in_transit:
             self.peers.assign(peer, task_id)
-        self.lanes.forget(worker_id)
         for queue in queues or ():
             self.lanes.queue(queue)
         self._declare_limits(h.get("limits"), set(names), now)
@@ -534,7 +560,6 @@ class Daemon(ClientOps):
 
     def _lose_worker(self, worker_id: str, now: float, reason: str, outcome: str = "lost") -> None:
         peer = self.peers.remove(worker_id)
-        self.lanes.forget(worker_id)
         lost = self._ended_all(self.store.release_worker(worker_id, now, reason, outcome))
         if lost:
             log.warning("worker %s gone (%s): tasks %s back to the queue", worker_id, reason, lost)
@@ -626,8 +651,14 @@ class Daemon(ClientOps):
     def _ended(self, info: dict, outcome: Outcome, out: Outbox) -> None:
         """An attempt ended as its worker said: free its slot, log it, tell who listens."""
         task_id, attempt, worker_id = outcome.task_id, outcome.attempt, outcome.worker
-        self.peers.release(task_id)
-        self.lanes.ended(info["queue"], info["name"])
+        if info.pop("late", False):  # its slot was freed when the daemon thought it lost
+            log.warning(
+                "task %s %s attempt %s succeeded on %s after all (it had been declared lost): result kept",
+                task_id, info["name"], attempt, worker_id,
+            )  # fmt: skip
+        else:
+            self.peers.release(task_id)
+            self.lanes.ended(info["queue"], info["name"])
         self._dispatch_pending = True
         limited = self.lanes.queue(info["queue"]).concurrency is not None or info["name"] in self.lanes.names
         if limited or info["status"] == QUEUED:  # a limit has room again, or the task is back (released)
@@ -682,9 +713,17 @@ class Daemon(ClientOps):
                 self.lanes.ready(queue)
                 self._dispatch_pending = True
             self._next_wakeup = self.store.next_wakeup(TIMER_LEAD)
+        if self._rate_wakeup is not None and now >= self._rate_wakeup:
+            self._rate_wakeup = None
+            self._dispatch_pending = True
         if now >= self._next_tick:
             self._tick(now)
             self._next_tick = now + self.settings.heartbeat_interval
+        # Each worker hears from the daemon once an interval, a few at a time rather than
+        # all in one turn: what one turn costs must not grow with the idle workers.
+        interval = self.settings.heartbeat_interval
+        for peer in self.peers.due_heartbeats(now, interval, early=interval / 4):
+            self._send_raw(self.worker, peer.ident, self._heartbeat)
         if now >= self._waiters_due:
             self._waiters_due = math.inf
             for task_id, waits in list(self._waiters.items()):
@@ -701,13 +740,11 @@ class Daemon(ClientOps):
                     del self._waiters[task_id]
 
     def _tick(self, now: float) -> None:
-        """Once per heartbeat interval: heartbeats, dead workers, leases, retention."""
+        """Once per heartbeat interval: dead workers, leases, retention."""
         s = self.settings
         for peer in self.peers.silent(now, s.heartbeat_interval * s.liveness):
             self._lose_worker(peer.worker_id, now, f"silent for {now - peer.last_seen:.1f}s")
-        for peer in self.peers:
-            self._send(self.worker, peer.ident, Cmd.HEARTBEAT, {})
-        self.store.renew_leases([p.worker_id for p in self.peers], now, s.lease)
+        self.store.renew_leases(self.peers.busy(), now, s.lease)
         lost = self._ended_all(self.store.reap_expired(now))
         if lost:
             log.warning("leases expired for tasks %s: back to the queue", lost)
@@ -745,33 +782,52 @@ class Daemon(ClientOps):
         Idle threads first, on every worker; then the prefetch, in rounds of at most
         as many tasks as a worker has threads: a short queue spreads over the fleet
         instead of waiting in the prefetch of whichever worker was asked first, and a
-        long one fills every worker's prefetch evenly."""
+        long one fills every worker's prefetch evenly.
+
+        Workers come by kind (the names they run, the queues they serve): a kind for
+        which no queue may hold work is skipped whole, so idle workers cost nothing.
+        Each round claims a task or ends the loop, and a turn makes CLAIMS_PER_TURN
+        queries at most: the loop ends whatever the state."""
         if not self._dispatch_pending:
             return
         claimed: dict[str, tuple[Any, list[dict]]] = {}
-        idle_first, pending = True, False
-        while True:
-            rooms = [
-                (peer, peer.idle_threads if idle_first else min(peer.credit, peer.threads or peer.credit))
-                for peer in self.peers.with_credit()
-            ]
-            rooms = [(peer, room) for peer, room in rooms if room > 0]
-            if not rooms and idle_first:
+        budget = [CLAIMS_PER_TURN]
+        idle_first, more = True, False
+        while budget[0] > 0:
+            tried = filled_any = False
+            for kind in self.peers.kinds():
+                for peer in self.peers.take_turns(kind):
+                    if not self.lanes.open_queues(self._names_with_room(peer, now), peer.queues, now):
+                        break  # nothing this kind may take: its other workers neither
+                    room = peer.idle_threads if idle_first else min(peer.credit, peer.threads or peer.credit)
+                    if room <= 0:
+                        continue
+                    tried = True
+                    rows, filled = self._claim_for(peer, now, room, budget)
+                    filled_any = filled_any or filled
+                    if rows:
+                        claimed.setdefault(peer.worker_id, (peer, []))[1].extend(rows)
+                    if budget[0] <= 0:
+                        break
+            if idle_first and not tried:  # no idle thread anywhere: on to the prefetch
                 idle_first = False
                 continue
-            filled_any = False
-            for peer, room in rooms:
-                rows, filled = self._claim_for(peer, now, room)
-                filled_any = filled_any or filled
-                if rows:
-                    claimed.setdefault(peer.worker_id, (peer, []))[1].extend(rows)
-            if rooms:
-                pending = filled_any  # a queue may hold more, for when credit frees up
-            if not filled_any:
+            more = filled_any  # a queue may hold more, for when credit frees up
+            if not filled_any:  # (a filled claim took a task: the rounds are finite)
                 break
             idle_first = False
+        if budget[0] <= 0:
+            more = True
+            log.debug("a turn made %d claims: the next turn goes on", CLAIMS_PER_TURN)
         out.tasks.extend(claimed.values())
-        self._dispatch_pending = pending or self.lanes.next_deadline(now) is not None
+        self._dispatch_pending = more
+        self._rate_wakeup = self.lanes.next_deadline(now)
+
+    def _names_with_room(self, peer: Any, now: float) -> frozenset[str]:
+        """The task names `peer` runs whose fleet-wide limits have room now."""
+        if not self.lanes.names:
+            return frozenset(peer.names)
+        return frozenset(n for n in peer.names if self.lanes.name_room(n, now) > 0)
 
     def _send_tasks(self, batches: list[tuple[Any, list[dict]]], now: float) -> None:
         if not batches:
@@ -793,43 +849,48 @@ class Daemon(ClientOps):
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("tasks %s sent to %s", [row["id"] for row in rows], peer.worker_id)
 
-    def _claim_for(self, peer: Any, now: float, room: int) -> tuple[list[dict], bool]:
+    def _claim_for(self, peer: Any, now: float, room: int, budget: list[int]) -> tuple[list[dict], bool]:
         """Claim up to `room` tasks for one worker, queue by queue as the lanes share its
         credit out. Returns the rows and whether a queue may hold more ready work.
 
         A task under a rate goes only to a thread that is idle: one held in the
         worker's prefetch would start late, and a late start followed by a prompt
-        one would exceed the rate where the handlers run."""
+        one would exceed the rate where the handlers run.
+
+        Each pass over the plan claims a task or leaves out a task name for good (its
+        limit has no more room, for this worker), else the loop ends: it is finite."""
         rows: list[dict] = []
         filled = False
-        while min(peer.credit, room - len(rows)) > 0:
-            plan = self.lanes.plan(
-                peer.worker_id, peer.names, peer.queues, min(peer.credit, room - len(rows)), now
-            )
+        held_back: set[str] = set()  # names this worker may take no more of in this turn
+        while (want := min(peer.credit, room - len(rows))) > 0 and budget[0] > 0:
+            names = self._names_with_room(peer, now) - held_back
+            plan = self.lanes.plan(names, peer.queues, want, now) if names else []
             if not plan:
                 break
-            names = [n for n in peer.names if self.lanes.name_room(n, now) > 0]
-            if not names:
-                break
-            progress = False
+            before = (len(rows), len(held_back))
             for queue, count in plan:
                 if self.lanes.is_rated(queue):
                     count = min(count, peer.idle_threads)
                     if count <= 0:
                         continue
+                if budget[0] <= 0:
+                    break
+                budget[0] -= 1
                 taken: dict[str, int] = {}
+                refused: set[str] = set()
 
-                def accept(row: dict, taken: dict = taken) -> bool:
+                def accept(row: dict, taken: dict = taken, refused: set = refused) -> bool:
                     name = row["name"]
-                    if self.lanes.name_room(name, now) <= taken.get(name, 0):
-                        return False
-                    if self.lanes.is_rated(name=name) and peer.idle_threads <= sum(taken.values()):
+                    if self.lanes.name_room(name, now) <= taken.get(name, 0) or (
+                        self.lanes.is_rated(name=name) and peer.idle_threads <= sum(taken.values())
+                    ):
+                        refused.add(name)
                         return False
                     taken[name] = taken.get(name, 0) + 1
                     return True
 
                 claimed = self.store.claim(
-                    peer.worker_id, names, count, now, self.settings.lease,
+                    peer.worker_id, sorted(names), count, now, self.settings.lease,
                     queue=queue, order=self.lanes.queue(queue).order,
                     accept=accept if self.lanes.names else None,
                 )  # fmt: skip
@@ -837,14 +898,12 @@ class Daemon(ClientOps):
                     self.peers.assign(peer, row["id"])
                     self.lanes.started(queue, row["name"], row.get("run_at", now))  # (a later one: see claim)
                 rows.extend(claimed)
-                progress = True  # claimed, or learned the queue is empty for these names
-                if len(claimed) < count:  # no more for these names here: the next plans leave it out
-                    self.lanes.found_empty(
-                        frozenset(names), queue, peer.worker_id if self.lanes.names else None
-                    )
-                else:
+                held_back |= refused
+                if len(claimed) == count:
                     filled = True
-            if not progress:  # only rated queues had room, and no idle thread to take them
+                elif not refused:  # it saw every ready task of these names there
+                    self.lanes.found_empty(names, queue)
+            if (len(rows), len(held_back)) == before:
                 break
         return rows, filled
 

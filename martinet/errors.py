@@ -38,7 +38,17 @@ class JournalError(MartinetError):
 
 
 class DaemonUnavailable(MartinetError):
-    """The daemon did not answer within the timeout."""
+    """The daemon did not answer within the timeout.
+
+    `request_id` is the id of the request that went unanswered (None when none was
+    sent). The daemon may have carried it out all the same: a call that creates a
+    task or schedule, made again with `request_id=exc.request_id`, returns the one
+    that request created, if it did, and never creates a second.
+    """
+
+    def __init__(self, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
 
 
 class ProtocolError(MartinetError):

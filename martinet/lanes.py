@@ -74,14 +74,14 @@ class Lanes:
     def __init__(self) -> None:
         self.queues: dict[str, Queue] = {}
         self.names: dict[str, Lane] = {}
-        # A claim that finds nothing more in a queue for some task names marks the queue
-        # empty for those names, and any fewer, until something becomes ready there:
+        # A claim that finds no more ready tasks in a queue for some task names marks the
+        # queue empty for those names, and any fewer, until something becomes ready there:
         # generations tell "since" apart cheaply. Workers of a fleet mostly run the same
-        # names, so one short claim spares the others' claims in that turn. (A claim that
-        # name limits cut short marks it for its own worker only: see found_empty.)
+        # names, so one short claim spares the others' claims in that turn. Only a claim
+        # that saw the whole queue for those names may say so (see found_empty).
         self._generation: dict[str, int] = {}
         self._epoch = 0  # bumped when tasks became ready somewhere unknown
-        self._empty: dict[str, list[tuple[frozenset[str], str | None, tuple[int, int]]]] = {}
+        self._empty: dict[str, list[tuple[frozenset[str], tuple[int, int]]]] = {}
 
     def queue(self, name: str) -> Queue:
         q = self.queues.get(name)
@@ -114,27 +114,18 @@ class Lanes:
     def _stamp(self, queue: str) -> tuple[int, int]:
         return (self._epoch, self._generation.get(queue, 0))
 
-    def found_empty(self, names: frozenset[str], queue: str, worker: str | None = None) -> None:
-        """A claim for tasks with these names found nothing more ready in `queue`: for every
-        worker, or for `worker` only (its claim refused tasks for reasons of its own)."""
-        stamp = self._stamp(queue)
-        kept = [
-            (n, w, s)
-            for n, w, s in self._empty.get(queue, ())
-            if s == stamp and not (n <= names and worker in (None, w))  # stale, or said again by this one
-        ]
-        self._empty[queue] = [*kept, (names, worker, stamp)]
+    def found_empty(self, names: frozenset[str], queue: str) -> None:
+        """A claim for tasks with these names found no more of them ready in `queue`.
 
-    def forget(self, worker: str) -> None:
-        """What `worker`'s own claims found (it reconnected, or left)."""
-        for queue, entries in self._empty.items():
-            self._empty[queue] = [e for e in entries if e[1] != worker]
-
-    def _is_empty(self, names: set[str] | frozenset[str], worker: str, queue: str) -> bool:
+        Say it only when none was left aside for a limit: a task held back by its
+        name's limit is still there, and claimable once that limit has room."""
         stamp = self._stamp(queue)
-        return any(
-            s == stamp and w in (None, worker) and names <= n for n, w, s in self._empty.get(queue, ())
-        )
+        kept = [(n, s) for n, s in self._empty.get(queue, ()) if s == stamp and not n <= names]
+        self._empty[queue] = [*kept, (names, stamp)]
+
+    def _is_empty(self, names: set[str] | frozenset[str], queue: str) -> bool:
+        stamp = self._stamp(queue)
+        return any(s == stamp and names <= n for n, s in self._empty.get(queue, ()))
 
     def started(self, queue: str, name: str, now: float) -> None:
         self.queue(queue).started(now)
@@ -166,16 +157,27 @@ class Lanes:
         lane = self.names.get(name)
         return math.inf if lane is None else lane.room(now)
 
-    def plan(
-        self, worker: str, names: set[str], served: set[str] | None, credit: int, now: float
-    ) -> list[tuple[str, int]]:
-        """Split the `credit` slots of a worker (running `names`) between the queues it serves
-        that can start work, by weight (smooth weighted round robin), within each queue's room."""
-        open_queues = {
-            name: q
+    def open_queues(self, names: set[str] | frozenset[str], served: set[str] | None, now: float) -> list[str]:
+        """The queues a worker running `names` (those with room now) and serving `served`
+        (None: all) may find work in: not paused, with room, not known to be empty."""
+        return [
+            name
             for name, q in self.queues.items()
-            if (served is None or name in served) and not q.paused and not self._is_empty(names, worker, name)
-        }
+            if (served is None or name in served)
+            and not q.paused
+            and q.room(now) > 0
+            and not self._is_empty(names, name)
+        ]
+
+    def plan(
+        self, names: set[str] | frozenset[str], served: set[str] | None, credit: int, now: float
+    ) -> list[tuple[str, int]]:
+        """Split `credit` slots of a worker running `names` (those with room now) between
+        the queues it serves that can start work, by weight (smooth weighted round robin),
+        within each queue's room."""
+        open_queues = {name: self.queues[name] for name in self.open_queues(names, served, now)}
+        if not open_queues:
+            return []
         rooms = {name: q.room(now) for name, q in open_queues.items()}
         if len(open_queues) == 1:  # the common case; round robin would give it all it can take
             ((name, room),) = rooms.items()

@@ -4,14 +4,27 @@ A worker's credit is its capacity minus the tasks the daemon has leased to it
 and not yet seen end, so the daemon never sends more than a worker asked for.
 Its capacity counts the tasks it runs at once (threads) and those it holds ready
 for its next free thread (prefetch).
+
+A turn of the daemon must cost the same with five workers or five thousand idle
+ones, so the table keeps what a turn asks for at hand instead of scanning every
+worker: those with credit, grouped by what they run and serve (a fleet has few
+kinds of workers, and a claim that finds nothing for one skips its whole kind);
+those holding tasks (whose leases heartbeats renew); the order in which they
+were last heard from (the silent ones are at the front) and last sent a
+heartbeat (the ones due are at the front).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+# What a worker runs and serves: its task names, and its queues (None: all of them).
+Kind = tuple[frozenset[str], frozenset[str] | None]
 
-@dataclass
+
+@dataclass(eq=False)
 class Peer:
     worker_id: str
     ident: bytes  # routing id on the worker socket
@@ -32,13 +45,21 @@ class Peer:
         threads = self.capacity if self.threads is None else min(self.threads, self.capacity)
         return max(0, threads - len(self.inflight))
 
+    @property
+    def kind(self) -> Kind:
+        return frozenset(self.names), None if self.queues is None else frozenset(self.queues)
+
 
 class Peers:
     def __init__(self) -> None:
         self._by_id: dict[str, Peer] = {}
         self._by_ident: dict[bytes, str] = {}
         self._owner: dict[int, str] = {}  # task id -> worker id
-        self._turn = 0  # rotates who is offered work first
+        self._free: dict[Kind, OrderedDict[str, Peer]] = {}  # with credit; the longest waiting first
+        self._busy: set[str] = set()  # holding tasks
+        self._by_seen: OrderedDict[str, Peer] = OrderedDict()  # the longest silent first
+        self._beats: OrderedDict[str, float] = OrderedDict()  # when last sent a heartbeat, oldest first
+        self._turn = 0  # rotates which kind is offered work first
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -61,6 +82,9 @@ class Peers:
         peer = Peer(worker_id, ident, set(names), max(0, capacity), now, queues=queues, threads=threads)
         self._by_id[worker_id] = peer
         self._by_ident[ident] = worker_id
+        self._by_seen[worker_id] = peer
+        self._beats[worker_id] = now  # its welcome is on its way
+        self._index(peer)
         return peer
 
     def get(self, worker_id: str) -> Peer | None:
@@ -71,40 +95,110 @@ class Peers:
         return None if worker_id is None else self._by_id.get(worker_id)
 
     def seen(self, worker_id: str, now: float) -> None:
+        """Heard from `worker_id` at `now` (a time that never goes back)."""
         peer = self._by_id.get(worker_id)
         if peer is not None:
             peer.last_seen = now
+            self._by_seen.move_to_end(worker_id)
 
     def remove(self, worker_id: str) -> Peer | None:
         peer = self._by_id.pop(worker_id, None)
         if peer is not None:
+            self._unindex(peer)
             self._by_ident.pop(peer.ident, None)
+            self._by_seen.pop(worker_id, None)
+            self._beats.pop(worker_id, None)
+            self._busy.discard(worker_id)
             for task_id in peer.inflight:
                 self._owner.pop(task_id, None)
         return peer
 
+    def drop_name(self, peer: Peer, name: str) -> None:
+        """The worker cannot run `name` after all (it refused such a task)."""
+        self._unindex(peer)
+        peer.names.discard(name)
+        self._index(peer)
+
+    def excuse(self, gap: float) -> None:
+        """The daemon itself did not listen for `gap` seconds: nobody's silence counts for them."""
+        for peer in self._by_seen.values():
+            peer.last_seen += gap
+
     def silent(self, now: float, timeout: float) -> list[Peer]:
         """Workers not heard from in `timeout` seconds (not removed here)."""
-        return [p for p in self._by_id.values() if now - p.last_seen > timeout]
+        found = []
+        for peer in self._by_seen.values():
+            if now - peer.last_seen <= timeout:
+                break
+            found.append(peer)
+        return found
+
+    def due_heartbeats(self, now: float, interval: float, early: float = 0.0) -> list[Peer]:
+        """Workers sent nothing for `interval` seconds (or `early` less): each is counted
+        as sent one now."""
+        due = []
+        for worker_id, sent in self._beats.items():
+            if sent + interval - early > now:
+                break
+            due.append(self._by_id[worker_id])
+        for peer in due:
+            self._beats.move_to_end(peer.worker_id)
+            self._beats[peer.worker_id] = now
+        return due
+
+    def next_heartbeat(self, interval: float) -> float | None:
+        """When the next heartbeat is due, if any worker is connected."""
+        for sent in self._beats.values():
+            return sent + interval
+        return None
+
+    def any_credit(self) -> bool:
+        return bool(self._free)
+
+    def kinds(self) -> list[Kind]:
+        """What the workers with credit run and serve, one entry per kind, in an order
+        that rotates between calls."""
+        kinds = list(self._free)
+        if not kinds:
+            return []
+        self._turn = (self._turn + 1) % len(kinds)
+        return kinds[self._turn :] + kinds[: self._turn]
+
+    def take_turns(self, kind: Kind) -> Iterator[Peer]:
+        """The workers of `kind` with credit, the longest waiting first; each goes to the back
+        as its turn comes. Workers that lose their credit meanwhile leave the line."""
+        for _ in range(len(self._free.get(kind, ()))):
+            line = self._free.get(kind)
+            if not line:
+                return
+            worker_id = next(iter(line))
+            line.move_to_end(worker_id)
+            yield line[worker_id]
 
     def with_credit(self) -> list[Peer]:
-        """Workers that can take a task, in an order that rotates between calls."""
-        peers = [p for p in self._by_id.values() if p.credit > 0]
-        if not peers:
-            return []
-        self._turn = (self._turn + 1) % len(peers)
-        return peers[self._turn :] + peers[: self._turn]
+        """Every worker that can take a task (a scan: for reports, not for a turn)."""
+        return [p for p in self._by_id.values() if p.credit > 0]
+
+    def busy(self) -> list[str]:
+        """The workers holding tasks."""
+        return list(self._busy)
 
     def assign(self, peer: Peer, task_id: int) -> None:
         peer.inflight.add(task_id)
         self._owner[task_id] = peer.worker_id
+        self._busy.add(peer.worker_id)
+        if peer.credit == 0:
+            self._unindex(peer)
 
     def release(self, task_id: int) -> Peer | None:
         """The task's attempt ended: give its slot back to whoever held it."""
         worker_id = self._owner.pop(task_id, None)
         peer = self._by_id.get(worker_id) if worker_id else None
-        if peer is not None:
+        if peer is not None and task_id in peer.inflight:
             peer.inflight.discard(task_id)
+            if not peer.inflight:
+                self._busy.discard(peer.worker_id)
+            self._index(peer)
         return peer
 
     def owner(self, task_id: int) -> Peer | None:
@@ -118,3 +212,15 @@ class Peers:
             for p in self._by_id.values()
             if name in p.names and (queue is None or p.queues is None or queue in p.queues)
         ]
+
+    def _index(self, peer: Peer) -> None:
+        """Put a worker with credit in its kind's line (at the back), once."""
+        if peer.credit > 0:
+            line = self._free.setdefault(peer.kind, OrderedDict())
+            line.setdefault(peer.worker_id, peer)
+
+    def _unindex(self, peer: Peer) -> None:
+        kind = peer.kind
+        line = self._free.get(kind)
+        if line is not None and line.pop(peer.worker_id, None) is not None and not line:
+            del self._free[kind]

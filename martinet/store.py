@@ -631,8 +631,8 @@ class Store:
         """A reconnecting worker still holds these (id, attempt): give the leases back to it.
 
         Only the same attempt is readopted, also when its lease was reaped meanwhile
-        (the task queued or failed again, not yet claimed): then it runs again on this
-        worker instead of twice. A task claimed again since is not; nor is an attempt
+        (the task queued, failed or stalled by its losses, not yet claimed again): it
+        goes on running on this worker instead of twice. A task claimed again since is not; nor is an attempt
         the worker itself ended (its outcome committed, the ack lost), so the outcome
         it sends again is fenced out instead of ending the attempt twice. Returns the
         ids readopted; the worker should stop the others."""
@@ -648,7 +648,7 @@ class Store:
                 .where(
                     Task.id == item["id"],
                     Task.attempt == item["attempt"],
-                    Task.status.in_((RUNNING, QUEUED, FAILED)),
+                    Task.status.in_((RUNNING, QUEUED, FAILED, STALLED)),
                     (Task.status == RUNNING) | ~peewee.fn.EXISTS(ended_by_worker),
                 )
                 .execute()
@@ -732,9 +732,12 @@ class Store:
                 sql += " FOR UPDATE"
             running.update((r[0], RunningRow(*r)) for r in self._exec(sql, chunk).fetchall())
         ended: list[tuple[int, RunningRow, _Ending]] = []  # (index in outcomes, row, what becomes of it)
+        late: list[tuple[int, Outcome]] = []
         for index, o in enumerate(outcomes):
             row = running.get(o.task_id)
             if row is None or row.attempt != o.attempt or row.worker != o.worker:
+                if o.kind == "succeeded" and (row is None or row.attempt == o.attempt):
+                    late.append((index, o))
                 continue
             del running[o.task_id]  # an attempt ends once
             ending = self._ending(row, o.kind, now, result=o.result, error=o.error, retry_in=o.retry_in,
@@ -744,7 +747,51 @@ class Store:
         infos: list[dict | None] = [None] * len(outcomes)
         for index, row, ending in ended:
             infos[index] = self._ended_info(row, ending, now)
+        for index, o in late:
+            if infos[index] is None:
+                infos[index] = self._late_success(o, now)
         return infos
+
+    def _late_success(self, o: Outcome, now: float) -> dict | None:
+        """A success for an attempt the daemon had declared lost, not yet claimed again:
+        its worker was alive after all (the daemon, or the network, was slow). The result
+        is the truth, so the task succeeds with it and the attempt's row says so; fenced
+        by the attempt number, its lost row and its worker. A task that went dead and
+        cancelled the tasks waiting on it stays dead. Returns its info (with "late": the
+        daemon freed the attempt's slot when it lost it), or None."""
+        lost = Attempt.select(Attempt.id).where(
+            Attempt.task_id == o.task_id,
+            Attempt.attempt == o.attempt,
+            Attempt.outcome == "lost",
+            Attempt.worker == o.worker,
+        )
+        found = self._exec(
+            f"SELECT {', '.join(RunningRow._fields)} FROM task WHERE id = ? AND attempt = ?"
+            " AND (status IN ('queued', 'failed', 'stalled') OR (status = 'dead' AND has_dependents = ?))",
+            (o.task_id, o.attempt, False),
+        ).fetchone()
+        lost_row = None if found is None else lost.first()
+        if lost_row is None:
+            return None
+        row = RunningRow(*found)._replace(worker=o.worker)
+        ending = self._ending(row, "succeeded", now, result=o.result)
+        changes = {"reason": None, "error_type": None, "error_message": None, "error_traceback": None,
+                   **ending.changes}  # fmt: skip
+        n = (
+            Task.update(**changes)
+            .where(
+                Task.id == row.id,
+                Task.attempt == row.attempt,
+                Task.status.in_((QUEUED, FAILED, STALLED, DEAD)),
+            )
+            .execute()
+        )
+        if n != 1:
+            return None
+        Attempt.update(
+            outcome=ending.outcome, ended_at=now, error_type=None, error_message=None, error_traceback=None
+        ).where(Attempt.id == lost_row.id).execute()
+        return {**self._ended_info(row, ending, now), "late": True}
 
     def _write_endings(self, ended: list[tuple[RunningRow, _Ending]], now: float) -> None:
         """The task updates of many endings, one executemany per shape of change, and their

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.harness import ROOT
+from tests.harness import ROOT, free_ports
 
 SUBCOMMANDS = [
     "serve",
@@ -100,6 +100,18 @@ def test_cli_round_trip(cluster):
     assert "next_due" in ok("show", "s1", url=url)
     assert ok("revoke", "s1", url=url).strip() == "s1: removed"
     assert ok("schedules", url=url).strip() == "no schedules"
+
+    again = ["execute", "echo", "--request-id", "order-7", "--json"]
+    assert json.loads(ok(*again, url=url))["id"] == json.loads(ok(*again, url=url))["id"]
+
+
+def test_cli_no_answer_names_the_request_id_to_run_again_with():
+    (port,) = free_ports(1)  # nobody listens there
+    out = run("execute", "echo", "--request-id", "order-8", "--timeout", "0.3", url=f"tcp://127.0.0.1:{port}")
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert (
+        "may have been accepted" in out.stderr and "the same command with --request-id order-8" in out.stderr
+    )
 
 
 def test_cli_failures_are_one_line(cluster):

@@ -1,32 +1,49 @@
 """The client's requests in flight, against a scripted daemon (a real ROUTER socket on
-a free port, in a thread): order, resends on a fresh socket, and stopping after a refusal."""
+a free port, in a thread): order, resends on a fresh socket, and stopping after a refusal;
+a daemon that does not answer in time, and calls again with the request id it gave."""
 
 from __future__ import annotations
 
 import threading
-from collections import Counter
+import time
+from collections import Counter, defaultdict
 
 import pytest
 import zmq
 
+import martinet
 from martinet import client as client_module
 from martinet import protocol
 from martinet.client import Client
-from martinet.errors import BadInput, ProtocolError
+from martinet.errors import BadInput, DaemonUnavailable, ProtocolError
 from martinet.protocol import Cmd
 from tests.harness import free_ports
+
+CREATES = {"execute", "schedule", "every"}
 
 
 class ScriptedDaemon:
     """Answers each request {"ok": True, "echo": rid}, except that it ignores the first
-    copy of the rids in `drop`, refuses those in `refuse` and answers those in `deep` with
-    a header nested a thousand levels deep; counts what it receives."""
+    `drop_first` copies of the rids in `drop`, refuses those in `refuse` and answers those
+    in `deep` with a header nested a thousand levels deep; counts what it receives.
+
+    It keeps tasks as the store does: a request that creates (execute, schedule, every,
+    execute_many) makes one per new request_id, and a known one returns its first id.
+    While `silent` is set it answers nothing, and still does what it reads (a daemon
+    that commits but whose replies never arrive); `copies` holds each rid's frames."""
 
     def __init__(
-        self, drop: set[str] = frozenset(), refuse: set[str] = frozenset(), deep: set[str] = frozenset()
+        self,
+        drop: set[str] = frozenset(),
+        refuse: set[str] = frozenset(),
+        drop_first: int = 1,
+        deep: set[str] = frozenset(),
     ) -> None:
-        self.drop, self.refuse, self.deep = set(drop), set(refuse), set(deep)
+        self.drop, self.refuse, self.drop_first, self.deep = set(drop), set(refuse), drop_first, set(deep)
         self.seen: Counter[str] = Counter()
+        self.copies: defaultdict[str, list[bytes]] = defaultdict(list)
+        self.tasks: dict[str, int] = {}  # request_id -> id
+        self.silent = threading.Event()
         (port,) = free_ports(1)
         self.url = f"tcp://127.0.0.1:{port}"
         self.ctx = zmq.Context()
@@ -45,7 +62,9 @@ class ScriptedDaemon:
             _cmd, h = protocol.decode(frames)
             rid = h["rid"]
             self.seen[rid] += 1
-            if rid in self.drop and self.seen[rid] == 1:
+            self.copies[rid].append(frames[0])
+            made = self._create(h)
+            if self.silent.is_set() or (rid in self.drop and self.seen[rid] <= self.drop_first):
                 continue
             if rid in self.deep:  # the rid last, as the daemon writes it
                 body = b'{"ok":true,"item":' + b"[" * 1000 + b"]" * 1000 + b',"rid":"' + rid.encode() + b'"}'
@@ -54,8 +73,23 @@ class ScriptedDaemon:
             if rid in self.refuse:
                 reply = {"rid": rid, "ok": False, "error": {"type": "BadInput", "message": f"no to {rid}"}}
             else:
-                reply = {"rid": rid, "ok": True, "echo": rid}
+                reply = {"rid": rid, "ok": True, "echo": rid, **made}
             self.sock.send_multipart([ident, *protocol.encode(Cmd.REPLY, reply)])
+
+    def _create(self, h: dict) -> dict:
+        if h["op"] == "execute_many":
+            made = [self._task(item["request_id"]) for item in h["tasks"]]
+            return {"ids": [task_id for task_id, _ in made], "created": [new for _, new in made]}
+        if h["op"] not in CREATES:
+            return {}
+        task_id, created = self._task(h["request_id"])
+        return {"id": f"s{task_id}" if h["op"] == "every" else task_id, "created": created}
+
+    def _task(self, request_id: str) -> tuple[int, bool]:
+        created = request_id not in self.tasks
+        if created:
+            self.tasks[request_id] = len(self.tasks) + 1
+        return self.tasks[request_id], created
 
     def close(self) -> None:
         self.stop.set()
@@ -145,3 +179,130 @@ def test_a_reply_too_deep_to_read_is_an_error_not_a_timeout(scripted):
     finally:
         c.close()
     assert daemon.seen == {"r1": 1, "r2": 1}  # answered at once: not sent again
+
+
+# ---- a daemon that does not answer in time -------------------------------------------
+
+
+def test_an_unanswered_request_goes_again_with_the_same_rid_until_answered(scripted, monkeypatch):
+    monkeypatch.setattr(client_module, "FIRST_TRY", 0.05)
+    daemon = scripted(drop={"r1"}, drop_first=3)
+    c = Client(daemon.url, timeout=10)
+    try:
+        assert c.request("ping", {"rid": "r1"})["echo"] == "r1"
+    finally:
+        c.close()
+    assert daemon.seen == {"r1": 4}
+    assert len(set(daemon.copies["r1"])) == 1  # the very same request each time
+
+
+def test_resends_go_on_until_the_timeout_runs_out(scripted, monkeypatch):
+    """A daemon that reads the copies but is killed before it answers them, then is back:
+    a copy still goes after it, however long the call has waited already."""
+    monkeypatch.setattr(client_module, "FIRST_TRY", 0.05)
+    monkeypatch.setattr(client_module, "MAX_TRY", 0.2)
+    daemon = scripted()
+    daemon.silent.set()  # copies sent at 0, 0.05, 0.15, 0.35, 0.75 are all lost
+    back = threading.Timer(0.9, daemon.silent.clear)
+    back.start()
+    c = Client(daemon.url, timeout=1.5)
+    try:
+        assert c.request("ping", {"rid": "r1"})["echo"] == "r1"  # doubling alone sends none after 0.75
+    finally:
+        back.cancel()
+        c.close()
+
+
+def test_no_answer_within_the_timeout_raises_with_the_request_id(scripted, monkeypatch):
+    monkeypatch.setattr(client_module, "FIRST_TRY", 0.1)
+    daemon = scripted()
+    daemon.silent.set()
+    c = Client(daemon.url, timeout=0.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(DaemonUnavailable, match="within 0.5s") as caught:
+            c.request("ping", {"rid": "r1"})
+    finally:
+        c.close()
+    assert 0.5 <= time.monotonic() - started < 2
+    assert caught.value.request_id == "r1"
+    assert daemon.seen["r1"] >= 3 and set(daemon.seen) == {"r1"}
+
+
+CALLS = {
+    "execute": lambda m, **kw: m.execute("resize", {"image_id": 7}, **kw),
+    "schedule": lambda m, **kw: m.schedule("in 1 hour", "resize", {"image_id": 7}, **kw),
+    "every": lambda m, **kw: m.every("30 minutes", "resize", {"image_id": 7}, **kw),
+}
+
+
+@pytest.mark.parametrize("call", CALLS)
+def test_a_call_that_got_no_answer_may_be_in_and_calling_again_with_its_id_never_makes_two(
+    scripted, monkeypatch, call
+):
+    """Given a daemon that commits the request but whose answers never arrive (paused
+    past the timeout, it reads the request when it resumes), the call raises an error
+    that names its request id; calling again with it returns the same task, not a new one."""
+    monkeypatch.setattr(client_module, "FIRST_TRY", 0.1)
+    daemon = scripted()
+    daemon.silent.set()
+    m = martinet.Martinet.connect(daemon.url, timeout=0.3)
+    try:
+        with pytest.raises(DaemonUnavailable) as caught:
+            CALLS[call](m)
+        exc = caught.value
+        assert exc.request_id and list(daemon.tasks) == [exc.request_id]
+        assert f"request_id={exc.request_id!r}" in str(exc) and "may have been accepted" in str(exc)
+        assert set(daemon.seen) == {exc.request_id}  # each copy the same request
+        daemon.silent.clear()
+        again = CALLS[call](m, request_id=exc.request_id)
+    finally:
+        m.close()
+    assert again == daemon.tasks[exc.request_id] or again == f"s{daemon.tasks[exc.request_id]}"
+    assert again.created is False and len(daemon.tasks) == 1
+
+
+def test_execute_many_that_got_no_answer_gives_its_request_id_and_calling_again_makes_none_twice(
+    scripted, monkeypatch
+):
+    monkeypatch.setattr(client_module, "FIRST_TRY", 0.1)
+    daemon = scripted()
+    daemon.silent.set()
+    pairs = [("resize", {"image_id": i}) for i in range(5)]
+    m = martinet.Martinet.connect(daemon.url, timeout=0.3)
+    try:
+        with pytest.raises(DaemonUnavailable) as caught:
+            m.execute_many(pairs)
+        exc = caught.value
+        assert f"request_id={exc.request_id!r}" in str(exc) and "may have been accepted" in str(exc)
+        assert exc.accepted == [] and len(daemon.tasks) == 5
+        daemon.silent.clear()
+        ids = m.execute_many(pairs, request_id=exc.request_id)
+    finally:
+        m.close()
+    assert ids == [1, 2, 3, 4, 5] and not any(i.created for i in ids) and len(daemon.tasks) == 5
+
+
+def test_the_readmes_retry_pattern_makes_one_task_through_an_outage(scripted, monkeypatch):
+    """The README's example, run: a daemon that does not answer for longer than two
+    timeouts (it commits what it reads), then does."""
+    import re
+
+    from tests.test_readme import README
+
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", README, re.S) if "def execute_surely" in b]
+    monkeypatch.setattr(client_module, "FIRST_TRY", 0.1)
+    monkeypatch.setattr(martinet, "_default", None)
+    daemon = scripted()
+    daemon.silent.set()
+    back = threading.Timer(0.7, daemon.silent.clear)  # two tries of 0.3 s go unanswered
+    back.start()
+    martinet.configure(url=daemon.url, timeout=0.3)
+    namespace: dict = {}
+    try:
+        exec(block, namespace)
+        tid = namespace["execute_surely"]("resize", {"image_id": 7})
+    finally:
+        back.cancel()
+        martinet._default.close()
+    assert tid == 1 and len(daemon.tasks) == 1 and len(daemon.seen) == 1

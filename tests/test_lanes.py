@@ -45,7 +45,7 @@ def test_weights_share_slots_smoothly():
     lanes.configure("b", weight=1)
     counts = {"a": 0, "b": 0}
     for _ in range(400):
-        for queue, n in lanes.plan("w", {"job"}, None, 1, 0.0):
+        for queue, n in lanes.plan({"job"}, None, 1, 0.0):
             counts[queue] += n
     assert counts == {"a": 300, "b": 100}
 
@@ -55,33 +55,36 @@ def test_plan_respects_served_queues_pauses_and_rooms():
     lanes.configure("a", concurrency=1)
     lanes.configure("b", paused=True)
     lanes.configure("c")
-    plan = dict(lanes.plan("w", {"job"}, {"a", "b"}, 5, 0.0))
+    plan = dict(lanes.plan({"job"}, {"a", "b"}, 5, 0.0))
     assert plan == {"a": 1}  # b paused, c not served, a capped at one
-    assert dict(lanes.plan("w", {"job"}, None, 4, 0.0)) == {"a": 1, "c": 3}
+    assert dict(lanes.plan({"job"}, None, 4, 0.0)) == {"a": 1, "c": 3}
 
 
 def test_an_empty_queue_is_skipped_for_those_names_until_work_arrives():
     lanes = Lanes()
     lanes.ready("a")
     lanes.found_empty(frozenset({"x", "y"}), "a")  # a claim for x and y found no more in a
-    assert lanes.plan("w1", {"x", "y"}, None, 2, 0.0) == []
-    assert lanes.plan("w2", {"x"}, None, 2, 0.0) == []  # fewer names: nothing for it either
-    assert lanes.plan("w3", {"x", "z"}, None, 2, 0.0) == [("a", 2)]  # z may still be there
+    assert lanes.plan({"x", "y"}, None, 2, 0.0) == []
+    assert lanes.plan({"x"}, None, 2, 0.0) == []  # fewer names: nothing for it either
+    assert lanes.plan({"x", "z"}, None, 2, 0.0) == [("a", 2)]  # z may still be there
     lanes.ready("a")
-    assert lanes.plan("w1", {"x", "y"}, None, 2, 0.0) == [("a", 2)]
+    assert lanes.plan({"x", "y"}, None, 2, 0.0) == [("a", 2)]
     lanes.found_empty(frozenset({"x", "y"}), "a")
     lanes.ready(None)  # ready somewhere: look again everywhere
-    assert lanes.plan("w1", {"x", "y"}, None, 1, 0.0) == [("a", 1)]
+    assert lanes.plan({"x", "y"}, None, 1, 0.0) == [("a", 1)]
 
 
-def test_a_claim_cut_short_by_its_own_worker_marks_the_queue_for_that_worker_only():
+def test_open_queues_are_those_a_worker_may_find_work_in():
     lanes = Lanes()
-    lanes.ready("a")
-    lanes.found_empty(frozenset({"x"}), "a", worker="w1")  # e.g. no idle thread for a rated name
-    assert lanes.plan("w1", {"x"}, None, 2, 0.0) == []
-    assert lanes.plan("w2", {"x"}, None, 2, 0.0) == [("a", 2)]
-    lanes.forget("w1")  # it reconnected
-    assert lanes.plan("w1", {"x"}, None, 2, 0.0) == [("a", 2)]
+    lanes.configure("full", concurrency=1)
+    lanes.started("full", "x", 0.0)
+    lanes.configure("held", paused=True)
+    lanes.configure("dry")
+    lanes.configure("open")
+    lanes.found_empty(frozenset({"x"}), "dry")
+    assert lanes.open_queues({"x"}, None, 0.0) == ["open"]
+    assert lanes.open_queues({"x", "y"}, None, 0.0) == ["dry", "open"]  # y may be in dry
+    assert lanes.open_queues({"x"}, {"dry", "full"}, 0.0) == []
 
 
 def test_task_name_limits():

@@ -81,18 +81,26 @@ def test_assign_release_and_owner():
     assert b.inflight == {20}
 
 
-def test_with_credit_rotates_the_order():
-    peers, (a, b, c) = make(("a", 1), ("b", 1), ("c", 1))
-    orders = [[p.worker_id for p in peers.with_credit()] for _ in range(6)]
-    assert orders == [
-        ["b", "c", "a"],
-        ["c", "a", "b"],
-        ["a", "b", "c"],
-        ["b", "c", "a"],
-        ["c", "a", "b"],
-        ["a", "b", "c"],
-    ]
-    assert {o[0] for o in orders[:3]} == {"a", "b", "c"}  # each is offered work first in turn
+def test_workers_with_credit_take_turns_by_kind():
+    peers = Peers()
+    a, b, c = (peers.hello(w, w.encode(), {"add"}, 1, T0) for w in "abc")
+    other = peers.hello("o", b"o", {"mul"}, 1, T0, queues={"q"})
+    kinds = peers.kinds()
+    assert sorted(kinds, key=repr) == sorted(
+        [(frozenset({"add"}), None), (frozenset({"mul"}), frozenset({"q"}))], key=repr
+    )
+    assert peers.kinds() == kinds[1:] + kinds[:1]  # which kind is asked first rotates
+    kind = (frozenset({"add"}), None)
+    assert [p.worker_id for p in peers.take_turns(kind)] == ["a", "b", "c"]
+    turns = peers.take_turns(kind)
+    assert next(turns) is a
+    peers.assign(a, 1)  # its credit is spent: it leaves the line
+    assert [p.worker_id for p in turns] == ["b", "c"]
+    assert [p.worker_id for p in peers.take_turns(kind)] == ["b", "c"]
+    peers.release(1)
+    assert [p.worker_id for p in peers.take_turns(kind)] == ["b", "c", "a"]  # back, at the end
+    peers.drop_name(other, "mul")
+    assert (frozenset(), frozenset({"q"})) in peers.kinds()
 
 
 def test_with_credit_excludes_full_peers():
@@ -103,9 +111,10 @@ def test_with_credit_excludes_full_peers():
         assert {p.worker_id for p in peers.with_credit()} == {"b", "c"}
     peers.assign(b, 3)
     peers.assign(c, 4)
-    assert peers.with_credit() == []
+    assert peers.with_credit() == [] and not peers.any_credit() and peers.kinds() == []
     peers.release(3)
-    assert peers.with_credit() == [b]
+    assert peers.with_credit() == [b] and peers.any_credit()
+    assert sorted(peers.busy()) == ["a", "b", "c"]
 
 
 def test_silent_lists_workers_not_heard_from_in_time():
@@ -116,6 +125,20 @@ def test_silent_lists_workers_not_heard_from_in_time():
     assert peers.silent(T0 + 3.5, 3.0) == [a]
     assert peers.silent(T0 + 7.5, 3.0) == [a, b]
     assert len(peers) == 2  # silent() does not remove
+    peers.excuse(2.0)  # the daemon did not listen for 2 s: that silence is not theirs
+    assert peers.silent(T0 + 7.5, 3.0) == [a]
+
+
+def test_heartbeats_come_due_once_an_interval_each():
+    peers, (a, b) = make(("a", 1), ("b", 1))
+    peers.hello("c", b"c", {"add"}, 1, T0 + 0.5)
+    assert peers.next_heartbeat(1.0) == T0 + 1.0
+    assert peers.due_heartbeats(T0 + 0.9, 1.0) == []
+    assert [p.worker_id for p in peers.due_heartbeats(T0 + 0.9, 1.0, early=0.25)] == ["a", "b"]
+    assert peers.next_heartbeat(1.0) == T0 + 1.5  # c's
+    assert [p.worker_id for p in peers.due_heartbeats(T0 + 2.0, 1.0)] == ["c", "a", "b"]
+    peers.remove("c")
+    assert [p.worker_id for p in peers.due_heartbeats(T0 + 3.0, 1.0)] == ["a", "b"]
 
 
 def test_remove_clears_the_worker_and_its_owners():

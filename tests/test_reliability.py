@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import threading
+import time
 
 import pytest
 import zmq
 
 import martinet
+from martinet import client as client_module
 from martinet import protocol
 from martinet.protocol import Cmd
 from tests.harness import wait_for
@@ -48,6 +52,27 @@ def test_running_task_is_readopted_after_daemon_kill9(cluster, tmp_path):
     assert marker.read_text().splitlines() == [f"{tid}:1"]  # it ran once, not twice
     info = cluster.client().get(tid)
     assert info["attempt"] == 1 and info["status"] == "succeeded"
+
+
+def test_a_paused_daemon_blames_no_healthy_worker(cluster, tmp_path):
+    """Given a healthy worker running a task, when the daemon itself stops (SIGSTOP: a
+    GC pause, a slow disk) three times for longer than its workers' liveness, then
+    nobody is declared lost: the task succeeds on its first and only attempt."""
+    daemon = cluster.start_daemon(env={**FAST, "MARTINET_POISON_AFTER": "3"})
+    cluster.start_worker(concurrency=1)
+    m = cluster.client(timeout=20)
+    marker = tmp_path / "runs"
+    tid = m.execute("sleepy", {"seconds": 3, "marker": str(marker)})
+    wait_for(marker.exists, timeout=10, what="the task to start")
+    for _ in range(3):
+        os.kill(daemon.pid, signal.SIGSTOP)
+        time.sleep(1.0)  # the pause itself: five liveness windows of 0.2 s heartbeats
+        os.kill(daemon.pid, signal.SIGCONT)
+        m.ping()
+    assert m.wait(tid, timeout=20) == "slept"
+    assert [(a["attempt"], a["outcome"]) for a in m.show(tid)["attempts"]] == [(1, "succeeded")]
+    assert marker.read_text().splitlines() == [f"{tid}:1"]
+    assert "did not read its sockets" in daemon.log() and " gone (" not in daemon.log()
 
 
 def test_killed_worker_task_goes_to_another_worker(cluster, tmp_path):
@@ -151,6 +176,64 @@ def test_client_retry_after_timeout_creates_nothing_twice(cluster):
     assert first == again and len(cluster.client().list()) == 1
     with pytest.raises(martinet.BadInput):
         cluster.client().get("s99")
+
+
+def test_a_call_outlasts_a_paused_or_restarted_daemon_and_one_that_gives_up_is_found_again(
+    any_cluster, monkeypatch
+):
+    """A call with a long timeout rides out a paused daemon and a killed and restarted
+    one, creating its task once; a call whose timeout runs out while the daemon is paused
+    says its task may be in and names its request id, and calling again with that id,
+    after a restart even, returns that task instead of making a second."""
+    monkeypatch.setattr(client_module, "FIRST_TRY", 0.2)
+    resends = threading.Semaphore(0)
+    discard = client_module.Client._discard_socket
+
+    def counted(self) -> None:
+        discard(self)
+        resends.release()
+
+    monkeypatch.setattr(client_module.Client, "_discard_socket", counted)
+    any_cluster.start_daemon()
+    patient, hasty = any_cluster.client(timeout=30), any_cluster.client(timeout=1)
+    hasty.ping()  # connected: its next request reaches even a paused daemon's socket
+    done: dict[str, int] = {}
+
+    def call_waiting(name: str) -> threading.Thread:
+        while resends.acquire(blocking=False):
+            pass  # count this call's resends only
+        thread = threading.Thread(target=lambda: done.update({name: patient.execute("echo", {"n": name})}))
+        thread.start()
+        assert resends.acquire(timeout=10), "the call was not sent again"
+        return thread
+
+    daemon = any_cluster.daemon.popen
+    try:
+        # Given a daemon paused while a call waits: the call succeeds when it resumes
+        daemon.send_signal(signal.SIGSTOP)
+        paused = call_waiting("paused")
+        daemon.send_signal(signal.SIGCONT)
+        paused.join(30)
+        # Given a daemon paused for longer than a call's timeout: the call raises ...
+        daemon.send_signal(signal.SIGSTOP)
+        with pytest.raises(martinet.DaemonUnavailable, match="may have been accepted") as caught:
+            hasty.execute("echo", {"n": "gave up"})
+    finally:
+        daemon.send_signal(signal.SIGCONT)
+    request_id = caught.value.request_id
+    assert f"request_id={request_id!r}" in str(caught.value)
+    # ... and the daemon commits it all the same when it resumes
+    wait_for(lambda: patient.count() == {"queued": 2}, timeout=10, what="the request read after the pause")
+    gave_up = next(t["id"] for t in patient.list() if t["args"] == {"n": "gave up"})
+    # Given a daemon killed and started again while a call waits: the call succeeds
+    any_cluster.daemon.kill9()
+    restarted = call_waiting("restarted")
+    any_cluster.start_daemon()
+    restarted.join(30)
+    # Then each call made one task, and calling again with the request id makes none
+    again = hasty.execute("echo", {"n": "gave up"}, request_id=request_id)
+    assert again == gave_up and again.created is False
+    assert set(done) == {"paused", "restarted"} and patient.count() == {"queued": 3}
 
 
 def test_a_hello_repeated_on_one_connection_keeps_the_tasks_on_their_way(cluster):

@@ -160,3 +160,64 @@ def test_a_task_asked_to_stop_ends_cancelled_however_it_ends(store, ending):
     assert row(task_id).status == "cancelled"
     assert row(task_id).finished_at == NOW + 2
     assert [a["outcome"] for a in store.attempts(task_id)] == ["cancelled"]
+
+
+# ---- a success for an attempt declared lost --------------------------------------
+
+
+def test_a_success_for_an_attempt_declared_lost_is_kept(store):
+    """The daemon lost its worker (it paused, the network was slow), yet the attempt ran
+    on: its success, from that worker, for that attempt, is the truth."""
+    task_id = submit(store)
+    claim_one(store)
+    store.release_worker("w1", NOW + 1, "silent for 3.1s")
+    assert row(task_id).status == "failed"
+    info = store.complete(task_id, 1, "w1", {"sum": 3}, NOW + 2)
+    assert (info["status"], info["outcome"], info["late"]) == ("succeeded", "succeeded", True)
+    task = store.get_task(task_id)
+    assert (task["status"], task["result"], task["error"], task["reason"]) == (
+        "succeeded",
+        {"sum": 3},
+        None,
+        None,
+    )
+    assert [(a["attempt"], a["outcome"]) for a in store.attempts(task_id)] == [(1, "succeeded")]
+    assert store.complete(task_id, 1, "w1", {"sum": 3}, NOW + 3) is None  # once
+
+
+def test_a_task_stalled_by_losses_takes_its_late_success(store):
+    store.poison_after = 1
+    task_id = submit(store)
+    claim_one(store)
+    store.release_worker("w1", NOW + 1, "silent")
+    assert row(task_id).status == "stalled"
+    assert store.complete(task_id, 1, "w1", 7, NOW + 2)["status"] == "succeeded"
+
+
+def test_a_late_success_is_fenced_by_worker_attempt_and_kind(store):
+    task_id = submit(store)
+    claim_one(store)
+    store.release_worker("w1", NOW + 1, "silent")
+    assert store.complete(task_id, 1, "w2", 1, NOW + 2) is None  # not the worker that ran it
+    assert store.fail(task_id, 1, "w1", {"type": "E", "message": "m"}, NOW + 2) is None  # the loss counted
+    store.promote_due(NOW + 1000)
+    claim_one(store, worker="w2", now=NOW + 1000)  # attempt 2 runs
+    assert store.complete(task_id, 1, "w1", 1, NOW + 1001) is None
+    assert row(task_id).status == "running"
+
+
+def test_an_interrupted_attempt_takes_no_late_success(store):
+    task_id = submit(store)
+    claim_one(store)
+    store.release_worker("w1", NOW + 1, "worker shut down", outcome="interrupted")
+    assert store.complete(task_id, 1, "w1", 1, NOW + 2) is None
+    assert row(task_id).status == "queued"
+
+
+def test_a_worker_coming_back_readopts_a_task_stalled_by_its_losses(store):
+    store.poison_after = 1
+    task_id = submit(store)
+    claim_one(store)
+    store.release_worker("w1", NOW + 1, "silent")
+    assert store.readopt("w1", [{"id": task_id, "attempt": 1}], NOW + 2, LEASE) == [task_id]
+    assert (row(task_id).status, row(task_id).worker) == ("running", "w1")

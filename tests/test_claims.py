@@ -1,0 +1,116 @@
+"""The daemon's claims under every kind of limit, with workers serving several task
+names and queues: a turn's claims always end, take what may run, and leave the rest
+for when a limit has room again. In process, on every backend (tests/core.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from martinet.lanes import rate_window
+from tests.core import Core
+
+# A claim loop that spins calls the store's claim without end: this many in one turn is a bug.
+CLAIMS_PER_TURN = 60
+
+
+@pytest.fixture
+def core(db_url):
+    c = Core(db_url)
+    calls = []
+    claim = c.store.claim
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        assert len(calls) <= CLAIMS_PER_TURN, "the claim loop does not end"
+        return claim(*args, **kwargs)
+
+    c.store.claim = counted
+    c.reset_claims = calls.clear
+    yield c
+    c.close()
+
+
+def claim(core: Core) -> list[str]:
+    core.reset_claims()
+    return core.claimed_names()
+
+
+def test_a_full_task_concurrency_limit_leaves_the_worker_its_other_names(core):
+    core.hello("w1", ["capped", "free"], capacity=4, limits={"capped": {"concurrency": 1}})
+    first, _second = core.submit("capped"), core.submit("capped")
+    assert claim(core) == ["capped"]
+    assert claim(core) == []  # the second waits for the limit: the turn ends
+    core.submit("free")
+    assert claim(core) == ["free"]
+    core.succeed(first)
+    assert claim(core) == ["capped"]
+
+
+def test_a_spent_task_rate_frees_by_the_clock_while_the_first_still_runs(core):
+    core.hello("w1", ["rated", "free"], capacity=4, limits={"rated": {"rate": [1, 1.0]}})
+    core.submit("rated")
+    core.submit("rated")
+    core.submit("free")
+    assert claim(core) == ["free", "rated"]
+    assert claim(core) == []
+    core.now += rate_window(1.0) + 0.01  # the first still runs; the rate has room again
+    assert claim(core) == ["rated"]
+
+
+def test_a_full_queue_concurrency_limit_leaves_the_worker_its_other_queues(core):
+    core.request("set_queue", name="narrow", concurrency=1)
+    core.hello("w1", ["a", "b"], capacity=4, queues=["narrow", "wide"])
+    first = core.submit("a", queue="narrow")
+    core.submit("b", queue="narrow")
+    assert claim(core) == ["a"]
+    assert claim(core) == []
+    core.submit("b", queue="wide")
+    assert claim(core) == ["b"]
+    core.succeed(first)
+    assert claim(core) == ["b"]
+
+
+def test_a_spent_queue_rate_frees_by_the_clock(core):
+    core.request("set_queue", name="slow", rate="1/s")
+    core.hello("w1", ["a", "b"], capacity=4, queues=["slow", "fast"])
+    core.submit("a", queue="slow")
+    core.submit("b", queue="slow")
+    assert claim(core) == ["a"]
+    assert claim(core) == []
+    core.submit("a", queue="fast")
+    assert claim(core) == ["a"]
+    core.now += rate_window(1.0) + 0.01
+    assert claim(core) == ["b"]
+
+
+def test_a_paused_queue_holds_its_tasks_and_not_the_others(core):
+    core.request("pause_queue", name="held")
+    core.hello("w1", ["a", "b"], capacity=4, queues=["held", "open"])
+    core.submit("a", queue="held")
+    core.submit("b", queue="held")
+    assert claim(core) == []
+    core.submit("b", queue="open")
+    assert claim(core) == ["b"]
+    core.request("resume_queue", name="held")
+    assert claim(core) == ["a", "b"]
+
+
+def test_limits_of_both_kinds_at_once_on_two_workers(core):
+    """Two workers with different names; a capped name, a rated queue: nothing spins,
+    nothing runs beyond its limits, everything runs in the end."""
+    core.request("set_queue", name="slow", rate="2/s")
+    core.hello("w1", ["capped", "a"], capacity=3, limits={"capped": {"concurrency": 1}})
+    core.hello("w2", ["capped", "b"], capacity=3, queues=["slow", "default"])
+    ids = [core.submit("capped") for _ in range(3)]
+    ids += [core.submit("a", queue="slow") for _ in range(3)]
+    ids += [core.submit("b", queue="slow") for _ in range(3)]
+    ran: list[str] = []
+    for _ in range(20):
+        names = claim(core)
+        assert names.count("capped") <= 1
+        ran += names
+        for task_id in ids:
+            if core.store.get_task(task_id)["status"] == "running":
+                core.succeed(task_id)
+        core.now += 0.6
+    assert sorted(ran) == sorted(["capped"] * 3 + ["a"] * 3 + ["b"] * 3)
