@@ -325,6 +325,8 @@ def _json_arg(text: str) -> dict:
         value = json.loads(text)
     except ValueError as exc:
         raise MartinetError(f"--args is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise MartinetError("--args nests lists and dicts too deeply to be read") from None
     if not isinstance(value, dict):
         raise MartinetError(f"--args must be a JSON object like '{{\"image_id\": 7}}', not {text!r}")
     return value

@@ -39,7 +39,9 @@ from martinet.protocol import Cmd
 
 log = logging.getLogger(__name__)
 
-_ERRORS = {cls.__name__: cls for cls in (BadInput, BadTime, BadSchedule, StoreError, TaskNotFound)}
+_ERRORS = {
+    cls.__name__: cls for cls in (BadInput, BadTime, BadSchedule, ProtocolError, StoreError, TaskNotFound)
+}
 FIRST_TRY = 2.0  # seconds before the first resend; a healthy daemon answers in well under 1 ms
 # Most seconds between two resends. A copy already sent can be lost with the daemon that
 # read it (killed before it committed); the next copy then goes at most this long after
@@ -195,9 +197,16 @@ class Client:
                 return None
             if not sock.poll(int(remaining * 1000) + 1):
                 continue
+            frames = sock.recv_multipart()
             try:
-                cmd, h = protocol.decode(sock.recv_multipart())
+                cmd, h = protocol.decode(frames)
             except ProtocolError as exc:
+                if frames and f'"rid":"{rid}"'.encode() in frames[0]:  # ours: say so, rather than time out
+                    error = {
+                        "type": "ProtocolError",
+                        "message": f"the daemon's reply could not be read: {exc}",
+                    }
+                    return {"rid": rid, "ok": False, "error": error}
                 log.warning("dropped a malformed reply: %s", exc)
                 continue
             if cmd is Cmd.REPLY and h.get("rid") == rid:

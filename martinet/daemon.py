@@ -339,11 +339,16 @@ class Daemon(ClientOps):
     def _next_heartbeat(self) -> float | None:
         return self.peers.next_heartbeat(self.settings.heartbeat_interval)
 
-    def _decode(self, sock_name: str, ident: bytes, frames: list[bytes]):
+    def _decode(self, sock_name: str, ident: bytes, frames: list[bytes], out: Outbox | None = None):
+        """(command, header), or (None, None) for a message dropped as malformed; with `out`
+        (the client socket), a request whose id can be read gets a refusal saying why."""
         try:
             return protocol.decode(frames)
         except ProtocolError as exc:
             self._malformed(sock_name, ident, str(exc), sum(map(len, frames)), protocol.describe(exc.raw))
+            if out is not None and (rid := protocol.recover_rid(frames)) is not None:
+                error = _err("BadInput", f"unreadable request: {exc}")
+                out.replies.append((ident, {"rid": rid, "ok": False, "error": error}))
             return None, None
 
     def _malformed(
@@ -366,7 +371,7 @@ class Daemon(ClientOps):
     # ---- client socket ------------------------------------------------------------
 
     def _on_client(self, ident: bytes, frames: list[bytes], out: Outbox, now: float) -> None:
-        cmd, header = self._decode("client", ident, frames)
+        cmd, header = self._decode("client", ident, frames, out)
         if cmd is None:
             return
         rid = header.get("rid")

@@ -199,7 +199,7 @@ def parse_where(text: str) -> tuple[str, Scalar]:
         raise BadInput(f"--where {_show(text)} must look like FIELD=VALUE, e.g. image_id=7")
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply to be a scalar anyway
         return field.strip(), raw
     if isinstance(value, (dict, list)):
         return field.strip(), raw

@@ -10,6 +10,7 @@ from typing import Any
 
 from martinet import recurring, when
 from martinet.errors import BadInput, BadSchedule
+from martinet.protocol import MAX_VALUE_DEPTH, deeper_than
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ def is_worker_id(value: Any) -> bool:
 # NaN and Infinity are not JSON: the databases' JSON functions would refuse the row. One
 # encoder for every call: json.dumps with an option makes a new one each time (~1 us).
 _STRICT_JSON = json.JSONEncoder(allow_nan=False)
+_TOO_DEEP = f"args nest lists and dicts more than {MAX_VALUE_DEPTH} levels deep (the limit)"
 
 
 def check_args(args: Any, limits: Limits) -> dict:
@@ -53,11 +55,17 @@ def check_args(args: Any, limits: Limits) -> dict:
     if not isinstance(args, dict):
         raise BadInput(f"args must be a JSON object (a dict), not {type(args).__name__}")
     try:
-        size = len(_STRICT_JSON.encode(args))
+        text = _STRICT_JSON.encode(args)
     except (TypeError, ValueError) as exc:
         raise BadInput(f"args cannot be written as JSON: {exc}") from None
-    if size > limits.max_payload:
-        raise BadInput(f"args are {size} bytes as JSON, over the limit of {limits.max_payload} (max_payload)")
+    except RecursionError:
+        raise BadInput(_TOO_DEEP) from None
+    if len(text) > limits.max_payload:
+        raise BadInput(
+            f"args are {len(text)} bytes as JSON, over the limit of {limits.max_payload} (max_payload)"
+        )
+    if deeper_than(text.encode(), MAX_VALUE_DEPTH):  # see MAX_VALUE_DEPTH for why
+        raise BadInput(_TOO_DEEP)
     return args
 
 

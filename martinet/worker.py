@@ -30,7 +30,7 @@ from martinet import protocol
 from martinet.compose import check as check_compositions
 from martinet.errors import Fail, JournalError, ProtocolError, Release, Retry, TaskTimeout
 from martinet.journal import Journal
-from martinet.protocol import Cmd
+from martinet.protocol import MAX_VALUE_DEPTH, Cmd, deeper_than
 from martinet.registry import LIMITS, REGISTRY, check_limits, task  # noqa: F401 - martinet.worker.task still works
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,8 @@ class TaskContext:
 
     def progress(self, value: float | None = None, message: str | None = None) -> None:
         """Report progress (0.0 to 1.0) and a short message; streamed on the status socket."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            value = None  # the daemon keeps numbers only; anything else could not travel
         self._report(
             Cmd.PROGRESS,
             {
@@ -79,7 +81,7 @@ class TaskContext:
                 "attempt": self.attempt,
                 "name": self.name,
                 "progress": value,
-                "message": message,
+                "message": None if message is None else str(message)[:1000],  # the daemon keeps 1000
             },
         )
 
@@ -590,9 +592,15 @@ class Worker:
             log.info("task %s attempt %s raised %s: %s", ctx.id, ctx.attempt, type(exc).__name__, exc)
             return Cmd.FAILED, {**base, "error": _error(exc)}
         try:
-            json.dumps(result)
+            text: str | None = json.dumps(result)
         except (TypeError, ValueError) as exc:
             error = {"type": "TypeError", "message": f"the handler's result cannot be stored as JSON: {exc}"}
+            return Cmd.FAILED, {**base, "error": error, "final": True}
+        except RecursionError:
+            text = None
+        if text is None or deeper_than(text.encode(), MAX_VALUE_DEPTH):  # the daemon could not read it
+            error = {"type": "ValueError", "message": "the handler's result nests lists and dicts more than "
+                     f"{MAX_VALUE_DEPTH} levels deep (the limit)"}  # fmt: skip
             return Cmd.FAILED, {**base, "error": error, "final": True}
         log.info("task %s attempt %s succeeded in %.3fs", ctx.id, ctx.attempt, time.monotonic() - started)
         return Cmd.DONE, {**base, "result": result}

@@ -57,6 +57,19 @@ def not_json(task):
     return {1, 2, 3}
 
 
+@martinet.task("too_deep")
+def too_deep(task, depth, progress_depth=0):
+    def nested(levels: int) -> object:
+        value: object = 0
+        for _ in range(levels):
+            value = [value]
+        return value
+
+    if progress_depth:
+        task.progress(nested(progress_depth), nested(progress_depth))  # sent as text: nothing nests
+    return nested(depth)
+
+
 @martinet.task("signals")
 def signals(task, mode="fail"):
     if mode == "fail":

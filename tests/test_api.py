@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 import martinet
+from martinet import protocol
 from tests.harness import ROOT, Proc, wait_for
 
 
@@ -156,6 +157,21 @@ def test_result_that_is_not_json_fails_clearly(cluster):
     tid = m.execute("not_json")
     with pytest.raises(martinet.TaskFailed, match="cannot be stored as JSON"):
         m.wait(tid, timeout=10)
+
+
+def test_result_nested_too_deeply_fails_clearly_and_the_worker_goes_on(cluster):
+    cluster.start_daemon()
+    cluster.start_worker(concurrency=1)
+    m = cluster.client()
+    for depth in (protocol.MAX_VALUE_DEPTH + 1, 5000):  # 5000: deeper than Python's recursion limit
+        tid = m.execute("too_deep", {"depth": depth})
+        with pytest.raises(martinet.TaskFailed, match=f"more than {protocol.MAX_VALUE_DEPTH} levels deep"):
+            m.wait(tid, timeout=10)
+        assert m.get(tid)["attempt"] == 1  # final: another attempt would return the same
+    tid = m.execute("too_deep", {"depth": protocol.MAX_VALUE_DEPTH, "progress_depth": 200})
+    assert m.wait(tid, timeout=10) is not None
+    assert m.wait(m.execute("add", {"a": 1, "b": 2}), timeout=10) == 3
+    assert "malformed" not in cluster.daemon.log()  # the progress was no frame too deep to read
 
 
 def test_progress_is_recorded_and_streamed_to_hooks(cluster):

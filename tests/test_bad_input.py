@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 
 import pytest
 import zmq
 
 import martinet
 from martinet import protocol
+from martinet.events import MALFORMED_LOGGED_PER_SECOND
 from martinet.protocol import Cmd
 from tests.harness import ROOT, free_ports, wait_for
 
@@ -195,3 +199,128 @@ def test_bad_database_url_is_a_clear_error(tmp_path):
         )  # fmt: skip
         assert out.returncode == 1, out.stderr
         assert expected in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+# ---- deeply nested JSON ---------------------------------------------------------------
+
+DEEP = b"[" * 1000 + b"]" * 1000  # 2 KB that made json.loads raise RecursionError
+
+
+def deep_frame(cmd: Cmd, head: bytes) -> list[bytes]:
+    return [protocol.PREFIX + bytes([cmd]) + b"{" + head + b'"a":' + DEEP + b"}"]
+
+
+@contextmanager
+def paused(proc):
+    """The daemon stopped while the test fills its sockets, so that one turn reads it all."""
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        yield
+        time.sleep(0.2)  # what was sent is on its way in
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+
+
+def recv(sock: zmq.Socket, cmd: Cmd) -> dict:
+    assert sock.poll(5000), f"no {cmd.name} within 5s"
+    got, header = protocol.decode(sock.recv_multipart())
+    assert got is cmd, (got, header)
+    return header
+
+
+def dealer(ctx: zmq.Context, port: int) -> zmq.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    return sock
+
+
+def test_a_deeply_nested_request_gets_a_clear_error(cluster):
+    cluster.start_daemon()
+    ctx = zmq.Context()
+    try:
+        sock = dealer(ctx, cluster.client_port)
+        sock.send_multipart(deep_frame(Cmd.REQUEST, b'"op":"get","rid":"deep-1",'))
+        reply = recv(sock, Cmd.REPLY)
+        assert reply["rid"] == "deep-1" and reply["ok"] is False
+        assert reply["error"]["type"] == "BadInput"
+        assert f"more than {protocol.MAX_DEPTH} levels deep (the limit)" in reply["error"]["message"]
+    finally:
+        ctx.destroy(linger=0)
+    m = cluster.client(timeout=5)
+    deep: list = []
+    for _ in range(200):
+        deep = [deep]
+    started = time.monotonic()
+    with pytest.raises(martinet.BadInput, match="levels deep"):  # a refusal, not a timeout
+        m.client.request("get", {"id": deep})
+    assert time.monotonic() - started < 1.5  # answered, not resent (client.FIRST_TRY)
+    with pytest.raises(martinet.BadInput, match=f"more than {protocol.MAX_VALUE_DEPTH} levels deep"):
+        m.execute("echo", {"a": deep})  # refused by the client's own check
+    args: dict = {}
+    for _ in range(protocol.MAX_VALUE_DEPTH):
+        args = {"a": args}
+    reply = raw_request(cluster, {"op": "execute", "name": "echo", "args": args})  # and by the daemon's
+    assert reply["ok"] is False and "levels deep" in reply["error"]["message"]
+    assert m.list() == [] and cluster.daemon.alive()
+
+
+def test_a_deep_frame_on_the_status_socket_costs_only_itself(cluster):
+    """Given a task leased to a worker, when a deep frame comes in the same turn as that
+    worker's result and another client's request, the frame alone is dropped."""
+    daemon = cluster.start_daemon()
+    m = cluster.client()
+    ctx = zmq.Context()
+    try:
+        wsock = dealer(ctx, cluster.worker_port)
+        wsock.send_multipart(
+            protocol.encode(Cmd.HELLO, {"worker_id": "raw", "names": ["echo"], "capacity": 1})
+        )
+        recv(wsock, Cmd.WELCOME)
+        tid = m.execute("echo", {"x": 1})
+        (task,) = recv(wsock, Cmd.TASK)["tasks"]
+        assert task["id"] == tid
+        ssock, csock = dealer(ctx, cluster.status_port), dealer(ctx, cluster.client_port)
+        with paused(daemon):
+            ssock.send_multipart(deep_frame(Cmd.DONE, b'"worker_id":"raw",'))
+            done = {"worker_id": "raw", "id": tid, "attempt": task["attempt"], "result": "fine"}
+            ssock.send_multipart(protocol.encode(Cmd.DONE, done))
+            ssock.send_multipart(deep_frame(Cmd.ENDED, b'"worker_id":"raw",'))
+            csock.send_multipart(
+                protocol.encode(Cmd.REQUEST, {"op": "execute", "rid": "good", "name": "echo"})
+            )
+        assert recv(ssock, Cmd.ACK)["acks"] == [[tid, task["attempt"]]]
+        reply = recv(csock, Cmd.REPLY)
+        assert reply["rid"] == "good" and reply["ok"] is True
+    finally:
+        ctx.destroy(linger=0)
+    assert m.get(tid)["status"] == "succeeded" and m.get(tid)["result"] == "fine"
+    assert m.get(reply["id"])["name"] == "echo"  # committed (the raw worker may hold it by now)
+    log = cluster.daemon.log()
+    assert log.count("levels deep (the limit)") == 2 and "Traceback" not in log
+
+
+def test_a_flood_of_deep_frames_is_logged_at_a_bounded_rate(cluster):
+    daemon = cluster.start_daemon()
+    m = cluster.client()
+    flood = 200
+    ctx = zmq.Context()
+    try:
+        csock, ssock = dealer(ctx, cluster.client_port), dealer(ctx, cluster.status_port)
+        wsock = dealer(ctx, cluster.worker_port)
+        with paused(daemon):
+            for i in range(flood):
+                csock.send_multipart(deep_frame(Cmd.REQUEST, b'"op":"get","rid":"r%d",' % i))
+                ssock.send_multipart(deep_frame(Cmd.PROGRESS, b'"worker_id":"raw",'))
+                wsock.send_multipart(deep_frame(Cmd.HELLO, b'"worker_id":"raw",'))
+        rids = {recv(csock, Cmd.REPLY)["rid"] for _ in range(flood)}  # each sender told why
+        assert rids == {f"r{i}" for i in range(flood)}
+    finally:
+        ctx.destroy(linger=0)
+    summary = "more malformed messages (not each logged)"
+    wait_for(lambda: summary in cluster.daemon.log(), timeout=10, what="the summary line")
+    assert m.ping()["ok"]
+    log = cluster.daemon.log()
+    # At most MALFORMED_LOGGED_PER_SECOND lines a second (the turn may span two), then a summary.
+    assert log.count("dropped a malformed frame") <= 2 * MALFORMED_LOGGED_PER_SECOND
+    assert "Traceback" not in log and len(log) < 2 * MALFORMED_LOGGED_PER_SECOND * 400 + 10_000

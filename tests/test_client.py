@@ -15,7 +15,7 @@ import martinet
 from martinet import client as client_module
 from martinet import protocol
 from martinet.client import Client
-from martinet.errors import BadInput, DaemonUnavailable
+from martinet.errors import BadInput, DaemonUnavailable, ProtocolError
 from martinet.protocol import Cmd
 from tests.harness import free_ports
 
@@ -24,8 +24,8 @@ CREATES = {"execute", "schedule", "every"}
 
 class ScriptedDaemon:
     """Answers each request {"ok": True, "echo": rid}, except that it ignores the first
-    `drop_first` copies of the rids in `drop` and refuses those in `refuse`; counts what
-    it receives.
+    `drop_first` copies of the rids in `drop`, refuses those in `refuse` and answers those
+    in `deep` with a header nested a thousand levels deep; counts what it receives.
 
     It keeps tasks as the store does: a request that creates (execute, schedule, every,
     execute_many) makes one per new request_id, and a known one returns its first id.
@@ -33,9 +33,13 @@ class ScriptedDaemon:
     that commits but whose replies never arrive); `copies` holds each rid's frames."""
 
     def __init__(
-        self, drop: set[str] = frozenset(), refuse: set[str] = frozenset(), drop_first: int = 1
+        self,
+        drop: set[str] = frozenset(),
+        refuse: set[str] = frozenset(),
+        drop_first: int = 1,
+        deep: set[str] = frozenset(),
     ) -> None:
-        self.drop, self.refuse, self.drop_first = set(drop), set(refuse), drop_first
+        self.drop, self.refuse, self.drop_first, self.deep = set(drop), set(refuse), drop_first, set(deep)
         self.seen: Counter[str] = Counter()
         self.copies: defaultdict[str, list[bytes]] = defaultdict(list)
         self.tasks: dict[str, int] = {}  # request_id -> id
@@ -61,6 +65,10 @@ class ScriptedDaemon:
             self.copies[rid].append(frames[0])
             made = self._create(h)
             if self.silent.is_set() or (rid in self.drop and self.seen[rid] <= self.drop_first):
+                continue
+            if rid in self.deep:  # the rid last, as the daemon writes it
+                body = b'{"ok":true,"item":' + b"[" * 1000 + b"]" * 1000 + b',"rid":"' + rid.encode() + b'"}'
+                self.sock.send_multipart([ident, protocol.PREFIX + bytes([Cmd.REPLY]) + body])
                 continue
             if rid in self.refuse:
                 reply = {"rid": rid, "ok": False, "error": {"type": "BadInput", "message": f"no to {rid}"}}
@@ -159,6 +167,18 @@ def test_request_raises_the_daemons_refusal_as_our_error(scripted):
         assert c.request("ping", {"rid": "r2"})["echo"] == "r2"
     finally:
         c.close()
+
+
+def test_a_reply_too_deep_to_read_is_an_error_not_a_timeout(scripted):
+    daemon = scripted(deep={"r1"})
+    c = Client(daemon.url, timeout=10)
+    try:
+        with pytest.raises(ProtocolError, match="reply could not be read: .* levels deep"):
+            c.request("ping", {"rid": "r1"})
+        assert c.request("ping", {"rid": "r2"})["echo"] == "r2"
+    finally:
+        c.close()
+    assert daemon.seen == {"r1": 1, "r2": 1}  # answered at once: not sent again
 
 
 # ---- a daemon that does not answer in time -------------------------------------------

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
 from martinet.errors import ProtocolError
-from martinet.protocol import PREFIX, SIGNATURE, VERSION, Cmd, decode, describe, encode
+from martinet.protocol import (
+    MAX_DEPTH,
+    MAX_VALUE_DEPTH,
+    PREFIX,
+    SIGNATURE,
+    VERSION,
+    Cmd,
+    decode,
+    deeper_than,
+    describe,
+    encode,
+    recover_rid,
+)
 
 HEADER = {
     "rid": "abc123",
@@ -153,3 +166,88 @@ def test_header_json_is_compact():
     body = encode(Cmd.REPLY, {"a": 1, "b": [1, 2]})[0][6:]
     assert body == b'{"a":1,"b":[1,2]}'
     assert json.loads(body) == {"a": 1, "b": [1, 2]}
+
+
+# ---- nesting depth ---------------------------------------------------------------------
+
+
+def nested(depth: int, leaf: object = 0) -> object:
+    """Lists and dicts alternating, `depth` levels deep."""
+    value = leaf
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+def request(body: bytes) -> list[bytes]:
+    return [PREFIX + bytes([Cmd.REQUEST]) + body]
+
+
+def test_a_frame_a_thousand_levels_deep_is_a_protocol_error_not_a_recursion_error():
+    frames = request(b'{"op":"get","rid":"x","a":' + b"[" * 1000 + b"]" * 1000 + b"}")
+    assert len(frames[0]) < 2100  # the 2 KB frame that rolled back the daemon's turns
+    err = bad(frames)
+    assert f"more than {MAX_DEPTH} levels deep (the limit)" in str(err)
+    unclosed = request(b'{"a":' + b"[" * 100_000)  # a parser would go in before it found the end
+    assert "levels deep" in str(bad(unclosed))
+    for body in (b"{" * 5000, b'{"a":' * 5000, b"[0," * 5000, b"[[]," * 5000, b"[" * 10**6):
+        assert "levels deep" in str(bad(request(body)))
+
+
+def test_the_depth_limit_is_exact():
+    assert MAX_DEPTH >= MAX_VALUE_DEPTH + 4  # room for the messages that carry a value (see MAX_DEPTH)
+    at_limit = {"a": nested(MAX_DEPTH - 1)}  # the header object is a level too
+    assert decode(encode(Cmd.REQUEST, at_limit)) == (Cmd.REQUEST, at_limit)
+    assert "levels deep" in str(bad(encode(Cmd.REQUEST, {"a": nested(MAX_DEPTH)})))
+
+
+def test_brackets_in_strings_do_not_count():
+    header = {"a": "[" * 1000, "b": "{" * 500 + "]" * 700, "c": ['"[', "\\", '\\"{{'], "d": nested(20)}
+    assert decode(encode(Cmd.TASK, header)) == (Cmd.TASK, header)
+    assert deeper_than(json.dumps(header).encode(), 21) is False
+    assert deeper_than(json.dumps(header).encode(), 20) is True
+
+
+def test_strings_cannot_hide_depth():
+    # Closers inside strings, openers after them: a parser sees 1000 levels.
+    body = b"".join(b'["]",' for _ in range(1000)) + b"0" + b"]" * 1000
+    assert "levels deep" in str(bad(request(b'{"a":' + body + b"}")))
+    escaped = b"".join(b'["\\"]\\\\",' for _ in range(1000)) + b"0" + b"]" * 1000  # "\"]\\"
+    assert "levels deep" in str(bad(request(b'{"a":' + escaped + b"}")))
+
+
+def depth_of(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(depth_of, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(depth_of, value), default=0)
+    return 0
+
+
+def random_value(rng: random.Random, depth: int) -> object:
+    if depth == 0 or rng.random() < 0.2:
+        return rng.choice([0, 1.5, None, True, "", "x", '"]', "[{", "\\", '\\"]', "é[", "}\\\\"])
+    items = [random_value(rng, depth - 1) for _ in range(rng.randint(0, 3))]
+    if rng.random() < 0.5:
+        return items
+    return {rng.choice(["k", '"]', "[", "\\"]) + str(i): item for i, item in enumerate(items)}
+
+
+def test_deeper_than_agrees_with_the_depth_of_random_values():
+    rng = random.Random(22)
+    for _ in range(2000):
+        value = random_value(rng, rng.randint(1, 14))
+        depth = depth_of(value)
+        text = json.dumps(value, ensure_ascii=rng.random() < 0.5).encode()
+        for limit in (0, 1, depth - 1, depth, depth + 1, 8, 9, 10):
+            if limit >= 0:
+                assert deeper_than(text, limit) is (depth > limit), (text, limit)
+
+
+def test_recover_rid_finds_the_request_id_near_the_start():
+    deep = b"[" * 1000 + b"]" * 1000
+    assert recover_rid(request(b'{"op":"get","rid":"ab12","a":' + deep + b"}")) == "ab12"
+    assert recover_rid(request(b'{"op":"get","a":' + deep + b',"rid":"late"}')) is None  # not searched
+    assert recover_rid([PREFIX + bytes([Cmd.DONE]) + b'{"rid":"x","a":' + deep + b"}"]) is None
+    assert recover_rid(request(b'{"rid":"' + b"x" * 500 + b'"')) is None
+    assert recover_rid([]) is None and recover_rid([b"junk"]) is None

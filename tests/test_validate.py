@@ -7,6 +7,7 @@ import random
 import pytest
 
 from martinet.errors import BadInput, BadSchedule
+from martinet.protocol import MAX_VALUE_DEPTH
 from martinet.retry import RetryPolicy
 from martinet.validate import Limits, check_every, check_task
 
@@ -101,6 +102,25 @@ def test_args_size_limit():
     assert task(args={"b": "x" * (1000 - 9)})["args"]
     err = refused("args are", args={"b": "x" * (1000 - 8)})
     assert "1001 bytes" in str(err) and "1000" in str(err) and "max_payload" in str(err)
+
+
+def test_args_nested_deeper_than_the_limit():
+    """The frames that carry args (a submit, a TASK, a reply) would be refused as too deep."""
+
+    def nested(depth: int) -> dict:
+        value: object = 1
+        for level in range(depth - 1):
+            value = [value] if level % 2 else {"a": value}
+        return {"top": value}
+
+    assert task(args=nested(MAX_VALUE_DEPTH))["args"]
+    refused(
+        f"args nest lists and dicts more than {MAX_VALUE_DEPTH} levels deep", args=nested(MAX_VALUE_DEPTH + 1)
+    )
+    deep: list = []
+    for _ in range(100_000):  # deeper than Python's recursion limit: json.dumps raises RecursionError
+        deep = [deep]
+    refused(f"more than {MAX_VALUE_DEPTH} levels deep", args={"x": deep})
 
 
 def test_none_args_are_an_empty_dict():

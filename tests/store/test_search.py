@@ -8,8 +8,10 @@ from dataclasses import replace
 import pytest
 
 from martinet.models import Task
+from martinet.protocol import MAX_VALUE_DEPTH
 from martinet.query import Search, check_search
 from martinet.store import Store
+from martinet.validate import Limits, check_args
 
 NOW = 1_800_000_000.0  # 2027-01-15 08:00 UTC
 HOUR = 3600.0
@@ -54,6 +56,16 @@ def tasks(store) -> dict[str, int]:
 
 
 # ---- filters on every backend ----------------------------------------------------------
+
+
+def test_args_as_deep_as_allowed_are_found_by_their_fields(store):
+    """MAX_VALUE_DEPTH is under MariaDB's limit on a JSON document: deeper, its JSON_EXTRACT
+    takes the args for invalid, and a search passes the task by."""
+    deep: object = 1
+    for _ in range(MAX_VALUE_DEPTH - 1):
+        deep = [deep]
+    task_id = make(store, "deep", NOW, check_args({"image_id": 7, "deep": deep}, Limits()))
+    assert find(store, filters={"where": {"image_id": 7}}) == [task_id]
 
 
 def test_no_filter_lists_every_task_newest_first(store, tasks):
