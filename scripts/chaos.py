@@ -359,11 +359,11 @@ class Run:
         self.fleet = Fleet(workdir, db, modules, say, self.outages)
         self.runs_file = workdir / "runs.txt"
         self.accepted: set[int] = set()  # ids of the tasks accepted
-        self.unique_submits = 0
         self.stop = threading.Event()
         self.probe: Probe | None = None
         self.client: martinet.Martinet | None = None
         self.hung: str | None = None  # why the mix was cut short
+        self.error: str | None = None  # what stopped it otherwise
         self.started = time.monotonic()
         self.extra: dict = {}
         self.final: dict[int, tuple[str, str, str]] = {}  # the tasks at the end (see Statuses.read)
@@ -373,7 +373,8 @@ class Run:
 
     def open(self, workers: list[list[str]]) -> None:
         self.fleet.start_daemon()
-        self.client = martinet.Martinet.connect(self.fleet.url, timeout=5)
+        # A call the daemon does not answer ends within the time a mix waits for it anyway.
+        self.client = martinet.Martinet.connect(self.fleet.url, timeout=min(5.0, self.args.hang_after))
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
@@ -390,7 +391,10 @@ class Run:
 
     def wait_workers(self, n: int) -> None:
         deadline = time.monotonic() + START_TIMEOUT
-        while self.client.ping()["workers"] < n:
+        while True:
+            with contextlib.suppress(martinet.DaemonUnavailable):
+                if self.client.ping()["workers"] >= n:
+                    return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{n} workers did not connect within {START_TIMEOUT:g}s")
             time.sleep(0.05)
@@ -422,7 +426,6 @@ class Run:
             except martinet.DaemonUnavailable:
                 continue
             self.accepted.update(int(tid) for tid in ids)
-            self.unique_submits += len(tasks)
             return True
         return False
 
@@ -511,6 +514,7 @@ class Run:
             "longest_unplanned_gap": round(self.probe.longest_unplanned, 2) if self.probe else None,
             "attempts": outcomes,
             "hung": self.hung,
+            "error": self.error,
             **self.extra,
             "seconds": round(time.monotonic() - self.started, 1),
         }
@@ -534,6 +538,8 @@ def failures(result: dict, max_gap: float) -> list[str]:
         shown = {k: result[k] for k in ("dead", "stalled", "cancelled") if result[k]}
         shown.update(result["unfinished_by_status"])
         out.append(f"{not_done} tasks did not complete ({', '.join(f'{n} {s}' for s, n in shown.items())})")
+    if result["error"]:
+        out.append(result["error"])
     if result["hung"]:
         out.append(result["hung"])
     elif (result["longest_unplanned_gap"] or 0) > max_gap:
@@ -557,6 +563,9 @@ def _mix(mix: str, args: argparse.Namespace, workdir: Path, say: Callable, modul
         run.open(workers)
         body(run)
         run.settle()
+    except (martinet.MartinetError, RuntimeError) as exc:  # reported with the figures; the next mix runs
+        run.error = f"the mix stopped early: {type(exc).__name__}: {exc}"
+        say(f"{run.at()} {run.error}")
     finally:
         run.close()
     result = run.result()
@@ -767,6 +776,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="database URL (default: a fresh SQLite file per mix); its martinet "
                    "tables are dropped before each mix")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print each mix's result as JSON too")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (processes' logs)")
     return p
 
 
@@ -780,8 +790,10 @@ def run_chaos(tasks: int, kills: int, duration: float, workers: int = 2, db: str
 
 def run_mixes(args: argparse.Namespace, mixes: list[str], workdir: Path | None = None,
               say: Callable = print) -> list[dict]:  # fmt: skip
-    owned = workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="martinet-chaos-")) if owned else workdir
+    owned = workdir is None and not args.keep
+    workdir = Path(tempfile.mkdtemp(prefix="martinet-chaos-")) if workdir is None else workdir
+    if args.keep:
+        say(f"files in {workdir}")
     try:
         results = []
         for mix in mixes:
@@ -828,9 +840,10 @@ def main() -> int:
     mixes = [m for m in MIXES if m in (args.mix or MIXES)]
 
     def interrupted(signum, frame):
-        raise KeyboardInterrupt  # SIGTERM: stop like Ctrl-C, every process and file cleaned up
+        raise KeyboardInterrupt  # stop like Ctrl-C: every process and file cleaned up
 
     signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)  # also when started where SIGINT was ignored
     try:
         results = run_mixes(args, mixes)
     except KeyboardInterrupt:
