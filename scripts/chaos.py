@@ -37,6 +37,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -344,6 +345,13 @@ class Statuses:
         self.db.connect(reuse_if_open=True)
         return dict(self.db.execute_sql("SELECT outcome, COUNT(*) FROM attempt GROUP BY outcome").fetchall())
 
+    def lost_reasons(self) -> dict[str, int]:
+        """Why attempts were declared lost ("unreachable", "silent for Ns", "lease expired", ...)."""
+        self.db.connect(reuse_if_open=True)
+        rows = self.db.execute_sql("SELECT error_message FROM attempt WHERE outcome = 'lost'").fetchall()
+        reasons = (re.sub(r"[0-9.]+s\b", "Ns", (m or "?").split(" (worker")[0]) for (m,) in rows)
+        return dict(collections.Counter(reasons))
+
     def close(self) -> None:
         self.db.close()
 
@@ -488,9 +496,9 @@ class Run:
         statuses = Statuses(self.db)
         try:
             self.final = final = statuses.read()
-            outcomes = statuses.outcomes()
+            outcomes, lost_reasons = statuses.outcomes(), statuses.lost_reasons()
         except Exception:  # the database is gone or unreadable: the figures say so
-            final, outcomes = {}, {}
+            final, outcomes, lost_reasons = {}, {}, {}
         finally:
             statuses.close()
         counts = collections.Counter(final[t][0] for t in self.accepted if t in final)
@@ -514,6 +522,7 @@ class Run:
             "longest_gap": round(self.probe.longest, 2) if self.probe else None,
             "longest_unplanned_gap": round(self.probe.longest_unplanned, 2) if self.probe else None,
             "attempts": outcomes,
+            "lost_attempts_why": lost_reasons,
             "hung": self.hung,
             "error": self.error,
             **self.extra,
@@ -546,7 +555,10 @@ def failures(result: dict, max_gap: float) -> list[str]:
     elif (result["longest_unplanned_gap"] or 0) > max_gap:
         out.append(f"the daemon did not answer for {result['longest_unplanned_gap']}s (bound {max_gap:g}s)")
     if result.get("healthy_declared_lost"):
-        out.append(f"{result['healthy_declared_lost']} attempts of healthy workers were declared lost")
+        why = ", ".join(f"{n} {reason}" for reason, n in result["lost_attempts_why"].items())
+        out.append(
+            f"{result['healthy_declared_lost']} attempts of healthy workers were declared lost ({why})"
+        )
     if result.get("silent_most_held", 0) > result.get("silent_capacity", 0):
         out.append(f"the silent worker held {result['silent_most_held']} tasks at once "
                    f"(it declared {result['silent_capacity']})")  # fmt: skip
