@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import random
 import time
+from pathlib import Path
 
+import pytest
 import zmq
 
 from martinet import protocol
@@ -27,6 +30,39 @@ def test_nothing_accepted_is_lost_while_daemon_and_workers_are_killed(tmp_path, 
     assert result["accepted"] == result["unique_ids"] == 200  # a retried submit never created twice
     assert result["lost"] == 0 and result["never_ran"] == 0
     assert result["completed"] == 200
+
+
+def _children_alive() -> list[int]:
+    """Processes this one started that are still running (not zombies)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+@pytest.mark.parametrize("mix", ["limited", "pauses", "silent"])
+def test_each_new_chaos_mix_ends_bounded_and_reports(mix, tmp_path, capsys):
+    # A tiny run of the mix on SQLite: whatever the daemon does (today the limited mix hangs
+    # it, bug 22.1), the script ends within its bounds, loses nothing, stops what it started.
+    args = chaos.parser().parse_args(
+        ["--tasks", "40", "--duration", "1.5", "--pauses", "2", "--hang-after", "2", "--settle", "5"]
+    )
+    started = time.monotonic()
+    (result,) = chaos.run_mixes(args, [mix], tmp_path, say=lambda s: None)
+    with capsys.disabled():
+        print(f"\nchaos {mix}: {json.dumps(result)}")
+    assert time.monotonic() - started < 40
+    assert _children_alive() == []
+    assert result["mix"] == mix and result["lost"] == 0 and result["accepted"] == result["unique_ids"]
+    assert result["longest_gap"] is not None and result["longest_unplanned_gap"] <= result["longest_gap"]
+    if result["failures"]:  # until bugs 22.1 (limited), 22.3 (pauses) and 22.4 (silent) are fixed
+        pytest.xfail("; ".join(result["failures"]))
+    assert result["completed"] == result["accepted"] > 0
 
 
 def _mutations(rng: random.Random) -> list[list[bytes]]:
