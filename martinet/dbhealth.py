@@ -33,7 +33,7 @@ def describe(exc: BaseException, db: peewee.Database | None = None) -> str:
     """A database error as a sentence that names its cause. A full disk is said plainly
     on every backend (by the driver's error code where it has one, else by its text);
     anything else is the driver's own message."""
-    driver = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc  # peewee wraps it
+    driver = getattr(exc, "orig", exc)  # the driver's own error, which peewee wraps
     text = str(exc)
     lowered = text.lower()
     code = getattr(driver, "sqlite_errorcode", None)
