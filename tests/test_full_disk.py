@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from types import SimpleNamespace
 
 import peewee
@@ -17,12 +18,15 @@ import pytest
 import zmq
 
 from martinet import cli, protocol
+from martinet import worker as worker_module
+from martinet.api import Martinet
 from martinet.config import Settings
 from martinet.daemon import Daemon
 from martinet.dbhealth import REMIND_EVERY, describe
 from martinet.protocol import Cmd
 from martinet.store import Store, iso, open_database
 from martinet.worker import JOURNAL_RETRY, Worker
+from tests.harness import wait_for
 
 NOW = 1_800_000_000.0
 BIG = {"blob": "x" * 100_000}  # more pages than a full database can find
@@ -278,3 +282,41 @@ def test_an_outcome_acked_before_the_journal_came_back_is_not_kept(worker):
     fill_journal(w, room=True)
     w._timers(w._journal_retry_at)
     assert w._journal_trouble is None and journaled(w) == [0]
+
+
+def test_a_worker_whose_journal_fills_up_is_sent_nothing_until_it_has_room(tmp_path, monkeypatch):
+    """The story with a real daemon and worker (threads of this process, real sockets)."""
+    monkeypatch.setattr(worker_module, "JOURNAL_RETRY", 0.2)
+    settings = Settings(db=f"sqlite:///{tmp_path / 'm.db'}", client_port=0, worker_port=0, status_port=0)
+    daemon = Daemon(settings)
+    daemon.open()
+    handlers = {"add": lambda task, a, b: a + b, "big": lambda task, n: "x" * n}
+    w = Worker(
+        handlers=handlers, journal=tmp_path / "w.journal", worker_id="w1", concurrency=1,
+        worker_port=daemon.ports["worker"], status_port=daemon.ports["status"],
+    )  # fmt: skip
+    threads = [threading.Thread(target=daemon.run), threading.Thread(target=w.run)]
+    for t in threads:
+        t.start()
+    m = Martinet.connect(f"tcp://127.0.0.1:{daemon.ports['client']}", 10)
+    try:
+        wait_for(lambda: m.ping()["workers"] == 1, what="the worker")
+        # Given a worker whose journal has no room for a large result
+        pages = w._journal._db.execute("PRAGMA page_count").fetchone()[0]
+        w._journal._db.execute(f"PRAGMA max_page_count = {pages}")
+        # When its handler returns one: the result arrives all the same
+        assert len(m.wait(m.execute("big", {"n": 100_000}), timeout=10)) == 100_000
+        # And the daemon sends it nothing more: it said hello with no task names
+        wait_for(lambda: daemon.peers.get("w1").names == set(), what="a hello without names")
+        waiting = m.execute("add", {"a": 2, "b": 2})
+        assert m.get(waiting)["status"] == "queued"
+        # When its journal has room again, it takes the task at its next try
+        w._journal._db.execute("PRAGMA max_page_count = 1073741823")
+        assert m.wait(waiting, timeout=10) == 4
+        assert w.worker_id == "w1" and threads[1].is_alive()  # it never exited
+    finally:
+        m.close()
+        w.stop()
+        threads[1].join(10)
+        daemon.stop()
+        threads[0].join(10)
