@@ -384,7 +384,8 @@ class Martinet:
         return item["result"]
 
     def ping(self) -> dict[str, Any]:
-        """The daemon's epoch, protocol version and number of connected workers."""
+        """The daemon's epoch, protocol version, number of connected workers, and `database`:
+        its database's failure while it lasts (error, since, failures), else None."""
         return self.client.request("ping")
 
     # ---- changing ------------------------------------------------------------------

@@ -244,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser(
+        "ping",
+        help="is the daemon answering, and is its database well? (exit 1 while its database fails)",
+        epilog=EPILOG,
+    )
+    _add_common(p)
+
+    p = sub.add_parser(
         "demo", help="start a daemon and two workers on a fresh SQLite file and show them work"
     )
     p.add_argument(
@@ -727,7 +734,27 @@ def cmd_watch(m, args) -> int:
     return 0
 
 
+def cmd_ping(m, args) -> int:
+    """The daemon's epoch, protocol and workers, and its database's last failure while it lasts."""
+    reply = m.ping()
+    trouble = reply.get("database")
+    data = {k: reply.get(k) for k in ("epoch", "version", "workers", "database")}
+    human = f"daemon: answering (epoch {reply.get('epoch')}, protocol {reply.get('version')}), " + (
+        f"{reply.get('workers')} worker(s) connected\n"
+    )
+    if trouble:
+        human += (
+            f"database: {trouble.get('error')} since {trouble.get('since')} "
+            f"({trouble.get('failures')} turn(s) failed; nothing of them was committed)"
+        )
+    else:
+        human += "database: ok"
+    _print(args, data, human)
+    return 1 if trouble else 0
+
+
 COMMANDS = {
+    "ping": cmd_ping,
     "execute": cmd_execute,
     "schedule": cmd_schedule,
     "every": cmd_every,

@@ -27,7 +27,13 @@ MAX_WAITERS = 100_000  # pending wait() requests at most: a flood cannot grow me
 
 class ClientOps:
     def _op_ping(self, h, now, out, ident):
-        return {"epoch": self.epoch, "version": protocol.VERSION, "workers": len(self.peers)}
+        # database: the failure that lasts (its cause, since when, turns lost), or None
+        return {
+            "epoch": self.epoch,
+            "version": protocol.VERSION,
+            "workers": len(self.peers),
+            "database": self.db_health.report(),
+        }
 
     def _op_execute(self, h, now, out, ident):
         spec = check_task(h, self.limits, self.settings.max_attempts)

@@ -25,6 +25,7 @@ import zmq
 from martinet import protocol
 from martinet.client_ops import ClientOps
 from martinet.config import Settings, keep_seconds
+from martinet.dbhealth import DbHealth, describe
 from martinet.errors import BadInput, MartinetError, ProtocolError
 from martinet.events import EventHub, attempt_event
 from martinet.lanes import RATE_LOOKBACK, Lanes, lane_settings, queue_columns, rate_of
@@ -99,6 +100,7 @@ class Daemon(ClientOps):
             int
         ] = []  # tasks ended by a lost worker, whose waiters are owed an answer
         self.hub = EventHub()  # event subscribers, and events still to record (events.py)
+        self.db_health = DbHealth()  # the database's last failure, for ping and the log
         self.ports: dict[str, int] = {}
 
     # ---- life cycle ---------------------------------------------------------
@@ -259,6 +261,8 @@ class Daemon(ClientOps):
         """Read what arrived, write it and the turn's claims in one transaction (group
         commit), then send what depends on it: replies, acks, events, and tasks."""
         out = Outbox()
+        troubled = self.db_health.trouble is not None
+        changes = self.store.changes() if troubled and self.store else None
         try:
             with self.store.atomic():
                 if self.client in ready:
@@ -274,12 +278,15 @@ class Daemon(ClientOps):
                 self._claim(out, now)
                 out.events = self.hub.record(self.store, out.events, now)
         except (peewee.OperationalError, peewee.InterfaceError, peewee.DatabaseError) as exc:
-            log.error("database error, nothing from this turn was committed: %s", exc)
+            why = describe(exc, self.store.db if self.store else None)
+            self.db_health.failed(why, now)
             self._reconnect()
-            # Clients learn their request failed; workers will resend unacknowledged results.
+            # Clients learn their request failed, and why; workers will resend unacknowledged results.
+            error = _err(
+                "StoreError", f"the daemon's database failed, so this request was not carried out: {why}"
+            )
             out.replies = [
-                (ident, {"rid": h.get("rid"), "ok": False, "error": _err("StoreError", str(exc))})
-                for ident, h in out.replies
+                (ident, {"rid": h.get("rid"), "ok": False, "error": error}) for ident, h in out.replies
             ]
             for _peer, rows in out.tasks:  # the claims were rolled back: so are their slots
                 for row in rows:
@@ -289,6 +296,11 @@ class Daemon(ClientOps):
             self.hub.pending = []  # events made in the turn that was rolled back
             self._cancels = []  # the time-outs were rolled back too
             self._dispatch_pending = True
+        else:
+            # SQLite counts the rows changed: an empty commit proves nothing about a full disk.
+            # Elsewhere any commit ends the trouble (no cheap count there).
+            if troubled and (changes is None or (self.store and self.store.changes()) != changes):
+                self.db_health.committed(now)
         self._flush(out, now)
         self._send_tasks(out.tasks, now)
 
@@ -395,6 +407,7 @@ class Daemon(ClientOps):
         except (peewee.IntegrityError, peewee.DataError) as exc:
             reply = {"ok": False, "error": _err("BadInput", f"the database refused it: {exc}")}
         except (peewee.OperationalError, peewee.InterfaceError):
+            out.replies.append((ident, {"rid": rid}))  # answered with the turn's error (_turn)
             raise  # the database itself is in trouble: the whole turn fails
         except Exception:  # a bug of ours must cost one request, never the daemon
             log.exception("request %r from %r failed unexpectedly", op, ident)

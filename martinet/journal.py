@@ -188,8 +188,12 @@ class Journal:
                 db.executemany("DELETE FROM outcome WHERE id = ? AND attempt = ?", self._acked)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            try:
+                if db.in_transaction:  # after SQLITE_FULL, SQLite may have rolled back already
+                    db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the write's own error is the one to report
+            # What was buffered stays buffered: the next commit writes it.
             raise JournalError(f"cannot write the journal {self.path}: {exc}") from None
         self._ended, self._acked = [], []
 

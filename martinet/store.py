@@ -361,8 +361,15 @@ class Store:
         """A transaction (a savepoint inside one): everything in it commits together or
         not at all. On SQLite it begins IMMEDIATE, taking the write lock at once."""
         if self.db.transaction_depth() == 0:
-            return self.db.atomic()
+            return _Transaction(self.db)
         return _Savepoint(self)
+
+    def changes(self) -> int | None:
+        """Rows this connection has changed so far (SQLite), so that a caller can tell a
+        commit that wrote something from an empty one; None where no count is kept."""
+        if isinstance(self.db, peewee.SqliteDatabase) and not self.db.is_closed():
+            return self.db.connection().total_changes
+        return None
 
     def close(self) -> None:
         """Close this store's connection (a no-op when closed)."""
@@ -407,7 +414,7 @@ class Store:
                 row["status"] = WAITING
         try:
             if key:
-                with self.db.atomic():  # a savepoint: a lost race for the key spoils nothing else
+                with self.atomic():  # a savepoint: a lost race for the key spoils nothing else
                     task_id = self._insert("task", row)
             else:
                 task_id = self._insert("task", row)
@@ -1150,7 +1157,7 @@ class Store:
         )
         if n and row.key and row.unique_key is None:
             try:
-                with self.db.atomic():  # take the key back, unless another task holds it now
+                with self.atomic():  # take the key back, unless another task holds it now
                     Task.update(unique_key=row.key).where(Task.id == task_id).execute()
             except peewee.IntegrityError:
                 log.info("task %s retried without its key %r: another task holds it", task_id, row.key)
@@ -1220,7 +1227,7 @@ class Store:
                 Schedule.update(**fields).where(Schedule.id == current.id).execute()
                 return current.id, False
         try:
-            with self.db.atomic():
+            with self.atomic():
                 row = Schedule.create(request_id=rid, key=key, next_due=first_due, created_at=now, **fields)
         except peewee.IntegrityError:
             current = self._latest(Schedule.select().where(Schedule.key == key)).first() if key else None
@@ -1751,8 +1758,47 @@ class _Savepoint:
             if exc_type is not None:
                 self.store._exec(f"ROLLBACK TO SAVEPOINT {self.name}")
             self.store._exec(f"RELEASE SAVEPOINT {self.name}")
+        except peewee.PeeweeException:
+            if not isinstance(exc, peewee.PeeweeException):
+                raise
+            # The database failed and took the savepoint with it (after SQLITE_FULL, SQLite
+            # rolls the whole transaction back): its error, not "no such savepoint", goes up.
         finally:
             self.store.savepoints -= 1
+
+
+class _Transaction:
+    """The outermost atomic(): peewee's transaction, except that a rollback that fails
+    never hides the error that called for it. After SQLITE_FULL (and some I/O errors)
+    SQLite has already rolled the transaction back, and peewee's own rollback would raise
+    "cannot rollback - no transaction is active" in place of "database or disk is full"."""
+
+    def __init__(self, db: peewee.Database) -> None:
+        self.db = db
+        self.txn = db.transaction()  # BEGIN IMMEDIATE on SQLite (open_database's lock_type)
+
+    def __enter__(self) -> _Transaction:
+        self.txn.__enter__()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.db.pop_transaction()
+        if exc_type is None:
+            try:
+                self.txn.commit(begin=False)
+            except peewee.PeeweeException as failed:
+                self._rollback(failed)
+                raise
+            return
+        self._rollback(exc)
+
+    def _rollback(self, cause: BaseException) -> None:
+        try:
+            self.txn.rollback(begin=False)
+        except peewee.PeeweeException as failed:
+            if not isinstance(cause, peewee.PeeweeException):
+                raise  # the database is in trouble too: that is what the caller must handle
+            log.debug("rolling back after %s failed too: %s", cause, failed)
 
 
 class _Ending(NamedTuple):

@@ -105,6 +105,12 @@ BATCH_BYTES = 256 * 1024  # and about this many bytes (one larger outcome still 
 # at most, whatever start_in says: a thread waits for it meanwhile.
 MAX_START_IN = 1.0
 
+# Seconds between attempts to write a journal that could not be written (a full disk,
+# say): each is one small SQLite transaction, so the worker takes tasks again about a
+# second after there is room, at no cost worth counting meanwhile.
+JOURNAL_RETRY = 1.0
+JOURNAL_REMIND = 60.0  # seconds between log lines while the journal still cannot be written
+
 # TEST ONLY: MARTINET_FAULT=exit_before_send makes the worker os._exit(FAULT_EXIT)
 # right after it journaled an outcome and before it sends it (tests/test_journal.py).
 FAULT_EXIT_BEFORE_SEND = "exit_before_send"
@@ -162,6 +168,10 @@ class Worker:
         self._running: dict[int, TaskContext] = {}
         self._outbox: dict[tuple[int, int], _Pending] = {}
         self._fault = os.environ.get("MARTINET_FAULT")
+        # While the journal cannot be written: why, since when, when to try again. The
+        # worker then takes no tasks (its outcomes could not be kept) and says so.
+        self._journal_trouble: str | None = None
+        self._journal_since = self._journal_retry_at = self._journal_logged_at = 0.0
         if self._journal is not None:
             self._recover()
         self._stopping = False
@@ -288,7 +298,8 @@ class Worker:
         self._send(self.wsock, Cmd.HELLO, self._hello_header())
 
     def _hello_header(self) -> dict:
-        names = [] if self._stopping else sorted(self.handlers)
+        # No names: no task is sent to it (stopping, or its journal cannot keep outcomes).
+        names = [] if self._stopping or self._journal_trouble else sorted(self.handlers)
         limits = {n: self._limits[n] if n in self._limits else LIMITS.get(n) for n in names}
         return {
             "worker_id": self.worker_id,
@@ -366,6 +377,8 @@ class Worker:
             reason = f"worker {self.worker_id} has no handler for {name!r}"
         elif self._stopping:
             reason = f"worker {self.worker_id} is shutting down"
+        elif self._journal_trouble:
+            reason = f"worker {self.worker_id} cannot write its journal"
         elif len(self._running) >= self.capacity:
             reason = f"worker {self.worker_id} has no free slot"
         if reason:
@@ -384,15 +397,16 @@ class Worker:
         log.info("task %s %s attempt %s started on %s", task_id, name, attempt, self.worker_id)
         self._jobs.put(ctx)
 
-    def _hand_back_waiting(self) -> None:
-        """Stopping: tasks that no thread has started go back to the daemon at once."""
+    def _hand_back_waiting(self, reason: str | None = None) -> None:
+        """Stopping (or unable to journal): tasks that no thread has started go back to
+        the daemon at once."""
+        reason = reason or f"worker {self.worker_id} is shutting down"
         while True:
             try:
                 ctx = self._jobs.get_nowait()
             except queue.Empty:
                 return
             del self._running[ctx.id]
-            reason = f"worker {self.worker_id} is shutting down"
             self._send(
                 self.wsock,
                 Cmd.REJECT,
@@ -432,8 +446,8 @@ class Worker:
             ended.append(pending)
         if not ended:
             return
-        if self._journal is not None:
-            self._journal.commit(time.monotonic())  # write-ahead: on disk before it leaves
+        if self._journal is not None and self._journal_trouble is None:
+            self._commit_journal(time.monotonic())  # write-ahead: on disk before it leaves
         if self._fault == FAULT_EXIT_BEFORE_SEND:
             log.warning("MARTINET_FAULT=%s: exiting before sending %d outcome(s)", self._fault, len(ended))
             os._exit(FAULT_EXIT)
@@ -476,8 +490,59 @@ class Worker:
                 self._hello()
             self._next_heartbeat = now + self._interval
             self._send_outcomes([p for p in self._outbox.values() if now - p.sent_at > silence])
-            if self._journal is not None:
-                self._journal.commit(now)  # acks that found no outcome to ride along with
+            if self._journal is not None and self._journal_trouble is None:
+                self._commit_journal(now)  # acks that found no outcome to ride along with
+        if self._journal_trouble is not None and now >= self._journal_retry_at:
+            self._commit_journal(now, force=True)
+
+    # ---- a journal that cannot be written ---------------------------------------------
+
+    def _commit_journal(self, now: float, force: bool = False) -> None:
+        """Write what the journal buffers. A failure (a full disk, say) never stops the
+        worker: it stops taking tasks until a write succeeds again (_timers tries every
+        JOURNAL_RETRY seconds), and the outcomes in hand are sent without the journal.
+
+        Sent, not held back: the journal only guards an outcome until the daemon commits
+        it, a matter of milliseconds once sent; held back, it would wait in memory alone
+        for as long as the disk stays full, its task's lease kept alive, its result kept
+        from whoever waits for it. Sent, the worst case is the journal's absence (killed
+        before the ack, the task runs again), which at-least-once allows. The journal
+        keeps it buffered and writes it when it can (deleted at once if acked by then)."""
+        if self._journal is None:
+            return
+        try:
+            self._journal.commit(now, force)
+        except JournalError as exc:
+            self._journal_failed(str(exc), now)
+            return
+        if self._journal_trouble is not None:
+            log.warning(
+                "worker %s: journal written again after %.0fs; taking tasks again",
+                self.worker_id, now - self._journal_since,
+            )  # fmt: skip
+            self._journal_trouble = None
+            self._hello()  # its names again: the daemon sends it tasks
+
+    def _journal_failed(self, why: str, now: float) -> None:
+        self._journal_retry_at = now + JOURNAL_RETRY
+        if self._journal_trouble is not None:
+            if now - self._journal_logged_at >= JOURNAL_REMIND:
+                self._journal_logged_at = now
+                log.error(
+                    "worker %s: still taking no tasks, the journal cannot be written for %.0fs: %s",
+                    self.worker_id, now - self._journal_since, why,
+                )  # fmt: skip
+            self._journal_trouble = why
+            return
+        self._journal_trouble = why
+        self._journal_since = self._journal_logged_at = now
+        log.error(
+            "worker %s: %s; taking no tasks until it can be written (trying every %gs); "
+            "results in hand are sent without it, tasks not started go back to the daemon",
+            self.worker_id, why, JOURNAL_RETRY,
+        )  # fmt: skip
+        self._hand_back_waiting(f"worker {self.worker_id} cannot write its journal")
+        self._hello()  # with no names: the daemon sends it nothing more
 
     def _enforce_timecheck_limits(self, now: float) -> None:
         """Interrupt handlers past their time limit; abandon those that do not unwind.

@@ -27,6 +27,7 @@ SUBCOMMANDS = [
     "update",
     "prune",
     "watch",
+    "ping",
     "demo",
 ]
 
@@ -100,6 +101,7 @@ def test_cli_round_trip(cluster):
     assert "next_due" in ok("show", "s1", url=url)
     assert ok("revoke", "s1", url=url).strip() == "s1: removed"
     assert ok("schedules", url=url).strip() == "no schedules"
+    assert "1 worker(s) connected\ndatabase: ok" in ok("ping", url=url)
 
     again = ["execute", "echo", "--request-id", "order-7", "--json"]
     assert json.loads(ok(*again, url=url))["id"] == json.loads(ok(*again, url=url))["id"]
