@@ -512,6 +512,9 @@ class Daemon(ClientOps):
             )  # fmt: skip
         for task_id in adopted:  # as far as the daemon can tell, the first ones have a thread
             self.peers.assign(peer, task_id, clocks.get(task_id, now))
+        for item in running:  # what it holds and may not keep takes its slots until it answers
+            if item["id"] not in peer.inflight:
+                self.peers.stick(peer, item["id"], now)
         if (old is None or old.ident != ident) and self.store.runs_any(worker_id):
             # A new connection (a restart, a reconnect, or this daemon restarted): tasks sent
             # on the old one and not reported were never received, or died with the process.
@@ -678,6 +681,7 @@ class Daemon(ClientOps):
             # Acknowledged even when fenced out: a late or repeated answer changes nothing.
             out.acks.setdefault(ident, []).append([outcome.task_id, outcome.attempt])
             if info is None:
+                self.peers.unstick(outcome.worker, outcome.task_id)  # if stuck in it, it is free again
                 log.info(
                     "ignored a late outcome for task %s attempt %s from %s",
                     outcome.task_id, outcome.attempt, outcome.worker,
@@ -794,7 +798,9 @@ class Daemon(ClientOps):
     def _time_limits(self, now: float) -> None:
         """Attempts past their time limit plus time_limit_grace without an answer end as
         timed out (failed: retried with backoff elsewhere, or dead), however many heartbeats
-        their worker sends; it gets a CANCEL, in case it is alive but stuck.
+        their worker sends; it gets a CANCEL, in case it is alive but stuck, and the slot
+        stays taken until it answers for that task (Peers.stick): a stuck worker is sent
+        no more work, so the retry goes elsewhere.
 
         The limit counts from the attempt's start (started_at), or later when the daemon
         knows the task waited in its worker's prefetch (Peer.clock): a healthy worker
@@ -823,6 +829,7 @@ class Daemon(ClientOps):
             if info is None:
                 continue
             ended.append(info)
+            self.peers.stick(peer, row["id"], now)  # its thread may be stuck in it: no more work there
             self._cancels.append((peer.ident, row["id"]))  # sent once the turn is committed
             log.warning(
                 "task %s %s attempt %s on %s: %s; %s",

@@ -44,15 +44,19 @@ class Peer:
     # counts; the others wait in its prefetch, in the order sent (a dict: ordered, O(1) removal).
     clocks: dict[int, float] = field(default_factory=dict)
     prefetched: dict[int, None] = field(default_factory=dict)
+    # Tasks whose attempt the daemon ended past its time limit, still unanswered by this
+    # worker: their threads may be stuck in them, so they keep their slots until it answers
+    # (its answer is fenced out, and frees the slot). A stuck worker thus gets no more work.
+    stuck: set[int] = field(default_factory=set)
 
     @property
     def credit(self) -> int:
-        return max(0, self.capacity - len(self.inflight))
+        return max(0, self.capacity - len(self.inflight) - len(self.stuck))
 
     @property
     def idle_threads(self) -> int:
         """How many tasks sent now would start at once, not wait in its prefetch."""
-        return max(0, self.thread_count - len(self.inflight))
+        return max(0, self.thread_count - len(self.inflight) - len(self.stuck))
 
     @property
     def thread_count(self) -> int:
@@ -240,6 +244,21 @@ class Peers:
                     del peer.prefetched[waiting]
                     peer.clocks[waiting] = now
         return peer
+
+    def stick(self, peer: Peer, task_id: int, now: float) -> None:
+        """The daemon ended this task's attempt without its worker's word (its time limit
+        passed): its slot stays taken until the worker answers for it (see unstick)."""
+        self.release(task_id, now)
+        peer.stuck.add(task_id)
+        if peer.credit == 0:
+            self._unindex(peer)
+
+    def unstick(self, worker_id: str, task_id: int) -> None:
+        """The worker answered for a task it was stuck in: its slot is free again."""
+        peer = self._by_id.get(worker_id)
+        if peer is not None and task_id in peer.stuck:
+            peer.stuck.discard(task_id)
+            self._index(peer)
 
     def owner(self, task_id: int) -> Peer | None:
         worker_id = self._owner.get(task_id)

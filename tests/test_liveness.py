@@ -4,6 +4,7 @@ In process, with the clock the test sets (tests/core.py)."""
 from __future__ import annotations
 
 from martinet.daemon import Outbox
+from martinet.store import Outcome
 from tests.core import Core
 
 
@@ -57,5 +58,30 @@ def test_tasks_claimed_for_a_connection_that_is_gone_go_back_unspent(db_url):
         assert peer is not None and peer.credit == 0 and not peer.inflight
         core.hello("w1", ["add"])  # it says hello on its new connection
         assert core.claimed_names() == ["add"]
+    finally:
+        core.close()
+
+
+def test_a_worker_stuck_past_a_time_limit_gets_no_more_work_until_it_answers(db_url):
+    """Its attempt ends timed out and is retried elsewhere; its slot stays taken (its thread
+    may be stuck in the handler) until it answers for that task, fenced out or not."""
+    core = Core(db_url, time_limit_grace=0.5)
+    try:
+        core.hello("stuck", ["add"], capacity=1)
+        first = core.submit("add", timeout=1.0, max_attempts=5)
+        assert core.claimed_names() == ["add"]
+        core.now += 1.6  # past its time limit and the grace, heartbeats or not
+        core.claim()
+        task = core.store.get_task(first)
+        assert (task["status"], task["error"]["type"]) == ("failed", "TaskTimeout")
+        second = core.submit("add")
+        assert core.claim() == {}  # nothing more for the stuck worker
+        core.hello("fresh", ["add"], capacity=4)
+        core.now += 60  # the retry is due
+        assert sorted(row["id"] for row in core.claim()["fresh"]) == [first, second]
+        out = Outbox()
+        with core.store.atomic():  # the stuck handler returns at last: fenced out, its slot freed
+            core.daemon._on_outcomes([(b"status", Outcome(first, 1, "stuck", "succeeded"))], out, core.now)
+        assert core.daemon.peers.get("stuck").credit == 1
     finally:
         core.close()
