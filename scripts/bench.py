@@ -38,8 +38,9 @@ drain as a share of the lower floor, when throughput and floor both ran). Scenar
               heartbeat a second): serving another task name ("other"), then the same names
               as the real one ("same": they take tasks too, and answer within a second).
               Sequential execute calls for --idle-window seconds: p50/p99 of a call (ms),
-              calls/s, the daemon's CPU % and CPU ms a call, its CPU % with no calls
-              ("quiet"), the time the N took to connect, and each figure against alone (_x)
+              calls/s, the daemon's CPU % and CPU ms a call (net: less its CPU with no
+              calls, "quiet", which heartbeats cost), the time the N took to connect, and
+              each figure against alone's (_x)
 """
 
 from __future__ import annotations
@@ -881,6 +882,10 @@ def idle_run(args, n: int, names: list[str]) -> dict[str, float]:
                 calls_per_s=round(len(times) / took),
                 cpu_pct=round(100 * cpu / took, 1),
                 cpu_ms_per_call=round(1000 * cpu / len(times), 3),
+                # less the CPU it spent with no calls (heartbeats): what the calls' turns cost
+                net_cpu_ms_per_call=round(
+                    1000 * (cpu - result["quiet_cpu_pct"] / 100 * took) / len(times), 3
+                ),
             )
             if helper is not None:
                 result["helper_cpu_pct"] = round(100 * (cpu_seconds(helper.pid) - helper0) / took, 1)
@@ -905,13 +910,13 @@ def scenario_idle(args) -> dict:
     """Sequential calls with one real worker, alone ("alone") and with --idle N idle workers
     serving another name ("other") or the same ones ("same"); each figure of those against
     alone's (_x): what a connected idle worker costs each call."""
-    result = {"load_1m": os.getloadavg()[0]}
+    result = {"load_1m": round(os.getloadavg()[0], 2)}
     alone = idle_run(args, 0, [])
     result.update({f"alone_{k}": v for k, v in alone.items()})
     for variant, names in IDLE_NAMES.items():
         figures = idle_run(args, args.idle, names)
         result.update({f"{variant}_{k}": v for k, v in figures.items()})
-        for key in ("p50_ms", "p99_ms", "calls_per_s", "cpu_ms_per_call"):
+        for key in ("p50_ms", "p99_ms", "calls_per_s", "cpu_ms_per_call", "net_cpu_ms_per_call"):
             result[f"{variant}_{key}_x"] = round(figures[key] / alone[key], 2)
     return result
 
