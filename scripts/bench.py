@@ -96,6 +96,8 @@ class Rig:
         self.n_workers, self.concurrency = workers, concurrency
         self.daemon: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
+        # The processes run this checkout's martinet: -P keeps the working directory (which
+        # `-m` and `-c` would put first) off their path, so that PYTHONPATH decides.
         self.env = {
             **os.environ,
             "PYTHONPATH": f"{HERE}{os.pathsep}{HERE.parent}",
@@ -113,14 +115,14 @@ class Rig:
         flags = ["--client-port", str(self.ports[0]), "--worker-port", str(self.ports[1]),
                  "--status-port", str(self.ports[2])]  # fmt: skip
         self.daemon = subprocess.Popen(
-            [sys.executable, "-m", "martinet", "serve", "--db", self.db, *flags],
+            [sys.executable, "-P", "-m", "martinet", "serve", "--db", self.db, *flags],
             stdout=self.log, stderr=self.log, env=self.env,
         )  # fmt: skip
         return started
 
     def start_workers(self) -> None:
         for i in range(self.n_workers):
-            args = [sys.executable, "-c", WORKER_MAIN, "bench_tasks", "--worker-id", f"bench-{i}",
+            args = [sys.executable, "-P", "-c", WORKER_MAIN, "bench_tasks", "--worker-id", f"bench-{i}",
                     "--concurrency", str(self.concurrency), "--worker-port", str(self.ports[1]),
                     "--status-port", str(self.ports[2]), *WORKER_FLAGS]  # fmt: skip
             self.workers.append(subprocess.Popen(args, stdout=self.log, stderr=self.log, env=self.env))
@@ -845,7 +847,7 @@ def idle_run(args, n: int, names: list[str]) -> dict[str, float]:
             if n:
                 started = time.perf_counter()
                 helper = subprocess.Popen(
-                    [sys.executable, "-c", IDLE_PEERS, f"tcp://127.0.0.1:{rig.ports[1]}",
+                    [sys.executable, "-P", "-c", IDLE_PEERS, f"tcp://127.0.0.1:{rig.ports[1]}",
                      f"tcp://127.0.0.1:{rig.ports[2]}", str(n), json.dumps(names), "1.0"],
                     stdout=rig.log, stderr=rig.log, env=rig.env,
                 )  # fmt: skip
