@@ -859,8 +859,8 @@ def idle_run(args, n: int, names: list[str]) -> dict[str, float]:
                         )
                     time.sleep(0.05)
                 result["connect_s"] = round(time.perf_counter() - started, 2)
-            time.sleep(0.5)  # the welcomes of the last hellos go out
-            quiet = max(0.5, args.idle_window / 5)
+            time.sleep(min(0.5, args.idle_window / 10))  # the welcomes of the last hellos go out
+            quiet = args.idle_window / 5
             cpu0, t0 = cpu_seconds(rig.daemon.pid), time.perf_counter()
             time.sleep(quiet)
             result["quiet_cpu_pct"] = round(
