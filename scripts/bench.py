@@ -1,7 +1,7 @@
 """Benchmarks: real daemon and worker processes on 127.0.0.1, durable tasks only.
 
     python scripts/bench.py                 # every scenario, 3 repeats each
-    python scripts/bench.py --quick         # all but scale, search and prune (a million rows each)
+    python scripts/bench.py --quick         # all but scale, search and prune (a million rows each), and idle
     python scripts/bench.py timers --repeat 5
     python scripts/bench.py scale --pending 1000000 --schedules 10000
 
@@ -33,6 +33,14 @@ drain as a share of the lower floor, when throughput and floor both ran). Scenar
   prune       PENDING succeeded tasks finished 40 days ago: the drain of --tasks with
               retention off, then while the daemon prunes them (keep_finished "7 days"),
               the cost in %, and how long pruning them all took (--repeat 1 as for search)
+  idle        one worker (--concurrency 1) alone, then with --idle N (5,000) idle workers
+              connected (raw sockets in one helper process, each saying hello and sending a
+              heartbeat a second): serving another task name ("other"), then the same names
+              as the real one ("same": they take tasks too, and answer within a second).
+              Sequential execute calls for --idle-window seconds: p50/p99 of a call (ms),
+              calls/s, the daemon's CPU % and CPU ms a call (net: less its CPU with no
+              calls, "quiet", which heartbeats cost), the time the N took to connect, and
+              each figure against alone's (_x)
 """
 
 from __future__ import annotations
@@ -88,6 +96,8 @@ class Rig:
         self.n_workers, self.concurrency = workers, concurrency
         self.daemon: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
+        # The processes run this checkout's martinet: -P keeps the working directory (which
+        # `-m` and `-c` would put first) off their path, so that PYTHONPATH decides.
         self.env = {
             **os.environ,
             "PYTHONPATH": f"{HERE}{os.pathsep}{HERE.parent}",
@@ -105,14 +115,14 @@ class Rig:
         flags = ["--client-port", str(self.ports[0]), "--worker-port", str(self.ports[1]),
                  "--status-port", str(self.ports[2])]  # fmt: skip
         self.daemon = subprocess.Popen(
-            [sys.executable, "-m", "martinet", "serve", "--db", self.db, *flags],
+            [sys.executable, "-P", "-m", "martinet", "serve", "--db", self.db, *flags],
             stdout=self.log, stderr=self.log, env=self.env,
         )  # fmt: skip
         return started
 
     def start_workers(self) -> None:
         for i in range(self.n_workers):
-            args = [sys.executable, "-c", WORKER_MAIN, "bench_tasks", "--worker-id", f"bench-{i}",
+            args = [sys.executable, "-P", "-c", WORKER_MAIN, "bench_tasks", "--worker-id", f"bench-{i}",
                     "--concurrency", str(self.concurrency), "--worker-port", str(self.ports[1]),
                     "--status-port", str(self.ports[2]), *WORKER_FLAGS]  # fmt: skip
             self.workers.append(subprocess.Popen(args, stdout=self.log, stderr=self.log, env=self.env))
@@ -744,6 +754,175 @@ def scenario_prune(args) -> dict:
         return result
 
 
+# N idle workers in one process: raw DEALER sockets that say hello, send a heartbeat once
+# an interval (spread evenly) and read what came for them; a task that comes is answered
+# at once as done, on one status socket shared by all (outcomes name their worker).
+IDLE_PEERS = """
+import json, signal, sys, time, zmq
+from martinet import protocol
+from martinet.protocol import Cmd
+worker_url, status_url, n, names, interval = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4]), float(sys.argv[5])
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+ctx = zmq.Context()
+ctx.set(zmq.MAX_SOCKETS, n + 16)
+socks = []
+
+def dealer(url):
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(url)
+    socks.append(sock)
+    return sock
+
+def send(sock, frames):
+    try:
+        sock.send_multipart(frames, zmq.NOBLOCK)
+    except zmq.Again:
+        pass
+
+def hello(i):
+    send(socks[i], protocol.encode(Cmd.HELLO, {"worker_id": f"idle-{i}", "names": names, "capacity": 1,
+                                               "version": protocol.VERSION}))
+
+def read(i):
+    while True:
+        try:
+            cmd, h = protocol.decode(socks[i].recv_multipart(zmq.NOBLOCK))
+        except zmq.Again:
+            return
+        if cmd is Cmd.HELLO_AGAIN:
+            hello(i)
+        elif cmd is Cmd.TASK:
+            ended = [protocol.dumps({"id": t["id"], "attempt": t["attempt"], "ok": True, "result": None})
+                     for t in h["tasks"]]
+            send(status, protocol.encode_batch(Cmd.ENDED, "ended", ended, {"worker_id": f"idle-{i}"}))
+
+try:
+    for i in range(n):
+        dealer(worker_url)
+        hello(i)
+    status = dealer(status_url)
+    beat = protocol.encode(Cmd.HEARTBEAT, {"running": []})
+    start, beats = time.monotonic(), 0
+    while True:
+        due = int((time.monotonic() - start) / interval * n)  # worker i beats at (k + i / n) intervals
+        while beats < due:
+            i, beats = beats % n, beats + 1
+            read(i)
+            send(socks[i], beat)
+        while True:
+            try:
+                status.recv_multipart(zmq.NOBLOCK)  # acks
+            except zmq.Again:
+                break
+        time.sleep(0.005)
+finally:
+    for sock in socks:
+        sock.close(0)
+    ctx.term()
+"""
+IDLE_NAMES = {"other": ["bench.idle"], "same": ["bench.clock", "bench.noop"]}  # "same": the real worker's
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far, all threads, user and system (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_run(args, n: int, names: list[str]) -> dict[str, float]:
+    """One real worker (--concurrency 1) and `n` idle ones (IDLE_PEERS) on a fresh daemon:
+    the daemon's CPU with no calls, then sequential execute calls for --idle-window seconds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rig = Rig(Path(tmp), workers=1, concurrency=1)
+        helper = None
+        m = None
+        try:
+            rig.start_daemon()
+            rig.start_workers()
+            m = rig.client()
+            rig.wait_ready(m)
+            result: dict[str, float] = {}
+            if n:
+                started = time.perf_counter()
+                helper = subprocess.Popen(
+                    [sys.executable, "-P", "-c", IDLE_PEERS, f"tcp://127.0.0.1:{rig.ports[1]}",
+                     f"tcp://127.0.0.1:{rig.ports[2]}", str(n), json.dumps(names), "1.0"],
+                    stdout=rig.log, stderr=rig.log, env=rig.env,
+                )  # fmt: skip
+                deadline = time.monotonic() + 60 + n / 100
+                while m.ping()["workers"] < n + 1:
+                    if helper.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"the {n} idle workers did not connect (see {rig.dir}/processes.log)"
+                        )
+                    time.sleep(0.05)
+                result["connect_s"] = round(time.perf_counter() - started, 2)
+            time.sleep(min(0.5, args.idle_window / 10))  # the welcomes of the last hellos go out
+            quiet = args.idle_window / 5
+            cpu0, t0 = cpu_seconds(rig.daemon.pid), time.perf_counter()
+            time.sleep(quiet)
+            result["quiet_cpu_pct"] = round(
+                100 * (cpu_seconds(rig.daemon.pid) - cpu0) / (time.perf_counter() - t0), 1
+            )
+            for _ in range(200):  # warm
+                m.execute("bench.noop")
+            times = []
+            cpu0, helper0 = cpu_seconds(rig.daemon.pid), cpu_seconds(helper.pid) if helper else 0.0
+            start = time.perf_counter()
+            end = start + args.idle_window
+            while (t := time.perf_counter()) < end:
+                m.execute("bench.noop")
+                times.append(time.perf_counter() - t)
+            took = time.perf_counter() - start
+            cpu = cpu_seconds(rig.daemon.pid) - cpu0
+            picked = percentiles(times)
+            result.update(
+                p50_ms=round(picked["p50"] * 1000, 3),
+                p99_ms=round(picked["p99"] * 1000, 3),
+                calls_per_s=round(len(times) / took),
+                cpu_pct=round(100 * cpu / took, 1),
+                cpu_ms_per_call=round(1000 * cpu / len(times), 3),
+                # less the CPU it spent with no calls (heartbeats): what the calls' turns cost
+                net_cpu_ms_per_call=round(
+                    1000 * (cpu - result["quiet_cpu_pct"] / 100 * took) / len(times), 3
+                ),
+            )
+            if helper is not None:
+                result["helper_cpu_pct"] = round(100 * (cpu_seconds(helper.pid) - helper0) / took, 1)
+            if helper is not None and helper.poll() is not None:
+                raise RuntimeError(f"the idle workers' process ended early (see {rig.dir}/processes.log)")
+            wait_drained(rig.db, timeout=30)  # every task ended, those the idle workers took too
+            return result
+        finally:
+            if helper is not None:
+                helper.terminate()
+                try:
+                    helper.wait(20)
+                except subprocess.TimeoutExpired:
+                    helper.kill()
+                    helper.wait()
+            if m is not None:
+                m.close()
+            rig.stop()
+
+
+def scenario_idle(args) -> dict:
+    """Sequential calls with one real worker, alone ("alone") and with --idle N idle workers
+    serving another name ("other") or the same ones ("same"); each figure of those against
+    alone's (_x): what a connected idle worker costs each call."""
+    result = {"load_1m": round(os.getloadavg()[0], 2)}
+    alone = idle_run(args, 0, [])
+    result.update({f"alone_{k}": v for k, v in alone.items()})
+    for variant, names in IDLE_NAMES.items():
+        figures = idle_run(args, args.idle, names)
+        result.update({f"{variant}_{k}": v for k, v in figures.items()})
+        for key in ("p50_ms", "p99_ms", "calls_per_s", "cpu_ms_per_call", "net_cpu_ms_per_call"):
+            result[f"{variant}_{key}_x"] = round(figures[key] / alone[key], 2)
+    return result
+
+
 def scenario_shaping(args) -> dict:
     return scenario_throughput(args, shaped=True)
 
@@ -769,6 +948,7 @@ SCENARIOS = {
     "backends": scenario_backends,
     "search": scenario_search,
     "prune": scenario_prune,
+    "idle": scenario_idle,
 }
 
 
@@ -779,7 +959,9 @@ def main() -> int:
     parser.add_argument("scenarios", nargs="*", help=f"some of {', '.join(SCENARIOS)} (default: all)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
-        "--quick", action="store_true", help=f"leave out {', '.join(BIG_DATA)} (a million rows each to build)"
+        "--quick",
+        action="store_true",
+        help=f"leave out {', '.join(BIG_DATA)} (a million rows each to build) and idle",
     )
     parser.add_argument("--tasks", type=int, default=20_000, help="throughput: tasks (default 20000)")
     parser.add_argument("--timers", type=int, default=1000, help="timers/scale: delayed tasks (default 1000)")
@@ -797,6 +979,10 @@ def main() -> int:
         default=os.environ.get("MARTINET_BENCH_POSTGRES"),
         help="backends/floor: a PostgreSQL URL whose martinet tables may be dropped "
         "(default $MARTINET_BENCH_POSTGRES)",
+    )
+    parser.add_argument("--idle", type=int, default=5000, help="idle: idle workers connected (default 5000)")
+    parser.add_argument(
+        "--idle-window", type=float, default=10.0, help="idle: seconds of sequential calls (default 10)"
     )
     parser.add_argument("--db", help="search: an empty database to fill (default: a fresh SQLite file)")
     parser.add_argument(
@@ -818,7 +1004,7 @@ def main() -> int:
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
-    chosen = args.scenarios or [n for n in SCENARIOS if not (args.quick and n in BIG_DATA)]
+    chosen = args.scenarios or [n for n in SCENARIOS if not (args.quick and n in (*BIG_DATA, "idle"))]
     medians: dict[str, dict[str, float]] = {}
     for name in chosen:
         runs = [SCENARIOS[name](args) for _ in range(args.repeat)]

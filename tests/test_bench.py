@@ -46,6 +46,13 @@ EXPECTED = {
     },
     "search": {"status_name_ms", "where_ms", "count_name_ms"},
     "prune": {"drain_plain_per_s", "drain_pruning_per_s", "drain_cost_pct", "prune_s"},
+    "idle": {
+        f"{variant}_{figure}"
+        for variant in ("alone", "other", "same")
+        for figure in ("p50_ms", "p99_ms", "calls_per_s", "cpu_pct", "net_cpu_ms_per_call", "quiet_cpu_pct")
+    }
+    | {f"{variant}_{figure}_x" for variant in ("other", "same") for figure in ("p50_ms", "calls_per_s")}
+    | {"other_connect_s", "same_connect_s"},
 }
 
 
@@ -84,3 +91,12 @@ def test_the_backends_scenario_runs_on_postgresql():
         results["backends"]
     )
     assert results["backends"]["pg_drain_per_s"] > 0 and results["floor"]["postgres_floor_per_s"] > 0
+
+
+def test_the_idle_scenario_connects_idle_workers_and_compares_calls_with_them_and_without():
+    results = bench("idle", "--repeat", "1", "--idle", "20", "--idle-window", "0.5")
+    assert set(results) == {"idle"}  # no targets of its own
+    check_figures(results)
+    idle = results["idle"]
+    for variant in ("other", "same"):
+        assert idle[f"{variant}_connect_s"] > 0 and idle[f"{variant}_calls_per_s_x"] > 0
