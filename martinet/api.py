@@ -384,8 +384,9 @@ class Martinet:
         return item["result"]
 
     def ping(self) -> dict[str, Any]:
-        """The daemon's epoch, protocol version, number of connected workers, and `database`:
-        its database's failure while it lasts (error, since, failures), else None."""
+        """The daemon's epoch, protocol version, number of connected workers, `database_id`
+        (its database's identity, which workers' journals check), and `database`: its
+        database's failure while it lasts (error, since, failures), else None."""
         return self.client.request("ping")
 
     # ---- changing ------------------------------------------------------------------

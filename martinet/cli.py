@@ -735,12 +735,14 @@ def cmd_watch(m, args) -> int:
 
 
 def cmd_ping(m, args) -> int:
-    """The daemon's epoch, protocol and workers, and its database's last failure while it lasts."""
+    """The daemon's epoch, protocol and workers, its database's identity, and the database's
+    last failure while it lasts."""
     reply = m.ping()
     trouble = reply.get("database")
-    data = {k: reply.get(k) for k in ("epoch", "version", "workers", "database")}
-    human = f"daemon: answering (epoch {reply.get('epoch')}, protocol {reply.get('version')}), " + (
-        f"{reply.get('workers')} worker(s) connected\n"
+    data = {k: reply.get(k) for k in ("epoch", "version", "workers", "database", "database_id")}
+    human = (
+        f"daemon: answering (epoch {reply.get('epoch')}, protocol {reply.get('version')}, "
+        f"database id {reply.get('database_id')}), {reply.get('workers')} worker(s) connected\n"
     )
     if trouble:
         human += (
@@ -801,8 +803,8 @@ def worker_main(argv: list[str] | None = None) -> int:
         "--journal",
         metavar="PATH",
         help="the file where the worker keeps its id and the results the daemon has not "
-        "acknowledged, to send them after a crash and restart (default: worker-ID.journal in $MARTINET_STATE_DIR, "
-        "else $XDG_STATE_HOME/martinet or ~/.local/state/martinet)",
+        "acknowledged, to send them after a crash and restart (default: HOST-PORT/worker-ID.journal, HOST-PORT the daemon's, "
+        "in $MARTINET_STATE_DIR, else $XDG_STATE_HOME/martinet or ~/.local/state/martinet)",
     )
     journal.add_argument(
         "--no-journal", action="store_true", help="keep them in memory only: a crash loses them"

@@ -30,6 +30,7 @@ class ClientOps:
         # database: the failure that lasts (its cause, since when, turns lost), or None
         return {
             "epoch": self.epoch,
+            "database_id": self.database_id,
             "version": protocol.VERSION,
             "workers": len(self.peers),
             "database": self.db_health.report(),

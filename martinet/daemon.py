@@ -74,7 +74,8 @@ class Daemon(ClientOps):
         self.settings = settings
         self.clock = clock
         self.limits = Limits(settings.max_payload, settings.max_name_length)
-        self.epoch = secrets.token_hex(4)
+        self.epoch = secrets.token_hex(4)  # changes at each start; the database's identity does not
+        self.database_id = ""  # the database's identity (models.DatabaseIdentity), read by open()
         self.peers = Peers()
         self.lanes = Lanes()
         self.retention = Retention(
@@ -121,6 +122,7 @@ class Daemon(ClientOps):
             self._checkpointer = WalCheckpointer(db).start()
         retry = RetryPolicy(s.retry_base, s.retry_factor, s.retry_cap)
         self.store = Store(db, retry, s.poison_after, s.max_releases)
+        self.database_id = self.store.database_id()
         with self.store.atomic():
             self._load_lanes(self.clock())
         self.poller = zmq.Poller()
@@ -128,12 +130,13 @@ class Daemon(ClientOps):
             self.poller.register(sock, zmq.POLLIN)
         self.poller.register(self._wake_r, zmq.POLLIN)
         log.info(
-            "martinet serving on %s (client %d, worker %d, status %d), database %s, epoch %s",
+            "martinet serving on %s (client %d, worker %d, status %d), database %s (id %s), epoch %s",
             s.bind,
             self.ports["client"],
             self.ports["worker"],
             self.ports["status"],
             redact(s.db),
+            self.database_id,
             self.epoch,
         )
 
@@ -514,6 +517,15 @@ class Daemon(ClientOps):
             self.lanes.queue(queue)
         self._declare_limits(h.get("limits"), set(names), now)
         running = _attempts(h.get("running"), MAX_HELD)
+        foreign = [r for r in running if r.get("database") not in (None, self.database_id)]
+        if foreign:
+            # Outcomes journaled for the daemon of another database: ids and attempt numbers
+            # may match tasks here, but they are not these tasks. The worker keeps them.
+            running = [r for r in running if r.get("database") in (None, self.database_id)]
+            log.info(
+                "worker %s holds %d outcome(s) for another database (%s), not this one (%s): not taken as its own",
+                worker_id, len(foreign), clean_text(str(foreign[0]["database"]), 64), self.database_id,
+            )  # fmt: skip
         # It gets back at most what its capacity holds: a hello that says it runs more is
         # not believed beyond that (the rest end as lost below). Attempts whose outcome is
         # committed (acks lost in an outage) are not readopted, so they take no room.
@@ -554,6 +566,7 @@ class Daemon(ClientOps):
             Cmd.WELCOME,
             {
                 "epoch": self.epoch,
+                "database": self.database_id,  # the worker's journal ties its outcomes to it
                 "heartbeat_interval": self.settings.heartbeat_interval,
                 "liveness": self.settings.liveness,
                 "lease": self.settings.lease,
@@ -645,9 +658,12 @@ class Daemon(ClientOps):
                 log.warning("dropped a %s without a valid worker_id from %r", cmd.name, ident)
                 continue
             self.peers.seen(worker_id, now)
+            foreign = 0
             for item in items:
                 if not (isinstance(item, dict) and is_id(item.get("id")) and is_id(item.get("attempt"))):
                     log.warning("dropped a %s without a valid id and attempt from %s", cmd.name, worker_id)
+                elif item.get("database") not in (None, self.database_id):
+                    foreign += 1  # not acknowledged: the worker keeps it for the daemon it is for
                 elif cmd is Cmd.PROGRESS:
                     progress[(item["id"], item["attempt"], worker_id)] = item
                 else:
@@ -655,6 +671,13 @@ class Daemon(ClientOps):
                         ended.append((ident, _outcome(item, worker_id)))
                     except Exception:  # a bug of ours must cost one outcome, never the turn
                         log.exception("dropped an outcome of task %s from %s", item["id"], worker_id)
+            if foreign:
+                # A daemon of another database was at this address (its worker has not said
+                # hello to us yet: it will, and learn which database this is, from our welcome).
+                log.warning(
+                    "ignored %d outcome(s) from %s meant for another database, not this one (%s)",
+                    foreign, worker_id, self.database_id,
+                )  # fmt: skip
         if ended:
             self._on_outcomes(ended, out, now)
         for (task_id, attempt, worker_id), h in progress.items():

@@ -104,8 +104,10 @@ def run_demo(n_tasks: int = 2000) -> int:
             )
         )
         for i in (1, 2):
+            # Its journal in the demo's directory, removed with it: never in the user's state folder.
             args = [sys.executable, "-c", WORKER_MAIN, "martinet.demo", "--worker-id", f"worker-{i}", "--concurrency", "4",
-                    "--worker-port", str(worker_port), "--status-port", str(status_port), "--log-level", "WARNING"]  # fmt: skip
+                    "--worker-port", str(worker_port), "--status-port", str(status_port), "--log-level", "WARNING",
+                    "--journal", str(tmp / f"worker-{i}.journal")]  # fmt: skip
             procs.append(subprocess.Popen(args, stdout=log, stderr=log))
         m = martinet.Martinet.connect(f"tcp://127.0.0.1:{client_port}", timeout=20)
         m.ping()

@@ -1569,6 +1569,18 @@ class Store:
 
     # ---- reads --------------------------------------------------------------
 
+    def database_id(self) -> str:
+        """This database's identity (models.DatabaseIdentity), made with its schema."""
+        row = self._exec(
+            "SELECT database_id FROM database_identity ORDER BY created_at, database_id LIMIT 1"
+        ).fetchone()
+        if row is None:  # only if someone deleted it by hand
+            raise StoreError(
+                "the database has no identity (table database_identity is empty); "
+                "restore its row, or start afresh on a new database"
+            )
+        return row[0]
+
     def find_key(self, key: str) -> tuple[str, int] | None:
         """The task holding `key` (else the newest with it), or the schedule with it."""
         task = Task.select(Task.id).where(Task.unique_key == key).first()

@@ -6,6 +6,11 @@ that wakes its poll). Outcomes wait in an outbox until the daemon acknowledges
 that it committed them, so a daemon restart loses none of them; with a journal
 (martinet/journal.py) the outbox is on disk too, written before it is sent, so
 a worker killed and started again loses none of them either.
+
+Every outcome is for the database its task came from (the identity the daemon's
+welcome gives): the outbox holds those of the database of the daemon the worker
+talks to, and only those are sent or said held in a hello; the others wait aside
+(`_parked`) until the worker talks to a daemon of their database again.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +35,7 @@ import zmq
 from martinet import protocol
 from martinet.compose import check as check_compositions
 from martinet.errors import Fail, JournalError, ProtocolError, Release, Retry, TaskTimeout
-from martinet.journal import Journal
+from martinet.journal import UNKNOWN, Journal
 from martinet.protocol import MAX_VALUE_DEPTH, Cmd, deeper_than
 from martinet.registry import LIMITS, REGISTRY, check_limits, task  # noqa: F401 - martinet.worker.task still works
 
@@ -64,6 +70,7 @@ class TaskContext:
         self._deadline: float | None = None  # set when the handler starts: waiting in line is free
         self._start_at: float | None = None  # (monotonic) sent ahead of its due time: not before then
         self._abandon_at: float | None = None
+        self._database = UNKNOWN  # the identity of the database it came from (the daemon's welcome)
 
     @property
     def cancelled(self) -> bool:
@@ -92,6 +99,7 @@ class _Pending:
 
     body: bytes
     sent_at: float = 0.0
+    database: str = UNKNOWN  # the identity of the database its task came from
 
 
 BATCH_ITEMS = 500  # outcomes in one ENDED message at most
@@ -150,7 +158,9 @@ class Worker:
         self._journal: Journal | None = None
         if o.journal:
             self._journal = (
-                Journal.open_default(o.worker_id) if o.journal is True else Journal.open(o.journal)
+                Journal.open_default(o.worker_id, f"{o.connect}:{o.worker_port}")
+                if o.journal is True
+                else Journal.open(o.journal)
             )
             try:  # a restarted worker is the same worker to the daemon: its leases are its own
                 self.worker_id = self._journal.claim_worker_id(o.worker_id, fresh_id)
@@ -166,14 +176,19 @@ class Worker:
         self._wake_lock = threading.Lock()
         self._wake_pending = False  # a byte is in the pipe: handlers need not write another
         self._running: dict[int, TaskContext] = {}
+        # Outcomes not acknowledged yet, for the database of the daemon we talk to; those
+        # for other databases wait aside, by (database, id, attempt), never sent to it.
         self._outbox: dict[tuple[int, int], _Pending] = {}
+        self._parked: dict[tuple[str, int, int], _Pending] = {}
+        self._parked_told: set[str] = set()  # databases whose waiting outcomes the log has named
+        self._database: str | None = None  # the identity of the daemon's database (its welcome)
         self._fault = os.environ.get("MARTINET_FAULT")
         # While the journal cannot be written: why, since when, when to try again. The
         # worker then takes no tasks (its outcomes could not be kept) and says so.
         self._journal_trouble: str | None = None
         self._journal_since = self._journal_retry_at = self._journal_logged_at = 0.0
         if self._journal is not None:
-            self._recover()
+            self._recover(self._journal)
         self._stopping = False
         self._stop_deadline = 0.0
         self._epoch: str | None = None
@@ -199,17 +214,36 @@ class Worker:
             self._stop_deadline = time.monotonic() + self.options.grace
         self._wake()
 
-    def _recover(self) -> None:
-        """Take over the outcomes a previous run of this worker left unacknowledged."""
-        for task_id, attempt, body in self._journal.recover():
-            self._outbox[(task_id, attempt)] = _Pending(body)
-        if self._outbox:
+    def _recover(self, journal: Journal) -> None:
+        """Take over the outcomes a previous run of this worker left unacknowledged: those
+        for the database of the daemon it talked to last go in the outbox (its hello says
+        it holds them; a daemon of another database does not take them, and its welcome
+        puts them aside), the others wait aside. Those whose database is not known (a
+        journal of an older martinet) are kept in the journal and never sent."""
+        last = journal.database()
+        unknown = 0
+        for database, task_id, attempt, body in journal.recover():
+            if database == UNKNOWN:
+                unknown += 1
+            elif database == last:
+                self._outbox[(task_id, attempt)] = _Pending(body, database=database)
+            else:
+                self._parked[(database, task_id, attempt)] = _Pending(body, database=database)
+        if self._outbox or self._parked:
             log.info(
-                "worker %s: journal %s holds %d unacknowledged outcome(s) from a previous run; sending them",
-                self.worker_id,
-                self._journal.path,
-                len(self._outbox),
-            )
+                "worker %s: journal %s holds %d unacknowledged outcome(s) from a previous run; "
+                "sending them to the daemon of their database",
+                self.worker_id, journal.path, len(self._outbox) + len(self._parked),
+            )  # fmt: skip
+        if unknown:
+            log.warning(
+                "worker %s: journal %s holds %d outcome(s) written by an older martinet, which does "
+                "not say which database they are for: they are kept there and never sent (sent to "
+                "a daemon of another database, they would end its tasks with results not theirs); "
+                "their tasks run again. Once no daemon waits for them, stop this worker and delete "
+                "the file to drop them",
+                self.worker_id, journal.path, unknown,
+            )  # fmt: skip
 
     # ---- the loop -------------------------------------------------------------
 
@@ -316,10 +350,11 @@ class Worker:
         """What this worker holds, for the daemon to re-adopt: tasks running or waiting for a
         thread, and tasks whose outcome is not acknowledged yet (so that their attempt stays
         open for it, even if the daemon had given up on us)."""
-        held = {c.id: c.attempt for c in self._running.values()}
-        for task_id, attempt in self._outbox:
-            held.setdefault(task_id, attempt)
-        return [{"id": i, "attempt": a} for i, a in held.items()]
+        held = {c.id: (c.attempt, c._database) for c in self._running.values()}
+        for (task_id, attempt), pending in self._outbox.items():
+            held.setdefault(task_id, (attempt, pending.database))
+        # With their database: a daemon of another one does not take them as its tasks.
+        return [{"id": i, "attempt": a, **({"database": d} if d else {})} for i, (a, d) in held.items()]
 
     def _send(self, sock: zmq.Socket, cmd: Cmd, header: dict) -> None:
         try:
@@ -350,6 +385,7 @@ class Worker:
                 self._on_welcome(h)
             elif cmd is Cmd.HELLO_AGAIN:
                 log.info("daemon asked worker %s to say hello again", self.worker_id)
+                self._welcomed = False  # perhaps another daemon: nothing is sent until its welcome
                 self._hello()
             elif cmd is Cmd.CANCEL:
                 ctx = self._running.get(h.get("id"))
@@ -366,8 +402,56 @@ class Worker:
         if self._epoch is not None and epoch != self._epoch:
             log.info("daemon restarted (epoch %s -> %s)", self._epoch, epoch)
         self._epoch = epoch
+        database = h.get("database")
+        database = database if isinstance(database, str) and database else None  # None: an older daemon
+        if self._database is not None and database != self._database:
+            log.info("the daemon's database is another one now (id %s -> %s)", self._database, database)
+        self._database = database
+        if database is not None and self._journal is not None:
+            try:
+                self._journal.tie(database)
+            except JournalError as exc:  # it only decides what the next start says first
+                log.debug("%s", exc)
         self._welcomed = True
+        if self._sort_outbox(database or UNKNOWN):
+            self._hello()  # they are ours again: said held (readopted), then sent after its welcome
+            return
         self._send_outcomes(list(self._outbox.values()))  # anything unacknowledged goes again
+
+    def _sort_outbox(self, database: str) -> bool:
+        """Outcomes for `database` in the outbox, the others aside; True if some came back
+        from aside (the hello that brought this welcome did not say it holds them)."""
+        for (task_id, attempt), pending in list(self._outbox.items()):
+            if pending.database != database:
+                self._parked[(pending.database, task_id, attempt)] = self._outbox.pop((task_id, attempt))
+        back = [key for key in self._parked if key[0] == database] if database != UNKNOWN else []
+        for key in back:
+            self._outbox[key[1:]] = self._parked.pop(key)
+        if back:
+            log.info(
+                "worker %s: sending %d outcome(s) kept for this daemon's database (%s)",
+                self.worker_id, len(back), database,
+            )  # fmt: skip
+        self._tell_parked()
+        return bool(back)
+
+    def _tell_parked(self) -> None:
+        """Say once for each database that outcomes for it wait aside: where, why, what to do."""
+        path = self._journal.path if self._journal is not None else None
+        where = f"in the journal {path}" if path else "in memory"
+        drop = (
+            f"stop this worker and delete {path} to drop them" if path else "they go when this worker stops"
+        )
+        for other, count in Counter(key[0] for key in self._parked).items():
+            if other not in self._parked_told:
+                self._parked_told.add(other)
+                log.warning(
+                    "worker %s: %d unacknowledged outcome(s) are for tasks of another database (id %s) "
+                    "than this daemon's (id %s): they are kept %s, not sent here, where tasks with the "
+                    "same ids are other tasks. They go to a daemon of that database when this worker "
+                    "talks to one again; if that database is gone, %s",
+                    self.worker_id, count, other or "unknown", self._database or "unknown", where, drop,
+                )  # fmt: skip
 
     def _on_task(self, h: dict) -> None:
         task_id, attempt, name = h.get("id"), h.get("attempt"), h.get("name")
@@ -388,6 +472,7 @@ class Worker:
             return
         timeout = h.get("timeout") if isinstance(h.get("timeout"), (int, float)) else None
         ctx = TaskContext(task_id, attempt, name, args, self._report, timeout)
+        ctx._database = self._database or UNKNOWN
         start_in = h.get("start_in")
         if isinstance(start_in, (int, float)) and start_in > 0:
             ctx._start_at = time.monotonic() + min(start_in, MAX_START_IN)
@@ -419,13 +504,15 @@ class Worker:
             acks = h.get("acks") if cmd is Cmd.ACK else None
             for ack in acks if isinstance(acks, list) else ():
                 if isinstance(ack, list) and len(ack) == 2:
-                    if self._outbox.pop((ack[0], ack[1]), None) is not None and self._journal is not None:
-                        self._journal.acked(ack[0], ack[1], now)
+                    pending = self._outbox.pop((ack[0], ack[1]), None)
+                    if pending is not None and self._journal is not None:
+                        self._journal.acked(pending.database, ack[0], ack[1], now)
 
     def _drain_events(self) -> None:
         """Progress goes out as it comes; the outcomes of one pass go in one ENDED message,
         once the journal has them."""
         ended = []
+        parked = False
         while True:
             try:
                 cmd, header = self._events.get_nowait()
@@ -439,15 +526,26 @@ class Worker:
                 self._send(self.ssock, cmd, header)
                 continue
             del self._running[ctx.id]
-            pending = _Pending(protocol.dumps({**header, "ok": cmd is Cmd.DONE}))
-            self._outbox[(header["id"], header["attempt"])] = pending
+            header["ok"] = cmd is Cmd.DONE
+            if ctx._database:  # the daemon of another database refuses it
+                header["database"] = ctx._database
+            pending = _Pending(protocol.dumps(header), database=ctx._database)
             if self._journal is not None:
-                self._journal.ended(ctx.id, ctx.attempt, pending.body)
+                self._journal.ended(ctx._database, ctx.id, ctx.attempt, pending.body)
+            if ctx._database != (self._database or UNKNOWN):  # its daemon was of another database
+                self._parked[(ctx._database, ctx.id, ctx.attempt)] = pending
+                parked = True
+                continue
+            self._outbox[(ctx.id, ctx.attempt)] = pending
             ended.append(pending)
-        if not ended:
+        if parked:
+            self._tell_parked()
+        if not ended and not parked:
             return
         if self._journal is not None and self._journal_trouble is None:
             self._commit_journal(time.monotonic())  # write-ahead: on disk before it leaves
+        if not ended:
+            return
         if self._fault == FAULT_EXIT_BEFORE_SEND:
             log.warning("MARTINET_FAULT=%s: exiting before sending %d outcome(s)", self._fault, len(ended))
             os._exit(FAULT_EXIT)
@@ -489,7 +587,8 @@ class Worker:
             else:
                 self._hello()
             self._next_heartbeat = now + self._interval
-            self._send_outcomes([p for p in self._outbox.values() if now - p.sent_at > silence])
+            if self._welcomed:  # by a daemon of the outbox's database
+                self._send_outcomes([p for p in self._outbox.values() if now - p.sent_at > silence])
             if self._journal is not None and self._journal_trouble is None:
                 self._commit_journal(now)  # acks that found no outcome to ride along with
         if self._journal_trouble is not None and now >= self._journal_retry_at:

@@ -109,7 +109,9 @@ def test_without_a_worker_id_a_restarted_worker_takes_up_the_journal_and_id_it_l
     cluster.start_worker(wait=False)  # same host, the first free default journal: the dead worker's
     assert m.wait(tid, timeout=15) == "slept"
     assert runs(marker) == [f"{tid}:1"]
-    journals = sorted(p.name for p in (tmp_path / "state").glob("*.journal"))
+    journals = sorted(
+        p.name for p in (tmp_path / "state" / f"127.0.0.1-{cluster.worker_port}").glob("*.journal")
+    )
     assert journals == [f"worker-{socket.gethostname()}-1.journal"]
 
 
@@ -147,34 +149,34 @@ def test_outcomes_are_committed_at_once_and_acks_ride_along_later(tmp_path):
     path = tmp_path / "j"
     j = Journal.open(path)
     assert j.claim_worker_id(None, "fresh-1") == "fresh-1"
-    j.ended(1, 1, b'{"id": 1}')
-    j.ended(2, 1, b'{"id": 2}')
+    j.ended("A", 1, 1, b'{"id": 1}')
+    j.ended("A", 2, 1, b'{"id": 2}')
     j.commit(0.0)  # one transaction for the pass
     assert journal_rows(path, "outcome") == 2
-    j.acked(1, 1, 10.0)
+    j.acked("A", 1, 1, 10.0)
     j.commit(10.5)  # an ack alone waits...
     assert journal_rows(path, "outcome") == 2
-    j.ended(3, 2, b'{"id": 3}')
+    j.ended("A", 3, 2, b'{"id": 3}')
     j.commit(10.6)  # ...for the next outcome to ride along with
     assert journal_rows(path, "outcome") == 2
-    j.acked(2, 1, 11.0)
+    j.acked("A", 2, 1, 11.0)
     j.commit(11.0 + ACK_DELAY)  # or for ACK_DELAY
     assert journal_rows(path, "outcome") == 1
-    j.acked(3, 2, 20.0)
+    j.acked("A", 3, 2, 20.0)
     j.close()  # closing writes what is buffered
     j = Journal.open(path)
     assert j.claim_worker_id(None, "fresh-2") == "fresh-1"  # a restart keeps its worker id
     assert j.recover() == [] and j.is_empty()
-    j.ended(4, 1, b'{"id": 4}')
+    j.ended("A", 4, 1, b'{"id": 4}')
     j.commit(0.0)
     j.close()
     j = Journal.open(path)
-    assert j.recover() == [(4, 1, b'{"id": 4}')]
+    assert j.recover() == [("A", 4, 1, b'{"id": 4}')]
     with pytest.raises(
         JournalError, match="holds results of worker 'fresh-1'; start it with --worker-id fresh-1"
     ):
         j.claim_worker_id("other", "fresh-3")
-    j.acked(4, 1, 0.0)
+    j.acked("A", 4, 1, 0.0)
     j.commit(0.0, force=True)
     assert j.claim_worker_id("other", "fresh-3") == "other"  # empty: free to take another id
     j.close()
@@ -183,20 +185,26 @@ def test_outcomes_are_committed_at_once_and_acks_ride_along_later(tmp_path):
 def test_default_journals_live_in_the_state_directory_one_per_worker(tmp_path, monkeypatch):
     monkeypatch.setenv("MARTINET_STATE_DIR", str(tmp_path / "state"))
     host = socket.gethostname()
-    named = Journal.open_default("images/1")
-    first, second = Journal.open_default(None), Journal.open_default(None)
+    here = tmp_path / "state" / "127.0.0.1-8009"  # a folder for each daemon address
+    named = Journal.open_default("images/1", "127.0.0.1:8009")
+    first, second = Journal.open_default(None, "127.0.0.1:8009"), Journal.open_default(None, "127.0.0.1:8009")
+    other = Journal.open_default(None, "127.0.0.1:9009")  # another daemon's workers: other files
     try:
-        assert named.path == tmp_path / "state" / "worker-images_1.journal"
-        assert (first.path.name, second.path.name) == (f"worker-{host}-1.journal", f"worker-{host}-2.journal")
+        assert named.path == here / "worker-images_1.journal"
+        assert (first.path, second.path) == (
+            here / f"worker-{host}-1.journal",
+            here / f"worker-{host}-2.journal",
+        )
+        assert other.path == tmp_path / "state" / "127.0.0.1-9009" / f"worker-{host}-1.journal"
         with pytest.raises(
             JournalError, match=r"worker-images_1.journal is in use by another worker \(pid \d+\)"
         ):
-            Journal.open_default("images/1")
+            Journal.open_default("images/1", "127.0.0.1:8009")
     finally:
-        for j in (named, first, second):
+        for j in (named, first, second, other):
             j.close()
     monkeypatch.delenv("MARTINET_STATE_DIR")
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
-    j = Journal.open_default(None)
-    assert j.path == tmp_path / "xdg" / "martinet" / f"worker-{host}-1.journal"
+    j = Journal.open_default(None, "localhost:8009")
+    assert j.path == tmp_path / "xdg" / "martinet" / "localhost-8009" / f"worker-{host}-1.journal"
     j.close()
