@@ -342,6 +342,9 @@ class Worker:
             "threads": max(1, self.options.concurrency),
             "version": protocol.VERSION,
             "running": self._held_list(),
+            # Outcomes kept for other databases: a daemon of one of them takes its own as
+            # held (readopted), the others are not its tasks. Older daemons ignore this key.
+            "kept": [{"id": i, "attempt": a, "database": d} for d, i, a in self._parked if d],
             "queues": None if self.options.queues is None else list(self.options.queues),
             "limits": {n: dict(lim) for n, lim in limits.items() if lim},
         }
@@ -413,14 +416,12 @@ class Worker:
             except JournalError as exc:  # it only decides what the next start says first
                 log.debug("%s", exc)
         self._welcomed = True
-        if self._sort_outbox(database or UNKNOWN):
-            self._hello()  # they are ours again: said held (readopted), then sent after its welcome
-            return
+        self._sort_outbox(database or UNKNOWN)
         self._send_outcomes(list(self._outbox.values()))  # anything unacknowledged goes again
 
-    def _sort_outbox(self, database: str) -> bool:
-        """Outcomes for `database` in the outbox, the others aside; True if some came back
-        from aside (the hello that brought this welcome did not say it holds them)."""
+    def _sort_outbox(self, database: str) -> None:
+        """Outcomes for `database` in the outbox, the others aside (those it takes back
+        were in the hello's `kept`: the daemon readopted them)."""
         for (task_id, attempt), pending in list(self._outbox.items()):
             if pending.database != database:
                 self._parked[(pending.database, task_id, attempt)] = self._outbox.pop((task_id, attempt))
@@ -433,7 +434,6 @@ class Worker:
                 self.worker_id, len(back), database,
             )  # fmt: skip
         self._tell_parked()
-        return bool(back)
 
     def _tell_parked(self) -> None:
         """Say once for each database that outcomes for it wait aside: where, why, what to do."""
