@@ -48,8 +48,8 @@ class Cmd(IntEnum):
     REPLY = 0x02  # daemon -> client: {"rid": ..., "ok": bool, ...}
     EVENT = 0x03  # daemon -> subscribed client: {"events": [event, ...]}, in id order
     # worker socket
-    HELLO = 0x10  # worker -> daemon: id, names, capacity, version, running
-    WELCOME = 0x11  # daemon -> worker: timings and epoch
+    HELLO = 0x10  # worker -> daemon: id, names, capacity, version, running, kept (items: their database)
+    WELCOME = 0x11  # daemon -> worker: timings, epoch, database (the database's identity)
     TASK = 0x12  # daemon -> worker: {"tasks": [task, ...]}, leased to it in one turn (start_in: not before)
     HEARTBEAT = 0x13  # both ways; any message also counts as one
     REJECT = 0x14  # worker -> daemon: cannot run this task here
