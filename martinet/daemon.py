@@ -35,7 +35,17 @@ from martinet.protocol import Cmd
 from martinet.retention import Retention
 from martinet.retry import RetryPolicy
 from martinet.store import Outcome, Store, WalCheckpointer, open_database, redact
-from martinet.validate import Limits, clean_text, finite, is_id, is_rate, is_worker_id
+from martinet.validate import (
+    MAX_ERROR_MESSAGE,
+    MAX_TRACEBACK,
+    Limits,
+    clean_tail,
+    clean_text,
+    finite,
+    is_id,
+    is_rate,
+    is_worker_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +171,7 @@ class Daemon(ClientOps):
         sock = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a gone peer raises, never vanishes
-        sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_payload * 2 + 65536)
+        sock.setsockopt(zmq.MAXMSGSIZE, protocol.max_message(self.settings.max_payload))
         try:
             if port == 0:
                 port = sock.bind_to_random_port(f"tcp://{self.settings.bind}")
@@ -558,6 +568,10 @@ class Daemon(ClientOps):
                 "liveness": self.settings.liveness,
                 "lease": self.settings.lease,
                 "version": protocol.VERSION,
+                # What an outcome may weigh: the worker fails a larger result rather than
+                # send a message these sockets would drop.
+                "max_payload": self.settings.max_payload,
+                "max_message": protocol.max_message(self.settings.max_payload),
             },
         )
         self._dispatch_pending = True
@@ -655,8 +669,9 @@ class Daemon(ClientOps):
                         ended.append((ident, _outcome(item, worker_id)))
                     except Exception:  # a bug of ours must cost one outcome, never the turn
                         log.exception("dropped an outcome of task %s from %s", item["id"], worker_id)
-        if ended:
-            self._on_outcomes(ended, out, now)
+        # Progress first: a handler's last report often comes in the turn of its outcome,
+        # and once the attempt has ended it would be fenced out (a worker sends both on
+        # one socket, in order, so no progress of an attempt comes after its outcome).
         for (task_id, attempt, worker_id), h in progress.items():
             value = finite(h.get("progress"))
             message = clean_text(h.get("message"), 1000)
@@ -673,6 +688,8 @@ class Daemon(ClientOps):
                         "message": message,
                     }
                 )
+        if ended:
+            self._on_outcomes(ended, out, now)
 
     def _on_outcomes(self, ended: list[tuple[bytes, Outcome]], out: Outbox, now: float) -> None:
         """Outcomes of one turn, written together; should that fail, one by one, so that a
@@ -1073,8 +1090,8 @@ def _outcome(h: dict, worker_id: str) -> Outcome:
                        retry_in=retry_in)  # fmt: skip
     error = {
         "type": clean_text(error.get("type") or "Error", 255),
-        "message": clean_text(error.get("message") or "", 10_000),
-        "traceback": clean_text(error.get("traceback"), 100_000) or None,
+        "message": clean_text(error.get("message") or "", MAX_ERROR_MESSAGE),
+        "traceback": clean_tail(error.get("traceback"), MAX_TRACEBACK) or None,
     }
     return Outcome(
         task_id, attempt, worker_id, "failed", error=error, retry_in=retry_in, final=bool(h.get("final"))

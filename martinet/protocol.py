@@ -40,6 +40,15 @@ MAX_VALUE_DEPTH = 30
 # all count against): decode refuses a deeper frame before json.loads sees it, for one
 # a thousand levels deep made it raise RecursionError, which no caller expected.
 MAX_DEPTH = 64
+# A worker's outcome (a result, an error's traceback) or progress is bounded like a
+# task's args: the result's JSON by max_payload, the rest trimmed to fit (worker.py).
+
+
+def max_message(max_payload: int) -> int:
+    """The largest message the daemon's sockets take (ZMQ_MAXMSGSIZE): a task's args or
+    result of max_payload bytes, twice for escaping, and room for the rest. A larger one
+    is not delivered: ZeroMQ drops it and the connection that sent it."""
+    return max_payload * 2 + 65536
 
 
 class Cmd(IntEnum):

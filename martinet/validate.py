@@ -39,6 +39,42 @@ def clean_text(value: Any, max_len: int) -> str | None:
     return str(value).replace("\x00", "")[:max_len]
 
 
+# What is kept of an error a handler raised: the daemon stores no more, the worker sends
+# no more (it cuts first, with a note, so that what is cut is said and a traceback keeps
+# its end, where the exception was raised).
+MAX_ERROR_MESSAGE = 10_000  # characters
+MAX_TRACEBACK = 100_000  # characters
+
+
+def cut_end(text: str, max_len: int) -> str:
+    """`text` in at most `max_len` characters, its start kept and a note of what was cut."""
+    if len(text) <= max_len:
+        return text
+    width = len(f" [... {len(text)} characters cut]")  # the note's length at most
+    kept = max(0, max_len - width)
+    return text[:kept] + f" [... {len(text) - kept} characters cut]"
+
+
+def keep_end(text: str, max_len: int) -> str:
+    """`text` in at most `max_len` characters, its end kept (a traceback's last lines
+    name the exception and where it was raised) below a line saying what was cut."""
+    if len(text) <= max_len:
+        return text
+    width = len(_CUT_START.format(len(text)))  # the note's length at most
+    kept = max(0, max_len - width)
+    return _CUT_START.format(len(text) - kept) + text[len(text) - kept :]
+
+
+_CUT_START = "[{} characters cut from the start of this traceback]\n"
+
+
+def clean_tail(value: Any, max_len: int) -> str | None:
+    """clean_text for a traceback: a longer one keeps its end (see keep_end)."""
+    if value is None:
+        return None
+    return keep_end(str(value).replace("\x00", ""), max_len)
+
+
 def is_worker_id(value: Any) -> bool:
     return isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable()
 
