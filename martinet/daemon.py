@@ -659,6 +659,7 @@ class Daemon(ClientOps):
                 log.warning("dropped a %s without a valid worker_id from %r", cmd.name, ident)
                 continue
             self.peers.seen(worker_id, now)
+            big = cmd is not Cmd.PROGRESS and len(frames[0]) > self.limits.max_payload  # a result may be over
             for item in items:
                 if not (isinstance(item, dict) and is_id(item.get("id")) and is_id(item.get("attempt"))):
                     log.warning("dropped a %s without a valid id and attempt from %s", cmd.name, worker_id)
@@ -666,6 +667,8 @@ class Daemon(ClientOps):
                     progress[(item["id"], item["attempt"], worker_id)] = item
                 else:
                     try:
+                        if big:
+                            item = self._within_payload(item, worker_id)
                         ended.append((ident, _outcome(item, worker_id)))
                     except Exception:  # a bug of ours must cost one outcome, never the turn
                         log.exception("dropped an outcome of task %s from %s", item["id"], worker_id)
@@ -690,6 +693,22 @@ class Daemon(ClientOps):
                 )
         if ended:
             self._on_outcomes(ended, out, now)
+
+    def _within_payload(self, item: dict, worker_id: str) -> dict:
+        """A result over max_payload (from a worker that does not check it: older, or not
+        ours) is stored as the failure a worker would have reported, like args refused."""
+        if not item.get("ok"):
+            return item
+        size = len(protocol.dumps(item.get("result")))
+        if size <= self.limits.max_payload:
+            return item
+        message = (
+            f"the handler's result is {size} bytes as JSON, over the limit of "
+            f"{self.limits.max_payload} (max_payload)"
+        )
+        log.warning("task %s attempt %s from %s: %s", item["id"], item["attempt"], worker_id, message)
+        error = {"type": "ValueError", "message": message}
+        return {"id": item["id"], "attempt": item["attempt"], "ok": False, "error": error}
 
     def _on_outcomes(self, ended: list[tuple[bytes, Outcome]], out: Outbox, now: float) -> None:
         """Outcomes of one turn, written together; should that fail, one by one, so that a

@@ -261,3 +261,25 @@ def test_a_traceback_too_long_from_an_older_worker_keeps_its_end(db_url):
         assert stored.startswith("[") and "characters cut from the start" in stored.splitlines()[0]
     finally:
         core.close()
+
+
+def test_a_result_over_max_payload_from_a_worker_that_does_not_check_is_a_failure(db_url):
+    core = Core(db_url, max_payload=1000)
+    try:
+        core.hello("w1", ["big"])
+        ids = [core.submit("big", max_attempts=1), core.submit("big", max_attempts=1)]
+        core.claim()
+        ended = [
+            {"id": ids[0], "attempt": 1, "ok": True, "result": "x" * 998},  # 1000 bytes as JSON
+            {"id": ids[1], "attempt": 1, "ok": True, "result": "x" * 999},
+        ]
+        core.status((Cmd.ENDED, {"worker_id": "w1", "ended": ended}))
+        ok, over = (core.store.get_task(i) for i in ids)
+        assert (ok["status"], ok["result"]) == ("succeeded", "x" * 998)
+        assert over["status"] == "dead" and over["result"] is None
+        assert (
+            over["error"]["message"]
+            == "the handler's result is 1001 bytes as JSON, over the limit of 1000 (max_payload)"
+        )
+    finally:
+        core.close()
