@@ -58,7 +58,7 @@ class Cmd(IntEnum):
     EVENT = 0x03  # daemon -> subscribed client: {"events": [event, ...]}, in id order
     # worker socket
     HELLO = 0x10  # worker -> daemon: id, names, capacity, version, running
-    WELCOME = 0x11  # daemon -> worker: timings and epoch
+    WELCOME = 0x11  # daemon -> worker: timings, epoch, max_payload and max_message
     TASK = 0x12  # daemon -> worker: {"tasks": [task, ...]}, leased to it in one turn (start_in: not before)
     HEARTBEAT = 0x13  # both ways; any message also counts as one
     REJECT = 0x14  # worker -> daemon: cannot run this task here
