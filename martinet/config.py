@@ -76,6 +76,10 @@ class Settings:
     # Events (progress, attempt ends, malformed messages) are deleted this long after they
     # happened: a client that was away for less catches up on what it missed.
     keep_events: str = "1 day"
+    # The shortest interval a schedule may have, in seconds (a cron's seconds field too):
+    # each run is a task stored in the database, so "every 0.001 seconds" made a thousand
+    # rows a second. Anything faster belongs in a loop inside one task.
+    min_interval: float = 1.0
     # The zone of naive datetimes and wall-clock expressions ("tomorrow at 9am").
     timezone: str = "UTC"
     log_level: str = "INFO"
@@ -238,6 +242,7 @@ def check(settings: Settings) -> Settings:
         "retry_cap",
         "timeout_grace",
         "time_limit_grace",
+        "min_interval",
     ):
         value = getattr(s, key)
         if not (value > 0 and value != float("inf")):

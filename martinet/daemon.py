@@ -73,7 +73,7 @@ class Daemon(ClientOps):
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.clock = clock
-        self.limits = Limits(settings.max_payload, settings.max_name_length)
+        self.limits = Limits(settings.max_payload, settings.max_name_length, settings.min_interval)
         self.epoch = secrets.token_hex(4)
         self.peers = Peers()
         self.lanes = Lanes()
