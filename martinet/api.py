@@ -111,7 +111,7 @@ class Martinet:
     def _start_embedded(self) -> str:
         from martinet.daemon import Daemon  # only embedded users pay for the daemon's imports
 
-        self._daemon = Daemon(self.settings)
+        self._daemon = Daemon(self.settings, port_option="Martinet(db=..., {role}_port=N) (0: any free port)")
         self._daemon.open()
         self._thread = threading.Thread(target=self._daemon.run, name="martinet-daemon", daemon=True)
         self._thread.start()
