@@ -111,7 +111,7 @@ class Martinet:
     def _start_embedded(self) -> str:
         from martinet.daemon import Daemon  # only embedded users pay for the daemon's imports
 
-        self._daemon = Daemon(self.settings)
+        self._daemon = Daemon(self.settings, port_option="Martinet(db=..., {role}_port=N) (0: any free port)")
         self._daemon.open()
         self._thread = threading.Thread(target=self._daemon.run, name="martinet-daemon", daemon=True)
         self._thread.start()
@@ -252,7 +252,9 @@ class Martinet:
         """
         fields = self._task_fields(task, args, options, _TASK_KEYS | _EVERY_KEYS)
         tz = when.check_timezone(fields.pop("timezone", None) or self.settings.timezone)
-        recurrence = when.parse_every(spec, tz)  # early, clear errors; the daemon checks again
+        # Early, clear errors; the daemon checks again, with its min_interval (the one that
+        # counts: 0 here keeps only the rules every daemon has).
+        recurrence = when.parse_every(spec, tz, 0)
         fields["every"] = recurrence.spec if recurrence.kind == "cron" else float(recurrence.spec)
         fields["timezone"] = tz
         now = when.utcnow()
@@ -299,7 +301,10 @@ class Martinet:
         timestamp: time is read here, never in the daemon's loop."""
         tz = fields.pop("timezone", None) or self.settings.timezone
         if fields.get("run_at") is not None:
-            fields["run_at"] = when.parse_when(fields["run_at"], when.utcnow(), tz).timestamp()
+            now = when.utcnow()
+            due = when.parse_when(fields["run_at"], now, tz)
+            when.warn_if_past(due, now, f"run_at {fields['run_at']!r}")
+            fields["run_at"] = due.timestamp()
 
     def _submit(self, op: str, fields: dict) -> TaskId:
         try:
@@ -410,7 +415,7 @@ class Martinet:
         if timezone is not None:
             fields["timezone"] = when.check_timezone(timezone)
         if every is not None:
-            recurrence = when.parse_every(every, timezone or self.settings.timezone)
+            recurrence = when.parse_every(every, timezone or self.settings.timezone, 0)  # see every()
             fields["every"] = recurrence.spec if recurrence.kind == "cron" else float(recurrence.spec)
         self.client.request("update", fields)
 

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -783,7 +784,11 @@ def worker_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("modules", nargs="+", help="modules to import, e.g. myapp.tasks")
     parser.add_argument("--config", help="a TOML config file")
-    parser.add_argument("--connect", help="the daemon's host (default 127.0.0.1)")
+    parser.add_argument(
+        "--connect",
+        help="the daemon's host, or tcp://HOST:PORT with its worker port (the status port is then "
+        "PORT + 10000 unless --status-port says otherwise) (default 127.0.0.1)",
+    )
     parser.add_argument("--worker-port", type=int, help="the daemon's worker port (default 8009)")
     parser.add_argument("--status-port", type=int, help="the daemon's status port (default 18009)")
     parser.add_argument("--concurrency", type=int, help="tasks run at once (default 4)")
@@ -830,7 +835,9 @@ def worker_main(argv: list[str] | None = None) -> int:
         queues = None if args.queues is None else _queue_list(args.queues)
         if args.prefetch is not None and args.prefetch < 0:
             raise MartinetError(f"--prefetch must be 0 or more, got {args.prefetch}")
+        host, worker_port, status_port = config.worker_endpoint(settings)
         setup_logging(settings.log_level)
+        _warn_if_unresolvable(host)
         sys.path.insert(0, os.getcwd())
         for module in args.modules:
             try:
@@ -841,9 +848,9 @@ def worker_main(argv: list[str] | None = None) -> int:
 
         worker = Worker(
             WorkerOptions(
-                connect=settings.connect,
-                worker_port=settings.worker_port,
-                status_port=settings.status_port,
+                connect=host,
+                worker_port=worker_port,
+                status_port=status_port,
                 concurrency=settings.concurrency,
                 prefetch=args.prefetch,
                 worker_id=args.worker_id,
@@ -864,9 +871,24 @@ def worker_main(argv: list[str] | None = None) -> int:
         return 1
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: worker.stop())
+    import zmq
+
     try:
         worker.run()
     except MartinetError as exc:  # raised before it connects, e.g. a composition names a missing step
         print(f"martinet-worker: error: {exc}", file=sys.stderr)
         return 1
+    except zmq.ZMQError as exc:  # an address ZeroMQ cannot use: one line, not a traceback
+        print(f"martinet-worker: error: cannot connect to {host}: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _warn_if_unresolvable(host: str) -> None:
+    """ZeroMQ retries a host it cannot resolve in silence: say so once (it may appear later)."""
+    try:
+        socket.getaddrinfo(host.strip("[]"), None)
+    except (OSError, UnicodeError) as exc:
+        logging.getLogger("martinet.worker").warning(
+            "cannot resolve the daemon's host %r (%s); the worker keeps trying", host, exc
+        )

@@ -192,7 +192,7 @@ class ClientOps:
             current = self._lookup(h.get("id"))
             recurrence, tz = None, h.get("timezone")
             if h.get("every") is not None:
-                recurrence = when.parse_every(h["every"], tz or current["timezone"])
+                recurrence = when.parse_every(h["every"], tz or current["timezone"], self.limits.min_interval)
             if args is None and recurrence is None:
                 raise BadInput("nothing to update: give args and/or every")
             status = self.store.update_schedule(num, now, args, recurrence, tz)

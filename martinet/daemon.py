@@ -80,10 +80,17 @@ class Outbox:
 
 
 class Daemon(ClientOps):
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+        port_option: str = "--{role}-port",
+    ) -> None:
         self.settings = settings
+        # How the caller names a port's setting in a port clash: a CLI flag, a keyword argument.
+        self.port_option = port_option
         self.clock = clock
-        self.limits = Limits(settings.max_payload, settings.max_name_length)
+        self.limits = Limits(settings.max_payload, settings.max_name_length, settings.min_interval)
         self.epoch = secrets.token_hex(4)
         self.peers = Peers()
         self.lanes = Lanes()
@@ -182,7 +189,8 @@ class Daemon(ClientOps):
             if exc.errno == errno.EADDRINUSE:
                 raise MartinetError(
                     f"the {role} port {port} on {self.settings.bind} is already in use "
-                    f"(is another martinet serve running?); choose another with --{role}-port"
+                    f"(is another martinet serve running?); choose another with "
+                    f"{self.port_option.format(role=role)}"
                 ) from None
             raise MartinetError(
                 f"cannot bind the {role} socket to {self.settings.bind}:{port}: {exc}"

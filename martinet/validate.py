@@ -17,6 +17,7 @@ from martinet.protocol import MAX_VALUE_DEPTH, deeper_than
 class Limits:
     max_payload: int = 1_048_576
     max_name_length: int = 200
+    min_interval: float = 1.0  # seconds: the shortest interval a schedule may have
 
 
 def check_name(name: Any, limits: Limits) -> str:
@@ -213,7 +214,7 @@ def check_every(h: dict, limits: Limits, default_tz: str) -> tuple[dict[str, Any
     every = h.get("every")
     if not isinstance(every, (str, int, float)) or isinstance(every, bool):
         raise BadInput("every must be an interval like '30 minutes' or a cron expression")
-    recurrence = when.parse_every(every, tz)
+    recurrence = when.parse_every(every, tz, limits.min_interval)
     misfire = h.get("misfire") or "once"
     if misfire not in recurring.POLICIES:
         raise BadSchedule(f"misfire policy must be one of {', '.join(recurring.POLICIES)}, not {misfire!r}")
