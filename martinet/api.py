@@ -17,6 +17,7 @@ from typing import Any
 from martinet import config, protocol, when
 from martinet.client import Client, EventListener, refusal
 from martinet.errors import BadInput, DaemonUnavailable, MartinetError, TaskFailed, WaitTimeout
+from martinet.lanes import DEFAULT_QUEUE
 from martinet.protocol import Cmd
 from martinet.query import Page, check_filter_names
 from martinet.validate import Limits, check_args, check_name
@@ -194,13 +195,16 @@ class Martinet:
         ids: list[TaskId] = []
         refused: MartinetError | None = None
         spans: list[tuple[int, int]] = []  # each request's first and last task, as it is made
+        kinds: list[tuple[str, str]] = []  # each task's name and queue, for the daemon's warnings
         try:
-            replies = self.client.exchange(self._batches(tasks, options, base_rid, spans), in_flight=2)
-            for n, reply in enumerate(replies):
+            batches = self._batches(tasks, options, base_rid, spans, kinds)
+            for n, reply in enumerate(self.client.exchange(batches, in_flight=2)):
                 if reply.get("ok"):
-                    warning = "; ".join(reply.get("warnings") or []) or None
+                    warnings = {(w["name"], w["queue"]): w["warning"] for w in reply.get("warnings") or ()}
+                    first = spans[n][0]
                     ids.extend(
-                        TaskId(i, c, warning) for i, c in zip(reply["ids"], reply["created"], strict=True)
+                        TaskId(i, c, warnings.get(kinds[first + k]) if warnings else None)
+                        for k, (i, c) in enumerate(zip(reply["ids"], reply["created"], strict=True))
                     )
                 elif refused is None:
                     refused = refusal(reply)
@@ -222,16 +226,22 @@ class Martinet:
         raise refused
 
     def _batches(
-        self, tasks: list[tuple[TaskSpec, dict | None]], options: dict, base_rid: str, spans: list
+        self,
+        tasks: list[tuple[TaskSpec, dict | None]],
+        options: dict,
+        base_rid: str,
+        spans: list,
+        kinds: list[tuple[str, str]],
     ) -> Iterator[tuple[str, list[bytes]]]:
         """The tasks as execute_many requests of up to BATCH tasks and half of max_payload,
         each task checked and encoded once, as the request before goes out; each request's
-        first and last task go to `spans`."""
+        first and last task go to `spans`, each task's name and queue to `kinds`."""
         chunk: list[bytes] = []
         size = 0
         for i, (task, args) in enumerate(tasks):
             fields = self._task_fields(task, args, {**options, "request_id": f"{base_rid}:{i}"})
             self._read_run_at(fields)
+            kinds.append((fields["name"], fields.get("queue") or DEFAULT_QUEUE))
             item = protocol.dumps(fields)
             if chunk and (len(chunk) == BATCH or size + len(item) > self.limits.max_payload // 2):
                 yield self._batch_request(base_rid, i - len(chunk), chunk, spans)

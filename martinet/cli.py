@@ -573,14 +573,14 @@ def cmd_execute(m, args) -> int:
     if args.many:
         ids = m.execute_many([(_task(args), a) for a in _many_lines(args.many)], request_id=args.request_id)
         summary = f"{len(ids)} tasks accepted" + (f" ({ids[0]}..{ids[-1]})" if ids else "")
-        warning = ids[0].warning if ids else None
+        warnings = list(dict.fromkeys(t.warning for t in ids if t.warning))  # one per name and queue
         if wait:
             print(summary, file=sys.stderr)
+        else:
+            _print(args, {"ids": ids, **({"warnings": warnings} if warnings else {})}, summary)
+        for warning in warnings:
             _warn(warning)
-            return _wait_many(m, args, ids)
-        _print(args, {"ids": ids, **({"warning": warning} if warning else {})}, summary)
-        _warn(warning)
-        return 0
+        return _wait_many(m, args, ids) if wait else 0
     tid = m.execute(_task(args), _read_args(args.args), request_id=args.request_id)
     _warn(tid.warning)
     if not wait:

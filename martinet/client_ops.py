@@ -75,8 +75,12 @@ class ClientOps:
         log.info("%d tasks accepted in one batch (%d new)", len(results), sum(created))
         reply: dict[str, Any] = {"ids": [task_id for task_id, _new in results], "created": created}
         kinds = {(spec["name"], spec.get("queue") or DEFAULT_QUEUE) for spec in specs}
-        warnings = [w for w in (self._no_worker(*kind) for kind in sorted(kinds)) if w]
-        if warnings:
+        warnings = [
+            {"name": name, "queue": queue, "warning": warning}
+            for name, queue in sorted(kinds)
+            if (warning := self._no_worker(name, queue))
+        ]
+        if warnings:  # by name and queue: the client gives each task its own
             reply["warnings"] = warnings
         return reply
 
