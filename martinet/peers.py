@@ -282,6 +282,8 @@ class Peers:
         """Whether a connected worker runs `name` (and serves `queue`, when given)."""
         known = self._serves.get((name, queue))
         if known is None:
+            if len(self._serves) >= 10_000:  # many names submitted: memory stays bounded
+                self._serves.clear()
             known = self._serves[(name, queue)] = any(
                 name in p.names and (queue is None or p.queues is None or queue in p.queues)
                 for p in self._by_id.values()
