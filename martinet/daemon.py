@@ -584,8 +584,9 @@ class Daemon(ClientOps):
         )
         self._dispatch_pending = True
         log.info(
-            "worker %s ready: %d slot(s) for %s", worker_id, capacity, ", ".join(sorted(names)) or "nothing"
-        )
+            "worker %s ready: %d thread(s) and %d prefetch slot(s) for %s",
+            worker_id, peer.thread_count, peer.capacity - peer.thread_count, ", ".join(sorted(names)) or "nothing",
+        )  # fmt: skip
 
     def _queues_ready(self) -> None:
         """Tasks became ready somewhere (due times came, retries, lost tasks): find where."""
@@ -830,7 +831,9 @@ class Daemon(ClientOps):
                 keep = []
                 for ident, rid, deadline in waits:
                     if now >= deadline:
-                        out.replies.append((ident, {"rid": rid, "ok": True, "done": False}))
+                        out.replies.append(
+                            (ident, {"rid": rid, "ok": True, "done": False, **self._why_waits(task_id)})
+                        )
                     else:
                         keep.append((ident, rid, deadline))
                         self._waiters_due = min(self._waiters_due, deadline)
@@ -838,6 +841,13 @@ class Daemon(ClientOps):
                     self._waiters[task_id] = keep
                 else:
                     del self._waiters[task_id]
+
+    def _why_waits(self, task_id):
+        """A task's state and why it has not ended (as `show` says it), for a wait that timed out."""
+        item = self.store.get_task(task_id)
+        if item is None:
+            return {}
+        return {"status": item["status"], "waiting": self._waiting_reason(item)}
 
     def _tick(self, now: float) -> None:
         """Once per heartbeat interval: dead workers, leases, retention."""

@@ -1995,7 +1995,7 @@ def schedule_info(row: Schedule) -> dict[str, Any]:
         "args": json.loads(row.args),
         "queue": row.queue,
         "priority": row.priority,
-        "every": row.spec if row.kind == "cron" else f"{float(row.spec):g} seconds",
+        "every": row.spec if row.kind == "cron" else when.format_interval(float(row.spec)),
         "recurrence": row.kind,
         "timezone": row.timezone,
         "until": iso(row.until),

@@ -255,6 +255,22 @@ def parse_interval(spec: str | timedelta | int | float) -> timedelta:
     return _positive(seconds, spec)
 
 
+def format_interval(seconds: float) -> str:
+    """An interval as people write it, which parse_interval reads back: 1800 -> '30 minutes',
+    5400 -> '1 hour 30 minutes', 90061.5 -> '1 day 1 hour 1 minute 1.5 seconds'."""
+    parts = []
+    rest = round(float(seconds), 6)
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        count, rest = divmod(rest, size)
+        if count:
+            parts.append(f"{int(count)} {unit}{'' if count == 1 else 's'}")
+    rest = round(rest, 6)
+    if rest or not parts:
+        text = f"{rest:.6f}".rstrip("0").rstrip(".")  # never 1e-06, which it could not read back
+        parts.append(f"{text} second{'' if rest == 1 else 's'}")
+    return " ".join(parts)
+
+
 def _positive(seconds: float, spec: object) -> timedelta:
     try:
         delta = timedelta(seconds=seconds)  # rounds to whole microseconds
