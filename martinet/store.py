@@ -93,6 +93,13 @@ from martinet.retry import RetryPolicy
 log = logging.getLogger(__name__)
 
 SCHEMES = ("sqlite", "postgres", "postgresql", "mysql", "mariadb")
+# The driver each server backend needs, and the extra that installs it.
+DRIVERS = {
+    "postgres": ("psycopg2", "postgres"),
+    "postgresql": ("psycopg2", "postgres"),
+    "mysql": ("pymysql", "mysql"),
+    "mariadb": ("pymysql", "mysql"),
+}
 # Column defaults live in the models (peewee sets them, not the database): raw inserts need them.
 TASK_DEFAULTS = {
     f.column_name: f.default
@@ -120,6 +127,7 @@ def open_database(url: str) -> peewee.Database:
             f"cannot use database URL {redact(url)}: martinet knows sqlite:///file.db, "
             f"postgresql://user@host/db and mysql://user@host/db"
         )
+    _require_driver(scheme)
     try:
         if scheme == "sqlite":
             path = url.split(":///", 1)[1] if ":///" in url else ""
@@ -158,10 +166,22 @@ def open_database(url: str) -> peewee.Database:
     except ValueError as exc:
         raise StoreError(f"cannot read database URL {redact(url)}: {exc}") from None
     except ImportError as exc:
-        raise StoreError(
-            f"the driver for {scheme} is not installed ({exc}); install martinet[postgres] or martinet[mysql]"
-        ) from None
+        raise StoreError(f"cannot open database {redact(url)}: {exc}") from None
     return db
+
+
+def _require_driver(scheme: str) -> None:
+    """StoreError naming the extra to install when the backend's driver is missing
+    (peewee itself only says 'driver not installed', and only once it connects)."""
+    if scheme not in DRIVERS:
+        return
+    module, extra = DRIVERS[scheme]
+    try:
+        __import__(module)
+    except ImportError:
+        raise StoreError(
+            f"the {scheme} driver ({module}) is not installed: pip install 'martinet[{extra}]'"
+        ) from None
 
 
 # Pages of write-ahead log after which a commit checkpoints it itself (SQLite's default
@@ -1987,7 +2007,7 @@ def schedule_info(row: Schedule) -> dict[str, Any]:
         "args": json.loads(row.args),
         "queue": row.queue,
         "priority": row.priority,
-        "every": row.spec if row.kind == "cron" else f"{float(row.spec):g} seconds",
+        "every": row.spec if row.kind == "cron" else when.format_interval(float(row.spec)),
         "recurrence": row.kind,
         "timezone": row.timezone,
         "until": iso(row.until),

@@ -38,6 +38,7 @@ from martinet.errors import Fail, JournalError, ProtocolError, Release, Retry, T
 from martinet.journal import UNKNOWN, Journal
 from martinet.protocol import MAX_VALUE_DEPTH, Cmd, deeper_than
 from martinet.registry import LIMITS, REGISTRY, check_limits, task  # noqa: F401 - martinet.worker.task still works
+from martinet.validate import MAX_ERROR_MESSAGE, MAX_TRACEBACK, cut_end, keep_end
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ class TaskContext:
         self._deadline: float | None = None  # set when the handler starts: waiting in line is free
         self._start_at: float | None = None  # (monotonic) sent ahead of its due time: not before then
         self._abandon_at: float | None = None
+        self._finished = False  # its thread has its outcome: too late to abandon it
+        self._abandoned = False  # its thread was replaced: it must not rejoin the pool
         self._database = UNKNOWN  # the identity of the database it came from (the daemon's welcome)
 
     @property
@@ -88,7 +91,7 @@ class TaskContext:
                 "attempt": self.attempt,
                 "name": self.name,
                 "progress": value,
-                "message": None if message is None else str(message)[:1000],  # the daemon keeps 1000
+                "message": None if message is None else cut_end(str(message), MAX_PROGRESS_MESSAGE),
             },
         )
 
@@ -101,6 +104,15 @@ class _Pending:
     sent_at: float = 0.0
     database: str = UNKNOWN  # the identity of the database its task came from
 
+
+# What an outcome may weigh, until the daemon's welcome says (a daemon older than these
+# fields says nothing: its defaults). A result over max_payload fails its attempt; an
+# error is trimmed to fit (_fit_error); no outcome is sent that the daemon's sockets
+# would drop (ZeroMQ drops a message over max_message, and the connection with it).
+DEFAULT_MAX_PAYLOAD = 1_048_576
+MAX_PROGRESS_MESSAGE = 1000  # characters of a progress message (the daemon keeps 1000)
+ERROR_BYTES_MIN = 16_384  # an error may take this many bytes of JSON even when max_payload is less
+FRAME_ROOM = 1024  # bytes of a message beside its outcomes (the command, worker id, commas)
 
 BATCH_ITEMS = 500  # outcomes in one ENDED message at most
 # Default prefetch per thread. Short tasks need depth: each daemon commit then carries
@@ -176,6 +188,7 @@ class Worker:
         self._wake_lock = threading.Lock()
         self._wake_pending = False  # a byte is in the pipe: handlers need not write another
         self._running: dict[int, TaskContext] = {}
+        self._timed: dict[int, TaskContext] = {}  # those of _running with a time limit (some ended)
         # Outcomes not acknowledged yet, for the database of the daemon we talk to; those
         # for other databases wait aside, by (database, id, attempt), never sent to it.
         self._outbox: dict[tuple[int, int], _Pending] = {}
@@ -183,6 +196,8 @@ class Worker:
         self._parked_told: set[str] = set()  # databases whose waiting outcomes the log has named
         self._database: str | None = None  # the identity of the daemon's database (its welcome)
         self._fault = os.environ.get("MARTINET_FAULT")
+        self._max_payload = DEFAULT_MAX_PAYLOAD  # read by handler threads; the welcome sets it
+        self._max_message = protocol.max_message(DEFAULT_MAX_PAYLOAD)
         # While the journal cannot be written: why, since when, when to try again. The
         # worker then takes no tasks (its outcomes could not be kept) and says so.
         self._journal_trouble: str | None = None
@@ -273,7 +288,7 @@ class Worker:
                     if self._running:
                         log.warning("grace period over; tasks %s go back to the queue", sorted(self._running))
                     break
-                timeout = max(0, min(self._next_heartbeat - now, 0.5))
+                timeout = self._poll_timeout(now)
                 ready = dict(self.poller.poll(int(timeout * 1000) + 1))
                 if self._wake_r in ready:
                     os.read(self._wake_r, 65536)
@@ -294,6 +309,20 @@ class Worker:
             for fd in (self._wake_r, self._wake_w):
                 os.close(fd)
             log.info("worker %s stopped", self.worker_id)
+
+    def _poll_timeout(self, now: float) -> float:
+        """Seconds the loop may wait for a message: until the next heartbeat or the next
+        time limit that comes due (a handler that starts wakes the loop to set its own),
+        so that a limit is enforced on time, not up to a poll late."""
+        due = self._next_heartbeat
+        for task_id, ctx in list(self._timed.items()):
+            if self._running.get(task_id) is not ctx:
+                del self._timed[task_id]  # ended: forgotten here lazily
+                continue
+            for at in (ctx._deadline, ctx._abandon_at):
+                if at is not None and at < due:
+                    due = at
+        return max(0.0, min(due - now, 0.5))
 
     def _close_journal(self) -> None:
         if self._journal is None:
@@ -405,6 +434,13 @@ class Worker:
         if self._epoch is not None and epoch != self._epoch:
             log.info("daemon restarted (epoch %s -> %s)", self._epoch, epoch)
         self._epoch = epoch
+        payload, message = h.get("max_payload"), h.get("max_message")
+        if isinstance(payload, int) and not isinstance(payload, bool) and payload >= 1:
+            self._max_payload = payload
+        if isinstance(message, int) and not isinstance(message, bool) and message > 2 * FRAME_ROOM:
+            self._max_message = message
+        else:
+            self._max_message = protocol.max_message(self._max_payload)
         database = h.get("database")
         database = database if isinstance(database, str) and database else None  # None: an older daemon
         if self._database is not None and database != self._database:
@@ -479,6 +515,8 @@ class Worker:
         if isinstance(h.get("parents"), dict):
             ctx.parents = {int(k): v for k, v in h["parents"].items() if str(k).isdigit()}
         self._running[task_id] = ctx
+        if timeout:
+            self._timed[ctx.id] = ctx
         log.info("task %s %s attempt %s started on %s", task_id, name, attempt, self.worker_id)
         self._jobs.put(ctx)
 
@@ -552,19 +590,37 @@ class Worker:
         self._send_outcomes(ended)
 
     def _send_outcomes(self, pendings: list[_Pending]) -> None:
-        """Send outcomes in ENDED messages of bounded size; they stay in the outbox until acked."""
+        """Send outcomes in ENDED messages of bounded size, each within what the daemon's
+        sockets take; they stay in the outbox until acked."""
         now = time.monotonic()
+        budget = min(BATCH_BYTES, self._max_message - FRAME_ROOM)
         batch: list[bytes] = []
         size = 0
         for pending in pendings:
-            if batch and (len(batch) >= BATCH_ITEMS or size + len(pending.body) > BATCH_BYTES):
+            if len(pending.body) > self._max_message - FRAME_ROOM:
+                self._too_large(pending)
+            if batch and (len(batch) >= BATCH_ITEMS or size + len(pending.body) > budget):
                 self._send_batch(batch)
                 batch, size = [], 0
             pending.sent_at = now
             batch.append(pending.body)
-            size += len(pending.body)
+            size += len(pending.body) + 1
         if batch:
             self._send_batch(batch)
+
+    def _too_large(self, pending: _Pending) -> None:
+        """An outcome no message to the daemon could carry (a journal's, written under a
+        larger limit, say): sent as the failure it is, never again as it was."""
+        size = len(pending.body)
+        outcome = json.loads(pending.body)
+        task_id, attempt = outcome["id"], outcome["attempt"]
+        error = {"type": "ValueError", "message": f"the outcome is {size} bytes as JSON, over the limit "
+                 f"of {self._max_message - FRAME_ROOM} of a message to the daemon (max_payload "
+                 f"{self._max_payload})"}  # fmt: skip
+        log.error("task %s attempt %s: %s; sent as a failure", task_id, attempt, error["message"])
+        pending.body = protocol.dumps({"id": task_id, "attempt": attempt, "error": error, "ok": False})
+        if self._journal is not None:
+            self._journal.ended(task_id, attempt, pending.body)  # replaces it with the next commit
 
     def _send_batch(self, bodies: list[bytes]) -> None:
         frames = protocol.encode_batch(Cmd.ENDED, "ended", bodies, {"worker_id": self.worker_id})
@@ -669,6 +725,10 @@ class Worker:
                     ctx.timeout,
                 )
             elif now >= ctx._abandon_at:
+                with ctx._lock:
+                    if ctx._finished:  # it returned meanwhile: its outcome is on its way
+                        continue
+                    ctx._abandoned = True  # its thread ends when the call returns (_pool_loop)
                 log.error(
                     "task %s attempt %s did not stop at its time limit; abandoning its thread",
                     ctx.id,
@@ -713,15 +773,26 @@ class Worker:
         self._threads.append(t)
 
     def _pool_loop(self) -> None:
-        while True:
-            try:
-                ctx = self._jobs.get()
-                cmd, header = self._execute(ctx)
-                self._report(cmd, header)
-            except TaskTimeout:
-                # The interruption landed just after the handler returned; the
-                # loop reports the timeout once the grace period is over.
-                continue
+        while self._pool_step(self._jobs.get()):
+            pass
+
+    def _pool_step(self, ctx: TaskContext) -> bool:
+        """Run one task and report its outcome; False when this thread must end."""
+        try:
+            cmd, header = self._execute(ctx)
+        except TaskTimeout:  # the interruption landed just after the handler returned
+            cmd, header = Cmd.FAILED, {"id": ctx.id, "attempt": ctx.attempt, "error": _timeout_error(ctx)}
+        if cmd is Cmd.FAILED:
+            header["error"] = _fit_error(header.get("error"), max(self._max_payload, ERROR_BYTES_MIN))
+        with ctx._lock:
+            if ctx._abandoned:
+                # Replaced at its time limit (its timeout reported): the thread that took
+                # its place serves the pool, so this one ends, and capacity stays as asked.
+                log.info("task %s attempt %s returned after it was abandoned", ctx.id, ctx.attempt)
+                return False
+            ctx._finished = True
+        self._report(cmd, header)
+        return True
 
     def _execute(self, ctx: TaskContext) -> tuple[Cmd, dict]:
         base = {"id": ctx.id, "attempt": ctx.attempt}
@@ -734,6 +805,8 @@ class Worker:
             with ctx._lock:
                 ctx._thread = threading.get_ident()
                 ctx._deadline = started + ctx.timeout if ctx.timeout else None
+            if ctx._deadline is not None:
+                self._wake()  # the loop times its wait by the deadlines (_poll_timeout)
             try:
                 result = self.handlers[ctx.name](ctx, **ctx.args)
             finally:
@@ -756,7 +829,7 @@ class Worker:
             log.info("task %s attempt %s raised %s: %s", ctx.id, ctx.attempt, type(exc).__name__, exc)
             return Cmd.FAILED, {**base, "error": _error(exc)}
         try:
-            text: str | None = json.dumps(result)
+            text: str | None = json.dumps(result, separators=(",", ":"))  # as the wire writes it
         except (TypeError, ValueError) as exc:
             error = {"type": "TypeError", "message": f"the handler's result cannot be stored as JSON: {exc}"}
             return Cmd.FAILED, {**base, "error": error, "final": True}
@@ -766,6 +839,12 @@ class Worker:
             error = {"type": "ValueError", "message": "the handler's result nests lists and dicts more than "
                      f"{MAX_VALUE_DEPTH} levels deep (the limit)"}  # fmt: skip
             return Cmd.FAILED, {**base, "error": error, "final": True}
+        if len(text) > self._max_payload:  # the daemon's limit on args, for results too
+            error = {"type": "ValueError", "message": f"the handler's result is {len(text)} bytes as JSON, "
+                     f"over the limit of {self._max_payload} (max_payload): store large data elsewhere "
+                     "and return where it is"}  # fmt: skip
+            log.info("task %s attempt %s failed: %s", ctx.id, ctx.attempt, error["message"])
+            return Cmd.FAILED, {**base, "error": error}
         log.info("task %s attempt %s succeeded in %.3fs", ctx.id, ctx.attempt, time.monotonic() - started)
         return Cmd.DONE, {**base, "result": result}
 
@@ -777,6 +856,28 @@ def _interrupt(thread_ident: int) -> None:
 
 def _timeout_error(ctx: TaskContext) -> dict:
     return {"type": "TaskTimeout", "message": f"the handler ran past its time limit of {ctx.timeout:g}s"}
+
+
+def _fit_error(error: Any, budget: int) -> dict:
+    """An error as sent: its message and traceback cut as the daemon would keep them, but
+    saying so, the traceback keeping its end; then cut further until its JSON takes at
+    most `budget` bytes (characters outside ASCII take up to 12 each)."""
+    error = dict(error) if isinstance(error, dict) else {}
+    if isinstance(error.get("type"), str):
+        error["type"] = cut_end(error["type"], 255)
+    if isinstance(error.get("message"), str):
+        error["message"] = cut_end(error["message"], MAX_ERROR_MESSAGE)
+    if isinstance(error.get("traceback"), str):
+        error["traceback"] = keep_end(error["traceback"], MAX_TRACEBACK)
+    while len(protocol.dumps(error)) > budget:
+        traceback_, message = error.get("traceback"), error.get("message")
+        if isinstance(traceback_, str) and len(traceback_) > 200:
+            error["traceback"] = keep_end(traceback_, len(traceback_) // 2)
+        elif isinstance(message, str) and len(message) > 200:
+            error["message"] = cut_end(message, len(message) // 2)
+        else:  # nothing long is left to cut: keep what says what it was
+            return {"type": str(error.get("type"))[:255], "message": str(message or "")[:200]}
+    return error
 
 
 def _error(exc: BaseException) -> dict:

@@ -74,3 +74,11 @@ class Core:
                 [(b"status", Outcome(task_id, attempt, worker, "succeeded"))], out, self.now
             )
         return self.store.get_task(task_id)
+
+    def status(self, *messages: tuple[Cmd, dict]) -> Outbox:
+        """Messages from workers' status sockets, read in one turn (committed)."""
+        out = Outbox()
+        msgs = [(b"status", protocol.encode(cmd, header)) for cmd, header in messages]
+        with self.store.atomic():
+            self.daemon._on_status_batch(msgs, out, self.now)
+        return out
