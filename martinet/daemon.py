@@ -545,8 +545,8 @@ class Daemon(ClientOps):
                 worker_id, len(foreign), clean_text(str(foreign[0]["database"]), 64), self.database_id,
             )  # fmt: skip
         # What it kept aside for other databases, of which this one may be (marked, always).
-        kept = [r for r in _attempts(h.get("kept"), MAX_HELD) if r.get("database") == self.database_id]
-        running = (running + kept)[:MAX_HELD]
+        ours = [r for r in _attempts(h.get("kept"), MAX_HELD) if r.get("database") == self.database_id]
+        running = (running + ours)[:MAX_HELD]
         # It gets back at most what its capacity holds: a hello that says it runs more is
         # not believed beyond that (the rest end as lost below). Attempts whose outcome is
         # committed (acks lost in an outage) are not readopted, so they take no room.

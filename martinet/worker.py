@@ -618,9 +618,12 @@ class Worker:
                  f"of {self._max_message - FRAME_ROOM} of a message to the daemon (max_payload "
                  f"{self._max_payload})"}  # fmt: skip
         log.error("task %s attempt %s: %s; sent as a failure", task_id, attempt, error["message"])
-        pending.body = protocol.dumps({"id": task_id, "attempt": attempt, "error": error, "ok": False})
-        if self._journal is not None:
-            self._journal.ended(task_id, attempt, pending.body)  # replaces it with the next commit
+        failure = {"id": task_id, "attempt": attempt, "error": error, "ok": False}
+        if pending.database:  # still for its own database only
+            failure["database"] = pending.database
+        pending.body = protocol.dumps(failure)
+        if self._journal is not None:  # replaces it with the next commit
+            self._journal.ended(pending.database, task_id, attempt, pending.body)
 
     def _send_batch(self, bodies: list[bytes]) -> None:
         frames = protocol.encode_batch(Cmd.ENDED, "ended", bodies, {"worker_id": self.worker_id})
