@@ -1059,11 +1059,13 @@ class Daemon(ClientOps):
         worker's prefetch would start late, and a late start followed by a prompt
         one would exceed the rate where the handlers run.
 
-        Each pass over the plan claims a task or leaves out a task name for good (its
-        limit has no more room, for this worker), else the loop ends: it is finite."""
+        Each pass over the plan claims a task, leaves out a task name (its limit has no
+        more room, for this worker) or learns that a queue holds no more of these names,
+        else the loop ends: passes are at most room + names + queues, it is finite."""
         rows: list[dict] = []
         filled = False
         held_back: set[str] = set()  # names this worker may take no more of in this turn
+        emptied = 0  # queues found to hold no more of its names
         if not peer.idle_threads:  # (see above)
             held_back.update(name for name in peer.names if self.lanes.is_rated(name=name))
         while (want := min(peer.credit, room - len(rows))) > 0 and budget[0] > 0:
@@ -1071,7 +1073,7 @@ class Daemon(ClientOps):
             plan = self.lanes.plan(names, peer.queues, want, now) if names else []
             if not plan:
                 break
-            before = (len(rows), len(held_back))
+            before = (len(rows), len(held_back), emptied)
             for queue, count in plan:
                 if self.lanes.is_rated(queue):
                     count = min(count, peer.idle_threads)
@@ -1106,8 +1108,9 @@ class Daemon(ClientOps):
                 if len(claimed) == count:
                     filled = True
                 elif not refused:  # it saw every ready task of these names there
-                    self.lanes.found_empty(names, queue)
-            if (len(rows), len(held_back)) == before:
+                    self.lanes.found_empty(names, queue)  # the next plans leave it out
+                    emptied += 1
+            if (len(rows), len(held_back), emptied) == before:
                 break
         return rows, filled
 

@@ -126,3 +126,19 @@ def test_a_turn_makes_a_bounded_number_of_claims_and_the_next_goes_on(core, monk
     while len(counts) < 5 and (not counts or counts[-1]):
         counts.append(len(claim(core)))
     assert counts == [4, 4, 2, 0]  # one claim a queue, four a turn; nothing lost between turns
+
+
+def test_a_queue_that_runs_dry_does_not_end_the_claim_for_the_others(core):
+    """Weighted queues: when the queue the weights pick has run dry, the same claim goes
+    on to the other queues (a claim that only learned a queue was empty used to end there,
+    and with nothing else to wake it the daemon stopped dispatching for good)."""
+    core.request("set_queue", name="urgent", weight=3)
+    core.request("set_queue", name="bulk", weight=1)
+    core.hello("w1", ["a"], capacity=1)
+    urgent = core.submit("a", queue="urgent")
+    bulk = [core.submit("a", queue="bulk") for _ in range(3)]
+    assert [row["id"] for row in core.claim()["w1"]] == [urgent]
+    core.succeed(urgent)
+    for task_id in bulk:
+        assert [row["id"] for row in core.claim()["w1"]] == [task_id]
+        core.succeed(task_id)
