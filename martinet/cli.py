@@ -503,6 +503,7 @@ _STATE_ORDER = (
     "waiting",
     "scheduled",
     "queued",
+    "leased",
     "running",
     "succeeded",
     "failed",

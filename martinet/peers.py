@@ -48,6 +48,9 @@ class Peer:
     # worker: their threads may be stuck in them, so they keep their slots until it answers
     # (its answer is fenced out, and frees the slot). A stuck worker thus gets no more work.
     stuck: set[int] = field(default_factory=set)
+    # It says when a handler starts a task (STARTED): its leased tasks wait in its prefetch,
+    # and its running ones have their real start in the store. Else the clocks are a guess.
+    reports_starts: bool = False
 
     @property
     def credit(self) -> int:

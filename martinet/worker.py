@@ -64,6 +64,7 @@ class TaskContext:
         self._deadline: float | None = None  # set when the handler starts: waiting in line is free
         self._start_at: float | None = None  # (monotonic) sent ahead of its due time: not before then
         self._abandon_at: float | None = None
+        self._started = False  # a thread took it (the daemon is told: STARTED); else it waits in line
 
     @property
     def cancelled(self) -> bool:
@@ -307,6 +308,7 @@ class Worker:
             "capacity": self.capacity,
             "threads": max(1, self.options.concurrency),
             "version": protocol.VERSION,
+            "starts": True,  # it says when a handler starts a task (STARTED)
             "running": self._held_list(),
             "queues": None if self.options.queues is None else list(self.options.queues),
             "limits": {n: dict(lim) for n, lim in limits.items() if lim},
@@ -316,10 +318,10 @@ class Worker:
         """What this worker holds, for the daemon to re-adopt: tasks running or waiting for a
         thread, and tasks whose outcome is not acknowledged yet (so that their attempt stays
         open for it, even if the daemon had given up on us)."""
-        held = {c.id: c.attempt for c in self._running.values()}
+        held = {c.id: (c.attempt, c._started) for c in self._running.values()}
         for task_id, attempt in self._outbox:
-            held.setdefault(task_id, attempt)
-        return [{"id": i, "attempt": a} for i, a in held.items()]
+            held.setdefault(task_id, (attempt, True))
+        return [{"id": i, "attempt": a, "started": started} for i, (a, started) in held.items()]
 
     def _send(self, sock: zmq.Socket, cmd: Cmd, header: dict) -> None:
         try:
@@ -394,7 +396,7 @@ class Worker:
         if isinstance(h.get("parents"), dict):
             ctx.parents = {int(k): v for k, v in h["parents"].items() if str(k).isdigit()}
         self._running[task_id] = ctx
-        log.info("task %s %s attempt %s started on %s", task_id, name, attempt, self.worker_id)
+        log.debug("task %s %s attempt %s leased to %s", task_id, name, attempt, self.worker_id)
         self._jobs.put(ctx)
 
     def _hand_back_waiting(self, reason: str | None = None) -> None:
@@ -423,9 +425,11 @@ class Worker:
                         self._journal.acked(ack[0], ack[1], now)
 
     def _drain_events(self) -> None:
-        """Progress goes out as it comes; the outcomes of one pass go in one ENDED message,
-        once the journal has them."""
+        """Progress goes out as it comes; the starts of one pass go in one STARTED message
+        ahead of it; the outcomes of one pass go in one ENDED message, once the journal
+        has them."""
         ended = []
+        started: list[list[int]] = []
         while True:
             try:
                 cmd, header = self._events.get_nowait()
@@ -434,6 +438,12 @@ class Worker:
             ctx = self._running.get(header["id"])
             if ctx is None or ctx.attempt != header["attempt"]:
                 continue  # from a handler abandoned at its time limit: already reported
+            if cmd is Cmd.STARTED:
+                started.append([ctx.id, ctx.attempt])
+                continue
+            if started:  # in order: the daemon reads a start before what follows it
+                self._send(self.ssock, Cmd.STARTED, {"worker_id": self.worker_id, "started": started})
+                started = []
             if cmd is Cmd.PROGRESS:
                 header["worker_id"] = self.worker_id
                 self._send(self.ssock, cmd, header)
@@ -444,6 +454,8 @@ class Worker:
             if self._journal is not None:
                 self._journal.ended(ctx.id, ctx.attempt, pending.body)
             ended.append(pending)
+        if started:
+            self._send(self.ssock, Cmd.STARTED, {"worker_id": self.worker_id, "started": started})
         if not ended:
             return
         if self._journal is not None and self._journal_trouble is None:
@@ -631,6 +643,9 @@ class Worker:
                 log.info("task %s attempt %s cancelled before it was due", ctx.id, ctx.attempt)
                 return Cmd.DONE, {**base, "result": None}  # the daemon ends it cancelled
         started = time.monotonic()
+        ctx._started = True
+        self._report(Cmd.STARTED, base)  # leased -> running, in the daemon's store
+        log.info("task %s %s attempt %s started on %s", ctx.id, ctx.name, ctx.attempt, self.worker_id)
         try:
             with ctx._lock:
                 ctx._thread = threading.get_ident()
