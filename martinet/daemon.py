@@ -670,6 +670,7 @@ class Daemon(ClientOps):
                     except Exception:  # a bug of ours must cost one outcome, never the turn
                         log.exception("dropped an outcome of task %s from %s", item["id"], worker_id)
         if starts:  # before the outcomes and progress that came after them
+            assert self.store is not None  # open() made it
             with self._isolated("a start report"):
                 self.store.start(starts, now)
         if ended:

@@ -62,7 +62,7 @@ class Cmd(IntEnum):
     FAILED = 0x22  # worker -> daemon: one attempt failed {"id", "attempt", "error", ...}; acknowledged
     ENDED = 0x24  # worker -> daemon: {"ended": [outcome, ...]}, several DONE/FAILED headers, each with "ok"
     ACK = 0x23  # daemon -> worker: {"acks": [[id, attempt], ...]}, those outcomes are committed
-    STARTED = 0x25  # worker -> daemon: {"started": [[id, attempt], ...]}, handlers took these (leased -> running)
+    STARTED = 0x25  # worker -> daemon: {"started": [[id, attempt], ...]}, handlers took these
 
 
 _COMMANDS = {c.value: c for c in Cmd}

@@ -690,13 +690,25 @@ class Store:
             if n and item.get("started"):  # its start report may have been lost with the connection
                 self.start([(item["id"], item["attempt"], worker)], now)
             elif not n:
-                started_at = peewee.fn.COALESCE(Task.started_at, now) if item.get("started") else Task.started_at
+                started_at = (
+                    peewee.fn.COALESCE(Task.started_at, now) if item.get("started") else Task.started_at
+                )
                 status = peewee.Case(None, [(started_at.is_null(), LEASED)], RUNNING)
                 n = (
-                    Task.update(status=status, started_at=started_at, worker=worker, lease_expires=now + lease,
-                                updated_at=now, reason=None, error_type=None, error_message=None,
-                                error_traceback=None)  # fmt: skip
-                    .where(*where, Task.status.in_((QUEUED, FAILED, STALLED)), ~peewee.fn.EXISTS(ended_by_worker))
+                    Task.update(
+                        status=status,
+                        started_at=started_at,
+                        worker=worker,
+                        lease_expires=now + lease,
+                        updated_at=now,
+                        reason=None,
+                        error_type=None,
+                        error_message=None,
+                        error_traceback=None,
+                    )
+                    .where(
+                        *where, Task.status.in_((QUEUED, FAILED, STALLED)), ~peewee.fn.EXISTS(ended_by_worker)
+                    )
                     .execute()
                 )
                 if n:  # the attempt goes on: the loss the reaper wrote did not happen
@@ -1440,7 +1452,8 @@ class Store:
         recent = (
             Task.select(Task.queue, Task.name, since)
             .where(
-                (Task.started_at > now - lookback) | ((Task.status == LEASED) & (Task.updated_at > now - lookback)),
+                (Task.started_at > now - lookback)
+                | ((Task.status == LEASED) & (Task.updated_at > now - lookback)),
                 Task.status != QUEUED,
             )
             .order_by(since)

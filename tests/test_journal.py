@@ -70,7 +70,7 @@ def test_a_journaled_result_still_counts_after_the_daemon_declared_its_worker_lo
     assert m.wait(tid, timeout=15) == "slept"
     assert runs(marker) == [f"{tid}:1"]
     attempts = [(a["attempt"], a["outcome"]) for a in m.show(tid)["attempts"]]
-    assert attempts[0] == (1, "lost") and attempts[-1] == (1, "succeeded")
+    assert attempts == [(1, "succeeded")]  # the attempt went on: its loss did not happen
 
 
 def test_tasks_held_when_the_worker_was_killed_are_lost_at_once_and_run_again(cluster, tmp_path):
@@ -84,7 +84,7 @@ def test_tasks_held_when_the_worker_was_killed_are_lost_at_once_and_run_again(cl
     long_id = m.execute(fast_retry, {"seconds": 1.5, "marker": str(long_marker)})
     wait_for(lambda: runs(long_marker), timeout=10, what="the long task to start")
     short = [m.execute(fast_retry, {"seconds": 0, "marker": str(marker)}) for _ in range(2)]
-    wait_for(lambda: all(m.get(t)["status"] == "running" for t in short), timeout=10, what="them held")
+    wait_for(lambda: all(m.get(t)["status"] == "leased" for t in short), timeout=10, what="them held")
     # When it is killed with kill -9 and started again on its journal, before the daemon missed it
     worker.kill9()
     cluster.start_worker(worker_id="w1", concurrency=1, extra=flags, wait=False)
