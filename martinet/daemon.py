@@ -635,17 +635,18 @@ class Daemon(ClientOps):
             if cmd is None:
                 continue
             worker_id = h.get("worker_id")
+            if cmd in (Cmd.STARTED, Cmd.ENDED) and isinstance(h.get("started"), list):
+                if is_worker_id(worker_id):  # handlers took these; an ENDED may carry them too
+                    starts.extend(
+                        (item[0], item[1], worker_id)
+                        for item in h["started"][:MAX_HELD]
+                        if isinstance(item, list) and len(item) == 2 and is_id(item[0]) and is_id(item[1])
+                    )
             if cmd is Cmd.STARTED:
-                items = h.get("started")
-                if not is_worker_id(worker_id) or not isinstance(items, list):
+                if not is_worker_id(worker_id) or not isinstance(h.get("started"), list):
                     log.warning("dropped a STARTED without a valid worker_id from %r", ident)
-                    continue
-                self.peers.seen(worker_id, now)
-                starts.extend(
-                    (item[0], item[1], worker_id)
-                    for item in items[:MAX_HELD]
-                    if isinstance(item, list) and len(item) == 2 and is_id(item[0]) and is_id(item[1])
-                )
+                else:
+                    self.peers.seen(worker_id, now)
                 continue
             if cmd is Cmd.ENDED:
                 items = h.get("ended")

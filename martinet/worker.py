@@ -425,9 +425,11 @@ class Worker:
                         self._journal.acked(ack[0], ack[1], now)
 
     def _drain_events(self) -> None:
-        """Progress goes out as it comes; the starts of one pass go in one STARTED message
-        ahead of it; the outcomes of one pass go in one ENDED message, once the journal
-        has them."""
+        """Progress goes out as it comes; the outcomes of one pass go in one ENDED message,
+        once the journal has them. Starts go out ahead of the progress that follows them,
+        else with the pass's ENDED message (the daemon writes a message's starts before
+        its outcomes, in one turn: a thread that ended one task and took the next starts
+        that one when the other ended, not before), else in one STARTED message."""
         ended = []
         started: list[list[int]] = []
         while True:
@@ -441,10 +443,10 @@ class Worker:
             if cmd is Cmd.STARTED:
                 started.append([ctx.id, ctx.attempt])
                 continue
-            if started:  # in order: the daemon reads a start before what follows it
-                self._send(self.ssock, Cmd.STARTED, {"worker_id": self.worker_id, "started": started})
-                started = []
             if cmd is Cmd.PROGRESS:
+                if started:  # in order: the daemon reads a start before the progress after it
+                    self._send(self.ssock, Cmd.STARTED, {"worker_id": self.worker_id, "started": started})
+                    started = []
                 header["worker_id"] = self.worker_id
                 self._send(self.ssock, cmd, header)
                 continue
@@ -454,34 +456,38 @@ class Worker:
             if self._journal is not None:
                 self._journal.ended(ctx.id, ctx.attempt, pending.body)
             ended.append(pending)
-        if started:
-            self._send(self.ssock, Cmd.STARTED, {"worker_id": self.worker_id, "started": started})
         if not ended:
+            if started:
+                self._send(self.ssock, Cmd.STARTED, {"worker_id": self.worker_id, "started": started})
             return
         if self._journal is not None and self._journal_trouble is None:
             self._commit_journal(time.monotonic())  # write-ahead: on disk before it leaves
         if self._fault == FAULT_EXIT_BEFORE_SEND:
             log.warning("MARTINET_FAULT=%s: exiting before sending %d outcome(s)", self._fault, len(ended))
             os._exit(FAULT_EXIT)
-        self._send_outcomes(ended)
+        self._send_outcomes(ended, started)
 
-    def _send_outcomes(self, pendings: list[_Pending]) -> None:
-        """Send outcomes in ENDED messages of bounded size; they stay in the outbox until acked."""
+    def _send_outcomes(self, pendings: list[_Pending], started: list[list[int]] | None = None) -> None:
+        """Send outcomes in ENDED messages of bounded size; they stay in the outbox until acked.
+        The first message carries `started` (starts are not resent: see _held_list)."""
         now = time.monotonic()
         batch: list[bytes] = []
         size = 0
         for pending in pendings:
             if batch and (len(batch) >= BATCH_ITEMS or size + len(pending.body) > BATCH_BYTES):
-                self._send_batch(batch)
-                batch, size = [], 0
+                self._send_batch(batch, started)
+                batch, size, started = [], 0, None
             pending.sent_at = now
             batch.append(pending.body)
             size += len(pending.body)
         if batch:
-            self._send_batch(batch)
+            self._send_batch(batch, started)
 
-    def _send_batch(self, bodies: list[bytes]) -> None:
-        frames = protocol.encode_batch(Cmd.ENDED, "ended", bodies, {"worker_id": self.worker_id})
+    def _send_batch(self, bodies: list[bytes], started: list[list[int]] | None = None) -> None:
+        header: dict = {"worker_id": self.worker_id}
+        if started:
+            header["started"] = started
+        frames = protocol.encode_batch(Cmd.ENDED, "ended", bodies, header)
         try:
             self.ssock.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:

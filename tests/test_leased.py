@@ -35,8 +35,9 @@ def tick(core: Core) -> None:
     core.tick()
 
 
-def ended(worker_id: str, task_id: int, attempt: int = 1) -> tuple[Cmd, dict]:
-    return Cmd.ENDED, {"worker_id": worker_id, "ended": [{"id": task_id, "attempt": attempt, "ok": True}]}
+def ended(worker_id: str, task_id: int, attempt: int = 1, started: list | None = None) -> tuple[Cmd, dict]:
+    header = {"worker_id": worker_id, "ended": [{"id": task_id, "attempt": attempt, "ok": True}]}
+    return Cmd.ENDED, {**header, "started": started} if started else header
 
 
 def test_a_start_report_makes_a_leased_task_running_from_then(core):
@@ -53,6 +54,13 @@ def test_a_start_report_makes_a_leased_task_running_from_then(core):
     out = core.status(started("w1", (second, 1)), ended("w1", second), ended("w1", first))
     assert sorted(map(tuple, out.acks[b"status"])) == [(first, 1), (second, 1)]
     assert [a["duration"] for t in (first, second) for a in core.store.attempts(t)] == [2.0, 0.0]
+    # A worker's ENDED carries the starts of its pass: the start is written before the ends
+    third = core.submit("add")
+    core.claim()
+    core.now += 1
+    core.status(ended("w1", third, started=[[third, 1]]))
+    ((attempt,),) = [core.store.attempts(third)]
+    assert (attempt["outcome"], attempt["duration"]) == ("succeeded", 0.0)
 
 
 def test_time_limits_count_from_the_real_start_and_never_blame_the_prefetch(core):
