@@ -156,8 +156,8 @@ def count(**filters: Any) -> dict:
     return _handle().count(**filters)
 
 
-def wait(task_id: int, timeout: float = 30.0) -> Any:
-    """A task's result once it ends. See `Martinet.wait`."""
+def wait(task_id: int, timeout: float | None = 30.0) -> Any:
+    """A task's result once it ends (timeout=None: however long it takes). See `Martinet.wait`."""
     return _handle().wait(task_id, timeout)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from martinet import config, protocol, when
 from martinet.client import Client, EventListener, refusal
 from martinet.errors import BadInput, DaemonUnavailable, MartinetError, TaskFailed, WaitTimeout
+from martinet.lanes import DEFAULT_QUEUE
 from martinet.protocol import Cmd
 from martinet.query import Page, check_filter_names
 from martinet.validate import Limits, check_args, check_name
@@ -35,6 +36,7 @@ _TASK_KEYS = {
     "run_at",
     "timezone",
     "timeout",
+    "time_limit",
     "retry_base",
     "retry_factor",
     "retry_cap",
@@ -52,6 +54,9 @@ def new_request_id() -> str:
 
 
 BATCH = 1000  # tasks per execute_many request: well under the daemon's limits
+# wait(timeout=None) asks the daemon in rounds of this many seconds (it holds a wait
+# for an hour at most), so a wait "until done" never depends on one long request.
+WAIT_ROUND = 60.0
 _EVERY_KEYS = {"until", "count", "misfire", "misfire_grace"}
 
 
@@ -59,24 +64,31 @@ class TaskId(int):
     """A task's id; `.created` says whether this call created it (False: a known
     request_id or a key in use returned the existing task; a known request_id
     includes one this very call sent before, when the daemon did not answer at once,
-    or an earlier call that raised DaemonUnavailable)."""
+    or an earlier call that raised DaemonUnavailable). `.warning` is the daemon's
+    word when no connected worker would run it ("no connected worker handles
+    'resize'": a typo, or no worker started for that name or queue), else None."""
 
     created: bool = True
+    warning: str | None = None
 
-    def __new__(cls, value: int, created: bool = True) -> TaskId:
+    def __new__(cls, value: int, created: bool = True, warning: str | None = None) -> TaskId:
         obj = super().__new__(cls, value)
         obj.created = created
+        obj.warning = warning
         return obj
 
 
 class ScheduleId(str):
-    """A schedule's id ("s3"); `.created` is False when a key named an existing schedule."""
+    """A schedule's id ("s3"); `.created` is False when a key named an existing schedule;
+    `.warning` as for TaskId (no connected worker runs its task now)."""
 
     created: bool = True
+    warning: str | None = None
 
-    def __new__(cls, value: str, created: bool = True) -> ScheduleId:
+    def __new__(cls, value: str, created: bool = True, warning: str | None = None) -> ScheduleId:
         obj = super().__new__(cls, value)
         obj.created = created
+        obj.warning = warning
         return obj
 
 
@@ -111,7 +123,7 @@ class Martinet:
     def _start_embedded(self) -> str:
         from martinet.daemon import Daemon  # only embedded users pay for the daemon's imports
 
-        self._daemon = Daemon(self.settings)
+        self._daemon = Daemon(self.settings, port_option="Martinet(db=..., {role}_port=N) (0: any free port)")
         self._daemon.open()
         self._thread = threading.Thread(target=self._daemon.run, name="martinet-daemon", daemon=True)
         self._thread.start()
@@ -145,10 +157,13 @@ class Martinet:
 
         `task` is a name ("resize") or a dict with "name" and optionally
         "username", "description", "queue", "priority", "max_attempts",
-        "timeout", "retry_base", "retry_factor", "retry_cap". Options: the
+        "time_limit" (seconds an attempt may run, the CLI's --time-limit; "timeout"
+        is its older name), "retry_base", "retry_factor", "retry_cap". Options: the
         same keys, plus `request_id` (a retried call never creates twice),
         `key` with `unique` ("active": one unfinished task per key; "always":
         one task per key ever) and `after` (task ids that must succeed first).
+
+        The returned id's `.warning` says when no connected worker would run the task.
 
         The request is sent again while the daemon does not answer, for as long
         as the timeout allows. Then DaemonUnavailable says the task may have been
@@ -180,11 +195,17 @@ class Martinet:
         ids: list[TaskId] = []
         refused: MartinetError | None = None
         spans: list[tuple[int, int]] = []  # each request's first and last task, as it is made
+        kinds: list[tuple[str, str]] = []  # each task's name and queue, for the daemon's warnings
         try:
-            replies = self.client.exchange(self._batches(tasks, options, base_rid, spans), in_flight=2)
-            for n, reply in enumerate(replies):
+            batches = self._batches(tasks, options, base_rid, spans, kinds)
+            for n, reply in enumerate(self.client.exchange(batches, in_flight=2)):
                 if reply.get("ok"):
-                    ids.extend(TaskId(i, c) for i, c in zip(reply["ids"], reply["created"], strict=True))
+                    warnings = {(w["name"], w["queue"]): w["warning"] for w in reply.get("warnings") or ()}
+                    first = spans[n][0]
+                    ids.extend(
+                        TaskId(i, c, warnings.get(kinds[first + k]) if warnings else None)
+                        for k, (i, c) in enumerate(zip(reply["ids"], reply["created"], strict=True))
+                    )
                 elif refused is None:
                     refused = refusal(reply)
                     refused = type(refused)(
@@ -205,16 +226,22 @@ class Martinet:
         raise refused
 
     def _batches(
-        self, tasks: list[tuple[TaskSpec, dict | None]], options: dict, base_rid: str, spans: list
+        self,
+        tasks: list[tuple[TaskSpec, dict | None]],
+        options: dict,
+        base_rid: str,
+        spans: list,
+        kinds: list[tuple[str, str]],
     ) -> Iterator[tuple[str, list[bytes]]]:
         """The tasks as execute_many requests of up to BATCH tasks and half of max_payload,
         each task checked and encoded once, as the request before goes out; each request's
-        first and last task go to `spans`."""
+        first and last task go to `spans`, each task's name and queue to `kinds`."""
         chunk: list[bytes] = []
         size = 0
         for i, (task, args) in enumerate(tasks):
             fields = self._task_fields(task, args, {**options, "request_id": f"{base_rid}:{i}"})
             self._read_run_at(fields)
+            kinds.append((fields["name"], fields.get("queue") or DEFAULT_QUEUE))
             item = protocol.dumps(fields)
             if chunk and (len(chunk) == BATCH or size + len(item) > self.limits.max_payload // 2):
                 yield self._batch_request(base_rid, i - len(chunk), chunk, spans)
@@ -252,7 +279,9 @@ class Martinet:
         """
         fields = self._task_fields(task, args, options, _TASK_KEYS | _EVERY_KEYS)
         tz = when.check_timezone(fields.pop("timezone", None) or self.settings.timezone)
-        recurrence = when.parse_every(spec, tz)  # early, clear errors; the daemon checks again
+        # Early, clear errors; the daemon checks again, with its min_interval (the one that
+        # counts: 0 here keeps only the rules every daemon has).
+        recurrence = when.parse_every(spec, tz, 0)
         fields["every"] = recurrence.spec if recurrence.kind == "cron" else float(recurrence.spec)
         fields["timezone"] = tz
         now = when.utcnow()
@@ -268,7 +297,7 @@ class Martinet:
             reply = self.client.request("every", {"rid": fields["request_id"], **fields})
         except DaemonUnavailable as exc:
             raise _unconfirmed(exc, "the schedule", fields["request_id"]) from None
-        return ScheduleId(reply["id"], reply.get("created", True))
+        return ScheduleId(reply["id"], reply.get("created", True), reply.get("warning"))
 
     def _task_fields(
         self, task: TaskSpec, args: dict | None, options: dict, known: set[str] = _TASK_KEYS
@@ -289,6 +318,12 @@ class Martinet:
         if unknown:
             raise BadInput(f"unknown option(s) {', '.join(sorted(unknown))}")
         fields.update({k: v for k, v in options.items() if v is not None})
+        if "time_limit" in fields:  # the name the CLI uses (--time-limit); "timeout" on the wire
+            limit = fields.pop("time_limit")
+            if fields.get("timeout") is not None and limit is not None and fields["timeout"] != limit:
+                raise BadInput(f"time_limit={limit!r} and timeout={fields['timeout']!r} disagree; give one")
+            if limit is not None:
+                fields["timeout"] = limit
         check_name(fields.get("name"), self.limits)
         fields["args"] = check_args(args, self.limits)
         fields["request_id"] = str(request_id)
@@ -299,14 +334,17 @@ class Martinet:
         timestamp: time is read here, never in the daemon's loop."""
         tz = fields.pop("timezone", None) or self.settings.timezone
         if fields.get("run_at") is not None:
-            fields["run_at"] = when.parse_when(fields["run_at"], when.utcnow(), tz).timestamp()
+            now = when.utcnow()
+            due = when.parse_when(fields["run_at"], now, tz)
+            when.warn_if_past(due, now, f"run_at {fields['run_at']!r}")
+            fields["run_at"] = due.timestamp()
 
     def _submit(self, op: str, fields: dict) -> TaskId:
         try:
             reply = self.client.request(op, {"rid": fields["request_id"], **fields})
         except DaemonUnavailable as exc:
             raise _unconfirmed(exc, "the task", fields["request_id"]) from None
-        return TaskId(reply["id"], reply.get("created", True))
+        return TaskId(reply["id"], reply.get("created", True), reply.get("warning"))
 
     # ---- reading -----------------------------------------------------------------
 
@@ -369,13 +407,27 @@ class Martinet:
         """Every schedule that has not been removed (`show(sid)` adds its next five due times)."""
         return self.client.request("schedules")["items"]
 
-    def wait(self, task_id: int | str, timeout: float = 30.0) -> Any:
-        """Block until the task ends; return its result, or raise TaskFailed / WaitTimeout."""
-        reply = self.client.request(
-            "wait", {"id": task_id, "wait_for": timeout}, timeout=timeout + self.client.timeout, resend=False
-        )
+    def wait(self, task_id: int | str, timeout: float | None = 30.0) -> Any:
+        """Block until the task ends, at most `timeout` seconds (None: until it ends);
+        return its result, or raise TaskFailed (dead or cancelled: `.info["status"]`) or
+        WaitTimeout (with the task's `.status` and why it `.waiting`, when known)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = WAIT_ROUND if deadline is None else max(0.0, deadline - time.monotonic())
+            reply = self.client.request(
+                "wait",
+                {"id": task_id, "wait_for": min(left, WAIT_ROUND)},
+                timeout=min(left, WAIT_ROUND) + self.client.timeout,
+                resend=False,
+            )
+            if reply.get("done") or (deadline is not None and time.monotonic() >= deadline):
+                break
         if not reply.get("done"):
-            raise WaitTimeout(f"task {task_id} did not finish within {timeout:g}s")
+            status, why = reply.get("status"), reply.get("waiting")
+            detail = (
+                f" (still {status}: {why})" if status and why else (f" (still {status})" if status else "")
+            )
+            raise WaitTimeout(f"task {task_id} did not finish within {timeout:g}s{detail}", status, why)
         item = reply["item"]
         if item["status"] != "succeeded":
             error = item.get("error") or {}
@@ -384,8 +436,9 @@ class Martinet:
         return item["result"]
 
     def ping(self) -> dict[str, Any]:
-        """The daemon's epoch, protocol version, number of connected workers, and `database`:
-        its database's failure while it lasts (error, since, failures), else None."""
+        """The daemon's epoch, protocol version, number of connected workers, `database_id`
+        (its database's identity, which workers' journals check), and `database`: its
+        database's failure while it lasts (error, since, failures), else None."""
         return self.client.request("ping")
 
     # ---- changing ------------------------------------------------------------------
@@ -410,7 +463,7 @@ class Martinet:
         if timezone is not None:
             fields["timezone"] = when.check_timezone(timezone)
         if every is not None:
-            recurrence = when.parse_every(every, timezone or self.settings.timezone)
+            recurrence = when.parse_every(every, timezone or self.settings.timezone, 0)  # see every()
             fields["every"] = recurrence.spec if recurrence.kind == "cron" else float(recurrence.spec)
         self.client.request("update", fields)
 

@@ -12,8 +12,12 @@ sending it again with that rid does not do it twice. Nothing ever waits forever.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import math
 import os
+import re
+import socket
 import threading
 import time
 import uuid
@@ -48,12 +52,25 @@ FIRST_TRY = 2.0  # seconds before the first resend; a healthy daemon answers in 
 # the daemon is back. Each copy reaches a paused daemon as one more connection to read
 # when it resumes, so not much more often than this.
 MAX_TRY = 5.0
+# A call to a daemon on this host (127.0.0.1, localhost, ::1) that never answered this
+# client, with no reply after PROBE_AFTER seconds, looks every PROBE_AFTER whether
+# anything listens on the port (a plain TCP connect: refused at once when nothing does).
+# When nothing has listened at any look for REFUSED_FOR seconds from the call's start,
+# the call fails then, not at its timeout. Once a look finds the port open (a daemon
+# that is slow, or starting), the whole timeout applies, resends included. A daemon that
+# answered this client before is never looked at: down, it may be restarting, and the
+# call waits for it (resends) up to its timeout; so is a remote one. A healthy daemon
+# answers long before the first look: it costs a call nothing.
+PROBE_AFTER = 0.1
+REFUSED_FOR = 1.0
 
 
 class Client:
     def __init__(self, url: str, timeout: float = 10.0) -> None:
         self.url = url
         self.timeout = timeout
+        self._local_port = _loopback_port(url)  # (host, port) when the daemon is on this host
+        self._reached = False  # a reply ever came: a daemon that is down may be restarting
         self._local = threading.local()
         self._ctx: zmq.Context | None = None
         self._pid = os.getpid()
@@ -143,6 +160,7 @@ class Client:
         flying: deque[tuple[str, list[bytes], float]] = deque()  # (rid, frames, deadline)
         stop: BaseException | None = None
         refused = False
+        started = time.monotonic()
         while True:
             while not refused and stop is None and len(flying) < in_flight:
                 try:
@@ -159,24 +177,46 @@ class Client:
                 if stop is not None:
                     raise stop
                 return
-            reply = self._reply_to_first(flying, resend, timeout)
+            reply = self._reply_to_first(flying, resend, timeout, started)
             flying.popleft()
             refused = refused or not reply.get("ok")
             yield reply
 
     def _reply_to_first(
-        self, flying: deque[tuple[str, list[bytes], float]], resend: bool, timeout: float
+        self,
+        flying: deque[tuple[str, list[bytes], float]],
+        resend: bool,
+        timeout: float,
+        started: float | None = None,
     ) -> dict:
         """The reply to the first request in flight; resends them all on a fresh socket
         after FIRST_TRY seconds without it, then after twice as long, and so on up to
-        MAX_TRY seconds between resends, until its deadline."""
+        MAX_TRY seconds between resends, until its deadline. A local daemon that never
+        answered this client has its port looked at (see PROBE_AFTER) from `started`."""
         rid, _frames, deadline = flying[0]
         window = FIRST_TRY
+        local = self._local_port if started is not None and not self._reached else None
+        look_at = time.monotonic() + PROBE_AFTER if local else math.inf
         while True:
             try_until = deadline if not resend else min(deadline, time.monotonic() + window)
-            reply = self._await_reply(self._socket(), rid, try_until)
+            reply = self._await_reply(self._socket(), rid, min(try_until, look_at))
             if reply is not None:
+                self._reached = True
                 return reply
+            now = time.monotonic()
+            if local and started is not None and now < try_until:  # time to look at the port
+                if _listens(*local):
+                    look_at = math.inf  # something is there: wait as long as the timeout allows
+                    continue
+                if now - started < REFUSED_FOR:
+                    look_at = now + PROBE_AFTER
+                    continue
+                self._discard_socket()
+                raise DaemonUnavailable(
+                    f"nothing listens at {self.url}: connections to port {local[1]} on {local[0]} "
+                    f"were refused for {now - started:.1f}s (is `martinet serve` running there?)",
+                    request_id=rid,
+                )
             self._discard_socket()  # its queue may hold a stale request: start clean
             if time.monotonic() >= deadline:
                 raise DaemonUnavailable(
@@ -211,6 +251,31 @@ class Client:
                 continue
             if cmd is Cmd.REPLY and h.get("rid") == rid:
                 return h
+
+
+def _loopback_port(url: str) -> tuple[str, int] | None:
+    """(host, port) of a tcp:// URL whose host is this machine's loopback, else None."""
+    m = re.fullmatch(r"tcp://(\[[^\]]+\]|[^:/]+):(\d+)", url.strip())
+    if m is None:
+        return None
+    host = m[1].strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return None
+    return (host, int(m[2])) if loopback else None
+
+
+def _listens(host: str, port: int) -> bool:
+    """Whether a TCP connection to host:port is accepted (False only when refused: a
+    connection that is slow to be accepted counts as listening)."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except ConnectionRefusedError:
+        return False
+    except OSError:
+        return True
 
 
 def refusal(reply: dict) -> MartinetError:

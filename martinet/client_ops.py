@@ -30,6 +30,7 @@ class ClientOps:
         # database: the failure that lasts (its cause, since when, turns lost), or None
         return {
             "epoch": self.epoch,
+            "database_id": self.database_id,
             "version": protocol.VERSION,
             "workers": len(self.peers),
             "database": self.db_health.report(),
@@ -44,7 +45,11 @@ class ClientOps:
         self._dispatch_pending = True
         if created and log.isEnabledFor(logging.INFO):  # iso() costs a few µs on every call otherwise
             log.info("task %s %s accepted (run at %s)", task_id, spec["name"], iso(spec.get("run_at") or now))
-        return {"id": task_id, "created": created}
+        reply = {"id": task_id, "created": created}
+        warning = self._no_worker(spec["name"], spec.get("queue") or DEFAULT_QUEUE)
+        if warning:
+            reply["warning"] = warning
+        return reply
 
     _op_schedule = _op_execute
 
@@ -69,7 +74,16 @@ class ClientOps:
         self._dispatch_pending = True
         created = [new for _id, new in results]
         log.info("%d tasks accepted in one batch (%d new)", len(results), sum(created))
-        return {"ids": [task_id for task_id, _new in results], "created": created}
+        reply: dict[str, Any] = {"ids": [task_id for task_id, _new in results], "created": created}
+        kinds = {(spec["name"], spec.get("queue") or DEFAULT_QUEUE) for spec in specs}
+        warnings = [
+            {"name": name, "queue": queue, "warning": warning}
+            for name, queue in sorted(kinds)
+            if (warning := self._no_worker(name, queue))
+        ]
+        if warnings:  # by name and queue: the client gives each task its own
+            reply["warnings"] = warnings
+        return reply
 
     def _op_every(self, h, now, out, ident):
         spec, recurrence = check_every(h, self.limits, self.settings.timezone)
@@ -86,7 +100,11 @@ class ClientOps:
             log.info(
                 "schedule s%s %s every %s, first due %s", sched_id, spec["name"], spec["spec"], iso(first)
             )
-        return {"id": f"s{sched_id}", "created": created, "next_due": iso(first)}
+        reply = {"id": f"s{sched_id}", "created": created, "next_due": iso(first)}
+        warning = self._no_worker(spec["name"], spec.get("queue") or DEFAULT_QUEUE)
+        if warning:
+            reply["warning"] = warning
+        return reply
 
     def _op_get(self, h, now, out, ident):
         return {"item": self._lookup(h.get("id"))}
@@ -192,7 +210,7 @@ class ClientOps:
             current = self._lookup(h.get("id"))
             recurrence, tz = None, h.get("timezone")
             if h.get("every") is not None:
-                recurrence = when.parse_every(h["every"], tz or current["timezone"])
+                recurrence = when.parse_every(h["every"], tz or current["timezone"], self.limits.min_interval)
             if args is None and recurrence is None:
                 raise BadInput("nothing to update: give args and/or every")
             status = self.store.update_schedule(num, now, args, recurrence, tz)
@@ -407,11 +425,10 @@ class ClientOps:
         lane = self.lanes.queue(queue)
         if lane.paused:
             return f"queue {queue!r} is paused"
-        if not self.peers.handles(name):
-            return f"no connected worker handles {name!r}"
+        none = self._no_worker(name, queue)
+        if none:
+            return none
         handlers = self.peers.handles(name, queue)
-        if not handlers:
-            return f"no connected worker that handles {name!r} serves queue {queue!r}"
         now = self.clock()
         if lane.room(now) == 0:
             return f"queue {queue!r} is at its limit (concurrency {lane.concurrency}, rate {lane.rate})"
@@ -420,6 +437,16 @@ class ClientOps:
         if not any(p.credit for p in handlers):
             return f"all {len(handlers)} worker(s) that handle {name!r} are busy"
         return "about to be dispatched"
+
+    def _no_worker(self, name, queue):
+        """Why no connected worker would take a task of `name` in `queue`, or None (one would).
+        Said by `show` and as a warning when such a task is submitted (a typo, a worker not
+        started, or started without that queue)."""
+        if self.peers.serves(name, queue):
+            return None
+        if not self.peers.serves(name):
+            return f"no connected worker handles {name!r}"
+        return f"no connected worker that handles {name!r} serves queue {queue!r}"
 
 
 def _finished_states(value: Any) -> list[str]:

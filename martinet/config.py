@@ -9,6 +9,7 @@ MARTINET_CLIENT_PORT, ...), and the CLI flags win over both.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -76,6 +77,10 @@ class Settings:
     # Events (progress, attempt ends, malformed messages) are deleted this long after they
     # happened: a client that was away for less catches up on what it missed.
     keep_events: str = "1 day"
+    # The shortest interval a schedule may have, in seconds (a cron's seconds field too):
+    # each run is a task stored in the database, so "every 0.001 seconds" made a thousand
+    # rows a second. Anything faster belongs in a loop inside one task.
+    min_interval: float = 1.0
     # The zone of naive datetimes and wall-clock expressions ("tomorrow at 9am").
     timezone: str = "UTC"
     log_level: str = "INFO"
@@ -223,6 +228,68 @@ def keep_seconds(key: str, value: Any) -> float | None:
     return seconds or None
 
 
+_HOST = re.compile(r"\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.\-]+")
+
+
+def _address(value: str, key: str, example: str) -> tuple[str, str, int | None]:
+    """(scheme or "", host, port or None) of "tcp://host:port", "host:port" or "host";
+    ConfigError saying what a good one looks like."""
+    text = value.strip() if isinstance(value, str) else ""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "", text
+    m = re.fullmatch(r"(\[[^\]]*\]|[^:\[\]]*)(?:(:)(.*))?", rest)
+    host, colon, port_text = m.groups("") if m else ("", "", "")
+    port: int | None = None
+    if colon:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ConfigError(
+                f"setting {key!r}: {value!r} has a bad port {port_text!r} (1 to 65535); write {example}"
+            )
+        port = int(port_text)
+    if scheme not in ("", "tcp") or not _HOST.fullmatch(host):
+        raise ConfigError(f"setting {key!r}: cannot read {value!r} as an address; write {example}")
+    return scheme, host, port
+
+
+def check_url(url: str, key: str = "url") -> str:
+    """A client URL, tcp://host:port: the scheme and the port are not optional."""
+    scheme, host, port = _address(url, key, "tcp://HOST:PORT, like tcp://127.0.0.1:8008")
+    if scheme != "tcp" or port is None:
+        fixed = f"tcp://{host}:{port or Settings.client_port}"
+        missing = "no tcp:// in front" if scheme != "tcp" else "no port"
+        raise ConfigError(f"setting {key!r}: {url!r} has {missing}; write {fixed!r}")
+    return url
+
+
+def worker_endpoint(settings: Settings) -> tuple[str, int, int]:
+    """(host, worker port, status port) the worker connects to. `connect` is a host, or
+    a URL as clients take it whose port is the daemon's worker port (tcp://host:8009):
+    then the status port is that port plus the default distance between them (10000),
+    unless a status_port other than the default is set."""
+    _scheme, host, port = _address(settings.connect, "connect", "a host, or tcp://HOST:WORKER_PORT")
+    if port is None:
+        return host, settings.worker_port, settings.status_port
+    if port == settings.client_port:
+        raise ConfigError(
+            f"setting 'connect' (--connect) {settings.connect}: port {port} is the daemon's client port; a worker"
+            f" connects to its worker port (tcp://{host}:{settings.worker_port} by default)"
+        )
+    if settings.worker_port not in (port, Settings.worker_port):
+        raise ConfigError(
+            f"setting 'connect' (--connect) {settings.connect} names worker port {port}, and the worker port is set"
+            f" to {settings.worker_port}: give one of them"
+        )
+    status = settings.status_port
+    if status == Settings.status_port:
+        status = port + Settings.status_port - Settings.worker_port
+    if status > 65535:
+        raise ConfigError(
+            f"setting 'connect' (--connect) {settings.connect}: give the status port too (--status-port)"
+        )
+    return host, port, status
+
+
 def check(settings: Settings) -> Settings:
     """Refuse values that would make the daemon or a worker misbehave."""
     s = settings
@@ -238,6 +305,7 @@ def check(settings: Settings) -> Settings:
         "retry_cap",
         "timeout_grace",
         "time_limit_grace",
+        "min_interval",
     ):
         value = getattr(s, key)
         if not (value > 0 and value != float("inf")):
@@ -255,5 +323,7 @@ def check(settings: Settings) -> Settings:
             raise ConfigError(f"setting {key!r} must be 1 or more, got {getattr(s, key)}")
     for key in ("keep_finished", "keep_dead", "keep_events"):
         keep_seconds(key, getattr(s, key))
+    check_url(s.url)
+    worker_endpoint(s)
     check_queues(s.queues)
     return s

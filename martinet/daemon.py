@@ -35,7 +35,17 @@ from martinet.protocol import Cmd
 from martinet.retention import Retention
 from martinet.retry import RetryPolicy
 from martinet.store import Outcome, Store, WalCheckpointer, open_database, redact
-from martinet.validate import Limits, clean_text, finite, is_id, is_rate, is_worker_id
+from martinet.validate import (
+    MAX_ERROR_MESSAGE,
+    MAX_TRACEBACK,
+    Limits,
+    clean_tail,
+    clean_text,
+    finite,
+    is_id,
+    is_rate,
+    is_worker_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +80,19 @@ class Outbox:
 
 
 class Daemon(ClientOps):
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+        port_option: str = "--{role}-port",
+    ) -> None:
         self.settings = settings
+        # How the caller names a port's setting in a port clash: a CLI flag, a keyword argument.
+        self.port_option = port_option
         self.clock = clock
-        self.limits = Limits(settings.max_payload, settings.max_name_length)
-        self.epoch = secrets.token_hex(4)
+        self.limits = Limits(settings.max_payload, settings.max_name_length, settings.min_interval)
+        self.epoch = secrets.token_hex(4)  # changes at each start; the database's identity does not
+        self.database_id = ""  # the database's identity (models.DatabaseIdentity), read by open()
         self.peers = Peers()
         self.lanes = Lanes()
         self.retention = Retention(
@@ -121,6 +139,7 @@ class Daemon(ClientOps):
             self._checkpointer = WalCheckpointer(db).start()
         retry = RetryPolicy(s.retry_base, s.retry_factor, s.retry_cap)
         self.store = Store(db, retry, s.poison_after, s.max_releases)
+        self.database_id = self.store.database_id()
         with self.store.atomic():
             self._load_lanes(self.clock())
         self.poller = zmq.Poller()
@@ -128,12 +147,13 @@ class Daemon(ClientOps):
             self.poller.register(sock, zmq.POLLIN)
         self.poller.register(self._wake_r, zmq.POLLIN)
         log.info(
-            "martinet serving on %s (client %d, worker %d, status %d), database %s, epoch %s",
+            "martinet serving on %s (client %d, worker %d, status %d), database %s (id %s), epoch %s",
             s.bind,
             self.ports["client"],
             self.ports["worker"],
             self.ports["status"],
             redact(s.db),
+            self.database_id,
             self.epoch,
         )
 
@@ -161,7 +181,7 @@ class Daemon(ClientOps):
         sock = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a gone peer raises, never vanishes
-        sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_payload * 2 + 65536)
+        sock.setsockopt(zmq.MAXMSGSIZE, protocol.max_message(self.settings.max_payload))
         try:
             if port == 0:
                 port = sock.bind_to_random_port(f"tcp://{self.settings.bind}")
@@ -172,7 +192,8 @@ class Daemon(ClientOps):
             if exc.errno == errno.EADDRINUSE:
                 raise MartinetError(
                     f"the {role} port {port} on {self.settings.bind} is already in use "
-                    f"(is another martinet serve running?); choose another with --{role}-port"
+                    f"(is another martinet serve running?); choose another with "
+                    f"{self.port_option.format(role=role)}"
                 ) from None
             raise MartinetError(
                 f"cannot bind the {role} socket to {self.settings.bind}:{port}: {exc}"
@@ -515,6 +536,18 @@ class Daemon(ClientOps):
             self.lanes.queue(queue)
         self._declare_limits(h.get("limits"), set(names), now)
         running = _attempts(h.get("running"), MAX_HELD)
+        foreign = [r for r in running if r.get("database") not in (None, self.database_id)]
+        if foreign:
+            # Outcomes journaled for the daemon of another database: ids and attempt numbers
+            # may match tasks here, but they are not these tasks. The worker keeps them.
+            running = [r for r in running if r.get("database") in (None, self.database_id)]
+            log.info(
+                "worker %s holds %d outcome(s) for another database (%s), not this one (%s): not taken as its own",
+                worker_id, len(foreign), clean_text(str(foreign[0]["database"]), 64), self.database_id,
+            )  # fmt: skip
+        # What it kept aside for other databases, of which this one may be (marked, always).
+        ours = [r for r in _attempts(h.get("kept"), MAX_HELD) if r.get("database") == self.database_id]
+        running = (running + ours)[:MAX_HELD]
         # It gets back at most what its capacity holds: a hello that says it runs more is
         # not believed beyond that (the rest end as lost below). Attempts whose outcome is
         # committed (acks lost in an outage) are not readopted, so they take no room.
@@ -555,16 +588,22 @@ class Daemon(ClientOps):
             Cmd.WELCOME,
             {
                 "epoch": self.epoch,
+                "database": self.database_id,  # the worker's journal ties its outcomes to it
                 "heartbeat_interval": self.settings.heartbeat_interval,
                 "liveness": self.settings.liveness,
                 "lease": self.settings.lease,
                 "version": protocol.VERSION,
+                # What an outcome may weigh: the worker fails a larger result rather than
+                # send a message these sockets would drop.
+                "max_payload": self.settings.max_payload,
+                "max_message": protocol.max_message(self.settings.max_payload),
             },
         )
         self._dispatch_pending = True
         log.info(
-            "worker %s ready: %d slot(s) for %s", worker_id, capacity, ", ".join(sorted(names)) or "nothing"
-        )
+            "worker %s ready: %d thread(s) and %d prefetch slot(s) for %s",
+            worker_id, peer.thread_count, peer.capacity - peer.thread_count, ", ".join(sorted(names)) or "nothing",
+        )  # fmt: skip
 
     def _queues_ready(self) -> None:
         """Tasks became ready somewhere (due times came, retries, lost tasks): find where."""
@@ -660,22 +699,36 @@ class Daemon(ClientOps):
                 log.warning("dropped a %s without a valid worker_id from %r", cmd.name, ident)
                 continue
             self.peers.seen(worker_id, now)
+            big = cmd is not Cmd.PROGRESS and len(frames[0]) > self.limits.max_payload  # a result may be over
+            foreign = 0
             for item in items:
                 if not (isinstance(item, dict) and is_id(item.get("id")) and is_id(item.get("attempt"))):
                     log.warning("dropped a %s without a valid id and attempt from %s", cmd.name, worker_id)
+                elif item.get("database") not in (None, self.database_id):
+                    foreign += 1  # not acknowledged: the worker keeps it for the daemon it is for
                 elif cmd is Cmd.PROGRESS:
                     progress[(item["id"], item["attempt"], worker_id)] = item
                 else:
                     try:
+                        if big:
+                            item = self._within_payload(item, worker_id)
                         ended.append((ident, _outcome(item, worker_id)))
                     except Exception:  # a bug of ours must cost one outcome, never the turn
                         log.exception("dropped an outcome of task %s from %s", item["id"], worker_id)
-        if starts:  # before the outcomes and progress that came after them
+            if foreign:
+                # A daemon of another database was at this address (its worker has not said
+                # hello to us yet: it will, and learn which database this is, from our welcome).
+                log.warning(
+                    "ignored %d outcome(s) from %s meant for another database, not this one (%s)",
+                    foreign, worker_id, self.database_id,
+                )  # fmt: skip
+        if starts:  # before the progress and outcomes that came after them
             assert self.store is not None  # open() made it
             with self._isolated("a start report"):
                 self.store.start(starts, now)
-        if ended:
-            self._on_outcomes(ended, out, now)
+        # Progress first: a handler's last report often comes in the turn of its outcome,
+        # and once the attempt has ended it would be fenced out (a worker sends both on
+        # one socket, in order, so no progress of an attempt comes after its outcome).
         for (task_id, attempt, worker_id), h in progress.items():
             value = finite(h.get("progress"))
             message = clean_text(h.get("message"), 1000)
@@ -692,6 +745,24 @@ class Daemon(ClientOps):
                         "message": message,
                     }
                 )
+        if ended:
+            self._on_outcomes(ended, out, now)
+
+    def _within_payload(self, item: dict, worker_id: str) -> dict:
+        """A result over max_payload (from a worker that does not check it: older, or not
+        ours) is stored as the failure a worker would have reported, like args refused."""
+        if not item.get("ok"):
+            return item
+        size = len(protocol.dumps(item.get("result")))
+        if size <= self.limits.max_payload:
+            return item
+        message = (
+            f"the handler's result is {size} bytes as JSON, over the limit of "
+            f"{self.limits.max_payload} (max_payload)"
+        )
+        log.warning("task %s attempt %s from %s: %s", item["id"], item["attempt"], worker_id, message)
+        error = {"type": "ValueError", "message": message}
+        return {"id": item["id"], "attempt": item["attempt"], "ok": False, "error": error}
 
     def _on_outcomes(self, ended: list[tuple[bytes, Outcome]], out: Outbox, now: float) -> None:
         """Outcomes of one turn, written together; should that fail, one by one, so that a
@@ -805,7 +876,9 @@ class Daemon(ClientOps):
                 keep = []
                 for ident, rid, deadline in waits:
                     if now >= deadline:
-                        out.replies.append((ident, {"rid": rid, "ok": True, "done": False}))
+                        out.replies.append(
+                            (ident, {"rid": rid, "ok": True, "done": False, **self._why_waits(task_id)})
+                        )
                     else:
                         keep.append((ident, rid, deadline))
                         self._waiters_due = min(self._waiters_due, deadline)
@@ -813,6 +886,13 @@ class Daemon(ClientOps):
                     self._waiters[task_id] = keep
                 else:
                     del self._waiters[task_id]
+
+    def _why_waits(self, task_id):
+        """A task's state and why it has not ended (as `show` says it), for a wait that timed out."""
+        item = self.store.get_task(task_id)
+        if item is None:
+            return {}
+        return {"status": item["status"], "waiting": self._waiting_reason(item)}
 
     def _tick(self, now: float) -> None:
         """Once per heartbeat interval: dead workers, leases, retention."""
@@ -1094,8 +1174,8 @@ def _outcome(h: dict, worker_id: str) -> Outcome:
                        retry_in=retry_in)  # fmt: skip
     error = {
         "type": clean_text(error.get("type") or "Error", 255),
-        "message": clean_text(error.get("message") or "", 10_000),
-        "traceback": clean_text(error.get("traceback"), 100_000) or None,
+        "message": clean_text(error.get("message") or "", MAX_ERROR_MESSAGE),
+        "traceback": clean_tail(error.get("traceback"), MAX_TRACEBACK) or None,
     }
     return Outcome(
         task_id, attempt, worker_id, "failed", error=error, retry_in=retry_in, final=bool(h.get("final"))

@@ -104,12 +104,21 @@ def run_demo(n_tasks: int = 2000) -> int:
             )
         )
         for i in (1, 2):
+            # Its journal in the demo's directory, removed with it: never in the user's state folder.
             args = [sys.executable, "-c", WORKER_MAIN, "martinet.demo", "--worker-id", f"worker-{i}", "--concurrency", "4",
-                    "--worker-port", str(worker_port), "--status-port", str(status_port), "--log-level", "WARNING"]  # fmt: skip
+                    "--worker-port", str(worker_port), "--status-port", str(status_port), "--log-level", "WARNING",
+                    "--journal", str(tmp / f"worker-{i}.journal")]  # fmt: skip
             procs.append(subprocess.Popen(args, stdout=log, stderr=log))
         m = martinet.Martinet.connect(f"tcp://127.0.0.1:{client_port}", timeout=20)
-        m.ping()
         deadline = time.monotonic() + 20
+        while True:  # a client fails fast while nothing listens yet: ask until the daemon is up
+            try:
+                m.ping()
+                break
+            except martinet.DaemonUnavailable:
+                if time.monotonic() > deadline:
+                    raise MartinetError("the demo's daemon did not start within 20s") from None
+                time.sleep(0.05)
         while m.ping()["workers"] < 2:
             if time.monotonic() > deadline:
                 raise MartinetError("the demo's workers did not connect within 20s")

@@ -76,7 +76,14 @@ class TaskFailed(MartinetError):
 
 
 class WaitTimeout(MartinetError):
-    """`wait()` gave up before the task reached an end."""
+    """`wait()` gave up before the task reached an end. `status` is the task's state then
+    and `waiting` why it had not ended, as `show` says it ("no connected worker handles
+    'resize'"), when the daemon said so."""
+
+    def __init__(self, message: str, status: str | None = None, waiting: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.waiting = waiting
 
 
 class StepFailed(MartinetError):

@@ -22,6 +22,25 @@ journal); a power loss may lose the last few commits, which costs a handler
 run again, never a wrong result. The file is locked (``flock`` on
 ``PATH.lock``) so that two workers never share it.
 
+A journal belongs to one database. Every outcome is kept with the identity of
+the database its task came from (models.DatabaseIdentity, which the daemon
+gives in its welcome; not its epoch, which changes at each start), and is
+only ever sent to, or reported in a hello to, a daemon of that database:
+daemons sharing one database share its identity, so any of them may take it.
+Task ids and attempt numbers alone cannot tell databases apart (every
+database has a task 1, attempt 1), and fencing could not stop an outcome
+that was for another one. An outcome for another database is kept, not sent
+(the worker says so in its log, with this file's path) until the worker
+talks to a daemon of that database again. The default journals are kept per
+daemon address, so that the workers of two daemons on one host never even
+share a file.
+
+Format 1 journals (before identities) are upgraded in place; their outcomes
+do not say which database they were for, so they are kept and never sent
+(UNKNOWN): sent to a daemon of another database, they would end its tasks
+with results that are not theirs, whereas not sent, their tasks only run
+again when their leases expire (at-least-once allows it).
+
 This is worker-local state, hence the stdlib ``sqlite3`` and not peewee.
 """
 
@@ -36,16 +55,16 @@ from pathlib import Path
 
 from martinet.errors import JournalError
 
-FORMAT = "1"  # the journal's schema version, kept in its meta table
+FORMAT = "2"  # the journal's schema version, kept in its meta table; 2: outcomes keep their database
+UNKNOWN = ""  # the database of an outcome that does not say (format 1, or a daemon without identity)
 ACK_DELAY = 1.0  # seconds acknowledged outcomes may stay in the file: resent, they are harmless
 MAX_SLOTS = 1000  # default journals per host without --worker-id: far more workers than one host runs
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS outcome (
-    id INTEGER NOT NULL, attempt INTEGER NOT NULL, body BLOB NOT NULL, PRIMARY KEY (id, attempt)
-) WITHOUT ROWID;
-"""
+META = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+OUTCOME = """CREATE TABLE {name} (
+    database TEXT NOT NULL, id INTEGER NOT NULL, attempt INTEGER NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (database, id, attempt)
+) WITHOUT ROWID"""
 
 
 def state_dir() -> Path:
@@ -57,8 +76,12 @@ def state_dir() -> Path:
     return Path(base) / "martinet"
 
 
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:200]
+
+
 def _file_name(worker_id: str) -> str:
-    return "worker-" + re.sub(r"[^A-Za-z0-9._-]", "_", worker_id)[:200] + ".journal"
+    return "worker-" + _safe(worker_id) + ".journal"
 
 
 class Journal:
@@ -71,17 +94,19 @@ class Journal:
     def __init__(self, path: Path, lock_fd: int) -> None:
         self.path = path
         self._lock_fd = lock_fd
-        self._ended: list[tuple[int, int, bytes]] = []
-        self._acked: list[tuple[int, int]] = []
+        self._ended: list[tuple[str, int, int, bytes]] = []
+        self._acked: list[tuple[str, int, int]] = []
         self._acked_since = 0.0  # when the oldest buffered ack came
         try:
             self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
+            self._db.execute(META)
             found = self.meta("format")
             if found is None:
-                self._set_meta("format", FORMAT)
+                self._create()
+            elif found == "1":
+                self._upgrade_from_1()
             elif found != FORMAT:
                 raise JournalError(
                     f"journal {path} has format {found}, this martinet reads format {FORMAT}; "
@@ -93,6 +118,23 @@ class Journal:
                 f"journal {path} cannot be read ({exc}); move it aside (its results are then "
                 "lost, and their tasks run again), or start with another --journal"
             ) from None
+
+    def _create(self) -> None:
+        self._db.execute("BEGIN")
+        self._db.execute(OUTCOME.format(name="outcome"))
+        self._set_meta("format", FORMAT)
+        self._db.execute("COMMIT")
+
+    def _upgrade_from_1(self) -> None:
+        """Format 1 to 2, in one transaction: the outcomes it holds are for UNKNOWN."""
+        db = self._db
+        db.execute("BEGIN")
+        db.execute(OUTCOME.format(name="outcome_v2"))
+        db.execute("INSERT INTO outcome_v2 SELECT ?, id, attempt, body FROM outcome", (UNKNOWN,))
+        db.execute("DROP TABLE outcome")
+        db.execute("ALTER TABLE outcome_v2 RENAME TO outcome")
+        self._set_meta("format", FORMAT)
+        db.execute("COMMIT")
 
     # ---- opening ----------------------------------------------------------------
 
@@ -106,10 +148,12 @@ class Journal:
         return cls(path, lock_fd)
 
     @classmethod
-    def open_default(cls, worker_id: str | None) -> Journal:
-        """The default journal: state_dir()/worker-ID.journal for a named worker; without
-        a name, the first journal of this host that no running worker holds."""
-        directory = state_dir()
+    def open_default(cls, worker_id: str | None, daemon: str) -> Journal:
+        """The default journal, in a folder of the state directory for the daemon's
+        address `daemon` ("host:port", its worker port): worker-ID.journal for a named
+        worker; without a name, the first journal of this host there that no running
+        worker holds."""
+        directory = state_dir() / _safe(daemon.replace(":", "-"))
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # journals hold task arguments
         except OSError as exc:
@@ -155,22 +199,35 @@ class Journal:
     def is_empty(self) -> bool:
         return self._db.execute("SELECT 1 FROM outcome LIMIT 1").fetchone() is None
 
-    def recover(self) -> list[tuple[int, int, bytes]]:
-        """The outcomes a previous run left unacknowledged: (id, attempt, body)."""
-        rows = self._db.execute("SELECT id, attempt, body FROM outcome ORDER BY id").fetchall()
-        return [(i, a, bytes(b)) for i, a, b in rows]
+    def recover(self) -> list[tuple[str, int, int, bytes]]:
+        """The outcomes a previous run left unacknowledged: (database, id, attempt, body)."""
+        rows = self._db.execute("SELECT database, id, attempt, body FROM outcome ORDER BY database, id")
+        return [(d, i, a, bytes(b)) for d, i, a, b in rows.fetchall()]
+
+    def database(self) -> str | None:
+        """The identity of the database whose daemon last welcomed this journal's worker."""
+        return self.meta("database")
+
+    def tie(self, database: str) -> None:
+        """Note the database of the daemon that welcomed the worker (written at once)."""
+        if self.meta("database") == database:
+            return
+        try:
+            self._set_meta("database", database)
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot write the journal {self.path}: {exc}") from None
 
     # ---- buffered changes, written by commit() ----------------------------------
 
-    def ended(self, task_id: int, attempt: int, body: bytes) -> None:
-        """A handler ended with this outcome: commit before sending it."""
-        self._ended.append((task_id, attempt, body))
+    def ended(self, database: str, task_id: int, attempt: int, body: bytes) -> None:
+        """A handler ended with this outcome, for a task of `database`: commit before sending it."""
+        self._ended.append((database, task_id, attempt, body))
 
-    def acked(self, task_id: int, attempt: int, now: float) -> None:
+    def acked(self, database: str, task_id: int, attempt: int, now: float) -> None:
         """The daemon committed this outcome: it may go, with the next commit."""
         if not self._acked:
             self._acked_since = now
-        self._acked.append((task_id, attempt))
+        self._acked.append((database, task_id, attempt))
 
     def commit(self, now: float, force: bool = False) -> None:
         """Write the buffered outcomes, and the acks with them, in one transaction.
@@ -182,10 +239,13 @@ class Journal:
             db.execute("BEGIN")
             if self._ended:
                 db.executemany(
-                    "INSERT OR REPLACE INTO outcome (id, attempt, body) VALUES (?, ?, ?)", self._ended
+                    "INSERT OR REPLACE INTO outcome (database, id, attempt, body) VALUES (?, ?, ?, ?)",
+                    self._ended,
                 )
             if self._acked:
-                db.executemany("DELETE FROM outcome WHERE id = ? AND attempt = ?", self._acked)
+                db.executemany(
+                    "DELETE FROM outcome WHERE database = ? AND id = ? AND attempt = ?", self._acked
+                )
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             try:

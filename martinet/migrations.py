@@ -31,6 +31,7 @@ version 1 has the same columns and indexes as a new one.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -295,6 +296,29 @@ def _v11_events(db: peewee.Database, migrator: SchemaMigrator) -> None:
     )
 
 
+def _v12_database_identity(db: peewee.Database, migrator: SchemaMigrator) -> None:
+    """The database's identity (models.DatabaseIdentity): workers tie their journaled
+    outcomes to it. An existing database gets one now, once."""
+    _create_table(
+        db,
+        "database_identity",
+        database_id=peewee.CharField(max_length=64, primary_key=True),
+        created_at=peewee.DoubleField(),
+    )
+    if not db.execute_sql("SELECT 1 FROM database_identity").fetchone():
+        _new_identity(db)
+
+
+def _new_identity(db: peewee.Database) -> None:
+    """A new random identity, replacing any: a database created afresh over the remains of
+    another (its tables dropped) is another database to the workers' journals."""
+    db.execute_sql("DELETE FROM database_identity")
+    db.execute_sql(
+        f"INSERT INTO database_identity (database_id, created_at) VALUES ({db.param}, {db.param})",
+        (secrets.token_hex(16), time.time()),
+    )
+
+
 MIGRATIONS = (
     Migration(2, "MySQL: text columns are LONGTEXT", _v2_mysql_longtext),
     Migration(3, "schedules: until, count, misfire", _v3_schedule_limits),
@@ -306,6 +330,7 @@ MIGRATIONS = (
     Migration(9, "search indexes", _v9_search_indexes),
     Migration(10, "partial indexes", _v10_partial_indexes),
     Migration(11, "events", _v11_events),
+    Migration(12, "database identity", _v12_database_identity),
 )
 LATEST = MIGRATIONS[-1].version
 
@@ -333,6 +358,8 @@ def detect(db: peewee.Database) -> int | None:
         return 5
     if "queue_setting" not in tables or "task_limit" not in tables:
         return 6
+    if "database_identity" in tables:
+        return 12
     if "event" in tables:
         return 11
     if "task_ready" in indexes:
@@ -421,6 +448,7 @@ def upgrade(db: peewee.Database) -> tuple[int | None, int]:
             with db.bind_ctx(TABLES, bind_refs=False, bind_backrefs=False):  # this db, not the proxy's
                 db.create_tables(TABLES, safe=True)
             create_partial_indexes(db)
+            _new_identity(db)
             _stamp(db, LATEST, "created")
             return None, LATEST
         if not recorded:

@@ -35,6 +35,15 @@ event     append-only: what happened, for hooks, `martinet watch` and catch-up (
   row is never pruned, so no backend hands out an id twice (SQLite and older
   MySQL number a new row after the largest one left)
 
+database_identity  one row: this database's identity, a random id made when its schema
+  is created (or upgraded to have one), never changed after. The daemon gives it
+  to workers in WELCOME; a worker's journal keeps each outcome with it, so that an
+  outcome is never sent to a daemon of another database (journal.py). The epoch
+  changes at each start of a daemon: it is not the identity. Daemons sharing one
+  database share it (an outcome may go to any of them); a copy of the database
+  (a restored backup) has it too
+  database_id, created_at
+
 schedule  one row per recurring schedule
   id, request_id, key, name, username, description, args, queue, priority, max_attempts,
   kind (interval|cron), spec, timezone, until, remaining (runs left of a
@@ -239,4 +248,14 @@ class Event(BaseModel):
     body = TextField()
 
 
-TABLES = [Schedule, Task, Attempt, Dependency, QueueSetting, TaskLimit, Event]
+class DatabaseIdentity(BaseModel):
+    """This database's identity (one row): see the module docstring."""
+
+    database_id = CharField(max_length=64, primary_key=True)
+    created_at = DoubleField()
+
+    class Meta:
+        table_name = "database_identity"
+
+
+TABLES = [Schedule, Task, Attempt, Dependency, QueueSetting, TaskLimit, Event, DatabaseIdentity]

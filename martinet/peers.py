@@ -89,6 +89,9 @@ class Peers:
         self._by_seen: OrderedDict[str, Peer] = OrderedDict()  # the longest silent first
         self._beats: OrderedDict[str, float] = OrderedDict()  # when last sent a heartbeat, oldest first
         self._turn = 0  # rotates which kind is offered work first
+        # serves() answers, until a worker comes, goes or drops a name: a submit asks it for
+        # every task, and scanning five thousand workers each time would cost every call.
+        self._serves: dict[tuple[str, str | None], bool] = {}
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -108,6 +111,7 @@ class Peers:
     ) -> Peer:
         """Register (or re-register) a worker. A repeated hello starts it afresh."""
         self.remove(worker_id)
+        self._serves.clear()
         peer = Peer(worker_id, ident, set(names), max(0, capacity), now, queues=queues, threads=threads)
         self._by_id[worker_id] = peer
         self._by_ident[ident] = worker_id
@@ -133,6 +137,7 @@ class Peers:
     def remove(self, worker_id: str) -> Peer | None:
         peer = self._by_id.pop(worker_id, None)
         if peer is not None:
+            self._serves.clear()
             self._unindex(peer)
             self._by_ident.pop(peer.ident, None)
             self._by_seen.pop(worker_id, None)
@@ -150,6 +155,7 @@ class Peers:
     def drop_name(self, peer: Peer, name: str) -> None:
         """The worker cannot run `name` after all (it refused such a task)."""
         self._unindex(peer)
+        self._serves.clear()
         peer.names.discard(name)
         self._index(peer)
 
@@ -277,6 +283,18 @@ class Peers:
             for p in self._by_id.values()
             if name in p.names and (queue is None or p.queues is None or queue in p.queues)
         ]
+
+    def serves(self, name: str, queue: str | None = None) -> bool:
+        """Whether a connected worker runs `name` (and serves `queue`, when given)."""
+        known = self._serves.get((name, queue))
+        if known is None:
+            if len(self._serves) >= 10_000:  # many names submitted: memory stays bounded
+                self._serves.clear()
+            known = self._serves[(name, queue)] = any(
+                name in p.names and (queue is None or p.queues is None or queue in p.queues)
+                for p in self._by_id.values()
+            )
+        return known
 
     def _index(self, peer: Peer) -> None:
         """Put a worker with credit in its kind's line (at the back), once."""

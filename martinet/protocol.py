@@ -40,6 +40,15 @@ MAX_VALUE_DEPTH = 30
 # all count against): decode refuses a deeper frame before json.loads sees it, for one
 # a thousand levels deep made it raise RecursionError, which no caller expected.
 MAX_DEPTH = 64
+# A worker's outcome (a result, an error's traceback) or progress is bounded like a
+# task's args: the result's JSON by max_payload, the rest trimmed to fit (worker.py).
+
+
+def max_message(max_payload: int) -> int:
+    """The largest message the daemon's sockets take (ZMQ_MAXMSGSIZE): a task's args or
+    result of max_payload bytes, twice for escaping, and room for the rest. A larger one
+    is not delivered: ZeroMQ drops it and the connection that sent it."""
+    return max_payload * 2 + 65536
 
 
 class Cmd(IntEnum):
@@ -48,8 +57,8 @@ class Cmd(IntEnum):
     REPLY = 0x02  # daemon -> client: {"rid": ..., "ok": bool, ...}
     EVENT = 0x03  # daemon -> subscribed client: {"events": [event, ...]}, in id order
     # worker socket
-    HELLO = 0x10  # worker -> daemon: id, names, capacity, version, running
-    WELCOME = 0x11  # daemon -> worker: timings and epoch
+    HELLO = 0x10  # worker -> daemon: id, names, capacity, version, running, kept (items: their database)
+    WELCOME = 0x11  # daemon -> worker: timings, epoch, max_payload and max_message, database (its identity)
     TASK = 0x12  # daemon -> worker: {"tasks": [task, ...]}, leased to it in one turn (start_in: not before)
     HEARTBEAT = 0x13  # both ways; any message also counts as one
     REJECT = 0x14  # worker -> daemon: cannot run this task here

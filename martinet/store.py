@@ -97,6 +97,13 @@ from martinet.retry import RetryPolicy
 log = logging.getLogger(__name__)
 
 SCHEMES = ("sqlite", "postgres", "postgresql", "mysql", "mariadb")
+# The driver each server backend needs, and the extra that installs it.
+DRIVERS = {
+    "postgres": ("psycopg2", "postgres"),
+    "postgresql": ("psycopg2", "postgres"),
+    "mysql": ("pymysql", "mysql"),
+    "mariadb": ("pymysql", "mysql"),
+}
 # Column defaults live in the models (peewee sets them, not the database): raw inserts need them.
 TASK_DEFAULTS = {
     f.column_name: f.default
@@ -124,6 +131,7 @@ def open_database(url: str) -> peewee.Database:
             f"cannot use database URL {redact(url)}: martinet knows sqlite:///file.db, "
             f"postgresql://user@host/db and mysql://user@host/db"
         )
+    _require_driver(scheme)
     try:
         if scheme == "sqlite":
             path = url.split(":///", 1)[1] if ":///" in url else ""
@@ -162,10 +170,22 @@ def open_database(url: str) -> peewee.Database:
     except ValueError as exc:
         raise StoreError(f"cannot read database URL {redact(url)}: {exc}") from None
     except ImportError as exc:
-        raise StoreError(
-            f"the driver for {scheme} is not installed ({exc}); install martinet[postgres] or martinet[mysql]"
-        ) from None
+        raise StoreError(f"cannot open database {redact(url)}: {exc}") from None
     return db
+
+
+def _require_driver(scheme: str) -> None:
+    """StoreError naming the extra to install when the backend's driver is missing
+    (peewee itself only says 'driver not installed', and only once it connects)."""
+    if scheme not in DRIVERS:
+        return
+    module, extra = DRIVERS[scheme]
+    try:
+        __import__(module)
+    except ImportError:
+        raise StoreError(
+            f"the {scheme} driver ({module}) is not installed: pip install 'martinet[{extra}]'"
+        ) from None
 
 
 # Pages of write-ahead log after which a commit checkpoints it itself (SQLite's default
@@ -664,9 +684,9 @@ class Store:
         (the task queued, failed or stalled by its losses, not yet claimed again): it
         goes on running on this worker instead of twice, and the loss is undone: its
         attempt row is deleted and the task's error and reason cleared, so the attempt
-        ends once, with one row that says how.
-        A reaped task comes back running if it had started (by its row, or as the worker
-        says now), else leased; a task still held by this worker keeps its state. A task claimed again since is
+        ends once, with one row that says how. It comes back running if it had started
+        (by its row, or as the worker says now), else leased; a task still held by this
+        worker keeps its state (running if the worker says so). A task claimed again since is
         not, nor one running on another worker; nor is an attempt that ended otherwise
         than lost or interrupted (its worker's outcome committed, the ack lost; or timed
         out by the daemon), so an outcome sent again is fenced out instead of ending the
@@ -1639,6 +1659,18 @@ class Store:
 
     # ---- reads --------------------------------------------------------------
 
+    def database_id(self) -> str:
+        """This database's identity (models.DatabaseIdentity), made with its schema."""
+        row = self._exec(
+            "SELECT database_id FROM database_identity ORDER BY created_at, database_id LIMIT 1"
+        ).fetchone()
+        if row is None:  # only if someone deleted it by hand
+            raise StoreError(
+                "the database has no identity (table database_identity is empty); "
+                "restore its row, or start afresh on a new database"
+            )
+        return row[0]
+
     def find_key(self, key: str) -> tuple[str, int] | None:
         """The task holding `key` (else the newest with it), or the schedule with it."""
         task = Task.select(Task.id).where(Task.unique_key == key).first()
@@ -2046,7 +2078,7 @@ def schedule_info(row: Schedule) -> dict[str, Any]:
         "args": json.loads(row.args),
         "queue": row.queue,
         "priority": row.priority,
-        "every": row.spec if row.kind == "cron" else f"{float(row.spec):g} seconds",
+        "every": row.spec if row.kind == "cron" else when.format_interval(float(row.spec)),
         "recurrence": row.kind,
         "timezone": row.timezone,
         "until": iso(row.until),

@@ -17,6 +17,7 @@ from martinet.protocol import MAX_VALUE_DEPTH, deeper_than
 class Limits:
     max_payload: int = 1_048_576
     max_name_length: int = 200
+    min_interval: float = 1.0  # seconds: the shortest interval a schedule may have
 
 
 def check_name(name: Any, limits: Limits) -> str:
@@ -37,6 +38,42 @@ def clean_text(value: Any, max_len: int) -> str | None:
     if value is None:
         return None
     return str(value).replace("\x00", "")[:max_len]
+
+
+# What is kept of an error a handler raised: the daemon stores no more, the worker sends
+# no more (it cuts first, with a note, so that what is cut is said and a traceback keeps
+# its end, where the exception was raised).
+MAX_ERROR_MESSAGE = 10_000  # characters
+MAX_TRACEBACK = 100_000  # characters
+
+
+def cut_end(text: str, max_len: int) -> str:
+    """`text` in at most `max_len` characters, its start kept and a note of what was cut."""
+    if len(text) <= max_len:
+        return text
+    width = len(f" [... {len(text)} characters cut]")  # the note's length at most
+    kept = max(0, max_len - width)
+    return text[:kept] + f" [... {len(text) - kept} characters cut]"
+
+
+def keep_end(text: str, max_len: int) -> str:
+    """`text` in at most `max_len` characters, its end kept (a traceback's last lines
+    name the exception and where it was raised) below a line saying what was cut."""
+    if len(text) <= max_len:
+        return text
+    width = len(_CUT_START.format(len(text)))  # the note's length at most
+    kept = max(0, max_len - width)
+    return _CUT_START.format(len(text) - kept) + text[len(text) - kept :]
+
+
+_CUT_START = "[{} characters cut from the start of this traceback]\n"
+
+
+def clean_tail(value: Any, max_len: int) -> str | None:
+    """clean_text for a traceback: a longer one keeps its end (see keep_end)."""
+    if value is None:
+        return None
+    return keep_end(str(value).replace("\x00", ""), max_len)
 
 
 def is_worker_id(value: Any) -> bool:
@@ -177,7 +214,7 @@ def check_every(h: dict, limits: Limits, default_tz: str) -> tuple[dict[str, Any
     every = h.get("every")
     if not isinstance(every, (str, int, float)) or isinstance(every, bool):
         raise BadInput("every must be an interval like '30 minutes' or a cron expression")
-    recurrence = when.parse_every(every, tz)
+    recurrence = when.parse_every(every, tz, limits.min_interval)
     misfire = h.get("misfire") or "once"
     if misfire not in recurring.POLICIES:
         raise BadSchedule(f"misfire policy must be one of {', '.join(recurring.POLICIES)}, not {misfire!r}")

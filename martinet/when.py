@@ -13,14 +13,21 @@ forward: a time of day alone ("at 9am" said at 10am, "midnight", "noon") by a
 day, a weekday ("friday", "monday 9am" said on Monday at 10) by a week, a day
 without a year ("dec 25") by a year. Text with a relative part ("in 2 days",
 "tomorrow at 9am", "next monday", "tonight", "2 hours ago") or a year
-("2020-01-01") is returned as is, even in the past: the caller runs a past
-time now. Text naming no day ("march 2027") is refused rather than guessed.
+("2020-01-01") is returned as is, even in the past. Text naming no day
+("march 2027") is refused rather than guessed.
+
+Times in the past, one rule for every form: "yesterday", "2 hours ago",
+"in -5 minutes", a negative delay (-5, timedelta(seconds=-5)) and a past
+datetime are all returned as the past time they name, and a task due in the
+past runs now (the client warns: `warn_if_past`).
 
 `Cron` keeps the classic cron rule for DST: a job at a fixed hour whose time
 is skipped runs at the first instant after the gap, and one whose time happens
 twice runs once; a job whose hour field is `*` follows the clock (it skips the
 lost hour and repeats the doubled one). A sixth field is seconds, as in
-croniter.
+croniter (last, not first as in Quartz). Where a schedule is accepted,
+`parse_every(..., min_interval=...)` also refuses one that would fire more
+often than the minimum interval, and a seconds field of `*` (every second).
 """
 
 from __future__ import annotations
@@ -148,9 +155,9 @@ def parse_when(when: str | datetime | timedelta | int | float, now: datetime, tz
             return _place(when, zone)
         if isinstance(when, timedelta | int | float) and not isinstance(when, bool):
             seconds = when.total_seconds() if isinstance(when, timedelta) else float(when)
-            if not seconds >= 0:  # also refuses NaN
-                raise BadTime(f"a delay must be zero or more seconds, got {when!r}")
-            return now + timedelta(seconds=seconds)
+            if not math.isfinite(seconds):
+                raise BadTime(f"a delay must be a finite number of seconds, got {when!r}")
+            return now + timedelta(seconds=seconds)  # a negative one is in the past: it runs now
         if isinstance(when, str):
             return _parse_text(when, now, zone)
     except OverflowError:
@@ -169,9 +176,7 @@ def _parse_text(text: str, now: datetime, zone: ZoneInfo) -> datetime:
         return now
     duration = _duration_seconds(_DURATION_TEXT.fullmatch(low)["d"])  # type: ignore[index]
     if duration is not None:
-        if duration < 0:
-            raise BadTime(f"{text!r} is in the past")
-        return now + timedelta(seconds=duration)
+        return now + timedelta(seconds=duration)  # "in -5 minutes" is in the past: it runs now
     if _BARE_CALENDAR_DURATION.match(low):
         low = "in " + low  # "1 month" means from now, not ago
 
@@ -248,6 +253,22 @@ def parse_interval(spec: str | timedelta | int | float) -> timedelta:
             )
         raise BadSchedule(f"could not read {spec!r} as an interval ({_INTERVAL_HINT})")
     return _positive(seconds, spec)
+
+
+def format_interval(seconds: float) -> str:
+    """An interval as people write it, which parse_interval reads back: 1800 -> '30 minutes',
+    5400 -> '1 hour 30 minutes', 90061.5 -> '1 day 1 hour 1 minute 1.5 seconds'."""
+    parts = []
+    rest = round(float(seconds), 6)
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        count, rest = divmod(rest, size)
+        if count:
+            parts.append(f"{int(count)} {unit}{'' if count == 1 else 's'}")
+    rest = round(rest, 6)
+    if rest or not parts:
+        text = f"{rest:.6f}".rstrip("0").rstrip(".")  # never 1e-06, which it could not read back
+        parts.append(f"{text} second{'' if rest == 1 else 's'}")
+    return " ".join(parts)
 
 
 def _positive(seconds: float, spec: object) -> timedelta:
@@ -343,6 +364,7 @@ class Cron(Recurrence):
             if text not in _CRON_ALIASES:
                 raise BadSchedule(f"unknown cron alias {expr!r} (use one of {', '.join(_CRON_ALIASES)})")
         elif len(text.split()) not in (5, 6):
+            _reject_quartz(expr, text)
             raise BadSchedule(
                 f"could not read {expr!r} as a cron expression: it needs 5 fields"
                 " (minute hour day month weekday), or 6 with seconds last"
@@ -353,10 +375,15 @@ class Cron(Recurrence):
         try:
             it = croniter(text, datetime(2000, 1, 1, tzinfo=self.zone))
             self._every_hour = it.expanded[1] == ["*"]
+            # The seconds a 6-field expression fires at in a minute (one, 0, for 5 fields).
+            self.seconds: list[int] = sorted(it.expanded[5]) if len(it.expanded) > 5 else [0]
+            if self.seconds == ["*"]:
+                self.seconds = list(range(60))
             it.get_next(datetime)
         except CroniterBadDateError:
             raise BadSchedule(f"cron expression {expr!r} never fires") from None
         except (ValueError, KeyError, TypeError) as e:
+            _reject_quartz(expr, text)
             raise BadSchedule(f"could not read {expr!r} as a cron expression: {e}") from None
 
     def next_after(self, prev_due: datetime) -> datetime:
@@ -396,16 +423,94 @@ def _reject_max_step(expr: str, fields: list[str]) -> None:
                 )
 
 
+# What Quartz (Java) cron has and classic cron lacks: '?', a year field, and L/W/#
+# where croniter 7 does not take them (croniter's own message names none of this).
+_QUARTZ_MARK = re.compile(r"\?|\d[lw]\b|\bl[w-]|#")
+
+
+def _reject_quartz(expr: str, text: str) -> None:
+    """Refuse, in our words, a Quartz-style expression croniter cannot read: Quartz puts
+    seconds first (and may add a year), we take seconds last, as croniter does."""
+    fields = text.lower().split()
+    quartz_weekday = len(fields) == 6 and re.search(r"[a-z?]", fields[5])  # Quartz's sixth field
+    if not (_QUARTZ_MARK.search(text.lower()) or len(fields) == 7 or quartz_weekday):
+        return
+    hint = ""
+    if len(fields) in (6, 7) and re.fullmatch(r"\d+", fields[0]):
+        classic = [f.replace("?", "*") for f in fields[1:6]]
+        if fields[0] != "0":
+            classic.append(fields[0])
+        if not any(_QUARTZ_MARK.search(f) for f in classic):
+            hint = f"; here that is {' '.join(classic)!r}"
+    raise BadSchedule(
+        f"{expr!r} looks like a Quartz cron expression (seconds first, '?', a year, or L/W/#"
+        " where classic cron has none): martinet takes classic cron, 5 fields (minute hour"
+        f" day month weekday) or 6 with seconds last, '*' for 'any'{hint}"
+    )
+
+
+def check_frequency(recurrence: Recurrence, min_interval: float) -> None:
+    """Refuse a recurrence that would fire more often than every `min_interval` seconds,
+    and a cron whose seconds field is '*': every second of each matching minute is a
+    Quartz expression (seconds first) read in croniter's order far more often than a
+    schedule meant. Checked where schedules are accepted, not on stored ones."""
+    if isinstance(recurrence, Interval):
+        if recurrence.seconds < min_interval:
+            raise BadSchedule(
+                f"an interval of {_seconds_text(recurrence.seconds)} is shorter than the minimum,"
+                f" {_seconds_text(min_interval)} (the min_interval setting): each run is a task"
+                " stored in the database; use a loop in one task for anything faster"
+            )
+        return
+    if not isinstance(recurrence, Cron) or len(recurrence.seconds) < 2:
+        return
+    field = recurrence.spec.split()[5]
+    if len(recurrence.seconds) == 60:
+        raise BadSchedule(
+            f"cron expression {recurrence.spec!r} fires 60 times a minute: its sixth field,"
+            f" {field!r}, is seconds (croniter's order, seconds last). If it is a Quartz"
+            " expression (seconds first), drop its seconds field; for a run every few"
+            " seconds use an interval like '10 seconds'"
+        )
+    gap = min(b - a for a, b in zip(recurrence.seconds, recurrence.seconds[1:], strict=False))
+    if gap < min_interval:
+        raise BadSchedule(
+            f"cron expression {recurrence.spec!r} fires {len(recurrence.seconds)} times a minute,"
+            f" {gap} s apart (its seconds field {field!r}): that is more often than the minimum"
+            f" interval, {_seconds_text(min_interval)} (the min_interval setting)"
+        )
+
+
+def _seconds_text(seconds: float) -> str:
+    return f"{seconds:g} second" + ("" if seconds == 1 else "s")
+
+
 def _looks_like_cron(text: str) -> bool:
     fields = text.split()
     return text.startswith("@") or (len(fields) >= 3 and all(_CRON_FIELD.fullmatch(f) for f in fields[:2]))
 
 
-def parse_every(spec: str | timedelta | int | float, tz: str = "UTC") -> Recurrence:
-    """A recurrence: a cron expression (5 or 6 fields, or @alias) or an interval."""
+def parse_every(
+    spec: str | timedelta | int | float, tz: str = "UTC", min_interval: float | None = None
+) -> Recurrence:
+    """A recurrence: a cron expression (5 or 6 fields, or @alias) or an interval; with
+    `min_interval`, one that fires at most that often (check_frequency)."""
     if isinstance(spec, str) and _looks_like_cron(spec.strip()):
-        return Cron(spec, tz)
-    return Interval(parse_interval(spec).total_seconds())
+        recurrence: Recurrence = Cron(spec, tz)
+    else:
+        recurrence = Interval(parse_interval(spec).total_seconds())
+    if min_interval is not None:
+        check_frequency(recurrence, min_interval)
+    return recurrence
+
+
+def warn_if_past(due: datetime, now: datetime, what: str = "the time") -> None:
+    """Log a warning when `due` is over a second before `now`: what is due then runs now."""
+    late = (now - due).total_seconds()
+    if late > 1:
+        log.warning(
+            "%s (%s) is %s in the past: it runs now", what, due.isoformat(), _seconds_text(round(late))
+        )
 
 
 def recurrence_from_db(kind: str, spec: str, tz: str) -> Recurrence:

@@ -6,6 +6,11 @@ that wakes its poll). Outcomes wait in an outbox until the daemon acknowledges
 that it committed them, so a daemon restart loses none of them; with a journal
 (martinet/journal.py) the outbox is on disk too, written before it is sent, so
 a worker killed and started again loses none of them either.
+
+Every outcome is for the database its task came from (the identity the daemon's
+welcome gives): the outbox holds those of the database of the daemon the worker
+talks to, and only those are sent or said held in a hello; the others wait aside
+(`_parked`) until the worker talks to a daemon of their database again.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,9 +35,10 @@ import zmq
 from martinet import protocol
 from martinet.compose import check as check_compositions
 from martinet.errors import Fail, JournalError, ProtocolError, Release, Retry, TaskTimeout
-from martinet.journal import Journal
+from martinet.journal import UNKNOWN, Journal
 from martinet.protocol import MAX_VALUE_DEPTH, Cmd, deeper_than
 from martinet.registry import LIMITS, REGISTRY, check_limits, task  # noqa: F401 - martinet.worker.task still works
+from martinet.validate import MAX_ERROR_MESSAGE, MAX_TRACEBACK, cut_end, keep_end
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +71,9 @@ class TaskContext:
         self._deadline: float | None = None  # set when the handler starts: waiting in line is free
         self._start_at: float | None = None  # (monotonic) sent ahead of its due time: not before then
         self._abandon_at: float | None = None
+        self._finished = False  # its thread has its outcome: too late to abandon it
+        self._abandoned = False  # its thread was replaced: it must not rejoin the pool
+        self._database = UNKNOWN  # the identity of the database it came from (the daemon's welcome)
         self._started = False  # a thread took it (the daemon is told: STARTED); else it waits in line
 
     @property
@@ -82,7 +92,7 @@ class TaskContext:
                 "attempt": self.attempt,
                 "name": self.name,
                 "progress": value,
-                "message": None if message is None else str(message)[:1000],  # the daemon keeps 1000
+                "message": None if message is None else cut_end(str(message), MAX_PROGRESS_MESSAGE),
             },
         )
 
@@ -93,7 +103,17 @@ class _Pending:
 
     body: bytes
     sent_at: float = 0.0
+    database: str = UNKNOWN  # the identity of the database its task came from
 
+
+# What an outcome may weigh, until the daemon's welcome says (a daemon older than these
+# fields says nothing: its defaults). A result over max_payload fails its attempt; an
+# error is trimmed to fit (_fit_error); no outcome is sent that the daemon's sockets
+# would drop (ZeroMQ drops a message over max_message, and the connection with it).
+DEFAULT_MAX_PAYLOAD = 1_048_576
+MAX_PROGRESS_MESSAGE = 1000  # characters of a progress message (the daemon keeps 1000)
+ERROR_BYTES_MIN = 16_384  # an error may take this many bytes of JSON even when max_payload is less
+FRAME_ROOM = 1024  # bytes of a message beside its outcomes (the command, worker id, commas)
 
 BATCH_ITEMS = 500  # outcomes in one ENDED message at most
 # Default prefetch per thread. Short tasks need depth: each daemon commit then carries
@@ -151,7 +171,9 @@ class Worker:
         self._journal: Journal | None = None
         if o.journal:
             self._journal = (
-                Journal.open_default(o.worker_id) if o.journal is True else Journal.open(o.journal)
+                Journal.open_default(o.worker_id, f"{o.connect}:{o.worker_port}")
+                if o.journal is True
+                else Journal.open(o.journal)
             )
             try:  # a restarted worker is the same worker to the daemon: its leases are its own
                 self.worker_id = self._journal.claim_worker_id(o.worker_id, fresh_id)
@@ -167,14 +189,22 @@ class Worker:
         self._wake_lock = threading.Lock()
         self._wake_pending = False  # a byte is in the pipe: handlers need not write another
         self._running: dict[int, TaskContext] = {}
+        self._timed: dict[int, TaskContext] = {}  # those of _running with a time limit (some ended)
+        # Outcomes not acknowledged yet, for the database of the daemon we talk to; those
+        # for other databases wait aside, by (database, id, attempt), never sent to it.
         self._outbox: dict[tuple[int, int], _Pending] = {}
+        self._parked: dict[tuple[str, int, int], _Pending] = {}
+        self._parked_told: set[str] = set()  # databases whose waiting outcomes the log has named
+        self._database: str | None = None  # the identity of the daemon's database (its welcome)
         self._fault = os.environ.get("MARTINET_FAULT")
+        self._max_payload = DEFAULT_MAX_PAYLOAD  # read by handler threads; the welcome sets it
+        self._max_message = protocol.max_message(DEFAULT_MAX_PAYLOAD)
         # While the journal cannot be written: why, since when, when to try again. The
         # worker then takes no tasks (its outcomes could not be kept) and says so.
         self._journal_trouble: str | None = None
         self._journal_since = self._journal_retry_at = self._journal_logged_at = 0.0
         if self._journal is not None:
-            self._recover()
+            self._recover(self._journal)
         self._stopping = False
         self._stop_deadline = 0.0
         self._epoch: str | None = None
@@ -200,17 +230,36 @@ class Worker:
             self._stop_deadline = time.monotonic() + self.options.grace
         self._wake()
 
-    def _recover(self) -> None:
-        """Take over the outcomes a previous run of this worker left unacknowledged."""
-        for task_id, attempt, body in self._journal.recover():
-            self._outbox[(task_id, attempt)] = _Pending(body)
-        if self._outbox:
+    def _recover(self, journal: Journal) -> None:
+        """Take over the outcomes a previous run of this worker left unacknowledged: those
+        for the database of the daemon it talked to last go in the outbox (its hello says
+        it holds them; a daemon of another database does not take them, and its welcome
+        puts them aside), the others wait aside. Those whose database is not known (a
+        journal of an older martinet) are kept in the journal and never sent."""
+        last = journal.database()
+        unknown = 0
+        for database, task_id, attempt, body in journal.recover():
+            if database == UNKNOWN:
+                unknown += 1
+            elif database == last:
+                self._outbox[(task_id, attempt)] = _Pending(body, database=database)
+            else:
+                self._parked[(database, task_id, attempt)] = _Pending(body, database=database)
+        if self._outbox or self._parked:
             log.info(
-                "worker %s: journal %s holds %d unacknowledged outcome(s) from a previous run; sending them",
-                self.worker_id,
-                self._journal.path,
-                len(self._outbox),
-            )
+                "worker %s: journal %s holds %d unacknowledged outcome(s) from a previous run; "
+                "sending them to the daemon of their database",
+                self.worker_id, journal.path, len(self._outbox) + len(self._parked),
+            )  # fmt: skip
+        if unknown:
+            log.warning(
+                "worker %s: journal %s holds %d outcome(s) written by an older martinet, which does "
+                "not say which database they are for: they are kept there and never sent (sent to "
+                "a daemon of another database, they would end its tasks with results not theirs); "
+                "their tasks run again. Once no daemon waits for them, stop this worker and delete "
+                "the file to drop them",
+                self.worker_id, journal.path, unknown,
+            )  # fmt: skip
 
     # ---- the loop -------------------------------------------------------------
 
@@ -240,7 +289,7 @@ class Worker:
                     if self._running:
                         log.warning("grace period over; tasks %s go back to the queue", sorted(self._running))
                     break
-                timeout = max(0, min(self._next_heartbeat - now, 0.5))
+                timeout = self._poll_timeout(now)
                 ready = dict(self.poller.poll(int(timeout * 1000) + 1))
                 if self._wake_r in ready:
                     os.read(self._wake_r, 65536)
@@ -261,6 +310,20 @@ class Worker:
             for fd in (self._wake_r, self._wake_w):
                 os.close(fd)
             log.info("worker %s stopped", self.worker_id)
+
+    def _poll_timeout(self, now: float) -> float:
+        """Seconds the loop may wait for a message: until the next heartbeat or the next
+        time limit that comes due (a handler that starts wakes the loop to set its own),
+        so that a limit is enforced on time, not up to a poll late."""
+        due = self._next_heartbeat
+        for task_id, ctx in list(self._timed.items()):
+            if self._running.get(task_id) is not ctx:
+                del self._timed[task_id]  # ended: forgotten here lazily
+                continue
+            for at in (ctx._deadline, ctx._abandon_at):
+                if at is not None and at < due:
+                    due = at
+        return max(0.0, min(due - now, 0.5))
 
     def _close_journal(self) -> None:
         if self._journal is None:
@@ -310,6 +373,9 @@ class Worker:
             "version": protocol.VERSION,
             "starts": True,  # it says when a handler starts a task (STARTED)
             "running": self._held_list(),
+            # Outcomes kept for other databases: a daemon of one of them takes its own as
+            # held (readopted), the others are not its tasks. Older daemons ignore this key.
+            "kept": [{"id": i, "attempt": a, "database": d} for d, i, a in self._parked if d],
             "queues": None if self.options.queues is None else list(self.options.queues),
             "limits": {n: dict(lim) for n, lim in limits.items() if lim},
         }
@@ -318,10 +384,15 @@ class Worker:
         """What this worker holds, for the daemon to re-adopt: tasks running or waiting for a
         thread, and tasks whose outcome is not acknowledged yet (so that their attempt stays
         open for it, even if the daemon had given up on us)."""
-        held = {c.id: (c.attempt, c._started) for c in self._running.values()}
-        for task_id, attempt in self._outbox:
-            held.setdefault(task_id, (attempt, True))
-        return [{"id": i, "attempt": a, "started": started} for i, (a, started) in held.items()]
+        held = {c.id: (c.attempt, c._database, c._started) for c in self._running.values()}
+        for (task_id, attempt), pending in self._outbox.items():
+            held.setdefault(task_id, (attempt, pending.database, True))
+        # With their database: a daemon of another one does not take them as its tasks.
+        # "started": a handler took it (its start report may have been lost with the connection).
+        return [
+            {"id": i, "attempt": a, "started": started, **({"database": d} if d else {})}
+            for i, (a, d, started) in held.items()
+        ]
 
     def _send(self, sock: zmq.Socket, cmd: Cmd, header: dict) -> None:
         try:
@@ -352,6 +423,7 @@ class Worker:
                 self._on_welcome(h)
             elif cmd is Cmd.HELLO_AGAIN:
                 log.info("daemon asked worker %s to say hello again", self.worker_id)
+                self._welcomed = False  # perhaps another daemon: nothing is sent until its welcome
                 self._hello()
             elif cmd is Cmd.CANCEL:
                 ctx = self._running.get(h.get("id"))
@@ -368,8 +440,60 @@ class Worker:
         if self._epoch is not None and epoch != self._epoch:
             log.info("daemon restarted (epoch %s -> %s)", self._epoch, epoch)
         self._epoch = epoch
+        payload, message = h.get("max_payload"), h.get("max_message")
+        if isinstance(payload, int) and not isinstance(payload, bool) and payload >= 1:
+            self._max_payload = payload
+        if isinstance(message, int) and not isinstance(message, bool) and message > 2 * FRAME_ROOM:
+            self._max_message = message
+        else:
+            self._max_message = protocol.max_message(self._max_payload)
+        database = h.get("database")
+        database = database if isinstance(database, str) and database else None  # None: an older daemon
+        if self._database is not None and database != self._database:
+            log.info("the daemon's database is another one now (id %s -> %s)", self._database, database)
+        self._database = database
+        if database is not None and self._journal is not None:
+            try:
+                self._journal.tie(database)
+            except JournalError as exc:  # it only decides what the next start says first
+                log.debug("%s", exc)
         self._welcomed = True
+        self._sort_outbox(database or UNKNOWN)
         self._send_outcomes(list(self._outbox.values()))  # anything unacknowledged goes again
+
+    def _sort_outbox(self, database: str) -> None:
+        """Outcomes for `database` in the outbox, the others aside (those it takes back
+        were in the hello's `kept`: the daemon readopted them)."""
+        for (task_id, attempt), pending in list(self._outbox.items()):
+            if pending.database != database:
+                self._parked[(pending.database, task_id, attempt)] = self._outbox.pop((task_id, attempt))
+        back = [key for key in self._parked if key[0] == database] if database != UNKNOWN else []
+        for key in back:
+            self._outbox[key[1:]] = self._parked.pop(key)
+        if back:
+            log.info(
+                "worker %s: sending %d outcome(s) kept for this daemon's database (%s)",
+                self.worker_id, len(back), database,
+            )  # fmt: skip
+        self._tell_parked()
+
+    def _tell_parked(self) -> None:
+        """Say once for each database that outcomes for it wait aside: where, why, what to do."""
+        path = self._journal.path if self._journal is not None else None
+        where = f"in the journal {path}" if path else "in memory"
+        drop = (
+            f"stop this worker and delete {path} to drop them" if path else "they go when this worker stops"
+        )
+        for other, count in Counter(key[0] for key in self._parked).items():
+            if other not in self._parked_told:
+                self._parked_told.add(other)
+                log.warning(
+                    "worker %s: %d unacknowledged outcome(s) are for tasks of another database (id %s) "
+                    "than this daemon's (id %s): they are kept %s, not sent here, where tasks with the "
+                    "same ids are other tasks. They go to a daemon of that database when this worker "
+                    "talks to one again; if that database is gone, %s",
+                    self.worker_id, count, other or "unknown", self._database or "unknown", where, drop,
+                )  # fmt: skip
 
     def _on_task(self, h: dict) -> None:
         task_id, attempt, name = h.get("id"), h.get("attempt"), h.get("name")
@@ -390,12 +514,15 @@ class Worker:
             return
         timeout = h.get("timeout") if isinstance(h.get("timeout"), (int, float)) else None
         ctx = TaskContext(task_id, attempt, name, args, self._report, timeout)
+        ctx._database = self._database or UNKNOWN
         start_in = h.get("start_in")
         if isinstance(start_in, (int, float)) and start_in > 0:
             ctx._start_at = time.monotonic() + min(start_in, MAX_START_IN)
         if isinstance(h.get("parents"), dict):
             ctx.parents = {int(k): v for k, v in h["parents"].items() if str(k).isdigit()}
         self._running[task_id] = ctx
+        if timeout:
+            self._timed[ctx.id] = ctx
         log.debug("task %s %s attempt %s leased to %s", task_id, name, attempt, self.worker_id)
         self._jobs.put(ctx)
 
@@ -421,8 +548,9 @@ class Worker:
             acks = h.get("acks") if cmd is Cmd.ACK else None
             for ack in acks if isinstance(acks, list) else ():
                 if isinstance(ack, list) and len(ack) == 2:
-                    if self._outbox.pop((ack[0], ack[1]), None) is not None and self._journal is not None:
-                        self._journal.acked(ack[0], ack[1], now)
+                    pending = self._outbox.pop((ack[0], ack[1]), None)
+                    if pending is not None and self._journal is not None:
+                        self._journal.acked(pending.database, ack[0], ack[1], now)
 
     def _drain_events(self) -> None:
         """Progress goes out as it comes; the outcomes of one pass go in one ENDED message,
@@ -431,6 +559,7 @@ class Worker:
         its outcomes, in one turn: a thread that ended one task and took the next starts
         that one when the other ended, not before), else in one STARTED message."""
         ended = []
+        parked = False
         started: list[list[int]] = []
         while True:
             try:
@@ -441,7 +570,8 @@ class Worker:
             if ctx is None or ctx.attempt != header["attempt"]:
                 continue  # from a handler abandoned at its time limit: already reported
             if cmd is Cmd.STARTED:
-                started.append([ctx.id, ctx.attempt])
+                if ctx._database == (self._database or UNKNOWN):  # else its daemon is not this one
+                    started.append([ctx.id, ctx.attempt])
                 continue
             if cmd is Cmd.PROGRESS:
                 if started:  # in order: the daemon reads a start before the progress after it
@@ -451,37 +581,69 @@ class Worker:
                 self._send(self.ssock, cmd, header)
                 continue
             del self._running[ctx.id]
-            pending = _Pending(protocol.dumps({**header, "ok": cmd is Cmd.DONE}))
-            self._outbox[(header["id"], header["attempt"])] = pending
+            header["ok"] = cmd is Cmd.DONE
+            if ctx._database:  # the daemon of another database refuses it
+                header["database"] = ctx._database
+            pending = _Pending(protocol.dumps(header), database=ctx._database)
             if self._journal is not None:
-                self._journal.ended(ctx.id, ctx.attempt, pending.body)
+                self._journal.ended(ctx._database, ctx.id, ctx.attempt, pending.body)
+            if ctx._database != (self._database or UNKNOWN):  # its daemon was of another database
+                self._parked[(ctx._database, ctx.id, ctx.attempt)] = pending
+                parked = True
+                continue
+            self._outbox[(ctx.id, ctx.attempt)] = pending
             ended.append(pending)
-        if not ended:
-            if started:
-                self._send(self.ssock, Cmd.STARTED, {"worker_id": self.worker_id, "started": started})
+        if parked:
+            self._tell_parked()
+        if started and not ended:
+            self._send(self.ssock, Cmd.STARTED, {"worker_id": self.worker_id, "started": started})
+        if not ended and not parked:
             return
         if self._journal is not None and self._journal_trouble is None:
             self._commit_journal(time.monotonic())  # write-ahead: on disk before it leaves
+        if not ended:
+            return
         if self._fault == FAULT_EXIT_BEFORE_SEND:
             log.warning("MARTINET_FAULT=%s: exiting before sending %d outcome(s)", self._fault, len(ended))
             os._exit(FAULT_EXIT)
         self._send_outcomes(ended, started)
 
     def _send_outcomes(self, pendings: list[_Pending], started: list[list[int]] | None = None) -> None:
-        """Send outcomes in ENDED messages of bounded size; they stay in the outbox until acked.
-        The first message carries `started` (starts are not resent: see _held_list)."""
+        """Send outcomes in ENDED messages of bounded size, each within what the daemon's
+        sockets take; they stay in the outbox until acked. The first message carries
+        `started` (starts are not resent: see _held_list)."""
         now = time.monotonic()
+        budget = min(BATCH_BYTES, self._max_message - FRAME_ROOM)
         batch: list[bytes] = []
-        size = 0
+        size = len(protocol.dumps(started)) + 12 if started else 0  # ',"started":' and its list
         for pending in pendings:
-            if batch and (len(batch) >= BATCH_ITEMS or size + len(pending.body) > BATCH_BYTES):
+            if len(pending.body) > self._max_message - FRAME_ROOM:
+                self._too_large(pending)
+            if batch and (len(batch) >= BATCH_ITEMS or size + len(pending.body) > budget):
                 self._send_batch(batch, started)
                 batch, size, started = [], 0, None
             pending.sent_at = now
             batch.append(pending.body)
-            size += len(pending.body)
+            size += len(pending.body) + 1
         if batch:
             self._send_batch(batch, started)
+
+    def _too_large(self, pending: _Pending) -> None:
+        """An outcome no message to the daemon could carry (a journal's, written under a
+        larger limit, say): sent as the failure it is, never again as it was."""
+        size = len(pending.body)
+        outcome = json.loads(pending.body)
+        task_id, attempt = outcome["id"], outcome["attempt"]
+        error = {"type": "ValueError", "message": f"the outcome is {size} bytes as JSON, over the limit "
+                 f"of {self._max_message - FRAME_ROOM} of a message to the daemon (max_payload "
+                 f"{self._max_payload})"}  # fmt: skip
+        log.error("task %s attempt %s: %s; sent as a failure", task_id, attempt, error["message"])
+        failure = {"id": task_id, "attempt": attempt, "error": error, "ok": False}
+        if pending.database:  # still for its own database only
+            failure["database"] = pending.database
+        pending.body = protocol.dumps(failure)
+        if self._journal is not None:  # replaces it with the next commit
+            self._journal.ended(pending.database, task_id, attempt, pending.body)
 
     def _send_batch(self, bodies: list[bytes], started: list[list[int]] | None = None) -> None:
         header: dict = {"worker_id": self.worker_id}
@@ -507,7 +669,8 @@ class Worker:
             else:
                 self._hello()
             self._next_heartbeat = now + self._interval
-            self._send_outcomes([p for p in self._outbox.values() if now - p.sent_at > silence])
+            if self._welcomed:  # by a daemon of the outbox's database
+                self._send_outcomes([p for p in self._outbox.values() if now - p.sent_at > silence])
             if self._journal is not None and self._journal_trouble is None:
                 self._commit_journal(now)  # acks that found no outcome to ride along with
         if self._journal_trouble is not None and now >= self._journal_retry_at:
@@ -588,6 +751,10 @@ class Worker:
                     ctx.timeout,
                 )
             elif now >= ctx._abandon_at:
+                with ctx._lock:
+                    if ctx._finished:  # it returned meanwhile: its outcome is on its way
+                        continue
+                    ctx._abandoned = True  # its thread ends when the call returns (_pool_loop)
                 log.error(
                     "task %s attempt %s did not stop at its time limit; abandoning its thread",
                     ctx.id,
@@ -632,15 +799,26 @@ class Worker:
         self._threads.append(t)
 
     def _pool_loop(self) -> None:
-        while True:
-            try:
-                ctx = self._jobs.get()
-                cmd, header = self._execute(ctx)
-                self._report(cmd, header)
-            except TaskTimeout:
-                # The interruption landed just after the handler returned; the
-                # loop reports the timeout once the grace period is over.
-                continue
+        while self._pool_step(self._jobs.get()):
+            pass
+
+    def _pool_step(self, ctx: TaskContext) -> bool:
+        """Run one task and report its outcome; False when this thread must end."""
+        try:
+            cmd, header = self._execute(ctx)
+        except TaskTimeout:  # the interruption landed just after the handler returned
+            cmd, header = Cmd.FAILED, {"id": ctx.id, "attempt": ctx.attempt, "error": _timeout_error(ctx)}
+        if cmd is Cmd.FAILED:
+            header["error"] = _fit_error(header.get("error"), max(self._max_payload, ERROR_BYTES_MIN))
+        with ctx._lock:
+            if ctx._abandoned:
+                # Replaced at its time limit (its timeout reported): the thread that took
+                # its place serves the pool, so this one ends, and capacity stays as asked.
+                log.info("task %s attempt %s returned after it was abandoned", ctx.id, ctx.attempt)
+                return False
+            ctx._finished = True
+        self._report(cmd, header)
+        return True
 
     def _execute(self, ctx: TaskContext) -> tuple[Cmd, dict]:
         base = {"id": ctx.id, "attempt": ctx.attempt}
@@ -656,6 +834,8 @@ class Worker:
             with ctx._lock:
                 ctx._thread = threading.get_ident()
                 ctx._deadline = started + ctx.timeout if ctx.timeout else None
+            if ctx._deadline is not None:
+                self._wake()  # the loop times its wait by the deadlines (_poll_timeout)
             try:
                 result = self.handlers[ctx.name](ctx, **ctx.args)
             finally:
@@ -678,7 +858,7 @@ class Worker:
             log.info("task %s attempt %s raised %s: %s", ctx.id, ctx.attempt, type(exc).__name__, exc)
             return Cmd.FAILED, {**base, "error": _error(exc)}
         try:
-            text: str | None = json.dumps(result)
+            text: str | None = json.dumps(result, separators=(",", ":"))  # as the wire writes it
         except (TypeError, ValueError) as exc:
             error = {"type": "TypeError", "message": f"the handler's result cannot be stored as JSON: {exc}"}
             return Cmd.FAILED, {**base, "error": error, "final": True}
@@ -688,6 +868,12 @@ class Worker:
             error = {"type": "ValueError", "message": "the handler's result nests lists and dicts more than "
                      f"{MAX_VALUE_DEPTH} levels deep (the limit)"}  # fmt: skip
             return Cmd.FAILED, {**base, "error": error, "final": True}
+        if len(text) > self._max_payload:  # the daemon's limit on args, for results too
+            error = {"type": "ValueError", "message": f"the handler's result is {len(text)} bytes as JSON, "
+                     f"over the limit of {self._max_payload} (max_payload): store large data elsewhere "
+                     "and return where it is"}  # fmt: skip
+            log.info("task %s attempt %s failed: %s", ctx.id, ctx.attempt, error["message"])
+            return Cmd.FAILED, {**base, "error": error}
         log.info("task %s attempt %s succeeded in %.3fs", ctx.id, ctx.attempt, time.monotonic() - started)
         return Cmd.DONE, {**base, "result": result}
 
@@ -699,6 +885,28 @@ def _interrupt(thread_ident: int) -> None:
 
 def _timeout_error(ctx: TaskContext) -> dict:
     return {"type": "TaskTimeout", "message": f"the handler ran past its time limit of {ctx.timeout:g}s"}
+
+
+def _fit_error(error: Any, budget: int) -> dict:
+    """An error as sent: its message and traceback cut as the daemon would keep them, but
+    saying so, the traceback keeping its end; then cut further until its JSON takes at
+    most `budget` bytes (characters outside ASCII take up to 12 each)."""
+    error = dict(error) if isinstance(error, dict) else {}
+    if isinstance(error.get("type"), str):
+        error["type"] = cut_end(error["type"], 255)
+    if isinstance(error.get("message"), str):
+        error["message"] = cut_end(error["message"], MAX_ERROR_MESSAGE)
+    if isinstance(error.get("traceback"), str):
+        error["traceback"] = keep_end(error["traceback"], MAX_TRACEBACK)
+    while len(protocol.dumps(error)) > budget:
+        traceback_, message = error.get("traceback"), error.get("message")
+        if isinstance(traceback_, str) and len(traceback_) > 200:
+            error["traceback"] = keep_end(traceback_, len(traceback_) // 2)
+        elif isinstance(message, str) and len(message) > 200:
+            error["message"] = cut_end(message, len(message) // 2)
+        else:  # nothing long is left to cut: keep what says what it was
+            return {"type": str(error.get("type"))[:255], "message": str(message or "")[:200]}
+    return error
 
 
 def _error(exc: BaseException) -> dict:

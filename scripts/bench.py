@@ -128,7 +128,17 @@ class Rig:
             self.workers.append(subprocess.Popen(args, stdout=self.log, stderr=self.log, env=self.env))
 
     def client(self) -> martinet.Martinet:
-        return martinet.Martinet.connect(self.url, timeout=60)
+        """A client the daemon has answered (a fresh one fails fast while nothing listens)."""
+        m = martinet.Martinet.connect(self.url, timeout=60)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                m.ping()
+                return m
+            except martinet.DaemonUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def wait_ready(self, m: martinet.Martinet) -> None:
         deadline = time.monotonic() + 60

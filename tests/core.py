@@ -63,14 +63,6 @@ class Core:
         with self.store.atomic():
             self.daemon._timers(Outbox(), self.now)
 
-    def status(self, *messages: tuple[Cmd, dict]) -> Outbox:
-        """Messages on the status socket read in one turn (committed): what the turn would send."""
-        out = Outbox()
-        frames = [(b"status", protocol.encode(cmd, header)) for cmd, header in messages]
-        with self.store.atomic():
-            self.daemon._on_status_batch(frames, out, self.now)
-        return out
-
     def claimed_names(self) -> list[str]:
         return sorted(row["name"] for rows in self.claim().values() for row in rows)
 
@@ -82,3 +74,11 @@ class Core:
                 [(b"status", Outcome(task_id, attempt, worker, "succeeded"))], out, self.now
             )
         return self.store.get_task(task_id)
+
+    def status(self, *messages: tuple[Cmd, dict]) -> Outbox:
+        """Messages from workers' status sockets, read in one turn (committed)."""
+        out = Outbox()
+        msgs = [(b"status", protocol.encode(cmd, header)) for cmd, header in messages]
+        with self.store.atomic():
+            self.daemon._on_status_batch(msgs, out, self.now)
+        return out

@@ -31,6 +31,13 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def _answers(m: martinet.Martinet) -> bool:
+    try:
+        return bool(m.ping())
+    except martinet.DaemonUnavailable:
+        return False
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition"):
     """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -117,9 +124,9 @@ class Cluster:
         proc = Proc(args, self._log("daemon"), env)
         if wait:
             probe = martinet.Martinet.connect(self.url, timeout=START_TIMEOUT)
-            try:
-                probe.ping()
-            except martinet.DaemonUnavailable:
+            try:  # a fresh client fails fast while nothing listens on the port yet: ask again
+                wait_for(lambda: _answers(probe), timeout=START_TIMEOUT, what="the daemon to start")
+            except AssertionError:
                 raise AssertionError("daemon did not start:\n" + proc.log()) from None
             finally:
                 probe.close()

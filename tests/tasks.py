@@ -22,8 +22,28 @@ def echo(task, **args):
 def steps(task, n=3):
     for i in range(1, n + 1):
         task.progress(i / n, f"step {i} of {n}")
-        time.sleep(0.05)  # lets each progress report go out on its own
+        if i < n:
+            time.sleep(0.05)  # lets each progress report go out on its own; the last goes with the result
     return n
+
+
+@martinet.task("big")
+def big(task, size):
+    """Reports its progress, then returns a string of `size` characters."""
+    task.progress(1.0, "made it")
+    return "x" * size
+
+
+@martinet.task("overrun")
+def overrun(task, seconds=30.0):
+    """Busy past its time limit; returns how long it ran when the limit stopped it."""
+    start = time.monotonic()
+    try:
+        while time.monotonic() - start < seconds:
+            pass
+    except martinet.TaskTimeout:
+        return time.monotonic() - start
+    return None
 
 
 @martinet.task("boom")

@@ -174,6 +174,24 @@ def test_result_nested_too_deeply_fails_clearly_and_the_worker_goes_on(cluster):
     assert "malformed" not in cluster.daemon.log()  # the progress was no frame too deep to read
 
 
+def test_a_result_too_large_fails_clearly_after_its_progress_and_the_worker_goes_on(cluster):
+    cluster.start_daemon(env={"MARTINET_MAX_PAYLOAD": "100000"})
+    cluster.start_worker(concurrency=1)
+    m = cluster.client()
+    events, dead = [], threading.Event()
+    m.on("any", events.append, name="big")
+    m.on_dead(lambda e: dead.set(), name="big")
+    tid = m.execute({"name": "big", "max_attempts": 2, "retry_base": 0.01}, {"size": 200_000})
+    with pytest.raises(martinet.TaskFailed, match="result is 200002 bytes as JSON, over the limit of 100000"):
+        m.wait(tid, timeout=10)
+    info = m.show(tid)
+    assert (info["status"], len(info["attempts"])) == ("dead", 2)  # failed, then dead: no loop
+    assert "over the limit of 100000 (max_payload)" in info["attempts"][0]["error"]["message"]
+    assert dead.wait(5)
+    assert [e["event"] for e in events] == ["progress", "failed", "progress", "dead"]
+    assert m.wait(m.execute("big", {"size": 10}), timeout=10) == "x" * 10
+
+
 def test_progress_is_recorded_and_streamed_to_hooks(cluster):
     cluster.start_daemon()
     cluster.start_worker()

@@ -97,7 +97,7 @@ def test_cli_round_trip(cluster):
 
     created = ok("every", "2 hours", "echo", "--run-at", "in 1 hour", url=url)
     assert created.startswith("schedule s1 created; first run at")
-    assert "s1" in ok("schedules", url=url) and "7200 seconds" in ok("schedules", url=url)
+    assert "s1" in ok("schedules", url=url) and "2 hours" in ok("schedules", url=url)
     assert "next_due" in ok("show", "s1", url=url)
     assert ok("revoke", "s1", url=url).strip() == "s1: removed"
     assert ok("schedules", url=url).strip() == "no schedules"
@@ -131,7 +131,7 @@ def test_cli_failures_are_one_line(cluster):
         assert out.returncode == 1, (args, out.stdout)
         assert out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
     out = run("execute", "boom", "--max-attempts", "1", "--wait", url=url)
-    assert out.returncode == 1 and "ended dead: ValueError: kaboom" in out.stderr
+    assert out.returncode == 3 and "ended dead: ValueError: kaboom" in out.stderr  # EXIT_DEAD
 
 
 def test_cli_schedules(cluster):
@@ -152,7 +152,7 @@ def test_cli_schedules(cluster):
         == f"{sid}: updated"
     )
     listed = json.loads(ok("schedules", "list", "--json", url=url))
-    assert (listed[0]["every"], listed[0]["args"]) == ("1800 seconds", {"v": 2})
+    assert (listed[0]["every"], listed[0]["args"]) == ("30 minutes", {"v": 2})
     assert ok("schedules", "remove", sid, url=url).strip() == f"{sid}: removed"
     for args, message in (
         (["every", "1 hour", "echo", "--timezone", "Mars/Olympus"], "unknown time zone 'Mars/Olympus'"),

@@ -38,13 +38,14 @@ class ScriptedDaemon:
         refuse: set[str] = frozenset(),
         drop_first: int = 1,
         deep: set[str] = frozenset(),
+        port: int | None = None,
     ) -> None:
         self.drop, self.refuse, self.drop_first, self.deep = set(drop), set(refuse), drop_first, set(deep)
         self.seen: Counter[str] = Counter()
         self.copies: defaultdict[str, list[bytes]] = defaultdict(list)
         self.tasks: dict[str, int] = {}  # request_id -> id
         self.silent = threading.Event()
-        (port,) = free_ports(1)
+        (port,) = free_ports(1) if port is None else (port,)
         self.url = f"tcp://127.0.0.1:{port}"
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -306,3 +307,72 @@ def test_the_readmes_retry_pattern_makes_one_task_through_an_outage(scripted, mo
         back.cancel()
         martinet._default.close()
     assert tid == 1 and len(daemon.tasks) == 1 and len(daemon.seen) == 1
+
+
+# ---- a daemon on this host that is not there: fail fast, unless it may be restarting ----
+
+
+def test_a_local_daemon_that_is_not_there_fails_fast_not_at_the_timeout(monkeypatch):
+    monkeypatch.setattr(client_module, "REFUSED_FOR", 0.3)
+    (port,) = free_ports(1)
+    c = Client(f"tcp://127.0.0.1:{port}", timeout=10)
+    started = time.monotonic()
+    try:
+        with pytest.raises(DaemonUnavailable, match=f"nothing listens at tcp://127.0.0.1:{port}") as caught:
+            c.request("ping", {"rid": "r1"})
+    finally:
+        c.close()
+    assert 0.3 <= time.monotonic() - started < 2  # not 10
+    assert caught.value.request_id == "r1" and "connections to port" in str(caught.value)
+
+
+def test_a_daemon_starting_while_a_fresh_client_waits_is_waited_for(scripted, monkeypatch):
+    """Its port opens before REFUSED_FOR: the call waits for its answer as usual."""
+    monkeypatch.setattr(client_module, "REFUSED_FOR", 1.0)
+    (port,) = free_ports(1)
+    later = threading.Timer(0.3, lambda: scripted(port=port))
+    later.start()
+    c = Client(f"tcp://127.0.0.1:{port}", timeout=10)
+    try:
+        assert c.request("ping", {"rid": "r1"})["echo"] == "r1"
+    finally:
+        later.cancel()
+        later.join()
+        c.close()
+
+
+def test_a_daemon_that_answered_before_is_waited_for_through_a_restart(scripted, monkeypatch):
+    """Issue 22's promise: a daemon that restarts within the timeout gets the request, even
+    one down for longer than REFUSED_FOR when the call begins."""
+    monkeypatch.setattr(client_module, "REFUSED_FOR", 0.2)
+    monkeypatch.setattr(client_module, "FIRST_TRY", 0.1)
+    first = scripted()
+    c = Client(first.url, timeout=5)
+    try:
+        c.request("ping", {"rid": "r0"})
+        first.close()
+        port = int(first.url.rsplit(":", 1)[1])
+        back: list[ScriptedDaemon] = []
+        later = threading.Timer(0.6, lambda: back.append(scripted(port=port)))
+        later.start()
+        assert c.request("ping", {"rid": "r1"})["echo"] == "r1"
+        later.join()
+        assert back[0].seen["r1"] >= 1
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "local"),
+    [
+        ("tcp://127.0.0.1:8008", ("127.0.0.1", 8008)),
+        ("tcp://localhost:8008", ("localhost", 8008)),
+        ("tcp://127.0.0.2:9000", ("127.0.0.2", 9000)),
+        ("tcp://[::1]:8008", ("::1", 8008)),
+        ("tcp://10.1.2.3:8008", None),
+        ("tcp://daemon.example.com:8008", None),
+    ],
+)
+def test_only_a_daemon_on_this_host_is_looked_at(url, local):
+    """A remote daemon that does not answer is waited for its whole timeout."""
+    assert client_module._loopback_port(url) == local

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from martinet.config import Settings, load, read_env, read_file
+from martinet.config import Settings, load, read_env, read_file, worker_endpoint
 from martinet.errors import ConfigError
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "martinet.toml"
@@ -178,3 +178,103 @@ def test_the_shipped_config_file_sets_every_setting_to_its_default():
 def test_out_of_range_values_are_refused(flags, message):
     with pytest.raises(ConfigError, match=message):
         load(flags=flags, environ={})
+
+
+# ---- addresses: the client's URL and the worker's --connect ---------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("localhost:8008", "'localhost:8008' has no tcp:// in front; write 'tcp://localhost:8008'"),
+        ("tcp://localhost", "'tcp://localhost' has no port; write 'tcp://localhost:8008'"),
+        ("tcp://localhost:0", "bad port '0' (1 to 65535)"),
+        ("tcp://localhost:80800", "bad port '80800' (1 to 65535)"),
+        ("tcp://localhost:port", "bad port 'port'"),
+        ("http://localhost:8008", "cannot read 'http://localhost:8008' as an address"),
+        ("tcp://my host:8008", "cannot read"),
+        ("", "cannot read"),
+    ],
+)
+def test_a_bad_url_is_refused_when_given(url, message):
+    with pytest.raises(ConfigError, match="setting 'url'") as info:
+        load(flags={"url": url}, environ={})
+    assert message in str(info.value)
+
+
+def test_configure_checks_the_url_at_once(monkeypatch):
+    import martinet
+
+    monkeypatch.setattr(martinet, "_default", None)
+    with pytest.raises(ConfigError, match="no tcp:// in front"):
+        martinet.configure(url="localhost:8008")
+    with pytest.raises(ConfigError, match="has no port"):
+        martinet.Martinet.connect("tcp://127.0.0.1")
+    assert martinet._default is None
+
+
+@pytest.mark.parametrize("url", ["tcp://127.0.0.1:8008", "tcp://daemon.example.com:9000", "tcp://[::1]:8008"])
+def test_good_urls_pass(url):
+    assert load(flags={"url": url}, environ={}).url == url
+
+
+@pytest.mark.parametrize(
+    ("connect", "flags", "endpoint"),
+    [
+        ("10.0.0.5", {}, ("10.0.0.5", 8009, 18009)),
+        ("tcp://10.0.0.5", {}, ("10.0.0.5", 8009, 18009)),
+        ("tcp://10.0.0.5:8009", {}, ("10.0.0.5", 8009, 18009)),
+        ("tcp://10.0.0.5:9009", {}, ("10.0.0.5", 9009, 19009)),  # the default distance, 10000
+        ("10.0.0.5:9009", {"status_port": 7000}, ("10.0.0.5", 9009, 7000)),
+        ("tcp://10.0.0.5:9009", {"worker_port": 9009}, ("10.0.0.5", 9009, 19009)),
+        ("10.0.0.5", {"worker_port": 9009, "status_port": 7000}, ("10.0.0.5", 9009, 7000)),
+    ],
+)
+def test_the_worker_connects_to_a_host_or_a_url_of_its_worker_port(connect, flags, endpoint):
+    assert worker_endpoint(load(flags={"connect": connect, **flags}, environ={})) == endpoint
+
+
+@pytest.mark.parametrize(
+    ("connect", "flags", "message"),
+    [
+        ("tcp://10.0.0.5:8008", {}, "port 8008 is the daemon's client port"),
+        ("tcp://10.0.0.5:9009", {"worker_port": 9100}, "give one of them"),
+        ("tcp://10.0.0.5:60000", {}, "give the status port too"),
+        ("tcp://10.0.0.5:x", {}, "bad port 'x'"),
+        ("udp://10.0.0.5:8009", {}, "cannot read"),
+    ],
+)
+def test_a_bad_worker_address_says_why(connect, flags, message):
+    with pytest.raises(ConfigError, match="setting 'connect'") as info:
+        load(flags={"connect": connect, **flags}, environ={})
+    assert message in str(info.value)
+
+
+def test_martinet_worker_takes_a_url_and_a_bad_one_is_one_line(monkeypatch, capsys):
+    from martinet import cli, worker
+
+    made = []
+
+    class FakeWorker:
+        handlers = {"x": None}
+
+        def __init__(self, options):
+            made.append(options)
+
+        def run(self):
+            import zmq
+
+            raise zmq.ZMQError(22)
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(worker, "Worker", FakeWorker)
+    monkeypatch.setattr(cli.signal, "signal", lambda *_: None)  # keep pytest's handlers
+    assert cli.worker_main(["tests.tasks", "--connect", "tcp://127.0.0.1:9009", "--log-level", "ERROR"]) == 1
+    assert [(o.connect, o.worker_port, o.status_port) for o in made] == [("127.0.0.1", 9009, 19009)]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "martinet-worker: error: cannot connect to 127.0.0.1" in err
+    assert cli.worker_main(["tests.tasks", "--connect", "tcp://127.0.0.1:8008"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "client port" in err and "Traceback" not in err

@@ -215,11 +215,11 @@ def fill_journal(w: Worker, room: bool = False) -> None:
     pages = db.execute("PRAGMA page_count").fetchone()[0]
     db.execute(f"PRAGMA max_page_count = {1 << 30 if room else pages}")
     if not room:
-        w._journal.ended(0, 1, b"x" * 100_000)  # an outcome that needs pages it cannot have
+        w._journal.ended("", 0, 1, b"x" * 100_000)  # an outcome that needs pages it cannot have
 
 
 def journaled(w: Worker) -> list[int]:
-    return [task_id for task_id, _attempt, _body in w._journal.recover()]
+    return [task_id for _database, task_id, _attempt, _body in w._journal.recover()]
 
 
 def test_a_worker_that_cannot_journal_takes_no_tasks_until_it_can(worker, caplog):
@@ -278,7 +278,7 @@ def test_an_outcome_acked_before_the_journal_came_back_is_not_kept(worker):
     assert w._journal_trouble is not None
     # The daemon committed and acked it while the journal could not be written
     w._outbox.pop((7, 1))
-    w._journal.acked(7, 1, w._journal_retry_at)
+    w._journal.acked("", 7, 1, w._journal_retry_at)
     fill_journal(w, room=True)
     w._timers(w._journal_retry_at)
     assert w._journal_trouble is None and journaled(w) == [0]

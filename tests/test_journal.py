@@ -3,17 +3,22 @@ handler that finished is not run again because its result died with it."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sqlite3
+import tempfile
 
 import pytest
 
-from martinet import cli
-from martinet.errors import JournalError
-from martinet.journal import ACK_DELAY, Journal
-from martinet.worker import FAULT_EXIT, FAULT_EXIT_BEFORE_SEND
-from tests.harness import wait_for
+from martinet import cli, demo, protocol
+from martinet.daemon import Outbox
+from martinet.errors import JournalError, TaskFailed
+from martinet.journal import ACK_DELAY, FORMAT, UNKNOWN, Journal
+from martinet.protocol import Cmd
+from martinet.worker import FAULT_EXIT, FAULT_EXIT_BEFORE_SEND, Worker
+from tests.core import Core
+from tests.harness import START_TIMEOUT, Cluster, wait_for
 
 
 def runs(marker) -> list[str]:
@@ -109,8 +114,59 @@ def test_without_a_worker_id_a_restarted_worker_takes_up_the_journal_and_id_it_l
     cluster.start_worker(wait=False)  # same host, the first free default journal: the dead worker's
     assert m.wait(tid, timeout=15) == "slept"
     assert runs(marker) == [f"{tid}:1"]
-    journals = sorted(p.name for p in (tmp_path / "state").glob("*.journal"))
+    journals = sorted(
+        p.name for p in (tmp_path / "state" / f"127.0.0.1-{cluster.worker_port}").glob("*.journal")
+    )
     assert journals == [f"worker-{socket.gethostname()}-1.journal"]
+
+
+def test_an_outcome_for_one_daemons_database_never_ends_the_same_task_id_of_another(tmp_path):
+    """Two daemons on two databases; a worker's journal holds an outcome for the first's task
+    1 when it is pointed at the second, whose own task 1 attempt 1 runs on that worker id."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = Cluster(tmp_path / "a", f"sqlite:///{tmp_path / 'a.db'}")
+    b = Cluster(tmp_path / "b", f"sqlite:///{tmp_path / 'b.db'}")
+    try:
+        a.start_daemon(wait=False)
+        b.start_daemon()
+        ma, mb = a.client(timeout=START_TIMEOUT), b.client()
+        ma.ping()
+        journal = tmp_path / "w1.journal"
+        # Given B's task 1 running (attempt 1) on worker w1, which dies
+        worker = b.start_worker(worker_id="w1", extra=["--no-journal"])
+        marker = tmp_path / "b-runs"
+        b1 = mb.execute({"name": "sleepy", "retry_base": 600}, {"seconds": 30, "marker": str(marker)})
+        wait_for(lambda: runs(marker), what="B's task 1 to start")
+        worker.kill9()
+        # And A's task 1, whose outcome w1 journaled (a result that cannot be stored: it ends
+        # the task dead) and died before sending
+        worker = a.start_worker(
+            worker_id="w1", extra=["--journal", str(journal)], env={"MARTINET_FAULT": FAULT_EXIT_BEFORE_SEND}
+        )
+        a1 = ma.execute({"name": "not_json", "retry_base": 600})
+        assert worker.popen.wait(15) == FAULT_EXIT and (a1, b1) == (1, 1)
+        # When w1 starts again on that journal, pointed at B
+        worker = b.start_worker(worker_id="w1", extra=["--journal", str(journal)], wait=False)
+        # Then B's task 1 is not ended by A's outcome: its attempt is lost (its worker came back
+        # without it), and it waits for its retry
+        wait_for(lambda: mb.get(b1)["status"] == "failed", what="B's task 1 to be lost")
+        assert [(x["attempt"], x["outcome"]) for x in mb.show(b1)["attempts"]] == [(1, "lost")]
+        # And the worker's log says why, where the outcome is and what to do; it is still there
+        wait_for(lambda: "are for tasks of another database" in worker.log(), what="the log to say why")
+        assert f"kept in the journal {journal}" in worker.log()
+        assert mb.get(b1)["status"] == "failed" and journal_rows(journal, "outcome") == 1
+        # When w1 is pointed back at A: the outcome goes to A's task 1
+        assert worker.stop() == 0
+        a.start_worker(worker_id="w1", extra=["--journal", str(journal)], wait=False)
+        with pytest.raises(TaskFailed, match="cannot be stored as JSON"):
+            ma.wait(a1, timeout=15)
+        wait_for(
+            lambda: journal_rows(journal, "outcome") == 0, timeout=10, what="the ack to clear the journal"
+        )
+    finally:
+        a.shutdown()
+        b.shutdown()
 
 
 # ---- refusals: in process, before the worker connects ------------------------------------------
@@ -147,34 +203,34 @@ def test_outcomes_are_committed_at_once_and_acks_ride_along_later(tmp_path):
     path = tmp_path / "j"
     j = Journal.open(path)
     assert j.claim_worker_id(None, "fresh-1") == "fresh-1"
-    j.ended(1, 1, b'{"id": 1}')
-    j.ended(2, 1, b'{"id": 2}')
+    j.ended("A", 1, 1, b'{"id": 1}')
+    j.ended("A", 2, 1, b'{"id": 2}')
     j.commit(0.0)  # one transaction for the pass
     assert journal_rows(path, "outcome") == 2
-    j.acked(1, 1, 10.0)
+    j.acked("A", 1, 1, 10.0)
     j.commit(10.5)  # an ack alone waits...
     assert journal_rows(path, "outcome") == 2
-    j.ended(3, 2, b'{"id": 3}')
+    j.ended("A", 3, 2, b'{"id": 3}')
     j.commit(10.6)  # ...for the next outcome to ride along with
     assert journal_rows(path, "outcome") == 2
-    j.acked(2, 1, 11.0)
+    j.acked("A", 2, 1, 11.0)
     j.commit(11.0 + ACK_DELAY)  # or for ACK_DELAY
     assert journal_rows(path, "outcome") == 1
-    j.acked(3, 2, 20.0)
+    j.acked("A", 3, 2, 20.0)
     j.close()  # closing writes what is buffered
     j = Journal.open(path)
     assert j.claim_worker_id(None, "fresh-2") == "fresh-1"  # a restart keeps its worker id
     assert j.recover() == [] and j.is_empty()
-    j.ended(4, 1, b'{"id": 4}')
+    j.ended("A", 4, 1, b'{"id": 4}')
     j.commit(0.0)
     j.close()
     j = Journal.open(path)
-    assert j.recover() == [(4, 1, b'{"id": 4}')]
+    assert j.recover() == [("A", 4, 1, b'{"id": 4}')]
     with pytest.raises(
         JournalError, match="holds results of worker 'fresh-1'; start it with --worker-id fresh-1"
     ):
         j.claim_worker_id("other", "fresh-3")
-    j.acked(4, 1, 0.0)
+    j.acked("A", 4, 1, 0.0)
     j.commit(0.0, force=True)
     assert j.claim_worker_id("other", "fresh-3") == "other"  # empty: free to take another id
     j.close()
@@ -183,20 +239,227 @@ def test_outcomes_are_committed_at_once_and_acks_ride_along_later(tmp_path):
 def test_default_journals_live_in_the_state_directory_one_per_worker(tmp_path, monkeypatch):
     monkeypatch.setenv("MARTINET_STATE_DIR", str(tmp_path / "state"))
     host = socket.gethostname()
-    named = Journal.open_default("images/1")
-    first, second = Journal.open_default(None), Journal.open_default(None)
+    here = tmp_path / "state" / "127.0.0.1-8009"  # a folder for each daemon address
+    named = Journal.open_default("images/1", "127.0.0.1:8009")
+    first, second = Journal.open_default(None, "127.0.0.1:8009"), Journal.open_default(None, "127.0.0.1:8009")
+    other = Journal.open_default(None, "127.0.0.1:9009")  # another daemon's workers: other files
     try:
-        assert named.path == tmp_path / "state" / "worker-images_1.journal"
-        assert (first.path.name, second.path.name) == (f"worker-{host}-1.journal", f"worker-{host}-2.journal")
+        assert named.path == here / "worker-images_1.journal"
+        assert (first.path, second.path) == (
+            here / f"worker-{host}-1.journal",
+            here / f"worker-{host}-2.journal",
+        )
+        assert other.path == tmp_path / "state" / "127.0.0.1-9009" / f"worker-{host}-1.journal"
         with pytest.raises(
             JournalError, match=r"worker-images_1.journal is in use by another worker \(pid \d+\)"
         ):
-            Journal.open_default("images/1")
+            Journal.open_default("images/1", "127.0.0.1:8009")
     finally:
-        for j in (named, first, second):
+        for j in (named, first, second, other):
             j.close()
     monkeypatch.delenv("MARTINET_STATE_DIR")
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
-    j = Journal.open_default(None)
-    assert j.path == tmp_path / "xdg" / "martinet" / f"worker-{host}-1.journal"
+    j = Journal.open_default(None, "localhost:8009")
+    assert j.path == tmp_path / "xdg" / "martinet" / "localhost-8009" / f"worker-{host}-1.journal"
     j.close()
+
+
+# ---- one journal, one database: outcomes never go to a daemon of another --------------------
+
+
+def test_the_journal_keeps_each_outcome_with_its_database(tmp_path):
+    j = Journal.open(tmp_path / "j")
+    assert j.database() is None  # a new journal: no daemon welcomed its worker yet
+    j.tie("A")
+    j.ended("A", 1, 1, b"a")
+    j.ended("B", 1, 1, b"b")  # the same task id and attempt, another database's: another outcome
+    j.commit(0.0)
+    j.acked("B", 1, 1, 0.0)
+    j.commit(0.0, force=True)
+    j.tie("B")
+    j.close()
+    j = Journal.open(tmp_path / "j")
+    assert j.recover() == [("A", 1, 1, b"a")] and j.database() == "B"
+    j.close()
+
+
+def test_a_format_1_journal_is_upgraded_and_its_outcomes_are_for_no_known_database(tmp_path):
+    # Given a journal written by the martinet before databases had an identity
+    path = tmp_path / "old.journal"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "CREATE TABLE outcome (id INTEGER NOT NULL, attempt INTEGER NOT NULL, body BLOB NOT NULL,"
+        " PRIMARY KEY (id, attempt)) WITHOUT ROWID;"
+        "INSERT INTO meta VALUES ('format', '1'), ('worker_id', 'w-old');"
+        "INSERT INTO outcome VALUES (1, 1, X'7B7D');"
+    )
+    db.commit()
+    db.close()
+    # When it is opened: its worker id holds, its outcome is kept as for an UNKNOWN database
+    j = Journal.open(path)
+    assert j.meta("format") == FORMAT and j.claim_worker_id(None, "fresh") == "w-old"
+    assert j.recover() == [(UNKNOWN, 1, 1, b"{}")] and j.database() is None
+    j.close()
+
+
+class FakeSocket:
+    def __init__(self) -> None:
+        self.sent: list[tuple[Cmd, dict]] = []
+
+    def send_multipart(self, frames, flags=0) -> None:
+        self.sent.append(protocol.decode(frames))
+
+    def close(self, linger=None) -> None:
+        pass
+
+    def take(self, cmd: Cmd) -> list[dict]:
+        found = [h for c, h in self.sent if c is cmd]
+        self.sent = [(c, h) for c, h in self.sent if c is not cmd]
+        return found
+
+
+def boom(task):
+    raise RuntimeError("kaboom")
+
+
+def start_worker(path) -> Worker:
+    """A worker on journal `path` whose sockets the test reads; it runs what the test says."""
+    w = Worker(handlers={"boom": boom}, journal=path, worker_id="w1")
+    w.wsock, w.ssock = FakeSocket(), FakeSocket()
+    w._last_heard = w._next_heartbeat = 1e12  # no heartbeats or reconnects
+    return w
+
+
+def welcome(w: Worker, database: str | None) -> None:
+    w._on_welcome({"epoch": "e", "heartbeat_interval": 1.0, "liveness": 3, "database": database})
+
+
+def ended(w: Worker) -> list[tuple[int, int, str]]:
+    return [
+        (e["id"], e["attempt"], e["error"]["message"]) for m in w.ssock.take(Cmd.ENDED) for e in m["ended"]
+    ]
+
+
+def test_a_worker_sends_an_outcome_only_to_a_daemon_of_its_database(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="martinet.worker")
+    path = tmp_path / "w1.journal"
+    # Given a worker of database A whose task 1 failed, killed before A acknowledged the outcome
+    w = start_worker(path)
+    welcome(w, "A")
+    w._on_task({"id": 1, "attempt": 1, "name": "boom", "args": {}})
+    w._report(*w._execute(w._jobs.get_nowait()))
+    w._drain_events()
+    assert [m["ended"][0]["database"] for m in w.ssock.take(Cmd.ENDED)] == ["A"]  # marked: B refuses it
+    w._journal.close()
+    # When it starts again on its journal: its hello says it holds it, for A
+    w = start_worker(path)
+    assert w._hello_header()["running"] == [{"id": 1, "attempt": 1, "database": "A"}]
+    # When the daemon that welcomes it is of database B
+    welcome(w, "B")
+    # Then the outcome is not sent, and no later hello says it holds it for B (only kept for A)
+    assert ended(w) == []
+    assert w._hello_header()["running"] == []
+    assert w._hello_header()["kept"] == [{"id": 1, "attempt": 1, "database": "A"}]
+    # And the log says why, where it is and what to do, once
+    told = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert told == [
+        "worker w1: 1 unacknowledged outcome(s) are for tasks of another database (id A) than this "
+        f"daemon's (id B): they are kept in the journal {path}, not sent here, where tasks with the same "
+        "ids are other tasks. They go to a daemon of that database when this worker talks to one again; "
+        f"if that database is gone, stop this worker and delete {path} to drop them"
+    ]
+    # And B's own task 1 attempt 1 gets its own outcome, beside A's in the journal
+    w._on_task({"id": 1, "attempt": 1, "name": "boom", "args": {}})
+    w._report(*w._execute(w._jobs.get_nowait()))
+    w._drain_events()
+    assert ended(w) == [(1, 1, "kaboom")]
+    assert sorted(d for d, *_ in w._journal.recover()) == ["A", "B"]
+    w._outbox.pop((1, 1))
+    w._journal.acked("B", 1, 1, 0.0)
+    w._journal.commit(0.0, force=True)
+    welcome(w, "B")  # a daemon of B again: still nothing of A's, said once only
+    assert ended(w) == [] and len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+    # When a daemon of A welcomes it: the outcome goes to it
+    welcome(w, "A")
+    assert ended(w) == [(1, 1, "kaboom")]
+    w._journal.close()
+
+
+def test_an_older_daemon_gets_no_outcome_of_a_known_database(tmp_path):
+    path = tmp_path / "w1.journal"
+    w = start_worker(path)
+    welcome(w, "A")
+    w._on_task({"id": 1, "attempt": 1, "name": "boom", "args": {}})
+    w._report(*w._execute(w._jobs.get_nowait()))
+    w._drain_events()
+    w.ssock.take(Cmd.ENDED)
+    welcome(w, None)  # a daemon that does not say its database: it may be any
+    assert ended(w) == [] and w._hello_header()["running"] == []
+    w._journal.close()
+
+
+def test_a_daemon_takes_no_held_attempt_or_outcome_marked_for_another_database(db_url, caplog):
+    core = Core(db_url)
+    d, sent = core.daemon, []
+    d._send = lambda sock, ident, cmd, header: sent.append((cmd, header)) or True
+    try:
+        me = d.database_id
+        # Given task 1 of this database running on w1, attempt 1
+        tid = core.submit("boom")
+        core.hello("w1", ["boom"])
+        assert [r["id"] for r in core.claim()["w1"]] == [tid]
+        assert [h["database"] for c, h in sent if c is Cmd.WELCOME] == [me]  # the welcome says which
+
+        def hello(ident: bytes, running=(), kept=()) -> None:
+            header = {"worker_id": "w1", "names": ["boom"], "capacity": 4, "running": running, "kept": kept}
+            with core.store.atomic():
+                d._on_hello(ident, header, core.now)
+
+        def ended(*outcomes: dict) -> Outbox:
+            out = Outbox()
+            frames = protocol.encode(Cmd.ENDED, {"worker_id": "w1", "ended": list(outcomes)})
+            with core.store.atomic():
+                d._on_status_batch([(b"status", frames)], out, core.now)
+            return out
+
+        # When w1 comes back saying it holds task 1 attempt 1, for another database
+        hello(b"w1-again", running=[{"id": tid, "attempt": 1, "database": "other"}])
+        # Then that is not this task 1: it was not readopted, its attempt is lost
+        assert [(a["attempt"], a["outcome"]) for a in core.store.attempts(tid)] == [(1, "lost")]
+        # And an outcome for task 1 marked for the other database ends nothing, and is not acked
+        core.now += 60
+        assert [r["id"] for r in core.claim()["w1"]] == [tid]  # attempt 2 on w1
+        failure = {
+            "id": tid,
+            "attempt": 2,
+            "ok": False,
+            "error": {"type": "E", "message": "theirs"},
+            "final": True,
+        }
+        out = ended({**failure, "database": "other"})
+        assert out.acks == {} and core.store.get_task(tid)["status"] == "running"
+        assert "ignored 1 outcome(s) from w1 meant for another database" in caplog.text
+        # When w1 comes back once more, keeping aside attempt 2 for this database: readopted
+        core.now += 1  # (MySQL counts changed rows only: a readopt in the claim's instant changes none)
+        hello(b"w1-third", kept=[{"id": tid, "attempt": 2, "database": me}, {"id": 9, "attempt": 1}])
+        assert core.store.get_task(tid)["status"] == "running"
+        # And an outcome marked for this database ends it
+        out = ended({**failure, "database": me})
+        assert out.acks == {b"status": [[tid, 2]]} and core.store.get_task(tid)["status"] == "dead"
+    finally:
+        core.close()
+
+
+def test_the_demo_keeps_its_journals_in_its_own_directory_and_removes_it(tmp_path, monkeypatch, capsys):
+    for name in ("MARTINET_STATE_DIR", "XDG_STATE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the user's state folder: ~/.local/state/martinet
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR is read again
+    monkeypatch.setattr(
+        demo, "_tour", lambda m, show: m.wait(m.execute("demo.greet", {"who": "you"}), timeout=20)
+    )
+    assert demo.run_demo(n_tasks=0) == 0, capsys.readouterr()
+    assert not (tmp_path / "home").exists() and list((tmp_path / "tmp").iterdir()) == []

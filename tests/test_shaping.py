@@ -70,7 +70,7 @@ def test_a_schedule_declared_at_every_start_exists_once(any_cluster):
     info = m.get(sid)
     assert (info["args"], info["next_due"]) == ({"v": 2}, due)  # updated in place, its phase kept
     moved = m.every("30 minutes", "echo", {"v": 2}, key="hourly-sync")
-    assert moved == sid and m.get(sid)["every"] == "1800 seconds"
+    assert moved == sid and m.get(sid)["every"] == "30 minutes"
     assert len(m.schedules()) == 1
     assert m.get("hourly-sync")["id"] == sid
     m.revoke(sid)

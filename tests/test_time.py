@@ -116,8 +116,9 @@ def test_schedule_resumes_after_kill9_under_its_misfire_policy(cluster, policy):
 def test_two_daemons_on_one_database_create_each_run_once(tmp_path, db_url):
     first, second = Cluster(tmp_path, db_url), Cluster(tmp_path, db_url)
     try:
-        first.start_daemon()
-        second.start_daemon()
+        fast = {"MARTINET_MIN_INTERVAL": "0.1"}  # below the default minimum, 1 s: a quick test
+        first.start_daemon(env=fast)
+        second.start_daemon(env=fast)
         m = first.client()
         sid = m.every("0.2 seconds", "clock", {})
         wait_for(lambda: len(runs_of(m, sid)) >= 10, timeout=15, what="ten runs")
@@ -159,7 +160,7 @@ def test_schedules_can_be_paused_resumed_updated_shown_and_removed(cluster):
 
 
 def test_count_and_until_end_a_schedule(cluster):
-    cluster.start_daemon()
+    cluster.start_daemon(env={"MARTINET_MIN_INTERVAL": "0.1"})  # below the default minimum, 1 s
     cluster.start_worker()
     m = cluster.client()
     counted = m.every("0.3 seconds", "clock", {}, count=2)

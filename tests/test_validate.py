@@ -278,3 +278,52 @@ def test_delay_does_not_overflow_for_many_attempts(factor):
     policy = RetryPolicy(base=1.0, factor=factor, cap=300.0)
     rand = random.Random(5)
     assert all(0 <= policy.delay(a, rand) <= 300.0 for a in (100, 700, 1000, 5000))
+
+
+# ---- the minimum interval: the daemon's setting counts ------------------------
+
+
+def test_every_under_the_minimum_interval_is_refused():
+    with pytest.raises(BadSchedule, match=r"0.001 seconds is shorter than the minimum, 1 second"):
+        every(every="0.001 seconds")
+    with pytest.raises(BadSchedule, match="fires 60 times a minute"):
+        every(every="0 0 12 * * *")
+    fast = Limits(max_payload=1000, max_name_length=20, min_interval=0.1)
+    assert check_every({"name": "tick", "every": 0.5}, fast, "UTC")[1].spec == "0.5"
+
+
+def _refusal(core, op: str, **fields) -> dict:
+    from martinet import protocol
+    from martinet.daemon import Outbox
+    from martinet.protocol import Cmd
+
+    out = Outbox()
+    with core.store.atomic():
+        core.daemon._on_client(
+            b"client", protocol.encode(Cmd.REQUEST, {"op": op, "rid": "r", **fields}), out, core.now
+        )
+    ((_ident, reply),) = out.replies
+    assert not reply["ok"]
+    return reply["error"]
+
+
+@pytest.mark.parametrize("min_interval", [None, 0.1])
+def test_the_daemons_min_interval_decides_every_and_update(sqlite_url, min_interval):
+    """A client that skips its own check (another version, a raw request) meets the daemon's."""
+    from tests.core import Core
+
+    core = Core(sqlite_url, **({} if min_interval is None else {"min_interval": min_interval}))
+    try:
+        if min_interval is None:  # the default, 1 s
+            error = _refusal(core, "every", name="tick", every=0.001)
+            assert error["type"] == "BadSchedule" and "shorter than the minimum, 1 second" in error["message"]
+            sid = core.request("every", name="tick", every=60)["id"]
+            error = _refusal(core, "update", id=sid, every=0.5)
+            assert "shorter than the minimum" in error["message"]
+        else:
+            sid = core.request("every", name="tick", every=0.5)["id"]
+            core.request("update", id=sid, every=0.2)
+        error = _refusal(core, "every", name="tick", every="* * * * * *")
+        assert "fires 60 times a minute" in error["message"]
+    finally:
+        core.close()

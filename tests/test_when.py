@@ -13,6 +13,7 @@ from martinet.when import (
     Cron,
     Interval,
     Recurrence,
+    check_frequency,
     from_timestamp,
     parse_every,
     parse_interval,
@@ -20,6 +21,7 @@ from martinet.when import (
     recurrence_from_db,
     to_timestamp,
     utcnow,
+    warn_if_past,
 )
 
 NY = "America/New_York"
@@ -263,10 +265,36 @@ def test_too_long_text() -> None:
         parse_when("in 20 minutes " * 50, NOW)
 
 
-@pytest.mark.parametrize("delay", [-1, -0.5, timedelta(seconds=-1), math.nan, math.inf, "in -5 minutes"])
-def test_negative_or_odd_delays(delay: object) -> None:
+@pytest.mark.parametrize("delay", [math.nan, math.inf, -math.inf])
+def test_odd_delays(delay: object) -> None:
     with pytest.raises(BadTime):
         parse_when(delay, NOW)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("when", "expected"),
+    [
+        (-300, NOW - timedelta(minutes=5)),
+        (-0.5, NOW - timedelta(seconds=0.5)),
+        (timedelta(minutes=-5), NOW - timedelta(minutes=5)),
+        ("in -5 minutes", NOW - timedelta(minutes=5)),
+        ("5 minutes ago", NOW - timedelta(minutes=5)),
+        ("yesterday", NOW - timedelta(days=1)),
+        (NOW - timedelta(minutes=5), NOW - timedelta(minutes=5)),
+    ],
+)
+def test_every_form_of_a_past_time_is_that_past_time(when: object, expected: datetime) -> None:
+    """One rule for the past: each form names the past time it says (a task due then runs
+    now), none is refused: a negative delay and "in -5 minutes" were, "yesterday" was not."""
+    assert parse_when(when, NOW) == expected  # type: ignore[arg-type]
+
+
+def test_a_past_time_is_warned_about_and_now_is_not(caplog: pytest.LogCaptureFixture) -> None:
+    warn_if_past(NOW - timedelta(minutes=5), NOW, "run_at 'in -5 minutes'")
+    warn_if_past(NOW - timedelta(seconds=0.5), NOW)  # "now", a moment ago: no warning
+    assert [r.getMessage() for r in caplog.records] == [
+        "run_at 'in -5 minutes' (2026-11-16T09:55:00+00:00) is 300 seconds in the past: it runs now"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -559,6 +587,61 @@ def test_cron_aliases(expr: str, expected: datetime) -> None:
 def test_six_fields_take_seconds_last() -> None:
     runs = Cron("* * * * * */15").next_n(NOW, 3)
     assert runs == [NOW + timedelta(seconds=s) for s in (15, 30, 45)]
+
+
+@pytest.mark.parametrize("spec", ["0.001 seconds", 0.5, timedelta(milliseconds=999), "every 0.9s"])
+def test_an_interval_under_the_minimum_is_refused_where_schedules_are_accepted(spec: object) -> None:
+    with pytest.raises(BadSchedule, match=r"shorter than the minimum, 1 second \(the min_interval setting\)"):
+        parse_every(spec, min_interval=1.0)  # type: ignore[arg-type]
+    assert parse_every(spec).kind == "interval"  # a stored schedule still loads
+
+
+def test_the_minimum_interval_is_a_setting() -> None:
+    assert parse_every("1 second", min_interval=1.0).spec == "1"
+    assert parse_every(0.2, min_interval=0.1).spec == "0.2"
+    with pytest.raises(BadSchedule, match="shorter than the minimum, 30 seconds"):
+        parse_every("10 seconds", min_interval=30)
+
+
+@pytest.mark.parametrize("expr", ["* * * * * *", "0 0 12 * * *", "0 */5 * * * 0-59", "0 9 * * MON *"])
+def test_a_cron_firing_every_second_of_a_minute_is_refused_with_the_reason(expr: str) -> None:
+    """'0 0 12 * * *' is Quartz for noon; read seconds last it fires 60 times at 00:00 on the 12th."""
+    with pytest.raises(BadSchedule, match="fires 60 times a minute") as info:
+        parse_every(expr, min_interval=0)
+    assert "seconds last" in str(info.value) and "Quartz" in str(info.value)
+
+
+def test_a_cron_seconds_field_is_held_to_the_minimum_interval() -> None:
+    assert parse_every("* * * * * */15", min_interval=1.0).spec == "* * * * * */15"
+    assert parse_every("0 9 * * * 30", min_interval=120).spec == "0 9 * * * 30"  # once a minute at most
+    with pytest.raises(BadSchedule, match="fires 4 times a minute, 15 s apart"):
+        check_frequency(Cron("* * * * * */15"), 20)
+
+
+@pytest.mark.parametrize(
+    ("expr", "classic"),
+    [
+        ("0 0 12 * * ?", "'0 12 * * *'"),
+        ("0 15 10 ? * MON-FRI", "'15 10 * * mon-fri'"),
+        ("30 0 12 * * ?", "'0 12 * * * 30'"),
+        ("0 0 12 * * ? 2027", "'0 12 * * *'"),
+        ("0 0 9 * * MON", "'0 9 * * mon'"),
+        ("0 0 * * 5L", None),
+        ("0 0 12 LW * ?", None),
+        ("0 0 12 ? * 6#3 *", None),
+    ],
+)
+def test_a_quartz_expression_gets_our_message(expr: str, classic: str | None) -> None:
+    with pytest.raises(BadSchedule, match="looks like a Quartz cron expression") as info:
+        parse_every(expr)
+    message = str(info.value)
+    assert "seconds last" in message and "croniter" not in message.lower()
+    assert (f"here that is {classic}" in message) if classic else "here that is" not in message
+
+
+@pytest.mark.parametrize("expr", ["0 0 L * *", "0 0 15W * *", "0 0 * * 5#3"])
+def test_classic_cron_with_croniters_l_w_and_hash_still_works(expr: str) -> None:
+    assert Cron(expr).next_after(NOW) > NOW
 
 
 @pytest.mark.parametrize(

@@ -251,3 +251,30 @@ def test_a_database_stopped_at_any_version_without_a_record_of_it_is_upgraded(db
         db = open_database(db_url)
         assert schema(db) == new, stop
         db.close()
+
+
+def identity(db: peewee.Database) -> list[str]:
+    return [row[0] for row in db.execute_sql("SELECT database_id FROM database_identity").fetchall()]
+
+
+def test_each_database_has_an_identity_made_once_that_workers_journals_check(db_url, v1):
+    # Given a database of the first version: upgraded, it gets an identity
+    db = open_database(db_url)
+    try:
+        (upgraded,) = identity(db)
+        assert len(upgraded) == 32 and Store(db).database_id() == upgraded
+        assert migrations.upgrade(db) == (migrations.LATEST, migrations.LATEST)
+    finally:
+        db.close()
+    # And keeps it from one start to the next (a daemon's epoch does not: it is not the identity)
+    db = open_database(db_url)
+    assert identity(db) == [upgraded]
+    # When its tables are dropped (the identity's with them, or not), it is a new database again
+    for drop in (TABLES, [t for t in TABLES if t._meta.table_name != "database_identity"]):
+        db.drop_tables(drop)
+        db.close()
+        db = open_database(db_url)
+        (fresh,) = identity(db)
+        assert fresh != upgraded
+        upgraded = fresh
+    db.close()

@@ -315,7 +315,7 @@ def test_update_recurrence_starts_afresh_from_now(store):
     assert store.update_schedule(sched, NOW + 10, recurrence=Interval(300)) == "updated"
     s = row(sched)
     assert (s.kind, s.spec, s.next_due) == ("interval", "300", NOW + 310)
-    assert store.get_schedule(sched)["every"] == "300 seconds"
+    assert store.get_schedule(sched)["every"] == "5 minutes"
     assert store.expand_schedules(NOW + 60, 3) == []
     assert len(store.expand_schedules(NOW + 310, 3)) == 1
     assert row(sched).next_due == NOW + 610
@@ -436,7 +436,7 @@ def test_add_schedule_dedupes_by_request_id(store):
     again, created_again = store.add_schedule({**spec, "spec": "120"}, NOW + 5, NOW)
     assert (again, created_again) == (first, False)
     assert Schedule.select().count() == 1
-    assert store.get_schedule(first)["every"] == "60 seconds"
+    assert store.get_schedule(first)["every"] == "1 minute"
 
 
 def test_expand_creates_one_run_per_due_time(store):

@@ -87,7 +87,11 @@ def test_task_info_and_schedule_info_shapes(store):
     info = store.get_schedule(sched)
     assert set(info) == SCHEDULE_KEYS
     assert info["id"] == f"s{sched}" and info["kind"] == "schedule"
-    assert (info["every"], info["recurrence"], info["timezone"]) == ("90 seconds", "interval", "Europe/Paris")
+    assert (info["every"], info["recurrence"], info["timezone"]) == (
+        "1 minute 30 seconds",
+        "interval",
+        "Europe/Paris",
+    )
     assert (info["status"], info["args"], info["queue"], info["priority"]) == (
         "active",
         {"y": 2},
