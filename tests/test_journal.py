@@ -354,7 +354,7 @@ def test_a_worker_sends_an_outcome_only_to_a_daemon_of_its_database(tmp_path, ca
     w._journal.close()
     # When it starts again on its journal: its hello says it holds it, for A
     w = start_worker(path)
-    assert w._hello_header()["running"] == [{"id": 1, "attempt": 1, "database": "A"}]
+    assert w._hello_header()["running"] == [{"id": 1, "attempt": 1, "started": True, "database": "A"}]
     # When the daemon that welcomes it is of database B
     welcome(w, "B")
     # Then the outcome is not sent, and no later hello says it holds it for B (only kept for A)
@@ -438,12 +438,12 @@ def test_a_daemon_takes_no_held_attempt_or_outcome_marked_for_another_database(d
             "final": True,
         }
         out = ended({**failure, "database": "other"})
-        assert out.acks == {} and core.store.get_task(tid)["status"] == "running"
+        assert out.acks == {} and core.store.get_task(tid)["status"] == "leased"  # (sent, never started)
         assert "ignored 1 outcome(s) from w1 meant for another database" in caplog.text
         # When w1 comes back once more, keeping aside attempt 2 for this database: readopted
         core.now += 1  # (MySQL counts changed rows only: a readopt in the claim's instant changes none)
         hello(b"w1-third", kept=[{"id": tid, "attempt": 2, "database": me}, {"id": 9, "attempt": 1}])
-        assert core.store.get_task(tid)["status"] == "running"
+        assert core.store.get_task(tid)["status"] == "leased"
         # And an outcome marked for this database ends it
         out = ended({**failure, "database": me})
         assert out.acks == {b"status": [[tid, 2]]} and core.store.get_task(tid)["status"] == "dead"
