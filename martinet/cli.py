@@ -706,6 +706,7 @@ _STATE_ORDER = (
     "waiting",
     "scheduled",
     "queued",
+    "leased",
     "running",
     "succeeded",
     "failed",
@@ -769,7 +770,7 @@ def cmd_queues(m, args) -> int:
         print(
             f"{q['name'][:16]:<16} {'yes' if q.get('paused') else 'no':<6} {q.get('weight', 1):>6} "
             f"{q.get('order') or 'fifo':<6} {'-' if concurrency is None else concurrency:>11} "
-            f"{(q.get('rate') or '-')[:12]:<12} {q.get('running', 0):>7} {counts.get('queued', 0):>7} "
+            f"{(q.get('rate') or '-')[:12]:<12} {counts.get('running', 0):>7} {counts.get('queued', 0):>7} "
             f"{'-' if oldest is None else f'{oldest:.1f}s':>9}  {_counts_text(counts)}"
         )
     return 0

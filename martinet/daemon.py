@@ -29,7 +29,7 @@ from martinet.dbhealth import DbHealth, describe
 from martinet.errors import BadInput, MartinetError, ProtocolError
 from martinet.events import EventHub, attempt_event
 from martinet.lanes import RATE_LOOKBACK, Lanes, lane_settings, queue_columns, rate_of
-from martinet.models import QUEUED, STALLED, TERMINAL
+from martinet.models import LEASED, QUEUED, STALLED, TERMINAL
 from martinet.peers import Peers
 from martinet.protocol import Cmd
 from martinet.retention import Retention
@@ -527,6 +527,7 @@ class Daemon(ClientOps):
         # tasks leased to it are on their way there, in order, and still take its slots.
         in_transit = set(old.inflight) if old is not None and old.ident == ident else set()
         peer = self.peers.hello(worker_id, ident, set(names), capacity, now, queues, threads)
+        peer.reports_starts = h.get("starts") is True
         clocks = old.clocks if old is not None else {}  # a reconnect keeps when its tasks started
         if old is not None and in_transit:
             for task_id in [*old.clocks, *old.prefetched]:  # in the order sent
@@ -667,11 +668,25 @@ class Daemon(ClientOps):
     def _on_status_batch(self, msgs, out: Outbox, now: float) -> None:
         progress: dict[tuple[int, int, str], dict] = {}  # coalesced: latest wins
         ended: list[tuple[bytes, Outcome]] = []  # (status ident, outcome)
+        starts: list[tuple[int, int, str]] = []  # (id, attempt, worker): written first
         for ident, frames in msgs:
             cmd, h = self._decode("status", ident, frames)
             if cmd is None:
                 continue
             worker_id = h.get("worker_id")
+            if cmd in (Cmd.STARTED, Cmd.ENDED) and isinstance(h.get("started"), list):
+                if is_worker_id(worker_id):  # handlers took these; an ENDED may carry them too
+                    starts.extend(
+                        (item[0], item[1], worker_id)
+                        for item in h["started"][:MAX_HELD]
+                        if isinstance(item, list) and len(item) == 2 and is_id(item[0]) and is_id(item[1])
+                    )
+            if cmd is Cmd.STARTED:
+                if not is_worker_id(worker_id) or not isinstance(h.get("started"), list):
+                    log.warning("dropped a STARTED without a valid worker_id from %r", ident)
+                else:
+                    self.peers.seen(worker_id, now)
+                continue
             if cmd is Cmd.ENDED:
                 items = h.get("ended")
                 items = items if isinstance(items, list) else None
@@ -707,6 +722,10 @@ class Daemon(ClientOps):
                     "ignored %d outcome(s) from %s meant for another database, not this one (%s)",
                     foreign, worker_id, self.database_id,
                 )  # fmt: skip
+        if starts:  # before the progress and outcomes that came after them
+            assert self.store is not None  # open() made it
+            with self._isolated("a start report"):
+                self.store.start(starts, now)
         # Progress first: a handler's last report often comes in the turn of its outcome,
         # and once the attempt has ended it would be fenced out (a worker sends both on
         # one socket, in order, so no progress of an attempt comes after its outcome).
@@ -897,10 +916,11 @@ class Daemon(ClientOps):
         stays taken until it answers for that task (Peers.stick): a stuck worker is sent
         no more work, so the retry goes elsewhere.
 
-        The limit counts from the attempt's start (started_at), or later when the daemon
-        knows the task waited in its worker's prefetch (Peer.clock): a healthy worker
-        starts its time limit when a thread takes the task, and must never be blamed for
-        the wait. Only tasks of this daemon's workers are judged (another daemon sharing the
+        The limit counts from the attempt's start: a healthy worker starts its time limit
+        when a thread takes the task, and must never be blamed for the wait in its prefetch.
+        A running task's start is real (its worker said so: started_at). A leased one has not
+        started as far as a worker that reports starts said (Peer.reports_starts); for one
+        that does not, the daemon guesses when a thread took it (Peer.clock). Only tasks of this daemon's workers are judged (another daemon sharing the
         database judges its own; leases end the rest). A task with no timeout is bounded by
         its worker only: by its liveness, and by the capacity it declared (see _on_hello).
         A bounded batch per tick (OVERDUE_BATCH), going on from where the last one stopped."""
@@ -913,9 +933,10 @@ class Daemon(ClientOps):
             peer = self.peers.owner(row["id"])
             if peer is None or peer.worker_id != row["worker"]:
                 continue  # not ours
-            clock = peer.clock(row["id"])
-            if clock is None or max(clock, row["started_at"]) + row["timeout"] + grace >= now:
-                continue  # waiting in its worker's prefetch, or started later than claimed
+            if row["status"] == LEASED:
+                clock = None if peer.reports_starts else peer.clock(row["id"])
+                if clock is None or max(clock, row["started_at"]) + row["timeout"] + grace >= now:
+                    continue  # waiting in its worker's prefetch, or started later than claimed
             message = (
                 f"no answer within the task's time limit of {row['timeout']:g}s "
                 f"and a grace of {grace:g}s: the daemon ended the attempt"

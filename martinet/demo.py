@@ -220,7 +220,7 @@ def _throughput(m: martinet.Martinet, show: Show, n: int) -> None:
         t.join()
     submitted = time.monotonic()
     deadline = submitted + 60
-    while m.list(status=["queued", "running"], limit=1):  # until every result is committed
+    while m.list(status=["queued", "leased", "running"], limit=1):  # until every result is committed
         if time.monotonic() > deadline:
             raise MartinetError("the throughput tasks did not finish within 60s")
         time.sleep(0.01)

@@ -3,7 +3,8 @@
 task      one row per task: what to run, its state and its latest outcome
   id, request_id (client-made, unique: a retried submit never creates twice),
   name, username, description, args (JSON), queue, priority,
-  status (waiting|scheduled|queued|running|succeeded|failed|dead|cancelled|stalled),
+  status (waiting|scheduled|queued|leased|running|succeeded|failed|dead|cancelled|stalled:
+  leased from its claim until its worker says a handler started it, then running),
   run_at (when it may run), attempt (number of the current or last attempt),
   max_attempts (after this attempt number it is dead), attempt_budget (what
   `retry` grants again), retry_base/retry_factor/retry_cap (per-task backoff),
@@ -11,13 +12,14 @@ task      one row per task: what to run, its state and its latest outcome
   result (JSON), error_type, error_message, error_traceback, worker,
   lease_expires, cancel_requested, key + unique_key + key_mode (unique keys),
   has_parents / has_dependents (see dependency),
-  created_at, started_at, finished_at, updated_at,
+  created_at, started_at (when a handler started the current or last attempt; null
+  while leased), finished_at, updated_at,
   schedule_id + due_at (unique together: one run per schedule and due time)
   indexes for dispatch, leases and search are listed below the Task model
 
 attempt   one row per finished attempt: the task's history
-  task_id, attempt, worker, started_at, ended_at, outcome
-  (succeeded|failed|lost|interrupted|released|cancelled), error_type, error_message, error_traceback
+  task_id, attempt, worker, started_at (null: no handler started it, or its worker never
+  said), ended_at, outcome (succeeded|failed|lost|interrupted|released|cancelled), error_type, error_message, error_traceback
 
 dependency  task_id waits until parent_id has succeeded
 
@@ -70,9 +72,13 @@ database = DatabaseProxy()
 
 # Task states; the terminal ones never change again on their own.
 WAITING, SCHEDULED, QUEUED, RUNNING = "waiting", "scheduled", "queued", "running"
+LEASED = "leased"  # sent to a worker (its lease held), no handler on it yet: waiting in its prefetch
 SUCCEEDED, FAILED, DEAD, CANCELLED, STALLED = "succeeded", "failed", "dead", "cancelled", "stalled"
-STATES = (WAITING, SCHEDULED, QUEUED, RUNNING, SUCCEEDED, FAILED, DEAD, CANCELLED, STALLED)
+STATES = (WAITING, SCHEDULED, QUEUED, LEASED, RUNNING, SUCCEEDED, FAILED, DEAD, CANCELLED, STALLED)
 TERMINAL = (SUCCEEDED, DEAD, CANCELLED)
+# Held by a worker: leased or running. Leases, fencing, reaping and time limits treat
+# both alike; only `started_at` and what users see tell them apart.
+HELD = (LEASED, RUNNING)
 
 
 class BaseModel(Model):
@@ -162,8 +168,8 @@ class PartialIndex(NamedTuple):
     unique: bool = False
 
 
-# Made by store.open_database. Running scans (lost workers, leases) read the running
-# rows through task_status_created: they are few, bounded by the workers' capacity.
+# Made by store.open_database. Running scans (lost workers, leases) read the leased and
+# running rows through task_status_created: they are few, bounded by the workers' capacity.
 PARTIAL_INDEXES = (
     # The dispatch order, served by the index itself (no sort, however long the queue):
     # higher priority first, then earlier due time, then submission order.

@@ -17,7 +17,10 @@ The table also keeps the daemon's picture of which of a worker's tasks have a
 thread, and since when: a worker starts what it is sent in the order sent, one
 task per free thread, and a task's time limit counts from its start. The daemon
 enforces time limits itself (a worker may be stuck, or lie), so it must not count
-the time a task waits in a prefetch; see Peers.assign and Peer.clock.
+the time a task waits in a prefetch; see Peers.assign and Peer.clock. A worker
+that reports its starts (STARTED: the task is running in the store, started_at
+real) needs no guess; the picture is the rule for one that does not, and still
+tells which workers have an idle thread.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ class Peer:
     # worker: their threads may be stuck in them, so they keep their slots until it answers
     # (its answer is fenced out, and frees the slot). A stuck worker thus gets no more work.
     stuck: set[int] = field(default_factory=set)
+    # It says when a handler starts a task (STARTED): its leased tasks wait in its prefetch,
+    # and its running ones have their real start in the store. Else the clocks are a guess.
+    reports_starts: bool = False
 
     @property
     def credit(self) -> int:

@@ -70,7 +70,9 @@ class Cmd(IntEnum):
     DONE = 0x21  # worker -> daemon: one attempt succeeded {"id", "attempt", "result"}; acknowledged
     FAILED = 0x22  # worker -> daemon: one attempt failed {"id", "attempt", "error", ...}; acknowledged
     ENDED = 0x24  # worker -> daemon: {"ended": [outcome, ...]}, several DONE/FAILED headers, each with "ok"
+    # (and "started", as in STARTED: written first)
     ACK = 0x23  # daemon -> worker: {"acks": [[id, attempt], ...]}, those outcomes are committed
+    STARTED = 0x25  # worker -> daemon: {"started": [[id, attempt], ...]}, handlers took these
 
 
 _COMMANDS = {c.value: c for c in Cmd}

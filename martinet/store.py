@@ -16,14 +16,16 @@ it on any database; README, "Adding a backend"). What holds for every method:
   savepoint, so losing it spoils nothing else in the transaction.
 - Time: nothing reads the clock. Times come in as `now` (UTC epoch seconds) and
   are stored as such; a test passes any `now` it likes.
-- Fencing: an answer about an attempt (unclaim, progress, complete, fail,
-  release, end_attempts) changes the task only while that attempt is the running
-  one, held by that worker; otherwise it changes nothing and returns None (False
+- Fencing: an answer about an attempt (unclaim, start, progress, complete, fail,
+  release, end_attempts) changes the task only while that attempt is the current
+  one (leased or running), held by that worker; otherwise it changes nothing and returns None (False
   for progress). A late answer from an old attempt, a resend of one already
   counted, or an answer for a task that was cancelled or reaped meanwhile is
   therefore harmless, and the daemon still acknowledges it.
-- One lease at a time: a task is running on at most one worker. claim moves it
-  from queued to running and counts the attempt in one conditional UPDATE; on
+- One lease at a time: a task is held (leased or running) by at most one worker.
+  claim moves it from queued to leased and counts the attempt in one conditional
+  UPDATE; start moves it to running when a handler takes it. Leases, fencing,
+  reaping and time limits treat leased and running alike; on
   PostgreSQL and MySQL its candidates are read FOR UPDATE SKIP LOCKED, so
   daemons claiming at once skip each other's rows; on SQLite the write lock
   (BEGIN IMMEDIATE) makes claimers take turns.
@@ -72,6 +74,8 @@ from martinet.models import (
     CANCELLED,
     DEAD,
     FAILED,
+    HELD,
+    LEASED,
     QUEUED,
     RUNNING,
     SCHEDULED,
@@ -548,8 +552,9 @@ class Store:
         order; random: any ready task. `accept` may refuse a candidate (a task
         name at its fleet-wide limit); refused ones stay queued.
 
-        Each claimed task is running, its attempt counted (attempt + 1), held by
-        `worker` until now + lease, progress cleared; it is returned with its id,
+        Each claimed task is leased (running once its worker says a handler started it:
+        see start), its attempt counted (attempt + 1), held by `worker` until now + lease,
+        started_at and progress cleared; it is returned with its id,
         name, queue, args (decoded), attempt, timeout, its run_at when that is still
         to come (it was queued ahead: see promote_due) and, when it waited on
         others, their results (`parents`). Never hands one task to two workers,
@@ -582,13 +587,11 @@ class Store:
         if not rows:
             return []
         ids = [r["id"] for r in rows]
-        # A task queued ahead of its run_at starts then (its worker waits): so says started_at.
         self._exec(
-            "UPDATE task SET status = 'running', attempt = attempt + 1, worker = ?, lease_expires = ?,"
-            " started_at = CASE WHEN run_at > ? THEN run_at ELSE ? END, updated_at = ?, progress = NULL,"
-            " progress_message = NULL"
+            "UPDATE task SET status = 'leased', attempt = attempt + 1, worker = ?, lease_expires = ?,"
+            " started_at = NULL, updated_at = ?, progress = NULL, progress_message = NULL"
             f" WHERE id IN ({', '.join('?' * len(ids))}) AND {self.by_id_status} = 'queued'",
-            [worker, now + lease, now, now, now, *ids],
+            [worker, now + lease, now, *ids],
         )
         waiting_on = [r["id"] for r in rows if r.pop("has_parents")]
         parents = self._parent_results(waiting_on) if waiting_on else {}
@@ -616,9 +619,9 @@ class Store:
 
     def unclaim(self, task_id: int, attempt: int, now: float) -> tuple[str, str] | None:
         """A worker could not take the task (unknown name): back to the queue, no attempt spent.
-        Returns the task's (queue, name), or None when it was not running that attempt.
+        Returns the task's (queue, name), or None when it was not held in that attempt.
         No attempt row: the attempt never started."""
-        row = Task.get_or_none(Task.id == task_id, Task.attempt == attempt, Task.status == RUNNING)
+        row = Task.get_or_none(Task.id == task_id, Task.attempt == attempt, Task.status.in_(HELD))
         if row is None:
             return None
         (
@@ -630,15 +633,32 @@ class Store:
                 started_at=None,
                 updated_at=now,
             )
-            .where(Task.id == task_id, Task.attempt == attempt, Task.status == RUNNING)
+            .where(Task.id == task_id, Task.attempt == attempt, Task.status.in_(HELD))
             .execute()
         )
         return row.queue, row.name
 
+    def start(self, starts: list[tuple[int, int, str]], now: float) -> int:
+        """Handlers started these (id, attempt, worker): each leased task is running from
+        `now` (started_at). Fenced like an outcome: an old attempt, another worker's, or
+        one already running or ended changes nothing. Returns how many started."""
+        if not starts:
+            return 0
+        sql = self._update_sql.get((("status", "started_at"), "start"))
+        if sql is None:
+            sql = (
+                "UPDATE task SET status = 'running', started_at = ?, updated_at = ?"
+                " WHERE id = ? AND attempt = ? AND worker = ? AND status = 'leased'"
+            ).replace("?", self.db.param)
+            self._update_sql[(("status", "started_at"), "start")] = sql
+        cursor = self.db.cursor()
+        cursor.executemany(sql, [(now, now, task_id, attempt, worker) for task_id, attempt, worker in starts])
+        return cursor.rowcount
+
     # ---- leases -------------------------------------------------------------
 
     def renew_leases(self, workers: Iterable[str], now: float, lease: float) -> int:
-        """Traffic from these workers: their running tasks' leases end at now + lease.
+        """Traffic from these workers: their tasks' leases (leased or running) end at now + lease.
         Only leases with less than half their length left are written (a heartbeat
         costs no write most of the time); returns how many were."""
         workers = list(workers)
@@ -647,7 +667,7 @@ class Store:
         return (
             Task.update(lease_expires=now + lease)
             .where(
-                Task.status == RUNNING,
+                Task.status.in_(HELD),
                 Task.worker.in_(workers),
                 Task.lease_expires < now + lease / 2,
             )
@@ -657,11 +677,16 @@ class Store:
     def readopt(
         self, worker: str, running: list[dict], now: float, lease: float, limit: int | None = None
     ) -> list[int]:
-        """A reconnecting worker still holds these (id, attempt): give the leases back to it.
+        """A reconnecting worker still holds these (id, attempt; "started" when a handler
+        took it): give the leases back to it.
 
         Only the same attempt is readopted, also when its lease was reaped meanwhile
         (the task queued, failed or stalled by its losses, not yet claimed again): it
-        goes on running on this worker instead of twice. A task claimed again since is
+        goes on running on this worker instead of twice, and the loss is undone: its
+        attempt row is deleted and the task's error and reason cleared, so the attempt
+        ends once, with one row that says how. It comes back running if it had started
+        (by its row, or as the worker says now), else leased; a task still held by this
+        worker keeps its state (running if the worker says so). A task claimed again since is
         not, nor one running on another worker; nor is an attempt that ended otherwise
         than lost or interrupted (its worker's outcome committed, the ack lost; or timed
         out by the daemon), so an outcome sent again is fenced out instead of ending the
@@ -676,16 +701,42 @@ class Store:
                 Attempt.attempt == item["attempt"],
                 Attempt.outcome.not_in(("lost", "interrupted")),
             )
+            where = (Task.id == item["id"], Task.attempt == item["attempt"])
             n = (
-                Task.update(status=RUNNING, worker=worker, lease_expires=now + lease, updated_at=now)
-                .where(
-                    Task.id == item["id"],
-                    Task.attempt == item["attempt"],
-                    ((Task.status == RUNNING) & (Task.worker == worker))
-                    | (Task.status.in_((QUEUED, FAILED, STALLED)) & ~peewee.fn.EXISTS(ended_by_worker)),
-                )
+                Task.update(lease_expires=now + lease, updated_at=now)
+                .where(*where, Task.status.in_(HELD), Task.worker == worker)
                 .execute()
             )
+            if n and item.get("started"):  # its start report may have been lost with the connection
+                self.start([(item["id"], item["attempt"], worker)], now)
+            elif not n:
+                started_at = (
+                    peewee.fn.COALESCE(Task.started_at, now) if item.get("started") else Task.started_at
+                )
+                status = peewee.Case(None, [(started_at.is_null(), LEASED)], RUNNING)
+                n = (
+                    Task.update(
+                        status=status,
+                        started_at=started_at,
+                        worker=worker,
+                        lease_expires=now + lease,
+                        updated_at=now,
+                        reason=None,
+                        error_type=None,
+                        error_message=None,
+                        error_traceback=None,
+                    )
+                    .where(
+                        *where, Task.status.in_((QUEUED, FAILED, STALLED)), ~peewee.fn.EXISTS(ended_by_worker)
+                    )
+                    .execute()
+                )
+                if n:  # the attempt goes on: the loss the reaper wrote did not happen
+                    Attempt.delete().where(
+                        Attempt.task_id == item["id"],
+                        Attempt.attempt == item["attempt"],
+                        Attempt.outcome.in_(("lost", "interrupted")),
+                    ).execute()
             if n:
                 adopted.append(item["id"])
         return adopted
@@ -698,10 +749,10 @@ class Store:
         outcome: str = "lost",
         keep: set[tuple[int, int]] = frozenset(),
     ) -> list[dict]:
-        """A worker is gone: its running tasks (but the (id, attempt) in `keep`) end their attempt as
+        """A worker is gone: its tasks, leased or running (but the (id, attempt) in `keep`), end their attempt as
         `lost` (or `interrupted` when it left on purpose: that does not spend an attempt).
         Returns their outcomes. A task lost `poison_after` times is stalled instead of retried."""
-        rows = list(Task.select().where(Task.status == RUNNING, Task.worker == worker).order_by(Task.id))
+        rows = list(Task.select().where(Task.status.in_(HELD), Task.worker == worker).order_by(Task.id))
         return [
             info
             for r in rows
@@ -709,48 +760,51 @@ class Store:
         ]
 
     def runs_any(self, worker: str) -> bool:
-        """Whether any task runs on this worker; cheap (raw SQL), for every hello."""
-        sql = "SELECT 1 FROM task WHERE status = 'running' AND worker = ? LIMIT 1"
+        """Whether this worker holds any task (leased or running); cheap (raw SQL), for every hello."""
+        sql = "SELECT 1 FROM task WHERE status IN ('leased', 'running') AND worker = ? LIMIT 1"
         return self._exec(sql, (worker,)).fetchone() is not None
 
     def reap_expired(self, now: float) -> list[dict]:
-        """Running tasks whose lease ran out (worker silent, or daemon restarted) end their
+        """Held tasks (leased or running) whose lease ran out (worker silent, or daemon restarted) end their
         attempt as lost, as release_worker does; returns their outcomes. A lease that
         ends after `now` is kept. Reads the database, not memory: after a restart it
         finds the leases of the daemon that died."""
-        rows = list(Task.select().where(Task.status == RUNNING, Task.lease_expires < now))
+        rows = list(Task.select().where(Task.status.in_(HELD), Task.lease_expires < now))
         return [info for r in rows if (info := self._lose(r, now, "lease expired", "lost"))]
 
     def overdue(
         self, now: float, grace: float, limit: int, after: tuple[float, int] | None = None
     ) -> list[dict[str, Any]]:
-        """Running attempts whose time limit (the task's timeout, counted from started_at)
-        ended more than `grace` seconds before `now`: up to `limit`, by (started_at, id),
-        after `after` (the last one of the previous call). Each as id, attempt, worker,
-        started_at, timeout. Tasks without a timeout are never overdue.
+        """Held attempts whose time limit (the task's timeout) ended more than `grace`
+        seconds before `now`, counted from started_at when running, from the claim
+        (updated_at) while leased: up to `limit`, by (that time, id), after `after` (the
+        last one of the previous call). Each as id, attempt, worker, status, started_at
+        (that time), timeout. Tasks without a timeout are never overdue. A leased one may
+        still wait in its worker's prefetch: the caller judges it (Daemon._time_limits).
 
-        No index of its own: it reads the running rows (task_status_created), which are
+        No index of its own: it reads the held rows (task_status_created), which are
         few, bounded by the capacity the connected workers declared; renew_leases and
         reap_expired read them at each tick too."""
+        since = "COALESCE(started_at, updated_at)"  # started_at is null exactly while leased
         sql = (
-            "SELECT id, attempt, worker, started_at, timeout FROM task"
-            " WHERE status = 'running' AND timeout IS NOT NULL AND started_at + timeout < ?"
+            f"SELECT id, attempt, worker, status, {since}, timeout FROM task"
+            f" WHERE status IN ('leased', 'running') AND timeout IS NOT NULL AND {since} + timeout < ?"
         )
         params: list[Any] = [now - grace]
         if after is not None:
-            sql += " AND (started_at > ? OR (started_at = ? AND id > ?))"
+            sql += f" AND ({since} > ? OR ({since} = ? AND id > ?))"
             params += [after[0], after[0], after[1]]
-        sql += " ORDER BY started_at, id LIMIT ?"
+        sql += f" ORDER BY {since}, id LIMIT ?"
         params.append(limit)
-        columns = ("id", "attempt", "worker", "started_at", "timeout")
+        columns = ("id", "attempt", "worker", "status", "started_at", "timeout")
         return [dict(zip(columns, r, strict=True)) for r in self._exec(sql, params).fetchall()]
 
     def time_out(self, task_id: int, attempt: int, now: float, message: str) -> dict | None:
-        """End a running attempt as past its time limit without an answer from its worker:
+        """End a held attempt as past its time limit without an answer from its worker:
         a failed attempt (error TaskTimeout, as a worker reports its own time limit), so it
         is retried with backoff until max_attempts, then dead. Fenced by attempt: None when
-        it is no longer running. Returns what became of it, as release_worker does."""
-        row = Task.get_or_none(Task.id == task_id, Task.attempt == attempt, Task.status == RUNNING)
+        it is no longer held. Returns what became of it, as release_worker does."""
+        row = Task.get_or_none(Task.id == task_id, Task.attempt == attempt, Task.status.in_(HELD))
         if row is None:
             return None
         error = {"type": "TaskTimeout", "message": f"{message} (worker {row.worker})"}
@@ -765,14 +819,22 @@ class Store:
     def progress(
         self, task_id: int, attempt: int, worker: str, value: float | None, message: str | None, now: float
     ) -> bool:
-        """The running attempt's progress and message (latest wins); False when fenced out."""
+        """The held attempt's progress and message (latest wins); False when fenced out.
+        Progress of a leased attempt implies its start (its start report was lost): it is
+        running from `now`."""
         n = (
-            Task.update(progress=value, progress_message=message, updated_at=now)
+            Task.update(
+                progress=value,
+                progress_message=message,
+                updated_at=now,
+                status=RUNNING,
+                started_at=peewee.fn.COALESCE(Task.started_at, now),
+            )
             .where(
                 Task.id == task_id,
                 Task.attempt == attempt,
                 Task.worker == worker,
-                Task.status == RUNNING,
+                Task.status.in_(HELD),
             )
             .execute()
         )
@@ -780,8 +842,10 @@ class Store:
 
     def end_attempts(self, outcomes: list[Outcome], now: float) -> list[dict | None]:
         """What workers reported, in one go: for each outcome, what became of its task,
-        or None when it is fenced out (an old attempt, another worker, not running, or
-        already ended earlier in the list). The running rows are read with one query.
+        or None when it is fenced out (an old attempt, another worker, not held, or
+        already ended earlier in the list). The held rows are read with one query; a
+        leased one ends as a running one would (its start report was lost, or never sent:
+        its attempt row has no started_at).
 
         Each outcome's kind is succeeded, failed or released; see complete, fail and
         release. An attempt ends once: a repeat in the list, or a resend later, is None.
@@ -794,7 +858,7 @@ class Store:
             chunk = ids[start : start + 500]
             sql = (
                 f"SELECT {', '.join(RunningRow._fields)} FROM task"
-                f" WHERE id IN ({', '.join('?' * len(chunk))}) AND {self.by_id_status} = 'running'"
+                f" WHERE id IN ({', '.join('?' * len(chunk))}) AND {self.by_id_status} IN ('leased', 'running')"
             )
             if self.locks_rows:
                 sql += " FOR UPDATE"
@@ -948,7 +1012,7 @@ class Store:
         return attempt
 
     def complete(self, task_id: int, attempt: int, worker: str, result: Any, now: float) -> dict | None:
-        """The attempt succeeded. None when fenced out (old attempt, other worker, not running).
+        """The attempt succeeded. None when fenced out (old attempt, other worker, not held).
 
         The task is succeeded with its result (JSON), finished_at = now, an attempt row;
         cancelled instead when it was asked to stop. Its key is freed unless kept for
@@ -987,7 +1051,7 @@ class Store:
 
     def _end_attempt(self, row: Task, outcome: str, now: float, error: dict) -> dict | None:
         """End one attempt that ended without its worker's word (lost, interrupted), fenced
-        by its number: None when it is no longer running."""
+        by its number: None when it is no longer held."""
         ending = self._ending(row, outcome, now, error=error)
         if self._update_task(ending.changes, _FENCE, (row.id, row.attempt)) != 1:
             return None
@@ -1146,7 +1210,7 @@ class Store:
                 changes["unique_key"] = None
             Task.update(**changes).where(Task.id == task_id, Task.status == row.status).execute()
             return CANCELLED, self._settle_dependents(row, CANCELLED, now)["cancelled"]
-        if row.status == RUNNING:
+        if row.status in HELD:
             Task.update(cancel_requested=True, updated_at=now).where(Task.id == task_id).execute()
             return "cancelling", []
         return row.status, []
@@ -1399,14 +1463,20 @@ class Store:
         what started within `lookback` seconds, and which queues have ready work."""
         running = (
             Task.select(Task.queue, Task.name, peewee.fn.COUNT(Task.id))
-            .where(Task.status == RUNNING)
+            .where(Task.status.in_(HELD))
             .group_by(Task.queue, Task.name)
             .tuples()
         )
+        # Limits count starts from the claim: a leased task counts from then (updated_at).
+        since = peewee.fn.COALESCE(Task.started_at, Task.updated_at)
         recent = (
-            Task.select(Task.queue, Task.name, Task.started_at)
-            .where(Task.started_at > now - lookback, Task.status != QUEUED)
-            .order_by(Task.started_at)
+            Task.select(Task.queue, Task.name, since)
+            .where(
+                (Task.started_at > now - lookback)
+                | ((Task.status == LEASED) & (Task.updated_at > now - lookback)),
+                Task.status != QUEUED,
+            )
+            .order_by(since)
             .tuples()
         )
         return {
@@ -1844,7 +1914,8 @@ class _Ending(NamedTuple):
     result: Any
 
 
-_FENCE = "id = ? AND attempt = ? AND status = 'running'"  # an attempt's end changes its own row only
+# An attempt's end changes its own row only (leased or running: see models.HELD).
+_FENCE = "id = ? AND attempt = ? AND status IN ('leased', 'running')"
 
 
 class Pruned(NamedTuple):
@@ -1857,7 +1928,7 @@ class Pruned(NamedTuple):
 
 
 class RunningRow(NamedTuple):
-    """What ending an attempt needs to know of a running task."""
+    """What ending an attempt needs to know of a held task (leased or running)."""
 
     id: int
     name: str

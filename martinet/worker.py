@@ -74,6 +74,7 @@ class TaskContext:
         self._finished = False  # its thread has its outcome: too late to abandon it
         self._abandoned = False  # its thread was replaced: it must not rejoin the pool
         self._database = UNKNOWN  # the identity of the database it came from (the daemon's welcome)
+        self._started = False  # a thread took it (the daemon is told: STARTED); else it waits in line
 
     @property
     def cancelled(self) -> bool:
@@ -370,6 +371,7 @@ class Worker:
             "capacity": self.capacity,
             "threads": max(1, self.options.concurrency),
             "version": protocol.VERSION,
+            "starts": True,  # it says when a handler starts a task (STARTED)
             "running": self._held_list(),
             # Outcomes kept for other databases: a daemon of one of them takes its own as
             # held (readopted), the others are not its tasks. Older daemons ignore this key.
@@ -382,11 +384,15 @@ class Worker:
         """What this worker holds, for the daemon to re-adopt: tasks running or waiting for a
         thread, and tasks whose outcome is not acknowledged yet (so that their attempt stays
         open for it, even if the daemon had given up on us)."""
-        held = {c.id: (c.attempt, c._database) for c in self._running.values()}
+        held = {c.id: (c.attempt, c._database, c._started) for c in self._running.values()}
         for (task_id, attempt), pending in self._outbox.items():
-            held.setdefault(task_id, (attempt, pending.database))
+            held.setdefault(task_id, (attempt, pending.database, True))
         # With their database: a daemon of another one does not take them as its tasks.
-        return [{"id": i, "attempt": a, **({"database": d} if d else {})} for i, (a, d) in held.items()]
+        # "started": a handler took it (its start report may have been lost with the connection).
+        return [
+            {"id": i, "attempt": a, "started": started, **({"database": d} if d else {})}
+            for i, (a, d, started) in held.items()
+        ]
 
     def _send(self, sock: zmq.Socket, cmd: Cmd, header: dict) -> None:
         try:
@@ -517,7 +523,7 @@ class Worker:
         self._running[task_id] = ctx
         if timeout:
             self._timed[ctx.id] = ctx
-        log.info("task %s %s attempt %s started on %s", task_id, name, attempt, self.worker_id)
+        log.debug("task %s %s attempt %s leased to %s", task_id, name, attempt, self.worker_id)
         self._jobs.put(ctx)
 
     def _hand_back_waiting(self, reason: str | None = None) -> None:
@@ -548,9 +554,13 @@ class Worker:
 
     def _drain_events(self) -> None:
         """Progress goes out as it comes; the outcomes of one pass go in one ENDED message,
-        once the journal has them."""
+        once the journal has them. Starts go out ahead of the progress that follows them,
+        else with the pass's ENDED message (the daemon writes a message's starts before
+        its outcomes, in one turn: a thread that ended one task and took the next starts
+        that one when the other ended, not before), else in one STARTED message."""
         ended = []
         parked = False
+        started: list[list[int]] = []
         while True:
             try:
                 cmd, header = self._events.get_nowait()
@@ -559,7 +569,14 @@ class Worker:
             ctx = self._running.get(header["id"])
             if ctx is None or ctx.attempt != header["attempt"]:
                 continue  # from a handler abandoned at its time limit: already reported
+            if cmd is Cmd.STARTED:
+                if ctx._database == (self._database or UNKNOWN):  # else its daemon is not this one
+                    started.append([ctx.id, ctx.attempt])
+                continue
             if cmd is Cmd.PROGRESS:
+                if started:  # in order: the daemon reads a start before the progress after it
+                    self._send(self.ssock, Cmd.STARTED, {"worker_id": self.worker_id, "started": started})
+                    started = []
                 header["worker_id"] = self.worker_id
                 self._send(self.ssock, cmd, header)
                 continue
@@ -578,6 +595,8 @@ class Worker:
             ended.append(pending)
         if parked:
             self._tell_parked()
+        if started and not ended:
+            self._send(self.ssock, Cmd.STARTED, {"worker_id": self.worker_id, "started": started})
         if not ended and not parked:
             return
         if self._journal is not None and self._journal_trouble is None:
@@ -587,26 +606,27 @@ class Worker:
         if self._fault == FAULT_EXIT_BEFORE_SEND:
             log.warning("MARTINET_FAULT=%s: exiting before sending %d outcome(s)", self._fault, len(ended))
             os._exit(FAULT_EXIT)
-        self._send_outcomes(ended)
+        self._send_outcomes(ended, started)
 
-    def _send_outcomes(self, pendings: list[_Pending]) -> None:
+    def _send_outcomes(self, pendings: list[_Pending], started: list[list[int]] | None = None) -> None:
         """Send outcomes in ENDED messages of bounded size, each within what the daemon's
-        sockets take; they stay in the outbox until acked."""
+        sockets take; they stay in the outbox until acked. The first message carries
+        `started` (starts are not resent: see _held_list)."""
         now = time.monotonic()
         budget = min(BATCH_BYTES, self._max_message - FRAME_ROOM)
         batch: list[bytes] = []
-        size = 0
+        size = len(protocol.dumps(started)) + 12 if started else 0  # ',"started":' and its list
         for pending in pendings:
             if len(pending.body) > self._max_message - FRAME_ROOM:
                 self._too_large(pending)
             if batch and (len(batch) >= BATCH_ITEMS or size + len(pending.body) > budget):
-                self._send_batch(batch)
-                batch, size = [], 0
+                self._send_batch(batch, started)
+                batch, size, started = [], 0, None
             pending.sent_at = now
             batch.append(pending.body)
             size += len(pending.body) + 1
         if batch:
-            self._send_batch(batch)
+            self._send_batch(batch, started)
 
     def _too_large(self, pending: _Pending) -> None:
         """An outcome no message to the daemon could carry (a journal's, written under a
@@ -625,8 +645,11 @@ class Worker:
         if self._journal is not None:  # replaces it with the next commit
             self._journal.ended(pending.database, task_id, attempt, pending.body)
 
-    def _send_batch(self, bodies: list[bytes]) -> None:
-        frames = protocol.encode_batch(Cmd.ENDED, "ended", bodies, {"worker_id": self.worker_id})
+    def _send_batch(self, bodies: list[bytes], started: list[list[int]] | None = None) -> None:
+        header: dict = {"worker_id": self.worker_id}
+        if started:
+            header["started"] = started
+        frames = protocol.encode_batch(Cmd.ENDED, "ended", bodies, header)
         try:
             self.ssock.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:
@@ -804,6 +827,9 @@ class Worker:
                 log.info("task %s attempt %s cancelled before it was due", ctx.id, ctx.attempt)
                 return Cmd.DONE, {**base, "result": None}  # the daemon ends it cancelled
         started = time.monotonic()
+        ctx._started = True
+        self._report(Cmd.STARTED, base)  # leased -> running, in the daemon's store
+        log.info("task %s %s attempt %s started on %s", ctx.id, ctx.name, ctx.attempt, self.worker_id)
         try:
             with ctx._lock:
                 ctx._thread = threading.get_ident()

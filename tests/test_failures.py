@@ -146,9 +146,15 @@ def test_a_prefetched_task_waits_for_a_thread_and_its_time_limit_counts_from_its
     first = m.execute("sleepy", {"seconds": 0.6, "marker": str(marker)})
     wait_for(marker.exists, timeout=10, what="the first task to start")
     second = m.execute({"name": "sleepy", "timeout": 0.5, "max_attempts": 1}, {"seconds": 0.1})
-    wait_for(lambda: m.get(second)["status"] == "running", timeout=10, what="the second task to be held")
+    wait_for(lambda: m.get(second)["status"] == "leased", timeout=10, what="the second task to be held")
+    # While it waits in the prefetch it is leased, not running: no handler is on it, no start time
+    assert (m.get(first)["status"], m.get(second)["started_at"]) == ("running", None)
     assert m.wait(first, timeout=10) == "slept"
     assert m.wait(second, timeout=10) == "slept"  # 0.6 s in line, 0.1 s running: within its 0.5 s
+    # Its attempt started when a thread took it, after the first one ended: the wait is not in it
+    (attempt,) = m.show(second)["attempts"]
+    assert attempt["started_at"] >= m.show(first)["attempts"][0]["ended_at"]
+    assert attempt["duration"] < 0.5
 
 
 def test_a_stopping_worker_hands_back_at_once_what_no_thread_started(cluster, tmp_path):
@@ -159,7 +165,7 @@ def test_a_stopping_worker_hands_back_at_once_what_no_thread_started(cluster, tm
     running = m.execute("sleepy", {"seconds": 1.0, "marker": str(marker)})
     wait_for(marker.exists, timeout=10, what="the first task to start")
     held = m.execute({"name": "sleepy", "max_attempts": 1}, {"seconds": 0.1, "marker": str(marker)})
-    wait_for(lambda: m.get(held)["status"] == "running", timeout=10, what="the second task to be held")
+    wait_for(lambda: m.get(held)["status"] == "leased", timeout=10, what="the second task to be held")
     worker.popen.send_signal(signal.SIGTERM)
     wait_for(lambda: m.get(held)["status"] == "queued", timeout=5, what="the held task to come back")
     assert m.get(running)["status"] == "running"  # still finishing within the grace period

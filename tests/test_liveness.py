@@ -32,7 +32,7 @@ def test_a_daemon_that_did_not_listen_does_not_count_that_silence(sqlite_url):
         core.daemon._not_listening(5.0)
         core.tick()
         assert core.daemon.peers.get("w1") is not None
-        assert core.store.get_task(task_id)["status"] == "running"
+        assert core.store.get_task(task_id)["status"] == "leased"  # sent, not started
         core.now += 0.7  # then silence while it listens does count
         core.tick()
         assert core.daemon.peers.get("w1") is None

@@ -263,7 +263,7 @@ def test_a_hello_repeated_on_one_connection_keeps_the_tasks_on_their_way(cluster
         m.ping()  # the daemon's turn that read the hello is over
         # Then its one slot is still taken: no second task comes
         assert next_tasks(300) == []
-        assert m.get(first)["status"] == "running"
+        assert m.get(first)["status"] == "leased"
     finally:
         sock.close()
         ctx.term()

@@ -128,7 +128,7 @@ def test_a_hello_claiming_more_than_its_capacity_readopts_no_more_than_that(clus
         assert protocol.decode(sock.recv_multipart())[0] is Cmd.WELCOME
         # Then it holds two of them; the other three end as lost, to run elsewhere
         items = [m.get(t) for t in ids]
-        assert [(i["status"], i["worker"]) for i in items[:2]] == [("running", "liar")] * 2
+        assert [(i["status"], i["worker"]) for i in items[:2]] == [("leased", "liar")] * 2  # never started
         assert [i["status"] for i in items[2:]] == ["failed"] * 3
         lost = m.show(ids[2])["attempts"][0]
         assert lost["outcome"] == "lost" and "beyond its capacity of 2" in lost["error"]["message"]

@@ -69,9 +69,14 @@ def submit(store: Store, name: str = "add", now: float = NOW, **spec) -> int:
     return task_id
 
 
-def claim_one(store: Store, worker: str = "w1", name: str = "add", now: float = NOW) -> dict:
+def claim_one(
+    store: Store, worker: str = "w1", name: str = "add", now: float = NOW, start: bool = True
+) -> dict:
+    """Claim one task; a handler starts it at once (running), unless `start` is False (leased)."""
     rows = store.claim(worker, [name], 1, now, LEASE)
     assert len(rows) == 1
+    if start:
+        assert store.start([(rows[0]["id"], rows[0]["attempt"], worker)], now) == 1
     return rows[0]
 
 

@@ -41,9 +41,9 @@ def test_claim_leases_tasks_and_counts_the_attempt(store):
         }
     ]
     r = row(task_id)
-    assert (r.status, r.attempt, r.worker) == ("running", 1, "w1")
+    assert (r.status, r.attempt, r.worker) == ("leased", 1, "w1")  # no handler on it yet
     assert r.lease_expires == NOW + LEASE
-    assert r.started_at == NOW
+    assert r.started_at is None
     assert store.claim("w2", ["add"], 5, NOW, LEASE) == []  # not claimed twice
 
 

@@ -31,17 +31,30 @@ def test_overdue_finds_running_attempts_past_their_timeout_and_grace(store):
     assert overdue_ids(store, NOW + 60 + GRACE + 0.1) == [quick, slow]
     assert overdue_ids(store, NOW + 10**9) == [quick, slow]  # no timeout: never
     (first,) = store.overdue(NOW + 16, GRACE, 10)
-    assert first == {"id": quick, "attempt": 1, "worker": "w1", "started_at": NOW, "timeout": 5.0}
+    assert first == {"id": quick, "attempt": 1, "worker": "w1", "status": "running", "started_at": NOW,
+                     "timeout": 5.0}  # fmt: skip
     assert row(unlimited).status == "running"
 
 
 def test_overdue_counts_from_a_delayed_tasks_due_time(store):
-    # A task leased ahead of its run_at starts then (its worker waits): so does its limit
+    # A task leased ahead of its run_at starts then (its worker waits, then says so): so does its limit
     task_id = submit(store, timeout=5.0, run_at=NOW + 2)
     store.promote_due(NOW + 2, lead=2.0)
-    claim_one(store)
+    claim_one(store, start=False)
+    assert store.start([(task_id, 1, "w1")], NOW + 2) == 1
     assert overdue_ids(store, NOW + 5 + GRACE + 1) == []
     assert overdue_ids(store, NOW + 2 + 5 + GRACE + 0.1) == [task_id]
+
+
+def test_overdue_counts_a_leased_attempt_from_its_claim_and_says_it_is_leased(store):
+    # Leased (no handler on it yet): the daemon judges it (Daemon._time_limits), from the claim on
+    task_id = submit(store, timeout=5.0)
+    claim_one(store, start=False, now=NOW + 1)
+    assert overdue_ids(store, NOW + 1 + 5 + GRACE) == []
+    (found,) = store.overdue(NOW + 1 + 5 + GRACE + 0.1, GRACE, 10)
+    assert (found["id"], found["status"], found["started_at"]) == (task_id, "leased", NOW + 1)
+    # And a leased attempt times out as a running one does
+    assert store.time_out(task_id, 1, NOW + 30, "too late")["status"] == "failed"
 
 
 def test_overdue_comes_in_bounded_batches_ordered_by_start(store):
@@ -115,7 +128,7 @@ def test_readopt_takes_back_no_more_than_its_limit_in_the_order_given(store):
     store.reap_expired(NOW + 100)  # the daemon restarted: all five lost
     held = [{"id": i, "attempt": 1} for i in [999, *reversed(ids)]]
     assert store.readopt("w1", held, NOW + 101, LEASE, limit=2) == [ids[4], ids[3]]
-    assert [row(i).status for i in ids] == ["failed"] * 3 + ["running"] * 2
+    assert [row(i).status for i in ids] == ["failed"] * 3 + ["leased"] * 2  # no handler had started them
     assert store.readopt("w1", held, NOW + 101, LEASE, limit=0) == []
 
 

@@ -45,7 +45,7 @@ def test_claim_never_hands_one_task_to_two_workers(store, other):
     mine_ids, theirs_ids, rest_ids = ({r["id"] for r in rows} for rows in (mine, theirs, rest))
     assert len(mine_ids) == 4 and not mine_ids & theirs_ids and not rest_ids & (mine_ids | theirs_ids)
     assert mine_ids | theirs_ids | rest_ids == set(ids)
-    assert {(t.status, t.attempt) for t in Task.select()} == {("running", 1)}
+    assert {(t.status, t.attempt) for t in Task.select()} == {("leased", 1)}
     workers = {t.id: t.worker for t in Task.select()}
     assert all(workers[i] == "w2" for i in theirs_ids) and all(workers[i] == "w1" for i in mine_ids)
 
