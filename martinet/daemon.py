@@ -552,7 +552,12 @@ class Daemon(ClientOps):
         # not believed beyond that (the rest end as lost below). Attempts whose outcome is
         # committed (acks lost in an outage) are not readopted, so they take no room.
         room = max(0, (capacity or 0) - len(in_transit - {r["id"] for r in running}))
-        adopted = self.store.readopt(worker_id, running, now, self.settings.lease, limit=room)
+        revived: list[tuple[str, str]] = []
+        adopted = self.store.readopt(
+            worker_id, running, now, self.settings.lease, limit=room, revived=revived
+        )
+        for queue, name in revived:  # let go of when lost, held again: they count toward limits again
+            self.lanes.held(queue, name)
         over = len(adopted) == room and len(running) > room
         if over:
             log.warning(

@@ -132,6 +132,13 @@ class Lanes:
         if name in self.names:
             self.names[name].started(now)
 
+    def held(self, queue: str, name: str) -> None:
+        """A task the daemon had let go of (its worker declared lost) runs again where it
+        ran: it counts toward concurrency again, and is no new start for a rate."""
+        self.queue(queue).running += 1
+        if name in self.names:
+            self.names[name].running += 1
+
     def restamp(self, claimed_at: float, sent_at: float) -> None:
         """Starts counted when claimed count from when they were sent (after the commit),
         so that a slow turn cannot make the next period's starts come early."""

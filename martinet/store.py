@@ -675,7 +675,13 @@ class Store:
         )
 
     def readopt(
-        self, worker: str, running: list[dict], now: float, lease: float, limit: int | None = None
+        self,
+        worker: str,
+        running: list[dict],
+        now: float,
+        lease: float,
+        limit: int | None = None,
+        revived: list[tuple[str, str]] | None = None,
     ) -> list[int]:
         """A reconnecting worker still holds these (id, attempt; "started" when a handler
         took it): give the leases back to it.
@@ -691,7 +697,9 @@ class Store:
         than lost or interrupted (its worker's outcome committed, the ack lost; or timed
         out by the daemon), so an outcome sent again is fenced out instead of ending the
         attempt twice. At most `limit` are readopted, in the order given. Returns the
-        ids readopted; the worker should stop the others."""
+        ids readopted; the worker should stop the others. The (queue, name) of those that
+        were no longer held (their loss undone) go to `revived`: they hold their limits'
+        room again."""
         adopted: list[int] = []
         for item in running:
             if limit is not None and len(adopted) >= limit:
@@ -731,6 +739,9 @@ class Store:
                     )
                     .execute()
                 )
+                if n and revived is not None:
+                    task = Task.select(Task.queue, Task.name).where(Task.id == item["id"]).get()
+                    revived.append((task.queue, task.name))
                 if n:  # the attempt goes on: the loss the reaper wrote did not happen
                     Attempt.delete().where(
                         Attempt.task_id == item["id"],

@@ -142,3 +142,20 @@ def test_a_queue_that_runs_dry_does_not_end_the_claim_for_the_others(core):
     for task_id in bulk:
         assert [row["id"] for row in core.claim()["w1"]] == [task_id]
         core.succeed(task_id)
+
+
+def test_a_task_readopted_after_its_worker_was_lost_counts_toward_its_limit_again(core):
+    """The daemon lost a worker (its tasks' slots were freed), then the worker came back
+    still running its task: that task holds the queue's only slot again."""
+    core.request("set_queue", name="narrow", concurrency=1)
+    core.hello("w1", ["a"], capacity=2)
+    first = core.submit("a", queue="narrow")
+    core.submit("a", queue="narrow")
+    assert claim(core) == ["a"]
+    with core.store.atomic():
+        core.daemon._lose_worker("w1", core.now, "silent")
+    core.hello("w1", ["a"], capacity=2, running=[{"id": first, "attempt": 1, "started": True}])
+    assert core.store.get_task(first)["status"] == "running"
+    assert claim(core) == []  # the second waits: the first holds the limit again
+    core.succeed(first)
+    assert claim(core) == ["a"]
