@@ -270,7 +270,11 @@ class Daemon(ClientOps):
         if self._dispatch_pending and self.peers.any_credit():
             return now
         deadlines = [self._next_tick, self._waiters_due]
-        for deadline in (self._next_wakeup, self._rate_wakeup, self._next_heartbeat()):
+        for deadline in (
+            self._next_wakeup,
+            self._rate_wakeup,
+            self.peers.next_heartbeat(self.settings.heartbeat_interval),
+        ):
             if deadline is not None:
                 deadlines.append(deadline)
         catch_up = self.hub.next_turn()
@@ -383,9 +387,6 @@ class Daemon(ClientOps):
             return False
 
     _heartbeat = protocol.encode(Cmd.HEARTBEAT, {})
-
-    def _next_heartbeat(self) -> float | None:
-        return self.peers.next_heartbeat(self.settings.heartbeat_interval)
 
     def _decode(self, sock_name: str, ident: bytes, frames: list[bytes], out: Outbox | None = None):
         """(command, header), or (None, None) for a message dropped as malformed; with `out`

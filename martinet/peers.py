@@ -51,6 +51,7 @@ class Peer:
     # worker: their threads may be stuck in them, so they keep their slots until it answers
     # (its answer is fenced out, and frees the slot). A stuck worker thus gets no more work.
     stuck: set[int] = field(default_factory=set)
+    _kind: Kind | None = field(default=None, repr=False)
     # It says when a handler starts a task (STARTED): its leased tasks wait in its prefetch,
     # and its running ones have their real start in the store. Else the clocks are a guess.
     reports_starts: bool = False
@@ -76,7 +77,10 @@ class Peer:
 
     @property
     def kind(self) -> Kind:
-        return frozenset(self.names), None if self.queues is None else frozenset(self.queues)
+        """Worked out once: it is asked at every task sent and ended (see Peers.drop_name)."""
+        if self._kind is None:
+            self._kind = frozenset(self.names), None if self.queues is None else frozenset(self.queues)
+        return self._kind
 
 
 class Peers:
@@ -157,6 +161,7 @@ class Peers:
         self._unindex(peer)
         self._serves.clear()
         peer.names.discard(name)
+        peer._kind = None
         self._index(peer)
 
     def excuse(self, gap: float) -> None:
@@ -214,10 +219,6 @@ class Peers:
             worker_id = next(iter(line))
             line.move_to_end(worker_id)
             yield line[worker_id]
-
-    def with_credit(self) -> list[Peer]:
-        """Every worker that can take a task (a scan: for reports, not for a turn)."""
-        return [p for p in self._by_id.values() if p.credit > 0]
 
     def busy(self) -> list[str]:
         """The workers holding tasks."""

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from urllib.parse import urlparse
 
 import pytest
@@ -26,6 +29,14 @@ def pytest_configure(config):
     if config.getoption("db") and getattr(config.option, "numprocesses", None):
         config.option.numprocesses = 0
         config.option.dist = "no"
+    # Default journals (a worker without --journal or MARTINET_STATE_DIR, in process or
+    # started by a test) go under a folder of the run's own, never the user's state folder.
+    config._martinet_state = tempfile.mkdtemp(prefix="martinet-tests-state-")
+    os.environ["XDG_STATE_HOME"] = config._martinet_state
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "_martinet_state", ""), ignore_errors=True)
 
 
 def pytest_generate_tests(metafunc):
@@ -67,3 +78,19 @@ def any_cluster(tmp_path, db_url):
     c = Cluster(tmp_path, db_url)
     yield c
     c.shutdown()
+
+
+@pytest.fixture
+def make_core():
+    """Core(url, **settings) (tests/core.py): a daemon driven in process, closed after the test."""
+    from tests.core import Core
+
+    made: list = []
+
+    def make(url: str, **settings) -> Core:
+        made.append(Core(url, **settings))
+        return made[-1]
+
+    yield make
+    for core in made:
+        core.close()

@@ -19,7 +19,6 @@ from martinet.daemon import Outbox
 from martinet.errors import BadInput
 from martinet.protocol import Cmd
 from martinet.worker import PREFETCH_PER_THREAD, Worker
-from tests.core import Core
 
 GATE = threading.Event()  # the "gate" handler returns once it is set
 
@@ -84,32 +83,27 @@ def run(live: Live, capsys, *argv: str) -> tuple[int, str, str]:
 # ---- an unknown task name -------------------------------------------------------------
 
 
-def test_daemon_warns_when_no_connected_worker_would_run_a_submitted_task(db_url, caplog):
-    core = Core(db_url)
-    try:
-        assert (
-            core.request("execute", name="resiz", args={})["warning"] == "no connected worker handles 'resiz'"
-        )
-        with caplog.at_level(logging.INFO, logger="martinet.daemon"):
-            core.hello("w1", ["resize"], capacity=10, threads=2, queues=["images"])
-        # its ready line tells threads and prefetch apart
-        assert "worker w1 ready: 2 thread(s) and 8 prefetch slot(s) for resize" in caplog.text
-        assert "warning" not in core.request("execute", name="resize", args={}, queue="images")
-        assert (
-            core.request("schedule", name="resize", args={}, run_at=core.now + 60)["warning"]
-            == "no connected worker that handles 'resize' serves queue 'default'"
-        )
-        batch = core.request("execute_many", tasks=[{"name": "resize", "args": {}, "queue": "images"},
-                                                    {"name": "nope", "args": {}}])  # fmt: skip
-        assert batch["warnings"] == [
-            {"name": "nope", "queue": "default", "warning": "no connected worker handles 'nope'"}
-        ]
-        every = core.request("every", name="nope", args={}, every=60.0, timezone="UTC")
-        assert every["warning"] == "no connected worker handles 'nope'"
-        core.hello("w2", ["nope"])  # a worker comes: the answer is not kept from before
-        assert "warning" not in core.request("execute", name="nope", args={})
-    finally:
-        core.close()
+def test_daemon_warns_when_no_connected_worker_would_run_a_submitted_task(db_url, caplog, make_core):
+    core = make_core(db_url)
+    assert core.request("execute", name="resiz", args={})["warning"] == "no connected worker handles 'resiz'"
+    with caplog.at_level(logging.INFO, logger="martinet.daemon"):
+        core.hello("w1", ["resize"], capacity=10, threads=2, queues=["images"])
+    # its ready line tells threads and prefetch apart
+    assert "worker w1 ready: 2 thread(s) and 8 prefetch slot(s) for resize" in caplog.text
+    assert "warning" not in core.request("execute", name="resize", args={}, queue="images")
+    assert (
+        core.request("schedule", name="resize", args={}, run_at=core.now + 60)["warning"]
+        == "no connected worker that handles 'resize' serves queue 'default'"
+    )
+    batch = core.request("execute_many", tasks=[{"name": "resize", "args": {}, "queue": "images"},
+                                                {"name": "nope", "args": {}}])  # fmt: skip
+    assert batch["warnings"] == [
+        {"name": "nope", "queue": "default", "warning": "no connected worker handles 'nope'"}
+    ]
+    every = core.request("every", name="nope", args={}, every=60.0, timezone="UTC")
+    assert every["warning"] == "no connected worker handles 'nope'"
+    core.hello("w2", ["nope"])  # a worker comes: the answer is not kept from before
+    assert "warning" not in core.request("execute", name="nope", args={})
 
 
 def test_unknown_name_is_warned_about_in_the_api_and_the_cli(live, capsys):
@@ -131,23 +125,20 @@ def test_unknown_name_is_warned_about_in_the_api_and_the_cli(live, capsys):
 # ---- waiting: its own bound, why it timed out, exit codes, Ctrl-C -------------------------
 
 
-def test_a_wait_that_times_out_says_why_the_task_still_waits(db_url):
-    core = Core(db_url)
-    try:
-        tid = core.submit("resiz")
-        out = Outbox()
-        with core.store.atomic():
-            core.daemon._on_client(b"c", _frames("wait", id=tid, wait_for=5), out, core.now)
-        assert out.replies == []  # held until the task ends or the deadline
-        core.now += 5
-        with core.store.atomic():
-            core.daemon._timers(out, core.now)
-        ((_ident, reply),) = out.replies
-        assert (reply["done"], reply["status"], reply["waiting"]) == (
-            False, "queued", "no connected worker handles 'resiz'",
-        )  # fmt: skip
-    finally:
-        core.close()
+def test_a_wait_that_times_out_says_why_the_task_still_waits(db_url, make_core):
+    core = make_core(db_url)
+    tid = core.submit("resiz")
+    out = Outbox()
+    with core.store.atomic():
+        core.daemon._on_client(b"c", _frames("wait", id=tid, wait_for=5), out, core.now)
+    assert out.replies == []  # held until the task ends or the deadline
+    core.now += 5
+    with core.store.atomic():
+        core.daemon._timers(out, core.now)
+    ((_ident, reply),) = out.replies
+    assert (reply["done"], reply["status"], reply["waiting"]) == (
+        False, "queued", "no connected worker handles 'resiz'",
+    )  # fmt: skip
 
 
 def _frames(op: str, **fields):

@@ -26,6 +26,7 @@ from martinet.dbhealth import REMIND_EVERY, describe
 from martinet.protocol import Cmd
 from martinet.store import Store, iso, open_database
 from martinet.worker import JOURNAL_RETRY, Worker
+from tests.fakes import FakeSocket
 from tests.harness import wait_for
 
 NOW = 1_800_000_000.0
@@ -170,22 +171,6 @@ def test_martinet_ping_shows_the_database_trouble_and_exits_1_while_it_lasts(cap
 
 
 # ---- the worker's journal ------------------------------------------------------------------
-
-
-class FakeSocket:
-    def __init__(self) -> None:
-        self.sent: list[tuple[Cmd, dict]] = []
-
-    def send_multipart(self, frames, flags=0) -> None:
-        self.sent.append(protocol.decode(frames))
-
-    def close(self, linger=None) -> None:
-        pass
-
-    def take(self, cmd: Cmd) -> list[dict]:
-        found = [h for c, h in self.sent if c is cmd]
-        self.sent = [(c, h) for c, h in self.sent if c is not cmd]
-        return found
 
 
 @pytest.fixture

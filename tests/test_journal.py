@@ -18,6 +18,7 @@ from martinet.journal import ACK_DELAY, FORMAT, UNKNOWN, Journal
 from martinet.protocol import Cmd
 from martinet.worker import FAULT_EXIT, FAULT_EXIT_BEFORE_SEND, Worker
 from tests.core import Core
+from tests.fakes import FakeSocket
 from tests.harness import START_TIMEOUT, Cluster, wait_for
 
 
@@ -301,22 +302,6 @@ def test_a_format_1_journal_is_upgraded_and_its_outcomes_are_for_no_known_databa
     assert j.meta("format") == FORMAT and j.claim_worker_id(None, "fresh") == "w-old"
     assert j.recover() == [(UNKNOWN, 1, 1, b"{}")] and j.database() is None
     j.close()
-
-
-class FakeSocket:
-    def __init__(self) -> None:
-        self.sent: list[tuple[Cmd, dict]] = []
-
-    def send_multipart(self, frames, flags=0) -> None:
-        self.sent.append(protocol.decode(frames))
-
-    def close(self, linger=None) -> None:
-        pass
-
-    def take(self, cmd: Cmd) -> list[dict]:
-        found = [h for c, h in self.sent if c is cmd]
-        self.sent = [(c, h) for c, h in self.sent if c is not cmd]
-        return found
 
 
 def boom(task):

@@ -5,83 +5,70 @@ from __future__ import annotations
 
 from martinet.daemon import Outbox
 from martinet.store import Outcome
-from tests.core import Core
 
 
-def test_a_silent_worker_is_lost_after_liveness_intervals(sqlite_url):
-    core = Core(sqlite_url, heartbeat_interval=0.2)
-    try:
-        core.hello("w1", ["add"])
-        core.now += 0.5
-        core.tick()
-        assert core.daemon.peers.get("w1") is not None
-        core.now += 0.2
-        core.tick()
-        assert core.daemon.peers.get("w1") is None
-    finally:
-        core.close()
+def test_a_silent_worker_is_lost_after_liveness_intervals(sqlite_url, make_core):
+    core = make_core(sqlite_url, heartbeat_interval=0.2)
+    core.hello("w1", ["add"])
+    core.now += 0.5
+    core.tick()
+    assert core.daemon.peers.get("w1") is not None
+    core.now += 0.2
+    core.tick()
+    assert core.daemon.peers.get("w1") is None
 
 
-def test_a_daemon_that_did_not_listen_does_not_count_that_silence(sqlite_url):
-    core = Core(sqlite_url, heartbeat_interval=0.2)
-    try:
-        core.hello("w1", ["add"])
-        task_id = core.submit("add")
-        assert core.claimed_names() == ["add"]
-        core.now += 5.0  # the daemon was stopped: its sockets filled up, unread
-        core.daemon._not_listening(5.0)
-        core.tick()
-        assert core.daemon.peers.get("w1") is not None
-        assert core.store.get_task(task_id)["status"] == "leased"  # sent, not started
-        core.now += 0.7  # then silence while it listens does count
-        core.tick()
-        assert core.daemon.peers.get("w1") is None
-    finally:
-        core.close()
+def test_a_daemon_that_did_not_listen_does_not_count_that_silence(sqlite_url, make_core):
+    core = make_core(sqlite_url, heartbeat_interval=0.2)
+    core.hello("w1", ["add"])
+    task_id = core.submit("add")
+    assert core.claimed_names() == ["add"]
+    core.now += 5.0  # the daemon was stopped: its sockets filled up, unread
+    core.daemon._not_listening(5.0)
+    core.tick()
+    assert core.daemon.peers.get("w1") is not None
+    assert core.store.get_task(task_id)["status"] == "leased"  # sent, not started
+    core.now += 0.7  # then silence while it listens does count
+    core.tick()
+    assert core.daemon.peers.get("w1") is None
 
 
-def test_tasks_claimed_for_a_connection_that_is_gone_go_back_unspent(db_url):
+def test_tasks_claimed_for_a_connection_that_is_gone_go_back_unspent(db_url, make_core):
     """A worker that reconnected while the daemon was paused: the tasks claimed for its old
     connection never left. They are queued again with no attempt spent and no attempt
     lost, and the worker is not declared gone for it."""
-    core = Core(db_url)
-    try:
-        core.hello("w1", ["add"])  # its connection: nobody is on the other end
-        task_id = core.submit("add")
-        out = Outbox()
-        with core.store.atomic():
-            core.daemon._claim(out, core.now)
-        core.daemon._send_tasks(out.tasks, core.now)
-        task = core.store.get_task(task_id)
-        assert (task["status"], task["attempt"], core.store.attempts(task_id)) == ("queued", 0, [])
-        peer = core.daemon.peers.get("w1")
-        assert peer is not None and peer.credit == 0 and not peer.inflight
-        core.hello("w1", ["add"])  # it says hello on its new connection
-        assert core.claimed_names() == ["add"]
-    finally:
-        core.close()
+    core = make_core(db_url)
+    core.hello("w1", ["add"])  # its connection: nobody is on the other end
+    task_id = core.submit("add")
+    out = Outbox()
+    with core.store.atomic():
+        core.daemon._claim(out, core.now)
+    core.daemon._send_tasks(out.tasks, core.now)
+    task = core.store.get_task(task_id)
+    assert (task["status"], task["attempt"], core.store.attempts(task_id)) == ("queued", 0, [])
+    peer = core.daemon.peers.get("w1")
+    assert peer is not None and peer.credit == 0 and not peer.inflight
+    core.hello("w1", ["add"])  # it says hello on its new connection
+    assert core.claimed_names() == ["add"]
 
 
-def test_a_worker_stuck_past_a_time_limit_gets_no_more_work_until_it_answers(db_url):
+def test_a_worker_stuck_past_a_time_limit_gets_no_more_work_until_it_answers(db_url, make_core):
     """Its attempt ends timed out and is retried elsewhere; its slot stays taken (its thread
     may be stuck in the handler) until it answers for that task, fenced out or not."""
-    core = Core(db_url, time_limit_grace=0.5)
-    try:
-        core.hello("stuck", ["add"], capacity=1)
-        first = core.submit("add", timeout=1.0, max_attempts=5)
-        assert core.claimed_names() == ["add"]
-        core.now += 1.6  # past its time limit and the grace, heartbeats or not
-        core.claim()
-        task = core.store.get_task(first)
-        assert (task["status"], task["error"]["type"]) == ("failed", "TaskTimeout")
-        second = core.submit("add")
-        assert core.claim() == {}  # nothing more for the stuck worker
-        core.hello("fresh", ["add"], capacity=4)
-        core.now += 60  # the retry is due
-        assert sorted(row["id"] for row in core.claim()["fresh"]) == [first, second]
-        out = Outbox()
-        with core.store.atomic():  # the stuck handler returns at last: fenced out, its slot freed
-            core.daemon._on_outcomes([(b"status", Outcome(first, 1, "stuck", "succeeded"))], out, core.now)
-        assert core.daemon.peers.get("stuck").credit == 1
-    finally:
-        core.close()
+    core = make_core(db_url, time_limit_grace=0.5)
+    core.hello("stuck", ["add"], capacity=1)
+    first = core.submit("add", timeout=1.0, max_attempts=5)
+    assert core.claimed_names() == ["add"]
+    core.now += 1.6  # past its time limit and the grace, heartbeats or not
+    core.claim()
+    task = core.store.get_task(first)
+    assert (task["status"], task["error"]["type"]) == ("failed", "TaskTimeout")
+    second = core.submit("add")
+    assert core.claim() == {}  # nothing more for the stuck worker
+    core.hello("fresh", ["add"], capacity=4)
+    core.now += 60  # the retry is due
+    assert sorted(row["id"] for row in core.claim()["fresh"]) == [first, second]
+    out = Outbox()
+    with core.store.atomic():  # the stuck handler returns at last: fenced out, its slot freed
+        core.daemon._on_outcomes([(b"status", Outcome(first, 1, "stuck", "succeeded"))], out, core.now)
+    assert core.daemon.peers.get("stuck").credit == 1

@@ -13,7 +13,6 @@ from martinet import protocol
 from martinet.protocol import Cmd
 from martinet.validate import MAX_ERROR_MESSAGE, MAX_TRACEBACK
 from martinet.worker import TaskContext, Worker
-from tests.core import Core
 
 
 class FakeSocket:
@@ -209,77 +208,68 @@ def test_the_loop_waits_no_longer_than_the_next_time_limit_and_a_start_wakes_it(
 # ---- the daemon: the last progress report ---------------------------------------------------
 
 
-def test_progress_in_the_turn_of_the_outcome_is_stored_before_it(db_url):
-    core = Core(db_url)
-    try:
-        core.hello("w1", ["steps"])
-        ids = [core.submit("steps"), core.submit("steps")]
-        core.claim()
-        progress = [
-            {"id": i, "attempt": 1, "name": "steps", "progress": p, "message": f"step {p}", "worker_id": "w1"}
-            for i in ids
-            for p in (0.5, 1.0)
-        ]
-        ended = [
-            {"id": ids[0], "attempt": 1, "ok": True, "result": 3},
-            {"id": ids[1], "attempt": 1, "ok": False, "error": {"type": "ValueError", "message": "x" * 10}},
-        ]
-        out = core.status(
-            *[(Cmd.PROGRESS, p) for p in progress[:3]],
-            (Cmd.ENDED, {"worker_id": "w1", "ended": ended[:1]}),
-            (Cmd.PROGRESS, progress[3]),
-            (Cmd.ENDED, {"worker_id": "w1", "ended": ended[1:]}),
-        )
-        kinds = [(e["event"], e["id"], e.get("progress")) for e in out.events]
-        assert kinds == [
-            ("progress", ids[0], 1.0),  # coalesced within the turn: the latest, never lost
-            ("progress", ids[1], 1.0),
-            ("succeeded", ids[0], None),
-            ("failed", ids[1], None),
-        ]
-        for task_id in ids:
-            row = core.store.get_task(task_id)
-            assert (row["progress"], row["progress_message"]) == (1.0, "step 1.0")
-    finally:
-        core.close()
-
-
-def test_a_traceback_too_long_from_an_older_worker_keeps_its_end(db_url):
-    core = Core(db_url)
-    try:
-        core.hello("w1", ["boom"])
-        task_id = core.submit("boom", max_attempts=1)
-        core.claim()
-        tb = "Traceback (most recent call last):\n" + "  frame\n" * 20_000 + "ValueError: here"
-        error = {"type": "ValueError", "message": "m", "traceback": tb}
-        core.status((Cmd.ENDED, {"worker_id": "w1", "ended": [{"id": task_id, "attempt": 1, "ok": False,
-                                                                 "error": error}]}))  # fmt: skip
+def test_progress_in_the_turn_of_the_outcome_is_stored_before_it(db_url, make_core):
+    core = make_core(db_url)
+    core.hello("w1", ["steps"])
+    ids = [core.submit("steps"), core.submit("steps")]
+    core.claim()
+    progress = [
+        {"id": i, "attempt": 1, "name": "steps", "progress": p, "message": f"step {p}", "worker_id": "w1"}
+        for i in ids
+        for p in (0.5, 1.0)
+    ]
+    ended = [
+        {"id": ids[0], "attempt": 1, "ok": True, "result": 3},
+        {"id": ids[1], "attempt": 1, "ok": False, "error": {"type": "ValueError", "message": "x" * 10}},
+    ]
+    out = core.status(
+        *[(Cmd.PROGRESS, p) for p in progress[:3]],
+        (Cmd.ENDED, {"worker_id": "w1", "ended": ended[:1]}),
+        (Cmd.PROGRESS, progress[3]),
+        (Cmd.ENDED, {"worker_id": "w1", "ended": ended[1:]}),
+    )
+    kinds = [(e["event"], e["id"], e.get("progress")) for e in out.events]
+    assert kinds == [
+        ("progress", ids[0], 1.0),  # coalesced within the turn: the latest, never lost
+        ("progress", ids[1], 1.0),
+        ("succeeded", ids[0], None),
+        ("failed", ids[1], None),
+    ]
+    for task_id in ids:
         row = core.store.get_task(task_id)
-        assert row["status"] == "dead"
-        stored = row["error"]["traceback"]
-        assert len(stored) <= MAX_TRACEBACK and stored.endswith("ValueError: here")
-        assert stored.startswith("[") and "characters cut from the start" in stored.splitlines()[0]
-    finally:
-        core.close()
+        assert (row["progress"], row["progress_message"]) == (1.0, "step 1.0")
 
 
-def test_a_result_over_max_payload_from_a_worker_that_does_not_check_is_a_failure(db_url):
-    core = Core(db_url, max_payload=1000)
-    try:
-        core.hello("w1", ["big"])
-        ids = [core.submit("big", max_attempts=1), core.submit("big", max_attempts=1)]
-        core.claim()
-        ended = [
-            {"id": ids[0], "attempt": 1, "ok": True, "result": "x" * 998},  # 1000 bytes as JSON
-            {"id": ids[1], "attempt": 1, "ok": True, "result": "x" * 999},
-        ]
-        core.status((Cmd.ENDED, {"worker_id": "w1", "ended": ended}))
-        ok, over = (core.store.get_task(i) for i in ids)
-        assert (ok["status"], ok["result"]) == ("succeeded", "x" * 998)
-        assert over["status"] == "dead" and over["result"] is None
-        assert (
-            over["error"]["message"]
-            == "the handler's result is 1001 bytes as JSON, over the limit of 1000 (max_payload)"
-        )
-    finally:
-        core.close()
+def test_a_traceback_too_long_from_an_older_worker_keeps_its_end(db_url, make_core):
+    core = make_core(db_url)
+    core.hello("w1", ["boom"])
+    task_id = core.submit("boom", max_attempts=1)
+    core.claim()
+    tb = "Traceback (most recent call last):\n" + "  frame\n" * 20_000 + "ValueError: here"
+    error = {"type": "ValueError", "message": "m", "traceback": tb}
+    core.status((Cmd.ENDED, {"worker_id": "w1", "ended": [{"id": task_id, "attempt": 1, "ok": False,
+                                                             "error": error}]}))  # fmt: skip
+    row = core.store.get_task(task_id)
+    assert row["status"] == "dead"
+    stored = row["error"]["traceback"]
+    assert len(stored) <= MAX_TRACEBACK and stored.endswith("ValueError: here")
+    assert stored.startswith("[") and "characters cut from the start" in stored.splitlines()[0]
+
+
+def test_a_result_over_max_payload_from_a_worker_that_does_not_check_is_a_failure(db_url, make_core):
+    core = make_core(db_url, max_payload=1000)
+    core.hello("w1", ["big"])
+    ids = [core.submit("big", max_attempts=1), core.submit("big", max_attempts=1)]
+    core.claim()
+    ended = [
+        {"id": ids[0], "attempt": 1, "ok": True, "result": "x" * 998},  # 1000 bytes as JSON
+        {"id": ids[1], "attempt": 1, "ok": True, "result": "x" * 999},
+    ]
+    core.status((Cmd.ENDED, {"worker_id": "w1", "ended": ended}))
+    ok, over = (core.store.get_task(i) for i in ids)
+    assert (ok["status"], ok["result"]) == ("succeeded", "x" * 998)
+    assert over["status"] == "dead" and over["result"] is None
+    assert (
+        over["error"]["message"]
+        == "the handler's result is 1001 bytes as JSON, over the limit of 1000 (max_payload)"
+    )

@@ -308,22 +308,18 @@ def _refusal(core, op: str, **fields) -> dict:
 
 
 @pytest.mark.parametrize("min_interval", [None, 0.1])
-def test_the_daemons_min_interval_decides_every_and_update(sqlite_url, min_interval):
+def test_the_daemons_min_interval_decides_every_and_update(sqlite_url, min_interval, make_core):
     """A client that skips its own check (another version, a raw request) meets the daemon's."""
-    from tests.core import Core
 
-    core = Core(sqlite_url, **({} if min_interval is None else {"min_interval": min_interval}))
-    try:
-        if min_interval is None:  # the default, 1 s
-            error = _refusal(core, "every", name="tick", every=0.001)
-            assert error["type"] == "BadSchedule" and "shorter than the minimum, 1 second" in error["message"]
-            sid = core.request("every", name="tick", every=60)["id"]
-            error = _refusal(core, "update", id=sid, every=0.5)
-            assert "shorter than the minimum" in error["message"]
-        else:
-            sid = core.request("every", name="tick", every=0.5)["id"]
-            core.request("update", id=sid, every=0.2)
-        error = _refusal(core, "every", name="tick", every="* * * * * *")
-        assert "fires 60 times a minute" in error["message"]
-    finally:
-        core.close()
+    core = make_core(sqlite_url, **({} if min_interval is None else {"min_interval": min_interval}))
+    if min_interval is None:  # the default, 1 s
+        error = _refusal(core, "every", name="tick", every=0.001)
+        assert error["type"] == "BadSchedule" and "shorter than the minimum, 1 second" in error["message"]
+        sid = core.request("every", name="tick", every=60)["id"]
+        error = _refusal(core, "update", id=sid, every=0.5)
+        assert "shorter than the minimum" in error["message"]
+    else:
+        sid = core.request("every", name="tick", every=0.5)["id"]
+        core.request("update", id=sid, every=0.2)
+    error = _refusal(core, "every", name="tick", every="* * * * * *")
+    assert "fires 60 times a minute" in error["message"]
