@@ -281,7 +281,7 @@ def test_worker_on_registration(cluster):
     cluster.start_daemon()
     before = cluster.workers_connected()
     proc = Proc(
-        [sys.executable, "tests/on_worker.py", str(cluster.worker_port), str(cluster.status_port)],
+        [sys.executable, "tests/e2e/on_worker.py", str(cluster.worker_port), str(cluster.status_port)],
         cluster.tmp / "on-worker.log",
     )
     cluster.workers.append(proc)

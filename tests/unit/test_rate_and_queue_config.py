@@ -20,7 +20,7 @@ from martinet.when import parse_rate
 from martinet.worker import Worker, WorkerOptions
 from tests.harness import ROOT
 
-CONF = Path(__file__).resolve().parent.parent / "conf" / "martinet.toml"
+CONF = Path(__file__).resolve().parents[2] / "conf" / "martinet.toml"
 
 
 # ---- parse_rate -------------------------------------------------------------------

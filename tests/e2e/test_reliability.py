@@ -129,7 +129,7 @@ def test_refused_task_goes_elsewhere_without_spending_an_attempt(cluster):
     # Given a worker that claims 'beta' but cannot run it
     cluster.start_daemon()
     cluster.start_worker(
-        "tests.tasks_alpha", worker_id="liar", script=[sys.executable, "tests/liar_worker.py"]
+        "tests.tasks_alpha", worker_id="liar", script=[sys.executable, "tests/e2e/liar_worker.py"]
     )
     m = cluster.client()
     tid = m.execute("beta")
