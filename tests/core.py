@@ -36,6 +36,17 @@ class Core:
         assert reply["ok"], reply
         return reply
 
+    def refusal(self, op: str, **fields: Any) -> dict:
+        """A client request the daemon refuses, handled as a turn would: its error
+        ({"type": ..., "message": ...})."""
+        out = Outbox()
+        frames = protocol.encode(Cmd.REQUEST, {"op": op, "rid": "r", **fields})
+        with self.store.atomic():
+            self.daemon._on_client(b"client", frames, out, self.now)
+        (reply,) = [r for _ident, r in out.replies]
+        assert not reply["ok"], reply
+        return reply["error"]
+
     def submit(self, name: str, queue: str | None = None, **fields: Any) -> int:
         if queue is not None:
             fields["queue"] = queue
