@@ -57,6 +57,12 @@ class Core:
         with self.store.atomic():
             self.daemon._on_hello(worker_id.encode(), header, self.now)
 
+    def reconnect(self, worker_id: str, names: list[str], capacity: int = 4, **fields: Any) -> None:
+        """A hello from `worker_id` on a new connection (another ident than `hello`'s)."""
+        header = {"worker_id": worker_id, "names": names, "capacity": capacity, **fields}
+        with self.store.atomic():
+            self.daemon._on_hello(f"{worker_id}/again".encode(), header, self.now)
+
     def claim(self) -> dict[str, list[dict]]:
         """A turn's timers and claims (committed, not sent) while every worker keeps
         sending heartbeats: {worker id: rows}."""
