@@ -1,6 +1,7 @@
-"""Shaping work with real workers: unique keys, dependencies passing results, releases, a lost
-worker ending a parent. What the daemon decides alone (priority, schedules declared at every
-start, refused or cancelled dependencies) is tested in process: tests/unit/test_shaping.py."""
+"""Shaping work with real workers and clients: a key raced by several processes, dependencies
+passing results, releases, a lost worker ending a parent. What the daemon decides alone
+(priority, unique keys, schedules declared at every start, refused or cancelled
+dependencies) is tested in process: tests/unit/test_shaping.py."""
 
 from __future__ import annotations
 
@@ -12,25 +13,6 @@ import pytest
 
 import martinet
 from tests.harness import ROOT, wait_for
-
-
-def test_a_key_holds_one_unfinished_task(any_cluster):
-    any_cluster.start_daemon()
-    m = any_cluster.client()
-    first = m.execute("add", {"a": 1, "b": 1}, key="avatar-7")
-    again = m.execute("add", {"a": 5, "b": 5}, key="avatar-7")
-    assert (first, first.created, again, again.created) == (first, True, first, False)
-    assert m.get("avatar-7")["id"] == first and m.show("avatar-7")["key"] == "avatar-7"
-    any_cluster.start_worker()
-    assert m.wait("avatar-7", timeout=10) == 2
-    later = m.execute("add", {"a": 2, "b": 2}, key="avatar-7")  # the first one ended: the key is free
-    assert later.created and later != first
-    assert m.wait(later, timeout=10) == 4
-    ever = m.execute("add", {"a": 3, "b": 3}, key="once-only", unique="always")
-    m.wait(ever, timeout=10)
-    assert m.execute("add", {"a": 9, "b": 9}, key="once-only", unique="always").created is False
-    assert m.revoke(m.schedule("in 1 hour", "add", {"a": 0, "b": 0}, key="cancel-me")) == "cancelled"
-    assert m.execute("add", {"a": 0, "b": 0}, key="cancel-me").created
 
 
 def test_a_key_submitted_by_several_processes_at_once_creates_one_task(any_cluster):

@@ -33,6 +33,36 @@ def test_higher_priority_runs_first_and_equal_priorities_keep_their_order(db_url
     assert began == [urgent, *high, *low]
 
 
+def test_a_key_holds_one_unfinished_task(db_url, make_core):
+    core = make_core(db_url)
+
+    def execute(key: str, **fields) -> tuple[int, bool]:
+        reply = core.request("execute", name="add", args={"a": 1, "b": 1}, key=key, **fields)
+        return reply["id"], reply.get("created", True)
+
+    first, created = execute("avatar-7")
+    again, again_created = execute("avatar-7")
+    assert (again, created, again_created) == (first, True, False)
+    assert (
+        get(core, "avatar-7")["id"] == first
+        and core.request("show", id="avatar-7")["item"]["key"] == "avatar-7"
+    )
+    core.hello("w1", ["add"])
+    assert [row["id"] for row in core.claim()["w1"]] == [first]
+    assert core.succeed(first)["status"] == "succeeded"
+    later, later_created = execute("avatar-7")  # the first one ended: the key is free
+    assert later_created and later != first
+    core.claim()
+    assert core.succeed(later)["status"] == "succeeded"
+    ever, _ = execute("once-only", unique="always")
+    core.claim()
+    core.succeed(ever)
+    assert execute("once-only", unique="always")[1] is False
+    cancel_me, _ = execute("cancel-me", run_at=core.now + HOUR)  # scheduled "in 1 hour"
+    assert core.request("revoke", id=cancel_me)["status"] == "cancelled"
+    assert execute("cancel-me")[1]
+
+
 def test_a_schedule_declared_at_every_start_exists_once(db_url, make_core):
     core = make_core(db_url)
     first = every(core, HOUR, {"v": 1}, key="hourly-sync")
