@@ -4,9 +4,11 @@ handler that finished is not run again because its result died with it."""
 from __future__ import annotations
 
 import socket
+import tempfile
 
 import pytest
 
+from martinet import demo
 from martinet.errors import TaskFailed
 from martinet.worker import FAULT_EXIT, FAULT_EXIT_BEFORE_SEND
 from tests.harness import START_TIMEOUT, Cluster, wait_for
@@ -148,3 +150,17 @@ def test_an_outcome_for_one_daemons_database_never_ends_the_same_task_id_of_anot
     finally:
         a.shutdown()
         b.shutdown()
+
+
+def test_the_demo_keeps_its_journals_in_its_own_directory_and_removes_it(tmp_path, monkeypatch, capsys):
+    for name in ("MARTINET_STATE_DIR", "XDG_STATE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the user's state folder: ~/.local/state/martinet
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR is read again
+    monkeypatch.setattr(
+        demo, "_tour", lambda m, show: m.wait(m.execute("demo.greet", {"who": "you"}), timeout=20)
+    )
+    assert demo.run_demo(n_tasks=0) == 0, capsys.readouterr()
+    assert not (tmp_path / "home").exists() and list((tmp_path / "tmp").iterdir()) == []

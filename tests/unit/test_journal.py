@@ -9,11 +9,10 @@ import logging
 import os
 import socket
 import sqlite3
-import tempfile
 
 import pytest
 
-from martinet import cli, demo, protocol
+from martinet import cli, protocol
 from martinet.daemon import Outbox
 from martinet.errors import JournalError
 from martinet.journal import ACK_DELAY, FORMAT, UNKNOWN, Journal
@@ -295,17 +294,3 @@ def test_a_daemon_takes_no_held_attempt_or_outcome_marked_for_another_database(d
         assert out.acks == {b"status": [[tid, 2]]} and core.store.get_task(tid)["status"] == "dead"
     finally:
         core.close()
-
-
-def test_the_demo_keeps_its_journals_in_its_own_directory_and_removes_it(tmp_path, monkeypatch, capsys):
-    for name in ("MARTINET_STATE_DIR", "XDG_STATE_HOME"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the user's state folder: ~/.local/state/martinet
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR is read again
-    monkeypatch.setattr(
-        demo, "_tour", lambda m, show: m.wait(m.execute("demo.greet", {"who": "you"}), timeout=20)
-    )
-    assert demo.run_demo(n_tasks=0) == 0, capsys.readouterr()
-    assert not (tmp_path / "home").exists() and list((tmp_path / "tmp").iterdir()) == []
