@@ -36,7 +36,7 @@ def run_all(
 
 
 def most_at_once(core: Core, ids: list[int], turns: int = 200) -> int:
-    """Turns of claims in which each worker ends one task of those it holds: the most
+    """Turns of claims, the oldest task claimed and not yet ended ending in each: the most
     claimed and not yet ended at any time."""
     todo, running, peak = set(ids), [], 0
     for _ in range(turns):
