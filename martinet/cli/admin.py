@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from martinet import when
+from martinet import rules, when
 from martinet.cli.inputs import read_args
 from martinet.cli.output import counts_text, emit
 from martinet.cli.tasks import cmd_show
@@ -56,15 +56,18 @@ def cmd_queues(m, args) -> int:
         changes = {k: v for k, v in changes.items() if v is not None}
         if not changes:
             raise MartinetError("nothing to set; give --concurrency, --rate, --weight or --order")
-        if args.concurrency is not None and args.concurrency.lower() != "none":
-            if not args.concurrency.isdigit() or int(args.concurrency) < 1:
-                raise MartinetError(
-                    f"--concurrency must be 1 or more, or 'none' (no cap), got {args.concurrency!r}"
-                )
-            changes["concurrency"] = int(args.concurrency)
-        if args.weight is not None and args.weight < 1:
-            raise MartinetError(f"--weight must be 1 or more, got {args.weight}")
-        if args.rate is not None and args.rate.strip().lower() != "none":
+        if args.concurrency is not None and not rules.means_none(args.concurrency):
+            text = args.concurrency.strip()
+            changes["concurrency"] = rules.check_count(
+                int(text) if text.isdecimal() else text,
+                "--concurrency",
+                most=rules.MAX_QUEUE_LIMIT,
+                clears=True,
+                whole=False,
+            )
+        if args.weight is not None:
+            rules.check_count(args.weight, "--weight", most=rules.MAX_QUEUE_LIMIT, whole=False)
+        if args.rate is not None and not rules.means_none(args.rate):
             when.parse_rate(args.rate)  # a friendly error before the round trip
         m.set_queue(args.name, **changes)
         emit(args, {"name": args.name, "status": "updated", **changes}, f"{args.name}: updated")

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from martinet import rules
 from martinet.cli.output import event_line
 from martinet.cli.parser import WATCH_KINDS
 from martinet.cli.waiting import OUTCOME_EXIT, interrupted
@@ -21,8 +22,7 @@ def _watch_filter(args: argparse.Namespace) -> Callable[[dict], bool]:
     unknown = sorted(kinds - set(WATCH_KINDS))
     if unknown:
         raise MartinetError(f"unknown status {unknown[0]!r} for watch; events are {', '.join(WATCH_KINDS)}")
-    if args.since is not None and args.since < 0:
-        raise MartinetError(f"--since must be an event id (0 or more), got {args.since}")
+    rules.check_event_id(args.since, "--since")
     name = args.name
     prefix = name[:-1] if name and name.endswith(".*") else None
 
