@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from martinet import rules
 from martinet.cli.waiting import EXIT_CODES
+from martinet.config import Settings as S
 from martinet.protocol import EVENT_KINDS
 from martinet.query import TIMES
 
@@ -15,13 +17,11 @@ ARGS_HELP = "the arguments, a JSON object; @FILE reads it from FILE, - from stdi
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="a TOML config file (see conf/martinet.toml; default: none)")
-    p.add_argument(
-        "--url", help="the daemon's client address (default: MARTINET_URL, then tcp://127.0.0.1:8008)"
-    )
+    p.add_argument("--url", help=f"the daemon's client address (default: MARTINET_URL, then {S.url})")
     p.add_argument(
         "--timeout",
         type=float,
-        help="seconds to wait for the daemon's answer to a request, not for a task (default: 10)",
+        help=f"seconds to wait for the daemon's answer to a request, not for a task (default: {S.timeout:g})",
     )
     p.add_argument("--json", action="store_true", help="print machine-readable JSON (default: text)")
 
@@ -35,7 +35,7 @@ def _add_task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-attempts",
         type=int,
-        help="attempts before the task is dead (default: the daemon's max_attempts, 3)",
+        help=f"attempts before the task is dead (default: the daemon's max_attempts, {S.max_attempts})",
     )
     p.add_argument(
         "--time-limit",
@@ -83,7 +83,7 @@ def _add_queue_commands(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument(
         "--order",
-        choices=["fifo", "random"],
+        choices=rules.QUEUE_ORDERS,
         help="which waiting task goes first: fifo (oldest) or random (default: unchanged)",
     )
     _add_common(q)
@@ -150,12 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the scheduler daemon", epilog=EPILOG)
     p.add_argument("--config", help="a TOML config file (default: none)")
-    p.add_argument("--db", help="database URL (default: sqlite:///martinet.db)")
-    p.add_argument("--bind", help="address to bind (default: 127.0.0.1)")
-    p.add_argument("--client-port", type=int, help="client socket port (default: 8008)")
-    p.add_argument("--worker-port", type=int, help="worker socket port (default: 8009)")
-    p.add_argument("--status-port", type=int, help="status socket port (default: 18009)")
-    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
+    p.add_argument("--db", help=f"database URL (default: {S.db})")
+    p.add_argument("--bind", help=f"address to bind (default: {S.bind})")
+    p.add_argument("--client-port", type=int, help=f"client socket port (default: {S.client_port})")
+    p.add_argument("--worker-port", type=int, help=f"worker socket port (default: {S.worker_port})")
+    p.add_argument("--status-port", type=int, help=f"status socket port (default: {S.status_port})")
+    p.add_argument("--log-level", help=f"DEBUG, INFO, WARNING or ERROR (default: {S.log_level})")
 
     p = sub.add_parser("execute", help="run a task now", epilog=f"With --wait, {EXIT_CODES}. {EPILOG}")
     _add_task_options(p)

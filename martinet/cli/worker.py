@@ -14,11 +14,12 @@ from martinet import config
 from martinet.cli.inputs import queue_list
 from martinet.cli.output import setup_logging
 from martinet.cli.parser import EPILOG
+from martinet.config import Settings as S
 from martinet.errors import MartinetError
 
 
 def build_worker_parser() -> argparse.ArgumentParser:
-    from martinet.worker import PREFETCH_PER_THREAD
+    from martinet.worker import PREFETCH_PER_THREAD, WorkerOptions
 
     parser = argparse.ArgumentParser(
         prog="martinet-worker",
@@ -30,11 +31,17 @@ def build_worker_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--connect",
         help="the daemon's host, or tcp://HOST:PORT with its worker port (the status port is then "
-        "PORT + 10000 unless --status-port says otherwise) (default: 127.0.0.1)",
+        f"PORT + {S.status_port - S.worker_port} unless --status-port says otherwise) (default: {S.connect})",
     )
-    parser.add_argument("--worker-port", type=int, help="the daemon's worker port (default: 8009)")
-    parser.add_argument("--status-port", type=int, help="the daemon's status port (default: 18009)")
-    parser.add_argument("--concurrency", type=int, help="tasks run at once, one thread each (default: 4)")
+    parser.add_argument(
+        "--worker-port", type=int, help=f"the daemon's worker port (default: {S.worker_port})"
+    )
+    parser.add_argument(
+        "--status-port", type=int, help=f"the daemon's status port (default: {S.status_port})"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, help=f"tasks run at once, one thread each (default: {S.concurrency})"
+    )
     parser.add_argument(
         "--prefetch",
         type=int,
@@ -63,9 +70,12 @@ def build_worker_parser() -> argparse.ArgumentParser:
         help="serve only these queues, comma-separated, e.g. images,default (default: every queue)",
     )
     parser.add_argument(
-        "--grace", type=float, default=30.0, help="seconds to finish running tasks on SIGTERM (default: 30)"
+        "--grace",
+        type=float,
+        default=WorkerOptions.grace,
+        help=f"seconds to finish running tasks on SIGTERM (default: {WorkerOptions.grace:g})",
     )
-    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
+    parser.add_argument("--log-level", help=f"DEBUG, INFO, WARNING or ERROR (default: {S.log_level})")
     return parser
 
 
