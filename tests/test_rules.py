@@ -15,6 +15,7 @@ from martinet.client import Client
 from martinet.config import Settings
 from martinet.errors import BadInput, ConfigError
 from martinet.registry import check_limits
+from martinet.retry import RetryPolicy
 from martinet.validate import Limits, check_task
 from martinet.worker import DEFAULT_MAX_PAYLOAD, WorkerOptions
 
@@ -260,6 +261,7 @@ def test_the_worker_and_the_client_take_their_defaults_from_settings():
         "min_interval": Settings.min_interval,
     }
     assert DEFAULT_MAX_PAYLOAD == Settings.max_payload
+    assert RetryPolicy() == RetryPolicy(Settings.retry_base, Settings.retry_factor, Settings.retry_cap)
     client = Client("tcp://127.0.0.1:1")
     try:
         assert client.timeout == Settings.timeout
