@@ -11,9 +11,9 @@ import logging
 import math
 from typing import Any
 
-from martinet import protocol, query, when
+from martinet import protocol, query, rules, when
 from martinet.errors import BadInput, BadSchedule, TaskNotFound
-from martinet.lanes import DEFAULT_QUEUE, ORDERS, Queue, queue_columns
+from martinet.lanes import DEFAULT_QUEUE, Queue, queue_columns
 from martinet.models import FAILED, QUEUED, SCHEDULED, STALLED, STATES, TERMINAL, WAITING
 from martinet.protocol import Cmd
 from martinet.store import PRUNE_BATCH, iso
@@ -169,11 +169,7 @@ class ClientOps:
 
     def _op_retry(self, h, now, out, ident):
         num = self._task_ref(h.get("id"))
-        attempts = h.get("attempts")
-        if attempts is not None and (
-            isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 1000
-        ):
-            raise BadInput("attempts must be an integer from 1 to 1000")
+        attempts = rules.check_attempts(h.get("attempts"), "attempts")
         status = self.store.retry_task(num, now, attempts)
         if status == "missing":
             raise TaskNotFound(f"no task with id {num}")
@@ -308,24 +304,18 @@ class ClientOps:
         changes: dict[str, Any] = {}
         if h.get("concurrency") is not None:
             c = h["concurrency"]
-            if str(c).lower() == "none":
-                changes["concurrency"] = None
-            elif not is_id(c) or not 1 <= c <= 1_000_000:
-                raise BadInput(
-                    f"concurrency must be a whole number of 1 or more ('none' clears it), got {c!r}"
-                )
-            else:
-                changes["concurrency"] = c
+            changes["concurrency"] = (
+                None
+                if rules.means_none(c)
+                else rules.check_count(c, "concurrency", most=rules.MAX_QUEUE_LIMIT, clears=True)
+            )
         if h.get("rate") is not None:
             rate = h["rate"]
-            changes["rate"] = None if str(rate).lower() == "none" else when.parse_rate(str(rate))
+            changes["rate"] = None if rules.means_none(rate) else when.parse_rate(str(rate))
         if h.get("weight") is not None:
-            w = h["weight"]
-            if not is_id(w) or not 1 <= w <= 1_000_000:
-                raise BadInput(f"weight must be a whole number of 1 or more, got {w!r}")
-            changes["weight"] = w
+            changes["weight"] = rules.check_count(h["weight"], "weight", most=rules.MAX_QUEUE_LIMIT)
         if h.get("order") is not None:
-            if h["order"] not in ORDERS:
+            if h["order"] not in rules.QUEUE_ORDERS:
                 raise BadInput(f"order must be 'fifo' or 'random', not {str(h['order'])[:40]!r}")
             changes["order"] = h["order"]
         if not changes:
@@ -333,11 +323,7 @@ class ClientOps:
         return self._set_queue(h, now, changes)
 
     def _set_queue(self, h: dict, now: float, changes: dict) -> dict:
-        name = h.get("name")
-        if not isinstance(name, str) or not 0 < len(name) <= 255 or not name.isprintable() or " " in name:
-            raise BadInput(
-                f"{str(name)[:60]!r} is not a queue name (1 to 255 printable characters, no spaces)"
-            )
+        name = rules.check_queue_name(h.get("name"))
         self.store.save_queue(name, now, **queue_columns(changes))
         self.lanes.configure(name, **changes)
         self.lanes.ready(name)

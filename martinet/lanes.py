@@ -14,9 +14,9 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from martinet import when
+from martinet.rules import QUEUE_ORDERS as ORDERS  # noqa: F401 - the name others import from here
 
 DEFAULT_QUEUE = "default"
-ORDERS = ("fifo", "random")
 
 
 def rate_window(period: float) -> float:

@@ -9,6 +9,14 @@ Prints a table (median, min, max over the repeats) and one JSON line per
 scenario, so runs can be compared, then the medians against the targets (and the
 drain as a share of the lower floor, when throughput and floor both ran). Scenarios:
 
+  users       as users run martinet and as ../shared/peers measures every peer, all
+              defaults (prefetch, journal, log level INFO): --users-tasks N tasks
+              submitted one execute at a time (enqueue_per_s), then 2 workers started at
+              --concurrency 1 (c1) and at their default: drain from worker start to the
+              last handler start, and the steady rate from first start to last; then
+              tasks paced at 200/s into 2 idle c1 workers (latency p50/p99, ms). SQLite,
+              and PostgreSQL too with --postgres (pg_)
+
   throughput  one client calling execute in a loop (each waits for "accepted"); a bulk
               execute_many of N no-op tasks; the drain rate of those N with 2 workers running
   latency     2,000 tasks paced at 200/s into idle workers: execute call to handler start
@@ -87,7 +95,16 @@ class Rig:
     """A daemon and workers on a fresh SQLite file (or an emptied database at `db`);
     stops everything it started."""
 
-    def __init__(self, workdir: Path, workers: int = 2, concurrency: int = 8, db: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        workers: int = 2,
+        concurrency: int | None = 8,
+        db: str | None = None,
+        quiet: bool = True,
+    ) -> None:
+        """`concurrency` None: the workers' default; `quiet` False: the daemon's and the
+        workers' default log level (INFO) instead of WARNING."""
         self.dir = workdir
         self.db = db or f"sqlite:///{workdir / 'bench.db'}{SQLITE_QUERY}"
         if db:
@@ -101,9 +118,12 @@ class Rig:
         self.env = {
             **os.environ,
             "PYTHONPATH": f"{HERE}{os.pathsep}{HERE.parent}",
-            "MARTINET_LOG_LEVEL": "WARNING",
             "MARTINET_STATE_DIR": str(workdir / "state"),  # the workers' journals
         }
+        if quiet:
+            self.env["MARTINET_LOG_LEVEL"] = "WARNING"
+        else:
+            self.env.pop("MARTINET_LOG_LEVEL", None)
         self.log = open(workdir / "processes.log", "ab")  # noqa: SIM115
 
     @property
@@ -122,8 +142,9 @@ class Rig:
 
     def start_workers(self) -> None:
         for i in range(self.n_workers):
+            threads = [] if self.concurrency is None else ["--concurrency", str(self.concurrency)]
             args = [sys.executable, "-P", "-c", WORKER_MAIN, "bench_tasks", "--worker-id", f"bench-{i}",
-                    "--concurrency", str(self.concurrency), "--worker-port", str(self.ports[1]),
+                    *threads, "--worker-port", str(self.ports[1]),
                     "--status-port", str(self.ports[2]), *WORKER_FLAGS]  # fmt: skip
             self.workers.append(subprocess.Popen(args, stdout=self.log, stderr=self.log, env=self.env))
 
@@ -185,7 +206,9 @@ def wait_drained(db_url: str, timeout: float = 300.0) -> float:
     db = open_database(db_url)
     try:
         deadline = time.monotonic() + timeout
-        while db.execute_sql("SELECT COUNT(*) FROM task WHERE status IN ('queued', 'running')").fetchone()[0]:
+        while db.execute_sql(
+            "SELECT COUNT(*) FROM task WHERE status IN ('queued', 'leased', 'running')"
+        ).fetchone()[0]:
             if time.monotonic() > deadline:
                 raise RuntimeError("the tasks did not drain in time")
             time.sleep(0.01)
@@ -937,6 +960,80 @@ def scenario_shaping(args) -> dict:
     return scenario_throughput(args, shaped=True)
 
 
+def users_drain(args, db: str | None, concurrency: int | None) -> dict:
+    """The peers harness's throughput workload (../shared/peers): N tasks submitted one
+    `execute` at a time with no worker running, then 2 workers started with `concurrency`
+    threads (None: the default) and every other setting at its default (prefetch, journal,
+    log level). drain: N over worker start to the last handler start; steady: the rate
+    between the first handler start and the last."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rig = Rig(Path(tmp), concurrency=concurrency, db=db, quiet=False)
+        try:
+            rig.start_daemon()
+            m = rig.client()
+            n = args.users_tasks
+            start = time.perf_counter()
+            for i in range(n):
+                m.execute("bench.clock", {"x": i})
+            enqueue_s = time.perf_counter() - start
+            m.close()
+            workers_at = time.time()
+            rig.start_workers()
+            wait_drained(rig.db)
+            database = open_database(rig.db)
+            try:
+                rows = database.execute_sql("SELECT result FROM task WHERE name = 'bench.clock'").fetchall()
+            finally:
+                database.close()
+        finally:
+            rig.stop()
+    starts = sorted(json.loads(result) for (result,) in rows)
+    if len(starts) != n:
+        raise RuntimeError(f"users: {len(starts)} of {n} tasks ran")
+    return {
+        "enqueue_per_s": round(n / enqueue_s),
+        "drain_per_s": round(n / (starts[-1] - workers_at)),
+        "steady_per_s": round((n - 1) / (starts[-1] - starts[0])),
+    }
+
+
+def users_latency(args, db: str | None) -> dict:
+    """The harness's latency workload: tasks paced at 200/s into 2 idle workers at
+    --concurrency 1, defaults otherwise; execute call to handler start."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rig = Rig(Path(tmp), concurrency=1, db=db, quiet=False)
+        try:
+            rig.start_daemon()
+            rig.start_workers()
+            m = rig.client()
+            rig.wait_ready(m)
+            try:
+                sent = paced(args.paced, lambda t0: (m.execute("bench.clock"), t0))
+                latencies = [(m.wait(tid, timeout=60) - t0) * 1000 for tid, t0 in sent]
+            finally:
+                m.close()
+        finally:
+            rig.stop()
+    return {f"latency_{k}_ms": round(v, 2) for k, v in percentiles(latencies).items() if k != "max"}
+
+
+def scenario_users(args) -> dict:
+    """martinet as users run it and as the peers are measured: see users_drain and
+    users_latency; on SQLite, and on PostgreSQL with --postgres."""
+    backends = [("sqlite", None)] + ([("pg", args.postgres)] if args.postgres else [])
+    out: dict[str, float] = {}
+    for label, db in backends:
+        c1 = users_drain(args, db, 1)
+        out[f"{label}_enqueue_per_s"] = c1["enqueue_per_s"]
+        out[f"{label}_c1_drain_per_s"] = c1["drain_per_s"]
+        out[f"{label}_c1_steady_per_s"] = c1["steady_per_s"]
+        defaults = users_drain(args, db, None)
+        out[f"{label}_default_drain_per_s"] = defaults["drain_per_s"]
+        out[f"{label}_default_steady_per_s"] = defaults["steady_per_s"]
+        out.update({f"{label}_c1_{k}": v for k, v in users_latency(args, db).items()})
+    return out
+
+
 def scenario_backends(args) -> dict | None:
     """Throughput and latency on PostgreSQL; None (skipped) without --postgres."""
     if not args.postgres:
@@ -948,6 +1045,7 @@ def scenario_backends(args) -> dict | None:
 
 
 SCENARIOS = {
+    "users": scenario_users,
     "throughput": scenario_throughput,
     "latency": scenario_latency,
     "store": scenario_store,
@@ -974,6 +1072,9 @@ def main() -> int:
         help=f"leave out {', '.join(BIG_DATA)} (a million rows each to build) and idle",
     )
     parser.add_argument("--tasks", type=int, default=20_000, help="throughput: tasks (default 20000)")
+    parser.add_argument(
+        "--users-tasks", type=int, default=5000, help="users: tasks submitted one at a time (default 5000)"
+    )
     parser.add_argument("--timers", type=int, default=1000, help="timers/scale: delayed tasks (default 1000)")
     parser.add_argument("--pending", type=int, default=1_000_000, help="scale: pending delayed tasks")
     parser.add_argument("--schedules", type=int, default=10_000, help="scale: schedules")

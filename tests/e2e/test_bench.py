@@ -15,7 +15,7 @@ from tests import backends
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--repeat", "1", "--tasks", "300", "--paced", "40", "--timers", "20", "--timers-ahead", "1",
-        "--pending", "3000", "--schedules", "50", "--due", "300"]  # fmt: skip
+        "--pending", "3000", "--schedules", "50", "--due", "300", "--users-tasks", "150"]  # fmt: skip
 
 
 def bench(*args: str) -> dict[str, dict[str, float]]:
@@ -30,7 +30,21 @@ def bench(*args: str) -> dict[str, dict[str, float]]:
     return {r["scenario"]: {k: v["median"] for k, v in r["results"].items()} for r in records}
 
 
+USERS = {
+    f"{backend}_{figure}"
+    for backend in ("sqlite", "pg")
+    for figure in (
+        "enqueue_per_s",
+        "c1_drain_per_s",
+        "c1_steady_per_s",
+        "default_drain_per_s",
+        "default_steady_per_s",
+        "c1_latency_p50_ms",
+        "c1_latency_p99_ms",
+    )
+}
 EXPECTED = {
+    "users": {k for k in USERS if k.startswith("sqlite_")},
     "throughput": {"submit_seq_per_s", "submit_bulk_per_s", "drain_per_s"},
     "shaping": {"submit_seq_per_s", "submit_bulk_per_s", "drain_per_s"},
     "latency": {"latency_p50_ms", "latency_p99_ms", "latency_max_ms"},
@@ -65,7 +79,7 @@ def check_figures(results: dict[str, dict[str, float]]) -> None:
 
 def test_a_quick_run_runs_every_scenario_but_those_that_build_a_million_rows():
     results = bench(*TINY, "--quick", "--postgres", "")
-    quick = {"throughput", "latency", "store", "floor", "shaping", "timers", "targets"}
+    quick = {"users", "throughput", "latency", "store", "floor", "shaping", "timers", "targets"}
     assert set(results) == quick  # no backends without --postgres
     check_figures(results)
     assert {
@@ -86,7 +100,8 @@ def test_the_scenarios_that_build_a_million_rows_run_with_tiny_numbers():
 
 
 def test_the_backends_scenario_runs_on_postgresql():
-    results = bench(*TINY, "--postgres", backends.check("postgresql"), "backends", "floor")
+    results = bench(*TINY, "--postgres", backends.check("postgresql"), "backends", "floor", "users")
+    assert USERS <= set(results["users"])  # as users run it, on SQLite and PostgreSQL
     assert {"pg_drain_per_s", "pg_submit_seq_per_s", "pg_submit_bulk_per_s", "pg_latency_p99_ms"} <= set(
         results["backends"]
     )
