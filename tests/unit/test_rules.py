@@ -172,7 +172,7 @@ def test_every_place_says_the_same_about_a_bad_count(tmp_path, capsys, daemon, m
         "martinet: error: --weight must be 1 or more, got 0\n",
     )
     # @martinet.task(concurrency=...): the same rule, its own words (fixed by
-    # tests/test_rate_and_queue_config.py).
+    # tests/unit/test_rate_and_queue_config.py).
     assert refused(BadInput, check_limits, "job", 0, None) == (
         "concurrency of task 'job' must be a whole number of at least 1, got 0"
     )
