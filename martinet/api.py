@@ -15,10 +15,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from martinet import config, protocol, when
-from martinet.client import Client, EventListener, refusal
+from martinet.client import Client, EventListener
 from martinet.errors import BadInput, DaemonUnavailable, MartinetError, TaskFailed, WaitTimeout
 from martinet.lanes import DEFAULT_QUEUE
-from martinet.protocol import Cmd
+from martinet.messages import Request
 from martinet.query import Page, check_filter_names
 from martinet.validate import Limits, check_args, check_name
 
@@ -199,15 +199,16 @@ class Martinet:
         try:
             batches = self._batches(tasks, options, base_rid, spans, kinds)
             for n, reply in enumerate(self.client.exchange(batches, in_flight=2)):
-                if reply.get("ok"):
-                    warnings = {(w["name"], w["queue"]): w["warning"] for w in reply.get("warnings") or ()}
+                if reply.ok:
+                    got = reply.fields
+                    warnings = {(w["name"], w["queue"]): w["warning"] for w in got.get("warnings") or ()}
                     first = spans[n][0]
                     ids.extend(
                         TaskId(i, c, warnings.get(kinds[first + k]) if warnings else None)
-                        for k, (i, c) in enumerate(zip(reply["ids"], reply["created"], strict=True))
+                        for k, (i, c) in enumerate(zip(got["ids"], got["created"], strict=True))
                     )
                 elif refused is None:
-                    refused = refusal(reply)
+                    refused = reply.refusal()
                     refused = type(refused)(
                         f"{refused} (in the request of tasks {spans[n][0]} to {spans[n][1]})"
                     )
@@ -255,7 +256,7 @@ class Martinet:
     def _batch_request(base_rid: str, first: int, items: list[bytes], spans: list) -> tuple[str, list[bytes]]:
         spans.append((first, first + len(items) - 1))
         rid = f"{base_rid}:{first}"  # the first task's request id
-        return rid, protocol.encode_batch(Cmd.REQUEST, "tasks", items, {"op": "execute_many", "rid": rid})
+        return rid, Request.batch("execute_many", rid, "tasks", items)
 
     def schedule(self, when_: When, task: TaskSpec, args: dict | None = None, **options: Any) -> TaskId:
         """Run a task at a time: "in 20 minutes", "tomorrow at 9am", a datetime, a timedelta."""

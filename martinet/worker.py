@@ -16,6 +16,7 @@ talks to, and only those are sent or said held in a hello; the others wait aside
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import logging
 import os
@@ -28,15 +29,32 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import zmq
 
-from martinet import protocol
+from martinet import messages, protocol
 from martinet.compose import check as check_compositions
 from martinet.errors import Fail, JournalError, ProtocolError, Release, Retry, TaskTimeout
 from martinet.journal import UNKNOWN, Journal
-from martinet.protocol import MAX_VALUE_DEPTH, Cmd, deeper_than
+from martinet.messages import (
+    Ack,
+    Bye,
+    Cancel,
+    Heartbeat,
+    Held,
+    Hello,
+    HelloAgain,
+    Outcome,
+    OutcomeKind,
+    Progress,
+    Reject,
+    Started,
+    Task,
+    Tasks,
+    Welcome,
+)
+from martinet.protocol import MAX_VALUE_DEPTH, deeper_than
 from martinet.registry import LIMITS, REGISTRY, check_limits, task  # noqa: F401 - martinet.worker.task still works
 from martinet.validate import MAX_ERROR_MESSAGE, MAX_TRACEBACK, cut_end, keep_end
 
@@ -85,22 +103,28 @@ class TaskContext:
         """Report progress (0.0 to 1.0) and a short message; streamed on the status socket."""
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             value = None  # the daemon keeps numbers only; anything else could not travel
-        self._report(
-            Cmd.PROGRESS,
-            {
-                "id": self.id,
-                "attempt": self.attempt,
-                "name": self.name,
-                "progress": value,
-                "message": None if message is None else cut_end(str(message), MAX_PROGRESS_MESSAGE),
-            },
-        )
+        message = None if message is None else cut_end(str(message), MAX_PROGRESS_MESSAGE)
+        self._report(Progress(self.id, self.attempt, self.name, value, message))
+
+
+class _Start(NamedTuple):
+    """A handler took this attempt (the daemon is told: STARTED)."""
+
+    task_id: int
+    attempt: int
+
+
+# What handler threads hand the loop: a start, progress, or an outcome.
+_Report = _Start | Progress | Outcome
 
 
 @dataclass
 class _Pending:
-    """An outcome the daemon has not acknowledged yet, encoded once."""
+    """An outcome the daemon has not acknowledged yet, encoded once (Outcome.body): as
+    sent, and as its journal keeps it."""
 
+    task_id: int
+    attempt: int
     body: bytes
     sent_at: float = 0.0
     database: str = UNKNOWN  # the identity of the database its task came from
@@ -242,9 +266,11 @@ class Worker:
             if database == UNKNOWN:
                 unknown += 1
             elif database == last:
-                self._outbox[(task_id, attempt)] = _Pending(body, database=database)
+                self._outbox[(task_id, attempt)] = _Pending(task_id, attempt, body, database=database)
             else:
-                self._parked[(database, task_id, attempt)] = _Pending(body, database=database)
+                self._parked[(database, task_id, attempt)] = _Pending(
+                    task_id, attempt, body, database=database
+                )
         if self._outbox or self._parked:
             log.info(
                 "worker %s: journal %s holds %d unacknowledged outcome(s) from a previous run; "
@@ -302,7 +328,7 @@ class Worker:
                     self._drain_status_socket()
                 self._timers(time.monotonic())
             self._flush_outbox_before_exit()
-            self._send(self.wsock, Cmd.BYE, {})
+            self._send(self.wsock, Bye())
         finally:
             self._close_sockets()
             self.ctx.term()
@@ -359,28 +385,26 @@ class Worker:
             sock.close(0)
 
     def _hello(self) -> None:
-        self._send(self.wsock, Cmd.HELLO, self._hello_header())
+        self._send(self.wsock, self._hello_message())
 
-    def _hello_header(self) -> dict:
+    def _hello_message(self) -> Hello:
         # No names: no task is sent to it (stopping, or its journal cannot keep outcomes).
-        names = [] if self._stopping or self._journal_trouble else sorted(self.handlers)
+        names = () if self._stopping or self._journal_trouble else tuple(sorted(self.handlers))
         limits = {n: self._limits[n] if n in self._limits else LIMITS.get(n) for n in names}
-        return {
-            "worker_id": self.worker_id,
-            "names": names,
-            "capacity": self.capacity,
-            "threads": max(1, self.options.concurrency),
-            "version": protocol.VERSION,
-            "starts": True,  # it says when a handler starts a task (STARTED)
-            "running": self._held_list(),
+        return Hello(
+            self.worker_id,
+            names,
+            self.capacity,
+            threads=max(1, self.options.concurrency),
+            running=self._held_list(),
             # Outcomes kept for other databases: a daemon of one of them takes its own as
             # held (readopted), the others are not its tasks. Older daemons ignore this key.
-            "kept": [{"id": i, "attempt": a, "database": d} for d, i, a in self._parked if d],
-            "queues": None if self.options.queues is None else list(self.options.queues),
-            "limits": {n: dict(lim) for n, lim in limits.items() if lim},
-        }
+            kept=tuple(Held(i, a, database=d) for d, i, a in self._parked if d),
+            queues=None if self.options.queues is None else tuple(self.options.queues),
+            limits={n: dict(lim) for n, lim in limits.items() if lim},
+        )
 
-    def _held_list(self) -> list[dict]:
+    def _held_list(self) -> tuple[Held, ...]:
         """What this worker holds, for the daemon to re-adopt: tasks running or waiting for a
         thread, and tasks whose outcome is not acknowledged yet (so that their attempt stays
         open for it, even if the daemon had given up on us)."""
@@ -389,16 +413,16 @@ class Worker:
             held.setdefault(task_id, (attempt, pending.database, True))
         # With their database: a daemon of another one does not take them as its tasks.
         # "started": a handler took it (its start report may have been lost with the connection).
-        return [
-            {"id": i, "attempt": a, "started": started, **({"database": d} if d else {})}
-            for i, (a, d, started) in held.items()
-        ]
+        return tuple(Held(i, a, started, d) for i, (a, d, started) in held.items())
 
-    def _send(self, sock: zmq.Socket, cmd: Cmd, header: dict) -> None:
+    def _send(self, sock: zmq.Socket, message: messages.Message | Outcome) -> None:
+        self._send_frames(sock, message.encode(), type(message).__name__)
+
+    def _send_frames(self, sock: zmq.Socket, frames: list[bytes], what: str) -> None:
         try:
-            sock.send_multipart(protocol.encode(cmd, header), zmq.NOBLOCK)
+            sock.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:
-            log.debug("send of %s would block; dropped (it is resent if it matters)", cmd.name)
+            log.debug("send of %s would block; dropped (it is resent if it matters)", what)
 
     def _recv_all(self, sock: zmq.Socket):
         while True:
@@ -407,48 +431,47 @@ class Worker:
             except zmq.Again:
                 return
             try:
-                yield protocol.decode(frames)
+                yield messages.decode(frames)
             except ProtocolError as exc:
                 log.warning("dropped a malformed frame from the daemon: %s", exc)
 
     def _drain_worker_socket(self) -> None:
-        for cmd, h in self._recv_all(self.wsock):
+        for message in self._recv_all(self.wsock):
             self._last_heard = time.monotonic()
-            if cmd is Cmd.TASK:
-                tasks = h.get("tasks")
-                for task in tasks if isinstance(tasks, list) else ():
-                    if isinstance(task, dict):
-                        self._on_task(task)
-            elif cmd is Cmd.WELCOME:
-                self._on_welcome(h)
-            elif cmd is Cmd.HELLO_AGAIN:
+            if isinstance(message, Tasks):
+                if message.dropped:
+                    log.warning("dropped %d task(s) without a valid id and attempt", message.dropped)
+                for task in message.tasks:
+                    self._on_task(task)
+            elif isinstance(message, Welcome):
+                self._on_welcome(message)
+            elif isinstance(message, HelloAgain):
                 log.info("daemon asked worker %s to say hello again", self.worker_id)
                 self._welcomed = False  # perhaps another daemon: nothing is sent until its welcome
                 self._hello()
-            elif cmd is Cmd.CANCEL:
-                ctx = self._running.get(h.get("id"))
+            elif isinstance(message, Cancel):
+                ctx = self._running.get(message.task_id)
                 if ctx is not None:
                     log.info("task %s attempt %s asked to stop", ctx.id, ctx.attempt)
                     ctx._cancel.set()
 
-    def _on_welcome(self, h: dict) -> None:
-        self._interval = float(h.get("heartbeat_interval") or self._interval)
-        self._liveness = int(h.get("liveness") or self._liveness)
+    def _on_welcome(self, welcome: Welcome) -> None:
+        self._interval = welcome.heartbeat_interval or self._interval
+        self._liveness = welcome.liveness or self._liveness
         # The next heartbeat was timed with our own interval; the daemon's may be shorter.
         self._next_heartbeat = min(self._next_heartbeat, time.monotonic() + self._interval)
-        epoch = h.get("epoch")
+        epoch = welcome.epoch
         if self._epoch is not None and epoch != self._epoch:
             log.info("daemon restarted (epoch %s -> %s)", self._epoch, epoch)
         self._epoch = epoch
-        payload, message = h.get("max_payload"), h.get("max_message")
-        if isinstance(payload, int) and not isinstance(payload, bool) and payload >= 1:
-            self._max_payload = payload
-        if isinstance(message, int) and not isinstance(message, bool) and message > 2 * FRAME_ROOM:
+        if welcome.max_payload is not None:
+            self._max_payload = welcome.max_payload
+        message = welcome.max_message
+        if message is not None and message > 2 * FRAME_ROOM:
             self._max_message = message
         else:
             self._max_message = protocol.max_message(self._max_payload)
-        database = h.get("database")
-        database = database if isinstance(database, str) and database else None  # None: an older daemon
+        database = welcome.database  # None: an older daemon
         if self._database is not None and database != self._database:
             log.info("the daemon's database is another one now (id %s -> %s)", self._database, database)
         self._database = database
@@ -495,9 +518,8 @@ class Worker:
                     self.worker_id, count, other or "unknown", self._database or "unknown", where, drop,
                 )  # fmt: skip
 
-    def _on_task(self, h: dict) -> None:
-        task_id, attempt, name = h.get("id"), h.get("attempt"), h.get("name")
-        args = h.get("args") if isinstance(h.get("args"), dict) else {}
+    def _on_task(self, leased: Task) -> None:
+        task_id, attempt, name = leased.task_id, leased.attempt, leased.name
         reason = None
         if name not in self.handlers:
             reason = f"worker {self.worker_id} has no handler for {name!r}"
@@ -508,20 +530,16 @@ class Worker:
         elif len(self._running) >= self.capacity:
             reason = f"worker {self.worker_id} has no free slot"
         if reason:
-            self._send(
-                self.wsock, Cmd.REJECT, {"id": task_id, "attempt": attempt, "name": name, "reason": reason}
-            )
+            self._send(self.wsock, Reject(task_id, attempt, name, reason))
             return
-        timeout = h.get("timeout") if isinstance(h.get("timeout"), (int, float)) else None
-        ctx = TaskContext(task_id, attempt, name, args, self._report, timeout)
+        ctx = TaskContext(task_id, attempt, name, leased.args, self._report, leased.timeout)
         ctx._database = self._database or UNKNOWN
-        start_in = h.get("start_in")
-        if isinstance(start_in, (int, float)) and start_in > 0:
-            ctx._start_at = time.monotonic() + min(start_in, MAX_START_IN)
-        if isinstance(h.get("parents"), dict):
-            ctx.parents = {int(k): v for k, v in h["parents"].items() if str(k).isdigit()}
+        if leased.start_in is not None and leased.start_in > 0:
+            ctx._start_at = time.monotonic() + min(leased.start_in, MAX_START_IN)
+        if leased.parents is not None:
+            ctx.parents = leased.parents
         self._running[task_id] = ctx
-        if timeout:
+        if leased.timeout:
             self._timed[ctx.id] = ctx
         log.debug("task %s %s attempt %s leased to %s", task_id, name, attempt, self.worker_id)
         self._jobs.put(ctx)
@@ -536,21 +554,15 @@ class Worker:
             except queue.Empty:
                 return
             del self._running[ctx.id]
-            self._send(
-                self.wsock,
-                Cmd.REJECT,
-                {"id": ctx.id, "attempt": ctx.attempt, "name": ctx.name, "reason": reason},
-            )
+            self._send(self.wsock, Reject(ctx.id, ctx.attempt, ctx.name, reason))
 
     def _drain_status_socket(self) -> None:
-        for cmd, h in self._recv_all(self.ssock):
+        for message in self._recv_all(self.ssock):
             now = self._last_heard = time.monotonic()
-            acks = h.get("acks") if cmd is Cmd.ACK else None
-            for ack in acks if isinstance(acks, list) else ():
-                if isinstance(ack, list) and len(ack) == 2:
-                    pending = self._outbox.pop((ack[0], ack[1]), None)
-                    if pending is not None and self._journal is not None:
-                        self._journal.acked(pending.database, ack[0], ack[1], now)
+            for ack in message.acks if isinstance(message, Ack) else ():
+                pending = self._outbox.pop(ack, None)
+                if pending is not None and self._journal is not None:
+                    self._journal.acked(pending.database, ack[0], ack[1], now)
 
     def _drain_events(self) -> None:
         """Progress goes out as it comes; the outcomes of one pass go in one ENDED message,
@@ -563,28 +575,25 @@ class Worker:
         started: list[list[int]] = []
         while True:
             try:
-                cmd, header = self._events.get_nowait()
+                report: _Report = self._events.get_nowait()
             except queue.Empty:
                 break
-            ctx = self._running.get(header["id"])
-            if ctx is None or ctx.attempt != header["attempt"]:
+            ctx = self._running.get(report.task_id)
+            if ctx is None or ctx.attempt != report.attempt:
                 continue  # from a handler abandoned at its time limit: already reported
-            if cmd is Cmd.STARTED:
+            if isinstance(report, _Start):
                 if ctx._database == (self._database or UNKNOWN):  # else its daemon is not this one
                     started.append([ctx.id, ctx.attempt])
                 continue
-            if cmd is Cmd.PROGRESS:
+            if isinstance(report, Progress):
                 if started:  # in order: the daemon reads a start before the progress after it
-                    self._send(self.ssock, Cmd.STARTED, {"worker_id": self.worker_id, "started": started})
+                    self._send_started(started)
                     started = []
-                header["worker_id"] = self.worker_id
-                self._send(self.ssock, cmd, header)
+                self._send(self.ssock, dataclasses.replace(report, worker_id=self.worker_id))
                 continue
             del self._running[ctx.id]
-            header["ok"] = cmd is Cmd.DONE
-            if ctx._database:  # the daemon of another database refuses it
-                header["database"] = ctx._database
-            pending = _Pending(protocol.dumps(header), database=ctx._database)
+            # For the database its task came from (the daemon of another database refuses it).
+            pending = _Pending(ctx.id, ctx.attempt, report.body(), database=ctx._database)
             if self._journal is not None:
                 self._journal.ended(ctx._database, ctx.id, ctx.attempt, pending.body)
             if ctx._database != (self._database or UNKNOWN):  # its daemon was of another database
@@ -596,7 +605,7 @@ class Worker:
         if parked:
             self._tell_parked()
         if started and not ended:
-            self._send(self.ssock, Cmd.STARTED, {"worker_id": self.worker_id, "started": started})
+            self._send_started(started)
         if not ended and not parked:
             return
         if self._journal is not None and self._journal_trouble is None:
@@ -628,32 +637,30 @@ class Worker:
         if batch:
             self._send_batch(batch, started)
 
+    def _send_started(self, started: list[list[int]]) -> None:
+        self._send(self.ssock, Started(self.worker_id, tuple((i, a) for i, a in started)))
+
     def _too_large(self, pending: _Pending) -> None:
         """An outcome no message to the daemon could carry (a journal's, written under a
         larger limit, say): sent as the failure it is, never again as it was."""
         size = len(pending.body)
-        outcome = json.loads(pending.body)
-        task_id, attempt = outcome["id"], outcome["attempt"]
+        task_id, attempt = pending.task_id, pending.attempt
         error = {"type": "ValueError", "message": f"the outcome is {size} bytes as JSON, over the limit "
                  f"of {self._max_message - FRAME_ROOM} of a message to the daemon (max_payload "
                  f"{self._max_payload})"}  # fmt: skip
         log.error("task %s attempt %s: %s; sent as a failure", task_id, attempt, error["message"])
-        failure = {"id": task_id, "attempt": attempt, "error": error, "ok": False}
-        if pending.database:  # still for its own database only
-            failure["database"] = pending.database
-        pending.body = protocol.dumps(failure)
+        # Still for its own database only.
+        failure = Outcome(
+            task_id, attempt, self.worker_id, OutcomeKind.FAILED, error=error, database=pending.database
+        )
+        pending.body = failure.body()
         if self._journal is not None:  # replaces it with the next commit
             self._journal.ended(pending.database, task_id, attempt, pending.body)
 
     def _send_batch(self, bodies: list[bytes], started: list[list[int]] | None = None) -> None:
-        header: dict = {"worker_id": self.worker_id}
-        if started:
-            header["started"] = started
-        frames = protocol.encode_batch(Cmd.ENDED, "ended", bodies, header)
-        try:
-            self.ssock.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.Again:
-            log.debug("send of %d outcome(s) would block; they go again later", len(bodies))
+        self._send_frames(
+            self.ssock, messages.ended(self.worker_id, bodies, started), f"{len(bodies)} outcome(s)"
+        )
 
     def _timers(self, now: float) -> None:
         self._enforce_timecheck_limits(now)
@@ -665,7 +672,7 @@ class Worker:
             return
         if now >= self._next_heartbeat:
             if self._welcomed:
-                self._send(self.wsock, Cmd.HEARTBEAT, {"running": sorted(self._running)})
+                self._send(self.wsock, Heartbeat(tuple(sorted(self._running))))
             else:
                 self._hello()
             self._next_heartbeat = now + self._interval
@@ -760,7 +767,7 @@ class Worker:
                     ctx.id,
                     ctx.attempt,
                 )
-                self._report(Cmd.FAILED, {"id": ctx.id, "attempt": ctx.attempt, "error": _timeout_error(ctx)})
+                self._report(self._failed(ctx, _timeout_error(ctx)))
                 ctx._deadline = None  # reported once
                 self._start_thread()
 
@@ -781,8 +788,8 @@ class Worker:
         except OSError:
             pass
 
-    def _report(self, cmd: Cmd, header: dict) -> None:
-        self._events.put((cmd, header))
+    def _report(self, report: _Report) -> None:
+        self._events.put(report)
         with self._wake_lock:  # one byte in the pipe wakes the loop for every event before it drains
             if self._wake_pending:
                 return
@@ -805,11 +812,12 @@ class Worker:
     def _pool_step(self, ctx: TaskContext) -> bool:
         """Run one task and report its outcome; False when this thread must end."""
         try:
-            cmd, header = self._execute(ctx)
+            outcome = self._execute(ctx)
         except TaskTimeout:  # the interruption landed just after the handler returned
-            cmd, header = Cmd.FAILED, {"id": ctx.id, "attempt": ctx.attempt, "error": _timeout_error(ctx)}
-        if cmd is Cmd.FAILED:
-            header["error"] = _fit_error(header.get("error"), max(self._max_payload, ERROR_BYTES_MIN))
+            outcome = self._failed(ctx, _timeout_error(ctx))
+        if not outcome.ok:
+            error = _fit_error(outcome.error, max(self._max_payload, ERROR_BYTES_MIN))
+            outcome = dataclasses.replace(outcome, error=error)
         with ctx._lock:
             if ctx._abandoned:
                 # Replaced at its time limit (its timeout reported): the thread that took
@@ -817,18 +825,24 @@ class Worker:
                 log.info("task %s attempt %s returned after it was abandoned", ctx.id, ctx.attempt)
                 return False
             ctx._finished = True
-        self._report(cmd, header)
+        self._report(outcome)
         return True
 
-    def _execute(self, ctx: TaskContext) -> tuple[Cmd, dict]:
-        base = {"id": ctx.id, "attempt": ctx.attempt}
+    def _failed(self, ctx: TaskContext, error: dict, **kwargs: Any) -> Outcome:
+        """A failed attempt's outcome (see Outcome for `retry_in`, `final`, `retry`)."""
+        return Outcome(ctx.id, ctx.attempt, self.worker_id, OutcomeKind.FAILED, error=error,
+                       database=ctx._database, **kwargs)  # fmt: skip
+
+    def _execute(self, ctx: TaskContext) -> Outcome:
         while ctx._start_at is not None and (early := ctx._start_at - time.monotonic()) > 0:
             if ctx._cancel.wait(early):
                 log.info("task %s attempt %s cancelled before it was due", ctx.id, ctx.attempt)
-                return Cmd.DONE, {**base, "result": None}  # the daemon ends it cancelled
+                return Outcome(
+                    ctx.id, ctx.attempt, self.worker_id, OutcomeKind.CANCELLED, database=ctx._database
+                )
         started = time.monotonic()
         ctx._started = True
-        self._report(Cmd.STARTED, base)  # leased -> running, in the daemon's store
+        self._report(_Start(ctx.id, ctx.attempt))  # leased -> running, in the daemon's store
         log.info("task %s %s attempt %s started on %s", ctx.id, ctx.name, ctx.attempt, self.worker_id)
         try:
             with ctx._lock:
@@ -843,39 +857,41 @@ class Worker:
                     ctx._thread = None
         except TaskTimeout:
             log.info("task %s attempt %s stopped at its time limit", ctx.id, ctx.attempt)
-            return Cmd.FAILED, {**base, "error": _timeout_error(ctx)}
+            return self._failed(ctx, _timeout_error(ctx))
         except Retry as exc:
             log.info("task %s attempt %s asked for a retry in %ss", ctx.id, ctx.attempt, exc.in_seconds)
-            return Cmd.FAILED, {**base, "error": _error(exc), "retry_in": exc.in_seconds}
+            return self._failed(ctx, _error(exc), retry_in=exc.in_seconds, retry=True)
         except Release as exc:
             log.info("task %s attempt %s given back: %s", ctx.id, ctx.attempt, exc)
-            return Cmd.FAILED, {**base, "error": {"type": "Release", "message": str(exc)}, "release": True,
-                                "retry_in": exc.in_seconds}  # fmt: skip
+            error = {"type": "Release", "message": str(exc)}
+            return Outcome(ctx.id, ctx.attempt, self.worker_id, OutcomeKind.RELEASED, error=error,
+                           retry_in=exc.in_seconds, database=ctx._database)  # fmt: skip
         except Fail as exc:
             log.info("task %s attempt %s failed for good: %s", ctx.id, ctx.attempt, exc)
-            return Cmd.FAILED, {**base, "error": _error(exc), "final": True}
+            return self._failed(ctx, _error(exc), final=True)
         except BaseException as exc:  # noqa: BLE001 - a handler's failure is data, not a crash
             log.info("task %s attempt %s raised %s: %s", ctx.id, ctx.attempt, type(exc).__name__, exc)
-            return Cmd.FAILED, {**base, "error": _error(exc)}
+            return self._failed(ctx, _error(exc))
         try:
             text: str | None = json.dumps(result, separators=(",", ":"))  # as the wire writes it
         except (TypeError, ValueError) as exc:
             error = {"type": "TypeError", "message": f"the handler's result cannot be stored as JSON: {exc}"}
-            return Cmd.FAILED, {**base, "error": error, "final": True}
+            return self._failed(ctx, error, final=True)
         except RecursionError:
             text = None
         if text is None or deeper_than(text.encode(), MAX_VALUE_DEPTH):  # the daemon could not read it
             error = {"type": "ValueError", "message": "the handler's result nests lists and dicts more than "
                      f"{MAX_VALUE_DEPTH} levels deep (the limit)"}  # fmt: skip
-            return Cmd.FAILED, {**base, "error": error, "final": True}
+            return self._failed(ctx, error, final=True)
         if len(text) > self._max_payload:  # the daemon's limit on args, for results too
             error = {"type": "ValueError", "message": f"the handler's result is {len(text)} bytes as JSON, "
                      f"over the limit of {self._max_payload} (max_payload): store large data elsewhere "
                      "and return where it is"}  # fmt: skip
             log.info("task %s attempt %s failed: %s", ctx.id, ctx.attempt, error["message"])
-            return Cmd.FAILED, {**base, "error": error}
+            return self._failed(ctx, error)
         log.info("task %s attempt %s succeeded in %.3fs", ctx.id, ctx.attempt, time.monotonic() - started)
-        return Cmd.DONE, {**base, "result": result}
+        return Outcome(ctx.id, ctx.attempt, self.worker_id, OutcomeKind.SUCCEEDED, result=result,
+                       database=ctx._database)  # fmt: skip
 
 
 def _interrupt(thread_ident: int) -> None:

@@ -23,10 +23,11 @@ from martinet.api import Martinet
 from martinet.config import Settings
 from martinet.daemon import Daemon
 from martinet.dbhealth import REMIND_EVERY, describe
+from martinet.messages import Task
 from martinet.protocol import Cmd
 from martinet.store import Store, iso, open_database
 from martinet.worker import JOURNAL_RETRY, Worker
-from tests.fakes import FakeSocket
+from tests.fakes import FakeSocket, header
 from tests.harness import wait_for
 
 NOW = 1_800_000_000.0
@@ -184,13 +185,13 @@ def worker(tmp_path):
 
 def task(w: Worker, task_id: int) -> None:
     """The daemon sends a task: it waits for a thread."""
-    w._on_task({"id": task_id, "attempt": 1, "name": "add", "args": {"a": 1, "b": 2}})
+    w._on_task(Task.from_item({"id": task_id, "attempt": 1, "name": "add", "args": {"a": 1, "b": 2}}))
 
 
 def finish(w: Worker) -> int:
     """A handler thread runs the next waiting task; the loop drains its outcome."""
     ctx = w._jobs.get_nowait()
-    w._report(*w._execute(ctx))
+    w._report(w._execute(ctx))
     w._drain_events()
     return ctx.id
 
@@ -226,7 +227,7 @@ def test_a_worker_that_cannot_journal_takes_no_tasks_until_it_can(worker, caplog
     ]
     task(w, 8)  # one already on its way
     assert [h["id"] for h in w.wsock.take(Cmd.REJECT)] == [8] and 8 not in w._running
-    assert w._hello_header()["names"] == []  # after a reconnect too
+    assert header(w._hello_message())["names"] == []  # after a reconnect too
     # And its log says why
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
         f"worker w1: cannot write the journal {w._journal.path}: database or disk is full; taking no tasks "
