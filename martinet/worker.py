@@ -817,7 +817,7 @@ class Worker:
             outcome = self._failed(ctx, _timeout_error(ctx))
         if not outcome.ok:
             error = _fit_error(outcome.error, max(self._max_payload, ERROR_BYTES_MIN))
-            outcome = dataclasses.replace(outcome, error=error)
+            outcome = outcome._replace(error=error)
         with ctx._lock:
             if ctx._abandoned:
                 # Replaced at its time limit (its timeout reported): the thread that took

@@ -24,7 +24,16 @@ from typing import Any
 
 from martinet import protocol
 from martinet.messages.client_socket import ERRORS, Events, Reply, Request
-from martinet.messages.outcome import Ack, Ended, Outcome, OutcomeKind, Progress, Started, ended
+from martinet.messages.outcome import (
+    OUTCOME_CMDS,
+    Ack,
+    Ended,
+    Outcome,
+    OutcomeKind,
+    Progress,
+    Started,
+    ended,
+)
 from martinet.messages.worker_socket import (
     Bye,
     Cancel,
@@ -64,7 +73,7 @@ _READERS: dict[Cmd, Any] = {
 
 def read(cmd: Cmd, header: dict[str, Any]) -> Message:
     """A decoded header as its message (see decode)."""
-    if cmd in Outcome.CMDS or cmd is Cmd.ENDED:
+    if cmd in OUTCOME_CMDS or cmd is Cmd.ENDED:
         return Ended.from_header(cmd, header)
     return _READERS[cmd](header)  # type: ignore[no-any-return]
 

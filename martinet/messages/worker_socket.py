@@ -8,12 +8,12 @@ reader relies on and raises ProtocolError otherwise) and writes itself
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from martinet import protocol
 from martinet.errors import ProtocolError
-from martinet.protocol import Cmd
 from martinet.messages.fields import is_id, is_number, is_positive, is_worker_id
+from martinet.protocol import Cmd
 from martinet.validate import clean_text
 
 MAX_HELD = 10_000  # attempts a hello may say it holds (running, kept): a bound on what is read
@@ -165,9 +165,9 @@ class Welcome:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Task:
-    """One task leased to a worker: an item of a TASK message."""
+class Task(NamedTuple):
+    """One task leased to a worker: an item of a TASK message. A NamedTuple, for one is
+    made for every task (see Outcome)."""
 
     task_id: int
     attempt: int
@@ -198,23 +198,22 @@ class Task:
     def from_item(cls, item: Any) -> Task:
         """ProtocolError when it has no valid id and attempt; a name that is not a string
         is read as "" (the worker refuses it: no handler has that name)."""
-        if not isinstance(item, dict) or not is_id(item.get("id")) or not is_id(item.get("attempt")):
+        get = item.get if type(item) is dict else None
+        if get is None or not is_id(task_id := get("id")) or not is_id(attempt := get("attempt")):
             raise ProtocolError(f"a task without a valid id and attempt: {str(item)[:200]}")
-        args, timeout, start_in = item.get("args"), item.get("timeout"), item.get("start_in")
-        parents = item.get("parents")
-        queue = item.get("queue")
+        name, args, queue, timeout = get("name"), get("args"), get("queue"), get("timeout")
+        parents, start_in = get("parents"), get("start_in")
         return cls(
-            item["id"],
-            item["attempt"],
-            item["name"] if isinstance(item.get("name"), str) else "",
-            args if isinstance(args, dict) else {},
-            queue if isinstance(queue, str) else None,
-            timeout if is_number(timeout) else None,
-            {int(k): v for k, v in parents.items() if str(k).isdigit()}
-            if isinstance(parents, dict)
-            else None,
-            start_in if is_number(start_in) else None,
-        )
+            task_id,
+            attempt,
+            name if type(name) is str else "",
+            args if type(args) is dict else {},
+            queue if type(queue) is str else None,
+            None if timeout is None or not is_number(timeout) else timeout,
+            None if parents is None or type(parents) is not dict
+            else {int(k): v for k, v in parents.items() if str(k).isdigit()},
+            None if start_in is None or not is_number(start_in) else start_in,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
