@@ -15,27 +15,27 @@ talks to, and only those are sent or said held in a hello; the others wait aside
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import json
 import logging
 import os
 import queue
 import socket
 import threading
 import time
-import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import zmq
 
 from martinet import messages, protocol
+from martinet.attempt import Start, TaskContext, failed, fit_error, interrupt, timeout_error
+from martinet.attempt import error_of as _error  # noqa: F401 - martinet.worker._error still works
+from martinet.attempt import run as run_attempt
 from martinet.compose import check as check_compositions
-from martinet.errors import Fail, JournalError, ProtocolError, Release, Retry, TaskTimeout
+from martinet.errors import JournalError, ProtocolError, TaskTimeout
 from martinet.journal import UNKNOWN, Journal
 from martinet.messages import (
     Ack,
@@ -54,68 +54,15 @@ from martinet.messages import (
     Tasks,
     Welcome,
 )
-from martinet.protocol import MAX_VALUE_DEPTH, deeper_than
 from martinet.registry import LIMITS, REGISTRY, check_limits, task  # noqa: F401 - martinet.worker.task still works
-from martinet.validate import MAX_ERROR_MESSAGE, MAX_TRACEBACK, cut_end, keep_end
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[..., Any]
 
 
-class TaskContext:
-    """What a handler gets as its first argument: who it is, and a way to talk back."""
-
-    def __init__(
-        self,
-        task_id: int,
-        attempt: int,
-        name: str,
-        args: dict,
-        report: Callable,
-        timeout: float | None = None,
-    ) -> None:
-        self.id = task_id
-        self.attempt = attempt
-        self.name = name
-        self.args = args
-        self.timeout = timeout
-        self.parents: dict[int, Any] = {}  # what the tasks it waited on (after=) returned
-        self._report = report
-        self._cancel = threading.Event()
-        # Time-limit bookkeeping, shared by the handler's thread and the worker's loop.
-        self._lock = threading.Lock()
-        self._thread: int | None = None  # ident of the thread running the handler, while it does
-        self._deadline: float | None = None  # set when the handler starts: waiting in line is free
-        self._start_at: float | None = None  # (monotonic) sent ahead of its due time: not before then
-        self._abandon_at: float | None = None
-        self._finished = False  # its thread has its outcome: too late to abandon it
-        self._abandoned = False  # its thread was replaced: it must not rejoin the pool
-        self._database = UNKNOWN  # the identity of the database it came from (the daemon's welcome)
-        self._started = False  # a thread took it (the daemon is told: STARTED); else it waits in line
-
-    @property
-    def cancelled(self) -> bool:
-        """True once the daemon asked this task to stop; long handlers should check it."""
-        return self._cancel.is_set()
-
-    def progress(self, value: float | None = None, message: str | None = None) -> None:
-        """Report progress (0.0 to 1.0) and a short message; streamed on the status socket."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            value = None  # the daemon keeps numbers only; anything else could not travel
-        message = None if message is None else cut_end(str(message), MAX_PROGRESS_MESSAGE)
-        self._report(Progress(self.id, self.attempt, self.name, value, message))
-
-
-class _Start(NamedTuple):
-    """A handler took this attempt (the daemon is told: STARTED)."""
-
-    task_id: int
-    attempt: int
-
-
 # What handler threads hand the loop: a start, progress, or an outcome.
-_Report = _Start | Progress | Outcome
+_Report = Start | Progress | Outcome
 
 
 @dataclass
@@ -132,10 +79,9 @@ class _Pending:
 
 # What an outcome may weigh, until the daemon's welcome says (a daemon older than these
 # fields says nothing: its defaults). A result over max_payload fails its attempt; an
-# error is trimmed to fit (_fit_error); no outcome is sent that the daemon's sockets
+# error is trimmed to fit (attempt.fit_error); no outcome is sent that the daemon's sockets
 # would drop (ZeroMQ drops a message over max_message, and the connection with it).
 DEFAULT_MAX_PAYLOAD = 1_048_576
-MAX_PROGRESS_MESSAGE = 1000  # characters of a progress message (the daemon keeps 1000)
 ERROR_BYTES_MIN = 16_384  # an error may take this many bytes of JSON even when max_payload is less
 FRAME_ROOM = 1024  # bytes of a message beside its outcomes (the command, worker id, commas)
 
@@ -581,7 +527,7 @@ class Worker:
             ctx = self._running.get(report.task_id)
             if ctx is None or ctx.attempt != report.attempt:
                 continue  # from a handler abandoned at its time limit: already reported
-            if isinstance(report, _Start):
+            if isinstance(report, Start):
                 if ctx._database == (self._database or UNKNOWN):  # else its daemon is not this one
                     started.append([ctx.id, ctx.attempt])
                 continue
@@ -750,7 +696,7 @@ class Worker:
                 ctx._cancel.set()
                 with ctx._lock:
                     if ctx._thread is not None:
-                        _interrupt(ctx._thread)
+                        interrupt(ctx._thread)
                 log.warning(
                     "task %s attempt %s ran past its %gs time limit; interrupting",
                     ctx.id,
@@ -767,7 +713,7 @@ class Worker:
                     ctx.id,
                     ctx.attempt,
                 )
-                self._report(self._failed(ctx, _timeout_error(ctx)))
+                self._report(failed(ctx, self.worker_id, timeout_error(ctx)))
                 ctx._deadline = None  # reported once
                 self._start_thread()
 
@@ -814,9 +760,9 @@ class Worker:
         try:
             outcome = self._execute(ctx)
         except TaskTimeout:  # the interruption landed just after the handler returned
-            outcome = self._failed(ctx, _timeout_error(ctx))
+            outcome = failed(ctx, self.worker_id, timeout_error(ctx))
         if not outcome.ok:
-            error = _fit_error(outcome.error, max(self._max_payload, ERROR_BYTES_MIN))
+            error = fit_error(outcome.error, max(self._max_payload, ERROR_BYTES_MIN))
             outcome = outcome._replace(error=error)
         with ctx._lock:
             if ctx._abandoned:
@@ -828,108 +774,7 @@ class Worker:
         self._report(outcome)
         return True
 
-    def _failed(self, ctx: TaskContext, error: dict, **kwargs: Any) -> Outcome:
-        """A failed attempt's outcome (see Outcome for `retry_in`, `final`, `retry`)."""
-        return Outcome(ctx.id, ctx.attempt, self.worker_id, OutcomeKind.FAILED, error=error,
-                       database=ctx._database, **kwargs)  # fmt: skip
-
     def _execute(self, ctx: TaskContext) -> Outcome:
-        while ctx._start_at is not None and (early := ctx._start_at - time.monotonic()) > 0:
-            if ctx._cancel.wait(early):
-                log.info("task %s attempt %s cancelled before it was due", ctx.id, ctx.attempt)
-                return Outcome(
-                    ctx.id, ctx.attempt, self.worker_id, OutcomeKind.CANCELLED, database=ctx._database
-                )
-        started = time.monotonic()
-        ctx._started = True
-        self._report(_Start(ctx.id, ctx.attempt))  # leased -> running, in the daemon's store
-        log.info("task %s %s attempt %s started on %s", ctx.id, ctx.name, ctx.attempt, self.worker_id)
-        try:
-            with ctx._lock:
-                ctx._thread = threading.get_ident()
-                ctx._deadline = started + ctx.timeout if ctx.timeout else None
-            if ctx._deadline is not None:
-                self._wake()  # the loop times its wait by the deadlines (_poll_timeout)
-            try:
-                result = self.handlers[ctx.name](ctx, **ctx.args)
-            finally:
-                with ctx._lock:
-                    ctx._thread = None
-        except TaskTimeout:
-            log.info("task %s attempt %s stopped at its time limit", ctx.id, ctx.attempt)
-            return self._failed(ctx, _timeout_error(ctx))
-        except Retry as exc:
-            log.info("task %s attempt %s asked for a retry in %ss", ctx.id, ctx.attempt, exc.in_seconds)
-            return self._failed(ctx, _error(exc), retry_in=exc.in_seconds, retry=True)
-        except Release as exc:
-            log.info("task %s attempt %s given back: %s", ctx.id, ctx.attempt, exc)
-            error = {"type": "Release", "message": str(exc)}
-            return Outcome(ctx.id, ctx.attempt, self.worker_id, OutcomeKind.RELEASED, error=error,
-                           retry_in=exc.in_seconds, database=ctx._database)  # fmt: skip
-        except Fail as exc:
-            log.info("task %s attempt %s failed for good: %s", ctx.id, ctx.attempt, exc)
-            return self._failed(ctx, _error(exc), final=True)
-        except BaseException as exc:  # noqa: BLE001 - a handler's failure is data, not a crash
-            log.info("task %s attempt %s raised %s: %s", ctx.id, ctx.attempt, type(exc).__name__, exc)
-            return self._failed(ctx, _error(exc))
-        try:
-            text: str | None = json.dumps(result, separators=(",", ":"))  # as the wire writes it
-        except (TypeError, ValueError) as exc:
-            error = {"type": "TypeError", "message": f"the handler's result cannot be stored as JSON: {exc}"}
-            return self._failed(ctx, error, final=True)
-        except RecursionError:
-            text = None
-        if text is None or deeper_than(text.encode(), MAX_VALUE_DEPTH):  # the daemon could not read it
-            error = {"type": "ValueError", "message": "the handler's result nests lists and dicts more than "
-                     f"{MAX_VALUE_DEPTH} levels deep (the limit)"}  # fmt: skip
-            return self._failed(ctx, error, final=True)
-        if len(text) > self._max_payload:  # the daemon's limit on args, for results too
-            error = {"type": "ValueError", "message": f"the handler's result is {len(text)} bytes as JSON, "
-                     f"over the limit of {self._max_payload} (max_payload): store large data elsewhere "
-                     "and return where it is"}  # fmt: skip
-            log.info("task %s attempt %s failed: %s", ctx.id, ctx.attempt, error["message"])
-            return self._failed(ctx, error)
-        log.info("task %s attempt %s succeeded in %.3fs", ctx.id, ctx.attempt, time.monotonic() - started)
-        return Outcome(ctx.id, ctx.attempt, self.worker_id, OutcomeKind.SUCCEEDED, result=result,
-                       database=ctx._database)  # fmt: skip
-
-
-def _interrupt(thread_ident: int) -> None:
-    """Raise TaskTimeout in another thread at its next Python instruction."""
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_ident), ctypes.py_object(TaskTimeout))
-
-
-def _timeout_error(ctx: TaskContext) -> dict:
-    return {"type": "TaskTimeout", "message": f"the handler ran past its time limit of {ctx.timeout:g}s"}
-
-
-def _fit_error(error: Any, budget: int) -> dict:
-    """An error as sent: its message and traceback cut as the daemon would keep them, but
-    saying so, the traceback keeping its end; then cut further until its JSON takes at
-    most `budget` bytes (characters outside ASCII take up to 12 each)."""
-    error = dict(error) if isinstance(error, dict) else {}
-    if isinstance(error.get("type"), str):
-        error["type"] = cut_end(error["type"], 255)
-    if isinstance(error.get("message"), str):
-        error["message"] = cut_end(error["message"], MAX_ERROR_MESSAGE)
-    if isinstance(error.get("traceback"), str):
-        error["traceback"] = keep_end(error["traceback"], MAX_TRACEBACK)
-    while len(protocol.dumps(error)) > budget:
-        traceback_, message = error.get("traceback"), error.get("message")
-        if isinstance(traceback_, str) and len(traceback_) > 200:
-            error["traceback"] = keep_end(traceback_, len(traceback_) // 2)
-        elif isinstance(message, str) and len(message) > 200:
-            error["message"] = cut_end(message, len(message) // 2)
-        else:  # nothing long is left to cut: keep what says what it was
-            return {"type": str(error.get("type"))[:255], "message": str(message or "")[:200]}
-    return error
-
-
-def _error(exc: BaseException) -> dict:
-    # Skip our own frame (the call into the handler): the trace starts in user code.
-    tb = exc.__traceback__.tb_next if exc.__traceback__ else None
-    return {
-        "type": type(exc).__name__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, tb)),
-    }
+        return run_attempt(
+            ctx, self.handlers[ctx.name], self.worker_id, self._max_payload, self._report, self._wake
+        )
