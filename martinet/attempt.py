@@ -157,6 +157,46 @@ def failed(ctx: TaskContext, worker_id: str, error: dict[str, Any], **kwargs: An
     )
 
 
+def past_limit(contexts: list[TaskContext], now: float, grace: float) -> list[TaskContext]:
+    """Interrupt the handlers past their time limit; return those to abandon.
+
+    Handlers run in threads, which cannot be killed: at the limit TaskTimeout is
+    raised inside the handler's thread (it lands at the handler's next Python
+    instruction). A handler blocked in C code (a socket read without a timeout,
+    say) cannot be interrupted; after `grace` seconds its attempt is abandoned
+    (returned, once: the worker reports the timeout itself, and starts a thread in
+    its place; this one ends when the call returns)."""
+    abandoned = []
+    for ctx in contexts:
+        if ctx._deadline is None or now < ctx._deadline:
+            continue
+        if ctx._abandon_at is None:
+            ctx._abandon_at = now + grace
+            ctx._cancel.set()
+            with ctx._lock:
+                if ctx._thread is not None:
+                    interrupt(ctx._thread)
+            log.warning(
+                "task %s attempt %s ran past its %gs time limit; interrupting",
+                ctx.id,
+                ctx.attempt,
+                ctx.timeout,
+            )
+        elif now >= ctx._abandon_at:
+            with ctx._lock:
+                if ctx._finished:  # it returned meanwhile: its outcome is on its way
+                    continue
+                ctx._abandoned = True  # its thread ends when the call returns (Worker._pool_step)
+            log.error(
+                "task %s attempt %s did not stop at its time limit; abandoning its thread",
+                ctx.id,
+                ctx.attempt,
+            )
+            ctx._deadline = None  # reported once
+            abandoned.append(ctx)
+    return abandoned
+
+
 def interrupt(thread_ident: int) -> None:
     """Raise TaskTimeout in another thread at its next Python instruction."""
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_ident), ctypes.py_object(TaskTimeout))

@@ -10,7 +10,7 @@ a worker killed and started again loses none of them either.
 Every outcome is for the database its task came from (the identity the daemon's
 welcome gives): the outbox holds those of the database of the daemon the worker
 talks to, and only those are sent or said held in a hello; the others wait aside
-(`_parked`) until the worker talks to a daemon of their database again.
+(outbox.py) until the worker talks to a daemon of their database again.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import socket
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 import zmq
 
 from martinet import messages, protocol
-from martinet.attempt import Start, TaskContext, failed, fit_error, interrupt, timeout_error
+from martinet.attempt import Start, TaskContext, failed, fit_error, past_limit, timeout_error
 from martinet.attempt import error_of as _error  # noqa: F401 - martinet.worker._error still works
 from martinet.attempt import run as run_attempt
 from martinet.compose import check as check_compositions
@@ -46,7 +45,6 @@ from martinet.messages import (
     Hello,
     HelloAgain,
     Outcome,
-    OutcomeKind,
     Progress,
     Reject,
     Started,
@@ -54,6 +52,7 @@ from martinet.messages import (
     Tasks,
     Welcome,
 )
+from martinet.outbox import FRAME_ROOM, Outbox, Pending
 from martinet.registry import LIMITS, REGISTRY, check_limits, task  # noqa: F401 - martinet.worker.task still works
 
 log = logging.getLogger(__name__)
@@ -65,42 +64,20 @@ Handler = Callable[..., Any]
 _Report = Start | Progress | Outcome
 
 
-@dataclass
-class _Pending:
-    """An outcome the daemon has not acknowledged yet, encoded once (Outcome.body): as
-    sent, and as its journal keeps it."""
-
-    task_id: int
-    attempt: int
-    body: bytes
-    sent_at: float = 0.0
-    database: str = UNKNOWN  # the identity of the database its task came from
-
-
 # What an outcome may weigh, until the daemon's welcome says (a daemon older than these
 # fields says nothing: its defaults). A result over max_payload fails its attempt; an
 # error is trimmed to fit (attempt.fit_error); no outcome is sent that the daemon's sockets
 # would drop (ZeroMQ drops a message over max_message, and the connection with it).
 DEFAULT_MAX_PAYLOAD = 1_048_576
 ERROR_BYTES_MIN = 16_384  # an error may take this many bytes of JSON even when max_payload is less
-FRAME_ROOM = 1024  # bytes of a message beside its outcomes (the command, worker id, commas)
-
-BATCH_ITEMS = 500  # outcomes in one ENDED message at most
 # Default prefetch per thread. Short tasks need depth: each daemon commit then carries
 # tens of outcomes and claims (with 1 per thread the daemon spent about 28 % more CPU
 # per task, measured in-process). The daemon fills idle threads fleet-wide before any
 # prefetch, so a short queue is never hoarded by one worker; for long tasks use --prefetch 0.
 PREFETCH_PER_THREAD = 4
-BATCH_BYTES = 256 * 1024  # and about this many bytes (one larger outcome still goes alone)
 # A task sent ahead of its due time (start_in, see daemon.TIMER_LEAD) is held this long
 # at most, whatever start_in says: a thread waits for it meanwhile.
 MAX_START_IN = 1.0
-
-# Seconds between attempts to write a journal that could not be written (a full disk,
-# say): each is one small SQLite transaction, so the worker takes tasks again about a
-# second after there is room, at no cost worth counting meanwhile.
-JOURNAL_RETRY = 1.0
-JOURNAL_REMIND = 60.0  # seconds between log lines while the journal still cannot be written
 
 # TEST ONLY: MARTINET_FAULT=exit_before_send makes the worker os._exit(FAULT_EXIT)
 # right after it journaled an outcome and before it sends it (tests/test_journal.py).
@@ -162,19 +139,12 @@ class Worker:
         self._timed: dict[int, TaskContext] = {}  # those of _running with a time limit (some ended)
         # Outcomes not acknowledged yet, for the database of the daemon we talk to; those
         # for other databases wait aside, by (database, id, attempt), never sent to it.
-        self._outbox: dict[tuple[int, int], _Pending] = {}
-        self._parked: dict[tuple[str, int, int], _Pending] = {}
-        self._parked_told: set[str] = set()  # databases whose waiting outcomes the log has named
+        self.outbox = Outbox(self.worker_id, self._journal)
         self._database: str | None = None  # the identity of the daemon's database (its welcome)
         self._fault = os.environ.get("MARTINET_FAULT")
         self._max_payload = DEFAULT_MAX_PAYLOAD  # read by handler threads; the welcome sets it
         self._max_message = protocol.max_message(DEFAULT_MAX_PAYLOAD)
-        # While the journal cannot be written: why, since when, when to try again. The
-        # worker then takes no tasks (its outcomes could not be kept) and says so.
-        self._journal_trouble: str | None = None
-        self._journal_since = self._journal_retry_at = self._journal_logged_at = 0.0
-        if self._journal is not None:
-            self._recover(self._journal)
+        self.outbox.recover()
         self._stopping = False
         self._stop_deadline = 0.0
         self._epoch: str | None = None
@@ -199,39 +169,6 @@ class Worker:
             self._stopping = True
             self._stop_deadline = time.monotonic() + self.options.grace
         self._wake()
-
-    def _recover(self, journal: Journal) -> None:
-        """Take over the outcomes a previous run of this worker left unacknowledged: those
-        for the database of the daemon it talked to last go in the outbox (its hello says
-        it holds them; a daemon of another database does not take them, and its welcome
-        puts them aside), the others wait aside. Those whose database is not known (a
-        journal of an older martinet) are kept in the journal and never sent."""
-        last = journal.database()
-        unknown = 0
-        for database, task_id, attempt, body in journal.recover():
-            if database == UNKNOWN:
-                unknown += 1
-            elif database == last:
-                self._outbox[(task_id, attempt)] = _Pending(task_id, attempt, body, database=database)
-            else:
-                self._parked[(database, task_id, attempt)] = _Pending(
-                    task_id, attempt, body, database=database
-                )
-        if self._outbox or self._parked:
-            log.info(
-                "worker %s: journal %s holds %d unacknowledged outcome(s) from a previous run; "
-                "sending them to the daemon of their database",
-                self.worker_id, journal.path, len(self._outbox) + len(self._parked),
-            )  # fmt: skip
-        if unknown:
-            log.warning(
-                "worker %s: journal %s holds %d outcome(s) written by an older martinet, which does "
-                "not say which database they are for: they are kept there and never sent (sent to "
-                "a daemon of another database, they would end its tasks with results not theirs); "
-                "their tasks run again. Once no daemon waits for them, stop this worker and delete "
-                "the file to drop them",
-                self.worker_id, journal.path, unknown,
-            )  # fmt: skip
 
     # ---- the loop -------------------------------------------------------------
 
@@ -335,7 +272,7 @@ class Worker:
 
     def _hello_message(self) -> Hello:
         # No names: no task is sent to it (stopping, or its journal cannot keep outcomes).
-        names = () if self._stopping or self._journal_trouble else tuple(sorted(self.handlers))
+        names = () if self._stopping or self.outbox.trouble else tuple(sorted(self.handlers))
         limits = {n: self._limits[n] if n in self._limits else LIMITS.get(n) for n in names}
         return Hello(
             self.worker_id,
@@ -343,9 +280,8 @@ class Worker:
             self.capacity,
             threads=max(1, self.options.concurrency),
             running=self._held_list(),
-            # Outcomes kept for other databases: a daemon of one of them takes its own as
-            # held (readopted), the others are not its tasks. Older daemons ignore this key.
-            kept=tuple(Held(i, a, database=d) for d, i, a in self._parked if d),
+            # Older daemons ignore "kept".
+            kept=self.outbox.kept(),
             queues=None if self.options.queues is None else tuple(self.options.queues),
             limits={n: dict(lim) for n, lim in limits.items() if lim},
         )
@@ -355,7 +291,7 @@ class Worker:
         thread, and tasks whose outcome is not acknowledged yet (so that their attempt stays
         open for it, even if the daemon had given up on us)."""
         held = {c.id: (c.attempt, c._database, c._started) for c in self._running.values()}
-        for (task_id, attempt), pending in self._outbox.items():
+        for (task_id, attempt), pending in self.outbox.pending.items():
             held.setdefault(task_id, (attempt, pending.database, True))
         # With their database: a daemon of another one does not take them as its tasks.
         # "started": a handler took it (its start report may have been lost with the connection).
@@ -427,42 +363,8 @@ class Worker:
             except JournalError as exc:  # it only decides what the next start says first
                 log.debug("%s", exc)
         self._welcomed = True
-        self._sort_outbox(database or UNKNOWN)
-        self._send_outcomes(list(self._outbox.values()))  # anything unacknowledged goes again
-
-    def _sort_outbox(self, database: str) -> None:
-        """Outcomes for `database` in the outbox, the others aside (those it takes back
-        were in the hello's `kept`: the daemon readopted them)."""
-        for (task_id, attempt), pending in list(self._outbox.items()):
-            if pending.database != database:
-                self._parked[(pending.database, task_id, attempt)] = self._outbox.pop((task_id, attempt))
-        back = [key for key in self._parked if key[0] == database] if database != UNKNOWN else []
-        for key in back:
-            self._outbox[key[1:]] = self._parked.pop(key)
-        if back:
-            log.info(
-                "worker %s: sending %d outcome(s) kept for this daemon's database (%s)",
-                self.worker_id, len(back), database,
-            )  # fmt: skip
-        self._tell_parked()
-
-    def _tell_parked(self) -> None:
-        """Say once for each database that outcomes for it wait aside: where, why, what to do."""
-        path = self._journal.path if self._journal is not None else None
-        where = f"in the journal {path}" if path else "in memory"
-        drop = (
-            f"stop this worker and delete {path} to drop them" if path else "they go when this worker stops"
-        )
-        for other, count in Counter(key[0] for key in self._parked).items():
-            if other not in self._parked_told:
-                self._parked_told.add(other)
-                log.warning(
-                    "worker %s: %d unacknowledged outcome(s) are for tasks of another database (id %s) "
-                    "than this daemon's (id %s): they are kept %s, not sent here, where tasks with the "
-                    "same ids are other tasks. They go to a daemon of that database when this worker "
-                    "talks to one again; if that database is gone, %s",
-                    self.worker_id, count, other or "unknown", self._database or "unknown", where, drop,
-                )  # fmt: skip
+        self.outbox.sort(database)
+        self._send_outcomes(list(self.outbox.pending.values()))  # anything unacknowledged goes again
 
     def _on_task(self, leased: Task) -> None:
         task_id, attempt, name = leased.task_id, leased.attempt, leased.name
@@ -471,7 +373,7 @@ class Worker:
             reason = f"worker {self.worker_id} has no handler for {name!r}"
         elif self._stopping:
             reason = f"worker {self.worker_id} is shutting down"
-        elif self._journal_trouble:
+        elif self.outbox.trouble:
             reason = f"worker {self.worker_id} cannot write its journal"
         elif len(self._running) >= self.capacity:
             reason = f"worker {self.worker_id} has no free slot"
@@ -506,9 +408,7 @@ class Worker:
         for message in self._recv_all(self.ssock):
             now = self._last_heard = time.monotonic()
             for ack in message.acks if isinstance(message, Ack) else ():
-                pending = self._outbox.pop(ack, None)
-                if pending is not None and self._journal is not None:
-                    self._journal.acked(pending.database, ack[0], ack[1], now)
+                self.outbox.acked(ack, now)
 
     def _drain_events(self) -> None:
         """Progress goes out as it comes; the outcomes of one pass go in one ENDED message,
@@ -539,22 +439,18 @@ class Worker:
                 continue
             del self._running[ctx.id]
             # For the database its task came from (the daemon of another database refuses it).
-            pending = _Pending(ctx.id, ctx.attempt, report.body(), database=ctx._database)
-            if self._journal is not None:
-                self._journal.ended(ctx._database, ctx.id, ctx.attempt, pending.body)
-            if ctx._database != (self._database or UNKNOWN):  # its daemon was of another database
-                self._parked[(ctx._database, ctx.id, ctx.attempt)] = pending
+            pending = self.outbox.add(report, self._database or UNKNOWN)
+            if pending is None:
                 parked = True
-                continue
-            self._outbox[(ctx.id, ctx.attempt)] = pending
-            ended.append(pending)
+            else:
+                ended.append(pending)
         if parked:
-            self._tell_parked()
+            self.outbox.tell_parked(self._database)
         if started and not ended:
             self._send_started(started)
         if not ended and not parked:
             return
-        if self._journal is not None and self._journal_trouble is None:
+        if self._journal is not None and self.outbox.trouble is None:
             self._commit_journal(time.monotonic())  # write-ahead: on disk before it leaves
         if not ended:
             return
@@ -563,45 +459,17 @@ class Worker:
             os._exit(FAULT_EXIT)
         self._send_outcomes(ended, started)
 
-    def _send_outcomes(self, pendings: list[_Pending], started: list[list[int]] | None = None) -> None:
-        """Send outcomes in ENDED messages of bounded size, each within what the daemon's
-        sockets take; they stay in the outbox until acked. The first message carries
-        `started` (starts are not resent: see _held_list)."""
-        now = time.monotonic()
-        budget = min(BATCH_BYTES, self._max_message - FRAME_ROOM)
-        batch: list[bytes] = []
-        size = len(protocol.dumps(started)) + 12 if started else 0  # ',"started":' and its list
-        for pending in pendings:
-            if len(pending.body) > self._max_message - FRAME_ROOM:
-                self._too_large(pending)
-            if batch and (len(batch) >= BATCH_ITEMS or size + len(pending.body) > budget):
-                self._send_batch(batch, started)
-                batch, size, started = [], 0, None
-            pending.sent_at = now
-            batch.append(pending.body)
-            size += len(pending.body) + 1
-        if batch:
-            self._send_batch(batch, started)
+    def _send_outcomes(self, pendings: list[Pending], started: list[list[int]] | None = None) -> None:
+        """Send outcomes in ENDED messages of bounded size (see Outbox.batches); they stay
+        in the outbox until acked."""
+        batches = self.outbox.batches(
+            pendings, started, time.monotonic(), self._max_message, self._max_payload
+        )
+        for bodies, starts in batches:
+            self._send_batch(bodies, starts)
 
     def _send_started(self, started: list[list[int]]) -> None:
         self._send(self.ssock, Started(self.worker_id, tuple((i, a) for i, a in started)))
-
-    def _too_large(self, pending: _Pending) -> None:
-        """An outcome no message to the daemon could carry (a journal's, written under a
-        larger limit, say): sent as the failure it is, never again as it was."""
-        size = len(pending.body)
-        task_id, attempt = pending.task_id, pending.attempt
-        error = {"type": "ValueError", "message": f"the outcome is {size} bytes as JSON, over the limit "
-                 f"of {self._max_message - FRAME_ROOM} of a message to the daemon (max_payload "
-                 f"{self._max_payload})"}  # fmt: skip
-        log.error("task %s attempt %s: %s; sent as a failure", task_id, attempt, error["message"])
-        # Still for its own database only.
-        failure = Outcome(
-            task_id, attempt, self.worker_id, OutcomeKind.FAILED, error=error, database=pending.database
-        )
-        pending.body = failure.body()
-        if self._journal is not None:  # replaces it with the next commit
-            self._journal.ended(pending.database, task_id, attempt, pending.body)
 
     def _send_batch(self, bodies: list[bytes], started: list[list[int]] | None = None) -> None:
         self._send_frames(
@@ -623,109 +491,40 @@ class Worker:
                 self._hello()
             self._next_heartbeat = now + self._interval
             if self._welcomed:  # by a daemon of the outbox's database
-                self._send_outcomes([p for p in self._outbox.values() if now - p.sent_at > silence])
-            if self._journal is not None and self._journal_trouble is None:
+                self._send_outcomes([p for p in self.outbox.pending.values() if now - p.sent_at > silence])
+            if self._journal is not None and self.outbox.trouble is None:
                 self._commit_journal(now)  # acks that found no outcome to ride along with
-        if self._journal_trouble is not None and now >= self._journal_retry_at:
+        if self.outbox.trouble is not None and now >= self.outbox.retry_at:
             self._commit_journal(now, force=True)
 
     # ---- a journal that cannot be written ---------------------------------------------
 
     def _commit_journal(self, now: float, force: bool = False) -> None:
-        """Write what the journal buffers. A failure (a full disk, say) never stops the
-        worker: it stops taking tasks until a write succeeds again (_timers tries every
-        JOURNAL_RETRY seconds), and the outcomes in hand are sent without the journal.
-
-        Sent, not held back: the journal only guards an outcome until the daemon commits
-        it, a matter of milliseconds once sent; held back, it would wait in memory alone
-        for as long as the disk stays full, its task's lease kept alive, its result kept
-        from whoever waits for it. Sent, the worst case is the journal's absence (killed
-        before the ack, the task runs again), which at-least-once allows. The journal
-        keeps it buffered and writes it when it can (deleted at once if acked by then)."""
-        if self._journal is None:
-            return
-        try:
-            self._journal.commit(now, force)
-        except JournalError as exc:
-            self._journal_failed(str(exc), now)
-            return
-        if self._journal_trouble is not None:
-            log.warning(
-                "worker %s: journal written again after %.0fs; taking tasks again",
-                self.worker_id, now - self._journal_since,
-            )  # fmt: skip
-            self._journal_trouble = None
-            self._hello()  # its names again: the daemon sends it tasks
-
-    def _journal_failed(self, why: str, now: float) -> None:
-        self._journal_retry_at = now + JOURNAL_RETRY
-        if self._journal_trouble is not None:
-            if now - self._journal_logged_at >= JOURNAL_REMIND:
-                self._journal_logged_at = now
-                log.error(
-                    "worker %s: still taking no tasks, the journal cannot be written for %.0fs: %s",
-                    self.worker_id, now - self._journal_since, why,
-                )  # fmt: skip
-            self._journal_trouble = why
-            return
-        self._journal_trouble = why
-        self._journal_since = self._journal_logged_at = now
-        log.error(
-            "worker %s: %s; taking no tasks until it can be written (trying every %gs); "
-            "results in hand are sent without it, tasks not started go back to the daemon",
-            self.worker_id, why, JOURNAL_RETRY,
-        )  # fmt: skip
-        self._hand_back_waiting(f"worker {self.worker_id} cannot write its journal")
-        self._hello()  # with no names: the daemon sends it nothing more
+        """Write what the journal buffers (see Outbox.commit): while it cannot be written,
+        the worker takes no tasks (its hello gives no names) and hands back those waiting."""
+        changed = self.outbox.commit(now, force)
+        if changed is False:
+            self._hand_back_waiting(f"worker {self.worker_id} cannot write its journal")
+        if changed is not None:
+            self._hello()  # with no names, or its names again
 
     def _enforce_timecheck_limits(self, now: float) -> None:
-        """Interrupt handlers past their time limit; abandon those that do not unwind.
-
-        Handlers run in threads, which cannot be killed: at the limit the
-        worker raises TaskTimeout inside the handler's thread (it lands at the
-        handler's next Python instruction). A handler blocked in C code (a
-        socket read without a timeout, say) cannot be interrupted; after
-        `timeout_grace` the worker reports the timeout itself, forgets the
-        attempt and starts a new thread, so its capacity stays whole.
-        """
-        for ctx in list(self._running.values()):
-            if ctx._deadline is None or now < ctx._deadline:
-                continue
-            if ctx._abandon_at is None:
-                ctx._abandon_at = now + self.options.timeout_grace
-                ctx._cancel.set()
-                with ctx._lock:
-                    if ctx._thread is not None:
-                        interrupt(ctx._thread)
-                log.warning(
-                    "task %s attempt %s ran past its %gs time limit; interrupting",
-                    ctx.id,
-                    ctx.attempt,
-                    ctx.timeout,
-                )
-            elif now >= ctx._abandon_at:
-                with ctx._lock:
-                    if ctx._finished:  # it returned meanwhile: its outcome is on its way
-                        continue
-                    ctx._abandoned = True  # its thread ends when the call returns (_pool_loop)
-                log.error(
-                    "task %s attempt %s did not stop at its time limit; abandoning its thread",
-                    ctx.id,
-                    ctx.attempt,
-                )
-                self._report(failed(ctx, self.worker_id, timeout_error(ctx)))
-                ctx._deadline = None  # reported once
-                self._start_thread()
+        """Interrupt handlers past their time limit (see attempt.past_limit); for those
+        abandoned, report the timeout and start a new thread, so capacity stays whole."""
+        for ctx in past_limit(list(self._running.values()), now, self.options.timeout_grace):
+            self._report(failed(ctx, self.worker_id, timeout_error(ctx)))
+            self._start_thread()
 
     def _flush_outbox_before_exit(self) -> None:
         """Give the daemon a bounded chance to acknowledge our last outcomes."""
         deadline = time.monotonic() + min(5.0, self._interval * self._liveness)
-        while self._outbox and time.monotonic() < deadline:
+        while self.outbox.pending and time.monotonic() < deadline:
             if dict(self.poller.poll(100)).get(self.ssock):
                 self._drain_status_socket()
-        if self._outbox:
+        if self.outbox.pending:
             log.warning(
-                "exiting with %d unacknowledged outcome(s); their leases will expire", len(self._outbox)
+                "exiting with %d unacknowledged outcome(s); their leases will expire",
+                len(self.outbox.pending),
             )
 
     def _wake(self) -> None:

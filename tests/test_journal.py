@@ -365,7 +365,7 @@ def test_a_worker_sends_an_outcome_only_to_a_daemon_of_its_database(tmp_path, ca
     w._drain_events()
     assert ended(w) == [(1, 1, "kaboom")]
     assert sorted(d for d, *_ in w._journal.recover()) == ["A", "B"]
-    w._outbox.pop((1, 1))
+    w.outbox.pending.pop((1, 1))
     w._journal.acked("B", 1, 1, 0.0)
     w._journal.commit(0.0, force=True)
     welcome(w, "B")  # a daemon of B again: still nothing of A's, said once only

@@ -122,7 +122,7 @@ def test_outcomes_too_many_bytes_for_one_message_go_in_several(monkeypatch):
     w = make_worker({"big": lambda task, n: "x" * n}, max_payload=40_000, max_message=limit)
     outcomes = run(w, *[(i, "big", {"n": 30_000}) for i in range(1, 5)])
     assert sorted(o["id"] for o in outcomes) == [1, 2, 3, 4] and all(o["ok"] for o in outcomes)
-    w._send_outcomes(list(w._outbox.values()))  # and sent again (not acknowledged): the same way
+    w._send_outcomes(list(w.outbox.pending.values()))  # and sent again (not acknowledged): the same way
     assert len(w.ssock.frames) == 4 and max(len(f) for f in w.ssock.frames) <= limit
 
 
@@ -137,7 +137,7 @@ def test_an_outcome_no_message_can_carry_is_sent_as_a_failure_and_never_again_as
     )
     (again,) = [item for h in w.ssock.take(Cmd.ENDED) for item in h["ended"]]
     assert not again["ok"] and "over the limit of" in again["error"]["message"]
-    assert len(w._outbox[(1, 1)].body) < 1000  # what goes again, should it have to, is the failure
+    assert len(w.outbox.pending[(1, 1)].body) < 1000  # what goes again, should it have to, is the failure
 
 
 # ---- capacity and time limits --------------------------------------------------------------
