@@ -7,7 +7,6 @@ runs the (slow) English parser: it receives UTC timestamps.
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,81 +14,31 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from martinet import config, protocol, rules, when
-from martinet.client import Client, EventListener, refusal
+from martinet.client import Client, EventListener
 from martinet.errors import BadInput, DaemonUnavailable, MartinetError, TaskFailed, WaitTimeout
 from martinet.lanes import DEFAULT_QUEUE
-from martinet.protocol import Cmd
+from martinet.messages import Request
 from martinet.query import Page, check_filter_names
-from martinet.validate import Limits, check_args, check_name
+from martinet.submit import (
+    BATCH,
+    EVERY_KEYS,
+    TASK_KEYS,
+    ScheduleId,
+    TaskId,
+    TaskSpec,
+    When,
+    new_request_id,
+    read_run_at,
+    task_fields,
+    unconfirmed,
+)
+from martinet.validate import Limits, check_args
 
 log = logging.getLogger(__name__)
 
-TaskSpec = str | dict[str, Any]
-When = str | datetime | timedelta | int | float
-_TASK_KEYS = {
-    "name",
-    "username",
-    "description",
-    "queue",
-    "priority",
-    "max_attempts",
-    "run_at",
-    "timezone",
-    "timeout",
-    "time_limit",
-    "retry_base",
-    "retry_factor",
-    "retry_cap",
-    "key",
-    "unique",
-    "after",
-}
-
-
-def new_request_id() -> str:
-    """A request id that sorts by time: microseconds since the epoch, then 64 random bits.
-    The database's unique index on request ids takes new ones at its end; random ones
-    (uuid4) landed on a different page of it for every task, each page rewritten on commit."""
-    return f"{time.time_ns() // 1000:014x}{secrets.token_hex(8)}"
-
-
-BATCH = 1000  # tasks per execute_many request: well under the daemon's limits
 # wait(timeout=None) asks the daemon in rounds of this many seconds (it holds a wait
 # for an hour at most), so a wait "until done" never depends on one long request.
 WAIT_ROUND = 60.0
-_EVERY_KEYS = {"until", "count", "misfire", "misfire_grace"}
-
-
-class TaskId(int):
-    """A task's id; `.created` says whether this call created it (False: a known
-    request_id or a key in use returned the existing task; a known request_id
-    includes one this very call sent before, when the daemon did not answer at once,
-    or an earlier call that raised DaemonUnavailable). `.warning` is the daemon's
-    word when no connected worker would run it ("no connected worker handles
-    'resize'": a typo, or no worker started for that name or queue), else None."""
-
-    created: bool = True
-    warning: str | None = None
-
-    def __new__(cls, value: int, created: bool = True, warning: str | None = None) -> TaskId:
-        obj = super().__new__(cls, value)
-        obj.created = created
-        obj.warning = warning
-        return obj
-
-
-class ScheduleId(str):
-    """A schedule's id ("s3"); `.created` is False when a key named an existing schedule;
-    `.warning` as for TaskId (no connected worker runs its task now)."""
-
-    created: bool = True
-    warning: str | None = None
-
-    def __new__(cls, value: str, created: bool = True, warning: str | None = None) -> ScheduleId:
-        obj = super().__new__(cls, value)
-        obj.created = created
-        obj.warning = warning
-        return obj
 
 
 class Martinet:
@@ -199,20 +148,21 @@ class Martinet:
         try:
             batches = self._batches(tasks, options, base_rid, spans, kinds)
             for n, reply in enumerate(self.client.exchange(batches, in_flight=2)):
-                if reply.get("ok"):
-                    warnings = {(w["name"], w["queue"]): w["warning"] for w in reply.get("warnings") or ()}
+                if reply.ok:
+                    got = reply.fields
+                    warnings = {(w["name"], w["queue"]): w["warning"] for w in got.get("warnings") or ()}
                     first = spans[n][0]
                     ids.extend(
                         TaskId(i, c, warnings.get(kinds[first + k]) if warnings else None)
-                        for k, (i, c) in enumerate(zip(reply["ids"], reply["created"], strict=True))
+                        for k, (i, c) in enumerate(zip(got["ids"], got["created"], strict=True))
                     )
                 elif refused is None:
-                    refused = refusal(reply)
+                    refused = reply.refusal()
                     refused = type(refused)(
                         f"{refused} (in the request of tasks {spans[n][0]} to {spans[n][1]})"
                     )
         except DaemonUnavailable as exc:
-            refused = _unconfirmed(exc, "the tasks not confirmed yet", base_rid, "the same tasks and ")
+            refused = unconfirmed(exc, "the tasks not confirmed yet", base_rid, "the same tasks and ")
         except MartinetError as exc:
             refused = exc
         if refused is None:
@@ -255,7 +205,7 @@ class Martinet:
     def _batch_request(base_rid: str, first: int, items: list[bytes], spans: list) -> tuple[str, list[bytes]]:
         spans.append((first, first + len(items) - 1))
         rid = f"{base_rid}:{first}"  # the first task's request id
-        return rid, protocol.encode_batch(Cmd.REQUEST, "tasks", items, {"op": "execute_many", "rid": rid})
+        return rid, Request.batch("execute_many", rid, "tasks", items)
 
     def schedule(self, when_: When, task: TaskSpec, args: dict | None = None, **options: Any) -> TaskId:
         """Run a task at a time: "in 20 minutes", "tomorrow at 9am", a datetime, a timedelta."""
@@ -277,7 +227,7 @@ class Martinet:
         `misfire_grace` (how late a missed run is still worth running: seconds
         or "10 minutes"). Returns the schedule's id, like "s3".
         """
-        fields = self._task_fields(task, args, options, _TASK_KEYS | _EVERY_KEYS)
+        fields = self._task_fields(task, args, options, TASK_KEYS | EVERY_KEYS)
         tz = when.check_timezone(fields.pop("timezone", None) or self.settings.timezone)
         # Early, clear errors; the daemon checks again, with its min_interval (the one that
         # counts: 0 here keeps only the rules every daemon has).
@@ -296,54 +246,22 @@ class Martinet:
         try:
             reply = self.client.request("every", {"rid": fields["request_id"], **fields})
         except DaemonUnavailable as exc:
-            raise _unconfirmed(exc, "the schedule", fields["request_id"]) from None
+            raise unconfirmed(exc, "the schedule", fields["request_id"]) from None
         return ScheduleId(reply["id"], reply.get("created", True), reply.get("warning"))
 
     def _task_fields(
-        self, task: TaskSpec, args: dict | None, options: dict, known: set[str] = _TASK_KEYS
+        self, task: TaskSpec, args: dict | None, options: dict, known: set[str] = TASK_KEYS
     ) -> dict[str, Any]:
-        if isinstance(task, str):
-            fields: dict[str, Any] = {"name": task}
-        elif isinstance(task, dict):
-            unknown = set(task) - known
-            if unknown:
-                raise BadInput(
-                    f"unknown task field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
-                )
-            fields = dict(task)
-        else:
-            raise BadInput(f"task must be a name or a dict with a 'name', not {type(task).__name__}")
-        request_id = options.pop("request_id", None) or new_request_id()
-        unknown = set(options) - known
-        if unknown:
-            raise BadInput(f"unknown option(s) {', '.join(sorted(unknown))}")
-        fields.update({k: v for k, v in options.items() if v is not None})
-        if "time_limit" in fields:  # the name the CLI uses (--time-limit); "timeout" on the wire
-            limit = fields.pop("time_limit")
-            if fields.get("timeout") is not None and limit is not None and fields["timeout"] != limit:
-                raise BadInput(f"time_limit={limit!r} and timeout={fields['timeout']!r} disagree; give one")
-            if limit is not None:
-                fields["timeout"] = limit
-        check_name(fields.get("name"), self.limits)
-        fields["args"] = check_args(args, self.limits)
-        fields["request_id"] = str(request_id)
-        return fields
+        return task_fields(task, args, options, self.limits, known)
 
     def _read_run_at(self, fields: dict) -> None:
-        """English, a datetime or a delay in `run_at`, read in the task's zone, to a UTC
-        timestamp: time is read here, never in the daemon's loop."""
-        tz = fields.pop("timezone", None) or self.settings.timezone
-        if fields.get("run_at") is not None:
-            now = when.utcnow()
-            due = when.parse_when(fields["run_at"], now, tz)
-            when.warn_if_past(due, now, f"run_at {fields['run_at']!r}")
-            fields["run_at"] = due.timestamp()
+        read_run_at(fields, self.settings.timezone)
 
     def _submit(self, op: str, fields: dict) -> TaskId:
         try:
             reply = self.client.request(op, {"rid": fields["request_id"], **fields})
         except DaemonUnavailable as exc:
-            raise _unconfirmed(exc, "the task", fields["request_id"]) from None
+            raise unconfirmed(exc, "the task", fields["request_id"]) from None
         return TaskId(reply["id"], reply.get("created", True), reply.get("warning"))
 
     # ---- reading -----------------------------------------------------------------
@@ -636,14 +554,6 @@ class Martinet:
                     )  # fmt: skip
 
 
-def _unconfirmed(exc: DaemonUnavailable, what: str, request_id: str, same: str = "") -> DaemonUnavailable:
-    """The error of a call that creates something and got no answer: it may be in all the
-    same (the daemon may have committed it, or may read a copy of it when it resumes)."""
-    return DaemonUnavailable(
-        f"{exc}; {what} may have been accepted all the same: call again with {same}"
-        f"request_id={request_id!r}, which never creates anything twice",
-        request_id=request_id,
-    )
 
 
 # Hook names and the event kinds each gets (events.KINDS; "gap" is the client's own:

@@ -28,25 +28,13 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from martinet import protocol
+from martinet import messages
 from martinet.config import Settings
-from martinet.errors import (
-    BadInput,
-    BadSchedule,
-    BadTime,
-    DaemonUnavailable,
-    MartinetError,
-    ProtocolError,
-    StoreError,
-    TaskNotFound,
-)
-from martinet.protocol import Cmd
+from martinet.errors import DaemonUnavailable, MartinetError, ProtocolError
+from martinet.messages import Events, Reply, Request
 
 log = logging.getLogger(__name__)
 
-_ERRORS = {
-    cls.__name__: cls for cls in (BadInput, BadTime, BadSchedule, ProtocolError, StoreError, TaskNotFound)
-}
 FIRST_TRY = 2.0  # seconds before the first resend; a healthy daemon answers in well under 1 ms
 # Most seconds between two resends. A copy already sent can be lost with the daemon that
 # read it (killed before it committed); the next copy then goes at most this long after
@@ -134,9 +122,8 @@ class Client:
         `fields` may carry "rid", the request id (made here if missing).
         """
         fields = dict(fields or {})
-        rid = fields.pop("rid", None) or uuid.uuid4().hex
-        frames = protocol.encode(Cmd.REQUEST, {"op": op, "rid": rid, **fields})
-        return _unwrap(next(self.exchange([(rid, frames)], timeout=timeout, resend=resend)))
+        request = Request(op, fields, fields.pop("rid", None) or uuid.uuid4().hex)
+        return next(self.exchange([(request.rid, request.encode())], timeout=timeout, resend=resend)).unwrap()
 
     def exchange(
         self,
@@ -145,7 +132,7 @@ class Client:
         in_flight: int = 1,
         timeout: float | None = None,
         resend: bool = True,
-    ) -> Iterator[dict]:
+    ) -> Iterator[Reply]:
         """Send encoded requests, (rid, frames) pairs taken from `requests` as they are
         needed, with up to `in_flight` of them awaiting a reply; yield each reply in the
         order sent, refusals included (see refusal()). The daemon reads one client's
@@ -180,7 +167,7 @@ class Client:
                 return
             reply = self._reply_to_first(flying, resend, timeout, started)
             flying.popleft()
-            refused = refused or not reply.get("ok")
+            refused = refused or not reply.ok
             yield reply
 
     def _reply_to_first(
@@ -189,7 +176,7 @@ class Client:
         resend: bool,
         timeout: float,
         started: float | None = None,
-    ) -> dict:
+    ) -> Reply:
         """The reply to the first request in flight; resends them all on a fresh socket
         after FIRST_TRY seconds without it, then after twice as long, and so on up to
         MAX_TRY seconds between resends, until its deadline. A local daemon that never
@@ -231,7 +218,7 @@ class Client:
             for _rid, frames, _deadline in flying:  # a repeated rid is not done twice
                 sock.send_multipart(frames)
 
-    def _await_reply(self, sock: zmq.Socket, rid: str, until: float) -> dict | None:
+    def _await_reply(self, sock: zmq.Socket, rid: str, until: float) -> Reply | None:
         while True:
             remaining = until - time.monotonic()
             if remaining <= 0:
@@ -240,18 +227,16 @@ class Client:
                 continue
             frames = sock.recv_multipart()
             try:
-                cmd, h = protocol.decode(frames)
+                reply = messages.decode(frames)
             except ProtocolError as exc:
                 if frames and f'"rid":"{rid}"'.encode() in frames[0]:  # ours: say so, rather than time out
-                    error = {
-                        "type": "ProtocolError",
-                        "message": f"the daemon's reply could not be read: {exc}",
-                    }
-                    return {"rid": rid, "ok": False, "error": error}
+                    return Reply.refusing(
+                        rid, "ProtocolError", f"the daemon's reply could not be read: {exc}"
+                    )
                 log.warning("dropped a malformed reply: %s", exc)
                 continue
-            if cmd is Cmd.REPLY and h.get("rid") == rid:
-                return h
+            if isinstance(reply, Reply) and reply.rid == rid:
+                return reply
 
 
 def _loopback_port(url: str) -> tuple[str, int] | None:
@@ -279,17 +264,9 @@ def _listens(host: str, port: int) -> bool:
         return True
 
 
-def refusal(reply: dict) -> MartinetError:
+def refusal(reply: Reply) -> MartinetError:
     """A reply that says a request failed, as our error (of the class the daemon named)."""
-    error = reply.get("error") or {}
-    cls = _ERRORS.get(error.get("type"), MartinetError)
-    return cls(error.get("message") or "the daemon refused the request")
-
-
-def _unwrap(reply: dict) -> dict:
-    if reply.get("ok"):
-        return reply
-    raise refusal(reply)
+    return reply.refusal()
 
 
 class EventStream:
@@ -338,9 +315,9 @@ class EventStream:
                         f"(is `martinet serve` running there?)"
                     )
                 if now >= next_renew:
-                    rid = uuid.uuid4().hex
-                    header = {"op": "subscribe", "rid": rid, "since": self.last}
-                    sock.send_multipart(protocol.encode(Cmd.REQUEST, header))
+                    request = Request("subscribe", {"since": self.last})
+                    rid = request.rid
+                    sock.send_multipart(request.encode())
                     next_renew = now + self.RENEW
                 polled = dict(poller.poll(200))
                 if monitor in polled:
@@ -351,32 +328,31 @@ class EventStream:
                 if sock not in polled:
                     continue
                 try:
-                    cmd, h = protocol.decode(sock.recv_multipart())
+                    message = messages.decode(sock.recv_multipart())
                 except ProtocolError as exc:
                     log.warning("dropped a malformed message from the daemon: %s", exc)
                     continue
-                if cmd is Cmd.REPLY and h.get("rid") == rid:
+                if isinstance(message, Reply) and message.rid == rid:
                     if not answered:
-                        _unwrap(h)  # the daemon's refusal, as our error
+                        header = message.unwrap()  # the daemon's refusal, as our error
                         answered = True
                         if ready is not None:
-                            ready(h)
-                    self._on_reply(h, dispatch)
-                elif cmd is Cmd.EVENT:
-                    items = h.get("events") if isinstance(h.get("events"), list) else [h]
-                    for event in items:
-                        if isinstance(event, dict) and self._new(event):
+                            ready(header)
+                    self._on_reply(message, dispatch)
+                elif isinstance(message, Events):
+                    for event in message.events:
+                        if self._new(event):
                             dispatch(event)
         finally:
             sock.disable_monitor()
             monitor.close(0)
             sock.close(0)
 
-    def _on_reply(self, h: dict, dispatch: Callable[[dict], None]) -> None:
-        if not h.get("ok"):
-            log.warning("the daemon refused to renew the event subscription: %s", h.get("error"))
+    def _on_reply(self, reply: Reply, dispatch: Callable[[dict], None]) -> None:
+        if not reply.ok:
+            log.warning("the daemon refused to renew the event subscription: %s", reply.error)
             return
-        asked = self.last
+        asked, h = self.last, reply.fields
         if isinstance(h.get("since"), int):  # a new subscription: the daemon sends what follows this
             self.last = h["since"]
         if h.get("gap"):

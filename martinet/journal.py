@@ -52,6 +52,7 @@ import re
 import socket
 import sqlite3
 from pathlib import Path
+from typing import NamedTuple
 
 from martinet.errors import JournalError
 
@@ -65,6 +66,16 @@ OUTCOME = """CREATE TABLE {name} (
     database TEXT NOT NULL, id INTEGER NOT NULL, attempt INTEGER NOT NULL, body BLOB NOT NULL,
     PRIMARY KEY (database, id, attempt)
 ) WITHOUT ROWID"""
+
+
+class Kept(NamedTuple):
+    """An outcome the journal keeps: its body as it was sent (messages.Outcome.body), and
+    the database, task and attempt it is for (its key)."""
+
+    database: str
+    task_id: int
+    attempt: int
+    body: bytes
 
 
 def state_dir() -> Path:
@@ -199,10 +210,10 @@ class Journal:
     def is_empty(self) -> bool:
         return self._db.execute("SELECT 1 FROM outcome LIMIT 1").fetchone() is None
 
-    def recover(self) -> list[tuple[str, int, int, bytes]]:
-        """The outcomes a previous run left unacknowledged: (database, id, attempt, body)."""
+    def recover(self) -> list[Kept]:
+        """The outcomes a previous run left unacknowledged."""
         rows = self._db.execute("SELECT database, id, attempt, body FROM outcome ORDER BY database, id")
-        return [(d, i, a, bytes(b)) for d, i, a, b in rows.fetchall()]
+        return [Kept(d, i, a, bytes(b)) for d, i, a, b in rows.fetchall()]
 
     def database(self) -> str | None:
         """The identity of the database whose daemon last welcomed this journal's worker."""

@@ -92,19 +92,24 @@ EVENT_KINDS = (
 )
 
 
+# One encoder for every message: json.dumps with options makes a new one at each call
+# (about 1 µs of every message's encoding). Its output is json.dumps's with these options.
+_JSON = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
 def encode(cmd: Cmd, header: dict[str, Any] | None = None) -> list[bytes]:
-    body = json.dumps(header or {}, separators=(",", ":"), default=str).encode()
+    body = _JSON.encode(header or {}).encode()
     return [PREFIX + bytes([cmd]) + body]
 
 
 def dumps(item: Any) -> bytes:
     """One item of a batch, encoded once when it is made (see encode_batch)."""
-    return json.dumps(item, separators=(",", ":"), default=str).encode()
+    return _JSON.encode(item).encode()
 
 
 def encode_batch(cmd: Cmd, key: str, items: list[bytes], header: dict[str, Any] | None = None) -> list[bytes]:
     """A message whose header holds, under `key`, a list of items already encoded by dumps()."""
-    head = json.dumps({**(header or {}), key: []}, separators=(",", ":"), default=str).encode()
+    head = _JSON.encode({**(header or {}), key: []}).encode()
     body = head[:-2] + b",".join(items) + b"]}"  # ...,"key":[ + items + ]}
     return [PREFIX + bytes([cmd]) + body]
 

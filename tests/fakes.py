@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from martinet import protocol
+from martinet.messages import Outcome
 from martinet.protocol import Cmd
 
 
@@ -21,3 +22,19 @@ class FakeSocket:
         found = [h for c, h in self.sent if c is cmd]
         self.sent = [(c, h) for c, h in self.sent if c is not cmd]
         return found
+
+
+def header(message) -> dict:
+    """A typed message's header as it goes on the wire (martinet.messages)."""
+    return protocol.decode(message.encode())[1]
+
+
+def wire(message) -> tuple[Cmd, dict]:
+    """A typed message as it goes on the wire: its command and header. An Outcome: DONE
+    or FAILED and its item in an ENDED message, less "ok" (what a handler's end was
+    reported as before typed messages)."""
+    if isinstance(message, Outcome):
+        item = message.item()
+        del item["ok"]
+        return Cmd.DONE if message.ok else Cmd.FAILED, item
+    return protocol.decode(message.encode())

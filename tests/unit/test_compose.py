@@ -14,6 +14,7 @@ import martinet
 from martinet.compose import check, compose
 from martinet.protocol import Cmd
 from martinet.worker import REGISTRY, TaskContext, Worker, _error
+from tests.fakes import wire
 
 
 class FakeTask:
@@ -199,8 +200,8 @@ def test_through_the_worker_the_failure_is_stored_as_step_failed_and_signals_kee
         reports = []
 
         def run(name):
-            ctx = TaskContext(1, 1, name, {"url": "u"}, lambda *a: reports.append(a))
-            return worker._execute(ctx)
+            ctx = TaskContext(1, 1, name, {"url": "u"}, lambda m: reports.append(wire(m)))
+            return wire(worker._execute(ctx))
 
         cmd, header = run("dl")
         assert cmd is Cmd.FAILED and "final" not in header  # an ordinary failure: retried

@@ -18,15 +18,17 @@ import pytest
 import zmq
 
 from martinet import cli, protocol
-from martinet import worker as worker_module
+from martinet import outbox as outbox_module
 from martinet.api import Martinet
 from martinet.config import Settings
 from martinet.daemon import Daemon
 from martinet.dbhealth import REMIND_EVERY, describe
+from martinet.messages import Task
+from martinet.outbox import JOURNAL_RETRY
 from martinet.protocol import Cmd
 from martinet.store import Store, iso, open_database
-from martinet.worker import JOURNAL_RETRY, Worker
-from tests.fakes import FakeSocket
+from martinet.worker import Worker
+from tests.fakes import FakeSocket, header
 from tests.harness import wait_for
 
 NOW = 1_800_000_000.0
@@ -184,13 +186,13 @@ def worker(tmp_path):
 
 def task(w: Worker, task_id: int) -> None:
     """The daemon sends a task: it waits for a thread."""
-    w._on_task({"id": task_id, "attempt": 1, "name": "add", "args": {"a": 1, "b": 2}})
+    w._on_task(Task.from_item({"id": task_id, "attempt": 1, "name": "add", "args": {"a": 1, "b": 2}}))
 
 
 def finish(w: Worker) -> int:
     """A handler thread runs the next waiting task; the loop drains its outcome."""
     ctx = w._jobs.get_nowait()
-    w._report(*w._execute(ctx))
+    w._report(w._execute(ctx))
     w._drain_events()
     return ctx.id
 
@@ -218,7 +220,7 @@ def test_a_worker_that_cannot_journal_takes_no_tasks_until_it_can(worker, caplog
     # When a task ends
     assert finish(w) == 7  # raised JournalError, which ended the worker, before
     # Then its outcome still goes to the daemon, and stays in the outbox until acked
-    assert w.ssock.take(Cmd.ENDED) and (7, 1) in w._outbox
+    assert w.ssock.take(Cmd.ENDED) and (7, 1) in w.outbox.pending
     # And the worker takes nothing more: a hello without names, the waiting task handed back
     assert [h["names"] for h in w.wsock.take(Cmd.HELLO)] == [[]]
     assert [(h["id"], h["reason"]) for h in w.wsock.take(Cmd.REJECT)] == [
@@ -226,7 +228,7 @@ def test_a_worker_that_cannot_journal_takes_no_tasks_until_it_can(worker, caplog
     ]
     task(w, 8)  # one already on its way
     assert [h["id"] for h in w.wsock.take(Cmd.REJECT)] == [8] and 8 not in w._running
-    assert w._hello_header()["names"] == []  # after a reconnect too
+    assert header(w._hello_message())["names"] == []  # after a reconnect too
     # And its log says why
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
         f"worker w1: cannot write the journal {w._journal.path}: database or disk is full; taking no tasks "
@@ -234,19 +236,19 @@ def test_a_worker_that_cannot_journal_takes_no_tasks_until_it_can(worker, caplog
         "tasks not started go back to the daemon"
     ]
     # When its time to try again has not come: nothing is tried
-    retry_at = w._journal_retry_at
+    retry_at = w.outbox.retry_at
     w._timers(retry_at - JOURNAL_RETRY / 2)
-    assert w._journal_retry_at == retry_at
+    assert w.outbox.retry_at == retry_at
     # When it tries again, with the disk still full: it waits on, and says nothing more
     w._timers(retry_at)
-    assert w._journal_trouble is not None and w._journal_retry_at == retry_at + JOURNAL_RETRY
+    assert w.outbox.trouble is not None and w.outbox.retry_at == retry_at + JOURNAL_RETRY
     assert (
         w.wsock.take(Cmd.HELLO) == [] and len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
     )
     # When there is room again, the next try writes what it holds, and it takes tasks again
     fill_journal(w, room=True)
     w._timers(retry_at + JOURNAL_RETRY)
-    assert w._journal_trouble is None
+    assert w.outbox.trouble is None
     assert sorted(journaled(w)) == [0, 7]  # the outcome it held is journaled after all
     assert [h["names"] for h in w.wsock.take(Cmd.HELLO)] == [["add"]]
     task(w, 10)
@@ -260,18 +262,18 @@ def test_an_outcome_acked_before_the_journal_came_back_is_not_kept(worker):
     task(w, 7)
     fill_journal(w)
     finish(w)
-    assert w._journal_trouble is not None
+    assert w.outbox.trouble is not None
     # The daemon committed and acked it while the journal could not be written
-    w._outbox.pop((7, 1))
-    w._journal.acked("", 7, 1, w._journal_retry_at)
+    w.outbox.pending.pop((7, 1))
+    w._journal.acked("", 7, 1, w.outbox.retry_at)
     fill_journal(w, room=True)
-    w._timers(w._journal_retry_at)
-    assert w._journal_trouble is None and journaled(w) == [0]
+    w._timers(w.outbox.retry_at)
+    assert w.outbox.trouble is None and journaled(w) == [0]
 
 
 def test_a_worker_whose_journal_fills_up_is_sent_nothing_until_it_has_room(tmp_path, monkeypatch):
     """The story with a real daemon and worker (threads of this process, real sockets)."""
-    monkeypatch.setattr(worker_module, "JOURNAL_RETRY", 0.2)
+    monkeypatch.setattr(outbox_module, "JOURNAL_RETRY", 0.2)
     settings = Settings(db=f"sqlite:///{tmp_path / 'm.db'}", client_port=0, worker_port=0, status_port=0)
     daemon = Daemon(settings)
     daemon.open()

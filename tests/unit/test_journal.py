@@ -16,10 +16,11 @@ from martinet import cli, protocol
 from martinet.daemon import Outbox
 from martinet.errors import JournalError
 from martinet.journal import ACK_DELAY, FORMAT, UNKNOWN, Journal
+from martinet.messages import Task, Welcome
 from martinet.protocol import Cmd
 from martinet.worker import Worker
 from tests.core import Core
-from tests.fakes import FakeSocket
+from tests.fakes import FakeSocket, header
 
 
 def journal_rows(path, table: str) -> int:
@@ -177,7 +178,9 @@ def start_worker(path) -> Worker:
 
 
 def welcome(w: Worker, database: str | None) -> None:
-    w._on_welcome({"epoch": "e", "heartbeat_interval": 1.0, "liveness": 3, "database": database})
+    w._on_welcome(
+        Welcome.from_header({"epoch": "e", "heartbeat_interval": 1.0, "liveness": 3, "database": database})
+    )
 
 
 def ended(w: Worker) -> list[tuple[int, int, str]]:
@@ -192,20 +195,22 @@ def test_a_worker_sends_an_outcome_only_to_a_daemon_of_its_database(tmp_path, ca
     # Given a worker of database A whose task 1 failed, killed before A acknowledged the outcome
     w = start_worker(path)
     welcome(w, "A")
-    w._on_task({"id": 1, "attempt": 1, "name": "boom", "args": {}})
-    w._report(*w._execute(w._jobs.get_nowait()))
+    w._on_task(Task.from_item({"id": 1, "attempt": 1, "name": "boom", "args": {}}))
+    w._report(w._execute(w._jobs.get_nowait()))
     w._drain_events()
     assert [m["ended"][0]["database"] for m in w.ssock.take(Cmd.ENDED)] == ["A"]  # marked: B refuses it
     w._journal.close()
     # When it starts again on its journal: its hello says it holds it, for A
     w = start_worker(path)
-    assert w._hello_header()["running"] == [{"id": 1, "attempt": 1, "started": True, "database": "A"}]
+    assert header(w._hello_message())["running"] == [
+        {"id": 1, "attempt": 1, "started": True, "database": "A"}
+    ]
     # When the daemon that welcomes it is of database B
     welcome(w, "B")
     # Then the outcome is not sent, and no later hello says it holds it for B (only kept for A)
     assert ended(w) == []
-    assert w._hello_header()["running"] == []
-    assert w._hello_header()["kept"] == [{"id": 1, "attempt": 1, "database": "A"}]
+    assert header(w._hello_message())["running"] == []
+    assert header(w._hello_message())["kept"] == [{"id": 1, "attempt": 1, "database": "A"}]
     # And the log says why, where it is and what to do, once
     told = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert told == [
@@ -215,12 +220,12 @@ def test_a_worker_sends_an_outcome_only_to_a_daemon_of_its_database(tmp_path, ca
         f"if that database is gone, stop this worker and delete {path} to drop them"
     ]
     # And B's own task 1 attempt 1 gets its own outcome, beside A's in the journal
-    w._on_task({"id": 1, "attempt": 1, "name": "boom", "args": {}})
-    w._report(*w._execute(w._jobs.get_nowait()))
+    w._on_task(Task.from_item({"id": 1, "attempt": 1, "name": "boom", "args": {}}))
+    w._report(w._execute(w._jobs.get_nowait()))
     w._drain_events()
     assert ended(w) == [(1, 1, "kaboom")]
     assert sorted(d for d, *_ in w._journal.recover()) == ["A", "B"]
-    w._outbox.pop((1, 1))
+    w.outbox.pending.pop((1, 1))
     w._journal.acked("B", 1, 1, 0.0)
     w._journal.commit(0.0, force=True)
     welcome(w, "B")  # a daemon of B again: still nothing of A's, said once only
@@ -235,12 +240,12 @@ def test_an_older_daemon_gets_no_outcome_of_a_known_database(tmp_path):
     path = tmp_path / "w1.journal"
     w = start_worker(path)
     welcome(w, "A")
-    w._on_task({"id": 1, "attempt": 1, "name": "boom", "args": {}})
-    w._report(*w._execute(w._jobs.get_nowait()))
+    w._on_task(Task.from_item({"id": 1, "attempt": 1, "name": "boom", "args": {}}))
+    w._report(w._execute(w._jobs.get_nowait()))
     w._drain_events()
     w.ssock.take(Cmd.ENDED)
     welcome(w, None)  # a daemon that does not say its database: it may be any
-    assert ended(w) == [] and w._hello_header()["running"] == []
+    assert ended(w) == [] and header(w._hello_message())["running"] == []
     w._journal.close()
 
 

@@ -10,9 +10,11 @@ import time
 import pytest
 
 from martinet import protocol
+from martinet.messages import Task, Welcome
 from martinet.protocol import Cmd
 from martinet.validate import MAX_ERROR_MESSAGE, MAX_TRACEBACK
 from martinet.worker import TaskContext, Worker
+from tests.fakes import header
 
 
 class FakeSocket:
@@ -36,14 +38,14 @@ class FakeSocket:
 def make_worker(handlers: dict, **welcome) -> Worker:
     w = Worker(handlers=handlers, worker_id="w1")
     w.wsock, w.ssock = FakeSocket(), FakeSocket()
-    w._on_welcome({"epoch": "e1", "heartbeat_interval": 1.0, "liveness": 3, **welcome})
+    w._on_welcome(Welcome.from_header({"epoch": "e1", "heartbeat_interval": 1.0, "liveness": 3, **welcome}))
     return w
 
 
 def run(w: Worker, *tasks: tuple[int, str, dict]) -> list[dict]:
     """The daemon sends tasks, a handler thread runs each, the loop drains: the outcomes sent."""
     for task_id, name, args in tasks:
-        w._on_task({"id": task_id, "attempt": 1, "name": name, "args": args})
+        w._on_task(Task.from_item({"id": task_id, "attempt": 1, "name": name, "args": args}))
     for _ in tasks:
         ctx = w._jobs.get_nowait()
         w._pool_step(ctx)
@@ -109,7 +111,7 @@ def test_an_error_is_trimmed_to_what_a_message_to_the_daemon_can_carry():
 def test_a_long_progress_message_is_cut_saying_so():
     w = make_worker({})
     sent = []
-    ctx = TaskContext(1, 1, "p", {}, lambda cmd, h: sent.append(h))
+    ctx = TaskContext(1, 1, "p", {}, lambda m: sent.append(header(m)))
     ctx.progress(0.5, "y" * 5000)
     assert len(sent[0]["message"]) == 1000 and sent[0]["message"].endswith("characters cut]")
     w._close_sockets()
@@ -120,7 +122,7 @@ def test_outcomes_too_many_bytes_for_one_message_go_in_several(monkeypatch):
     w = make_worker({"big": lambda task, n: "x" * n}, max_payload=40_000, max_message=limit)
     outcomes = run(w, *[(i, "big", {"n": 30_000}) for i in range(1, 5)])
     assert sorted(o["id"] for o in outcomes) == [1, 2, 3, 4] and all(o["ok"] for o in outcomes)
-    w._send_outcomes(list(w._outbox.values()))  # and sent again (not acknowledged): the same way
+    w._send_outcomes(list(w.outbox.pending.values()))  # and sent again (not acknowledged): the same way
     assert len(w.ssock.frames) == 4 and max(len(f) for f in w.ssock.frames) <= limit
 
 
@@ -128,10 +130,14 @@ def test_an_outcome_no_message_can_carry_is_sent_as_a_failure_and_never_again_as
     w = make_worker({"big": lambda task, n: "x" * n})
     (first,) = run(w, (1, "big", {"n": 300_000}))
     assert first["ok"]
-    w._on_welcome({"epoch": "e2", "max_payload": 100_000, "max_message": protocol.max_message(100_000)})
+    w._on_welcome(
+        Welcome.from_header(
+            {"epoch": "e2", "max_payload": 100_000, "max_message": protocol.max_message(100_000)}
+        )
+    )
     (again,) = [item for h in w.ssock.take(Cmd.ENDED) for item in h["ended"]]
     assert not again["ok"] and "over the limit of" in again["error"]["message"]
-    assert len(w._outbox[(1, 1)].body) < 1000  # what goes again, should it have to, is the failure
+    assert len(w.outbox.pending[(1, 1)].body) < 1000  # what goes again, should it have to, is the failure
 
 
 # ---- capacity and time limits --------------------------------------------------------------
@@ -148,7 +154,7 @@ def test_a_thread_abandoned_at_its_time_limit_ends_when_its_call_returns():
     w = make_worker({"stuck": stuck, "add": lambda task, a, b: a + b}, max_payload=1000)
     w.options.concurrency = 1
     w._start_thread()
-    w._on_task({"id": 1, "attempt": 1, "name": "stuck", "args": {}, "timeout": 0.01})
+    w._on_task(Task.from_item({"id": 1, "attempt": 1, "name": "stuck", "args": {}, "timeout": 0.01}))
     assert started.wait(5)
     now = time.monotonic() + 1
     w._enforce_timecheck_limits(now)  # interrupted (in vain)
@@ -160,7 +166,7 @@ def test_a_thread_abandoned_at_its_time_limit_ends_when_its_call_returns():
     release.set()
     old.join(5)
     assert not old.is_alive() and new.is_alive()  # capacity: one thread, as asked
-    w._on_task({"id": 2, "attempt": 1, "name": "add", "args": {"a": 1, "b": 2}})
+    w._on_task(Task.from_item({"id": 2, "attempt": 1, "name": "add", "args": {"a": 1, "b": 2}}))
     deadline = time.monotonic() + 5
     while not w.ssock.frames and time.monotonic() < deadline:
         w._drain_events()
@@ -170,7 +176,9 @@ def test_a_thread_abandoned_at_its_time_limit_ends_when_its_call_returns():
 
 def test_a_handler_that_returns_as_it_is_abandoned_keeps_its_outcome_and_its_thread():
     w = make_worker({"add": lambda task, a, b: a + b})
-    w._on_task({"id": 1, "attempt": 1, "name": "add", "args": {"a": 1, "b": 2}, "timeout": 0.01})
+    w._on_task(
+        Task.from_item({"id": 1, "attempt": 1, "name": "add", "args": {"a": 1, "b": 2}, "timeout": 0.01})
+    )
     ctx = w._jobs.get_nowait()
     w._pool_step(ctx)  # returned: its outcome waits in the queue for the loop
     now = time.monotonic() + 1
@@ -186,7 +194,9 @@ def test_the_loop_waits_no_longer_than_the_next_time_limit_and_a_start_wakes_it(
     now = time.monotonic()
     w._next_heartbeat = now + 1.0
     assert w._poll_timeout(now) == 0.5
-    w._on_task({"id": 1, "attempt": 1, "name": "add", "args": {"a": 1, "b": 2}, "timeout": 0.03})
+    w._on_task(
+        Task.from_item({"id": 1, "attempt": 1, "name": "add", "args": {"a": 1, "b": 2}, "timeout": 0.03})
+    )
     ctx = w._running[1]
     ctx._deadline = now + 0.03  # as the handler's thread sets it when it starts
     assert w._poll_timeout(now) == pytest.approx(0.03)

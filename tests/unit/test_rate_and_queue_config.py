@@ -16,6 +16,7 @@ from martinet.config import Settings, check_queues, load, read_env, read_file
 from martinet.errors import BadInput, ConfigError, MartinetError
 from martinet.when import parse_rate
 from martinet.worker import Worker, WorkerOptions
+from tests.fakes import header
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "martinet.toml"
 
@@ -158,17 +159,17 @@ def test_hello_header_has_queues_and_limits(registry):
 
     registry.LIMITS["elsewhere"] = {"concurrency": 9, "rate": None}  # not served by this worker
     w = make_worker(queues=["images", "default"], concurrency=3)
-    h = w._hello_header()
+    h = header(w._hello_message())
     assert h["worker_id"] == "w1" and h["names"] == ["plain", "resize"]
     assert (h["threads"], h["capacity"]) == (3, 15)  # and 4 per thread held ready (prefetch)
-    assert make_worker(concurrency=3, prefetch=0)._hello_header()["capacity"] == 3
+    assert header(make_worker(concurrency=3, prefetch=0)._hello_message())["capacity"] == 3
     assert h["running"] == [] and "version" in h
     assert h["queues"] == ["images", "default"]
     assert h["limits"] == {"resize": {"concurrency": 2, "rate": [10, 1.0]}}
     json.dumps(h)  # it goes on the wire
 
     every = make_worker()
-    assert every._hello_header()["queues"] is None  # None: every queue
+    assert header(every._hello_message())["queues"] is None  # None: every queue
 
 
 def test_worker_on_records_limits(registry):
@@ -179,12 +180,12 @@ def test_worker_on_records_limits(registry):
     w = make_worker(handlers={"resize": resize})
     w.on("thumb", lambda task: None, rate="3/min")
     w.on("noop", lambda task: None)
-    assert w._hello_header()["limits"] == {
+    assert header(w._hello_message())["limits"] == {
         "resize": {"concurrency": 2, "rate": None},
         "thumb": {"concurrency": None, "rate": [3, 60.0]},
     }
     w.on("resize", resize)  # served again without limits: this worker sends none for it
-    assert set(w._hello_header()["limits"]) == {"thumb"}
+    assert set(header(w._hello_message())["limits"]) == {"thumb"}
     with pytest.raises(BadInput, match="concurrency of task 'bad'"):
         w.on("bad", lambda task: None, concurrency=0)
     assert "bad" not in w.handlers
@@ -195,7 +196,7 @@ def test_a_stopping_worker_says_no_names_and_no_limits(registry):
     w = make_worker()
     w.on("resize", lambda task: None, concurrency=1)
     w._stopping = True
-    h = w._hello_header()
+    h = header(w._hello_message())
     assert h["names"] == [] and h["limits"] == {}
 
 

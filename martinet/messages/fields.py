@@ -1,0 +1,30 @@
+"""Typed views of the shared checks on header fields (validate.py states each rule once)."""
+
+from __future__ import annotations
+
+import math
+from typing import TypeGuard
+
+from martinet import validate
+
+
+def is_id(value: object) -> TypeGuard[int]:
+    """A whole number the database can hold (task ids, attempt numbers): validate.is_id,
+    with a fast path for the plain int nearly every message holds (bool is not one)."""
+    if type(value) is int:
+        return 0 <= value <= validate.MAX_ID
+    return validate.is_id(value)
+
+
+def is_worker_id(value: object) -> TypeGuard[str]:
+    return validate.is_worker_id(value)
+
+
+def is_number(value: object) -> TypeGuard[int | float]:
+    """A JSON number (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_positive(value: object) -> TypeGuard[int | float]:
+    """A finite number above 0."""
+    return is_number(value) and 0 < value < math.inf
