@@ -16,6 +16,7 @@ from martinet.errors import BadInput, BadSchedule, TaskNotFound
 from martinet.lanes import DEFAULT_QUEUE, ORDERS, Queue, queue_columns
 from martinet.models import FAILED, QUEUED, SCHEDULED, STALLED, STATES, TERMINAL, WAITING
 from martinet.protocol import Cmd
+from martinet.states import Revoked
 from martinet.store import PRUNE_BATCH, iso
 from martinet.validate import check_args, check_every, check_task, clean_text, is_id, parse_ref
 
@@ -153,13 +154,11 @@ class ClientOps:
             log.info("schedule s%s removed", num)
             return {"status": "removed"}
         status, also = self.store.revoke_task(num, now)
-        if status == "missing":
-            raise TaskNotFound(f"no task with id {num}")
-        if status == "cancelling":
+        if status == Revoked.CANCELLING:
             peer = self.peers.owner(num)
             if peer is not None:
                 self._send(self.worker, peer.ident, Cmd.CANCEL, {"id": num})
-        elif status == "cancelled":
+        elif status == Revoked.CANCELLED:
             out.ended.extend([num, *also])
             self._cancelled_events(out.events, [num, *also])
         log.info(
@@ -175,12 +174,6 @@ class ClientOps:
         ):
             raise BadInput("attempts must be an integer from 1 to 1000")
         status = self.store.retry_task(num, now, attempts)
-        if status == "missing":
-            raise TaskNotFound(f"no task with id {num}")
-        if status != QUEUED:
-            raise BadInput(
-                f"task {num} is {status}; only a dead, stalled, cancelled or failed task can be retried"
-            )
         self._dispatch_pending = True
         self._queues_ready()
         log.info("task %s retried by an operator", num)
@@ -190,10 +183,6 @@ class ClientOps:
         num = self._task_ref(h.get("id"))
         reason = h.get("reason") or "stalled by an operator"
         status = self.store.stall_task(num, now, clean_text(reason, 1000))
-        if status == "missing":
-            raise TaskNotFound(f"no task with id {num}")
-        if status != "stalled":
-            raise BadInput(f"task {num} is {status}; only a scheduled, queued or failed task can be stalled")
         log.info("task %s stalled by an operator", num)
         return {"status": status}
 
@@ -214,36 +203,22 @@ class ClientOps:
             if args is None and recurrence is None:
                 raise BadInput("nothing to update: give args and/or every")
             status = self.store.update_schedule(num, now, args, recurrence, tz)
-            if status != "updated":
-                raise BadInput(f"schedule s{num} is {status}; it can no longer be updated")
             self._wakeup_dirty = True
             return {"status": status}
         if args is None:
             raise BadInput("args must be a JSON object")
         status = self.store.update_task_args(num, args, now)
-        if status == "missing":
-            raise TaskNotFound(f"no task with id {num}")
-        if status != "updated":
-            raise BadInput(f"task {num} is {status}; only a task that has not started can be updated")
         return {"status": status}
 
     def _op_pause(self, h, now, out, ident):
         num = self._schedule_ref(h.get("id"))
         status = self.store.pause_schedule(num, now)
-        if status is None:
-            raise TaskNotFound(f"no schedule with id s{num}")
-        if status != "paused":
-            raise BadInput(f"schedule s{num} is {status}; only an active schedule can be paused")
         log.info("schedule s%s paused", num)
         return {"status": status}
 
     def _op_resume(self, h, now, out, ident):
         num = self._schedule_ref(h.get("id"))
         status = self.store.resume_schedule(num, now)
-        if status is None:
-            raise TaskNotFound(f"no schedule with id s{num}")
-        if status != "active":
-            raise BadInput(f"schedule s{num} is {status}; only a paused schedule can be resumed")
         self._wakeup_dirty = True
         log.info("schedule s%s resumed", num)
         return {"status": status}

@@ -54,6 +54,8 @@ class Revoked(StrEnum):
     CANCELLING = "cancelling"  # held by a worker: asked to stop, cancelled when its attempt ends
 
 
+UPDATED = "updated"  # what `update` answers when it changed a task or schedule
+
 STATES = tuple(TaskState)
 TERMINAL = (TaskState.SUCCEEDED, TaskState.DEAD, TaskState.CANCELLED)
 # Held by a worker: leased or running. Leases, fencing, reaping and time limits treat

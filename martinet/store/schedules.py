@@ -12,9 +12,10 @@ from typing import Any
 import peewee
 
 from martinet import recurring, when
+from martinet.errors import BadInput, TaskNotFound
 from martinet.models import Schedule
-from martinet.present import iso, schedule_info
-from martinet.states import ScheduleState
+from martinet.present import iso, schedule_info, schedule_ref
+from martinet.states import UPDATED, ScheduleState
 from martinet.store.rows import task_row, work_fields
 from martinet.store.sql import SqlKit
 
@@ -142,23 +143,28 @@ class Schedules(SqlKit):
         )
         return n == 1
 
-    def pause_schedule(self, schedule_id: int, now: float) -> str | None:
-        """Stop creating runs; returns the schedule's status after, None if it is missing."""
+    def pause_schedule(self, schedule_id: int, now: float) -> ScheduleState:
+        """Stop creating runs; returns its status after, paused. TaskNotFound when it is
+        missing, BadInput when it is neither active nor paused."""
         Schedule = self.Schedule
         Schedule.update(status=ScheduleState.PAUSED, updated_at=now).where(
             Schedule.id == schedule_id, Schedule.status == ScheduleState.ACTIVE
         ).execute()
-        row = Schedule.get_or_none(Schedule.id == schedule_id)
-        return None if row is None else row.status
-
-    def resume_schedule(self, schedule_id: int, now: float) -> str | None:
-        """Create runs again from the next due time after now: a pause does not owe the runs it skipped."""
-        Schedule = self.Schedule
-        row = Schedule.get_or_none(Schedule.id == schedule_id)
-        if row is None:
-            return None
+        row = self._schedule(schedule_id)
         if row.status != ScheduleState.PAUSED:
-            return row.status
+            raise _cannot(schedule_id, row.status, "only an active schedule can be paused")
+        return ScheduleState.PAUSED
+
+    def resume_schedule(self, schedule_id: int, now: float) -> ScheduleState:
+        """Create runs again from the next due time after now: a pause does not owe the runs it
+        skipped. Returns its status after, active. TaskNotFound when it is missing, BadInput
+        when it is neither paused nor active."""
+        Schedule = self.Schedule
+        row = self._schedule(schedule_id)
+        if row.status == ScheduleState.ACTIVE:
+            return ScheduleState.ACTIVE
+        if row.status != ScheduleState.PAUSED:
+            raise _cannot(schedule_id, row.status, "only a paused schedule can be resumed")
         rec = when.recurrence_from_db(row.kind, row.spec, row.timezone)
         next_due = _next_after_now(rec, row.next_due, now)
         Schedule.update(status=ScheduleState.ACTIVE, next_due=next_due, updated_at=now).where(
@@ -173,14 +179,14 @@ class Schedules(SqlKit):
         args: dict | None = None,
         recurrence: when.Recurrence | None = None,
         timezone: str | None = None,
-    ) -> str | None:
-        """New args (for future runs) and/or a new spec or zone (due times start afresh from now)."""
+    ) -> str:
+        """New args (for future runs) and/or a new spec or zone (due times start afresh from
+        now); returns "updated". TaskNotFound when it is missing, BadInput when it is
+        removed or finished."""
         Schedule = self.Schedule
-        row = Schedule.get_or_none(Schedule.id == schedule_id)
-        if row is None:
-            return None
+        row = self._schedule(schedule_id)
         if row.status in (ScheduleState.REMOVED, ScheduleState.FINISHED):
-            return row.status
+            raise _cannot(schedule_id, row.status, "it can no longer be updated")
         changes: dict[str, Any] = {"updated_at": now}
         if args is not None:
             changes["args"] = json.dumps(args)
@@ -191,7 +197,13 @@ class Schedules(SqlKit):
             changes.update(kind=recurrence.kind, spec=recurrence.spec, timezone=zone)
             changes["next_due"] = recurrence.next_after(when.from_timestamp(now)).timestamp()
         Schedule.update(**changes).where(Schedule.id == schedule_id).execute()
-        return "updated"
+        return UPDATED
+
+    def _schedule(self, schedule_id: int) -> Schedule:
+        row = self.Schedule.get_or_none(self.Schedule.id == schedule_id)
+        if row is None:
+            raise TaskNotFound(f"no schedule with id {schedule_ref(schedule_id)}")
+        return row
 
     def get_schedule(self, schedule_id: int, upcoming: int = 0) -> dict | None:
         """A schedule's record; with `upcoming`, its next due times (none after until, at most count)."""
@@ -220,6 +232,10 @@ class Schedules(SqlKit):
         if not include_removed:
             query = query.where(Schedule.status != ScheduleState.REMOVED)
         return [schedule_info(r) for r in query]
+
+
+def _cannot(schedule_id: int, status: str, rule: str) -> BadInput:
+    return BadInput(f"schedule {schedule_ref(schedule_id)} is {status}; {rule}")
 
 
 def _policy(sched: Schedule) -> recurring.Policy:

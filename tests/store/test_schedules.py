@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from martinet import recurring
+from martinet.errors import BadInput, TaskNotFound
 from martinet.models import Schedule, Task
 from martinet.recurring import MAX_CATCH_UP, Policy
 from martinet.store import Store, iso
@@ -271,19 +272,22 @@ def test_pause_and_resume_statuses(store):
     assert store.resume_schedule(active, NOW) == "active"  # already active: unchanged
     assert store.pause_schedule(active, NOW) == "paused"
     assert store.pause_schedule(active, NOW) == "paused"  # already paused: unchanged
-    assert store.pause_schedule(999, NOW) is None
-    assert store.resume_schedule(999, NOW) is None
+    for action in (store.pause_schedule, store.resume_schedule):
+        with pytest.raises(TaskNotFound, match="no schedule with id s999"):
+            action(999, NOW)
 
     removed = add(store)
     store.remove_schedule(removed, NOW)
-    assert store.pause_schedule(removed, NOW) == "removed"
-    assert store.resume_schedule(removed, NOW) == "removed"
+    for action in (store.pause_schedule, store.resume_schedule):
+        with pytest.raises(BadInput, match=f"schedule s{removed} is removed;"):
+            action(removed, NOW)
 
     finished = add(store, count=1)
     store.expand_schedules(NOW, 3)
     assert row(finished).status == "finished"
-    assert store.pause_schedule(finished, NOW) == "finished"
-    assert store.resume_schedule(finished, NOW) == "finished"
+    for action in (store.pause_schedule, store.resume_schedule):
+        with pytest.raises(BadInput, match=f"schedule s{finished} is finished;"):
+            action(finished, NOW)
     assert (row(finished).status, row(finished).next_due) == ("finished", None)
 
 
@@ -291,7 +295,8 @@ def test_a_paused_schedule_can_be_removed(store):
     sched = add(store)
     store.pause_schedule(sched, NOW - 1)
     assert store.remove_schedule(sched, NOW)
-    assert store.resume_schedule(sched, NOW + 1) == "removed"
+    with pytest.raises(BadInput, match=f"schedule s{sched} is removed;"):
+        store.resume_schedule(sched, NOW + 1)
     assert store.expand_schedules(NOW + 600, 3) == []
 
 
@@ -365,10 +370,13 @@ def test_update_removed_finished_and_missing_schedules(store):
     store.expand_schedules(NOW, 3)
     assert row(finished).status == "finished"
     for sched, status in ((removed, "removed"), (finished, "finished")):
-        assert store.update_schedule(sched, NOW, args={"a": 1}) == status
-        assert store.update_schedule(sched, NOW, recurrence=Interval(5)) == status
+        with pytest.raises(BadInput, match=f"schedule s{sched} is {status};"):
+            store.update_schedule(sched, NOW, args={"a": 1})
+        with pytest.raises(BadInput, match=f"schedule s{sched} is {status};"):
+            store.update_schedule(sched, NOW, recurrence=Interval(5))
         assert (row(sched).args, row(sched).spec, row(sched).next_due) == ("{}", "60", None)
-    assert store.update_schedule(999, NOW, args={"a": 1}) is None
+    with pytest.raises(TaskNotFound, match="no schedule with id s999"):
+        store.update_schedule(999, NOW, args={"a": 1})
 
 
 # ---- upcoming due times and wakeups -------------------------------------------------------
@@ -529,7 +537,9 @@ def test_remove_schedule_stops_its_runs(store):
     assert [Task.get_by_id(t).schedule_id for t in created] == [keep]
     assert [s["id"] for s in store.list_schedules()] == [f"s{keep}"]
     assert [s["id"] for s in store.list_schedules(include_removed=True)] == [f"s{sched}", f"s{keep}"]
-    assert store.update_schedule(sched, NOW, args={"a": 1}) == "removed"
+    with pytest.raises(BadInput, match=f"schedule s{sched} is removed;"):
+        store.update_schedule(sched, NOW, args={"a": 1})
     assert store.update_schedule(keep, NOW, args={"a": 1}) == "updated"
-    assert store.update_schedule(999, NOW, args={"a": 1}) is None
+    with pytest.raises(TaskNotFound, match="no schedule with id s999"):
+        store.update_schedule(999, NOW, args={"a": 1})
     assert store.get_schedule(keep)["args"] == {"a": 1}

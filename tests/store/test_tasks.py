@@ -9,6 +9,7 @@ import json
 
 import pytest
 
+from martinet.errors import BadInput, TaskNotFound
 from martinet.models import Task
 from martinet.store import iso
 from tests.store.support import (
@@ -39,7 +40,8 @@ def test_revoke_task_on_waiting_running_finished_and_missing(store):
     assert (r.status, bool(r.cancel_requested)) == ("running", True)
     assert store.revoke_task(queued, NOW + 2) == ("cancelled", [])  # already: reports its status
     assert row(queued).finished_at == NOW + 1
-    assert store.revoke_task(4242, NOW) == ("missing", [])
+    with pytest.raises(TaskNotFound, match="no task with id 4242"):
+        store.revoke_task(4242, NOW)
     store.promote_due(NOW + 100)
     assert row(scheduled).status == "cancelled"
     assert store.claim("w1", ["add"], 5, NOW + 100, LEASE) == []
@@ -60,9 +62,11 @@ def test_update_task_args_only_while_waiting(store):
     claim_one(store, name="long")
     assert store.update_task_args(queued, {"a": 2}, NOW + 1) == "updated"
     assert store.get_task(queued)["args"] == {"a": 2}
-    assert store.update_task_args(running, {"a": 2}, NOW + 1) == "running"
+    with pytest.raises(BadInput, match=f"task {running} is running;"):
+        store.update_task_args(running, {"a": 2}, NOW + 1)
     assert store.get_task(running)["args"] == {"a": 1}
-    assert store.update_task_args(777, {}, NOW) == "missing"
+    with pytest.raises(TaskNotFound, match="no task with id 777"):
+        store.update_task_args(777, {}, NOW)
     assert claim_one(store)["args"] == {"a": 2}
 
 
