@@ -15,6 +15,7 @@ from martinet import protocol, query, when
 from martinet.errors import BadInput, BadSchedule, TaskNotFound
 from martinet.lanes import DEFAULT_QUEUE, ORDERS, Queue, queue_columns
 from martinet.models import FAILED, QUEUED, SCHEDULED, STALLED, STATES, TERMINAL, WAITING
+from martinet.present import attempt_infos, maybe_schedule_info, maybe_task_info, schedule_info, task_page
 from martinet.protocol import Cmd
 from martinet.states import Revoked
 from martinet.store import PRUNE_BATCH, iso
@@ -113,10 +114,10 @@ class ClientOps:
     def _op_show(self, h, now, out, ident):
         item = self._lookup(h.get("id"), upcoming=5)
         if item["kind"] == "task":
-            item["attempts"] = self.store.attempts(item["id"])
+            item["attempts"] = attempt_infos(self.store.attempts(item["id"]))
             item["waiting"] = self._waiting_reason(item)
         else:
-            recent, _ = self.store.search_tasks(query.Search(schedule_id=int(item["id"][1:])), 10)
+            recent, _ = task_page(self.store.search_tasks(query.Search(schedule_id=int(item["id"][1:])), 10))
             item["recent_runs"] = [
                 {
                     "id": r["id"],
@@ -137,12 +138,12 @@ class ClientOps:
         if h.get("count"):
             counts = self.store.count_tasks(wanted)
             return {"counts": counts, "total": sum(counts.values())}
-        items, last = self.store.search_tasks(wanted, limit)
+        items, last = task_page(self.store.search_tasks(wanted, limit))
         cursor = None if last is None else query.encode_cursor(wanted.sort, *last)
         return {"items": items, "next": cursor}
 
     def _op_schedules(self, h, now, out, ident):
-        return {"items": self.store.list_schedules()}
+        return {"items": [schedule_info(row) for row in self.store.list_schedules()]}
 
     def _op_revoke(self, h, now, out, ident):
         kind, num = self._ref(h.get("id"))
@@ -233,7 +234,7 @@ class ClientOps:
         kind, num = self._ref(h.get("id"))
         if kind != "task":
             raise BadInput("only tasks can be waited for")
-        item = self.store.get_task(num)
+        item = maybe_task_info(self.store.get_task(num))
         if item is None:
             raise TaskNotFound(f"no task with id {num}")
         if item["status"] in TERMINAL:
@@ -378,7 +379,10 @@ class ClientOps:
 
     def _lookup(self, ref: Any, upcoming: int = 0) -> dict:
         kind, num = self._ref(ref)
-        item = self.store.get_task(num) if kind == "task" else self.store.get_schedule(num, upcoming)
+        if kind == "task":
+            item = maybe_task_info(self.store.get_task(num))
+        else:
+            item = maybe_schedule_info(self.store.get_schedule(num, upcoming))
         if item is None:
             raise TaskNotFound(f"no {kind} with id {ref}")
         return item

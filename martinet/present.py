@@ -104,6 +104,17 @@ def maybe_task_info(row: TaskRecord | None) -> dict[str, Any] | None:
     return None if row is None else task_info(row)
 
 
+def task_page(page: tuple[list[Any], Any]) -> tuple[list[dict[str, Any]], Any]:
+    """A page of search_tasks (its rows, and where the next starts) with each row as task_info."""
+    rows, last = page
+    return [task_info(row) for row in rows], last
+
+
+def attempt_infos(rows: list[Any]) -> list[dict[str, Any]]:
+    """A task's finished attempts (Store.attempts) as `show` lists them."""
+    return [attempt_info(row) for row in rows]
+
+
 def attempt_info(row: Any) -> dict[str, Any]:
     """One finished attempt (a models.Attempt row) as `show` lists it."""
     return {
@@ -145,3 +156,9 @@ def schedule_info(row: Any, upcoming: list[float] | None = None) -> dict[str, An
     if upcoming is not None:
         info["upcoming"] = [iso(t) for t in upcoming]
     return info
+
+
+def maybe_schedule_info(record: tuple[Any, list[float] | None] | None) -> dict[str, Any] | None:
+    """A schedule as get_schedule found it (its row and, when asked, its next due times),
+    as schedule_info shows it; None for one that is missing."""
+    return None if record is None else schedule_info(*record)

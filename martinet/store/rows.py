@@ -70,6 +70,48 @@ class RunningRow(NamedTuple):
     retry_cap: float | None
 
 
+class TaskRow(NamedTuple):
+    """A task as reads return it (get_task): its columns as stored, for present.task_info."""
+
+    id: int
+    name: str
+    username: str | None
+    description: str | None
+    args: str  # JSON
+    queue: str
+    priority: int
+    status: str
+    run_at: float
+    attempt: int
+    max_attempts: int
+    timeout: float | None
+    reason: str | None
+    releases: int
+    key: str | None
+    key_mode: str | None
+    progress: float | None
+    progress_message: str | None
+    result: str | None  # JSON
+    error_type: str | None
+    error_message: str | None
+    error_traceback: str | None
+    worker: str | None
+    cancel_requested: bool
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    updated_at: float
+    schedule_id: int | None
+    due_at: float | None
+
+
+class ScheduleRecord(NamedTuple):
+    """A schedule as get_schedule returns it: its row, and its next due times when asked."""
+
+    row: Any  # a models.Schedule row
+    upcoming: list[float] | None
+
+
 def work_fields(spec: dict) -> dict[str, Any]:
     """What to run, as tasks and schedules both store it."""
     return {

@@ -14,9 +14,9 @@ import peewee
 from martinet import recurring, when
 from martinet.errors import BadInput, TaskNotFound
 from martinet.models import Schedule
-from martinet.present import iso, schedule_info, schedule_ref
+from martinet.present import schedule_ref
 from martinet.states import UPDATED, ScheduleState
-from martinet.store.rows import task_row, work_fields
+from martinet.store.rows import ScheduleRecord, task_row, work_fields
 from martinet.store.sql import SqlKit
 
 log = logging.getLogger("martinet.store")
@@ -205,33 +205,32 @@ class Schedules(SqlKit):
             raise TaskNotFound(f"no schedule with id {schedule_ref(schedule_id)}")
         return row
 
-    def get_schedule(self, schedule_id: int, upcoming: int = 0) -> dict | None:
-        """A schedule's record; with `upcoming`, its next due times (none after until, at most count)."""
-        Schedule = self.Schedule
-        row = Schedule.get_or_none(Schedule.id == schedule_id)
+    def get_schedule(self, schedule_id: int, upcoming: int = 0) -> ScheduleRecord | None:
+        """A schedule's row; with `upcoming`, its next due times too (none after until, at
+        most count), else None for them. present.schedule_info shows it."""
+        row = self.Schedule.get_or_none(self.Schedule.id == schedule_id)
         if row is None:
             return None
-        info = schedule_info(row)
-        if upcoming:
-            info["upcoming"] = []
-        if upcoming and row.next_due is not None:
-            rec = when.recurrence_from_db(row.kind, row.spec, row.timezone)
-            first = when.from_timestamp(row.next_due)
-            times = [first, *rec.next_n(first, upcoming - 1)]
-            if row.until is not None:
-                times = [t for t in times if t.timestamp() <= row.until]
-            if row.remaining is not None:
-                times = times[: row.remaining]
-            info["upcoming"] = [iso(t.timestamp()) for t in times]
-        return info
+        if not upcoming:
+            return ScheduleRecord(row, None)
+        if row.next_due is None:
+            return ScheduleRecord(row, [])
+        rec = when.recurrence_from_db(row.kind, row.spec, row.timezone)
+        first = when.from_timestamp(row.next_due)
+        times = [t.timestamp() for t in (first, *rec.next_n(first, upcoming - 1))]
+        if row.until is not None:
+            times = [t for t in times if t <= row.until]
+        if row.remaining is not None:
+            times = times[: row.remaining]
+        return ScheduleRecord(row, times)
 
-    def list_schedules(self, include_removed: bool = False) -> list[dict]:
-        """Every schedule's record, by id; removed ones only when asked."""
+    def list_schedules(self, include_removed: bool = False) -> list[Schedule]:
+        """Every schedule's row, by id; removed ones only when asked."""
         Schedule = self.Schedule
         query = Schedule.select().order_by(Schedule.id)
         if not include_removed:
             query = query.where(Schedule.status != ScheduleState.REMOVED)
-        return [schedule_info(r) for r in query]
+        return list(query)
 
 
 def _cannot(schedule_id: int, status: str, rule: str) -> BadInput:

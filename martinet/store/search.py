@@ -7,20 +7,15 @@ from __future__ import annotations
 
 import json
 import re
-from types import SimpleNamespace
 from typing import Any
 
-from martinet.present import error, iso, task_info
+from martinet.models import Attempt, Task
 from martinet.query import Search
+from martinet.store.rows import TaskRow
 from martinet.store.sql import SqlKit, where
 
 TIME_COLUMNS = {"created": "created_at", "due": "run_at", "finished": "finished_at"}  # search times
-INFO_COLUMNS = (
-    "id", "name", "username", "description", "args", "queue", "priority", "status", "run_at", "attempt",
-    "max_attempts", "timeout", "reason", "releases", "key", "key_mode", "progress", "progress_message",
-    "result", "error_type", "error_message", "error_traceback", "worker", "cancel_requested", "created_at",
-    "started_at", "finished_at", "updated_at", "schedule_id", "due_at",
-)  # fmt: skip  # what present.task_info reads
+INFO_COLUMNS = TaskRow._fields  # what get_task reads (present.task_info shows)
 
 
 class Reads(SqlKit):
@@ -34,34 +29,18 @@ class Reads(SqlKit):
         sched = Schedule.select(Schedule.id).where(Schedule.key == key).first()
         return None if sched is None else ("schedule", sched.id)
 
-    def get_task(self, task_id: int) -> dict | None:
+    def get_task(self, task_id: int) -> TaskRow | None:
         """One task's record. Hand-written: `wait` answers read it as tasks end, in the loop."""
         columns = ", ".join(map(self._name, INFO_COLUMNS))
         found = self._exec(f"SELECT {columns} FROM task WHERE id = ?", (task_id,)).fetchone()
-        return (
-            None
-            if found is None
-            else task_info(SimpleNamespace(**dict(zip(INFO_COLUMNS, found, strict=True))))
-        )
+        return None if found is None else TaskRow(*found)
 
-    def attempts(self, task_id: int) -> list[dict]:
-        """The task's finished attempts, oldest first: worker, times, duration, outcome, error."""
+    def attempts(self, task_id: int) -> list[Attempt]:
+        """The task's finished attempts, oldest first (present.attempt_info shows one)."""
         Attempt = self.Attempt
-        rows = Attempt.select().where(Attempt.task_id == task_id).order_by(Attempt.attempt)
-        return [
-            {
-                "attempt": a.attempt,
-                "worker": a.worker,
-                "started_at": iso(a.started_at),
-                "ended_at": iso(a.ended_at),
-                "duration": None if a.started_at is None else round(a.ended_at - a.started_at, 6),
-                "outcome": a.outcome,
-                "error": error(a.error_type, a.error_message, a.error_traceback),
-            }
-            for a in rows
-        ]
+        return list(Attempt.select().where(Attempt.task_id == task_id).order_by(Attempt.attempt))
 
-    def search_tasks(self, q: Search, limit: int) -> tuple[list[dict], tuple[float, int] | None]:
+    def search_tasks(self, q: Search, limit: int) -> tuple[list[Task], tuple[float, int] | None]:
         """One page of the tasks that match `q`, newest first by its sort column, then id.
 
         Returns the page and the (sort value, id) of its last row when more rows
@@ -88,7 +67,7 @@ class Reads(SqlKit):
         more = len(rows) > limit
         rows = rows[:limit]
         last = (getattr(rows[-1], column), rows[-1].id) if more else None
-        return [task_info(r) for r in rows], last
+        return rows, last
 
     def count_tasks(self, q: Search) -> dict[str, int]:
         """How many tasks match `q` (its sort and cursor aside), by status."""
