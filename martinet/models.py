@@ -54,7 +54,6 @@ schedule  one row per recurring schedule
 from __future__ import annotations
 
 import threading
-import weakref
 from typing import NamedTuple
 
 from peewee import (
@@ -275,21 +274,23 @@ class Tables(NamedTuple):
     DatabaseIdentity: type[DatabaseIdentity]
 
 
-_bound: weakref.WeakKeyDictionary[Database, Tables] = weakref.WeakKeyDictionary()
 _binding = threading.Lock()
 
 
 def bind(db: Database) -> Tables:
     """The models, bound to `db`: a subclass of each whose Meta names that database, made
-    once per database. Nothing global changes, so stores on different databases (two
-    embedded daemons, each in its own thread) never send a query to the other's.
-    peewee's own Model.bind and Database.bind_ctx re-point the shared classes instead,
-    for every thread at once."""
-    with _binding:
-        tables = _bound.get(db)
-        if tables is None:
-            tables = _bound[db] = Tables(*(_bound_model(model, db) for model in TABLES))
-        return tables
+    once per database (kept on it, so they go with it). Nothing global changes, so stores
+    on different databases (two embedded daemons, each in its own thread) never send a
+    query to the other's. peewee's own Model.bind and Database.bind_ctx re-point the
+    shared classes instead, for every thread at once."""
+    tables: Tables | None = getattr(db, "_martinet_tables", None)
+    if tables is None:
+        with _binding:
+            tables = getattr(db, "_martinet_tables", None)
+            if tables is None:
+                tables = Tables(*(_bound_model(model, db) for model in TABLES))
+                db._martinet_tables = tables  # type: ignore[attr-defined]
+    return tables
 
 
 def _bound_model(model: type[BaseModel], db: Database) -> type:

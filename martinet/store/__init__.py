@@ -39,9 +39,12 @@ it on any database; README, "Adding a backend"). What holds for every method:
   leaves none: that attempt never started). A task in a terminal state
   (succeeded, dead, cancelled) changes again only when an operator asks
   (retry_task), and prune is the only method that deletes tasks.
-- Reads return plain dicts (present.task_info, schedule_info: times as ISO 8601
-  UTC), never model objects; a missing task or schedule reads as None, and an
-  operator action on a missing task returns "missing" (on a missing schedule, None).
+- Reads return plain records (get_task a rows.TaskRow, search_tasks and attempts
+  rows, get_schedule a rows.ScheduleRecord), never reply dicts: martinet/present.py
+  shows them (task_info, schedule_info: times as ISO 8601 UTC) where replies are
+  built. A missing task or schedule reads as None. An operator action on a missing
+  one raises TaskNotFound; on one whose state does not allow it, BadInput saying
+  why (the reply's own message).
 - Database errors are peewee's (IntegrityError, OperationalError, ...), raised,
   not swallowed, except the lost races above; end_attempts raises StoreError
   when a row it read changed before it wrote (see there).

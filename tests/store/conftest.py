@@ -2,7 +2,7 @@
 PostgreSQL and MySQL when reachable, required in CI), or with `--db URL` on exactly
 that database, its martinet tables dropped before each test.
 
-What a test may rely on is what store.py's docstrings promise, nothing more.
+What a test may rely on is what the store's docstrings (martinet/store/) promise, nothing more.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Two daemons on one database, each with its own connection (as when several share a
-PostgreSQL): what store.py promises holds across connections, not only within one.
+PostgreSQL): what the store (martinet/store/) promises holds across connections, not only within one.
 
 SQLite has one writer at a time (BEGIN IMMEDIATE): there a second daemon's write
 waits for the first one's commit, so the interleavings below that need two open
