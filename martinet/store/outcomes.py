@@ -326,8 +326,8 @@ class Outcomes(Dependents):
             changes["finished_at"] = now
             if row.key_mode == "active":
                 changes["unique_key"] = None  # the key is free again
-        changes["status"] = status
-        return Ending(changes, status, outcome, logged, error, result)
+        changes["status"] = str(status)  # plain str: bound faster than a StrEnum (see rows.py)
+        return Ending(changes, status, str(outcome), logged, error, result)
 
     def _lost_before(self, task_id: int) -> int:
         Attempt = self.Attempt

@@ -14,6 +14,9 @@ TASK_DEFAULTS = {
     for f in Task._meta.sorted_fields
     if f.default is not None and not callable(f.default)
 }
+# States bound as parameters on the hot path go as plain str: sqlite3 binds an exact str
+# without adapting it, a StrEnum member costs about 0.4 µs more a value.
+_SCHEDULED, _QUEUED = str(TaskState.SCHEDULED), str(TaskState.QUEUED)
 # An attempt's end changes its own row only (leased or running: see states.HELD).
 FENCE = f"id = ? AND attempt = ? AND status IN ({sql_list(HELD)})"
 
@@ -130,7 +133,7 @@ def task_row(spec: dict, now: float) -> dict[str, Any]:
     row = {
         **TASK_DEFAULTS,
         **work_fields(spec),
-        "status": TaskState.SCHEDULED if run_at > now else TaskState.QUEUED,
+        "status": _SCHEDULED if run_at > now else _QUEUED,
         "run_at": run_at,
         "max_attempts": spec["max_attempts"],
         "attempt_budget": spec["max_attempts"],
