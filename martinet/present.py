@@ -5,44 +5,9 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from martinet import when
-
-
-class TaskRecord(Protocol):
-    """What task_info reads of a task (a models.Task row, or the store's TaskRow)."""
-
-    id: int
-    name: str
-    username: str | None
-    description: str | None
-    args: str
-    queue: str
-    priority: int
-    status: str
-    run_at: float
-    attempt: int
-    max_attempts: int
-    timeout: float | None
-    reason: str | None
-    releases: int
-    key: str | None
-    key_mode: str | None
-    progress: float | None
-    progress_message: str | None
-    result: str | None
-    error_type: str | None
-    error_message: str | None
-    error_traceback: str | None
-    worker: str | None
-    cancel_requested: Any
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    updated_at: float
-    schedule_id: int | None
-    due_at: float | None
 
 
 def iso(ts: float | None) -> str | None:
@@ -64,8 +29,9 @@ def error(kind: str | None, message: str | None, trace: str | None) -> dict | No
     return {"type": kind, "message": message, "traceback": trace}
 
 
-def task_info(row: TaskRecord) -> dict[str, Any]:
-    """A task as `get`, `list`, `show` and `wait` answer it."""
+def task_info(row: Any) -> dict[str, Any]:
+    """A task (the store's TaskRow, or a models.Task row) as `get`, `list`, `show` and
+    `wait` answer it."""
     return {
         "id": row.id,
         "kind": "task",
@@ -99,7 +65,7 @@ def task_info(row: TaskRecord) -> dict[str, Any]:
     }
 
 
-def maybe_task_info(row: TaskRecord | None) -> dict[str, Any] | None:
+def maybe_task_info(row: Any | None) -> dict[str, Any] | None:
     """task_info, or None for a task that is missing."""
     return None if row is None else task_info(row)
 
