@@ -15,7 +15,9 @@ from martinet import protocol, query, rules, when
 from martinet.errors import BadInput, BadSchedule, TaskNotFound
 from martinet.lanes import DEFAULT_QUEUE, Queue, queue_columns
 from martinet.models import FAILED, QUEUED, SCHEDULED, STALLED, STATES, TERMINAL, WAITING
+from martinet.present import attempt_infos, maybe_schedule_info, maybe_task_info, schedule_info, task_page
 from martinet.protocol import Cmd
+from martinet.states import Revoked
 from martinet.store import PRUNE_BATCH, iso
 from martinet.validate import check_args, check_every, check_task, clean_text, is_id, parse_ref
 
@@ -112,10 +114,10 @@ class ClientOps:
     def _op_show(self, h, now, out, ident):
         item = self._lookup(h.get("id"), upcoming=5)
         if item["kind"] == "task":
-            item["attempts"] = self.store.attempts(item["id"])
+            item["attempts"] = attempt_infos(self.store.attempts(item["id"]))
             item["waiting"] = self._waiting_reason(item)
         else:
-            recent, _ = self.store.search_tasks(query.Search(schedule_id=int(item["id"][1:])), 10)
+            recent, _ = task_page(self.store.search_tasks(query.Search(schedule_id=int(item["id"][1:])), 10))
             item["recent_runs"] = [
                 {
                     "id": r["id"],
@@ -136,12 +138,12 @@ class ClientOps:
         if h.get("count"):
             counts = self.store.count_tasks(wanted)
             return {"counts": counts, "total": sum(counts.values())}
-        items, last = self.store.search_tasks(wanted, limit)
+        items, last = task_page(self.store.search_tasks(wanted, limit))
         cursor = None if last is None else query.encode_cursor(wanted.sort, *last)
         return {"items": items, "next": cursor}
 
     def _op_schedules(self, h, now, out, ident):
-        return {"items": self.store.list_schedules()}
+        return {"items": [schedule_info(row) for row in self.store.list_schedules()]}
 
     def _op_revoke(self, h, now, out, ident):
         kind, num = self._ref(h.get("id"))
@@ -153,13 +155,11 @@ class ClientOps:
             log.info("schedule s%s removed", num)
             return {"status": "removed"}
         status, also = self.store.revoke_task(num, now)
-        if status == "missing":
-            raise TaskNotFound(f"no task with id {num}")
-        if status == "cancelling":
+        if status == Revoked.CANCELLING:
             peer = self.peers.owner(num)
             if peer is not None:
                 self._send(self.worker, peer.ident, Cmd.CANCEL, {"id": num})
-        elif status == "cancelled":
+        elif status == Revoked.CANCELLED:
             out.ended.extend([num, *also])
             self._cancelled_events(out.events, [num, *also])
         log.info(
@@ -171,12 +171,6 @@ class ClientOps:
         num = self._task_ref(h.get("id"))
         attempts = rules.check_attempts(h.get("attempts"), "attempts")
         status = self.store.retry_task(num, now, attempts)
-        if status == "missing":
-            raise TaskNotFound(f"no task with id {num}")
-        if status != QUEUED:
-            raise BadInput(
-                f"task {num} is {status}; only a dead, stalled, cancelled or failed task can be retried"
-            )
         self._dispatch_pending = True
         self._queues_ready()
         log.info("task %s retried by an operator", num)
@@ -186,10 +180,6 @@ class ClientOps:
         num = self._task_ref(h.get("id"))
         reason = h.get("reason") or "stalled by an operator"
         status = self.store.stall_task(num, now, clean_text(reason, 1000))
-        if status == "missing":
-            raise TaskNotFound(f"no task with id {num}")
-        if status != "stalled":
-            raise BadInput(f"task {num} is {status}; only a scheduled, queued or failed task can be stalled")
         log.info("task %s stalled by an operator", num)
         return {"status": status}
 
@@ -210,36 +200,22 @@ class ClientOps:
             if args is None and recurrence is None:
                 raise BadInput("nothing to update: give args and/or every")
             status = self.store.update_schedule(num, now, args, recurrence, tz)
-            if status != "updated":
-                raise BadInput(f"schedule s{num} is {status}; it can no longer be updated")
             self._wakeup_dirty = True
             return {"status": status}
         if args is None:
             raise BadInput("args must be a JSON object")
         status = self.store.update_task_args(num, args, now)
-        if status == "missing":
-            raise TaskNotFound(f"no task with id {num}")
-        if status != "updated":
-            raise BadInput(f"task {num} is {status}; only a task that has not started can be updated")
         return {"status": status}
 
     def _op_pause(self, h, now, out, ident):
         num = self._schedule_ref(h.get("id"))
         status = self.store.pause_schedule(num, now)
-        if status is None:
-            raise TaskNotFound(f"no schedule with id s{num}")
-        if status != "paused":
-            raise BadInput(f"schedule s{num} is {status}; only an active schedule can be paused")
         log.info("schedule s%s paused", num)
         return {"status": status}
 
     def _op_resume(self, h, now, out, ident):
         num = self._schedule_ref(h.get("id"))
         status = self.store.resume_schedule(num, now)
-        if status is None:
-            raise TaskNotFound(f"no schedule with id s{num}")
-        if status != "active":
-            raise BadInput(f"schedule s{num} is {status}; only a paused schedule can be resumed")
         self._wakeup_dirty = True
         log.info("schedule s%s resumed", num)
         return {"status": status}
@@ -254,7 +230,7 @@ class ClientOps:
         kind, num = self._ref(h.get("id"))
         if kind != "task":
             raise BadInput("only tasks can be waited for")
-        item = self.store.get_task(num)
+        item = maybe_task_info(self.store.get_task(num))
         if item is None:
             raise TaskNotFound(f"no task with id {num}")
         if item["status"] in TERMINAL:
@@ -389,7 +365,10 @@ class ClientOps:
 
     def _lookup(self, ref: Any, upcoming: int = 0) -> dict:
         kind, num = self._ref(ref)
-        item = self.store.get_task(num) if kind == "task" else self.store.get_schedule(num, upcoming)
+        if kind == "task":
+            item = maybe_task_info(self.store.get_task(num))
+        else:
+            item = maybe_schedule_info(self.store.get_schedule(num, upcoming))
         if item is None:
             raise TaskNotFound(f"no {kind} with id {ref}")
         return item

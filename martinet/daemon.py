@@ -31,6 +31,7 @@ from martinet.events import EventHub, attempt_event
 from martinet.lanes import RATE_LOOKBACK, Lanes, lane_settings, queue_columns, rate_of
 from martinet.models import LEASED, QUEUED, STALLED, TERMINAL
 from martinet.peers import Peers
+from martinet.present import maybe_task_info
 from martinet.protocol import Cmd
 from martinet.retention import Retention
 from martinet.retry import RetryPolicy
@@ -632,7 +633,7 @@ class Daemon(ClientOps):
     def _cancelled_events(self, events: list, task_ids: list[int]) -> None:
         """Events for tasks cancelled without running: revoked, or a task they waited on failed."""
         for task_id in task_ids:
-            item = self.store.get_task(task_id)
+            item = maybe_task_info(self.store.get_task(task_id))
             if item is not None:
                 events.append(
                     {
@@ -895,7 +896,7 @@ class Daemon(ClientOps):
 
     def _why_waits(self, task_id):
         """A task's state and why it has not ended (as `show` says it), for a wait that timed out."""
-        item = self.store.get_task(task_id)
+        item = maybe_task_info(self.store.get_task(task_id))
         if item is None:
             return {}
         return {"status": item["status"], "waiting": self._waiting_reason(item)}
@@ -979,7 +980,7 @@ class Daemon(ClientOps):
             waits = self._waiters.pop(task_id, None)
             if not waits:
                 continue
-            item = self.store.get_task(task_id)
+            item = maybe_task_info(self.store.get_task(task_id))
             if item is None or item["status"] not in TERMINAL:  # its turn was rolled back: keep waiting
                 self._waiters[task_id] = waits
                 continue

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import peewee
 
-from martinet.store import iso
+from martinet.present import iso
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ import peewee
 from playhouse.migrate import SchemaMigrator
 
 from martinet.errors import SchemaTooNew, StoreError
-from martinet.models import PARTIAL_INDEXES, TABLES
+from martinet.models import PARTIAL_INDEXES, bind
 
 log = logging.getLogger(__name__)
 
@@ -445,8 +445,7 @@ def upgrade(db: peewee.Database) -> tuple[int | None, int]:
         _create_version_table(db)
         if found is None:
             db.execute_sql(f"DELETE FROM {VERSION_TABLE}")  # what a dropped schema left
-            with db.bind_ctx(TABLES, bind_refs=False, bind_backrefs=False):  # this db, not the proxy's
-                db.create_tables(TABLES, safe=True)
+            db.create_tables(list(bind(db)), safe=True)  # the models bound to this db (models.bind)
             create_partial_indexes(db)
             _new_identity(db)
             _stamp(db, LATEST, "created")

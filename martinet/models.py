@@ -53,6 +53,7 @@ schedule  one row per recurring schedule
 
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 from peewee import (
@@ -61,29 +62,28 @@ from peewee import (
     BigIntegerField,
     BooleanField,
     CharField,
-    DatabaseProxy,
+    Database,
     DoubleField,
     IntegerField,
     Model,
     TextField,
 )
 
-database = DatabaseProxy()
+from martinet.states import HELD, STATES, TERMINAL, TaskState
 
-# Task states; the terminal ones never change again on their own.
-WAITING, SCHEDULED, QUEUED, RUNNING = "waiting", "scheduled", "queued", "running"
-LEASED = "leased"  # sent to a worker (its lease held), no handler on it yet: waiting in its prefetch
-SUCCEEDED, FAILED, DEAD, CANCELLED, STALLED = "succeeded", "failed", "dead", "cancelled", "stalled"
-STATES = (WAITING, SCHEDULED, QUEUED, LEASED, RUNNING, SUCCEEDED, FAILED, DEAD, CANCELLED, STALLED)
-TERMINAL = (SUCCEEDED, DEAD, CANCELLED)
-# Held by a worker: leased or running. Leases, fencing, reaping and time limits treat
-# both alike; only `started_at` and what users see tell them apart.
-HELD = (LEASED, RUNNING)
+# Task states (martinet/states.py), by the names the rest of the code has always used.
+WAITING, SCHEDULED, QUEUED = TaskState.WAITING, TaskState.SCHEDULED, TaskState.QUEUED
+LEASED, RUNNING = TaskState.LEASED, TaskState.RUNNING
+SUCCEEDED, FAILED, DEAD = TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD
+CANCELLED, STALLED = TaskState.CANCELLED, TaskState.STALLED
+__all__ = ["HELD", "STATES", "TERMINAL", "Tables", "bind"]  # and the models and states below
 
 
 class BaseModel(Model):
+    """The tables' shape only: bound to no database. A query runs on the models that
+    `bind(db)` makes for one database (Store.Task, ...), never on these."""
+
     class Meta:
-        database = database
         legacy_table_names = False
 
 
@@ -168,7 +168,7 @@ class PartialIndex(NamedTuple):
     unique: bool = False
 
 
-# Made by store.open_database. Running scans (lost workers, leases) read the leased and
+# Made by migrations (store.open_database). Running scans (lost workers, leases) read the leased and
 # running rows through task_status_created: they are few, bounded by the workers' capacity.
 PARTIAL_INDEXES = (
     # The dispatch order, served by the index itself (no sort, however long the queue):
@@ -259,3 +259,40 @@ class DatabaseIdentity(BaseModel):
 
 
 TABLES = [Schedule, Task, Attempt, Dependency, QueueSetting, TaskLimit, Event, DatabaseIdentity]
+
+
+class Tables(NamedTuple):
+    """The models bound to one database (see bind)."""
+
+    Schedule: type[Schedule]
+    Task: type[Task]
+    Attempt: type[Attempt]
+    Dependency: type[Dependency]
+    QueueSetting: type[QueueSetting]
+    TaskLimit: type[TaskLimit]
+    Event: type[Event]
+    DatabaseIdentity: type[DatabaseIdentity]
+
+
+_binding = threading.Lock()
+
+
+def bind(db: Database) -> Tables:
+    """The models, bound to `db`: a subclass of each whose Meta names that database, made
+    once per database (kept on it, so they go with it). Nothing global changes, so stores
+    on different databases (two embedded daemons, each in its own thread) never send a
+    query to the other's. peewee's own Model.bind and Database.bind_ctx re-point the
+    shared classes instead, for every thread at once."""
+    tables: Tables | None = getattr(db, "_martinet_tables", None)
+    if tables is None:
+        with _binding:
+            tables = getattr(db, "_martinet_tables", None)
+            if tables is None:
+                tables = Tables(*(_bound_model(model, db) for model in TABLES))
+                db._martinet_tables = tables  # type: ignore[attr-defined]
+    return tables
+
+
+def _bound_model(model: type[BaseModel], db: Database) -> type:
+    meta = type("Meta", (), {"database": db, "table_name": model._meta.table_name})
+    return type(model.__name__, (model,), {"Meta": meta, "__module__": __name__})

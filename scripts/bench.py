@@ -192,10 +192,10 @@ class Rig:
 
 def drop_tables(db_url: str) -> None:
     """Start from an empty database: martinet's tables are dropped (and made again by the daemon)."""
-    from martinet.models import TABLES
+    from martinet.models import bind
 
     db = open_database(db_url)
-    db.drop_tables(TABLES)
+    db.drop_tables(list(bind(db)))
     db.close()
 
 

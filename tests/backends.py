@@ -9,6 +9,8 @@ where it fails the run instead.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import peewee
 import pytest
@@ -94,3 +96,16 @@ def reset(url: str) -> None:
     for table in [*(model._meta.table_name for model in TABLES), VERSION_TABLE]:
         db.execute_sql(f"DROP TABLE IF EXISTS {table}")
     db.close()
+
+
+@contextmanager
+def use_models(db: peewee.Database) -> Iterator[peewee.Database]:
+    """The shared models (martinet.models.Task, ...) bound to `db` for a test's own reads
+    and writes, unbound after. A Store never uses them: its queries go to the models
+    bound to its own database (models.bind), so this changes nothing it does."""
+    db.bind(TABLES, bind_refs=False, bind_backrefs=False)
+    try:
+        yield db
+    finally:
+        for model in TABLES:
+            model._meta.set_database(None)

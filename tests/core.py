@@ -9,6 +9,7 @@ from typing import Any
 from martinet import protocol
 from martinet.config import Settings
 from martinet.daemon import Daemon, Outbox
+from martinet.present import maybe_task_info
 from martinet.protocol import Cmd
 from martinet.store import Outcome
 
@@ -84,13 +85,13 @@ class Core:
         return sorted(row["name"] for rows in self.claim().values() for row in rows)
 
     def succeed(self, task_id: int, attempt: int = 1) -> dict | None:
-        worker = self.store.get_task(task_id)["worker"]
+        worker = maybe_task_info(self.store.get_task(task_id))["worker"]
         out = Outbox()
         with self.store.atomic():
             self.daemon._on_outcomes(
                 [(b"status", Outcome(task_id, attempt, worker, "succeeded"))], out, self.now
             )
-        return self.store.get_task(task_id)
+        return maybe_task_info(self.store.get_task(task_id))
 
     def status(self, *messages: tuple[Cmd, dict]) -> Outbox:
         """Messages from workers' status sockets, read in one turn (committed)."""

@@ -10,7 +10,6 @@ import time
 import pytest
 
 import martinet
-from martinet.models import Attempt, Task
 from martinet.store import Store, open_database
 from tests.e2e.test_cli import ok, run
 from tests.harness import wait_for
@@ -24,6 +23,7 @@ def add_finished(db_url: str, status: str, days: float, n: int = 1, attempts: in
     """n tasks in `status` that finished `days` days ago, each with `attempts` attempt rows."""
     db = open_database(db_url)
     store = Store(db)
+    Task, Attempt = store.Task, store.Attempt  # the models bound to this database
     finished = time.time() - days * DAY
     try:
         with store.atomic():

@@ -7,6 +7,7 @@ No processes, no sockets, no sleeps: time is passed in as `now`.
 
 from __future__ import annotations
 
+from martinet.present import attempt_infos, maybe_task_info, task_page
 from martinet.query import Search
 from tests.store.support import LEASE, NOW, claim_one, row, submit
 
@@ -14,7 +15,7 @@ from tests.store.support import LEASE, NOW, claim_one, row, submit
 def test_a_claimed_task_is_leased_until_a_handler_starts_it(store):
     task_id = submit(store)
     claim_one(store, start=False)
-    info = store.get_task(task_id)
+    info = maybe_task_info(store.get_task(task_id))
     assert (info["status"], info["worker"], info["started_at"]) == ("leased", "w1", None)
     # Fenced as an outcome is: another attempt, another worker, change nothing
     assert store.start([(task_id, 2, "w1"), (task_id, 1, "w2"), (999, 1, "w1")], NOW + 1) == 0
@@ -27,7 +28,7 @@ def test_a_claimed_task_is_leased_until_a_handler_starts_it(store):
     assert row(task_id).started_at == NOW + 2
     # Its attempt's duration counts from the start, not the claim
     store.complete(task_id, 1, "w1", "ok", NOW + 5)
-    (attempt,) = store.attempts(task_id)
+    (attempt,) = attempt_infos(store.attempts(task_id))
     assert attempt["duration"] == 3.0
     assert store.start([(task_id, 1, "w1")], NOW + 6) == 0  # ended: no start changes it
     assert row(task_id).status == "succeeded"
@@ -43,7 +44,7 @@ def test_progress_or_an_outcome_before_the_start_report_implies_the_start(store)
     assert row(a).started_at == NOW + 1
     # An outcome of a leased attempt ends it: its start is unknown, so says its attempt row
     assert store.complete(b, 1, "w1", "ok", NOW + 4)["status"] == "succeeded"
-    (attempt,) = store.attempts(b)
+    (attempt,) = attempt_infos(store.attempts(b))
     assert (attempt["outcome"], attempt["started_at"], attempt["duration"]) == ("succeeded", None, None)
 
 
@@ -56,9 +57,9 @@ def test_a_leased_task_holds_its_lease_like_a_running_one(store):
     claim_one(store, worker="w1", name="e", start=False)
     # Counted where users look: search and counts by status, and the limits' running counts
     assert store.count_tasks(Search()) == {"leased": 5}
-    found, _ = store.search_tasks(Search(statuses=("leased",)), 10)
+    found, _ = task_page(store.search_tasks(Search(statuses=("leased",)), 10))
     assert {t["id"] for t in found} == {renewed, reaped, gone, revoked, given_back}
-    assert store.search_tasks(Search(statuses=("running",)), 10)[0] == []
+    assert task_page(store.search_tasks(Search(statuses=("running",)), 10))[0] == []
     assert sum(count for _q, _n, count in store.lanes_state(NOW, 60)["running"]) == 5
     assert {name for _q, name, _at in store.lanes_state(NOW + 1, 60)["recent"]} == set("abcde")
     # Renewed by its worker's traffic; reaped when its lease runs out; lost with its worker
@@ -67,7 +68,7 @@ def test_a_leased_task_holds_its_lease_like_a_running_one(store):
     assert store.renew_leases(["w1"], NOW + 16, LEASE) == 3
     assert [i["id"] for i in store.reap_expired(NOW + LEASE + 1)] == [reaped]
     assert (row(reaped).status, row(gone).status) == ("failed", "failed")
-    assert [a["started_at"] for a in store.attempts(gone)] == [None]  # it never started
+    assert [a["started_at"] for a in attempt_infos(store.attempts(gone))] == [None]  # it never started
     # Asked to stop, it is cancelled however its attempt ends; given back, no attempt spent
     assert store.revoke_task(revoked, NOW + 3) == ("cancelling", [])
     assert store.complete(revoked, 1, "w1", None, NOW + 4)["status"] == "cancelled"
@@ -83,15 +84,15 @@ def test_a_reaped_attempt_its_worker_still_runs_leaves_one_attempt_row(store):
     task_id = submit(store)
     claim_one(store, worker="w1", now=NOW)  # started at NOW
     assert [i["id"] for i in store.reap_expired(NOW + 100)] == [task_id]
-    assert [a["outcome"] for a in store.attempts(task_id)] == ["lost"]
+    assert [a["outcome"] for a in attempt_infos(store.attempts(task_id))] == ["lost"]
     assert store.readopt("w1", [{"id": task_id, "attempt": 1, "started": True}], NOW + 101, LEASE) == [
         task_id
     ]
-    info = store.get_task(task_id)
+    info = maybe_task_info(store.get_task(task_id))
     assert (info["status"], info["error"], info["worker"]) == ("running", None, "w1")  # the loss is undone
     assert row(task_id).started_at == NOW  # its real start, kept
     assert store.complete(task_id, 1, "w1", "ok", NOW + 102)["status"] == "succeeded"
-    assert [(a["attempt"], a["outcome"], a["duration"]) for a in store.attempts(task_id)] == [
+    assert [(a["attempt"], a["outcome"], a["duration"]) for a in attempt_infos(store.attempts(task_id))] == [
         (1, "succeeded", 102.0)
     ]
 
@@ -104,7 +105,7 @@ def test_a_reaped_attempt_comes_back_leased_unless_its_handler_started(store):
     assert store.readopt("w1", held, NOW + 101, LEASE) == [waiting, started]
     assert (row(waiting).status, row(waiting).started_at) == ("leased", None)
     assert (row(started).status, row(started).started_at) == ("running", NOW + 101)  # its report was lost
-    assert store.attempts(waiting) == [] and store.attempts(started) == []
+    assert attempt_infos(store.attempts(waiting)) == [] and attempt_infos(store.attempts(started)) == []
     # A task still held by its worker keeps its state, or starts if the worker says so
     assert store.readopt("w1", [{"id": waiting, "attempt": 1, "started": True}], NOW + 102, LEASE) == [
         waiting

@@ -6,6 +6,7 @@ No processes, no sockets, no sleeps: time is passed in as `now`.
 from __future__ import annotations
 
 from martinet.models import Attempt
+from martinet.present import attempt_infos
 from tests.store.support import (
     LEASE,
     NOW,
@@ -46,7 +47,7 @@ def test_reap_expired_fails_tasks_whose_lease_ran_out(store):
     assert (r.worker, r.lease_expires) == (None, None)
     assert r.error_type == "WorkerLost"
     assert NOW + LEASE + 0.5 <= r.run_at <= NOW + LEASE + 0.5 + 10.0
-    (attempt,) = store.attempts(task_id)
+    (attempt,) = attempt_infos(store.attempts(task_id))
     assert attempt["outcome"] == "lost"
     assert attempt["error"]["type"] == "WorkerLost"
     assert "lease expired" in attempt["error"]["message"] and "w1" in attempt["error"]["message"]
@@ -67,7 +68,7 @@ def test_a_lost_task_that_was_asked_to_stop_is_cancelled(store):
     store.revoke_task(task_id, NOW + 1)
     assert [i["id"] for i in store.release_worker("w1", NOW + 2, "worker went silent")] == [task_id]
     assert row(task_id).status == "cancelled"
-    assert [a["outcome"] for a in store.attempts(task_id)] == ["cancelled"]
+    assert [a["outcome"] for a in attempt_infos(store.attempts(task_id))] == ["cancelled"]
 
 
 def test_release_worker_ends_only_that_workers_attempts(store):
@@ -78,7 +79,7 @@ def test_release_worker_ends_only_that_workers_attempts(store):
     claim_one(store, worker="w2", name="b")
     assert [i["id"] for i in store.release_worker("w1", NOW + 1, "worker went silent")] == [a1, a2]
     assert (row(a1).status, row(a2).status, row(b).status) == ("failed", "dead", "running")
-    lost = store.attempts(a1)[0]
+    lost = attempt_infos(store.attempts(a1))[0]
     assert (lost["outcome"], lost["error"]["type"]) == ("lost", "WorkerLost")
     assert "worker went silent" in lost["error"]["message"]
     assert [i["id"] for i in store.release_worker("w1", NOW + 2, "again")] == []

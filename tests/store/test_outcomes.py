@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from martinet.models import Attempt
+from martinet.present import attempt_infos, maybe_task_info
 from martinet.store import iso
 from tests.store.support import (
     LEASE,
@@ -38,13 +39,13 @@ def test_complete_succeeds_and_writes_an_attempt_row(store):
         "reason": None,
         "dependents": {"released": [], "cancelled": []},
     }
-    task = store.get_task(task_id)
+    task = maybe_task_info(store.get_task(task_id))
     assert task["status"] == "succeeded"
     assert task["result"] == {"sum": 3}
     assert task["progress"] == 1.0
     assert task["worker"] is None
     assert task["finished_at"] == iso(NOW + 2)
-    assert store.attempts(task_id) == [
+    assert attempt_infos(store.attempts(task_id)) == [
         {
             "attempt": 1,
             "worker": "w1",
@@ -65,12 +66,12 @@ def test_complete_succeeds_and_writes_an_attempt_row(store):
 def test_complete_and_fail_are_fenced_by_attempt_and_worker(store, attempt, worker):
     task_id = submit(store)
     claim_one(store)
-    before = store.get_task(task_id)
+    before = maybe_task_info(store.get_task(task_id))
     assert store.complete(task_id, attempt, worker, "late", NOW + 1) is None
     assert store.fail(task_id, attempt, worker, {"type": "E"}, NOW + 1) is None
     assert store.fail(task_id, attempt, worker, {"type": "E"}, NOW + 1, final=True) is None
     assert not store.progress(task_id, attempt, worker, 0.5, "x", NOW + 1)
-    assert store.get_task(task_id) == before
+    assert maybe_task_info(store.get_task(task_id)) == before
     assert Attempt.select().count() == 0
 
 
@@ -78,10 +79,10 @@ def test_results_for_a_task_that_is_not_running_change_nothing(store):
     task_id = submit(store)
     claim_one(store)
     assert store.complete(task_id, 1, "w1", 1, NOW + 1) is not None
-    after = store.get_task(task_id)
+    after = maybe_task_info(store.get_task(task_id))
     assert store.complete(task_id, 1, "w1", 2, NOW + 2) is None
     assert store.fail(task_id, 1, "w1", {"type": "E"}, NOW + 2) is None
-    assert store.get_task(task_id) == after
+    assert maybe_task_info(store.get_task(task_id)) == after
     assert Attempt.select().count() == 1
     queued = submit(store)
     assert store.complete(queued, 0, "w1", 1, NOW) is None
@@ -96,7 +97,7 @@ def test_fail_retries_after_the_delay_then_dies_when_attempts_are_spent(store):
     info = store.fail(task_id, 1, "w1", error, NOW + 1, retry_in=42)
     assert info["status"] == "failed" and info["outcome"] == "failed"
     assert info["run_at"] == iso(NOW + 43)
-    task = store.get_task(task_id)
+    task = maybe_task_info(store.get_task(task_id))
     assert (task["status"], task["run_at"], task["worker"]) == ("failed", iso(NOW + 43), None)
     assert task["error"] == error
     assert task["finished_at"] is None
@@ -106,11 +107,13 @@ def test_fail_retries_after_the_delay_then_dies_when_attempts_are_spent(store):
     assert claim_one(store, now=NOW + 43)["attempt"] == 2
     info = store.fail(task_id, 2, "w1", {"type": "KeyError", "message": "k"}, NOW + 44, retry_in=1)
     assert info["status"] == "dead"
-    task = store.get_task(task_id)
+    task = maybe_task_info(store.get_task(task_id))
     assert task["status"] == "dead"
     assert task["finished_at"] == iso(NOW + 44)
     assert task["error"]["type"] == "KeyError"
-    assert [(a["attempt"], a["outcome"], a["error"]["type"]) for a in store.attempts(task_id)] == [
+    assert [
+        (a["attempt"], a["outcome"], a["error"]["type"]) for a in attempt_infos(store.attempts(task_id))
+    ] == [
         (1, "failed", "ValueError"),
         (2, "failed", "KeyError"),
     ]
@@ -150,7 +153,7 @@ def test_a_task_asked_to_stop_ends_cancelled_however_it_ends(store, ending):
     task_id = submit(store)
     claim_one(store)
     assert store.revoke_task(task_id, NOW + 1) == ("cancelling", [])
-    assert store.get_task(task_id)["cancel_requested"] is True
+    assert maybe_task_info(store.get_task(task_id))["cancel_requested"] is True
     assert row(task_id).status == "running"
     if ending == "complete":
         info = store.complete(task_id, 1, "w1", "done anyway", NOW + 2)
@@ -159,7 +162,7 @@ def test_a_task_asked_to_stop_ends_cancelled_however_it_ends(store, ending):
     assert (info["status"], info["outcome"]) == ("cancelled", "cancelled")
     assert row(task_id).status == "cancelled"
     assert row(task_id).finished_at == NOW + 2
-    assert [a["outcome"] for a in store.attempts(task_id)] == ["cancelled"]
+    assert [a["outcome"] for a in attempt_infos(store.attempts(task_id))] == ["cancelled"]
 
 
 # ---- a success for an attempt declared lost --------------------------------------
@@ -174,14 +177,16 @@ def test_a_success_for_an_attempt_declared_lost_is_kept(store):
     assert row(task_id).status == "failed"
     info = store.complete(task_id, 1, "w1", {"sum": 3}, NOW + 2)
     assert (info["status"], info["outcome"], info["late"]) == ("succeeded", "succeeded", True)
-    task = store.get_task(task_id)
+    task = maybe_task_info(store.get_task(task_id))
     assert (task["status"], task["result"], task["error"], task["reason"]) == (
         "succeeded",
         {"sum": 3},
         None,
         None,
     )
-    assert [(a["attempt"], a["outcome"]) for a in store.attempts(task_id)] == [(1, "succeeded")]
+    assert [(a["attempt"], a["outcome"]) for a in attempt_infos(store.attempts(task_id))] == [
+        (1, "succeeded")
+    ]
     assert store.complete(task_id, 1, "w1", {"sum": 3}, NOW + 3) is None  # once
 
 
@@ -231,6 +236,6 @@ def test_a_late_failure_tells_the_truth_and_cannot_be_readopted(store):
     store.release_worker("w1", NOW + 1, "silent")
     info = store.fail(task_id, 1, "w1", {"type": "ValueError", "message": "bad"}, NOW + 2)
     assert (info["status"], info["late"]) == ("failed", True)
-    assert store.get_task(task_id)["error"]["type"] == "ValueError"
-    assert [(a["attempt"], a["outcome"]) for a in store.attempts(task_id)] == [(1, "failed")]
+    assert maybe_task_info(store.get_task(task_id))["error"]["type"] == "ValueError"
+    assert [(a["attempt"], a["outcome"]) for a in attempt_infos(store.attempts(task_id))] == [(1, "failed")]
     assert store.readopt("w1", [{"id": task_id, "attempt": 1}], NOW + 3, LEASE) == []

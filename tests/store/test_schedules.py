@@ -11,7 +11,9 @@ from __future__ import annotations
 import pytest
 
 from martinet import recurring
+from martinet.errors import BadInput, TaskNotFound
 from martinet.models import Schedule, Task
+from martinet.present import maybe_schedule_info, maybe_task_info, schedule_info
 from martinet.recurring import MAX_CATCH_UP, Policy
 from martinet.store import Store, iso
 from martinet.when import Cron, Interval, from_timestamp, recurrence_from_db
@@ -52,22 +54,22 @@ def test_add_schedule_stores_until_count_and_misfire(store):
     sched = add(store, until=NOW + 3600, count=5, misfire="all", misfire_grace=90.5)
     s = row(sched)
     assert (s.until, s.remaining, s.misfire, s.misfire_grace) == (NOW + 3600, 5, "all", 90.5)
-    info = store.get_schedule(sched)
+    info = maybe_schedule_info(store.get_schedule(sched))
     assert info["until"] == iso(NOW + 3600) == "2027-01-15T09:00:00.000+00:00"
     assert (info["remaining"], info["misfire"], info["misfire_grace"]) == (5, "all", 90.5)
     assert (info["status"], info["next_due"], info["last_due"]) == ("active", iso(NOW), None)
 
 
 def test_add_schedule_defaults(store):
-    info = store.get_schedule(add(store))
+    info = maybe_schedule_info(store.get_schedule(add(store)))
     assert (info["until"], info["remaining"], info["misfire"], info["misfire_grace"]) == (
         None,
         None,
         "once",
         None,
     )
-    assert [s["id"] for s in store.list_schedules()] == [info["id"]]
-    assert store.list_schedules()[0]["misfire"] == "once"
+    assert [s["id"] for s in map(schedule_info, store.list_schedules())] == [info["id"]]
+    assert schedule_info(store.list_schedules()[0])["misfire"] == "once"
 
 
 # ---- expand_schedules after an outage ----------------------------------------------
@@ -118,7 +120,7 @@ def test_expand_after_an_outage_creates_what_plan_says(store, fields, runs, next
     assert s.remaining == remaining
     assert s.last_due == (runs[-1] if runs else None)
     assert s.status == ("finished" if next_due is None else "active")
-    info = store.get_schedule(sched)
+    info = maybe_schedule_info(store.get_schedule(sched))
     assert info["status"] == s.status and info["next_due"] == iso(next_due)
 
 
@@ -231,7 +233,7 @@ def test_pause_stops_runs_and_resume_continues_on_the_original_grid(store):
     assert len(store.expand_schedules(NOW, 3)) == 1
     assert store.pause_schedule(sched, NOW + 10) == "paused"
     assert store.expand_schedules(NOW + 200, 3) == []
-    assert store.get_schedule(sched)["status"] == "paused"
+    assert maybe_schedule_info(store.get_schedule(sched))["status"] == "paused"
     assert store.resume_schedule(sched, NOW + 250) == "active"
     s = row(sched)
     assert (s.status, s.next_due) == ("active", NOW + 300)  # not NOW + 310
@@ -271,19 +273,22 @@ def test_pause_and_resume_statuses(store):
     assert store.resume_schedule(active, NOW) == "active"  # already active: unchanged
     assert store.pause_schedule(active, NOW) == "paused"
     assert store.pause_schedule(active, NOW) == "paused"  # already paused: unchanged
-    assert store.pause_schedule(999, NOW) is None
-    assert store.resume_schedule(999, NOW) is None
+    for action in (store.pause_schedule, store.resume_schedule):
+        with pytest.raises(TaskNotFound, match="no schedule with id s999"):
+            action(999, NOW)
 
     removed = add(store)
     store.remove_schedule(removed, NOW)
-    assert store.pause_schedule(removed, NOW) == "removed"
-    assert store.resume_schedule(removed, NOW) == "removed"
+    for action in (store.pause_schedule, store.resume_schedule):
+        with pytest.raises(BadInput, match=f"schedule s{removed} is removed;"):
+            action(removed, NOW)
 
     finished = add(store, count=1)
     store.expand_schedules(NOW, 3)
     assert row(finished).status == "finished"
-    assert store.pause_schedule(finished, NOW) == "finished"
-    assert store.resume_schedule(finished, NOW) == "finished"
+    for action in (store.pause_schedule, store.resume_schedule):
+        with pytest.raises(BadInput, match=f"schedule s{finished} is finished;"):
+            action(finished, NOW)
     assert (row(finished).status, row(finished).next_due) == ("finished", None)
 
 
@@ -291,7 +296,8 @@ def test_a_paused_schedule_can_be_removed(store):
     sched = add(store)
     store.pause_schedule(sched, NOW - 1)
     assert store.remove_schedule(sched, NOW)
-    assert store.resume_schedule(sched, NOW + 1) == "removed"
+    with pytest.raises(BadInput, match=f"schedule s{sched} is removed;"):
+        store.resume_schedule(sched, NOW + 1)
     assert store.expand_schedules(NOW + 600, 3) == []
 
 
@@ -305,8 +311,10 @@ def test_update_args_only_keeps_the_next_due_time(store):
     s = row(sched)
     assert (s.next_due, s.kind, s.spec) == (NOW + 60, "interval", "60")
     (run,) = store.expand_schedules(NOW + 60, 3)
-    assert store.get_task(run)["args"] == {"v": 2}
-    assert [store.get_task(t)["args"] for t in [Task.get(Task.due_at == NOW).id]] == [{"v": 1}]
+    assert maybe_task_info(store.get_task(run))["args"] == {"v": 2}
+    assert [maybe_task_info(store.get_task(t))["args"] for t in [Task.get(Task.due_at == NOW).id]] == [
+        {"v": 1}
+    ]
 
 
 def test_update_recurrence_starts_afresh_from_now(store):
@@ -315,7 +323,7 @@ def test_update_recurrence_starts_afresh_from_now(store):
     assert store.update_schedule(sched, NOW + 10, recurrence=Interval(300)) == "updated"
     s = row(sched)
     assert (s.kind, s.spec, s.next_due) == ("interval", "300", NOW + 310)
-    assert store.get_schedule(sched)["every"] == "5 minutes"
+    assert maybe_schedule_info(store.get_schedule(sched))["every"] == "5 minutes"
     assert store.expand_schedules(NOW + 60, 3) == []
     assert len(store.expand_schedules(NOW + 310, 3)) == 1
     assert row(sched).next_due == NOW + 610
@@ -332,7 +340,7 @@ def test_update_a_cron_schedules_timezone(store):
     assert status == "updated"
     s = row(sched)
     assert (s.spec, s.timezone, s.next_due) == ("0 9 * * *", BERLIN, NOW)  # 09:00 in Berlin
-    assert store.get_schedule(sched)["timezone"] == BERLIN
+    assert maybe_schedule_info(store.get_schedule(sched))["timezone"] == BERLIN
     (run,) = store.expand_schedules(NOW, 3)
     assert Task.get_by_id(run).due_at == NOW
     assert row(sched).next_due == NOW + DAY
@@ -355,7 +363,7 @@ def test_update_a_paused_schedule_keeps_it_paused(store):
     sched = add(store)
     store.pause_schedule(sched, NOW - 1)
     assert store.update_schedule(sched, NOW, args={"a": 1}) == "updated"
-    assert (row(sched).status, store.get_schedule(sched)["args"]) == ("paused", {"a": 1})
+    assert (row(sched).status, maybe_schedule_info(store.get_schedule(sched))["args"]) == ("paused", {"a": 1})
 
 
 def test_update_removed_finished_and_missing_schedules(store):
@@ -365,10 +373,13 @@ def test_update_removed_finished_and_missing_schedules(store):
     store.expand_schedules(NOW, 3)
     assert row(finished).status == "finished"
     for sched, status in ((removed, "removed"), (finished, "finished")):
-        assert store.update_schedule(sched, NOW, args={"a": 1}) == status
-        assert store.update_schedule(sched, NOW, recurrence=Interval(5)) == status
+        with pytest.raises(BadInput, match=f"schedule s{sched} is {status};"):
+            store.update_schedule(sched, NOW, args={"a": 1})
+        with pytest.raises(BadInput, match=f"schedule s{sched} is {status};"):
+            store.update_schedule(sched, NOW, recurrence=Interval(5))
         assert (row(sched).args, row(sched).spec, row(sched).next_due) == ("{}", "60", None)
-    assert store.update_schedule(999, NOW, args={"a": 1}) is None
+    with pytest.raises(TaskNotFound, match="no schedule with id s999"):
+        store.update_schedule(999, NOW, args={"a": 1})
 
 
 # ---- upcoming due times and wakeups -------------------------------------------------------
@@ -376,32 +387,38 @@ def test_update_removed_finished_and_missing_schedules(store):
 
 def test_get_schedule_upcoming_lists_the_next_due_times(store):
     sched = add(store)
-    info = store.get_schedule(sched, upcoming=5)
+    info = maybe_schedule_info(store.get_schedule(sched, upcoming=5))
     assert info["upcoming"] == [iso(NOW + k * 60) for k in range(5)]
     assert info["upcoming"][0] == info["next_due"]
-    assert "upcoming" not in store.get_schedule(sched)
-    assert store.get_schedule(sched, upcoming=1)["upcoming"] == [iso(NOW)]
+    assert "upcoming" not in maybe_schedule_info(store.get_schedule(sched))
+    assert maybe_schedule_info(store.get_schedule(sched, upcoming=1))["upcoming"] == [iso(NOW)]
     store.expand_schedules(NOW + 61, 3)
-    assert store.get_schedule(sched, upcoming=5)["upcoming"] == [iso(NOW + k * 60) for k in range(2, 7)]
+    assert maybe_schedule_info(store.get_schedule(sched, upcoming=5))["upcoming"] == [
+        iso(NOW + k * 60) for k in range(2, 7)
+    ]
 
 
 def test_get_schedule_upcoming_is_trimmed_by_until_and_count(store):
     until = add(store, until=NOW + 150)
-    assert store.get_schedule(until, upcoming=5)["upcoming"] == [iso(NOW), iso(NOW + 60), iso(NOW + 120)]
+    assert maybe_schedule_info(store.get_schedule(until, upcoming=5))["upcoming"] == [
+        iso(NOW),
+        iso(NOW + 60),
+        iso(NOW + 120),
+    ]
     on_until = add(store, until=NOW + 120)
-    assert len(store.get_schedule(on_until, upcoming=5)["upcoming"]) == 3
+    assert len(maybe_schedule_info(store.get_schedule(on_until, upcoming=5))["upcoming"]) == 3
     count = add(store, count=2)
-    assert store.get_schedule(count, upcoming=5)["upcoming"] == [iso(NOW), iso(NOW + 60)]
+    assert maybe_schedule_info(store.get_schedule(count, upcoming=5))["upcoming"] == [iso(NOW), iso(NOW + 60)]
     store.expand_schedules(NOW, 3)
-    assert store.get_schedule(count, upcoming=5)["upcoming"] == [iso(NOW + 60)]
+    assert maybe_schedule_info(store.get_schedule(count, upcoming=5))["upcoming"] == [iso(NOW + 60)]
     store.expand_schedules(NOW + 60, 3)
     assert row(count).status == "finished"
-    assert store.get_schedule(count, upcoming=5).get("upcoming", []) == []
+    assert maybe_schedule_info(store.get_schedule(count, upcoming=5)).get("upcoming", []) == []
 
 
 def test_get_schedule_upcoming_for_a_cron(store):
     sched = add(store, "0 9 * * MON-FRI", kind="cron", timezone=BERLIN)
-    upcoming = store.get_schedule(sched, upcoming=5)["upcoming"]
+    upcoming = maybe_schedule_info(store.get_schedule(sched, upcoming=5))["upcoming"]
     # Friday, then Monday to Thursday: 08:00 UTC in winter.
     assert upcoming == [iso(NOW + d * DAY) for d in (0, 3, 4, 5, 6)]
     assert from_timestamp(NOW).weekday() == 4
@@ -436,7 +453,7 @@ def test_add_schedule_dedupes_by_request_id(store):
     again, created_again = store.add_schedule({**spec, "spec": "120"}, NOW + 5, NOW)
     assert (again, created_again) == (first, False)
     assert Schedule.select().count() == 1
-    assert store.get_schedule(first)["every"] == "1 minute"
+    assert maybe_schedule_info(store.get_schedule(first))["every"] == "1 minute"
 
 
 def test_expand_creates_one_run_per_due_time(store):
@@ -444,14 +461,14 @@ def test_expand_creates_one_run_per_due_time(store):
     assert store.expand_schedules(NOW - 0.001, 3) == []
     created = store.expand_schedules(NOW, 3)
     assert len(created) == 1
-    task = store.get_task(created[0])
+    task = maybe_task_info(store.get_task(created[0]))
     assert task["status"] == "queued"
     assert (task["name"], task["args"], task["priority"], task["queue"]) == ("tick", {"k": "v"}, 3, "q")
     assert task["username"] == "ann"
     assert task["schedule"] == f"s{sched}"
     assert task["due_at"] == iso(NOW)
     assert task["max_attempts"] == 3  # the default, as the schedule names none
-    info = store.get_schedule(sched)
+    info = maybe_schedule_info(store.get_schedule(sched))
     assert (info["last_due"], info["next_due"]) == (iso(NOW), iso(NOW + 60))
     assert store.expand_schedules(NOW, 3) == []
     assert store.expand_schedules(NOW + 59, 3) == []
@@ -494,8 +511,8 @@ def test_expand_cron_schedule(store):
     (first,) = store.expand_schedules(NOW + 1, 3)
     assert Task.get_by_id(first).due_at == NOW
     assert Schedule.get_by_id(sched).next_due == NOW + 1800
-    assert store.get_schedule(sched)["every"] == "0,30 * * * *"
-    assert store.get_schedule(sched)["recurrence"] == "cron"
+    assert maybe_schedule_info(store.get_schedule(sched))["every"] == "0,30 * * * *"
+    assert maybe_schedule_info(store.get_schedule(sched))["recurrence"] == "cron"
 
 
 def test_two_daemons_expanding_the_same_due_time_create_one_run(db):
@@ -523,13 +540,18 @@ def test_remove_schedule_stops_its_runs(store):
     assert store.remove_schedule(sched, NOW - 1)
     assert not store.remove_schedule(sched, NOW - 1)
     assert not store.remove_schedule(999, NOW - 1)
-    info = store.get_schedule(sched)
+    info = maybe_schedule_info(store.get_schedule(sched))
     assert (info["status"], info["next_due"]) == ("removed", None)
     created = store.expand_schedules(NOW + 600, 3)
     assert [Task.get_by_id(t).schedule_id for t in created] == [keep]
-    assert [s["id"] for s in store.list_schedules()] == [f"s{keep}"]
-    assert [s["id"] for s in store.list_schedules(include_removed=True)] == [f"s{sched}", f"s{keep}"]
-    assert store.update_schedule(sched, NOW, args={"a": 1}) == "removed"
+    assert [s["id"] for s in map(schedule_info, store.list_schedules())] == [f"s{keep}"]
+    assert [s["id"] for s in map(schedule_info, store.list_schedules(include_removed=True))] == [
+        f"s{sched}",
+        f"s{keep}",
+    ]
+    with pytest.raises(BadInput, match=f"schedule s{sched} is removed;"):
+        store.update_schedule(sched, NOW, args={"a": 1})
     assert store.update_schedule(keep, NOW, args={"a": 1}) == "updated"
-    assert store.update_schedule(999, NOW, args={"a": 1}) is None
-    assert store.get_schedule(keep)["args"] == {"a": 1}
+    with pytest.raises(TaskNotFound, match="no schedule with id s999"):
+        store.update_schedule(999, NOW, args={"a": 1})
+    assert maybe_schedule_info(store.get_schedule(keep))["args"] == {"a": 1}

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from martinet.models import Task
+from martinet.present import task_page
 from martinet.protocol import MAX_VALUE_DEPTH
 from martinet.query import Search, check_search
 from martinet.store import Store
@@ -32,7 +33,7 @@ def make(store: Store, name: str, created: float, args: dict | None = None, **fi
 
 def find(store: Store, limit: int = 50, **h) -> list[int]:
     query, _ = check_search({"filters": h.pop("filters", {}), "limit": limit, **h})
-    items, _ = store.search_tasks(query, limit)
+    items, _ = task_page(store.search_tasks(query, limit))
     return [t["id"] for t in items]
 
 
@@ -200,7 +201,7 @@ def all_pages(store: Store, query: Search, size: int, between=None) -> list[int]
     """Every page in turn, calling `between(last_row)` before reading the next."""
     seen, after = [], None
     while True:
-        items, after = store.search_tasks(replace(query, after=after), size)
+        items, after = task_page(store.search_tasks(replace(query, after=after), size))
         seen.extend(t["id"] for t in items)
         if after is None:
             return seen
@@ -236,7 +237,7 @@ def test_pages_neither_skip_nor_repeat_while_tasks_arrive(store, sort):
 def test_the_last_page_has_no_cursor(store):
     for i in range(4):
         make(store, "job", NOW + i)
-    items, after = store.search_tasks(Search(), 4)
+    items, after = task_page(store.search_tasks(Search(), 4))
     assert len(items) == 4 and after is None
-    items, after = store.search_tasks(Search(), 3)
+    items, after = task_page(store.search_tasks(Search(), 3))
     assert len(items) == 3 and after is not None

@@ -9,7 +9,9 @@ import json
 
 import pytest
 
+from martinet.errors import BadInput, TaskNotFound
 from martinet.models import Task
+from martinet.present import maybe_schedule_info, maybe_task_info
 from martinet.store import iso
 from tests.store.support import (
     LEASE,
@@ -39,7 +41,8 @@ def test_revoke_task_on_waiting_running_finished_and_missing(store):
     assert (r.status, bool(r.cancel_requested)) == ("running", True)
     assert store.revoke_task(queued, NOW + 2) == ("cancelled", [])  # already: reports its status
     assert row(queued).finished_at == NOW + 1
-    assert store.revoke_task(4242, NOW) == ("missing", [])
+    with pytest.raises(TaskNotFound, match="no task with id 4242"):
+        store.revoke_task(4242, NOW)
     store.promote_due(NOW + 100)
     assert row(scheduled).status == "cancelled"
     assert store.claim("w1", ["add"], 5, NOW + 100, LEASE) == []
@@ -59,10 +62,12 @@ def test_update_task_args_only_while_waiting(store):
     running = submit(store, name="long", args={"a": 1})
     claim_one(store, name="long")
     assert store.update_task_args(queued, {"a": 2}, NOW + 1) == "updated"
-    assert store.get_task(queued)["args"] == {"a": 2}
-    assert store.update_task_args(running, {"a": 2}, NOW + 1) == "running"
-    assert store.get_task(running)["args"] == {"a": 1}
-    assert store.update_task_args(777, {}, NOW) == "missing"
+    assert maybe_task_info(store.get_task(queued))["args"] == {"a": 2}
+    with pytest.raises(BadInput, match=f"task {running} is running;"):
+        store.update_task_args(running, {"a": 2}, NOW + 1)
+    assert maybe_task_info(store.get_task(running))["args"] == {"a": 1}
+    with pytest.raises(TaskNotFound, match="no task with id 777"):
+        store.update_task_args(777, {}, NOW)
     assert claim_one(store)["args"] == {"a": 2}
 
 
@@ -71,20 +76,20 @@ def test_update_task_args_only_while_waiting(store):
 
 def test_task_info_and_schedule_info_shapes(store):
     task_id = submit(store, args={"x": 1})
-    task = store.get_task(task_id)
+    task = maybe_task_info(store.get_task(task_id))
     assert set(task) == TASK_KEYS
     assert task["kind"] == "task" and task["id"] == task_id
     assert task["cancel_requested"] is False
     assert task["error"] is None and task["result"] is None and task["schedule"] is None
     assert task["created_at"] == "2027-01-15T08:00:00.000+00:00"
-    assert store.get_task(999) is None
+    assert maybe_task_info(store.get_task(999)) is None
 
     sched, _ = store.add_schedule(
         {"name": "tick", "kind": "interval", "spec": "90", "args": {"y": 2}, "timezone": "Europe/Paris"},
         NOW + 90,
         NOW,
     )
-    info = store.get_schedule(sched)
+    info = maybe_schedule_info(store.get_schedule(sched))
     assert set(info) == SCHEDULE_KEYS
     assert info["id"] == f"s{sched}" and info["kind"] == "schedule"
     assert (info["every"], info["recurrence"], info["timezone"]) == (
@@ -99,25 +104,25 @@ def test_task_info_and_schedule_info_shapes(store):
         0,
     )
     assert (info["next_due"], info["last_due"]) == (iso(NOW + 90), None)
-    assert store.get_schedule(999) is None
+    assert maybe_schedule_info(store.get_schedule(999)) is None
 
 
 def test_large_and_unicode_payloads_round_trip(store):
     big = {"blob": "x" * 200_000, "nested": [{"i": i} for i in range(1000)], "text": "héllo ✓ 😀"}
     assert len(json.dumps(big)) > 200_000  # far over MySQL's 64 KiB TEXT
     task_id = submit(store, args=big, description="d" * 100_000)
-    assert store.get_task(task_id)["args"] == big
+    assert maybe_task_info(store.get_task(task_id))["args"] == big
     assert row(task_id).description == "d" * 100_000
     (claimed,) = store.claim("w1", ["add"], 1, NOW, LEASE)
     assert claimed["args"] == big
     result = {"out": "y" * 300_000, "emoji": "😀"}
     store.complete(task_id, 1, "w1", result, NOW + 1)
-    assert store.get_task(task_id)["result"] == result
+    assert maybe_task_info(store.get_task(task_id))["result"] == result
     assert store.update_task_args(submit(store), big, NOW) == "updated"
     sched = every_minute(store, args=big)
-    assert store.get_schedule(sched)["args"] == big
+    assert maybe_schedule_info(store.get_schedule(sched))["args"] == big
     (run,) = store.expand_schedules(NOW, 3)
-    assert store.get_task(run)["args"] == big
+    assert maybe_task_info(store.get_task(run))["args"] == big
 
 
 # ---- transactions ----------------------------------------------------------------

@@ -8,6 +8,7 @@ ends them as timed out. No processes, no sockets, no sleeps: time is passed in a
 from __future__ import annotations
 
 from martinet.models import Attempt
+from martinet.present import attempt_infos
 from tests.store.support import LEASE, NOW, claim_one, row, submit
 
 GRACE = 10.0
@@ -83,7 +84,7 @@ def test_time_out_ends_the_attempt_as_failed_and_retries_it_with_backoff(store):
     assert (r.status, r.worker, r.lease_expires) == ("failed", None, None)
     assert NOW + 20 <= r.run_at <= NOW + 20 + 10.0  # the store's backoff (base 10 s)
     assert r.error_type == "TaskTimeout" and "stuck" in r.error_message
-    (attempt,) = store.attempts(task_id)
+    (attempt,) = attempt_infos(store.attempts(task_id))
     assert (attempt["outcome"], attempt["worker"]) == ("failed", "stuck")
     assert attempt["error"]["type"] == "TaskTimeout"
     assert "no answer within the task's time limit" in attempt["error"]["message"]

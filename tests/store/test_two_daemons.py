@@ -1,5 +1,5 @@
 """Two daemons on one database, each with its own connection (as when several share a
-PostgreSQL): what store.py promises holds across connections, not only within one.
+PostgreSQL): what the store (martinet/store/) promises holds across connections, not only within one.
 
 SQLite has one writer at a time (BEGIN IMMEDIATE): there a second daemon's write
 waits for the first one's commit, so the interleavings below that need two open
@@ -8,24 +8,11 @@ write transactions run one after the other instead.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import pytest
 
-from martinet.models import Attempt, Task, database
-from martinet.store import Store
+from martinet.models import Attempt, Task
+from martinet.present import maybe_task_info
 from tests.store.support import LEASE, NOW, every_minute, submit
-
-
-@contextmanager
-def as_daemon(store: Store):
-    """The models (peewee's proxy) on this store's connection, as in its own daemon."""
-    before = database.obj
-    database.initialize(store.db)
-    try:
-        yield store
-    finally:
-        database.initialize(before)
 
 
 def test_claim_never_hands_one_task_to_two_workers(store, other):
@@ -61,13 +48,13 @@ def test_a_request_id_is_known_to_every_connection(store, other):
 
 def test_a_key_taken_on_another_connection_meanwhile_returns_its_holder(store, other, monkeypatch):
     # Given the second daemon reads that key "k" is free, in its turn's transaction...
-    with as_daemon(other), other.atomic():
+    with other.atomic():
         free = other._exec("SELECT id FROM task WHERE unique_key = ?", ("k",)).fetchone()
         assert free is None
         if not store.locks_rows:  # (SQLite: one writer; the first daemon's turn came first)
             holder = None
         else:  # ...when the first daemon submits with that key and commits
-            with as_daemon(store), store.atomic():
+            with store.atomic():
                 holder = submit(store, key="k")
         # Then the second daemon's submit, deciding on the stale read, returns the holder
         real = other._exec
@@ -88,12 +75,12 @@ def test_a_key_taken_on_another_connection_meanwhile_returns_its_holder(store, o
 
 def test_one_run_per_schedule_and_due_time_across_daemons(store, other):
     sched = every_minute(store)
-    with as_daemon(store), store.atomic():
+    with store.atomic():
         first = store.expand_schedules(NOW, 3)
-    with as_daemon(other), other.atomic():
+    with other.atomic():
         assert other.expand_schedules(NOW, 3) == []  # the same due time: the row was advanced
         second = other.expand_schedules(NOW + 60, 3)
-    with as_daemon(store), store.atomic():
+    with store.atomic():
         assert store.expand_schedules(NOW + 60, 3) == []
     assert len(first) == len(second) == 1
     assert sorted(t.due_at for t in Task.select().where(Task.schedule_id == sched)) == [NOW, NOW + 60]
@@ -106,13 +93,12 @@ def test_leases_are_reaped_by_a_restarted_daemon(store, other):
         store.claim("w1", ["add"], 1, NOW, LEASE)
     store.close()
     # When the next daemon (a new connection) reaps: not before the lease ends, then once
-    with as_daemon(other):
-        assert other.reap_expired(NOW + LEASE - 1) == []
-        with other.atomic():
-            (lost,) = other.reap_expired(NOW + LEASE + 1)
-        assert (lost["id"], lost["outcome"], lost["status"]) == (task_id, "lost", "failed")
-        assert other.reap_expired(NOW + LEASE + 2) == []
-        assert [(a.attempt, a.outcome) for a in Attempt.select()] == [(1, "lost")]
+    assert other.reap_expired(NOW + LEASE - 1) == []
+    with other.atomic():
+        (lost,) = other.reap_expired(NOW + LEASE + 1)
+    assert (lost["id"], lost["outcome"], lost["status"]) == (task_id, "lost", "failed")
+    assert other.reap_expired(NOW + LEASE + 2) == []
+    assert [(a.attempt, a.outcome) for a in Attempt.select()] == [(1, "lost")]
 
 
 @pytest.mark.parametrize("late", ["complete", "fail", "progress"])
@@ -122,24 +108,22 @@ def test_a_late_answer_from_a_lost_attempt_changes_nothing(store, other, late):
     store.claim("w1", ["add"], 1, NOW, LEASE)
     store.reap_expired(NOW + LEASE + 1)
     store.promote_due(NOW + 1000)
-    with as_daemon(other):
-        (second,) = other.claim("w2", ["add"], 1, NOW + 1000, LEASE)
+    (second,) = other.claim("w2", ["add"], 1, NOW + 1000, LEASE)
     assert second["attempt"] == 2
     before = Task.get_by_id(task_id).__data__
     # When w1's answer for attempt 1 arrives at last (at either daemon)
     for daemon in (store, other):
-        with as_daemon(daemon):
-            if late == "complete":
-                assert daemon.complete(task_id, 1, "w1", "old", NOW + 1001) is None
-            elif late == "fail":
-                assert daemon.fail(task_id, 1, "w1", {"type": "E", "message": "old"}, NOW + 1001) is None
-            else:
-                assert daemon.progress(task_id, 1, "w1", 0.5, "old", NOW + 1001) is False
+        if late == "complete":
+            assert daemon.complete(task_id, 1, "w1", "old", NOW + 1001) is None
+        elif late == "fail":
+            assert daemon.fail(task_id, 1, "w1", {"type": "E", "message": "old"}, NOW + 1001) is None
+        else:
+            assert daemon.progress(task_id, 1, "w1", 0.5, "old", NOW + 1001) is False
     # Then attempt 2 is untouched, and its own answer counts, once
     assert Task.get_by_id(task_id).__data__ == before
     assert other.complete(task_id, 2, "w2", "new", NOW + 1002)["status"] == "succeeded"
     assert store.complete(task_id, 2, "w2", "again", NOW + 1003) is None  # a resend after a reconnect
-    assert store.get_task(task_id)["result"] == "new"
+    assert maybe_task_info(store.get_task(task_id))["result"] == "new"
     assert [(a.attempt, a.outcome) for a in Attempt.select().order_by(Attempt.attempt)] == [
         (1, "lost"),
         (2, "succeeded"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from martinet.lanes import rate_window
+from martinet.present import maybe_task_info
 from tests.core import Core
 
 # A claim loop that spins calls the store's claim without end: this many in one turn is a bug.
@@ -110,7 +111,7 @@ def test_limits_of_both_kinds_at_once_on_two_workers(core):
         assert names.count("capped") <= 1
         ran += names
         for task_id in ids:
-            if core.store.get_task(task_id)["status"] in ("leased", "running"):
+            if maybe_task_info(core.store.get_task(task_id))["status"] in ("leased", "running"):
                 core.succeed(task_id)
         core.now += 0.6
     assert sorted(ran) == sorted(["capped"] * 3 + ["a"] * 3 + ["b"] * 3)
@@ -155,7 +156,7 @@ def test_a_task_readopted_after_its_worker_was_lost_counts_toward_its_limit_agai
     with core.store.atomic():
         core.daemon._lose_worker("w1", core.now, "silent")
     core.hello("w1", ["a"], capacity=2, running=[{"id": first, "attempt": 1, "started": True}])
-    assert core.store.get_task(first)["status"] == "running"
+    assert maybe_task_info(core.store.get_task(first))["status"] == "running"
     assert claim(core) == []  # the second waits: the first holds the limit again
     core.succeed(first)
     assert claim(core) == ["a"]

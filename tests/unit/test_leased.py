@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from martinet.present import attempt_infos, maybe_task_info
 from martinet.protocol import Cmd
 from tests.core import Core
 
@@ -44,22 +45,28 @@ def test_a_start_report_makes_a_leased_task_running_from_then(core):
     core.hello("w1", ["add"], capacity=2, threads=1, starts=True)
     first, second = core.submit("add"), core.submit("add")
     core.claim()
-    assert [core.store.get_task(t)["status"] for t in (first, second)] == ["leased", "leased"]
+    assert [maybe_task_info(core.store.get_task(t))["status"] for t in (first, second)] == [
+        "leased",
+        "leased",
+    ]
     core.now += 1
     core.status(started("w1", (first, 1)), started("w2", (second, 1)), started("w1", (second, 2)))
-    a, b = core.store.get_task(first), core.store.get_task(second)
+    a, b = maybe_task_info(core.store.get_task(first)), maybe_task_info(core.store.get_task(second))
     assert (a["status"], b["status"], b["started_at"]) == ("running", "leased", None)  # the others fenced out
     # A start and an outcome in one turn: the start is written first, the duration counts from it
     core.now += 2
     out = core.status(started("w1", (second, 1)), ended("w1", second), ended("w1", first))
     assert sorted(map(tuple, out.acks[b"status"])) == [(first, 1), (second, 1)]
-    assert [a["duration"] for t in (first, second) for a in core.store.attempts(t)] == [2.0, 0.0]
+    assert [a["duration"] for t in (first, second) for a in attempt_infos(core.store.attempts(t))] == [
+        2.0,
+        0.0,
+    ]
     # A worker's ENDED carries the starts of its pass: the start is written before the ends
     third = core.submit("add")
     core.claim()
     core.now += 1
     core.status(ended("w1", third, started=[[third, 1]]))
-    ((attempt,),) = [core.store.attempts(third)]
+    ((attempt,),) = [attempt_infos(core.store.attempts(third))]
     assert (attempt["outcome"], attempt["duration"]) == ("succeeded", 0.0)
 
 
@@ -73,13 +80,15 @@ def test_time_limits_count_from_the_real_start_and_never_blame_the_prefetch(core
     # Then the first one's limit counts from its start; the one in line is never judged
     core.now += 1.0 + GRACE
     tick(core)
-    assert core.store.get_task(running)["status"] == "running"
+    assert maybe_task_info(core.store.get_task(running))["status"] == "running"
     core.now += 0.1
     tick(core)
-    assert core.store.get_task(running)["status"] == "failed"  # timed out by the daemon
+    assert maybe_task_info(core.store.get_task(running))["status"] == "failed"  # timed out by the daemon
     core.now += 60
     tick(core)
-    assert core.store.get_task(waiting)["status"] == "leased"  # still waiting for a thread: no blame
+    assert (
+        maybe_task_info(core.store.get_task(waiting))["status"] == "leased"
+    )  # still waiting for a thread: no blame
 
 
 def test_a_worker_that_does_not_report_starts_is_judged_by_the_daemons_guess(core):
@@ -89,4 +98,7 @@ def test_a_worker_that_does_not_report_starts_is_judged_by_the_daemons_guess(cor
     core.now += 1.0 + GRACE + 0.1
     tick(core)
     # The first had a thread as far as the daemon can tell: timed out; the second was in line
-    assert [core.store.get_task(t)["status"] for t in (first, second)] == ["failed", "leased"]
+    assert [maybe_task_info(core.store.get_task(t))["status"] for t in (first, second)] == [
+        "failed",
+        "leased",
+    ]

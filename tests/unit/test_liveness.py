@@ -4,6 +4,7 @@ In process, with the clock the test sets (tests/core.py)."""
 from __future__ import annotations
 
 from martinet.daemon import Outbox
+from martinet.present import attempt_infos, maybe_task_info
 from martinet.store import Outcome
 
 
@@ -27,7 +28,7 @@ def test_a_daemon_that_did_not_listen_does_not_count_that_silence(sqlite_url, ma
     core.daemon._not_listening(5.0)
     core.tick()
     assert core.daemon.peers.get("w1") is not None
-    assert core.store.get_task(task_id)["status"] == "leased"  # sent, not started
+    assert maybe_task_info(core.store.get_task(task_id))["status"] == "leased"  # sent, not started
     core.now += 0.7  # then silence while it listens does count
     core.tick()
     assert core.daemon.peers.get("w1") is None
@@ -44,8 +45,8 @@ def test_tasks_claimed_for_a_connection_that_is_gone_go_back_unspent(db_url, mak
     with core.store.atomic():
         core.daemon._claim(out, core.now)
     core.daemon._send_tasks(out.tasks, core.now)
-    task = core.store.get_task(task_id)
-    assert (task["status"], task["attempt"], core.store.attempts(task_id)) == ("queued", 0, [])
+    task = maybe_task_info(core.store.get_task(task_id))
+    assert (task["status"], task["attempt"], attempt_infos(core.store.attempts(task_id))) == ("queued", 0, [])
     peer = core.daemon.peers.get("w1")
     assert peer is not None and peer.credit == 0 and not peer.inflight
     core.hello("w1", ["add"])  # it says hello on its new connection
@@ -61,7 +62,7 @@ def test_a_worker_stuck_past_a_time_limit_gets_no_more_work_until_it_answers(db_
     assert core.claimed_names() == ["add"]
     core.now += 1.6  # past its time limit and the grace, heartbeats or not
     core.claim()
-    task = core.store.get_task(first)
+    task = maybe_task_info(core.store.get_task(first))
     assert (task["status"], task["error"]["type"]) == ("failed", "TaskTimeout")
     second = core.submit("add")
     assert core.claim() == {}  # nothing more for the stuck worker

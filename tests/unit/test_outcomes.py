@@ -11,6 +11,7 @@ import pytest
 
 from martinet import protocol
 from martinet.messages import Task, Welcome
+from martinet.present import maybe_task_info
 from martinet.protocol import Cmd
 from martinet.validate import MAX_ERROR_MESSAGE, MAX_TRACEBACK
 from martinet.worker import TaskContext, Worker
@@ -246,7 +247,7 @@ def test_progress_in_the_turn_of_the_outcome_is_stored_before_it(db_url, make_co
         ("failed", ids[1], None),
     ]
     for task_id in ids:
-        row = core.store.get_task(task_id)
+        row = maybe_task_info(core.store.get_task(task_id))
         assert (row["progress"], row["progress_message"]) == (1.0, "step 1.0")
 
 
@@ -259,7 +260,7 @@ def test_a_traceback_too_long_from_an_older_worker_keeps_its_end(db_url, make_co
     error = {"type": "ValueError", "message": "m", "traceback": tb}
     core.status((Cmd.ENDED, {"worker_id": "w1", "ended": [{"id": task_id, "attempt": 1, "ok": False,
                                                              "error": error}]}))  # fmt: skip
-    row = core.store.get_task(task_id)
+    row = maybe_task_info(core.store.get_task(task_id))
     assert row["status"] == "dead"
     stored = row["error"]["traceback"]
     assert len(stored) <= MAX_TRACEBACK and stored.endswith("ValueError: here")
@@ -276,7 +277,7 @@ def test_a_result_over_max_payload_from_a_worker_that_does_not_check_is_a_failur
         {"id": ids[1], "attempt": 1, "ok": True, "result": "x" * 999},
     ]
     core.status((Cmd.ENDED, {"worker_id": "w1", "ended": ended}))
-    ok, over = (core.store.get_task(i) for i in ids)
+    ok, over = (maybe_task_info(core.store.get_task(i)) for i in ids)
     assert (ok["status"], ok["result"]) == ("succeeded", "x" * 998)
     assert over["status"] == "dead" and over["result"] is None
     assert (

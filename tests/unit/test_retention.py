@@ -13,7 +13,6 @@ import pytest
 
 from martinet import config, when
 from martinet.errors import BadInput, ConfigError
-from martinet.models import Attempt, Task
 from martinet.retention import Retention
 from martinet.store import Pruned, Store
 
@@ -93,6 +92,7 @@ def test_retention_settings_from_file_and_environment(tmp_path):
 
 def _finished(store: Store, status: str, finished_at: float, attempts: int = 0) -> int:
     task_id, _ = store.submit({"name": "job", "args": {}, "max_attempts": 3}, finished_at - 10)
+    Task, Attempt = store.Task, store.Attempt  # the models bound to this database
     Task.update(status=status, finished_at=finished_at).where(Task.id == task_id).execute()
     for n in range(1, attempts + 1):
         Attempt.create(task_id=task_id, attempt=n, worker="w", started_at=finished_at - 1, ended_at=finished_at,

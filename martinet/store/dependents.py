@@ -1,0 +1,99 @@
+"""Tasks that wait on others (submitted `after` them): the dependency graph's reads,
+and what becomes of the waiting tasks when one they wait on ends."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from martinet.errors import TaskNotFound
+from martinet.models import Task
+from martinet.states import TERMINAL, TaskState
+from martinet.store.rows import RunningRow
+from martinet.store.sql import SqlKit
+
+
+class Dependents(SqlKit):
+    def _check_parents(self, after: list[int]) -> list[Task]:
+        """The tasks named in `after` (id and status); TaskNotFound when one is missing."""
+        if not after:
+            return []
+        Task = self.Task
+        found = list(Task.select(Task.id, Task.status).where(Task.id.in_(after)))
+        missing = sorted(set(after) - {p.id for p in found})
+        if missing:
+            raise TaskNotFound(
+                f"after names unknown task(s) {', '.join(map(str, missing))}; nothing was created"
+            )
+        return found
+
+    def _parent_results(self, task_ids: list[int]) -> dict[int, dict[str, Any]]:
+        """What the tasks these waited on returned, as {task id: {parent id: result}}."""
+        Task, Dependency = self.Task, self.Dependency
+        out: dict[int, dict[str, Any]] = {}
+        query = (
+            Dependency.select(Dependency.task_id, Dependency.parent_id, Task.result)
+            .join(Task, on=(Task.id == Dependency.parent_id))
+            .where(Dependency.task_id.in_(task_ids))
+            .tuples()
+        )
+        for task_id, parent_id, result in query:
+            out.setdefault(task_id, {})[str(parent_id)] = None if result is None else json.loads(result)
+        return out
+
+    def _settle_dependents(self, parent: Task | RunningRow, status: str, now: float) -> dict[str, list[int]]:
+        """A task ended: the tasks waiting on it are released (all their parents
+        succeeded) or cancelled (this one will never succeed), down the chain."""
+        settled: dict[str, list[int]] = {"released": [], "cancelled": []}
+        if status not in TERMINAL or not parent.has_dependents:
+            return settled
+        Task, Dependency = self.Task, self.Dependency
+        ended = [(parent.id, status)]
+        while ended:
+            parent_id, parent_status = ended.pop()
+            children = (
+                Task.select(Task.id, Task.run_at, Task.key_mode, Task.has_dependents)
+                .join(Dependency, on=(Dependency.task_id == Task.id))
+                .where(Dependency.parent_id == parent_id, Task.status == TaskState.WAITING)
+            )
+            for child in list(children):
+                if parent_status != TaskState.SUCCEEDED:
+                    changes = {
+                        "status": TaskState.CANCELLED,
+                        "reason": f"task {parent_id} it waited on ended {parent_status}",
+                        "finished_at": now,
+                        "updated_at": now,
+                    }
+                    if child.key_mode == "active":
+                        changes["unique_key"] = None
+                    Task.update(**changes).where(
+                        Task.id == child.id, Task.status == TaskState.WAITING
+                    ).execute()
+                    settled["cancelled"].append(child.id)
+                    if child.has_dependents:
+                        ended.append((child.id, TaskState.CANCELLED))
+                    continue
+                unfinished = (
+                    Dependency.select()
+                    .join(Task, on=(Task.id == Dependency.parent_id))
+                    .where(Dependency.task_id == child.id, Task.status != TaskState.SUCCEEDED)
+                    .count()
+                )
+                if not unfinished:
+                    ready = TaskState.SCHEDULED if child.run_at > now else TaskState.QUEUED
+                    Task.update(status=ready, updated_at=now).where(
+                        Task.id == child.id, Task.status == TaskState.WAITING
+                    ).execute()
+                    settled["released"].append(child.id)
+        return settled
+
+    def unfinished_parents(self, task_id: int) -> list[int]:
+        """The tasks this one waits on that have not succeeded, by id."""
+        Task, Dependency = self.Task, self.Dependency
+        query = (
+            Dependency.select(Dependency.parent_id)
+            .join(Task, on=(Task.id == Dependency.parent_id))
+            .where(Dependency.task_id == task_id, Task.status != TaskState.SUCCEEDED)
+            .order_by(Dependency.parent_id)
+        )
+        return [d.parent_id for d in query]

@@ -1,0 +1,250 @@
+"""A task's way to a worker: submit (one or many), timers that queue it when it is
+due, claim (leased to a worker), unclaim, and start (running)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import peewee
+
+from martinet.states import HELD, TIMED, ScheduleState, TaskState, sql_list
+from martinet.store.dependents import Dependents
+from martinet.store.rows import task_row
+
+_DUE = f"status IN ({sql_list(TIMED)}) AND run_at <= ?"  # timed tasks whose run_at has come
+_QUEUED = f"'{TaskState.QUEUED}'"
+
+
+class Tasks(Dependents):
+    def submit(self, spec: dict[str, Any], now: float) -> tuple[int, bool]:
+        """Insert one task; returns (id, created).
+
+        Idempotent by request_id: a retried submit returns the first one's id and
+        created False, and changes nothing. Queued when `run_at` is missing or not
+        after `now`, scheduled otherwise; waiting while tasks in `after` are
+        unfinished; cancelled at once when one of them is dead or cancelled.
+        Raises TaskNotFound, writing nothing, when `after` names an unknown task.
+
+        A known request_id returns the task it created. A `key` that is taken
+        (see models.Task.unique_key) returns the task holding it: the unique
+        index decides, so concurrent submitters and several daemons agree.
+        Tasks named in `after` must exist; the new task waits for them.
+        """
+        Task, Dependency = self.Task, self.Dependency
+        rid, key = spec.get("request_id"), spec.get("key")
+        if rid:
+            existing = self._exec("SELECT id FROM task WHERE request_id = ?", (rid,)).fetchone()
+            if existing is not None:
+                return existing[0], False
+        if key:
+            holder = self._exec("SELECT id FROM task WHERE unique_key = ?", (key,)).fetchone()
+            if holder is not None:
+                return holder[0], False
+        row = task_row(spec, now)
+        row.update(request_id=rid, key=key, unique_key=key, key_mode=spec.get("unique") if key else None)
+        parents = self._check_parents(spec.get("after") or [])
+        if parents:
+            row["has_parents"] = True
+            blocked = [p for p in parents if p.status in (TaskState.DEAD, TaskState.CANCELLED)]
+            if blocked:
+                row.update(status=TaskState.CANCELLED, finished_at=now, unique_key=None)
+                row["reason"] = f"task {blocked[0].id} it waits on ended {blocked[0].status}"
+            elif any(p.status != TaskState.SUCCEEDED for p in parents):
+                row["status"] = TaskState.WAITING
+        try:
+            if key:
+                with self.atomic():  # a savepoint: a lost race for the key spoils nothing else
+                    task_id = self._insert("task", row)
+            else:
+                task_id = self._insert("task", row)
+        except peewee.IntegrityError:
+            holder = self._latest(Task.select(Task.id).where(Task.unique_key == key)).first() if key else None
+            if holder is None:
+                raise
+            return holder.id, False  # another daemon took the key between our read and write
+        if parents:
+            Dependency.insert_many([{"task_id": task_id, "parent_id": p.id} for p in parents]).execute()
+            Task.update(has_dependents=True).where(Task.id.in_([p.id for p in parents])).execute()
+        return task_id, True
+
+    def submit_many(self, specs: list[dict[str, Any]], now: float) -> list[tuple[int, bool]]:
+        """Insert many tasks; returns (id, created) for each, in order, as submit() would.
+
+        A request_id repeated within the batch is one task. The same guarantees as
+        submit; ids are in the order of `specs`.
+
+        Tasks without a key or parents go in with multi-row INSERTs (their
+        request_ids looked up in one query); on MySQL, whose multi-row INSERT
+        does not tell each row's id, or with keys or parents, one by one.
+        """
+        if self.is_mysql or any(spec.get("key") or spec.get("after") for spec in specs):
+            return [self.submit(spec, now) for spec in specs]
+        known = self._known_requests([spec["request_id"] for spec in specs if spec.get("request_id")])
+        rows: list[dict[str, Any]] = []
+        slots: list[tuple[int | None, int, bool]] = []  # (known id, or None and the new row's index; created)
+        new_rows: dict[str, int] = {}  # request_id -> index of its row, for repeats within the batch
+        for spec in specs:
+            rid = spec.get("request_id")
+            if rid in known:
+                slots.append((known[rid], 0, False))
+            elif rid in new_rows:
+                slots.append((None, new_rows[rid], False))
+            else:
+                row = task_row(spec, now)
+                if rid:
+                    row["request_id"] = rid
+                    new_rows[rid] = len(rows)
+                slots.append((None, len(rows), True))
+                rows.append(row)
+        ids = self._insert_rows("task", rows)
+        return [(ids[index] if task_id is None else task_id, created) for task_id, index, created in slots]
+
+    def _known_requests(self, request_ids: list[str]) -> dict[str, int]:
+        known: dict[str, int] = {}
+        for start in range(0, len(request_ids), 500):
+            chunk = request_ids[start : start + 500]
+            sql = f"SELECT request_id, id FROM task WHERE request_id IN ({', '.join('?' * len(chunk))})"
+            known.update(self._exec(sql, chunk).fetchall())
+        return known
+
+    def promote_due(self, now: float, lead: float = 0.0) -> list[str]:
+        """Scheduled tasks and retries whose time has come, or comes within `lead` seconds,
+        become queued; returns the queues they are in (read from the due rows alone,
+        through the task_due index). A task queued ahead of its run_at keeps it: claim
+        says so, and its worker starts it then.
+
+        Due means run_at <= now + lead. Waiting, stalled and running tasks never move."""
+        due = _DUE
+        until = now + lead
+        queues = [
+            q for (q,) in self._exec(f"SELECT DISTINCT queue FROM {self.due_rows} WHERE {due}", (until,))
+        ]
+        if queues:
+            self._exec(
+                f"UPDATE {self.due_rows} SET status = {_QUEUED}, updated_at = ? WHERE {due}", (now, until)
+            )
+        return queues
+
+    def next_wakeup(self, lead: float = 0.0) -> float | None:
+        """The earliest time at which the daemon has something to do: `lead` seconds before
+        the first run_at of a scheduled or failed (retrying) task (see promote_due), or
+        next_due of an active schedule; None when nothing waits. The daemon sleeps until then."""
+        sql = f"SELECT MIN(run_at) FROM {self.due_rows} WHERE status IN ({sql_list(TIMED)})"
+        task = self._exec(sql).fetchone()[0]
+        sched = self._exec(
+            f"SELECT MIN(next_due) FROM schedule WHERE status = '{ScheduleState.ACTIVE}'"
+        ).fetchone()[0]
+        if task is not None:
+            task -= lead
+        times = [t for t in (task, sched) if t is not None]
+        return min(times) if times else None
+
+    def claim(
+        self,
+        worker: str,
+        names: Iterable[str],
+        limit: int,
+        now: float,
+        lease: float,
+        queue: str | None = None,
+        order: str = "fifo",
+        accept: Callable[[dict], bool] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Lease up to `limit` queued tasks with these names (in `queue`) to `worker`.
+
+        fifo: higher priority first, then earlier due time, then submission
+        order; random: any ready task. `accept` may refuse a candidate (a task
+        name at its fleet-wide limit); refused ones stay queued.
+
+        Each claimed task is leased (running once its worker says a handler started it:
+        see start), its attempt counted (attempt + 1), held by `worker` until now + lease,
+        started_at and progress cleared; it is returned with its id,
+        name, queue, args (decoded), attempt, timeout, its run_at when that is still
+        to come (it was queued ahead: see promote_due) and, when it waited on
+        others, their results (`parents`). Never hands one task to two workers,
+        even to daemons claiming at once (see the module docstring). Fewer than
+        `limit` (or none) when fewer are ready.
+        """
+        names = list(names)
+        if limit <= 0 or not names:
+            return []
+        sql = (
+            f"SELECT id, name, queue, args, attempt, timeout, has_parents, run_at FROM {self.ready_rows}"
+            f" WHERE status = {_QUEUED} AND name IN ({', '.join('?' * len(names))})"
+        )
+        params: list[Any] = list(names)
+        if queue is not None:
+            sql += " AND queue = ?"
+            params.append(queue)
+        if order == "random":
+            sql += " ORDER BY RAND()" if self.is_mysql else " ORDER BY RANDOM()"
+        else:
+            sql += " ORDER BY priority DESC, run_at, id"
+        sql += " LIMIT ?"
+        params.append(limit if accept is None else limit * 2 + 8)
+        if self.locks_rows:
+            sql += " FOR UPDATE SKIP LOCKED"
+        columns = ("id", "name", "queue", "args", "attempt", "timeout", "has_parents", "run_at")
+        rows = [dict(zip(columns, r, strict=True)) for r in self._exec(sql, params).fetchall()]
+        if accept is not None:
+            rows = [r for r in rows if accept(r)][:limit]
+        if not rows:
+            return []
+        ids = [r["id"] for r in rows]
+        self._exec(
+            f"UPDATE task SET status = '{TaskState.LEASED}', attempt = attempt + 1, worker = ?, lease_expires = ?,"
+            " started_at = NULL, updated_at = ?, progress = NULL, progress_message = NULL"
+            f" WHERE id IN ({', '.join('?' * len(ids))}) AND {self.by_id_status} = {_QUEUED}",
+            [worker, now + lease, now, *ids],
+        )
+        waiting_on = [r["id"] for r in rows if r.pop("has_parents")]
+        parents = self._parent_results(waiting_on) if waiting_on else {}
+        for r in rows:
+            r["attempt"] += 1
+            r["args"] = json.loads(r["args"])
+            if r["run_at"] <= now:
+                del r["run_at"]
+            if r["id"] in parents:
+                r["parents"] = parents[r["id"]]
+        return rows
+
+    def unclaim(self, task_id: int, attempt: int, now: float) -> tuple[str, str] | None:
+        """A worker could not take the task (unknown name): back to the queue, no attempt spent.
+        Returns the task's (queue, name), or None when it was not held in that attempt.
+        No attempt row: the attempt never started."""
+        Task = self.Task
+        row = Task.get_or_none(Task.id == task_id, Task.attempt == attempt, Task.status.in_(HELD))
+        if row is None:
+            return None
+        (
+            Task.update(
+                status=TaskState.QUEUED,
+                attempt=Task.attempt - 1,
+                worker=None,
+                lease_expires=None,
+                started_at=None,
+                updated_at=now,
+            )
+            .where(Task.id == task_id, Task.attempt == attempt, Task.status.in_(HELD))
+            .execute()
+        )
+        return row.queue, row.name
+
+    def start(self, starts: list[tuple[int, int, str]], now: float) -> int:
+        """Handlers started these (id, attempt, worker): each leased task is running from
+        `now` (started_at). Fenced like an outcome: an old attempt, another worker's, or
+        one already running or ended changes nothing. Returns how many started."""
+        if not starts:
+            return 0
+        sql = self._update_sql.get((("status", "started_at"), "start"))
+        if sql is None:
+            sql = (
+                f"UPDATE task SET status = '{TaskState.RUNNING}', started_at = ?, updated_at = ?"
+                f" WHERE id = ? AND attempt = ? AND worker = ? AND status = '{TaskState.LEASED}'"
+            ).replace("?", self.db.param)
+            self._update_sql[(("status", "started_at"), "start")] = sql
+        cursor = self.db.cursor()
+        cursor.executemany(sql, [(now, now, task_id, attempt, worker) for task_id, attempt, worker in starts])
+        return cursor.rowcount
