@@ -17,9 +17,9 @@ from typing import Any
 from martinet import config, protocol, when
 from martinet.client import Client, EventListener, refusal
 from martinet.errors import BadInput, DaemonUnavailable, MartinetError, TaskFailed, WaitTimeout
-from martinet.lanes import DEFAULT_QUEUE
 from martinet.protocol import Cmd
 from martinet.query import Page, check_filter_names
+from martinet.server.lanes import DEFAULT_QUEUE
 from martinet.validate import Limits, check_args, check_name
 
 log = logging.getLogger(__name__)
