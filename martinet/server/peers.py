@@ -305,7 +305,8 @@ class Peers:
         from when one frees up (see release)."""
         if task_id in peer.inflight:
             return
-        self._keep(peer.worker_id)
+        if self._saved is not None and peer.worker_id not in self._saved:
+            self._keep(peer.worker_id)
         peer.inflight.add(task_id)
         self._owner[task_id] = peer.worker_id
         self._busy.add(peer.worker_id)
@@ -322,7 +323,8 @@ class Peers:
         worker_id = self._owner.get(task_id)
         if worker_id is None:
             return None
-        self._keep(worker_id)
+        if self._saved is not None and worker_id not in self._saved:
+            self._keep(worker_id)
         del self._owner[task_id]
         peer = self._by_id.get(worker_id)
         if peer is not None and task_id in peer.inflight:
