@@ -10,19 +10,10 @@ import peewee
 from martinet import protocol
 from martinet.models import QUEUED, STALLED, TERMINAL
 from martinet.protocol import Cmd
+from martinet.server import incoming
 from martinet.server.events import attempt_event
 from martinet.server.outbox import Outbox
-from martinet.server.workers import MAX_HELD
 from martinet.store import Outcome
-from martinet.validate import (
-    MAX_ERROR_MESSAGE,
-    MAX_TRACEBACK,
-    clean_tail,
-    clean_text,
-    finite,
-    is_id,
-    is_worker_id,
-)
 
 if TYPE_CHECKING:
     from martinet.server.core import Core, Messages
@@ -40,36 +31,29 @@ def on_status_batch(core: Core, msgs: Messages, out: Outbox, now: float) -> None
         cmd, h = core.decode("status", ident, frames)
         if cmd is None:
             continue
-        worker_id = h.get("worker_id")
-        if cmd in (Cmd.STARTED, Cmd.ENDED) and isinstance(h.get("started"), list):
-            if is_worker_id(worker_id):  # handlers took these; an ENDED may carry them too
-                starts.extend(
-                    (item[0], item[1], worker_id)
-                    for item in h["started"][:MAX_HELD]
-                    if isinstance(item, list) and len(item) == 2 and is_id(item[0]) and is_id(item[1])
-                )
-        if cmd is Cmd.STARTED:
-            if not is_worker_id(worker_id) or not isinstance(h.get("started"), list):
-                log.warning("dropped a STARTED without a valid worker_id from %r", ident)
-            else:
-                core.peers.seen(worker_id, now)
-            continue
-        if cmd is Cmd.ENDED:
-            items = h.get("ended")
-            items = items if isinstance(items, list) else None
-        elif cmd in (Cmd.DONE, Cmd.FAILED, Cmd.PROGRESS):
-            items = [{**h, "ok": cmd is Cmd.DONE}]
-        else:
+        if cmd is Cmd.STARTED or cmd is Cmd.ENDED:
+            took = incoming.started(h)  # handlers took these; an ENDED may carry them too
+            if took:
+                starts.extend(took)
+            if cmd is Cmd.STARTED:
+                if took is None:
+                    log.warning("dropped a STARTED without a valid worker_id from %r", ident)
+                else:
+                    core.peers.seen(h["worker_id"], now)
+                continue
+        elif cmd not in (Cmd.DONE, Cmd.FAILED, Cmd.PROGRESS):
             log.warning("dropped a %s command on the status socket", cmd.name)
             continue
-        if not is_worker_id(worker_id) or items is None:
+        read = incoming.status_items(cmd, h)
+        if read is None:
             log.warning("dropped a %s without a valid worker_id from %r", cmd.name, ident)
             continue
+        worker_id, items = read
         core.peers.seen(worker_id, now)
         big = cmd is not Cmd.PROGRESS and len(frames[0]) > core.limits.max_payload  # a result may be over
         foreign = 0
         for item in items:
-            if not (isinstance(item, dict) and is_id(item.get("id")) and is_id(item.get("attempt"))):
+            if not incoming.attempt(item):
                 log.warning("dropped a %s without a valid id and attempt from %s", cmd.name, worker_id)
             elif item.get("database") not in (None, core.database_id):
                 foreign += 1  # not acknowledged: the worker keeps it for the daemon it is for
@@ -79,7 +63,7 @@ def on_status_batch(core: Core, msgs: Messages, out: Outbox, now: float) -> None
                 try:
                     if big:
                         item = within_payload(core, item, worker_id)
-                    ended.append((ident, outcome_of(item, worker_id)))
+                    ended.append((ident, incoming.outcome(item, worker_id)))
                 except Exception:  # a bug of ours must cost one outcome, never the turn
                     log.exception("dropped an outcome of task %s from %s", item["id"], worker_id)
         if foreign:
@@ -96,8 +80,7 @@ def on_status_batch(core: Core, msgs: Messages, out: Outbox, now: float) -> None
     # and once the attempt has ended it would be fenced out (a worker sends both on
     # one socket, in order, so no progress of an attempt comes after its outcome).
     for (task_id, attempt, worker_id), h in progress.items():
-        value = finite(h.get("progress"))
-        message = clean_text(h.get("message"), 1000)
+        value, message = incoming.progress(h)
         with core.isolated(f"progress of task {task_id}"):
             updated = core.store.progress(task_id, attempt, worker_id, value, message, now)
         if updated:
@@ -136,6 +119,7 @@ def on_outcomes(core: Core, ended: list[tuple[bytes, Outcome]], out: Outbox, now
     """Outcomes of one turn, written together; should that fail, one by one, so that a
     bad one costs only itself (it is not acknowledged: its worker sends it again)."""
     outcomes = [outcome for _ident, outcome in ended]
+    infos: list[Any]
     try:
         with core.store.atomic():
             infos = core.store.end_attempts(outcomes, now)
@@ -143,7 +127,7 @@ def on_outcomes(core: Core, ended: list[tuple[bytes, Outcome]], out: Outbox, now
         raise  # the database itself is in trouble: the whole turn fails
     except Exception:
         log.exception("%d outcomes failed together; taking them one by one", len(outcomes))
-        infos: list[Any] = []
+        infos = []
         for outcome in outcomes:
             infos.append(_UNWRITTEN)
             with core.isolated(f"the outcome of task {outcome.task_id}"):
@@ -212,25 +196,3 @@ def _ended(core: Core, info: dict, outcome: Outcome, out: Outbox, now: float) ->
     core.cancelled_events(out.events, settled["cancelled"])
     if status in TERMINAL:
         out.ended.extend([task_id, *settled["cancelled"]])
-
-
-def outcome_of(h: dict, worker_id: str) -> Outcome:
-    """A worker's DONE or FAILED header, checked and bounded, as the store takes it."""
-    task_id, attempt = h["id"], h["attempt"]
-    if h.get("ok"):
-        return Outcome(task_id, attempt, worker_id, "succeeded", result=h.get("result"))
-    error: dict = h["error"] if isinstance(h.get("error"), dict) else {}
-    retry_in = finite(h.get("retry_in"))
-    retry_in = None if retry_in is None else min(max(0.0, retry_in), 366 * 86400.0)
-    if h.get("release"):
-        reason = clean_text(error.get("message") or "", 1000) or "released"
-        return Outcome(task_id, attempt, worker_id, "released", error={"type": "Release", "message": reason},
-                       retry_in=retry_in)  # fmt: skip
-    error = {
-        "type": clean_text(error.get("type") or "Error", 255),
-        "message": clean_text(error.get("message") or "", MAX_ERROR_MESSAGE),
-        "traceback": clean_tail(error.get("traceback"), MAX_TRACEBACK) or None,
-    }
-    return Outcome(
-        task_id, attempt, worker_id, "failed", error=error, retry_in=retry_in, final=bool(h.get("final"))
-    )

@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from martinet import protocol
 from martinet.protocol import Cmd
+from martinet.server import incoming
 from martinet.server.outbox import Outbox
-from martinet.validate import clean_text, is_id, is_rate, is_worker_id
+from martinet.server.peers import Peer
+from martinet.validate import clean_text, is_id, is_rate
 
 if TYPE_CHECKING:
     from martinet.server.core import Core
@@ -16,11 +18,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("martinet.daemon")
 
 MAX_PEERS = 10_000  # connected workers at most: a flood of hellos cannot grow memory without bound
-# Tasks a hello may say its worker holds (running, or with an unacknowledged outcome): a
-# worker's outbox may hold more than its capacity after an outage, so the list is not bound
-# by that; but the daemon readopts no more than the capacity (on_hello): outcomes it
-# committed already (their acks were lost) are not readopted and take no room.
-MAX_HELD = 10_000
 
 
 def on_worker(core: Core, ident: bytes, frames: list[bytes], out: Outbox, now: float) -> None:
@@ -50,37 +47,27 @@ def on_worker(core: Core, ident: bytes, frames: list[bytes], out: Outbox, now: f
 
 def hello_of(core: Core, ident: bytes, h: dict) -> dict | None:
     """A HELLO's header, checked (None, and the reason recorded, for a malformed one)."""
-    worker_id, names, capacity = h.get("worker_id"), h.get("names"), h.get("capacity")
-    if (
-        not is_worker_id(worker_id)
-        or not isinstance(names, list)
-        or len(names) > 10_000
-        or not all(
-            isinstance(n, str) and n.isprintable() and len(n) <= core.limits.max_name_length for n in names
-        )
-        or not is_id(capacity)
-        or not 0 < capacity <= 10_000
-    ):
+    if not incoming.hello(h, core.limits.max_name_length):
         core.malformed("worker", ident, f"a hello without a valid worker_id, names and capacity: "
                        f"{str(h)[:200]}", len(protocol.dumps(h)), what="refused a malformed hello")  # fmt: skip
         return None
     return h
 
 
-def on_reject(core: Core, peer: Any, h: dict, now: float) -> None:
+def on_reject(core: Core, peer: Peer, h: dict, now: float) -> None:
     """The worker cannot run a task it was sent (it lacks its handler): it goes elsewhere."""
-    task_id, attempt = h.get("id"), h.get("attempt")
-    if not (is_id(task_id) and is_id(attempt)):
+    read = incoming.reject(h)
+    if read is None:
         log.warning("dropped a REJECT without a valid id and attempt from %s", peer.worker_id)
         return
-    reason = clean_text(h.get("reason", ""), 500)
+    task_id, attempt, name, reason = read
     lane = core.store.unclaim(task_id, attempt, now) if core.peers.owner(task_id) is peer else None
     if lane is not None:
         core.peers.release(task_id, now)
         core.lanes.ended(*lane)
         core.lanes.ready(lane[0])
-        if h.get("name"):
-            core.peers.drop_name(peer, h["name"])
+        if name:
+            core.peers.drop_name(peer, name)
         log.warning(
             "worker %s refused task %s: %s; it goes to another worker", peer.worker_id, task_id, reason
         )
@@ -88,7 +75,9 @@ def on_reject(core: Core, peer: Any, h: dict, now: float) -> None:
 
 
 def on_hello(core: Core, ident: bytes, h: dict, out: Outbox, now: float) -> None:
-    worker_id, names, capacity = h["worker_id"], h["names"], h["capacity"]
+    worker_id: str = h["worker_id"]
+    names: list[str] = h["names"]
+    capacity: int = h["capacity"]
     old = core.peers.get(worker_id)
     if old is None and len(core.peers) >= MAX_PEERS:
         log.warning("refused a hello from %s: already %d workers connected", worker_id[:80], MAX_PEERS)
@@ -111,7 +100,7 @@ def on_hello(core: Core, ident: bytes, h: dict, out: Outbox, now: float) -> None
     for queue in queues or ():
         core.lanes.queue(queue)
     declare_limits(core, h.get("limits"), set(names), now)
-    running = _attempts(h.get("running"), MAX_HELD)
+    running = incoming.attempts(h.get("running"))
     foreign = [r for r in running if r.get("database") not in (None, core.database_id)]
     if foreign:
         # Outcomes journaled for the daemon of another database: ids and attempt numbers
@@ -122,8 +111,8 @@ def on_hello(core: Core, ident: bytes, h: dict, out: Outbox, now: float) -> None
             worker_id, len(foreign), clean_text(str(foreign[0]["database"]), 64), core.database_id,
         )  # fmt: skip
     # What it kept aside for other databases, of which this one may be (marked, always).
-    ours = [r for r in _attempts(h.get("kept"), MAX_HELD) if r.get("database") == core.database_id]
-    running = (running + ours)[:MAX_HELD]
+    ours = [r for r in incoming.attempts(h.get("kept")) if r.get("database") == core.database_id]
+    running = (running + ours)[: incoming.MAX_HELD]
     # It gets back at most what its capacity holds: a hello that says it runs more is
     # not believed beyond that (the rest end as lost below). Attempts whose outcome is
     # committed (acks lost in an outage) are not readopted, so they take no room.
@@ -212,9 +201,3 @@ def lose_worker(core: Core, worker_id: str, now: float, reason: str, outcome: st
         log.info("worker %s gone (%s)", worker_id, reason)
     core.wakeup_dirty = True
     core.dispatch_pending = True
-
-
-def _attempts(value: Any, limit: int) -> list[dict]:
-    """A hello's list of {id, attempt}, checked and bounded."""
-    items = value[:limit] if isinstance(value, list) else []
-    return [r for r in items if isinstance(r, dict) and is_id(r.get("id")) and is_id(r.get("attempt"))]
