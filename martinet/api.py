@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from martinet import config, protocol, when
+from martinet import config, protocol, rules, when
 from martinet.client import Client, EventListener, refusal
 from martinet.errors import BadInput, DaemonUnavailable, MartinetError, TaskFailed, WaitTimeout
 from martinet.protocol import Cmd
@@ -595,7 +595,7 @@ class Martinet:
         earlier run: the daemon replays what came after it, while it keeps it, even events
         the hooks had already); by default from where `stop_listening` left off, or from
         now. A hook starts it if need be."""
-        _check_since(since)
+        rules.check_event_id(since)
         self.stop_listening()
         start = self._since if since is None else since
         self._listener = EventListener(self.client, self._dispatch_event, start)
@@ -616,7 +616,7 @@ class Martinet:
 
     @last_event_id.setter
     def last_event_id(self, since: int | None) -> None:
-        _check_since(since)
+        rules.check_event_id(since)
         if self._listener is not None:
             raise BadInput(
                 "events are being listened to already: stop_listening() first, or listen(since=...)"
@@ -644,11 +644,6 @@ def _unconfirmed(exc: DaemonUnavailable, what: str, request_id: str, same: str =
         f"request_id={request_id!r}, which never creates anything twice",
         request_id=request_id,
     )
-
-
-def _check_since(since: Any) -> None:
-    if since is not None and (isinstance(since, bool) or not isinstance(since, int) or since < 0):
-        raise BadInput(f"since must be an event id (a whole number of 0 or more), got {since!r}")
 
 
 # Hook names and the event kinds each gets (events.KINDS; "gap" is the client's own:

@@ -29,6 +29,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from martinet import protocol
+from martinet.config import Settings
 from martinet.errors import (
     BadInput,
     BadSchedule,
@@ -66,7 +67,7 @@ REFUSED_FOR = 1.0
 
 
 class Client:
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, timeout: float = Settings.timeout) -> None:
         self.url = url
         self.timeout = timeout
         self._local_port = _loopback_port(url)  # (host, port) when the daemon is on this host

@@ -15,15 +15,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from martinet import when
+from martinet import rules, when
 from martinet.errors import BadInput, ConfigError
 
 ENV_PREFIX = "MARTINET_"
 # What a [queues.NAME] table may set; a queue not in the file has the defaults
 # (fifo, weight 1, no concurrency cap, no rate limit, not paused).
 QUEUE_KEYS = ("order", "weight", "concurrency", "rate", "paused")
-QUEUE_ORDERS = ("fifo", "random")
-MAX_QUEUE_NAME = 255
+QUEUE_ORDERS = rules.QUEUE_ORDERS
+MAX_QUEUE_NAME = rules.MAX_QUEUE_NAME
 
 
 @dataclass(frozen=True)
@@ -117,17 +117,8 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
 
 
 def check_queue_name(name: Any) -> str:
-    """A queue name: 1 to 255 printable characters without spaces."""
-    if (
-        not isinstance(name, str)
-        or not 1 <= len(name) <= MAX_QUEUE_NAME
-        or not name.isprintable()
-        or any(c.isspace() for c in name)
-    ):
-        raise ConfigError(
-            f"queue name {name!r} must be 1 to {MAX_QUEUE_NAME} printable characters without spaces"
-        )
-    return name
+    """A queue name given as a setting or a flag (rules.check_queue_name, as a ConfigError)."""
+    return rules.check_queue_name(name, ConfigError)
 
 
 def check_queues(queues: Any) -> dict[str, dict[str, Any]]:
@@ -149,8 +140,7 @@ def _queue_value(queue: str, key: str, value: Any) -> Any:
         if value not in QUEUE_ORDERS:
             raise ConfigError(f'{where} must be "fifo" or "random", got {value!r}')
     elif key in ("weight", "concurrency"):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{where} must be a whole number of at least 1, got {value!r}")
+        rules.check_count(value, where, most=rules.MAX_QUEUE_LIMIT, error=ConfigError)
     elif key == "rate":
         try:
             when.parse_rate(value)
@@ -307,9 +297,7 @@ def check(settings: Settings) -> Settings:
         "time_limit_grace",
         "min_interval",
     ):
-        value = getattr(s, key)
-        if not (value > 0 and value != float("inf")):
-            raise ConfigError(f"setting {key!r} must be a positive number of seconds, got {value}")
+        rules.check_seconds(getattr(s, key), f"setting {key!r}", ConfigError)
     for key in (
         "liveness",
         "max_payload",
@@ -319,8 +307,7 @@ def check(settings: Settings) -> Settings:
         "poison_after",
         "max_releases",
     ):
-        if getattr(s, key) < 1:
-            raise ConfigError(f"setting {key!r} must be 1 or more, got {getattr(s, key)}")
+        rules.check_count(getattr(s, key), f"setting {key!r}", error=ConfigError)
     for key in ("keep_finished", "keep_dead", "keep_events"):
         keep_seconds(key, getattr(s, key))
     check_url(s.url)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from martinet import when
+from martinet import rules, when
 from martinet.errors import BadInput
 
 Handler = Callable[..., Any]
@@ -43,9 +43,7 @@ def task(
 
 def check_limits(name: str, concurrency: int | None, rate: str | None) -> dict | None:
     """The limits of task `name` as sent in the hello, checked; None if it has none."""
-    if concurrency is not None and (
-        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
-    ):
+    if concurrency is not None and not rules.is_count(concurrency):
         raise BadInput(
             f"concurrency of task {name!r} must be a whole number of at least 1, got {concurrency!r}"
         )

@@ -5,12 +5,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from martinet.config import Settings
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    base: float = 1.0
-    factor: float = 2.0
-    cap: float = 300.0
+    base: float = Settings.retry_base
+    factor: float = Settings.retry_factor
+    cap: float = Settings.retry_cap
 
     def delay(self, attempt: int, rand: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based).

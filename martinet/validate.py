@@ -8,16 +8,19 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from martinet import recurring, when
+from martinet import recurring, rules, when
+from martinet.config import Settings
 from martinet.errors import BadInput, BadSchedule
 from martinet.protocol import MAX_VALUE_DEPTH, deeper_than
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_payload: int = 1_048_576
-    max_name_length: int = 200
-    min_interval: float = 1.0  # seconds: the shortest interval a schedule may have
+    """The settings that bound what one request may carry (their defaults are Settings')."""
+
+    max_payload: int = Settings.max_payload
+    max_name_length: int = Settings.max_name_length
+    min_interval: float = Settings.min_interval  # seconds: the shortest interval a schedule may have
 
 
 def check_name(name: Any, limits: Limits) -> str:
@@ -131,13 +134,13 @@ def check_task(h: dict, limits: Limits, default_max_attempts: int) -> dict[str, 
     run_at = h.get("run_at")
     if run_at is not None and (isinstance(run_at, bool) or not isinstance(run_at, (int, float))):
         raise BadInput("run_at must be a UTC timestamp in seconds")
-    max_attempts = _optional_int(h, "max_attempts", 1, 1000)
+    max_attempts = rules.check_attempts(h.get("max_attempts"), "max_attempts")
     return {
         "name": check_name(h.get("name"), limits),
         "args": check_args(h.get("args"), limits),
         "username": _optional_text(h, "username", 255),
         "description": _optional_text(h, "description"),
-        "queue": _queue_name(h),
+        "queue": None if h.get("queue") is None else rules.check_queue_name(h["queue"]),
         "priority": _optional_int(h, "priority", -1_000_000, 1_000_000) or 0,
         "max_attempts": max_attempts or default_max_attempts,
         "run_at": float(run_at) if run_at is not None else None,
@@ -153,15 +156,6 @@ def check_task(h: dict, limits: Limits, default_max_attempts: int) -> dict[str, 
 
 
 UNIQUE_MODES = ("active", "always")
-
-
-def _queue_name(h: dict) -> str | None:
-    queue = h.get("queue")
-    if queue is None:
-        return None
-    if not isinstance(queue, str) or not 0 < len(queue) <= 255 or not queue.isprintable() or " " in queue:
-        raise BadInput(f"{str(queue)[:60]!r} is not a queue name (1 to 255 printable characters, no spaces)")
-    return queue
 
 
 def _optional_key(h: dict) -> str | None:
@@ -195,17 +189,13 @@ def _after(h: dict) -> list[int]:
 
 def _optional_positive(h: dict, key: str) -> float | None:
     value = h.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise BadInput(f"{key} must be a positive number of seconds, got {value!r}")
-    return float(value)
+    return None if value is None else rules.check_seconds(value, key)
 
 
 def check_every(h: dict, limits: Limits, default_tz: str) -> tuple[dict[str, Any], when.Recurrence]:
     """An `every` request: a task spec plus a recurrence the daemon can compute."""
     spec = check_task(h, limits, 1)
-    spec["max_attempts"] = _optional_int(h, "max_attempts", 1, 1000)
+    spec["max_attempts"] = rules.check_attempts(h.get("max_attempts"), "max_attempts")
     if spec.pop("after"):
         raise BadInput("a schedule cannot wait on other tasks (after); its runs start on their due times")
     if h.get("unique"):
@@ -254,11 +244,8 @@ def is_rate(value: Any) -> bool:
     return (
         isinstance(value, list)
         and len(value) == 2
-        and is_id(value[0])
-        and value[0] >= 1
-        and isinstance(value[1], (int, float))
-        and not isinstance(value[1], bool)
-        and 0 < value[1] < math.inf
+        and rules.is_count(value[0], MAX_ID)
+        and rules.is_seconds(value[1])
     )
 
 

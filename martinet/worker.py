@@ -34,6 +34,7 @@ import zmq
 
 from martinet import protocol
 from martinet.compose import check as check_compositions
+from martinet.config import Settings
 from martinet.errors import Fail, JournalError, ProtocolError, Release, Retry, TaskTimeout
 from martinet.journal import UNKNOWN, Journal
 from martinet.protocol import MAX_VALUE_DEPTH, Cmd, deeper_than
@@ -110,7 +111,7 @@ class _Pending:
 # fields says nothing: its defaults). A result over max_payload fails its attempt; an
 # error is trimmed to fit (_fit_error); no outcome is sent that the daemon's sockets
 # would drop (ZeroMQ drops a message over max_message, and the connection with it).
-DEFAULT_MAX_PAYLOAD = 1_048_576
+DEFAULT_MAX_PAYLOAD = Settings.max_payload
 MAX_PROGRESS_MESSAGE = 1000  # characters of a progress message (the daemon keeps 1000)
 ERROR_BYTES_MIN = 16_384  # an error may take this many bytes of JSON even when max_payload is less
 FRAME_ROOM = 1024  # bytes of a message beside its outcomes (the command, worker id, commas)
@@ -140,21 +141,23 @@ FAULT_EXIT = 86
 
 @dataclass
 class WorkerOptions:
-    connect: str = "127.0.0.1"
-    worker_port: int = 8009
-    status_port: int = 18009
-    concurrency: int = 4
+    # The defaults of settings a worker shares with `martinet-worker` and the config file
+    # are Settings' (config.py), where each says why it has that value.
+    connect: str = Settings.connect
+    worker_port: int = Settings.worker_port
+    status_port: int = Settings.status_port
+    concurrency: int = Settings.concurrency
     # Tasks held beyond `concurrency`, waiting for a free thread, so that a thread that
     # finishes finds its next task here instead of waiting for the daemon, and the daemon
     # writes many outcomes and claims in each commit. None: PREFETCH_PER_THREAD per
     # thread; 0: none (a worker holds only what it runs).
     prefetch: int | None = None
     worker_id: str | None = None
-    heartbeat_interval: float = 1.0  # until the daemon's welcome says otherwise
-    liveness: int = 3
+    heartbeat_interval: float = Settings.heartbeat_interval  # until the daemon's welcome says otherwise
+    liveness: int = Settings.liveness
     grace: float = 30.0  # seconds a graceful stop waits for running handlers
     # Seconds a handler gets to unwind after its time limit before its thread is abandoned.
-    timeout_grace: float = 2.0
+    timeout_grace: float = Settings.timeout_grace
     handlers: dict[str, Handler] = field(default_factory=dict)
     queues: list[str] | None = None  # the queues this worker serves; None serves every queue
     # Where the worker journals the outcomes not acknowledged yet: a path, True

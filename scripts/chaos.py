@@ -814,7 +814,7 @@ def parser() -> argparse.ArgumentParser:
 
 def run_chaos(tasks: int, kills: int, duration: float, workers: int = 2, db: str | None = None,
               workdir: Path | None = None, say=print) -> dict:  # fmt: skip
-    """The kills mix alone (kept for tests/test_faults.py)."""
+    """The kills mix alone (kept for tests/e2e/test_faults.py)."""
     args = parser().parse_args([])
     args.tasks, args.kills, args.duration, args.workers, args.db = tasks, kills, duration, workers, db
     return run_mixes(args, ["kills"], workdir, say)[0]

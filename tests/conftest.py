@@ -1,3 +1,7 @@
+"""Shared by every layer: the --db option, the run's own state folder, and the databases
+(`db_url` on each backend, `sqlite_url`). Each layer's conftest.py adds its own fixtures:
+tests/unit (make_core), tests/store (db, store, other), tests/e2e (cluster, any_cluster)."""
+
 from __future__ import annotations
 
 import os
@@ -8,7 +12,6 @@ from urllib.parse import urlparse
 import pytest
 
 from tests import backends
-from tests.harness import Cluster
 
 BACKENDS = ["sqlite", "postgresql", "mysql"]
 
@@ -62,35 +65,3 @@ def db_url(request, tmp_path) -> str:
 @pytest.fixture
 def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'martinet.db'}"
-
-
-@pytest.fixture
-def cluster(tmp_path, sqlite_url):
-    """A daemon and workers as real processes on free ports, on SQLite; all stopped after."""
-    c = Cluster(tmp_path, sqlite_url)
-    yield c
-    c.shutdown()
-
-
-@pytest.fixture
-def any_cluster(tmp_path, db_url):
-    """Like `cluster`, once per backend."""
-    c = Cluster(tmp_path, db_url)
-    yield c
-    c.shutdown()
-
-
-@pytest.fixture
-def make_core():
-    """Core(url, **settings) (tests/core.py): a daemon driven in process, closed after the test."""
-    from tests.core import Core
-
-    made: list = []
-
-    def make(url: str, **settings) -> Core:
-        made.append(Core(url, **settings))
-        return made[-1]
-
-    yield make
-    for core in made:
-        core.close()

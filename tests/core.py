@@ -28,6 +28,7 @@ class Core:
         self.daemon.open()
         self.server = self.daemon.core
         self.store = self.server.store
+        self.cancels: list[tuple[bytes, int]] = []  # CANCELs the turns of claim() and tick() would send
 
     def close(self) -> None:
         self.daemon.close()
@@ -41,6 +42,17 @@ class Core:
         (reply,) = [r for _ident, r in out.replies]
         assert reply["ok"], reply
         return reply
+
+    def refusal(self, op: str, **fields: Any) -> dict:
+        """A client request the daemon refuses, handled as a turn would: its error
+        ({"type": ..., "message": ...})."""
+        out = Outbox()
+        frames = protocol.encode(Cmd.REQUEST, {"op": op, "rid": "r", **fields})
+        with self.store.atomic():
+            self.server.on_client(b"client", frames, out, self.now)
+        (reply,) = [r for _ident, r in out.replies]
+        assert not reply["ok"], reply
+        return reply["error"]
 
     def submit(self, name: str, queue: str | None = None, **fields: Any) -> int:
         if queue is not None:
@@ -57,6 +69,13 @@ class Core:
             on_hello(self.server, ident, hello_of(self.server, ident, header), out, self.now)
         return out
 
+    def reconnect(self, worker_id: str, names: list[str], capacity: int = 4, **fields: Any) -> None:
+        """A hello from `worker_id` on a new connection (another ident than `hello`'s)."""
+        header = {"worker_id": worker_id, "names": names, "capacity": capacity, **fields}
+        with self.store.atomic():
+            ident = f"{worker_id}/again".encode()
+            on_hello(self.server, ident, hello_of(self.server, ident, header), Outbox(), self.now)
+
     def claim(self) -> dict[str, list[dict]]:
         """A turn's timers and claims (committed, not sent) while every worker keeps
         sending heartbeats: {worker id: rows}."""
@@ -66,13 +85,16 @@ class Core:
         with self.store.atomic():
             timers.run(self.server, out, self.now)
             claims.claim(self.server, out, self.now)
+        self.cancels += [(ident, h["id"]) for ident, cmd, h in out.worker if cmd is Cmd.CANCEL]
         return {peer.worker_id: rows for peer, rows in out.tasks}
 
     def tick(self) -> None:
         """A turn's timers, the once-an-interval ones included; no worker heard from."""
         self.server.next_tick = self.now
+        out = Outbox()
         with self.store.atomic():
-            timers.run(self.server, Outbox(), self.now)
+            timers.run(self.server, out, self.now)
+        self.cancels += [(ident, h["id"]) for ident, cmd, h in out.worker if cmd is Cmd.CANCEL]
 
     def claimed_names(self) -> list[str]:
         return sorted(row["name"] for rows in self.claim().values() for row in rows)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
-from martinet import protocol
+from martinet import protocol, rules
 from martinet.errors import BadInput
 from martinet.models import STALLED
 from martinet.protocol import Cmd
@@ -188,10 +188,7 @@ class EventHub:
 
     def subscribe(self, store: Store, ident: bytes, since: Any, now: float) -> dict:
         """A subscribe request: a renewal, or a new subscriber from now or from `since`."""
-        if since is not None and (isinstance(since, bool) or not isinstance(since, int) or since < 0):
-            raise BadInput(
-                f"since must be an event id (a whole number of 0 or more), got {str(since)[:40]!r}"
-            )
+        rules.check_event_id(since)
         sub = self.subscribers.get(ident)
         if sub is not None:  # the same connection: what it has not got yet is on its way
             sub.expires = now + SUBSCRIPTION_TTL

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from martinet import protocol, query, when
+from martinet import protocol, query, rules, when
 from martinet.errors import BadInput, BadSchedule, TaskNotFound
 from martinet.models import FAILED, QUEUED, SCHEDULED, STALLED, TERMINAL, WAITING
 from martinet.protocol import Cmd
@@ -200,11 +200,7 @@ def revoke(r: Request) -> dict | None:
 def retry(r: Request) -> dict | None:
     core, h, now = r.core, r.header, r.now
     num = task_ref(core, h.get("id"))
-    attempts = h.get("attempts")
-    if attempts is not None and (
-        isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 1000
-    ):
-        raise BadInput("attempts must be an integer from 1 to 1000")
+    attempts = rules.check_attempts(h.get("attempts"), "attempts")
     status = core.store.retry_task(num, now, attempts)
     if status == "missing":
         raise TaskNotFound(f"no task with id {num}")

@@ -7,10 +7,10 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any
 
-from martinet import when
+from martinet import rules, when
 from martinet.errors import BadInput
 from martinet.models import STATES, TERMINAL
-from martinet.server.lanes import ORDERS, Queue, queue_columns
+from martinet.server.lanes import Queue, queue_columns
 from martinet.store import PRUNE_BATCH, iso
 from martinet.validate import is_id
 
@@ -63,22 +63,18 @@ def set_queue(r: Request) -> dict | None:
     changes: dict[str, Any] = {}
     if h.get("concurrency") is not None:
         c = h["concurrency"]
-        if str(c).lower() == "none":
-            changes["concurrency"] = None
-        elif not is_id(c) or not 1 <= c <= 1_000_000:
-            raise BadInput(f"concurrency must be a whole number of 1 or more ('none' clears it), got {c!r}")
-        else:
-            changes["concurrency"] = c
+        changes["concurrency"] = (
+            None
+            if rules.means_none(c)
+            else rules.check_count(c, "concurrency", most=rules.MAX_QUEUE_LIMIT, clears=True)
+        )
     if h.get("rate") is not None:
         rate = h["rate"]
-        changes["rate"] = None if str(rate).lower() == "none" else when.parse_rate(str(rate))
+        changes["rate"] = None if rules.means_none(rate) else when.parse_rate(str(rate))
     if h.get("weight") is not None:
-        w = h["weight"]
-        if not is_id(w) or not 1 <= w <= 1_000_000:
-            raise BadInput(f"weight must be a whole number of 1 or more, got {w!r}")
-        changes["weight"] = w
+        changes["weight"] = rules.check_count(h["weight"], "weight", most=rules.MAX_QUEUE_LIMIT)
     if h.get("order") is not None:
-        if h["order"] not in ORDERS:
+        if h["order"] not in rules.QUEUE_ORDERS:
             raise BadInput(f"order must be 'fifo' or 'random', not {str(h['order'])[:40]!r}")
         changes["order"] = h["order"]
     if not changes:
@@ -87,9 +83,7 @@ def set_queue(r: Request) -> dict | None:
 
 
 def apply_queue(core: Core, h: dict, now: float, changes: dict) -> dict:
-    name = h.get("name")
-    if not isinstance(name, str) or not 0 < len(name) <= 255 or not name.isprintable() or " " in name:
-        raise BadInput(f"{str(name)[:60]!r} is not a queue name (1 to 255 printable characters, no spaces)")
+    name = rules.check_queue_name(h.get("name"))
     core.store.save_queue(name, now, **queue_columns(changes))
     core.lanes.configure(name, **changes)
     core.lanes.ready(name)

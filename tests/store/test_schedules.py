@@ -1,7 +1,7 @@
 """Recurring schedules in the Store on every backend (SQLite, PostgreSQL, MySQL).
 
 No processes, no sockets, no sleeps: time is passed in as `now`. Which runs a
-schedule owes is `recurring.plan`'s business (tests/test_recurring.py); these
+schedule owes is `recurring.plan`'s business (tests/unit/test_recurring.py); these
 tests check the Store creates exactly those, once, and keeps the schedule row
 in step.
 """

@@ -12,8 +12,8 @@ import pytest
 import martinet
 from martinet.models import Attempt, Task
 from martinet.store import Store, open_database
+from tests.e2e.test_cli import ok, run
 from tests.harness import wait_for
-from tests.test_cli import ok, run
 
 DAY = 86400.0
 NO_RETENTION = {"MARTINET_KEEP_FINISHED": "never", "MARTINET_KEEP_DEAD": "never"}

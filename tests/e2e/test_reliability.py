@@ -1,4 +1,5 @@
-"""Restarts, kills and refusals: accepted tasks always run, and run once where possible."""
+"""Restarts, kills and refusals: accepted tasks always run, and run once where possible.
+(Which worker gets what, decided by the daemon alone, is tests/unit/test_workers.py.)"""
 
 from __future__ import annotations
 
@@ -9,12 +10,9 @@ import threading
 import time
 
 import pytest
-import zmq
 
 import martinet
 from martinet import client as client_module
-from martinet import protocol
-from martinet.protocol import Cmd
 from tests.harness import wait_for
 
 FAST = {"MARTINET_HEARTBEAT_INTERVAL": "0.2", "MARTINET_LEASE": "3"}  # a dead worker is seen in 0.6 s
@@ -111,25 +109,11 @@ def test_a_worker_back_under_its_id_without_a_journal_gives_up_what_it_held(clus
     assert not (tmp_path / "state").exists()  # --no-journal: no default journal either
 
 
-def test_tasks_go_only_to_workers_that_handle_their_name(cluster):
-    cluster.start_daemon()
-    cluster.start_worker("tests.tasks_alpha", worker_id="wa")
-    cluster.start_worker("tests.tasks_beta", worker_id="wb")
-    m = cluster.client()
-    ids = {m.execute(name): name for name in ["alpha", "beta"] * 4}
-    for tid, name in ids.items():
-        assert m.wait(tid, timeout=10) == name
-        assert m.show(tid)["attempts"][0]["worker"] == {"alpha": "wa", "beta": "wb"}[name]
-    waiting = m.execute("gamma")
-    assert m.show(waiting)["waiting"] == "no connected worker handles 'gamma'"
-    assert m.get(waiting)["status"] == "queued"
-
-
 def test_refused_task_goes_elsewhere_without_spending_an_attempt(cluster):
     # Given a worker that claims 'beta' but cannot run it
     cluster.start_daemon()
     cluster.start_worker(
-        "tests.tasks_alpha", worker_id="liar", script=[sys.executable, "tests/liar_worker.py"]
+        "tests.tasks_alpha", worker_id="liar", script=[sys.executable, "tests/e2e/liar_worker.py"]
     )
     m = cluster.client()
     tid = m.execute("beta")
@@ -234,36 +218,3 @@ def test_a_call_outlasts_a_paused_or_restarted_daemon_and_one_that_gives_up_is_f
     again = hasty.execute("echo", {"n": "gave up"}, request_id=request_id)
     assert again == gave_up and again.created is False
     assert set(done) == {"paused", "restarted"} and patient.count() == {"queued": 3}
-
-
-def test_a_hello_repeated_on_one_connection_keeps_the_tasks_on_their_way(cluster):
-    # Given a worker of one slot that got a task, and two more tasks waiting
-    cluster.start_daemon()
-    m = cluster.client()
-    first, *_ = [m.execute("add", {"a": i, "b": 0}) for i in range(3)]
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(f"tcp://127.0.0.1:{cluster.worker_port}")
-        hello = {"worker_id": "slow", "names": ["add"], "capacity": 1, "version": protocol.VERSION}
-
-        def next_tasks(timeout_ms: int) -> list[int]:
-            """The ids of the next TASK message within the timeout (heartbeats skipped)."""
-            while sock.poll(timeout_ms):
-                cmd, h = protocol.decode(sock.recv_multipart())
-                if cmd is Cmd.TASK:
-                    return [t["id"] for t in h["tasks"]]
-            return []
-
-        sock.send_multipart(protocol.encode(Cmd.HELLO, hello))
-        assert next_tasks(5000) == [first]
-        # When it says hello again on the same connection, before it read that task
-        sock.send_multipart(protocol.encode(Cmd.HELLO, {**hello, "running": []}))
-        m.ping()  # the daemon's turn that read the hello is over
-        # Then its one slot is still taken: no second task comes
-        assert next_tasks(300) == []
-        assert m.get(first)["status"] == "leased"
-    finally:
-        sock.close()
-        ctx.term()

@@ -6,8 +6,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,9 +16,8 @@ from martinet.config import Settings, check_queues, load, read_env, read_file
 from martinet.errors import BadInput, ConfigError, MartinetError
 from martinet.when import parse_rate
 from martinet.worker import Worker, WorkerOptions
-from tests.harness import ROOT
 
-CONF = Path(__file__).resolve().parent.parent / "conf" / "martinet.toml"
+CONF = Path(__file__).resolve().parents[2] / "conf" / "martinet.toml"
 
 
 # ---- parse_rate -------------------------------------------------------------------
@@ -285,41 +282,6 @@ def test_the_shipped_example_queue_is_valid(tmp_path):
         "images": {"order": "fifo", "weight": 2, "concurrency": 8, "rate": "100/minute", "paused": False}
     }
     assert read_file(CONF)["queues"] == {}  # as shipped, commented out: the default
-
-
-# ---- the CLI ---------------------------------------------------------------------------
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MARTINET_")}
-    return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60
-    )
-
-
-def test_queues_help():
-    out = run("-m", "martinet", "queues", "--help")
-    assert out.returncode == 0, out.stderr
-    assert "usage: martinet queues" in out.stdout
-    for action in ("list", "pause", "resume", "set"):
-        assert action in out.stdout
-    out = run("-m", "martinet", "queues", "set", "--help")
-    assert out.returncode == 0, out.stderr
-    for flag in ("--concurrency", "--rate", "--weight", "--order", "--json", "--url"):
-        assert flag in out.stdout, flag
-    assert "fifo" in out.stdout and "random" in out.stdout and "none" in out.stdout
-
-
-def test_task_commands_take_a_queue():
-    for sub in ("execute", "schedule", "every"):
-        out = run("-m", "martinet", sub, "--help")
-        assert out.returncode == 0 and "--queue QUEUE" in out.stdout, sub
-
-
-def test_worker_help_mentions_queues():
-    main = "import sys; from martinet.cli import worker_main; sys.exit(worker_main())"
-    out = run("-c", main, "--help")
-    assert out.returncode == 0 and "--queues" in out.stdout and "comma-separated" in out.stdout
 
 
 @pytest.mark.parametrize(

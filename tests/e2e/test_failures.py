@@ -1,10 +1,11 @@
-"""Failures are retried, explained and actionable: dead letters, stalls, time limits, poison."""
+"""Failures in real workers: time limits that stop handlers, poison, a stopping or restarted
+worker. (Dead letters, retry backoff and stalls, as the daemon decides them, are tested in
+process: tests/unit/test_failures.py.)"""
 
 from __future__ import annotations
 
 import signal
 import time
-from datetime import datetime
 
 import pytest
 
@@ -12,57 +13,6 @@ import martinet
 from tests.harness import wait_for
 
 FAST = {"MARTINET_HEARTBEAT_INTERVAL": "0.2", "MARTINET_LEASE": "3"}
-
-
-def test_dead_task_is_found_and_retried_with_a_fresh_set_of_attempts(cluster):
-    cluster.start_daemon()
-    cluster.start_worker()
-    m = cluster.client()
-    tid = m.execute({"name": "flaky", "max_attempts": 2, "retry_base": 0.01}, {"succeed_on": 3})
-    with pytest.raises(martinet.TaskFailed, match="dead"):
-        m.wait(tid, timeout=10)
-    assert [t["id"] for t in m.list(status="dead")] == [tid]
-    m.retry(tid)
-    assert m.wait(tid, timeout=10) == 3  # attempt numbers keep counting: results stay fenced
-    info = m.show(tid)
-    assert (info["attempt"], info["max_attempts"]) == (3, 4)
-    assert [a["outcome"] for a in info["attempts"]] == ["failed", "failed", "succeeded"]
-    with pytest.raises(
-        martinet.BadInput, match="only a dead, stalled, cancelled or failed task can be retried"
-    ):
-        m.retry(tid)
-
-
-def test_per_task_backoff_bounds_the_retry_delay(cluster):
-    cluster.start_daemon()
-    cluster.start_worker()
-    m = cluster.client()
-    tid = m.execute({"name": "boom", "max_attempts": 3, "retry_base": 600, "retry_cap": 900})
-    wait_for(lambda: m.get(tid)["status"] == "failed", timeout=10, what="the first failure")
-    info = m.get(tid)
-    delay = (
-        datetime.fromisoformat(info["run_at"]).timestamp()
-        - datetime.fromisoformat(info["updated_at"]).timestamp()
-    )
-    assert 0 <= delay <= 600
-    assert "retry at" in m.show(tid)["waiting"]
-
-
-def test_stalled_task_is_held_until_retried(cluster):
-    cluster.start_daemon()
-    m = cluster.client()
-    tid = m.execute("add", {"a": 1, "b": 2})
-    m.stall(tid, reason="waiting for the vendor to fix their API")
-    cluster.start_worker()
-    shown = m.show(tid)
-    assert shown["status"] == "stalled"
-    assert shown["waiting"].startswith("waiting for the vendor to fix their API; held until")
-    with pytest.raises(martinet.WaitTimeout):
-        m.wait(tid, timeout=0.5)  # not dispatched, though a worker is free
-    m.retry(tid)
-    assert m.wait(tid, timeout=10) == 3
-    with pytest.raises(martinet.BadInput, match="only a scheduled, queued or failed task can be stalled"):
-        m.stall(tid)
 
 
 def test_time_limit_interrupts_a_busy_handler(cluster):

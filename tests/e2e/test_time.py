@@ -1,4 +1,5 @@
-"""Delayed and recurring tasks end to end: on time, never lost, never doubled."""
+"""Delayed and recurring tasks end to end: on time, never lost, never doubled. (Schedules as
+the daemon runs them alone, in process: tests/unit/test_schedules.py.)"""
 
 from __future__ import annotations
 
@@ -133,40 +134,6 @@ def test_two_daemons_on_one_database_create_each_run_once(tmp_path, db_url):
     finally:
         first.shutdown()
         second.shutdown()
-
-
-def test_schedules_can_be_paused_resumed_updated_shown_and_removed(cluster):
-    cluster.start_daemon()
-    cluster.start_worker()
-    m = cluster.client()
-    sid = m.every("1 hour", {"name": "clock", "run_at": "in 10 minutes"}, {"v": 1}, timezone="Europe/Berlin")
-    shown = m.show(sid)
-    upcoming = [ts(t) for t in shown["upcoming"]]
-    assert len(upcoming) == 5 and {b - a for a, b in zip(upcoming, upcoming[1:], strict=False)} == {3600.0}
-    m.pause(sid)
-    assert m.get(sid)["status"] == "paused"
-    m.pause(sid)  # pausing twice is harmless
-    m.resume(sid)
-    assert m.get(sid)["status"] == "active"
-    m.update(sid, {"v": 2}, every="0 9 * * MON-FRI")
-    info = m.show(sid)
-    assert (info["args"], info["every"], info["recurrence"]) == ({"v": 2}, "0 9 * * MON-FRI", "cron")
-    nine = datetime.fromisoformat(info["upcoming"][0]).astimezone(
-        __import__("zoneinfo").ZoneInfo("Europe/Berlin")
-    )
-    assert (nine.hour, nine.minute) == (9, 0) and nine.weekday() < 5
-    assert m.revoke(sid) == "removed"
-    assert m.schedules() == []
-
-
-def test_count_and_until_end_a_schedule(cluster):
-    cluster.start_daemon(env={"MARTINET_MIN_INTERVAL": "0.1"})  # below the default minimum, 1 s
-    cluster.start_worker()
-    m = cluster.client()
-    counted = m.every("0.3 seconds", "clock", {}, count=2)
-    wait_for(lambda: m.get(counted)["status"] == "finished", timeout=10, what="the schedule to finish")
-    assert len(runs_of(m, counted)) == 2
-    assert m.get(counted)["next_due"] is None
 
 
 def test_bad_time_input_writes_nothing(cluster):

@@ -289,7 +289,7 @@ def test_the_readmes_retry_pattern_makes_one_task_through_an_outage(scripted, mo
     timeouts (it commits what it reads), then does."""
     import re
 
-    from tests.test_readme import README
+    from tests.unit.test_readme import README
 
     (block,) = [b for b in re.findall(r"```python\n(.*?)```", README, re.S) if "def execute_surely" in b]
     monkeypatch.setattr(client_module, "FIRST_TRY", 0.1)

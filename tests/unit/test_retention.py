@@ -1,11 +1,13 @@
 """Retention: old finished tasks are deleted with their attempts, in bounded batches,
 on every backend; never a task that is unfinished or that an unfinished task waits on.
 
-Store tests pass time in as numbers; the daemon test inserts old tasks before the
-daemon starts and awaits their disappearance. No sleeps.
+Store tests pass time in as numbers; the daemon test (in process, tests/core.py) inserts
+old tasks and ticks its clock once.
 """
 
 from __future__ import annotations
+
+import logging
 
 import pytest
 
@@ -13,8 +15,7 @@ from martinet import config, when
 from martinet.errors import BadInput, ConfigError
 from martinet.models import Attempt, Task
 from martinet.retention import Retention
-from martinet.store import Pruned, Store, open_database
-from tests.harness import wait_for
+from martinet.store import Pruned, Store
 
 NOW = 1_800_000_000.0  # 2027-01-15 08:00 UTC
 DAY = 86400.0
@@ -87,41 +88,7 @@ def test_retention_settings_from_file_and_environment(tmp_path):
         config.load(environ={"MARTINET_KEEP_FINISHED": "a while"})
 
 
-# ---- the daemon, as a real process on every backend -------------------------------------
-
-
-def test_the_daemon_prunes_old_finished_tasks_by_itself(tmp_path, db_url):
-    from tests.harness import Cluster
-
-    # Given old finished tasks, and tasks that must stay, in the database before the daemon starts
-    db = open_database(db_url)
-    store = Store(db)
-    real_now = __import__("time").time()
-    with store.atomic():
-        old_ones = [_finished(store, "succeeded", real_now - 3 * 3600, attempts=2) for _ in range(3)]
-        old_ones.append(_finished(store, "dead", real_now - 40 * DAY, attempts=1))
-        recent = _finished(store, "succeeded", real_now - 60)
-        dead = _finished(store, "dead", real_now - 10 * DAY)
-        waiting, _ = store.submit(
-            {"name": "later", "args": {}, "max_attempts": 3, "run_at": real_now + DAY}, real_now
-        )
-    cluster = Cluster(tmp_path, db_url)
-    try:
-        # When the daemon runs, keeping finished tasks for an hour (and dead ones 30 days)
-        cluster.start_daemon(env={"MARTINET_KEEP_FINISHED": "1 hour"})
-
-        def remaining() -> set[int]:
-            return {r[0] for r in db.execute_sql("SELECT id FROM task").fetchall()}
-
-        # Then the old ones disappear by themselves, with their attempts, and the rest stay
-        wait_for(lambda: not set(old_ones) & remaining(), what="the old tasks to be pruned")
-        assert remaining() == {recent, dead, waiting}
-        assert db.execute_sql("SELECT COUNT(*) FROM attempt").fetchone()[0] == 0
-        wait_for(lambda: "retention: deleted 4 finished tasks and 7 attempt rows" in cluster.daemon.log(),
-                 what="the daemon's log line")  # fmt: skip
-    finally:
-        cluster.shutdown()
-        db.close()
+# ---- the daemon, in process on every backend -------------------------------------------
 
 
 def _finished(store: Store, status: str, finished_at: float, attempts: int = 0) -> int:
@@ -131,3 +98,25 @@ def _finished(store: Store, status: str, finished_at: float, attempts: int = 0) 
         Attempt.create(task_id=task_id, attempt=n, worker="w", started_at=finished_at - 1, ended_at=finished_at,
                        outcome=status)  # fmt: skip
     return task_id
+
+
+def test_the_daemon_prunes_old_finished_tasks_by_itself(db_url, make_core, caplog):
+    # Given a daemon keeping finished tasks for an hour (and dead ones 30 days), with old
+    # finished tasks and tasks that must stay in its database
+    caplog.set_level(logging.INFO, logger="martinet")
+    core = make_core(db_url, keep_finished="1 hour")
+    store, now = core.store, core.now
+    with store.atomic():
+        old_ones = [_finished(store, "succeeded", now - 3 * 3600, attempts=2) for _ in range(3)]
+        old_ones.append(_finished(store, "dead", now - 40 * DAY, attempts=1))
+        recent = _finished(store, "succeeded", now - 60)
+        dead = _finished(store, "dead", now - 10 * DAY)
+        waiting, _ = store.submit({"name": "later", "args": {}, "max_attempts": 3, "run_at": now + DAY}, now)
+    # When its timers tick
+    core.tick()
+    # Then the old ones are gone, with their attempts, and the rest stay
+    remaining = {r[0] for r in store.db.execute_sql("SELECT id FROM task").fetchall()}
+    assert not set(old_ones) & remaining
+    assert remaining == {recent, dead, waiting}
+    assert store.db.execute_sql("SELECT COUNT(*) FROM attempt").fetchone()[0] == 0
+    assert "retention: deleted 4 finished tasks and 7 attempt rows" in caplog.text

@@ -67,34 +67,6 @@ def test_schedule_english_and_datetime(cluster):
     assert "scheduled for" in m.show(later)["waiting"]
 
 
-def test_every_runs_repeatedly_without_drift(cluster):
-    cluster.start_daemon()
-    cluster.start_worker()
-    m = cluster.client()
-    sid = m.every("1 second", {"name": "echo", "run_at": "in 0.2 seconds"}, {"n": 1})
-    assert sid.startswith("s")
-
-    def three_runs():
-        done = [t for t in m.list(name="echo") if t["status"] == "succeeded"]
-        return done if len(done) >= 3 else None
-
-    runs = wait_for(three_runs, timeout=10, what="three runs")
-    dues = sorted(datetime.fromisoformat(t["due_at"]) for t in runs)
-    gaps = {round((b - a).total_seconds(), 3) for a, b in zip(dues, dues[1:], strict=False)}
-    assert gaps == {1.0}, gaps  # due times are exact multiples, whenever each fired
-    shown = m.show(sid)
-    assert shown["recent_runs"] and shown["status"] == "active"
-    assert m.schedules()[0]["id"] == sid
-    m.update(sid, {"n": 2})
-    wait_for(
-        lambda: any(t["args"] == {"n": 2} and t["status"] == "succeeded" for t in m.list(name="echo")),
-        timeout=10,
-        what="a run with the new args",
-    )
-    assert m.revoke(sid) == "removed"
-    assert m.get(sid)["status"] == "removed"
-
-
 def test_get_list_show(cluster):
     cluster.start_daemon()
     cluster.start_worker()
@@ -281,7 +253,7 @@ def test_worker_on_registration(cluster):
     cluster.start_daemon()
     before = cluster.workers_connected()
     proc = Proc(
-        [sys.executable, "tests/on_worker.py", str(cluster.worker_port), str(cluster.status_port)],
+        [sys.executable, "tests/e2e/on_worker.py", str(cluster.worker_port), str(cluster.status_port)],
         cluster.tmp / "on-worker.log",
     )
     cluster.workers.append(proc)

@@ -5,7 +5,7 @@ limits and re-adoption, each a turn with an explicit `now` and what it would sen
 from __future__ import annotations
 
 from martinet.protocol import Cmd
-from tests.test_failed_commit import done, tasks_sent
+from tests.unit.test_failed_commit import done, tasks_sent
 
 
 def hello(worker_id: str = "w1", ident: bytes = b"w1", **fields) -> tuple[bytes, Cmd, dict]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tests import backends
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--repeat", "1", "--tasks", "300", "--paced", "40", "--timers", "20", "--timers-ahead", "1",
         "--pending", "3000", "--schedules", "50", "--due", "300", "--users-tasks", "150"]  # fmt: skip
 

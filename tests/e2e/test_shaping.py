@@ -1,4 +1,7 @@
-"""Shaping work: priority, unique keys, schedules declared in code, dependencies."""
+"""Shaping work with real workers and clients: a key raced by several processes, dependencies
+passing results, releases, a lost worker ending a parent. What the daemon decides alone
+(priority, unique keys, schedules declared at every start, refused or cancelled
+dependencies) is tested in process: tests/unit/test_shaping.py."""
 
 from __future__ import annotations
 
@@ -10,36 +13,6 @@ import pytest
 
 import martinet
 from tests.harness import ROOT, wait_for
-
-
-def test_higher_priority_runs_first_and_equal_priorities_keep_their_order(any_cluster):
-    any_cluster.start_daemon()
-    m = any_cluster.client()
-    low = [m.execute("clock", {"n": i}) for i in range(3)]
-    high = [m.execute("clock", {"n": 10 + i}, priority=10) for i in range(3)]
-    urgent = m.execute("clock", {"n": 99}, priority=1000)  # "push to the front"
-    any_cluster.start_worker(concurrency=1)
-    began = {tid: m.wait(tid, timeout=15) for tid in [*low, *high, urgent]}  # handler start, in µs
-    assert sorted(began, key=began.get) == [urgent, *high, *low]
-
-
-def test_a_key_holds_one_unfinished_task(any_cluster):
-    any_cluster.start_daemon()
-    m = any_cluster.client()
-    first = m.execute("add", {"a": 1, "b": 1}, key="avatar-7")
-    again = m.execute("add", {"a": 5, "b": 5}, key="avatar-7")
-    assert (first, first.created, again, again.created) == (first, True, first, False)
-    assert m.get("avatar-7")["id"] == first and m.show("avatar-7")["key"] == "avatar-7"
-    any_cluster.start_worker()
-    assert m.wait("avatar-7", timeout=10) == 2
-    later = m.execute("add", {"a": 2, "b": 2}, key="avatar-7")  # the first one ended: the key is free
-    assert later.created and later != first
-    assert m.wait(later, timeout=10) == 4
-    ever = m.execute("add", {"a": 3, "b": 3}, key="once-only", unique="always")
-    m.wait(ever, timeout=10)
-    assert m.execute("add", {"a": 9, "b": 9}, key="once-only", unique="always").created is False
-    assert m.revoke(m.schedule("in 1 hour", "add", {"a": 0, "b": 0}, key="cancel-me")) == "cancelled"
-    assert m.execute("add", {"a": 0, "b": 0}, key="cancel-me").created
 
 
 def test_a_key_submitted_by_several_processes_at_once_creates_one_task(any_cluster):
@@ -58,23 +31,6 @@ def test_a_key_submitted_by_several_processes_at_once_creates_one_task(any_clust
     ids = {p.communicate(timeout=60)[0].strip() for p in procs}
     assert len(ids) == 1 and all(p.returncode == 0 for p in procs)
     assert len(cluster.client().list(name="echo")) == 1
-
-
-def test_a_schedule_declared_at_every_start_exists_once(any_cluster):
-    any_cluster.start_daemon()
-    m = any_cluster.client()
-    sid = m.every("1 hour", "echo", {"v": 1}, key="hourly-sync")
-    due = m.get(sid)["next_due"]
-    again = m.every("1 hour", "echo", {"v": 2}, key="hourly-sync")  # the next application start
-    assert (again, again.created, sid.created) == (sid, False, True)
-    info = m.get(sid)
-    assert (info["args"], info["next_due"]) == ({"v": 2}, due)  # updated in place, its phase kept
-    moved = m.every("30 minutes", "echo", {"v": 2}, key="hourly-sync")
-    assert moved == sid and m.get(sid)["every"] == "30 minutes"
-    assert len(m.schedules()) == 1
-    assert m.get("hourly-sync")["id"] == sid
-    m.revoke(sid)
-    assert m.every("1 hour", "echo", {}, key="hourly-sync").created  # a removed schedule frees its key
 
 
 def test_dependencies_wait_pass_results_and_cancel_down_the_chain(any_cluster):
@@ -96,32 +52,6 @@ def test_dependencies_wait_pass_results_and_cancel_down_the_chain(any_cluster):
     assert m.get(grandchild)["reason"] == f"task {both} it waited on ended cancelled"
     late = m.execute("parents", {}, after=[good])  # its parent already succeeded: runs at once
     assert m.wait(late, timeout=10) == {str(good): 3}
-
-
-def test_after_an_unknown_task_is_refused_and_writes_nothing(cluster):
-    cluster.start_daemon()
-    m = cluster.client()
-    with pytest.raises(martinet.TaskNotFound, match="after names unknown task"):
-        m.execute("echo", {}, after=[12345])
-    for bad, message in (
-        ({"after": "x"}, "after must be a list of task ids"),
-        ({"unique": "sometimes", "key": "k"}, "unique must be 'active' or 'always'"),
-        ({"priority": 1.5}, "priority must be an integer"),
-    ):
-        with pytest.raises(martinet.BadInput, match=message):
-            m.execute("echo", {}, **bad)
-    assert m.list() == []
-
-
-def test_revoking_a_parent_cancels_what_waits_on_it(cluster):
-    cluster.start_daemon()
-    m = cluster.client()
-    parent = m.schedule("in 1 hour", "add", {"a": 1, "b": 1})
-    child = m.execute("parents", {}, after=[parent])
-    assert m.revoke(parent) == "cancelled"
-    wait_for(lambda: m.get(child)["status"] == "cancelled", timeout=5, what="the child to be cancelled")
-    with pytest.raises(martinet.TaskFailed, match="cancelled"):
-        m.wait(child, timeout=5)
 
 
 def test_release_gives_a_task_back_without_spending_attempts(any_cluster, tmp_path):

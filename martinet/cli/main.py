@@ -1,0 +1,107 @@
+"""`martinet`: parse, then serve, run the demo, or send a client command to the daemon.
+
+Errors print one line ("martinet: error: ...") and exit 1; usage errors exit 2.
+The commands that wait for a task (wait, execute --wait, watch ID) exit with its
+outcome: see waiting.EXIT_CODES.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from martinet import config
+from martinet.cli.admin import cmd_ping, cmd_queues, cmd_schedules
+from martinet.cli.output import setup_logging
+from martinet.cli.parser import build_parser
+from martinet.cli.tasks import (
+    cmd_every,
+    cmd_execute,
+    cmd_list,
+    cmd_prune,
+    cmd_retry,
+    cmd_revoke,
+    cmd_schedule,
+    cmd_show,
+    cmd_stall,
+    cmd_update,
+    cmd_wait,
+)
+from martinet.cli.watch import cmd_watch
+from martinet.errors import MartinetError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve(args)
+        if args.command == "demo":
+            from martinet.demo import run_demo
+
+            return run_demo(args.tasks)
+        return _client_command(args)
+    except MartinetError as exc:
+        rid = getattr(exc, "request_id", None)
+        again = f" (here: the same command with --request-id {rid})" if rid and "request_id" in args else ""
+        print(f"martinet: error: {exc}{again}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # the reader went away (`| head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    from martinet.daemon import Daemon
+
+    flags = {
+        "db": args.db,
+        "bind": args.bind,
+        "client_port": args.client_port,
+        "worker_port": args.worker_port,
+        "status_port": args.status_port,
+        "log_level": args.log_level,
+    }
+    settings = config.load(args.config, flags)
+    setup_logging(settings.log_level)
+    daemon = Daemon(settings)
+    daemon.open()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: daemon.stop())
+    daemon.run()
+    return 0
+
+
+def _client_command(args: argparse.Namespace) -> int:
+    from martinet.api import Martinet
+
+    settings = config.load(args.config, {"url": args.url, "timeout": args.timeout})
+    setup_logging("WARNING")
+    m = Martinet.connect(settings.url, settings.timeout)
+    try:
+        return COMMANDS[args.command](m, args)
+    finally:
+        m.close()
+
+
+COMMANDS = {
+    "ping": cmd_ping,
+    "execute": cmd_execute,
+    "schedule": cmd_schedule,
+    "every": cmd_every,
+    "list": cmd_list,
+    "schedules": cmd_schedules,
+    "queues": cmd_queues,
+    "show": cmd_show,
+    "wait": cmd_wait,
+    "revoke": cmd_revoke,
+    "retry": cmd_retry,
+    "stall": cmd_stall,
+    "update": cmd_update,
+    "prune": cmd_prune,
+    "watch": cmd_watch,
+}
