@@ -16,9 +16,9 @@ from typing import Any
 from martinet import config, protocol, rules, when
 from martinet.client import Client, EventListener
 from martinet.errors import BadInput, DaemonUnavailable, MartinetError, TaskFailed, WaitTimeout
-from martinet.lanes import DEFAULT_QUEUE
 from martinet.messages import Request
 from martinet.query import Page, check_filter_names
+from martinet.server.lanes import DEFAULT_QUEUE
 from martinet.submit import (
     BATCH,
     EVERY_KEYS,
@@ -552,8 +552,6 @@ class Martinet:
                         "the %s hook %s raised on event %s (task %s)",
                         kind, getattr(fn, "__name__", fn), event.get("event_id"), event.get("id"),
                     )  # fmt: skip
-
-
 
 
 # Hook names and the event kinds each gets (events.KINDS; "gap" is the client's own:
