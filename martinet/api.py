@@ -18,7 +18,7 @@ from martinet.client import Client, EventListener
 from martinet.errors import BadInput, DaemonUnavailable, MartinetError, TaskFailed, WaitTimeout
 from martinet.messages import Request
 from martinet.query import Page, check_filter_names
-from martinet.server.lanes import DEFAULT_QUEUE
+from martinet.rules import DEFAULT_QUEUE
 from martinet.submit import (
     BATCH,
     EVERY_KEYS,
@@ -70,7 +70,7 @@ class Martinet:
         return cls(url=url, timeout=timeout, **settings)
 
     def _start_embedded(self) -> str:
-        from martinet.daemon import Daemon  # only embedded users pay for the daemon's imports
+        from martinet.server.loop import Daemon  # only embedded users pay for the daemon's imports
 
         self._daemon = Daemon(self.settings, port_option="Martinet(db=..., {role}_port=N) (0: any free port)")
         self._daemon.open()

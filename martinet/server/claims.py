@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from martinet.server.outbox import Outbox
-
-if TYPE_CHECKING:
-    from martinet.server.core import Core
+from martinet.server.state import State
 
 log = logging.getLogger("martinet.daemon")
 
@@ -17,7 +15,7 @@ log = logging.getLogger("martinet.daemon")
 CLAIMS_PER_TURN = 200
 
 
-def claim(core: Core, out: Outbox, now: float) -> None:
+def claim(core: State, out: Outbox, now: float) -> None:
     """Lease queued tasks to workers with credit (sent once the turn is committed).
 
     Idle threads first, on every worker; then the prefetch, in rounds of at most
@@ -65,14 +63,14 @@ def claim(core: Core, out: Outbox, now: float) -> None:
     core.rate_wakeup = core.lanes.next_deadline(now)
 
 
-def names_with_room(core: Core, peer: Any, now: float) -> frozenset[str]:
+def names_with_room(core: State, peer: Any, now: float) -> frozenset[str]:
     """The task names `peer` runs whose fleet-wide limits have room now."""
     if not core.lanes.names:
         return frozenset(peer.names)
     return frozenset(n for n in peer.names if core.lanes.name_room(n, now) > 0)
 
 
-def claim_for(core: Core, peer: Any, now: float, room: int, budget: list[int]) -> tuple[list[dict], bool]:
+def claim_for(core: State, peer: Any, now: float, room: int, budget: list[int]) -> tuple[list[dict], bool]:
     """Claim up to `room` tasks for one worker, queue by queue as the lanes share its
     credit out. Returns the rows and whether a queue may hold more ready work.
 

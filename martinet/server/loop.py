@@ -23,10 +23,11 @@ from martinet.config import Settings
 from martinet.errors import MartinetError
 from martinet.protocol import Cmd
 from martinet.retry import RetryPolicy
-from martinet.server.core import Core, Messages
+from martinet.server.core import Core
 from martinet.server.lanes import Lanes
 from martinet.server.outbox import Outbox
 from martinet.server.peers import Peer, Peers
+from martinet.server.state import Messages
 from martinet.store import Store, WalCheckpointer, open_database, redact
 
 log = logging.getLogger("martinet.daemon")

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from martinet import protocol, query, rules, when
 from martinet.errors import BadInput, BadSchedule, TaskNotFound
-from martinet.models import FAILED, QUEUED, SCHEDULED, STALLED, TERMINAL, WAITING
+from martinet.models import TERMINAL
 from martinet.present import (
     attempt_infos,
     iso,
@@ -26,30 +25,16 @@ from martinet.present import (
     task_page,
 )
 from martinet.protocol import Cmd
+from martinet.rules import DEFAULT_QUEUE
 from martinet.server import queue_ops
-from martinet.server.lanes import DEFAULT_QUEUE
-from martinet.server.outbox import Outbox
+from martinet.server.state import Request, State, no_worker, waiting_reason
 from martinet.states import Revoked
 from martinet.validate import check_args, check_every, check_task, clean_text, parse_ref
-
-if TYPE_CHECKING:
-    from martinet.server.core import Core
 
 log = logging.getLogger("martinet.daemon")
 
 MAX_BATCH = 10_000  # tasks in one execute_many request; the payload limit bounds it too
 MAX_WAITERS = 100_000  # pending wait() requests at most: a flood cannot grow memory without bound
-
-
-@dataclass
-class Request:
-    """A client request as an op sees it."""
-
-    core: Core
-    header: dict
-    now: float
-    out: Outbox  # what the turn sends once committed (a revoke's CANCEL, ended tasks, events)
-    ident: bytes  # the client's connection (wait and subscribe answer it later)
 
 
 def ping(r: Request) -> dict | None:
@@ -223,7 +208,7 @@ def stall(r: Request) -> dict | None:
     return {"status": status}
 
 
-def task_ref(core: Core, ref: Any) -> int:
+def task_ref(core: State, ref: Any) -> int:
     kind, num = resolve(core, ref)
     if kind != "task":
         raise BadInput(f"{ref!r} is a schedule id; tasks have ids like 42")
@@ -267,7 +252,7 @@ def resume(r: Request) -> dict | None:
     return {"status": status}
 
 
-def schedule_ref(core: Core, ref: Any) -> int:
+def schedule_ref(core: State, ref: Any) -> int:
     kind, num = resolve(core, ref)
     if kind != "schedule":
         raise BadInput(f"{ref!r} is a task id; schedules have ids like s7")
@@ -299,7 +284,7 @@ def subscribe(r: Request) -> dict | None:
     return core.hub.subscribe(core.store, r.ident, h.get("since"), now)
 
 
-def resolve(core: Core, ref: Any) -> tuple[str, int]:
+def resolve(core: State, ref: Any) -> tuple[str, int]:
     """An id (42, "s7") or a key ("avatar-7", or "key:42" for a key that looks like an id)."""
     try:
         return parse_ref(ref)
@@ -312,7 +297,7 @@ def resolve(core: Core, ref: Any) -> tuple[str, int]:
     return found
 
 
-def lookup(core: Core, ref: Any, upcoming: int = 0) -> dict:
+def lookup(core: State, ref: Any, upcoming: int = 0) -> dict:
     kind, num = resolve(core, ref)
     if kind == "task":
         item = maybe_task_info(core.store.get_task(num))
@@ -321,48 +306,6 @@ def lookup(core: Core, ref: Any, upcoming: int = 0) -> dict:
     if item is None:
         raise TaskNotFound(f"no {kind} with id {ref}")
     return item
-
-
-def waiting_reason(core: Core, item: dict) -> str | None:
-    status, name = item["status"], item["name"]
-    if status == SCHEDULED:
-        return f"scheduled for {item['run_at']}"
-    if status == FAILED:
-        return f"attempt {item['attempt']} failed; retry at {item['run_at']}"
-    if status == STALLED:
-        return f"{item['reason'] or 'stalled'}; held until `martinet retry {item['id']}`"
-    if status == WAITING:
-        parents = core.store.unfinished_parents(item["id"])
-        return f"waiting for task(s) {', '.join(map(str, parents))} to succeed"
-    if status != QUEUED:
-        return None
-    queue = item["queue"]
-    lane = core.lanes.queue(queue)
-    if lane.paused:
-        return f"queue {queue!r} is paused"
-    none = no_worker(core, name, queue)
-    if none:
-        return none
-    handlers = core.peers.handles(name, queue)
-    now = core.clock()
-    if lane.room(now) == 0:
-        return f"queue {queue!r} is at its limit (concurrency {lane.concurrency}, rate {lane.rate})"
-    if core.lanes.name_room(name, now) == 0:
-        return f"task name {name!r} is at its fleet-wide limit"
-    if not any(p.credit for p in handlers):
-        return f"all {len(handlers)} worker(s) that handle {name!r} are busy"
-    return "about to be dispatched"
-
-
-def no_worker(core: Core, name: str, queue: str) -> str | None:
-    """Why no connected worker would take a task of `name` in `queue`, or None (one would).
-    Said by `show` and as a warning when such a task is submitted (a typo, a worker not
-    started, or started without that queue)."""
-    if core.peers.serves(name, queue):
-        return None
-    if not core.peers.serves(name):
-        return f"no connected worker handles {name!r}"
-    return f"no connected worker that handles {name!r} serves queue {queue!r}"
 
 
 OPS: dict[str, Callable[[Request], dict | None]] = {

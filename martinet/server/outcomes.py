@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import peewee
 
@@ -13,17 +13,15 @@ from martinet.protocol import Cmd
 from martinet.server import incoming
 from martinet.server.events import attempt_event
 from martinet.server.outbox import Outbox
+from martinet.server.state import Messages, State
 from martinet.store import Outcome
-
-if TYPE_CHECKING:
-    from martinet.server.core import Core, Messages
 
 log = logging.getLogger("martinet.daemon")
 
 _UNWRITTEN = object()  # an outcome whose writing failed: not acknowledged
 
 
-def on_status_batch(core: Core, msgs: Messages, out: Outbox, now: float) -> None:
+def on_status_batch(core: State, msgs: Messages, out: Outbox, now: float) -> None:
     progress: dict[tuple[int, int, str], dict] = {}  # coalesced: latest wins
     ended: list[tuple[bytes, Outcome]] = []  # (status ident, outcome)
     starts: list[tuple[int, int, str]] = []  # (id, attempt, worker): written first
@@ -98,7 +96,7 @@ def on_status_batch(core: Core, msgs: Messages, out: Outbox, now: float) -> None
         on_outcomes(core, ended, out, now)
 
 
-def within_payload(core: Core, item: dict, worker_id: str) -> dict:
+def within_payload(core: State, item: dict, worker_id: str) -> dict:
     """A result over max_payload (from a worker that does not check it: older, or not
     ours) is stored as the failure a worker would have reported, like args refused."""
     if not item.get("ok"):
@@ -115,7 +113,7 @@ def within_payload(core: Core, item: dict, worker_id: str) -> dict:
     return {"id": item["id"], "attempt": item["attempt"], "ok": False, "error": error}
 
 
-def on_outcomes(core: Core, ended: list[tuple[bytes, Outcome]], out: Outbox, now: float) -> None:
+def on_outcomes(core: State, ended: list[tuple[bytes, Outcome]], out: Outbox, now: float) -> None:
     """Outcomes of one turn, written together; should that fail, one by one, so that a
     bad one costs only itself (it is not acknowledged: its worker sends it again)."""
     outcomes = [outcome for _ident, outcome in ended]
@@ -147,7 +145,7 @@ def on_outcomes(core: Core, ended: list[tuple[bytes, Outcome]], out: Outbox, now
             _ended(core, info, outcome, out, now)
 
 
-def _ended(core: Core, info: dict, outcome: Outcome, out: Outbox, now: float) -> None:
+def _ended(core: State, info: dict, outcome: Outcome, out: Outbox, now: float) -> None:
     """An attempt ended as its worker said: free its slot, log it, tell who listens."""
     task_id, attempt, worker_id = outcome.task_id, outcome.attempt, outcome.worker
     if info.pop("late", False):  # its slot was freed when the daemon thought it lost

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from martinet import rules, when
 from martinet.errors import BadInput
 from martinet.models import STATES, TERMINAL
 from martinet.present import iso
 from martinet.server.lanes import Queue, queue_columns
+from martinet.server.state import Request, State
 from martinet.store import PRUNE_BATCH
 from martinet.validate import is_id
-
-if TYPE_CHECKING:
-    from martinet.server.core import Core
-    from martinet.server.ops import Request
 
 log = logging.getLogger("martinet.daemon")
 
@@ -83,7 +80,7 @@ def set_queue(r: Request) -> dict | None:
     return apply_queue(core, h, now, changes)
 
 
-def apply_queue(core: Core, h: dict, now: float, changes: dict) -> dict:
+def apply_queue(core: State, h: dict, now: float, changes: dict) -> dict:
     name = rules.check_queue_name(h.get("name"))
     core.store.save_queue(name, now, **queue_columns(changes))
     core.lanes.configure(name, **changes)

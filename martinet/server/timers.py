@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
 
 from martinet import protocol
 from martinet.models import LEASED
 from martinet.present import maybe_task_info
 from martinet.protocol import Cmd
-from martinet.server.ops import waiting_reason
 from martinet.server.outbox import Outbox
+from martinet.server.state import State, waiting_reason
 from martinet.server.workers import lose_worker
-
-if TYPE_CHECKING:
-    from martinet.server.core import Core
 
 log = logging.getLogger("martinet.daemon")
 
@@ -31,7 +27,7 @@ OVERDUE_BATCH = 500
 _HEARTBEAT = protocol.encode(Cmd.HEARTBEAT, {})
 
 
-def run(core: Core, out: Outbox, now: float) -> None:
+def run(core: State, out: Outbox, now: float) -> None:
     if core.wakeup_dirty:
         core.next_wakeup = core.store.next_wakeup(TIMER_LEAD)
         core.wakeup_dirty = False
@@ -74,7 +70,7 @@ def run(core: Core, out: Outbox, now: float) -> None:
                 del core.waiters[task_id]
 
 
-def why_waits(core: Core, task_id: int) -> dict:
+def why_waits(core: State, task_id: int) -> dict:
     """A task's state and why it has not ended (as `show` says it), for a wait that timed out."""
     item = maybe_task_info(core.store.get_task(task_id))
     if item is None:
@@ -82,7 +78,7 @@ def why_waits(core: Core, task_id: int) -> dict:
     return {"status": item["status"], "waiting": waiting_reason(core, item)}
 
 
-def tick(core: Core, out: Outbox, now: float) -> None:
+def tick(core: State, out: Outbox, now: float) -> None:
     """Once per heartbeat interval: dead workers, leases, retention."""
     s = core.settings
     for peer in core.peers.silent(now, s.heartbeat_interval * s.liveness):
@@ -98,7 +94,7 @@ def tick(core: Core, out: Outbox, now: float) -> None:
     core.retention.step(core.store, now)  # old finished tasks, a bounded batch per tick
 
 
-def time_limits(core: Core, out: Outbox, now: float) -> None:
+def time_limits(core: State, out: Outbox, now: float) -> None:
     """Attempts past their time limit plus time_limit_grace without an answer end as
     timed out (failed: retried with backoff elsewhere, or dead), however many heartbeats
     their worker sends; it gets a CANCEL, in case it is alive but stuck, and the slot

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from martinet import protocol
 from martinet.protocol import Cmd
 from martinet.server import incoming
 from martinet.server.outbox import Outbox
 from martinet.server.peers import Peer
+from martinet.server.state import State
 from martinet.validate import clean_text, is_id, is_rate
-
-if TYPE_CHECKING:
-    from martinet.server.core import Core
 
 log = logging.getLogger("martinet.daemon")
 
 MAX_PEERS = 10_000  # connected workers at most: a flood of hellos cannot grow memory without bound
 
 
-def on_worker(core: Core, ident: bytes, frames: list[bytes], out: Outbox, now: float) -> None:
+def on_worker(core: State, ident: bytes, frames: list[bytes], out: Outbox, now: float) -> None:
     cmd, h = core.decode("worker", ident, frames)
     if cmd is None:
         return
@@ -45,7 +43,7 @@ def on_worker(core: Core, ident: bytes, frames: list[bytes], out: Outbox, now: f
     log.warning("dropped a %s command on the worker socket from %s", cmd.name, peer.worker_id)
 
 
-def hello_of(core: Core, ident: bytes, h: dict) -> dict | None:
+def hello_of(core: State, ident: bytes, h: dict) -> dict | None:
     """A HELLO's header, checked (None, and the reason recorded, for a malformed one)."""
     if not incoming.hello(h, core.limits.max_name_length):
         core.malformed("worker", ident, f"a hello without a valid worker_id, names and capacity: "
@@ -54,7 +52,7 @@ def hello_of(core: Core, ident: bytes, h: dict) -> dict | None:
     return h
 
 
-def on_reject(core: Core, peer: Peer, h: dict, now: float) -> None:
+def on_reject(core: State, peer: Peer, h: dict, now: float) -> None:
     """The worker cannot run a task it was sent (it lacks its handler): it goes elsewhere."""
     read = incoming.reject(h)
     if read is None:
@@ -74,7 +72,7 @@ def on_reject(core: Core, peer: Peer, h: dict, now: float) -> None:
         core.dispatch_pending = True
 
 
-def on_hello(core: Core, ident: bytes, h: dict, out: Outbox, now: float) -> None:
+def on_hello(core: State, ident: bytes, h: dict, out: Outbox, now: float) -> None:
     worker_id: str = h["worker_id"]
     names: list[str] = h["names"]
     capacity: int = h["capacity"]
@@ -158,7 +156,7 @@ def on_hello(core: Core, ident: bytes, h: dict, out: Outbox, now: float) -> None
     )  # fmt: skip
 
 
-def welcome(core: Core) -> dict:
+def welcome(core: State) -> dict:
     s = core.settings
     return {
         "epoch": core.epoch,
@@ -174,7 +172,7 @@ def welcome(core: Core) -> dict:
     }
 
 
-def declare_limits(core: Core, limits: Any, names: set[str], now: float) -> None:
+def declare_limits(core: State, limits: Any, names: set[str], now: float) -> None:
     """Fleet-wide limits a worker declares for its task names (@martinet.task(concurrency=, rate=))."""
     if not isinstance(limits, dict):
         return
@@ -192,7 +190,7 @@ def declare_limits(core: Core, limits: Any, names: set[str], now: float) -> None
             log.info("task %s limited to concurrency %s, rate %s", name, concurrency, rate)
 
 
-def lose_worker(core: Core, worker_id: str, now: float, reason: str, outcome: str = "lost") -> None:
+def lose_worker(core: State, worker_id: str, now: float, reason: str, outcome: str = "lost") -> None:
     peer = core.peers.remove(worker_id)
     lost = core.ended_all(core.store.release_worker(worker_id, now, reason, outcome), now)
     if lost:

@@ -344,6 +344,7 @@ def test_the_daemon_and_messages_read_outcomes_alike():
     """Until the daemon reads its outcomes with messages.Outcome, its own reader and this one
     must agree on every shape of item."""
     from martinet.server import incoming
+
     items = [
         {"id": 1, "attempt": 1, "ok": True, "result": [1, {"a": None}]},
         {"id": 1, "attempt": 1, "ok": True},
