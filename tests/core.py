@@ -9,6 +9,7 @@ from typing import Any
 
 from martinet import protocol
 from martinet.config import Settings
+from martinet.messages import Ack, Cancel
 from martinet.present import maybe_task_info
 from martinet.protocol import Cmd
 from martinet.server import claims, timers
@@ -86,7 +87,7 @@ class Core:
         with self.store.atomic():
             timers.run(self.server, out, self.now)
             claims.claim(self.server, out, self.now)
-        self.cancels += [(ident, h["id"]) for ident, cmd, h in out.worker if cmd is Cmd.CANCEL]
+        self.cancels += [(ident, m.task_id) for ident, m in out.worker if isinstance(m, Cancel)]
         return {peer.worker_id: rows for peer, rows in out.tasks}
 
     def tick(self) -> None:
@@ -95,7 +96,7 @@ class Core:
         out = Outbox()
         with self.store.atomic():
             timers.run(self.server, out, self.now)
-        self.cancels += [(ident, h["id"]) for ident, cmd, h in out.worker if cmd is Cmd.CANCEL]
+        self.cancels += [(ident, m.task_id) for ident, m in out.worker if isinstance(m, Cancel)]
 
     def claimed_names(self) -> list[str]:
         return sorted(row["name"] for rows in self.claim().values() for row in rows)
@@ -153,9 +154,9 @@ class Core:
         finally:
             core.hub.record = record
         sent = [("worker", ident, *protocol.decode(frames)) for ident, frames in out.always]
-        sent += [("worker", ident, cmd, h) for ident, cmd, h in out.worker]
+        sent += [("worker", ident, *protocol.decode(m.encode())) for ident, m in out.worker]
         sent += [("client", ident, Cmd.REPLY, h) for ident, h in [*out.replies, *out.answers]]
-        sent += [("status", ident, Cmd.ACK, {"acks": acks}) for ident, acks in out.acks.items()]
-        core.task_messages(out.tasks, self.now, self.now)
-        sent += [("worker", peer.ident, Cmd.TASK, {"tasks": rows}) for peer, rows in out.tasks]
+        sent += [("status", ident, *protocol.decode(Ack(tuple(a)).encode())) for ident, a in out.acks.items()]
+        tasks = core.task_messages(out.tasks, self.now, self.now)
+        sent += [("worker", peer.ident, *protocol.decode(message.encode())) for peer, message in tasks]
         return sent

@@ -20,9 +20,9 @@ from typing import Any
 
 import peewee
 
-from martinet import protocol
 from martinet.dbhealth import describe
 from martinet.errors import BadInput, MartinetError
+from martinet.messages import HelloAgain
 from martinet.protocol import Cmd
 from martinet.server import claims, ops, outcomes, timers, workers
 from martinet.server.outbox import Outbox
@@ -88,7 +88,7 @@ class Core(State):
             error("StoreError", f"the daemon's database failed, so this request was not carried out: {why}")
         )
         self._undo(saved)
-        again = protocol.encode(Cmd.HELLO_AGAIN, {"epoch": self.epoch})
+        again = HelloAgain(self.epoch).encode()
         out.always.extend((ident, again) for ident in dict.fromkeys(out.hellos))
 
     def _undo(self, saved: tuple[Any, ...]) -> None:

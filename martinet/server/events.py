@@ -37,9 +37,9 @@ from typing import Any
 
 from martinet import protocol, rules
 from martinet.errors import BadInput
+from martinet.messages import Events
 from martinet.models import STALLED
 from martinet.present import iso
-from martinet.protocol import Cmd
 from martinet.store import Store
 
 log = logging.getLogger("martinet.daemon")
@@ -146,7 +146,7 @@ def _wire(event_id: int, at: str, body: str) -> bytes:
 
 
 def _message(items: list[bytes]) -> list[bytes]:
-    return protocol.encode_batch(Cmd.EVENT, "events", items)
+    return Events.batch(items)
 
 
 class EventHub:

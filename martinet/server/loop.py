@@ -14,6 +14,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
+from typing import Any
 
 import peewee
 import zmq
@@ -21,6 +22,7 @@ import zmq
 from martinet import protocol
 from martinet.config import Settings
 from martinet.errors import MartinetError
+from martinet.messages import Ack
 from martinet.protocol import Cmd
 from martinet.retry import RetryPolicy
 from martinet.server.core import Core
@@ -203,31 +205,28 @@ class Daemon:
         assert self.core is not None
         for ident, frames in out.always:
             self._send_raw(self.worker, ident, frames)
-        for ident, cmd, header in out.worker:
-            self._send(self.worker, ident, cmd, header)
+        for ident, message in out.worker:
+            self._send_raw(self.worker, ident, message.encode())
         for ident, reply in out.replies:
             self._send(self.client, ident, Cmd.REPLY, reply)
         for ident, acks in out.acks.items():
-            self._send(self.status, ident, Cmd.ACK, {"acks": acks})
+            self._send_raw(self.status, ident, Ack(tuple(acks)).encode())
         self.core.hub.push(self._to_subscriber, out.events, now)
         self.core.hub.catch_up(self.core.store, self._to_subscriber, now)
         for ident, reply in out.answers:
             self._send(self.client, ident, Cmd.REPLY, reply)
         self._send_tasks(out.tasks, now)
 
-    def _send_tasks(self, batches: list[tuple[Peer, list[dict]]], now: float) -> None:
+    def _send_tasks(self, batches: list[tuple[Peer, list[dict[str, Any]]]], now: float) -> None:
         if not batches:
             return
         assert self.core is not None
-        self.core.task_messages(batches, self.clock(), now)
-        for peer, rows in batches:
-            # The claimed rows are the message: id, attempt, name, queue, args, timeout, and
-            # start_in (seconds from now) for a task leased ahead of its run_at.
-            if not self._send(self.worker, peer.ident, Cmd.TASK, {"tasks": rows}):
-                self.core.undelivered(peer, rows, now)
+        for peer, tasks in self.core.task_messages(batches, self.clock(), now):
+            if not self._send_raw(self.worker, peer.ident, tasks.encode()):
+                self.core.undelivered(peer, tasks.tasks, now)
                 continue
             if log.isEnabledFor(logging.DEBUG):
-                log.debug("tasks %s sent to %s", [row["id"] for row in rows], peer.worker_id)
+                log.debug("tasks %s sent to %s", [task.task_id for task in tasks.tasks], peer.worker_id)
 
     def _drain(self, sock: zmq.Socket) -> Messages:
         msgs: Messages = []

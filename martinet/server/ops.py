@@ -15,6 +15,7 @@ from typing import Any
 
 from martinet import protocol, query, rules, when
 from martinet.errors import BadInput, BadSchedule, TaskNotFound
+from martinet.messages import Cancel
 from martinet.models import TERMINAL
 from martinet.present import (
     attempt_infos,
@@ -24,7 +25,6 @@ from martinet.present import (
     schedule_info,
     task_page,
 )
-from martinet.protocol import Cmd
 from martinet.rules import DEFAULT_QUEUE
 from martinet.server import queue_ops
 from martinet.server.state import Request, State, no_worker, waiting_reason
@@ -180,7 +180,7 @@ def revoke(r: Request) -> dict | None:
     if status == Revoked.CANCELLING:
         peer = core.peers.owner(num)
         if peer is not None:
-            r.out.send(peer.ident, Cmd.CANCEL, {"id": num})
+            r.out.send(peer.ident, Cancel(num))
     elif status == Revoked.CANCELLED:
         r.out.ended.extend([num, *also])
         core.cancelled_events(r.out.events, [num, *also])

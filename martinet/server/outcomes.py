@@ -7,110 +7,133 @@ from typing import Any
 
 import peewee
 
-from martinet import protocol
+from martinet.errors import ProtocolError
+from martinet.messages import Outcome, OutcomeKind, Progress, Started
+from martinet.messages.fields import is_worker_id
+from martinet.messages.outcome import started_items
 from martinet.models import QUEUED, STALLED, TERMINAL
 from martinet.protocol import Cmd
-from martinet.server import incoming
 from martinet.server.events import attempt_event
 from martinet.server.outbox import Outbox
 from martinet.server.state import Messages, State
-from martinet.store import Outcome
 
 log = logging.getLogger("martinet.daemon")
 
+FAILED = OutcomeKind.FAILED
 _UNWRITTEN = object()  # an outcome whose writing failed: not acknowledged
 
 
 def on_status_batch(core: State, msgs: Messages, out: Outbox, now: float) -> None:
-    progress: dict[tuple[int, int, str], dict] = {}  # coalesced: latest wins
+    progress: dict[tuple[int, int, str], Progress] = {}  # coalesced: latest wins
     ended: list[tuple[bytes, Outcome]] = []  # (status ident, outcome)
     starts: list[tuple[int, int, str]] = []  # (id, attempt, worker): written first
     for ident, frames in msgs:
         cmd, h = core.decode("status", ident, frames)
         if cmd is None:
             continue
-        if cmd is Cmd.STARTED or cmd is Cmd.ENDED:
-            took = incoming.started(h)  # handlers took these; an ENDED may carry them too
-            if took:
-                starts.extend(took)
-            if cmd is Cmd.STARTED:
-                if took is None:
-                    log.warning("dropped a STARTED without a valid worker_id from %r", ident)
-                else:
-                    core.peers.seen(h["worker_id"], now)
+        if cmd is Cmd.STARTED:
+            try:
+                took = Started.from_header(h)  # handlers took these
+            except ProtocolError:
+                log.warning("dropped a STARTED without a valid worker_id from %r", ident)
                 continue
-        elif cmd not in (Cmd.DONE, Cmd.FAILED, Cmd.PROGRESS):
+            starts.extend((task_id, attempt, took.worker_id) for task_id, attempt in took.started)
+            core.peers.seen(took.worker_id, now)
+        elif cmd is Cmd.PROGRESS:
+            _progress(core, ident, h, progress, now)
+        elif cmd is Cmd.ENDED or cmd is Cmd.DONE or cmd is Cmd.FAILED:
+            _outcomes(core, ident, cmd, h, len(frames[0]), ended, starts, now)
+        else:
             log.warning("dropped a %s command on the status socket", cmd.name)
-            continue
-        read = incoming.status_items(cmd, h)
-        if read is None:
-            log.warning("dropped a %s without a valid worker_id from %r", cmd.name, ident)
-            continue
-        worker_id, items = read
-        core.peers.seen(worker_id, now)
-        big = cmd is not Cmd.PROGRESS and len(frames[0]) > core.limits.max_payload  # a result may be over
-        foreign = 0
-        for item in items:
-            if not incoming.attempt(item):
-                log.warning("dropped a %s without a valid id and attempt from %s", cmd.name, worker_id)
-            elif item.get("database") not in (None, core.database_id):
-                foreign += 1  # not acknowledged: the worker keeps it for the daemon it is for
-            elif cmd is Cmd.PROGRESS:
-                progress[(item["id"], item["attempt"], worker_id)] = item
-            else:
-                try:
-                    if big:
-                        item = within_payload(core, item, worker_id)
-                    ended.append((ident, incoming.outcome(item, worker_id)))
-                except Exception:  # a bug of ours must cost one outcome, never the turn
-                    log.exception("dropped an outcome of task %s from %s", item["id"], worker_id)
-        if foreign:
-            # A daemon of another database was at this address (its worker has not said
-            # hello to us yet: it will, and learn which database this is, from our welcome).
-            log.warning(
-                "ignored %d outcome(s) from %s meant for another database, not this one (%s)",
-                foreign, worker_id, core.database_id,
-            )  # fmt: skip
     if starts:  # before the progress and outcomes that came after them
         with core.isolated("a start report"):
             core.store.start(starts, now)
     # Progress first: a handler's last report often comes in the turn of its outcome,
     # and once the attempt has ended it would be fenced out (a worker sends both on
     # one socket, in order, so no progress of an attempt comes after its outcome).
-    for (task_id, attempt, worker_id), h in progress.items():
-        value, message = incoming.progress(h)
+    for (task_id, attempt, worker_id), p in progress.items():
         with core.isolated(f"progress of task {task_id}"):
-            updated = core.store.progress(task_id, attempt, worker_id, value, message, now)
+            updated = core.store.progress(task_id, attempt, worker_id, p.progress, p.message, now)
         if updated:
             out.events.append(
                 {
                     "event": "progress",
                     "id": task_id,
-                    "name": h.get("name"),
+                    "name": p.name,
                     "attempt": attempt,
-                    "progress": value,
-                    "message": message,
+                    "progress": p.progress,
+                    "message": p.message,
                 }
             )
     if ended:
         on_outcomes(core, ended, out, now)
 
 
-def within_payload(core: State, item: dict, worker_id: str) -> dict:
-    """A result over max_payload (from a worker that does not check it: older, or not
-    ours) is stored as the failure a worker would have reported, like args refused."""
-    if not item.get("ok"):
-        return item
-    size = len(protocol.dumps(item.get("result")))
-    if size <= core.limits.max_payload:
-        return item
-    message = (
-        f"the handler's result is {size} bytes as JSON, over the limit of "
-        f"{core.limits.max_payload} (max_payload)"
-    )
-    log.warning("task %s attempt %s from %s: %s", item["id"], item["attempt"], worker_id, message)
-    error = {"type": "ValueError", "message": message}
-    return {"id": item["id"], "attempt": item["attempt"], "ok": False, "error": error}
+def _progress(
+    core: State, ident: bytes, h: dict[str, Any], progress: dict[tuple[int, int, str], Progress], now: float
+) -> None:
+    """A PROGRESS, read (messages.Progress) and kept if it is the attempt's latest."""
+    worker_id = h.get("worker_id")
+    if not is_worker_id(worker_id):
+        log.warning("dropped a PROGRESS without a valid worker_id from %r", ident)
+        return
+    core.peers.seen(worker_id, now)
+    try:
+        p = Progress.from_header(h)
+    except ProtocolError:
+        log.warning("dropped a PROGRESS without a valid id and attempt from %s", worker_id)
+        return
+    if h.get("database") not in (None, core.database_id):
+        _foreign(core, worker_id, 1)
+        return
+    progress[(p.task_id, p.attempt, worker_id)] = p
+
+
+def _outcomes(
+    core: State, ident: bytes, cmd: Cmd, h: dict[str, Any], size: int,
+    ended: list[tuple[bytes, Outcome]], starts: list[tuple[int, int, str]], now: float,
+) -> None:  # fmt: skip
+    """An ENDED's outcomes (a DONE's or a FAILED's: one), each read as messages.Outcome,
+    and the starts an ENDED carries."""
+    worker_id = h.get("worker_id")
+    if is_worker_id(worker_id) and cmd is Cmd.ENDED and "started" in h:  # handlers took these first
+        starts.extend((task_id, attempt, worker_id) for task_id, attempt in started_items(h["started"]))
+    items = h.get("ended") if cmd is Cmd.ENDED else [{**h, "ok": cmd is Cmd.DONE}]
+    if not is_worker_id(worker_id) or not isinstance(items, list):
+        log.warning("dropped a %s without a valid worker_id from %r", cmd.name, ident)
+        return
+    core.peers.seen(worker_id, now)
+    # A result may be over max_payload (from a worker that does not check it: older, or
+    # not ours): it is stored as the failure a worker would have reported, like args refused.
+    max_payload = core.limits.max_payload if size > core.limits.max_payload else None
+    foreign = 0
+    for item in items:
+        try:
+            outcome = Outcome.from_item(item, worker_id, max_payload)
+        except ProtocolError:
+            log.warning("dropped a %s without a valid id and attempt from %s", cmd.name, worker_id)
+            continue
+        except Exception:  # a bug of ours must cost one outcome, never the turn
+            log.exception("dropped an outcome of task %s from %s", item["id"], worker_id)
+            continue
+        if item.get("database") not in (None, core.database_id):
+            foreign += 1  # not acknowledged: the worker keeps it for the daemon it is for
+            continue
+        if max_payload is not None and outcome.kind is FAILED and item.get("ok"):
+            log.warning("task %s attempt %s from %s: %s", outcome.task_id, outcome.attempt, worker_id,
+                        outcome.error["message"] if outcome.error else "")  # fmt: skip
+        ended.append((ident, outcome))
+    if foreign:
+        _foreign(core, worker_id, foreign)
+
+
+def _foreign(core: State, worker_id: str, count: int) -> None:
+    # A daemon of another database was at this address (its worker has not said hello
+    # to us yet: it will, and learn which database this is, from our welcome).
+    log.warning(
+        "ignored %d outcome(s) from %s meant for another database, not this one (%s)",
+        count, worker_id, core.database_id,
+    )  # fmt: skip
 
 
 def on_outcomes(core: State, ended: list[tuple[bytes, Outcome]], out: Outbox, now: float) -> None:
@@ -134,7 +157,7 @@ def on_outcomes(core: State, ended: list[tuple[bytes, Outcome]], out: Outbox, no
         if info is _UNWRITTEN:
             continue
         # Acknowledged even when fenced out: a late or repeated answer changes nothing.
-        out.acks.setdefault(ident, []).append([outcome.task_id, outcome.attempt])
+        out.acks.setdefault(ident, []).append((outcome.task_id, outcome.attempt))
         if info is None:
             core.peers.unstick(outcome.worker, outcome.task_id)  # if stuck in it, it is free again
             log.info(

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import peewee
@@ -21,6 +22,7 @@ from martinet import protocol
 from martinet.config import Settings, keep_seconds
 from martinet.dbhealth import DbHealth
 from martinet.errors import ProtocolError
+from martinet.messages import Task, Tasks
 from martinet.models import FAILED, QUEUED, SCHEDULED, STALLED, TERMINAL, WAITING
 from martinet.present import maybe_task_info
 from martinet.protocol import Cmd
@@ -247,25 +249,24 @@ class State:
             for ident, rid, _ in waits:
                 out.answers.append((ident, {"rid": rid, "ok": True, "done": True, "item": item}))
 
-    def task_messages(self, batches: list[tuple[Peer, list[dict]]], sent_at: float, now: float) -> None:
+    def task_messages(
+        self, batches: list[tuple[Peer, list[dict[str, Any]]]], sent_at: float, now: float
+    ) -> list[tuple[Peer, Tasks]]:
         """The claimed rows become TASK messages as they leave: a start counts from when
         it was sent, and a task leased ahead of its run_at says when to start (start_in)."""
         self.lanes.restamp(now, sent_at)
-        for _peer, rows in batches:
-            for row in rows:
-                run_at = row.pop("run_at", None)
-                if run_at is not None and run_at > sent_at:
-                    row["start_in"] = run_at - sent_at
+        return [(peer, Tasks(tuple(map(partial(task_item, sent_at), rows)))) for peer, rows in batches]
 
-    def undelivered(self, peer: Peer, rows: list[dict], now: float) -> None:
+    def undelivered(self, peer: Peer, tasks: Iterable[Task], now: float) -> None:
         """Tasks claimed for a connection that is gone (its worker reconnected meanwhile, as
         workers do while the daemon is paused, or it died): they never left, so they go back
         to the queue with no attempt spent. The worker is not judged by it: it gets nothing
         more on that connection, and its next hello, or its silence, decides the rest."""
+        tasks = list(tasks)
         with self.store.atomic():
-            for row in rows:
-                lane = self.store.unclaim(row["id"], row["attempt"], now)
-                self.peers.release(row["id"], now)
+            for task in tasks:
+                lane = self.store.unclaim(task.task_id, task.attempt, now)
+                self.peers.release(task.task_id, now)
                 if lane is not None:
                     self.lanes.ended(*lane)
                     self.lanes.ready(lane[0])
@@ -273,8 +274,18 @@ class State:
         self.dispatch_pending = True
         log.warning(
             "worker %s could not be reached: tasks %s back to the queue, unspent",
-            peer.worker_id, [row["id"] for row in rows],
+            peer.worker_id, [task.task_id for task in tasks],
         )  # fmt: skip
+
+
+def task_item(sent_at: float, row: dict[str, Any]) -> Task:
+    """A claimed row (Store.claim) as its TASK item, sent at `sent_at`: one leased ahead
+    of its run_at says when to start (start_in, seconds from when it was sent)."""
+    run_at = row.get("run_at")
+    return Task(
+        row["id"], row["attempt"], row["name"], row["args"], row["queue"], row["timeout"], row.get("parents"),
+        run_at - sent_at if run_at is not None and run_at > sent_at else None,
+    )  # fmt: skip
 
 
 @dataclass

@@ -6,10 +6,9 @@ from __future__ import annotations
 import logging
 import math
 
-from martinet import protocol
+from martinet.messages import Cancel, Heartbeat
 from martinet.models import LEASED
 from martinet.present import maybe_task_info
-from martinet.protocol import Cmd
 from martinet.server.outbox import Outbox
 from martinet.server.state import State, waiting_reason
 from martinet.server.workers import lose_worker
@@ -24,7 +23,7 @@ TIMER_LEAD = 0.02
 # batch of writes, like retention's; the next tick goes on from where this one stopped.
 OVERDUE_BATCH = 500
 
-_HEARTBEAT = protocol.encode(Cmd.HEARTBEAT, {})
+_HEARTBEAT = Heartbeat().encode()
 
 
 def run(core: State, out: Outbox, now: float) -> None:
@@ -130,7 +129,7 @@ def time_limits(core: State, out: Outbox, now: float) -> None:
             continue
         ended.append(info)
         core.peers.stick(peer, row["id"], now)  # its thread may be stuck in it: no more work there
-        out.send(peer.ident, Cmd.CANCEL, {"id": row["id"]})  # sent once the turn is committed
+        out.send(peer.ident, Cancel(row["id"]))  # sent once the turn is committed
         log.warning(
             "task %s %s attempt %s on %s: %s; %s",
             row["id"], info["name"], row["attempt"], row["worker"], message,

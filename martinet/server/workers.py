@@ -6,8 +6,10 @@ import logging
 from typing import Any
 
 from martinet import protocol
+from martinet.errors import ProtocolError
+from martinet.messages import Hello, HelloAgain, Reject, Welcome
+from martinet.messages.worker_socket import MAX_HELD
 from martinet.protocol import Cmd
-from martinet.server import incoming
 from martinet.server.outbox import Outbox
 from martinet.server.peers import Peer
 from martinet.server.state import State
@@ -29,13 +31,18 @@ def on_worker(core: State, ident: bytes, frames: list[bytes], out: Outbox, now: 
         return
     peer = core.peers.by_ident(ident)
     if peer is None:
-        out.always.append((ident, protocol.encode(Cmd.HELLO_AGAIN, {"epoch": core.epoch})))
+        out.always.append((ident, HelloAgain(core.epoch).encode()))
         return
     core.peers.seen(peer.worker_id, now)
-    if cmd is Cmd.HEARTBEAT:
+    if cmd is Cmd.HEARTBEAT:  # what it says it runs is not read (see State.heartbeat_of_known)
         return
     if cmd is Cmd.REJECT:
-        on_reject(core, peer, h, now)
+        try:
+            reject = Reject.from_header(h)
+        except ProtocolError:
+            log.warning("dropped a REJECT without a valid id and attempt from %s", peer.worker_id)
+            return
+        on_reject(core, peer, reject, now)
         return
     if cmd is Cmd.BYE:
         lose_worker(core, peer.worker_id, now, "worker shut down", outcome="interrupted")
@@ -43,39 +50,34 @@ def on_worker(core: State, ident: bytes, frames: list[bytes], out: Outbox, now: 
     log.warning("dropped a %s command on the worker socket from %s", cmd.name, peer.worker_id)
 
 
-def hello_of(core: State, ident: bytes, h: dict) -> dict | None:
-    """A HELLO's header, checked (None, and the reason recorded, for a malformed one)."""
-    if not incoming.hello(h, core.limits.max_name_length):
-        core.malformed("worker", ident, f"a hello without a valid worker_id, names and capacity: "
-                       f"{str(h)[:200]}", len(protocol.dumps(h)), what="refused a malformed hello")  # fmt: skip
+def hello_of(core: State, ident: bytes, h: dict[str, Any]) -> Hello | None:
+    """A HELLO, read (None, and the reason recorded, for a malformed one)."""
+    try:
+        return Hello.from_header(h, core.limits.max_name_length)
+    except ProtocolError as exc:
+        core.malformed("worker", ident, str(exc), len(protocol.dumps(h)), what="refused a malformed hello")
         return None
-    return h
 
 
-def on_reject(core: State, peer: Peer, h: dict, now: float) -> None:
+def on_reject(core: State, peer: Peer, reject: Reject, now: float) -> None:
     """The worker cannot run a task it was sent (it lacks its handler): it goes elsewhere."""
-    read = incoming.reject(h)
-    if read is None:
-        log.warning("dropped a REJECT without a valid id and attempt from %s", peer.worker_id)
-        return
-    task_id, attempt, name, reason = read
+    task_id, attempt = reject.task_id, reject.attempt
     lane = core.store.unclaim(task_id, attempt, now) if core.peers.owner(task_id) is peer else None
     if lane is not None:
         core.peers.release(task_id, now)
         core.lanes.ended(*lane)
         core.lanes.ready(lane[0])
-        if name:
-            core.peers.drop_name(peer, name)
+        if reject.name:
+            core.peers.drop_name(peer, reject.name)
         log.warning(
-            "worker %s refused task %s: %s; it goes to another worker", peer.worker_id, task_id, reason
+            "worker %s refused task %s: %s; it goes to another worker", peer.worker_id, task_id, reject.reason
         )
         core.dispatch_pending = True
 
 
-def on_hello(core: State, ident: bytes, h: dict, out: Outbox, now: float) -> None:
-    worker_id: str = h["worker_id"]
-    names: list[str] = h["names"]
-    capacity: int = h["capacity"]
+def on_hello(core: State, ident: bytes, hello: Hello, out: Outbox, now: float) -> None:
+    worker_id, capacity = hello.worker_id, hello.capacity
+    names = set(hello.names)
     old = core.peers.get(worker_id)
     if old is None and len(core.peers) >= MAX_PEERS:
         log.warning("refused a hello from %s: already %d workers connected", worker_id[:80], MAX_PEERS)
@@ -83,38 +85,36 @@ def on_hello(core: State, ident: bytes, h: dict, out: Outbox, now: float) -> Non
     if old is not None and old.ident != ident:
         log.info("worker %s reconnected", worker_id)
     out.hellos.append(ident)
-    queues = h.get("queues")
-    queues = {q for q in queues if isinstance(q, str)} if isinstance(queues, list) else None
-    threads = h.get("threads") if is_id(h.get("threads")) and h["threads"] >= 1 else None
+    queues = None if hello.queues is None else set(hello.queues)
     # A hello repeated on the same connection (sent before our welcome came back): the
     # tasks leased to it are on their way there, in order, and still take its slots.
     in_transit = set(old.inflight) if old is not None and old.ident == ident else set()
-    peer = core.peers.hello(worker_id, ident, set(names), capacity, now, queues, threads)
-    peer.reports_starts = h.get("starts") is True
+    peer = core.peers.hello(worker_id, ident, names, capacity, now, queues, hello.threads)
+    peer.reports_starts = hello.starts
     clocks = old.clocks if old is not None else {}  # a reconnect keeps when its tasks started
     if old is not None and in_transit:
         for task_id in [*old.clocks, *old.prefetched]:  # in the order sent
             core.peers.assign(peer, task_id, clocks.get(task_id, now))
     for queue in queues or ():
         core.lanes.queue(queue)
-    declare_limits(core, h.get("limits"), set(names), now)
-    running = incoming.attempts(h.get("running"))
-    foreign = [r for r in running if r.get("database") not in (None, core.database_id)]
+    declare_limits(core, hello.limits, names, now)
+    running = list(hello.running)
+    foreign = [r for r in running if r.database not in ("", core.database_id)]
     if foreign:
         # Outcomes journaled for the daemon of another database: ids and attempt numbers
         # may match tasks here, but they are not these tasks. The worker keeps them.
-        running = [r for r in running if r.get("database") in (None, core.database_id)]
+        running = [r for r in running if r.database in ("", core.database_id)]
         log.info(
             "worker %s holds %d outcome(s) for another database (%s), not this one (%s): not taken as its own",
-            worker_id, len(foreign), clean_text(str(foreign[0]["database"]), 64), core.database_id,
+            worker_id, len(foreign), clean_text(foreign[0].database, 64), core.database_id,
         )  # fmt: skip
     # What it kept aside for other databases, of which this one may be (marked, always).
-    ours = [r for r in incoming.attempts(h.get("kept")) if r.get("database") == core.database_id]
-    running = (running + ours)[: incoming.MAX_HELD]
+    ours = [r for r in hello.kept if r.database == core.database_id]
+    running = (running + ours)[:MAX_HELD]
     # It gets back at most what its capacity holds: a hello that says it runs more is
     # not believed beyond that (the rest end as lost below). Attempts whose outcome is
     # committed (acks lost in an outage) are not readopted, so they take no room.
-    room = max(0, (capacity or 0) - len(in_transit - {r["id"] for r in running}))
+    room = max(0, capacity - len(in_transit - {r.task_id for r in running}))
     revived: list[tuple[str, str]] = []
     adopted = core.store.readopt(worker_id, running, now, core.settings.lease, limit=room, revived=revived)
     for queue, name in revived:  # let go of when lost, held again: they count toward limits again
@@ -128,8 +128,8 @@ def on_hello(core: State, ident: bytes, h: dict, out: Outbox, now: float) -> Non
     for task_id in adopted:  # as far as the daemon can tell, the first ones have a thread
         core.peers.assign(peer, task_id, clocks.get(task_id, now))
     for item in running:  # what it holds and may not keep takes its slots until it answers
-        if item["id"] not in peer.inflight:
-            core.peers.stick(peer, item["id"], now)
+        if item.task_id not in peer.inflight:
+            core.peers.stick(peer, item.task_id, now)
     if (old is None or old.ident != ident) and core.store.runs_any(worker_id):
         # A new connection (a restart, a reconnect, or this daemon restarted): tasks sent
         # on the old one and not reported were never received, or died with the process.
@@ -141,14 +141,14 @@ def on_hello(core: State, ident: bytes, h: dict, out: Outbox, now: float) -> Non
                 now,
                 "its worker came back without it"
                 + (f" or beyond its capacity of {capacity}" if over else ""),
-                keep={(r["id"], r["attempt"]) for r in running if r["id"] in kept},
+                keep={(r.task_id, r.attempt) for r in running if r.task_id in kept},
             ),
             now,
         )
         if orphans:
             log.warning("worker %s came back without tasks %s: back to the queue", worker_id, orphans)
             core.wakeup_dirty = True
-    out.send(ident, Cmd.WELCOME, welcome(core))
+    out.send(ident, welcome(core))
     core.dispatch_pending = True
     log.info(
         "worker %s ready: %d thread(s) and %d prefetch slot(s) for %s",
@@ -156,23 +156,22 @@ def on_hello(core: State, ident: bytes, h: dict, out: Outbox, now: float) -> Non
     )  # fmt: skip
 
 
-def welcome(core: State) -> dict:
+def welcome(core: State) -> Welcome:
     s = core.settings
-    return {
-        "epoch": core.epoch,
-        "database": core.database_id,  # the worker's journal ties its outcomes to it
-        "heartbeat_interval": s.heartbeat_interval,
-        "liveness": s.liveness,
-        "lease": s.lease,
-        "version": protocol.VERSION,
+    return Welcome(
+        epoch=core.epoch,
+        database=core.database_id,  # the worker's journal ties its outcomes to it
+        heartbeat_interval=s.heartbeat_interval,
+        liveness=s.liveness,
+        lease=s.lease,
         # What an outcome may weigh: the worker fails a larger result rather than
         # send a message these sockets would drop.
-        "max_payload": s.max_payload,
-        "max_message": protocol.max_message(s.max_payload),
-    }
+        max_payload=s.max_payload,
+        max_message=protocol.max_message(s.max_payload),
+    )
 
 
-def declare_limits(core: State, limits: Any, names: set[str], now: float) -> None:
+def declare_limits(core: State, limits: dict[str, Any], names: set[str], now: float) -> None:
     """Fleet-wide limits a worker declares for its task names (@martinet.task(concurrency=, rate=))."""
     if not isinstance(limits, dict):
         return

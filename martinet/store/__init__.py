@@ -65,6 +65,7 @@ plain records and the rows written.
 
 from __future__ import annotations
 
+from martinet.messages.outcome import Outcome  # what end_attempts takes (re-exported)
 from martinet.present import iso, schedule_info, schedule_ref, task_info
 from martinet.store.actions import Actions
 from martinet.store.connect import (
@@ -78,7 +79,7 @@ from martinet.store.connect import (
 from martinet.store.leases import Leases
 from martinet.store.queues import Queues
 from martinet.store.retention import EVENT_COLUMNS, PRUNE_BATCH, Retention
-from martinet.store.rows import TASK_DEFAULTS, Outcome, Pruned, RunningRow
+from martinet.store.rows import TASK_DEFAULTS, Pruned, RunningRow
 from martinet.store.schedules import Schedules
 from martinet.store.search import INFO_COLUMNS, TIME_COLUMNS, Reads
 

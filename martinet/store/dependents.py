@@ -27,10 +27,10 @@ class Dependents(SqlKit):
             )
         return found
 
-    def _parent_results(self, task_ids: list[int]) -> dict[int, dict[str, Any]]:
+    def _parent_results(self, task_ids: list[int]) -> dict[int, dict[int, Any]]:
         """What the tasks these waited on returned, as {task id: {parent id: result}}."""
         Task, Dependency = self.Task, self.Dependency
-        out: dict[int, dict[str, Any]] = {}
+        out: dict[int, dict[int, Any]] = {}
         query = (
             Dependency.select(Dependency.task_id, Dependency.parent_id, Task.result)
             .join(Task, on=(Task.id == Dependency.parent_id))
@@ -38,7 +38,7 @@ class Dependents(SqlKit):
             .tuples()
         )
         for task_id, parent_id, result in query:
-            out.setdefault(task_id, {})[str(parent_id)] = None if result is None else json.loads(result)
+            out.setdefault(task_id, {})[parent_id] = None if result is None else json.loads(result)
         return out
 
     def _settle_dependents(self, parent: Task | RunningRow, status: str, now: float) -> dict[str, list[int]]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import peewee
 
+from martinet.messages.worker_socket import Held
 from martinet.models import Task
 from martinet.states import HELD, AttemptOutcome, TaskState, sql_list
 from martinet.store.outcomes import Outcomes
@@ -42,14 +43,14 @@ class Leases(Tasks, Outcomes):
     def readopt(
         self,
         worker: str,
-        running: list[dict],
+        running: Iterable[Held],
         now: float,
         lease: float,
         limit: int | None = None,
         revived: list[tuple[str, str]] | None = None,
     ) -> list[int]:
-        """A reconnecting worker still holds these (id, attempt; "started" when a handler
-        took it): give the leases back to it.
+        """A reconnecting worker still holds these (its hello's Held: id, attempt, started
+        when a handler took it): give the leases back to it.
 
         Only the same attempt is readopted, also when its lease was reaped meanwhile
         (the task queued, failed or stalled by its losses, not yet claimed again): it
@@ -71,22 +72,20 @@ class Leases(Tasks, Outcomes):
             if limit is not None and len(adopted) >= limit:
                 break
             ended_by_worker = Attempt.select(Attempt.id).where(
-                Attempt.task_id == item["id"],
-                Attempt.attempt == item["attempt"],
+                Attempt.task_id == item.task_id,
+                Attempt.attempt == item.attempt,
                 Attempt.outcome.not_in((AttemptOutcome.LOST, AttemptOutcome.INTERRUPTED)),
             )
-            where = (Task.id == item["id"], Task.attempt == item["attempt"])
+            where = (Task.id == item.task_id, Task.attempt == item.attempt)
             n = (
                 Task.update(lease_expires=now + lease, updated_at=now)
                 .where(*where, Task.status.in_(HELD), Task.worker == worker)
                 .execute()
             )
-            if n and item.get("started"):  # its start report may have been lost with the connection
-                self.start([(item["id"], item["attempt"], worker)], now)
+            if n and item.started:  # its start report may have been lost with the connection
+                self.start([(item.task_id, item.attempt, worker)], now)
             elif not n:
-                started_at = (
-                    peewee.fn.COALESCE(Task.started_at, now) if item.get("started") else Task.started_at
-                )
+                started_at = peewee.fn.COALESCE(Task.started_at, now) if item.started else Task.started_at
                 status = peewee.Case(None, [(started_at.is_null(), TaskState.LEASED)], TaskState.RUNNING)
                 n = (
                     Task.update(
@@ -108,16 +107,16 @@ class Leases(Tasks, Outcomes):
                     .execute()
                 )
                 if n and revived is not None:
-                    task = Task.select(Task.queue, Task.name).where(Task.id == item["id"]).get()
+                    task = Task.select(Task.queue, Task.name).where(Task.id == item.task_id).get()
                     revived.append((task.queue, task.name))
                 if n:  # the attempt goes on: the loss the reaper wrote did not happen
                     Attempt.delete().where(
-                        Attempt.task_id == item["id"],
-                        Attempt.attempt == item["attempt"],
+                        Attempt.task_id == item.task_id,
+                        Attempt.attempt == item.attempt,
                         Attempt.outcome.in_((AttemptOutcome.LOST, AttemptOutcome.INTERRUPTED)),
                     ).execute()
             if n:
-                adopted.append(item["id"])
+                adopted.append(item.task_id)
         return adopted
 
     def release_worker(

@@ -13,14 +13,16 @@ from typing import Any
 import peewee
 
 from martinet.errors import StoreError
+from martinet.messages.outcome import Outcome, OutcomeKind
 from martinet.models import Task
 from martinet.present import iso
 from martinet.retry import RetryPolicy
 from martinet.states import HELD, TERMINAL, AttemptOutcome, TaskState, sql_list
 from martinet.store.dependents import Dependents
-from martinet.store.rows import FENCE, Ending, Outcome, RunningRow, attempt_row
+from martinet.store.rows import FENCE, Ending, RunningRow, attempt_row
 
 _HELD = sql_list(HELD)
+_CANCELLED = OutcomeKind.CANCELLED
 # Where a lost attempt leaves its task until it is claimed again (or, dead, for good).
 _LOSS_LEFT = sql_list((TaskState.QUEUED, TaskState.FAILED, TaskState.STALLED, TaskState.DEAD))
 
@@ -58,8 +60,10 @@ class Outcomes(Dependents):
         leased one ends as a running one would (its start report was lost, or never sent:
         its attempt row has no started_at).
 
-        Each outcome's kind is succeeded, failed or released; see complete, fail and
-        release. An attempt ends once: a repeat in the list, or a resend later, is None.
+        Each outcome's kind is succeeded, failed or released (see complete, fail and
+        release), or cancelled: a task asked to stop before it started, written as a
+        success with no result, as its worker sends it (the daemon cannot tell them apart:
+        the store ends it cancelled either way, for it was asked to stop). An attempt ends once: a repeat in the list, or a resend later, is None.
         Call it in a transaction (a savepoint): the rows it reads stay as read until it
         writes (locked FOR UPDATE on PostgreSQL and MySQL; SQLite's write lock). Should
         one change anyway, it raises StoreError, and the savepoint undoes the batch."""
@@ -77,6 +81,8 @@ class Outcomes(Dependents):
         ended: list[tuple[int, RunningRow, Ending]] = []  # (index in outcomes, row, what becomes of it)
         late: list[tuple[int, Outcome]] = []
         for index, o in enumerate(outcomes):
+            if o.kind == _CANCELLED:
+                o = o._replace(kind=OutcomeKind.SUCCEEDED, result=None)
             row = running.get(o.task_id)
             if row is None or row.attempt != o.attempt or row.worker != o.worker:
                 if o.kind != AttemptOutcome.RELEASED and (row is None or row.attempt == o.attempt):
@@ -212,7 +218,7 @@ class Outcomes(Dependents):
         good; tasks waiting on it are released when their other parents succeeded too.
         Returns what became of it (status, outcome, dependents released/cancelled)."""
         return self.end_attempts(
-            [Outcome(task_id, attempt, worker, AttemptOutcome.SUCCEEDED, result=result)], now
+            [Outcome(task_id, attempt, worker, OutcomeKind.SUCCEEDED, result=result)], now
         )[0]
 
     def fail(
@@ -231,7 +237,7 @@ class Outcomes(Dependents):
         now), or the task's backoff, else the store's; promote_due queues it then.
         Dead tasks cancel the tasks waiting on them, down the chain. None when fenced out."""
         outcome = Outcome(
-            task_id, attempt, worker, AttemptOutcome.FAILED, error=error, retry_in=retry_in, final=final
+            task_id, attempt, worker, OutcomeKind.FAILED, error=error, retry_in=retry_in, final=final
         )
         return self.end_attempts([outcome], now)[0]
 
@@ -243,7 +249,7 @@ class Outcomes(Dependents):
         when fenced out."""
         error = {"type": "Release", "message": reason}
         return self.end_attempts(
-            [Outcome(task_id, attempt, worker, AttemptOutcome.RELEASED, error=error, retry_in=delay)], now
+            [Outcome(task_id, attempt, worker, OutcomeKind.RELEASED, error=error, retry_in=delay)], now
         )[0]
 
     def _end_attempt(self, row: Task, outcome: str, now: float, error: dict) -> dict | None:

@@ -21,19 +21,6 @@ _SCHEDULED, _QUEUED = str(TaskState.SCHEDULED), str(TaskState.QUEUED)
 FENCE = f"id = ? AND attempt = ? AND status IN ({sql_list(HELD)})"
 
 
-class Outcome(NamedTuple):
-    """An attempt's end as its worker reported it."""
-
-    task_id: int
-    attempt: int
-    worker: str
-    kind: str  # succeeded, failed or released (states.AttemptOutcome)
-    result: Any = None
-    error: dict | None = None
-    retry_in: float | None = None  # failed: the handler's own delay; released: when to run again
-    final: bool = False  # failed for good (martinet.Fail): no retry
-
-
 class Ending(NamedTuple):
     """What becomes of a task whose attempt ended: the task's changes and the attempt's record."""
 

@@ -7,6 +7,7 @@ No processes, no sockets, no sleeps: time is passed in as `now`.
 
 from __future__ import annotations
 
+from martinet.messages import Held
 from martinet.present import attempt_infos, maybe_task_info, task_page
 from martinet.query import Search
 from tests.store.support import LEASE, NOW, claim_one, row, submit
@@ -85,9 +86,7 @@ def test_a_reaped_attempt_its_worker_still_runs_leaves_one_attempt_row(store):
     claim_one(store, worker="w1", now=NOW)  # started at NOW
     assert [i["id"] for i in store.reap_expired(NOW + 100)] == [task_id]
     assert [a["outcome"] for a in attempt_infos(store.attempts(task_id))] == ["lost"]
-    assert store.readopt("w1", [{"id": task_id, "attempt": 1, "started": True}], NOW + 101, LEASE) == [
-        task_id
-    ]
+    assert store.readopt("w1", [Held(task_id, 1, True)], NOW + 101, LEASE) == [task_id]
     info = maybe_task_info(store.get_task(task_id))
     assert (info["status"], info["error"], info["worker"]) == ("running", None, "w1")  # the loss is undone
     assert row(task_id).started_at == NOW  # its real start, kept
@@ -101,13 +100,11 @@ def test_a_reaped_attempt_comes_back_leased_unless_its_handler_started(store):
     waiting, started = submit(store), submit(store)
     store.claim("w1", ["add"], 2, NOW, LEASE)
     store.reap_expired(NOW + 100)
-    held = [{"id": waiting, "attempt": 1}, {"id": started, "attempt": 1, "started": True}]
+    held = [Held(waiting, 1), Held(started, 1, True)]
     assert store.readopt("w1", held, NOW + 101, LEASE) == [waiting, started]
     assert (row(waiting).status, row(waiting).started_at) == ("leased", None)
     assert (row(started).status, row(started).started_at) == ("running", NOW + 101)  # its report was lost
     assert attempt_infos(store.attempts(waiting)) == [] and attempt_infos(store.attempts(started)) == []
     # A task still held by its worker keeps its state, or starts if the worker says so
-    assert store.readopt("w1", [{"id": waiting, "attempt": 1, "started": True}], NOW + 102, LEASE) == [
-        waiting
-    ]
+    assert store.readopt("w1", [Held(waiting, 1, True)], NOW + 102, LEASE) == [waiting]
     assert (row(waiting).status, row(waiting).started_at) == ("running", NOW + 102)

@@ -5,6 +5,7 @@ No processes, no sockets, no sleeps: time is passed in as `now`.
 
 from __future__ import annotations
 
+from martinet.messages import Held
 from martinet.models import Attempt
 from martinet.present import attempt_infos
 from tests.store.support import (
@@ -89,14 +90,14 @@ def test_release_worker_ends_only_that_workers_attempts(store):
 def test_readopt_gives_a_lease_back_by_id_and_attempt(store):
     task_id = submit(store)
     claim_one(store, worker="w1")
-    assert store.readopt("w1", [{"id": task_id, "attempt": 2}], NOW + 5, LEASE) == []
-    assert store.readopt("w1", [{"id": 999, "attempt": 1}], NOW + 5, LEASE) == []
+    assert store.readopt("w1", [Held(task_id, 2)], NOW + 5, LEASE) == []
+    assert store.readopt("w1", [Held(999, 1)], NOW + 5, LEASE) == []
     assert row(task_id).lease_expires == NOW + LEASE
-    assert store.readopt("w1", [{"id": task_id, "attempt": 1}], NOW + 5, LEASE) == [task_id]
+    assert store.readopt("w1", [Held(task_id, 1)], NOW + 5, LEASE) == [task_id]
     r = row(task_id)
     assert (r.status, r.worker, r.attempt, r.lease_expires) == ("running", "w1", 1, NOW + 5 + LEASE)
     assert store.complete(task_id, 1, "w1", "ok", NOW + 6)["status"] == "succeeded"
-    assert store.readopt("w1", [{"id": task_id, "attempt": 1}], NOW + 7, LEASE) == []  # finished
+    assert store.readopt("w1", [Held(task_id, 1)], NOW + 7, LEASE) == []  # finished
     assert row(task_id).status == "succeeded"
 
 
@@ -106,7 +107,7 @@ def test_readopt_retakes_a_task_whose_lease_was_reaped(store):
     claim_one(store, worker="w1")
     store.reap_expired(NOW + 100)
     assert row(task_id).status == "failed"
-    assert store.readopt("w9", [{"id": task_id, "attempt": 1}], NOW + 101, LEASE) == [task_id]
+    assert store.readopt("w9", [Held(task_id, 1)], NOW + 101, LEASE) == [task_id]
     r = row(task_id)
     assert (r.status, r.worker, r.attempt) == ("running", "w9", 1)
     assert store.complete(task_id, 1, "w9", "late but fine", NOW + 102)["status"] == "succeeded"
@@ -118,7 +119,7 @@ def test_readopt_never_reopens_an_attempt_its_worker_ended(store):
     task_id = submit(store)
     claim_one(store, worker="w1")
     assert store.fail(task_id, 1, "w1", {"type": "E", "message": "x"}, NOW + 1)["status"] == "failed"
-    assert store.readopt("w1", [{"id": task_id, "attempt": 1}], NOW + 2, LEASE) == []
+    assert store.readopt("w1", [Held(task_id, 1)], NOW + 2, LEASE) == []
     assert row(task_id).status == "failed"
     assert store.fail(task_id, 1, "w1", {"type": "E", "message": "x"}, NOW + 3) is None
     assert [a.outcome for a in Attempt.select().where(Attempt.task_id == task_id)] == ["failed"]

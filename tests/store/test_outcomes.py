@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from martinet.messages import Held
 from martinet.models import Attempt
 from martinet.present import attempt_infos, maybe_task_info
 from martinet.store import iso
@@ -223,7 +224,7 @@ def test_a_worker_coming_back_readopts_a_task_stalled_by_its_losses(store):
     task_id = submit(store)
     claim_one(store)
     store.release_worker("w1", NOW + 1, "silent")
-    assert store.readopt("w1", [{"id": task_id, "attempt": 1}], NOW + 2, LEASE) == [task_id]
+    assert store.readopt("w1", [Held(task_id, 1)], NOW + 2, LEASE) == [task_id]
     assert (row(task_id).status, row(task_id).worker) == ("running", "w1")
 
 
@@ -238,4 +239,4 @@ def test_a_late_failure_tells_the_truth_and_cannot_be_readopted(store):
     assert (info["status"], info["late"]) == ("failed", True)
     assert maybe_task_info(store.get_task(task_id))["error"]["type"] == "ValueError"
     assert [(a["attempt"], a["outcome"]) for a in attempt_infos(store.attempts(task_id))] == [(1, "failed")]
-    assert store.readopt("w1", [{"id": task_id, "attempt": 1}], NOW + 3, LEASE) == []
+    assert store.readopt("w1", [Held(task_id, 1)], NOW + 3, LEASE) == []

@@ -7,6 +7,7 @@ ends them as timed out. No processes, no sockets, no sleeps: time is passed in a
 
 from __future__ import annotations
 
+from martinet.messages import Held
 from martinet.models import Attempt
 from martinet.present import attempt_infos
 from tests.store.support import LEASE, NOW, claim_one, row, submit
@@ -93,7 +94,7 @@ def test_time_out_ends_the_attempt_as_failed_and_retries_it_with_backoff(store):
     assert store.complete(task_id, 1, "stuck", "late", NOW + 22) is None
     assert overdue_ids(store, NOW + 100) == []
     # Nor may the worker that held it take it back with a hello
-    assert store.readopt("stuck", [{"id": task_id, "attempt": 1}], NOW + 23, LEASE) == []
+    assert store.readopt("stuck", [Held(task_id, 1)], NOW + 23, LEASE) == []
     assert row(task_id).status == "failed"
     # It runs again elsewhere, as attempt 2
     store.promote_due(NOW + 40)
@@ -127,7 +128,7 @@ def test_readopt_takes_back_no_more_than_its_limit_in_the_order_given(store):
     ids = [submit(store) for _ in range(5)]
     store.claim("w1", ["add"], 5, NOW, LEASE)
     store.reap_expired(NOW + 100)  # the daemon restarted: all five lost
-    held = [{"id": i, "attempt": 1} for i in [999, *reversed(ids)]]
+    held = [Held(i, 1) for i in [999, *reversed(ids)]]
     assert store.readopt("w1", held, NOW + 101, LEASE, limit=2) == [ids[4], ids[3]]
     assert [row(i).status for i in ids] == ["failed"] * 3 + ["leased"] * 2  # no handler had started them
     assert store.readopt("w1", held, NOW + 101, LEASE, limit=0) == []
@@ -136,5 +137,5 @@ def test_readopt_takes_back_no_more_than_its_limit_in_the_order_given(store):
 def test_readopt_never_takes_a_task_running_on_another_worker(store):
     task_id = submit(store)
     claim_one(store, worker="w1")
-    assert store.readopt("liar", [{"id": task_id, "attempt": 1}], NOW + 1, LEASE) == []
+    assert store.readopt("liar", [Held(task_id, 1)], NOW + 1, LEASE) == []
     assert (row(task_id).worker, row(task_id).lease_expires) == ("w1", NOW + LEASE)

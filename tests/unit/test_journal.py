@@ -15,7 +15,7 @@ import pytest
 from martinet import cli, protocol
 from martinet.errors import JournalError
 from martinet.journal import ACK_DELAY, FORMAT, UNKNOWN, Journal
-from martinet.messages import Task, Welcome
+from martinet.messages import Hello, Task, Welcome
 from martinet.present import attempt_infos, maybe_task_info
 from martinet.protocol import Cmd
 from martinet.server.outbox import Outbox
@@ -261,12 +261,12 @@ def test_a_daemon_takes_no_held_attempt_or_outcome_marked_for_another_database(d
         tid = core.submit("boom")
         sent = core.hello("w1", ["boom"]).worker
         assert [r["id"] for r in core.claim()["w1"]] == [tid]
-        assert [h["database"] for _ident, c, h in sent if c is Cmd.WELCOME] == [me]  # the welcome says which
+        assert [m.database for _ident, m in sent if isinstance(m, Welcome)] == [me]  # the welcome says which
 
         def hello(ident: bytes, running=(), kept=()) -> None:
             header = {"worker_id": "w1", "names": ["boom"], "capacity": 4, "running": running, "kept": kept}
             with core.store.atomic():
-                on_hello(d, ident, header, Outbox(), core.now)
+                on_hello(d, ident, Hello.from_header(header), Outbox(), core.now)
 
         def ended(*outcomes: dict) -> Outbox:
             out = Outbox()
@@ -303,7 +303,7 @@ def test_a_daemon_takes_no_held_attempt_or_outcome_marked_for_another_database(d
         # And an outcome marked for this database ends it
         out = ended({**failure, "database": me})
         assert (
-            out.acks == {b"status": [[tid, 2]]}
+            out.acks == {b"status": [(tid, 2)]}
             and maybe_task_info(core.store.get_task(tid))["status"] == "dead"
         )
     finally:
