@@ -41,7 +41,7 @@ class Core:
         frames = protocol.encode(Cmd.REQUEST, {"op": op, "rid": "r", **fields})
         with self.store.atomic():
             self.server.on_client(b"client", frames, out, self.now)
-        (reply,) = [r for _ident, r in out.replies]
+        (reply,) = [r.header() for _ident, r in out.replies]
         assert reply["ok"], reply
         return reply
 
@@ -52,7 +52,7 @@ class Core:
         frames = protocol.encode(Cmd.REQUEST, {"op": op, "rid": "r", **fields})
         with self.store.atomic():
             self.server.on_client(b"client", frames, out, self.now)
-        (reply,) = [r for _ident, r in out.replies]
+        (reply,) = [r.header() for _ident, r in out.replies]
         assert not reply["ok"], reply
         return reply["error"]
 
@@ -155,7 +155,7 @@ class Core:
             core.hub.record = record
         sent = [("worker", ident, *protocol.decode(frames)) for ident, frames in out.always]
         sent += [("worker", ident, *protocol.decode(m.encode())) for ident, m in out.worker]
-        sent += [("client", ident, Cmd.REPLY, h) for ident, h in [*out.replies, *out.answers]]
+        sent += [("client", ident, *protocol.decode(r.encode())) for ident, r in [*out.replies, *out.answers]]
         sent += [("status", ident, *protocol.decode(Ack(tuple(a)).encode())) for ident, a in out.acks.items()]
         tasks = core.task_messages(out.tasks, self.now, self.now)
         sent += [("worker", peer.ident, *protocol.decode(message.encode())) for peer, message in tasks]

@@ -69,11 +69,22 @@ class Reply:
     ok: bool = True
     fields: dict[str, Any] = field(default_factory=dict)
     error: dict[str, Any] | None = None
+    # The daemon's answers made outside an op (a wait's answer, the refusal of a request
+    # it could not read or of a turn that failed) write "rid" and "ok" first, as they
+    # always have: the bytes of earlier versions. Not read: a reader ignores key order.
+    rid_first: bool = False
 
     CMD: ClassVar[Cmd] = Cmd.REPLY
 
     def header(self) -> dict[str, Any]:
-        """As the daemon writes it: the op's fields, then "ok" (and "error"), then "rid"."""
+        """As the daemon writes it: the op's fields, then "ok" (and "error"), then "rid"
+        (with `rid_first`: "rid", "ok", "error", then the fields)."""
+        if self.rid_first:
+            header: dict[str, Any] = {"rid": self.rid, "ok": self.ok}
+            if self.error is not None:
+                header["error"] = self.error
+            header.update(self.fields)
+            return header
         header = {**self.fields, "ok": self.ok}
         if self.error is not None:
             header["error"] = self.error

@@ -22,11 +22,12 @@ import peewee
 
 from martinet.dbhealth import describe
 from martinet.errors import BadInput, MartinetError
-from martinet.messages import HelloAgain
+from martinet.messages import HelloAgain, Reply, Request
 from martinet.protocol import Cmd
 from martinet.server import claims, ops, outcomes, timers, workers
 from martinet.server.outbox import Outbox
-from martinet.server.state import DB_ERRORS, Messages, Request, State, error
+from martinet.server.state import DB_ERRORS, Messages, State, error
+from martinet.server.state import Request as Call
 
 log = logging.getLogger("martinet.daemon")
 
@@ -111,13 +112,17 @@ class Core(State):
         cmd, header = self.decode("client", ident, frames, out)
         if cmd is None:
             return
-        rid = header.get("rid")
         if cmd is not Cmd.REQUEST:
             log.warning("dropped a %s command on the client socket from %r", cmd.name, ident)
             return
+        # Echoed as it came: a rid that is not a string (not our client's) is its sender's
+        # business, and was always sent back as it was (messages.Request reads it as "").
+        rid = header.get("rid")
         op = header.get("op")
-        handler = ops.OPS.get(op) if isinstance(op, str) else None
+        reply: dict[str, Any] | None
         try:
+            request = Request.from_header(header)  # BadInput when op is not a name
+            handler = ops.OPS.get(request.op)
             if handler is None:
                 raise BadInput(f"unknown request {op!r}")
             if len(frames[0]) > self.limits.max_payload:
@@ -126,21 +131,20 @@ class Core(State):
                     f"{self.limits.max_payload} (max_payload)"
                 )
             with self.store.atomic():  # a savepoint: one bad request spoils no other
-                reply = handler(Request(self, header, now, out, ident))
+                reply = handler(Call(self, request.fields, now, out, ident, rid))
         except MartinetError as exc:
-            reply = {"ok": False, "error": error(type(exc).__name__, str(exc))}
+            out.replies.append((ident, Reply.refusing(rid, exc)))
+            return
         except (peewee.IntegrityError, peewee.DataError) as exc:
-            reply = {"ok": False, "error": error("BadInput", f"the database refused it: {exc}")}
+            out.replies.append((ident, Reply.refusing(rid, "BadInput", f"the database refused it: {exc}")))
+            return
         except (peewee.OperationalError, peewee.InterfaceError):
-            out.replies.append((ident, {"rid": rid}))  # answered with the turn's error (turn)
+            out.replies.append((ident, Reply(rid)))  # answered with the turn's error (turn)
             raise  # the database itself is in trouble: the whole turn fails
         except Exception:  # a bug of ours must cost one request, never the daemon
             log.exception("request %r from %r failed unexpectedly", op, ident)
-            reply = {
-                "ok": False,
-                "error": error("InternalError", "the daemon could not handle this request; see its log"),
-            }
+            why = "the daemon could not handle this request; see its log"
+            out.replies.append((ident, Reply.refusing(rid, "InternalError", why)))
+            return
         if reply is not None:
-            reply.setdefault("ok", True)
-            reply["rid"] = rid
-            out.replies.append((ident, reply))
+            out.replies.append((ident, Reply(rid, True, reply)))

@@ -208,13 +208,13 @@ class Daemon:
         for ident, message in out.worker:
             self._send_raw(self.worker, ident, message.encode())
         for ident, reply in out.replies:
-            self._send(self.client, ident, Cmd.REPLY, reply)
+            self._send_raw(self.client, ident, reply.encode())
         for ident, acks in out.acks.items():
             self._send_raw(self.status, ident, Ack(tuple(acks)).encode())
         self.core.hub.push(self._to_subscriber, out.events, now)
         self.core.hub.catch_up(self.core.store, self._to_subscriber, now)
         for ident, reply in out.answers:
-            self._send(self.client, ident, Cmd.REPLY, reply)
+            self._send_raw(self.client, ident, reply.encode())
         self._send_tasks(out.tasks, now)
 
     def _send_tasks(self, batches: list[tuple[Peer, list[dict[str, Any]]]], now: float) -> None:

@@ -274,7 +274,7 @@ def wait(r: Request) -> dict | None:
         raise BadInput("wait_for must be a number of seconds")
     if sum(len(w) for w in core.waiters.values()) >= MAX_WAITERS:
         raise BadInput(f"too many clients are waiting already ({MAX_WAITERS}); poll with get() instead")
-    core.wait(num, r.ident, h.get("rid"), now + min(timeout, 3600))
+    core.wait(num, r.ident, r.rid, now + min(timeout, 3600))
     return None  # answered when the task ends, or at the deadline
 
 

@@ -168,7 +168,7 @@ def on_outcomes(core: State, ended: list[tuple[bytes, Outcome]], out: Outbox, no
             _ended(core, info, outcome, out, now)
 
 
-def _ended(core: State, info: dict, outcome: Outcome, out: Outbox, now: float) -> None:
+def _ended(core: State, info: dict[str, Any], outcome: Outcome, out: Outbox, now: float) -> None:
     """An attempt ended as its worker said: free its slot, log it, tell who listens."""
     task_id, attempt, worker_id = outcome.task_id, outcome.attempt, outcome.worker
     if info.pop("late", False):  # its slot was freed when the daemon thought it lost

@@ -22,7 +22,7 @@ from martinet import protocol
 from martinet.config import Settings, keep_seconds
 from martinet.dbhealth import DbHealth
 from martinet.errors import ProtocolError
-from martinet.messages import Task, Tasks
+from martinet.messages import Reply, Task, Tasks
 from martinet.models import FAILED, QUEUED, SCHEDULED, STALLED, TERMINAL, WAITING
 from martinet.present import maybe_task_info
 from martinet.protocol import Cmd
@@ -168,12 +168,8 @@ class State:
         except ProtocolError as exc:
             self.malformed(sock_name, ident, str(exc), sum(map(len, frames)), protocol.describe(exc.raw))
             if out is not None and (rid := protocol.recover_rid(frames)) is not None:
-                out.replies.append(
-                    (
-                        ident,
-                        {"rid": rid, "ok": False, "error": error("BadInput", f"unreadable request: {exc}")},
-                    )
-                )
+                refusal = error("BadInput", f"unreadable request: {exc}")
+                out.replies.append((ident, Reply(rid, False, error=refusal, rid_first=True)))
             return None, None
 
     def malformed(
@@ -247,7 +243,7 @@ class State:
                 self.waiters[task_id] = waits
                 continue
             for ident, rid, _ in waits:
-                out.answers.append((ident, {"rid": rid, "ok": True, "done": True, "item": item}))
+                out.answers.append((ident, Reply(rid, True, {"done": True, "item": item}, rid_first=True)))
 
     def task_messages(
         self, batches: list[tuple[Peer, list[dict[str, Any]]]], sent_at: float, now: float
@@ -293,10 +289,11 @@ class Request:
     """A client request as an op sees it."""
 
     core: State
-    header: dict
+    header: dict[str, Any]  # the request's fields (messages.Request: its op and rid apart)
     now: float
     out: Outbox  # what the turn sends once committed (a revoke's CANCEL, ended tasks, events)
     ident: bytes  # the client's connection (wait and subscribe answer it later)
+    rid: Any = None  # the request's id, as the client sent it (a wait answers it later)
 
 
 def waiting_reason(core: State, item: dict) -> str | None:

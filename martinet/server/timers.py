@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 
-from martinet.messages import Cancel, Heartbeat
+from martinet.messages import Cancel, Heartbeat, Reply
 from martinet.models import LEASED
 from martinet.present import maybe_task_info
 from martinet.server.outbox import Outbox
@@ -57,9 +57,8 @@ def run(core: State, out: Outbox, now: float) -> None:
             keep = []
             for ident, rid, deadline in waits:
                 if now >= deadline:
-                    out.replies.append(
-                        (ident, {"rid": rid, "ok": True, "done": False, **why_waits(core, task_id)})
-                    )
+                    fields = {"done": False, **why_waits(core, task_id)}
+                    out.replies.append((ident, Reply(rid, True, fields, rid_first=True)))
                 else:
                     keep.append((ident, rid, deadline))
                     core.waiters_due = min(core.waiters_due, deadline)

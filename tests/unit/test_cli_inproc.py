@@ -136,7 +136,7 @@ def test_a_wait_that_times_out_says_why_the_task_still_waits(db_url, make_core):
     core.now += 5
     with core.store.atomic():
         timers.run(core.server, out, core.now)
-    ((_ident, reply),) = out.replies
+    ((_ident, reply),) = [(i, r.header()) for i, r in out.replies]
     assert (reply["done"], reply["status"], reply["waiting"]) == (
         False, "queued", "no connected worker handles 'resiz'",
     )  # fmt: skip

@@ -104,6 +104,14 @@ GOLDEN = [
         Reply.refusing("r3", BadInput("unknown request 'nope'")),
         P + b'\x02{"ok":false,"error":{"type":"BadInput","message":"unknown request \'nope\'"},"rid":"r3"}',
     ),
+    (  # a wait's answer, as the daemon always wrote it: rid and ok first
+        Reply("r4", True, {"done": True, "item": {"id": 1}}, rid_first=True),
+        P + b'\x02{"rid":"r4","ok":true,"done":true,"item":{"id":1}}',
+    ),
+    (  # the refusal of an unreadable request, or of a turn that failed
+        Reply("r5", False, error={"type": "StoreError", "message": "m"}, rid_first=True),
+        P + b'\x02{"rid":"r5","ok":false,"error":{"type":"StoreError","message":"m"}}',
+    ),
     (
         Request("execute", {"name": "add", "args": {}, "request_id": "x"}, "x"),
         P + b'\x01{"op":"execute","rid":"x","name":"add","args":{},"request_id":"x"}',

@@ -138,3 +138,26 @@ def test_a_limit_declared_in_a_failed_turn_is_not_kept(db_url, make_core):
     assert "t" not in core.server.lanes.names
     core.turn(worker=[hello(limits={"t": {"concurrency": 1}})])
     assert core.server.lanes.names["t"].concurrency == 1
+
+
+def test_claimed_rows_leave_as_the_task_items_the_daemon_always_sent():
+    """A claim's rows (Store.claim: run_at while still ahead, parents by id) become TASK
+    items: the bytes of the dicts the daemon sent before messages.Task (run_at dropped,
+    start_in from when it was sent, parents' ids as strings)."""
+    from martinet import protocol
+    from martinet.messages import Tasks
+    from martinet.server.state import task_item
+
+    rows = [
+        {"id": 1, "name": "add", "queue": "q", "args": {"a": 1}, "attempt": 1, "timeout": 5.0},
+        {"id": 2, "name": "add", "queue": "default", "args": {}, "attempt": 3, "timeout": None,
+         "run_at": 100.25, "parents": {1: [1, None]}},
+        {"id": 3, "name": "add", "queue": "default", "args": {}, "attempt": 1, "timeout": None, "run_at": 99.0},
+    ]  # fmt: skip
+    assert Tasks(tuple(task_item(100.0, row) for row in rows)).encode() == [
+        protocol.PREFIX + bytes([Cmd.TASK])
+        + b'{"tasks":[{"id":1,"name":"add","queue":"q","args":{"a":1},"attempt":1,"timeout":5.0},'
+        b'{"id":2,"name":"add","queue":"default","args":{},"attempt":3,"timeout":null,'
+        b'"parents":{"1":[1,null]},"start_in":0.25},'
+        b'{"id":3,"name":"add","queue":"default","args":{},"attempt":1,"timeout":null}]}'
+    ]  # fmt: skip

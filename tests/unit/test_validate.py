@@ -302,7 +302,7 @@ def _refusal(core, op: str, **fields) -> dict:
         core.server.on_client(
             b"client", protocol.encode(Cmd.REQUEST, {"op": op, "rid": "r", **fields}), out, core.now
         )
-    ((_ident, reply),) = out.replies
+    ((_ident, reply),) = [(i, r.header()) for i, r in out.replies]
     assert not reply["ok"]
     return reply["error"]
 
