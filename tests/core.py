@@ -158,5 +158,5 @@ class Core:
         sent += [("client", ident, *protocol.decode(r.encode())) for ident, r in [*out.replies, *out.answers]]
         sent += [("status", ident, *protocol.decode(Ack(tuple(a)).encode())) for ident, a in out.acks.items()]
         tasks = core.task_messages(out.tasks, self.now, self.now)
-        sent += [("worker", peer.ident, *protocol.decode(message.encode())) for peer, message in tasks]
+        sent += [("worker", peer.ident, *protocol.decode(frames)) for peer, _rows, frames in tasks]
         return sent

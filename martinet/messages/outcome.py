@@ -124,7 +124,8 @@ class Outcome(NamedTuple):
                 )
                 too_big = {"type": "ValueError", "message": message, "traceback": None}
                 return cls(task_id, attempt, worker, OutcomeKind.FAILED, error=too_big, database=database)
-            return cls(task_id, attempt, worker, OutcomeKind.SUCCEEDED, result=result, database=database)
+            # Positional: the daemon reads one for every task, and keywords cost more.
+            return cls(task_id, attempt, worker, _SUCCEEDED, result, None, None, False, False, database)
         given = item.get("error")
         error: dict[str, Any] = given if isinstance(given, dict) else {}
         retry_in = finite(item.get("retry_in"))

@@ -221,12 +221,12 @@ class Daemon:
         if not batches:
             return
         assert self.core is not None
-        for peer, tasks in self.core.task_messages(batches, self.clock(), now):
-            if not self._send_raw(self.worker, peer.ident, tasks.encode()):
-                self.core.undelivered(peer, tasks.tasks, now)
+        for peer, rows, frames in self.core.task_messages(batches, self.clock(), now):
+            if not self._send_raw(self.worker, peer.ident, frames):
+                self.core.undelivered(peer, rows, now)
                 continue
             if log.isEnabledFor(logging.DEBUG):
-                log.debug("tasks %s sent to %s", [task.task_id for task in tasks.tasks], peer.worker_id)
+                log.debug("tasks %s sent to %s", [row["id"] for row in rows], peer.worker_id)
 
     def _drain(self, sock: zmq.Socket) -> Messages:
         msgs: Messages = []

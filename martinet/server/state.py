@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import peewee
@@ -22,7 +21,7 @@ from martinet import protocol
 from martinet.config import Settings, keep_seconds
 from martinet.dbhealth import DbHealth
 from martinet.errors import ProtocolError
-from martinet.messages import Reply, Task, Tasks
+from martinet.messages import Reply, Tasks
 from martinet.models import FAILED, QUEUED, SCHEDULED, STALLED, TERMINAL, WAITING
 from martinet.present import maybe_task_info
 from martinet.protocol import Cmd
@@ -247,22 +246,22 @@ class State:
 
     def task_messages(
         self, batches: list[tuple[Peer, list[dict[str, Any]]]], sent_at: float, now: float
-    ) -> list[tuple[Peer, Tasks]]:
-        """The claimed rows become TASK messages as they leave: a start counts from when
-        it was sent, and a task leased ahead of its run_at says when to start (start_in)."""
+    ) -> list[tuple[Peer, list[dict[str, Any]], list[bytes]]]:
+        """The claimed rows become TASK messages as they leave (messages.Tasks.of_rows): a
+        start counts from when it was sent, and a task leased ahead of its run_at says when
+        to start (start_in)."""
         self.lanes.restamp(now, sent_at)
-        return [(peer, Tasks(tuple(map(partial(task_item, sent_at), rows)))) for peer, rows in batches]
+        return [(peer, rows, Tasks.of_rows(rows, sent_at)) for peer, rows in batches]
 
-    def undelivered(self, peer: Peer, tasks: Iterable[Task], now: float) -> None:
+    def undelivered(self, peer: Peer, rows: list[dict[str, Any]], now: float) -> None:
         """Tasks claimed for a connection that is gone (its worker reconnected meanwhile, as
         workers do while the daemon is paused, or it died): they never left, so they go back
         to the queue with no attempt spent. The worker is not judged by it: it gets nothing
         more on that connection, and its next hello, or its silence, decides the rest."""
-        tasks = list(tasks)
         with self.store.atomic():
-            for task in tasks:
-                lane = self.store.unclaim(task.task_id, task.attempt, now)
-                self.peers.release(task.task_id, now)
+            for row in rows:
+                lane = self.store.unclaim(row["id"], row["attempt"], now)
+                self.peers.release(row["id"], now)
                 if lane is not None:
                     self.lanes.ended(*lane)
                     self.lanes.ready(lane[0])
@@ -270,18 +269,8 @@ class State:
         self.dispatch_pending = True
         log.warning(
             "worker %s could not be reached: tasks %s back to the queue, unspent",
-            peer.worker_id, [task.task_id for task in tasks],
+            peer.worker_id, [row["id"] for row in rows],
         )  # fmt: skip
-
-
-def task_item(sent_at: float, row: dict[str, Any]) -> Task:
-    """A claimed row (Store.claim) as its TASK item, sent at `sent_at`: one leased ahead
-    of its run_at says when to start (start_in, seconds from when it was sent)."""
-    run_at = row.get("run_at")
-    return Task(
-        row["id"], row["attempt"], row["name"], row["args"], row["queue"], row["timeout"], row.get("parents"),
-        run_at - sent_at if run_at is not None and run_at > sent_at else None,
-    )  # fmt: skip
 
 
 @dataclass

@@ -141,12 +141,12 @@ def test_a_limit_declared_in_a_failed_turn_is_not_kept(db_url, make_core):
 
 
 def test_claimed_rows_leave_as_the_task_items_the_daemon_always_sent():
-    """A claim's rows (Store.claim: run_at while still ahead, parents by id) become TASK
-    items: the bytes of the dicts the daemon sent before messages.Task (run_at dropped,
-    start_in from when it was sent, parents' ids as strings)."""
+    """A claim's rows (Store.claim: run_at while still ahead, parents by id) leave as TASK
+    items (messages.Tasks.of_rows, the daemon's fast path): the bytes of Task.item, and of
+    the dicts the daemon sent before messages (run_at dropped, start_in from when it was
+    sent, parents' ids as strings)."""
     from martinet import protocol
-    from martinet.messages import Tasks
-    from martinet.server.state import task_item
+    from martinet.messages import Task, Tasks
 
     rows = [
         {"id": 1, "name": "add", "queue": "q", "args": {"a": 1}, "attempt": 1, "timeout": 5.0},
@@ -154,10 +154,17 @@ def test_claimed_rows_leave_as_the_task_items_the_daemon_always_sent():
          "run_at": 100.25, "parents": {1: [1, None]}},
         {"id": 3, "name": "add", "queue": "default", "args": {}, "attempt": 1, "timeout": None, "run_at": 99.0},
     ]  # fmt: skip
-    assert Tasks(tuple(task_item(100.0, row) for row in rows)).encode() == [
+    frame = (
         protocol.PREFIX + bytes([Cmd.TASK])
         + b'{"tasks":[{"id":1,"name":"add","queue":"q","args":{"a":1},"attempt":1,"timeout":5.0},'
         b'{"id":2,"name":"add","queue":"default","args":{},"attempt":3,"timeout":null,'
         b'"parents":{"1":[1,null]},"start_in":0.25},'
         b'{"id":3,"name":"add","queue":"default","args":{},"attempt":1,"timeout":null}]}'
-    ]  # fmt: skip
+    )  # fmt: skip
+    tasks = (
+        Task(1, 1, "add", {"a": 1}, "q", 5.0),
+        Task(2, 3, "add", {}, "default", None, {1: [1, None]}, 0.25),
+        Task(3, 1, "add", {}, "default"),
+    )
+    assert Tasks(tasks).encode() == [frame]
+    assert Tasks.of_rows(rows, 100.0) == [frame]
