@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from martinet import recurring, rules, when
 from martinet.config import Settings
@@ -252,7 +252,7 @@ def is_rate(value: Any) -> bool:
 MAX_ID = 2**63 - 1  # the largest id any of our databases can hold
 
 
-def is_id(value: Any) -> bool:
+def is_id(value: Any) -> TypeGuard[int]:
     """A whole number the database can hold (task ids, attempt numbers)."""
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
 
