@@ -5,12 +5,13 @@ worker and compositions both use it without importing each other."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from martinet import rules, when
 from martinet.errors import BadInput
 
 Handler = Callable[..., Any]
+H = TypeVar("H", bound=Handler)
 
 # Handlers registered with @martinet.task, served by every Worker by default.
 REGISTRY: dict[str, Handler] = {}
@@ -21,14 +22,14 @@ LIMITS: dict[str, dict] = {}
 
 def task(
     name: str | None = None, *, concurrency: int | None = None, rate: str | None = None
-) -> Callable[[Handler], Handler]:
+) -> Callable[[H], H]:
     """Register a handler: `@martinet.task("resize")` above `def resize(task, image_id): ...`.
 
     `concurrency` caps how many run at once across every worker, `rate` how
     many may start per period ("100/minute", "5/second"); the daemon enforces both.
     """
 
-    def register(fn: Handler) -> Handler:
+    def register(fn: H) -> H:
         key = name or fn.__name__
         limits = check_limits(key, concurrency, rate)  # bad values fail here, at import
         REGISTRY[key] = fn
