@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from martinet.api import Martinet
+from martinet.attempt import TaskContext
 from martinet.compose import compose
 from martinet.errors import (
     BadInput,
@@ -38,8 +39,9 @@ from martinet.errors import (
     WaitTimeout,
 )
 from martinet.query import Page
+from martinet.registry import task
 from martinet.submit import ScheduleId, TaskId, TaskSpec, When
-from martinet.worker import TaskContext, Worker, task
+from martinet.worker import Worker
 
 __version__ = "0.1.0"
 

@@ -189,9 +189,9 @@ class Martinet:
     def _batches(
         self,
         tasks: Sequence[tuple[TaskSpec, dict[str, Any] | None]],
-        options: dict,
+        options: dict[str, Any],
         base_rid: str,
-        spans: list,
+        spans: builtins.list[tuple[int, int]],
         kinds: list[tuple[str, str]],
     ) -> Iterator[tuple[str, list[bytes]]]:
         """The tasks as execute_many requests of up to BATCH tasks and half of max_payload,
@@ -213,7 +213,9 @@ class Martinet:
             yield self._batch_request(base_rid, len(tasks) - len(chunk), chunk, spans)
 
     @staticmethod
-    def _batch_request(base_rid: str, first: int, items: list[bytes], spans: list) -> tuple[str, list[bytes]]:
+    def _batch_request(
+        base_rid: str, first: int, items: builtins.list[bytes], spans: builtins.list[tuple[int, int]]
+    ) -> tuple[str, builtins.list[bytes]]:
         spans.append((first, first + len(items) - 1))
         rid = f"{base_rid}:{first}"  # the first task's request id
         return rid, Request.batch("execute_many", rid, "tasks", items)
@@ -267,14 +269,18 @@ class Martinet:
         return ScheduleId(reply["id"], reply.get("created", True), reply.get("warning"))
 
     def _task_fields(
-        self, task: TaskSpec, args: dict | None, options: dict, known: set[str] = TASK_KEYS
+        self,
+        task: TaskSpec,
+        args: dict[str, Any] | None,
+        options: dict[str, Any],
+        known: set[str] = TASK_KEYS,
     ) -> dict[str, Any]:
         return task_fields(task, args, options, self.limits, known)
 
-    def _read_run_at(self, fields: dict) -> None:
+    def _read_run_at(self, fields: dict[str, Any]) -> None:
         read_run_at(fields, self.settings.timezone)
 
-    def _submit(self, op: str, fields: dict) -> TaskId:
+    def _submit(self, op: str, fields: dict[str, Any]) -> TaskId:
         try:
             reply = self.client.request(op, {"rid": fields["request_id"], **fields})
         except DaemonUnavailable as exc:

@@ -99,7 +99,7 @@ class Composition:
 class _Args:
     """The task's own arguments, passed to the first step as the worker would pass them."""
 
-    def __init__(self, args: tuple, kwargs: dict) -> None:
+    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.args, self.kwargs = args, kwargs
 
 

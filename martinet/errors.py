@@ -7,7 +7,7 @@ apart from the hierarchy.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from martinet.submit import TaskId
@@ -82,7 +82,7 @@ class SchemaTooNew(StoreError):
 class TaskFailed(MartinetError):
     """A task ended without success (dead or cancelled); `info` holds its record."""
 
-    def __init__(self, message: str, info: dict | None = None) -> None:
+    def __init__(self, message: str, info: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.info = info or {}
 

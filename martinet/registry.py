@@ -17,7 +17,7 @@ H = TypeVar("H", bound=Handler)
 REGISTRY: dict[str, Handler] = {}
 # Fleet-wide limits of the registered task names that have one:
 # {"concurrency": int | None, "rate": [count, period_seconds] | None}, sent in the hello.
-LIMITS: dict[str, dict] = {}
+LIMITS: dict[str, dict[str, Any]] = {}
 
 
 def task(
@@ -42,7 +42,7 @@ def task(
     return register
 
 
-def check_limits(name: str, concurrency: int | None, rate: str | None) -> dict | None:
+def check_limits(name: str, concurrency: int | None, rate: str | None) -> dict[str, Any] | None:
     """The limits of task `name` as sent in the hello, checked; None if it has none."""
     if concurrency is not None and not rules.is_count(concurrency):
         raise BadInput(
