@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from martinet import config, protocol, rules, when
 from martinet.client import Client, EventListener
 from martinet.errors import BadInput, DaemonUnavailable, MartinetError, TaskFailed, WaitTimeout
-from martinet.lanes import DEFAULT_QUEUE
 from martinet.messages import Request
 from martinet.query import Page, check_filter_names
+from martinet.rules import DEFAULT_QUEUE
 from martinet.submit import (
     BATCH,
     EVERY_KEYS,
@@ -77,7 +77,7 @@ class Martinet:
         return cls(url=url, timeout=timeout, **settings)
 
     def _start_embedded(self) -> str:
-        from martinet.daemon import Daemon  # only embedded users pay for the daemon's imports
+        from martinet.server.loop import Daemon  # only embedded users pay for the daemon's imports
 
         daemon = Daemon(self.settings, port_option="Martinet(db=..., {role}_port=N) (0: any free port)")
         daemon.open()

@@ -15,6 +15,7 @@ from typing import Any
 from martinet.errors import BadInput, MartinetError
 
 MAX_QUEUE_NAME = 255  # characters; the queue column's width
+DEFAULT_QUEUE = "default"  # the queue of a task that names none
 QUEUE_ORDERS = ("fifo", "random")  # which waiting task of a queue goes first
 # The most a queue's concurrency or weight may be: far beyond any fleet, and small enough
 # that the daemon's arithmetic on slots and shares stays in plain integers.

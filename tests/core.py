@@ -1,6 +1,7 @@
-"""The daemon's decisions driven in process: a real Daemon on a real store, no worker
-processes, a clock the test sets. Its sockets are bound (to free ports on 127.0.0.1)
-but nothing connects to them: what a turn would send is read from its Outbox."""
+"""The server's decisions driven in process: its core (martinet/server/core.py) on a real
+store, no worker processes, a clock the test sets. A real Daemon (the loop) is opened,
+its sockets bound to free ports on 127.0.0.1 but with nothing connected: what a turn
+would send is read from its Outbox. `server` is the core, `daemon` the loop."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ from typing import Any
 
 from martinet import protocol
 from martinet.config import Settings
-from martinet.daemon import Daemon, Outbox
 from martinet.present import maybe_task_info
 from martinet.protocol import Cmd
+from martinet.server import claims, timers
+from martinet.server.loop import Daemon
+from martinet.server.outbox import Outbox
+from martinet.server.outcomes import on_outcomes, on_status_batch
+from martinet.server.workers import hello_of, on_hello
 from martinet.store import Outcome
 
 T0 = 1_800_000_000.0
@@ -22,7 +27,9 @@ class Core:
         base = {"db": db_url, "client_port": 0, "worker_port": 0, "status_port": 0, "log_level": "WARNING"}
         self.daemon = Daemon(Settings(**{**base, **settings}), clock=lambda: self.now)
         self.daemon.open()
-        self.store = self.daemon.store
+        self.server = self.daemon.core
+        self.store = self.server.store
+        self.cancels: list[tuple[bytes, int]] = []  # CANCELs the turns of claim() and tick() would send
 
     def close(self) -> None:
         self.daemon.close()
@@ -32,7 +39,7 @@ class Core:
         out = Outbox()
         frames = protocol.encode(Cmd.REQUEST, {"op": op, "rid": "r", **fields})
         with self.store.atomic():
-            self.daemon._on_client(b"client", frames, out, self.now)
+            self.server.on_client(b"client", frames, out, self.now)
         (reply,) = [r for _ident, r in out.replies]
         assert reply["ok"], reply
         return reply
@@ -43,7 +50,7 @@ class Core:
         out = Outbox()
         frames = protocol.encode(Cmd.REQUEST, {"op": op, "rid": "r", **fields})
         with self.store.atomic():
-            self.daemon._on_client(b"client", frames, out, self.now)
+            self.server.on_client(b"client", frames, out, self.now)
         (reply,) = [r for _ident, r in out.replies]
         assert not reply["ok"], reply
         return reply["error"]
@@ -53,33 +60,42 @@ class Core:
             fields["queue"] = queue
         return self.request("execute", name=name, args={}, **fields)["id"]
 
-    def hello(self, worker_id: str, names: list[str], capacity: int = 4, **fields: Any) -> None:
+    def hello(self, worker_id: str, names: list[str], capacity: int = 4, **fields: Any) -> Outbox:
+        """A worker's hello on the connection b"<worker_id>", handled (committed); the Outbox
+        holds the welcome."""
         header = {"worker_id": worker_id, "names": names, "capacity": capacity, **fields}
+        out = Outbox()
         with self.store.atomic():
-            self.daemon._on_hello(worker_id.encode(), header, self.now)
+            ident = worker_id.encode()
+            on_hello(self.server, ident, hello_of(self.server, ident, header), out, self.now)
+        return out
 
     def reconnect(self, worker_id: str, names: list[str], capacity: int = 4, **fields: Any) -> None:
         """A hello from `worker_id` on a new connection (another ident than `hello`'s)."""
         header = {"worker_id": worker_id, "names": names, "capacity": capacity, **fields}
         with self.store.atomic():
-            self.daemon._on_hello(f"{worker_id}/again".encode(), header, self.now)
+            ident = f"{worker_id}/again".encode()
+            on_hello(self.server, ident, hello_of(self.server, ident, header), Outbox(), self.now)
 
     def claim(self) -> dict[str, list[dict]]:
         """A turn's timers and claims (committed, not sent) while every worker keeps
         sending heartbeats: {worker id: rows}."""
-        for peer in self.daemon.peers:
-            self.daemon.peers.seen(peer.worker_id, self.now)
+        for peer in self.server.peers:
+            self.server.peers.seen(peer.worker_id, self.now)
         out = Outbox()
         with self.store.atomic():
-            self.daemon._timers(out, self.now)
-            self.daemon._claim(out, self.now)
+            timers.run(self.server, out, self.now)
+            claims.claim(self.server, out, self.now)
+        self.cancels += [(ident, h["id"]) for ident, cmd, h in out.worker if cmd is Cmd.CANCEL]
         return {peer.worker_id: rows for peer, rows in out.tasks}
 
     def tick(self) -> None:
         """A turn's timers, the once-an-interval ones included; no worker heard from."""
-        self.daemon._next_tick = self.now
+        self.server.next_tick = self.now
+        out = Outbox()
         with self.store.atomic():
-            self.daemon._timers(Outbox(), self.now)
+            timers.run(self.server, out, self.now)
+        self.cancels += [(ident, h["id"]) for ident, cmd, h in out.worker if cmd is Cmd.CANCEL]
 
     def claimed_names(self) -> list[str]:
         return sorted(row["name"] for rows in self.claim().values() for row in rows)
@@ -88,8 +104,8 @@ class Core:
         worker = maybe_task_info(self.store.get_task(task_id))["worker"]
         out = Outbox()
         with self.store.atomic():
-            self.daemon._on_outcomes(
-                [(b"status", Outcome(task_id, attempt, worker, "succeeded"))], out, self.now
+            on_outcomes(
+                self.server, [(b"status", Outcome(task_id, attempt, worker, "succeeded"))], out, self.now
             )
         return maybe_task_info(self.store.get_task(task_id))
 
@@ -98,5 +114,48 @@ class Core:
         out = Outbox()
         msgs = [(b"status", protocol.encode(cmd, header)) for cmd, header in messages]
         with self.store.atomic():
-            self.daemon._on_status_batch(msgs, out, self.now)
+            on_status_batch(self.server, msgs, out, self.now)
         return out
+
+    def turn(
+        self,
+        *,
+        client: list[tuple[Cmd, dict]] = (),
+        worker: list[tuple[bytes, Cmd, dict]] = (),
+        status: list[tuple[Cmd, dict]] = (),
+        fail: bool = False,
+        heard: bool = True,
+    ) -> list[tuple[str, bytes, Cmd, dict]]:
+        """A whole turn of the core, as the loop gives it these messages (client and status
+        ones from the idents b"client" and b"status"), and what the loop would send once it
+        is over: (socket, ident, command, header), TASK messages last. With `fail`, the
+        turn's commit fails (its last statement raises), as when the database goes away.
+        Connected workers are heard from (heartbeats) unless `heard` is false."""
+        import peewee
+
+        core = self.server
+        for peer in core.peers if heard else ():  # its workers keep sending heartbeats
+            core.peers.seen(peer.worker_id, self.now)
+        record = core.hub.record
+
+        def failing(*args, **kwargs):
+            raise peewee.OperationalError("disk I/O error (a test made the commit fail)")
+
+        if fail:
+            core.hub.record = failing
+        try:
+            out = core.turn(
+                [(b"client", protocol.encode(cmd, h)) for cmd, h in client],
+                [(b"status", protocol.encode(cmd, h)) for cmd, h in status],
+                [(ident, protocol.encode(cmd, h)) for ident, cmd, h in worker],
+                self.now,
+            )
+        finally:
+            core.hub.record = record
+        sent = [("worker", ident, *protocol.decode(frames)) for ident, frames in out.always]
+        sent += [("worker", ident, cmd, h) for ident, cmd, h in out.worker]
+        sent += [("client", ident, Cmd.REPLY, h) for ident, h in [*out.replies, *out.answers]]
+        sent += [("status", ident, Cmd.ACK, {"acks": acks}) for ident, acks in out.acks.items()]
+        core.task_messages(out.tasks, self.now, self.now)
+        sent += [("worker", peer.ident, Cmd.TASK, {"tasks": rows}) for peer, rows in out.tasks]
+        return sent

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from martinet.daemon import Daemon
+    from martinet.server.loop import Daemon
 
     flags = {
         "db": args.db,

@@ -15,8 +15,8 @@ import zmq
 
 import martinet
 from martinet import protocol
-from martinet.events import MALFORMED_LOGGED_PER_SECOND
 from martinet.protocol import Cmd
+from martinet.server.events import MALFORMED_LOGGED_PER_SECOND
 from tests.harness import ROOT, free_ports, wait_for
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from martinet.lanes import rate_window
 from martinet.present import maybe_task_info
+from martinet.server.lanes import rate_window
+from martinet.server.workers import lose_worker
 from tests.core import Core
 
 # A claim loop that spins calls the store's claim without end: this many in one turn is a bug.
@@ -118,7 +119,7 @@ def test_limits_of_both_kinds_at_once_on_two_workers(core):
 
 
 def test_a_turn_makes_a_bounded_number_of_claims_and_the_next_goes_on(core, monkeypatch):
-    monkeypatch.setattr("martinet.daemon.CLAIMS_PER_TURN", 4)
+    monkeypatch.setattr("martinet.server.claims.CLAIMS_PER_TURN", 4)
     queues = [f"q{i}" for i in range(10)]
     core.hello("w1", ["a"], capacity=20, queues=queues)
     for queue in queues:
@@ -154,7 +155,7 @@ def test_a_task_readopted_after_its_worker_was_lost_counts_toward_its_limit_agai
     core.submit("a", queue="narrow")
     assert claim(core) == ["a"]
     with core.store.atomic():
-        core.daemon._lose_worker("w1", core.now, "silent")
+        lose_worker(core.server, "w1", core.now, "silent")
     core.hello("w1", ["a"], capacity=2, running=[{"id": first, "attempt": 1, "started": True}])
     assert maybe_task_info(core.store.get_task(first))["status"] == "running"
     assert claim(core) == []  # the second waits: the first holds the limit again

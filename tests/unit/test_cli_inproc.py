@@ -15,9 +15,10 @@ import pytest
 import martinet
 from martinet import cli, when
 from martinet.client import EventStream
-from martinet.daemon import Outbox
 from martinet.errors import BadInput
 from martinet.protocol import Cmd
+from martinet.server import timers
+from martinet.server.outbox import Outbox
 from martinet.worker import PREFETCH_PER_THREAD, Worker
 
 GATE = threading.Event()  # the "gate" handler returns once it is set
@@ -130,11 +131,11 @@ def test_a_wait_that_times_out_says_why_the_task_still_waits(db_url, make_core):
     tid = core.submit("resiz")
     out = Outbox()
     with core.store.atomic():
-        core.daemon._on_client(b"c", _frames("wait", id=tid, wait_for=5), out, core.now)
+        core.server.on_client(b"c", _frames("wait", id=tid, wait_for=5), out, core.now)
     assert out.replies == []  # held until the task ends or the deadline
     core.now += 5
     with core.store.atomic():
-        core.daemon._timers(out, core.now)
+        timers.run(core.server, out, core.now)
     ((_ident, reply),) = out.replies
     assert (reply["done"], reply["status"], reply["waiting"]) == (
         False, "queued", "no connected worker handles 'resiz'",

@@ -11,19 +11,18 @@ import json
 import threading
 
 import pytest
-import zmq
 
 import martinet
 from martinet import protocol
-from martinet.events import (
+from martinet.protocol import Cmd
+from martinet.retention import Retention
+from martinet.server.events import (
     CATCH_UP_PAGE,
     FULL_BACKOFF,
     MALFORMED_LOGGED_PER_SECOND,
     MALFORMED_PER_SECOND,
     EventHub,
 )
-from martinet.protocol import Cmd
-from martinet.retention import Retention
 from martinet.store import Store, open_database
 
 NOW = 1_800_000_000.0  # 2027-01-15 08:00 UTC
@@ -83,11 +82,13 @@ class FakeSocket:
         self.full = full
         self.sent: list[list[bytes]] = []
 
-    def send_multipart(self, frames: list[bytes], flags: int = 0) -> None:
+    def __call__(self, ident: bytes, frames: list[bytes]) -> str:
+        """The hub's send (events.Send), as the loop gives it over a socket."""
         if self.full:
             self.full -= 1
-            raise zmq.Again()
-        self.sent.append(frames)
+            return "full"
+        self.sent.append([ident, *frames])
+        return "sent"
 
     def events(self) -> list[dict]:
         out = []
@@ -190,7 +191,7 @@ def test_a_subscriber_far_behind_gets_bounded_pages(store):
 
 
 def test_an_attempts_end_is_written_as_json_would_write_it():
-    from martinet.events import _body, attempt_event
+    from martinet.server.events import _body, attempt_event
 
     info = {"id": 7, "name": 'say "hi" ☃', "queue": "default", "attempt": 2, "status": "failed",
             "outcome": "failed", "result": None, "error": {"type": "E", "message": "a\nb", "traceback": None},

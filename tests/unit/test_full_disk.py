@@ -21,11 +21,11 @@ from martinet import cli, protocol
 from martinet import outbox as outbox_module
 from martinet.api import Martinet
 from martinet.config import Settings
-from martinet.daemon import Daemon
 from martinet.dbhealth import REMIND_EVERY, describe
 from martinet.messages import Task
 from martinet.outbox import JOURNAL_RETRY
 from martinet.protocol import Cmd
+from martinet.server.loop import Daemon
 from martinet.store import Store, iso, open_database
 from martinet.worker import Worker
 from tests.fakes import FakeSocket, header

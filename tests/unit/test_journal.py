@@ -13,12 +13,14 @@ import sqlite3
 import pytest
 
 from martinet import cli, protocol
-from martinet.daemon import Outbox
 from martinet.errors import JournalError
 from martinet.journal import ACK_DELAY, FORMAT, UNKNOWN, Journal
 from martinet.messages import Task, Welcome
 from martinet.present import attempt_infos, maybe_task_info
 from martinet.protocol import Cmd
+from martinet.server.outbox import Outbox
+from martinet.server.outcomes import on_status_batch
+from martinet.server.workers import on_hello
 from martinet.worker import Worker
 from tests.core import Core
 from tests.fakes import FakeSocket, header
@@ -252,26 +254,25 @@ def test_an_older_daemon_gets_no_outcome_of_a_known_database(tmp_path):
 
 def test_a_daemon_takes_no_held_attempt_or_outcome_marked_for_another_database(db_url, caplog):
     core = Core(db_url)
-    d, sent = core.daemon, []
-    d._send = lambda sock, ident, cmd, header: sent.append((cmd, header)) or True
+    d = core.server
     try:
         me = d.database_id
         # Given task 1 of this database running on w1, attempt 1
         tid = core.submit("boom")
-        core.hello("w1", ["boom"])
+        sent = core.hello("w1", ["boom"]).worker
         assert [r["id"] for r in core.claim()["w1"]] == [tid]
-        assert [h["database"] for c, h in sent if c is Cmd.WELCOME] == [me]  # the welcome says which
+        assert [h["database"] for _ident, c, h in sent if c is Cmd.WELCOME] == [me]  # the welcome says which
 
         def hello(ident: bytes, running=(), kept=()) -> None:
             header = {"worker_id": "w1", "names": ["boom"], "capacity": 4, "running": running, "kept": kept}
             with core.store.atomic():
-                d._on_hello(ident, header, core.now)
+                on_hello(d, ident, header, Outbox(), core.now)
 
         def ended(*outcomes: dict) -> Outbox:
             out = Outbox()
             frames = protocol.encode(Cmd.ENDED, {"worker_id": "w1", "ended": list(outcomes)})
             with core.store.atomic():
-                d._on_status_batch([(b"status", frames)], out, core.now)
+                on_status_batch(d, [(b"status", frames)], out, core.now)
             return out
 
         # When w1 comes back saying it holds task 1 attempt 1, for another database

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from martinet.lanes import Lane, Lanes, rate_window
+from martinet.server.lanes import Lane, Lanes, rate_window
 
 
 def test_a_lane_without_limits_has_endless_room():

@@ -3,8 +3,10 @@ In process, with the clock the test sets (tests/core.py)."""
 
 from __future__ import annotations
 
-from martinet.daemon import Outbox
 from martinet.present import attempt_infos, maybe_task_info
+from martinet.server import claims
+from martinet.server.outbox import Outbox
+from martinet.server.outcomes import on_outcomes
 from martinet.store import Outcome
 
 
@@ -25,7 +27,7 @@ def test_a_daemon_that_did_not_listen_does_not_count_that_silence(sqlite_url, ma
     task_id = core.submit("add")
     assert core.claimed_names() == ["add"]
     core.now += 5.0  # the daemon was stopped: its sockets filled up, unread
-    core.daemon._not_listening(5.0)
+    core.server.not_listening(5.0)
     core.tick()
     assert core.daemon.peers.get("w1") is not None
     assert maybe_task_info(core.store.get_task(task_id))["status"] == "leased"  # sent, not started
@@ -43,7 +45,7 @@ def test_tasks_claimed_for_a_connection_that_is_gone_go_back_unspent(db_url, mak
     task_id = core.submit("add")
     out = Outbox()
     with core.store.atomic():
-        core.daemon._claim(out, core.now)
+        claims.claim(core.server, out, core.now)
     core.daemon._send_tasks(out.tasks, core.now)
     task = maybe_task_info(core.store.get_task(task_id))
     assert (task["status"], task["attempt"], attempt_infos(core.store.attempts(task_id))) == ("queued", 0, [])
@@ -71,5 +73,5 @@ def test_a_worker_stuck_past_a_time_limit_gets_no_more_work_until_it_answers(db_
     assert sorted(row["id"] for row in core.claim()["fresh"]) == [first, second]
     out = Outbox()
     with core.store.atomic():  # the stuck handler returns at last: fenced out, its slot freed
-        core.daemon._on_outcomes([(b"status", Outcome(first, 1, "stuck", "succeeded"))], out, core.now)
+        on_outcomes(core.server, [(b"status", Outcome(first, 1, "stuck", "succeeded"))], out, core.now)
     assert core.daemon.peers.get("stuck").credit == 1

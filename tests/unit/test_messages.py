@@ -343,9 +343,8 @@ def test_outcome_has_the_fields_of_the_stores_outcome_in_its_order():
 def test_the_daemon_and_messages_read_outcomes_alike():
     """Until the daemon reads its outcomes with messages.Outcome, its own reader and this one
     must agree on every shape of item."""
-    daemon = pytest.importorskip("martinet.daemon")
-    if not hasattr(daemon, "_outcome"):
-        pytest.skip("the daemon reads messages.Outcome")
+    from martinet.server import incoming
+
     items = [
         {"id": 1, "attempt": 1, "ok": True, "result": [1, {"a": None}]},
         {"id": 1, "attempt": 1, "ok": True},
@@ -363,6 +362,6 @@ def test_the_daemon_and_messages_read_outcomes_alike():
         {"id": 1, "attempt": 1, "ok": False, "release": True},
     ]
     for item in items:
-        theirs = daemon._outcome(item, "w")
+        theirs = incoming.outcome(item, "w")
         ours = Outcome.from_item(item, "w")
         assert tuple(getattr(ours, f) for f in theirs._fields) == tuple(theirs), item

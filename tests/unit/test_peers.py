@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from martinet.peers import Peer, Peers
+from martinet.server.peers import Peer, Peers
 
 T0 = 1000.0
 

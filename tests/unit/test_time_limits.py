@@ -25,10 +25,10 @@ def test_a_task_held_by_a_worker_that_never_answers_times_out_and_runs_elsewhere
     while core.now < sent + 0.99:
         core.now += 0.1
         core.claim()  # a turn: the timers, every worker heard from
-        assert get(core, tid)["status"] == "leased" and not core.daemon._cancels
+        assert get(core, tid)["status"] == "leased" and not core.cancels
     core.now = sent + 1.2
     core.claim()
-    assert [task_id for _ident, task_id in core.daemon._cancels] == [tid]  # a CANCEL, sent after the commit
+    assert [task_id for _ident, task_id in core.cancels] == [tid]  # a CANCEL, sent after the commit
     first = core.request("show", id=tid)["item"]["attempts"][0]
     assert (first["attempt"], first["outcome"], first["worker"]) == (1, "failed", "silent")
     assert first["error"]["type"] == "TaskTimeout"

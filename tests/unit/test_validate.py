@@ -294,12 +294,12 @@ def test_every_under_the_minimum_interval_is_refused():
 
 def _refusal(core, op: str, **fields) -> dict:
     from martinet import protocol
-    from martinet.daemon import Outbox
     from martinet.protocol import Cmd
+    from martinet.server.outbox import Outbox
 
     out = Outbox()
     with core.store.atomic():
-        core.daemon._on_client(
+        core.server.on_client(
             b"client", protocol.encode(Cmd.REQUEST, {"op": op, "rid": "r", **fields}), out, core.now
         )
     ((_ident, reply),) = out.replies

@@ -21,7 +21,8 @@
   logged as often): the rest are counted, and the count goes with the next
   record ("suppressed"), so a flood of garbage fills neither the table nor the log.
 
-The loop owns an EventHub; the wire format of an event is in _wire.
+The server's core owns an EventHub; the loop sends what it says to (see Send);
+the wire format of an event is in _wire.
 """
 
 from __future__ import annotations
@@ -29,17 +30,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
-import zmq
-
 from martinet import protocol, rules
 from martinet.errors import BadInput
 from martinet.models import STALLED
+from martinet.present import iso
 from martinet.protocol import Cmd
-from martinet.store import Store, iso
+from martinet.store import Store
 
 log = logging.getLogger("martinet.daemon")
 
@@ -60,6 +61,10 @@ MALFORMED_LOGGED_PER_SECOND = 100  # and logged one by one (a line each is cheap
 # An event's body is kept below this: a larger result or traceback is left out
 # ("truncated": true; `martinet show` has it all). Bounds the table and a turn's INSERT.
 MAX_BODY = 65_536
+
+# How the hub sends a message to a subscriber (the loop gives it its socket's send):
+# "sent", "full" (its queue is full: it catches up later) or "gone".
+Send = Callable[[bytes, list[bytes]], str]
 
 
 @dataclass
@@ -221,7 +226,7 @@ class EventHub:
 
     # ---- sending, after the commit ---------------------------------------------------------
 
-    def push(self, sock: zmq.Socket, recorded: list[tuple[int, str]], now: float) -> None:
+    def push(self, send: Send, recorded: list[tuple[int, str]], now: float) -> None:
         """A committed turn's events (recorded at `now`) to each live subscriber, in one
         message each; encoded only when someone listens."""
         if not recorded or not self.subscribers:
@@ -240,9 +245,9 @@ class EventHub:
                 frames = whole
             else:
                 frames = _message([wire for event_id, wire in wires if event_id > sub.cursor])
-            self._send(sock, sub, frames, last, now)
+            self._send(send, sub, frames, last, now)
 
-    def catch_up(self, store: Store, sock: zmq.Socket, now: float) -> None:
+    def catch_up(self, store: Store, send: Send, now: float) -> None:
         """A page of the table to each subscriber that catches up; live once it has all."""
         budget = CATCH_UP_TURN
         for sub in list(self.subscribers.values()):
@@ -255,22 +260,21 @@ class EventHub:
             budget -= len(page)
             if page:
                 frames = _message([_wire(event_id, iso(at), body) for event_id, at, body in page])
-                if not self._send(sock, sub, frames, page[-1][0], now):
+                if not self._send(send, sub, frames, page[-1][0], now):
                     continue
             if len(page) < limit:  # it has everything committed: what comes next is pushed
                 sub.live = True
             else:  # the others' turn first
                 self.subscribers[sub.ident] = self.subscribers.pop(sub.ident)
 
-    def _send(self, sock: zmq.Socket, sub: Subscriber, frames: list[bytes], last: int, now: float) -> bool:
-        try:
-            sock.send_multipart([sub.ident, *frames], zmq.NOBLOCK)
-        except zmq.Again:  # its queue is full: it catches up from the table once there is room
+    def _send(self, send: Send, sub: Subscriber, frames: list[bytes], last: int, now: float) -> bool:
+        how = send(sub.ident, frames)
+        if how == "full":  # its queue is full: it catches up from the table once there is room
             sub.backoff = min(FULL_BACKOFF_MAX, sub.backoff * 2) if sub.backoff else FULL_BACKOFF
             sub.live, sub.not_before = False, now + sub.backoff
             return False
-        except zmq.ZMQError as exc:  # gone
-            log.debug("event subscriber %s gone: %s", sub.ident.hex(), exc)
+        if how == "gone":
+            log.debug("event subscriber %s gone", sub.ident.hex())
             self.subscribers.pop(sub.ident, None)
             return False
         sub.cursor, sub.backoff = last, 0.0

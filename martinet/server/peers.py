@@ -21,6 +21,12 @@ the time a task waits in a prefetch; see Peers.assign and Peer.clock. A worker
 that reports its starts (STARTED: the task is running in the store, started_at
 real) needs no guess; the picture is the rule for one that does not, and still
 tells which workers have an idle thread.
+
+A turn of the server changes the table as it goes (an outcome frees a slot that a claim
+of the same turn takes), and its transaction may then fail: the table keeps, from
+begin() on, each worker as it was before the turn first changed it, and rollback()
+puts them back exactly (see Peers.begin). Liveness (when last heard from, heartbeats
+sent) is what happened on the wire, not a picture of the database: it is not undone.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 # What a worker runs and serves: its task names, and its queues (None: all of them).
 Kind = tuple[frozenset[str], frozenset[str] | None]
@@ -96,6 +103,70 @@ class Peers:
         # serves() answers, until a worker comes, goes or drops a name: a submit asks it for
         # every task, and scanning five thousand workers each time would cost every call.
         self._serves: dict[tuple[str, str | None], bool] = {}
+        # Each worker changed since begin(), as it was before (None: not connected then).
+        self._saved: dict[str, tuple[Any, ...] | None] | None = None
+
+    # ---- a turn's changes, undone if its transaction fails -------------------------
+
+    def begin(self) -> None:
+        """A turn starts: what changes from now on can be undone (rollback) until commit."""
+        self._saved = {}
+
+    def commit(self) -> None:
+        """The turn's transaction is committed: its changes stand."""
+        self._saved = None
+
+    def _keep(self, worker_id: str) -> None:
+        """Called before a worker's registration or holdings change: keep it as it was."""
+        saved = self._saved
+        if saved is None or worker_id in saved:
+            return
+        peer = self._by_id.get(worker_id)
+        saved[worker_id] = None if peer is None else (
+            peer, set(peer.inflight), dict(peer.clocks), dict(peer.prefetched), set(peer.stuck),
+            set(peer.names), peer.capacity, self._beats.get(worker_id, peer.last_seen),
+        )  # fmt: skip
+
+    def rollback(self) -> None:
+        """The turn's transaction failed: every worker it changed is put back as it was
+        (its tasks, slots, stuck tasks, names; a worker that said hello in the turn is
+        the one before it, or none)."""
+        saved, self._saved = self._saved, None
+        if not saved:
+            return
+        for worker_id in saved:  # out with what the turn made...
+            current = self._by_id.pop(worker_id, None)
+            if current is not None:
+                self._unindex(current)
+                if self._by_ident.get(current.ident) == worker_id:
+                    del self._by_ident[current.ident]
+                self._busy.discard(worker_id)
+                for task_id in current.inflight:
+                    if self._owner.get(task_id) == worker_id:
+                        del self._owner[task_id]
+            self._by_seen.pop(worker_id, None)
+            self._beats.pop(worker_id, None)
+        for worker_id, state in saved.items():  # ...in with what was
+            if state is None:
+                continue
+            peer, inflight, clocks, prefetched, stuck, names, capacity, beat = state
+            peer.inflight, peer.clocks, peer.prefetched, peer.stuck = inflight, clocks, prefetched, stuck
+            peer.names, peer.capacity, peer._kind = names, capacity, None
+            self._by_id[worker_id] = peer
+            self._by_ident[peer.ident] = worker_id
+            for task_id in inflight:
+                self._owner[task_id] = worker_id
+            if inflight:
+                self._busy.add(worker_id)
+            self._index(peer)
+            self._by_seen[worker_id] = peer
+            self._beats[worker_id] = beat
+        # Kept in order of when last heard from, and last sent a heartbeat (see silent()).
+        self._by_seen = OrderedDict(sorted(self._by_seen.items(), key=lambda item: item[1].last_seen))
+        self._beats = OrderedDict(sorted(self._beats.items(), key=lambda item: item[1]))
+        self._serves.clear()
+
+    # ---- the table ---------------------------------------------------------------
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -114,6 +185,7 @@ class Peers:
         threads: int | None = None,
     ) -> Peer:
         """Register (or re-register) a worker. A repeated hello starts it afresh."""
+        self._keep(worker_id)
         self.remove(worker_id)
         self._serves.clear()
         peer = Peer(worker_id, ident, set(names), max(0, capacity), now, queues=queues, threads=threads)
@@ -139,6 +211,7 @@ class Peers:
             self._by_seen.move_to_end(worker_id)
 
     def remove(self, worker_id: str) -> Peer | None:
+        self._keep(worker_id)
         peer = self._by_id.pop(worker_id, None)
         if peer is not None:
             self._serves.clear()
@@ -153,11 +226,13 @@ class Peers:
 
     def unreachable(self, peer: Peer) -> None:
         """Its connection is gone: it takes no more tasks until it says hello again."""
+        self._keep(peer.worker_id)
         self._unindex(peer)
         peer.capacity = 0
 
     def drop_name(self, peer: Peer, name: str) -> None:
         """The worker cannot run `name` after all (it refused such a task)."""
+        self._keep(peer.worker_id)
         self._unindex(peer)
         self._serves.clear()
         peer.names.discard(name)
@@ -230,6 +305,8 @@ class Peers:
         from when one frees up (see release)."""
         if task_id in peer.inflight:
             return
+        if self._saved is not None and peer.worker_id not in self._saved:
+            self._keep(peer.worker_id)
         peer.inflight.add(task_id)
         self._owner[task_id] = peer.worker_id
         self._busy.add(peer.worker_id)
@@ -243,8 +320,13 @@ class Peers:
     def release(self, task_id: int, now: float = 0.0) -> Peer | None:
         """The task's attempt ended: give its slot back to whoever held it. A thread it
         had goes to the task sent next (its time limit counts from `now`)."""
-        worker_id = self._owner.pop(task_id, None)
-        peer = self._by_id.get(worker_id) if worker_id else None
+        worker_id = self._owner.get(task_id)
+        if worker_id is None:
+            return None
+        if self._saved is not None and worker_id not in self._saved:
+            self._keep(worker_id)
+        del self._owner[task_id]
+        peer = self._by_id.get(worker_id)
         if peer is not None and task_id in peer.inflight:
             peer.inflight.discard(task_id)
             if not peer.inflight:
@@ -262,6 +344,7 @@ class Peers:
         """The daemon ended this task's attempt without its worker's word (its time limit
         passed): its slot stays taken until the worker answers for it (see unstick)."""
         self.release(task_id, now)
+        self._keep(peer.worker_id)
         peer.stuck.add(task_id)
         if peer.credit == 0:
             self._unindex(peer)
@@ -270,6 +353,7 @@ class Peers:
         """The worker answered for a task it was stuck in: its slot is free again."""
         peer = self._by_id.get(worker_id)
         if peer is not None and task_id in peer.stuck:
+            self._keep(worker_id)
             peer.stuck.discard(task_id)
             self._index(peer)
 

@@ -5,18 +5,23 @@ each task name with declared limits is one. Queues also have a weight (their
 share of free slots while several have ready work), an order (fifo or random)
 and can be paused. The daemon tells the lanes what started and what ended;
 the lanes tell it how many tasks of which queue to claim next.
+
+Running counts and recent starts mirror the database: a turn whose transaction
+fails undoes what it changed here exactly (begin, rollback), as it does for the
+workers' table (peers.py).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from martinet import when
-from martinet.rules import QUEUE_ORDERS as ORDERS  # noqa: F401 - the name others import from here
-
-DEFAULT_QUEUE = "default"
+from martinet.rules import DEFAULT_QUEUE  # noqa: F401 - the name others import from here
+from martinet.rules import QUEUE_ORDERS as ORDERS  # noqa: F401
 
 
 def rate_window(period: float) -> float:
@@ -82,6 +87,51 @@ class Lanes:
         self._generation: dict[str, int] = {}
         self._epoch = 0  # bumped when tasks became ready somewhere unknown
         self._empty: dict[str, list[tuple[frozenset[str], tuple[int, int]]]] = {}
+        # Lanes changed since begin(), as they were (None: it did not exist): queues, names.
+        self._saved: dict[str, Lane | None] | None = None
+        self._saved_names: dict[str, Lane | None] = {}
+
+    # ---- a turn's changes, undone if its transaction fails -------------------------
+
+    def begin(self) -> None:
+        """A turn starts: what changes from now on can be undone (rollback) until commit."""
+        self._saved, self._saved_names = {}, {}
+
+    def commit(self) -> None:
+        self._saved = None
+
+    def _keep(self, queue: str | None = None, name: str | None = None) -> None:
+        """Called before a queue's lane or a task name's changes: keep a copy as it was."""
+        if self._saved is None:
+            return
+        for saved, lanes, key in ((self._saved, self.queues, queue), (self._saved_names, self.names, name)):
+            if key is None or key in saved:
+                continue
+            lane = lanes.get(key)
+            if lane is not None:
+                lane, original = copy.copy(lane), lane
+                lane.starts = deque(original.starts)
+            saved[key] = lane
+
+    def rollback(self) -> None:
+        """The turn's transaction failed: its lanes are put back as they were (running
+        counts, starts, settings). A queue marked empty may hold its claims again: all
+        such marks go."""
+        queues, self._saved = self._saved or {}, None
+        pairs: list[tuple[dict[str, Lane | None], dict[str, Any]]] = [
+            (queues, self.queues),
+            (self._saved_names, self.names),
+        ]
+        for saved, lanes in pairs:
+            for name, lane in saved.items():
+                if lane is None:
+                    lanes.pop(name, None)
+                elif name in lanes:
+                    lanes[name].__dict__.update(lane.__dict__)
+                else:
+                    lanes[name] = lane
+        self._saved_names = {}
+        self.ready(None)
 
     def queue(self, name: str) -> Queue:
         q = self.queues.get(name)
@@ -90,12 +140,14 @@ class Lanes:
         return q
 
     def configure(self, name: str, **settings) -> Queue:
+        self._keep(queue=name)
         q = self.queue(name)
         for key, value in settings.items():
             setattr(q, key, value)
         return q
 
     def limit_name(self, name: str, concurrency: int | None, rate: tuple[int, float] | None) -> None:
+        self._keep(name=name)
         if concurrency is None and rate is None:
             self.names.pop(name, None)
             return
@@ -128,6 +180,8 @@ class Lanes:
         return any(s == stamp and names <= n for n, s in self._empty.get(queue, ()))
 
     def started(self, queue: str, name: str, now: float) -> None:
+        if self._saved is not None and (queue not in self._saved or name in self.names):
+            self._keep(queue, name if name in self.names else None)
         self.queue(queue).started(now)
         if name in self.names:
             self.names[name].started(now)
@@ -135,6 +189,8 @@ class Lanes:
     def held(self, queue: str, name: str) -> None:
         """A task the daemon had let go of (its worker declared lost) runs again where it
         ran: it counts toward concurrency again, and is no new start for a rate."""
+        if self._saved is not None and (queue not in self._saved or name in self.names):
+            self._keep(queue, name if name in self.names else None)
         self.queue(queue).running += 1
         if name in self.names:
             self.names[name].running += 1
@@ -155,6 +211,8 @@ class Lanes:
         return lane is not None and lane.rate is not None
 
     def ended(self, queue: str, name: str) -> None:
+        if self._saved is not None and (queue not in self._saved or name in self.names):
+            self._keep(queue, name if name in self.names else None)
         if queue in self.queues:
             self.queues[queue].ended()
         if name in self.names:

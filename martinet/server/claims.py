@@ -1,0 +1,134 @@
+"""Claim rounds: lease queued tasks to workers with credit, within every limit."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from martinet.server.outbox import Outbox
+from martinet.server.state import State
+
+log = logging.getLogger("martinet.daemon")
+
+# Claim queries in one turn at most, whatever the state of limits and queues: a turn that
+# reaches it answers its sockets and goes on claiming in the next one.
+CLAIMS_PER_TURN = 200
+
+
+def claim(core: State, out: Outbox, now: float) -> None:
+    """Lease queued tasks to workers with credit (sent once the turn is committed).
+
+    Idle threads first, on every worker; then the prefetch, in rounds of at most
+    as many tasks as a worker has threads: a short queue spreads over the fleet
+    instead of waiting in the prefetch of whichever worker was asked first, and a
+    long one fills every worker's prefetch evenly.
+
+    Workers come by kind (the names they run, the queues they serve): a kind for
+    which no queue may hold work is skipped whole, so idle workers cost nothing.
+    Each round claims a task or ends the loop, and a turn makes CLAIMS_PER_TURN
+    queries at most: the loop ends whatever the state."""
+    if not core.dispatch_pending:
+        return
+    claimed: dict[str, tuple[Any, list[dict]]] = {}
+    budget = [CLAIMS_PER_TURN]
+    idle_first, more = True, False
+    while budget[0] > 0:
+        tried = filled_any = False
+        for kind in core.peers.kinds():
+            for peer in core.peers.take_turns(kind):
+                if not core.lanes.open_queues(names_with_room(core, peer, now), peer.queues, now):
+                    break  # nothing this kind may take: its other workers neither
+                room = peer.idle_threads if idle_first else min(peer.credit, peer.threads or peer.credit)
+                if room <= 0:
+                    continue
+                tried = True
+                rows, filled = claim_for(core, peer, now, room, budget)
+                filled_any = filled_any or filled
+                if rows:
+                    claimed.setdefault(peer.worker_id, (peer, []))[1].extend(rows)
+                if budget[0] <= 0:
+                    break
+        if idle_first and not tried:  # no idle thread anywhere: on to the prefetch
+            idle_first = False
+            continue
+        more = filled_any  # a queue may hold more, for when credit frees up
+        if not filled_any:  # (a filled claim took a task: the rounds are finite)
+            break
+        idle_first = False
+    if budget[0] <= 0 and claimed:
+        more = True
+        log.debug("a turn made %d claims: the next turn goes on", CLAIMS_PER_TURN)
+    out.tasks.extend(claimed.values())
+    core.dispatch_pending = more
+    core.rate_wakeup = core.lanes.next_deadline(now)
+
+
+def names_with_room(core: State, peer: Any, now: float) -> frozenset[str]:
+    """The task names `peer` runs whose fleet-wide limits have room now."""
+    if not core.lanes.names:
+        return frozenset(peer.names)
+    return frozenset(n for n in peer.names if core.lanes.name_room(n, now) > 0)
+
+
+def claim_for(core: State, peer: Any, now: float, room: int, budget: list[int]) -> tuple[list[dict], bool]:
+    """Claim up to `room` tasks for one worker, queue by queue as the lanes share its
+    credit out. Returns the rows and whether a queue may hold more ready work.
+
+    A task under a rate goes only to a thread that is idle: one held in the
+    worker's prefetch would start late, and a late start followed by a prompt
+    one would exceed the rate where the handlers run.
+
+    Each pass over the plan claims a task, leaves out a task name (its limit has no
+    more room, for this worker) or learns that a queue holds no more of these names,
+    else the loop ends: passes are at most room + names + queues, it is finite."""
+    rows: list[dict] = []
+    filled = False
+    held_back: set[str] = set()  # names this worker may take no more of in this turn
+    emptied = 0  # queues found to hold no more of its names
+    if not peer.idle_threads:  # (see above)
+        held_back.update(name for name in peer.names if core.lanes.is_rated(name=name))
+    while (want := min(peer.credit, room - len(rows))) > 0 and budget[0] > 0:
+        names = names_with_room(core, peer, now) - held_back
+        plan = core.lanes.plan(names, peer.queues, want, now) if names else []
+        if not plan:
+            break
+        before = (len(rows), len(held_back), emptied)
+        for queue, count in plan:
+            if core.lanes.is_rated(queue):
+                count = min(count, peer.idle_threads)
+                if count <= 0:
+                    continue
+            if budget[0] <= 0:
+                break
+            budget[0] -= 1
+            taken: dict[str, int] = {}
+            refused: set[str] = set()
+
+            def accept(row: dict, taken: dict = taken, refused: set = refused) -> bool:
+                name = row["name"]
+                if core.lanes.name_room(name, now) <= taken.get(name, 0) or (
+                    core.lanes.is_rated(name=name) and peer.idle_threads <= sum(taken.values())
+                ):
+                    refused.add(name)
+                    return False
+                taken[name] = taken.get(name, 0) + 1
+                return True
+
+            claimed = core.store.claim(
+                peer.worker_id, sorted(names), count, now, core.settings.lease,
+                queue=queue, order=core.lanes.queue(queue).order,
+                accept=accept if core.lanes.names else None,
+            )  # fmt: skip
+            for row in claimed:
+                core.peers.assign(peer, row["id"], max(now, row.get("run_at", now)))
+                core.lanes.started(queue, row["name"], row.get("run_at", now))  # (a later one: see claim)
+            rows.extend(claimed)
+            held_back |= refused
+            if len(claimed) == count:
+                filled = True
+            elif not refused:  # it saw every ready task of these names there
+                core.lanes.found_empty(names, queue)  # the next plans leave it out
+                emptied += 1
+        if (len(rows), len(held_back), emptied) == before:
+            break
+    return rows, filled

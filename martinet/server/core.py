@@ -1,0 +1,146 @@
+"""The server's core: a turn. It takes what the sockets held (raw frames, per socket)
+and `now`, writes it in one transaction with the turn's claims (group commit), and
+returns an Outbox: what to send once committed. No sockets: the loop (loop.py) reads
+and sends.
+
+The state (state.py) changes as the turn goes, since a claim takes the slot an
+outcome of the same turn freed; if the commit fails, the turn undoes those changes
+exactly (Peers and Lanes keep what each change replaced, see their rollback), so that
+an outcome its worker sends again frees its slot once, not twice.
+
+The decisions live beside this module: workers.py (hello, reject, bye, a lost
+worker), outcomes.py (the status socket), claims.py, timers.py (due tasks, ticks,
+time limits, waits), ops.py and queue_ops.py (client requests).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import peewee
+
+from martinet import protocol
+from martinet.dbhealth import describe
+from martinet.errors import BadInput, MartinetError
+from martinet.protocol import Cmd
+from martinet.server import claims, ops, outcomes, timers, workers
+from martinet.server.outbox import Outbox
+from martinet.server.state import DB_ERRORS, Messages, Request, State, error
+
+log = logging.getLogger("martinet.daemon")
+
+
+class Core(State):
+    """The state, and the turn that changes it."""
+
+    def turn(self, client: Messages, status: Messages, worker: Messages, now: float) -> Outbox:
+        """Read what arrived, write it and the turn's claims in one transaction (group
+        commit), and say what to send: replies, acks, events, and tasks."""
+        out = Outbox()
+        troubled = self.db_health.trouble is not None
+        changes = self.store.changes() if troubled else None
+        saved = self._begin()
+        try:
+            with self.store.atomic():
+                for ident, frames in client:
+                    self.on_client(ident, frames, out, now)
+                if status:
+                    outcomes.on_status_batch(self, status, out, now)
+                for ident, frames in worker:
+                    if self.heartbeat_of_known(ident, frames, now):
+                        continue
+                    with self.isolated(f"a message on the worker socket from {ident!r}"):
+                        workers.on_worker(self, ident, frames, out, now)
+                timers.run(self, out, now)
+                claims.claim(self, out, now)
+                out.events = self.hub.record(self.store, out.events, now)
+        except DB_ERRORS as exc:
+            self._rollback(saved, exc, out, now)
+        except BaseException:  # a bug of ours (the loop logs it): nothing of the turn stands
+            self._undo(saved)
+            raise
+        else:
+            self.peers.commit()
+            self.lanes.commit()
+            # SQLite counts the rows changed: an empty commit proves nothing about a full disk.
+            # Elsewhere any commit ends the trouble (no cheap count there).
+            if troubled and (changes is None or self.store.changes() != changes):
+                self.db_health.committed(now)
+        self.answer_waiters(out)
+        return out
+
+    def _begin(self) -> tuple[Any, ...]:
+        """What a failed turn puts back: the tables keep their own (begin), the rest here."""
+        self.peers.begin()
+        self.lanes.begin()
+        self._turn_waits = []
+        return (self.next_tick, self.overdue_after, self.next_wakeup, len(self.ended_elsewhere))
+
+    def _rollback(self, saved: tuple[Any, ...], exc: Exception, out: Outbox, now: float) -> None:
+        """The turn's transaction failed: its state changes are undone exactly, clients
+        learn why, and workers will send again what was not acknowledged. A worker that
+        said hello in the turn is asked to say it again (its welcome was not sent)."""
+        why = describe(exc, self.store.db)
+        self.db_health.failed(why, now)
+        self.reconnect()
+        out.rolled_back(
+            error("StoreError", f"the daemon's database failed, so this request was not carried out: {why}")
+        )
+        self._undo(saved)
+        again = protocol.encode(Cmd.HELLO_AGAIN, {"epoch": self.epoch})
+        out.always.extend((ident, again) for ident in dict.fromkeys(out.hellos))
+
+    def _undo(self, saved: tuple[Any, ...]) -> None:
+        """The state a rolled back turn changed, as it was before the turn."""
+        self.peers.rollback()
+        self.lanes.rollback()
+        self.next_tick, self.overdue_after, self.next_wakeup, ended = saved
+        del self.ended_elsewhere[ended:]
+        for task_id, wait in self._turn_waits:  # its client was told the request failed
+            waits = self.waiters.get(task_id, [])
+            if wait in waits:
+                waits.remove(wait)
+            if not waits:
+                self.waiters.pop(task_id, None)
+        self.hub.pending = []  # events made in the turn that was rolled back
+        self.wakeup_dirty = self.dispatch_pending = True
+        self.rate_wakeup = None
+
+    def on_client(self, ident: bytes, frames: list[bytes], out: Outbox, now: float) -> None:
+        cmd, header = self.decode("client", ident, frames, out)
+        if cmd is None:
+            return
+        rid = header.get("rid")
+        if cmd is not Cmd.REQUEST:
+            log.warning("dropped a %s command on the client socket from %r", cmd.name, ident)
+            return
+        op = header.get("op")
+        handler = ops.OPS.get(op) if isinstance(op, str) else None
+        try:
+            if handler is None:
+                raise BadInput(f"unknown request {op!r}")
+            if len(frames[0]) > self.limits.max_payload:
+                raise BadInput(
+                    f"request is {len(frames[0])} bytes, over the limit of "
+                    f"{self.limits.max_payload} (max_payload)"
+                )
+            with self.store.atomic():  # a savepoint: one bad request spoils no other
+                reply = handler(Request(self, header, now, out, ident))
+        except MartinetError as exc:
+            reply = {"ok": False, "error": error(type(exc).__name__, str(exc))}
+        except (peewee.IntegrityError, peewee.DataError) as exc:
+            reply = {"ok": False, "error": error("BadInput", f"the database refused it: {exc}")}
+        except (peewee.OperationalError, peewee.InterfaceError):
+            out.replies.append((ident, {"rid": rid}))  # answered with the turn's error (turn)
+            raise  # the database itself is in trouble: the whole turn fails
+        except Exception:  # a bug of ours must cost one request, never the daemon
+            log.exception("request %r from %r failed unexpectedly", op, ident)
+            reply = {
+                "ok": False,
+                "error": error("InternalError", "the daemon could not handle this request; see its log"),
+            }
+        if reply is not None:
+            reply.setdefault("ok", True)
+            reply["rid"] = rid
+            out.replies.append((ident, reply))

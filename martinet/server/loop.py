@@ -1,0 +1,273 @@
+"""The event loop of `martinet serve`: the one server module that knows ZeroMQ.
+
+It binds the three ROUTER sockets, polls them, drains what they hold, hands that to
+the core (core.py), which writes it in one transaction and says what to send, and
+sends it: replies, acks, events, then tasks. One thread owns everything here.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+import secrets
+import time
+from collections.abc import Callable
+
+import peewee
+import zmq
+
+from martinet import protocol
+from martinet.config import Settings
+from martinet.errors import MartinetError
+from martinet.protocol import Cmd
+from martinet.retry import RetryPolicy
+from martinet.server.core import Core
+from martinet.server.lanes import Lanes
+from martinet.server.outbox import Outbox
+from martinet.server.peers import Peer, Peers
+from martinet.server.state import Messages
+from martinet.store import Store, WalCheckpointer, open_database, redact
+
+log = logging.getLogger("martinet.daemon")
+
+DRAIN_LIMIT = 2000  # messages read from one socket per turn: bounds a turn's latency
+SPIN = 0.001  # seconds before a deadline when the loop stops sleeping and polls without waiting
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+        port_option: str = "--{role}-port",
+    ) -> None:
+        self.settings = settings
+        # How the caller names a port's setting in a port clash: a CLI flag, a keyword argument.
+        self.port_option = port_option
+        self.clock = clock
+        self.epoch = secrets.token_hex(4)  # changes at each start; the database's identity does not
+        self.core: Core | None = None  # made by open(), with the store
+        self._checkpointer: WalCheckpointer | None = None
+        self.ctx: zmq.Context | None = None
+        self._stopping = False
+        self._wake_r, self._wake_w = os.pipe()
+        self.ports: dict[str, int] = {}
+
+    # What tests and callers look at, kept in the core.
+    @property
+    def store(self) -> Store | None:
+        return None if self.core is None else self.core.store
+
+    @property
+    def peers(self) -> Peers:
+        assert self.core is not None, "open() first"
+        return self.core.peers
+
+    @property
+    def lanes(self) -> Lanes:
+        assert self.core is not None, "open() first"
+        return self.core.lanes
+
+    @property
+    def database_id(self) -> str:
+        return "" if self.core is None else self.core.database_id
+
+    # ---- life cycle ---------------------------------------------------------
+
+    def open(self) -> None:
+        """Bind the sockets and open the database; errors say what to change."""
+        s = self.settings
+        self.ctx = zmq.Context()
+        try:
+            self.client = self._bind("client", s.client_port)
+            self.worker = self._bind("worker", s.worker_port)
+            self.status = self._bind("status", s.status_port)
+            db = open_database(s.db)
+        except BaseException:
+            self.ctx.destroy(linger=0)
+            raise
+        if isinstance(db, peewee.SqliteDatabase):
+            self._checkpointer = WalCheckpointer(db).start()
+        retry = RetryPolicy(s.retry_base, s.retry_factor, s.retry_cap)
+        store = Store(db, retry, s.poison_after, s.max_releases)
+        self.core = Core(s, store, self.clock, self.epoch, store.database_id())
+        with store.atomic():
+            self.core.load_lanes(self.clock())
+        self.poller = zmq.Poller()
+        for sock in (self.client, self.worker, self.status):
+            self.poller.register(sock, zmq.POLLIN)
+        self.poller.register(self._wake_r, zmq.POLLIN)
+        log.info(
+            "martinet serving on %s (client %d, worker %d, status %d), database %s (id %s), epoch %s",
+            s.bind,
+            self.ports["client"],
+            self.ports["worker"],
+            self.ports["status"],
+            redact(s.db),
+            self.core.database_id,
+            self.epoch,
+        )
+
+    def _bind(self, role: str, port: int) -> zmq.Socket:
+        assert self.ctx is not None
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a gone peer raises, never vanishes
+        sock.setsockopt(zmq.MAXMSGSIZE, protocol.max_message(self.settings.max_payload))
+        try:
+            if port == 0:
+                port = sock.bind_to_random_port(f"tcp://{self.settings.bind}")
+            else:
+                sock.bind(f"tcp://{self.settings.bind}:{port}")
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            if exc.errno == errno.EADDRINUSE:
+                raise MartinetError(
+                    f"the {role} port {port} on {self.settings.bind} is already in use "
+                    f"(is another martinet serve running?); choose another with "
+                    f"{self.port_option.format(role=role)}"
+                ) from None
+            raise MartinetError(
+                f"cannot bind the {role} socket to {self.settings.bind}:{port}: {exc}"
+            ) from None
+        self.ports[role] = port
+        return sock
+
+    def stop(self) -> None:
+        """Ask the loop to finish its turn and exit; safe from signal handlers and threads."""
+        self._stopping = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def run(self) -> None:
+        if self.core is None:
+            self.open()
+        assert self.core is not None
+        try:
+            while not self._stopping:
+                before = self.clock()
+                deadline = self.core.next_deadline(before)
+                wait = _poll_ms(deadline - before)
+                ready = dict(self.poller.poll(wait))
+                if self._wake_r in ready:
+                    os.read(self._wake_r, 4096)
+                now = self.clock()
+                self.core.not_listening(now - before - wait / 1000)
+                if not ready and now < deadline:
+                    continue  # woke early, on purpose: see _poll_ms
+                try:
+                    self._turn(ready, now)
+                except Exception:  # a bug of ours: that turn is rolled back, the daemon lives on
+                    log.exception("a turn of the loop failed; nothing of it was committed")
+                self.core.not_listening(self.clock() - now)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.ctx is not None:
+            for sock in (self.client, self.worker, self.status):
+                sock.close(0)
+            self.ctx.term()
+            self.ctx = None
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
+        if self.core is not None:
+            self.core.store.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        log.info("martinet stopped")
+
+    # ---- one turn -------------------------------------------------------------
+
+    def _turn(self, ready: dict, now: float) -> None:
+        """Drain the sockets that hold messages, let the core write and decide, and send."""
+        assert self.core is not None
+        out = self.core.turn(
+            self._drain(self.client) if self.client in ready else [],
+            self._drain(self.status) if self.status in ready else [],
+            self._drain(self.worker) if self.worker in ready else [],
+            now,
+        )
+        self._send_out(out, now)
+
+    def _send_out(self, out: Outbox, now: float) -> None:
+        """What a turn decided, in order: to workers, replies, acks, events, waits, tasks."""
+        assert self.core is not None
+        for ident, frames in out.always:
+            self._send_raw(self.worker, ident, frames)
+        for ident, cmd, header in out.worker:
+            self._send(self.worker, ident, cmd, header)
+        for ident, reply in out.replies:
+            self._send(self.client, ident, Cmd.REPLY, reply)
+        for ident, acks in out.acks.items():
+            self._send(self.status, ident, Cmd.ACK, {"acks": acks})
+        self.core.hub.push(self._to_subscriber, out.events, now)
+        self.core.hub.catch_up(self.core.store, self._to_subscriber, now)
+        for ident, reply in out.answers:
+            self._send(self.client, ident, Cmd.REPLY, reply)
+        self._send_tasks(out.tasks, now)
+
+    def _send_tasks(self, batches: list[tuple[Peer, list[dict]]], now: float) -> None:
+        if not batches:
+            return
+        assert self.core is not None
+        self.core.task_messages(batches, self.clock(), now)
+        for peer, rows in batches:
+            # The claimed rows are the message: id, attempt, name, queue, args, timeout, and
+            # start_in (seconds from now) for a task leased ahead of its run_at.
+            if not self._send(self.worker, peer.ident, Cmd.TASK, {"tasks": rows}):
+                self.core.undelivered(peer, rows, now)
+                continue
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("tasks %s sent to %s", [row["id"] for row in rows], peer.worker_id)
+
+    def _drain(self, sock: zmq.Socket) -> Messages:
+        msgs: Messages = []
+        while len(msgs) < DRAIN_LIMIT:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            msgs.append((frames[0], frames[1:]))
+        return msgs
+
+    def _send(self, sock: zmq.Socket, ident: bytes, cmd: Cmd, header: dict) -> bool:
+        return self._send_raw(sock, ident, protocol.encode(cmd, header))
+
+    def _send_raw(self, sock: zmq.Socket, ident: bytes, frames: list[bytes]) -> bool:
+        try:
+            sock.send_multipart([ident, *frames], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as exc:
+            log.debug("could not send %s to %r: %s", protocol.describe(frames), ident, exc)
+            return False
+
+    def _to_subscriber(self, ident: bytes, frames: list[bytes]) -> str:
+        """An EVENT message to a subscriber (events.Send)."""
+        try:
+            self.client.send_multipart([ident, *frames], zmq.NOBLOCK)
+        except zmq.Again:
+            return "full"
+        except zmq.ZMQError as exc:
+            log.debug("event subscriber %s gone: %s", ident.hex(), exc)
+            return "gone"
+        return "sent"
+
+
+def _poll_ms(wait: float) -> int:
+    """How long to poll for messages, in whole milliseconds, `wait` seconds before a
+    deadline. A poll timeout rounds to the millisecond, and a timer that fires a
+    millisecond late is a millisecond late for every task it starts: so the loop
+    sleeps until about SPIN before the deadline and polls without waiting after that.
+    It never sleeps more than a second, so it notices a changed clock."""
+    if wait <= SPIN:
+        return 0
+    return min(math.ceil((wait - SPIN) * 1000), 1000)

@@ -1,0 +1,334 @@
+"""Client requests: one plain function per request, in a table (OPS: op name -> function);
+those about queues and old tasks are in queue_ops.py.
+
+They run inside a turn of the server, in its transaction, and see its store, workers'
+table and lanes through the core (core.py). Each takes a Request and returns the
+reply's fields, or None when the reply comes later (wait); a request that cannot be
+carried out raises one of our errors (errors.py), which the core sends as the reply.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from martinet import protocol, query, rules, when
+from martinet.errors import BadInput, BadSchedule, TaskNotFound
+from martinet.models import TERMINAL
+from martinet.present import (
+    attempt_infos,
+    iso,
+    maybe_schedule_info,
+    maybe_task_info,
+    schedule_info,
+    task_page,
+)
+from martinet.protocol import Cmd
+from martinet.rules import DEFAULT_QUEUE
+from martinet.server import queue_ops
+from martinet.server.state import Request, State, no_worker, waiting_reason
+from martinet.states import Revoked
+from martinet.validate import check_args, check_every, check_task, clean_text, parse_ref
+
+log = logging.getLogger("martinet.daemon")
+
+MAX_BATCH = 10_000  # tasks in one execute_many request; the payload limit bounds it too
+MAX_WAITERS = 100_000  # pending wait() requests at most: a flood cannot grow memory without bound
+
+
+def ping(r: Request) -> dict | None:
+    core = r.core
+    # database: the failure that lasts (its cause, since when, turns lost), or None
+    return {
+        "epoch": core.epoch,
+        "database_id": core.database_id,
+        "version": protocol.VERSION,
+        "workers": len(core.peers),
+        "database": core.db_health.report(),
+    }
+
+
+def execute(r: Request) -> dict | None:
+    core, h, now = r.core, r.header, r.now
+    spec = check_task(h, core.limits, core.settings.max_attempts)
+    task_id, created = core.store.submit(spec, now)
+    if spec.get("run_at") and spec["run_at"] > now:
+        core.wakeup_dirty = True
+    core.lanes.ready(spec.get("queue") or DEFAULT_QUEUE)
+    core.dispatch_pending = True
+    if created and log.isEnabledFor(logging.INFO):  # iso() costs a few µs on every call otherwise
+        log.info("task %s %s accepted (run at %s)", task_id, spec["name"], iso(spec.get("run_at") or now))
+    reply = {"id": task_id, "created": created}
+    warning = no_worker(core, spec["name"], spec.get("queue") or DEFAULT_QUEUE)
+    if warning:
+        reply["warning"] = warning
+    return reply
+
+
+def execute_many(r: Request) -> dict | None:
+    """Many tasks in one request and one commit; all are accepted, or none."""
+    core, h, now = r.core, r.header, r.now
+    tasks = h.get("tasks")
+    if not isinstance(tasks, list) or not 0 < len(tasks) <= MAX_BATCH:
+        raise BadInput(f"tasks must be a list of 1 to {MAX_BATCH} task objects")
+    specs = []
+    for i, item in enumerate(tasks):
+        if not isinstance(item, dict):
+            raise BadInput(f"task {i} of the batch is not an object")
+        try:
+            specs.append(check_task(item, core.limits, core.settings.max_attempts))
+        except BadInput as exc:
+            raise BadInput(f"task {i} of the batch: {exc}; nothing was created") from None
+    results = core.store.submit_many(specs, now)
+    for queue in {spec.get("queue") or DEFAULT_QUEUE for spec in specs}:
+        core.lanes.ready(queue)
+    if any(spec.get("run_at") and spec["run_at"] > now for spec in specs):
+        core.wakeup_dirty = True
+    core.dispatch_pending = True
+    created = [new for _id, new in results]
+    log.info("%d tasks accepted in one batch (%d new)", len(results), sum(created))
+    reply: dict[str, Any] = {"ids": [task_id for task_id, _new in results], "created": created}
+    kinds = {(spec["name"], spec.get("queue") or DEFAULT_QUEUE) for spec in specs}
+    warnings = [
+        {"name": name, "queue": queue, "warning": warning}
+        for name, queue in sorted(kinds)
+        if (warning := no_worker(core, name, queue))
+    ]
+    if warnings:  # by name and queue: the client gives each task its own
+        reply["warnings"] = warnings
+    return reply
+
+
+def every(r: Request) -> dict | None:
+    core, h, now = r.core, r.header, r.now
+    spec, recurrence = check_every(h, core.limits, core.settings.timezone)
+    first = spec.get("first_due")
+    if first is None:
+        first = recurrence.next_after(when.from_timestamp(now)).timestamp()
+    if spec.get("until") is not None and spec["until"] < first:
+        raise BadSchedule(
+            f"until ({iso(spec['until'])}) is before the first run ({iso(first)}); nothing would ever run"
+        )
+    sched_id, created = core.store.add_schedule(spec, first, now)
+    core.wakeup_dirty = True
+    if created:
+        log.info("schedule s%s %s every %s, first due %s", sched_id, spec["name"], spec["spec"], iso(first))
+    reply = {"id": f"s{sched_id}", "created": created, "next_due": iso(first)}
+    warning = no_worker(core, spec["name"], spec.get("queue") or DEFAULT_QUEUE)
+    if warning:
+        reply["warning"] = warning
+    return reply
+
+
+def get(r: Request) -> dict | None:
+    core, h = r.core, r.header
+    return {"item": lookup(core, h.get("id"))}
+
+
+def show(r: Request) -> dict | None:
+    core, h = r.core, r.header
+    item = lookup(core, h.get("id"), upcoming=5)
+    if item["kind"] == "task":
+        item["attempts"] = attempt_infos(core.store.attempts(item["id"]))
+        item["waiting"] = waiting_reason(core, item)
+    else:
+        recent, _ = task_page(core.store.search_tasks(query.Search(schedule_id=int(item["id"][1:])), 10))
+        item["recent_runs"] = [
+            {
+                "id": r["id"],
+                "status": r["status"],
+                "due_at": r["due_at"],
+                "finished_at": r["finished_at"],
+                # a run that succeeded in the end keeps its earlier attempt's error: not its outcome
+                "error_type": None if r["status"] == "succeeded" else (r["error"] or {}).get("type"),
+            }
+            for r in recent
+        ]
+    return {"item": item}
+
+
+def list_tasks(r: Request) -> dict | None:
+    """A page of tasks matching the filters and the cursor of the next; or, with
+    `count`, how many match by status. See query.py."""
+    core, h = r.core, r.header
+    wanted, limit = query.check_search(h)
+    if h.get("count"):
+        counts = core.store.count_tasks(wanted)
+        return {"counts": counts, "total": sum(counts.values())}
+    items, last = task_page(core.store.search_tasks(wanted, limit))
+    cursor = None if last is None else query.encode_cursor(wanted.sort, *last)
+    return {"items": items, "next": cursor}
+
+
+def schedules(r: Request) -> dict | None:
+    core = r.core
+    return {"items": [schedule_info(row) for row in core.store.list_schedules()]}
+
+
+def revoke(r: Request) -> dict | None:
+    core, h, now = r.core, r.header, r.now
+    kind, num = resolve(core, h.get("id"))
+    if kind == "schedule":
+        if not core.store.remove_schedule(num, now):
+            lookup(core, h.get("id"))  # raises if missing
+            return {"status": "removed"}
+        core.wakeup_dirty = True
+        log.info("schedule s%s removed", num)
+        return {"status": "removed"}
+    status, also = core.store.revoke_task(num, now)
+    if status == Revoked.CANCELLING:
+        peer = core.peers.owner(num)
+        if peer is not None:
+            r.out.send(peer.ident, Cmd.CANCEL, {"id": num})
+    elif status == Revoked.CANCELLED:
+        r.out.ended.extend([num, *also])
+        core.cancelled_events(r.out.events, [num, *also])
+    log.info("task %s revoked: %s%s", num, status, f" (and tasks {also} that waited on it)" if also else "")
+    return {"status": status, "also_cancelled": also}
+
+
+def retry(r: Request) -> dict | None:
+    core, h, now = r.core, r.header, r.now
+    num = task_ref(core, h.get("id"))
+    attempts = rules.check_attempts(h.get("attempts"), "attempts")
+    status = core.store.retry_task(num, now, attempts)
+    core.dispatch_pending = True
+    core.queues_ready()
+    log.info("task %s retried by an operator", num)
+    return {"status": status}
+
+
+def stall(r: Request) -> dict | None:
+    core, h, now = r.core, r.header, r.now
+    num = task_ref(core, h.get("id"))
+    reason = h.get("reason") or "stalled by an operator"
+    status = core.store.stall_task(num, now, clean_text(reason, 1000))
+    log.info("task %s stalled by an operator", num)
+    return {"status": status}
+
+
+def task_ref(core: State, ref: Any) -> int:
+    kind, num = resolve(core, ref)
+    if kind != "task":
+        raise BadInput(f"{ref!r} is a schedule id; tasks have ids like 42")
+    return num
+
+
+def update(r: Request) -> dict | None:
+    core, h, now = r.core, r.header, r.now
+    kind, num = resolve(core, h.get("id"))
+    args = None if h.get("args") is None else check_args(h.get("args"), core.limits)
+    if kind == "schedule":
+        current = lookup(core, h.get("id"))
+        recurrence, tz = None, h.get("timezone")
+        if h.get("every") is not None:
+            recurrence = when.parse_every(h["every"], tz or current["timezone"], core.limits.min_interval)
+        if args is None and recurrence is None:
+            raise BadInput("nothing to update: give args and/or every")
+        status = core.store.update_schedule(num, now, args, recurrence, tz)
+        core.wakeup_dirty = True
+        return {"status": status}
+    if args is None:
+        raise BadInput("args must be a JSON object")
+    status = core.store.update_task_args(num, args, now)
+    return {"status": status}
+
+
+def pause(r: Request) -> dict | None:
+    core, h, now = r.core, r.header, r.now
+    num = schedule_ref(core, h.get("id"))
+    status = core.store.pause_schedule(num, now)
+    log.info("schedule s%s paused", num)
+    return {"status": status}
+
+
+def resume(r: Request) -> dict | None:
+    core, h, now = r.core, r.header, r.now
+    num = schedule_ref(core, h.get("id"))
+    status = core.store.resume_schedule(num, now)
+    core.wakeup_dirty = True
+    log.info("schedule s%s resumed", num)
+    return {"status": status}
+
+
+def schedule_ref(core: State, ref: Any) -> int:
+    kind, num = resolve(core, ref)
+    if kind != "schedule":
+        raise BadInput(f"{ref!r} is a task id; schedules have ids like s7")
+    return num
+
+
+def wait(r: Request) -> dict | None:
+    core, h, now = r.core, r.header, r.now
+    kind, num = resolve(core, h.get("id"))
+    if kind != "task":
+        raise BadInput("only tasks can be waited for")
+    item = maybe_task_info(core.store.get_task(num))
+    if item is None:
+        raise TaskNotFound(f"no task with id {num}")
+    if item["status"] in TERMINAL:
+        return {"item": item, "done": True}
+    timeout = h.get("wait_for", 10)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+        raise BadInput("wait_for must be a number of seconds")
+    if sum(len(w) for w in core.waiters.values()) >= MAX_WAITERS:
+        raise BadInput(f"too many clients are waiting already ({MAX_WAITERS}); poll with get() instead")
+    core.wait(num, r.ident, h.get("rid"), now + min(timeout, 3600))
+    return None  # answered when the task ends, or at the deadline
+
+
+def subscribe(r: Request) -> dict | None:
+    """Events pushed to this client from now, or from after `since` (events.py)."""
+    core, h, now = r.core, r.header, r.now
+    return core.hub.subscribe(core.store, r.ident, h.get("since"), now)
+
+
+def resolve(core: State, ref: Any) -> tuple[str, int]:
+    """An id (42, "s7") or a key ("avatar-7", or "key:42" for a key that looks like an id)."""
+    try:
+        return parse_ref(ref)
+    except BadInput:
+        if not isinstance(ref, str) or not 0 < len(ref) <= 260 or not ref.isprintable():
+            raise
+    found = core.store.find_key(ref[4:] if ref.startswith("key:") else ref)
+    if found is None:
+        raise TaskNotFound(f"no task or schedule with the id or key {ref[:80]!r}")
+    return found
+
+
+def lookup(core: State, ref: Any, upcoming: int = 0) -> dict:
+    kind, num = resolve(core, ref)
+    if kind == "task":
+        item = maybe_task_info(core.store.get_task(num))
+    else:
+        item = maybe_schedule_info(core.store.get_schedule(num, upcoming))
+    if item is None:
+        raise TaskNotFound(f"no {kind} with id {ref}")
+    return item
+
+
+OPS: dict[str, Callable[[Request], dict | None]] = {
+    "ping": ping,
+    "execute": execute,
+    "schedule": execute,
+    "execute_many": execute_many,
+    "every": every,
+    "get": get,
+    "show": show,
+    "list": list_tasks,
+    "schedules": schedules,
+    "revoke": revoke,
+    "retry": retry,
+    "stall": stall,
+    "update": update,
+    "pause": pause,
+    "resume": resume,
+    "wait": wait,
+    "queues": queue_ops.queues,
+    "pause_queue": queue_ops.pause_queue,
+    "resume_queue": queue_ops.resume_queue,
+    "set_queue": queue_ops.set_queue,
+    "prune": queue_ops.prune,
+    "subscribe": subscribe,
+}

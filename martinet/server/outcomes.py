@@ -1,0 +1,196 @@
+"""The status socket's decisions: starts, progress and outcomes of a turn, written together."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import peewee
+
+from martinet import protocol
+from martinet.models import QUEUED, STALLED, TERMINAL
+from martinet.protocol import Cmd
+from martinet.server import incoming
+from martinet.server.events import attempt_event
+from martinet.server.outbox import Outbox
+from martinet.server.state import Messages, State
+from martinet.store import Outcome
+
+log = logging.getLogger("martinet.daemon")
+
+_UNWRITTEN = object()  # an outcome whose writing failed: not acknowledged
+
+
+def on_status_batch(core: State, msgs: Messages, out: Outbox, now: float) -> None:
+    progress: dict[tuple[int, int, str], dict] = {}  # coalesced: latest wins
+    ended: list[tuple[bytes, Outcome]] = []  # (status ident, outcome)
+    starts: list[tuple[int, int, str]] = []  # (id, attempt, worker): written first
+    for ident, frames in msgs:
+        cmd, h = core.decode("status", ident, frames)
+        if cmd is None:
+            continue
+        if cmd is Cmd.STARTED or cmd is Cmd.ENDED:
+            took = incoming.started(h)  # handlers took these; an ENDED may carry them too
+            if took:
+                starts.extend(took)
+            if cmd is Cmd.STARTED:
+                if took is None:
+                    log.warning("dropped a STARTED without a valid worker_id from %r", ident)
+                else:
+                    core.peers.seen(h["worker_id"], now)
+                continue
+        elif cmd not in (Cmd.DONE, Cmd.FAILED, Cmd.PROGRESS):
+            log.warning("dropped a %s command on the status socket", cmd.name)
+            continue
+        read = incoming.status_items(cmd, h)
+        if read is None:
+            log.warning("dropped a %s without a valid worker_id from %r", cmd.name, ident)
+            continue
+        worker_id, items = read
+        core.peers.seen(worker_id, now)
+        big = cmd is not Cmd.PROGRESS and len(frames[0]) > core.limits.max_payload  # a result may be over
+        foreign = 0
+        for item in items:
+            if not incoming.attempt(item):
+                log.warning("dropped a %s without a valid id and attempt from %s", cmd.name, worker_id)
+            elif item.get("database") not in (None, core.database_id):
+                foreign += 1  # not acknowledged: the worker keeps it for the daemon it is for
+            elif cmd is Cmd.PROGRESS:
+                progress[(item["id"], item["attempt"], worker_id)] = item
+            else:
+                try:
+                    if big:
+                        item = within_payload(core, item, worker_id)
+                    ended.append((ident, incoming.outcome(item, worker_id)))
+                except Exception:  # a bug of ours must cost one outcome, never the turn
+                    log.exception("dropped an outcome of task %s from %s", item["id"], worker_id)
+        if foreign:
+            # A daemon of another database was at this address (its worker has not said
+            # hello to us yet: it will, and learn which database this is, from our welcome).
+            log.warning(
+                "ignored %d outcome(s) from %s meant for another database, not this one (%s)",
+                foreign, worker_id, core.database_id,
+            )  # fmt: skip
+    if starts:  # before the progress and outcomes that came after them
+        with core.isolated("a start report"):
+            core.store.start(starts, now)
+    # Progress first: a handler's last report often comes in the turn of its outcome,
+    # and once the attempt has ended it would be fenced out (a worker sends both on
+    # one socket, in order, so no progress of an attempt comes after its outcome).
+    for (task_id, attempt, worker_id), h in progress.items():
+        value, message = incoming.progress(h)
+        with core.isolated(f"progress of task {task_id}"):
+            updated = core.store.progress(task_id, attempt, worker_id, value, message, now)
+        if updated:
+            out.events.append(
+                {
+                    "event": "progress",
+                    "id": task_id,
+                    "name": h.get("name"),
+                    "attempt": attempt,
+                    "progress": value,
+                    "message": message,
+                }
+            )
+    if ended:
+        on_outcomes(core, ended, out, now)
+
+
+def within_payload(core: State, item: dict, worker_id: str) -> dict:
+    """A result over max_payload (from a worker that does not check it: older, or not
+    ours) is stored as the failure a worker would have reported, like args refused."""
+    if not item.get("ok"):
+        return item
+    size = len(protocol.dumps(item.get("result")))
+    if size <= core.limits.max_payload:
+        return item
+    message = (
+        f"the handler's result is {size} bytes as JSON, over the limit of "
+        f"{core.limits.max_payload} (max_payload)"
+    )
+    log.warning("task %s attempt %s from %s: %s", item["id"], item["attempt"], worker_id, message)
+    error = {"type": "ValueError", "message": message}
+    return {"id": item["id"], "attempt": item["attempt"], "ok": False, "error": error}
+
+
+def on_outcomes(core: State, ended: list[tuple[bytes, Outcome]], out: Outbox, now: float) -> None:
+    """Outcomes of one turn, written together; should that fail, one by one, so that a
+    bad one costs only itself (it is not acknowledged: its worker sends it again)."""
+    outcomes = [outcome for _ident, outcome in ended]
+    infos: list[Any]
+    try:
+        with core.store.atomic():
+            infos = core.store.end_attempts(outcomes, now)
+    except (peewee.OperationalError, peewee.InterfaceError):
+        raise  # the database itself is in trouble: the whole turn fails
+    except Exception:
+        log.exception("%d outcomes failed together; taking them one by one", len(outcomes))
+        infos = []
+        for outcome in outcomes:
+            infos.append(_UNWRITTEN)
+            with core.isolated(f"the outcome of task {outcome.task_id}"):
+                infos[-1] = core.store.end_attempts([outcome], now)[0]
+    for (ident, outcome), info in zip(ended, infos, strict=True):
+        if info is _UNWRITTEN:
+            continue
+        # Acknowledged even when fenced out: a late or repeated answer changes nothing.
+        out.acks.setdefault(ident, []).append([outcome.task_id, outcome.attempt])
+        if info is None:
+            core.peers.unstick(outcome.worker, outcome.task_id)  # if stuck in it, it is free again
+            log.info(
+                "ignored a late outcome for task %s attempt %s from %s",
+                outcome.task_id, outcome.attempt, outcome.worker,
+            )  # fmt: skip
+        else:
+            _ended(core, info, outcome, out, now)
+
+
+def _ended(core: State, info: dict, outcome: Outcome, out: Outbox, now: float) -> None:
+    """An attempt ended as its worker said: free its slot, log it, tell who listens."""
+    task_id, attempt, worker_id = outcome.task_id, outcome.attempt, outcome.worker
+    if info.pop("late", False):  # its slot was freed when the daemon thought it lost
+        log.warning(
+            "task %s %s attempt %s succeeded on %s after all (it had been declared lost): result kept",
+            task_id, info["name"], attempt, worker_id,
+        )  # fmt: skip
+    else:
+        core.peers.release(task_id, now)
+        core.lanes.ended(info["queue"], info["name"])
+    core.dispatch_pending = True
+    lanes = core.lanes
+    limited = lanes.queue(info["queue"]).concurrency is not None or info["name"] in lanes.names
+    if limited or info["status"] == QUEUED:  # a limit has room again, or the task is back (released)
+        lanes.ready(info["queue"])
+    status = info["status"]
+    error = info["error"] or {}
+    if status == "succeeded":
+        log.info("task %s %s attempt %s succeeded on %s", task_id, info["name"], attempt, worker_id)
+    elif status == "failed":
+        core.wakeup_dirty = True
+        log.warning(
+            "task %s %s attempt %s failed on %s: %s: %s; retry at %s",
+            task_id, info["name"], attempt, worker_id, error.get("type"), error.get("message"), info["run_at"],
+        )  # fmt: skip
+    elif status == "cancelled":
+        log.info("task %s %s attempt %s cancelled on %s", task_id, info["name"], attempt, worker_id)
+    elif info["outcome"] == "released" and status != STALLED:
+        core.dispatch_pending = core.wakeup_dirty = True
+        log.info("task %s %s given back by %s: %s", task_id, info["name"], worker_id, info["reason"])
+    else:
+        log.error(
+            "task %s %s attempt %s %s on %s: %s: %s",
+            task_id, info["name"], attempt, status, worker_id, error.get("type"), error.get("message"),
+        )  # fmt: skip
+    settled = info.pop("dependents")
+    if settled["released"]:  # they may wait in other queues
+        core.dispatch_pending = core.wakeup_dirty = True
+        core.queues_ready()
+        log.info("tasks %s no longer wait: task %s succeeded", settled["released"], task_id)
+    if settled["cancelled"]:
+        log.warning(
+            "tasks %s cancelled: task %s they waited on ended %s", settled["cancelled"], task_id, status
+        )
+    out.events.append(attempt_event(info))
+    core.cancelled_events(out.events, settled["cancelled"])
+    if status in TERMINAL:
+        out.ended.extend([task_id, *settled["cancelled"]])

@@ -1,0 +1,201 @@
+"""The worker socket's decisions: hello (and re-adoption), reject, bye, and a lost worker."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from martinet import protocol
+from martinet.protocol import Cmd
+from martinet.server import incoming
+from martinet.server.outbox import Outbox
+from martinet.server.peers import Peer
+from martinet.server.state import State
+from martinet.validate import clean_text, is_id, is_rate
+
+log = logging.getLogger("martinet.daemon")
+
+MAX_PEERS = 10_000  # connected workers at most: a flood of hellos cannot grow memory without bound
+
+
+def on_worker(core: State, ident: bytes, frames: list[bytes], out: Outbox, now: float) -> None:
+    cmd, h = core.decode("worker", ident, frames)
+    if cmd is None:
+        return
+    if cmd is Cmd.HELLO:
+        hello = hello_of(core, ident, h)
+        if hello is not None:
+            on_hello(core, ident, hello, out, now)
+        return
+    peer = core.peers.by_ident(ident)
+    if peer is None:
+        out.always.append((ident, protocol.encode(Cmd.HELLO_AGAIN, {"epoch": core.epoch})))
+        return
+    core.peers.seen(peer.worker_id, now)
+    if cmd is Cmd.HEARTBEAT:
+        return
+    if cmd is Cmd.REJECT:
+        on_reject(core, peer, h, now)
+        return
+    if cmd is Cmd.BYE:
+        lose_worker(core, peer.worker_id, now, "worker shut down", outcome="interrupted")
+        return
+    log.warning("dropped a %s command on the worker socket from %s", cmd.name, peer.worker_id)
+
+
+def hello_of(core: State, ident: bytes, h: dict) -> dict | None:
+    """A HELLO's header, checked (None, and the reason recorded, for a malformed one)."""
+    if not incoming.hello(h, core.limits.max_name_length):
+        core.malformed("worker", ident, f"a hello without a valid worker_id, names and capacity: "
+                       f"{str(h)[:200]}", len(protocol.dumps(h)), what="refused a malformed hello")  # fmt: skip
+        return None
+    return h
+
+
+def on_reject(core: State, peer: Peer, h: dict, now: float) -> None:
+    """The worker cannot run a task it was sent (it lacks its handler): it goes elsewhere."""
+    read = incoming.reject(h)
+    if read is None:
+        log.warning("dropped a REJECT without a valid id and attempt from %s", peer.worker_id)
+        return
+    task_id, attempt, name, reason = read
+    lane = core.store.unclaim(task_id, attempt, now) if core.peers.owner(task_id) is peer else None
+    if lane is not None:
+        core.peers.release(task_id, now)
+        core.lanes.ended(*lane)
+        core.lanes.ready(lane[0])
+        if name:
+            core.peers.drop_name(peer, name)
+        log.warning(
+            "worker %s refused task %s: %s; it goes to another worker", peer.worker_id, task_id, reason
+        )
+        core.dispatch_pending = True
+
+
+def on_hello(core: State, ident: bytes, h: dict, out: Outbox, now: float) -> None:
+    worker_id: str = h["worker_id"]
+    names: list[str] = h["names"]
+    capacity: int = h["capacity"]
+    old = core.peers.get(worker_id)
+    if old is None and len(core.peers) >= MAX_PEERS:
+        log.warning("refused a hello from %s: already %d workers connected", worker_id[:80], MAX_PEERS)
+        return
+    if old is not None and old.ident != ident:
+        log.info("worker %s reconnected", worker_id)
+    out.hellos.append(ident)
+    queues = h.get("queues")
+    queues = {q for q in queues if isinstance(q, str)} if isinstance(queues, list) else None
+    threads = h.get("threads") if is_id(h.get("threads")) and h["threads"] >= 1 else None
+    # A hello repeated on the same connection (sent before our welcome came back): the
+    # tasks leased to it are on their way there, in order, and still take its slots.
+    in_transit = set(old.inflight) if old is not None and old.ident == ident else set()
+    peer = core.peers.hello(worker_id, ident, set(names), capacity, now, queues, threads)
+    peer.reports_starts = h.get("starts") is True
+    clocks = old.clocks if old is not None else {}  # a reconnect keeps when its tasks started
+    if old is not None and in_transit:
+        for task_id in [*old.clocks, *old.prefetched]:  # in the order sent
+            core.peers.assign(peer, task_id, clocks.get(task_id, now))
+    for queue in queues or ():
+        core.lanes.queue(queue)
+    declare_limits(core, h.get("limits"), set(names), now)
+    running = incoming.attempts(h.get("running"))
+    foreign = [r for r in running if r.get("database") not in (None, core.database_id)]
+    if foreign:
+        # Outcomes journaled for the daemon of another database: ids and attempt numbers
+        # may match tasks here, but they are not these tasks. The worker keeps them.
+        running = [r for r in running if r.get("database") in (None, core.database_id)]
+        log.info(
+            "worker %s holds %d outcome(s) for another database (%s), not this one (%s): not taken as its own",
+            worker_id, len(foreign), clean_text(str(foreign[0]["database"]), 64), core.database_id,
+        )  # fmt: skip
+    # What it kept aside for other databases, of which this one may be (marked, always).
+    ours = [r for r in incoming.attempts(h.get("kept")) if r.get("database") == core.database_id]
+    running = (running + ours)[: incoming.MAX_HELD]
+    # It gets back at most what its capacity holds: a hello that says it runs more is
+    # not believed beyond that (the rest end as lost below). Attempts whose outcome is
+    # committed (acks lost in an outage) are not readopted, so they take no room.
+    room = max(0, (capacity or 0) - len(in_transit - {r["id"] for r in running}))
+    revived: list[tuple[str, str]] = []
+    adopted = core.store.readopt(worker_id, running, now, core.settings.lease, limit=room, revived=revived)
+    for queue, name in revived:  # let go of when lost, held again: they count toward limits again
+        core.lanes.held(queue, name)
+    over = len(adopted) == room and len(running) > room
+    if over:
+        log.warning(
+            "worker %s said it holds %d tasks, more than its capacity of %d: only %d readopted",
+            worker_id, len(running), capacity, len(adopted),
+        )  # fmt: skip
+    for task_id in adopted:  # as far as the daemon can tell, the first ones have a thread
+        core.peers.assign(peer, task_id, clocks.get(task_id, now))
+    for item in running:  # what it holds and may not keep takes its slots until it answers
+        if item["id"] not in peer.inflight:
+            core.peers.stick(peer, item["id"], now)
+    if (old is None or old.ident != ident) and core.store.runs_any(worker_id):
+        # A new connection (a restart, a reconnect, or this daemon restarted): tasks sent
+        # on the old one and not reported were never received, or died with the process.
+        # Unended, the worker's heartbeats would renew their leases for ever.
+        kept = set(adopted)
+        orphans = core.ended_all(
+            core.store.release_worker(
+                worker_id,
+                now,
+                "its worker came back without it"
+                + (f" or beyond its capacity of {capacity}" if over else ""),
+                keep={(r["id"], r["attempt"]) for r in running if r["id"] in kept},
+            ),
+            now,
+        )
+        if orphans:
+            log.warning("worker %s came back without tasks %s: back to the queue", worker_id, orphans)
+            core.wakeup_dirty = True
+    out.send(ident, Cmd.WELCOME, welcome(core))
+    core.dispatch_pending = True
+    log.info(
+        "worker %s ready: %d thread(s) and %d prefetch slot(s) for %s",
+        worker_id, peer.thread_count, peer.capacity - peer.thread_count, ", ".join(sorted(names)) or "nothing",
+    )  # fmt: skip
+
+
+def welcome(core: State) -> dict:
+    s = core.settings
+    return {
+        "epoch": core.epoch,
+        "database": core.database_id,  # the worker's journal ties its outcomes to it
+        "heartbeat_interval": s.heartbeat_interval,
+        "liveness": s.liveness,
+        "lease": s.lease,
+        "version": protocol.VERSION,
+        # What an outcome may weigh: the worker fails a larger result rather than
+        # send a message these sockets would drop.
+        "max_payload": s.max_payload,
+        "max_message": protocol.max_message(s.max_payload),
+    }
+
+
+def declare_limits(core: State, limits: Any, names: set[str], now: float) -> None:
+    """Fleet-wide limits a worker declares for its task names (@martinet.task(concurrency=, rate=))."""
+    if not isinstance(limits, dict):
+        return
+    for name, limit in limits.items():
+        if name not in names or not isinstance(limit, dict):
+            continue
+        concurrency = limit.get("concurrency")
+        concurrency = concurrency if is_id(concurrency) and concurrency >= 1 else None
+        rate = limit.get("rate")
+        rate = (rate[0], float(rate[1])) if is_rate(rate) else None
+        lane = core.lanes.names.get(name)
+        if lane is None or (lane.concurrency, lane.rate) != (concurrency, rate):
+            core.lanes.limit_name(name, concurrency, rate)
+            core.store.save_task_limit(name, concurrency, rate, now)
+            log.info("task %s limited to concurrency %s, rate %s", name, concurrency, rate)
+
+
+def lose_worker(core: State, worker_id: str, now: float, reason: str, outcome: str = "lost") -> None:
+    peer = core.peers.remove(worker_id)
+    lost = core.ended_all(core.store.release_worker(worker_id, now, reason, outcome), now)
+    if lost:
+        log.warning("worker %s gone (%s): tasks %s back to the queue", worker_id, reason, lost)
+    elif peer is not None:
+        log.info("worker %s gone (%s)", worker_id, reason)
+    core.wakeup_dirty = True
+    core.dispatch_pending = True

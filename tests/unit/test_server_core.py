@@ -1,0 +1,140 @@
+"""The server's core decides without sockets: hello, claims, outcomes, lost workers, timers,
+limits and re-adoption, each a turn with an explicit `now` and what it would send
+(tests/core.py), in milliseconds. A turn whose commit fails changes nothing it decided."""
+
+from __future__ import annotations
+
+from martinet.protocol import Cmd
+from tests.unit.test_failed_commit import done, tasks_sent
+
+
+def hello(worker_id: str = "w1", ident: bytes = b"w1", **fields) -> tuple[bytes, Cmd, dict]:
+    return ident, Cmd.HELLO, {"worker_id": worker_id, "names": ["t"], "capacity": 4, **fields}
+
+
+def sent_to(sent: list, cmd: Cmd) -> list[tuple[bytes, dict]]:
+    return [(ident, h) for _role, ident, c, h in sent if c is cmd]
+
+
+def test_a_hello_is_welcomed_and_a_stranger_asked_to_say_hello(db_url, make_core):
+    core = make_core(db_url)
+    sent = core.turn(worker=[hello()])
+    ((ident, welcome),) = sent_to(sent, Cmd.WELCOME)
+    assert ident == b"w1" and welcome["database"] == core.server.database_id
+    assert welcome["epoch"] == core.server.epoch and core.server.peers.get("w1").capacity == 4
+    # A heartbeat from a connection that said no hello gets "say hello again"
+    sent = core.turn(worker=[(b"stranger", Cmd.HEARTBEAT, {})])
+    assert sent_to(sent, Cmd.HELLO_AGAIN) == [(b"stranger", {"epoch": core.server.epoch})]
+
+
+def test_an_outcome_frees_the_slot_a_claim_of_the_same_turn_takes(db_url, make_core):
+    core = make_core(db_url)
+    core.request("set_queue", name="one", concurrency=1)
+    core.turn(worker=[hello()])
+    a, b = core.submit("t", queue="one"), core.submit("t", queue="one")
+    assert tasks_sent(core.turn()) == [a]
+    sent = core.turn(status=[done(a)])
+    assert sent_to(sent, Cmd.ACK) == [(b"status", {"acks": [[a, 1]]})] and tasks_sent(sent) == [b]
+
+
+def test_a_hello_in_a_failed_turn_is_asked_again_and_leaves_the_worker_as_it_was(db_url, make_core):
+    core = make_core(db_url)
+    core.turn(worker=[hello()])
+    a = core.submit("t")
+    assert tasks_sent(core.turn()) == [a]
+    # When the worker comes back on a new connection, holding nothing, in a turn that fails
+    sent = core.turn(worker=[hello(ident=b"w1-new")], fail=True)
+    # Then it is not welcomed but asked to say hello again; its old picture stands
+    assert sent_to(sent, Cmd.WELCOME) == [] and [i for i, _h in sent_to(sent, Cmd.HELLO_AGAIN)] == [b"w1-new"]
+    peer = core.server.peers.get("w1")
+    assert peer.ident == b"w1" and peer.inflight == {a} and core.server.peers.owner(a) is peer
+    assert core.store.get_task(a).status == "leased"
+    # When it says hello again: welcomed, and the attempt it came back without is lost
+    sent = core.turn(worker=[hello(ident=b"w1-new")])
+    assert [i for i, _h in sent_to(sent, Cmd.WELCOME)] == [b"w1-new"]
+    assert [(t.attempt, t.outcome) for t in core.store.attempts(a)] == [(1, "lost")]
+    assert core.server.peers.get("w1").inflight == set()
+
+
+def test_a_worker_lost_in_a_failed_turn_is_lost_again_in_the_next(db_url, make_core):
+    core = make_core(db_url, heartbeat_interval=0.2)
+    core.turn(worker=[hello()])
+    a = core.submit("t")
+    assert tasks_sent(core.turn()) == [a]
+    core.now += 5  # silent for far longer than its liveness
+    core.turn(heard=False, fail=True)
+    assert core.server.peers.get("w1").inflight == {a} and core.store.get_task(a).status == "leased"
+    core.turn(heard=False)  # the tick comes again at once
+    assert core.server.peers.get("w1") is None
+    assert [(t.attempt, t.outcome) for t in core.store.attempts(a)] == [(1, "lost")]
+
+
+def test_a_worker_back_on_a_new_connection_keeps_what_it_still_runs(db_url, make_core):
+    core = make_core(db_url)
+    core.turn(worker=[hello()])
+    a, b = core.submit("t"), core.submit("t")
+    assert tasks_sent(core.turn()) == [a, b]
+    core.turn(status=[(Cmd.STARTED, {"worker_id": "w1", "started": [[a, 1], [b, 1]]})])
+    # When it reconnects saying it still runs A (B died with its old process)
+    core.now += 1  # (MySQL counts changed rows only: a readopt in the claim's instant changes none)
+    sent = core.turn(worker=[hello(ident=b"w1-new", running=[{"id": a, "attempt": 1, "started": True}])])
+    # Then A stays its own; B's attempt is lost (it is retried), and its slot is free
+    assert core.store.get_task(a).status == "running" and core.server.peers.owner(a).ident == b"w1-new"
+    assert [(t.attempt, t.outcome) for t in core.store.attempts(b)] == [(1, "lost")]
+    assert core.server.peers.get("w1").inflight == {a} and sent_to(sent, Cmd.WELCOME)
+
+
+def test_a_delayed_task_is_leased_just_before_it_is_due_and_says_when_to_start(db_url, make_core):
+    core = make_core(db_url)
+    core.turn(worker=[hello()])
+    due = core.now + 10
+    a = core.submit("t", run_at=due)
+    assert tasks_sent(core.turn()) == []
+    core.now = due - 0.01  # within the timer's lead
+    ((_ident, message),) = sent_to(core.turn(), Cmd.TASK)
+    assert [row["id"] for row in message["tasks"]] == [a]
+    assert abs(message["tasks"][0]["start_in"] - 0.01) < 1e-6
+
+
+def test_a_time_limit_is_enforced_once_committed_and_its_cancel_sent_then(db_url, make_core):
+    core = make_core(db_url, time_limit_grace=0.5)
+    core.turn(worker=[hello(capacity=1)])
+    a = core.submit("t", timeout=1.0, max_attempts=5)
+    assert tasks_sent(core.turn()) == [a]
+    core.turn(status=[(Cmd.STARTED, {"worker_id": "w1", "started": [[a, 1]]})])
+    core.now += 1.6  # past the limit and its grace
+    core.server.next_tick = core.now
+    assert sent_to(core.turn(fail=True), Cmd.CANCEL) == []
+    assert core.store.get_task(a).status == "running" and core.server.peers.get("w1").stuck == set()
+    assert sent_to(core.turn(), Cmd.CANCEL) == [(b"w1", {"id": a})]
+    assert core.store.get_task(a).status == "failed" and core.server.peers.get("w1").stuck == {a}
+
+
+def test_a_revoke_in_a_failed_turn_sends_no_cancel_and_the_client_learns_why(db_url, make_core):
+    core = make_core(db_url)
+    core.turn(worker=[hello()])
+    a = core.submit("t")
+    assert tasks_sent(core.turn()) == [a]
+    sent = core.turn(client=[(Cmd.REQUEST, {"op": "revoke", "id": a, "rid": "r1"})], fail=True)
+    assert sent_to(sent, Cmd.CANCEL) == []
+    ((_ident, reply),) = sent_to(sent, Cmd.REPLY)
+    assert reply["rid"] == "r1" and reply["error"]["type"] == "StoreError"
+    sent = core.turn(client=[(Cmd.REQUEST, {"op": "revoke", "id": a, "rid": "r2"})])
+    assert sent_to(sent, Cmd.CANCEL) == [(b"w1", {"id": a})]
+
+
+def test_a_wait_in_a_failed_turn_is_forgotten(db_url, make_core):
+    core = make_core(db_url)
+    a = core.submit("t")
+    core.turn(client=[(Cmd.REQUEST, {"op": "wait", "id": a, "rid": "r1", "wait_for": 5})], fail=True)
+    assert core.server.waiters == {}
+    core.turn(client=[(Cmd.REQUEST, {"op": "wait", "id": a, "rid": "r2", "wait_for": 5})])
+    assert [w[1] for w in core.server.waiters[a]] == ["r2"]
+
+
+def test_a_limit_declared_in_a_failed_turn_is_not_kept(db_url, make_core):
+    core = make_core(db_url)
+    core.turn(worker=[hello(limits={"t": {"concurrency": 1}})], fail=True)
+    assert "t" not in core.server.lanes.names
+    core.turn(worker=[hello(limits={"t": {"concurrency": 1}})])
+    assert core.server.lanes.names["t"].concurrency == 1
