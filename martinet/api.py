@@ -36,7 +36,7 @@ from martinet.submit import (
 from martinet.validate import Limits, check_args
 
 if TYPE_CHECKING:
-    from martinet.daemon import Daemon
+    from martinet.server.loop import Daemon
 
 log = logging.getLogger(__name__)
 
