@@ -26,7 +26,7 @@ from martinet.validate import (
 MAX_HELD = 10_000
 
 
-def hello(h: dict, max_name_length: int) -> bool:
+def hello(h: dict[str, Any], max_name_length: int) -> bool:
     """Whether a HELLO says a valid worker_id, names and capacity (the rest is optional)."""
     names: Any = h.get("names")
     capacity: Any = h.get("capacity")
@@ -40,13 +40,13 @@ def hello(h: dict, max_name_length: int) -> bool:
     )
 
 
-def attempts(value: Any, limit: int = MAX_HELD) -> list[dict]:
+def attempts(value: Any, limit: int = MAX_HELD) -> list[dict[str, Any]]:
     """A hello's list of {id, attempt} (running, kept), checked and bounded."""
     items = value[:limit] if isinstance(value, list) else []
     return [r for r in items if isinstance(r, dict) and is_id(r.get("id")) and is_id(r.get("attempt"))]
 
 
-def reject(h: dict) -> tuple[int, int, str | None, str] | None:
+def reject(h: dict[str, Any]) -> tuple[int, int, str | None, str] | None:
     """A REJECT: (task id, attempt, task name, reason), or None without a valid id and attempt."""
     task_id: Any = h.get("id")
     attempt: Any = h.get("attempt")
@@ -61,7 +61,7 @@ def reject(h: dict) -> tuple[int, int, str | None, str] | None:
     )
 
 
-def started(h: dict) -> list[tuple[int, int, str]] | None:
+def started(h: dict[str, Any]) -> list[tuple[int, int, str]] | None:
     """A STARTED's (or an ENDED's) tasks that handlers took: (id, attempt, worker id);
     None without a valid worker_id and list."""
     worker_id: Any = h.get("worker_id")
@@ -75,7 +75,7 @@ def started(h: dict) -> list[tuple[int, int, str]] | None:
     ]
 
 
-def status_items(cmd: Cmd, h: dict) -> tuple[str, list] | None:
+def status_items(cmd: Cmd, h: dict[str, Any]) -> tuple[str, list[Any]] | None:
     """An ENDED, DONE, FAILED or PROGRESS: its worker id and items (an ENDED's list, the
     others as one), each still to check (attempt); None without a valid worker_id."""
     worker_id: Any = h.get("worker_id")
@@ -94,17 +94,17 @@ def attempt(item: Any) -> bool:
     return isinstance(item, dict) and is_id(item.get("id")) and is_id(item.get("attempt"))
 
 
-def progress(item: dict) -> tuple[float | None, str | None]:
+def progress(item: dict[str, Any]) -> tuple[float | None, str | None]:
     """A progress report's value and message, bounded."""
     return finite(item.get("progress")), clean_text(item.get("message"), 1000)
 
 
-def outcome(h: dict, worker_id: str) -> Outcome:
+def outcome(h: dict[str, Any], worker_id: str) -> Outcome:
     """A worker's DONE or FAILED (or an ENDED's item), checked and bounded, as the store takes it."""
     task_id, attempt = h["id"], h["attempt"]
     if h.get("ok"):
         return Outcome(task_id, attempt, worker_id, "succeeded", result=h.get("result"))
-    error: dict = h["error"] if isinstance(h.get("error"), dict) else {}
+    error: dict[str, Any] = h["error"] if isinstance(h.get("error"), dict) else {}
     retry_in = finite(h.get("retry_in"))
     retry_in = None if retry_in is None else min(max(0.0, retry_in), 366 * 86400.0)
     if h.get("release"):

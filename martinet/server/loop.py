@@ -14,6 +14,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
+from typing import Any
 
 import peewee
 import zmq
@@ -50,7 +51,7 @@ class Daemon:
         self.epoch = secrets.token_hex(4)  # changes at each start; the database's identity does not
         self.core: Core | None = None  # made by open(), with the store
         self._checkpointer: WalCheckpointer | None = None
-        self.ctx: zmq.Context | None = None
+        self.ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._stopping = False
         self._wake_r, self._wake_w = os.pipe()
         self.ports: dict[str, int] = {}
@@ -110,7 +111,7 @@ class Daemon:
             self.epoch,
         )
 
-    def _bind(self, role: str, port: int) -> zmq.Socket:
+    def _bind(self, role: str, port: int) -> zmq.Socket[bytes]:
         assert self.ctx is not None
         sock = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -187,7 +188,7 @@ class Daemon:
 
     # ---- one turn -------------------------------------------------------------
 
-    def _turn(self, ready: dict, now: float) -> None:
+    def _turn(self, ready: dict[zmq.Socket[bytes], int], now: float) -> None:
         """Drain the sockets that hold messages, let the core write and decide, and send."""
         assert self.core is not None
         out = self.core.turn(
@@ -215,7 +216,7 @@ class Daemon:
             self._send(self.client, ident, Cmd.REPLY, reply)
         self._send_tasks(out.tasks, now)
 
-    def _send_tasks(self, batches: list[tuple[Peer, list[dict]]], now: float) -> None:
+    def _send_tasks(self, batches: list[tuple[Peer, list[dict[str, Any]]]], now: float) -> None:
         if not batches:
             return
         assert self.core is not None
@@ -229,7 +230,7 @@ class Daemon:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("tasks %s sent to %s", [row["id"] for row in rows], peer.worker_id)
 
-    def _drain(self, sock: zmq.Socket) -> Messages:
+    def _drain(self, sock: zmq.Socket[bytes]) -> Messages:
         msgs: Messages = []
         while len(msgs) < DRAIN_LIMIT:
             try:
@@ -239,10 +240,10 @@ class Daemon:
             msgs.append((frames[0], frames[1:]))
         return msgs
 
-    def _send(self, sock: zmq.Socket, ident: bytes, cmd: Cmd, header: dict) -> bool:
+    def _send(self, sock: zmq.Socket[bytes], ident: bytes, cmd: Cmd, header: dict[str, Any]) -> bool:
         return self._send_raw(sock, ident, protocol.encode(cmd, header))
 
-    def _send_raw(self, sock: zmq.Socket, ident: bytes, frames: list[bytes]) -> bool:
+    def _send_raw(self, sock: zmq.Socket[bytes], ident: bytes, frames: list[bytes]) -> bool:
         try:
             sock.send_multipart([ident, *frames], zmq.NOBLOCK)
             return True

@@ -13,23 +13,27 @@ class Outbox:
     """What a turn will send once its transaction is committed (the core fills it, the
     loop sends it: replies, acks, worker messages, events, wait answers, then tasks)."""
 
-    replies: list[tuple[bytes, dict]] = field(default_factory=list)  # client ident, header
+    replies: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)  # client ident, header
     acks: dict[bytes, list[list[int]]] = field(default_factory=dict)  # status ident: [[id, attempt], ...]
-    events: list = field(default_factory=list)  # dicts; once recorded, (event id, body)
+    events: list[Any] = field(default_factory=list)  # dicts; once recorded, (event id, body)
     ended: list[int] = field(default_factory=list)  # task ids whose waiters can be answered
-    tasks: list[tuple[Any, list[dict]]] = field(default_factory=list)  # claimed: (peer, rows) to send
+    tasks: list[tuple[Any, list[dict[str, Any]]]] = field(
+        default_factory=list
+    )  # claimed: (peer, rows) to send
     # To workers, once committed: welcomes, cancels (worker ident, command, header).
-    worker: list[tuple[bytes, Cmd, dict]] = field(default_factory=list)
+    worker: list[tuple[bytes, Cmd, dict[str, Any]]] = field(default_factory=list)
     # To workers whatever becomes of the transaction (heartbeats, "say hello again"): frames.
     always: list[tuple[bytes, list[bytes]]] = field(default_factory=list)
-    answers: list[tuple[bytes, dict]] = field(default_factory=list)  # waits answered: after the events
+    answers: list[tuple[bytes, dict[str, Any]]] = field(
+        default_factory=list
+    )  # waits answered: after the events
     hellos: list[bytes] = field(default_factory=list)  # idents that said hello in this turn
 
-    def send(self, ident: bytes, cmd: Cmd, header: dict) -> None:
+    def send(self, ident: bytes, cmd: Cmd, header: dict[str, Any]) -> None:
         """A message to a worker, sent once the turn is committed."""
         self.worker.append((ident, cmd, header))
 
-    def rolled_back(self, error: dict) -> None:
+    def rolled_back(self, error: dict[str, Any]) -> None:
         """The turn's transaction failed: clients learn why; nothing else it decided is sent."""
         self.replies = [
             (ident, {"rid": h.get("rid"), "ok": False, "error": error}) for ident, h in self.replies

@@ -22,7 +22,7 @@ _UNWRITTEN = object()  # an outcome whose writing failed: not acknowledged
 
 
 def on_status_batch(core: State, msgs: Messages, out: Outbox, now: float) -> None:
-    progress: dict[tuple[int, int, str], dict] = {}  # coalesced: latest wins
+    progress: dict[tuple[int, int, str], dict[str, Any]] = {}  # coalesced: latest wins
     ended: list[tuple[bytes, Outcome]] = []  # (status ident, outcome)
     starts: list[tuple[int, int, str]] = []  # (id, attempt, worker): written first
     for ident, frames in msgs:
@@ -96,7 +96,7 @@ def on_status_batch(core: State, msgs: Messages, out: Outbox, now: float) -> Non
         on_outcomes(core, ended, out, now)
 
 
-def within_payload(core: State, item: dict, worker_id: str) -> dict:
+def within_payload(core: State, item: dict[str, Any], worker_id: str) -> dict[str, Any]:
     """A result over max_payload (from a worker that does not check it: older, or not
     ours) is stored as the failure a worker would have reported, like args refused."""
     if not item.get("ok"):
@@ -145,7 +145,7 @@ def on_outcomes(core: State, ended: list[tuple[bytes, Outcome]], out: Outbox, no
             _ended(core, info, outcome, out, now)
 
 
-def _ended(core: State, info: dict, outcome: Outcome, out: Outbox, now: float) -> None:
+def _ended(core: State, info: dict[str, Any], outcome: Outcome, out: Outbox, now: float) -> None:
     """An attempt ended as its worker said: free its slot, log it, tell who listens."""
     task_id, attempt, worker_id = outcome.task_id, outcome.attempt, outcome.worker
     if info.pop("late", False):  # its slot was freed when the daemon thought it lost

@@ -38,7 +38,7 @@ Messages = list[tuple[bytes, list[bytes]]]  # (ident, frames) as read from a soc
 DB_ERRORS = (peewee.OperationalError, peewee.InterfaceError, peewee.DatabaseError)
 
 
-def error(kind: str, message: str) -> dict:
+def error(kind: str, message: str) -> dict[str, Any]:
     return {"type": kind, "message": message}
 
 
@@ -205,7 +205,7 @@ class State:
         for queue in self.store.ready_queues():
             self.lanes.ready(queue)
 
-    def ended_all(self, infos: list[dict], now: float) -> list[int]:
+    def ended_all(self, infos: list[dict[str, Any]], now: float) -> list[int]:
         """Attempts that ended without a word from their worker: free their lanes."""
         for info in infos:
             self.lanes.ended(info["queue"], info["name"])
@@ -218,7 +218,7 @@ class State:
             self.cancelled_events(self.hub.pending, settled["cancelled"])
         return [info["id"] for info in infos]
 
-    def cancelled_events(self, events: list, task_ids: list[int]) -> None:
+    def cancelled_events(self, events: list[Any], task_ids: list[int]) -> None:
         """Events for tasks cancelled without running: revoked, or a task they waited on failed."""
         for task_id in task_ids:
             item = maybe_task_info(self.store.get_task(task_id))
@@ -247,7 +247,9 @@ class State:
             for ident, rid, _ in waits:
                 out.answers.append((ident, {"rid": rid, "ok": True, "done": True, "item": item}))
 
-    def task_messages(self, batches: list[tuple[Peer, list[dict]]], sent_at: float, now: float) -> None:
+    def task_messages(
+        self, batches: list[tuple[Peer, list[dict[str, Any]]]], sent_at: float, now: float
+    ) -> None:
         """The claimed rows become TASK messages as they leave: a start counts from when
         it was sent, and a task leased ahead of its run_at says when to start (start_in)."""
         self.lanes.restamp(now, sent_at)
@@ -257,7 +259,7 @@ class State:
                 if run_at is not None and run_at > sent_at:
                     row["start_in"] = run_at - sent_at
 
-    def undelivered(self, peer: Peer, rows: list[dict], now: float) -> None:
+    def undelivered(self, peer: Peer, rows: list[dict[str, Any]], now: float) -> None:
         """Tasks claimed for a connection that is gone (its worker reconnected meanwhile, as
         workers do while the daemon is paused, or it died): they never left, so they go back
         to the queue with no attempt spent. The worker is not judged by it: it gets nothing
@@ -282,13 +284,13 @@ class Request:
     """A client request as an op sees it."""
 
     core: State
-    header: dict
+    header: dict[str, Any]
     now: float
     out: Outbox  # what the turn sends once committed (a revoke's CANCEL, ended tasks, events)
     ident: bytes  # the client's connection (wait and subscribe answer it later)
 
 
-def waiting_reason(core: State, item: dict) -> str | None:
+def waiting_reason(core: State, item: dict[str, Any]) -> str | None:
     status, name = item["status"], item["name"]
     if status == SCHEDULED:
         return f"scheduled for {item['run_at']}"

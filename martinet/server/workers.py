@@ -43,7 +43,7 @@ def on_worker(core: State, ident: bytes, frames: list[bytes], out: Outbox, now: 
     log.warning("dropped a %s command on the worker socket from %s", cmd.name, peer.worker_id)
 
 
-def hello_of(core: State, ident: bytes, h: dict) -> dict | None:
+def hello_of(core: State, ident: bytes, h: dict[str, Any]) -> dict[str, Any] | None:
     """A HELLO's header, checked (None, and the reason recorded, for a malformed one)."""
     if not incoming.hello(h, core.limits.max_name_length):
         core.malformed("worker", ident, f"a hello without a valid worker_id, names and capacity: "
@@ -52,7 +52,7 @@ def hello_of(core: State, ident: bytes, h: dict) -> dict | None:
     return h
 
 
-def on_reject(core: State, peer: Peer, h: dict, now: float) -> None:
+def on_reject(core: State, peer: Peer, h: dict[str, Any], now: float) -> None:
     """The worker cannot run a task it was sent (it lacks its handler): it goes elsewhere."""
     read = incoming.reject(h)
     if read is None:
@@ -72,7 +72,7 @@ def on_reject(core: State, peer: Peer, h: dict, now: float) -> None:
         core.dispatch_pending = True
 
 
-def on_hello(core: State, ident: bytes, h: dict, out: Outbox, now: float) -> None:
+def on_hello(core: State, ident: bytes, h: dict[str, Any], out: Outbox, now: float) -> None:
     worker_id: str = h["worker_id"]
     names: list[str] = h["names"]
     capacity: int = h["capacity"]
@@ -156,7 +156,7 @@ def on_hello(core: State, ident: bytes, h: dict, out: Outbox, now: float) -> Non
     )  # fmt: skip
 
 
-def welcome(core: State) -> dict:
+def welcome(core: State) -> dict[str, Any]:
     s = core.settings
     return {
         "epoch": core.epoch,
