@@ -117,6 +117,11 @@ class Daemon:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a gone peer raises, never vanishes
         sock.setsockopt(zmq.MAXMSGSIZE, protocol.max_message(self.settings.max_payload))
+        if role == "worker":
+            # A turn sends after its commit, all at once: as many welcomes as hellos it read
+            # from one connection (up to DRAIN_LIMIT), cancels, and a batch of tasks. The
+            # default queue of 1,000 a peer would refuse the end of such a burst.
+            sock.setsockopt(zmq.SNDHWM, 2 * DRAIN_LIMIT)
         try:
             if port == 0:
                 port = sock.bind_to_random_port(f"tcp://{self.settings.bind}")
@@ -247,7 +252,10 @@ class Daemon:
         try:
             sock.send_multipart([ident, *frames], zmq.NOBLOCK)
             return True
-        except zmq.ZMQError as exc:
+        except zmq.Again:  # its queue is full: it reads too slowly (a client resends, a worker says hello)
+            log.warning("could not send %s to %r: its queue is full", protocol.describe(frames), ident[:16])
+            return False
+        except zmq.ZMQError as exc:  # gone (ROUTER_MANDATORY): its reconnect, or its silence, decides
             log.debug("could not send %s to %r: %s", protocol.describe(frames), ident, exc)
             return False
 
