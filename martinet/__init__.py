@@ -11,10 +11,14 @@ from `configure(...)`, else from MARTINET_URL, else tcp://127.0.0.1:8008.
 
 from __future__ import annotations
 
+import builtins
 import threading
+from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from martinet.api import Martinet
+from martinet.attempt import TaskContext
 from martinet.compose import compose
 from martinet.errors import (
     BadInput,
@@ -35,7 +39,9 @@ from martinet.errors import (
     WaitTimeout,
 )
 from martinet.query import Page
-from martinet.worker import TaskContext, Worker, task
+from martinet.registry import task
+from martinet.submit import ScheduleId, TaskId, TaskSpec, When
+from martinet.worker import Worker
 
 __version__ = "0.1.0"
 
@@ -109,39 +115,47 @@ def _handle() -> Martinet:
         return _default
 
 
-def execute(task: str | dict, args: dict | None = None, **options: Any) -> int:
+def execute(task: TaskSpec, args: dict[str, Any] | None = None, **options: Any) -> TaskId:
     """Run a task now. See `Martinet.execute`."""
     return _handle().execute(task, args, **options)
 
 
-def execute_many(tasks: list, **options: Any) -> list:
+def execute_many(
+    tasks: Sequence[tuple[TaskSpec, dict[str, Any] | None]], **options: Any
+) -> builtins.list[TaskId]:
     """Submit many (task, args) pairs, a commit per 1,000. See `Martinet.execute_many`."""
     return _handle().execute_many(tasks, **options)
 
 
-def schedule(when: Any, task: str | dict, args: dict | None = None, **options: Any) -> int:
+def schedule(when: When, task: TaskSpec, args: dict[str, Any] | None = None, **options: Any) -> TaskId:
     """Run a task later ("in 20 minutes", a datetime). See `Martinet.schedule`."""
     return _handle().schedule(when, task, args, **options)
 
 
-def every(spec: Any, task: str | dict, args: dict | None = None, **options: Any) -> str:
+def every(
+    spec: str | timedelta | int | float, task: TaskSpec, args: dict[str, Any] | None = None, **options: Any
+) -> ScheduleId:
     """Run a task repeatedly ("30 minutes"). See `Martinet.every`."""
     return _handle().every(spec, task, args, **options)
 
 
-def get(task_or_schedule_id: int | str) -> dict:
+def get(task_or_schedule_id: int | str) -> dict[str, Any]:
     """A task's or schedule's record. See `Martinet.get`."""
     return _handle().get(task_or_schedule_id)
 
 
-def show(task_or_schedule_id: int | str) -> dict:
+def show(task_or_schedule_id: int | str) -> dict[str, Any]:
     """A record with its history. See `Martinet.show`."""
     return _handle().show(task_or_schedule_id)
 
 
 def list(  # noqa: A001
-    status: Any = None, name: str | None = None, username: str | None = None, limit: int = 50, **filters: Any
-) -> Any:
+    status: str | builtins.list[str] | None = None,
+    name: str | None = None,
+    username: str | None = None,
+    limit: int = 50,
+    **filters: Any,
+) -> builtins.list[dict[str, Any]]:
     """Tasks matching the filters, newest first. See `Martinet.list` and `Martinet.search`."""
     return _handle().list(status, name, username, limit, **filters)
 
@@ -151,12 +165,12 @@ def search(**filters: Any) -> Page:
     return _handle().search(**filters)
 
 
-def count(**filters: Any) -> dict:
+def count(**filters: Any) -> dict[str, int]:
     """How many tasks match the filters, by status. See `Martinet.count`."""
     return _handle().count(**filters)
 
 
-def wait(task_id: int, timeout: float | None = 30.0) -> Any:
+def wait(task_id: int | str, timeout: float | None = 30.0) -> Any:
     """A task's result once it ends (timeout=None: however long it takes). See `Martinet.wait`."""
     return _handle().wait(task_id, timeout)
 
@@ -166,9 +180,15 @@ def revoke(task_or_schedule_id: int | str) -> str:
     return _handle().revoke(task_or_schedule_id)
 
 
-def update(task_or_schedule_id: int | str, args: dict | None = None, **changes: Any) -> None:
+def update(
+    task_or_schedule_id: int | str,
+    args: dict[str, Any] | None = None,
+    *,
+    every: str | timedelta | int | float | None = None,
+    timezone: str | None = None,
+) -> None:
     """New args (and for a schedule, `every`/`timezone`). See `Martinet.update`."""
-    _handle().update(task_or_schedule_id, args, **changes)
+    _handle().update(task_or_schedule_id, args, every=every, timezone=timezone)
 
 
 def retry(task_id: int, attempts: int | None = None) -> None:
@@ -181,7 +201,7 @@ def stall(task_id: int, reason: str | None = None) -> None:
     _handle().stall(task_id, reason)
 
 
-def queues() -> Any:
+def queues() -> builtins.list[dict[str, Any]]:
     """Every queue with its settings and counts. See `Martinet.queues`."""
     return _handle().queues()
 
@@ -196,17 +216,27 @@ def resume_queue(name: str) -> None:
     _handle().resume_queue(name)
 
 
-def set_queue(name: str, **settings: Any) -> None:
+def set_queue(
+    name: str,
+    concurrency: int | str | None = None,
+    rate: str | None = None,
+    weight: int | None = None,
+    order: str | None = None,
+) -> None:
     """Change a queue's concurrency, rate, weight or order. See `Martinet.set_queue`."""
-    _handle().set_queue(name, **settings)
+    _handle().set_queue(name, concurrency, rate, weight, order)
 
 
-def prune(older_than: Any, status: Any = None, dry_run: bool = False) -> dict:
+def prune(
+    older_than: str | timedelta | int | float,
+    status: str | builtins.list[str] | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
     """Delete (or count) finished tasks older than `older_than`. See `Martinet.prune`."""
     return _handle().prune(older_than, status, dry_run)
 
 
-def schedules() -> Any:
+def schedules() -> builtins.list[dict[str, Any]]:
     """Every schedule that has not been removed. See `Martinet.schedules`."""
     return _handle().schedules()
 

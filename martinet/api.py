@@ -6,12 +6,13 @@ runs the (slow) English parser: it receives UTC timestamps.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from martinet import config, protocol, rules, when
 from martinet.client import Client, EventListener
@@ -34,7 +35,14 @@ from martinet.submit import (
 )
 from martinet.validate import Limits, check_args
 
+if TYPE_CHECKING:
+    from martinet.server.loop import Daemon
+
 log = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+Hook = Callable[[Event], Any]
+H = TypeVar("H", bound=Hook)
 
 # wait(timeout=None) asks the daemon in rounds of this many seconds (it holds a wait
 # for an hour at most), so a wait "until done" never depends on one long request.
@@ -54,9 +62,8 @@ class Martinet:
     ) -> None:
         self.settings = config.load(flags={"db": db, "url": url, "timeout": timeout, **settings})
         self.limits = Limits(self.settings.max_payload, self.settings.max_name_length)
-        self._daemon = None
-        self._thread: threading.Thread | None = None
-        self._hooks: list[tuple[tuple[str, ...], str | None, Callable]] = []  # (kinds, name, fn)
+        self._embedded: tuple[Daemon, threading.Thread] | None = None  # Martinet(db=...)
+        self._hooks: list[tuple[tuple[str, ...], str | None, Hook]] = []  # (kinds, name, fn)
         self._listener: EventListener | None = None
         self._since: int | None = None  # where a stopped listener left off
         target = self.settings.url
@@ -72,26 +79,28 @@ class Martinet:
     def _start_embedded(self) -> str:
         from martinet.server.loop import Daemon  # only embedded users pay for the daemon's imports
 
-        self._daemon = Daemon(self.settings, port_option="Martinet(db=..., {role}_port=N) (0: any free port)")
-        self._daemon.open()
-        self._thread = threading.Thread(target=self._daemon.run, name="martinet-daemon", daemon=True)
-        self._thread.start()
+        daemon = Daemon(self.settings, port_option="Martinet(db=..., {role}_port=N) (0: any free port)")
+        daemon.open()
+        thread = threading.Thread(target=daemon.run, name="martinet-daemon", daemon=True)
+        self._embedded = (daemon, thread)
+        thread.start()
         host = self.settings.bind if self.settings.bind not in ("0.0.0.0", "*", "") else "127.0.0.1"
-        return f"tcp://{host}:{self._daemon.ports['client']}"
+        return f"tcp://{host}:{daemon.ports['client']}"
 
     @property
     def ports(self) -> dict[str, int]:
         """The ports of an embedded daemon (useful when they were chosen at random with 0)."""
-        return dict(self._daemon.ports) if self._daemon else {}
+        return dict(self._embedded[0].ports) if self._embedded else {}
 
     def close(self) -> None:
         """Stop the event listener and, when embedded, the daemon (after committing its turn)."""
         self.stop_listening()
         self.client.close()
-        if self._daemon is not None:
-            self._daemon.stop()
-            self._thread.join(timeout=10)
-            self._daemon = None
+        if self._embedded is not None:
+            daemon, thread = self._embedded
+            daemon.stop()
+            thread.join(timeout=10)
+            self._embedded = None
 
     def __enter__(self) -> Martinet:
         return self
@@ -101,7 +110,7 @@ class Martinet:
 
     # ---- submitting ----------------------------------------------------------
 
-    def execute(self, task: TaskSpec, args: dict | None = None, **options: Any) -> TaskId:
+    def execute(self, task: TaskSpec, args: dict[str, Any] | None = None, **options: Any) -> TaskId:
         """Run a task as soon as a worker is free; returns its id once it is committed.
 
         `task` is a name ("resize") or a dict with "name" and optionally
@@ -123,7 +132,9 @@ class Martinet:
         self._read_run_at(fields)
         return self._submit("execute", fields)
 
-    def execute_many(self, tasks: list[tuple[TaskSpec, dict | None]], **options: Any) -> list[TaskId]:
+    def execute_many(
+        self, tasks: Sequence[tuple[TaskSpec, dict[str, Any] | None]], **options: Any
+    ) -> list[TaskId]:
         """Submit many tasks: up to 1,000 (and half of max_payload) go in one request and
         one commit, all of them accepted or none; more go in several such requests, each
         committed on its own, the next sent while the daemon commits the one before.
@@ -171,16 +182,16 @@ class Martinet:
             refused = type(refused)(
                 f"{refused}; {len(ids)} of the {len(tasks)} tasks were accepted (see .accepted)"
             )
-        refused.accepted = ids  # type: ignore[attr-defined]
-        refused.request_id = base_rid  # type: ignore[attr-defined]
+        refused.accepted = ids
+        refused.request_id = base_rid
         raise refused
 
     def _batches(
         self,
-        tasks: list[tuple[TaskSpec, dict | None]],
-        options: dict,
+        tasks: Sequence[tuple[TaskSpec, dict[str, Any] | None]],
+        options: dict[str, Any],
         base_rid: str,
-        spans: list,
+        spans: builtins.list[tuple[int, int]],
         kinds: list[tuple[str, str]],
     ) -> Iterator[tuple[str, list[bytes]]]:
         """The tasks as execute_many requests of up to BATCH tasks and half of max_payload,
@@ -202,20 +213,28 @@ class Martinet:
             yield self._batch_request(base_rid, len(tasks) - len(chunk), chunk, spans)
 
     @staticmethod
-    def _batch_request(base_rid: str, first: int, items: list[bytes], spans: list) -> tuple[str, list[bytes]]:
+    def _batch_request(
+        base_rid: str, first: int, items: builtins.list[bytes], spans: builtins.list[tuple[int, int]]
+    ) -> tuple[str, builtins.list[bytes]]:
         spans.append((first, first + len(items) - 1))
         rid = f"{base_rid}:{first}"  # the first task's request id
         return rid, Request.batch("execute_many", rid, "tasks", items)
 
-    def schedule(self, when_: When, task: TaskSpec, args: dict | None = None, **options: Any) -> TaskId:
+    def schedule(
+        self, when_: When, task: TaskSpec, args: dict[str, Any] | None = None, **options: Any
+    ) -> TaskId:
         """Run a task at a time: "in 20 minutes", "tomorrow at 9am", a datetime, a timedelta."""
         fields = self._task_fields(task, args, {**options, "run_at": when_})
         self._read_run_at(fields)
         return self._submit("schedule", fields)
 
     def every(
-        self, spec: str | timedelta | int | float, task: TaskSpec, args: dict | None = None, **options: Any
-    ) -> str:
+        self,
+        spec: str | timedelta | int | float,
+        task: TaskSpec,
+        args: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> ScheduleId:
         """Run a task repeatedly: "30 minutes", "1 hour 30 minutes", or a cron expression.
 
         The first run is one interval from now (cron: the next match), unless
@@ -250,14 +269,18 @@ class Martinet:
         return ScheduleId(reply["id"], reply.get("created", True), reply.get("warning"))
 
     def _task_fields(
-        self, task: TaskSpec, args: dict | None, options: dict, known: set[str] = TASK_KEYS
+        self,
+        task: TaskSpec,
+        args: dict[str, Any] | None,
+        options: dict[str, Any],
+        known: set[str] = TASK_KEYS,
     ) -> dict[str, Any]:
         return task_fields(task, args, options, self.limits, known)
 
-    def _read_run_at(self, fields: dict) -> None:
+    def _read_run_at(self, fields: dict[str, Any]) -> None:
         read_run_at(fields, self.settings.timezone)
 
-    def _submit(self, op: str, fields: dict) -> TaskId:
+    def _submit(self, op: str, fields: dict[str, Any]) -> TaskId:
         try:
             reply = self.client.request(op, {"rid": fields["request_id"], **fields})
         except DaemonUnavailable as exc:
@@ -321,7 +344,7 @@ class Martinet:
                 wire[key] = when.parse_when(wire[key], now, self.settings.timezone).timestamp()
         return wire
 
-    def schedules(self) -> list[dict[str, Any]]:
+    def schedules(self) -> builtins.list[dict[str, Any]]:
         """Every schedule that has not been removed (`show(sid)` adds its next five due times)."""
         return self.client.request("schedules")["items"]
 
@@ -368,7 +391,7 @@ class Martinet:
     def update(
         self,
         task_or_schedule_id: int | str,
-        args: dict | None = None,
+        args: dict[str, Any] | None = None,
         *,
         every: str | timedelta | int | float | None = None,
         timezone: str | None = None,
@@ -394,7 +417,7 @@ class Martinet:
         """Hold a waiting task: it is not dispatched until `retry`."""
         self.client.request("stall", {"id": task_id, "reason": reason})
 
-    def queues(self) -> list[dict[str, Any]]:
+    def queues(self) -> builtins.list[dict[str, Any]]:
         """Every queue: its settings, how many of its tasks are in each state, how many
         run, how long its oldest ready task has waited, and how many workers serve it."""
         return self.client.request("queues")["items"]
@@ -426,7 +449,7 @@ class Martinet:
     def prune(
         self,
         older_than: str | timedelta | int | float,
-        status: str | list[str] | None = None,
+        status: str | builtins.list[str] | None = None,
         dry_run: bool = False,
     ) -> dict[str, Any]:
         """Delete finished tasks (`status`: succeeded, cancelled and/or dead; default all
@@ -464,7 +487,7 @@ class Martinet:
 
     # ---- hooks and events --------------------------------------------------------------
 
-    def on(self, event: str, fn: Callable[[dict], Any], name: str | None = None) -> Callable:
+    def on(self, event: str, fn: H, name: str | None = None) -> H:
         """Call `fn(event)` for each event of a kind (see HOOKS), optionally only for the
         tasks named `name`. Hooks run in one listener thread, in event order; a hook that
         raises is logged, and the next events still come. Returns `fn`."""
@@ -481,28 +504,28 @@ class Martinet:
             self.listen(self._since)
         return fn
 
-    def on_complete(self, fn: Callable[[dict], Any], name: str | None = None) -> Callable:
+    def on_complete(self, fn: H, name: str | None = None) -> H:
         """Call `fn(event)` when a task (optionally only `name`) succeeds; event["result"]."""
         return self.on("complete", fn, name)
 
-    def on_progress(self, fn: Callable[[dict], Any], name: str | None = None) -> Callable:
+    def on_progress(self, fn: H, name: str | None = None) -> H:
         """Call `fn(event)` when a running task reports progress (event["progress"], ["message"])."""
         return self.on("progress", fn, name)
 
-    def on_retry(self, fn: Callable[[dict], Any], name: str | None = None) -> Callable:
+    def on_retry(self, fn: H, name: str | None = None) -> H:
         """Call `fn(event)` when an attempt failed and another will come at event["run_at"]."""
         return self.on("retry", fn, name)
 
-    def on_dead(self, fn: Callable[[dict], Any], name: str | None = None) -> Callable:
+    def on_dead(self, fn: H, name: str | None = None) -> H:
         """Call `fn(event)` when a task failed with no attempts left (event["error"])."""
         return self.on("dead", fn, name)
 
-    def on_error(self, fn: Callable[[dict], Any], name: str | None = None) -> Callable:
+    def on_error(self, fn: H, name: str | None = None) -> H:
         """Call `fn(event)` when an attempt fails; event["status"] is "failed" (will retry),
         "dead" (attempts spent) or "stalled" (held for an operator)."""
         return self.on("error", fn, name)
 
-    def on_malformed(self, fn: Callable[[dict], Any]) -> Callable:
+    def on_malformed(self, fn: H) -> H:
         """Call `fn(event)` when the daemon drops a message it could not read: event["why"],
         ["socket"] (client, worker or status), ["peer"] and ["size"] in bytes;
         ["suppressed"] counts the ones before it that were not recorded (a flood)."""
@@ -541,7 +564,7 @@ class Martinet:
             )
         self._since = since
 
-    def _dispatch_event(self, event: dict) -> None:
+    def _dispatch_event(self, event: Event) -> None:
         kind = event.get("event")
         for kinds, name, fn in list(self._hooks):
             if kind in kinds and (name is None or name == event.get("name")):

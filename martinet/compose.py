@@ -65,18 +65,19 @@ class Composition:
 
     def bind(self, handlers: Mapping[str, Callable[..., Any]]) -> Composition:
         """A copy whose step names are resolved in `handlers`; MartinetError if one cannot be."""
+        return Composition(self.name, list(self.steps), self._resolve(handlers))
+
+    def _resolve(self, handlers: Mapping[str, Callable[..., Any]]) -> list[Callable[..., Any]]:
+        """The step functions, names resolved in `handlers`; MartinetError if one cannot be."""
         found = self.problems(handlers)
         if found:
             raise MartinetError("; ".join(found))
-        fns = [handlers[s] if isinstance(s, str) else s for s in self.steps]
-        return Composition(self.name, list(self.steps), fns)
+        return [handlers[s] if isinstance(s, str) else s for s in self.steps]
 
     def __call__(self, task: Any, *args: Any, **kwargs: Any) -> Any:
         # A Worker binds compositions when it starts; a direct call (a test, a
         # script) resolves step names among the @martinet.task handlers.
-        fns = self._fns
-        if fns is None:
-            fns = self.bind(REGISTRY)._fns
+        fns = self._fns if self._fns is not None else self._resolve(REGISTRY)
         n = len(fns)
         value: Any = _Args(args, kwargs)
         for i, (label, fn) in enumerate(zip(self.labels, fns, strict=True), 1):
@@ -98,7 +99,7 @@ class Composition:
 class _Args:
     """The task's own arguments, passed to the first step as the worker would pass them."""
 
-    def __init__(self, args: tuple, kwargs: dict) -> None:
+    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.args, self.kwargs = args, kwargs
 
 

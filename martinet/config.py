@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -180,8 +181,9 @@ def read_file(path: str | os.PathLike) -> dict[str, Any]:
     return flat
 
 
-def read_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    environ = os.environ if environ is None else environ
+def read_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    if environ is None:
+        environ = os.environ
     names = {f.name for f in fields(Settings)} - {"queues"}  # queues come from the file only
     out = {}
     for var, value in environ.items():

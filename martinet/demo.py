@@ -207,7 +207,9 @@ def _throughput(m: martinet.Martinet, show: Show, n: int) -> None:
     if n <= 0:
         return
     show.say(f"throughput: {n} no-op tasks from 4 client threads through 2 workers...")
-    threads, ids, per = [], [], n // 4
+    threads: list[threading.Thread] = []
+    ids: list[int] = []
+    per = n // 4
     start = time.monotonic()
 
     def submit(count: int) -> None:

@@ -7,10 +7,22 @@ apart from the hierarchy.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from martinet.submit import TaskId
 
 
 class MartinetError(Exception):
-    """Base class of every error martinet raises on purpose."""
+    """Base class of every error martinet raises on purpose.
+
+    One raised by `execute_many` also has `accepted`, the ids of the tasks committed
+    all the same, and `request_id`, the one to call again with (see execute_many).
+    """
+
+    # Declared for the type checker only: set on the errors execute_many raises.
+    accepted: list[TaskId]
+    request_id: str | None
 
 
 class ConfigError(MartinetError):
@@ -70,7 +82,7 @@ class SchemaTooNew(StoreError):
 class TaskFailed(MartinetError):
     """A task ended without success (dead or cancelled); `info` holds its record."""
 
-    def __init__(self, message: str, info: dict | None = None) -> None:
+    def __init__(self, message: str, info: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.info = info or {}
 

@@ -101,7 +101,7 @@ def _not_null(field: peewee.Field, default: str) -> peewee.Field:
 
 def _quoted(db: peewee.Database, columns: str) -> str:
     """ "queue, priority DESC" with each column quoted (key is reserved on MySQL)."""
-    q0, q1 = db.quote
+    q0, q1 = db.quote[0], db.quote[1]  # the opening and closing quote characters
     parts = (c.split() for c in columns.split(","))
     return ", ".join(" ".join([f"{q0}{col}{q1}", *rest]) for col, *rest in parts)
 
@@ -139,6 +139,7 @@ def _create_table(
     names them."""
     meta = type("Meta", (), {"database": db, "table_name": table})
     model = type(f"Frozen_{table}", (peewee.Model,), {"Meta": meta, **fields})
+    assert issubclass(model, peewee.Model)  # for the type checker: type() says only `type`
     model.create_table(safe=True)
     for column in indexes:
         _create_index(db, f"{table}_{column}", table, column)

@@ -289,7 +289,7 @@ def bind(db: Database) -> Tables:
             tables = getattr(db, "_martinet_tables", None)
             if tables is None:
                 tables = Tables(*(_bound_model(model, db) for model in TABLES))
-                db._martinet_tables = tables  # type: ignore[attr-defined]
+                db._martinet_tables = tables  # type: ignore[attr-defined]  # our own attribute on peewee's Database
     return tables
 
 

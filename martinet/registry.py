@@ -5,30 +5,31 @@ worker and compositions both use it without importing each other."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from martinet import rules, when
 from martinet.errors import BadInput
 
 Handler = Callable[..., Any]
+H = TypeVar("H", bound=Handler)
 
 # Handlers registered with @martinet.task, served by every Worker by default.
 REGISTRY: dict[str, Handler] = {}
 # Fleet-wide limits of the registered task names that have one:
 # {"concurrency": int | None, "rate": [count, period_seconds] | None}, sent in the hello.
-LIMITS: dict[str, dict] = {}
+LIMITS: dict[str, dict[str, Any]] = {}
 
 
 def task(
     name: str | None = None, *, concurrency: int | None = None, rate: str | None = None
-) -> Callable[[Handler], Handler]:
+) -> Callable[[H], H]:
     """Register a handler: `@martinet.task("resize")` above `def resize(task, image_id): ...`.
 
     `concurrency` caps how many run at once across every worker, `rate` how
     many may start per period ("100/minute", "5/second"); the daemon enforces both.
     """
 
-    def register(fn: Handler) -> Handler:
+    def register(fn: H) -> H:
         key = name or fn.__name__
         limits = check_limits(key, concurrency, rate)  # bad values fail here, at import
         REGISTRY[key] = fn
@@ -41,7 +42,7 @@ def task(
     return register
 
 
-def check_limits(name: str, concurrency: int | None, rate: str | None) -> dict | None:
+def check_limits(name: str, concurrency: int | None, rate: str | None) -> dict[str, Any] | None:
     """The limits of task `name` as sent in the hello, checked; None if it has none."""
     if concurrency is not None and not rules.is_count(concurrency):
         raise BadInput(

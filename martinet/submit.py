@@ -79,7 +79,11 @@ class ScheduleId(str):
 
 
 def task_fields(
-    task: TaskSpec, args: dict | None, options: dict, limits: Limits, known: set[str] = TASK_KEYS
+    task: TaskSpec,
+    args: dict[str, Any] | None,
+    options: dict[str, Any],
+    limits: Limits,
+    known: set[str] = TASK_KEYS,
 ) -> dict[str, Any]:
     """A task's fields for a request: its name or dict, `options` (request_id popped from
     them, made here when missing), its args checked (`limits`)."""
@@ -111,7 +115,7 @@ def task_fields(
     return fields
 
 
-def read_run_at(fields: dict, default_tz: str) -> None:
+def read_run_at(fields: dict[str, Any], default_tz: str) -> None:
     """English, a datetime or a delay in `run_at`, read in the task's zone, to a UTC
     timestamp: time is read here, never in the daemon's loop."""
     tz = fields.pop("timezone", None) or default_tz

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard, overload
 
 from martinet import recurring, rules, when
 from martinet.config import Settings
@@ -36,6 +36,12 @@ def check_name(name: Any, limits: Limits) -> str:
     return name
 
 
+@overload
+def clean_text(value: None, max_len: int) -> None: ...
+@overload
+def clean_text(value: str, max_len: int) -> str: ...
+@overload
+def clean_text(value: Any, max_len: int) -> str | None: ...
 def clean_text(value: Any, max_len: int) -> str | None:
     """Text from a worker, made safe to store: a string, no NUL (PostgreSQL refuses it), bounded."""
     if value is None:
@@ -239,7 +245,7 @@ def _optional_seconds(h: dict, key: str) -> float | None:
     return float(value)
 
 
-def is_rate(value: Any) -> bool:
+def is_rate(value: Any) -> TypeGuard[list[Any]]:
     """A rate as a worker sends it: [count, period seconds]."""
     return (
         isinstance(value, list)
@@ -252,7 +258,7 @@ def is_rate(value: Any) -> bool:
 MAX_ID = 2**63 - 1  # the largest id any of our databases can hold
 
 
-def is_id(value: Any) -> bool:
+def is_id(value: Any) -> TypeGuard[int]:
     """A whole number the database can hold (task ids, attempt numbers)."""
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
 

@@ -35,11 +35,15 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from martinet.errors import BadInput, BadSchedule, BadTime
+
+if TYPE_CHECKING:
+    from dateparser.date import DateData
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +178,9 @@ def _parse_text(text: str, now: datetime, zone: ZoneInfo) -> datetime:
     low = text.lower()
     if low == "now":
         return now
-    duration = _duration_seconds(_DURATION_TEXT.fullmatch(low)["d"])  # type: ignore[index]
+    spoken = _DURATION_TEXT.fullmatch(low)
+    assert spoken is not None  # it takes any text that is not empty
+    duration = _duration_seconds(spoken["d"])
     if duration is not None:
         return now + timedelta(seconds=duration)  # "in -5 minutes" is in the past: it runs now
     if _BARE_CALENDAR_DURATION.match(low):
@@ -210,7 +216,7 @@ def _place(found: datetime, zone: ZoneInfo) -> datetime:
     return found.astimezone(UTC)
 
 
-def _date_data(text: str, relative_base: datetime) -> Any:
+def _date_data(text: str, relative_base: datetime) -> DateData:
     """dateparser's reading of `text` relative to a naive wall time.
 
     A DateDataParser fixes its settings, RELATIVE_BASE included, when made, so
@@ -233,7 +239,9 @@ def _duration_seconds(text: str) -> float | None:
             return None
         total += (float(m["num"]) if m["num"] else 1.0) * _UNITS[m["unit"]]
         found = True
-        pos = _SEP.match(text, m.end()).end()  # type: ignore[union-attr]
+        sep = _SEP.match(text, m.end())
+        assert sep is not None  # it matches the empty string
+        pos = sep.end()
     return total if found else None
 
 
@@ -374,11 +382,14 @@ class Cron(Recurrence):
         self.spec, self.tz, self.zone = text, tz, _zone(tz, BadSchedule)
         try:
             it = croniter(text, datetime(2000, 1, 1, tzinfo=self.zone))
-            self._every_hour = it.expanded[1] == ["*"]
+            # Each field's values: ints, or ["*"] for every value (the stubs say str only).
+            fields: Sequence[Sequence[int | str]] = it.expanded
+            self._every_hour = fields[1] == ["*"]
             # The seconds a 6-field expression fires at in a minute (one, 0, for 5 fields).
-            self.seconds: list[int] = sorted(it.expanded[5]) if len(it.expanded) > 5 else [0]
-            if self.seconds == ["*"]:
-                self.seconds = list(range(60))
+            seconds = fields[5] if len(fields) > 5 else [0]
+            self.seconds: list[int] = (
+                list(range(60)) if seconds == ["*"] else sorted(int(second) for second in seconds)
+            )
             it.get_next(datetime)
         except CroniterBadDateError:
             raise BadSchedule(f"cron expression {expr!r} never fires") from None

@@ -20,6 +20,7 @@ request's op, BadInput: the daemon sends it back); added keys are ignored.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from martinet import protocol
@@ -53,7 +54,7 @@ Message = (
     | Ended | Progress | Started | Ack | Request | Reply | Events
 )  # fmt: skip
 
-_READERS: dict[Cmd, Any] = {
+_READERS: dict[Cmd, Callable[[dict[str, Any]], Message]] = {
     Cmd.HELLO: Hello.from_header,
     Cmd.WELCOME: Welcome.from_header,
     Cmd.TASK: Tasks.from_header,
@@ -75,7 +76,7 @@ def read(cmd: Cmd, header: dict[str, Any]) -> Message:
     """A decoded header as its message (see decode)."""
     if cmd in OUTCOME_CMDS or cmd is Cmd.ENDED:
         return Ended.from_header(cmd, header)
-    return _READERS[cmd](header)  # type: ignore[no-any-return]
+    return _READERS[cmd](header)
 
 
 def decode(frames: list[bytes]) -> Message:

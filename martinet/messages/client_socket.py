@@ -112,7 +112,7 @@ class Reply:
     def refusal(self) -> MartinetError:
         """A refusal as our error, of the class the daemon named."""
         error = self.error or {}
-        cls = ERRORS.get(error.get("type"), MartinetError)  # type: ignore[arg-type]
+        cls = ERRORS.get(str(error.get("type")), MartinetError)
         return cls(error.get("message") or "the daemon refused the request")
 
     def unwrap(self) -> dict[str, Any]:

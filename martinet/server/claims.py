@@ -29,7 +29,7 @@ def claim(core: State, out: Outbox, now: float) -> None:
     queries at most: the loop ends whatever the state."""
     if not core.dispatch_pending:
         return
-    claimed: dict[str, tuple[Any, list[dict]]] = {}
+    claimed: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
     budget = [CLAIMS_PER_TURN]
     idle_first, more = True, False
     while budget[0] > 0:
@@ -70,7 +70,9 @@ def names_with_room(core: State, peer: Any, now: float) -> frozenset[str]:
     return frozenset(n for n in peer.names if core.lanes.name_room(n, now) > 0)
 
 
-def claim_for(core: State, peer: Any, now: float, room: int, budget: list[int]) -> tuple[list[dict], bool]:
+def claim_for(
+    core: State, peer: Any, now: float, room: int, budget: list[int]
+) -> tuple[list[dict[str, Any]], bool]:
     """Claim up to `room` tasks for one worker, queue by queue as the lanes share its
     credit out. Returns the rows and whether a queue may hold more ready work.
 
@@ -81,7 +83,7 @@ def claim_for(core: State, peer: Any, now: float, room: int, budget: list[int]) 
     Each pass over the plan claims a task, leaves out a task name (its limit has no
     more room, for this worker) or learns that a queue holds no more of these names,
     else the loop ends: passes are at most room + names + queues, it is finite."""
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     filled = False
     held_back: set[str] = set()  # names this worker may take no more of in this turn
     emptied = 0  # queues found to hold no more of its names
@@ -104,7 +106,9 @@ def claim_for(core: State, peer: Any, now: float, room: int, budget: list[int]) 
             taken: dict[str, int] = {}
             refused: set[str] = set()
 
-            def accept(row: dict, taken: dict = taken, refused: set = refused) -> bool:
+            def accept(
+                row: dict[str, Any], taken: dict[str, int] = taken, refused: set[str] = refused
+            ) -> bool:
                 name = row["name"]
                 if core.lanes.name_room(name, now) <= taken.get(name, 0) or (
                     core.lanes.is_rated(name=name) and peer.idle_threads <= sum(taken.values())

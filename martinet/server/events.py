@@ -32,7 +32,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from martinet import protocol, rules
@@ -77,7 +77,7 @@ class Subscriber:
     backoff: float = 0.0  # the last wait after a full queue (0: the last send went through)
 
 
-class _AttemptEvent(dict):
+class _AttemptEvent(dict[str, Any]):
     """An attempt's end with the keys of _ATTEMPT_KEYS, in that order: _body writes it
     from a template, three times faster than key by key (it is most events of a drain)."""
 
@@ -86,7 +86,7 @@ _ATTEMPT_KEYS = ("event", "id", "name", "queue", "attempt", "status", "outcome",
                  "run_at", "reason")  # fmt: skip
 
 
-def attempt_event(info: dict) -> dict:
+def attempt_event(info: dict[str, Any]) -> dict[str, Any]:
     """The event of an attempt's end, from what the store said became of the task."""
     status, outcome = info["status"], info["outcome"]
     if outcome == "released" and status != STALLED:
@@ -117,7 +117,7 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
-def _body(event: dict) -> str:
+def _body(event: dict[str, Any]) -> str:
     """An event as a JSON object (its keys are ours: plain names, no escaping needed)."""
     if type(event) is _AttemptEvent:
         e = event
@@ -154,7 +154,7 @@ class EventHub:
 
     def __init__(self) -> None:
         self.subscribers: dict[bytes, Subscriber] = {}
-        self.pending: list[dict] = []  # made outside a handler that has an Outbox; recorded next
+        self.pending: list[dict[str, Any]] = []  # made outside a handler that has an Outbox; recorded next
         self._window = -1  # the second the malformed counts are for
         self._malformed = 0  # recorded in that second
         self._suppressed = 0  # not recorded, since the last record
@@ -163,7 +163,7 @@ class EventHub:
 
     # ---- recording, in the turn's transaction ---------------------------------------
 
-    def record(self, store: Store, events: list[dict], now: float) -> list[tuple[int, str]]:
+    def record(self, store: Store, events: list[dict[str, Any]], now: float) -> list[tuple[int, str]]:
         """Append the turn's events to the table; returns (event id, body) of each."""
         if self.pending:
             events = [*self.pending, *events]
@@ -187,7 +187,7 @@ class EventHub:
 
     # ---- subscriptions ---------------------------------------------------------------
 
-    def subscribe(self, store: Store, ident: bytes, since: Any, now: float) -> dict:
+    def subscribe(self, store: Store, ident: bytes, since: Any, now: float) -> dict[str, Any]:
         """A subscribe request: a renewal, or a new subscriber from now or from `since`."""
         rules.check_event_id(since)
         sub = self.subscribers.get(ident)
@@ -282,7 +282,7 @@ class EventHub:
 
     # ---- malformed messages -----------------------------------------------------------
 
-    def malformed(self, socket: str, peer: str, why: str, size: int, now: float) -> dict | None:
+    def malformed(self, socket: str, peer: str, why: str, size: int, now: float) -> dict[str, Any] | None:
         """The event of a dropped message, or None when this second's quota is spent
         (it is counted, and the count goes with the next one recorded)."""
         window = int(now)

@@ -36,7 +36,7 @@ class Lane:
     concurrency: int | None = None
     rate: tuple[int, float] | None = None  # (starts, per seconds)
     running: int = 0
-    starts: deque = field(default_factory=deque)  # start times within the rate period
+    starts: deque[float] = field(default_factory=deque)  # start times within the rate period
 
     def room(self, now: float) -> float:
         """How many more may start now (inf: no limit)."""
@@ -139,7 +139,7 @@ class Lanes:
             q = self.queues[name] = Queue()
         return q
 
-    def configure(self, name: str, **settings) -> Queue:
+    def configure(self, name: str, **settings: Any) -> Queue:
         self._keep(queue=name)
         q = self.queue(name)
         for key, value in settings.items():
@@ -207,7 +207,12 @@ class Lanes:
 
     def is_rated(self, queue: str | None = None, name: str | None = None) -> bool:
         """Whether a start counts toward a rate: of the queue, or of the task name."""
-        lane = self.names.get(name) if name is not None else self.queues.get(queue)
+        if name is not None:
+            lane = self.names.get(name)
+        elif queue is not None:
+            lane = self.queues.get(queue)
+        else:
+            return False
         return lane is not None and lane.rate is not None
 
     def ended(self, queue: str, name: str) -> None:
@@ -270,7 +275,7 @@ class Lanes:
 RATE_LOOKBACK = 86400.0  # starts older than a day never count toward a rate
 
 
-def queue_columns(settings: dict) -> dict:
+def queue_columns(settings: dict[str, Any]) -> dict[str, Any]:
     """Lane settings (rate as (count, period)) to QueueSetting columns."""
     columns = dict(settings)
     if "rate" in columns:
@@ -281,7 +286,7 @@ def queue_columns(settings: dict) -> dict:
     return columns
 
 
-def lane_settings(row: dict) -> dict:
+def lane_settings(row: dict[str, Any]) -> dict[str, Any]:
     """A QueueSetting row as Queue attributes."""
     return {
         "order": row["order"],
@@ -292,6 +297,6 @@ def lane_settings(row: dict) -> dict:
     }
 
 
-def rate_of(row: dict) -> tuple[int, float] | None:
+def rate_of(row: dict[str, Any]) -> tuple[int, float] | None:
     """A stored rate (rate_count, rate_period) as (count, period), or None."""
     return (row["rate_count"], row["rate_period"]) if row.get("rate_count") else None

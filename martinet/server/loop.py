@@ -23,7 +23,6 @@ from martinet import protocol
 from martinet.config import Settings
 from martinet.errors import MartinetError
 from martinet.messages import Ack
-from martinet.protocol import Cmd
 from martinet.retry import RetryPolicy
 from martinet.server.core import Core
 from martinet.server.lanes import Lanes
@@ -52,7 +51,7 @@ class Daemon:
         self.epoch = secrets.token_hex(4)  # changes at each start; the database's identity does not
         self.core: Core | None = None  # made by open(), with the store
         self._checkpointer: WalCheckpointer | None = None
-        self.ctx: zmq.Context | None = None
+        self.ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._stopping = False
         self._wake_r, self._wake_w = os.pipe()
         self.ports: dict[str, int] = {}
@@ -112,12 +111,17 @@ class Daemon:
             self.epoch,
         )
 
-    def _bind(self, role: str, port: int) -> zmq.Socket:
+    def _bind(self, role: str, port: int) -> zmq.Socket[bytes]:
         assert self.ctx is not None
         sock = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a gone peer raises, never vanishes
         sock.setsockopt(zmq.MAXMSGSIZE, protocol.max_message(self.settings.max_payload))
+        if role == "worker":
+            # A turn sends after its commit, all at once: as many welcomes as hellos it read
+            # from one connection (up to DRAIN_LIMIT), cancels, and a batch of tasks. The
+            # default queue of 1,000 a peer would refuse the end of such a burst.
+            sock.setsockopt(zmq.SNDHWM, 2 * DRAIN_LIMIT)
         try:
             if port == 0:
                 port = sock.bind_to_random_port(f"tcp://{self.settings.bind}")
@@ -189,7 +193,7 @@ class Daemon:
 
     # ---- one turn -------------------------------------------------------------
 
-    def _turn(self, ready: dict, now: float) -> None:
+    def _turn(self, ready: dict[zmq.Socket[bytes], int], now: float) -> None:
         """Drain the sockets that hold messages, let the core write and decide, and send."""
         assert self.core is not None
         out = self.core.turn(
@@ -228,7 +232,7 @@ class Daemon:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("tasks %s sent to %s", [row["id"] for row in rows], peer.worker_id)
 
-    def _drain(self, sock: zmq.Socket) -> Messages:
+    def _drain(self, sock: zmq.Socket[bytes]) -> Messages:
         msgs: Messages = []
         while len(msgs) < DRAIN_LIMIT:
             try:
@@ -238,14 +242,14 @@ class Daemon:
             msgs.append((frames[0], frames[1:]))
         return msgs
 
-    def _send(self, sock: zmq.Socket, ident: bytes, cmd: Cmd, header: dict) -> bool:
-        return self._send_raw(sock, ident, protocol.encode(cmd, header))
-
-    def _send_raw(self, sock: zmq.Socket, ident: bytes, frames: list[bytes]) -> bool:
+    def _send_raw(self, sock: zmq.Socket[bytes], ident: bytes, frames: list[bytes]) -> bool:
         try:
             sock.send_multipart([ident, *frames], zmq.NOBLOCK)
             return True
-        except zmq.ZMQError as exc:
+        except zmq.Again:  # its queue is full: it reads too slowly (a client resends, a worker says hello)
+            log.warning("could not send %s to %r: its queue is full", protocol.describe(frames), ident[:16])
+            return False
+        except zmq.ZMQError as exc:  # gone (ROUTER_MANDATORY): its reconnect, or its silence, decides
             log.debug("could not send %s to %r: %s", protocol.describe(frames), ident, exc)
             return False
 

@@ -37,7 +37,7 @@ MAX_BATCH = 10_000  # tasks in one execute_many request; the payload limit bound
 MAX_WAITERS = 100_000  # pending wait() requests at most: a flood cannot grow memory without bound
 
 
-def ping(r: Request) -> dict | None:
+def ping(r: Request) -> dict[str, Any] | None:
     core = r.core
     # database: the failure that lasts (its cause, since when, turns lost), or None
     return {
@@ -49,7 +49,7 @@ def ping(r: Request) -> dict | None:
     }
 
 
-def execute(r: Request) -> dict | None:
+def execute(r: Request) -> dict[str, Any] | None:
     core, h, now = r.core, r.header, r.now
     spec = check_task(h, core.limits, core.settings.max_attempts)
     task_id, created = core.store.submit(spec, now)
@@ -59,14 +59,14 @@ def execute(r: Request) -> dict | None:
     core.dispatch_pending = True
     if created and log.isEnabledFor(logging.INFO):  # iso() costs a few µs on every call otherwise
         log.info("task %s %s accepted (run at %s)", task_id, spec["name"], iso(spec.get("run_at") or now))
-    reply = {"id": task_id, "created": created}
+    reply: dict[str, Any] = {"id": task_id, "created": created}
     warning = no_worker(core, spec["name"], spec.get("queue") or DEFAULT_QUEUE)
     if warning:
         reply["warning"] = warning
     return reply
 
 
-def execute_many(r: Request) -> dict | None:
+def execute_many(r: Request) -> dict[str, Any] | None:
     """Many tasks in one request and one commit; all are accepted, or none."""
     core, h, now = r.core, r.header, r.now
     tasks = h.get("tasks")
@@ -100,7 +100,7 @@ def execute_many(r: Request) -> dict | None:
     return reply
 
 
-def every(r: Request) -> dict | None:
+def every(r: Request) -> dict[str, Any] | None:
     core, h, now = r.core, r.header, r.now
     spec, recurrence = check_every(h, core.limits, core.settings.timezone)
     first = spec.get("first_due")
@@ -121,12 +121,12 @@ def every(r: Request) -> dict | None:
     return reply
 
 
-def get(r: Request) -> dict | None:
+def get(r: Request) -> dict[str, Any] | None:
     core, h = r.core, r.header
     return {"item": lookup(core, h.get("id"))}
 
 
-def show(r: Request) -> dict | None:
+def show(r: Request) -> dict[str, Any] | None:
     core, h = r.core, r.header
     item = lookup(core, h.get("id"), upcoming=5)
     if item["kind"] == "task":
@@ -148,7 +148,7 @@ def show(r: Request) -> dict | None:
     return {"item": item}
 
 
-def list_tasks(r: Request) -> dict | None:
+def list_tasks(r: Request) -> dict[str, Any] | None:
     """A page of tasks matching the filters and the cursor of the next; or, with
     `count`, how many match by status. See query.py."""
     core, h = r.core, r.header
@@ -161,12 +161,12 @@ def list_tasks(r: Request) -> dict | None:
     return {"items": items, "next": cursor}
 
 
-def schedules(r: Request) -> dict | None:
+def schedules(r: Request) -> dict[str, Any] | None:
     core = r.core
     return {"items": [schedule_info(row) for row in core.store.list_schedules()]}
 
 
-def revoke(r: Request) -> dict | None:
+def revoke(r: Request) -> dict[str, Any] | None:
     core, h, now = r.core, r.header, r.now
     kind, num = resolve(core, h.get("id"))
     if kind == "schedule":
@@ -188,7 +188,7 @@ def revoke(r: Request) -> dict | None:
     return {"status": status, "also_cancelled": also}
 
 
-def retry(r: Request) -> dict | None:
+def retry(r: Request) -> dict[str, Any] | None:
     core, h, now = r.core, r.header, r.now
     num = task_ref(core, h.get("id"))
     attempts = rules.check_attempts(h.get("attempts"), "attempts")
@@ -199,7 +199,7 @@ def retry(r: Request) -> dict | None:
     return {"status": status}
 
 
-def stall(r: Request) -> dict | None:
+def stall(r: Request) -> dict[str, Any] | None:
     core, h, now = r.core, r.header, r.now
     num = task_ref(core, h.get("id"))
     reason = h.get("reason") or "stalled by an operator"
@@ -215,7 +215,7 @@ def task_ref(core: State, ref: Any) -> int:
     return num
 
 
-def update(r: Request) -> dict | None:
+def update(r: Request) -> dict[str, Any] | None:
     core, h, now = r.core, r.header, r.now
     kind, num = resolve(core, h.get("id"))
     args = None if h.get("args") is None else check_args(h.get("args"), core.limits)
@@ -235,7 +235,7 @@ def update(r: Request) -> dict | None:
     return {"status": status}
 
 
-def pause(r: Request) -> dict | None:
+def pause(r: Request) -> dict[str, Any] | None:
     core, h, now = r.core, r.header, r.now
     num = schedule_ref(core, h.get("id"))
     status = core.store.pause_schedule(num, now)
@@ -243,7 +243,7 @@ def pause(r: Request) -> dict | None:
     return {"status": status}
 
 
-def resume(r: Request) -> dict | None:
+def resume(r: Request) -> dict[str, Any] | None:
     core, h, now = r.core, r.header, r.now
     num = schedule_ref(core, h.get("id"))
     status = core.store.resume_schedule(num, now)
@@ -259,7 +259,7 @@ def schedule_ref(core: State, ref: Any) -> int:
     return num
 
 
-def wait(r: Request) -> dict | None:
+def wait(r: Request) -> dict[str, Any] | None:
     core, h, now = r.core, r.header, r.now
     kind, num = resolve(core, h.get("id"))
     if kind != "task":
@@ -278,7 +278,7 @@ def wait(r: Request) -> dict | None:
     return None  # answered when the task ends, or at the deadline
 
 
-def subscribe(r: Request) -> dict | None:
+def subscribe(r: Request) -> dict[str, Any] | None:
     """Events pushed to this client from now, or from after `since` (events.py)."""
     core, h, now = r.core, r.header, r.now
     return core.hub.subscribe(core.store, r.ident, h.get("since"), now)
@@ -297,7 +297,7 @@ def resolve(core: State, ref: Any) -> tuple[str, int]:
     return found
 
 
-def lookup(core: State, ref: Any, upcoming: int = 0) -> dict:
+def lookup(core: State, ref: Any, upcoming: int = 0) -> dict[str, Any]:
     kind, num = resolve(core, ref)
     if kind == "task":
         item = maybe_task_info(core.store.get_task(num))
@@ -308,7 +308,7 @@ def lookup(core: State, ref: Any, upcoming: int = 0) -> dict:
     return item
 
 
-OPS: dict[str, Callable[[Request], dict | None]] = {
+OPS: dict[str, Callable[[Request], dict[str, Any] | None]] = {
     "ping": ping,
     "execute": execute,
     "schedule": execute,

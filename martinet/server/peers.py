@@ -171,7 +171,7 @@ class Peers:
     def __len__(self) -> int:
         return len(self._by_id)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Peer]:
         return iter(list(self._by_id.values()))
 
     def hello(

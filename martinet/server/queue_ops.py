@@ -19,7 +19,7 @@ from martinet.validate import is_id
 log = logging.getLogger("martinet.daemon")
 
 
-def queues(r: Request) -> dict | None:
+def queues(r: Request) -> dict[str, Any] | None:
     core, now = r.core, r.now
     stats = core.store.queue_stats()
     names = sorted(set(core.lanes.queues) | set(stats))
@@ -46,17 +46,17 @@ def queues(r: Request) -> dict | None:
     return {"items": items}
 
 
-def pause_queue(r: Request) -> dict | None:
+def pause_queue(r: Request) -> dict[str, Any] | None:
     core, h, now = r.core, r.header, r.now
     return apply_queue(core, h, now, {"paused": True})
 
 
-def resume_queue(r: Request) -> dict | None:
+def resume_queue(r: Request) -> dict[str, Any] | None:
     core, h, now = r.core, r.header, r.now
     return apply_queue(core, h, now, {"paused": False})
 
 
-def set_queue(r: Request) -> dict | None:
+def set_queue(r: Request) -> dict[str, Any] | None:
     core, h, now = r.core, r.header, r.now
     changes: dict[str, Any] = {}
     if h.get("concurrency") is not None:
@@ -80,7 +80,7 @@ def set_queue(r: Request) -> dict | None:
     return apply_queue(core, h, now, changes)
 
 
-def apply_queue(core: State, h: dict, now: float, changes: dict) -> dict:
+def apply_queue(core: State, h: dict[str, Any], now: float, changes: dict[str, Any]) -> dict[str, Any]:
     name = rules.check_queue_name(h.get("name"))
     core.store.save_queue(name, now, **queue_columns(changes))
     core.lanes.configure(name, **changes)
@@ -90,7 +90,7 @@ def apply_queue(core: State, h: dict, now: float, changes: dict) -> dict:
     return {"name": name, "status": "paused" if core.lanes.queue(name).paused else "active"}
 
 
-def prune(r: Request) -> dict | None:
+def prune(r: Request) -> dict[str, Any] | None:
     """Delete (or with dry_run, count) finished tasks older than `older_than`, one
     bounded batch per request: a million old tasks never hold the loop up. The
     reply says `more` with where it stopped (`after`) and the cutoff it used
@@ -99,7 +99,8 @@ def prune(r: Request) -> dict | None:
     statuses = _finished_states(h.get("status"))
     before = h.get("before")
     if before is None:
-        before = now - when.parse_age(h.get("older_than"))
+        older_than: Any = h.get("older_than")  # as the client sent it: parse_age checks it
+        before = now - when.parse_age(older_than)
     elif isinstance(before, bool) or not isinstance(before, int | float) or not math.isfinite(before):
         raise BadInput(f"before must be a time in epoch seconds, got {str(before)[:40]!r}")
     after = h.get("after")

@@ -39,7 +39,7 @@ Messages = list[tuple[bytes, list[bytes]]]  # (ident, frames) as read from a soc
 DB_ERRORS = (peewee.OperationalError, peewee.InterfaceError, peewee.DatabaseError)
 
 
-def error(kind: str, message: str) -> dict:
+def error(kind: str, message: str) -> dict[str, Any]:
     return {"type": kind, "message": message}
 
 
@@ -202,7 +202,7 @@ class State:
         for queue in self.store.ready_queues():
             self.lanes.ready(queue)
 
-    def ended_all(self, infos: list[dict], now: float) -> list[int]:
+    def ended_all(self, infos: list[dict[str, Any]], now: float) -> list[int]:
         """Attempts that ended without a word from their worker: free their lanes."""
         for info in infos:
             self.lanes.ended(info["queue"], info["name"])
@@ -215,7 +215,7 @@ class State:
             self.cancelled_events(self.hub.pending, settled["cancelled"])
         return [info["id"] for info in infos]
 
-    def cancelled_events(self, events: list, task_ids: list[int]) -> None:
+    def cancelled_events(self, events: list[Any], task_ids: list[int]) -> None:
         """Events for tasks cancelled without running: revoked, or a task they waited on failed."""
         for task_id in task_ids:
             item = maybe_task_info(self.store.get_task(task_id))
@@ -285,7 +285,7 @@ class Request:
     rid: Any = None  # the request's id, as the client sent it (a wait answers it later)
 
 
-def waiting_reason(core: State, item: dict) -> str | None:
+def waiting_reason(core: State, item: dict[str, Any]) -> str | None:
     status, name = item["status"], item["name"]
     if status == SCHEDULED:
         return f"scheduled for {item['run_at']}"

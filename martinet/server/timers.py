@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 from martinet.messages import Cancel, Heartbeat, Reply
 from martinet.models import LEASED
@@ -68,7 +69,7 @@ def run(core: State, out: Outbox, now: float) -> None:
                 del core.waiters[task_id]
 
 
-def why_waits(core: State, task_id: int) -> dict:
+def why_waits(core: State, task_id: int) -> dict[str, Any]:
     """A task's state and why it has not ended (as `show` says it), for a wait that timed out."""
     item = maybe_task_info(core.store.get_task(task_id))
     if item is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 import peewee
 
@@ -94,7 +95,7 @@ class Actions(Dependents):
         ).execute()
         return TaskState.STALLED
 
-    def update_task_args(self, task_id: int, args: dict, now: float) -> str:
+    def update_task_args(self, task_id: int, args: dict[str, Any], now: float) -> str:
         """New args for a task that has not started (or waits to run again); returns
         "updated". A running or finished task keeps its args."""
         row = self._task(task_id)

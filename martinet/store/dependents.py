@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import peewee
+
 from martinet.errors import TaskNotFound
 from martinet.models import Task
 from martinet.states import TERMINAL, TaskState
@@ -31,7 +33,7 @@ class Dependents(SqlKit):
         """What the tasks these waited on returned, as {task id: {parent id: result}}."""
         Task, Dependency = self.Task, self.Dependency
         out: dict[int, dict[int, Any]] = {}
-        query = (
+        query: peewee.BaseQuery = (  # tuples: peewee's stubs say a tuples() query yields models
             Dependency.select(Dependency.task_id, Dependency.parent_id, Task.result)
             .join(Task, on=(Task.id == Dependency.parent_id))
             .where(Dependency.task_id.in_(task_ids))

@@ -30,7 +30,7 @@ class Leases(Tasks, Outcomes):
         workers = list(workers)
         if not workers:
             return 0
-        return (
+        renewed: int = (
             Task.update(lease_expires=now + lease)
             .where(
                 Task.status.in_(HELD),
@@ -39,6 +39,7 @@ class Leases(Tasks, Outcomes):
             )
             .execute()
         )
+        return renewed
 
     def readopt(
         self,
@@ -126,7 +127,7 @@ class Leases(Tasks, Outcomes):
         reason: str,
         outcome: str = AttemptOutcome.LOST,
         keep: Collection[tuple[int, int]] = frozenset(),
-    ) -> list[dict]:
+    ) -> list[dict[str, Any]]:
         """A worker is gone: its tasks, leased or running (but the (id, attempt) in `keep`), end their attempt as
         `lost` (or `interrupted` when it left on purpose: that does not spend an attempt).
         Returns their outcomes. A task lost `poison_after` times is stalled instead of retried."""
@@ -143,7 +144,7 @@ class Leases(Tasks, Outcomes):
         sql = f"SELECT 1 FROM task WHERE status IN ({_HELD}) AND worker = ? LIMIT 1"
         return self._exec(sql, (worker,)).fetchone() is not None
 
-    def reap_expired(self, now: float) -> list[dict]:
+    def reap_expired(self, now: float) -> list[dict[str, Any]]:
         """Held tasks (leased or running) whose lease ran out (worker silent, or daemon restarted) end their
         attempt as lost, as release_worker does; returns their outcomes. A lease that
         ends after `now` is kept. Reads the database, not memory: after a restart it
@@ -179,7 +180,7 @@ class Leases(Tasks, Outcomes):
         columns = ("id", "attempt", "worker", "status", "started_at", "timeout")
         return [dict(zip(columns, r, strict=True)) for r in self._exec(sql, params).fetchall()]
 
-    def time_out(self, task_id: int, attempt: int, now: float, message: str) -> dict | None:
+    def time_out(self, task_id: int, attempt: int, now: float, message: str) -> dict[str, Any] | None:
         """End a held attempt as past its time limit without an answer from its worker:
         a failed attempt (error TaskTimeout, as a worker reports its own time limit), so it
         is retried with backoff until max_attempts, then dead. Fenced by attempt: None when
@@ -191,6 +192,6 @@ class Leases(Tasks, Outcomes):
         error = {"type": "TaskTimeout", "message": f"{message} (worker {row.worker})"}
         return self._end_attempt(row, AttemptOutcome.FAILED, now, error)
 
-    def _lose(self, row: Task, now: float, reason: str, outcome: str) -> dict | None:
+    def _lose(self, row: Task, now: float, reason: str, outcome: str) -> dict[str, Any] | None:
         error = {"type": "WorkerLost", "message": f"{reason} (worker {row.worker})"}
         return self._end_attempt(row, outcome, now, error)

@@ -20,6 +20,7 @@ from martinet.retry import RetryPolicy
 from martinet.states import HELD, TERMINAL, AttemptOutcome, TaskState, sql_list
 from martinet.store.dependents import Dependents
 from martinet.store.rows import FENCE, Ending, RunningRow, attempt_row
+from martinet.store.sql import Cursor
 
 _HELD = sql_list(HELD)
 _CANCELLED = OutcomeKind.CANCELLED
@@ -35,7 +36,7 @@ class Outcomes(Dependents):
         Progress of a leased attempt implies its start (its start report was lost): it is
         running from `now`."""
         Task = self.Task
-        n = (
+        n: int = (
             Task.update(
                 progress=value,
                 progress_message=message,
@@ -53,7 +54,7 @@ class Outcomes(Dependents):
         )
         return n == 1
 
-    def end_attempts(self, outcomes: list[Outcome], now: float) -> list[dict | None]:
+    def end_attempts(self, outcomes: list[Outcome], now: float) -> list[dict[str, Any] | None]:
         """What workers reported, in one go: for each outcome, what became of its task,
         or None when it is fenced out (an old attempt, another worker, not held, or
         already ended earlier in the list). The held rows are read with one query; a
@@ -85,7 +86,7 @@ class Outcomes(Dependents):
                 o = o._replace(kind=OutcomeKind.SUCCEEDED, result=None)
             row = running.get(o.task_id)
             if row is None or row.attempt != o.attempt or row.worker != o.worker:
-                if o.kind != AttemptOutcome.RELEASED and (row is None or row.attempt == o.attempt):
+                if o.kind != OutcomeKind.RELEASED and (row is None or row.attempt == o.attempt):
                     late.append((index, o))
                 continue
             del running[o.task_id]  # an attempt ends once
@@ -93,7 +94,7 @@ class Outcomes(Dependents):
                                   final=o.final)  # fmt: skip
             ended.append((index, row, ending))
         self._write_endings([(row, ending) for _index, row, ending in ended], now)
-        infos: list[dict | None] = [None] * len(outcomes)
+        infos: list[dict[str, Any] | None] = [None] * len(outcomes)
         for index, row, ending in ended:
             infos[index] = self._ended_info(row, ending, now)
         for index, o in late:
@@ -101,7 +102,7 @@ class Outcomes(Dependents):
                 infos[index] = self._late_outcome(o, now)
         return infos
 
-    def _late_outcome(self, o: Outcome, now: float) -> dict | None:
+    def _late_outcome(self, o: Outcome, now: float) -> dict[str, Any] | None:
         """The outcome of an attempt the daemon had declared lost, not claimed again since:
         its worker was alive after all (the daemon, or the network, was slow). Fenced by
         the attempt number, its lost row and its worker.
@@ -130,7 +131,7 @@ class Outcomes(Dependents):
         if lost is None or found is None:
             return None
         status, row = found[0], RunningRow(*found[1:])._replace(worker=o.worker)
-        if o.kind == AttemptOutcome.SUCCEEDED:
+        if o.kind == OutcomeKind.SUCCEEDED:
             if status == TaskState.DEAD and row.has_dependents:
                 return None
             ending = self._ending(row, AttemptOutcome.SUCCEEDED, now, result=o.result)
@@ -175,7 +176,7 @@ class Outcomes(Dependents):
             shapes.setdefault(tuple(ending.changes), []).append(
                 [*ending.changes.values(), row.id, row.attempt]
             )
-        cursor = self.db.cursor()
+        cursor: Cursor = self.db.cursor()
         for columns, params in shapes.items():
             sql = self._update_sql.get((columns, "many"))
             if sql is None:  # kept with the driver's placeholders: this runs every turn
@@ -194,7 +195,7 @@ class Outcomes(Dependents):
         else:
             self._insert_rows("attempt", attempts)
 
-    def _ended_info(self, row: RunningRow | Task, ending: Ending, now: float) -> dict:
+    def _ended_info(self, row: RunningRow | Task, ending: Ending, now: float) -> dict[str, Any]:
         """What became of a task whose attempt ended (written): for the daemon's logs and events."""
         return {
             "id": row.id,
@@ -210,7 +211,9 @@ class Outcomes(Dependents):
             "dependents": self._settle_dependents(row, ending.status, now),
         }
 
-    def complete(self, task_id: int, attempt: int, worker: str, result: Any, now: float) -> dict | None:
+    def complete(
+        self, task_id: int, attempt: int, worker: str, result: Any, now: float
+    ) -> dict[str, Any] | None:
         """The attempt succeeded. None when fenced out (old attempt, other worker, not held).
 
         The task is succeeded with its result (JSON), finished_at = now, an attempt row;
@@ -230,7 +233,7 @@ class Outcomes(Dependents):
         now: float,
         retry_in: float | None = None,
         final: bool = False,
-    ) -> dict | None:
+    ) -> dict[str, Any] | None:
         """The attempt failed: retry later, or dead when attempts are spent or `final`.
 
         A retry is the failed state with run_at = now + `retry_in` (a negative one:
@@ -243,7 +246,7 @@ class Outcomes(Dependents):
 
     def release(
         self, task_id: int, attempt: int, worker: str, reason: str, now: float, delay: float | None = None
-    ) -> dict | None:
+    ) -> dict[str, Any] | None:
         """The handler gave the task back (martinet.Release): to the queue, after `delay`.
         No attempt spent, its release count goes up; stalled after max_releases. None
         when fenced out."""
@@ -252,7 +255,9 @@ class Outcomes(Dependents):
             [Outcome(task_id, attempt, worker, OutcomeKind.RELEASED, error=error, retry_in=delay)], now
         )[0]
 
-    def _end_attempt(self, row: Task, outcome: str, now: float, error: dict) -> dict | None:
+    def _end_attempt(
+        self, row: Task, outcome: str, now: float, error: dict[str, Any]
+    ) -> dict[str, Any] | None:
         """End one attempt that ended without its worker's word (lost, interrupted), fenced
         by its number: None when it is no longer held."""
         ending = self._ending(row, outcome, now, error=error)
@@ -268,7 +273,7 @@ class Outcomes(Dependents):
         now: float,
         *,
         result: Any = None,
-        error: dict | None = None,
+        error: dict[str, Any] | None = None,
         retry_in: float | None = None,
         final: bool = False,
     ) -> Ending:

@@ -45,9 +45,11 @@ class Queues(SqlKit):
     def ready_queues(self) -> list[str]:
         """The queues that have ready (queued) tasks."""
         Task = self.Task
-        return [
-            q for (q,) in Task.select(Task.queue).where(Task.status == TaskState.QUEUED).distinct().tuples()
-        ]
+        # A BaseQuery: peewee's stubs say a tuples() query yields models.
+        queues: peewee.BaseQuery = (
+            Task.select(Task.queue).where(Task.status == TaskState.QUEUED).distinct().tuples()
+        )
+        return [q for (q,) in queues]
 
     def save_queue(self, name: str, now: float, **settings: Any) -> None:
         """Create or change a queue's settings (only the keys given)."""
@@ -75,14 +77,14 @@ class Queues(SqlKit):
         """Per queue: counts by status and the due time of its oldest ready task."""
         Task = self.Task
         stats: dict[str, dict[str, Any]] = {}
-        counts = (
+        counts: peewee.BaseQuery = (  # tuples (see ready_queues)
             Task.select(Task.queue, Task.status, peewee.fn.COUNT(Task.id))
             .group_by(Task.queue, Task.status)
             .tuples()
         )
         for queue, status, n in counts:
             stats.setdefault(queue, {"counts": {}, "oldest": None})["counts"][status] = n
-        oldest = (
+        oldest: peewee.BaseQuery = (  # tuples
             Task.select(Task.queue, peewee.fn.MIN(Task.run_at))
             .where(Task.status == TaskState.QUEUED)
             .group_by(Task.queue)

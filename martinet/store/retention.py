@@ -78,10 +78,8 @@ class Retention(SqlKit):
             return Pruned(0, 0, more, last)
         marks = ", ".join("?" * len(ids))
         if dry_run:
-            attempts = self._exec(
-                f"SELECT COUNT(*) FROM attempt WHERE task_id IN ({marks})", ids, cache=False
-            )
-            return Pruned(len(ids), attempts.fetchone()[0], more, last)
+            counted = self._exec(f"SELECT COUNT(*) FROM attempt WHERE task_id IN ({marks})", ids, cache=False)
+            return Pruned(len(ids), counted.fetchone()[0], more, last)
         attempts = self._exec(f"DELETE FROM attempt WHERE task_id IN ({marks})", ids, cache=False).rowcount
         self._exec(
             f"DELETE FROM dependency WHERE task_id IN ({marks}) OR parent_id IN ({marks})",

@@ -27,8 +27,8 @@ class Ending(NamedTuple):
     changes: dict[str, Any]  # the task row's new values, status included
     status: str
     outcome: str  # as the attempt row records it (a cancelled task's attempt says cancelled)
-    logged: dict | None  # the attempt row's error
-    error: dict | None  # the task's new last error (none for a release)
+    logged: dict[str, Any] | None  # the attempt row's error
+    error: dict[str, Any] | None  # the task's new last error (none for a release)
     result: Any
 
 
@@ -102,7 +102,7 @@ class ScheduleRecord(NamedTuple):
     upcoming: list[float] | None
 
 
-def work_fields(spec: dict) -> dict[str, Any]:
+def work_fields(spec: dict[str, Any]) -> dict[str, Any]:
     """What to run, as tasks and schedules both store it."""
     return {
         "name": spec["name"],
@@ -114,7 +114,7 @@ def work_fields(spec: dict) -> dict[str, Any]:
     }
 
 
-def task_row(spec: dict, now: float) -> dict[str, Any]:
+def task_row(spec: dict[str, Any], now: float) -> dict[str, Any]:
     """A new task's row, without the columns it leaves NULL (see SqlKit._insert_rows)."""
     run_at = spec.get("run_at") or now
     row = {
@@ -136,7 +136,9 @@ def task_row(spec: dict, now: float) -> dict[str, Any]:
     return row
 
 
-def attempt_row(row: RunningRow | Task, outcome: str, logged: dict | None, now: float) -> dict[str, Any]:
+def attempt_row(
+    row: RunningRow | Task, outcome: str, logged: dict[str, Any] | None, now: float
+) -> dict[str, Any]:
     """An ended attempt's history row, without the columns it leaves NULL (see SqlKit._insert_rows)."""
     attempt = {
         "task_id": row.id,

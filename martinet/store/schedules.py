@@ -89,6 +89,7 @@ class Schedules(SqlKit):
             return created  # the common case, answered without building a query
         due = Schedule.select().where(Schedule.status == ScheduleState.ACTIVE, Schedule.next_due <= now)
         for sched in list(due):
+            assert sched.next_due is not None  # the query asked for next_due <= now
             rec = when.recurrence_from_db(sched.kind, sched.spec, sched.timezone)
             owed = recurring.plan(rec, sched.next_due, now, _policy(sched))
             advanced = (
@@ -134,7 +135,7 @@ class Schedules(SqlKit):
         """No more runs, and its key is free; runs already created stay. False when it
         is missing or already removed."""
         Schedule = self.Schedule
-        n = (
+        n: int = (
             Schedule.update(
                 status=ScheduleState.REMOVED, next_due=None, key=None, updated_at=now
             )  # its key is free
@@ -176,7 +177,7 @@ class Schedules(SqlKit):
         self,
         schedule_id: int,
         now: float,
-        args: dict | None = None,
+        args: dict[str, Any] | None = None,
         recurrence: when.Recurrence | None = None,
         timezone: str | None = None,
     ) -> str:

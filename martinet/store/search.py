@@ -108,8 +108,8 @@ class Reads(SqlKit):
             add(f"{column} >= ?", q.since)
         if q.until is not None:
             add(f"{column} < ?", q.until)
-        for path, value in q.where:
-            condition, values = self._arg_equals(path, value)
+        for path, wanted in q.where:
+            condition, values = self._arg_equals(path, wanted)
             add(condition, *values)
         return conditions, params
 

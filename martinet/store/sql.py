@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
 
 import peewee
 
@@ -21,6 +21,18 @@ from martinet.errors import StoreError
 from martinet.retry import RetryPolicy
 
 log = logging.getLogger("martinet.store")
+
+
+class Cursor(Protocol):
+    """What the store uses of a DB-API cursor (peewee's stubs leave its cursors untyped)."""
+
+    rowcount: int
+    lastrowid: int  # the store reads it only after its own INSERTs, where it is set
+
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def executemany(self, sql: str, params: Iterable[Sequence[Any]], /) -> Any: ...
+    def __iter__(self) -> Iterator[Any]: ...
 
 
 class SqlKit:
@@ -65,13 +77,14 @@ class SqlKit:
         # Bound parameters per statement: SQLite before 3.32 allows 999.
         self.max_params = 999 if sqlite and sqlite3.sqlite_version_info < (3, 32) else 32_000
 
-    def _exec(self, sql: str, params: Iterable[Any] = (), cache: bool = True) -> Any:
+    def _exec(self, sql: str, params: Iterable[Any] = (), cache: bool = True) -> Cursor:
         ready = self._sql_cache.get(sql)
         if ready is None:
             ready = sql.replace("?", self.db.param)
             if cache:
                 self._sql_cache[sql] = ready
-        return self.db.execute_sql(ready, tuple(params))
+        cursor: Cursor = self.db.execute_sql(ready, tuple(params))
+        return cursor
 
     def _adapt(self, sql: str) -> str:
         """`?` placeholders to the driver's (not cached: for statements that vary without end)."""
@@ -89,7 +102,8 @@ class SqlKit:
                 f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(row))})"
             )
         if self.returns_ids:
-            return self._exec(sql + " RETURNING id", row.values()).fetchone()[0]
+            new_id: int = self._exec(sql + " RETURNING id", row.values()).fetchone()[0]
+            return new_id
         return self._exec(sql, row.values()).lastrowid
 
     def _insert_rows(self, table: str, rows: list[dict[str, Any]]) -> list[int]:
@@ -142,7 +156,8 @@ class SqlKit:
         """The query as a read of the latest committed rows: on MySQL, whose REPEATABLE READ
         would show the turn's own snapshot, a locking read (the row another daemon just
         committed, which made our insert a duplicate, is there to be found)."""
-        return query.for_update("LOCK IN SHARE MODE") if self.is_mysql else query
+        # peewee takes a lock clause as well as a bool; its stubs say bool only.
+        return query.for_update("LOCK IN SHARE MODE") if self.is_mysql else query  # type: ignore[arg-type]
 
     def atomic(self) -> Any:
         """A transaction (a savepoint inside one): everything in it commits together or
@@ -155,7 +170,8 @@ class SqlKit:
         """Rows this connection has changed so far (SQLite), so that a caller can tell a
         commit that wrote something from an empty one; None where no count is kept."""
         if isinstance(self.db, peewee.SqliteDatabase) and not self.db.is_closed():
-            return self.db.connection().total_changes
+            total: int = self.db.connection().total_changes
+            return total
         return None
 
     def close(self) -> None:
@@ -173,7 +189,8 @@ class SqlKit:
                 "the database has no identity (table database_identity is empty); "
                 "restore its row, or start afresh on a new database"
             )
-        return row[0]
+        database_id: str = row[0]
+        return database_id
 
 
 class _Savepoint:

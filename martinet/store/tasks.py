@@ -12,6 +12,7 @@ import peewee
 from martinet.states import HELD, TIMED, ScheduleState, TaskState, sql_list
 from martinet.store.dependents import Dependents
 from martinet.store.rows import task_row
+from martinet.store.sql import Cursor
 
 _DUE = f"status IN ({sql_list(TIMED)}) AND run_at <= ?"  # timed tasks whose run_at has come
 _QUEUED = f"'{TaskState.QUEUED}'"
@@ -150,7 +151,7 @@ class Tasks(Dependents):
         lease: float,
         queue: str | None = None,
         order: str = "fifo",
-        accept: Callable[[dict], bool] | None = None,
+        accept: Callable[[dict[str, Any]], bool] | None = None,
     ) -> list[dict[str, Any]]:
         """Lease up to `limit` queued tasks with these names (in `queue`) to `worker`.
 
@@ -245,6 +246,6 @@ class Tasks(Dependents):
                 f" WHERE id = ? AND attempt = ? AND worker = ? AND status = '{TaskState.LEASED}'"
             ).replace("?", self.db.param)
             self._update_sql[(("status", "started_at"), "start")] = sql
-        cursor = self.db.cursor()
+        cursor: Cursor = self.db.cursor()
         cursor.executemany(sql, [(now, now, task_id, attempt, worker) for task_id, attempt, worker in starts])
         return cursor.rowcount
