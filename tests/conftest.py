@@ -27,7 +27,7 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    """Tests run in two processes (pytest-xdist, `-n 2` in pyproject.toml), each with its
+    """Tests run in four processes (pytest-xdist, `-n 4` in pyproject.toml), each with its
     own databases (tests/backends.py); one database given with --db is one process's."""
     if config.getoption("db") and getattr(config.option, "numprocesses", None):
         config.option.numprocesses = 0
