@@ -69,6 +69,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -218,11 +219,11 @@ def wait_drained(db_url: str, timeout: float = 300.0) -> float:
 
 
 @contextmanager
-def running(db: str | None = None) -> Iterator[tuple[Rig, martinet.Martinet]]:
+def running(db: str | None = None, **rig_options: Any) -> Iterator[tuple[Rig, martinet.Martinet]]:
     """A daemon and two workers on a fresh SQLite file (or the emptied database `db`),
-    and a client; all stopped after."""
+    and a client; all stopped after. `rig_options`: Rig's (concurrency, quiet)."""
     with tempfile.TemporaryDirectory() as tmp:
-        rig = Rig(Path(tmp), db=db)
+        rig = Rig(Path(tmp), db=db, **rig_options)
         try:
             rig.start_daemon()
             rig.start_workers()
@@ -303,9 +304,9 @@ def paced(count: int, call) -> list:
     return results
 
 
-def scenario_latency(args, db: str | None = None) -> dict:
+def scenario_latency(args, db: str | None = None, **rig_options: Any) -> dict:
     """2,000 tasks paced at 200/s into idle workers: execute call to handler start."""
-    with running(db) as (_rig, m):
+    with running(db, **rig_options) as (_rig, m):
         sent = paced(args.paced, lambda t0: (m.execute("bench.clock"), t0))
         latencies = [(m.wait(tid, timeout=60) - t0) * 1000 for tid, t0 in sent]
         return {f"latency_{k}_ms": round(v, 2) for k, v in percentiles(latencies).items()}
@@ -997,29 +998,9 @@ def users_drain(args, db: str | None, concurrency: int | None) -> dict:
     }
 
 
-def users_latency(args, db: str | None) -> dict:
-    """The harness's latency workload: tasks paced at 200/s into 2 idle workers at
-    --concurrency 1, defaults otherwise; execute call to handler start."""
-    with tempfile.TemporaryDirectory() as tmp:
-        rig = Rig(Path(tmp), concurrency=1, db=db, quiet=False)
-        try:
-            rig.start_daemon()
-            rig.start_workers()
-            m = rig.client()
-            rig.wait_ready(m)
-            try:
-                sent = paced(args.paced, lambda t0: (m.execute("bench.clock"), t0))
-                latencies = [(m.wait(tid, timeout=60) - t0) * 1000 for tid, t0 in sent]
-            finally:
-                m.close()
-        finally:
-            rig.stop()
-    return {f"latency_{k}_ms": round(v, 2) for k, v in percentiles(latencies).items() if k != "max"}
-
-
 def scenario_users(args) -> dict:
     """martinet as users run it and as the peers are measured: see users_drain and
-    users_latency; on SQLite, and on PostgreSQL with --postgres."""
+    the latency scenario's, at --concurrency 1; on SQLite, and on PostgreSQL with --postgres."""
     backends = [("sqlite", None)] + ([("pg", args.postgres)] if args.postgres else [])
     out: dict[str, float] = {}
     for label, db in backends:
@@ -1030,7 +1011,9 @@ def scenario_users(args) -> dict:
         defaults = users_drain(args, db, None)
         out[f"{label}_default_drain_per_s"] = defaults["drain_per_s"]
         out[f"{label}_default_steady_per_s"] = defaults["steady_per_s"]
-        out.update({f"{label}_c1_{k}": v for k, v in users_latency(args, db).items()})
+        # The harness's latency workload: 2 idle workers at --concurrency 1, defaults otherwise.
+        latency = scenario_latency(args, db, concurrency=1, quiet=False)
+        out.update({f"{label}_c1_{k}": v for k, v in latency.items() if not k.endswith("max_ms")})
     return out
 
 

@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from martinet import when
-from martinet.rules import DEFAULT_QUEUE  # noqa: F401 - the name others import from here
-from martinet.rules import QUEUE_ORDERS as ORDERS  # noqa: F401
 
 
 def rate_window(period: float) -> float:
