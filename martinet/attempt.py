@@ -99,7 +99,7 @@ def run(
     started = time.monotonic()
     ctx._started = True
     report(Start(ctx.id, ctx.attempt))  # leased -> running, in the daemon's store
-    log.info("task %s %s attempt %s started on %s", ctx.id, ctx.name, ctx.attempt, worker_id)
+    log.debug("task %s %s attempt %s started on %s", ctx.id, ctx.name, ctx.attempt, worker_id)
     try:
         with ctx._lock:
             ctx._thread = threading.get_ident()
@@ -145,7 +145,7 @@ def run(
                  "and return where it is"}  # fmt: skip
         log.info("task %s attempt %s failed: %s", ctx.id, ctx.attempt, error["message"])
         return failed(ctx, worker_id, error)
-    log.info("task %s attempt %s succeeded in %.3fs", ctx.id, ctx.attempt, time.monotonic() - started)
+    log.debug("task %s attempt %s succeeded in %.3fs", ctx.id, ctx.attempt, time.monotonic() - started)
     return Outcome(ctx.id, ctx.attempt, worker_id, OutcomeKind.SUCCEEDED, result=result,
                    database=ctx._database)  # fmt: skip
 

@@ -57,8 +57,8 @@ def execute(r: Request) -> dict[str, Any] | None:
         core.wakeup_dirty = True
     core.lanes.ready(spec.get("queue") or DEFAULT_QUEUE)
     core.dispatch_pending = True
-    if created and log.isEnabledFor(logging.INFO):  # iso() costs a few µs on every call otherwise
-        log.info("task %s %s accepted (run at %s)", task_id, spec["name"], iso(spec.get("run_at") or now))
+    if created and log.isEnabledFor(logging.DEBUG):  # a task's life is in its events; iso() costs µs
+        log.debug("task %s %s accepted (run at %s)", task_id, spec["name"], iso(spec.get("run_at") or now))
     reply: dict[str, Any] = {"id": task_id, "created": created}
     warning = no_worker(core, spec["name"], spec.get("queue") or DEFAULT_QUEUE)
     if warning:

@@ -187,7 +187,7 @@ def _ended(core: State, info: dict[str, Any], outcome: Outcome, out: Outbox, now
     status = info["status"]
     error = info["error"] or {}
     if status == "succeeded":
-        log.info("task %s %s attempt %s succeeded on %s", task_id, info["name"], attempt, worker_id)
+        log.debug("task %s %s attempt %s succeeded on %s", task_id, info["name"], attempt, worker_id)
     elif status == "failed":
         core.wakeup_dirty = True
         log.warning(
