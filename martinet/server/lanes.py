@@ -13,7 +13,6 @@ workers' table (peers.py).
 
 from __future__ import annotations
 
-import copy
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -106,9 +105,10 @@ class Lanes:
             if key is None or key in saved:
                 continue
             lane = lanes.get(key)
-            if lane is not None:
-                lane, original = copy.copy(lane), lane
-                lane.starts = deque(original.starts)
+            if lane is not None:  # a copy of its fields (copy.copy costs several times more)
+                clone = object.__new__(type(lane))
+                clone.__dict__.update(lane.__dict__, starts=deque(lane.starts))
+                lane = clone
             saved[key] = lane
 
     def rollback(self) -> None:

@@ -15,7 +15,8 @@ from tests import backends
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--repeat", "1", "--tasks", "300", "--paced", "40", "--timers", "20", "--timers-ahead", "1",
-        "--pending", "3000", "--schedules", "50", "--due", "300", "--users-tasks", "150"]  # fmt: skip
+        "--pending", "3000", "--schedules", "50", "--due", "300", "--users-tasks", "150",
+        "--users-clients", "3", "--users-calls", "40"]  # fmt: skip
 
 
 def bench(*args: str) -> dict[str, dict[str, float]]:
@@ -41,10 +42,13 @@ USERS = {
         "default_steady_per_s",
         "c1_latency_p50_ms",
         "c1_latency_p99_ms",
+        "enqueue_of_round_trips_pct",
+        "clients3_per_s",  # --users-clients 3 (TINY)
+        "clients3_x",
     )
 }
 EXPECTED = {
-    "users": {k for k in USERS if k.startswith("sqlite_")},
+    "users": {k for k in USERS if k.startswith("sqlite_")} | {"zmq_round_trips_per_s"},
     "throughput": {"submit_seq_per_s", "submit_bulk_per_s", "drain_per_s"},
     "shaping": {"submit_seq_per_s", "submit_bulk_per_s", "drain_per_s"},
     "latency": {"latency_p50_ms", "latency_p99_ms", "latency_max_ms"},
