@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from martinet import messages
 from martinet.config import Settings
@@ -295,6 +294,8 @@ class EventStream:
         """Hand each event to `dispatch` until `stop` is set. `ready` gets the daemon's
         first answer; raises DaemonUnavailable when none comes within `timeout`, and the
         daemon's error when it refuses the subscription. What `dispatch` raises goes up."""
+        from zmq.utils.monitor import recv_monitor_message  # here: it imports asyncio (~30 ms a start)
+
         timeout = self.client.timeout if timeout is None else timeout
         sock = self.client.context().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
