@@ -18,10 +18,15 @@ CLAIMS_PER_TURN = 200
 def claim(core: State, out: Outbox, now: float) -> None:
     """Lease queued tasks to workers with credit (sent once the turn is committed).
 
-    Idle threads first, on every worker; then the prefetch, in rounds of at most
-    as many tasks as a worker has threads: a short queue spreads over the fleet
-    instead of waiting in the prefetch of whichever worker was asked first, and a
-    long one fills every worker's prefetch evenly.
+    Idle threads first, on every worker; then the prefetch, in rounds: the first
+    gives each worker at most as many tasks as it has threads, and each next one
+    twice as many as the one before, while the queues still fill them. A short
+    queue spreads over the fleet instead of waiting in the prefetch of whichever
+    worker was asked first (the round in which it runs dry is the only uneven
+    one, and no worker gets more in it than the others got before it, so none
+    holds more than about twice another's share); a long one fills every
+    worker's prefetch evenly, in a few claims a worker instead of one a thread's
+    worth (a worker of one thread and a deep prefetch would cost a claim a task).
 
     Workers come by kind (the names they run, the queues they serve): a kind for
     which no queue may hold work is skipped whole, so idle workers cost nothing.
@@ -32,13 +37,18 @@ def claim(core: State, out: Outbox, now: float) -> None:
     claimed: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
     budget = [CLAIMS_PER_TURN]
     idle_first, more = True, False
+    scale = 1  # a prefetch round's size, in threads
     while budget[0] > 0:
         tried = filled_any = False
         for kind in core.peers.kinds():
             for peer in core.peers.take_turns(kind):
                 if not core.lanes.open_queues(names_with_room(core, peer, now), peer.queues, now):
                     break  # nothing this kind may take: its other workers neither
-                room = peer.idle_threads if idle_first else min(peer.credit, peer.threads or peer.credit)
+                room = (
+                    peer.idle_threads
+                    if idle_first
+                    else min(peer.credit, (peer.threads or peer.credit) * scale)
+                )
                 if room <= 0:
                     continue
                 tried = True
@@ -54,6 +64,8 @@ def claim(core: State, out: Outbox, now: float) -> None:
         more = filled_any  # a queue may hold more, for when credit frees up
         if not filled_any:  # (a filled claim took a task: the rounds are finite)
             break
+        if not idle_first:
+            scale *= 2
         idle_first = False
     if budget[0] <= 0 and claimed:
         more = True
