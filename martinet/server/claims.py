@@ -13,6 +13,8 @@ log = logging.getLogger("martinet.daemon")
 # Claim queries in one turn at most, whatever the state of limits and queues: a turn that
 # reaches it answers its sockets and goes on claiming in the next one.
 CLAIMS_PER_TURN = 200
+# A prefetch round's size at most, in threads: a worker's credit bounds what it gets anyway.
+MAX_ROUND = 1024
 
 
 def claim(core: State, out: Outbox, now: float) -> None:
@@ -27,6 +29,10 @@ def claim(core: State, out: Outbox, now: float) -> None:
     holds more than about twice another's share); a long one fills every
     worker's prefetch evenly, in a few claims a worker instead of one a thread's
     worth (a worker of one thread and a deep prefetch would cost a claim a task).
+    While the queues keep filling every claim, the next turns start their rounds
+    where this one stopped (Peers.round_size): in a long drain, a worker's credit
+    freed by its outcomes is filled in one claim; the first claim a queue cannot
+    fill starts them from one thread's worth again.
 
     Workers come by kind (the names they run, the queues they serve): a kind for
     which no queue may hold work is skipped whole, so idle workers cost nothing.
@@ -37,9 +43,9 @@ def claim(core: State, out: Outbox, now: float) -> None:
     claimed: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
     budget = [CLAIMS_PER_TURN]
     idle_first, more = True, False
-    scale = 1  # a prefetch round's size, in threads
+    scale = core.peers.round_size  # a prefetch round's size, in threads
     while budget[0] > 0:
-        tried = filled_any = False
+        tried = filled_any = dry = False
         for kind in core.peers.kinds():
             for peer in core.peers.take_turns(kind):
                 if not core.lanes.open_queues(names_with_room(core, peer, now), peer.queues, now):
@@ -54,6 +60,7 @@ def claim(core: State, out: Outbox, now: float) -> None:
                 tried = True
                 rows, filled = claim_for(core, peer, now, room, budget)
                 filled_any = filled_any or filled
+                dry = dry or not filled
                 if rows:
                     claimed.setdefault(peer.worker_id, (peer, []))[1].extend(rows)
                 if budget[0] <= 0:
@@ -62,11 +69,14 @@ def claim(core: State, out: Outbox, now: float) -> None:
             idle_first = False
             continue
         more = filled_any  # a queue may hold more, for when credit frees up
+        if dry:  # a queue ran short: the next rounds (and turns) spread from the start
+            scale = 1
+        elif not idle_first:
+            scale = min(scale * 2, MAX_ROUND)
         if not filled_any:  # (a filled claim took a task: the rounds are finite)
             break
-        if not idle_first:
-            scale *= 2
         idle_first = False
+    core.peers.round_size = scale
     if budget[0] <= 0 and claimed:
         more = True
         log.debug("a turn made %d claims: the next turn goes on", CLAIMS_PER_TURN)

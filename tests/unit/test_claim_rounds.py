@@ -65,3 +65,42 @@ def test_a_queue_that_fills_every_round_is_shared_evenly(sqlite_url, make_core):
         core.submit("tiny")
     # When the daemon claims, then each gets as much as it can hold
     assert {w: len(rows) for w, rows in core.claim().items()} == {"a": 33, "b": 33}
+
+
+def test_in_a_long_drain_a_worker_is_refilled_in_one_claim(sqlite_url, make_core):
+    # Given a worker of one thread that was just filled from a long queue
+    core = make_core(sqlite_url)
+    core.hello("a", ["tiny"], capacity=33, threads=1)
+    for _ in range(100):
+        core.submit("tiny")
+    first = core.claim()["a"]
+    asked = count_claims(core)
+    # When 16 of its tasks end and the daemon claims again
+    for row in first[:16]:
+        core.succeed(row["id"])
+    refill = core.claim()["a"]
+    # Then its 16 free slots are filled by one claim, not rounds of 1, 2, 4, 8 again
+    assert len(refill) == 16 and asked == [16]
+
+
+def test_once_a_queue_ran_short_the_rounds_start_small_again(sqlite_url, make_core):
+    # Given two workers of one thread, filled from a long queue, which ran dry later
+    core = make_core(sqlite_url)
+    core.hello("a", ["tiny"], capacity=33, threads=1)
+    core.hello("b", ["tiny"], capacity=33, threads=1)
+    for _ in range(70):
+        core.submit("tiny")
+    held = [row["id"] for rows in core.claim().values() for row in rows]
+    for task_id in held:
+        core.succeed(task_id)
+    last = [row["id"] for rows in core.claim().values() for row in rows]
+    assert len(last) == 4  # the last of the queue
+    for task_id in last:
+        core.succeed(task_id)
+    # When a short queue comes to the idle workers
+    for _ in range(10):
+        core.submit("tiny")
+    shares = {w: len(rows) for w, rows in core.claim().items()}
+    # Then it is spread over both, as into a fleet that never drained a long queue
+    assert sum(shares.values()) == 10 and set(shares) == {"a", "b"}
+    assert max(shares.values()) <= 2 * min(shares.values()), shares
