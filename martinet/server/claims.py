@@ -31,8 +31,10 @@ def claim(core: State, out: Outbox, now: float) -> None:
     worth (a worker of one thread and a deep prefetch would cost a claim a task).
     While the queues keep filling every claim, the next turns start their rounds
     where this one stopped (Peers.round_size): in a long drain, a worker's credit
-    freed by its outcomes is filled in one claim; the first claim a queue cannot
-    fill starts them from one thread's worth again.
+    freed by its outcomes is filled in one claim (the cost: the turn in which such
+    a queue runs dry may give one worker up to its whole free credit and the next
+    none); the first claim a queue cannot fill starts them from one thread's
+    worth again, so the next short queue spreads as above.
 
     Workers come by kind (the names they run, the queues they serve): a kind for
     which no queue may hold work is skipped whole, so idle workers cost nothing.
