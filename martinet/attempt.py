@@ -8,7 +8,6 @@ go back to the loop through the worker's queue.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import threading
@@ -199,6 +198,8 @@ def past_limit(contexts: list[TaskContext], now: float, grace: float) -> list[Ta
 
 def interrupt(thread_ident: int) -> None:
     """Raise TaskTimeout in another thread at its next Python instruction."""
+    import ctypes  # here: a worker's start is spared it (5 ms) until a time limit is due
+
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_ident), ctypes.py_object(TaskTimeout))
 
 

@@ -71,11 +71,16 @@ _Report = Start | Progress | Outcome
 # would drop (ZeroMQ drops a message over max_message, and the connection with it).
 DEFAULT_MAX_PAYLOAD = Settings.max_payload
 ERROR_BYTES_MIN = 16_384  # an error may take this many bytes of JSON even when max_payload is less
-# Default prefetch per thread. Short tasks need depth: each daemon commit then carries
-# tens of outcomes and claims (with 1 per thread the daemon spent about 28 % more CPU
-# per task, measured in-process). The daemon fills idle threads fleet-wide before any
-# prefetch, so a short queue is never hoarded by one worker; for long tasks use --prefetch 0.
+# Default prefetch: 4 per thread, and at least PREFETCH_MIN a worker. Short tasks need
+# depth: each daemon commit then carries tens of outcomes and claims (with 1 per thread
+# the daemon spent about 28 % more CPU per task, measured in-process), and a thread that
+# ends a task finds the next one here while the daemon's answer to its outcomes is on
+# its way. A worker of one thread with 4 held them all done before that answer came, and
+# its thread waited for the daemon after every 5 tasks (issue 25: half of a drain's time).
+# The daemon fills idle threads fleet-wide before any prefetch, so a short queue is never
+# hoarded by one worker; for long tasks use --prefetch 0.
 PREFETCH_PER_THREAD = 4
+PREFETCH_MIN = 32
 # A task sent ahead of its due time (start_in, see daemon.TIMER_LEAD) is held this long
 # at most, whatever start_in says: a thread waits for it meanwhile.
 MAX_START_IN = 1.0
@@ -84,6 +89,11 @@ MAX_START_IN = 1.0
 # right after it journaled an outcome and before it sends it (tests/test_journal.py).
 FAULT_EXIT_BEFORE_SEND = "exit_before_send"
 FAULT_EXIT = 86
+
+
+def default_prefetch(threads: int) -> int:
+    """Tasks a worker of `threads` threads holds ready by default (see PREFETCH_MIN)."""
+    return max(PREFETCH_PER_THREAD * threads, PREFETCH_MIN)
 
 
 @dataclass
@@ -97,7 +107,7 @@ class WorkerOptions:
     # Tasks held beyond `concurrency`, waiting for a free thread, so that a thread that
     # finishes finds its next task here instead of waiting for the daemon, and the daemon
     # writes many outcomes and claims in each commit. None: PREFETCH_PER_THREAD per
-    # thread; 0: none (a worker holds only what it runs).
+    # thread, PREFETCH_MIN at least; 0: none (a worker holds only what it runs).
     prefetch: int | None = None
     worker_id: str | None = None
     heartbeat_interval: float = Settings.heartbeat_interval  # until the daemon's welcome says otherwise
@@ -159,7 +169,7 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._limits: dict[str, dict | None] = {}  # set with on(); wins over LIMITS
         threads = max(1, o.concurrency)
-        self.capacity = threads + max(0, PREFETCH_PER_THREAD * threads if o.prefetch is None else o.prefetch)
+        self.capacity = threads + max(0, default_prefetch(threads) if o.prefetch is None else o.prefetch)
 
     def on(self, name: str, fn: Handler, *, concurrency: int | None = None, rate: str | None = None) -> None:
         """Serve task `name` with `fn(task, **args)`; limits as in `@martinet.task`."""

@@ -19,7 +19,7 @@ from martinet.errors import MartinetError
 
 
 def build_worker_parser() -> argparse.ArgumentParser:
-    from martinet.worker import PREFETCH_PER_THREAD, WorkerOptions
+    from martinet.worker import PREFETCH_MIN, PREFETCH_PER_THREAD, WorkerOptions
 
     parser = argparse.ArgumentParser(
         prog="martinet-worker",
@@ -46,7 +46,8 @@ def build_worker_parser() -> argparse.ArgumentParser:
         "--prefetch",
         type=int,
         help="tasks held beyond --concurrency, ready for the next free thread; 0 holds none "
-        f"(default: {PREFETCH_PER_THREAD} per thread, --concurrency x {PREFETCH_PER_THREAD})",
+        f"(default: {PREFETCH_PER_THREAD} per thread, --concurrency x {PREFETCH_PER_THREAD}, "
+        f"and at least {PREFETCH_MIN})",
     )
     parser.add_argument(
         "--worker-id",

@@ -13,15 +13,28 @@ log = logging.getLogger("martinet.daemon")
 # Claim queries in one turn at most, whatever the state of limits and queues: a turn that
 # reaches it answers its sockets and goes on claiming in the next one.
 CLAIMS_PER_TURN = 200
+# A prefetch round's size at most, in threads: a worker's credit bounds what it gets anyway.
+MAX_ROUND = 1024
 
 
 def claim(core: State, out: Outbox, now: float) -> None:
     """Lease queued tasks to workers with credit (sent once the turn is committed).
 
-    Idle threads first, on every worker; then the prefetch, in rounds of at most
-    as many tasks as a worker has threads: a short queue spreads over the fleet
-    instead of waiting in the prefetch of whichever worker was asked first, and a
-    long one fills every worker's prefetch evenly.
+    Idle threads first, on every worker; then the prefetch, in rounds: the first
+    gives each worker at most as many tasks as it has threads, and each next one
+    twice as many as the one before, while the queues still fill them. A short
+    queue spreads over the fleet instead of waiting in the prefetch of whichever
+    worker was asked first (the round in which it runs dry is the only uneven
+    one, and no worker gets more in it than the others got before it, so none
+    holds more than about twice another's share); a long one fills every
+    worker's prefetch evenly, in a few claims a worker instead of one a thread's
+    worth (a worker of one thread and a deep prefetch would cost a claim a task).
+    While the queues keep filling every claim, the next turns start their rounds
+    where this one stopped (Peers.round_size): in a long drain, a worker's credit
+    freed by its outcomes is filled in one claim (the cost: the turn in which such
+    a queue runs dry may give one worker up to its whole free credit and the next
+    none); the first claim a queue cannot fill starts them from one thread's
+    worth again, so the next short queue spreads as above.
 
     Workers come by kind (the names they run, the queues they serve): a kind for
     which no queue may hold work is skipped whole, so idle workers cost nothing.
@@ -32,18 +45,24 @@ def claim(core: State, out: Outbox, now: float) -> None:
     claimed: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
     budget = [CLAIMS_PER_TURN]
     idle_first, more = True, False
+    scale = core.peers.round_size  # a prefetch round's size, in threads
     while budget[0] > 0:
-        tried = filled_any = False
+        tried = filled_any = dry = False
         for kind in core.peers.kinds():
             for peer in core.peers.take_turns(kind):
                 if not core.lanes.open_queues(names_with_room(core, peer, now), peer.queues, now):
                     break  # nothing this kind may take: its other workers neither
-                room = peer.idle_threads if idle_first else min(peer.credit, peer.threads or peer.credit)
+                room = (
+                    peer.idle_threads
+                    if idle_first
+                    else min(peer.credit, (peer.threads or peer.credit) * scale)
+                )
                 if room <= 0:
                     continue
                 tried = True
                 rows, filled = claim_for(core, peer, now, room, budget)
                 filled_any = filled_any or filled
+                dry = dry or not filled
                 if rows:
                     claimed.setdefault(peer.worker_id, (peer, []))[1].extend(rows)
                 if budget[0] <= 0:
@@ -52,9 +71,14 @@ def claim(core: State, out: Outbox, now: float) -> None:
             idle_first = False
             continue
         more = filled_any  # a queue may hold more, for when credit frees up
+        if dry:  # a queue ran short: the next rounds (and turns) spread from the start
+            scale = 1
+        elif not idle_first:
+            scale = min(scale * 2, MAX_ROUND)
         if not filled_any:  # (a filled claim took a task: the rounds are finite)
             break
         idle_first = False
+    core.peers.round_size = scale
     if budget[0] <= 0 and claimed:
         more = True
         log.debug("a turn made %d claims: the next turn goes on", CLAIMS_PER_TURN)

@@ -161,7 +161,8 @@ def test_hello_header_has_queues_and_limits(registry):
     w = make_worker(queues=["images", "default"], concurrency=3)
     h = header(w._hello_message())
     assert h["worker_id"] == "w1" and h["names"] == ["plain", "resize"]
-    assert (h["threads"], h["capacity"]) == (3, 15)  # and 4 per thread held ready (prefetch)
+    assert (h["threads"], h["capacity"]) == (3, 35)  # and 32 held ready (prefetch: at least 32)
+    assert header(make_worker(concurrency=16)._hello_message())["capacity"] == 80  # 4 per thread
     assert header(make_worker(concurrency=3, prefetch=0)._hello_message())["capacity"] == 3
     assert h["running"] == [] and "version" in h
     assert h["queues"] == ["images", "default"]

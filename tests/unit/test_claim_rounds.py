@@ -1,0 +1,106 @@
+"""Claim rounds fill a deep prefetch in a few claims a worker, and still share a short
+queue (server/claims.py): a worker of one thread holding dozens of tiny tasks ready must
+not cost the daemon one claim, two statements, a task."""
+
+from __future__ import annotations
+
+
+def count_claims(core) -> list[int]:
+    """Wrap the store's claim: the limits it is asked for, one entry per call."""
+    asked: list[int] = []
+    claim = core.store.claim
+
+    def counting(worker, names, limit, *args, **kwargs):
+        asked.append(limit)
+        return claim(worker, names, limit, *args, **kwargs)
+
+    core.store.claim = counting
+    return asked
+
+
+def test_a_one_thread_worker_gets_its_whole_prefetch_in_a_few_claims(sqlite_url, make_core):
+    # Given a worker of one thread that holds 32 more tasks ready, and 100 tasks queued
+    core = make_core(sqlite_url)
+    core.hello("a", ["tiny"], capacity=33, threads=1)
+    for _ in range(100):
+        core.submit("tiny")
+    asked = count_claims(core)
+    # When the daemon claims for it
+    claimed = core.claim()
+    # Then one turn fills its capacity, in rounds that double: 1 (its idle thread), 1, 2,
+    # 4, 8, 16, then the 1 left of its credit; not 33 claims of one task
+    assert len(claimed["a"]) == 33
+    assert asked == [1, 1, 2, 4, 8, 16, 1]
+
+
+def test_a_short_queue_still_spreads_over_workers_of_one_thread(sqlite_url, make_core):
+    # Given two workers of one thread, each able to hold 32 more tasks
+    core = make_core(sqlite_url)
+    core.hello("a", ["tiny"], capacity=33, threads=1)
+    core.hello("b", ["tiny"], capacity=33, threads=1)
+    # When 10 tasks come, then 24 more once those ended
+    few = [core.submit("tiny") for _ in range(10)]
+    first = {w: len(rows) for w, rows in core.claim().items()}
+    for task_id in few:
+        core.succeed(task_id)
+    for _ in range(24):
+        core.submit("tiny")
+    second = {w: len(rows) for w, rows in core.claim().items()}
+    # Then each time both workers got some, neither more than twice the other's share:
+    # only the round in which the queue runs dry is uneven, and it gives no worker
+    # more than each had before it
+    for shares in (first, second):
+        assert sum(shares.values()) in (10, 24)
+        assert set(shares) == {"a", "b"}
+        assert max(shares.values()) <= 2 * min(shares.values()), shares
+
+
+def test_a_queue_that_fills_every_round_is_shared_evenly(sqlite_url, make_core):
+    # Given two workers of one thread, each able to hold 32 more tasks, and more queued
+    # than both can hold
+    core = make_core(sqlite_url)
+    core.hello("a", ["tiny"], capacity=33, threads=1)
+    core.hello("b", ["tiny"], capacity=33, threads=1)
+    for _ in range(80):
+        core.submit("tiny")
+    # When the daemon claims, then each gets as much as it can hold
+    assert {w: len(rows) for w, rows in core.claim().items()} == {"a": 33, "b": 33}
+
+
+def test_in_a_long_drain_a_worker_is_refilled_in_one_claim(sqlite_url, make_core):
+    # Given a worker of one thread that was just filled from a long queue
+    core = make_core(sqlite_url)
+    core.hello("a", ["tiny"], capacity=33, threads=1)
+    for _ in range(100):
+        core.submit("tiny")
+    first = core.claim()["a"]
+    asked = count_claims(core)
+    # When 16 of its tasks end and the daemon claims again
+    for row in first[:16]:
+        core.succeed(row["id"])
+    refill = core.claim()["a"]
+    # Then its 16 free slots are filled by one claim, not rounds of 1, 2, 4, 8 again
+    assert len(refill) == 16 and asked == [16]
+
+
+def test_once_a_queue_ran_short_the_rounds_start_small_again(sqlite_url, make_core):
+    # Given two workers of one thread, filled from a long queue, which ran dry later
+    core = make_core(sqlite_url)
+    core.hello("a", ["tiny"], capacity=33, threads=1)
+    core.hello("b", ["tiny"], capacity=33, threads=1)
+    for _ in range(70):
+        core.submit("tiny")
+    held = [row["id"] for rows in core.claim().values() for row in rows]
+    for task_id in held:
+        core.succeed(task_id)
+    last = [row["id"] for rows in core.claim().values() for row in rows]
+    assert len(last) == 4  # the last of the queue
+    for task_id in last:
+        core.succeed(task_id)
+    # When a short queue comes to the idle workers
+    for _ in range(10):
+        core.submit("tiny")
+    shares = {w: len(rows) for w, rows in core.claim().items()}
+    # Then it is spread over both, as into a fleet that never drained a long queue
+    assert sum(shares.values()) == 10 and set(shares) == {"a", "b"}
+    assert max(shares.values()) <= 2 * min(shares.values()), shares
