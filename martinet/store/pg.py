@@ -14,10 +14,13 @@ statements they wrap; deferred, they cost none, and the isolation is the same:
 - A RELEASE goes with the next statement, or with the COMMIT.
 - Undoing a savepoint (ROLLBACK TO) is sent at once: the error path, rare.
 - A transaction that sent nothing commits or rolls back without a word to the server.
+- Rows whose ids no one reads (a turn's events when no one subscribes) are inserted
+  with the COMMIT.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import peewee
@@ -41,12 +44,16 @@ class PgDatabase(peewee.PostgresqlDatabase):
             database, register_unicode, encoding, isolation_level, prefer_psycopg3=prefer_psycopg3, **kwargs
         )
 
-    def defer(self, sql: str) -> None:
-        """Send `sql` (no parameters, no result) with the next statement."""
-        self._deferred.append(sql)
+    def defer(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Send `sql` (its parameters bound here; no result read) with the next statement."""
+        if params:
+            sql = self.connection().cursor().mogrify(sql, params).decode()  # type: ignore[no-untyped-call]
+        # A string sent with parameters is read for placeholders whole: a % of ours is doubled.
+        self._deferred.append(sql.replace("%", "%%"))
 
     def take_back(self, sql: str) -> bool:
-        """Forget `sql` and what was deferred after it, if it was not sent yet (True)."""
+        """Forget `sql` (no parameters, no %) and what was deferred after it, if it was not
+        sent yet (True)."""
         if sql not in self._deferred:
             return False
         del self._deferred[self._deferred.index(sql) :]
@@ -67,7 +74,7 @@ class PgDatabase(peewee.PostgresqlDatabase):
         if self._deferred:
             sql = "; ".join(self._deferred)
             self._deferred.clear()
-            super().execute_sql(sql)  # type: ignore[no-untyped-call]
+            super().execute_sql(sql)  # type: ignore[no-untyped-call]  # (peewee binds, if only ())
         return super().cursor(named_cursor)  # type: ignore[no-untyped-call]
 
     def begin(self, isolation_level: Any = None) -> None:

@@ -244,16 +244,19 @@ class Tasks(Dependents):
         self, candidates: str, params: list[Any], worker: str, now: float, lease: float, order: str
     ) -> list[dict[str, Any]]:
         """PostgreSQL: the candidates (claim's SELECT of their ids, locked) leased by one
-        UPDATE that returns them, put back in claim's order (RETURNING keeps none)."""
+        UPDATE that returns them, put back in claim's order (RETURNING keeps none).
+
+        Their ids are read first, as an array, and looked up by primary key: joined to the
+        table (WITH ... FROM) the plan may scan every queued task for them, and an
+        `IN (subquery)` may run the subquery again for each row. Locked, they are still
+        queued: no status to check again."""
         sql = (
-            f"WITH c AS ({candidates})"
-            f" UPDATE task SET {_LEASE} FROM c WHERE task.id = c.id AND task.status = {_QUEUED}"
-            " RETURNING task.id, name, queue, args, attempt, timeout, has_parents, run_at, priority"
+            f"UPDATE task SET {_LEASE} WHERE id = ANY(ARRAY({candidates}))"
+            " RETURNING id, name, queue, args, attempt, timeout, has_parents, run_at, priority"
         )
         columns = ("id", "name", "queue", "args", "attempt", "timeout", "has_parents", "run_at", "priority")
-        rows = [
-            dict(zip(columns, r, strict=True)) for r in self._exec(sql, [*params, worker, now + lease, now])
-        ]
+        params = [worker, now + lease, now, *params]
+        rows = [dict(zip(columns, r, strict=True)) for r in self._exec(sql, params)]
         if order != "random":
             rows.sort(key=lambda r: (-r["priority"], r["run_at"], r["id"]))
         for r in rows:

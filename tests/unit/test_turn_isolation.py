@@ -110,3 +110,16 @@ def test_a_turn_that_writes_nothing_commits_without_a_word_to_the_database(db_ur
         with core.store.atomic():
             refused_by_the_database(core.store)
     assert replies(core.turn(client=[execute("a")]))["a"]["ok"]
+
+
+def test_events_recorded_with_the_commit_keep_every_character(db_url, make_core):
+    # (with no one subscribed, PostgreSQL sends a turn's events with its COMMIT, bound there)
+    core = make_core(db_url)
+    core.turn(worker=[hello("w1")])
+    task = core.submit("t")
+    core.turn()
+    message = "50% done, %s %(x)s ' \" \\ ;"
+    progress = {"worker_id": "w1", "id": task, "attempt": 1, "progress": 0.5, "message": message, "name": "t"}
+    core.turn(status=[(Cmd.PROGRESS, progress)])
+    ((_id, _at, body),) = core.store.events_after(0, 100)
+    assert json.loads(body)["message"] == message
