@@ -55,7 +55,7 @@ class Core(State):
                         workers.on_worker(self, ident, frames, out, now)
                 timers.run(self, out, now)
                 claims.claim(self, out, now)
-                out.events = self.hub.record(self.store, out.events, now)
+                out.events = self.hub.record(self.store, out.events, now, ids=bool(self.hub.subscribers))
         except DB_ERRORS as exc:
             self._rollback(saved, exc, out, now)
         except BaseException:  # a bug of ours (the loop logs it): nothing of the turn stands

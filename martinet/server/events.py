@@ -163,8 +163,12 @@ class EventHub:
 
     # ---- recording, in the turn's transaction ---------------------------------------
 
-    def record(self, store: Store, events: list[dict[str, Any]], now: float) -> list[tuple[int, str]]:
-        """Append the turn's events to the table; returns (event id, body) of each."""
+    def record(
+        self, store: Store, events: list[dict[str, Any]], now: float, ids: bool = True
+    ) -> list[tuple[int, str]]:
+        """Append the turn's events to the table; returns (event id, body) of each. With
+        `ids` False (no one subscribes: nothing to push) [], and the store need not read
+        the ids back (on PostgreSQL the events then go with the commit)."""
         if self.pending:
             events = [*self.pending, *events]
         if not events:
@@ -181,9 +185,9 @@ class EventHub:
                     "body": _body(event),
                 }
             )
-        ids = store.record_events(rows)
+        numbered = store.record_events(rows, read_ids=ids)
         self.pending = []
-        return [(i, row["body"]) for i, row in zip(ids, rows, strict=True)]
+        return [(i, row["body"]) for i, row in zip(numbered, rows, strict=True)] if ids else []
 
     # ---- subscriptions ---------------------------------------------------------------
 

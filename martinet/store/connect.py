@@ -10,9 +10,11 @@ from urllib.parse import parse_qs, urlparse
 
 import peewee
 from playhouse.db_url import connect as connect_url
+from playhouse.db_url import parse as parse_url
 
 from martinet import migrations
 from martinet.errors import StoreError
+from martinet.store.pg import PgDatabase
 
 log = logging.getLogger("martinet.store")
 
@@ -44,6 +46,7 @@ def open_database(url: str) -> peewee.Database:
             f"postgresql://user@host/db and mysql://user@host/db"
         )
     _require_driver(scheme)
+    db: peewee.Database
     try:
         if scheme == "sqlite":
             path = url.split(":///", 1)[1] if ":///" in url else ""
@@ -72,7 +75,9 @@ def open_database(url: str) -> peewee.Database:
             db = connect_url(
                 url.replace("mariadb://", "mysql://", 1), charset="utf8mb4", field_types={"TEXT": "LONGTEXT"}
             )
-        else:
+        elif "+" not in urlparse(url).scheme:  # PostgreSQL, in fewer round trips (pg.py)
+            db = PgDatabase(**parse_url(url))
+        else:  # postgresql+pool:// and the like: as peewee makes it
             db = connect_url(url)
         db.connect(reuse_if_open=True)
         migrations.upgrade(db)  # a new database gets the current schema; an older one is migrated

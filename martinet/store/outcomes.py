@@ -20,7 +20,6 @@ from martinet.retry import RetryPolicy
 from martinet.states import HELD, TERMINAL, AttemptOutcome, TaskState, sql_list
 from martinet.store.dependents import Dependents
 from martinet.store.rows import FENCE, Ending, RunningRow, attempt_row
-from martinet.store.sql import Cursor
 
 _HELD = sql_list(HELD)
 _CANCELLED = OutcomeKind.CANCELLED
@@ -164,7 +163,7 @@ class Outcomes(Dependents):
         return {**self._ended_info(row, ending, now), "late": True}
 
     def _write_endings(self, ended: list[tuple[RunningRow, Ending]], now: float) -> None:
-        """The task updates of many endings, one executemany per shape of change, and their
+        """The task updates of many endings, one statement per shape of change, and their
         attempt rows in multi-row INSERTs. The rows were read in this transaction (locked
         on PostgreSQL and MySQL; SQLite's transaction holds the only write lock), so each
         update must match: if one does not, this raises and the caller's savepoint undoes
@@ -176,18 +175,10 @@ class Outcomes(Dependents):
             shapes.setdefault(tuple(ending.changes), []).append(
                 [*ending.changes.values(), row.id, row.attempt]
             )
-        cursor: Cursor = self.db.cursor()
         for columns, params in shapes.items():
-            sql = self._update_sql.get((columns, "many"))
-            if sql is None:  # kept with the driver's placeholders: this runs every turn
-                assignments = ", ".join(f"{self._name(column)} = ?" for column in columns)
-                sql = f"UPDATE task SET {assignments} WHERE {FENCE}".replace("?", self.db.param)
-                self._update_sql[(columns, "many")] = sql
-            cursor.executemany(sql, params)
-            if cursor.rowcount != len(params):
-                raise StoreError(
-                    f"{len(params) - cursor.rowcount} of {len(params)} attempts changed meanwhile"
-                )
+            changed = self._update_held(columns, params)
+            if changed != len(params):
+                raise StoreError(f"{len(params) - changed} of {len(params)} attempts changed meanwhile")
         attempts = [attempt_row(row, ending.outcome, ending.logged, now) for row, ending in ended]
         if self.is_mysql:
             for attempt in attempts:

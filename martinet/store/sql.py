@@ -19,6 +19,9 @@ import peewee
 from martinet import models
 from martinet.errors import StoreError
 from martinet.retry import RetryPolicy
+from martinet.states import HELD, sql_list
+from martinet.store.pg import PgDatabase
+from martinet.store.rows import FENCE
 
 log = logging.getLogger("martinet.store")
 
@@ -112,8 +115,9 @@ class SqlKit:
         returns their ids in order. Not on MySQL.
 
         SQLite numbers the rows of one INSERT one after another (the transaction holds
-        the only write lock), so the ids end at lastrowid; PostgreSQL's ids are drawn
-        from the table's sequence first, so their order is certain."""
+        the only write lock), so the ids end at lastrowid; PostgreSQL draws each row's
+        id from the table's sequence as it reads the rows, in order, so the ids it
+        returns, sorted, are the rows' (whatever order RETURNING gives them in)."""
         ids: list[int] = []
         start = 0
         while start < len(rows):
@@ -127,12 +131,6 @@ class SqlKit:
 
     def _insert_run(self, table: str, rows: list[dict[str, Any]]) -> list[int]:
         columns = list(rows[0])
-        ids: list[int] = []
-        if self.returns_ids:
-            seq = f"pg_get_serial_sequence('{table}', 'id')"
-            ids = [r[0] for r in self._exec(f"SELECT nextval({seq}) FROM generate_series(1, ?)", [len(rows)])]
-            rows = [{"id": i, **row} for i, row in zip(ids, rows, strict=True)]
-            columns = ["id", *columns]
         per = max(1, self.max_params // len(columns))
         one = f"({', '.join('?' * len(columns))})"
         head = f"INSERT INTO {table} ({', '.join(map(self._name, columns))}) VALUES "
@@ -140,10 +138,13 @@ class SqlKit:
         for start in range(0, len(rows), per):
             chunk = rows[start : start + per]
             params = [row[column] for row in chunk for column in columns]
-            last = self._exec(head + ", ".join([one] * len(chunk)), params, cache=False).lastrowid
-            if not self.returns_ids:
+            sql = head + ", ".join([one] * len(chunk))
+            if self.returns_ids:  # one round trip: the ids come back with the INSERT
+                out.extend(sorted(r[0] for r in self._exec(sql + " RETURNING id", params, cache=False)))
+            else:
+                last = self._exec(sql, params, cache=False).lastrowid
                 out.extend(range(last - len(chunk) + 1, last + 1))
-        return ids if self.returns_ids else out
+        return out
 
     def _update_task(self, changes: dict[str, Any], where: str, params: Iterable[Any]) -> int:
         sql = self._update_sql.get((tuple(changes), where))
@@ -151,6 +152,39 @@ class SqlKit:
             assignments = ", ".join(f"{self._name(column)} = ?" for column in changes)
             sql = self._update_sql[(tuple(changes), where)] = f"UPDATE task SET {assignments} WHERE {where}"
         return self._exec(sql, [*changes.values(), *params]).rowcount
+
+    def _update_held(self, columns: tuple[str, ...], rows: list[list[Any]]) -> int:
+        """Held tasks' new values: each row is the values of `columns`, then the task's
+        id and attempt (rows.FENCE); returns how many tasks changed. On PostgreSQL one
+        UPDATE ... FROM (VALUES ...) for as many rows as its parameters allow; elsewhere
+        an executemany (SQLite runs it in process; MySQL, a statement a row)."""
+        if not self.is_postgres:
+            sql = self._update_sql.get((columns, "many"))
+            if sql is None:  # kept with the driver's placeholders: this runs every turn
+                assignments = ", ".join(f"{self._name(column)} = ?" for column in columns)
+                sql = self._update_sql[(columns, "many")] = self._adapt(
+                    f"UPDATE task SET {assignments} WHERE {FENCE}"
+                )
+            cursor: Cursor = self.db.cursor()
+            cursor.executemany(sql, rows)
+            return cursor.rowcount
+        fields = self.Task._meta.columns
+        types = self.db.get_context_options()["field_types"]
+        casts = [f"?::{types[fields[c].field_type]}" for c in columns]
+        one = f"({', '.join([*casts, '?::bigint', '?::bigint'])})"
+        names = ", ".join(self._name(c) for c in columns)
+        assignments = ", ".join(f"{self._name(c)} = v.{self._name(c)}" for c in columns)
+        changed = 0
+        per = max(1, self.max_params // (len(columns) + 2))
+        for start in range(0, len(rows), per):
+            chunk = rows[start : start + per]
+            sql = (
+                f"UPDATE task SET {assignments} FROM (VALUES {', '.join([one] * len(chunk))})"
+                f" AS v({names}, fenced_id, fenced_attempt) WHERE task.id = v.fenced_id"
+                f" AND task.attempt = v.fenced_attempt AND task.status IN ({sql_list(HELD)})"
+            )
+            changed += self._exec(sql, [value for row in chunk for value in row], cache=False).rowcount
+        return changed
 
     def _latest(self, query: peewee.Select) -> peewee.Select:
         """The query as a read of the latest committed rows: on MySQL, whose REPEATABLE READ
@@ -204,6 +238,9 @@ class _Savepoint:
     def __enter__(self) -> _Savepoint:
         self.store.savepoints += 1
         self.name = f"martinet_{self.store.savepoints}"
+        if isinstance(self.store.db, PgDatabase):  # sent with the first statement inside it
+            self.store.db.defer(f"SAVEPOINT {self.name}")
+            return self
         try:
             self.store._exec(f"SAVEPOINT {self.name}")
         except BaseException:
@@ -212,6 +249,16 @@ class _Savepoint:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        db = self.store.db
+        if isinstance(db, PgDatabase):
+            if db.take_back(f"SAVEPOINT {self.name}"):  # nothing was sent inside it
+                self.store.savepoints -= 1
+                return
+            if exc_type is None:
+                db.defer(f"RELEASE SAVEPOINT {self.name}")  # with the next statement
+                self.store.savepoints -= 1
+                return
+            db.forget_deferred()  # releases of savepoints inside this one: undone with it
         try:
             if exc_type is not None:
                 self.store._exec(f"ROLLBACK TO SAVEPOINT {self.name}")

@@ -16,6 +16,16 @@ from martinet.store.sql import Cursor
 
 _DUE = f"status IN ({sql_list(TIMED)}) AND run_at <= ?"  # timed tasks whose run_at has come
 _QUEUED = f"'{TaskState.QUEUED}'"
+_LEASE = (  # a claimed task, leased: its attempt counted, its last attempt's traces cleared
+    f"status = '{TaskState.LEASED}', attempt = attempt + 1, worker = ?, lease_expires = ?,"
+    " started_at = NULL, updated_at = ?, progress = NULL, progress_message = NULL"
+)
+_PG_START = (
+    f"UPDATE task SET status = '{TaskState.RUNNING}', started_at = ?, updated_at = ?"
+    " FROM unnest(?::bigint[], ?::bigint[], ?::text[]) AS s(id, attempt, worker)"
+    f" WHERE task.id = s.id AND task.attempt = s.attempt AND task.worker = s.worker"
+    f" AND task.status = '{TaskState.LEASED}'"
+)
 
 
 class Tasks(Dependents):
@@ -35,6 +45,8 @@ class Tasks(Dependents):
         """
         Task, Dependency = self.Task, self.Dependency
         rid, key = spec.get("request_id"), spec.get("key")
+        if rid and self.is_postgres and not key and not spec.get("after"):
+            return self._submit_once(spec, rid, now)
         if rid:
             existing = self._exec("SELECT id FROM task WHERE request_id = ?", (rid,)).fetchone()
             if existing is not None:
@@ -69,6 +81,23 @@ class Tasks(Dependents):
             Dependency.insert_many([{"task_id": task_id, "parent_id": p.id} for p in parents]).execute()
             Task.update(has_dependents=True).where(Task.id.in_([p.id for p in parents])).execute()
         return task_id, True
+
+    def _submit_once(self, spec: dict[str, Any], rid: str, now: float) -> tuple[int, bool]:
+        """PostgreSQL, a task with a request_id and neither key nor parents: one round trip
+        (the INSERT stands back for a known request_id; the task it made is read then)."""
+        row = task_row(spec, now)
+        row["request_id"] = rid
+        sql = self._insert_sql.get(("task once", tuple(row)))
+        if sql is None:
+            columns = ", ".join(map(self._name, row))
+            sql = self._insert_sql[("task once", tuple(row))] = (
+                f"INSERT INTO task ({columns}) VALUES ({', '.join('?' * len(row))})"
+                " ON CONFLICT (request_id) DO NOTHING RETURNING id"
+            )
+        made = self._exec(sql, row.values()).fetchone()
+        if made is not None:
+            return made[0], True
+        return self._exec("SELECT id FROM task WHERE request_id = ?", (rid,)).fetchone()[0], False
 
     def submit_many(self, specs: list[dict[str, Any]], now: float) -> list[tuple[int, bool]]:
         """Insert many tasks; returns (id, created) for each, in order, as submit() would.
@@ -171,10 +200,7 @@ class Tasks(Dependents):
         names = list(names)
         if limit <= 0 or not names:
             return []
-        sql = (
-            f"SELECT id, name, queue, args, attempt, timeout, has_parents, run_at FROM {self.ready_rows}"
-            f" WHERE status = {_QUEUED} AND name IN ({', '.join('?' * len(names))})"
-        )
+        sql = f" FROM {self.ready_rows} WHERE status = {_QUEUED} AND name IN ({', '.join('?' * len(names))})"
         params: list[Any] = list(names)
         if queue is not None:
             sql += " AND queue = ?"
@@ -188,27 +214,53 @@ class Tasks(Dependents):
         if self.locks_rows:
             sql += " FOR UPDATE SKIP LOCKED"
         columns = ("id", "name", "queue", "args", "attempt", "timeout", "has_parents", "run_at")
-        rows = [dict(zip(columns, r, strict=True)) for r in self._exec(sql, params).fetchall()]
-        if accept is not None:
-            rows = [r for r in rows if accept(r)][:limit]
-        if not rows:
-            return []
-        ids = [r["id"] for r in rows]
-        self._exec(
-            f"UPDATE task SET status = '{TaskState.LEASED}', attempt = attempt + 1, worker = ?, lease_expires = ?,"
-            " started_at = NULL, updated_at = ?, progress = NULL, progress_message = NULL"
-            f" WHERE id IN ({', '.join('?' * len(ids))}) AND {self.by_id_status} = {_QUEUED}",
-            [worker, now + lease, now, *ids],
-        )
+        if self.is_postgres and accept is None:  # read and leased in one round trip
+            rows = self._lease_returning("SELECT id" + sql, params, worker, now, lease, order)
+        else:
+            sql = f"SELECT {', '.join(columns)}{sql}"
+            rows = [dict(zip(columns, r, strict=True)) for r in self._exec(sql, params).fetchall()]
+            if accept is not None:
+                rows = [r for r in rows if accept(r)][:limit]
+            if not rows:
+                return []
+            ids = [r["id"] for r in rows]
+            self._exec(
+                f"UPDATE task SET {_LEASE} WHERE id IN ({', '.join('?' * len(ids))}) AND {self.by_id_status} = {_QUEUED}",
+                [worker, now + lease, now, *ids],
+            )
+            for r in rows:
+                r["attempt"] += 1
         waiting_on = [r["id"] for r in rows if r.pop("has_parents")]
         parents = self._parent_results(waiting_on) if waiting_on else {}
         for r in rows:
-            r["attempt"] += 1
             r["args"] = json.loads(r["args"])
             if r["run_at"] <= now:
                 del r["run_at"]
             if r["id"] in parents:
                 r["parents"] = parents[r["id"]]
+        return rows
+
+    def _lease_returning(
+        self, candidates: str, params: list[Any], worker: str, now: float, lease: float, order: str
+    ) -> list[dict[str, Any]]:
+        """PostgreSQL: the candidates (claim's SELECT of their ids, locked) leased by one
+        UPDATE that returns them, put back in claim's order (RETURNING keeps none).
+
+        Their ids are read first, as an array, and looked up by primary key: joined to the
+        table (WITH ... FROM) the plan may scan every queued task for them, and an
+        `IN (subquery)` may run the subquery again for each row. Locked, they are still
+        queued: no status to check again."""
+        sql = (
+            f"UPDATE task SET {_LEASE} WHERE id = ANY(ARRAY({candidates}))"
+            " RETURNING id, name, queue, args, attempt, timeout, has_parents, run_at, priority"
+        )
+        columns = ("id", "name", "queue", "args", "attempt", "timeout", "has_parents", "run_at", "priority")
+        params = [worker, now + lease, now, *params]
+        rows = [dict(zip(columns, r, strict=True)) for r in self._exec(sql, params)]
+        if order != "random":
+            rows.sort(key=lambda r: (-r["priority"], r["run_at"], r["id"]))
+        for r in rows:
+            del r["priority"]
         return rows
 
     def unclaim(self, task_id: int, attempt: int, now: float) -> tuple[str, str] | None:
@@ -246,6 +298,9 @@ class Tasks(Dependents):
                 f" WHERE id = ? AND attempt = ? AND worker = ? AND status = '{TaskState.LEASED}'"
             ).replace("?", self.db.param)
             self._update_sql[(("status", "started_at"), "start")] = sql
+        if self.is_postgres:  # one statement, not one round trip a start
+            ids, attempts, workers = zip(*starts, strict=True)
+            return self._exec(_PG_START, (now, now, list(ids), list(attempts), list(workers))).rowcount
         cursor: Cursor = self.db.cursor()
         cursor.executemany(sql, [(now, now, task_id, attempt, worker) for task_id, attempt, worker in starts])
         return cursor.rowcount

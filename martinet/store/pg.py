@@ -1,0 +1,100 @@
+"""PostgreSQL with fewer round trips: statements that return nothing the caller reads
+(BEGIN, SAVEPOINT, RELEASE SAVEPOINT) wait and go with the next statement, in one
+query string (psycopg2 sends a query and its parameters as one text, and PostgreSQL
+runs the statements of a string in order, stopping at the first error).
+
+A turn of the daemon is one transaction with a savepoint per request and per batch
+of outcomes, so that a bad one costs only itself. Sent one by one, BEGIN, each
+SAVEPOINT and each RELEASE cost a round trip to the server apiece, more than the
+statements they wrap; deferred, they cost none, and the isolation is the same:
+
+- A SAVEPOINT goes with the first statement inside it. A savepoint in which nothing
+  was sent (a read-only request that failed in Python, an empty batch) is never sent
+  at all: there is nothing to undo or release.
+- A RELEASE goes with the next statement, or with the COMMIT.
+- Undoing a savepoint (ROLLBACK TO) is sent at once: the error path, rare.
+- A transaction that sent nothing commits or rolls back without a word to the server.
+- Rows whose ids no one reads (a turn's events when no one subscribes) are inserted
+  with the COMMIT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import peewee
+
+
+class PgDatabase(peewee.PostgresqlDatabase):
+    """peewee's PostgreSQL database, deferring the statements above (see the module)."""
+
+    def init(
+        self,
+        database: str | None,
+        register_unicode: bool = True,
+        encoding: Any = None,
+        isolation_level: Any = None,
+        *,
+        prefer_psycopg3: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        self._deferred: list[str] = []
+        super().init(
+            database, register_unicode, encoding, isolation_level, prefer_psycopg3=prefer_psycopg3, **kwargs
+        )
+
+    def defer(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Send `sql` (its parameters bound here; no result read) with the next statement."""
+        if params:
+            sql = self.connection().cursor().mogrify(sql, params).decode()  # type: ignore[no-untyped-call]
+        # A string sent with parameters is read for placeholders whole: a % of ours is doubled.
+        self._deferred.append(sql.replace("%", "%%"))
+
+    def take_back(self, sql: str) -> bool:
+        """Forget `sql` (no parameters, no %) and what was deferred after it, if it was not
+        sent yet (True)."""
+        if sql not in self._deferred:
+            return False
+        del self._deferred[self._deferred.index(sql) :]
+        return True
+
+    def forget_deferred(self) -> None:
+        """Drop what waits (a savepoint rolled back discards what was inside it)."""
+        self._deferred.clear()
+
+    def execute_sql(self, sql: str, params: Any = None) -> Any:
+        if self._deferred:
+            sql = "; ".join([*self._deferred, sql])
+            self._deferred.clear()
+        return super().execute_sql(sql, params)  # type: ignore[no-untyped-call]
+
+    def cursor(self, named_cursor: Any = None) -> Any:
+        """A cursor, with what waits sent first (for callers that execute on it directly)."""
+        if self._deferred:
+            sql = "; ".join(self._deferred)
+            self._deferred.clear()
+            super().execute_sql(sql)  # type: ignore[no-untyped-call]  # (peewee binds, if only ())
+        return super().cursor(named_cursor)  # type: ignore[no-untyped-call]
+
+    def begin(self, isolation_level: Any = None) -> None:
+        if isolation_level is None and not getattr(self, "_isolation_level", None):
+            self.defer("BEGIN")
+        else:
+            super().begin(isolation_level)
+
+    def commit(self) -> None:
+        if self._deferred == ["BEGIN"]:  # nothing was sent: nothing to commit
+            self._deferred.clear()
+            return
+        self.execute_sql("COMMIT")
+
+    def rollback(self) -> None:
+        if self.take_back("BEGIN"):  # nothing was sent: nothing to undo
+            return
+        self._deferred.clear()  # releases of what is undone anyway
+        super().rollback()
+
+    def close(self) -> bool:
+        self._deferred.clear()  # a connection closed takes its transaction with it
+        return super().close()
