@@ -19,3 +19,19 @@ def make_core():
     yield make
     for core in made:
         core.close()
+
+
+@pytest.fixture
+def make_live():
+    """Live(url, **settings) (tests/live.py): an embedded daemon and worker threads, closed after the test."""
+    from tests.live import Live
+
+    made: list = []
+
+    def make(url: str, **settings) -> Live:
+        made.append(Live(url, **settings))
+        return made[-1]
+
+    yield make
+    for live in made:
+        live.close()
