@@ -12,7 +12,7 @@ import zmq
 import martinet
 from martinet import protocol
 from martinet.protocol import Cmd
-from tests.harness import Cluster, wait_for
+from tests.harness import wait_for
 
 
 def ts(iso: str) -> float:
@@ -112,28 +112,6 @@ def test_schedule_resumes_after_kill9_under_its_misfire_policy(cluster, policy):
         assert max(b - a for a, b in zip(dues, dues[1:], strict=False)) > 1.5  # not every missed one ran
     else:
         assert missed == []
-
-
-def test_two_daemons_on_one_database_create_each_run_once(tmp_path, db_url):
-    first, second = Cluster(tmp_path, db_url), Cluster(tmp_path, db_url)
-    try:
-        fast = {"MARTINET_MIN_INTERVAL": "0.1"}  # below the default minimum, 1 s: a quick test
-        first.start_daemon(env=fast)
-        second.start_daemon(env=fast)
-        m = first.client()
-        sid = m.every("0.2 seconds", "clock", {})
-        wait_for(lambda: len(runs_of(m, sid)) >= 10, timeout=15, what="ten runs")
-        dues = runs_of(m, sid)
-        assert len(dues) == len(set(dues))
-        assert {round(b - a, 6) for a, b in zip(dues, dues[1:], strict=False)} == {0.2}
-        logs = first.daemon.log() + second.daemon.log()
-        assert (
-            "schedules created tasks" in first.daemon.log()
-            or "schedules created tasks" in second.daemon.log()
-        ), logs
-    finally:
-        first.shutdown()
-        second.shutdown()
 
 
 def test_bad_time_input_writes_nothing(cluster):
