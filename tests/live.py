@@ -12,6 +12,7 @@ from typing import Any
 import martinet
 import tests.tasks  # noqa: F401  (registers the handlers)
 import tests.tasks_compose  # noqa: F401
+from martinet import cli
 from martinet.registry import REGISTRY
 from martinet.worker import Worker
 
@@ -54,3 +55,25 @@ class Live:
         for _worker, thread in self.workers:
             thread.join(10)
         self.m.close()
+
+
+class Cli:
+    """`martinet ARGS` in process (cli.main), against `live`'s daemon as the environment points
+    it; what it printed read with pytest's capsys."""
+
+    def __init__(self, live, capsys, monkeypatch) -> None:
+        self.live, self.capsys = live, capsys
+        monkeypatch.setenv("MARTINET_URL", live.url)  # how most people point the CLI
+
+    def run(self, *argv: str) -> tuple[int, str, str]:
+        try:
+            code = cli.main(list(argv))
+        except SystemExit as exc:  # argparse's own refusals
+            code = exc.code
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def ok(self, *argv: str) -> str:
+        code, out, err = self.run(*argv)
+        assert code == 0, err
+        return out

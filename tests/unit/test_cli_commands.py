@@ -16,29 +16,9 @@ import martinet
 from martinet import cli
 from martinet.store import Store, open_database
 from tests.harness import free_ports, wait_for
+from tests.live import Cli
 
 ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00"
-
-
-class Cli:
-    """`martinet ARGS` in process against `live`'s daemon, as the environment points it."""
-
-    def __init__(self, live, capsys, monkeypatch) -> None:
-        self.live, self.capsys = live, capsys
-        monkeypatch.setenv("MARTINET_URL", live.url)  # how most people point the CLI
-
-    def run(self, *argv: str) -> tuple[int, str, str]:
-        try:
-            code = cli.main(list(argv))
-        except SystemExit as exc:  # argparse's own refusals
-            code = exc.code
-        out, err = self.capsys.readouterr()
-        return code, out, err
-
-    def ok(self, *argv: str) -> str:
-        code, out, err = self.run(*argv)
-        assert code == 0, err
-        return out
 
 
 @pytest.fixture
