@@ -12,6 +12,7 @@ import pytest
 
 import martinet
 from martinet import cli, protocol
+from martinet import client as client_module
 from tests.harness import wait_for
 from tests.live import Live
 
@@ -252,7 +253,10 @@ def test_worker_on_registration(live):
     assert not thread.is_alive()  # it stopped when asked
 
 
-def test_execute_many_accepts_all_in_one_commit_or_none(make_live, db_url, tmp_path, capsys):
+def test_execute_many_accepts_all_in_one_commit_or_none(make_live, db_url, tmp_path, capsys, monkeypatch):
+    # One try: a resend of a batch slow to commit would be answered "not created" (see the
+    # xfail in tests/unit/test_client.py), although this call created them.
+    monkeypatch.setattr(client_module, "FIRST_TRY", 10.0)
     live = make_live(db_url)
     m = live.m
     ids = m.execute_many([("add", {"a": i, "b": 1}) for i in range(1500)], request_id="batch-1")
