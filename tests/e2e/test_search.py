@@ -1,6 +1,6 @@
-"""Finding tasks: filters, payload fields, time ranges, sorts, keyset pages and counts,
-through a real daemon: the API (on every backend) and the CLI. The store's side is
-tests/store/test_search.py; the pure rules, tests/unit/test_search.py."""
+"""Finding tasks: the README's examples run as written, the CLI as a process. The API and
+the pure rules: tests/unit/test_search.py; the CLI in process, tests/unit/test_cli_commands.py;
+the store's side, tests/store/test_search.py."""
 
 from __future__ import annotations
 
@@ -12,44 +12,8 @@ import shlex
 import subprocess
 import sys
 
-import pytest
-
 import martinet
-from martinet.errors import BadInput
 from tests.harness import ROOT
-
-# ---- through a real daemon: the API and the CLI ------------------------------------------------
-
-
-def test_api_search_count_and_pages_under_concurrent_inserts(any_cluster):
-    any_cluster.start_daemon()
-    m = any_cluster.client()
-    ids = m.execute_many([({"name": "resize", "username": "ana"}, {"image_id": i % 3}) for i in range(12)])
-    m.execute("email", {"image_id": 1})
-    assert [t["id"] for t in m.list(name="resize", where={"image_id": 1})] == ids[1::3][::-1]
-    assert m.count(name="resize") == {"queued": 12}
-    assert m.count(where={"image_id": 1}, since="1 hour ago") == {"queued": 5}
-    assert m.list(since="in 1 hour") == []
-
-    # Pages of 5 while another client keeps adding tasks: each old task once, in order
-    seen, page = [], m.search(name="resize", limit=5)
-    while True:
-        seen.extend(t["id"] for t in page.items)
-        m.execute("resize", {"image_id": 0})
-        if page.next is None:
-            break
-        page = m.search(name="resize", limit=5, after=page.next)
-    assert seen == ids[::-1]
-
-    for bad, match in [
-        ({"colour": "red"}, "unknown filter 'colour'"),
-        ({"status": "lost"}, "unknown status 'lost'"),
-        ({"since": "in twenty flurbs"}, "could not read 'in twenty flurbs' as a time"),
-        ({"after": "bm90IGEgY3Vyc29y"}, "was altered or is not a martinet cursor"),
-        ({"sort": "size"}, "unknown sort 'size'"),
-    ]:
-        with pytest.raises(BadInput, match=match):
-            m.search(**bad)
 
 
 def cli(url: str, *args: str) -> subprocess.CompletedProcess:

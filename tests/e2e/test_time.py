@@ -1,5 +1,7 @@
-"""Delayed and recurring tasks end to end: on time, never lost, never doubled. (Schedules as
-the daemon runs them alone, in process: tests/unit/test_schedules.py.)"""
+"""Delayed and recurring tasks end to end: a worker process holding a task sent ahead of its
+due time, schedules across a daemon's kill -9. (Schedules as the daemon runs them, delayed
+tasks through the API and bad times, in process: tests/unit/test_schedules.py; two daemons,
+tests/unit/test_two_daemons.py.)"""
 
 from __future__ import annotations
 
@@ -21,19 +23,6 @@ def ts(iso: str) -> float:
 
 def runs_of(m: martinet.Martinet, sid: str) -> list[float]:
     return sorted(ts(t["due_at"]) for t in m.list(name="clock", limit=10_000) if t["schedule"] == sid)
-
-
-def test_delayed_task_starts_at_its_due_time_not_before(cluster):
-    cluster.start_daemon()
-    cluster.start_worker()
-    m = cluster.client()
-    tid = m.schedule("in 1 second", "clock", {})
-    due = ts(m.get(tid)["run_at"])
-    started = m.wait(tid, timeout=10)
-    assert started >= due
-    past = m.schedule("2020-01-01 00:00", "clock", {})  # a time in the past runs now
-    assert m.get(past)["status"] in ("queued", "leased", "running", "succeeded")
-    assert m.wait(past, timeout=10) > due
 
 
 def test_a_task_sent_ahead_of_its_due_time_starts_then_or_never_if_cancelled_meanwhile(cluster):
@@ -112,22 +101,3 @@ def test_schedule_resumes_after_kill9_under_its_misfire_policy(cluster, policy):
         assert max(b - a for a, b in zip(dues, dues[1:], strict=False)) > 1.5  # not every missed one ran
     else:
         assert missed == []
-
-
-def test_bad_time_input_writes_nothing(cluster):
-    cluster.start_daemon()
-    m = cluster.client()
-    with pytest.raises(martinet.BadTime, match="unknown time zone 'Mars/Olympus'"):
-        m.every("30 minutes", "clock", {}, timezone="Mars/Olympus")
-    with pytest.raises(martinet.BadSchedule, match="61 \\* \\* \\* \\*"):
-        m.every("61 * * * *", "clock", {})
-    for spec in ("0 minutes", "-5 minutes"):
-        with pytest.raises(martinet.BadSchedule, match=spec):
-            m.every(spec, "clock", {})
-    with pytest.raises(martinet.BadSchedule, match="is before the first run"):
-        m.every("1 hour", "clock", {}, run_at="in 2 hours", until="in 1 hour")
-    with pytest.raises(martinet.BadSchedule, match="misfire policy"):
-        m.every("1 hour", "clock", {}, misfire="sometimes")
-    with pytest.raises(martinet.BadTime, match="could not read 'when pigs fly' as a time"):
-        m.every("1 hour", "clock", {}, run_at="when pigs fly")
-    assert m.schedules() == [] and m.list() == []

@@ -59,7 +59,7 @@ def test_an_embedded_daemons_port_clash_names_the_python_argument(tmp_path):
     assert "Martinet(db=..., worker_port=N)" in message and "--worker-port" not in message
 
 
-# ---- from tests/e2e/test_bad_input.py: through the API, the CLI and raw requests -------------
+# ---- through the API, the CLI and raw requests -------------
 
 
 @pytest.fixture

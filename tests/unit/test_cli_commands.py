@@ -31,7 +31,7 @@ def sh(live, capsys, monkeypatch) -> Cli:
     return Cli(live, capsys, monkeypatch)
 
 
-# ---- from tests/e2e/test_cli.py ----------------------------------------------------------
+# ---- the commands: output, refusals, help -----------------------------------------------
 
 
 def test_cli_round_trip(live, sh):
@@ -168,7 +168,7 @@ def test_cli_no_answer_names_the_request_id_to_run_again_with(capsys, monkeypatc
     assert "may have been accepted" in err and "the same command with --request-id order-8" in err
 
 
-# ---- from tests/e2e/test_search.py: martinet list ---------------------------------------------
+# ---- martinet list ---------------------------------------------
 
 
 def test_cli_list_filters_pages_and_counts(live, sh):
@@ -213,7 +213,7 @@ def test_cli_list_filters_pages_and_counts(live, sh):
     assert m.count() == {"queued": 3}  # nothing changed
 
 
-# ---- from tests/e2e/test_history.py: martinet show, schedules show, prune --------------------
+# ---- martinet show, schedules show, prune --------------------
 
 DAY = 86400.0
 NO_RETENTION = {"keep_finished": "never", "keep_dead": "never"}
