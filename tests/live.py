@@ -16,7 +16,7 @@ from martinet import cli
 from martinet.registry import REGISTRY
 from martinet.worker import Worker
 
-HANDLERS = dict(REGISTRY)
+HANDLERS = {name: fn for name, fn in REGISTRY.items() if name != "suicide"}  # it kills its process
 
 
 class Live:
@@ -33,10 +33,12 @@ class Live:
         return self._clients[-1]
 
     def worker(self, concurrency: int = 2, wait: bool = True, **options: Any) -> Worker:
-        """A Worker in a thread, serving tests/tasks.py's handlers; once its hello is in, unless not `wait`."""
+        """A Worker in a thread, serving tests/tasks.py's handlers unless given `handlers`;
+        returned once its hello is in, unless not `wait`."""
         before = self.m.ping()["workers"]
         ports = {"worker_port": self.m.ports["worker"], "status_port": self.m.ports["status"]}
-        worker = Worker(handlers=HANDLERS, concurrency=concurrency, **ports, **options)
+        options.setdefault("handlers", HANDLERS)
+        worker = Worker(concurrency=concurrency, **ports, **options)
         thread = threading.Thread(target=worker.run, name=f"worker-{worker.worker_id}", daemon=True)
         thread.start()
         self.workers.append((worker, thread))
