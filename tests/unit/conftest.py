@@ -1,4 +1,5 @@
-"""In process: pure parts, and the daemon driven with a clock the test sets (tests/core.py)."""
+"""In process: pure parts, the daemon driven with a clock the test sets (tests/core.py), and
+the public API and CLI against an embedded daemon and worker threads (tests/live.py)."""
 
 from __future__ import annotations
 
