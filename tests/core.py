@@ -59,7 +59,7 @@ class Core:
     def submit(self, name: str, queue: str | None = None, **fields: Any) -> int:
         if queue is not None:
             fields["queue"] = queue
-        return self.request("execute", name=name, args={}, **fields)["id"]
+        return self.request("execute", name=name, **{"args": {}, **fields})["id"]
 
     def hello(self, worker_id: str, names: list[str], capacity: int = 4, **fields: Any) -> Outbox:
         """A worker's hello on the connection b"<worker_id>", handled (committed); the Outbox
@@ -121,14 +121,15 @@ class Core:
     def turn(
         self,
         *,
-        client: list[tuple[Cmd, dict]] = (),
-        worker: list[tuple[bytes, Cmd, dict]] = (),
-        status: list[tuple[Cmd, dict]] = (),
+        client: list[tuple[Cmd, dict] | list[bytes]] = (),
+        worker: list[tuple[bytes, Cmd, dict] | tuple[bytes, list[bytes]]] = (),
+        status: list[tuple[Cmd, dict] | list[bytes]] = (),
         fail: bool = False,
         heard: bool = True,
     ) -> list[tuple[str, bytes, Cmd, dict]]:
         """A whole turn of the core, as the loop gives it these messages (client and status
-        ones from the idents b"client" and b"status"), and what the loop would send once it
+        ones from the idents b"client" and b"status"; a message is (command, header), or its
+        frames as they came off the wire), and what the loop would send once it
         is over: (socket, ident, command, header), TASK messages last. With `fail`, the
         turn's commit fails (its last statement raises), as when the database goes away.
         Connected workers are heard from (heartbeats) unless `heard` is false."""
@@ -146,9 +147,9 @@ class Core:
             core.hub.record = failing
         try:
             out = core.turn(
-                [(b"client", protocol.encode(cmd, h)) for cmd, h in client],
-                [(b"status", protocol.encode(cmd, h)) for cmd, h in status],
-                [(ident, protocol.encode(cmd, h)) for ident, cmd, h in worker],
+                [(b"client", _frames(m)) for m in client],
+                [(b"status", _frames(m)) for m in status],
+                [(m[0], _frames(m[1:])) for m in worker],
                 self.now,
             )
         finally:
@@ -160,3 +161,10 @@ class Core:
         tasks = core.task_messages(out.tasks, self.now, self.now)
         sent += [("worker", peer.ident, *protocol.decode(frames)) for peer, _rows, frames in tasks]
         return sent
+
+
+def _frames(message: tuple | list[bytes]) -> list[bytes]:
+    """(command, header) encoded, or (frames,) / frames as they are."""
+    if isinstance(message, list):
+        return message
+    return message[0] if len(message) == 1 else protocol.encode(*message)

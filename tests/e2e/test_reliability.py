@@ -1,11 +1,11 @@
 """Restarts, kills and refusals: accepted tasks always run, and run once where possible.
-(Which worker gets what, decided by the daemon alone, is tests/unit/test_workers.py.)"""
+(Which worker gets what, decided by the daemon alone, is tests/unit/test_workers.py; a
+worker that refuses a task, in a thread, tests/unit/test_worker_threads.py.)"""
 
 from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
 
@@ -107,24 +107,6 @@ def test_a_worker_back_under_its_id_without_a_journal_gives_up_what_it_held(clus
     assert [a["outcome"] for a in attempts] == ["lost", "succeeded"]
     assert "its worker came back without it" in attempts[0]["error"]["message"]
     assert not (tmp_path / "state").exists()  # --no-journal: no default journal either
-
-
-def test_refused_task_goes_elsewhere_without_spending_an_attempt(cluster):
-    # Given a worker that claims 'beta' but cannot run it
-    cluster.start_daemon()
-    cluster.start_worker(
-        "tests.tasks_alpha", worker_id="liar", script=[sys.executable, "tests/e2e/liar_worker.py"]
-    )
-    m = cluster.client()
-    tid = m.execute("beta")
-    wait_for(lambda: "worker liar refused task" in cluster.daemon.log(), timeout=10, what="the refusal")
-    info = m.show(tid)
-    assert (info["status"], info["attempt"]) == ("queued", 0)
-    assert info["waiting"] == "no connected worker handles 'beta'"
-    # When a worker that can run it arrives, it runs there, on its first attempt
-    cluster.start_worker("tests.tasks_beta", worker_id="honest")
-    assert m.wait(tid, timeout=10) == "beta"
-    assert [(a["attempt"], a["worker"]) for a in m.show(tid)["attempts"]] == [(1, "honest")]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -1,56 +1,19 @@
-"""Finding tasks: filters, payload fields, time ranges, sorts, keyset pages and counts,
-through a real daemon: the API (on every backend) and the CLI. The store's side is
-tests/store/test_search.py; the pure rules, tests/unit/test_search.py."""
+"""Finding tasks: the README's examples run as written, the CLI as a process. The API and
+the pure rules: tests/unit/test_search.py; the CLI in process, tests/unit/test_cli_commands.py;
+the store's side, tests/store/test_search.py."""
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import re
 import shlex
 import subprocess
 import sys
 
-import pytest
-
 import martinet
-from martinet.errors import BadInput
 from tests.harness import ROOT
-
-# ---- through a real daemon: the API and the CLI ------------------------------------------------
-
-
-def test_api_search_count_and_pages_under_concurrent_inserts(any_cluster):
-    any_cluster.start_daemon()
-    m = any_cluster.client()
-    ids = m.execute_many([({"name": "resize", "username": "ana"}, {"image_id": i % 3}) for i in range(12)])
-    m.execute("email", {"image_id": 1})
-    assert [t["id"] for t in m.list(name="resize", where={"image_id": 1})] == ids[1::3][::-1]
-    assert m.count(name="resize") == {"queued": 12}
-    assert m.count(where={"image_id": 1}, since="1 hour ago") == {"queued": 5}
-    assert m.list(since="in 1 hour") == []
-
-    # Pages of 5 while another client keeps adding tasks: each old task once, in order
-    seen, page = [], m.search(name="resize", limit=5)
-    while True:
-        seen.extend(t["id"] for t in page.items)
-        m.execute("resize", {"image_id": 0})
-        if page.next is None:
-            break
-        page = m.search(name="resize", limit=5, after=page.next)
-    assert seen == ids[::-1]
-
-    for bad, match in [
-        ({"colour": "red"}, "unknown filter 'colour'"),
-        ({"status": "lost"}, "unknown status 'lost'"),
-        ({"since": "in twenty flurbs"}, "could not read 'in twenty flurbs' as a time"),
-        ({"after": "bm90IGEgY3Vyc29y"}, "was altered or is not a martinet cursor"),
-        ({"sort": "size"}, "unknown sort 'size'"),
-    ]:
-        with pytest.raises(BadInput, match=match):
-            m.search(**bad)
 
 
 def cli(url: str, *args: str) -> subprocess.CompletedProcess:
@@ -59,48 +22,6 @@ def cli(url: str, *args: str) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "martinet", "list", *args, "--url", url, "--timeout", "5"],
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=60,
     )  # fmt: skip
-
-
-def test_cli_list_filters_pages_and_counts(cluster):
-    cluster.start_daemon()
-    m = cluster.client()
-    a = m.execute(
-        {"name": "resize.small", "description": "Avatar"}, {"image_id": 7, "user": {"email": "a@x.io"}}
-    )
-    b = m.execute("resize.large", {"image_id": "7"})
-    c = m.execute("resize.large", {"image_id": 7})
-
-    out = cli(cluster.url, "--name", "resize.*", "--where", "image_id=7", "--json")
-    assert [t["id"] for t in json.loads(out.stdout)["items"]] == [c, a]
-    out = cli(cluster.url, "--where", 'image_id="7"', "--where", "user.email=a@x.io", "--json")
-    assert json.loads(out.stdout) == {"items": [], "next": None}
-    first = json.loads(cli(cluster.url, "--limit", "2", "--json").stdout)
-    assert [t["id"] for t in first["items"]] == [c, b] and first["next"]
-    rest = json.loads(cli(cluster.url, "--limit", "2", "--after", first["next"], "--json").stdout)
-    assert [t["id"] for t in rest["items"]] == [a] and rest["next"] is None
-    out = cli(cluster.url, "--text", "avatar", "--since", "1 hour ago", "--status", "queued,running")
-    assert out.returncode == 0 and f"{a:>8}  queued" in out.stdout and "resize.large" not in out.stdout
-    out = cli(cluster.url, "--limit", "1")
-    assert "more: martinet list ... --after " in out.stdout
-    out = cli(cluster.url, "--count", "--name", "resize.large")
-    assert out.stdout.split() == ["queued", "2", "total", "2"]
-    assert json.loads(cli(cluster.url, "--count", "--json").stdout) == {"counts": {"queued": 3}, "total": 3}
-
-    for args, message in [
-        (["--where", "image_id"], "--where 'image_id' must look like FIELD=VALUE, e.g. image_id=7"),
-        (["--where", "a b=1"], "where field 'a b' is not a payload path"),
-        (["--since", "in twenty flurbs"], "could not read 'in twenty flurbs' as a time"),
-        (["--after", first["next"][:-2]], "was altered or is not a martinet cursor"),
-        (["--after", first["next"], "--sort", "due"], "continues a listing sorted by created, not due"),
-        (["--status", "lost"], "unknown status 'lost'"),
-        (["--schedule", "weekly"], "schedule must be a schedule id like s7, got 'weekly'"),
-    ]:
-        out = cli(cluster.url, *args)
-        assert out.returncode == 1, args
-        assert out.stderr.startswith("martinet: error: ") and message in out.stderr, out.stderr
-    out = cli(cluster.url, "--sort", "size")
-    assert out.returncode == 2 and "invalid choice: 'size'" in out.stderr
-    assert m.count() == {"queued": 3}  # nothing changed
 
 
 def test_the_readme_search_examples_run(cluster):

@@ -1,5 +1,7 @@
-"""Delayed and recurring tasks end to end: on time, never lost, never doubled. (Schedules as
-the daemon runs them alone, in process: tests/unit/test_schedules.py.)"""
+"""Recurring tasks end to end: schedules across a daemon's kill -9. (Schedules as the daemon
+runs them, delayed tasks through the API and bad times, in process: tests/unit/test_schedules.py;
+two daemons, tests/unit/test_two_daemons.py; a worker holding a task sent ahead of its due
+time, tests/unit/test_worker_threads.py.)"""
 
 from __future__ import annotations
 
@@ -7,12 +9,9 @@ import time
 from datetime import datetime
 
 import pytest
-import zmq
 
 import martinet
-from martinet import protocol
-from martinet.protocol import Cmd
-from tests.harness import Cluster, wait_for
+from tests.harness import wait_for
 
 
 def ts(iso: str) -> float:
@@ -21,66 +20,6 @@ def ts(iso: str) -> float:
 
 def runs_of(m: martinet.Martinet, sid: str) -> list[float]:
     return sorted(ts(t["due_at"]) for t in m.list(name="clock", limit=10_000) if t["schedule"] == sid)
-
-
-def test_delayed_task_starts_at_its_due_time_not_before(cluster):
-    cluster.start_daemon()
-    cluster.start_worker()
-    m = cluster.client()
-    tid = m.schedule("in 1 second", "clock", {})
-    due = ts(m.get(tid)["run_at"])
-    started = m.wait(tid, timeout=10)
-    assert started >= due
-    past = m.schedule("2020-01-01 00:00", "clock", {})  # a time in the past runs now
-    assert m.get(past)["status"] in ("queued", "leased", "running", "succeeded")
-    assert m.wait(past, timeout=10) > due
-
-
-def test_a_task_sent_ahead_of_its_due_time_starts_then_or_never_if_cancelled_meanwhile(cluster):
-    """The daemon leases a delayed task a moment before it is due (start_in, see
-    daemon.TIMER_LEAD) and the worker holds it until then. A scripted daemon plays
-    the daemon's part here, so that the times are the test's own."""
-    ctx = zmq.Context()
-    work, status = ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
-    try:
-        for sock, port in ((work, cluster.worker_port), (status, cluster.status_port)):
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.bind(f"tcp://127.0.0.1:{port}")
-        cluster.start_worker(wait=False)
-        assert work.poll(10_000), "the worker did not say hello"
-        ident, frame = work.recv_multipart()
-        assert protocol.decode([frame])[0] is Cmd.HELLO
-
-        def send(cmd: Cmd, header: dict) -> None:
-            work.send_multipart([ident, *protocol.encode(cmd, header)])
-
-        starts: list[list[int]] = []
-
-        def outcomes() -> list[dict]:
-            while True:
-                assert status.poll(10_000), "no outcome came"
-                cmd, header = protocol.decode(status.recv_multipart()[1:])
-                if cmd is not Cmd.STARTED:
-                    break
-                starts.extend(header["started"])  # a handler took it
-            assert cmd is Cmd.ENDED
-            starts.extend(header.get("started", []))  # or with the outcomes of the same pass
-            return header["ended"]
-
-        sent = time.time()
-        send(Cmd.TASK, {"tasks": [{"id": 1, "attempt": 1, "name": "clock", "args": {}, "start_in": 0.3}]})
-        (outcome,) = outcomes()
-        assert outcome["ok"] and outcome["result"] >= sent + 0.3  # the handler's start: not before
-
-        send(Cmd.TASK, {"tasks": [{"id": 2, "attempt": 1, "name": "clock", "args": {}, "start_in": 0.9}]})
-        send(Cmd.CANCEL, {"id": 2})
-        (outcome,) = outcomes()
-        assert (outcome["id"], outcome["ok"], outcome["result"]) == (2, True, None)  # its handler never ran
-        assert starts == [[1, 1]]  # so it never said it started
-    finally:
-        work.close()
-        status.close()
-        ctx.term()
 
 
 @pytest.mark.parametrize("policy", ["once", "all", "skip"])
@@ -112,44 +51,3 @@ def test_schedule_resumes_after_kill9_under_its_misfire_policy(cluster, policy):
         assert max(b - a for a, b in zip(dues, dues[1:], strict=False)) > 1.5  # not every missed one ran
     else:
         assert missed == []
-
-
-def test_two_daemons_on_one_database_create_each_run_once(tmp_path, db_url):
-    first, second = Cluster(tmp_path, db_url), Cluster(tmp_path, db_url)
-    try:
-        fast = {"MARTINET_MIN_INTERVAL": "0.1"}  # below the default minimum, 1 s: a quick test
-        first.start_daemon(env=fast)
-        second.start_daemon(env=fast)
-        m = first.client()
-        sid = m.every("0.2 seconds", "clock", {})
-        wait_for(lambda: len(runs_of(m, sid)) >= 10, timeout=15, what="ten runs")
-        dues = runs_of(m, sid)
-        assert len(dues) == len(set(dues))
-        assert {round(b - a, 6) for a, b in zip(dues, dues[1:], strict=False)} == {0.2}
-        logs = first.daemon.log() + second.daemon.log()
-        assert (
-            "schedules created tasks" in first.daemon.log()
-            or "schedules created tasks" in second.daemon.log()
-        ), logs
-    finally:
-        first.shutdown()
-        second.shutdown()
-
-
-def test_bad_time_input_writes_nothing(cluster):
-    cluster.start_daemon()
-    m = cluster.client()
-    with pytest.raises(martinet.BadTime, match="unknown time zone 'Mars/Olympus'"):
-        m.every("30 minutes", "clock", {}, timezone="Mars/Olympus")
-    with pytest.raises(martinet.BadSchedule, match="61 \\* \\* \\* \\*"):
-        m.every("61 * * * *", "clock", {})
-    for spec in ("0 minutes", "-5 minutes"):
-        with pytest.raises(martinet.BadSchedule, match=spec):
-            m.every(spec, "clock", {})
-    with pytest.raises(martinet.BadSchedule, match="is before the first run"):
-        m.every("1 hour", "clock", {}, run_at="in 2 hours", until="in 1 hour")
-    with pytest.raises(martinet.BadSchedule, match="misfire policy"):
-        m.every("1 hour", "clock", {}, misfire="sometimes")
-    with pytest.raises(martinet.BadTime, match="could not read 'when pigs fly' as a time"):
-        m.every("1 hour", "clock", {}, run_at="when pigs fly")
-    assert m.schedules() == [] and m.list() == []

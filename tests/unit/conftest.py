@@ -1,4 +1,5 @@
-"""In process: pure parts, and the daemon driven with a clock the test sets (tests/core.py)."""
+"""In process: pure parts, the daemon driven with a clock the test sets (tests/core.py), and
+the public API and CLI against an embedded daemon and worker threads (tests/live.py)."""
 
 from __future__ import annotations
 
@@ -19,3 +20,19 @@ def make_core():
     yield make
     for core in made:
         core.close()
+
+
+@pytest.fixture
+def make_live():
+    """Live(url, **settings) (tests/live.py): an embedded daemon and worker threads, closed after the test."""
+    from tests.live import Live
+
+    made: list = []
+
+    def make(url: str, **settings) -> Live:
+        made.append(Live(url, **settings))
+        return made[-1]
+
+    yield make
+    for live in made:
+        live.close()

@@ -2,18 +2,21 @@
 pruned after keep_events; hooks, `martinet watch`, malformed messages, bad input.
 
 Store and hub tests, in process: time passed in as numbers, on every backend. The
-end-to-end tests (hooks, watch, restarts over TCP) are in tests/e2e/test_events.py.
+hooks, catch-up and malformed messages through the API, against an embedded daemon
+(tests/live.py), at the end. `martinet watch` as a process and restarts: tests/e2e/test_events.py.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import pytest
+import zmq
 
 import martinet
-from martinet import protocol
+from martinet import cli, protocol
 from martinet.protocol import Cmd
 from martinet.retention import Retention
 from martinet.server.events import (
@@ -24,6 +27,7 @@ from martinet.server.events import (
     EventHub,
 )
 from martinet.store import Store, open_database
+from tests.harness import wait_for
 
 NOW = 1_800_000_000.0  # 2027-01-15 08:00 UTC
 DAY = 86400.0
@@ -217,3 +221,132 @@ def test_malformed_records_are_rate_limited_with_a_count_of_the_rest():
     assert hub.pending[-1]["suppressed"] == 2 and len(hub.pending) == MALFORMED_PER_SECOND * 2 + 2
     hub.malformed("worker", "0080000003", "bad", 1, NOW + 4.0)  # the log has a quota of its own
     assert sum(hub.may_log() for _ in range(MALFORMED_LOGGED_PER_SECOND + 5)) == MALFORMED_LOGGED_PER_SECOND
+
+
+# ---- through the API: an embedded daemon and worker threads (tests/live.py) ---------------
+
+
+def test_each_hook_fires_with_its_fields_in_order_and_by_name(make_live, db_url):
+    live = make_live(db_url)
+    live.worker()
+    m = live.m
+    every, complete_add, progress, retry, dead, error = Seen(), Seen(), Seen(), Seen(), Seen(), Seen()
+    m.on("any", every)
+    m.on_complete(lambda e: 1 / 0)  # a hook that raises, before the others
+    m.on_complete(complete_add, name="add")
+    m.on_progress(progress, name="steps")
+    m.on_retry(retry)
+    m.on_dead(dead)
+    m.on_error(error)
+    add = m.execute("add", {"a": 1, "b": 2})
+    steps = m.execute("steps", {"n": 3})
+    flaky = m.execute({"name": "flaky", "max_attempts": 3, "retry_base": 0.05}, {"succeed_on": 2})
+    boom = m.execute({"name": "boom", "max_attempts": 1})
+    for tid in (add, steps, flaky):
+        m.wait(tid, timeout=20)
+    with pytest.raises(martinet.TaskFailed):
+        m.wait(boom, timeout=20)
+    every.wait(lambda items: sum(e["event"] in ("succeeded", "dead") for e in items) == 4, what="4 ends")
+
+    (done,) = complete_add.items  # by name: only add's, although the raising hook came first
+    assert (done["id"], done["name"], done["result"], done["attempt"]) == (add, "add", 3, 1)
+    assert isinstance(done["event_id"], int) and done["at"].endswith("+00:00")
+    assert [(e["id"], e["progress"], e["message"]) for e in progress.items] == [
+        (steps, i / 3, f"step {i} of 3") for i in (1, 2, 3)
+    ]
+    (again,) = retry.items
+    assert (again["id"], again["event"], again["attempt"]) == (flaky, "failed", 1)
+    assert again["error"]["type"] == "RuntimeError" and again["run_at"]
+    (gone,) = dead.items
+    assert (gone["id"], gone["error"]["type"], gone["error"]["message"]) == (boom, "ValueError", "kaboom")
+    assert [(e["id"], e["status"]) for e in error.items] == [(flaky, "failed"), (boom, "dead")]
+    ids = [e["event_id"] for e in every.items]
+    assert ids == sorted(set(ids))  # in id order, none twice: so each task's in order too
+    assert [e["event"] for e in every.items if e["id"] == flaky] == ["failed", "succeeded"]
+    assert every.count("succeeded") == 3  # the raising hook stopped nothing
+
+
+def test_a_client_back_from_a_gap_gets_exactly_the_events_it_missed(make_live, db_url):
+    live = make_live(db_url)
+    live.worker()
+    m = live.m
+    seen = Seen()
+    m.on("any", seen)
+    first = m.execute("add", {"a": 1, "b": 1})
+    seen.wait(lambda items: any(e["id"] == first for e in items), what="the first task's event")
+    # Given a client that stops listening
+    m.stop_listening()
+    last = m.last_event_id
+    had = len(seen.items)
+    # When tasks finish meanwhile, and it listens again from where it stopped
+    missed = [m.execute("steps", {"n": 2}), m.execute("add", {"a": 2, "b": 2})]
+    for tid in missed:
+        m.wait(tid, timeout=20)
+    db = open_database(db_url)
+    try:
+        wait_for(lambda: len(table(db, last)) == 4, what="the missed events in the table")
+        expected = table(db, last)
+    finally:
+        db.close()
+    m.listen()
+    sentinel = m.execute("add", {"a": 0, "b": 0})
+    items = seen.wait(lambda items: any(e["id"] == sentinel for e in items), what="the sentinel")
+    # Then it gets exactly the missed ones, in order, then the live ones
+    back = items[had:]
+    assert [(e["event_id"], e["event"], e["id"]) for e in back[:-1]] == [r[:3] for r in expected]
+    assert sorted(e["event"] for e in back[:-1]) == ["progress", "progress", "succeeded", "succeeded"]
+    assert back[-1]["id"] == sentinel and back[-1]["event_id"] > expected[-1][0]
+
+
+def test_malformed_messages_are_recorded_with_why_where_and_size(make_live, db_url):
+    live = make_live(db_url)
+    m = live.m
+    seen = Seen()
+    m.on_malformed(seen)
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.connect(f"tcp://127.0.0.1:{live.m.ports['status']}")
+        sock.send(b"hello")
+        (bad,) = seen.wait(lambda items: items, what="the malformed event")
+        assert (bad["socket"], bad["size"]) == ("status", 5)
+        assert "bad signature" in bad["why"] and re.fullmatch("[0-9a-f]+", bad["peer"])
+        # A flood: recorded a few a second, the rest counted
+        for _ in range(300):
+            sock.send(b"garbage!")
+        sock.close()
+    finally:
+        ctx.term()
+    db = open_database(db_url)
+    try:
+
+        def accounted() -> list[tuple]:
+            rows = [r for r in table(db) if r[1] == "malformed"]
+            # each row is one message (but a count of its own), plus those it counts
+            total = sum((r[3]["size"] is not None) + r[3].get("suppressed", 0) for r in rows)
+            return rows if total == 301 else []
+
+        rows = wait_for(accounted, timeout=15, what="every malformed message recorded or counted")
+    finally:
+        db.close()
+    assert len(rows) < 60
+    assert m.ping()["workers"] == 0  # and the daemon still answers
+
+
+def test_bad_hooks_and_subscriptions_get_clear_errors_and_change_nothing(make_live, sqlite_url, capsys):
+    live = make_live(sqlite_url)
+    m = live.m
+    with pytest.raises(martinet.BadInput, match="unknown event 'compleet'; hooks take one of: complete, "):
+        m.on("compleet", print)
+    with pytest.raises(martinet.BadInput, match="a hook must be callable, not int"):
+        m.on("complete", 42)
+    with pytest.raises(martinet.BadInput, match="malformed events belong to no task"):
+        m.on("malformed", print, name="resize")
+    with pytest.raises(martinet.BadInput, match="since must be an event id .*got -1"):
+        m.listen(since=-1)
+    with pytest.raises(martinet.BadInput, match="since must be an event id .*got 'last week'"):
+        m.client.request("subscribe", {"since": "last week"})
+    assert m._hooks == [] and m._listener is None  # nothing changed
+    code = cli.main(["watch", "--status", "sucess", "--url", live.url])
+    assert code == 1 and "unknown status 'sucess' for watch; events are progress," in capsys.readouterr().err

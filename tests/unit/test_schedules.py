@@ -1,13 +1,17 @@
 """Schedules as the daemon runs them: runs at exact due times, paused, resumed, updated, shown,
 removed, ended by a count. In process, with the clock the test sets (tests/core.py); a
 request carries what `Martinet.every` and `update` send (seconds, a cron text, a zone).
-Schedules across a daemon's kill -9 and two daemons: tests/e2e/test_time.py."""
+Delayed tasks and bad times through the API, at the end. Schedules across a daemon's kill -9:
+tests/e2e/test_time.py; two daemons, tests/unit/test_two_daemons.py."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+import pytest
+
+import martinet
 from tests.core import Core
 
 
@@ -91,3 +95,38 @@ def test_count_and_until_end_a_schedule(sqlite_url, make_core):
     run_until(core, lambda: core.request("get", id=counted)["item"]["status"] == "finished")
     assert len(runs(core, "clock", counted)) == 2
     assert core.request("get", id=counted)["item"]["next_due"] is None
+
+
+# ---- through the API: an embedded daemon and worker threads (tests/live.py) ---------------
+
+
+def test_delayed_task_starts_at_its_due_time_not_before(make_live, sqlite_url):
+    live = make_live(sqlite_url)
+    live.worker()
+    m = live.m
+    tid = m.schedule("in 1 second", "clock", {})
+    due = ts(m.get(tid)["run_at"])
+    started = m.wait(tid, timeout=10)
+    assert started >= due
+    past = m.schedule("2020-01-01 00:00", "clock", {})  # a time in the past runs now
+    assert m.get(past)["status"] in ("queued", "leased", "running", "succeeded")
+    assert m.wait(past, timeout=10) > due
+
+
+def test_bad_time_input_writes_nothing(make_live, sqlite_url):
+    live = make_live(sqlite_url)
+    m = live.m
+    with pytest.raises(martinet.BadTime, match="unknown time zone 'Mars/Olympus'"):
+        m.every("30 minutes", "clock", {}, timezone="Mars/Olympus")
+    with pytest.raises(martinet.BadSchedule, match="61 \\* \\* \\* \\*"):
+        m.every("61 * * * *", "clock", {})
+    for spec in ("0 minutes", "-5 minutes"):
+        with pytest.raises(martinet.BadSchedule, match=spec):
+            m.every(spec, "clock", {})
+    with pytest.raises(martinet.BadSchedule, match="is before the first run"):
+        m.every("1 hour", "clock", {}, run_at="in 2 hours", until="in 1 hour")
+    with pytest.raises(martinet.BadSchedule, match="misfire policy"):
+        m.every("1 hour", "clock", {}, misfire="sometimes")
+    with pytest.raises(martinet.BadTime, match="could not read 'when pigs fly' as a time"):
+        m.every("1 hour", "clock", {}, run_at="when pigs fly")
+    assert m.schedules() == [] and m.list() == []

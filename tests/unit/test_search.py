@@ -1,6 +1,7 @@
 """Finding tasks: filters, payload fields, time ranges, sorts, keyset pages and counts,
 the rules of a search and its cursors, pure. The store's side is tests/store/test_search.py;
-through a real daemon, the API and the CLI, tests/e2e/test_search.py."""
+the API against an embedded daemon, at the end; the CLI's list, tests/unit/test_cli_commands.py;
+the README's examples, tests/e2e/test_search.py."""
 
 from __future__ import annotations
 
@@ -64,3 +65,37 @@ def test_cursors_round_trip_and_refuse_any_change():
             decode_cursor(bad, "created")
     with pytest.raises(BadInput, match="continues a listing sorted by created, not due"):
         decode_cursor(cursor, "due")
+
+
+# ---- through the API: an embedded daemon and worker threads (tests/live.py) ---------------
+
+
+def test_api_search_count_and_pages_under_concurrent_inserts(make_live, db_url):
+    live = make_live(db_url)
+    m = live.m
+    ids = m.execute_many([({"name": "resize", "username": "ana"}, {"image_id": i % 3}) for i in range(12)])
+    m.execute("email", {"image_id": 1})
+    assert [t["id"] for t in m.list(name="resize", where={"image_id": 1})] == ids[1::3][::-1]
+    assert m.count(name="resize") == {"queued": 12}
+    assert m.count(where={"image_id": 1}, since="1 hour ago") == {"queued": 5}
+    assert m.list(since="in 1 hour") == []
+
+    # Pages of 5 while another client keeps adding tasks: each old task once, in order
+    seen, page = [], m.search(name="resize", limit=5)
+    while True:
+        seen.extend(t["id"] for t in page.items)
+        m.execute("resize", {"image_id": 0})
+        if page.next is None:
+            break
+        page = m.search(name="resize", limit=5, after=page.next)
+    assert seen == ids[::-1]
+
+    for bad, match in [
+        ({"colour": "red"}, "unknown filter 'colour'"),
+        ({"status": "lost"}, "unknown status 'lost'"),
+        ({"since": "in twenty flurbs"}, "could not read 'in twenty flurbs' as a time"),
+        ({"after": "bm90IGEgY3Vyc29y"}, "was altered or is not a martinet cursor"),
+        ({"sort": "size"}, "unknown sort 'size'"),
+    ]:
+        with pytest.raises(BadInput, match=match):
+            m.search(**bad)

@@ -1,10 +1,15 @@
 """Shaping work as the daemon decides it: priority, schedules declared at every start,
 dependencies refused or cancelled. In process, with the clock the test sets
-(tests/core.py); what needs handlers or several processes is tests/e2e/test_shaping.py."""
+(tests/core.py); what needs handlers through the API, against an embedded daemon and
+worker threads at the end; what needs several processes, tests/e2e/test_shaping.py."""
 
 from __future__ import annotations
 
+import pytest
+
+import martinet
 from tests.core import Core
+from tests.harness import wait_for
 
 HOUR = 3600.0
 
@@ -103,3 +108,47 @@ def test_revoking_a_parent_cancels_what_waits_on_it(sqlite_url, make_core):
     assert get(core, child)["status"] == "cancelled"
     waited = core.request("wait", id=child, wait_for=5)  # answered at once: `wait` raises TaskFailed
     assert waited["done"] and waited["item"]["status"] == "cancelled"
+
+
+# ---- through the API: an embedded daemon and worker threads (tests/live.py) ---------------
+
+
+def test_dependencies_wait_pass_results_and_cancel_down_the_chain(make_live, db_url):
+    live = make_live(db_url)
+    m = live.m
+    good = m.execute("add", {"a": 1, "b": 2})
+    bad = m.execute({"name": "boom", "max_attempts": 1})
+    child = m.execute("parents", {}, after=[good])
+    both = m.execute("parents", {}, after=[good, bad])
+    grandchild = m.execute("parents", {}, after=[both])
+    assert m.get(child)["status"] == "waiting"
+    assert m.show(both)["waiting"] == f"waiting for task(s) {good}, {bad} to succeed"
+    live.worker()
+    assert m.wait(child, timeout=10) == {str(good): 3}
+    with pytest.raises(martinet.TaskFailed, match="cancelled"):
+        m.wait(both, timeout=10)
+    assert m.get(both)["reason"] == f"task {bad} it waited on ended dead"
+    assert m.get(grandchild)["status"] == "cancelled"
+    assert m.get(grandchild)["reason"] == f"task {both} it waited on ended cancelled"
+    late = m.execute("parents", {}, after=[good])  # its parent already succeeded: runs at once
+    assert m.wait(late, timeout=10) == {str(good): 3}
+
+
+def test_release_gives_a_task_back_without_spending_attempts(make_live, db_url, tmp_path):
+    live = make_live(db_url, max_releases=3)
+    live.worker()
+    m = live.m
+    tid = m.execute({"name": "picky", "max_attempts": 1}, {"marker": str(tmp_path / "a"), "accept_on": 3})
+    assert m.wait(tid, timeout=10) == "accepted"  # though max_attempts is 1
+    info = m.show(tid)
+    assert (info["releases"], info["attempt"], info["error"]) == (2, 3, None)
+    assert [a["outcome"] for a in info["attempts"]] == ["released", "released", "succeeded"]
+    assert info["attempts"][0]["error"]["message"] == "no GPU free"
+    later = m.execute("picky", {"marker": str(tmp_path / "b"), "accept_on": 2, "delay": 60})
+    wait_for(lambda: m.get(later)["status"] == "scheduled", timeout=10, what="the delayed release")
+    assert m.get(later)["reason"] == "released: no GPU free"
+    stubborn = m.execute("picky", {"marker": str(tmp_path / "c"), "accept_on": 100})
+    wait_for(
+        lambda: m.get(stubborn)["status"] == "stalled", timeout=10, what="the stall after too many releases"
+    )
+    assert m.get(stubborn)["reason"].startswith("stalled: released 4 times (more than max_releases=3)")

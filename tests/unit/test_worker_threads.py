@@ -1,0 +1,107 @@
+"""A Worker in a thread of the test's process, against sockets the test binds itself (a
+scripted daemon, its times the test's own) or an embedded daemon (tests/live.py): what a
+worker does with what it is sent, without a worker process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import zmq
+
+from martinet import protocol
+from martinet.protocol import Cmd
+from martinet.worker import Worker
+from tests.harness import free_ports, wait_for
+from tests.live import HANDLERS
+
+
+def test_a_task_sent_ahead_of_its_due_time_starts_then_or_never_if_cancelled_meanwhile():
+    """The daemon leases a delayed task a moment before it is due (start_in, see
+    server/timers.py's TIMER_LEAD) and the worker holds it until then. A scripted daemon plays
+    the daemon's part here, so that the times are the test's own."""
+    ctx = zmq.Context()
+    work, status = ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
+    ports = free_ports(2)
+    worker = Worker(handlers=HANDLERS, worker_port=ports[0], status_port=ports[1], concurrency=2)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    try:
+        for sock, port in ((work, ports[0]), (status, ports[1])):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.bind(f"tcp://127.0.0.1:{port}")
+        thread.start()
+        assert work.poll(10_000), "the worker did not say hello"
+        ident, frame = work.recv_multipart()
+        assert protocol.decode([frame])[0] is Cmd.HELLO
+
+        def send(cmd: Cmd, header: dict) -> None:
+            work.send_multipart([ident, *protocol.encode(cmd, header)])
+
+        starts: list[list[int]] = []
+
+        def outcomes() -> list[dict]:
+            while True:
+                assert status.poll(10_000), "no outcome came"
+                sender, *frames = status.recv_multipart()
+                cmd, header = protocol.decode(frames)
+                if cmd is not Cmd.STARTED:
+                    break
+                starts.extend(header["started"])  # a handler took it
+            assert cmd is Cmd.ENDED
+            starts.extend(header.get("started", []))  # or with the outcomes of the same pass
+            acks = [[item["id"], item["attempt"]] for item in header["ended"]]
+            status.send_multipart([sender, *protocol.encode(Cmd.ACK, {"acks": acks})])  # as the daemon does
+            return header["ended"]
+
+        sent = time.time()
+        send(Cmd.TASK, {"tasks": [{"id": 1, "attempt": 1, "name": "clock", "args": {}, "start_in": 0.3}]})
+        (outcome,) = outcomes()
+        assert outcome["ok"] and outcome["result"] >= sent + 0.3  # the handler's start: not before
+
+        send(Cmd.TASK, {"tasks": [{"id": 2, "attempt": 1, "name": "clock", "args": {}, "start_in": 0.9}]})
+        send(Cmd.CANCEL, {"id": 2})
+        (outcome,) = outcomes()
+        assert (outcome["id"], outcome["ok"], outcome["result"]) == (2, True, None)  # its handler never ran
+        assert starts == [[1, 1]]  # so it never said it started
+    finally:
+        worker.options.grace = 0
+        worker.stop()
+        thread.join(10)
+        work.close()
+        status.close()
+        ctx.term()
+
+
+class LiarWorker(Worker):
+    """Says it handles 'beta' but has no handler for it: it must refuse."""
+
+    def _hello(self):
+        self.handlers.setdefault("beta", None)  # advertised...
+        super()._hello()
+        del self.handlers["beta"]  # ...but not really there
+
+
+def test_refused_task_goes_elsewhere_without_spending_an_attempt(make_live, sqlite_url, caplog):
+    # Given a worker that claims 'beta' but cannot run it
+    live = make_live(sqlite_url)
+    m, ports = live.m, {"worker_port": live.m.ports["worker"], "status_port": live.m.ports["status"]}
+    liar = LiarWorker(handlers={"alpha": lambda task: "alpha"}, worker_id="liar", concurrency=2, **ports)
+    threads = [threading.Thread(target=liar.run, daemon=True)]
+    threads[0].start()
+    try:
+        wait_for(lambda: m.ping()["workers"] == 1, what="the liar's hello")
+        with caplog.at_level(logging.INFO, logger="martinet"):
+            tid = m.execute("beta")
+            wait_for(lambda: "worker liar refused task" in caplog.text, timeout=10, what="the refusal")
+        info = m.show(tid)
+        assert (info["status"], info["attempt"]) == ("queued", 0)
+        assert info["waiting"] == "no connected worker handles 'beta'"
+        # When a worker that can run it arrives, it runs there, on its first attempt
+        live.worker(worker_id="honest", handlers={"beta": lambda task: "beta"})
+        assert m.wait(tid, timeout=10) == "beta"
+        assert [(a["attempt"], a["worker"]) for a in m.show(tid)["attempts"]] == [(1, "honest")]
+    finally:
+        liar.options.grace = 0
+        liar.stop()
+        threads[0].join(10)
