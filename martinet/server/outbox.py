@@ -11,7 +11,7 @@ from martinet.messages import Cancel, Reply, Welcome
 @dataclass
 class Outbox:
     """What a turn will send once its transaction is committed (the core fills it, the
-    loop sends it: worker messages, tasks, replies, acks, events, then wait answers)."""
+    loop sends it: replies, acks, worker messages, events, wait answers, then tasks)."""
 
     replies: list[tuple[bytes, Reply]] = field(default_factory=list)  # to clients (ident, reply)
     acks: dict[bytes, list[tuple[int, int]]] = field(default_factory=dict)  # status ident: [(id, attempt)]

@@ -257,17 +257,18 @@ def test_execute_many_accepts_all_in_one_commit_or_none(make_live, db_url, tmp_p
     # One try: a resend of a batch slow to commit would be answered "not created" (see the
     # xfail in tests/unit/test_client.py), although this call created them.
     monkeypatch.setattr(client_module, "FIRST_TRY", 10.0)
+    monkeypatch.setattr(martinet.api, "BATCH", 100)  # 150 tasks go in two requests, as 1,500 would
     live = make_live(db_url)
     m = live.m
-    ids = m.execute_many([("add", {"a": i, "b": 1}) for i in range(1500)], request_id="batch-1")
-    assert len(set(ids)) == 1500 and all(t.created for t in ids)
-    again = m.execute_many([("add", {"a": i, "b": 1}) for i in range(1500)], request_id="batch-1")
+    ids = m.execute_many([("add", {"a": i, "b": 1}) for i in range(150)], request_id="batch-1")
+    assert len(set(ids)) == 150 and all(t.created for t in ids)
+    again = m.execute_many([("add", {"a": i, "b": 1}) for i in range(150)], request_id="batch-1")
     assert again == ids and not any(t.created for t in again)  # a retried batch creates nothing twice
     with pytest.raises(martinet.BadInput, match="task 1 of the batch: args must be a JSON object"):
         m.client.request("execute_many", {"tasks": [{"name": "add"}, {"name": "add", "args": [1]}]})
-    assert len(m.list(limit=10_000)) == 1500  # the bad batch wrote nothing
+    assert len(m.list(limit=10_000)) == 150  # the bad batch wrote nothing
     live.worker(concurrency=8)
-    assert m.wait(ids[-1], timeout=60) == 1500
+    assert m.wait(ids[-1], timeout=60) == 150
     lines = tmp_path / "args.jsonl"
     lines.write_text("".join(f'{{"a": {i}, "b": 0}}\n' for i in range(5)))
     assert cli.main(["execute", "add", "--many", str(lines), "--url", live.url, "--json"]) == 0
