@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.live import Cli
+
 
 @pytest.fixture
 def make_core():
@@ -36,3 +38,15 @@ def make_live():
     yield make
     for live in made:
         live.close()
+
+
+@pytest.fixture
+def live(make_live, sqlite_url):
+    """An embedded daemon and worker threads on a fresh SQLite file (tests/live.py)."""
+    return make_live(sqlite_url)
+
+
+@pytest.fixture
+def sh(live, capsys, monkeypatch) -> Cli:
+    """The CLI's main() against `live`, its output read (tests/live.py)."""
+    return Cli(live, capsys, monkeypatch)

@@ -17,11 +17,6 @@ from tests.harness import wait_for
 from tests.live import Live
 
 
-@pytest.fixture
-def live(make_live, sqlite_url):
-    return make_live(sqlite_url)
-
-
 def test_execute_with_task_dict_and_with_name(make_live, db_url):
     live = make_live(db_url)
     live.worker()

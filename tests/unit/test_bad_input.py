@@ -17,7 +17,6 @@ from martinet import cli, protocol
 from martinet.protocol import Cmd
 from martinet.server.events import MALFORMED_LOGGED_PER_SECOND
 from tests.harness import free_ports
-from tests.live import Cli
 
 
 @pytest.mark.parametrize(
@@ -60,16 +59,6 @@ def test_an_embedded_daemons_port_clash_names_the_python_argument(tmp_path):
 
 
 # ---- through the API, the CLI and raw requests -------------
-
-
-@pytest.fixture
-def live(make_live, sqlite_url):
-    return make_live(sqlite_url)
-
-
-@pytest.fixture
-def sh(live, capsys, monkeypatch) -> Cli:
-    return Cli(live, capsys, monkeypatch)
 
 
 def raw_request(live, header: dict) -> dict:

@@ -21,16 +21,6 @@ from tests.live import Cli
 ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00"
 
 
-@pytest.fixture
-def live(make_live, sqlite_url):
-    return make_live(sqlite_url)
-
-
-@pytest.fixture
-def sh(live, capsys, monkeypatch) -> Cli:
-    return Cli(live, capsys, monkeypatch)
-
-
 # ---- the commands: output, refusals, help -----------------------------------------------
 
 
