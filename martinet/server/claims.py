@@ -30,7 +30,7 @@ def claim(core: State, out: Outbox, now: float) -> None:
     worker's prefetch evenly, in a few claims a worker instead of one a thread's
     worth (a worker of one thread and a deep prefetch would cost a claim a task).
     While the queues keep filling every claim, the next turns start their rounds
-    where this one stopped (Peers.round_size): in a long drain, a worker's credit
+    where this one stopped (State.claim_round): in a long drain, a worker's credit
     freed by its outcomes is filled in one claim (the cost: the turn in which such
     a queue runs dry may give one worker up to its whole free credit and the next
     none); the first claim a queue cannot fill starts them from one thread's
@@ -45,7 +45,7 @@ def claim(core: State, out: Outbox, now: float) -> None:
     claimed: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
     budget = [CLAIMS_PER_TURN]
     idle_first, more = True, False
-    scale = core.peers.round_size  # a prefetch round's size, in threads
+    scale = core.claim_round  # a prefetch round's size, in threads
     while budget[0] > 0:
         tried = filled_any = dry = False
         for kind in core.peers.kinds():
@@ -78,7 +78,7 @@ def claim(core: State, out: Outbox, now: float) -> None:
         if not filled_any:  # (a filled claim took a task: the rounds are finite)
             break
         idle_first = False
-    core.peers.round_size = scale
+    core.claim_round = scale
     if budget[0] <= 0 and claimed:
         more = True
         log.debug("a turn made %d claims: the next turn goes on", CLAIMS_PER_TURN)

@@ -100,9 +100,6 @@ class Peers:
         self._by_seen: OrderedDict[str, Peer] = OrderedDict()  # the longest silent first
         self._beats: OrderedDict[str, float] = OrderedDict()  # when last sent a heartbeat, oldest first
         self._turn = 0  # rotates which kind is offered work first
-        # Where the claims' prefetch rounds start, in tasks a thread (claims.py): it grows
-        # while the queues fill every claim, and is 1 again once one ran short.
-        self.round_size = 1
         # serves() answers, until a worker comes, goes or drops a name: a submit asks it for
         # every task, and scanning five thousand workers each time would cost every call.
         self._serves: dict[tuple[str, str | None], bool] = {}

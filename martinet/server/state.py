@@ -67,6 +67,9 @@ class State:
         self.wakeup_dirty = True
         self.next_tick = 0.0
         self.rate_wakeup: float | None = None  # when a rate limit lets a waiting task start
+        # Where the claims' prefetch rounds start, in tasks a thread (claims.py): it grows
+        # while the queues fill every claim, and is 1 again once one ran short.
+        self.claim_round = 1
         self.overdue_after: tuple[float, int] | None = None  # where the next overdue scan starts
         self.waiters: dict[int, list[tuple[bytes, str, float]]] = {}
         self.waiters_due = math.inf  # the earliest wait deadline (or earlier): scan only then
