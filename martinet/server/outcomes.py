@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 import peewee
@@ -45,7 +46,15 @@ def on_status_batch(core: State, msgs: Messages, out: Outbox, now: float) -> Non
             _outcomes(core, ident, cmd, h, len(frames[0]), ended, starts, now)
         else:
             log.warning("dropped a %s command on the status socket", cmd.name)
-    if starts:  # before the progress and outcomes that came after them
+    # A start that came with its attempt's outcome is written by the outcome's UPDATE;
+    # the others before the progress and outcomes that came after them.
+    ending = {(o.task_id, o.attempt, o.worker) for _ident, o in ended}
+    folded = {
+        (task_id, attempt) for task_id, attempt, worker in starts if (task_id, attempt, worker) in ending
+    }
+    if folded:
+        starts = [s for s in starts if (s[0], s[1]) not in folded]
+    if starts:
         with core.isolated("a start report"):
             core.store.start(starts, now)
     # Progress first: a handler's last report often comes in the turn of its outcome,
@@ -66,7 +75,7 @@ def on_status_batch(core: State, msgs: Messages, out: Outbox, now: float) -> Non
                 }
             )
     if ended:
-        on_outcomes(core, ended, out, now)
+        on_outcomes(core, ended, out, now, folded)
 
 
 def _progress(
@@ -136,18 +145,25 @@ def _foreign(core: State, worker_id: str, count: int) -> None:
     )  # fmt: skip
 
 
-def on_outcomes(core: State, ended: list[tuple[bytes, Outcome]], out: Outbox, now: float) -> None:
+def on_outcomes(
+    core: State, ended: list[tuple[bytes, Outcome]], out: Outbox, now: float, started: Collection[tuple[int, int]] = ()
+) -> None:  # fmt: skip
     """Outcomes of one turn, written together; should that fail, one by one, so that a
-    bad one costs only itself (it is not acknowledged: its worker sends it again)."""
+    bad one costs only itself (it is not acknowledged: its worker sends it again).
+    `started`: (id, attempt) of those whose start came with them (Outcomes.end_attempts)."""
     outcomes = [outcome for _ident, outcome in ended]
     infos: list[Any]
     try:
         with core.store.atomic():
-            infos = core.store.end_attempts(outcomes, now)
+            infos = core.store.end_attempts(outcomes, now, started)
     except (peewee.OperationalError, peewee.InterfaceError):
         raise  # the database itself is in trouble: the whole turn fails
     except Exception:
         log.exception("%d outcomes failed together; taking them one by one", len(outcomes))
+        if started:  # written on their own first, as they would have been: an outcome may fail alone
+            with core.isolated("a start report"):
+                core.store.start([(o.task_id, o.attempt, o.worker) for o in outcomes
+                                  if (o.task_id, o.attempt) in started], now)  # fmt: skip
         infos = []
         for outcome in outcomes:
             infos.append(_UNWRITTEN)

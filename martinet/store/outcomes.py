@@ -8,6 +8,7 @@ is the task's current one, held by that worker (see the package's docstring)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any
 
 import peewee
@@ -53,7 +54,9 @@ class Outcomes(Dependents):
         )
         return n == 1
 
-    def end_attempts(self, outcomes: list[Outcome], now: float) -> list[dict[str, Any] | None]:
+    def end_attempts(
+        self, outcomes: list[Outcome], now: float, started: Collection[tuple[int, int]] = ()
+    ) -> list[dict[str, Any] | None]:
         """What workers reported, in one go: for each outcome, what became of its task,
         or None when it is fenced out (an old attempt, another worker, not held, or
         already ended earlier in the list). The held rows are read with one query; a
@@ -64,6 +67,10 @@ class Outcomes(Dependents):
         release), or cancelled: a task asked to stop before it started, written as a
         success with no result, as its worker sends it (the daemon cannot tell them apart:
         the store ends it cancelled either way, for it was asked to stop). An attempt ends once: a repeat in the list, or a resend later, is None.
+        `started` holds the (id, attempt) of outcomes whose start came with them and was
+        not written (server.outcomes folds it in): a leased one of those ends as running
+        from `now`, in the same UPDATE (one statement less a task, and on PostgreSQL one
+        round trip less a turn).
         Call it in a transaction (a savepoint): the rows it reads stay as read until it
         writes (locked FOR UPDATE on PostgreSQL and MySQL; SQLite's write lock). Should
         one change anyway, it raises StoreError, and the savepoint undoes the batch."""
@@ -89,8 +96,13 @@ class Outcomes(Dependents):
                     late.append((index, o))
                 continue
             del running[o.task_id]  # an attempt ends once
+            started_now = row.started_at is None and (o.task_id, o.attempt) in started
+            if started_now:
+                row = row._replace(started_at=now)
             ending = self._ending(row, o.kind, now, result=o.result, error=o.error, retry_in=o.retry_in,
                                   final=o.final)  # fmt: skip
+            if started_now:
+                ending.changes["started_at"] = now
             ended.append((index, row, ending))
         self._write_endings([(row, ending) for _index, row, ending in ended], now)
         infos: list[dict[str, Any] | None] = [None] * len(outcomes)

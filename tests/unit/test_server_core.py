@@ -169,3 +169,65 @@ def test_claimed_rows_leave_as_the_task_items_the_daemon_always_sent():
     )
     assert Tasks(tasks).encode() == [frame]
     assert Tasks.of_rows(rows, 100.0) == [frame]
+
+
+def ended(worker_id: str, started: list, *outcomes: tuple[int, bool]) -> tuple[Cmd, dict]:
+    """An ENDED from `worker_id`: the starts it carries, and (id, ok) outcomes of attempt 1."""
+    items = [
+        {"id": t, "attempt": 1, "ok": ok, **({} if ok else {"error": {"message": "no"}})}
+        for t, ok in outcomes
+    ]
+    return Cmd.ENDED, {"worker_id": worker_id, "started": started, "ended": items}
+
+
+def test_a_start_that_comes_with_its_outcome_is_written_by_the_outcomes_update(db_url, make_core):
+    core = make_core(db_url)
+    core.turn(worker=[hello()])
+    a, b = core.submit("t"), core.submit("t")
+    assert tasks_sent(core.turn()) == [a, b]
+    core.now += 2
+    # When one ENDED says both started, and that A ended (B runs on)
+    core.turn(status=[ended("w1", [[a, 1], [b, 1]], (a, True))])
+    # Then A ran from that turn (its task row and its attempt row say so) and B is running
+    ran = core.store.get_task(a)
+    assert ran.status == "succeeded" and ran.started_at == core.now
+    assert [(t.started_at, t.ended_at, t.outcome) for t in core.store.attempts(a)] == [
+        (core.now, core.now, "succeeded")
+    ]
+    running = core.store.get_task(b)
+    assert running.status == "running" and running.started_at == core.now
+
+
+def test_a_start_with_an_outcome_from_another_worker_is_fenced_as_its_own(db_url, make_core):
+    core = make_core(db_url)
+    core.turn(worker=[hello()])
+    a = core.submit("t")
+    assert tasks_sent(core.turn()) == [a]
+    # When a stranger says it started A and ended it: neither is written
+    sent = core.turn(status=[ended("w9", [[a, 1]], (a, True))])
+    assert core.store.get_task(a).status == "leased" and core.store.get_task(a).started_at is None
+    assert sent_to(sent, Cmd.ACK) == [(b"status", {"acks": [[a, 1]]})]  # fenced out, acknowledged
+    # And its holder's own report still ends it
+    core.turn(status=[ended("w1", [[a, 1]], (a, False))])
+    assert [(t.started_at, t.outcome) for t in core.store.attempts(a)] == [(core.now, "failed")]
+
+
+def test_outcomes_taken_one_by_one_still_write_the_starts_that_came_with_them(db_url, make_core, monkeypatch):
+    core = make_core(db_url)
+    core.turn(worker=[hello()])
+    a, b = core.submit("t"), core.submit("t")
+    assert tasks_sent(core.turn()) == [a, b]
+    store = core.server.store
+    together = store.end_attempts
+
+    def not_together(outcomes, now, started=()):
+        if len(outcomes) > 1:
+            raise RuntimeError("a bug of ours, with these two together")
+        return together(outcomes, now, started)
+
+    monkeypatch.setattr(store, "end_attempts", not_together)
+    core.now += 1
+    sent = core.turn(status=[ended("w1", [[a, 1], [b, 1]], (a, True), (b, False))])
+    assert sorted(map(tuple, sent_to(sent, Cmd.ACK)[0][1]["acks"])) == [(a, 1), (b, 1)]
+    assert [(t.started_at, t.outcome) for t in core.store.attempts(a)] == [(core.now, "succeeded")]
+    assert [(t.started_at, t.outcome) for t in core.store.attempts(b)] == [(core.now, "failed")]
