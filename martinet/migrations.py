@@ -310,6 +310,21 @@ def _v12_database_identity(db: peewee.Database, migrator: SchemaMigrator) -> Non
         _new_identity(db)
 
 
+def _v13_finished_index(db: peewee.Database, migrator: SchemaMigrator) -> None:
+    """task_finished indexes finished tasks only (models.PARTIAL_INDEXES): a task's insert,
+    claim and start no longer write to it. MySQL keeps its full index (no partial ones)."""
+    if isinstance(db, peewee.MySQLDatabase):
+        return
+    if not _is_partial(db, "task", "task_finished"):
+        _drop_index(db, migrator, "task", "task_finished")
+    create_partial_indexes(db)
+
+
+def _is_partial(db: peewee.Database, table: str, name: str) -> bool:
+    """Whether index `name` exists with a WHERE clause."""
+    return any(i.name == name and " WHERE " in (i.sql or "").upper() for i in db.get_indexes(table))
+
+
 def _new_identity(db: peewee.Database) -> None:
     """A new random identity, replacing any: a database created afresh over the remains of
     another (its tables dropped) is another database to the workers' journals."""
@@ -332,6 +347,7 @@ MIGRATIONS = (
     Migration(10, "partial indexes", _v10_partial_indexes),
     Migration(11, "events", _v11_events),
     Migration(12, "database identity", _v12_database_identity),
+    Migration(13, "finished tasks' index", _v13_finished_index),
 )
 LATEST = MIGRATIONS[-1].version
 
@@ -360,7 +376,8 @@ def detect(db: peewee.Database) -> int | None:
     if "queue_setting" not in tables or "task_limit" not in tables:
         return 6
     if "database_identity" in tables:
-        return 12
+        mysql = isinstance(db, peewee.MySQLDatabase)  # its task_finished stays full
+        return 13 if mysql or _is_partial(db, "task", "task_finished") else 12
     if "event" in tables:
         return 11
     if "task_ready" in indexes:

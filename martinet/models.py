@@ -181,6 +181,9 @@ PARTIAL_INDEXES = (
     PartialIndex("task_key_taken", "unique_key", "unique_key IS NOT NULL", "unique_key", unique=True),
     PartialIndex("task_schedule_run", "schedule_id, due_at", "schedule_id IS NOT NULL", "schedule_id, due_at",
                  unique=True),
+    # Search and retention by finished time (--time/--sort finished, prune): finished tasks
+    # only, so that a task written while new, queued or running adds no entry to it.
+    PartialIndex("task_finished", "finished_at, id", "finished_at IS NOT NULL", "finished_at, id"),
 )  # fmt: skip
 
 # Search (store.search_tasks): pages come newest first by (created_at, id), so
@@ -190,7 +193,6 @@ PARTIAL_INDEXES = (
 Task.add_index(Task.index(Task.created_at, Task.id, name="task_created"))
 Task.add_index(Task.index(Task.status, Task.created_at, Task.id, name="task_status_created"))
 Task.add_index(Task.index(Task.name, Task.status, Task.created_at, Task.id, name="task_name_status_created"))
-Task.add_index(Task.index(Task.finished_at, Task.id, name="task_finished"))  # --time/--sort finished
 
 
 class Dependency(BaseModel):

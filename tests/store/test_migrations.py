@@ -60,11 +60,14 @@ def make_v1(url: str) -> dict[str, int]:
 
 
 def schema(db: peewee.Database) -> dict:
-    """Tables, their columns (name, type, nullable) and indexes (name, unique, columns)."""
+    """Tables, their columns (name, type, nullable) and indexes (name, unique, columns, partial)."""
     out = {}
     for table in sorted(db.get_tables()):
         columns = sorted((c.name, c.data_type.lower(), c.null) for c in db.get_columns(table))
-        indexes = sorted((i.name, i.unique, tuple(i.columns)) for i in db.get_indexes(table))
+        indexes = sorted(
+            (i.name, i.unique, tuple(i.columns), " WHERE " in (i.sql or "").upper())
+            for i in db.get_indexes(table)
+        )
         out[table] = (columns, indexes)
     return out
 
@@ -239,8 +242,10 @@ def test_a_database_stopped_at_any_version_without_a_record_of_it_is_upgraded(db
         for migration in migrations.MIGRATIONS:
             if migration.version <= stop:
                 migration.apply(db, migrator)
-        # Then it is placed at that version (version 2 changed MySQL's column types only)
-        assert migrations.detect(db) == (1 if stop == 2 else stop), stop
+        # Then it is placed at that version (version 2 changed MySQL's column types only;
+        # version 13 made an index partial, which MySQL's stays not: 12 is 13 there)
+        expected = 1 if stop == 2 else 13 if stop == 12 and mysql else stop
+        assert migrations.detect(db) == expected, stop
         # And running a migration again changes nothing
         again = schema(db)
         for migration in migrations.MIGRATIONS:
