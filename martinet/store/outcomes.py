@@ -78,13 +78,13 @@ class Outcomes(Dependents):
         running: dict[int, RunningRow] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            sql = (
-                f"SELECT {', '.join(RunningRow._fields)} FROM task"
-                f" WHERE id IN ({', '.join('?' * len(chunk))}) AND {self.by_id_status} IN ({_HELD})"
-            )
+            # On PostgreSQL one array parameter: one statement, prepared once, whatever the count
+            listed = "= ANY(?)" if self.is_postgres else f"IN ({', '.join('?' * len(chunk))})"
+            sql = f"SELECT {', '.join(RunningRow._fields)} FROM task WHERE id {listed} AND {self.by_id_status} IN ({_HELD})"
             if self.locks_rows:
                 sql += " FOR UPDATE"
-            running.update((r[0], RunningRow(*r)) for r in self._exec(sql, chunk).fetchall())
+            params: list[Any] = [chunk] if self.is_postgres else chunk
+            running.update((r[0], RunningRow(*r)) for r in self._exec(sql, params).fetchall())
         ended: list[tuple[int, RunningRow, Ending]] = []  # (index in outcomes, row, what becomes of it)
         late: list[tuple[int, Outcome]] = []
         for index, o in enumerate(outcomes):

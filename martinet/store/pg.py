@@ -16,14 +16,26 @@ statements they wrap; deferred, they cost none, and the isolation is the same:
 - A transaction that sent nothing commits or rolls back without a word to the server.
 - Rows whose ids no one reads (a turn's events when no one subscribes) are inserted
   with the COMMIT.
+
+The statements the store runs again and again are prepared, once a connection, at
+their third use (`execute_prepared`): PostgreSQL then plans them once, where it
+planned each anew. On a task table full of rows not vacuumed yet, planning a claim took longer
+than running it (0.76 ms against 0.33 in one EXPLAIN ANALYZE). A statement whose
+parameters' types PostgreSQL cannot tell (`$1 IS NULL`) is run as it is.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import peewee
+
+PREPARED_MAX = 200  # statements prepared a connection; more run unprepared
+PREPARE_AT = 3  # a statement's use on a connection at which it is prepared (the rare ones never are)
+_PLACEHOLDER = re.compile(r"%%|%s")
+_PREPARABLE = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b", re.IGNORECASE)  # not SAVEPOINT, ...
 
 
 class PgDatabase(peewee.PostgresqlDatabase):
@@ -40,6 +52,10 @@ class PgDatabase(peewee.PostgresqlDatabase):
         **kwargs: Any,
     ) -> None:
         self._deferred: list[str] = []
+        self._prepared: dict[str, tuple[str, int]] = {}  # sql: (name, parameter count)
+        self._unpreparable: set[str] = set()
+        self._names = 0
+        self._uses: dict[str, int] = {}
         super().init(
             database, register_unicode, encoding, isolation_level, prefer_psycopg3=prefer_psycopg3, **kwargs
         )
@@ -62,6 +78,60 @@ class PgDatabase(peewee.PostgresqlDatabase):
     def forget_deferred(self) -> None:
         """Drop what waits (a savepoint rolled back discards what was inside it)."""
         self._deferred.clear()
+
+    def _initialize_connection(self, conn: Any) -> None:
+        self._prepared.clear()  # a new connection (a reconnect) has none (peewee's is a no-op)
+        self._uses.clear()
+
+    def execute_prepared(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """`sql` (psycopg2's placeholders) as a prepared statement of this connection,
+        prepared at its PREPARE_AT-th use. PREPARE outlives a rollback; one that fails (a parameter
+        of no type PostgreSQL can tell) is undone by a savepoint and `sql` runs unprepared."""
+        found = self._prepared.get(sql)
+        if found is None:
+            if sql in self._unpreparable or len(self._prepared) >= PREPARED_MAX or not _PREPARABLE.match(sql):
+                return self.execute_sql(sql, params)
+            if len(self._uses) > 10 * PREPARED_MAX:  # statements of one-off shapes: counted afresh
+                self._uses.clear()
+            uses = self._uses[sql] = self._uses.get(sql, 0) + 1
+            if uses < PREPARE_AT:
+                return self.execute_sql(sql, params)
+            found = self._prepare(sql)
+            if found is None:
+                return self.execute_sql(sql, params)
+        name, count = found
+        return self.execute_sql(
+            f"EXECUTE {name}({', '.join(['%s'] * count)})" if count else f"EXECUTE {name}", params
+        )
+
+    def _prepare(self, sql: str) -> tuple[str, int] | None:
+        count = 0
+
+        def number(match: re.Match[str]) -> str:
+            nonlocal count
+            if match.group() == "%%":
+                return "%%"  # psycopg2 still reads the PREPARE for placeholders
+            count += 1
+            return f"${count}"
+
+        self._names += 1  # never reused: a PREPARE outlives the failure of what came with it
+        name = f"martinet_{self._names}"
+        prepare = f"PREPARE {name} AS {_PLACEHOLDER.sub(number, sql)}"
+        if self._deferred:  # sent first, so that an error here is the PREPARE's own (first use only)
+            self.cursor()
+        inside = self.transaction_depth() > 0
+        try:
+            if inside:
+                self.execute_sql(f"SAVEPOINT martinet_prepare; {prepare}; RELEASE SAVEPOINT martinet_prepare")
+            else:
+                self.execute_sql(prepare)
+        except peewee.ProgrammingError:
+            if inside:
+                self.execute_sql("ROLLBACK TO SAVEPOINT martinet_prepare; RELEASE SAVEPOINT martinet_prepare")
+            self._unpreparable.add(sql)
+            return None
+        self._prepared[sql] = (name, count)
+        return name, count
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
         if self._deferred:

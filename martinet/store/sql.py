@@ -88,6 +88,9 @@ class SqlKit:
             ready = sql.replace("?", self.db.param)
             if cache:
                 self._sql_cache[sql] = ready
+        if cache and isinstance(self.db, PgDatabase):  # run again and again: planned once
+            prepared: Cursor = self.db.execute_prepared(ready, tuple(params))
+            return prepared
         cursor: Cursor = self.db.execute_sql(ready, tuple(params))
         return cursor
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from martinet.protocol import Cmd
+from martinet.store.pg import PREPARE_AT
 
 
 class Trips:
@@ -46,31 +47,85 @@ def hello(worker_id: str) -> tuple[bytes, Cmd, dict]:
     return worker_id.encode(), Cmd.HELLO, {"worker_id": worker_id, "names": ["t"], "capacity": 1}
 
 
+def execute(rid: str) -> tuple[Cmd, dict]:
+    return Cmd.REQUEST, {"op": "execute", "rid": rid, "name": "t", "args": {}}
+
+
 def test_an_execute_costs_two_round_trips_and_its_dispatch_one_more(core):
     core.turn()  # the first turn's tick (leases, retention, ...) out of the way
+    for i in range(PREPARE_AT):  # the insert used often enough on this connection: prepared
+        core.turn(client=[execute(f"r0-{i}")])
     trips = Trips(core.store.db)
     # An execute with no worker connected: the insert (with BEGIN and its savepoint), the commit
-    core.turn(client=[(Cmd.REQUEST, {"op": "execute", "rid": "r1", "name": "t", "args": {}})])
-    assert len(trips.take()) == 2
-    core.turn(worker=[hello("w1"), hello("w2")])
+    core.turn(client=[execute("r1")])
+    sent = trips.take()
+    assert len(sent) == 2 and "EXECUTE martinet_" in sent[0], sent
+    core.turn(worker=[hello(f"w{i}") for i in range(PREPARE_AT + 2)])  # claims: prepared
     trips.take()
-    # With two idle workers: the insert, its claim (read, leased, returned at once), the commit
-    core.turn(client=[(Cmd.REQUEST, {"op": "execute", "rid": "r2", "name": "t", "args": {}})])
+    # With an idle worker: the insert, its claim (read, leased, returned at once), the commit
+    core.turn(client=[execute("r2")])
     sent = trips.take()
     assert len(sent) == 3, sent
 
 
+def test_statements_run_again_and_again_are_prepared_once_a_connection(core):
+    db = core.store.db
+    core.turn()  # the first turn's tick (leases, retention, ...) out of the way
+    trips = Trips(db)
+
+    def prepared_inserts(rid: str) -> int:
+        core.turn(client=[execute(rid)])
+        return sum("PREPARE martinet_" in s and "INSERT INTO task" in s for s in trips.take())
+
+    # A statement runs as it is until its PREPARE_AT-th use, prepared then, and never again
+    assert [prepared_inserts(f"a{i}") for i in range(PREPARE_AT + 2)] == [0] * (PREPARE_AT - 1) + [1, 0, 0]
+    # When the connection is made again (the database went away), it is prepared again
+    db.close()
+    db.connect()
+    trips = Trips(db)
+    assert [prepared_inserts(f"b{i}") for i in range(PREPARE_AT)] == [0] * (PREPARE_AT - 1) + [1]
+    assert [core.store.get_task(i).status for i in range(1, 2 * PREPARE_AT + 3)] == ["queued"] * (
+        2 * PREPARE_AT + 2
+    )
+
+
+def test_a_statement_that_cannot_be_prepared_runs_as_it_is_in_the_same_transaction(core):
+    db = core.store.db
+    with core.store.atomic():
+        core.store._exec("INSERT INTO event (kind, at, body) VALUES (?, ?, ?)", ("one", 1.0, "{}"))
+        # PostgreSQL cannot tell the type of `$1 IS NULL`: the PREPARE fails in a savepoint
+        for _ in range(PREPARE_AT + 1):
+            (found,) = core.store._exec("SELECT ? IS NULL", (None,)).fetchone()
+            assert found is True
+        # and the transaction goes on, the statement remembered as one to run unprepared
+        core.store._exec("INSERT INTO event (kind, at, body) VALUES (?, ?, ?)", ("two", 2.0, "{}"))
+    assert "SELECT %s IS NULL" in db._unpreparable
+    kinds = [r[0] for r in core.store._exec("SELECT kind FROM event ORDER BY at").fetchall()]
+    assert kinds == ["one", "two"]
+
+
 def test_a_turn_of_starts_and_outcomes_costs_one_round_trip_a_kind_of_change(core):
     core.turn(worker=[hello("w1"), hello("w2")])
-    tasks = [core.submit("t") for _ in range(6)]
+    tasks = [core.submit("t") for _ in range(2 * PREPARE_AT + 6)]
     core.turn()
-    held = {t: core.store.get_task(t).worker for t in tasks[:2]}
+
+    def ended() -> list[tuple[Cmd, dict]]:
+        """Each worker's start and outcome of the task it holds."""
+        held = [
+            (t, core.store.get_task(t).worker) for t in tasks if core.store.get_task(t).status == "leased"
+        ]
+        assert len({w for _t, w in held}) == 2, held
+        return [
+            (Cmd.ENDED, {"worker_id": w, "started": [[t, 1]], "ended": [{"id": t, "attempt": 1, "ok": True}]})
+            for t, w in held
+        ]
+
+    for _ in range(PREPARE_AT):  # the statements used often enough on this connection: prepared
+        core.turn(status=ended())
+    both = ended()
     trips = Trips(core.store.db)
     # Both workers' starts and outcomes in one turn, and a claim for each worker
-    core.turn(status=[
-        (Cmd.ENDED, {"worker_id": w, "started": [[t, 1]], "ended": [{"id": t, "attempt": 1, "ok": True}]})
-        for t, w in held.items()
-    ])  # fmt: skip
+    core.turn(status=both)
     sent = trips.take()
     # the held rows read; their updates (the starts that came with them included); their
     # attempt rows; 2 claims; the commit, with the events (no one subscribes: their ids
@@ -78,3 +133,18 @@ def test_a_turn_of_starts_and_outcomes_costs_one_round_trip_a_kind_of_change(cor
     assert len(sent) == 6, sent
     assert not any("status = 'running'" in s for s in sent), "a start written on its own"
     assert not any(s.lstrip().startswith(("SAVEPOINT", "RELEASE", "BEGIN")) and ";" not in s for s in sent)
+
+
+def test_through_a_pooled_url_nothing_is_prepared(db_url, make_core):
+    """A transaction-mode pooler keeps no session state: `postgresql+pool://` is the URL
+    for it (README, Performance)."""
+    if not db_url.startswith("postgres"):
+        pytest.skip("prepared statements: PostgreSQL")
+    core = make_core(db_url.replace("postgresql://", "postgresql+pool://", 1))
+    core.turn()
+    trips = Trips(core.store.db)
+    for i in range(PREPARE_AT + 2):
+        core.turn(client=[execute(f"p{i}")])
+    sent = trips.take()
+    assert sent and not any("PREPARE" in s or "EXECUTE martinet_" in s for s in sent)
+    assert [core.store.get_task(i).status for i in range(1, PREPARE_AT + 3)] == ["queued"] * (PREPARE_AT + 2)
