@@ -54,6 +54,7 @@ class SqlKit:
         tables = models.bind(db)
         self.Task = tables.Task
         self.Attempt = tables.Attempt
+        self.Event = tables.Event
         self.Schedule = tables.Schedule
         self.Dependency = tables.Dependency
         self.QueueSetting = tables.QueueSetting
@@ -117,7 +118,8 @@ class SqlKit:
     def _insert_rows(self, table: str, rows: list[dict[str, Any]]) -> list[int]:
         """Rows in multi-row INSERTs, each run of rows with the same columns in one (a column
         a row leaves out is NULL: fewer values to bind, the larger part of a row's cost);
-        returns their ids in order. Not on MySQL.
+        on PostgreSQL an INSERT ... SELECT FROM unnest(arrays), a column an array, one text
+        whatever the count (prepared); returns their ids in order. Not on MySQL.
 
         SQLite numbers the rows of one INSERT one after another (the transaction holds
         the only write lock), so the ids end at lastrowid; PostgreSQL draws each row's
@@ -136,6 +138,15 @@ class SqlKit:
 
     def _insert_run(self, table: str, rows: list[dict[str, Any]]) -> list[int]:
         columns = list(rows[0])
+        if self.is_postgres:  # one text whatever the count: prepared (pg.py)
+            sql = self._insert_sql.get((table, ("unnest", *columns)))
+            if sql is None:
+                sql = self._insert_sql[(table, ("unnest", *columns))] = (
+                    f"INSERT INTO {table} ({', '.join(map(self._name, columns))})"
+                    f" SELECT * FROM unnest({self._arrays(table, columns)}) RETURNING id"
+                )
+            arrays = [[row[column] for row in rows] for column in columns]
+            return sorted(r[0] for r in self._exec(sql, arrays))
         per = max(1, self.max_params // len(columns))
         one = f"({', '.join('?' * len(columns))})"
         head = f"INSERT INTO {table} ({', '.join(map(self._name, columns))}) VALUES "
@@ -161,8 +172,9 @@ class SqlKit:
     def _update_held(self, columns: tuple[str, ...], rows: list[list[Any]]) -> int:
         """Held tasks' new values: each row is the values of `columns`, then the task's
         id and attempt (rows.FENCE); returns how many tasks changed. On PostgreSQL one
-        UPDATE ... FROM (VALUES ...) for as many rows as its parameters allow; elsewhere
-        an executemany (SQLite runs it in process; MySQL, a statement a row)."""
+        UPDATE ... FROM unnest(arrays), a column an array: one text whatever the count,
+        prepared; elsewhere an executemany (SQLite runs it in process; MySQL, a statement
+        a row)."""
         if not self.is_postgres:
             sql = self._update_sql.get((columns, "many"))
             if sql is None:  # kept with the driver's placeholders: this runs every turn
@@ -173,23 +185,24 @@ class SqlKit:
             cursor: Cursor = self.db.cursor()
             cursor.executemany(sql, rows)
             return cursor.rowcount
-        fields = self.Task._meta.columns
-        types = self.db.get_context_options()["field_types"]
-        casts = [f"?::{types[fields[c].field_type]}" for c in columns]
-        one = f"({', '.join([*casts, '?::bigint', '?::bigint'])})"
-        names = ", ".join(self._name(c) for c in columns)
-        assignments = ", ".join(f"{self._name(c)} = v.{self._name(c)}" for c in columns)
-        changed = 0
-        per = max(1, self.max_params // (len(columns) + 2))
-        for start in range(0, len(rows), per):
-            chunk = rows[start : start + per]
-            sql = (
-                f"UPDATE task SET {assignments} FROM (VALUES {', '.join([one] * len(chunk))})"
+        sql = self._update_sql.get((columns, "unnest"))
+        if sql is None:  # one text whatever the count: prepared (pg.py)
+            names = ", ".join(self._name(c) for c in columns)
+            assignments = ", ".join(f"{self._name(c)} = v.{self._name(c)}" for c in columns)
+            sql = self._update_sql[(columns, "unnest")] = (
+                f"UPDATE task SET {assignments} FROM unnest({self._arrays('task', columns)}, ?::bigint[], ?::bigint[])"
                 f" AS v({names}, fenced_id, fenced_attempt) WHERE task.id = v.fenced_id"
                 f" AND task.attempt = v.fenced_attempt AND task.status IN ({sql_list(HELD)})"
             )
-            changed += self._exec(sql, [value for row in chunk for value in row], cache=False).rowcount
+        changed: int = self._exec(sql, [list(values) for values in zip(*rows, strict=True)]).rowcount
         return changed
+
+    def _arrays(self, table: str, columns: Iterable[str]) -> str:
+        """PostgreSQL: a `?::type[]` parameter for each of `table`'s `columns` (for unnest)."""
+        model = {"task": self.Task, "attempt": self.Attempt, "event": self.Event}[table]
+        fields = model._meta.columns
+        types = self.db.get_context_options()["field_types"]
+        return ", ".join(f"?::{types[fields[c].field_type]}[]" for c in columns)
 
     def _latest(self, query: peewee.Select) -> peewee.Select:
         """The query as a read of the latest committed rows: on MySQL, whose REPEATABLE READ
