@@ -45,7 +45,7 @@ class Tasks(Dependents):
         """
         Task, Dependency = self.Task, self.Dependency
         rid, key = spec.get("request_id"), spec.get("key")
-        if rid and self.returning and not key and not spec.get("after"):
+        if rid and self.is_postgres and not key and not spec.get("after"):
             return self._submit_once(spec, rid, now)
         if rid:
             existing = self._exec("SELECT id FROM task WHERE request_id = ?", (rid,)).fetchone()
@@ -83,9 +83,8 @@ class Tasks(Dependents):
         return task_id, True
 
     def _submit_once(self, spec: dict[str, Any], rid: str, now: float) -> tuple[int, bool]:
-        """A task with a request_id and neither key nor parents, where INSERT can return
-        (self.returning): one statement, one round trip on PostgreSQL (the INSERT stands
-        back for a known request_id; the task it made is read then)."""
+        """PostgreSQL, a task with a request_id and neither key nor parents: one round trip
+        (the INSERT stands back for a known request_id; the task it made is read then)."""
         row = task_row(spec, now)
         row["request_id"] = rid
         sql = self._insert_sql.get(("task once", tuple(row)))
@@ -95,9 +94,9 @@ class Tasks(Dependents):
                 f"INSERT INTO task ({columns}) VALUES ({', '.join('?' * len(row))})"
                 " ON CONFLICT (request_id) DO NOTHING RETURNING id"
             )
-        made = self._exec(sql, row.values()).fetchall()  # (all: SQLite ends the statement then)
-        if made:
-            return made[0][0], True
+        made = self._exec(sql, row.values()).fetchone()
+        if made is not None:
+            return made[0], True
         return self._exec("SELECT id FROM task WHERE request_id = ?", (rid,)).fetchone()[0], False
 
     def submit_many(self, specs: list[dict[str, Any]], now: float) -> list[tuple[int, bool]]:
@@ -215,7 +214,7 @@ class Tasks(Dependents):
         if self.locks_rows:
             sql += " FOR UPDATE SKIP LOCKED"
         columns = ("id", "name", "queue", "args", "attempt", "timeout", "has_parents", "run_at")
-        if self.returning and accept is None:  # read and leased in one statement
+        if self.leases_returning and accept is None:  # read and leased in one statement
             rows = self._lease_returning("SELECT id" + sql, params, worker, now, lease, order)
         else:
             sql = f"SELECT {', '.join(columns)}{sql}"
