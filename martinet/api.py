@@ -28,6 +28,7 @@ from martinet.submit import (
     TaskId,
     TaskSpec,
     When,
+    made_here,
     new_request_id,
     read_run_at,
     task_fields,
@@ -128,9 +129,10 @@ class Martinet:
         accepted all the same, and carries `request_id`: calling again with it
         returns that task if it was, and never creates a second one.
         """
+        made_rid = options.get("request_id") is None
         fields = self._task_fields(task, args, options)
         self._read_run_at(fields)
-        return self._submit("execute", fields)
+        return self._submit("execute", fields, made_rid)
 
     def execute_many(
         self, tasks: Sequence[tuple[TaskSpec, dict[str, Any] | None]], **options: Any
@@ -151,20 +153,26 @@ class Martinet:
         """
         # One per item, so that a retried batch is safe; all from one base, so that the
         # unique index on request ids takes a batch in one place.
+        made_rid = options.get("request_id") is None
         base_rid = options.pop("request_id", None) or new_request_id()
         ids: list[TaskId] = []
         refused: MartinetError | None = None
         spans: list[tuple[int, int]] = []  # each request's first and last task, as it is made
         kinds: list[tuple[str, str]] = []  # each task's name and queue, for the daemon's warnings
+        keyed: list[bool] = []  # whether each task has a key (see made_here)
         try:
-            batches = self._batches(tasks, options, base_rid, spans, kinds)
+            batches = self._batches(tasks, options, base_rid, spans, kinds, keyed)
             for n, reply in enumerate(self.client.exchange(batches, in_flight=2)):
                 if reply.ok:
                     got = reply.fields
                     warnings = {(w["name"], w["queue"]): w["warning"] for w in got.get("warnings") or ()}
                     first = spans[n][0]
                     ids.extend(
-                        TaskId(i, c, warnings.get(kinds[first + k]) if warnings else None)
+                        TaskId(
+                            i,
+                            made_here(c, made_rid, keyed[first + k]),
+                            warnings.get(kinds[first + k]) if warnings else None,
+                        )
                         for k, (i, c) in enumerate(zip(got["ids"], got["created"], strict=True))
                     )
                 elif refused is None:
@@ -193,16 +201,19 @@ class Martinet:
         base_rid: str,
         spans: builtins.list[tuple[int, int]],
         kinds: list[tuple[str, str]],
+        keyed: list[bool],
     ) -> Iterator[tuple[str, list[bytes]]]:
         """The tasks as execute_many requests of up to BATCH tasks and half of max_payload,
         each task checked and encoded once, as the request before goes out; each request's
-        first and last task go to `spans`, each task's name and queue to `kinds`."""
+        first and last task go to `spans`, each task's name and queue to `kinds`, whether
+        it has a key to `keyed`."""
         chunk: list[bytes] = []
         size = 0
         for i, (task, args) in enumerate(tasks):
             fields = self._task_fields(task, args, {**options, "request_id": f"{base_rid}:{i}"})
             self._read_run_at(fields)
             kinds.append((fields["name"], fields.get("queue") or DEFAULT_QUEUE))
+            keyed.append(bool(fields.get("key")))
             item = protocol.dumps(fields)
             if chunk and (len(chunk) == BATCH or size + len(item) > self.limits.max_payload // 2):
                 yield self._batch_request(base_rid, i - len(chunk), chunk, spans)
@@ -224,9 +235,10 @@ class Martinet:
         self, when_: When, task: TaskSpec, args: dict[str, Any] | None = None, **options: Any
     ) -> TaskId:
         """Run a task at a time: "in 20 minutes", "tomorrow at 9am", a datetime, a timedelta."""
+        made_rid = options.get("request_id") is None
         fields = self._task_fields(task, args, {**options, "run_at": when_})
         self._read_run_at(fields)
-        return self._submit("schedule", fields)
+        return self._submit("schedule", fields, made_rid)
 
     def every(
         self,
@@ -280,12 +292,13 @@ class Martinet:
     def _read_run_at(self, fields: dict[str, Any]) -> None:
         read_run_at(fields, self.settings.timezone)
 
-    def _submit(self, op: str, fields: dict[str, Any]) -> TaskId:
+    def _submit(self, op: str, fields: dict[str, Any], made_rid: bool) -> TaskId:
         try:
             reply = self.client.request(op, {"rid": fields["request_id"], **fields})
         except DaemonUnavailable as exc:
             raise unconfirmed(exc, "the task", fields["request_id"]) from None
-        return TaskId(reply["id"], reply.get("created", True), reply.get("warning"))
+        created = made_here(reply.get("created", True), made_rid, bool(fields.get("key")))
+        return TaskId(reply["id"], created, reply.get("warning"))
 
     # ---- reading -----------------------------------------------------------------
 

@@ -46,11 +46,23 @@ BATCH = 1000  # tasks per execute_many request: well under the daemon's limits
 EVERY_KEYS = {"until", "count", "misfire", "misfire_grace"}
 
 
+def made_here(created: bool, made_rid: bool, keyed: bool) -> bool:
+    """Whether a call created its task, from the daemon's `created`: a call that made its
+    own request id (none given) and has no key did, even when the daemon says the id was
+    known. No one else knows that id: the daemon knew it from this call's own earlier
+    copy, committed but answered too late (the client then sent it again). A key in
+    use could be another task's, and a request id given may be another call's: for
+    those the daemon's word stands."""
+    return created or (made_rid and not keyed)
+
+
 class TaskId(int):
     """A task's id; `.created` says whether this call created it (False: a known
-    request_id or a key in use returned the existing task; a known request_id
-    includes one this very call sent before, when the daemon did not answer at once,
-    or an earlier call that raised DaemonUnavailable). `.warning` is the daemon's
+    request_id or a key in use returned the existing task). A call that gives its own
+    request_id learns False also when the daemon knew that id from this very call's
+    earlier copy, whose reply was lost (or from an earlier call that raised
+    DaemonUnavailable); a call that makes its request id (the default) and has no
+    key is told True then (made_here). `.warning` is the daemon's
     word when no connected worker would run it ("no connected worker handles
     'resize'": a typo, or no worker started for that name or queue), else None."""
 

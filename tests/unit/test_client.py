@@ -39,8 +39,10 @@ class ScriptedDaemon:
         drop_first: int = 1,
         deep: set[str] = frozenset(),
         port: int | None = None,
+        drop_every_first: bool = False,
     ) -> None:
         self.drop, self.refuse, self.drop_first, self.deep = set(drop), set(refuse), drop_first, set(deep)
+        self.drop_every_first = drop_every_first  # the first copy of every request goes unanswered
         self.seen: Counter[str] = Counter()
         self.copies: defaultdict[str, list[bytes]] = defaultdict(list)
         self.tasks: dict[str, int] = {}  # request_id -> id
@@ -65,7 +67,8 @@ class ScriptedDaemon:
             self.seen[rid] += 1
             self.copies[rid].append(frames[0])
             made = self._create(h)
-            if self.silent.is_set() or (rid in self.drop and self.seen[rid] <= self.drop_first):
+            dropped = rid in self.drop or self.drop_every_first
+            if self.silent.is_set() or (dropped and self.seen[rid] <= self.drop_first):
                 continue
             if rid in self.deep:  # the rid last, as the daemon writes it
                 body = b'{"ok":true,"item":' + b"[" * 1000 + b"]" * 1000 + b',"rid":"' + rid.encode() + b'"}'
@@ -376,6 +379,22 @@ def test_a_daemon_that_answered_before_is_waited_for_through_a_restart(scripted,
 def test_only_a_daemon_on_this_host_is_looked_at(url, local):
     """A remote daemon that does not answer is waited for its whole timeout."""
     assert client_module._loopback_port(url) == local
+
+
+def test_a_call_that_made_its_request_id_knows_it_created_its_task_when_a_reply_was_lost(
+    scripted, monkeypatch
+):
+    monkeypatch.setattr(client_module, "FIRST_TRY", 0.1)
+    daemon = scripted(drop_every_first=True)  # commits each first copy, does not answer it
+    m = martinet.Martinet.connect(daemon.url, timeout=3)
+    try:
+        one = m.execute("echo", {})
+        many = m.execute_many([("echo", {"n": 1}), ("echo", {"n": 2})])
+    finally:
+        m.close()
+    assert len(daemon.tasks) == 3 and set(daemon.seen.values()) == {2}  # each resent once, made once
+    # No one else knows a request id the call made itself: "known" means this call made it
+    assert one.created is True and [t.created for t in many] == [True, True]
 
 
 @pytest.mark.xfail(
