@@ -148,3 +148,10 @@ def test_through_a_pooled_url_nothing_is_prepared(db_url, make_core):
     sent = trips.take()
     assert sent and not any("PREPARE" in s or "EXECUTE martinet_" in s for s in sent)
     assert [core.store.get_task(i).status for i in range(1, PREPARE_AT + 3)] == ["queued"] * (PREPARE_AT + 2)
+
+
+def test_a_prepared_statement_keeps_its_literal_percent_signs(core):
+    # (psycopg2 reads a query for placeholders: a literal % is written %%, and stays one %)
+    got = [core.store._exec("SELECT 'a%%' || ?", ("b",)).fetchone()[0] for _ in range(PREPARE_AT + 2)]
+    assert got == ["a%b"] * (PREPARE_AT + 2)
+    assert "SELECT 'a%%' || %s" in core.store.db._prepared
