@@ -67,8 +67,6 @@ class SqlKit:
         self.is_mysql = isinstance(db, peewee.MySQLDatabase)
         self.is_postgres = isinstance(db, peewee.PostgresqlDatabase)
         self.returns_ids = self.is_postgres  # INSERT ... RETURNING id
-        # A claim as one UPDATE ... RETURNING (SQLite has RETURNING from 3.35; MySQL none)
-        self.leases_returning = self.is_postgres or (sqlite and sqlite3.sqlite_version_info >= (3, 35))
         # Without statistics, SQLite may serve `id IN (...) AND status = ?` from a status
         # index, scanning every queued row; a unary + keeps it on the primary key.
         self.by_id_status = "+status" if sqlite else "status"
