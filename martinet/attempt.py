@@ -47,7 +47,10 @@ class TaskContext:
         self.timeout = timeout
         self.parents: dict[int, Any] = {}  # what the tasks it waited on (after=) returned
         self._report = report
-        self._cancel = threading.Event()
+        self._cancel_requested = False
+        # Made only for a task that waits for its due time (an Event costs about 2.7 µs to
+        # make, a share worth saving of a worker's CPU on a short task): see _wait_cancel.
+        self._cancel_event: threading.Event | None = None
         # Time-limit bookkeeping, shared by the handler's thread and the worker's loop.
         self._lock = threading.Lock()
         self._thread: int | None = None  # ident of the thread running the handler, while it does
@@ -62,7 +65,26 @@ class TaskContext:
     @property
     def cancelled(self) -> bool:
         """True once the daemon asked this task to stop; long handlers should check it."""
-        return self._cancel.is_set()
+        return self._cancel_requested
+
+    def _request_cancel(self) -> None:
+        """Ask the handler to stop (from the worker's loop): `cancelled`, and an end to its
+        wait for its due time."""
+        with self._lock:
+            self._cancel_requested = True
+            event = self._cancel_event
+        if event is not None:
+            event.set()
+
+    def _wait_cancel(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for a cancel request; whether one came."""
+        with self._lock:
+            if self._cancel_requested:
+                return True
+            if self._cancel_event is None:
+                self._cancel_event = threading.Event()
+            event = self._cancel_event
+        return event.wait(timeout)
 
     def progress(self, value: float | None = None, message: str | None = None) -> None:
         """Report progress (0.0 to 1.0) and a short message; streamed on the status socket."""
@@ -92,7 +114,7 @@ def run(
     Retry, a Release and a Fail each as what they ask). A start is reported when the
     handler is called; `wake` tells the loop a time limit started."""
     while ctx._start_at is not None and (early := ctx._start_at - time.monotonic()) > 0:
-        if ctx._cancel.wait(early):
+        if ctx._wait_cancel(early):
             log.info("task %s attempt %s cancelled before it was due", ctx.id, ctx.attempt)
             return Outcome(ctx.id, ctx.attempt, worker_id, OutcomeKind.CANCELLED, database=ctx._database)
     started = time.monotonic()
@@ -171,7 +193,7 @@ def past_limit(contexts: list[TaskContext], now: float, grace: float) -> list[Ta
             continue
         if ctx._abandon_at is None:
             ctx._abandon_at = now + grace
-            ctx._cancel.set()
+            ctx._request_cancel()
             with ctx._lock:
                 if ctx._thread is not None:
                     interrupt(ctx._thread)

@@ -348,7 +348,7 @@ class Worker:
                 ctx = self._running.get(message.task_id)
                 if ctx is not None:
                     log.info("task %s attempt %s asked to stop", ctx.id, ctx.attempt)
-                    ctx._cancel.set()
+                    ctx._request_cancel()
 
     def _on_welcome(self, welcome: Welcome) -> None:
         self._interval = welcome.heartbeat_interval or self._interval
