@@ -48,9 +48,9 @@ def on_status_batch(core: State, msgs: Messages, out: Outbox, now: float) -> Non
             log.warning("dropped a %s command on the status socket", cmd.name)
     # A start that came with its attempt's outcome is written by the outcome's UPDATE;
     # the others before the progress and outcomes that came after them.
-    ending = {(o.task_id, o.attempt, o.worker) for _ident, o in ended}
+    reported = {(o.task_id, o.attempt, o.worker) for _ident, o in ended}
     folded = {
-        (task_id, attempt) for task_id, attempt, worker in starts if (task_id, attempt, worker) in ending
+        (task_id, attempt) for task_id, attempt, worker in starts if (task_id, attempt, worker) in reported
     }
     if folded:
         starts = [s for s in starts if (s[0], s[1]) not in folded]

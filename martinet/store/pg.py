@@ -117,8 +117,7 @@ class PgDatabase(peewee.PostgresqlDatabase):
         self._names += 1  # never reused: a PREPARE outlives the failure of what came with it
         name = f"martinet_{self._names}"
         prepare = f"PREPARE {name} AS {_PLACEHOLDER.sub(number, sql)}"
-        if self._deferred:  # sent first, so that an error here is the PREPARE's own (first use only)
-            self.cursor()
+        self._send_deferred()  # first, so that an error here is the PREPARE's own (first use only)
         inside = self.transaction_depth() > 0
         try:
             if inside:
@@ -141,11 +140,15 @@ class PgDatabase(peewee.PostgresqlDatabase):
 
     def cursor(self, named_cursor: Any = None) -> Any:
         """A cursor, with what waits sent first (for callers that execute on it directly)."""
+        self._send_deferred()
+        return super().cursor(named_cursor)  # type: ignore[no-untyped-call]
+
+    def _send_deferred(self) -> None:
+        """What waits, sent now on its own (a round trip)."""
         if self._deferred:
             sql = "; ".join(self._deferred)
             self._deferred.clear()
             super().execute_sql(sql)  # type: ignore[no-untyped-call]  # (peewee binds, if only ())
-        return super().cursor(named_cursor)  # type: ignore[no-untyped-call]
 
     def begin(self, isolation_level: Any = None) -> None:
         if isolation_level is None and not getattr(self, "_isolation_level", None):

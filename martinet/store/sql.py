@@ -152,12 +152,8 @@ class SqlKit:
         for start in range(0, len(rows), per):
             chunk = rows[start : start + per]
             params = [row[column] for row in chunk for column in columns]
-            sql = head + ", ".join([one] * len(chunk))
-            if self.returns_ids:  # one round trip: the ids come back with the INSERT
-                out.extend(sorted(r[0] for r in self._exec(sql + " RETURNING id", params, cache=False)))
-            else:
-                last = self._exec(sql, params, cache=False).lastrowid
-                out.extend(range(last - len(chunk) + 1, last + 1))
+            last = self._exec(head + ", ".join([one] * len(chunk)), params, cache=False).lastrowid
+            out.extend(range(last - len(chunk) + 1, last + 1))
         return out
 
     def _update_task(self, changes: dict[str, Any], where: str, params: Iterable[Any]) -> int:

@@ -292,6 +292,9 @@ class Tasks(Dependents):
         one already running or ended changes nothing. Returns how many started."""
         if not starts:
             return 0
+        if self.is_postgres:  # one statement, not one round trip a start
+            ids, attempts, workers = zip(*starts, strict=True)
+            return self._exec(_PG_START, (now, now, list(ids), list(attempts), list(workers))).rowcount
         sql = self._update_sql.get((("status", "started_at"), "start"))
         if sql is None:
             sql = (
@@ -299,9 +302,6 @@ class Tasks(Dependents):
                 f" WHERE id = ? AND attempt = ? AND worker = ? AND status = '{TaskState.LEASED}'"
             ).replace("?", self.db.param)
             self._update_sql[(("status", "started_at"), "start")] = sql
-        if self.is_postgres:  # one statement, not one round trip a start
-            ids, attempts, workers = zip(*starts, strict=True)
-            return self._exec(_PG_START, (now, now, list(ids), list(attempts), list(workers))).rowcount
         cursor: Cursor = self.db.cursor()
         cursor.executemany(sql, [(now, now, task_id, attempt, worker) for task_id, attempt, worker in starts])
         return cursor.rowcount

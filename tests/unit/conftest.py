@@ -8,20 +8,25 @@ import pytest
 from tests.live import Cli
 
 
+def _made(cls):
+    """A fixture's body: a factory of `cls(url, **settings)`, each closed after the test."""
+    made: list = []
+
+    def make(url: str, **settings):
+        made.append(cls(url, **settings))
+        return made[-1]
+
+    yield make
+    for thing in made:
+        thing.close()
+
+
 @pytest.fixture
 def make_core():
     """Core(url, **settings) (tests/core.py): a daemon driven in process, closed after the test."""
     from tests.core import Core
 
-    made: list = []
-
-    def make(url: str, **settings) -> Core:
-        made.append(Core(url, **settings))
-        return made[-1]
-
-    yield make
-    for core in made:
-        core.close()
+    yield from _made(Core)
 
 
 @pytest.fixture
@@ -29,15 +34,7 @@ def make_live():
     """Live(url, **settings) (tests/live.py): an embedded daemon and worker threads, closed after the test."""
     from tests.live import Live
 
-    made: list = []
-
-    def make(url: str, **settings) -> Live:
-        made.append(Live(url, **settings))
-        return made[-1]
-
-    yield make
-    for live in made:
-        live.close()
+    yield from _made(Live)
 
 
 @pytest.fixture

@@ -18,12 +18,20 @@ def count_claims(core) -> list[int]:
     return asked
 
 
+def thin_workers(make_core, url: str, workers: str, queued: int):
+    """A daemon with workers of one thread that can hold 32 more tasks each (named by
+    the letters of `workers`), and `queued` tasks waiting for them."""
+    core = make_core(url)
+    for worker in workers:
+        core.hello(worker, ["tiny"], capacity=33, threads=1)
+    for _ in range(queued):
+        core.submit("tiny")
+    return core
+
+
 def test_a_one_thread_worker_gets_its_whole_prefetch_in_a_few_claims(sqlite_url, make_core):
     # Given a worker of one thread that holds 32 more tasks ready, and 100 tasks queued
-    core = make_core(sqlite_url)
-    core.hello("a", ["tiny"], capacity=33, threads=1)
-    for _ in range(100):
-        core.submit("tiny")
+    core = thin_workers(make_core, sqlite_url, "a", queued=100)
     asked = count_claims(core)
     # When the daemon claims for it
     claimed = core.claim()
@@ -35,9 +43,7 @@ def test_a_one_thread_worker_gets_its_whole_prefetch_in_a_few_claims(sqlite_url,
 
 def test_a_short_queue_still_spreads_over_workers_of_one_thread(sqlite_url, make_core):
     # Given two workers of one thread, each able to hold 32 more tasks
-    core = make_core(sqlite_url)
-    core.hello("a", ["tiny"], capacity=33, threads=1)
-    core.hello("b", ["tiny"], capacity=33, threads=1)
+    core = thin_workers(make_core, sqlite_url, "ab", queued=0)
     # When 10 tasks come, then 24 more once those ended
     few = [core.submit("tiny") for _ in range(10)]
     first = {w: len(rows) for w, rows in core.claim().items()}
@@ -58,21 +64,14 @@ def test_a_short_queue_still_spreads_over_workers_of_one_thread(sqlite_url, make
 def test_a_queue_that_fills_every_round_is_shared_evenly(sqlite_url, make_core):
     # Given two workers of one thread, each able to hold 32 more tasks, and more queued
     # than both can hold
-    core = make_core(sqlite_url)
-    core.hello("a", ["tiny"], capacity=33, threads=1)
-    core.hello("b", ["tiny"], capacity=33, threads=1)
-    for _ in range(80):
-        core.submit("tiny")
+    core = thin_workers(make_core, sqlite_url, "ab", queued=80)
     # When the daemon claims, then each gets as much as it can hold
     assert {w: len(rows) for w, rows in core.claim().items()} == {"a": 33, "b": 33}
 
 
 def test_in_a_long_drain_a_worker_is_refilled_in_one_claim(sqlite_url, make_core):
     # Given a worker of one thread that was just filled from a long queue
-    core = make_core(sqlite_url)
-    core.hello("a", ["tiny"], capacity=33, threads=1)
-    for _ in range(100):
-        core.submit("tiny")
+    core = thin_workers(make_core, sqlite_url, "a", queued=100)
     first = core.claim()["a"]
     asked = count_claims(core)
     # When 16 of its tasks end and the daemon claims again
@@ -85,11 +84,7 @@ def test_in_a_long_drain_a_worker_is_refilled_in_one_claim(sqlite_url, make_core
 
 def test_once_a_queue_ran_short_the_rounds_start_small_again(sqlite_url, make_core):
     # Given two workers of one thread, filled from a long queue, which ran dry later
-    core = make_core(sqlite_url)
-    core.hello("a", ["tiny"], capacity=33, threads=1)
-    core.hello("b", ["tiny"], capacity=33, threads=1)
-    for _ in range(70):
-        core.submit("tiny")
+    core = thin_workers(make_core, sqlite_url, "ab", queued=70)
     held = [row["id"] for rows in core.claim().values() for row in rows]
     for task_id in held:
         core.succeed(task_id)

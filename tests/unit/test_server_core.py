@@ -180,15 +180,24 @@ def ended(worker_id: str, started: list, *outcomes: tuple[int, bool]) -> tuple[C
     return Cmd.ENDED, {"worker_id": worker_id, "started": started, "ended": items}
 
 
-def test_a_start_that_comes_with_its_outcome_is_written_by_the_outcomes_update(db_url, make_core):
+def test_a_start_that_comes_with_its_outcome_is_written_by_the_outcomes_update(
+    db_url, make_core, monkeypatch
+):
     core = make_core(db_url)
     core.turn(worker=[hello()])
     a, b = core.submit("t"), core.submit("t")
     assert tasks_sent(core.turn()) == [a, b]
     core.now += 2
+    written: list = []  # the starts written on their own
+    start = core.server.store.start
+    monkeypatch.setattr(
+        core.server.store, "start", lambda starts, now: (written.extend(starts), start(starts, now))[1]
+    )
     # When one ENDED says both started, and that A ended (B runs on)
     core.turn(status=[ended("w1", [[a, 1], [b, 1]], (a, True))])
-    # Then A ran from that turn (its task row and its attempt row say so) and B is running
+    # Then only B's start was written on its own: A's went with its end
+    assert written == [(b, 1, "w1")]
+    # And A ran from that turn (its task row and its attempt row say so) and B is running
     ran = core.store.get_task(a)
     assert ran.status == "succeeded" and ran.started_at == core.now
     assert [(t.started_at, t.ended_at, t.outcome) for t in core.store.attempts(a)] == [
