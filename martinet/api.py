@@ -82,6 +82,8 @@ class Martinet:
 
         daemon = Daemon(self.settings, port_option="Martinet(db=..., {role}_port=N) (0: any free port)")
         daemon.open()
+        assert daemon.core is not None
+        daemon.core.store.close()  # this thread's connection: the loop's thread opens its own
         thread = threading.Thread(target=daemon.run, name="martinet-daemon", daemon=True)
         self._embedded = (daemon, thread)
         thread.start()

@@ -27,6 +27,7 @@ parameters' types PostgreSQL cannot tell (`$1 IS NULL`) is run as it is.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +37,16 @@ PREPARED_MAX = 200  # statements prepared a connection; more run unprepared
 PREPARE_AT = 3  # a statement's use on a connection at which it is prepared (the rare ones never are)
 _PLACEHOLDER = re.compile(r"%%|%s")
 _PREPARABLE = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b", re.IGNORECASE)  # not SAVEPOINT, ...
+
+
+class _Session(threading.local):
+    """What belongs to one connection: peewee gives each thread its own (an embedded
+    daemon opens its database in the caller's thread and runs its loop in another)."""
+
+    def __init__(self) -> None:
+        self.deferred: list[str] = []
+        self.prepared: dict[str, tuple[str, int]] = {}  # sql: (name, parameter count)
+        self.uses: dict[str, int] = {}
 
 
 class PgDatabase(peewee.PostgresqlDatabase):
@@ -51,11 +62,9 @@ class PgDatabase(peewee.PostgresqlDatabase):
         prefer_psycopg3: bool = False,
         **kwargs: Any,
     ) -> None:
-        self._deferred: list[str] = []
-        self._prepared: dict[str, tuple[str, int]] = {}  # sql: (name, parameter count)
-        self._unpreparable: set[str] = set()
+        self._session = _Session()
+        self._unpreparable: set[str] = set()  # a property of the statement: on any connection
         self._names = 0
-        self._uses: dict[str, int] = {}
         super().init(
             database, register_unicode, encoding, isolation_level, prefer_psycopg3=prefer_psycopg3, **kwargs
         )
@@ -65,35 +74,41 @@ class PgDatabase(peewee.PostgresqlDatabase):
         if params:
             sql = self.connection().cursor().mogrify(sql, params).decode()  # type: ignore[no-untyped-call]
         # A string sent with parameters is read for placeholders whole: a % of ours is doubled.
-        self._deferred.append(sql.replace("%", "%%"))
+        self._session.deferred.append(sql.replace("%", "%%"))
 
     def take_back(self, sql: str) -> bool:
         """Forget `sql` (no parameters, no %) and what was deferred after it, if it was not
         sent yet (True)."""
-        if sql not in self._deferred:
+        deferred = self._session.deferred
+        if sql not in deferred:
             return False
-        del self._deferred[self._deferred.index(sql) :]
+        del deferred[deferred.index(sql) :]
         return True
 
     def forget_deferred(self) -> None:
         """Drop what waits (a savepoint rolled back discards what was inside it)."""
-        self._deferred.clear()
+        self._session.deferred.clear()
 
     def _initialize_connection(self, conn: Any) -> None:
-        self._prepared.clear()  # a new connection (a reconnect) has none (peewee's is a no-op)
-        self._uses.clear()
+        self._session.prepared.clear()  # a new connection (a reconnect) has none (peewee's is a no-op)
+        self._session.uses.clear()
 
     def execute_prepared(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """`sql` (psycopg2's placeholders) as a prepared statement of this connection,
         prepared at its PREPARE_AT-th use. PREPARE outlives a rollback; one that fails (a parameter
         of no type PostgreSQL can tell) is undone by a savepoint and `sql` runs unprepared."""
-        found = self._prepared.get(sql)
+        session = self._session
+        found = session.prepared.get(sql)
         if found is None:
-            if sql in self._unpreparable or len(self._prepared) >= PREPARED_MAX or not _PREPARABLE.match(sql):
+            if (
+                sql in self._unpreparable
+                or len(session.prepared) >= PREPARED_MAX
+                or not _PREPARABLE.match(sql)
+            ):
                 return self.execute_sql(sql, params)
-            if len(self._uses) > 10 * PREPARED_MAX:  # statements of one-off shapes: counted afresh
-                self._uses.clear()
-            uses = self._uses[sql] = self._uses.get(sql, 0) + 1
+            if len(session.uses) > 10 * PREPARED_MAX:  # statements of one-off shapes: counted afresh
+                session.uses.clear()
+            uses = session.uses[sql] = session.uses.get(sql, 0) + 1
             if uses < PREPARE_AT:
                 return self.execute_sql(sql, params)
             found = self._prepare(sql)
@@ -129,13 +144,14 @@ class PgDatabase(peewee.PostgresqlDatabase):
                 self.execute_sql("ROLLBACK TO SAVEPOINT martinet_prepare; RELEASE SAVEPOINT martinet_prepare")
             self._unpreparable.add(sql)
             return None
-        self._prepared[sql] = (name, count)
+        self._session.prepared[sql] = (name, count)
         return name, count
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
-        if self._deferred:
-            sql = "; ".join([*self._deferred, sql])
-            self._deferred.clear()
+        deferred = self._session.deferred
+        if deferred:
+            sql = "; ".join([*deferred, sql])
+            deferred.clear()
         return super().execute_sql(sql, params)  # type: ignore[no-untyped-call]
 
     def cursor(self, named_cursor: Any = None) -> Any:
@@ -145,29 +161,33 @@ class PgDatabase(peewee.PostgresqlDatabase):
 
     def _send_deferred(self) -> None:
         """What waits, sent now on its own (a round trip)."""
-        if self._deferred:
-            sql = "; ".join(self._deferred)
-            self._deferred.clear()
+        deferred = self._session.deferred
+        if deferred:
+            sql = "; ".join(deferred)
+            deferred.clear()
             super().execute_sql(sql)  # type: ignore[no-untyped-call]  # (peewee binds, if only ())
 
     def begin(self, isolation_level: Any = None) -> None:
         if isolation_level is None and not getattr(self, "_isolation_level", None):
+            # Connected first: peewee pushes the transaction after begin(), and a connect
+            # made by its first statement would empty this thread's stack of transactions.
+            self.connection()  # type: ignore[no-untyped-call]
             self.defer("BEGIN")
         else:
             super().begin(isolation_level)
 
     def commit(self) -> None:
-        if self._deferred == ["BEGIN"]:  # nothing was sent: nothing to commit
-            self._deferred.clear()
+        if self._session.deferred == ["BEGIN"]:  # nothing was sent: nothing to commit
+            self._session.deferred.clear()
             return
         self.execute_sql("COMMIT")
 
     def rollback(self) -> None:
         if self.take_back("BEGIN"):  # nothing was sent: nothing to undo
             return
-        self._deferred.clear()  # releases of what is undone anyway
+        self._session.deferred.clear()  # releases of what is undone anyway
         super().rollback()
 
     def close(self) -> bool:
-        self._deferred.clear()  # a connection closed takes its transaction with it
+        self._session.deferred.clear()  # a connection closed takes its transaction with it
         return super().close()

@@ -4,6 +4,8 @@ hot path, or one sent apart that could go with another, shows here."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from martinet.protocol import Cmd
@@ -160,4 +162,24 @@ def test_a_prepared_statement_keeps_its_literal_percent_signs(core):
     # (psycopg2 reads a query for placeholders: a literal % is written %%, and stays one %)
     got = [core.store._exec("SELECT 'a%%' || ?", ("b",)).fetchone()[0] for _ in range(PREPARE_AT + 2)]
     assert got == ["a%b"] * (PREPARE_AT + 2)
-    assert "SELECT 'a%%' || %s" in core.store.db._prepared
+    assert "SELECT 'a%%' || %s" in core.store.db._session.prepared
+
+
+def test_a_thread_has_its_own_connection_its_own_prepared_statements_and_transactions(core):
+    """An embedded daemon opens its database in the caller's thread and runs its loop in
+    another: that thread's first transaction connects it, and what the first thread
+    prepared is unknown on its connection."""
+    store = core.store
+    for _ in range(PREPARE_AT + 1):  # prepared on this thread's connection
+        assert store._exec("SELECT ? + 1", (1,)).fetchone() == (2,)
+
+    def first_turn_of_another_thread() -> list[int]:
+        with store.atomic():  # its BEGIN waits for the first statement, which connects
+            got = [store._exec("SELECT ? + 1", (i,)).fetchone()[0] for i in range(PREPARE_AT + 1)]
+            store._exec("INSERT INTO event (kind, at, body) VALUES (?, ?, ?)", ("there", 1.0, "{}"))
+        store.close()
+        return got
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(first_turn_of_another_thread).result(timeout=30) == list(range(1, PREPARE_AT + 2))
+    assert [r[0] for r in store._exec("SELECT kind FROM event").fetchall()] == ["there"]
