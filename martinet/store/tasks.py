@@ -24,7 +24,7 @@ _PG_START = (
     f"UPDATE task SET status = '{TaskState.RUNNING}', started_at = ?, updated_at = ?"
     " FROM unnest(?::bigint[], ?::bigint[], ?::text[]) AS s(id, attempt, worker)"
     f" WHERE task.id = s.id AND task.attempt = s.attempt AND task.worker = s.worker"
-    f" AND task.status = '{TaskState.LEASED}'"
+    f" AND (task.status || '') = '{TaskState.LEASED}'"  # found by id: see SqlKit.by_id_status
 )
 
 
