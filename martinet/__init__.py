@@ -69,6 +69,7 @@ __all__ = [
     "compose",
     "configure",
     "count",
+    "enqueue_in",
     "every",
     "execute",
     "execute_many",
@@ -118,6 +119,11 @@ def _handle() -> Martinet:
 def execute(task: TaskSpec, args: dict[str, Any] | None = None, **options: Any) -> TaskId:
     """Run a task now. See `Martinet.execute`."""
     return _handle().execute(task, args, **options)
+
+
+def enqueue_in(connection: Any, task: TaskSpec, args: dict[str, Any] | None = None, **options: Any) -> TaskId:
+    """Enqueue a task in your PostgreSQL transaction. See `Martinet.enqueue_in`."""
+    return _handle().enqueue_in(connection, task, args, **options)
 
 
 def execute_many(

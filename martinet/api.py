@@ -34,7 +34,7 @@ from martinet.submit import (
     task_fields,
     unconfirmed,
 )
-from martinet.validate import Limits, check_args
+from martinet.validate import Limits, check_args, check_task
 
 if TYPE_CHECKING:
     from martinet.server.loop import Daemon
@@ -135,6 +135,32 @@ class Martinet:
         fields = self._task_fields(task, args, options)
         self._read_run_at(fields)
         return self._submit("execute", fields, made_rid)
+
+    def enqueue_in(
+        self, connection: Any, task: TaskSpec, args: dict[str, Any] | None = None, **options: Any
+    ) -> TaskId:
+        """Enqueue a task inside your application's own PostgreSQL transaction: it exists
+        if and only if that transaction commits (rolled back, no worker ever sees it).
+
+        `connection` is the one your transaction runs on: a psycopg (2 or 3) connection
+        or cursor, Django's `django.db.connection`, or a SQLAlchemy Connection or
+        Session, on the database `martinet serve` uses. `task`, `args` and the
+        options are those of `execute` (`run_at` too, as in `schedule`). The daemon
+        hears of the task when you commit (PostgreSQL's NOTIFY) and dispatches it at
+        once. Nothing goes through the daemon's socket: this handle's settings give the
+        defaults (max_attempts, limits, timezone), as they would the daemon's if both
+        read the same configuration.
+
+        Returns the task's id; `.created` is False when a request_id or a key in use
+        named an existing task (in the same transaction, a key taken by a task not
+        committed yet waits for that transaction, as PostgreSQL's unique indexes do)."""
+        from martinet.store.app_transaction import submit_in  # only its users import the store
+
+        fields = self._task_fields(task, args, options)
+        self._read_run_at(fields)
+        spec = check_task(fields, self.limits, self.settings.max_attempts)
+        task_id, created = submit_in(connection, spec, time.time())
+        return TaskId(task_id, created)
 
     def execute_many(
         self, tasks: Sequence[tuple[TaskSpec, dict[str, Any] | None]], **options: Any

@@ -16,6 +16,7 @@ time limits, waits), ops.py and queue_ops.py (client requests).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import peewee
@@ -24,7 +25,7 @@ from martinet.dbhealth import describe
 from martinet.errors import BadInput, MartinetError
 from martinet.messages import HelloAgain, Reply, Request
 from martinet.protocol import Cmd
-from martinet.server import claims, ops, outcomes, timers, workers
+from martinet.server import claims, elsewhere, ops, outcomes, timers, workers
 from martinet.server.outbox import Outbox
 from martinet.server.state import DB_ERRORS, Messages, State, error
 from martinet.server.state import Request as Call
@@ -35,9 +36,17 @@ log = logging.getLogger("martinet.daemon")
 class Core(State):
     """The state, and the turn that changes it."""
 
-    def turn(self, client: Messages, status: Messages, worker: Messages, now: float) -> Outbox:
+    def turn(
+        self,
+        client: Messages,
+        status: Messages,
+        worker: Messages,
+        now: float,
+        heard: Sequence[dict[str, Any]] | None = (),
+    ) -> Outbox:
         """Read what arrived, write it and the turn's claims in one transaction (group
-        commit), and say what to send: replies, acks, events, and tasks."""
+        commit), and say what to send: replies, acks, events, and tasks. `heard`: what
+        other writers committed (elsewhere.py; None: some of it may have been missed)."""
         out = Outbox()
         troubled = self.db_health.trouble is not None
         changes = self.store.changes() if troubled else None
@@ -53,6 +62,8 @@ class Core(State):
                         continue
                     with self.isolated(f"a message on the worker socket from {ident!r}"):
                         workers.on_worker(self, ident, frames, out, now)
+                if heard is None or heard:
+                    elsewhere.on_notes(self, heard, out, now)
                 timers.run(self, out, now)
                 claims.claim(self, out, now)
                 out.events = self.hub.record(self.store, out.events, now, ids=bool(self.hub.subscribers))

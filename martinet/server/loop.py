@@ -13,7 +13,7 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import peewee
@@ -21,7 +21,7 @@ import zmq
 
 from martinet import protocol
 from martinet.config import Settings
-from martinet.errors import MartinetError
+from martinet.errors import MartinetError, StoreError
 from martinet.messages import Ack
 from martinet.retry import RetryPolicy
 from martinet.server.core import Core
@@ -29,10 +29,11 @@ from martinet.server.lanes import Lanes
 from martinet.server.outbox import Outbox
 from martinet.server.peers import Peer, Peers
 from martinet.server.state import Messages
-from martinet.store import Store, WalCheckpointer, open_database, redact
+from martinet.store import Changes, Store, WalCheckpointer, listen_changes, open_database, redact
 
 log = logging.getLogger("martinet.daemon")
 
+LISTEN_RETRY = 1.0  # seconds between tries to listen again for other writers' tasks (PostgreSQL)
 DRAIN_LIMIT = 2000  # messages read from one socket per turn: bounds a turn's latency
 SPIN = 0.001  # seconds before a deadline when the loop stops sleeping and polls without waiting
 
@@ -51,6 +52,10 @@ class Daemon:
         self.epoch = secrets.token_hex(4)  # changes at each start; the database's identity does not
         self.core: Core | None = None  # made by open(), with the store
         self._checkpointer: WalCheckpointer | None = None
+        # PostgreSQL: other writers' tasks, heard (store.listen); its socket and when to listen again
+        self._changes: Changes | None = None
+        self._changes_fd = -1
+        self._listen_at: float | None = None
         self.ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._stopping = False
         self._wake_r, self._wake_w = os.pipe()
@@ -86,6 +91,7 @@ class Daemon:
             self.worker = self._bind("worker", s.worker_port)
             self.status = self._bind("status", s.status_port)
             db = open_database(s.db)
+            self._changes = listen_changes(s.db)
         except BaseException:
             self.ctx.destroy(linger=0)
             raise
@@ -100,6 +106,9 @@ class Daemon:
         for sock in (self.client, self.worker, self.status):
             self.poller.register(sock, zmq.POLLIN)
         self.poller.register(self._wake_r, zmq.POLLIN)
+        if self._changes is not None:
+            self._changes_fd = self._changes.fileno()
+            self.poller.register(self._changes_fd, zmq.POLLIN)
         log.info(
             "martinet serving on %s (client %d, worker %d, status %d), database %s (id %s), epoch %s",
             s.bind,
@@ -157,6 +166,8 @@ class Daemon:
             while not self._stopping:
                 before = self.clock()
                 deadline = self.core.next_deadline(before)
+                if self._listen_at is not None:
+                    deadline = min(deadline, self._listen_at)
                 wait = _poll_ms(deadline - before)
                 ready = dict(self.poller.poll(wait))
                 if self._wake_r in ready:
@@ -166,14 +177,43 @@ class Daemon:
                 if not ready and now < deadline:
                     continue  # woke early, on purpose: see _poll_ms
                 try:
-                    self._turn(ready, now)
+                    self._turn(ready, now, self._hear(ready, now))
                 except Exception:  # a bug of ours: that turn is rolled back, the daemon lives on
                     log.exception("a turn of the loop failed; nothing of it was committed")
                 self.core.not_listening(self.clock() - now)
         finally:
             self.close()
 
+    def _hear(self, ready: dict[Any, int], now: float) -> list[dict[str, Any]] | None:
+        """What other writers committed since the last turn (store.listen): their notes,
+        or None when some may have been missed (listening again after a lost connection)."""
+        if self._changes is not None:
+            if self._changes_fd not in ready:
+                return []
+            notes = self._changes.take()
+            if notes is not None:
+                return notes
+            self.poller.unregister(self._changes_fd)
+            self._changes, self._listen_at = None, now  # (lost: listen again at once)
+        if self._listen_at is None or now < self._listen_at:
+            return []
+        try:
+            self._changes = listen_changes(self.settings.db)
+        except StoreError as exc:
+            log.warning("%s; trying again in %.0f s", exc, LISTEN_RETRY)
+            self._listen_at = now + LISTEN_RETRY
+            return []
+        assert self._changes is not None  # (PostgreSQL: it listened before)
+        self._changes_fd = self._changes.fileno()
+        self.poller.register(self._changes_fd, zmq.POLLIN)
+        self._listen_at = None
+        log.info("listening again for tasks other writers commit")
+        return None
+
     def close(self) -> None:
+        if self._changes is not None:
+            self._changes.close()
+            self._changes = None
         if self.ctx is not None:
             for sock in (self.client, self.worker, self.status):
                 sock.close(0)
@@ -193,7 +233,7 @@ class Daemon:
 
     # ---- one turn -------------------------------------------------------------
 
-    def _turn(self, ready: dict[zmq.Socket[bytes], int], now: float) -> None:
+    def _turn(self, ready: dict[Any, int], now: float, heard: Sequence[dict[str, Any]] | None = ()) -> None:
         """Drain the sockets that hold messages, let the core write and decide, and send."""
         assert self.core is not None
         out = self.core.turn(
@@ -201,6 +241,7 @@ class Daemon:
             self._drain(self.status) if self.status in ready else [],
             self._drain(self.worker) if self.worker in ready else [],
             now,
+            heard,
         )
         self._send_out(out, now)
 

@@ -73,10 +73,12 @@ from martinet.store.connect import (
     SCHEMES,
     WAL_BACKSTOP_PAGES,
     WalCheckpointer,
+    listen_changes,
     open_database,
     redact,
 )
 from martinet.store.leases import Leases
+from martinet.store.listen import Changes
 from martinet.store.queues import Queues
 from martinet.store.retention import EVENT_COLUMNS, PRUNE_BATCH, Retention
 from martinet.store.rows import TASK_DEFAULTS, Pruned, RunningRow
@@ -84,6 +86,7 @@ from martinet.store.schedules import Schedules
 from martinet.store.search import INFO_COLUMNS, TIME_COLUMNS, Reads
 
 __all__ = [
+    "Changes",
     "DRIVERS",
     "EVENT_COLUMNS",
     "INFO_COLUMNS",
@@ -98,6 +101,7 @@ __all__ = [
     "Store",
     "WalCheckpointer",
     "iso",
+    "listen_changes",
     "open_database",
     "redact",
     "schedule_info",

@@ -14,6 +14,7 @@ from playhouse.db_url import parse as parse_url
 
 from martinet import migrations
 from martinet.errors import StoreError
+from martinet.store.listen import Changes
 from martinet.store.pg import PgDatabase
 
 log = logging.getLogger("martinet.store")
@@ -88,6 +89,19 @@ def open_database(url: str) -> peewee.Database:
     except ImportError as exc:
         raise StoreError(f"cannot open database {redact(url)}: {exc}") from None
     return db
+
+
+def listen_changes(url: str) -> Changes | None:
+    """What other writers commit to the database at `url`, heard as it happens (listen.py):
+    PostgreSQL reached directly only. Through `postgresql+pool://` (a transaction-mode
+    pooler such as PgBouncer keeps no session to LISTEN on) and on SQLite and MySQL, None.
+    Raises StoreError when the server cannot be reached."""
+    if urlparse(url).scheme not in ("postgres", "postgresql"):
+        return None
+    try:
+        return Changes(parse_url(url))
+    except Exception as exc:  # psycopg2's errors: the server, the address or the login
+        raise StoreError(f"cannot listen on database {redact(url)}: {exc}") from None
 
 
 def _require_driver(scheme: str) -> None:

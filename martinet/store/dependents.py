@@ -60,34 +60,72 @@ class Dependents(SqlKit):
             )
             for child in list(children):
                 if parent_status != TaskState.SUCCEEDED:
-                    changes = {
-                        "status": TaskState.CANCELLED,
-                        "reason": f"task {parent_id} it waited on ended {parent_status}",
-                        "finished_at": now,
-                        "updated_at": now,
-                    }
-                    if child.key_mode == "active":
-                        changes["unique_key"] = None
-                    Task.update(**changes).where(
-                        Task.id == child.id, Task.status == TaskState.WAITING
-                    ).execute()
+                    self._cancel_waiting(child, f"task {parent_id} it waited on ended {parent_status}", now)
                     settled["cancelled"].append(child.id)
                     if child.has_dependents:
                         ended.append((child.id, TaskState.CANCELLED))
-                    continue
-                unfinished = (
-                    Dependency.select()
-                    .join(Task, on=(Task.id == Dependency.parent_id))
-                    .where(Dependency.task_id == child.id, Task.status != TaskState.SUCCEEDED)
-                    .count()
-                )
-                if not unfinished:
-                    ready = TaskState.SCHEDULED if child.run_at > now else TaskState.QUEUED
-                    Task.update(status=ready, updated_at=now).where(
-                        Task.id == child.id, Task.status == TaskState.WAITING
-                    ).execute()
+                elif not self.unfinished_parents(child.id):
+                    self._release_waiting(child, now)
                     settled["released"].append(child.id)
         return settled
+
+    def settle_waiting(self, task_ids: list[int] | None, now: float) -> dict[str, list[int]]:
+        """Tasks made waiting by another writer (martinet.enqueue_in, in an application's
+        transaction), looked at again once committed: a task they wait on may have ended
+        between that writer's read of it and its commit, and that end saw no dependency
+        to settle. Released or cancelled as _settle_dependents does (down the chain);
+        the others wait on. None: every waiting task. Returns what it settled."""
+        Task, Dependency = self.Task, self.Dependency
+        settled: dict[str, list[int]] = {"released": [], "cancelled": []}
+        children = Task.select(Task.id, Task.run_at, Task.key_mode, Task.has_dependents).where(
+            Task.status == TaskState.WAITING
+        )
+        if task_ids is not None:
+            children = children.where(Task.id.in_(task_ids))
+        for child in list(children):
+            parents = list(
+                Task.select(Task.id, Task.status, Task.has_dependents)
+                .join(Dependency, on=(Dependency.parent_id == Task.id))
+                .where(Dependency.task_id == child.id)
+                .order_by(Task.id)
+            )
+            self._mark_parents([p.id for p in parents if not p.has_dependents])
+            ended = next((p for p in parents if p.status in (TaskState.DEAD, TaskState.CANCELLED)), None)
+            if ended is not None:
+                self._cancel_waiting(child, f"task {ended.id} it waited on ended {ended.status}", now)
+                settled["cancelled"].append(child.id)
+                if child.has_dependents:
+                    more = self._settle_dependents(child, TaskState.CANCELLED, now)
+                    settled["cancelled"] += more["cancelled"]
+            elif not self.unfinished_parents(child.id):
+                self._release_waiting(child, now)
+                settled["released"].append(child.id)
+        return settled
+
+    def _mark_parents(self, task_ids: list[int]) -> None:
+        """These tasks have others waiting on them: their end settles those."""
+        if task_ids:
+            Task = self.Task
+            Task.update(has_dependents=True).where(Task.id.in_(task_ids)).execute()
+
+    def _cancel_waiting(self, child: Task, reason: str, now: float) -> None:
+        changes: dict[str, Any] = {
+            "status": TaskState.CANCELLED,
+            "reason": reason,
+            "finished_at": now,
+            "updated_at": now,
+        }
+        if child.key_mode == "active":
+            changes["unique_key"] = None
+        Task = self.Task
+        Task.update(**changes).where(Task.id == child.id, Task.status == TaskState.WAITING).execute()
+
+    def _release_waiting(self, child: Task, now: float) -> None:
+        Task = self.Task
+        ready = TaskState.SCHEDULED if child.run_at > now else TaskState.QUEUED
+        Task.update(status=ready, updated_at=now).where(
+            Task.id == child.id, Task.status == TaskState.WAITING
+        ).execute()
 
     def unfinished_parents(self, task_id: int) -> list[int]:
         """The tasks this one waits on that have not succeeded, by id."""

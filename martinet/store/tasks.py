@@ -4,16 +4,21 @@ due, claim (leased to a worker), unclaim, and start (running)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import peewee
 
+from martinet.errors import StoreError
 from martinet.states import HELD, TIMED, ScheduleState, TaskState, sql_list
 from martinet.store.dependents import Dependents
+from martinet.store.pg import PgDatabase
 from martinet.store.rows import task_row
 from martinet.store.sql import Cursor
 
+KEY_WAIT = 0.1  # seconds the daemon's insert of a key waits for another transaction inserting it
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's error when lock_timeout runs out
 _DUE = f"status IN ({sql_list(TIMED)}) AND run_at <= ?"  # timed tasks whose run_at has come
 _QUEUED = f"'{TaskState.QUEUED}'"
 _LEASE = (  # a claimed task, leased: its attempt counted, its last attempt's traces cleared
@@ -29,7 +34,7 @@ _PG_START = (
 
 
 class Tasks(Dependents):
-    def submit(self, spec: dict[str, Any], now: float) -> tuple[int, bool]:
+    def submit(self, spec: dict[str, Any], now: float, mark_parents: bool = True) -> tuple[int, bool]:
         """Insert one task; returns (id, created).
 
         Idempotent by request_id: a retried submit returns the first one's id and
@@ -41,7 +46,10 @@ class Tasks(Dependents):
         A known request_id returns the task it created. A `key` that is taken
         (see models.Task.unique_key) returns the task holding it: the unique
         index decides, so concurrent submitters and several daemons agree.
-        Tasks named in `after` must exist; the new task waits for them.
+        Tasks named in `after` must exist; the new task waits for them. Without
+        `mark_parents` they are not marked as having dependents (app_transaction: an
+        application's transaction must not lock the daemon's rows; settle_waiting marks
+        them once it is committed).
         """
         Task, Dependency = self.Task, self.Dependency
         rid, key = spec.get("request_id"), spec.get("key")
@@ -68,7 +76,10 @@ class Tasks(Dependents):
                 row["status"] = TaskState.WAITING
         try:
             if key:
-                with self.atomic():  # a savepoint: a lost race for the key spoils nothing else
+                with (
+                    self.atomic(),
+                    self._brief_lock_waits(key),
+                ):  # a savepoint: a lost race spoils nothing else
                     task_id = self._insert("task", row)
             else:
                 task_id = self._insert("task", row)
@@ -79,8 +90,33 @@ class Tasks(Dependents):
             return holder.id, False  # another daemon took the key between our read and write
         if parents:
             Dependency.insert_many([{"task_id": task_id, "parent_id": p.id} for p in parents]).execute()
-            Task.update(has_dependents=True).where(Task.id.in_([p.id for p in parents])).execute()
+            if mark_parents:
+                self._mark_parents([p.id for p in parents])
         return task_id, True
+
+    @contextmanager
+    def _brief_lock_waits(self, key: str) -> Iterator[None]:
+        """The daemon's insert of a key another transaction is inserting waits for that
+        one's end: an application's (martinet.enqueue_in) may last. On PostgreSQL the
+        wait is cut short (KEY_WAIT), and the request refused, so that one key never
+        holds up the daemon's turn. (SET LOCAL, deferred: no round trip of its own;
+        undone with the savepoint when the insert fails.)"""
+        if not isinstance(self.db, PgDatabase):
+            yield
+            return
+        self.db.defer(f"SET LOCAL lock_timeout = '{int(KEY_WAIT * 1000)}ms'")
+        try:
+            yield
+        except peewee.OperationalError as exc:
+            if (
+                getattr(getattr(exc, "orig", None), "pgcode", None) != LOCK_NOT_AVAILABLE
+            ):  # (the driver's error)
+                raise
+            raise StoreError(
+                f"the key {key!r} is being taken by a transaction that has not committed yet "
+                "(martinet.enqueue_in in an application's transaction, or another daemon): try again"
+            ) from None
+        self.db.defer("SET LOCAL lock_timeout = DEFAULT")
 
     def _submit_once(self, spec: dict[str, Any], rid: str, now: float) -> tuple[int, bool]:
         """PostgreSQL, a task with a request_id and neither key nor parents: one round trip

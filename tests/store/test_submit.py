@@ -168,3 +168,39 @@ def test_next_wakeup_is_the_earliest_waiting_task_or_schedule(store):
     assert store.next_wakeup() == NOW + 50
     store.remove_schedule(sched, NOW)
     assert store.next_wakeup() == NOW + 100
+
+
+def test_tasks_made_waiting_elsewhere_are_settled_once_looked_at_again(store):
+    """An application's transaction (enqueue_in) inserts waiting tasks without marking the
+    tasks they wait on (mark_parents=False: it must not lock the daemon's rows), and one
+    of those may end before it commits: settle_waiting looks again, as the end would have."""
+    running, done, dead = submit(store), submit(store), submit(store)
+    claim_one(store)
+    claim_one(store, worker="w2")
+    claim_one(store, worker="w3")
+    store.complete(done, 1, "w2", 1, NOW)
+    store.fail(dead, 1, "w3", {"type": "E", "message": "m"}, NOW, final=True)
+    waits, ready, doomed, later = (
+        store.submit({"name": "add", "max_attempts": 3, "after": after}, NOW, mark_parents=False)[0]
+        for after in ([running, done], [done], [running], [done])
+    )
+    grandchild = store.submit({"name": "add", "max_attempts": 3, "after": [doomed]}, NOW, mark_parents=False)[
+        0
+    ]
+    # what was true when they were inserted: `running` was running, `dead` not yet dead
+    Task.update(status="waiting").where(Task.id.in_([ready, doomed, later])).execute()
+    Task.update(run_at=NOW + 60).where(Task.id == later).execute()
+    assert not row(running).has_dependents and not row(doomed).has_dependents
+    Dependency = store.Dependency
+    Dependency.update(parent_id=dead).where(Dependency.task_id == doomed).execute()
+
+    settled = store.settle_waiting([waits, ready, doomed, later, grandchild], NOW + 1)
+    assert sorted(settled["released"]) == sorted([ready, later])
+    assert sorted(settled["cancelled"]) == sorted([doomed, grandchild])
+    assert (row(ready).status, row(later).status) == ("queued", "scheduled")
+    assert row(doomed).reason == f"task {dead} it waited on ended dead"
+    assert row(grandchild).reason == f"task {doomed} it waited on ended cancelled"
+    assert row(waits).status == "waiting" and row(running).has_dependents  # its end will settle it
+    store.complete(running, 1, "w1", 1, NOW + 2)
+    assert row(waits).status == "queued"
+    assert store.settle_waiting(None, NOW + 3) == {"released": [], "cancelled": []}

@@ -10,7 +10,6 @@ import pytest
 
 from martinet.protocol import Cmd
 from martinet.store.pg import PREPARE_AT
-from tests import backends
 
 
 class Trips:
@@ -37,15 +36,6 @@ class Trips:
     def take(self) -> list[str]:
         taken, self.sent[:] = list(self.sent), []
         return taken
-
-
-@pytest.fixture
-def pg_url() -> str:
-    """An empty PostgreSQL database: these tests are about its round trips and sessions
-    (skipped only when no server is reachable, and then a failure in CI)."""
-    url = backends.check("postgresql")
-    backends.reset(url)
-    return url
 
 
 @pytest.fixture
