@@ -2,9 +2,10 @@
 the store's submit, run on the caller's connection, inside the caller's transaction,
 so that the task exists if and only if that transaction commits.
 
-The connection is lent for the call only: nothing here begins, commits, rolls back
-or closes it, and a key taken by another task is decided in a savepoint, so that
-losing that race spoils nothing of the caller's work. With the task goes a NOTIFY
+The connection is lent for the call only: nothing here commits, rolls back or closes
+the caller's transaction (a connection in autocommit mode, which has none, gets one
+of its own for the task), and a key taken by another task is decided in a savepoint,
+so that losing that race spoils nothing of the caller's work. With the task goes a NOTIFY
 on CHANGES (PostgreSQL delivers it at the commit, and never for a transaction
 rolled back): a daemon listening there (listen.py) learns of the task at once.
 
