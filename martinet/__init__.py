@@ -69,6 +69,7 @@ __all__ = [
     "compose",
     "configure",
     "count",
+    "daemons",
     "enqueue_in",
     "every",
     "execute",
@@ -124,6 +125,11 @@ def execute(task: TaskSpec, args: dict[str, Any] | None = None, **options: Any) 
 def enqueue_in(connection: Any, task: TaskSpec, args: dict[str, Any] | None = None, **options: Any) -> TaskId:
     """Enqueue a task in your PostgreSQL transaction. See `Martinet.enqueue_in`."""
     return _handle().enqueue_in(connection, task, args, **options)
+
+
+def daemons() -> builtins.list[dict[str, Any]]:
+    """The daemons on the daemon's database. See `Martinet.daemons`."""
+    return _handle().daemons()
 
 
 def execute_many(

@@ -463,6 +463,13 @@ class Martinet:
         run, how long its oldest ready task has waited, and how many workers serve it."""
         return self.client.request("queues")["items"]
 
+    def daemons(self) -> builtins.list[dict[str, Any]]:
+        """The daemons that use this daemon's database, the latest started first: id (its
+        epoch), state (serving, silent: no heartbeat for 3 intervals, or stopped), address
+        (its client socket), host, pid, version, started_at, beat_at, stopped_at, and
+        `this` for the one answering."""
+        return self.client.request("daemons")["items"]
+
     def pause_queue(self, name: str) -> None:
         """Stop dispatching tasks of queue `name` (it still accepts them), on every worker at once."""
         self.client.request("pause_queue", {"name": name})

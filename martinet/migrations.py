@@ -320,6 +320,22 @@ def _v13_finished_index(db: peewee.Database, migrator: SchemaMigrator) -> None:
     create_partial_indexes(db)
 
 
+def _v14_daemons(db: peewee.Database, migrator: SchemaMigrator) -> None:
+    """The daemons that use the database, with their heartbeats (models.DaemonRow)."""
+    _create_table(
+        db,
+        "daemon",
+        id=peewee.CharField(max_length=64, primary_key=True),
+        host=peewee.CharField(max_length=255),
+        pid=peewee.IntegerField(),
+        address=peewee.CharField(max_length=255),
+        version=peewee.CharField(max_length=32),
+        started_at=peewee.DoubleField(),
+        beat_at=peewee.DoubleField(),
+        stopped_at=peewee.DoubleField(null=True),
+    )
+
+
 def _is_partial(db: peewee.Database, table: str, name: str) -> bool:
     """Whether index `name` exists with a WHERE clause."""
     return any(i.name == name and " WHERE " in (i.sql or "").upper() for i in db.get_indexes(table))
@@ -348,6 +364,7 @@ MIGRATIONS = (
     Migration(11, "events", _v11_events),
     Migration(12, "database identity", _v12_database_identity),
     Migration(13, "finished tasks' index", _v13_finished_index),
+    Migration(14, "daemons", _v14_daemons),
 )
 LATEST = MIGRATIONS[-1].version
 
@@ -375,6 +392,8 @@ def detect(db: peewee.Database) -> int | None:
         return 5
     if "queue_setting" not in tables or "task_limit" not in tables:
         return 6
+    if "daemon" in tables:
+        return 14
     if "database_identity" in tables:
         mysql = isinstance(db, peewee.MySQLDatabase)  # its task_finished stays full
         return 13 if mysql or _is_partial(db, "task", "task_finished") else 12

@@ -260,7 +260,24 @@ class DatabaseIdentity(BaseModel):
         table_name = "database_identity"
 
 
-TABLES = [Schedule, Task, Attempt, Dependency, QueueSetting, TaskLimit, Event, DatabaseIdentity]
+class DaemonRow(BaseModel):
+    """A `martinet serve` on this database, a row a start: where clients reach it, and
+    its heartbeat (store/daemons.py). Its id is the daemon's epoch."""
+
+    id = CharField(max_length=64, primary_key=True)
+    host = CharField(max_length=255)
+    pid = IntegerField()
+    address = CharField(max_length=255)  # its client socket, as a client on another host reaches it
+    version = CharField(max_length=32)
+    started_at = DoubleField()
+    beat_at = DoubleField()
+    stopped_at = DoubleField(null=True)
+
+    class Meta:
+        table_name = "daemon"
+
+
+TABLES = [Schedule, Task, Attempt, Dependency, QueueSetting, TaskLimit, Event, DatabaseIdentity, DaemonRow]
 
 
 class Tables(NamedTuple):
@@ -274,6 +291,7 @@ class Tables(NamedTuple):
     TaskLimit: type[TaskLimit]
     Event: type[Event]
     DatabaseIdentity: type[DatabaseIdentity]
+    DaemonRow: type[DaemonRow]
 
 
 _binding = threading.Lock()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal  # noqa: F401 - tests patch cli.signal.signal to keep pytest's handlers
 
-from martinet.cli.admin import cmd_ping, cmd_queues, cmd_schedules
+from martinet.cli.admin import cmd_daemons, cmd_ping, cmd_queues, cmd_schedules
 from martinet.cli.inputs import queue_list, task_spec
 from martinet.cli.main import COMMANDS, main, serve
 from martinet.cli.output import event_line, setup_logging
@@ -30,6 +30,7 @@ __all__ = [
     "EXIT_NOT_DONE",
     "build_parser",
     "build_worker_parser",
+    "cmd_daemons",
     "cmd_ping",
     "cmd_queues",
     "cmd_schedules",

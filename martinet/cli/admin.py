@@ -1,4 +1,4 @@
-"""The commands about the system rather than one task: schedules, queues, ping."""
+"""The commands about the system rather than one task: schedules, queues, ping, daemons."""
 
 from __future__ import annotations
 
@@ -115,3 +115,20 @@ def cmd_ping(m, args) -> int:
         human += "database: ok"
     emit(args, data, human)
     return 1 if trouble else 0
+
+
+def cmd_daemons(m, args) -> int:
+    """Every daemon on the database, this one marked: serving, silent or stopped."""
+    items = m.daemons()
+    if args.json:
+        emit(args, items, "")
+        return 0
+    print(
+        f"  {'ID':<10} {'STATE':<8} {'ADDRESS':<28} {'HOST':<20} {'PID':>7}  {'STARTED':<24}  LAST HEARTBEAT"
+    )
+    for d in items:
+        print(
+            f"{'*' if d['this'] else ' '} {d['id'][:10]:<10} {d['state']:<8} {d['address'][:28]:<28} "
+            f"{d['host'][:20]:<20} {d['pid']:>7}  {d['started_at']:<24}  {d['stopped_at'] or d['beat_at']}"
+        )
+    return 0

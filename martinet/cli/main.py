@@ -13,7 +13,7 @@ import signal
 import sys
 
 from martinet import config
-from martinet.cli.admin import cmd_ping, cmd_queues, cmd_schedules
+from martinet.cli.admin import cmd_daemons, cmd_ping, cmd_queues, cmd_schedules
 from martinet.cli.output import setup_logging
 from martinet.cli.parser import build_parser
 from martinet.cli.tasks import (
@@ -90,6 +90,7 @@ def _client_command(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "ping": cmd_ping,
+    "daemons": cmd_daemons,
     "execute": cmd_execute,
     "schedule": cmd_schedule,
     "every": cmd_every,

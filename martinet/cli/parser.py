@@ -315,6 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser(
+        "daemons",
+        help="the daemons that use the daemon's database: where each listens, since when, its last heartbeat",
+        epilog=EPILOG,
+    )
+    _add_common(p)
+
+    p = sub.add_parser(
         "demo", help="start a daemon and two workers on a fresh SQLite file and show them work"
     )
     p.add_argument(

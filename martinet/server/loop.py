@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import secrets
+import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,6 +25,7 @@ from martinet.config import Settings
 from martinet.errors import MartinetError, StoreError
 from martinet.messages import Ack
 from martinet.retry import RetryPolicy
+from martinet.server import presence
 from martinet.server.core import Core
 from martinet.server.lanes import Lanes
 from martinet.server.outbox import Outbox
@@ -100,8 +102,14 @@ class Daemon:
         retry = RetryPolicy(s.retry_base, s.retry_factor, s.retry_cap)
         store = Store(db, retry, s.poison_after, s.max_releases)
         self.core = Core(s, store, self.clock, self.epoch, store.database_id())
-        with store.atomic():
-            self.core.load_lanes(self.clock())
+        try:
+            with store.atomic():
+                now = self.clock()
+                self.core.load_lanes(now)
+                presence.register(self.core, self._address(), now)  # (SQLite: refused when another serves)
+        except BaseException:
+            self.close()
+            raise
         self.poller = zmq.Poller()
         for sock in (self.client, self.worker, self.status):
             self.poller.register(sock, zmq.POLLIN)
@@ -119,6 +127,13 @@ class Daemon:
             self.core.database_id,
             self.epoch,
         )
+
+    def _address(self) -> str:
+        """Where clients reach this daemon's client socket, as other hosts name it."""
+        host = self.settings.bind
+        if host in ("0.0.0.0", "*", "", "::"):
+            host = socket.gethostname()
+        return f"tcp://{host}:{self.ports['client']}"
 
     def _bind(self, role: str, port: int) -> zmq.Socket[bytes]:
         assert self.ctx is not None
@@ -223,6 +238,11 @@ class Daemon:
             self._checkpointer.stop()
             self._checkpointer = None
         if self.core is not None:
+            try:
+                with self.core.store.atomic():
+                    presence.stopped(self.core, self.clock())
+            except peewee.PeeweeException as exc:
+                log.warning("could not mark this daemon stopped in its database: %s", exc)
             self.core.store.close()
         for fd in (self._wake_r, self._wake_w):
             try:

@@ -10,6 +10,7 @@ from typing import Any
 from martinet.messages import Cancel, Heartbeat, Reply
 from martinet.models import LEASED
 from martinet.present import maybe_task_info
+from martinet.server import presence
 from martinet.server.outbox import Outbox
 from martinet.server.state import State, waiting_reason
 from martinet.server.workers import lose_worker
@@ -91,6 +92,8 @@ def tick(core: State, out: Outbox, now: float) -> None:
     core.hub.expire(now)
     core.hub.suppressed(now)
     core.retention.step(core.store, now)  # old finished tasks, a bounded batch per tick
+    if core.db_health.trouble is None:  # a beat's small write must not hide a full disk
+        presence.beat(core, now)
 
 
 def time_limits(core: State, out: Outbox, now: float) -> None:

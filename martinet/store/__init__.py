@@ -77,6 +77,7 @@ from martinet.store.connect import (
     open_database,
     redact,
 )
+from martinet.store.daemons import Daemons
 from martinet.store.leases import Leases
 from martinet.store.listen import Changes
 from martinet.store.queues import Queues
@@ -110,7 +111,7 @@ __all__ = [
 ]
 
 
-class Store(Leases, Actions, Schedules, Queues, Reads, Retention):
+class Store(Leases, Actions, Schedules, Queues, Reads, Retention, Daemons):
     """The only writer. Each method is one state transition or one read; the module
     docstring says what holds for all of them. Made on one database, with the retry
     policy, poison_after and max_releases of SqlKit."""

@@ -59,6 +59,7 @@ class SqlKit:
         self.Dependency = tables.Dependency
         self.QueueSetting = tables.QueueSetting
         self.TaskLimit = tables.TaskLimit
+        self.DaemonRow = tables.DaemonRow
         self.retry = retry or RetryPolicy()
         self.poison_after = poison_after  # lost attempts after which a task is stalled
         self.max_releases = max_releases  # releases after which a task is stalled

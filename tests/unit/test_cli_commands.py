@@ -53,6 +53,9 @@ def test_cli_round_trip(live, sh):
     assert ok("revoke", "s1").strip() == "s1: removed"
     assert ok("schedules").strip() == "no schedules"
     assert "1 worker(s) connected\ndatabase: ok" in ok("ping")
+    (this,) = json.loads(ok("daemons", "--json"))  # the one daemon on this SQLite file
+    assert this["this"] and this["state"] == "serving" and this["address"] == live.url
+    assert f"* {this['id']}" in ok("daemons") and "serving" in ok("daemons")
 
     again = ["execute", "echo", "--request-id", "order-7", "--json"]
     assert json.loads(ok(*again))["id"] == json.loads(ok(*again))["id"]

@@ -5,11 +5,23 @@ statement at a time across connections: tests/store/test_two_daemons.py.)"""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from datetime import datetime
 
 import pytest
 
+from martinet.errors import MartinetError
+from tests import backends
 from tests.core import Core
+
+
+@pytest.fixture(params=["postgresql", "mysql"])
+def server_url(request) -> str:
+    """An empty database on a server backend: SQLite serves one daemon (see the last test)."""
+    url = backends.check(request.param)
+    backends.reset(url)
+    return url
 
 
 def runs(core: Core, sid: str) -> list[float]:
@@ -17,11 +29,11 @@ def runs(core: Core, sid: str) -> list[float]:
     return sorted(datetime.fromisoformat(t["due_at"]).timestamp() for t in items if t["schedule"] == sid)
 
 
-def test_two_daemons_on_one_database_create_each_run_once(db_url, make_core, caplog):
+def test_two_daemons_on_one_database_create_each_run_once(server_url, make_core, caplog):
     fast = {"min_interval": 0.1}  # below the default minimum, 1 s: a quick test
-    first = make_core(db_url, **fast)
+    first = make_core(server_url, **fast)
     sid = first.request("every", name="clock", args={}, every=0.2, timezone="UTC")["id"]
-    second = make_core(db_url, **fast)  # it reads the schedule at its first turn
+    second = make_core(server_url, **fast)  # it reads the schedule at its first turn
     created = {"first": 0, "second": 0}
     start = first.now
     with caplog.at_level(logging.INFO, logger="martinet"):
@@ -47,9 +59,9 @@ def test_two_daemons_on_one_database_create_each_run_once(db_url, make_core, cap
     "its own writes: a schedule or delayed task made through another daemon on the same database is "
     "never made due by it, even when that other daemon is gone",
 )
-def test_a_schedule_made_through_one_daemon_runs_on_the_other_when_the_first_is_gone(sqlite_url, make_core):
+def test_a_schedule_made_through_one_daemon_runs_on_the_other_when_the_first_is_gone(pg_url, make_core):
     fast = {"min_interval": 0.1}  # (the daemon's own state: the backend makes no difference)
-    first, second = make_core(sqlite_url, **fast), make_core(sqlite_url, **fast)
+    first, second = make_core(pg_url, **fast), make_core(pg_url, **fast)
     second.claim()  # running already
     sid = first.request("every", name="clock", args={}, every=0.2, timezone="UTC")["id"]
     later = first.submit("clock", run_at=first.now + 0.5)
@@ -59,3 +71,42 @@ def test_a_schedule_made_through_one_daemon_runs_on_the_other_when_the_first_is_
         second.claim()
     assert len(runs(second, sid)) >= 5
     assert second.request("get", id=later)["item"]["status"] == "queued"
+
+
+def test_sqlite_serves_one_daemon_and_a_second_one_is_refused_naming_the_first(sqlite_url, make_core):
+    first = make_core(sqlite_url)
+    with pytest.raises(
+        MartinetError, match=r"another martinet serve \(pid \d+ on .*SQLite serves one daemon"
+    ):
+        make_core(sqlite_url)
+    first.close()
+    again = make_core(sqlite_url)  # the first stopped: its row says so
+    rows = {row["id"]: row for row in again.request("daemons")["items"]}
+    assert rows[first.server.epoch]["state"] == "stopped" and rows[again.server.epoch]["this"]
+    assert rows[again.server.epoch]["state"] == "serving"
+
+
+def test_a_daemon_killed_without_stopping_does_not_hold_the_sqlite_file(sqlite_url, make_core):
+    """Its row still looks alive (a fresh heartbeat), but its process is gone from this host."""
+    first = make_core(sqlite_url)
+    store = first.server.store
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    store.DaemonRow.update(pid=int(gone.stdout)).where(store.DaemonRow.id == first.server.epoch).execute()
+    second = make_core(sqlite_url)  # (first is left as a kill -9 leaves it)
+    rows = {row["id"]: row for row in second.request("daemons")["items"]}
+    assert rows[first.server.epoch]["state"] == "stopped" and rows[second.server.epoch]["state"] == "serving"
+
+
+def test_daemons_on_one_postgresql_database_are_listed_and_beat(pg_url, make_core):
+    first, second = make_core(pg_url), make_core(pg_url)
+    listed = first.request("daemons")["items"]
+    assert {row["id"] for row in listed} == {first.server.epoch, second.server.epoch}
+    assert all(
+        row["state"] == "serving" and row["pid"] > 0 and row["address"].startswith("tcp://") for row in listed
+    )
+    second.now += 10  # its clock runs on; the first's stays: no beat of its own for 10 s
+    second.claim()
+    state = {row["id"]: row["state"] for row in second.request("daemons")["items"]}
+    assert state == {first.server.epoch: "silent", second.server.epoch: "serving"}

@@ -1,0 +1,101 @@
+"""This daemon among the daemons that use its database (store/daemons.py): its row,
+written at start and beaten every tick, closed at stop; `martinet daemons`.
+
+SQLite serves one daemon: a second one started on the same file is refused, naming
+the first. A row whose daemon did not stop is still serving while its heartbeat is
+fresh, unless its process is gone from this very host (a kill -9 just before a
+restart): that one is marked stopped and the new daemon starts."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from typing import Any
+
+import peewee
+
+from martinet.errors import MartinetError
+from martinet.present import iso
+from martinet.server.state import Request, State
+
+log = logging.getLogger("martinet.daemon")
+
+SILENT_AFTER = 3  # heartbeat intervals without a beat after which a daemon is silent
+
+
+def register(core: State, address: str, now: float) -> None:
+    """Write this daemon's row; on SQLite, refuse to start when another daemon serves it."""
+    store, host = core.store, socket.gethostname()
+    if isinstance(store.db, peewee.SqliteDatabase):
+        for row in store.daemons():
+            if state(core, row, now) != "serving":
+                continue
+            if row["host"] == host and not _alive(row["pid"], row["id"]):
+                store.daemon_stopped(row["id"], now)  # killed without stopping: gone
+                log.warning(
+                    "daemon %s (pid %s) did not stop cleanly; its row is closed", row["id"], row["pid"]
+                )
+                continue
+            raise MartinetError(
+                f"another martinet serve (pid {row['pid']} on {row['host']}, serving {row['address']} "
+                f"since {iso(row['started_at'])}) is using this SQLite database: SQLite serves one "
+                "daemon; stop that one first, or use PostgreSQL for several"
+            )
+    try:
+        version = package_version("martinet")
+    except PackageNotFoundError:  # run from a source tree
+        version = "unknown"
+    row = {"id": core.epoch, "host": host, "pid": os.getpid(), "address": address, "version": version}
+    store.daemon_started(row, now)
+    _HERE.add(core.epoch)
+
+
+def beat(core: State, now: float) -> None:
+    core.store.daemon_beat(core.epoch, now)
+
+
+def stopped(core: State, now: float) -> None:
+    core.store.daemon_stopped(core.epoch, now)
+    _HERE.discard(core.epoch)
+
+
+def state(core: State, row: dict[str, Any], now: float) -> str:
+    """serving, silent (no heartbeat for SILENT_AFTER intervals) or stopped."""
+    if row["stopped_at"] is not None:
+        return "stopped"
+    return "silent" if row["beat_at"] < now - SILENT_AFTER * core.settings.heartbeat_interval else "serving"
+
+
+def daemons(r: Request) -> dict[str, Any] | None:
+    """The `daemons` request: every daemon's row, with its state, this one marked."""
+    core, now = r.core, r.now
+    items = []
+    for row in core.store.daemons():
+        times = {key: iso(row[key]) for key in ("started_at", "beat_at", "stopped_at")}
+        items.append({**row, **times, "state": state(core, row, now), "this": row["id"] == core.epoch})
+    return {"items": items}
+
+
+def _alive(pid: int, daemon_id: str) -> bool:
+    """Whether the daemon of a row written on this host may still run: its process is
+    there, and is not this one (a restart that got the same pid, as pid 1 in a
+    container does) unless that daemon runs in this process (an embedded one)."""
+    if pid == os.getpid():
+        return daemon_id in _HERE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    try:  # a process killed but not reaped yet (a zombie) runs no more
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc here
+        return True
+
+
+_HERE: set[str] = set()  # the daemons running in this process, by id

@@ -1,0 +1,41 @@
+"""The daemons that use the database, a row a start (models.DaemonRow): where clients
+reach each one, and its heartbeat, so that `martinet daemons` lists them and a daemon
+starting on SQLite can tell that another one already serves the file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import peewee
+
+from martinet.store.sql import SqlKit
+
+KEEP_STOPPED = 7 * 86400.0  # seconds a stopped (or long silent) daemon's row is kept
+
+
+class Daemons(SqlKit):
+    def daemon_started(self, row: dict[str, Any], now: float) -> None:
+        """This daemon's row (models.DaemonRow's columns but its times); rows of daemons
+        stopped or silent for over KEEP_STOPPED go."""
+        DaemonRow = self.DaemonRow
+        DaemonRow.delete().where(DaemonRow.beat_at < now - KEEP_STOPPED).execute()
+        DaemonRow.insert(started_at=now, beat_at=now, **row).execute()
+
+    def daemon_beat(self, daemon_id: str, now: float) -> None:
+        DaemonRow = self.DaemonRow
+        DaemonRow.update(beat_at=now).where(DaemonRow.id == daemon_id).execute()
+
+    def daemon_stopped(self, daemon_id: str, now: float) -> None:
+        """A daemon stopped (or was found dead: its process is gone)."""
+        DaemonRow = self.DaemonRow
+        DaemonRow.update(stopped_at=now).where(
+            DaemonRow.id == daemon_id, DaemonRow.stopped_at.is_null()
+        ).execute()
+
+    def daemons(self) -> list[dict[str, Any]]:
+        """Every daemon's row, the latest started first."""
+        DaemonRow = self.DaemonRow
+        rows: peewee.BaseQuery = (
+            DaemonRow.select().order_by(DaemonRow.started_at.desc(), DaemonRow.id).dicts()
+        )
+        return list(rows)  # (dicts: peewee's stubs say a query yields models)
