@@ -53,8 +53,28 @@ def register(core: State, address: str, now: float) -> None:
     _HERE.add(core.epoch)
 
 
-def beat(core: State, now: float) -> None:
-    core.store.daemon_beat(core.epoch, now)
+def look_around(core: State, now: float) -> None:
+    """Each tick: this daemon's beat, and the other daemons on the database. While there
+    are others, what they write may be due sooner than this daemon knows (a schedule, a
+    delayed task): its next wakeup is read again, at most a tick late. One that stopped
+    or went silent since leaves its ready tasks to the rest: every queue is looked at."""
+    if core.db_health.trouble is None:  # a beat's small write must not hide a full disk
+        core.store.daemon_beat(core.epoch, now)
+    serving = {
+        row["id"]
+        for row in core.store.daemons()
+        if row["id"] != core.epoch and state(core, row, now) == "serving"
+    }
+    if serving:
+        core.wakeup_dirty = True
+    if core.other_daemons - serving:
+        log.info(
+            "daemon(s) %s no longer serve: their ready tasks are ours too",
+            ", ".join(sorted(core.other_daemons - serving)),
+        )
+        core.queues_ready()
+        core.wakeup_dirty = core.dispatch_pending = True
+    core.other_daemons = serving
 
 
 def stopped(core: State, now: float) -> None:

@@ -92,8 +92,7 @@ def tick(core: State, out: Outbox, now: float) -> None:
     core.hub.expire(now)
     core.hub.suppressed(now)
     core.retention.step(core.store, now)  # old finished tasks, a bounded batch per tick
-    if core.db_health.trouble is None:  # a beat's small write must not hide a full disk
-        presence.beat(core, now)
+    presence.look_around(core, now)
 
 
 def time_limits(core: State, out: Outbox, now: float) -> None:

@@ -12,8 +12,9 @@ from datetime import datetime
 import pytest
 
 from martinet.errors import MartinetError
+from martinet.server import presence
 from tests import backends
-from tests.core import Core
+from tests.core import T0, Core
 
 
 @pytest.fixture(params=["postgresql", "mysql"])
@@ -53,12 +54,6 @@ def test_two_daemons_on_one_database_create_each_run_once(server_url, make_core,
     assert created["first"] and created["second"], created  # both made runs: they raced
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a running daemon caches its next wakeup (State.next_wakeup) and refreshes it only after "
-    "its own writes: a schedule or delayed task made through another daemon on the same database is "
-    "never made due by it, even when that other daemon is gone",
-)
 def test_a_schedule_made_through_one_daemon_runs_on_the_other_when_the_first_is_gone(pg_url, make_core):
     fast = {"min_interval": 0.1}  # (the daemon's own state: the backend makes no difference)
     first, second = make_core(pg_url, **fast), make_core(pg_url, **fast)
@@ -110,3 +105,23 @@ def test_daemons_on_one_postgresql_database_are_listed_and_beat(pg_url, make_cor
     second.claim()
     state = {row["id"]: row["state"] for row in second.request("daemons")["items"]}
     assert state == {first.server.epoch: "silent", second.server.epoch: "serving"}
+
+
+def test_what_a_daemon_killed_meanwhile_accepted_runs_on_another(pg_url, make_core):
+    """The first daemon accepts a delayed task and a ready one, then is killed (no more turns,
+    no stop): the second fires the delayed one within a tick of its due time, while the
+    first still looks alive, and takes the ready one once the first has gone silent."""
+    first, second = make_core(pg_url), make_core(pg_url)
+    second.hello("w", ["clock"], capacity=2)
+    second.claim()  # a tick: the first serves
+    due = first.now + 0.5
+    later, ready = first.submit("clock", run_at=due), first.submit("clock", queue="other")
+    leased: dict[int, float] = {}
+    while len(leased) < 2:
+        second.now += 0.05
+        for task in second.claim().get("w", []):
+            leased[task["id"]] = second.now
+        assert second.now < due + 5, leased
+    assert due - 0.1 <= leased[later] <= due + 1.1  # read again at the next tick (leased a little ahead)
+    silent_at = T0 + presence.SILENT_AFTER * 1.0  # (heartbeat_interval 1 s)
+    assert silent_at < leased[ready] <= silent_at + 1.1
