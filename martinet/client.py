@@ -54,16 +54,35 @@ REFUSED_FOR = 1.0
 
 
 class Client:
+    """A client of one daemon, or of several on one database: `url` may list them
+    ("tcp://a:8008,tcp://b:8008"). A request then goes to one of them; when it gets no
+    answer there (FIRST_TRY, or its port refuses connections on this host), its copies
+    go to the next one, and the calls after it too. A resend creates nothing twice
+    whichever daemon reads it: request ids are decided by the shared database."""
+
     def __init__(self, url: str, timeout: float = Settings.timeout) -> None:
-        self.url = url
+        self.urls = [part.strip() for part in url.split(",") if part.strip()] or [url]
+        self._at = 0  # the daemon of the list the calls go to
         self.timeout = timeout
-        self._local_port = _loopback_port(url)  # (host, port) when the daemon is on this host
+        self._local_port = _loopback_port(self.url)  # (host, port) when the daemon is on this host
         self._reached = False  # a reply ever came: a daemon that is down may be restarting
         self._local = threading.local()
         self._ctx: zmq.Context | None = None
         self._pid = os.getpid()
         self._sockets: list[zmq.Socket] = []
         self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        """The daemon the calls go to now."""
+        return self.urls[self._at]
+
+    def _move_on(self) -> None:
+        """The next daemon of the list, for the copies of what this one did not answer."""
+        gone = self.url
+        self._at = (self._at + 1) % len(self.urls)
+        self._local_port = _loopback_port(self.url)
+        log.warning("no answer from the martinet daemon at %s: trying %s", gone, self.url)
 
     # ---- sockets ---------------------------------------------------------------
 
@@ -182,6 +201,8 @@ class Client:
         answered this client has its port looked at (see PROBE_AFTER) from `started`."""
         rid, _frames, deadline = flying[0]
         window = FIRST_TRY
+        several = len(self.urls) > 1
+        refused: set[str] = set()  # daemons of the list whose port refused connections
         local = self._local_port if started is not None and not self._reached else None
         look_at = time.monotonic() + PROBE_AFTER if local else math.inf
         while True:
@@ -195,23 +216,31 @@ class Client:
                 if _listens(*local):
                     look_at = math.inf  # something is there: wait as long as the timeout allows
                     continue
-                if now - started < REFUSED_FOR:
+                if now - started < REFUSED_FOR and not several:
                     look_at = now + PROBE_AFTER
                     continue
-                self._discard_socket()
-                raise DaemonUnavailable(
-                    f"nothing listens at {self.url}: connections to port {local[1]} on {local[0]} "
-                    f"were refused for {now - started:.1f}s (is `martinet serve` running there?)",
-                    request_id=rid,
-                )
+                refused.add(self.url)
+                if len(refused) == len(self.urls):
+                    self._discard_socket()
+                    raise DaemonUnavailable(
+                        f"nothing listens at {', '.join(self.urls)}: connections to port {local[1]} "
+                        f"on {local[0]} were refused for {now - started:.1f}s "
+                        "(is `martinet serve` running there?)",
+                        request_id=rid,
+                    )
             self._discard_socket()  # its queue may hold a stale request: start clean
             if time.monotonic() >= deadline:
                 raise DaemonUnavailable(
-                    f"no answer from the martinet daemon at {self.url} within {timeout:g}s "
+                    f"no answer from the martinet daemon at {', '.join(self.urls)} within {timeout:g}s "
                     f"(is `martinet serve` running there?)",
                     request_id=rid,
                 )
-            window = min(window * 2, MAX_TRY)
+            if several:
+                self._move_on()
+                local = self._local_port if started is not None and self.url not in refused else None
+                look_at = time.monotonic() + PROBE_AFTER if local else math.inf
+            else:
+                window = min(window * 2, MAX_TRY)
             log.debug("no reply to request %s yet; sending it again", rid)
             sock = self._socket()
             for _rid, frames, _deadline in flying:  # a repeated rid is not done twice

@@ -245,12 +245,14 @@ def _address(value: str, key: str, example: str) -> tuple[str, str, int | None]:
 
 
 def check_url(url: str, key: str = "url") -> str:
-    """A client URL, tcp://host:port: the scheme and the port are not optional."""
-    scheme, host, port = _address(url, key, "tcp://HOST:PORT, like tcp://127.0.0.1:8008")
-    if scheme != "tcp" or port is None:
-        fixed = f"tcp://{host}:{port or Settings.client_port}"
-        missing = "no tcp:// in front" if scheme != "tcp" else "no port"
-        raise ConfigError(f"setting {key!r}: {url!r} has {missing}; write {fixed!r}")
+    """A client URL, tcp://host:port (the scheme and the port are not optional), or
+    several, comma-separated: daemons on one database, tried in turn (client.Client)."""
+    for one in url.split(",") if "," in url else [url]:
+        scheme, host, port = _address(one.strip(), key, "tcp://HOST:PORT, like tcp://127.0.0.1:8008")
+        if scheme != "tcp" or port is None:
+            fixed = f"tcp://{host}:{port or Settings.client_port}"
+            missing = "no tcp:// in front" if scheme != "tcp" else "no port"
+            raise ConfigError(f"setting {key!r}: {one.strip()!r} has {missing}; write {fixed!r}")
     return url
 
 

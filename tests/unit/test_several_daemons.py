@@ -1,0 +1,64 @@
+"""A client given several daemons on one database (client.Client: "tcp://a,tcp://b")
+moves to the next when its daemon stops answering, and what it resends is created once:
+embedded daemons on one PostgreSQL, worker threads, real sockets."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import martinet
+from martinet import client as client_module
+from martinet.config import check_url
+from martinet.errors import ConfigError, DaemonUnavailable
+
+
+def free_tcp_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_client_moves_to_the_next_daemon_when_its_own_stops(pg_url, make_live, monkeypatch):
+    monkeypatch.setattr(client_module, "FIRST_TRY", 0.3)  # the bound: one try, then the next daemon
+    first, second = make_live(pg_url), make_live(pg_url)
+    second.worker()
+    m = martinet.Martinet.connect(f"{first.url},{second.url}", timeout=10)
+    try:
+        before = m.execute("add", {"a": 1, "b": 1})
+        assert m.client.url == first.url and m.ping()["epoch"] == first.m.ping()["epoch"]
+        first.m.close()  # the first daemon stops (its port then refuses: it answered before, so no probe)
+        started = time.monotonic()
+        after = m.execute("add", {"a": 2, "b": 2}, request_id="moved-1")
+        assert time.monotonic() - started < 5 and m.client.url == second.url
+        assert m.execute("add", {"a": 2, "b": 2}, request_id="moved-1") == after  # created once
+        assert m.wait(after, timeout=10) == 4 and m.wait(before, timeout=10) == 2  # (the second's worker)
+    finally:
+        m.close()
+
+
+def test_a_daemon_of_the_list_that_is_not_running_is_passed_over_at_once(pg_url, make_live):
+    live = make_live(pg_url)
+    nothing = f"tcp://127.0.0.1:{free_tcp_port()}"
+    m = martinet.Martinet.connect(f"{nothing},{live.url}", timeout=10)
+    try:
+        started = time.monotonic()
+        assert m.ping()["workers"] == 0
+        assert time.monotonic() - started < client_module.FIRST_TRY  # refused: no wait for a reply
+    finally:
+        m.close()
+    lonely = martinet.Martinet.connect(f"{nothing},tcp://127.0.0.1:{free_tcp_port()}", timeout=10)
+    try:
+        with pytest.raises(DaemonUnavailable, match="nothing listens at tcp://127.0.0.1:"):
+            lonely.ping()
+    finally:
+        lonely.close()
+
+
+def test_a_list_of_daemons_is_checked_one_by_one():
+    assert check_url("tcp://a:8008,tcp://b:8008") == "tcp://a:8008,tcp://b:8008"
+    with pytest.raises(ConfigError, match="'tcp://b' has no port; write 'tcp://b:8008'"):
+        check_url("tcp://a:8008, tcp://b")
