@@ -48,6 +48,8 @@ class Core(State):
         commit), and say what to send: replies, acks, events, and tasks. `heard`: what
         other writers committed (elsewhere.py; None: some of it may have been missed)."""
         out = Outbox()
+        if self.notes_lost:  # a turn that held notes was rolled back: look at everything
+            heard, self.notes_lost = None, False
         troubled = self.db_health.trouble is not None
         changes = self.store.changes() if troubled else None
         saved = self._begin()
@@ -69,8 +71,10 @@ class Core(State):
                 out.events = self.hub.record(self.store, out.events, now, ids=bool(self.hub.subscribers))
         except DB_ERRORS as exc:
             self._rollback(saved, exc, out, now)
+            self.notes_lost = heard is None or bool(heard)
         except BaseException:  # a bug of ours (the loop logs it): nothing of the turn stands
             self._undo(saved)
+            self.notes_lost = heard is None or bool(heard)
             raise
         else:
             self.peers.commit()

@@ -66,6 +66,7 @@ class State:
         self.next_wakeup: float | None = None
         self.wakeup_dirty = True
         self.other_daemons: set[str] = set()  # the other daemons serving the database, at the last tick
+        self.notes_lost = False  # a rolled back turn held other writers' notes (elsewhere.py)
         self.next_tick = 0.0
         self.rate_wakeup: float | None = None  # when a rate limit lets a waiting task start
         # Where the claims' prefetch rounds start, in tasks a thread (claims.py): it grows

@@ -233,3 +233,36 @@ def test_each_thread_lends_its_own_connection(live, pg_url):
         t.join(WAIT)
     assert not errors and len(set(ids)) == 20
     assert sorted(m.wait(i, timeout=WAIT) for i in ids) == sorted(i + j for i in range(4) for j in range(5))
+
+
+def test_the_notes_of_a_turn_rolled_back_are_not_lost(pg_url, make_core, monkeypatch):
+    """A turn that heard of a task waiting on one that has succeeded meanwhile, and then
+    failed to commit: the next turn looks at every waiting task, and releases it."""
+    import peewee
+
+    from martinet.protocol import Cmd
+
+    core = make_core(pg_url)
+    core.hello("w", ["add"])
+    parent = core.submit("add")
+    core.claim()
+    conn = psycopg2.connect(pg_url)
+    try:
+        with martinet.Martinet.connect("tcp://127.0.0.1:9") as m:
+            child = m.enqueue_in(conn, "add", {"a": 1, "b": 1}, after=[parent])
+        core.turn(
+            status=[(Cmd.ENDED, {"worker_id": "w", "ended": [{"id": parent, "attempt": 1, "ok": True}]})]
+        )
+        conn.commit()  # after the parent's end, which saw no task waiting on it
+    finally:
+        conn.close()
+    server = core.server
+
+    def failing(*args, **kwargs):
+        raise peewee.OperationalError("a test made the commit fail")
+
+    monkeypatch.setattr(server.hub, "record", failing)
+    server.turn([], [], [], core.now, [{"queue": "default", "waiting": [child]}])  # rolled back
+    monkeypatch.undo()
+    server.turn([], [], [], core.now)  # heard nothing new
+    assert core.request("get", id=child)["item"]["status"] in ("queued", "leased")
