@@ -1,7 +1,9 @@
 """What other writers committed to the database, heard through store.listen: tasks an
-application enqueued in its own transaction (martinet.enqueue_in). Their queues may
-hold ready work, a timer may come sooner, and tasks made waiting on others are looked
-at again (one they wait on may have ended before the dependency was committed)."""
+application enqueued in its own transaction (martinet.enqueue_in), and tasks that other
+daemons ended. Queues may hold ready work, a timer may come sooner, tasks made waiting
+on others are looked at again (one they wait on may have ended before the dependency
+was committed), and this daemon's clients waiting for a task another daemon ended get
+their answer."""
 
 from __future__ import annotations
 
@@ -24,6 +26,11 @@ def on_notes(core: State, notes: Sequence[dict[str, Any]] | None, out: Outbox, n
     else:
         waiting = []
         for note in notes:
+            if note.get("from") == core.epoch:
+                continue  # this daemon's own, heard back
+            out.ended.extend(
+                i for i in note.get("ended") or () if isinstance(i, int) and not isinstance(i, bool)
+            )
             queue = note.get("queue")
             if isinstance(queue, str):
                 core.lanes.ready(queue)

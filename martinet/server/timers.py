@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 from martinet.messages import Cancel, Heartbeat, Reply
-from martinet.models import LEASED
+from martinet.models import LEASED, TERMINAL
 from martinet.present import maybe_task_info
 from martinet.server import presence
 from martinet.server.outbox import Outbox
@@ -59,7 +59,7 @@ def run(core: State, out: Outbox, now: float) -> None:
             keep = []
             for ident, rid, deadline in waits:
                 if now >= deadline:
-                    fields = {"done": False, **why_waits(core, task_id)}
+                    fields = wait_ended(core, task_id)
                     out.replies.append((ident, Reply(rid, True, fields, rid_first=True)))
                 else:
                     keep.append((ident, rid, deadline))
@@ -70,12 +70,16 @@ def run(core: State, out: Outbox, now: float) -> None:
                 del core.waiters[task_id]
 
 
-def why_waits(core: State, task_id: int) -> dict[str, Any]:
-    """A task's state and why it has not ended (as `show` says it), for a wait that timed out."""
+def wait_ended(core: State, task_id: int) -> dict[str, Any]:
+    """The answer to a wait whose time ran out: the task's state and why it has not ended
+    (as `show` says it), or the task, when it ended without this daemon hearing of it
+    (through another daemon on the database that could not tell it: MySQL)."""
     item = maybe_task_info(core.store.get_task(task_id))
     if item is None:
-        return {}
-    return {"status": item["status"], "waiting": waiting_reason(core, item)}
+        return {"done": False}
+    if item["status"] in TERMINAL:
+        return {"done": True, "item": item}
+    return {"done": False, "status": item["status"], "waiting": waiting_reason(core, item)}
 
 
 def tick(core: State, out: Outbox, now: float) -> None:

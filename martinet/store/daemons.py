@@ -4,10 +4,13 @@ starting on SQLite can tell that another one already serves the file."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import peewee
 
+from martinet.store.app_transaction import CHANGES
+from martinet.store.pg import PgDatabase
 from martinet.store.sql import SqlKit
 
 KEEP_STOPPED = 7 * 86400.0  # seconds a stopped (or long silent) daemon's row is kept
@@ -39,3 +42,13 @@ class Daemons(SqlKit):
             DaemonRow.select().order_by(DaemonRow.started_at.desc(), DaemonRow.id).dicts()
         )
         return list(rows)  # (dicts: peewee's stubs say a query yields models)
+
+    def announce(self, note: dict[str, Any]) -> None:
+        """A note to the other daemons (listen.py), delivered at this transaction's commit:
+        on PostgreSQL, a NOTIFY that goes with the COMMIT (no round trip of its own);
+        elsewhere nothing (no LISTEN there: the others read the table each tick)."""
+        payload = json.dumps(note)
+        if isinstance(self.db, PgDatabase):
+            self.db.defer("SELECT pg_notify(%s, %s)", (CHANGES, payload))
+        elif self.is_postgres:
+            self._exec("SELECT pg_notify(?, ?)", (CHANGES, payload), cache=False)

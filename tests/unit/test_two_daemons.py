@@ -125,3 +125,20 @@ def test_what_a_daemon_killed_meanwhile_accepted_runs_on_another(pg_url, make_co
     assert due - 0.1 <= leased[later] <= due + 1.1  # read again at the next tick (leased a little ahead)
     silent_at = T0 + presence.SILENT_AFTER * 1.0  # (heartbeat_interval 1 s)
     assert silent_at < leased[ready] <= silent_at + 1.1
+
+
+def test_a_wait_whose_time_runs_out_on_a_task_ended_unheard_gets_the_task(sqlite_url, make_core):
+    """Ended by a writer this daemon did not hear of (another daemon on MySQL, which has no
+    NOTIFY): at the wait's deadline the answer is the ended task, not a timeout."""
+    from martinet.protocol import Cmd
+
+    core = make_core(sqlite_url)
+    core.hello("w", ["add"])
+    tid = core.submit("add")
+    core.claim()
+    asked = core.turn(client=[(Cmd.REQUEST, {"op": "wait", "rid": "r", "id": tid, "wait_for": 1})])
+    assert not [m for m in asked if m[0] == "client"]  # held
+    core.store.complete(tid, 1, "w", 2, core.now)  # (no turn of this daemon's)
+    core.now += 1.5
+    (answer,) = [header for socket, _ident, _cmd, header in core.turn() if socket == "client"]
+    assert answer["done"] is True and answer["item"]["status"] == "succeeded"
