@@ -195,11 +195,17 @@ class Rig:
 
 
 def drop_tables(db_url: str) -> None:
-    """Start from an empty database: martinet's tables are dropped (and made again by the daemon)."""
-    from martinet.models import bind
+    """Start from an empty database: martinet's tables are dropped (and made again by the
+    daemon). Dropped as they are, not opened as a store: a checkout older than the one
+    that made them (a before-and-after comparison) would refuse their newer schema."""
+    from playhouse.db_url import connect
 
-    db = open_database(db_url)
-    db.drop_tables(list(bind(db)))
+    from martinet.migrations import VERSION_TABLE
+    from martinet.models import TABLES
+
+    db = connect(db_url.replace("mariadb://", "mysql://", 1))
+    for table in [*(model._meta.table_name for model in TABLES), VERSION_TABLE]:
+        db.execute_sql(f"DROP TABLE IF EXISTS {table}")
     db.close()
 
 
