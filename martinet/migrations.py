@@ -336,6 +336,12 @@ def _v14_daemons(db: peewee.Database, migrator: SchemaMigrator) -> None:
     )
 
 
+def _v15_leasing_daemon(db: peewee.Database, migrator: SchemaMigrator) -> None:
+    """task.daemon: the daemon that leased the task's current attempt (a daemon loses only
+    its own workers' leases when several share the database)."""
+    _add_columns(db, migrator, "task", daemon=peewee.CharField(max_length=64, null=True))
+
+
 def _is_partial(db: peewee.Database, table: str, name: str) -> bool:
     """Whether index `name` exists with a WHERE clause."""
     return any(i.name == name and " WHERE " in (i.sql or "").upper() for i in db.get_indexes(table))
@@ -365,6 +371,7 @@ MIGRATIONS = (
     Migration(12, "database identity", _v12_database_identity),
     Migration(13, "finished tasks' index", _v13_finished_index),
     Migration(14, "daemons", _v14_daemons),
+    Migration(15, "the daemon that leased a task", _v15_leasing_daemon),
 )
 LATEST = MIGRATIONS[-1].version
 
@@ -393,7 +400,7 @@ def detect(db: peewee.Database) -> int | None:
     if "queue_setting" not in tables or "task_limit" not in tables:
         return 6
     if "daemon" in tables:
-        return 14
+        return 15 if "daemon" in task else 14
     if "database_identity" in tables:
         mysql = isinstance(db, peewee.MySQLDatabase)  # its task_finished stays full
         return 13 if mysql or _is_partial(db, "task", "task_finished") else 12

@@ -146,6 +146,7 @@ class Task(BaseModel):
     error_message = TextField(null=True)
     error_traceback = TextField(null=True)
     worker = CharField(max_length=255, null=True)
+    daemon = CharField(max_length=64, null=True)  # the daemon that leased its current (or last) attempt
     lease_expires = DoubleField(null=True)
     cancel_requested = BooleanField(default=False)
     created_at = DoubleField()

@@ -61,6 +61,7 @@ def task_info(row: Any) -> dict[str, Any]:
         "result": None if row.result is None else json.loads(row.result),
         "error": error(row.error_type, row.error_message, row.error_traceback),
         "worker": row.worker,
+        "daemon": row.daemon,
         "cancel_requested": bool(row.cancel_requested),
         "created_at": iso(row.created_at),
         "started_at": iso(row.started_at),

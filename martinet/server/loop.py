@@ -100,7 +100,7 @@ class Daemon:
         if isinstance(db, peewee.SqliteDatabase):
             self._checkpointer = WalCheckpointer(db).start()
         retry = RetryPolicy(s.retry_base, s.retry_factor, s.retry_cap)
-        store = Store(db, retry, s.poison_after, s.max_releases)
+        store = Store(db, retry, s.poison_after, s.max_releases, daemon_id=self.epoch)
         self.core = Core(s, store, self.clock, self.epoch, store.database_id())
         try:
             with store.atomic():

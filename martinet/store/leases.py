@@ -79,7 +79,7 @@ class Leases(Tasks, Outcomes):
             )
             where = (Task.id == item.task_id, Task.attempt == item.attempt)
             n = (
-                Task.update(lease_expires=now + lease, updated_at=now)
+                Task.update(lease_expires=now + lease, updated_at=now, daemon=self.daemon_id)
                 .where(*where, Task.status.in_(HELD), Task.worker == worker)
                 .execute()
             )
@@ -93,6 +93,7 @@ class Leases(Tasks, Outcomes):
                         status=status,
                         started_at=started_at,
                         worker=worker,
+                        daemon=self.daemon_id,
                         lease_expires=now + lease,
                         updated_at=now,
                         reason=None,
@@ -130,9 +131,12 @@ class Leases(Tasks, Outcomes):
     ) -> list[dict[str, Any]]:
         """A worker is gone: its tasks, leased or running (but the (id, attempt) in `keep`), end their attempt as
         `lost` (or `interrupted` when it left on purpose: that does not spend an attempt).
-        Returns their outcomes. A task lost `poison_after` times is stalled instead of retried."""
+        Returns their outcomes. A task lost `poison_after` times is stalled instead of retried.
+        Only the leases this store's daemon granted (or adopted) are its to end: a worker
+        that moved to another daemon on the database holds its tasks there."""
         Task = self.Task
-        rows = list(Task.select().where(Task.status.in_(HELD), Task.worker == worker).order_by(Task.id))
+        mine = (Task.daemon == self.daemon_id) | Task.daemon.is_null()  # (== None: IS NULL)
+        rows = list(Task.select().where(Task.status.in_(HELD), Task.worker == worker, mine).order_by(Task.id))
         return [
             info
             for r in rows

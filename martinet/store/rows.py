@@ -86,6 +86,7 @@ class TaskRow(NamedTuple):
     error_message: str | None
     error_traceback: str | None
     worker: str | None
+    daemon: str | None
     cancel_requested: bool
     created_at: float
     started_at: float | None

@@ -49,8 +49,10 @@ class SqlKit:
         retry: RetryPolicy | None = None,
         poison_after: int = 3,
         max_releases: int = 10,
+        daemon_id: str | None = None,
     ) -> None:
         self.db = db
+        self.daemon_id = daemon_id  # the daemon this store writes for: its claims name it (task.daemon)
         tables = models.bind(db)
         self.Task = tables.Task
         self.Attempt = tables.Attempt

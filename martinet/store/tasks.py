@@ -23,7 +23,7 @@ _DUE = f"status IN ({sql_list(TIMED)}) AND run_at <= ?"  # timed tasks whose run
 _QUEUED = f"'{TaskState.QUEUED}'"
 _LEASE = (  # a claimed task, leased: its attempt counted, its last attempt's traces cleared
     f"status = '{TaskState.LEASED}', attempt = attempt + 1, worker = ?, lease_expires = ?,"
-    " started_at = NULL, updated_at = ?, progress = NULL, progress_message = NULL"
+    " started_at = NULL, updated_at = ?, progress = NULL, progress_message = NULL, daemon = ?"
 )
 _PG_START = (
     f"UPDATE task SET status = '{TaskState.RUNNING}', started_at = ?, updated_at = ?"
@@ -262,7 +262,7 @@ class Tasks(Dependents):
             ids = [r["id"] for r in rows]
             self._exec(
                 f"UPDATE task SET {_LEASE} WHERE id IN ({', '.join('?' * len(ids))}) AND {self.by_id_status} = {_QUEUED}",
-                [worker, now + lease, now, *ids],
+                [worker, now + lease, now, self.daemon_id, *ids],
             )
             for r in rows:
                 r["attempt"] += 1
@@ -292,7 +292,7 @@ class Tasks(Dependents):
             " RETURNING id, name, queue, args, attempt, timeout, has_parents, run_at, priority"
         )
         columns = ("id", "name", "queue", "args", "attempt", "timeout", "has_parents", "run_at", "priority")
-        params = [worker, now + lease, now, *params]
+        params = [worker, now + lease, now, self.daemon_id, *params]
         rows = [dict(zip(columns, r, strict=True)) for r in self._exec(sql, params)]
         if order != "random":
             rows.sort(key=lambda r: (-r["priority"], r["run_at"], r["id"]))

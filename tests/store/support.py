@@ -30,6 +30,7 @@ TASK_KEYS = {
     "result",
     "error",
     "worker",
+    "daemon",
     "cancel_requested",
     "created_at",
     "started_at",

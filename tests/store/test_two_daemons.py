@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from martinet.messages.worker_socket import Held
 from martinet.models import Attempt, Task
 from martinet.present import maybe_task_info
 from tests.store.support import LEASE, NOW, every_minute, submit
@@ -128,3 +129,21 @@ def test_a_late_answer_from_a_lost_attempt_changes_nothing(store, other, late):
         (1, "lost"),
         (2, "succeeded"),
     ]
+
+
+def test_a_worker_that_moved_to_another_daemon_is_lost_only_by_the_one_it_is_with(store, other):
+    """Each claim and adoption names its daemon (task.daemon): the daemon a worker left
+    ends none of the attempts the worker's new daemon adopted."""
+    store.daemon_id, other.daemon_id = "A", "B"
+    first, second = submit(store), submit(store)
+    claimed = store.claim("w", ["add"], 2, NOW, LEASE)
+    assert [Task.get_by_id(r["id"]).daemon for r in claimed] == ["A", "A"]
+    # The worker moves to B with the first task only (the second it had not started)
+    assert other.readopt("w", [Held(first, 1, True)], NOW + 1, LEASE) == [first]
+    assert Task.get_by_id(first).daemon == "B"
+    # A hears no more from it: it loses what it still leased to it, not what B holds
+    lost = store.release_worker("w", NOW + 5, "silent")
+    assert [info["id"] for info in lost] == [second]
+    assert Task.get_by_id(first).status == "running" and Task.get_by_id(first).worker == "w"
+    # and B loses it when the worker goes silent there
+    assert [info["id"] for info in other.release_worker("w", NOW + 9, "silent")] == [first]
