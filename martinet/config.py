@@ -260,7 +260,18 @@ def worker_endpoint(settings: Settings) -> tuple[str, int, int]:
     """(host, worker port, status port) the worker connects to. `connect` is a host, or
     a URL as clients take it whose port is the daemon's worker port (tcp://host:8009):
     then the status port is that port plus the default distance between them (10000),
-    unless a status_port other than the default is set."""
+    unless a status_port other than the default is set. Several daemons on one database,
+    comma-separated, listen on the same ports: their hosts come back comma-separated."""
+    if "," in settings.connect:
+        ends = [
+            worker_endpoint(settings.with_overrides({"connect": one})) for one in settings.connect.split(",")
+        ]
+        if len({(w, s) for _h, w, s in ends}) > 1:
+            raise ConfigError(
+                f"setting 'connect' (--connect) {settings.connect}: the daemons of a list share their "
+                "worker and status ports; name hosts, and the ports once (--worker-port, --status-port)"
+            )
+        return ",".join(h for h, _w, _s in ends), ends[0][1], ends[0][2]
     _scheme, host, port = _address(settings.connect, "connect", "a host, or tcp://HOST:WORKER_PORT")
     if port is None:
         return host, settings.worker_port, settings.status_port

@@ -143,6 +143,10 @@ class Worker:
         else:
             self.worker_id = o.worker_id or fresh_id
         self.handlers: dict[str, Handler] = dict(o.handlers) if o.handlers else dict(REGISTRY)
+        # Daemons on one database (connect "a,b"): the worker talks to one, and moves to the
+        # next when it hears nothing from it for liveness heartbeats (see _timers).
+        self._daemons = [host.strip() for host in o.connect.split(",") if host.strip()] or [o.connect]
+        self._at = 0
         self._events: queue.Queue = queue.Queue()
         self._jobs: queue.Queue = queue.Queue()
         self._wake_r, self._wake_w = os.pipe()
@@ -273,7 +277,7 @@ class Worker:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        sock.connect(f"tcp://{self.options.connect}:{port}")
+        sock.connect(f"tcp://{self._daemons[self._at]}:{port}")
         return sock
 
     def _close_sockets(self) -> None:
@@ -493,7 +497,12 @@ class Worker:
         self._enforce_timecheck_limits(now)
         silence = self._interval * self._liveness
         if now - self._last_heard > silence:
-            log.warning("no word from the daemon for %.1fs; reconnecting", now - self._last_heard)
+            gone = self._daemons[self._at]
+            self._at = (self._at + 1) % len(self._daemons)
+            log.warning(
+                "no word from the daemon at %s for %.1fs; %s", gone, now - self._last_heard,
+                "reconnecting" if len(self._daemons) == 1 else f"moving to {self._daemons[self._at]}",
+            )  # fmt: skip
             self._close_sockets()
             self._connect()
             return

@@ -31,7 +31,8 @@ def build_worker_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--connect",
         help="the daemon's host, or tcp://HOST:PORT with its worker port (the status port is then "
-        f"PORT + {S.status_port - S.worker_port} unless --status-port says otherwise) (default: {S.connect})",
+        f"PORT + {S.status_port - S.worker_port} unless --status-port says otherwise); several daemons on one "
+        f"database, comma-separated: the worker moves to the next when its own goes silent (default: {S.connect})",
     )
     parser.add_argument(
         "--worker-port", type=int, help=f"the daemon's worker port (default: {S.worker_port})"
@@ -98,7 +99,8 @@ def worker_main(argv: list[str] | None = None) -> int:
             raise MartinetError(f"--prefetch must be 0 or more, got {args.prefetch}")
         host, worker_port, status_port = config.worker_endpoint(settings)
         setup_logging(settings.log_level)
-        _warn_if_unresolvable(host)
+        for one in host.split(","):
+            _warn_if_unresolvable(one)
         sys.path.insert(0, os.getcwd())
         for module in args.modules:
             try:

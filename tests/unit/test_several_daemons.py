@@ -78,3 +78,25 @@ def test_a_task_ended_through_one_daemon_answers_a_wait_on_another(pg_url, make_
     # client's wait is answered then, not at the end of the wait's round (a minute)
     assert second.m.wait(tid, timeout=5) == "slept"
     assert time.monotonic() - started < 4
+
+
+def test_a_worker_moves_to_the_next_daemon_and_its_running_task_goes_on_there(pg_url, make_live):
+    """Two daemons on one database, on 127.0.0.1 and 127.0.0.2 with the same ports; a worker
+    given both runs a task for the first, which stops: the worker goes to the second
+    (after liveness heartbeats of silence), which adopts the task; it ends there, once."""
+    fast = {"heartbeat_interval": 0.2}
+    first = make_live(pg_url, **fast)
+    ports = first.m.ports
+    second = make_live(pg_url, bind="127.0.0.2", client_port=ports["client"], worker_port=ports["worker"],
+                       status_port=ports["status"], **fast)  # fmt: skip
+    first.worker(concurrency=1, connect="127.0.0.1,127.0.0.2", heartbeat_interval=0.2)
+    tid = first.m.execute("sleepy", {"seconds": 1.5})
+    deadline = time.monotonic() + 10
+    while first.m.get(tid)["status"] != "running":
+        assert time.monotonic() < deadline, "the task did not start"
+        time.sleep(0.01)
+    first.m.close()  # the first daemon stops while its worker runs the task
+    assert second.m.wait(tid, timeout=10) == "slept"
+    shown = second.m.show(tid)
+    assert shown["daemon"] == second.m.ping()["epoch"]  # adopted by the second
+    assert [a["outcome"] for a in shown["attempts"]] == ["succeeded"]  # one attempt, never lost
