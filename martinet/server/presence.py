@@ -19,7 +19,10 @@ import peewee
 
 from martinet.errors import MartinetError
 from martinet.present import iso
+from martinet.server.events import attempt_event
+from martinet.server.outbox import Outbox
 from martinet.server.state import Request, State
+from martinet.states import TERMINAL
 
 log = logging.getLogger("martinet.daemon")
 
@@ -53,11 +56,13 @@ def register(core: State, address: str, now: float) -> None:
     _HERE.add(core.epoch)
 
 
-def look_around(core: State, now: float) -> None:
+def look_around(core: State, out: Outbox, now: float) -> None:
     """Each tick: this daemon's beat, and the other daemons on the database. While there
     are others, what they write may be due sooner than this daemon knows (a schedule, a
     delayed task): its next wakeup is read again, at most a tick late. One that stopped
-    or went silent since leaves its ready tasks to the rest: every queue is looked at."""
+    or went silent since leaves its ready tasks to the rest (every queue is looked at),
+    and the attempts it leased end as lost (Store.release_daemon), without waiting for
+    their leases to run out."""
     if core.db_health.trouble is None:  # a beat's small write must not hide a full disk
         core.store.daemon_beat(core.epoch, now)
     serving = {
@@ -67,11 +72,17 @@ def look_around(core: State, now: float) -> None:
     }
     if serving:
         core.wakeup_dirty = True
-    if core.other_daemons - serving:
-        log.info(
-            "daemon(s) %s no longer serve: their ready tasks are ours too",
-            ", ".join(sorted(core.other_daemons - serving)),
-        )
+    for gone in sorted(core.other_daemons - serving):
+        lost = core.store.release_daemon(gone, now)
+        log.warning(
+            "daemon %s no longer serves: its ready tasks are ours too%s", gone,
+            f"; its tasks {[info['id'] for info in lost]} were lost with it" if lost else "",
+        )  # fmt: skip
+        for info in lost:  # (not this daemon's lanes: their slots were never counted here)
+            out.events.append(attempt_event(info))
+            core.cancelled_events(out.events, info["dependents"]["cancelled"])
+            if info["status"] in TERMINAL:
+                out.ended.extend([info["id"], *info["dependents"]["cancelled"]])
         core.queues_ready()
         core.wakeup_dirty = core.dispatch_pending = True
     core.other_daemons = serving

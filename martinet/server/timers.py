@@ -96,7 +96,7 @@ def tick(core: State, out: Outbox, now: float) -> None:
     core.hub.expire(now)
     core.hub.suppressed(now)
     core.retention.step(core.store, now)  # old finished tasks, a bounded batch per tick
-    presence.look_around(core, now)
+    presence.look_around(core, out, now)
 
 
 def time_limits(core: State, out: Outbox, now: float) -> None:

@@ -196,6 +196,16 @@ class Leases(Tasks, Outcomes):
         error = {"type": "TaskTimeout", "message": f"{message} (worker {row.worker})"}
         return self._end_attempt(row, AttemptOutcome.FAILED, now, error)
 
+    def release_daemon(self, daemon_id: str, now: float) -> list[dict[str, Any]]:
+        """A daemon stopped or went silent: the attempts it leased end as lost, as its
+        workers' would, so that they run again without waiting for each lease to run out.
+        A worker still running one that moves to another daemon readopts it, and the
+        loss is undone there (readopt). Returns their outcomes."""
+        Task = self.Task
+        rows = list(Task.select().where(Task.status.in_(HELD), Task.daemon == daemon_id).order_by(Task.id))
+        reason = f"its daemon {daemon_id} stopped or went silent"
+        return [info for r in rows if (info := self._lose(r, now, reason, AttemptOutcome.LOST))]
+
     def _lose(self, row: Task, now: float, reason: str, outcome: str) -> dict[str, Any] | None:
         error = {"type": "WorkerLost", "message": f"{reason} (worker {row.worker})"}
         return self._end_attempt(row, outcome, now, error)

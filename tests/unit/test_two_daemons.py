@@ -142,3 +142,19 @@ def test_a_wait_whose_time_runs_out_on_a_task_ended_unheard_gets_the_task(sqlite
     core.now += 1.5
     (answer,) = [header for socket, _ident, _cmd, header in core.turn() if socket == "client"]
     assert answer["done"] is True and answer["item"]["status"] == "succeeded"
+
+
+def test_the_leases_of_a_daemon_gone_silent_end_without_waiting_for_them_to_run_out(pg_url, make_core):
+    first, second = make_core(pg_url), make_core(pg_url)
+    first.hello("w", ["clock"])
+    tid = first.submit("clock")
+    assert [t["id"] for t in first.claim()["w"]] == [tid]  # leased by the first, for its worker
+    second.claim()  # a tick: the first serves
+    # The first is killed with its worker: no more turns, no stop, its lease 30 s long
+    while second.request("get", id=tid)["item"]["status"] == "leased":
+        second.now += 0.1
+        second.claim()
+        assert second.now < T0 + presence.SILENT_AFTER + 1.5, "the lease was not taken over"
+    item = second.request("show", id=tid)["item"]
+    assert item["status"] == "failed" and item["attempts"][0]["outcome"] == "lost"
+    assert f"its daemon {first.server.epoch} stopped or went silent" in item["error"]["message"]
