@@ -69,9 +69,11 @@ class Core(State):
                 timers.run(self, out, now)
                 claims.claim(self, out, now)
                 out.events = self.hub.record(self.store, out.events, now, ids=bool(self.hub.subscribers))
-                ended = [*out.ended, *self.ended_elsewhere]
-                if ended and self.other_daemons:  # their clients may wait for these (elsewhere.py)
-                    self.store.announce({"from": self.epoch, "ended": ended})
+                if self.remote_waits:  # other daemons' clients wait for some tasks (elsewhere.py)
+                    told = self.remote_waits.intersection([*out.ended, *self.ended_elsewhere])
+                    if told:
+                        self.store.announce({"from": self.epoch, "ended": sorted(told)})
+                        self.remote_waits -= told
         except DB_ERRORS as exc:
             self._rollback(saved, exc, out, now)
             self.notes_lost = heard is None or bool(heard)

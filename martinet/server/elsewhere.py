@@ -2,8 +2,9 @@
 application enqueued in its own transaction (martinet.enqueue_in), and tasks that other
 daemons ended. Queues may hold ready work, a timer may come sooner, tasks made waiting
 on others are looked at again (one they wait on may have ended before the dependency
-was committed), and this daemon's clients waiting for a task another daemon ended get
-their answer."""
+was committed). Between daemons: a daemon whose client waits for a task asks the others
+to tell it when that task ends ("wait"), and they do ("ended"); nothing else goes
+between them, so a drain on several daemons costs no note a task."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from typing import Any
 
 from martinet.server.outbox import Outbox
 from martinet.server.state import State
+from martinet.states import TERMINAL
 
 log = logging.getLogger("martinet.daemon")
+
+MAX_REMOTE_WAITS = 10_000  # tasks other daemons' clients wait for, remembered at most
 
 
 def on_notes(core: State, notes: Sequence[dict[str, Any]] | None, out: Outbox, now: float) -> None:
@@ -28,19 +32,23 @@ def on_notes(core: State, notes: Sequence[dict[str, Any]] | None, out: Outbox, n
         for note in notes:
             if note.get("from") == core.epoch:
                 continue  # this daemon's own, heard back
-            out.ended.extend(
-                i for i in note.get("ended") or () if isinstance(i, int) and not isinstance(i, bool)
-            )
+            out.ended.extend(_ids(note.get("ended")))  # answers this daemon's waiters
+            wanted = _ids(note.get("wait"))
+            if wanted:  # another daemon's client waits for these: tell it when they end here
+                if len(core.remote_waits) > MAX_REMOTE_WAITS:  # (a wait's deadline answers it anyway)
+                    core.remote_waits.clear()
+                core.remote_waits.update(wanted)
+                out.ended.extend(
+                    i for i in wanted if (row := core.store.get_task(i)) and row.status in TERMINAL
+                )
             queue = note.get("queue")
             if isinstance(queue, str):
                 core.lanes.ready(queue)
+                core.dispatch_pending = True
             if isinstance(note.get("run_at"), (int, float)):
                 core.wakeup_dirty = True
-            waiting += [
-                i for i in note.get("waiting") or () if isinstance(i, int) and not isinstance(i, bool)
-            ]
+            waiting += _ids(note.get("waiting"))
         if not waiting:
-            core.dispatch_pending = True
             return
     core.dispatch_pending = core.wakeup_dirty = True
     settled = core.store.settle_waiting(waiting, now)
@@ -51,3 +59,10 @@ def on_notes(core: State, notes: Sequence[dict[str, Any]] | None, out: Outbox, n
         log.warning("tasks %s cancelled: a task they waited on had ended first", settled["cancelled"])
         core.cancelled_events(out.events, settled["cancelled"])
         out.ended.extend(settled["cancelled"])
+
+
+def _ids(value: Any) -> list[int]:
+    """The task ids of a note's list (anything else in it is ignored)."""
+    if not isinstance(value, list):
+        return []
+    return [i for i in value if isinstance(i, int) and not isinstance(i, bool)]

@@ -275,6 +275,8 @@ def wait(r: Request) -> dict[str, Any] | None:
     if sum(len(w) for w in core.waiters.values()) >= MAX_WAITERS:
         raise BadInput(f"too many clients are waiting already ({MAX_WAITERS}); poll with get() instead")
     core.wait(num, r.ident, r.rid, now + min(timeout, 3600))
+    if core.other_daemons:  # the task may end through one of them: ask to be told (elsewhere.py)
+        core.store.announce({"from": core.epoch, "wait": [num]})
     return None  # answered when the task ends, or at the deadline
 
 
