@@ -30,6 +30,8 @@ drain as a share of the lower floor, when throughput and floor both ran). Scenar
               --postgres) insert+update in batches
   backends    throughput and latency again on PostgreSQL (--postgres URL; its martinet
               tables are dropped first); skipped without one
+  daemons     a drain of --tasks tasks on PostgreSQL through 1, 2 and 3 daemons on one
+              database, one c1 worker each, and through 1 daemon with 2 (--postgres)
   shaping     the same over two weighted queues, one with a concurrency cap: what limits cost
   timers      1,000 delayed tasks due at random times 2-12 s ahead: lateness of
               the handler start against the due time, p50/p99/max (ms)
@@ -1121,6 +1123,54 @@ def scenario_backends(args) -> dict | None:
     }
 
 
+def daemons_drain(args, daemons: int, workers: int) -> float:
+    """A drain on PostgreSQL through `daemons` daemons on one database, each with `workers`
+    worker processes at --concurrency 1: --tasks tasks submitted in bulk through the first,
+    the others started after (they find the queue at their start), then every worker."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rigs = []
+        for k in range(daemons):
+            (Path(tmp) / str(k)).mkdir()
+            rig = Rig(
+                Path(tmp) / str(k), workers=workers, db=args.postgres if k == 0 else None, concurrency=1
+            )
+            rig.db = args.postgres  # (the first emptied it)
+            rigs.append(rig)
+        try:
+            rigs[0].start_daemon()
+            m = rigs[0].client()
+            for start in range(0, args.tasks, 1000):
+                m.execute_many(
+                    [("bench.clock", {"x": i}) for i in range(start, min(start + 1000, args.tasks))]
+                )
+            m.close()
+            for rig in rigs[1:]:
+                rig.start_daemon()
+                rig.client().close()
+            started = time.time()
+            for rig in rigs:
+                rig.start_workers()
+            return args.tasks / (wait_drained(args.postgres) - started)
+        finally:
+            for rig in rigs:
+                rig.stop()
+
+
+def scenario_daemons(args) -> dict | None:
+    """Several daemons on one PostgreSQL (issue 26): the drain through 1, 2 and 3 daemons
+    with one worker each at --concurrency 1, and through one daemon with two (the same
+    workers as two daemons'). None (skipped) without --postgres."""
+    if not args.postgres:
+        return None
+    one_two = daemons_drain(args, 1, 2)
+    rates = {k: daemons_drain(args, k, 1) for k in (1, 2, 3)}
+    return {
+        "daemons1_workers2_drain_per_s": round(one_two),
+        **{f"daemons{k}_drain_per_s": round(rate) for k, rate in rates.items()},
+        "daemons2_vs_1_workers2_x": round(rates[2] / one_two, 2),
+    }
+
+
 SCENARIOS = {
     "users": scenario_users,
     "throughput": scenario_throughput,
@@ -1131,6 +1181,7 @@ SCENARIOS = {
     "timers": scenario_timers,
     "scale": scenario_scale,
     "backends": scenario_backends,
+    "daemons": scenario_daemons,
     "search": scenario_search,
     "prune": scenario_prune,
     "idle": scenario_idle,

@@ -63,6 +63,13 @@ EXPECTED = {
         "late_p50_ms",
     },
     "search": {"status_name_ms", "where_ms", "count_name_ms"},
+    "daemons": {
+        "daemons1_workers2_drain_per_s",
+        "daemons1_drain_per_s",
+        "daemons2_drain_per_s",
+        "daemons3_drain_per_s",
+        "daemons2_vs_1_workers2_x",
+    },
     "prune": {"drain_plain_per_s", "drain_pruning_per_s", "drain_cost_pct", "prune_s"},
     "idle": {
         f"{variant}_{figure}"
@@ -110,6 +117,11 @@ def test_the_backends_scenario_runs_on_postgresql():
         results["backends"]
     )
     assert results["backends"]["pg_drain_per_s"] > 0 and results["floor"]["postgres_floor_per_s"] > 0
+
+
+def test_the_daemons_scenario_drains_through_one_two_and_three_daemons_on_postgresql():
+    results = bench(*TINY, "--postgres", backends.check("postgresql"), "daemons")
+    check_figures(results)
 
 
 def test_the_idle_scenario_connects_idle_workers_and_compares_calls_with_them_and_without():
