@@ -1,5 +1,7 @@
 """This daemon among the daemons that use its database (store/daemons.py): its row,
-written at start and beaten every tick, closed at stop; `martinet daemons`.
+written at start, beaten every tick and closed at stop; the others' rows, read every
+tick (look_around: their timers, and once one stops or goes silent, its ready tasks
+and its leases); `martinet daemons`.
 
 SQLite serves one daemon: a second one started on the same file is refused, naming
 the first. A row whose daemon did not stop is still serving while its heartbeat is
