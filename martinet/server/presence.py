@@ -63,8 +63,8 @@ def look_around(core: State, out: Outbox, now: float) -> None:
     are others, what they write may be due sooner than this daemon knows (a schedule, a
     delayed task): its next wakeup is read again, at most a tick late. One that stopped
     or went silent since leaves its ready tasks to the rest (every queue is looked at),
-    and the attempts it leased end as lost (Store.release_daemon), without waiting for
-    their leases to run out."""
+    and the attempts it leased end as lost (Store.release_daemon) once its workers had
+    as long again to move to another daemon, without waiting for the leases to run out."""
     if core.db_health.trouble is None:  # a beat's small write must not hide a full disk
         core.store.daemon_beat(core.epoch, now)
     serving = {
@@ -74,19 +74,29 @@ def look_around(core: State, out: Outbox, now: float) -> None:
     }
     if serving:
         core.wakeup_dirty = True
-    for gone in sorted(core.other_daemons - serving):
-        lost = core.store.release_daemon(gone, now)
-        log.warning(
-            "daemon %s no longer serves: its ready tasks are ours too%s", gone,
-            f"; its tasks {[info['id'] for info in lost]} were lost with it" if lost else "",
-        )  # fmt: skip
-        for info in lost:  # (not this daemon's lanes: their slots were never counted here)
-            out.events.append(attempt_event(info))
-            core.cancelled_events(out.events, info["dependents"]["cancelled"])
-            if info["status"] in TERMINAL:
-                out.ended.extend([info["id"], *info["dependents"]["cancelled"]])
+    gone = core.other_daemons - serving
+    if gone:
+        log.warning("daemon(s) %s no longer serve: their ready tasks are ours too", ", ".join(sorted(gone)))
         core.queues_ready()
         core.wakeup_dirty = core.dispatch_pending = True
+        # Their workers move to another daemon within as long again (the same liveness)
+        # and it adopts what they still run: the leases left after that were lost.
+        wait = SILENT_AFTER * core.settings.heartbeat_interval
+        core.leases_to_end.update({daemon_id: now + wait for daemon_id in gone})
+    for daemon_id, at in sorted(core.leases_to_end.items()):
+        if now >= at and daemon_id not in serving:
+            del core.leases_to_end[daemon_id]
+            lost = core.store.release_daemon(daemon_id, now)
+            if lost:
+                log.warning(
+                    "tasks %s leased by daemon %s were lost with it", [i["id"] for i in lost], daemon_id
+                )
+            for info in lost:  # (not this daemon's lanes: their slots were never counted here)
+                out.events.append(attempt_event(info))
+                core.cancelled_events(out.events, info["dependents"]["cancelled"])
+                if info["status"] in TERMINAL:
+                    out.ended.extend([info["id"], *info["dependents"]["cancelled"]])
+            core.wakeup_dirty = core.dispatch_pending = True
     core.other_daemons = serving
 
 
