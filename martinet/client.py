@@ -28,7 +28,7 @@ from typing import Any
 import zmq
 
 from martinet import messages
-from martinet.config import Settings
+from martinet.config import Settings, daemons
 from martinet.errors import DaemonUnavailable, MartinetError, ProtocolError
 from martinet.messages import Events, Reply, Request
 
@@ -61,7 +61,7 @@ class Client:
     whichever daemon reads it: request ids are decided by the shared database."""
 
     def __init__(self, url: str, timeout: float = Settings.timeout) -> None:
-        self.urls = [part.strip() for part in url.split(",") if part.strip()] or [url]
+        self.urls = daemons(url)
         self._at = 0  # the daemon of the list the calls go to
         self.timeout = timeout
         self._local_port = _loopback_port(self.url)  # (host, port) when the daemon is on this host

@@ -244,15 +244,21 @@ def _address(value: str, key: str, example: str) -> tuple[str, str, int | None]:
     return scheme, host, port
 
 
+def daemons(value: str) -> list[str]:
+    """The addresses of a `url` or `connect` that lists several daemons on one database,
+    comma-separated ("tcp://a:8008,tcp://b:8008"; "host-a,host-b"); one is a list of one."""
+    return [one.strip() for one in value.split(",") if one.strip()] or [value]
+
+
 def check_url(url: str, key: str = "url") -> str:
     """A client URL, tcp://host:port (the scheme and the port are not optional), or
     several, comma-separated: daemons on one database, tried in turn (client.Client)."""
-    for one in url.split(",") if "," in url else [url]:
-        scheme, host, port = _address(one.strip(), key, "tcp://HOST:PORT, like tcp://127.0.0.1:8008")
+    for one in daemons(url):
+        scheme, host, port = _address(one, key, "tcp://HOST:PORT, like tcp://127.0.0.1:8008")
         if scheme != "tcp" or port is None:
             fixed = f"tcp://{host}:{port or Settings.client_port}"
             missing = "no tcp:// in front" if scheme != "tcp" else "no port"
-            raise ConfigError(f"setting {key!r}: {one.strip()!r} has {missing}; write {fixed!r}")
+            raise ConfigError(f"setting {key!r}: {one!r} has {missing}; write {fixed!r}")
     return url
 
 
@@ -264,7 +270,7 @@ def worker_endpoint(settings: Settings) -> tuple[str, int, int]:
     comma-separated, listen on the same ports: their hosts come back comma-separated."""
     if "," in settings.connect:
         ends = [
-            worker_endpoint(settings.with_overrides({"connect": one})) for one in settings.connect.split(",")
+            worker_endpoint(settings.with_overrides({"connect": one})) for one in daemons(settings.connect)
         ]
         if len({(w, s) for _h, w, s in ends}) > 1:
             raise ConfigError(

@@ -34,7 +34,7 @@ from martinet.attempt import Start, TaskContext, failed, fit_error, past_limit, 
 from martinet.attempt import error_of as _error  # noqa: F401 - martinet.worker._error still works
 from martinet.attempt import run as run_attempt
 from martinet.compose import check as check_compositions
-from martinet.config import Settings
+from martinet.config import Settings, daemons
 from martinet.errors import JournalError, ProtocolError, TaskTimeout
 from martinet.journal import UNKNOWN, Journal
 from martinet.messages import (
@@ -145,7 +145,7 @@ class Worker:
         self.handlers: dict[str, Handler] = dict(o.handlers) if o.handlers else dict(REGISTRY)
         # Daemons on one database (connect "a,b"): the worker talks to one, and moves to the
         # next when it hears nothing from it for liveness heartbeats (see _timers).
-        self._daemons = [host.strip() for host in o.connect.split(",") if host.strip()] or [o.connect]
+        self._daemons = daemons(o.connect)
         self._at = 0
         self._events: queue.Queue = queue.Queue()
         self._jobs: queue.Queue = queue.Queue()

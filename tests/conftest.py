@@ -63,5 +63,14 @@ def db_url(request, tmp_path) -> str:
 
 
 @pytest.fixture
+def pg_url() -> str:
+    """An empty PostgreSQL database, for what only PostgreSQL does (skipped only when no
+    server is reachable, and then a failure in CI)."""
+    url = backends.check("postgresql")
+    backends.reset(url)
+    return url
+
+
+@pytest.fixture
 def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'martinet.db'}"

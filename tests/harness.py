@@ -99,7 +99,8 @@ class Cluster:
         self.tmp = tmp_path
         self.db_url = db_url
         self.client_port, self.worker_port, self.status_port = free_ports(3)
-        self.daemon: Proc | None = None
+        self.daemon: Proc | None = None  # the latest started
+        self.daemons: list[Proc] = []  # all of them (several daemons on one database)
         self.workers: list[Proc] = []
         self._clients: list[martinet.Martinet] = []
         self._n = 0
@@ -119,9 +120,10 @@ class Cluster:
         self._n += 1
         return self.tmp / f"{self._n:02d}-{kind}.log"
 
-    def start_daemon(self, env: dict | None = None, wait: bool = True) -> Proc:
-        args = [sys.executable, "-m", "martinet", "serve", "--db", self.db_url, *self.port_flags()]
+    def start_daemon(self, env: dict | None = None, wait: bool = True, extra: list[str] = ()) -> Proc:
+        args = [sys.executable, "-m", "martinet", "serve", "--db", self.db_url, *self.port_flags(), *extra]
         proc = Proc(args, self._log("daemon"), env)
+        self.daemons.append(proc)  # stopped at shutdown, even if it never answers
         if wait:
             probe = martinet.Martinet.connect(self.url, timeout=START_TIMEOUT)
             try:  # a fresh client fails fast while nothing listens on the port yet: ask again
@@ -133,8 +135,9 @@ class Cluster:
         self.daemon = proc
         return proc
 
-    def client(self, timeout: float = 10.0) -> martinet.Martinet:
-        m = martinet.Martinet.connect(self.url, timeout=timeout)
+    def client(self, timeout: float = 10.0, url: str | None = None) -> martinet.Martinet:
+        """A client of the daemon (of those `url` lists, if given), closed at shutdown."""
+        m = martinet.Martinet.connect(url or self.url, timeout=timeout)
         self._clients.append(m)
         return m
 
@@ -185,8 +188,9 @@ class Cluster:
             if w.alive():
                 w.popen.kill()
             w.popen.wait(10)
-        if self.daemon is not None and self.daemon.alive():
-            try:
-                self.daemon.stop(timeout=10)
-            except AssertionError:
-                pass
+        for daemon in self.daemons:
+            if daemon.alive():
+                try:
+                    daemon.stop(timeout=10)
+                except AssertionError:
+                    pass

@@ -99,7 +99,7 @@ def worker_main(argv: list[str] | None = None) -> int:
             raise MartinetError(f"--prefetch must be 0 or more, got {args.prefetch}")
         host, worker_port, status_port = config.worker_endpoint(settings)
         setup_logging(settings.log_level)
-        for one in host.split(","):
+        for one in config.daemons(host):
             _warn_if_unresolvable(one)
         sys.path.insert(0, os.getcwd())
         for module in args.modules:

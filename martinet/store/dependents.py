@@ -97,7 +97,7 @@ class Dependents(SqlKit):
                 if child.has_dependents:
                     more = self._settle_dependents(child, TaskState.CANCELLED, now)
                     settled["cancelled"] += more["cancelled"]
-            elif not self.unfinished_parents(child.id):
+            elif all(p.status == TaskState.SUCCEEDED for p in parents):
                 self._release_waiting(child, now)
                 settled["released"].append(child.id)
         return settled

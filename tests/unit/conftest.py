@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests import backends
 from tests.live import Cli
 
 
@@ -20,15 +19,6 @@ def _made(cls):
     yield make
     for thing in made:
         thing.close()
-
-
-@pytest.fixture
-def pg_url() -> str:
-    """An empty PostgreSQL database, for what only PostgreSQL does (skipped only when no
-    server is reachable, and then a failure in CI)."""
-    url = backends.check("postgresql")
-    backends.reset(url)
-    return url
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ class App:
     """An application's connection of one kind, in a transaction of its own."""
 
     def __init__(self, kind: str, url: str) -> None:
-        self.kind, self._close = kind, None
+        self._close = None
         if kind == "psycopg2":
             self.conn = self.handle = psycopg2.connect(url)
         elif kind in ("psycopg3", "psycopg3 cursor"):
@@ -60,13 +60,14 @@ class App:
         elif kind == "django":
             self.conn = self.handle = _django_connection(url)
             self.conn.set_autocommit(False)
-        self.kind = kind
+        # what ends the transaction: a Session's own, else the connection's
+        self.tx = self.handle if isinstance(self.handle, Session) else self.conn
 
     def commit(self) -> None:
-        (self.handle if self.kind == "sqlalchemy session" else self.conn).commit()
+        self.tx.commit()
 
     def rollback(self) -> None:
-        (self.handle if self.kind == "sqlalchemy session" else self.conn).rollback()
+        self.tx.rollback()
 
     def close(self) -> None:
         self.conn.close()
