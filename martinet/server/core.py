@@ -68,12 +68,9 @@ class Core(State):
                     elsewhere.on_notes(self, heard, out, now)
                 timers.run(self, out, now)
                 claims.claim(self, out, now)
+                recorded = bool(out.events or self.hub.pending)
                 out.events = self.hub.record(self.store, out.events, now, ids=bool(self.hub.subscribers))
-                if self.remote_waits:  # other daemons' clients wait for some tasks (elsewhere.py)
-                    told = self.remote_waits.intersection([*out.ended, *self.ended_elsewhere])
-                    if told:
-                        self.store.announce({"from": self.epoch, "ended": sorted(told)})
-                        self.remote_waits -= told
+                elsewhere.tell(self, out, recorded, now)
         except DB_ERRORS as exc:
             self._rollback(saved, exc, out, now)
             self.notes_lost = heard is None or bool(heard)

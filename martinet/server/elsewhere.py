@@ -3,8 +3,10 @@ application enqueued in its own transaction (martinet.enqueue_in), and tasks tha
 daemons ended. Queues may hold ready work, a timer may come sooner, tasks made waiting
 on others are looked at again (one they wait on may have ended before the dependency
 was committed). Between daemons: a daemon whose client waits for a task asks the others
-to tell it when that task ends ("wait"), and they do ("ended"); nothing else goes
-between them, so a drain on several daemons costs no note a task."""
+to tell it when that task ends ("wait"), and they do ("ended"); a daemon whose clients
+watch events says so each tick ("watch"), and for a while the others say when they
+recorded events ("events"), which it then reads from the table (events.py). Nothing
+else goes between them, so a drain on several daemons no one watches costs no note."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from martinet.states import TERMINAL
 log = logging.getLogger("martinet.daemon")
 
 MAX_REMOTE_WAITS = 10_000  # tasks other daemons' clients wait for, remembered at most
+WATCHED_FOR = 3  # ticks (heartbeat intervals) a "watch" note holds: a daemon repeats it each tick
 
 
 def on_notes(core: State, notes: Sequence[dict[str, Any]] | None, out: Outbox, now: float) -> None:
@@ -26,6 +29,7 @@ def on_notes(core: State, notes: Sequence[dict[str, Any]] | None, out: Outbox, n
     (the listening connection was lost): then everything a note could say is looked at."""
     if notes is None:
         core.queues_ready()
+        core.hub.stale = True
         waiting: list[int] | None = None
     else:
         waiting = []
@@ -33,6 +37,10 @@ def on_notes(core: State, notes: Sequence[dict[str, Any]] | None, out: Outbox, n
             if note.get("from") == core.epoch:
                 continue  # this daemon's own, heard back
             out.ended.extend(_ids(note.get("ended")))  # answers this daemon's waiters
+            if note.get("watch") is True:  # its clients watch events: say when we record some
+                core.remote_watch_until = now + WATCHED_FOR * core.settings.heartbeat_interval
+            if note.get("events") is True:
+                core.hub.stale = True
             wanted = _ids(note.get("wait"))
             if wanted:  # another daemon's client waits for these: tell it when they end here
                 if len(core.remote_waits) > MAX_REMOTE_WAITS:  # (a wait's deadline answers it anyway)
@@ -66,3 +74,24 @@ def _ids(value: Any) -> list[int]:
     if not isinstance(value, list):
         return []
     return [i for i in value if isinstance(i, int) and not isinstance(i, bool)]
+
+
+def tell(core: State, out: Outbox, recorded: bool, now: float) -> None:
+    """What the other daemons asked to hear of this turn (one note, with its commit): the
+    tasks their clients wait for that ended, and that it recorded events while someone
+    watches there."""
+    note: dict[str, Any] = {}
+    if core.remote_waits:
+        told = core.remote_waits.intersection([*out.ended, *core.ended_elsewhere])
+        if told:
+            note["ended"] = sorted(told)
+            core.remote_waits -= told
+    if recorded and now < core.remote_watch_until:
+        note["events"] = True
+    if note:
+        core.store.announce({"from": core.epoch, **note})
+
+
+def watch(core: State) -> None:
+    """Ask the other daemons to say when they record events: this one's clients watch."""
+    core.store.announce({"from": core.epoch, "watch": True})

@@ -17,6 +17,12 @@
   got. Without `since` a subscriber gets the events from now on.
 - Gap: when events after `since` are no longer kept (pruned after keep_events),
   the reply to subscribe says "gap": true, and the client reports a `gap` event.
+- Several daemons (PostgreSQL): a client's daemon must send it what the others
+  record too. The table numbers every daemon's events in commit order (see
+  Store.record_events), so while others serve ("foreign"), live subscribers are fed
+  from the table after their cursor (follow) instead of from the turn's own events:
+  after a turn that recorded events, when another daemon says it recorded some (a
+  note, sent while someone watches on another daemon: elsewhere.py), and each tick.
 - Malformed messages are recorded at most MALFORMED_PER_SECOND a second (and
   logged as often): the rest are counted, and the count goes with the next
   record ("suppressed"), so a flood of garbage fills neither the table nor the log.
@@ -155,6 +161,8 @@ class EventHub:
     def __init__(self) -> None:
         self.subscribers: dict[bytes, Subscriber] = {}
         self.pending: list[dict[str, Any]] = []  # made outside a handler that has an Outbox; recorded next
+        self.foreign = False  # other daemons record events too: live subscribers follow the table
+        self.stale = False  # the table may hold events live subscribers have not got (follow)
         self._window = -1  # the second the malformed counts are for
         self._malformed = 0  # recorded in that second
         self._suppressed = 0  # not recorded, since the last record
@@ -173,6 +181,8 @@ class EventHub:
             events = [*self.pending, *events]
         if not events:
             return []
+        if self.foreign:  # sent from the table with the others' (follow): no ids to read
+            ids, self.stale = False, True
         rows = []
         for event in events:
             name = event.get("name")
@@ -221,9 +231,12 @@ class EventHub:
                 del self.subscribers[ident]
 
     def next_turn(self) -> float | None:
-        """When the loop must take a turn to go on with a catch-up (None: nobody catches up)."""
+        """When the loop must take a turn to go on with a catch-up, or with following the
+        table (None: nobody catches up)."""
         due = math.inf
         for sub in self.subscribers.values():
+            if sub.live and self.stale:
+                return 0.0
             if not sub.live:
                 due = min(due, sub.not_before)
         return None if due == math.inf else due
@@ -270,6 +283,26 @@ class EventHub:
                 sub.live = True
             else:  # the others' turn first
                 self.subscribers[sub.ident] = self.subscribers.pop(sub.ident)
+
+    def follow(self, store: Store, send: Send, now: float) -> None:
+        """Live subscribers, when the table may hold events they have not got (stale):
+        a page after the oldest of their cursors, read once, and to each what is after
+        its own. A full page leaves it stale: the next turn reads on."""
+        if not self.stale:
+            return
+        live = [sub for sub in self.subscribers.values() if sub.live]
+        if not live:
+            self.stale = False
+            return
+        page = store.events_after(min(sub.cursor for sub in live), CATCH_UP_PAGE)
+        self.stale = len(page) == CATCH_UP_PAGE
+        if not page:
+            return
+        wires = [(event_id, _wire(event_id, iso(at), body)) for event_id, at, body in page]
+        for sub in live:
+            items = [wire for event_id, wire in wires if event_id > sub.cursor]
+            if items:
+                self._send(send, sub, _message(items), wires[-1][0], now)
 
     def _send(self, send: Send, sub: Subscriber, frames: list[bytes], last: int, now: float) -> bool:
         how = send(sub.ident, frames)

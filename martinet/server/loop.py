@@ -280,6 +280,7 @@ class Daemon:
             self._send_raw(self.status, ident, Ack(tuple(acks)).encode())
         self.core.hub.push(self._to_subscriber, out.events, now)
         self.core.hub.catch_up(self.core.store, self._to_subscriber, now)
+        self.core.hub.follow(self.core.store, self._to_subscriber, now)
         for ident, reply in out.answers:
             self._send_raw(self.client, ident, reply.encode())
         self._send_tasks(out.tasks, now)

@@ -26,7 +26,7 @@ from martinet.present import (
     task_page,
 )
 from martinet.rules import DEFAULT_QUEUE
-from martinet.server import presence, queue_ops
+from martinet.server import elsewhere, presence, queue_ops
 from martinet.server.state import Request, State, no_worker, waiting_reason
 from martinet.states import Revoked
 from martinet.validate import check_args, check_every, check_task, clean_text, parse_ref
@@ -283,6 +283,8 @@ def wait(r: Request) -> dict[str, Any] | None:
 def subscribe(r: Request) -> dict[str, Any] | None:
     """Events pushed to this client from now, or from after `since` (events.py)."""
     core, h, now = r.core, r.header, r.now
+    if core.hub.foreign and r.ident not in core.hub.subscribers:
+        elsewhere.watch(core)  # at once, not at the next tick: the others' events from now on
     return core.hub.subscribe(core.store, r.ident, h.get("since"), now)
 
 

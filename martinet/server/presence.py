@@ -21,6 +21,7 @@ import peewee
 
 from martinet.errors import MartinetError
 from martinet.present import iso
+from martinet.server import elsewhere
 from martinet.server.events import attempt_event
 from martinet.server.outbox import Outbox
 from martinet.server.state import Request, State
@@ -74,6 +75,14 @@ def look_around(core: State, out: Outbox, now: float) -> None:
     }
     if serving:
         core.wakeup_dirty = True
+    # Events: while others record them too, live subscribers follow the table (events.py),
+    # read at least each tick; the others hear that this daemon's clients watch.
+    foreign = bool(serving) and core.store.is_postgres
+    if foreign or core.hub.foreign:  # (and once more after the last other one went)
+        core.hub.stale = True
+    core.hub.foreign = foreign
+    if foreign and core.hub.subscribers:
+        elsewhere.watch(core)
     gone = core.other_daemons - serving
     if gone:
         log.warning("daemon(s) %s no longer serve: their ready tasks are ours too", ", ".join(sorted(gone)))

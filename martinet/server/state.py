@@ -68,6 +68,7 @@ class State:
         self.other_daemons: set[str] = set()  # the other daemons serving the database, at the last tick
         self.notes_lost = False  # a rolled back turn held other writers' notes (elsewhere.py)
         self.remote_waits: set[int] = set()  # tasks other daemons' clients wait for (elsewhere.py)
+        self.remote_watch_until = 0.0  # until when other daemons' clients watch events (elsewhere.py)
         self.leases_to_end: dict[str, float] = {}  # daemons gone: when their leases end (presence.py)
         self.next_tick = 0.0
         self.rate_wakeup: float | None = None  # when a rate limit lets a waiting task start

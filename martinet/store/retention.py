@@ -14,6 +14,9 @@ from martinet.store.sql import SqlKit
 # a few milliseconds, short enough to run inside a turn of the daemon's loop.
 PRUNE_BATCH = 500
 EVENT_COLUMNS = ("task_id", "name", "kind", "at", "body")  # what record_events writes
+# A transaction-scoped advisory lock that every daemon on a PostgreSQL database takes
+# before it records events ("martinet" in ASCII): see record_events.
+EVENTS_LOCK = "SELECT pg_advisory_xact_lock(7881706667185694068)"
 
 
 class Retention(SqlKit):
@@ -97,7 +100,17 @@ class Retention(SqlKit):
         the turn a round trip, and this returns [].
 
         MySQL's lastrowid is the first id of a multi-row INSERT, and InnoDB numbers a
-        plain INSERT ... VALUES consecutively (it reserves them all at once)."""
+        plain INSERT ... VALUES consecutively (it reserves them all at once).
+
+        On PostgreSQL the ids are in commit order whatever the number of daemons: each
+        takes EVENTS_LOCK first (held to its commit, in the commit's round trip when the
+        ids are not read), so a reader after an id never skips one committed later by
+        another daemon (server/events.py, EventHub.follow). One daemon alone waits on no
+        one: the lock costs it a function call in a string it sends anyway."""
+        if isinstance(self.db, PgDatabase):
+            self.db.defer(EVENTS_LOCK)
+        elif self.is_postgres:
+            self._exec(EVENTS_LOCK)
         if not read_ids and isinstance(self.db, PgDatabase):
             per = max(1, self.max_params // len(EVENT_COLUMNS))
             head = f"INSERT INTO event ({', '.join(EVENT_COLUMNS)}) VALUES "

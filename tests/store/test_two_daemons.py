@@ -147,3 +147,39 @@ def test_a_worker_that_moved_to_another_daemon_is_lost_only_by_the_one_it_is_wit
     assert Task.get_by_id(first).status == "running" and Task.get_by_id(first).worker == "w"
     # and B loses it when the worker goes silent there
     assert [info["id"] for info in other.release_worker("w", NOW + 9, "silent")] == [first]
+
+
+def test_events_are_numbered_in_commit_order_across_daemons(pg_url):
+    """PostgreSQL: a daemon records events only once the one before it has committed its
+    own (EVENTS_LOCK), so a reader after an id never skips one committed later.
+    (SQLite and MySQL serve one daemon: its events are in order.)"""
+    import threading
+
+    from martinet.store import Store, open_database
+
+    store, other = Store(open_database(pg_url)), Store(open_database(pg_url))
+    row = {"task_id": None, "name": None, "kind": "malformed", "at": NOW, "body": "{}"}
+    done: list[int] = []
+    try:
+        with store.atomic():
+            (mine,) = store.record_events([row])  # numbered, not committed yet
+            thread = threading.Thread(target=lambda: done.extend(_record_on(other, row)))
+            thread.start()
+            waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            for _ in range(1000):  # the other daemon waits for the lock (bounded: 10 s)
+                if store.db.execute_sql(waiting).fetchone()[0]:
+                    break
+                thread.join(0.01)
+            else:
+                raise AssertionError("the other daemon's events did not wait for this one's commit")
+            assert not done
+        thread.join(10)
+        assert done and done[0] > mine  # numbered after this one's commit
+    finally:
+        store.close()
+        other.close()
+
+
+def _record_on(store, row) -> list[int]:
+    with store.atomic():
+        return store.record_events([row])

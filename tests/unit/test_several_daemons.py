@@ -99,3 +99,40 @@ def test_a_worker_moves_to_the_next_daemon_and_its_running_task_goes_on_there(pg
     shown = second.m.show(tid)
     assert shown["daemon"] == second.m.ping()["epoch"]  # adopted by the second
     assert [a["outcome"] for a in shown["attempts"]] == ["succeeded"]  # one attempt, never lost
+
+
+def test_a_client_on_one_daemon_watches_every_daemons_events_in_order(pg_url, make_live):
+    """Events recorded through either daemon reach a client watching on the second, each
+    once and in the table's order (every daemon's events are numbered in commit order);
+    the first hears that the second's clients watch, and says when it records some."""
+    from martinet.store import open_database
+    from tests.unit.test_events import Seen, table
+
+    first, second = make_live(pg_url), make_live(pg_url)
+    first.worker()
+    second.worker()
+    cores = [live.m._embedded[0].core for live in (first, second)]
+    deadline = time.monotonic() + 10
+    while not all(core.hub.foreign for core in cores):
+        assert time.monotonic() < deadline, "the daemons never saw each other"  # (each tick, 1 s)
+        time.sleep(0.01)
+    seen = Seen()
+    second.m.on("any", seen)
+    start = second.m.ping()  # subscribed (the hook's listener starts with the first request)
+    assert start["epoch"] != first.m.ping()["epoch"]
+    tids = [first.m.execute("steps", {"n": 2}), second.m.execute("add", {"a": 1, "b": 1})]
+    tids += [first.m.execute("add", {"a": i, "b": 1}) for i in range(4)]
+    for tid in tids:
+        first.m.wait(tid, timeout=20)
+    items = seen.wait(lambda items: {e["id"] for e in items if e["event"] == "succeeded"} >= set(tids),
+                      what="every task's end, through either daemon")  # fmt: skip
+    assert cores[0].remote_watch_until > 0  # the first heard that the second's clients watch
+    ids = [e["event_id"] for e in items]
+    assert ids == sorted(set(ids))  # each once, in order
+    db = open_database(pg_url)
+    try:
+        kept = table(db, ids[0] - 1)
+    finally:
+        db.close()
+    assert ids == [row[0] for row in kept][: len(ids)]  # none skipped: the table's, from the first
+    assert [e["progress"] for e in items if e["id"] == tids[0] and e["event"] == "progress"] == [0.5, 1.0]
