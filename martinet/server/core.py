@@ -93,6 +93,7 @@ class Core(State):
         self.peers.begin()
         self.lanes.begin()
         self._turn_waits = []
+        self.made_ready = set()
         return (self.next_tick, self.overdue_after, self.next_wakeup, len(self.ended_elsewhere))
 
     def _rollback(self, saved: tuple[Any, ...], exc: Exception, out: Outbox, now: float) -> None:

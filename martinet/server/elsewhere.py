@@ -5,8 +5,10 @@ on others are looked at again (one they wait on may have ended before the depend
 was committed). Between daemons: a daemon whose client waits for a task asks the others
 to tell it when that task ends ("wait"), and they do ("ended"); a daemon whose clients
 watch events says so each tick ("watch"), and for a while the others say when they
-recorded events ("events"), which it then reads from the table (events.py). Nothing
-else goes between them, so a drain on several daemons no one watches costs no note."""
+recorded events ("events"), which it then reads from the table (events.py); a daemon
+that made tasks ready which no worker of its own takes now names their queues
+("queues"), so that the others' idle workers take them. Nothing else goes between
+them, so a drain of tasks the daemons' own workers take, watched by no one, costs no note."""
 
 from __future__ import annotations
 
@@ -49,10 +51,11 @@ def on_notes(core: State, notes: Sequence[dict[str, Any]] | None, out: Outbox, n
                 out.ended.extend(
                     i for i in wanted if (row := core.store.get_task(i)) and row.status in TERMINAL
                 )
-            queue = note.get("queue")
-            if isinstance(queue, str):
-                core.lanes.ready(queue)
-                core.dispatch_pending = True
+            queues = note.get("queues")
+            for queue in [note.get("queue"), *(queues if isinstance(queues, list) else ())]:
+                if isinstance(queue, str) and queue:
+                    core.lanes.ready(queue)
+                    core.dispatch_pending = True
             if isinstance(note.get("run_at"), (int, float)):
                 core.wakeup_dirty = True
             waiting += _ids(note.get("waiting"))
@@ -77,9 +80,11 @@ def _ids(value: Any) -> list[int]:
 
 
 def tell(core: State, out: Outbox, recorded: bool, now: float) -> None:
-    """What the other daemons asked to hear of this turn (one note, with its commit): the
-    tasks their clients wait for that ended, and that it recorded events while someone
-    watches there."""
+    """What the other daemons should hear of this turn (one note, with its commit): the
+    tasks their clients wait for that ended; that it recorded events, while someone
+    watches there; the queues in which it made tasks ready that no worker of its own
+    takes now (accepted for a name no worker here runs, or while every worker here is
+    busy; due, retried, lost), so that idle workers of another daemon take them at once."""
     note: dict[str, Any] = {}
     if core.remote_waits:
         told = core.remote_waits.intersection([*out.ended, *core.ended_elsewhere])
@@ -88,6 +93,9 @@ def tell(core: State, out: Outbox, recorded: bool, now: float) -> None:
             core.remote_waits -= told
     if recorded and now < core.remote_watch_until:
         note["events"] = True
+    if core.made_ready and core.other_daemons and core.store.is_postgres:
+        note["queues"] = sorted(core.made_ready)
+    core.made_ready = set()
     if note:
         core.store.announce({"from": core.epoch, **note})
 

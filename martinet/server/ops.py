@@ -53,16 +53,20 @@ def execute(r: Request) -> dict[str, Any] | None:
     core, h, now = r.core, r.header, r.now
     spec = check_task(h, core.limits, core.settings.max_attempts)
     task_id, created = core.store.submit(spec, now)
-    if spec.get("run_at") and spec["run_at"] > now:
+    queue = spec.get("queue") or DEFAULT_QUEUE
+    later = bool(spec.get("run_at") and spec["run_at"] > now)
+    if later:
         core.wakeup_dirty = True
-    core.lanes.ready(spec.get("queue") or DEFAULT_QUEUE)
+    core.lanes.ready(queue)
     core.dispatch_pending = True
     if created and log.isEnabledFor(logging.DEBUG):  # a task's life is in its events; iso() costs µs
         log.debug("task %s %s accepted (run at %s)", task_id, spec["name"], iso(spec.get("run_at") or now))
     reply: dict[str, Any] = {"id": task_id, "created": created}
-    warning = no_worker(core, spec["name"], spec.get("queue") or DEFAULT_QUEUE)
+    warning = no_worker(core, spec["name"], queue)
     if warning:
         reply["warning"] = warning
+    if created and not later and (warning or not core.peers.any_credit()):
+        core.made_ready.add(queue)  # no worker here takes it now: maybe another daemon's
     return reply
 
 
@@ -95,6 +99,10 @@ def execute_many(r: Request) -> dict[str, Any] | None:
         for name, queue in sorted(kinds)
         if (warning := no_worker(core, name, queue))
     ]
+    busy = not core.peers.any_credit()  # no worker here takes them now: maybe another daemon's
+    core.made_ready.update(w["queue"] for w in warnings)
+    if busy:
+        core.made_ready.update(queue for _name, queue in kinds)
     if warnings:  # by name and queue: the client gives each task its own
         reply["warnings"] = warnings
     return reply

@@ -75,6 +75,12 @@ def look_around(core: State, out: Outbox, now: float) -> None:
     }
     if serving:
         core.wakeup_dirty = True
+        if core.peers.any_credit():  # the others' ready tasks, should a note have been missed
+            if core.store.is_postgres:  # (notes name the queues: elsewhere.tell)
+                core.lanes.ready()
+            else:  # MySQL has no notes: the queues are looked for, while a worker has room
+                core.queues_ready()
+            core.dispatch_pending = True
     # Events: while others record them too, live subscribers follow the table (events.py),
     # read at least each tick; the others hear that this daemon's clients watch.
     foreign = bool(serving) and core.store.is_postgres

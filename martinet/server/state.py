@@ -69,6 +69,9 @@ class State:
         self.notes_lost = False  # a rolled back turn held other writers' notes (elsewhere.py)
         self.remote_waits: set[int] = set()  # tasks other daemons' clients wait for (elsewhere.py)
         self.remote_watch_until = 0.0  # until when other daemons' clients watch events (elsewhere.py)
+        # Queues in which this turn made tasks ready that other daemons' workers may take
+        # sooner than this daemon's (elsewhere.tell): said to them with the commit.
+        self.made_ready: set[str] = set()
         self.leases_to_end: dict[str, float] = {}  # daemons gone: when their leases end (presence.py)
         self.next_tick = 0.0
         self.rate_wakeup: float | None = None  # when a rate limit lets a waiting task start
@@ -209,6 +212,7 @@ class State:
         """Tasks became ready somewhere (due times came, retries, lost tasks): find where."""
         for queue in self.store.ready_queues():
             self.lanes.ready(queue)
+            self.made_ready.add(queue)
 
     def ended_all(self, infos: list[dict[str, Any]], now: float) -> list[int]:
         """Attempts that ended without a word from their worker: free their lanes."""
@@ -219,6 +223,7 @@ class State:
             if info["status"] in TERMINAL:  # dead: its waiters, and those of what waited on it, get an answer
                 self.ended_elsewhere.extend([info["id"], *settled["cancelled"]])
             self.lanes.ready(info["queue"])
+            self.made_ready.add(info["queue"])
             self.hub.pending.append(attempt_event(info))  # recorded with the turn (or the next)
             self.cancelled_events(self.hub.pending, settled["cancelled"])
         return [info["id"] for info in infos]

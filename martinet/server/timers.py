@@ -40,6 +40,7 @@ def run(core: State, out: Outbox, now: float) -> None:
             core.dispatch_pending = True
         for queue in core.store.promote_due(now, TIMER_LEAD):
             core.lanes.ready(queue)
+            core.made_ready.add(queue)
             core.dispatch_pending = True
         core.next_wakeup = core.store.next_wakeup(TIMER_LEAD)
     if core.rate_wakeup is not None and now >= core.rate_wakeup:

@@ -136,3 +136,21 @@ def test_a_client_on_one_daemon_watches_every_daemons_events_in_order(pg_url, ma
         db.close()
     assert ids == [row[0] for row in kept][: len(ids)]  # none skipped: the table's, from the first
     assert [e["progress"] for e in items if e["id"] == tids[0] and e["event"] == "progress"] == [0.5, 1.0]
+
+
+def test_a_task_accepted_by_a_daemon_without_its_worker_runs_at_once_on_another(pg_url, make_live):
+    """The second daemon has no worker for the task: it names the task's queue to the
+    others with its commit, and the first one's idle worker takes it at once, not at a
+    tick (an hour here) nor when something else happens to wake the first."""
+    slow = {"heartbeat_interval": 3600.0}
+    first = make_live(pg_url, **slow)
+    first.worker()
+    second = make_live(pg_url, **slow)  # its first tick, at once, finds the first serving
+    assert first.m.wait(first.m.execute("add", {"a": 0, "b": 0}), timeout=10) == 0  # the first's lanes: empty
+    deadline = time.monotonic() + 10
+    while not second.m._embedded[0].core.other_daemons:
+        assert time.monotonic() < deadline, "the second daemon never saw the first"
+        time.sleep(0.01)
+    tid = second.m.execute("add", {"a": 2, "b": 3})
+    assert tid.warning == "no connected worker handles 'add'"  # (to this daemon)
+    assert second.m.wait(tid, timeout=5) == 5

@@ -160,3 +160,21 @@ def test_the_leases_of_a_daemon_gone_silent_end_without_waiting_for_them_to_run_
     item = second.request("show", id=tid)["item"]
     assert item["status"] == "failed" and item["attempts"][0]["outcome"] == "lost"
     assert f"its daemon {first.server.epoch} stopped or went silent" in item["error"]["message"]
+
+
+def test_a_daemon_with_room_takes_what_another_accepted_within_a_tick(server_url, make_core):
+    """The second daemon has no worker for the task. On PostgreSQL it names the queue to
+    the others at once (tests/unit/test_several_daemons.py); should that note be missed,
+    and on MySQL, which has none, a daemon whose workers have room looks each tick."""
+    first = make_core(server_url)
+    first.hello("w", ["add"])
+    first.submit("add")
+    first.succeed(first.claim()["w"][0]["id"])
+    assert first.claim() == {}  # its lanes: the default queue is empty
+    second = make_core(server_url)
+    second.claim()  # a tick: the first serves
+    tid = second.submit("add")
+    first.now += 0.5
+    assert first.claim() == {}  # (not heard here: the harness takes no notes)
+    first.now += 0.6  # its next tick
+    assert [t["id"] for t in first.claim()["w"]] == [tid]
