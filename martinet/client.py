@@ -57,7 +57,8 @@ class Client:
     """A client of one daemon, or of several on one database: `url` may list them
     ("tcp://a:8008,tcp://b:8008"). A request then goes to one of them; when it gets no
     answer there (FIRST_TRY, or its port refuses connections on this host), its copies
-    go to the next one, and the calls after it too. A resend creates nothing twice
+    go to the next one, and the calls after it too (sooner when the call's timeout is
+    shorter than FIRST_TRY a daemon: it is shared out). A resend creates nothing twice
     whichever daemon reads it: request ids are decided by the shared database."""
 
     def __init__(self, url: str, timeout: float = Settings.timeout) -> None:
@@ -200,8 +201,9 @@ class Client:
         MAX_TRY seconds between resends, until its deadline. A local daemon that never
         answered this client has its port looked at (see PROBE_AFTER) from `started`."""
         rid, _frames, deadline = flying[0]
-        window = FIRST_TRY
         several = len(self.urls) > 1
+        # Several daemons: each gets its share of a short timeout, so the call reaches the next
+        window = min(FIRST_TRY, timeout / len(self.urls)) if several else FIRST_TRY
         refused: set[str] = set()  # daemons of the list whose port refused connections
         local = self._local_port if started is not None and not self._reached else None
         look_at = time.monotonic() + PROBE_AFTER if local else math.inf
