@@ -1,5 +1,5 @@
-"""Fault injection at scale. Tasks keep arriving while one of four mixes of faults
-plays, each on a fresh database with its own daemon and workers:
+"""Fault injection at scale. Tasks keep arriving while one of five mixes of faults
+plays, each on a fresh database with its own daemon (or daemons) and workers:
 
   kills    the daemon and workers are killed (-9) and restarted, and workers are
            frozen long enough to be declared gone, then thawed
@@ -10,10 +10,17 @@ plays, each on a fresh database with its own daemon and workers:
            thawed, several times, while healthy workers run tasks
   silent   a fake worker says hello, takes tasks, heartbeats and never answers;
            each task has a time limit, so the real workers should run them all
+  daemons  N daemons share one PostgreSQL database (127.0.0.1, 127.0.0.2, ... on the
+           same ports); workers and the client are given all of them. The daemon the
+           client talks to is killed (-9) and started again 1 to 3 s later, several
+           times, and frozen (SIGSTOP) once for 4 to 8 heartbeats; a schedule runs
+           every second meanwhile. Asked for by name or with --daemons N (N >= 2), and
+           only on a PostgreSQL --db: SQLite serves one daemon
 
     python scripts/chaos.py                               # every mix, about a minute
     python scripts/chaos.py --mix limited --tasks 1000 --duration 20
     python scripts/chaos.py --db postgresql://postgres@127.0.0.1/chaos
+    python scripts/chaos.py --daemons 3 --db postgresql://postgres@127.0.0.1/chaos
 
 After each mix, every accepted task must have reached an end: completed, or
 held for an operator (stalled) or dead, which here are failures too, since every
@@ -22,11 +29,20 @@ a task beyond the first are counted (delivery is at least once). A thread pings
 the daemon every 50 ms with a short timeout and records the longest time it got
 no answer, leaving out the time the mix froze or killed the daemon on purpose.
 
+With several daemons, the probe pings each of them and records the longest time
+none answered. The daemons mix also reports: runs beyond the first split by cause
+(an attempt lost with a killed daemon, with the frozen one, or other); the
+schedule's handler runs per due time (exactly one each); and failover times over
+the kills, p50 and p99: the client's longest `execute` call that overlapped a
+daemon's downtime, and the time from a kill to the first handler start of a task
+accepted after it.
+
 Prints one line per mix and the totals, and exits 1 if a task was lost, did not
-complete, or the daemon did not answer for longer than --max-gap. Every wait is
-bounded: a daemon that stops answering ends its mix. Talks only to 127.0.0.1,
-stops every process it started and removes its temporary files, also on Ctrl-C.
-A --db database is emptied of martinet's tables before each mix.
+complete, a schedule's due time ran twice, or the daemon did not answer for longer
+than --max-gap. Every wait is bounded: a daemon that stops answering ends its mix.
+Talks only to 127.0.0.x, stops every process it started and removes its temporary
+files, also on Ctrl-C. A --db database is emptied of martinet's tables before each
+mix.
 """
 
 from __future__ import annotations
@@ -35,6 +51,7 @@ import argparse
 import collections
 import contextlib
 import json
+import math
 import os
 import random
 import re
@@ -46,7 +63,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import zmq
@@ -61,7 +78,8 @@ from martinet.migrations import VERSION_TABLE  # noqa: E402
 from martinet.models import TABLES  # noqa: E402
 from martinet.protocol import Cmd  # noqa: E402
 
-MIXES = ("kills", "limited", "pauses", "silent")
+MIXES = ("kills", "limited", "pauses", "silent", "daemons")
+DEFAULT_MIXES = MIXES[:4]  # the daemons mix needs PostgreSQL: it runs when asked for
 WORKER_MAIN = "import sys; from martinet.cli import worker_main; sys.exit(worker_main())"
 END_STATES = ("succeeded", "dead", "cancelled")
 SETTLED = (*END_STATES, "stalled")  # nothing more happens to these without an operator
@@ -75,6 +93,15 @@ START_TIMEOUT = 20.0  # for a process to start and answer: generous, a loaded ma
 PROBE_EVERY = 0.05  # seconds between the probe's pings
 PROBE_TIMEOUT = 0.5  # a ping unanswered this long has failed
 RESTART_ALLOWANCE = 5.0  # seconds a restarted daemon may take to answer, counted as planned
+# The daemons mix: a killed daemon stays down longer than its workers' liveness (0.6 s), so
+# they move on, and at times longer than a client's first resend (client.FIRST_TRY, 2 s), so
+# it moves on too; a freeze passes the 3 beats after which the others call a daemon silent,
+# and at times the 3 more after which they end its leases.
+DOWN = (1.0, 3.0)  # seconds
+FREEZE = (4, 8)  # heartbeats
+# Seconds each fault takes on average, until its daemon answers again (a restart ~0.5 s):
+# the gaps between faults are what is left of the load's time once they are counted.
+TAKES = {"kill": sum(DOWN) / 2 + 0.5, "freeze": sum(FREEZE) / 2 * HEARTBEAT + 0.1}
 
 # The limited mix: the limits declared in chaos_limited.py, and the queues' own.
 NAME_LIMITS = {"chaos.capped": (1, None), "chaos.rated": (None, (5, 1.0)), "chaos.both": (2, (8, 1.0))}
@@ -116,40 +143,51 @@ class Outages:
 
 
 class Probe:
-    """Pings the daemon every PROBE_EVERY seconds from a thread of its own, and keeps the
-    longest time between two answers, whole and without the planned outages in it."""
+    """Pings each daemon every PROBE_EVERY seconds, from a thread for each (one silent
+    daemon must not delay the pings of the others), and keeps the longest time between two
+    answers from any of them, whole and without the planned outages in it."""
 
-    def __init__(self, url: str, outages: Outages) -> None:
-        self.url, self.outages = url, outages
+    def __init__(self, urls: list[str], outages: Outages) -> None:
+        self.urls, self.outages = urls, outages
         self.longest = 0.0
         self.longest_unplanned = 0.0
         self.pings = self.failed = 0
         self.last_ok = time.monotonic()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="chaos-probe", daemon=True)
+        self._threads = [threading.Thread(target=self._run, args=(url,), name=f"chaos-probe-{url}", daemon=True)
+                         for url in urls]  # fmt: skip
 
     def start(self) -> Probe:
         self.last_ok = time.monotonic()
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
-    def _run(self) -> None:
-        client = martinet.Martinet.connect(self.url, timeout=PROBE_TIMEOUT)
+    def _run(self, url: str) -> None:
+        client = martinet.Martinet.connect(url, timeout=PROBE_TIMEOUT)
         try:
             while not self._stop.is_set():
                 sent = time.monotonic()
-                self.pings += 1
                 try:
                     client.ping()
                 except martinet.DaemonUnavailable:
-                    self.failed += 1
+                    self._count(ok=False)
                 else:
-                    now = time.monotonic()
-                    self._gap(self.last_ok, now)
-                    self.last_ok = now
+                    self._count(ok=True)
                 self._stop.wait(max(0.0, sent + PROBE_EVERY - time.monotonic()))
         finally:
             client.close()
+
+    def _count(self, ok: bool) -> None:
+        with self._lock:
+            self.pings += 1
+            if not ok:
+                self.failed += 1
+                return
+            now = time.monotonic()
+            self._gap(self.last_ok, now)
+            self.last_ok = now
 
     def _gap(self, start: float, end: float) -> None:
         self.longest = max(self.longest, end - start)
@@ -162,17 +200,25 @@ class Probe:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(PROBE_TIMEOUT + 5)
-        self._gap(self.last_ok, time.monotonic())  # a silence that lasted to the end counts too
+        deadline = time.monotonic() + PROBE_TIMEOUT + 5
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            self._gap(self.last_ok, time.monotonic())  # a silence that lasted to the end counts too
 
 
 class Fleet:
-    """The processes of one mix: a daemon and workers, all on 127.0.0.1."""
+    """The processes of one mix: its daemons and workers. One daemon listens on 127.0.0.1;
+    several (on one PostgreSQL database) on 127.0.0.1, 127.0.0.2, ... with the same ports,
+    since a worker reaches every daemon of its list on one worker port and one status port."""
 
-    def __init__(self, workdir: Path, db: str, modules: list[str], say: Callable, outages: Outages) -> None:
+    def __init__(self, workdir: Path, db: str, modules: list[str], say: Callable, outages: Outages,
+                 daemons: int = 1) -> None:  # fmt: skip
         self.dir, self.db, self.modules, self.say, self.outages = workdir, db, modules, say, outages
         self.ports = free_ports(3)
-        self.url = f"tcp://127.0.0.1:{self.ports[0]}"
+        self.hosts = [f"127.0.0.{i + 1}" for i in range(daemons)]  # Linux routes all of 127/8 to loopback
+        self.urls = [f"tcp://{host}:{self.ports[0]}" for host in self.hosts]
+        self.url = ",".join(self.urls)  # a client of every daemon, moving on when one does not answer
         self.env = {
             **os.environ,
             **FAST,
@@ -181,7 +227,7 @@ class Fleet:
             "MARTINET_STATE_DIR": str(workdir / "state"),  # a killed worker's successor takes its journal
         }
         self.log = open(workdir / "processes.log", "ab")  # noqa: SIM115
-        self.daemon: subprocess.Popen | None = None
+        self.daemons: list[subprocess.Popen | None] = [None] * daemons
         self.workers: list[tuple[subprocess.Popen, list[str]]] = []
         self.started: list[subprocess.Popen] = []  # everything ever started, to be sure all stop
 
@@ -190,14 +236,17 @@ class Fleet:
         self.started.append(proc)
         return proc
 
-    def start_daemon(self) -> None:
-        flags = ["--client-port", str(self.ports[0]), "--worker-port", str(self.ports[1]),
-                 "--status-port", str(self.ports[2])]  # fmt: skip
-        self.daemon = self._popen([sys.executable, "-m", "martinet", "serve", "--db", self.db, *flags])
+    def start_daemon(self, i: int = 0) -> None:
+        flags = ["--bind", self.hosts[i], "--client-port", str(self.ports[0]),
+                 "--worker-port", str(self.ports[1]), "--status-port", str(self.ports[2])]  # fmt: skip
+        self.daemons[i] = self._popen([sys.executable, "-m", "martinet", "serve", "--db", self.db, *flags])
 
     def start_worker(self, extra: list[str] = ()) -> subprocess.Popen:
         args = [sys.executable, "-c", WORKER_MAIN, *self.modules, "--concurrency", "4",
                 "--worker-port", str(self.ports[1]), "--status-port", str(self.ports[2]), *extra]  # fmt: skip
+        if len(self.hosts) > 1:  # every daemon, each worker from another first: each daemon has some
+            first = len(self.workers) % len(self.hosts)
+            args += ["--connect", ",".join(self.hosts[first:] + self.hosts[:first])]
         proc = self._popen(args)
         self.workers.append((proc, list(extra)))
         return proc
@@ -205,22 +254,35 @@ class Fleet:
     def alive_workers(self) -> list[tuple[subprocess.Popen, list[str]]]:
         return [(p, extra) for p, extra in self.workers if p.poll() is None]
 
-    def kill_daemon(self) -> None:
+    @contextlib.contextmanager
+    def _outage(self, extra: float = 0.0) -> Iterator[None]:
+        """A planned outage while the body runs, and `extra` seconds after it; with one daemon
+        only: with several, one daemon down is no outage, since the others answer."""
+        if len(self.daemons) > 1:
+            yield
+            return
         window = self.outages.begin()
-        self.daemon.kill()
-        self.daemon.wait()
-        time.sleep(random.uniform(0.1, 0.5))  # an outage: submissions fail and retry meanwhile
-        self.start_daemon()
-        self.outages.end(window, RESTART_ALLOWANCE)
-
-    def pause_daemon(self, seconds: float) -> None:
-        window = self.outages.begin()
-        self.daemon.send_signal(signal.SIGSTOP)
         try:
-            time.sleep(seconds)
+            yield
         finally:
-            self.daemon.send_signal(signal.SIGCONT)
-            self.outages.end(window)
+            self.outages.end(window, extra)
+
+    def kill_daemon(self, i: int = 0, down: float | None = None) -> None:
+        """Kill daemon i (-9) and start it again `down` seconds later (default: a short outage,
+        during which submissions fail and retry)."""
+        with self._outage(RESTART_ALLOWANCE):
+            self.daemons[i].kill()
+            self.daemons[i].wait()
+            time.sleep(random.uniform(0.1, 0.5) if down is None else down)
+            self.start_daemon(i)
+
+    def pause_daemon(self, seconds: float, i: int = 0) -> None:
+        with self._outage():
+            self.daemons[i].send_signal(signal.SIGSTOP)
+            try:
+                time.sleep(seconds)
+            finally:
+                self.daemons[i].send_signal(signal.SIGCONT)
 
     def kill_worker(self) -> None:
         victim, extra = random.choice(self.alive_workers())
@@ -245,7 +307,7 @@ class Fleet:
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
                 p.send_signal(signal.SIGCONT)
-                p.send_signal(signal.SIGKILL if hard and p is self.daemon else signal.SIGTERM)
+                p.send_signal(signal.SIGKILL if hard and p in self.daemons else signal.SIGTERM)
         deadline = time.monotonic() + 10
         for p in procs:
             try:
@@ -352,6 +414,39 @@ class Statuses:
         reasons = (re.sub(r"[0-9.]+s\b", "Ns", (m or "?").split(" (worker")[0]) for (m,) in rows)
         return dict(collections.Counter(reasons))
 
+    def first_starts(self) -> dict[int, float]:
+        """task id -> when a handler first started it, as its daemon recorded the start
+        (epoch seconds; the worker reports a start as it happens)."""
+        self.db.connect(reuse_if_open=True)
+        rows = self.db.execute_sql(
+            "SELECT task_id, MIN(started_at) FROM attempt WHERE started_at IS NOT NULL GROUP BY task_id"
+            " UNION ALL SELECT id, started_at FROM task WHERE started_at IS NOT NULL"
+        ).fetchall()
+        out: dict[int, float] = {}
+        for task_id, started in rows:
+            out[task_id] = min(started, out.get(task_id, started))
+        return out
+
+    def lost_with_daemons(self) -> dict[int, set[int]]:
+        """task id -> the pids of the daemons whose end ended an attempt of it as lost
+        (Store.release_daemon: "its daemon ID stopped or went silent")."""
+        self.db.connect(reuse_if_open=True)
+        pids = dict(self.db.execute_sql("SELECT id, pid FROM daemon").fetchall())
+        rows = self.db.execute_sql("SELECT task_id, error_message FROM attempt WHERE outcome = 'lost'")
+        out: dict[int, set[int]] = collections.defaultdict(set)
+        for task_id, message in rows:
+            found = re.match(r"its daemon (\S+) stopped or went silent", message or "")
+            if found and found[1] in pids:
+                out[task_id].add(pids[found[1]])
+        return out
+
+    def schedule_runs(self) -> list[tuple[int, float, str]]:
+        """(task id, due time, status) of every task a schedule made."""
+        self.db.connect(reuse_if_open=True)
+        return self.db.execute_sql(
+            "SELECT id, due_at, status FROM task WHERE schedule_id IS NOT NULL"
+        ).fetchall()
+
     def close(self) -> None:
         self.db.close()
 
@@ -360,15 +455,19 @@ class Run:
     """One mix: its processes, its probe, its client, what was accepted and what ran."""
 
     def __init__(self, mix: str, workdir: Path, db: str, modules: list[str], args: argparse.Namespace,
-                 say: Callable) -> None:  # fmt: skip
+                 say: Callable, daemons: int = 1) -> None:  # fmt: skip
         self.mix, self.dir, self.db, self.args, self.say = mix, workdir, db, args, say
         self.outages = Outages()
-        self.fleet = Fleet(workdir, db, modules, say, self.outages)
+        self.fleet = Fleet(workdir, db, modules, say, self.outages, daemons)
         self.runs_file = workdir / "runs.txt"
         self.accepted: set[int] = set()  # ids of the tasks accepted
+        self.accepted_at: dict[int, float] = {}  # task id -> when it was accepted (epoch seconds)
+        self.calls: list[tuple[float, float]] = []  # each submit: when it began and was accepted (monotonic)
+        self.awaited: set[int] = set()  # other tasks that must end too (a schedule's runs)
         self.stop = threading.Event()
         self.probe: Probe | None = None
-        self.client: martinet.Martinet | None = None
+        self.client: martinet.Martinet | None = None  # of every daemon (see Fleet.url)
+        self.each: list[martinet.Martinet] = []  # a client of each daemon alone
         self.hung: str | None = None  # why the mix was cut short
         self.error: str | None = None  # what stopped it otherwise
         self.started = time.monotonic()
@@ -381,29 +480,41 @@ class Run:
         return f"[{self.mix} {time.monotonic() - self.started:5.1f}s]"
 
     def open(self, workers: list[list[str]]) -> None:
-        self.fleet.start_daemon()
         # A call the daemon does not answer ends within the time a mix waits for it anyway.
-        self.client = martinet.Martinet.connect(self.fleet.url, timeout=min(5.0, self.args.hang_after))
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                self.client.ping()
-                break
-            except martinet.DaemonUnavailable:
-                if time.monotonic() > deadline or self.fleet.daemon.poll() is not None:
-                    raise RuntimeError(
-                        f"the daemon did not start; see {self.dir / 'processes.log'}"
-                    ) from None
-        self.probe = Probe(self.fleet.url, self.outages).start()
+        timeout = min(5.0, self.args.hang_after)
+        self.client = martinet.Martinet.connect(self.fleet.url, timeout=timeout)
+        self.each = [martinet.Martinet.connect(url, timeout=timeout) for url in self.fleet.urls]
+        for i in range(len(self.fleet.daemons)):
+            self.fleet.start_daemon(i)
+        for i in range(len(self.fleet.daemons)):
+            self.wait_serving(i)
+        self.probe = Probe(self.fleet.urls, self.outages).start()
         for extra in workers:
             self.fleet.start_worker(extra)
 
-    def wait_workers(self, n: int) -> None:
+    def wait_serving(self, i: int) -> None:
+        """Wait until daemon i answers at its own address (bounded: START_TIMEOUT)."""
         deadline = time.monotonic() + START_TIMEOUT
         while True:
-            with contextlib.suppress(martinet.DaemonUnavailable):
-                if self.client.ping()["workers"] >= n:
-                    return
+            try:
+                self.each[i].ping()
+                return
+            except martinet.DaemonUnavailable:
+                if time.monotonic() > deadline or self.fleet.daemons[i].poll() is not None:
+                    raise RuntimeError(
+                        f"the daemon on {self.fleet.hosts[i]} did not start; see {self.dir / 'processes.log'}"
+                    ) from None
+
+    def wait_workers(self, n: int) -> None:
+        """Wait until n workers are connected, to any of the daemons."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            connected = 0
+            for client in self.each:
+                with contextlib.suppress(martinet.DaemonUnavailable):
+                    connected += client.ping()["workers"]
+            if connected >= n:
+                return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{n} workers did not connect within {START_TIMEOUT:g}s")
             time.sleep(0.05)
@@ -428,12 +539,20 @@ class Run:
 
     def submit(self, tasks: list[tuple[dict, dict]], request_id: str) -> bool:
         """Submit a batch until it is accepted (the same request ids: never created twice), or
-        until the mix stops. True if accepted."""
+        until the mix stops. True if accepted. One task goes in a plain `execute` call."""
+        began = time.monotonic()
         while not self.stop.is_set():
             try:
-                ids = self.client.execute_many(tasks, request_id=request_id)
+                if len(tasks) == 1:
+                    ids = [self.client.execute(*tasks[0], request_id=request_id)]
+                else:
+                    ids = self.client.execute_many(tasks, request_id=request_id)
             except martinet.DaemonUnavailable:
                 continue
+            self.calls.append((began, time.monotonic()))
+            accepted_at = time.time()
+            for tid in map(int, ids):
+                self.accepted_at.setdefault(tid, accepted_at)
             self.accepted.update(int(tid) for tid in ids)
             return True
         return False
@@ -472,7 +591,9 @@ class Run:
                     now = statuses.read()
                 except RuntimeError:
                     now = {}
-                unsettled = sum(1 for t in self.accepted if now.get(t, ("?",))[0] not in SETTLED)
+                unsettled = sum(
+                    1 for t in self.accepted | self.awaited if now.get(t, ("?",))[0] not in SETTLED
+                )
                 if not unsettled:
                     return
                 if left is None or unsettled < left:
@@ -488,8 +609,9 @@ class Run:
         self.stop.set()
         if self.probe is not None:
             self.probe.stop()
-        if self.client is not None:
-            self.client.close()
+        for client in [self.client, *self.each]:
+            if client is not None:
+                client.close()
         self.fleet.stop(hard=self.hung is not None)
 
     def result(self) -> dict:
@@ -564,17 +686,24 @@ def failures(result: dict, max_gap: float) -> list[str]:
                    f"(it declared {result['silent_capacity']})")  # fmt: skip
     for breach in result.get("limit_breaches", ()):
         out.append(f"limit exceeded: {breach}")
+    schedule = result.get("schedule") or {}
+    if schedule.get("ran_twice"):
+        out.append(f"the schedule ran {len(schedule['ran_twice'])} due times more than once "
+                   f"(due at {', '.join(map(str, schedule['ran_twice'][:5]))})")  # fmt: skip
+    if schedule.get("not_completed"):
+        out.append(f"{schedule['not_completed']} runs of the schedule did not complete")
     return out
 
 
 def _mix(mix: str, args: argparse.Namespace, workdir: Path, say: Callable, modules: list[str],
-         workers: list[list[str]], body: Callable[[Run], None], post: Callable | None = None) -> dict:  # fmt: skip
+         workers: list[list[str]], body: Callable[[Run], None], post: Callable | None = None,
+         daemons: int = 1) -> dict:  # fmt: skip
     mixdir = workdir / mix
     mixdir.mkdir(parents=True, exist_ok=True)
     db = args.db or f"sqlite:///{mixdir / 'chaos.db'}"
     if args.db:
         reset_db(db)
-    run = Run(mix, mixdir, db, modules, args, say)
+    run = Run(mix, mixdir, db, modules, args, say, daemons)
     try:
         run.open(workers)
         body(run)
@@ -786,7 +915,180 @@ def run_silent(args: argparse.Namespace, workdir: Path, say: Callable = print) -
             started.stop()
 
 
-RUNNERS = {"kills": run_kills, "limited": run_limited, "pauses": run_pauses, "silent": run_silent}
+def daemons_problem(args: argparse.Namespace) -> str | None:
+    """Why the daemons mix cannot run with these arguments, or None."""
+    if args.daemons is not None and args.daemons < 2:
+        return f"--daemons {args.daemons}: the daemons mix runs 2 or more daemons"
+    if not (args.db or "").startswith("postgres"):
+        return ("the daemons mix (--daemons N) needs a PostgreSQL --db (postgresql://...): "
+                "several daemons share one PostgreSQL database, and SQLite serves one daemon")  # fmt: skip
+    return None
+
+
+def run_daemons(args: argparse.Namespace, workdir: Path, say: Callable = print) -> dict:
+    """Several daemons on one PostgreSQL database: the one the client talks to killed (-9)
+    and started again, several times, and once frozen; a schedule runs every second."""
+    problem = daemons_problem(args)
+    if problem:
+        raise ValueError(problem)
+    faults: list[dict] = []
+
+    def body(run: Run) -> None:
+        run.wait_workers(args.workers)
+        spec = {"name": "chaos.work", "max_attempts": 20}
+        argv = {"runs_file": str(run.runs_file)}
+        schedule = run.client.every(1, spec, argv, request_id="chaos-daemons-every")
+        submitter = run.submitter(lambda i: ([(spec, argv)], f"chaos-daemons-{i}"), args.tasks, args.duration)
+        load_ends = time.monotonic() + args.duration * 0.7
+        plan = ["kill"] * args.kills
+        plan.insert(1, "freeze")
+        for k, fault in enumerate(plan):
+            # Spread over what is left of the load, each fault once the client is over the one
+            # before (a call of its began after it and was answered): their figures are apart.
+            spare = load_ends - time.monotonic() - sum(TAKES[f] for f in plan[k:])
+            if not run.sleep(random.uniform(0.5, 1.0) * max(0.0, spare) / (len(plan) - k + 1)):
+                break
+            since = faults[-1]["back"] if faults else 0.0
+            while submitter.is_alive() and not any(begin > since for begin, _ in run.calls[-3:]):
+                if not run.sleep(0.02):
+                    break
+            if not submitter.is_alive() or run.hung:  # faults under load only
+                break
+            faults.append(daemon_fault(run, fault))
+            say(f"{run.at()} fault {k + 1}/{len(plan)}: {fault} the daemon on {faults[-1]['daemon']}")
+        run.join(submitter)
+        end_schedule(run, schedule)
+
+    def post(run: Run, result: dict) -> None:
+        result.update(daemons_figures(run, faults))
+
+    n = args.daemons or 2
+    return _mix("daemons", args, workdir, say, ["chaos_tasks"], [[]] * args.workers, body, post, daemons=n)
+
+
+def daemon_fault(run: Run, fault: str) -> dict:
+    """Kill (-9) or freeze the daemon the submitting client talks to now. A killed one
+    starts again DOWN seconds later, a frozen one is thawed after FREEZE heartbeats; either
+    way the fault lasts until it answers again, so that one daemon at most is down at once."""
+    fleet = run.fleet
+    i = fleet.urls.index(run.client.client.url)
+    pid, at, wall = fleet.daemons[i].pid, time.monotonic(), time.time()
+    if fault == "kill":
+        fleet.kill_daemon(i, down=random.uniform(*DOWN))
+    else:
+        fleet.pause_daemon(random.uniform(*FREEZE) * HEARTBEAT, i)
+    run.wait_serving(i)
+    return {
+        "fault": fault,
+        "daemon": fleet.hosts[i],
+        "pid": pid,
+        "at": at,
+        "wall": wall,
+        "back": time.monotonic(),
+    }
+
+
+def end_schedule(run: Run, schedule: str) -> None:
+    """Remove the schedule (asking again while no daemon answers, within --hang-after), and
+    have the mix wait for the runs it made."""
+    while run.check():
+        try:
+            run.client.revoke(schedule)
+            break
+        except martinet.DaemonUnavailable:
+            continue
+    statuses = Statuses(run.db)
+    try:
+        run.awaited.update(task_id for task_id, _, _ in statuses.schedule_runs())
+    finally:
+        statuses.close()
+
+
+def daemons_figures(run: Run, faults: list[dict]) -> dict:
+    """What the daemons mix reports beyond the common figures: failover times, runs beyond
+    the first by cause, and the schedule's runs per due time."""
+    statuses = Statuses(run.db)
+    try:
+        starts, lost_with, schedule = (
+            statuses.first_starts(),
+            statuses.lost_with_daemons(),
+            statuses.schedule_runs(),
+        )
+    finally:
+        statuses.close()
+    runs = read_runs(run.runs_file)
+    for fault in faults:
+        fault.update(failover(fault, run.calls, run.accepted_at, starts))
+    kills = [f for f in faults if f["fault"] == "kill"]
+    killed, frozen = ({f["pid"] for f in faults if f["fault"] == kind} for kind in ("kill", "freeze"))
+    causes: collections.Counter = collections.Counter()
+    for task_id, n in runs.items():
+        if n > 1 and task_id in run.accepted:
+            pids = lost_with.get(task_id, set())
+            causes["killed daemon" if pids & killed else "frozen daemon" if pids & frozen else "other"] += 1
+    return {
+        "daemons": len(run.fleet.daemons),
+        "faults": dict(collections.Counter(f["fault"] for f in faults)),
+        "duplicated_by_cause": dict(causes),
+        "failover": {
+            "client_call": percentiles([f["longest_call"] for f in kills]),
+            "first_start": percentiles([f["first_start_after"] for f in kills]),
+        },
+        "fault_log": [_logged(f, run.started) for f in faults],
+        "schedule": schedule_figures(schedule, runs),
+    }
+
+
+def _logged(fault: dict, started: float) -> dict:
+    """A fault as the result shows it: what, where, when (seconds into the mix), how long."""
+    shown = {key: fault[key] for key in ("fault", "daemon", "longest_call", "first_start_after")}
+    return {**shown, "at": round(fault["at"] - started, 1), "for": round(fault["back"] - fault["at"], 2)}
+
+
+def failover(fault: dict, calls: list[tuple[float, float]], accepted_at: dict[int, float],
+             starts: dict[int, float]) -> dict:  # fmt: skip
+    """For one fault: the longest submit call that overlapped the daemon's downtime (from
+    the fault until it answered again), and the time from the fault to the first handler
+    start of a task accepted after it (None when no call or no such task)."""
+    spanning = [end - begin for begin, end in calls if begin < fault["back"] and end > fault["at"]]
+    after = [
+        starts[t] for t, at in accepted_at.items() if at > fault["wall"] and starts.get(t, 0) > fault["wall"]
+    ]
+    return {
+        "longest_call": round(max(spanning), 3) if spanning else None,
+        "first_start_after": round(min(after) - fault["wall"], 3) if after else None,
+    }
+
+
+def percentiles(values: list[float | None]) -> dict:
+    """p50 and p99 (nearest rank) of the values that are not None, and how many there were."""
+    known = sorted(v for v in values if v is not None)
+
+    def rank(p: int) -> float | None:
+        return known[max(0, math.ceil(len(known) * p / 100) - 1)] if known else None
+
+    return {"p50": rank(50), "p99": rank(99), "n": len(known)}
+
+
+def schedule_figures(rows: list[tuple[int, float, str]], runs: collections.Counter) -> dict:
+    """The schedule's handler runs per due time (each must run exactly once), its due times
+    that ran more than once, those it skipped (it runs every second), and its runs that
+    did not complete."""
+    per_due: collections.Counter = collections.Counter()
+    for task_id, due, _ in rows:
+        per_due[due] += runs.get(task_id, 0)
+    dues = sorted(per_due)
+    return {
+        "due_times": len(dues),
+        "runs_per_due_time": dict(sorted(collections.Counter(per_due.values()).items())),
+        "ran_twice": [due for due in dues if per_due[due] > 1],
+        "skipped_due_times": sum(round(b - a) - 1 for a, b in zip(dues, dues[1:], strict=False)),
+        "not_completed": sum(1 for _, _, status in rows if status != "succeeded"),
+    }
+
+
+RUNNERS = {"kills": run_kills, "limited": run_limited, "pauses": run_pauses, "silent": run_silent,
+           "daemons": run_daemons}  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:
@@ -796,7 +1098,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=8.0, help="seconds over which they arrive (default 8)")
     p.add_argument("--workers", type=int, default=2, help="real workers in each mix (default 2)")
     p.add_argument("--kills", type=int, default=6,
-                   help="kills mix: faults to inject (daemon kill -9, worker kill -9, cut-off); default 6")  # fmt: skip
+                   help="kills mix: faults to inject (daemon kill -9, worker kill -9, cut-off); daemons mix: "
+                   "daemons to kill -9 (as many as fit while tasks arrive); default 6")  # fmt: skip
+    p.add_argument("--daemons", type=int, metavar="N",
+                   help="daemons mix: N >= 2 daemons on the PostgreSQL --db (default 2); without --mix, "
+                   "that mix alone. The other mixes run one daemon")  # fmt: skip
     p.add_argument("--pauses", type=int, default=4, help="pauses mix: times the daemon is frozen (default 4)")
     p.add_argument("--silent-capacity", type=int, default=8, help="silent mix: the fake worker's slots")
     p.add_argument("--max-gap", type=float, default=5.0,
@@ -867,9 +1173,32 @@ def summary(results: list[dict]) -> list[str]:
     return lines
 
 
+def details(result: dict) -> list[str]:
+    """The daemons mix's own figures, below the table."""
+    if "failover" not in result:
+        return []
+    schedule, fail, causes = result["schedule"], result["failover"], result["duplicated_by_cause"]
+
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    return [
+        f"{result['mix']}: {result['daemons']} daemons; faults {result['faults']}",
+        f"  run twice: {result['duplicated']} tasks ({', '.join(f'{n} {c}' for c, n in causes.items()) or 'none'})",
+        f"  schedule: {schedule['due_times']} due times, runs per due time {schedule['runs_per_due_time']},"
+        f" ran twice {len(schedule['ran_twice'])}, skipped {schedule['skipped_due_times']}",
+        f"  failover over {fail['client_call']['n']} kills, p50/p99: longest client call"
+        f" {seconds(fail['client_call']['p50'])}/{seconds(fail['client_call']['p99'])} s; kill to first start"
+        f" {seconds(fail['first_start']['p50'])}/{seconds(fail['first_start']['p99'])} s",
+    ]
+
+
 def main() -> int:
-    args = parser().parse_args()
-    mixes = [m for m in MIXES if m in (args.mix or MIXES)]
+    p = parser()
+    args = p.parse_args()
+    mixes = [m for m in MIXES if m in (args.mix or (("daemons",) if args.daemons else DEFAULT_MIXES))]
+    if "daemons" in mixes and daemons_problem(args):
+        p.error(daemons_problem(args))
 
     def interrupted(signum, frame):
         raise KeyboardInterrupt  # stop like Ctrl-C: every process and file cleaned up
@@ -881,7 +1210,7 @@ def main() -> int:
     except KeyboardInterrupt:
         print("interrupted: every process started was stopped", file=sys.stderr)
         return 130
-    for line in summary(results):
+    for line in [*summary(results), *(line for r in results for line in details(r))]:
         print(line)
     if args.json:
         for r in results:

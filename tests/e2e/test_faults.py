@@ -65,6 +65,35 @@ def test_each_new_chaos_mix_ends_bounded_and_reports(mix, tmp_path, capsys):
     assert result["completed"] == result["accepted"] > 0
 
 
+def test_daemons_killed_and_frozen_on_one_postgresql_lose_nothing(pg_url, tmp_path, capsys):
+    # Given two daemons on one PostgreSQL, two workers and a client given both, and a
+    # schedule every second: the client's daemon is killed -9 twice and frozen once while
+    # 150 tasks arrive. Every accepted task completes, each due time runs once, and each
+    # kill has its failover figures.
+    args = chaos.parser().parse_args(
+        ["--daemons", "2", "--tasks", "150", "--duration", "12", "--kills", "2", "--db", pg_url]
+    )
+    started = time.monotonic()
+    (result,) = chaos.run_mixes(args, ["daemons"], tmp_path, say=lambda s: None)
+    with capsys.disabled():
+        print(f"\nchaos daemons: {json.dumps(result)}")
+    assert time.monotonic() - started < 40
+    assert _children_alive() == []
+    assert result["faults"] == {"kill": 2, "freeze": 1}
+    assert result["accepted"] == result["unique_ids"] == result["completed"] == 150
+    assert result["failures"] == []  # nothing lost, all completed, no due time ran twice
+    assert result["schedule"]["due_times"] > 0 and set(result["schedule"]["runs_per_due_time"]) == {1}
+    assert result["failover"]["client_call"]["n"] == result["failover"]["first_start"]["n"] == 2
+    assert sum(result["duplicated_by_cause"].values()) == result["duplicated"]
+
+
+def test_the_daemons_mix_asks_for_postgresql():
+    args = chaos.parser().parse_args(["--daemons", "2"])
+    assert "needs a PostgreSQL --db" in chaos.daemons_problem(args)
+    with pytest.raises(ValueError, match="SQLite serves one daemon"):
+        chaos.run_daemons(args, Path("/nonexistent"))
+
+
 def _mutations(rng: random.Random) -> list[list[bytes]]:
     valid = [
         protocol.encode(Cmd.REQUEST, {"op": "get", "id": 1, "rid": "r"}),
