@@ -66,12 +66,13 @@ def test_each_new_chaos_mix_ends_bounded_and_reports(mix, tmp_path, capsys):
 
 
 def test_daemons_killed_and_frozen_on_one_postgresql_lose_nothing(pg_url, tmp_path, capsys):
-    # Given two daemons on one PostgreSQL, two workers and a client given both, and a
-    # schedule every second: the client's daemon is killed -9 twice and frozen once while
-    # 150 tasks arrive. Every accepted task completes, each due time runs once, and each
-    # kill has its failover figures.
+    # Given three daemons on one PostgreSQL, two workers (so one daemon has none) and a
+    # client given all, and a schedule every second: the client's daemon is killed -9
+    # twice and frozen once while 150 tasks arrive. Every accepted task completes, each
+    # due time runs once, and each kill has its failover figures. (Two daemons:
+    # tests/e2e/test_several_daemons.py.)
     args = chaos.parser().parse_args(
-        ["--daemons", "2", "--tasks", "150", "--duration", "12", "--kills", "2", "--db", pg_url]
+        ["--daemons", "3", "--tasks", "150", "--duration", "12", "--kills", "2", "--db", pg_url]
     )
     started = time.monotonic()
     (result,) = chaos.run_mixes(args, ["daemons"], tmp_path, say=lambda s: None)
