@@ -85,6 +85,9 @@ class Settings:
     # The zone of naive datetimes and wall-clock expressions ("tomorrow at 9am").
     timezone: str = "UTC"
     log_level: str = "INFO"
+    # Prometheus metrics and health checks (/metrics, /healthz, /readyz) on HOST:PORT, such
+    # as 127.0.0.1:9108; empty: none (server/metrics.py). Port 0: any free one.
+    metrics: str = ""
     # Per-queue settings from the config file's [queues.NAME] tables:
     # {name: {"order": "fifo", "weight": 2, "concurrency": 8, "rate": "100/minute", "paused": False}},
     # only the keys the file sets. Not read from the environment.
@@ -301,6 +304,23 @@ def worker_endpoint(settings: Settings) -> tuple[str, int, int]:
     return host, port, status
 
 
+def metrics_address(value: str) -> tuple[str, int] | None:
+    """(host, port) of the `metrics` setting, HOST:PORT (port 0: any free one), or None
+    when it is empty (no metrics)."""
+    if not value:
+        return None
+    example = "HOST:PORT, like 127.0.0.1:9108"
+    head, _sep, tail = value.rpartition(":")
+    if tail == "0" and head:
+        scheme, host, _port = _address(head, "metrics", example)
+        port: int | None = 0
+    else:
+        scheme, host, port = _address(value, "metrics", example)
+    if scheme or port is None or not host:
+        raise ConfigError(f"setting 'metrics': {value!r} is not HOST:PORT; write {example}")
+    return host.strip("[]"), port
+
+
 def check(settings: Settings) -> Settings:
     """Refuse values that would make the daemon or a worker misbehave."""
     s = settings
@@ -332,6 +352,7 @@ def check(settings: Settings) -> Settings:
     for key in ("keep_finished", "keep_dead", "keep_events"):
         keep_seconds(key, getattr(s, key))
     check_url(s.url)
+    metrics_address(s.metrics)
     worker_endpoint(s)
     check_queues(s.queues)
     return s

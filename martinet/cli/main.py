@@ -65,6 +65,7 @@ def serve(args: argparse.Namespace) -> int:
         "worker_port": args.worker_port,
         "status_port": args.status_port,
         "log_level": args.log_level,
+        "metrics": args.metrics,
     }
     settings = config.load(args.config, flags)
     setup_logging(settings.log_level)

@@ -156,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-port", type=int, help=f"worker socket port (default: {S.worker_port})")
     p.add_argument("--status-port", type=int, help=f"status socket port (default: {S.status_port})")
     p.add_argument("--log-level", help=f"DEBUG, INFO, WARNING or ERROR (default: {S.log_level})")
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics (/metrics) and health checks (/healthz, /readyz) there, "
+        "e.g. 127.0.0.1:9108 (default: none)",
+    )
 
     p = sub.add_parser("execute", help="run a task now", epilog=f"With --wait, {EXIT_CODES}. {EPILOG}")
     _add_task_options(p)

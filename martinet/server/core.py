@@ -16,6 +16,7 @@ time limits, waits), ops.py and queue_ops.py (client requests).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,8 +70,11 @@ class Core(State):
                 timers.run(self, out, now)
                 claims.claim(self, out, now)
                 recorded = bool(out.events or self.hub.pending)
+                if self.metrics is not None:
+                    self.metrics.ended([*self.hub.pending, *out.events])
                 out.events = self.hub.record(self.store, out.events, now, ids=bool(self.hub.subscribers))
                 elsewhere.tell(self, out, recorded, now)
+                committing = time.perf_counter()
         except DB_ERRORS as exc:
             self._rollback(saved, exc, out, now)
             self.notes_lost = heard is None or bool(heard)
@@ -79,6 +83,8 @@ class Core(State):
             self.notes_lost = heard is None or bool(heard)
             raise
         else:
+            if self.metrics is not None:
+                self.metrics.committed(time.perf_counter() - committing)
             self.peers.commit()
             self.lanes.commit()
             # SQLite counts the rows changed: an empty commit proves nothing about a full disk.
@@ -94,6 +100,8 @@ class Core(State):
         self.lanes.begin()
         self._turn_waits = []
         self.made_ready = set()
+        if self.metrics is not None:
+            self.metrics.begin()
         return (self.next_tick, self.overdue_after, self.next_wakeup, len(self.ended_elsewhere))
 
     def _rollback(self, saved: tuple[Any, ...], exc: Exception, out: Outbox, now: float) -> None:
@@ -102,6 +110,8 @@ class Core(State):
         said hello in the turn is asked to say it again (its welcome was not sent)."""
         why = describe(exc, self.store.db)
         self.db_health.failed(why, now)
+        if self.metrics is not None:
+            self.metrics.database_ok.set(0)
         self.reconnect()
         out.rolled_back(
             error("StoreError", f"the daemon's database failed, so this request was not carried out: {why}")

@@ -21,7 +21,7 @@ import peewee
 import zmq
 
 from martinet import protocol
-from martinet.config import Settings
+from martinet.config import Settings, metrics_address
 from martinet.errors import MartinetError, StoreError
 from martinet.messages import Ack
 from martinet.retry import RetryPolicy
@@ -110,6 +110,9 @@ class Daemon:
         except BaseException:
             self.close()
             raise
+        address = metrics_address(s.metrics)
+        if address is not None:
+            self._serve_metrics(*address)
         self.poller = zmq.Poller()
         for sock in (self.client, self.worker, self.status):
             self.poller.register(sock, zmq.POLLIN)
@@ -127,6 +130,30 @@ class Daemon:
             self.core.database_id,
             self.epoch,
         )
+
+    def _serve_metrics(self, host: str, port: int) -> None:
+        """Metrics and health checks on their own thread (metrics.py), which reads queue
+        depths on a connection of its own."""
+        from martinet.server.metrics import DaemonMetrics  # prometheus_client: only when asked
+
+        assert self.core is not None
+        core = self.core
+        metrics = core.metrics = DaemonMetrics(healthy_within=3 * self.settings.heartbeat_interval)
+        reader = open_database(self.settings.db)
+        reader.close()  # (this thread's: the server's threads connect for each scrape)
+        try:
+            self.ports["metrics"] = metrics.serve(host, port, Store(reader))
+        except BaseException:
+            self.close()
+            raise
+
+        def ready() -> str | None:
+            trouble = core.db_health.trouble
+            return None if trouble is None else f"the database fails: {trouble.message}"
+
+        metrics.ready = ready
+        metrics.workers.set(0)
+        metrics.database_ok.set(1)
 
     def _address(self) -> str:
         """Where clients reach this daemon's client socket, as other hosts name it."""
@@ -237,6 +264,8 @@ class Daemon:
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
+        if self.core is not None and self.core.metrics is not None:
+            self.core.metrics.close()
         if self.core is not None:
             try:
                 with self.core.store.atomic():
@@ -256,6 +285,7 @@ class Daemon:
     def _turn(self, ready: dict[Any, int], now: float, heard: Sequence[dict[str, Any]] | None = ()) -> None:
         """Drain the sockets that hold messages, let the core write and decide, and send."""
         assert self.core is not None
+        started = time.perf_counter()
         out = self.core.turn(
             self._drain(self.client) if self.client in ready else [],
             self._drain(self.status) if self.status in ready else [],
@@ -264,6 +294,8 @@ class Daemon:
             heard,
         )
         self._send_out(out, now)
+        if self.core.metrics is not None:
+            self.core.metrics.turned(time.perf_counter() - started)
 
     def _send_out(self, out: Outbox, now: float) -> None:
         """What a turn decided, in order: to workers, replies, acks, events, waits, tasks.

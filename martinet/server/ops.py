@@ -67,6 +67,8 @@ def execute(r: Request) -> dict[str, Any] | None:
         reply["warning"] = warning
     if created and not later and (warning or not core.peers.any_credit()):
         core.made_ready.add(queue)  # no worker here takes it now: maybe another daemon's
+    if created and core.metrics is not None:
+        core.metrics.submitted_task(queue, spec["name"])
     return reply
 
 
@@ -91,6 +93,10 @@ def execute_many(r: Request) -> dict[str, Any] | None:
         core.wakeup_dirty = True
     core.dispatch_pending = True
     created = [new for _id, new in results]
+    if core.metrics is not None:
+        for spec, new in zip(specs, created, strict=True):
+            if new:
+                core.metrics.submitted_task(spec.get("queue") or DEFAULT_QUEUE, spec["name"])
     log.info("%d tasks accepted in one batch (%d new)", len(results), sum(created))
     reply: dict[str, Any] = {"ids": [task_id for task_id, _new in results], "created": created}
     kinds = {(spec["name"], spec.get("queue") or DEFAULT_QUEUE) for spec in specs}

@@ -357,6 +357,10 @@ class Peers:
             peer.stuck.discard(task_id)
             self._index(peer)
 
+    def held(self) -> int:
+        """How many tasks the workers hold (leased or running)."""
+        return len(self._owner)
+
     def owner(self, task_id: int) -> Peer | None:
         worker_id = self._owner.get(task_id)
         return None if worker_id is None else self._by_id.get(worker_id)

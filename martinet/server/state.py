@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import peewee
 
@@ -32,6 +32,9 @@ from martinet.server.outbox import Outbox
 from martinet.server.peers import Peer, Peers
 from martinet.store import Store
 from martinet.validate import Limits
+
+if TYPE_CHECKING:  # prometheus_client is imported only with --metrics
+    from martinet.server.metrics import DaemonMetrics
 
 log = logging.getLogger("martinet.daemon")
 
@@ -72,6 +75,7 @@ class State:
         # Queues in which this turn made tasks ready that other daemons' workers may take
         # sooner than this daemon's (elsewhere.tell): said to them with the commit.
         self.made_ready: set[str] = set()
+        self.metrics: DaemonMetrics | None = None  # with --metrics (metrics.py)
         self.leases_to_end: dict[str, float] = {}  # daemons gone: when their leases end (presence.py)
         self.next_tick = 0.0
         self.rate_wakeup: float | None = None  # when a rate limit lets a waiting task start

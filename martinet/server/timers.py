@@ -36,6 +36,10 @@ def run(core: State, out: Outbox, now: float) -> None:
         created = core.store.expand_schedules(now, core.settings.max_attempts)
         if created:
             log.info("schedules created tasks %s", created)
+            if core.metrics is not None:
+                for queue, name, due in core.store.runs_made(created):
+                    core.metrics.submitted_task(queue, name)
+                    core.metrics.scheduled([now - due])
             core.queues_ready()
             core.dispatch_pending = True
         for queue in core.store.promote_due(now, TIMER_LEAD):
@@ -94,6 +98,9 @@ def tick(core: State, out: Outbox, now: float) -> None:
         log.warning("leases expired for tasks %s: back to the queue", lost)
         core.wakeup_dirty = True
     time_limits(core, out, now)
+    if core.metrics is not None:
+        core.metrics.workers.set(len(core.peers))
+        core.metrics.held.set(core.peers.held())
     core.hub.expire(now)
     core.hub.suppressed(now)
     core.retention.step(core.store, now)  # old finished tasks, a bounded batch per tick

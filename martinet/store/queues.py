@@ -51,6 +51,12 @@ class Queues(SqlKit):
         )
         return [q for (q,) in queues]
 
+    def queue_depths(self) -> list[tuple[str, int, float]]:
+        """Each queue with ready (queued) tasks: (queue, how many, the earliest due time
+        among them), for metrics."""
+        sql = f"SELECT queue, COUNT(*), MIN(run_at) FROM {self.ready_rows} WHERE status = 'queued' GROUP BY queue"
+        return [(q, int(n), float(first)) for q, n, first in self._exec(sql, cache=False).fetchall()]
+
     def save_queue(self, name: str, now: float, **settings: Any) -> None:
         """Create or change a queue's settings (only the keys given)."""
         QueueSetting = self.QueueSetting

@@ -71,6 +71,12 @@ class Schedules(SqlKit):
             return current.id, False  # declared by another daemon at the same moment
         return row.id, True
 
+    def runs_made(self, task_ids: list[int]) -> list[tuple[str, str, float]]:
+        """(queue, name, due time) of schedules' runs, for metrics."""
+        marks = ", ".join("?" * len(task_ids))
+        sql = f"SELECT queue, name, due_at FROM task WHERE id IN ({marks}) AND due_at IS NOT NULL"
+        return [(q, n, float(due)) for q, n, due in self._exec(sql, task_ids, cache=False).fetchall()]
+
     def expand_schedules(self, now: float, default_max_attempts: int) -> list[int]:
         """Create the runs every due schedule owes; one run per (schedule, due time).
 

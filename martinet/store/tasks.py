@@ -228,7 +228,8 @@ class Tasks(Dependents):
         see start), its attempt counted (attempt + 1), held by `worker` until now + lease,
         started_at and progress cleared; it is returned with its id,
         name, queue, args (decoded), attempt, timeout, its run_at when that is still
-        to come (it was queued ahead: see promote_due) and, when it waited on
+        to come (it was queued ahead: see promote_due), when it was due (`due`, its
+        run_at whether past or not: the daemon's dispatch latency) and, when it waited on
         others, their results (`parents`). Never hands one task to two workers,
         even to daemons claiming at once (see the module docstring). Fewer than
         `limit` (or none) when fewer are ready.
@@ -270,6 +271,7 @@ class Tasks(Dependents):
         parents = self._parent_results(waiting_on) if waiting_on else {}
         for r in rows:
             r["args"] = json.loads(r["args"])
+            r["due"] = r["run_at"]
             if r["run_at"] <= now:
                 del r["run_at"]
             if r["id"] in parents:

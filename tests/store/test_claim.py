@@ -38,6 +38,7 @@ def test_claim_leases_tasks_and_counts_the_attempt(store):
             "args": {"x": [1, 2]},
             "attempt": 1,
             "timeout": None,
+            "due": NOW,  # when it was due (submitted at NOW, to run at once)
         }
     ]
     r = row(task_id)
