@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 from martinet import protocol
 from martinet.errors import Fail, Release, Retry, TaskTimeout
 from martinet.journal import UNKNOWN
+from martinet.logs import about
 from martinet.messages import Outcome, OutcomeKind, Progress
 from martinet.protocol import MAX_VALUE_DEPTH, deeper_than
 from martinet.validate import MAX_ERROR_MESSAGE, MAX_TRACEBACK, cut_end, keep_end
@@ -113,14 +114,15 @@ def run(
     cancelled), and return its end: the result, or the error its handler raised (a
     Retry, a Release and a Fail each as what they ask). A start is reported when the
     handler is called; `wake` tells the loop a time limit started."""
+    fields = about(ctx.id, ctx.name, ctx.attempt, worker_id)  # of its log lines (logs.py)
     while ctx._start_at is not None and (early := ctx._start_at - time.monotonic()) > 0:
         if ctx._wait_cancel(early):
-            log.info("task %s attempt %s cancelled before it was due", ctx.id, ctx.attempt)
+            log.info("task %s attempt %s cancelled before it was due", ctx.id, ctx.attempt, extra=fields)
             return Outcome(ctx.id, ctx.attempt, worker_id, OutcomeKind.CANCELLED, database=ctx._database)
     started = time.monotonic()
     ctx._started = True
     report(Start(ctx.id, ctx.attempt))  # leased -> running, in the daemon's store
-    log.debug("task %s %s attempt %s started on %s", ctx.id, ctx.name, ctx.attempt, worker_id)
+    log.debug("task %s %s attempt %s started on %s", ctx.id, ctx.name, ctx.attempt, worker_id, extra=fields)
     try:
         with ctx._lock:
             ctx._thread = threading.get_ident()
@@ -133,21 +135,25 @@ def run(
             with ctx._lock:
                 ctx._thread = None
     except TaskTimeout:
-        log.info("task %s attempt %s stopped at its time limit", ctx.id, ctx.attempt)
+        log.info("task %s attempt %s stopped at its time limit", ctx.id, ctx.attempt, extra=fields)
         return failed(ctx, worker_id, timeout_error(ctx))
     except Retry as exc:
-        log.info("task %s attempt %s asked for a retry in %ss", ctx.id, ctx.attempt, exc.in_seconds)
+        log.info(
+            "task %s attempt %s asked for a retry in %ss", ctx.id, ctx.attempt, exc.in_seconds, extra=fields
+        )
         return failed(ctx, worker_id, error_of(exc), retry_in=exc.in_seconds, retry=True)
     except Release as exc:
-        log.info("task %s attempt %s given back: %s", ctx.id, ctx.attempt, exc)
+        log.info("task %s attempt %s given back: %s", ctx.id, ctx.attempt, exc, extra=fields)
         error = {"type": "Release", "message": str(exc)}
         return Outcome(ctx.id, ctx.attempt, worker_id, OutcomeKind.RELEASED, error=error,
                        retry_in=exc.in_seconds, database=ctx._database)  # fmt: skip
     except Fail as exc:
-        log.info("task %s attempt %s failed for good: %s", ctx.id, ctx.attempt, exc)
+        log.info("task %s attempt %s failed for good: %s", ctx.id, ctx.attempt, exc, extra=fields)
         return failed(ctx, worker_id, error_of(exc), final=True)
     except BaseException as exc:  # noqa: BLE001 - a handler's failure is data, not a crash
-        log.info("task %s attempt %s raised %s: %s", ctx.id, ctx.attempt, type(exc).__name__, exc)
+        log.info(
+            "task %s attempt %s raised %s: %s", ctx.id, ctx.attempt, type(exc).__name__, exc, extra=fields
+        )
         return failed(ctx, worker_id, error_of(exc))
     try:
         text: str | None = json.dumps(result, separators=(",", ":"))  # as the wire writes it
@@ -164,9 +170,11 @@ def run(
         error = {"type": "ValueError", "message": f"the handler's result is {len(text)} bytes as JSON, "
                  f"over the limit of {max_payload} (max_payload): store large data elsewhere "
                  "and return where it is"}  # fmt: skip
-        log.info("task %s attempt %s failed: %s", ctx.id, ctx.attempt, error["message"])
+        log.info("task %s attempt %s failed: %s", ctx.id, ctx.attempt, error["message"], extra=fields)
         return failed(ctx, worker_id, error)
-    log.debug("task %s attempt %s succeeded in %.3fs", ctx.id, ctx.attempt, time.monotonic() - started)
+    log.debug(
+        "task %s attempt %s succeeded in %.3fs", ctx.id, ctx.attempt, time.monotonic() - started, extra=fields
+    )
     return Outcome(ctx.id, ctx.attempt, worker_id, OutcomeKind.SUCCEEDED, result=result,
                    database=ctx._database)  # fmt: skip
 

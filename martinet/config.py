@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from martinet import rules, when
+from martinet import logs, rules, when
 from martinet.errors import BadInput, ConfigError
 
 ENV_PREFIX = "MARTINET_"
@@ -85,6 +85,9 @@ class Settings:
     # The zone of naive datetimes and wall-clock expressions ("tomorrow at 9am").
     timezone: str = "UTC"
     log_level: str = "INFO"
+    # "text": a line a record; "json": one JSON object a line, with a task's id, name,
+    # attempt and worker as fields when the line is about one (martinet/logs.py).
+    log_format: str = "text"
     # Prometheus metrics and health checks (/metrics, /healthz, /readyz) on HOST:PORT, such
     # as 127.0.0.1:9108; empty: none (server/metrics.py). Port 0: any free one.
     metrics: str = ""
@@ -353,6 +356,10 @@ def check(settings: Settings) -> Settings:
         keep_seconds(key, getattr(s, key))
     check_url(s.url)
     metrics_address(s.metrics)
+    if s.log_format not in logs.FORMATS:
+        raise ConfigError(
+            f"setting 'log_format' must be one of {', '.join(logs.FORMATS)}, got {s.log_format!r}"
+        )
     worker_endpoint(s)
     check_queues(s.queues)
     return s

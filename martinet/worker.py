@@ -37,6 +37,7 @@ from martinet.compose import check as check_compositions
 from martinet.config import Settings, daemons
 from martinet.errors import JournalError, ProtocolError, TaskTimeout
 from martinet.journal import UNKNOWN, Journal
+from martinet.logs import about
 from martinet.messages import (
     Ack,
     Bye,
@@ -351,7 +352,8 @@ class Worker:
             elif isinstance(message, Cancel):
                 ctx = self._running.get(message.task_id)
                 if ctx is not None:
-                    log.info("task %s attempt %s asked to stop", ctx.id, ctx.attempt)
+                    fields = about(ctx.id, ctx.name, ctx.attempt, self.worker_id)
+                    log.info("task %s attempt %s asked to stop", ctx.id, ctx.attempt, extra=fields)
                     ctx._request_cancel()
 
     def _on_welcome(self, welcome: Welcome) -> None:
@@ -589,7 +591,10 @@ class Worker:
             if ctx._abandoned:
                 # Replaced at its time limit (its timeout reported): the thread that took
                 # its place serves the pool, so this one ends, and capacity stays as asked.
-                log.info("task %s attempt %s returned after it was abandoned", ctx.id, ctx.attempt)
+                fields = about(ctx.id, ctx.name, ctx.attempt, self.worker_id)
+                log.info(
+                    "task %s attempt %s returned after it was abandoned", ctx.id, ctx.attempt, extra=fields
+                )
                 return False
             ctx._finished = True
         self._report(outcome)

@@ -66,9 +66,10 @@ def serve(args: argparse.Namespace) -> int:
         "status_port": args.status_port,
         "log_level": args.log_level,
         "metrics": args.metrics,
+        "log_format": args.log_format,
     }
     settings = config.load(args.config, flags)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     daemon = Daemon(settings)
     daemon.open()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import Any
 
+from martinet import logs
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+
+def setup_logging(level: str, form: str = "text") -> None:
+    """Log at `level` to stderr, in text or JSON lines (martinet/logs.py)."""
+    logs.setup(level, form)
 
 
 def emit(args: argparse.Namespace, data: Any, human: str) -> None:

@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status-port", type=int, help=f"status socket port (default: {S.status_port})")
     p.add_argument("--log-level", help=f"DEBUG, INFO, WARNING or ERROR (default: {S.log_level})")
     p.add_argument(
+        "--log-format", choices=("text", "json"), help=f"log lines as text or JSON (default: {S.log_format})"
+    )
+    p.add_argument(
         "--metrics",
         metavar="HOST:PORT",
         help="serve Prometheus metrics (/metrics) and health checks (/healthz, /readyz) there, "

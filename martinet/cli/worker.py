@@ -78,6 +78,9 @@ def build_worker_parser() -> argparse.ArgumentParser:
         help=f"seconds to finish running tasks on SIGTERM (default: {WorkerOptions.grace:g})",
     )
     parser.add_argument("--log-level", help=f"DEBUG, INFO, WARNING or ERROR (default: {S.log_level})")
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), help=f"log lines as text or JSON (default: {S.log_format})"
+    )
     return parser
 
 
@@ -92,13 +95,14 @@ def worker_main(argv: list[str] | None = None) -> int:
                 "status_port": args.status_port,
                 "concurrency": args.concurrency,
                 "log_level": args.log_level,
+                "log_format": args.log_format,
             },
         )
         queues = None if args.queues is None else queue_list(args.queues)
         if args.prefetch is not None and args.prefetch < 0:
             raise MartinetError(f"--prefetch must be 0 or more, got {args.prefetch}")
         host, worker_port, status_port = config.worker_endpoint(settings)
-        setup_logging(settings.log_level)
+        setup_logging(settings.log_level, settings.log_format)
         for one in config.daemons(host):
             _warn_if_unresolvable(one)
         sys.path.insert(0, os.getcwd())

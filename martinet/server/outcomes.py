@@ -9,6 +9,7 @@ from typing import Any
 import peewee
 
 from martinet.errors import ProtocolError
+from martinet.logs import about
 from martinet.messages import Outcome, OutcomeKind, Progress, Started
 from martinet.messages.fields import is_worker_id
 from martinet.messages.outcome import started_items
@@ -179,6 +180,7 @@ def on_outcomes(
             log.info(
                 "ignored a late outcome for task %s attempt %s from %s",
                 outcome.task_id, outcome.attempt, outcome.worker,
+                extra=about(outcome.task_id, None, outcome.attempt, outcome.worker),
             )  # fmt: skip
         else:
             _ended(core, info, outcome, out, now)
@@ -187,10 +189,11 @@ def on_outcomes(
 def _ended(core: State, info: dict[str, Any], outcome: Outcome, out: Outbox, now: float) -> None:
     """An attempt ended as its worker said: free its slot, log it, tell who listens."""
     task_id, attempt, worker_id = outcome.task_id, outcome.attempt, outcome.worker
+    fields = about(task_id, info["name"], attempt, worker_id)  # of its log lines (logs.py)
     if info.pop("late", False):  # its slot was freed when the daemon thought it lost
         log.warning(
             "task %s %s attempt %s succeeded on %s after all (it had been declared lost): result kept",
-            task_id, info["name"], attempt, worker_id,
+            task_id, info["name"], attempt, worker_id, extra=fields,
         )  # fmt: skip
     else:
         core.peers.release(task_id, now)
@@ -203,22 +206,30 @@ def _ended(core: State, info: dict[str, Any], outcome: Outcome, out: Outbox, now
     status = info["status"]
     error = info["error"] or {}
     if status == "succeeded":
-        log.debug("task %s %s attempt %s succeeded on %s", task_id, info["name"], attempt, worker_id)
+        log.debug(
+            "task %s %s attempt %s succeeded on %s", task_id, info["name"], attempt, worker_id, extra=fields
+        )
     elif status == "failed":
         core.wakeup_dirty = True
         log.warning(
             "task %s %s attempt %s failed on %s: %s: %s; retry at %s",
             task_id, info["name"], attempt, worker_id, error.get("type"), error.get("message"), info["run_at"],
+            extra=fields,
         )  # fmt: skip
     elif status == "cancelled":
-        log.info("task %s %s attempt %s cancelled on %s", task_id, info["name"], attempt, worker_id)
+        log.info(
+            "task %s %s attempt %s cancelled on %s", task_id, info["name"], attempt, worker_id, extra=fields
+        )
     elif info["outcome"] == "released" and status != STALLED:
         core.dispatch_pending = core.wakeup_dirty = True
-        log.info("task %s %s given back by %s: %s", task_id, info["name"], worker_id, info["reason"])
+        log.info(
+            "task %s %s given back by %s: %s", task_id, info["name"], worker_id, info["reason"], extra=fields
+        )
     else:
         log.error(
             "task %s %s attempt %s %s on %s: %s: %s",
             task_id, info["name"], attempt, status, worker_id, error.get("type"), error.get("message"),
+            extra=fields,
         )  # fmt: skip
     settled = info.pop("dependents")
     if settled["released"]:  # they may wait in other queues

@@ -7,6 +7,7 @@ import logging
 import math
 from typing import Any
 
+from martinet.logs import about
 from martinet.messages import Cancel, Heartbeat, Reply
 from martinet.models import LEASED, TERMINAL
 from martinet.present import maybe_task_info
@@ -148,6 +149,7 @@ def time_limits(core: State, out: Outbox, now: float) -> None:
             "task %s %s attempt %s on %s: %s; %s",
             row["id"], info["name"], row["attempt"], row["worker"], message,
             f"retry at {info['run_at']}" if info["status"] == "failed" else info["status"],
+            extra=about(row["id"], info["name"], row["attempt"], row["worker"]),
         )  # fmt: skip
     if ended:
         core.ended_all(ended, now)

@@ -41,3 +41,41 @@ def test_cli_round_trip(cluster):
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "no task with id 12345" in out.stderr
     out = run("execute", "boom", "--max-attempts", "1", "--wait", url=url)
     assert out.returncode == 3 and "ended dead: ValueError: kaboom" in out.stderr  # EXIT_DEAD
+
+
+def test_serve_logs_json_lines_and_serves_metrics(tmp_path):
+    """`martinet serve --log-format json --metrics ...` as an operator starts it: every
+    line on stderr is a JSON object, and the metrics port answers /healthz."""
+    import json
+    import queue
+    import signal
+    import threading
+    import urllib.request
+
+    from tests.harness import free_ports
+
+    client, worker, status, metrics = free_ports(4)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MARTINET_")}
+    args = [sys.executable, "-m", "martinet", "serve", "--db", f"sqlite:///{tmp_path / 'm.db'}",
+            "--client-port", str(client), "--worker-port", str(worker), "--status-port", str(status),
+            "--log-format", "json", "--metrics", f"127.0.0.1:{metrics}"]  # fmt: skip
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True)
+    reader.start()
+    seen: list[str] = []
+    try:
+        while not any("martinet serving on" in line for line in seen):
+            seen.append(lines.get(timeout=20))  # (bounded: queue.Empty fails the test)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/healthz", timeout=10) as answer:
+            assert answer.status == 200 and json.loads(answer.read())["ok"] is True
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+        reader.join(10)
+        proc.stderr.close()
+    assert proc.returncode == 0
+    seen += list(lines.queue)
+    logged = [json.loads(line) for line in seen if line.strip()]
+    assert [line["message"] for line in logged if line["message"].startswith("metrics on")]
+    assert logged[-1]["message"] == "martinet stopped" and {"time", "level", "logger"} <= set(logged[-1])
