@@ -91,6 +91,8 @@ class Settings:
     # Prometheus metrics and health checks (/metrics, /healthz, /readyz) on HOST:PORT, such
     # as 127.0.0.1:9108; empty: none (server/metrics.py). Port 0: any free one.
     metrics: str = ""
+    # A worker's health checks (/healthz, /readyz) on HOST:PORT, for an orchestrator; "": none.
+    health: str = ""
     # Per-queue settings from the config file's [queues.NAME] tables:
     # {name: {"order": "fifo", "weight": 2, "concurrency": 8, "rate": "100/minute", "paused": False}},
     # only the keys the file sets. Not read from the environment.
@@ -308,19 +310,22 @@ def worker_endpoint(settings: Settings) -> tuple[str, int, int]:
 
 
 def metrics_address(value: str) -> tuple[str, int] | None:
-    """(host, port) of the `metrics` setting, HOST:PORT (port 0: any free one), or None
-    when it is empty (no metrics)."""
-    if not value:
-        return None
+    """(host, port) of the `metrics` setting, or None when it is empty (no metrics)."""
+    return parse_address(value, "metrics") if value else None
+
+
+def parse_address(value: str, key: str) -> tuple[str, int]:
+    """(host, port) of a HOST:PORT setting that an HTTP server binds (`metrics`, a
+    worker's `health`); port 0: any free one."""
     example = "HOST:PORT, like 127.0.0.1:9108"
     head, _sep, tail = value.rpartition(":")
     if tail == "0" and head:
-        scheme, host, _port = _address(head, "metrics", example)
+        scheme, host, _port = _address(head, key, example)
         port: int | None = 0
     else:
-        scheme, host, port = _address(value, "metrics", example)
+        scheme, host, port = _address(value, key, example)
     if scheme or port is None or not host:
-        raise ConfigError(f"setting 'metrics': {value!r} is not HOST:PORT; write {example}")
+        raise ConfigError(f"setting {key!r}: {value!r} is not HOST:PORT; write {example}")
     return host.strip("[]"), port
 
 
@@ -356,6 +361,8 @@ def check(settings: Settings) -> Settings:
         keep_seconds(key, getattr(s, key))
     check_url(s.url)
     metrics_address(s.metrics)
+    if s.health:
+        parse_address(s.health, "health")
     if s.log_format not in logs.FORMATS:
         raise ConfigError(
             f"setting 'log_format' must be one of {', '.join(logs.FORMATS)}, got {s.log_format!r}"

@@ -34,7 +34,7 @@ from martinet.attempt import Start, TaskContext, failed, fit_error, past_limit, 
 from martinet.attempt import error_of as _error  # noqa: F401 - martinet.worker._error still works
 from martinet.attempt import run as run_attempt
 from martinet.compose import check as check_compositions
-from martinet.config import Settings, daemons
+from martinet.config import Settings, daemons, parse_address
 from martinet.errors import JournalError, ProtocolError, TaskTimeout
 from martinet.journal import UNKNOWN, Journal
 from martinet.logs import about
@@ -122,6 +122,9 @@ class WorkerOptions:
     # for the default file in the state directory (what martinet-worker does), or False
     # for no journal (what a Worker made in Python does unless asked).
     journal: str | os.PathLike | bool = False
+    # Health checks on HOST:PORT for an orchestrator's probes (health.py): /healthz while
+    # the worker's loop turns, /readyz while a daemon has welcomed it and is heard. "": none.
+    health: str = ""
 
 
 class Worker:
@@ -168,6 +171,9 @@ class Worker:
         self._epoch: str | None = None
         self._welcomed = False
         self._last_heard = 0.0
+        self._turned_at = time.monotonic()  # the loop's last turn (/healthz)
+        self._health: Any = None  # a health.HealthServer, with options.health
+        self.health_port: int | None = None  # with options.health: the port it listens on
         self._next_heartbeat = 0.0
         self._interval = o.heartbeat_interval
         self._liveness = o.liveness
@@ -195,6 +201,8 @@ class Worker:
         self.handlers = check_compositions(self.handlers)  # a missing step stops us here
         if not self.handlers:
             log.warning("worker %s has no handlers registered", self.worker_id)
+        if o.health:  # first: a port it cannot have stops it before anything started
+            self._serve_health(o.health)
         for _ in range(max(1, o.concurrency)):
             self._start_thread()
         self.ctx = zmq.Context()
@@ -209,7 +217,7 @@ class Worker:
         )
         try:
             while True:
-                now = time.monotonic()
+                now = self._turned_at = time.monotonic()
                 if self._stopping:
                     self._hand_back_waiting()
                 if self._stopping and (not self._running or now >= self._stop_deadline):
@@ -231,12 +239,39 @@ class Worker:
             self._flush_outbox_before_exit()
             self._send(self.wsock, Bye())
         finally:
+            if self._health is not None:
+                self._health.close()
             self._close_sockets()
             self.ctx.term()
             self._close_journal()
             for fd in (self._wake_r, self._wake_w):
                 os.close(fd)
             log.info("worker %s stopped", self.worker_id)
+
+    def _serve_health(self, address: str) -> None:
+        """/healthz: the loop turned within 3 heartbeats (it turns at least every 0.5 s);
+        /readyz: a daemon welcomed this worker and was heard within its liveness."""
+
+        def healthy() -> tuple[bool, str]:
+            quiet = time.monotonic() - self._turned_at
+            return quiet <= max(HEALTHY_WITHIN, 3 * self._interval), f"the loop last turned {quiet:.1f}s ago"
+
+        def ready() -> tuple[bool, str]:
+            if not self._welcomed:
+                if self._epoch is not None:  # it was, and went silent: the worker said hello again
+                    return False, f"reconnecting to the daemon at {self.options.connect} (no welcome since)"
+                return False, f"not welcomed by a daemon at {self.options.connect} yet"
+            quiet = time.monotonic() - self._last_heard
+            if quiet > self._interval * self._liveness:
+                return False, f"nothing heard from the daemon for {quiet:.1f}s"
+            return True, f"welcomed by daemon {self._epoch}"
+
+        from martinet.health import HEALTHY_WITHIN, HealthServer  # (http.server: only when asked)
+
+        host, port = parse_address(address, "health")
+        self._health = HealthServer({"/healthz": healthy, "/readyz": ready})
+        self.health_port = self._health.start(host, port, "--health")
+        log.info("health checks on http://%s:%d/healthz and /readyz", host, self.health_port)
 
     def _poll_timeout(self, now: float) -> float:
         """Seconds the loop may wait for a message: until the next heartbeat or the next

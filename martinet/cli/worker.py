@@ -81,6 +81,12 @@ def build_worker_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-format", choices=("text", "json"), help=f"log lines as text or JSON (default: {S.log_format})"
     )
+    parser.add_argument(
+        "--health",
+        metavar="HOST:PORT",
+        help="serve health checks there for an orchestrator: /healthz (the worker runs), /readyz "
+        "(a daemon welcomed it), e.g. 127.0.0.1:9109 (default: none)",
+    )
     return parser
 
 
@@ -96,6 +102,7 @@ def worker_main(argv: list[str] | None = None) -> int:
                 "concurrency": args.concurrency,
                 "log_level": args.log_level,
                 "log_format": args.log_format,
+                "health": args.health,
             },
         )
         queues = None if args.queues is None else queue_list(args.queues)
@@ -127,6 +134,7 @@ def worker_main(argv: list[str] | None = None) -> int:
                 timeout_grace=settings.timeout_grace,
                 queues=queues,
                 journal=False if args.no_journal else args.journal or True,
+                health=settings.health,
             )
         )
         if not worker.handlers:

@@ -1,6 +1,6 @@
 """Prometheus metrics and health checks of `martinet serve --metrics HOST:PORT`.
 
-An HTTP server on a thread of its own (the standard library's, a thread a request):
+An HTTP server on a thread of its own (health.py):
 
 - /metrics: prometheus_client's exposition of the metrics below;
 - /healthz: 200 while the loop turns (it turned within HEALTHY_WITHIN), else 503;
@@ -18,31 +18,25 @@ names cannot grow the series without bound.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from martinet.errors import MartinetError
+from martinet.health import HEALTHY_WITHIN, HealthServer
 from martinet.store import Store
 
 log = logging.getLogger("martinet.daemon")
 
 MAX_LABEL_VALUES = 500  # task names (and queues) with series of their own; the rest: "other"
-HEALTHY_WITHIN = 10.0  # seconds (or 3 ticks, if longer): a loop that has not turned for longer is stuck
 SHORT = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)  # a turn, a commit
 LONG = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
 ENDS = ("succeeded", "dead", "cancelled")  # a task's end; its attempts end with an outcome
-
-Start = Callable[[str, list[tuple[str, str]]], Any]
 
 
 class DaemonMetrics:
@@ -88,7 +82,7 @@ class DaemonMetrics:
         self._observed: list[tuple[Histogram, float]] = []  # staged: (histogram, value)
         self.turned_at = time.monotonic()  # the loop's last turn (healthz)
         self.ready: Callable[[], str | None] = lambda: "the daemon is starting"  # why not ready, or None
-        self._server: WSGIServer | None = None
+        self._server: HealthServer | None = None
 
     # ---- what a turn counts, staged until its commit -------------------------------------
 
@@ -160,34 +154,23 @@ class DaemonMetrics:
     def serve(self, host: str, port: int, store: Store) -> int:
         """Start the HTTP server on its thread; returns its port (chosen when `port` is 0)."""
         self.registry.register(_Queues(store))
-        metrics_app = make_wsgi_app(self.registry)
 
-        def app(environ: dict[str, Any], start: Start) -> Iterable[bytes]:
-            path = environ.get("PATH_INFO", "")
-            if path == "/healthz":
-                quiet = time.monotonic() - self.turned_at
-                return _answer(start, quiet <= self.healthy_within, f"the loop last turned {quiet:.1f}s ago")
-            if path == "/readyz":
-                why = self.ready()
-                return _answer(start, why is None, why or "serving")
-            return metrics_app(environ, start)  # type: ignore[no-any-return]
+        def healthy() -> tuple[bool, str]:
+            quiet = time.monotonic() - self.turned_at
+            return quiet <= self.healthy_within, f"the loop last turned {quiet:.1f}s ago"
 
-        try:
-            server = make_server(host, port, app, server_class=_Server, handler_class=_Quiet)
-        except OSError as exc:
-            raise MartinetError(
-                f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; choose another with --metrics"
-            ) from None
-        self._server = server
-        threading.Thread(target=server.serve_forever, name="martinet-metrics", daemon=True).start()
-        bound: int = server.server_address[1]
+        def ready() -> tuple[bool, str]:
+            why = self.ready()
+            return why is None, why or "serving"
+
+        self._server = HealthServer({"/healthz": healthy, "/readyz": ready}, make_wsgi_app(self.registry))
+        bound = self._server.start(host, port, "--metrics", "metrics")
         log.info("metrics on http://%s:%d/metrics (health: /healthz, /readyz)", host, bound)
         return bound
 
     def close(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.close()
             self._server = None
 
 
@@ -218,17 +201,3 @@ class _Queues(Collector):
             oldest.add_metric([queue], max(0.0, now - first))
         yield depth
         yield oldest
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # a scrape every few seconds: not a log line each
-        pass
-
-
-def _answer(start: Start, ok: bool, why: str) -> list[bytes]:
-    start("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")])
-    return [json.dumps({"ok": ok, "why": why}).encode()]

@@ -78,4 +78,5 @@ def test_serve_logs_json_lines_and_serves_metrics(tmp_path):
     seen += list(lines.queue)
     logged = [json.loads(line) for line in seen if line.strip()]
     assert [line["message"] for line in logged if line["message"].startswith("metrics on")]
-    assert logged[-1]["message"] == "martinet stopped" and {"time", "level", "logger"} <= set(logged[-1])
+    stopped = [line for line in logged if line["message"] == "martinet stopped"]
+    assert stopped and {"time", "level", "logger"} <= set(stopped[0]), logged

@@ -73,7 +73,8 @@ def test_metrics_count_what_the_daemon_did_and_show_the_queues(make_live, db_url
     assert value("martinet_turn_seconds_count") > 0 and value("martinet_commit_seconds_count") > 0
     assert value("martinet_database_ok") == 1
     wait_for(lambda: scrape(port).get(("martinet_workers_connected", ())) == 1, what="the gauge at a tick")
-    assert get(port, "/healthz") == (200, {"ok": True, "why": get(port, "/healthz")[1]["why"]})
+    code, body = get(port, "/healthz")
+    assert (code, body["ok"]) == (200, True) and body["why"].startswith("the loop last turned")
     assert get(port, "/readyz") == (200, {"ok": True, "why": "serving"})
 
 
@@ -155,3 +156,38 @@ def ts(text: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(text).timestamp()
+
+
+def test_a_worker_is_ready_once_welcomed_and_no_longer_when_its_daemon_is_gone(make_live, sqlite_url):
+    live = make_live(sqlite_url, heartbeat_interval=0.2)  # (the welcome tells the worker so)
+    worker = live.worker(health="127.0.0.1:0")
+    port = worker.health_port
+    wait_for(lambda: get(port, "/readyz")[0] == 200, what="the worker to be ready")
+    assert "welcomed by daemon" in get(port, "/readyz")[1]["why"]
+    assert get(port, "/healthz")[0] == 200
+    live.m.close()  # the daemon stops: after its liveness (3 heartbeats), the worker is not ready
+    wait_for(lambda: get(port, "/readyz")[0] == 503, what="the worker to say it is not ready")
+    assert "reconnecting to the daemon at 127.0.0.1" in get(port, "/readyz")[1]["why"]
+    assert get(port, "/healthz")[0] == 200  # it still runs: alive, not ready
+    assert get(port, "/metrics")[0] == 404  # a worker serves health checks only
+
+
+def test_a_worker_no_daemon_welcomed_is_not_ready(make_live, sqlite_url):
+    import threading
+
+    from martinet.worker import Worker
+    from tests.harness import free_ports
+
+    worker_port, status_port = free_ports(2)  # nothing listens there
+    worker = Worker(worker_port=worker_port, status_port=status_port, health="127.0.0.1:0",
+                    handlers={"add": lambda task, a, b: a + b})  # fmt: skip
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: worker.health_port is not None, what="the health server")
+        code, body = get(worker.health_port, "/readyz")
+        assert code == 503 and "not welcomed by a daemon at 127.0.0.1 yet" in body["why"]
+    finally:
+        worker.options.grace = 0
+        worker.stop()
+        thread.join(10)
