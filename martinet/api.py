@@ -467,6 +467,12 @@ class Martinet(EventHooks):
         `this` for the one answering."""
         return self.client.request("daemons")["items"]
 
+    def workers(self) -> builtins.list[dict[str, Any]]:
+        """The workers connected to this daemon: id, names (the tasks it runs), queues
+        (None: all), capacity and threads, held (the ids of the tasks it runs or holds
+        in its prefetch), stuck (past a time limit, unanswered) and last_seen_seconds."""
+        return self.client.request("workers")["items"]
+
     def pause_queue(self, name: str) -> None:
         """Stop dispatching tasks of queue `name` (it still accepts them), on every worker at once."""
         self.client.request("pause_queue", {"name": name})

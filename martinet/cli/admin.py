@@ -117,6 +117,26 @@ def cmd_ping(m, args) -> int:
     return 1 if trouble else 0
 
 
+def cmd_workers(m, args) -> int:
+    """The daemon's workers: what each runs and holds, and when it was last heard from."""
+    items = m.workers()
+    if args.json:
+        emit(args, items, "")
+        return 0
+    print(f"{'ID':<32} {'SLOTS':>9} {'HOLDS':>5} {'HEARD':>7}  RUNS (QUEUES)")
+    for w in items:
+        slots = f"{w['threads']}/{w['capacity']}"
+        queues = "all queues" if w["queues"] is None else ", ".join(w["queues"])
+        stuck = f", {len(w['stuck'])} stuck" if w["stuck"] else ""
+        print(
+            f"{w['id'][:32]:<32} {slots:>9} {len(w['held']):>5} {w['last_seen_seconds']:>6.1f}s  "
+            f"{', '.join(w['names'])} ({queues}){stuck}"
+        )
+    if not items:
+        print("no worker connected")
+    return 0
+
+
 def cmd_daemons(m, args) -> int:
     """Every daemon on the database, this one marked: serving, silent or stopped."""
     items = m.daemons()

@@ -13,7 +13,7 @@ import signal
 import sys
 
 from martinet import config
-from martinet.cli.admin import cmd_daemons, cmd_ping, cmd_queues, cmd_schedules
+from martinet.cli.admin import cmd_daemons, cmd_ping, cmd_queues, cmd_schedules, cmd_workers
 from martinet.cli.output import setup_logging
 from martinet.cli.parser import build_parser
 from martinet.cli.tasks import (
@@ -29,6 +29,7 @@ from martinet.cli.tasks import (
     cmd_update,
     cmd_wait,
 )
+from martinet.cli.top import cmd_top
 from martinet.cli.watch import cmd_watch
 from martinet.errors import MartinetError
 
@@ -93,6 +94,8 @@ def _client_command(args: argparse.Namespace) -> int:
 COMMANDS = {
     "ping": cmd_ping,
     "daemons": cmd_daemons,
+    "workers": cmd_workers,
+    "top": cmd_top,
     "execute": cmd_execute,
     "schedule": cmd_schedule,
     "every": cmd_every,

@@ -324,6 +324,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser(
+        "top",
+        help="a live view: queues, workers, running tasks with progress bars, the latest dead tasks (q quits)",
+        epilog=EPILOG,
+    )
+    p.add_argument("--every", type=float, default=1.0, help="seconds between refreshes (default: 1)")
+    p.add_argument(
+        "--once", action="store_true", help="print one frame and exit (what it does when not on a terminal)"
+    )
+    _add_common(p)
+
+    p = sub.add_parser(
+        "workers",
+        help="the workers connected to the daemon: the tasks they run and hold, their slots, when last heard",
+        epilog=EPILOG,
+    )
+    _add_common(p)
+
+    p = sub.add_parser(
         "daemons",
         help="the daemons that use the daemon's database: where each listens, since when, its last heartbeat",
         epilog=EPILOG,

@@ -26,7 +26,7 @@ from martinet.present import (
     task_page,
 )
 from martinet.rules import DEFAULT_QUEUE
-from martinet.server import elsewhere, presence, queue_ops
+from martinet.server import elsewhere, presence, queue_ops, workers
 from martinet.server.state import Request, State, no_worker, waiting_reason
 from martinet.states import Revoked
 from martinet.validate import check_args, check_every, check_task, clean_text, parse_ref
@@ -350,4 +350,5 @@ OPS: dict[str, Callable[[Request], dict[str, Any] | None]] = {
     "prune": queue_ops.prune,
     "subscribe": subscribe,
     "daemons": presence.daemons,
+    "workers": workers.listing,
 }

@@ -1,4 +1,5 @@
-"""The worker socket's decisions: hello (and re-adoption), reject, bye, and a lost worker."""
+"""The worker socket's decisions: hello (and re-adoption), reject, bye, and a lost worker;
+and the `workers` request, which lists them."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from martinet.messages.worker_socket import MAX_HELD
 from martinet.protocol import Cmd
 from martinet.server.outbox import Outbox
 from martinet.server.peers import Peer
-from martinet.server.state import State
+from martinet.server.state import Request, State
 from martinet.validate import clean_text, is_id, is_rate
 
 log = logging.getLogger("martinet.daemon")
@@ -198,3 +199,24 @@ def lose_worker(core: State, worker_id: str, now: float, reason: str, outcome: s
         log.info("worker %s gone (%s)", worker_id, reason)
     core.wakeup_dirty = True
     core.dispatch_pending = True
+
+
+def listing(r: Request) -> dict[str, Any] | None:
+    """The `workers` request: this daemon's workers, by id: the names they run and the
+    queues they serve (None: all), their slots (capacity: tasks held at most, threads:
+    run at once), the tasks they hold (running or waiting in their prefetch), those stuck
+    past a time limit, and the seconds since each was last heard from."""
+    items = [
+        {
+            "id": p.worker_id,
+            "names": sorted(p.names),
+            "queues": None if p.queues is None else sorted(p.queues),
+            "capacity": p.capacity,
+            "threads": p.thread_count,
+            "held": sorted(p.inflight),
+            "stuck": sorted(p.stuck),
+            "last_seen_seconds": round(max(0.0, r.now - p.last_seen), 3),
+        }
+        for p in r.core.peers
+    ]
+    return {"items": sorted(items, key=lambda item: item["id"])}

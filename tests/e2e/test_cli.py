@@ -80,3 +80,39 @@ def test_serve_logs_json_lines_and_serves_metrics(tmp_path):
     assert [line["message"] for line in logged if line["message"].startswith("metrics on")]
     stopped = [line for line in logged if line["message"] == "martinet stopped"]
     assert stopped and {"time", "level", "logger"} <= set(stopped[0]), logged
+
+
+def test_top_redraws_in_a_terminal_and_quits_on_q(cluster):
+    """`martinet top` in a real terminal (a pty): it redraws in place, and q quits it,
+    leaving the terminal as it was (the cursor shown again)."""
+    import pty
+    import select
+    import time
+
+    cluster.start_daemon()
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MARTINET_")}
+    env["MARTINET_URL"] = cluster.url
+    proc = subprocess.Popen([sys.executable, "-m", "martinet", "top", "--every", "0.1"],
+                            stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=env)  # fmt: skip
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 20
+        while seen.count(b"martinet top: daemon") < 2:  # two frames: it redraws
+            assert time.monotonic() < deadline and proc.poll() is None, seen[-2000:]
+            if select.select([master], [], [], 0.5)[0]:
+                seen += os.read(master, 65536)
+        os.write(master, b"q")
+        assert proc.wait(10) == 0
+        while select.select([master], [], [], 0.2)[0]:
+            try:
+                seen += os.read(master, 65536)
+            except OSError:  # the other end closed
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        os.close(master)
+    assert b"\x1b[H\x1b[2J" in seen and seen.rstrip().endswith(b"\x1b[?25h")
