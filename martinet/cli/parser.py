@@ -330,7 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--every", type=float, default=1.0, help="seconds between refreshes (default: 1)")
     p.add_argument(
-        "--once", action="store_true", help="print one frame and exit (what it does when not on a terminal)"
+        "--once",
+        action="store_true",
+        help="print one frame and exit, as it does off a terminal (default: redraw until q)",
     )
     _add_common(p)
 
