@@ -11,6 +11,7 @@ import argparse
 import os
 import signal
 import sys
+from typing import Any
 
 from martinet import config
 from martinet.cli.admin import cmd_daemons, cmd_ping, cmd_queues, cmd_schedules, cmd_workers
@@ -79,6 +80,12 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_web(m: Any, args: argparse.Namespace) -> int:
+    from martinet.web.serve import cmd_web as serve_web  # (starlette and uvicorn: only here)
+
+    return serve_web(m, args)
+
+
 def _client_command(args: argparse.Namespace) -> int:
     from martinet.api import Martinet
 
@@ -96,6 +103,7 @@ COMMANDS = {
     "daemons": cmd_daemons,
     "workers": cmd_workers,
     "top": cmd_top,
+    "web": cmd_web,
     "execute": cmd_execute,
     "schedule": cmd_schedule,
     "every": cmd_every,

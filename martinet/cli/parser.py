@@ -337,6 +337,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser(
+        "web",
+        help="the dashboard in a browser (pip install 'martinet[web]'): tasks, queues, workers, actions",
+        epilog=EPILOG,
+    )
+    p.add_argument("--bind", default="127.0.0.1:8010", help="HOST:PORT to serve on (default: 127.0.0.1:8010)")
+    p.add_argument(
+        "--token",
+        help="a secret every request must carry (?token= once, then a cookie); needed on any address but "
+        "loopback (default: MARTINET_WEB_TOKEN, else none)",
+    )
+    p.add_argument("--read-only", action="store_true", help="show, and offer no action (default: actions)")
+    p.add_argument(
+        "--hide-args", action="store_true", help="never show a task's args or result (default: shown)"
+    )
+    _add_common(p)
+
+    p = sub.add_parser(
         "workers",
         help="the workers connected to the daemon: the tasks they run and hold, their slots, when last heard",
         epilog=EPILOG,

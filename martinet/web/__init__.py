@@ -1,0 +1,1 @@
+"""`martinet web`: the dashboard (pip install 'martinet[web]'). See app.py."""

@@ -1,0 +1,148 @@
+"""`martinet web`: the dashboard's pages, actions and guards, through Starlette's test
+client, against an embedded daemon with worker threads (tests/live.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+
+import pytest
+from starlette.testclient import TestClient
+
+import martinet
+from martinet import cli
+from martinet.web import app as web_app
+from martinet.web.app import WebOptions, create_app
+from tests.harness import wait_for
+from tests.live import HANDLERS
+
+released = threading.Event()
+
+
+def hold(task, note="x"):
+    """Says it is 40 % done, then waits (bounded) until the test lets it go."""
+    task.progress(0.4, "halfway")
+    released.wait(20)
+    return "held"
+
+
+@pytest.fixture
+def site(make_live, sqlite_url):
+    """A daemon with a dead task, a held one at 40 % and a succeeded one, and a dashboard
+    factory: site(**options) -> (TestClient, live, ids)."""
+    released.clear()
+    live = make_live(sqlite_url)
+    live.worker(handlers={**HANDLERS, "hold": hold}, worker_id="w-web")
+    m = live.m
+    ids = {"dead": m.execute({"name": "boom", "max_attempts": 1}), "done": m.execute("add", {"a": 2, "b": 3})}
+    with pytest.raises(martinet.TaskFailed):
+        m.wait(ids["dead"], timeout=20)
+    m.wait(ids["done"], timeout=20)
+    ids["held"] = m.execute("hold", {"note": "secret-token-123"})
+    wait_for(lambda: m.get(ids["held"])["progress"] == 0.4, what="the held task's progress")
+    clients = []
+
+    def make(**options):
+        client = TestClient(create_app(m, WebOptions(**options)), base_url="http://127.0.0.1")
+        clients.append(client)
+        return client, live, ids
+
+    yield make
+    released.set()
+    for client in clients:
+        client.close()
+
+
+def csrf_of(html: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+
+
+def test_the_overview_shows_queues_running_progress_workers_and_the_dead(site):
+    client, _live, ids = site()
+    page = client.get("/")
+    assert page.status_code == 200
+    html = page.text
+    assert f'id="progress-{ids["held"]}"' in html and 'style="width: 40%"' in html and "halfway" in html
+    assert "w-web" in html and f'href="/tasks/{ids["dead"]}"' in html and "ValueError: kaboom" in html
+
+
+def test_a_task_s_page_has_its_args_result_error_traceback_and_attempts(site):
+    client, _live, ids = site()
+    dead = client.get(f"/tasks/{ids['dead']}").text
+    assert "ValueError" in dead and "kaboom" in dead and "Traceback" in dead and "failed" in dead
+    done = client.get(f"/tasks/{ids['done']}").text
+    assert "&#34;a&#34;: 2" in done or '"a": 2' in done.replace("&#34;", '"')
+    assert ">5<" in done.replace("\n", "").replace(" ", "") or "5</pre>" in done
+    held = client.get(f"/tasks/{ids['held']}").text
+    assert "secret-token-123" in held
+    hidden, *_ = site(hide_args=True)
+    page = hidden.get(f"/tasks/{ids['held']}").text
+    assert "secret-token-123" not in page and "hidden (--hide-args)" in page
+    assert client.get("/tasks/999999").status_code == 404
+
+
+def test_the_task_list_filters_and_pages_with_cursors(site, monkeypatch):
+    client, _live, ids = site()
+    dead = client.get("/tasks", params={"status": "dead"}).text
+    assert f'href="/tasks/{ids["dead"]}"' in dead and f'href="/tasks/{ids["done"]}"' not in dead
+    monkeypatch.setattr(web_app, "PAGE", 2)
+    first = client.get("/tasks").text
+    more = re.search(r'href="/tasks(\?[^"]+)" rel="next"', first).group(1).replace("&amp;", "&")
+    second = client.get("/tasks" + more).text
+    shown = set(re.findall(r'href="/tasks/(\d+)"', first)) | set(re.findall(r'href="/tasks/(\d+)"', second))
+    assert shown == {str(i) for i in ids.values()}
+
+
+def test_actions_ask_a_csrf_token_and_say_what_they_did(site):
+    client, live, ids = site()
+    page = client.get(f"/tasks/{ids['dead']}").text
+    assert 'onsubmit="return confirm(' in page
+    refused = client.post(f"/tasks/{ids['dead']}/retry", data={"csrf": "forged"}, follow_redirects=False)
+    assert refused.status_code == 403 and live.m.get(ids["dead"])["status"] == "dead"
+    done = client.post(f"/tasks/{ids['dead']}/retry", data={"csrf": csrf_of(page)}, follow_redirects=True)
+    assert done.status_code == 200 and f"task {ids['dead']} will run again" in done.text
+    wait_for(lambda: live.m.get(ids["dead"])["attempt"] == 2, what="the retried task's second attempt")
+    queues = client.get("/queues").text
+    client.post("/queues/default/pause", data={"csrf": csrf_of(queues)})
+    assert [q["paused"] for q in live.m.queues() if q["name"] == "default"] == [True]
+    resumed = client.post("/queues/default/resume", data={"csrf": csrf_of(queues)}, follow_redirects=True)
+    assert "queue default resumed" in resumed.text
+
+
+def test_read_only_offers_and_takes_no_action(site):
+    client, live, ids = site(read_only=True)
+    page = client.get(f"/tasks/{ids['dead']}").text
+    assert '<form method="post"' not in page and "read-only" in page
+    client.cookies.set(web_app.CSRF_COOKIE, "c")
+    assert client.post(f"/tasks/{ids['dead']}/retry", data={"csrf": "c"}).status_code == 403
+    assert live.m.get(ids["dead"])["status"] == "dead"
+
+
+def test_a_token_guards_every_page_and_is_kept_in_a_cookie(site):
+    client, _live, _ids = site(token="s3cret")
+    assert client.get("/").status_code == 401
+    assert client.get("/?token=wrong").status_code == 401
+    entered = client.get("/?token=s3cret", follow_redirects=False)
+    assert entered.status_code == 303 and "token" not in entered.headers["location"]
+    assert client.get("/").status_code == 200  # the cookie
+    bare, *_ = site(token="s3cret")
+    assert bare.get("/workers", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_live_streams_the_daemon_s_events(site):
+    client, live, ids = site()
+    with client.stream("GET", "/live") as stream:
+        lines = stream.iter_lines()
+        assert next(lines).startswith(": connected")
+        tid = live.m.execute("add", {"a": 1, "b": 1})
+        for line in lines:  # (bounded: the task ends within seconds, and its event comes)
+            if line.startswith("data: ") and json.loads(line[6:]).get("id") == tid:
+                break
+    assert json.loads(line[6:])["event"] == "succeeded"
+
+
+def test_web_refuses_an_open_address_without_a_token(capsys, monkeypatch):
+    monkeypatch.delenv("MARTINET_WEB_TOKEN", raising=False)
+    assert cli.main(["web", "--bind", "0.0.0.0:8010"]) == 1
+    assert "would serve 0.0.0.0 without a token" in capsys.readouterr().err
