@@ -165,3 +165,14 @@ def span(task, log, seconds=0.05):
     with open(log, "a") as fh:
         fh.write(f"{start} {time.time()}\n")
     return start
+
+
+@martinet.task("crawl")
+def crawl(task, n=10, pause=0.2):
+    """Reports its progress page by page, slowly enough to be watched (the dashboard's test)."""
+    for i in range(1, n + 1):
+        if task.cancelled:
+            return "stopped"
+        time.sleep(pause)
+        task.progress(i / n, f"page {i} of {n}")
+    return n
