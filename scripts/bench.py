@@ -54,6 +54,9 @@ drain as a share of the lower floor, when throughput and floor both ran). Scenar
               calls/s, the daemon's CPU % and CPU ms a call (net: less its CPU with no
               calls, "quiet", which heartbeats cost), the time the N took to connect, and
               each figure against alone's (_x)
+  web         the drain of --tasks with the dashboard open (martinet web: two live pages,
+              the overview and a task's page reloaded every 2 s) against the drain without
+              it, in turn (web_drain_x; target >= 0.9). Needs the 'web' extra
 """
 
 from __future__ import annotations
@@ -69,9 +72,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -1171,6 +1176,74 @@ def scenario_daemons(args) -> dict | None:
     }
 
 
+@contextmanager
+def dashboard_open(rig: Rig, page: str) -> Iterator[list[int]]:
+    """`martinet web` on the rig's daemon, with two browser tabs' worth of load: two live
+    streams (/live, as each page keeps) read to the end, and the overview and `page`
+    loaded again every 2 s. Yields the count of messages the streams got."""
+    (port,) = free_ports(1)
+    env = {**rig.env, "MARTINET_URL": rig.url}
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "martinet", "web", "--bind", f"127.0.0.1:{port}"],
+                            stdout=rig.log, stderr=rig.log, env=env)  # fmt: skip
+    base, stop, events = f"http://127.0.0.1:{port}", threading.Event(), [0]
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(base + "/static/martinet.css", timeout=2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"martinet web did not start (see {rig.dir}/processes.log)") from None
+            time.sleep(0.05)
+
+    def stream() -> None:
+        with urllib.request.urlopen(base + "/live", timeout=30) as live:
+            while not stop.is_set():
+                line = live.readline()
+                if not line:
+                    return
+                events[0] += line.startswith(b"data: ")
+
+    def reload() -> None:
+        while not stop.wait(2.0):
+            for path in ("/", page):
+                urllib.request.urlopen(base + path, timeout=30).read()
+
+    threads = [threading.Thread(target=fn, daemon=True) for fn in (stream, stream, reload)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield events
+    finally:
+        stop.set()
+        proc.terminate()
+        proc.wait(20)
+
+
+def scenario_web(args) -> dict:
+    """The drain of --tasks no-op tasks (bulk submitted, 2 workers) with the dashboard open
+    (dashboard_open: two live pages, the overview and a running task's page reloaded every
+    2 s) against the same drain without it, in turn: web_drain_x is their ratio (the
+    issue's target: at least 0.9). Needs the 'web' extra."""
+    rates: dict[str, float] = {}
+    got = 0
+    for label in ("without", "with"):
+        with running() as (rig, m):
+            page = f"/tasks/{m.execute('bench.noop')}"
+            wait_drained(rig.db)
+            with dashboard_open(rig, page) if label == "with" else nullcontext([0]) as events:
+                start = time.time()
+                m.execute_many([({"name": "bench.noop"}, {}) for _ in range(args.tasks)])
+                rates[label] = args.tasks / (wait_drained(rig.db) - start)
+                got = max(got, events[0])
+    return {
+        "drain_without_web_per_s": round(rates["without"]),
+        "drain_with_web_per_s": round(rates["with"]),
+        "web_drain_x": round(rates["with"] / rates["without"], 3),
+        "web_live_messages": got,
+    }
+
+
 SCENARIOS = {
     "users": scenario_users,
     "throughput": scenario_throughput,
@@ -1185,6 +1258,7 @@ SCENARIOS = {
     "search": scenario_search,
     "prune": scenario_prune,
     "idle": scenario_idle,
+    "web": scenario_web,
 }
 
 
@@ -1286,6 +1360,7 @@ TARGETS = [
     ("users", "sqlite_enqueue_of_round_trips_pct", 50, True),
     ("users", "sqlite_clients8_x", 4, True),
     ("users", "sqlite_c1_latency_p99_ms", 1.2, False),  # Huey on Redis: 1.16 ms (peers, 2026-12-06)
+    ("web", "web_drain_x", 0.9, True),  # issue 27: the dashboard open costs a drain 10 % at most
 ]
 LATENCY_P50_OF_RELAY = 1.5  # a task's p50 latency at most this multiple of the committing relay's
 

@@ -130,16 +130,20 @@ def test_a_token_guards_every_page_and_is_kept_in_a_cookie(site):
     assert bare.get("/workers", headers={"Authorization": "Bearer s3cret"}).status_code == 200
 
 
-def test_live_streams_the_daemon_s_events(site):
+def test_live_streams_what_changed_task_by_task(site):
     client, live, ids = site()
     with client.stream("GET", "/live") as stream:
         lines = stream.iter_lines()
         assert next(lines).startswith(": connected")
-        tid = live.m.execute("add", {"a": 1, "b": 1})
-        for line in lines:  # (bounded: the task ends within seconds, and its event comes)
-            if line.startswith("data: ") and json.loads(line[6:]).get("id") == tid:
+        tid = live.m.execute("steps", {"n": 2})
+        seen: dict = {}
+        for line in lines:  # (bounded: the task ends within seconds, and its change comes)
+            if line.startswith("data: "):
+                for item in json.loads(line[6:]):
+                    seen.setdefault(item["id"], {}).update(item)
+            if seen.get(tid, {}).get("status") == "succeeded":
                 break
-    assert json.loads(line[6:])["event"] == "succeeded"
+    assert seen[tid]["progress"] == 1.0 and seen[tid]["message"] == "step 2 of 2"
 
 
 def test_web_refuses_an_open_address_without_a_token(capsys, monkeypatch):

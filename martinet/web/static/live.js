@@ -1,10 +1,13 @@
-// The pages' live part: the daemon's events (/live, server-sent events) move progress
-// bars and states without a reload. Elements carry the task's id: progress-ID, status-ID.
+// The pages' live part: what changed (/live, server-sent events: a list of tasks, each with
+// its latest progress, message and state) moves progress bars and states without a reload.
+// Elements carry the task's id: progress-ID, percent-ID, message-ID, status-ID.
 (function () {
   if (!window.EventSource) return;
   var source = new EventSource("/live");
   source.onmessage = function (message) {
-    var e = JSON.parse(message.data);
+    JSON.parse(message.data).forEach(show);
+  };
+  function show(e) {
     if (e.progress !== undefined && e.progress !== null) {
       var percent = Math.max(0, Math.min(100, Math.round(e.progress * 100)));
       var bar = document.querySelector("#progress-" + e.id + " .bar");
@@ -18,5 +21,5 @@
       var state = document.getElementById("status-" + e.id);
       if (state) { state.textContent = e.status; state.className = "state " + e.status; }
     }
-  };
+  }
 })();
