@@ -332,7 +332,9 @@ class Martinet(EventHooks):
         return self.client.request("get", {"id": task_or_schedule_id})["item"]
 
     def show(self, task_or_schedule_id: int | str) -> dict[str, Any]:
-        """`get` plus history: a task's attempts and why it waits; a schedule's recent runs."""
+        """`get` plus history: a task's attempts, why it waits, and the tasks it waits on
+        ("parents") and that wait on it ("children"); a schedule's recent runs and next
+        five due times ("upcoming")."""
         return self.client.request("show", {"id": task_or_schedule_id})["item"]
 
     def list(

@@ -1,7 +1,7 @@
 """Benchmarks: real daemon and worker processes on 127.0.0.1, durable tasks only.
 
     python scripts/bench.py                 # every scenario, 3 repeats each
-    python scripts/bench.py --quick         # all but scale, search and prune (a million rows each), and idle
+    python scripts/bench.py --quick         # all but scale, search and prune (a million rows each), and idle (web included)
     python scripts/bench.py timers --repeat 5
     python scripts/bench.py scale --pending 1000000 --schedules 10000
 

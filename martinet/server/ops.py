@@ -146,6 +146,7 @@ def show(r: Request) -> dict[str, Any] | None:
     if item["kind"] == "task":
         item["attempts"] = attempt_infos(core.store.attempts(item["id"]))
         item["waiting"] = waiting_reason(core, item)
+        item.update(core.store.links(item["id"]))  # parents, children
     else:
         recent, _ = task_page(core.store.search_tasks(query.Search(schedule_id=int(item["id"][1:])), 10))
         item["recent_runs"] = [

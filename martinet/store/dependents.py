@@ -29,6 +29,19 @@ class Dependents(SqlKit):
             )
         return found
 
+    def links(self, task_id: int, limit: int = 100) -> dict[str, list[dict[str, Any]]]:
+        """The tasks this one waits on ("parents") and those that wait on it ("children"),
+        each with its id, name and status, `limit` of each at most, by id."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for key, mine, theirs in (("parents", "task_id", "parent_id"), ("children", "parent_id", "task_id")):
+            sql = (
+                f"SELECT task.id, task.name, task.status FROM dependency JOIN task ON task.id = dependency.{theirs}"
+                f" WHERE dependency.{mine} = ? ORDER BY task.id LIMIT ?"
+            )
+            rows = self._exec(sql, (task_id, limit), cache=False).fetchall()
+            out[key] = [{"id": i, "name": name, "status": status} for i, name, status in rows]
+        return out
+
     def _parent_results(self, task_ids: list[int]) -> dict[int, dict[int, Any]]:
         """What the tasks these waited on returned, as {task id: {parent id: result}}."""
         Task, Dependency = self.Task, self.Dependency

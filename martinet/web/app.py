@@ -51,6 +51,8 @@ log = logging.getLogger("martinet.web")
 
 HERE = Path(__file__).parent
 PAGE = 50  # tasks a page
+SCHEDULES_SHOWN = 100  # schedules on their page (each read with its next due times)
+RETRY_AT_MOST = 1000  # dead tasks one "retry all" retries
 FLUSH_EVERY = 0.25  # seconds between two messages of /live
 TOKEN_COOKIE, CSRF_COOKIE = "martinet_token", "martinet_csrf"
 STATES = (
@@ -82,6 +84,7 @@ def create_app(m: Martinet, options: WebOptions | None = None) -> Starlette:
         Route("/tasks", web.tasks),
         Route("/tasks/{task_id:int}", web.task),
         Route("/tasks/{task_id:int}/{action:str}", web.task_action, methods=["POST"]),
+        Route("/dead/retry", web.retry_dead, methods=["POST"]),
         Route("/workers", web.workers),
         Route("/queues", web.queues),
         Route("/queues/{name:str}/{action:str}", web.queue_action, methods=["POST"]),
@@ -147,7 +150,10 @@ class _Web:
         return await self._page(request, "queues.html", lambda: {"queues": self.m.queues()})
 
     async def schedules(self, request: Request) -> Response:
-        return await self._page(request, "schedules.html", lambda: {"schedules": self.m.schedules()})
+        def read() -> dict[str, Any]:  # each with its next five due times (show)
+            return {"schedules": [self.m.show(s["id"]) for s in self.m.schedules()[:SCHEDULES_SHOWN]]}
+
+        return await self._page(request, "schedules.html", read)
 
     async def _page(self, request: Request, template: str, read: Any) -> Response:
         try:
@@ -185,11 +191,47 @@ class _Web:
 
     async def queue_action(self, request: Request) -> Response:
         name, action = request.path_params["name"], request.path_params["action"]
+        form = await request.form()
+        changes = {
+            k: str(form[k]).strip() for k in ("concurrency", "rate", "weight") if str(form.get(k, "")).strip()
+        }
+
+        def change() -> None:
+            weight = changes.get("weight")
+            concurrency: int | str | None = changes.get("concurrency")
+            if isinstance(concurrency, str) and concurrency.lower() != "none":  # ("none" clears it)
+                concurrency = _int(concurrency, "concurrency")
+            self.m.set_queue(name, concurrency=concurrency, rate=changes.get("rate"),
+                             weight=None if weight is None else _int(weight, "weight"))  # fmt: skip
+
+        said = ", ".join(f"{k} {v}" for k, v in changes.items()) or "nothing to change"
         calls = {
             "pause": (lambda: self.m.pause_queue(name), f"queue {name} paused"),
             "resume": (lambda: self.m.resume_queue(name), f"queue {name} resumed"),
+            "set": (change, f"queue {name}: {said}"),
         }
         return await self._act(request, calls.get(action), "/queues")
+
+    async def retry_dead(self, request: Request) -> Response:
+        """Every dead task that matches the list's filters (RETRY_AT_MOST at most), again."""
+        form = await request.form()
+        filters = {k: str(form[k]) for k in ("name", "queue", "text") if str(form.get(k, "")).strip()}
+
+        def retry_all() -> str:
+            done, after = 0, None
+            while done < RETRY_AT_MOST:
+                page = self.m.search(
+                    status="dead", limit=min(PAGE, RETRY_AT_MOST - done), after=after, **filters
+                )
+                for task in page.items:
+                    self.m.retry(task["id"])
+                    done += 1
+                after = page.next
+                if after is None:
+                    break
+            return f"{done} dead task(s) will run again"
+
+        return await self._act(request, (retry_all, ""), "/tasks?" + urlencode({"status": "dead", **filters}))
 
     async def schedule_action(self, request: Request) -> Response:
         sid, action = request.path_params["sid"], request.path_params["action"]
@@ -200,6 +242,8 @@ class _Web:
         return await self._act(request, calls.get(action), "/schedules")
 
     async def _act(self, request: Request, call: tuple[Any, str] | None, back: str) -> Response:
+        """An action's POST: refused when read-only or without the form's CSRF token; else
+        `call` = (what to do, what to say: or what it returns, when a str)."""
         if self.options.read_only:
             return JSONResponse({"error": "this dashboard is read-only (--read-only)"}, status_code=403)
         if call is None:
@@ -210,12 +254,15 @@ class _Web:
             return JSONResponse(
                 {"error": "the form's CSRF token is missing or wrong: reload the page"}, status_code=403
             )
-        fn, said = call
+        fn, message = call
         try:
-            await run_in_threadpool(fn)
+            result = await run_in_threadpool(fn)
+            if isinstance(result, str):
+                message = result
         except MartinetError as exc:
-            said = f"refused: {exc}"
-        return RedirectResponse(f"{back}?{urlencode({'done': said})}", status_code=303)
+            message = f"refused: {exc}"
+        separator = "&" if "?" in back else "?"
+        return RedirectResponse(f"{back}{separator}{urlencode({'done': message})}", status_code=303)
 
     # ---- live --------------------------------------------------------------------------
 
@@ -273,6 +320,13 @@ class _Web:
     def close(self) -> None:
         self._closing.set()
         self.m.stop_listening()
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise MartinetError(f"{what} must be a whole number, got {text!r}") from None
 
 
 def _offer(queue: asyncio.Queue[str], data: str) -> None:

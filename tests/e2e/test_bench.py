@@ -50,6 +50,7 @@ USERS = {
 EXPECTED = {
     "users": {k for k in USERS if k.startswith("sqlite_")} | {"zmq_round_trips_per_s"},
     "throughput": {"submit_seq_per_s", "submit_bulk_per_s", "drain_per_s"},
+    "web": {"drain_without_web_per_s", "drain_with_web_per_s", "web_drain_x", "web_live_messages"},
     "shaping": {"submit_seq_per_s", "submit_bulk_per_s", "drain_per_s"},
     "latency": {"latency_p50_ms", "latency_p99_ms", "latency_max_ms"},
     "floor": {"zmq_floor_per_s", "sqlite_floor_per_s", "relay_latency_p50_ms", "relay_latency_p99_ms"},
@@ -90,7 +91,7 @@ def check_figures(results: dict[str, dict[str, float]]) -> None:
 
 def test_a_quick_run_runs_every_scenario_but_those_that_build_a_million_rows():
     results = bench(*TINY, "--quick", "--postgres", "")
-    quick = {"users", "throughput", "latency", "store", "floor", "shaping", "timers", "targets"}
+    quick = {"users", "throughput", "latency", "store", "floor", "shaping", "timers", "web", "targets"}
     assert set(results) == quick  # no backends without --postgres
     check_figures(results)
     assert {

@@ -150,3 +150,43 @@ def test_web_refuses_an_open_address_without_a_token(capsys, monkeypatch):
     monkeypatch.delenv("MARTINET_WEB_TOKEN", raising=False)
     assert cli.main(["web", "--bind", "0.0.0.0:8010"]) == 1
     assert "would serve 0.0.0.0 without a token" in capsys.readouterr().err
+
+
+def test_a_task_s_page_shows_what_it_waits_on_and_what_waits_on_it(site):
+    client, live, ids = site()
+    child = live.m.execute("add", {"a": 1, "b": 1}, after=[ids["done"]])
+    live.m.wait(child, timeout=20)
+    parent_page = client.get(f"/tasks/{ids['done']}").text
+    assert "waited on by" in parent_page and f'href="/tasks/{child}"' in parent_page
+    child_page = client.get(f"/tasks/{child}").text
+    assert "waits on" in child_page and f'href="/tasks/{ids["done"]}"' in child_page
+    assert live.m.show(child)["parents"] == [{"id": ids["done"], "name": "add", "status": "succeeded"}]
+
+
+def test_schedules_show_their_next_five_due_times_and_queues_can_be_changed(site):
+    client, live, _ids = site()
+    live.m.every("1 hour", "add", {"a": 1, "b": 2})
+    page = client.get("/schedules").text
+    assert page.count("<br>") >= 5  # its next five due times
+    queues = client.get("/queues").text
+    changed = client.post("/queues/default/set", data={"csrf": csrf_of(queues), "concurrency": "3", "rate": "5/second"},
+                          follow_redirects=True)  # fmt: skip
+    assert "queue default: concurrency 3, rate 5/second" in changed.text
+    (default,) = [q for q in live.m.queues() if q["name"] == "default"]
+    assert default["concurrency"] == 3 and default["rate"] == "5/1s"
+    refused = client.post("/queues/default/set", data={"csrf": csrf_of(queues), "weight": "heavy"},
+                          follow_redirects=True)  # fmt: skip
+    assert "refused: weight must be a whole number, got &#39;heavy&#39;" in refused.text
+
+
+def test_every_dead_task_that_matches_is_retried_at_once(site):
+    client, live, ids = site()
+    other = live.m.execute({"name": "flaky", "max_attempts": 1}, {"succeed_on": 5})
+    with pytest.raises(martinet.TaskFailed):
+        live.m.wait(other, timeout=20)
+    page = client.get("/tasks", params={"status": "dead", "name": "boom"}).text
+    assert "Retry all dead tasks that match" in page
+    done = client.post("/dead/retry", data={"csrf": csrf_of(page), "name": "boom"}, follow_redirects=True)
+    assert "1 dead task(s) will run again" in done.text
+    wait_for(lambda: live.m.get(ids["dead"])["attempt"] == 2, what="the boom task's second attempt")
+    assert live.m.get(other)["status"] == "dead"  # not a boom: left alone
