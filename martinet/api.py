@@ -469,6 +469,12 @@ class Martinet(EventHooks):
         `this` for the one answering."""
         return self.client.request("daemons")["items"]
 
+    def finished_per_minute(self) -> builtins.list[dict[str, Any]]:
+        """The tasks that reached their end through this daemon in each of the last 60
+        minutes, oldest first: {"minute": its start, "succeeded": n, "dead": n, "cancelled":
+        n}; counted since the daemon started (its memory, not the table)."""
+        return self.client.request("finished")["per_minute"]
+
     def workers(self) -> builtins.list[dict[str, Any]]:
         """The workers connected to this daemon: id, names (the tasks it runs), queues
         (None: all), capacity and threads, held (the ids of the tasks it runs or holds

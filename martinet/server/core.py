@@ -70,8 +70,10 @@ class Core(State):
                 timers.run(self, out, now)
                 claims.claim(self, out, now)
                 recorded = bool(out.events or self.hub.pending)
+                turn_events = [*self.hub.pending, *out.events] if recorded else []
+                self.finished.stage(turn_events)
                 if self.metrics is not None:
-                    self.metrics.ended([*self.hub.pending, *out.events])
+                    self.metrics.ended(turn_events)
                 out.events = self.hub.record(self.store, out.events, now, ids=bool(self.hub.subscribers))
                 elsewhere.tell(self, out, recorded, now)
                 committing = time.perf_counter()
@@ -83,6 +85,7 @@ class Core(State):
             self.notes_lost = heard is None or bool(heard)
             raise
         else:
+            self.finished.commit(now)
             if self.metrics is not None:
                 self.metrics.committed(time.perf_counter() - committing)
             self.peers.commit()
@@ -100,6 +103,7 @@ class Core(State):
         self.lanes.begin()
         self._turn_waits = []
         self.made_ready = set()
+        self.finished.drop()
         if self.metrics is not None:
             self.metrics.begin()
         return (self.next_tick, self.overdue_after, self.next_wakeup, len(self.ended_elsewhere))

@@ -295,6 +295,11 @@ def wait(r: Request) -> dict[str, Any] | None:
     return None  # answered when the task ends, or at the deadline
 
 
+def finished(r: Request) -> dict[str, Any] | None:
+    """Tasks that reached their end through this daemon, by minute, over the last hour."""
+    return {"per_minute": r.core.finished.last_hour(r.now)}
+
+
 def subscribe(r: Request) -> dict[str, Any] | None:
     """Events pushed to this client from now, or from after `since` (events.py)."""
     core, h, now = r.core, r.header, r.now
@@ -352,4 +357,5 @@ OPS: dict[str, Callable[[Request], dict[str, Any] | None]] = {
     "subscribe": subscribe,
     "daemons": presence.daemons,
     "workers": workers.listing,
+    "finished": finished,
 }

@@ -27,6 +27,7 @@ from martinet.present import maybe_task_info
 from martinet.protocol import Cmd
 from martinet.retention import Retention
 from martinet.server.events import EventHub, attempt_event
+from martinet.server.finished import FinishedPerMinute
 from martinet.server.lanes import RATE_LOOKBACK, Lanes, lane_settings, queue_columns, rate_of
 from martinet.server.outbox import Outbox
 from martinet.server.peers import Peer, Peers
@@ -76,6 +77,7 @@ class State:
         # sooner than this daemon's (elsewhere.tell): said to them with the commit.
         self.made_ready: set[str] = set()
         self.metrics: DaemonMetrics | None = None  # with --metrics (metrics.py)
+        self.finished = FinishedPerMinute()  # the last hour's ends, by minute (finished.py)
         self.leases_to_end: dict[str, float] = {}  # daemons gone: when their leases end (presence.py)
         self.next_tick = 0.0
         self.rate_wakeup: float | None = None  # when a rate limit lets a waiting task start

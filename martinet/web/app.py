@@ -124,6 +124,7 @@ class _Web:
                 "workers": self.m.workers(),
                 "running": self.m.search(status="running", limit=20).items,
                 "dead": self.m.search(status="dead", limit=10, sort="finished").items,
+                "chart": chart(self.m.finished_per_minute()),
             }
 
         return await self._page(request, "overview.html", read)
@@ -320,6 +321,23 @@ class _Web:
     def close(self) -> None:
         self._closing.set()
         self.m.stop_listening()
+
+
+CHART_HEIGHT = 80  # pixels of the overview's chart; a bar a minute, 8 pixels wide
+
+
+def chart(minutes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The overview's bars, one a minute: each minute's succeeded and dead-or-cancelled
+    tasks, scaled to CHART_HEIGHT, with a label to hover."""
+    top = max([m["succeeded"] + m["dead"] + m["cancelled"] for m in minutes] + [1])
+    bars = []
+    for i, m in enumerate(minutes):
+        bad = m["dead"] + m["cancelled"]
+        ok_h, bad_h = (round(CHART_HEIGHT * n / top) for n in (m["succeeded"], bad))
+        label = f"{m['minute'][11:16]} UTC: {m['succeeded']} succeeded, {m['dead']} dead, {m['cancelled']} cancelled"
+        bars.append({"x": i * 8, "ok": ok_h, "bad": bad_h, "label": label})
+    total = sum(m["succeeded"] + m["dead"] + m["cancelled"] for m in minutes)
+    return {"bars": bars, "top": top, "height": CHART_HEIGHT, "total": total}
 
 
 def _int(text: str, what: str) -> int:

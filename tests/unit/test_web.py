@@ -190,3 +190,37 @@ def test_every_dead_task_that_matches_is_retried_at_once(site):
     assert "1 dead task(s) will run again" in done.text
     wait_for(lambda: live.m.get(ids["dead"])["attempt"] == 2, what="the boom task's second attempt")
     assert live.m.get(other)["status"] == "dead"  # not a boom: left alone
+
+
+def test_the_overview_charts_the_tasks_finished_each_minute(site):
+    client, live, _ids = site()
+    minutes = live.m.finished_per_minute()
+    assert len(minutes) == 60 and minutes[-1]["minute"] >= minutes[0]["minute"]
+    assert sum(m["succeeded"] for m in minutes) == 1 and sum(m["dead"] for m in minutes) == 1  # done, dead
+    html = client.get("/").text
+    assert "Finished per minute, the last hour (2)" in html
+    labels = re.findall(r"<title>\d\d:\d\d UTC: (\d+) succeeded, (\d+) dead, (\d+) cancelled</title>", html)
+    assert len(labels) == 60 and [sum(int(n[i]) for n in labels) for i in range(3)] == [1, 1, 0]
+
+
+def test_the_minutes_count_committed_ends_and_forget_after_an_hour():
+    from martinet.server.finished import FinishedPerMinute
+
+    counts = FinishedPerMinute()
+    counts.stage(
+        [
+            {"event": "succeeded", "id": 1, "status": "succeeded"},
+            {"event": "failed", "id": 2, "status": "failed"},
+        ]
+    )
+    counts.commit(600.0)
+    counts.stage([{"event": "dead", "id": 3, "status": "dead"}])
+    counts.drop()  # rolled back: never happened
+    counts.stage([{"event": "cancelled", "id": 4, "status": "cancelled"}])
+    counts.commit(670.0)  # the next minute
+    hour = counts.last_hour(680.0)
+    assert hour[-1] == {"minute": "1970-01-01T00:11:00.000+00:00", "succeeded": 0, "dead": 0, "cancelled": 1}
+    assert hour[-2]["succeeded"] == 1 and sum(m["dead"] for m in hour) == 0
+    counts.stage([{"event": "succeeded", "id": 5, "status": "succeeded"}])
+    counts.commit(670.0 + 3600)
+    assert sorted(counts.minutes) == [71]  # an hour later, the old minutes are gone
