@@ -45,7 +45,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from martinet.api import Martinet
-from martinet.errors import MartinetError
+from martinet.errors import BadInput, MartinetError, TaskNotFound
+from martinet.query import parse_where
 
 log = logging.getLogger("martinet.web")
 
@@ -131,10 +132,14 @@ class _Web:
 
     async def tasks(self, request: Request) -> Response:
         q = request.query_params
-        filters = {key: q[key] for key in ("status", "name", "queue", "text") if q.get(key)}
+        filters = {key: q[key] for key in ("status", "name", "queue", "text", "where") if q.get(key)}
 
         def read() -> dict[str, Any]:
-            page = self.m.search(limit=PAGE, after=q.get("after") or None, **filters)
+            search: dict[str, Any] = {k: v for k, v in filters.items() if k != "where"}
+            if "where" in filters:  # a payload field: FIELD=VALUE, as `martinet list --where`
+                field, value = parse_where(filters["where"])
+                search["where"] = {field: value}
+            page = self.m.search(limit=PAGE, after=q.get("after") or None, **search)
             more = None if page.next is None else "?" + urlencode({**filters, "after": page.next})
             return {"items": page.items, "filters": filters, "more": more, "states": STATES}
 
@@ -159,10 +164,9 @@ class _Web:
     async def _page(self, request: Request, template: str, read: Any) -> Response:
         try:
             data = await run_in_threadpool(read)
-        except MartinetError as exc:
-            return self._render(
-                request, "error.html", {"error": str(exc)}, status=502 if "daemon" in str(exc) else 404
-            )
+        except MartinetError as exc:  # the daemon's answer, or its silence, said on the page
+            status = 404 if isinstance(exc, TaskNotFound) else 400 if isinstance(exc, BadInput) else 502
+            return self._render(request, "error.html", {"error": str(exc)}, status=status)
         return self._render(request, template, data)
 
     def _render(self, request: Request, template: str, data: dict[str, Any], status: int = 200) -> Response:

@@ -224,3 +224,11 @@ def test_the_minutes_count_committed_ends_and_forget_after_an_hour():
     counts.stage([{"event": "succeeded", "id": 5, "status": "succeeded"}])
     counts.commit(670.0 + 3600)
     assert sorted(counts.minutes) == [71]  # an hour later, the old minutes are gone
+
+
+def test_the_task_list_finds_tasks_by_a_payload_field_and_says_what_is_wrong(site):
+    client, _live, ids = site()
+    found = client.get("/tasks", params={"where": "a=2"}).text
+    assert f'href="/tasks/{ids["done"]}"' in found and f'href="/tasks/{ids["held"]}"' not in found
+    bad = client.get("/tasks", params={"where": "nothing"})
+    assert bad.status_code == 400 and "must look like FIELD=VALUE" in bad.text
