@@ -8,6 +8,15 @@ import sys
 from typing import Any
 
 from martinet import logs
+from martinet.states import TaskState
+
+
+def add_logging_options(parser: argparse.ArgumentParser, level: str, form: str) -> None:
+    """--log-level and --log-format, as `serve` and `martinet-worker` take them."""
+    parser.add_argument("--log-level", help=f"DEBUG, INFO, WARNING or ERROR (default: {level})")
+    parser.add_argument(
+        "--log-format", choices=logs.FORMATS, help=f"log lines as text or JSON (default: {form})"
+    )
 
 
 def setup_logging(level: str, form: str = "text") -> None:
@@ -25,18 +34,7 @@ def warn_submitted(warning: str | None) -> None:
         print(f"martinet: warning: {warning}; it waits until one connects", file=sys.stderr)
 
 
-STATE_ORDER = (
-    "waiting",
-    "scheduled",
-    "queued",
-    "leased",
-    "running",
-    "succeeded",
-    "failed",
-    "dead",
-    "cancelled",
-    "stalled",
-)
+STATE_ORDER = tuple(state.value for state in TaskState)  # a task's life, in order
 
 
 def counts_text(counts: dict[str, int]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from martinet import rules
+from martinet.cli.output import add_logging_options
 from martinet.cli.waiting import EXIT_CODES
 from martinet.config import Settings as S
 from martinet.protocol import EVENT_KINDS
@@ -155,10 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-port", type=int, help=f"client socket port (default: {S.client_port})")
     p.add_argument("--worker-port", type=int, help=f"worker socket port (default: {S.worker_port})")
     p.add_argument("--status-port", type=int, help=f"status socket port (default: {S.status_port})")
-    p.add_argument("--log-level", help=f"DEBUG, INFO, WARNING or ERROR (default: {S.log_level})")
-    p.add_argument(
-        "--log-format", choices=("text", "json"), help=f"log lines as text or JSON (default: {S.log_format})"
-    )
+    add_logging_options(p, S.log_level, S.log_format)
     p.add_argument(
         "--metrics",
         metavar="HOST:PORT",

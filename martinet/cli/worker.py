@@ -12,7 +12,7 @@ import sys
 
 from martinet import config
 from martinet.cli.inputs import queue_list
-from martinet.cli.output import setup_logging
+from martinet.cli.output import add_logging_options, setup_logging
 from martinet.cli.parser import EPILOG
 from martinet.config import Settings as S
 from martinet.errors import MartinetError
@@ -77,10 +77,7 @@ def build_worker_parser() -> argparse.ArgumentParser:
         default=WorkerOptions.grace,
         help=f"seconds to finish running tasks on SIGTERM (default: {WorkerOptions.grace:g})",
     )
-    parser.add_argument("--log-level", help=f"DEBUG, INFO, WARNING or ERROR (default: {S.log_level})")
-    parser.add_argument(
-        "--log-format", choices=("text", "json"), help=f"log lines as text or JSON (default: {S.log_format})"
-    )
+    add_logging_options(parser, S.log_level, S.log_format)
     parser.add_argument(
         "--health",
         metavar="HOST:PORT",

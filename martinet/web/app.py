@@ -47,6 +47,7 @@ from starlette.staticfiles import StaticFiles
 from martinet.api import Martinet
 from martinet.errors import BadInput, MartinetError, TaskNotFound
 from martinet.query import parse_where
+from martinet.states import TaskState
 
 log = logging.getLogger("martinet.web")
 
@@ -56,18 +57,7 @@ SCHEDULES_SHOWN = 100  # schedules on their page (each read with its next due ti
 RETRY_AT_MOST = 1000  # dead tasks one "retry all" retries
 FLUSH_EVERY = 0.25  # seconds between two messages of /live
 TOKEN_COOKIE, CSRF_COOKIE = "martinet_token", "martinet_csrf"
-STATES = (
-    "waiting",
-    "scheduled",
-    "queued",
-    "leased",
-    "running",
-    "succeeded",
-    "failed",
-    "dead",
-    "cancelled",
-    "stalled",
-)
+STATES = tuple(state.value for state in TaskState)  # the list's filter, in their order
 
 
 @dataclass(frozen=True)
