@@ -342,6 +342,11 @@ def _v15_leasing_daemon(db: peewee.Database, migrator: SchemaMigrator) -> None:
     _add_columns(db, migrator, "task", daemon=peewee.CharField(max_length=64, null=True))
 
 
+def _v16_event_task_index(db: peewee.Database, migrator: SchemaMigrator) -> None:
+    """A task's events found by task (models.Event's event_task): `show`, the dashboard."""
+    _create_index(db, "event_task", "event", "task_id, id")
+
+
 def _is_partial(db: peewee.Database, table: str, name: str) -> bool:
     """Whether index `name` exists with a WHERE clause."""
     return any(i.name == name and " WHERE " in (i.sql or "").upper() for i in db.get_indexes(table))
@@ -372,6 +377,7 @@ MIGRATIONS = (
     Migration(13, "finished tasks' index", _v13_finished_index),
     Migration(14, "daemons", _v14_daemons),
     Migration(15, "the daemon that leased a task", _v15_leasing_daemon),
+    Migration(16, "a task's events", _v16_event_task_index),
 )
 LATEST = MIGRATIONS[-1].version
 
@@ -400,7 +406,9 @@ def detect(db: peewee.Database) -> int | None:
     if "queue_setting" not in tables or "task_limit" not in tables:
         return 6
     if "daemon" in tables:
-        return 15 if "daemon" in task else 14
+        if "daemon" not in task:
+            return 14
+        return 16 if "event_task" in _indexes(db, "event") else 15
     if "database_identity" in tables:
         mysql = isinstance(db, peewee.MySQLDatabase)  # its task_finished stays full
         return 13 if mysql or _is_partial(db, "task", "task_finished") else 12

@@ -251,6 +251,10 @@ class Event(BaseModel):
     body = TextField()
 
 
+# A task's events (its page in the dashboard, `show`): read by task, newest first.
+Event.add_index(Event.index(Event.task_id, Event.id, name="event_task"))
+
+
 class DatabaseIdentity(BaseModel):
     """This database's identity (one row): see the module docstring."""
 

@@ -96,7 +96,17 @@ def cmd_show(m, args) -> int:
     if args.json:
         emit(args, item, "")
         return 0
-    skip = {"attempts", "recent_runs", "upcoming", "error", "kind", "progress_message"}
+    skip = {
+        "attempts",
+        "recent_runs",
+        "upcoming",
+        "error",
+        "kind",
+        "progress_message",
+        "events",
+        "parents",
+        "children",
+    }
     for key, value in item.items():
         if key == "progress" and (value is not None or item.get("progress_message")):
             percent = "-" if value is None else f"{value:.0%}"
@@ -123,6 +133,13 @@ def cmd_show(m, args) -> int:
             print(
                 f"  attempt {a['attempt']} on {a['worker'] or '-'}: {a['started_at'] or '?'} -> {a['ended_at']}"
                 f"{took} {outcome}"
+            )
+        for key, label in (("parents", "waits on"), ("children", "waited on by")):
+            if item.get(key):
+                print(f"{label}: " + ", ".join(f"{t['id']} ({t['name']}, {t['status']})" for t in item[key]))
+        if item.get("events"):
+            print(
+                f"events: the latest {len(item['events'])} in --json; live with `martinet watch {item['id']}`"
             )
         return 0
     print("upcoming:" if item.get("upcoming") else "upcoming: none")

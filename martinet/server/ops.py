@@ -9,6 +9,7 @@ carried out raises one of our errors (errors.py), which the core sends as the re
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,7 @@ from martinet.validate import check_args, check_every, check_task, clean_text, p
 log = logging.getLogger("martinet.daemon")
 
 MAX_BATCH = 10_000  # tasks in one execute_many request; the payload limit bounds it too
+SHOWN_EVENTS = 50  # a task's latest events in `show`
 MAX_WAITERS = 100_000  # pending wait() requests at most: a flood cannot grow memory without bound
 
 
@@ -147,6 +149,10 @@ def show(r: Request) -> dict[str, Any] | None:
         item["attempts"] = attempt_infos(core.store.attempts(item["id"]))
         item["waiting"] = waiting_reason(core, item)
         item.update(core.store.links(item["id"]))  # parents, children
+        item["events"] = [  # its latest, as a subscriber gets them
+            {**json.loads(body), "event_id": event_id, "at": iso(at)}
+            for event_id, at, body in core.store.events_of(item["id"], SHOWN_EVENTS)
+        ]
     else:
         recent, _ = task_page(core.store.search_tasks(query.Search(schedule_id=int(item["id"][1:])), 10))
         item["recent_runs"] = [

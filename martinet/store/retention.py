@@ -137,6 +137,11 @@ class Retention(SqlKit):
         sql = "SELECT id, at, body FROM event WHERE id > ? ORDER BY id LIMIT ?"
         return [tuple(r) for r in self._exec(sql, (after, limit)).fetchall()]
 
+    def events_of(self, task_id: int, limit: int = 50) -> list[tuple[int, float, str]]:
+        """A task's latest `limit` events, oldest first: (id, at, body)."""
+        sql = "SELECT id, at, body FROM event WHERE task_id = ? ORDER BY id DESC LIMIT ?"
+        return [tuple(r) for r in reversed(self._exec(sql, (task_id, limit)).fetchall())]
+
     def event_bounds(self) -> tuple[int | None, int | None]:
         """The oldest and newest event ids kept (None, None when there are none)."""
         first, last = self._exec("SELECT MIN(id), MAX(id) FROM event").fetchone()

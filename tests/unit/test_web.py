@@ -232,3 +232,14 @@ def test_the_task_list_finds_tasks_by_a_payload_field_and_says_what_is_wrong(sit
     assert f'href="/tasks/{ids["done"]}"' in found and f'href="/tasks/{ids["held"]}"' not in found
     bad = client.get("/tasks", params={"where": "nothing"})
     assert bad.status_code == 400 and "must look like FIELD=VALUE" in bad.text
+
+
+def test_a_task_s_latest_events_are_on_its_page_and_in_show(site):
+    client, live, ids = site()
+    tid = live.m.execute("steps", {"n": 2})
+    live.m.wait(tid, timeout=20)
+    events = live.m.show(tid)["events"]
+    assert [e["event"] for e in events] == ["progress", "progress", "succeeded"]
+    assert events[0]["progress"] == 0.5 and events[0]["event_id"] < events[-1]["event_id"]
+    page = client.get(f"/tasks/{tid}").text
+    assert "Events (the latest 3)" in page and "50% step 1 of 2" in page
