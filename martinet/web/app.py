@@ -6,7 +6,9 @@ the only writer of the database).
   the latest dead tasks), tasks (the filters and cursors of `martinet list`), a task
   (args, result, error and traceback, every attempt, live progress), workers, queues
   and schedules.
-- Actions: retry, revoke and stall a task; pause and resume a queue or a schedule. Each
+- Actions: retry, revoke, stall and release (a stalled task, back to the queue) a task;
+  retry every dead task that matches a filter; pause, resume and change a queue; pause
+  and resume a schedule. Each
   is a POST from a form that asks to confirm, checked against a CSRF token (a random
   value in a cookie and in the form, which another site can read neither of), and
   answered by a redirect to the page with a line saying what it did.
@@ -179,6 +181,7 @@ class _Web:
         task_id, action = request.path_params["task_id"], request.path_params["action"]
         calls = {
             "retry": (lambda: self.m.retry(task_id), f"task {task_id} will run again"),
+            "release": (lambda: self.m.retry(task_id), f"task {task_id} released: back to the queue"),
             "revoke": (lambda: self.m.revoke(task_id), f"task {task_id} revoked"),
             "stall": (lambda: self.m.stall(task_id, "stalled from the dashboard"), f"task {task_id} stalled"),
         }

@@ -243,3 +243,15 @@ def test_a_task_s_latest_events_are_on_its_page_and_in_show(site):
     assert events[0]["progress"] == 0.5 and events[0]["event_id"] < events[-1]["event_id"]
     page = client.get(f"/tasks/{tid}").text
     assert "Events (the latest 3)" in page and "50% step 1 of 2" in page
+
+
+def test_a_stalled_task_is_released_back_to_the_queue(site):
+    client, live, _ids = site()
+    later = live.m.schedule("in 1 hour", "add", {"a": 4, "b": 4})
+    page = client.get(f"/tasks/{later}").text
+    client.post(f"/tasks/{later}/stall", data={"csrf": csrf_of(page)})
+    stalled = client.get(f"/tasks/{later}").text
+    assert live.m.get(later)["status"] == "stalled" and ">Release<" in stalled and ">Retry<" not in stalled
+    done = client.post(f"/tasks/{later}/release", data={"csrf": csrf_of(stalled)}, follow_redirects=True)
+    assert f"task {later} released: back to the queue" in done.text
+    assert live.m.wait(later, timeout=20) == 8  # released now, not in an hour
