@@ -147,10 +147,10 @@ def claim_for(
                 queue=queue, order=core.lanes.queue(queue).order,
                 accept=accept if core.lanes.names else None,
             )  # fmt: skip
-            waits = [now - row.pop("due") for row in claimed]
-            if core.metrics is not None:
-                core.metrics.dispatched(waits)
             for row in claimed:
+                due = row.pop("due")  # (not for the worker: only the metrics read it)
+                if core.metrics is not None:
+                    core.metrics.dispatched((now - due,))
                 core.peers.assign(peer, row["id"], max(now, row.get("run_at", now)))
                 core.lanes.started(queue, row["name"], row.get("run_at", now))  # (a later one: see claim)
             rows.extend(claimed)
