@@ -163,6 +163,18 @@ def _queue_value(queue: str, key: str, value: Any) -> Any:
     return value
 
 
+def refuse_if_others_write(path: str | os.PathLike, what: str) -> None:
+    """ConfigError when someone other than the file's owner may write it: whoever can
+    write a config file decides where tasks go and what runs (POSIX permissions only)."""
+    mode = os.stat(path).st_mode
+    if os.name == "posix" and mode & 0o022:
+        who = "anyone on this host" if mode & 0o002 else "its group"
+        raise ConfigError(
+            f"{what} {path} can be written by {who} (mode {mode & 0o777:o}), who could change what "
+            f"martinet connects to and runs; make it writable by its owner only: chmod go-w {path}"
+        )
+
+
 def read_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a TOML config file into a flat dict of settings.
 
@@ -170,6 +182,7 @@ def read_file(path: str | os.PathLike) -> dict[str, Any]:
     ([queues.images]) are per-queue settings, kept whole as the `queues` setting.
     """
     try:
+        refuse_if_others_write(path, "config file")
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
@@ -214,7 +227,30 @@ def load(
     if config_file:
         settings = settings.with_overrides(read_file(config_file))
     settings = settings.with_overrides(read_env(environ))
-    return check(settings.with_overrides(flags or {}))
+    settings = settings.with_overrides(flags or {})
+    if settings.db.startswith("@"):  # the URL in a file: no password on a command line
+        settings = settings.with_overrides({"db": read_db_file(settings.db[1:])})
+    return check(settings)
+
+
+def read_db_file(path: str) -> str:
+    """The database URL kept in a file (`--db @FILE`, `db = "@FILE"`, MARTINET_DB=@FILE),
+    so that its password is on no command line and in no environment: its first line.
+    Refused when others may write it, or read it (it holds a password)."""
+    try:
+        refuse_if_others_write(path, "database URL file")
+        if os.name == "posix" and os.stat(path).st_mode & 0o004:
+            raise ConfigError(
+                f"database URL file {path} can be read by anyone on this host, and it holds the "
+                f"database's password: chmod o-r {path}"
+            )
+        with open(path, encoding="utf-8") as fh:
+            url = fh.readline().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the database URL file {path}: {exc.strerror or exc}") from None
+    if not url:
+        raise ConfigError(f"database URL file {path} is empty; write the URL on its first line")
+    return url
 
 
 def keep_seconds(key: str, value: Any) -> float | None:

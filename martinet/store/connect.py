@@ -4,6 +4,7 @@ schema brought to this version, and a thread that checkpoints SQLite's log."""
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from urllib.parse import parse_qs, urlparse
@@ -54,6 +55,7 @@ def open_database(url: str) -> peewee.Database:
             path, _, query = path.partition("?")
             if not path:
                 raise StoreError(f"SQLite URL {url!r} names no file; use sqlite:///path/to/file.db")
+            _private_file(path)
             db = peewee.SqliteDatabase(
                 path,
                 lock_type="IMMEDIATE",  # one writer; no read-to-write upgrade deadlocks
@@ -157,6 +159,20 @@ class WalCheckpointer:
                     log.debug("checkpoint of %s did not run: %s", self.path, exc)
         finally:
             conn.close()
+
+
+def _private_file(path: str) -> None:
+    """A new SQLite file is created readable and writable by its owner only: tasks' args and
+    results often hold tokens and personal data. SQLite gives its WAL and shared-memory
+    files the database file's permissions. An existing file keeps its own."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError:  # no such directory, no permission: SQLite's own error says it
+        pass
 
 
 def _sqlite_synchronous(url: str, query: str) -> str:

@@ -278,3 +278,46 @@ def test_martinet_worker_takes_a_url_and_a_bad_one_is_one_line(monkeypatch, caps
     assert cli.worker_main(["tests.tasks", "--connect", "tcp://127.0.0.1:8008"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "client port" in err and "Traceback" not in err
+
+
+def test_a_config_file_others_can_write_is_refused_with_the_reason(tmp_path):
+    path = write(tmp_path, 'db = "sqlite:///x.db"\n')
+    path.chmod(0o644)
+    assert load(path, environ={}).db == "sqlite:///x.db"
+    path.chmod(0o666)
+    with pytest.raises(ConfigError, match=r"can be written by anyone on this host \(mode 666\).*chmod go-w"):
+        load(path, environ={})
+    path.chmod(0o664)
+    with pytest.raises(ConfigError, match="can be written by its group"):
+        load(path, environ={})
+
+
+def test_a_new_sqlite_database_and_its_wal_are_readable_by_their_owner_only(tmp_path):
+    from martinet.store import open_database
+
+    path = tmp_path / "private.db"
+    db = open_database(f"sqlite:///{path}")
+    try:
+        db.execute_sql("INSERT INTO database_identity (database_id, created_at) VALUES ('x', 0)")
+        wal = tmp_path / "private.db-wal"
+        assert wal.exists()
+        assert {p.name: p.stat().st_mode & 0o777 for p in (path, wal)} == {path.name: 0o600, wal.name: 0o600}
+    finally:
+        db.close()
+
+
+def test_the_database_url_can_come_from_a_private_file(tmp_path):
+    secret = tmp_path / "db-url"
+    secret.write_text("postgresql://martinet:s3cret@db.internal/martinet\n")
+    secret.chmod(0o600)
+    assert (
+        load(flags={"db": f"@{secret}"}, environ={}).db == "postgresql://martinet:s3cret@db.internal/martinet"
+    )
+    assert load(environ={"MARTINET_DB": f"@{secret}"}).db.endswith("@db.internal/martinet")
+    secret.chmod(0o644)
+    with pytest.raises(
+        ConfigError, match="can be read by anyone on this host, and it holds the database's password"
+    ):
+        load(flags={"db": f"@{secret}"}, environ={})
+    with pytest.raises(ConfigError, match="cannot read the database URL file .*missing"):
+        load(flags={"db": f"@{tmp_path / 'missing'}"}, environ={})
