@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -20,6 +21,16 @@ log = logging.getLogger("martinet")
 HEALTHY_WITHIN = 10.0  # seconds (or 3 heartbeats, if longer): a loop that has not turned for longer is stuck
 Check = Callable[[], tuple[bool, str]]  # (healthy, why)
 App = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]  # a WSGI application
+
+
+def loop_turning(turned_at: Callable[[], float], within: Callable[[], float]) -> Check:
+    """/healthz's check: the loop turned (its last turn, time.monotonic()) within so long."""
+
+    def check() -> tuple[bool, str]:
+        quiet = time.monotonic() - turned_at()
+        return quiet <= within(), f"the loop last turned {quiet:.1f}s ago"
+
+    return check
 
 
 class HealthServer:

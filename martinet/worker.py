@@ -252,10 +252,6 @@ class Worker:
         """/healthz: the loop turned within 3 heartbeats (it turns at least every 0.5 s);
         /readyz: a daemon welcomed this worker and was heard within its liveness."""
 
-        def healthy() -> tuple[bool, str]:
-            quiet = time.monotonic() - self._turned_at
-            return quiet <= max(HEALTHY_WITHIN, 3 * self._interval), f"the loop last turned {quiet:.1f}s ago"
-
         def ready() -> tuple[bool, str]:
             if not self._welcomed:
                 if self._epoch is not None:  # it was, and went silent: the worker said hello again
@@ -266,8 +262,9 @@ class Worker:
                 return False, f"nothing heard from the daemon for {quiet:.1f}s"
             return True, f"welcomed by daemon {self._epoch}"
 
-        from martinet.health import HEALTHY_WITHIN, HealthServer  # (http.server: only when asked)
+        from martinet.health import HEALTHY_WITHIN, HealthServer, loop_turning  # (http.server: when asked)
 
+        healthy = loop_turning(lambda: self._turned_at, lambda: max(HEALTHY_WITHIN, 3 * self._interval))
         host, port = parse_address(address, "health")
         self._health = HealthServer({"/healthz": healthy, "/readyz": ready})
         self.health_port = self._health.start(host, port, "--health")

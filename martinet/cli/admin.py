@@ -117,21 +117,29 @@ def cmd_ping(m, args) -> int:
     return 1 if trouble else 0
 
 
+WORKERS_HEADER = f"{'WORKER':<32} {'SLOTS':>9} {'HOLDS':>5} {'HEARD':>7}  RUNS (QUEUES)"
+
+
+def worker_line(w: dict) -> str:
+    """A worker of `workers` as one line under WORKERS_HEADER (`workers`, `top`)."""
+    slots = f"{w['threads']}/{w['capacity']}"
+    queues = "all queues" if w["queues"] is None else ", ".join(w["queues"])
+    stuck = f", {len(w['stuck'])} stuck" if w["stuck"] else ""
+    return (
+        f"{w['id'][:32]:<32} {slots:>9} {len(w['held']):>5} {w['last_seen_seconds']:>6.1f}s  "
+        f"{', '.join(w['names'])} ({queues}){stuck}"
+    )
+
+
 def cmd_workers(m, args) -> int:
     """The daemon's workers: what each runs and holds, and when it was last heard from."""
     items = m.workers()
     if args.json:
         emit(args, items, "")
         return 0
-    print(f"{'ID':<32} {'SLOTS':>9} {'HOLDS':>5} {'HEARD':>7}  RUNS (QUEUES)")
+    print(WORKERS_HEADER)
     for w in items:
-        slots = f"{w['threads']}/{w['capacity']}"
-        queues = "all queues" if w["queues"] is None else ", ".join(w["queues"])
-        stuck = f", {len(w['stuck'])} stuck" if w["stuck"] else ""
-        print(
-            f"{w['id'][:32]:<32} {slots:>9} {len(w['held']):>5} {w['last_seen_seconds']:>6.1f}s  "
-            f"{', '.join(w['names'])} ({queues}){stuck}"
-        )
+        print(worker_line(w))
     if not items:
         print("no worker connected")
     return 0

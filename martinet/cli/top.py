@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from martinet.cli.admin import WORKERS_HEADER, worker_line
 from martinet.errors import MartinetError
 
 if TYPE_CHECKING:
@@ -54,12 +55,7 @@ def frame(m: Martinet, width: int, now: float) -> list[str]:
             f"{q['name'][:20]:<20} {counts.get('queued', 0):>7} {q['running']:>7} {counts.get('scheduled', 0):>9} "
             f"{counts.get('dead', 0):>6} {_seconds(oldest):>11}{paused}"
         )
-    lines += ["", f"{'WORKER':<32} {'SLOTS':>9} {'HOLDS':>5} {'HEARD':>7}  RUNS"]
-    for w in workers:
-        lines.append(
-            f"{w['id'][:32]:<32} {w['threads']:>4}/{w['capacity']:<4} {len(w['held']):>5} "
-            f"{w['last_seen_seconds']:>6.1f}s  {', '.join(w['names'])}"
-        )
+    lines += ["", WORKERS_HEADER, *map(worker_line, workers)]
     if not workers:
         lines.append("(no worker connected)")
     lines += ["", "RUNNING"]

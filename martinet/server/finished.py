@@ -10,8 +10,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from martinet.present import iso
+from martinet.states import TERMINAL
 
-ENDS = ("succeeded", "dead", "cancelled")
+ENDS = tuple(state.value for state in TERMINAL)  # the counts' keys, in this order
 MINUTES = 60
 
 
@@ -24,7 +25,7 @@ class FinishedPerMinute:
         """A turn's events, counted once the turn is committed (commit)."""
         for event in events:
             status = event.get("status")
-            if status in ENDS and isinstance(event.get("id"), int) and event.get("event") in ENDS:
+            if status in TERMINAL and isinstance(event.get("id"), int) and event.get("event") in TERMINAL:
                 self._staged[status] = self._staged.get(status, 0) + 1
 
     def commit(self, now: float) -> None:

@@ -28,7 +28,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from martinet.health import HEALTHY_WITHIN, HealthServer
+from martinet.health import HEALTHY_WITHIN, HealthServer, loop_turning
+from martinet.states import TERMINAL
 from martinet.store import Store
 
 log = logging.getLogger("martinet.daemon")
@@ -36,7 +37,6 @@ log = logging.getLogger("martinet.daemon")
 MAX_LABEL_VALUES = 500  # task names (and queues) with series of their own; the rest: "other"
 SHORT = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)  # a turn, a commit
 LONG = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
-ENDS = ("succeeded", "dead", "cancelled")  # a task's end; its attempts end with an outcome
 
 
 class DaemonMetrics:
@@ -102,7 +102,7 @@ class DaemonMetrics:
                 key = (self.attempts, (queue, name, outcome))
                 counts[key] = counts.get(key, 0) + 1
             status = event.get("status")
-            if status in ENDS:
+            if status in TERMINAL:
                 key = (self.finished, (queue, name, status))
                 counts[key] = counts.get(key, 0) + 1
 
@@ -155,14 +155,11 @@ class DaemonMetrics:
         """Start the HTTP server on its thread; returns its port (chosen when `port` is 0)."""
         self.registry.register(_Queues(store))
 
-        def healthy() -> tuple[bool, str]:
-            quiet = time.monotonic() - self.turned_at
-            return quiet <= self.healthy_within, f"the loop last turned {quiet:.1f}s ago"
-
         def ready() -> tuple[bool, str]:
             why = self.ready()
             return why is None, why or "serving"
 
+        healthy = loop_turning(lambda: self.turned_at, lambda: self.healthy_within)
         self._server = HealthServer({"/healthz": healthy, "/readyz": ready}, make_wsgi_app(self.registry))
         bound = self._server.start(host, port, "--metrics", "metrics")
         log.info("metrics on http://%s:%d/metrics (health: /healthz, /readyz)", host, bound)

@@ -3,6 +3,7 @@ schema brought to this version, and a thread that checkpoints SQLite's log."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -167,12 +168,8 @@ def _private_file(path: str) -> None:
     files the database file's permissions. An existing file keeps its own."""
     if path == ":memory:" or path.startswith("file:"):
         return
-    try:
+    with contextlib.suppress(OSError):  # it exists; or no such directory: SQLite's own error says it
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass
-    except OSError:  # no such directory, no permission: SQLite's own error says it
-        pass
 
 
 def _sqlite_synchronous(url: str, query: str) -> str:

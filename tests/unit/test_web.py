@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 
 import pytest
 from starlette.testclient import TestClient
@@ -137,7 +138,9 @@ def test_live_streams_what_changed_task_by_task(site):
         assert next(lines).startswith(": connected")
         tid = live.m.execute("steps", {"n": 2})
         seen: dict = {}
-        for line in lines:  # (bounded: the task ends within seconds, and its change comes)
+        deadline = time.monotonic() + 20  # (a line comes at least every 15 s: a keep-alive)
+        for line in lines:
+            assert time.monotonic() < deadline, seen
             if line.startswith("data: "):
                 for item in json.loads(line[6:]):
                     seen.setdefault(item["id"], {}).update(item)
