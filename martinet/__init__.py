@@ -88,6 +88,8 @@ __all__ = [
     "schedules",
     "search",
     "set_queue",
+    "task_limits",
+    "set_task_limit",
     "show",
     "stall",
     "task",
@@ -237,6 +239,16 @@ def set_queue(
 ) -> None:
     """Change a queue's concurrency, rate, weight or order. See `Martinet.set_queue`."""
     _handle().set_queue(name, concurrency, rate, weight, order)
+
+
+def task_limits() -> builtins.list[dict[str, Any]]:
+    """The task names with fleet-wide limits. See `Martinet.task_limits`."""
+    return _handle().task_limits()
+
+
+def set_task_limit(name: str, concurrency: int | str | None = None, rate: str | None = None) -> None:
+    """Limit a task name fleet-wide. See `Martinet.set_task_limit`."""
+    _handle().set_task_limit(name, concurrency, rate)
 
 
 def prune(

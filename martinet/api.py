@@ -18,6 +18,7 @@ from martinet import config, protocol, when
 from martinet.client import Client, EventListener
 from martinet.errors import DaemonUnavailable, MartinetError, TaskFailed, WaitTimeout
 from martinet.hooks import EventHooks, Hook
+from martinet.keys import ClientKeys
 from martinet.messages import Request
 from martinet.query import Page, check_filter_names
 from martinet.rules import DEFAULT_QUEUE
@@ -67,7 +68,9 @@ class Martinet(EventHooks):
         target = self.settings.url
         if db is not None:
             target = self._start_embedded()
-        self.client = Client(target, self.settings.timeout)
+        self.client = Client(
+            target, self.settings.timeout, ClientKeys.of(self.settings.key_file, self.settings.server_key)
+        )
 
     @classmethod
     def connect(cls, url: str | None = None, timeout: float | None = None, **settings: Any) -> Martinet:
@@ -504,6 +507,17 @@ class Martinet(EventHooks):
             "set_queue",
             {"name": name, "concurrency": concurrency, "rate": rate, "weight": weight, "order": order},
         )
+
+    def task_limits(self) -> builtins.list[dict[str, Any]]:
+        """The task names with fleet-wide limits: name, concurrency, rate, running."""
+        return self.client.request("limits")["items"]
+
+    def set_task_limit(
+        self, name: str, concurrency: int | str | None = None, rate: str | None = None
+    ) -> None:
+        """Limit task `name` fleet-wide, while running: `concurrency` (most held at once;
+        "none" clears it), `rate` ("10/second"; "none" clears it). What is not given stays."""
+        self.client.request("set_limit", {"name": name, "concurrency": concurrency, "rate": rate})
 
     def prune(
         self,

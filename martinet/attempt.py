@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from martinet import protocol
 from martinet.errors import Fail, Release, Retry, TaskTimeout
 from martinet.journal import UNKNOWN
-from martinet.logs import about
+from martinet.logs import about, told
 from martinet.messages import Outcome, OutcomeKind, Progress
 from martinet.protocol import MAX_VALUE_DEPTH, deeper_than
 from martinet.validate import MAX_ERROR_MESSAGE, MAX_TRACEBACK, cut_end, keep_end
@@ -142,19 +142,25 @@ def run(
             "task %s attempt %s asked for a retry in %ss", ctx.id, ctx.attempt, exc.in_seconds, extra=fields
         )
         return failed(ctx, worker_id, error_of(exc), retry_in=exc.in_seconds, retry=True)
+    # What a handler raised is told by its type and size: its message and traceback often
+    # hold the task's data, and are logged at DEBUG only (logs.py).
     except Release as exc:
-        log.info("task %s attempt %s given back: %s", ctx.id, ctx.attempt, exc, extra=fields)
         error = {"type": "Release", "message": str(exc)}
+        log.info("task %s attempt %s given back (%d bytes of reason)", ctx.id, ctx.attempt,
+                 len(error["message"].encode()), extra=fields)  # fmt: skip
+        log.debug("task %s attempt %s given back: %s", ctx.id, ctx.attempt, error["message"], extra=fields)
         return Outcome(ctx.id, ctx.attempt, worker_id, OutcomeKind.RELEASED, error=error,
                        retry_in=exc.in_seconds, database=ctx._database)  # fmt: skip
     except Fail as exc:
-        log.info("task %s attempt %s failed for good: %s", ctx.id, ctx.attempt, exc, extra=fields)
-        return failed(ctx, worker_id, error_of(exc), final=True)
+        error = error_of(exc)
+        log.info("task %s attempt %s failed for good: %s", ctx.id, ctx.attempt, told(error), extra=fields)
+        _debug_error(ctx, error, fields)
+        return failed(ctx, worker_id, error, final=True)
     except BaseException as exc:  # noqa: BLE001 - a handler's failure is data, not a crash
-        log.info(
-            "task %s attempt %s raised %s: %s", ctx.id, ctx.attempt, type(exc).__name__, exc, extra=fields
-        )
-        return failed(ctx, worker_id, error_of(exc))
+        error = error_of(exc)
+        log.info("task %s attempt %s raised %s", ctx.id, ctx.attempt, told(error), extra=fields)
+        _debug_error(ctx, error, fields)
+        return failed(ctx, worker_id, error)
     try:
         text: str | None = json.dumps(result, separators=(",", ":"))  # as the wire writes it
     except (TypeError, ValueError) as exc:
@@ -177,6 +183,11 @@ def run(
     )
     return Outcome(ctx.id, ctx.attempt, worker_id, OutcomeKind.SUCCEEDED, result=result,
                    database=ctx._database)  # fmt: skip
+
+
+def _debug_error(ctx: TaskContext, error: dict[str, Any], fields: dict[str, Any]) -> None:
+    """A handler's error in full, traceback and all, at DEBUG (the INFO line told its size)."""
+    log.debug("task %s attempt %s: %s", ctx.id, ctx.attempt, error["traceback"].rstrip(), extra=fields)
 
 
 def failed(ctx: TaskContext, worker_id: str, error: dict[str, Any], **kwargs: Any) -> Outcome:

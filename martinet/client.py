@@ -30,6 +30,7 @@ import zmq
 from martinet import messages
 from martinet.config import Settings, daemons
 from martinet.errors import DaemonUnavailable, MartinetError, ProtocolError
+from martinet.keys import ClientKeys
 from martinet.messages import Events, Reply, Request
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,9 @@ class Client:
     shorter than FIRST_TRY a daemon: it is shared out). A resend creates nothing twice
     whichever daemon reads it: request ids are decided by the shared database."""
 
-    def __init__(self, url: str, timeout: float = Settings.timeout) -> None:
+    def __init__(self, url: str, timeout: float = Settings.timeout, keys: ClientKeys | None = None) -> None:
         self.urls = daemons(url)
+        self.keys = keys  # CURVE: its key pair and the daemon's public key (None: plain text)
         self._at = 0  # the daemon of the list the calls go to
         self.timeout = timeout
         self._local_port = _loopback_port(self.url)  # (host, port) when the daemon is on this host
@@ -99,12 +101,19 @@ class Client:
     def _socket(self) -> zmq.Socket:
         sock = getattr(self._local, "sock", None)
         if sock is None or self._pid != os.getpid():
-            sock = self.context().socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
+            sock = self.dealer()
             sock.connect(self.url)
             self._local.sock = sock
             with self._lock:
                 self._sockets.append(sock)
+        return sock
+
+    def dealer(self) -> zmq.Socket:
+        """A new DEALER socket to a daemon, with this client's keys (not connected yet)."""
+        sock = self.context().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        if self.keys is not None:
+            self.keys.apply(sock)
         return sock
 
     def _discard_socket(self) -> None:
@@ -328,8 +337,7 @@ class EventStream:
         from zmq.utils.monitor import recv_monitor_message  # here: it imports asyncio (~30 ms a start)
 
         timeout = self.client.timeout if timeout is None else timeout
-        sock = self.client.context().socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
+        sock = self.client.dealer()
         monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED)
         sock.connect(self.client.url)
         poller = zmq.Poller()

@@ -18,6 +18,7 @@ from typing import Any
 
 from martinet import logs, rules, when
 from martinet.errors import BadInput, ConfigError
+from martinet.files import refuse_if_others_read, refuse_if_others_write
 
 ENV_PREFIX = "MARTINET_"
 # What a [queues.NAME] table may set; a queue not in the file has the defaults
@@ -91,12 +92,30 @@ class Settings:
     # Prometheus metrics and health checks (/metrics, /healthz, /readyz) on HOST:PORT, such
     # as 127.0.0.1:9108; empty: none (server/metrics.py). Port 0: any free one.
     metrics: str = ""
+    # CURVE keys (keys.py; README "Security"). The daemon's: its key pair (a NAME.key_secret
+    # file; "": no keys, plain text, and it binds loopback only) and the public keys it
+    # allows in each role (NAME.key files, folders of them, or Z85 keys; comma-separated).
+    server_secret_key: str = ""
+    worker_keys: str = ""
+    client_keys: str = ""
+    admin_keys: str = ""
+    # Bind another address than loopback without keys: anyone who reaches the ports may
+    # then submit, read, change and run tasks. Said at every start.
+    insecure_bind: bool = False
+    # A client's or a worker's: its own key pair (NAME.key_secret) and the daemon's public
+    # key (NAME.key or Z85). Both or neither.
+    key_file: str = ""
+    server_key: str = ""
     # A worker's health checks (/healthz, /readyz) on HOST:PORT, for an orchestrator; "": none.
     health: str = ""
     # Per-queue settings from the config file's [queues.NAME] tables:
     # {name: {"order": "fifo", "weight": 2, "concurrency": 8, "rate": "100/minute", "paused": False}},
     # only the keys the file sets. Not read from the environment.
     queues: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Task names' fleet-wide limits from the config file's [task_limits.NAME] tables:
+    # {name: {"concurrency": 2, "rate": "10/second"}}, applied at every start (a key left
+    # out: no such limit). Also set by admins (`martinet limits set`); never by a worker.
+    task_limits: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def with_overrides(self, values: dict[str, Any]) -> Settings:
         """A copy with the given keys replaced (None values are ignored)."""
@@ -108,6 +127,8 @@ class Settings:
                 raise ConfigError(f"unknown setting {key!r}; known settings: {', '.join(current)}")
             if key == "queues":
                 current[key] = check_queues(value)
+            elif key == "task_limits":
+                current[key] = check_task_limits(value)
             else:
                 current[key] = _coerce(key, value, type(getattr(self, key)))
         return Settings(**current)
@@ -143,8 +164,28 @@ def check_queues(queues: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _queue_value(queue: str, key: str, value: Any) -> Any:
-    where = f"queue {queue!r} setting {key!r}"
+def check_task_limits(limits: Any) -> dict[str, dict[str, Any]]:
+    """The [task_limits.NAME] tables, checked: a new dict of task name -> concurrency and rate."""
+    if not isinstance(limits, dict):
+        raise ConfigError(
+            f"setting 'task_limits' must be a table of task names like [task_limits.charge], got {limits!r}"
+        )
+    out: dict[str, dict[str, Any]] = {}
+    for name, table in limits.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"limits of {name!r} must be a table like [task_limits.{name}], got {table!r}")
+        unknown = set(table) - {"concurrency", "rate"}
+        if unknown:
+            raise ConfigError(
+                f"unknown setting {sorted(unknown)[0]!r} in [task_limits.{name}]; a task name's limits are "
+                "concurrency and rate"
+            )
+        out[name] = {key: _queue_value(name, key, value, "limits of") for key, value in table.items()}
+    return out
+
+
+def _queue_value(queue: str, key: str, value: Any, kind: str = "queue") -> Any:
+    where = f"{kind} {queue!r} setting {key!r}"
     if key == "order":
         if value not in QUEUE_ORDERS:
             raise ConfigError(f'{where} must be "fifo" or "random", got {value!r}')
@@ -163,23 +204,12 @@ def _queue_value(queue: str, key: str, value: Any) -> Any:
     return value
 
 
-def refuse_if_others_write(path: str | os.PathLike, what: str) -> None:
-    """ConfigError when someone other than the file's owner may write it: whoever can
-    write a config file decides where tasks go and what runs (POSIX permissions only)."""
-    mode = os.stat(path).st_mode
-    if os.name == "posix" and mode & 0o022:
-        who = "anyone on this host" if mode & 0o002 else "its group"
-        raise ConfigError(
-            f"{what} {path} can be written by {who} (mode {mode & 0o777:o}), who could change what "
-            f"martinet connects to and runs; make it writable by its owner only: chmod go-w {path}"
-        )
-
-
 def read_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a TOML config file into a flat dict of settings.
 
-    Sections only group keys, except a top-level [queues] table: its tables
-    ([queues.images]) are per-queue settings, kept whole as the `queues` setting.
+    Sections only group keys, except the top-level [queues] and [task_limits] tables:
+    their tables ([queues.images], [task_limits.charge]) are per-queue settings and task
+    names' limits, kept whole as the `queues` and `task_limits` settings.
     """
     try:
         refuse_if_others_write(path, "config file")
@@ -193,8 +223,8 @@ def read_file(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if key == "queues" and isinstance(value, dict):
-            flat["queues"] = value  # checked by check_queues when applied
+        if key in ("queues", "task_limits") and isinstance(value, dict):
+            flat[key] = value  # checked by check_queues, check_task_limits when applied
         elif isinstance(value, dict):  # sections only group keys for the reader
             flat.update(value)
         else:
@@ -205,7 +235,7 @@ def read_file(path: str | os.PathLike) -> dict[str, Any]:
 def read_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     if environ is None:
         environ = os.environ
-    names = {f.name for f in fields(Settings)} - {"queues"}  # queues come from the file only
+    names = {f.name for f in fields(Settings)} - {"queues", "task_limits"}  # from the file only
     out = {}
     for var, value in environ.items():
         if var.startswith(ENV_PREFIX):
@@ -238,12 +268,7 @@ def read_db_file(path: str) -> str:
     so that its password is on no command line and in no environment: its first line.
     Refused when others may write it, or read it (it holds a password)."""
     try:
-        refuse_if_others_write(path, "database URL file")
-        if os.name == "posix" and os.stat(path).st_mode & 0o004:
-            raise ConfigError(
-                f"database URL file {path} can be read by anyone on this host, and it holds the "
-                f"database's password: chmod o-r {path}"
-            )
+        refuse_if_others_read(path, "database URL file", "the database's password")
         with open(path, encoding="utf-8") as fh:
             url = fh.readline().strip()
     except OSError as exc:
@@ -405,4 +430,5 @@ def check(settings: Settings) -> Settings:
         )
     worker_endpoint(s)
     check_queues(s.queues)
+    check_task_limits(s.task_limits)
     return s

@@ -33,6 +33,11 @@ class BadInput(MartinetError):
     """A request was refused because something in it is invalid."""
 
 
+class Forbidden(MartinetError):
+    """A request the daemon refused for who sent it: the key it came with has no role that
+    may make it (an admin's request from a client's key, say)."""
+
+
 class BadTime(BadInput):
     """A time expression could not be read, or reads as something unintended."""
 

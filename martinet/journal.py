@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from martinet.errors import JournalError
+from martinet.files import create_private
 
 FORMAT = "2"  # the journal's schema version, kept in its meta table; 2: outcomes keep their database
 UNKNOWN = ""  # the database of an outcome that does not say (format 1, or a daemon without identity)
@@ -108,6 +109,7 @@ class Journal:
         self._ended: list[tuple[str, int, int, bytes]] = []
         self._acked: list[tuple[str, int, int]] = []
         self._acked_since = 0.0  # when the oldest buffered ack came
+        create_private(path)  # outcomes (results) and the worker's session
         try:
             self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -219,12 +221,19 @@ class Journal:
         """The identity of the database whose daemon last welcomed this journal's worker."""
         return self.meta("database")
 
-    def tie(self, database: str) -> None:
-        """Note the database of the daemon that welcomed the worker (written at once)."""
-        if self.meta("database") == database:
-            return
+    def session(self) -> str | None:
+        """The session the daemon's last welcome gave this journal's worker: a restarted
+        worker proves with it that it is the same one (see server/workers.py)."""
+        return self.meta("session")
+
+    def tie(self, database: str, session: str | None = None) -> None:
+        """Note the database of the daemon that welcomed the worker, and the session it
+        gave (written at once)."""
         try:
-            self._set_meta("database", database)
+            if self.meta("database") != database:
+                self._set_meta("database", database)
+            if session is not None and self.meta("session") != session:
+                self._set_meta("session", session)
         except sqlite3.Error as exc:
             raise JournalError(f"cannot write the journal {self.path}: {exc}") from None
 

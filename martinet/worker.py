@@ -37,6 +37,7 @@ from martinet.compose import check as check_compositions
 from martinet.config import Settings, daemons, parse_address
 from martinet.errors import JournalError, ProtocolError, TaskTimeout
 from martinet.journal import UNKNOWN, Journal
+from martinet.keys import ClientKeys
 from martinet.logs import about
 from martinet.messages import (
     Ack,
@@ -125,6 +126,9 @@ class WorkerOptions:
     # Health checks on HOST:PORT for an orchestrator's probes (health.py): /healthz while
     # the worker's loop turns, /readyz while a daemon has welcomed it and is heard. "": none.
     health: str = ""
+    # CURVE: this worker's key pair (NAME.key_secret) and the daemon's public key; both or neither.
+    key_file: str = ""
+    server_key: str = ""
 
 
 class Worker:
@@ -150,6 +154,7 @@ class Worker:
         # Daemons on one database (connect "a,b"): the worker talks to one, and moves to the
         # next when it hears nothing from it for liveness heartbeats (see _timers).
         self._daemons = daemons(o.connect)
+        self._keys = ClientKeys.of(o.key_file, o.server_key)
         self._at = 0
         self._events: queue.Queue = queue.Queue()
         self._jobs: queue.Queue = queue.Queue()
@@ -170,6 +175,10 @@ class Worker:
         self._stop_deadline = 0.0
         self._epoch: str | None = None
         self._welcomed = False
+        # What the daemon's welcome gave this worker: its status messages carry it, and a
+        # hello on a new connection proves with it that this is the same worker. Kept in
+        # the journal, so a restarted worker is known as itself at once.
+        self._session: str | None = self._journal.session() if self._journal is not None else None
         self._last_heard = 0.0
         self._turned_at = time.monotonic()  # the loop's last turn (/healthz)
         self._health: Any = None  # a health.HealthServer, with options.health
@@ -308,6 +317,8 @@ class Worker:
     def _dealer(self, port: int) -> zmq.Socket:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        if self._keys is not None:
+            self._keys.apply(sock)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         sock.connect(f"tcp://{self._daemons[self._at]}:{port}")
@@ -334,6 +345,7 @@ class Worker:
             kept=self.outbox.kept(),
             queues=None if self.options.queues is None else tuple(self.options.queues),
             limits={n: dict(lim) for n, lim in limits.items() if lim},
+            session=self._session,
         )
 
     def _held_list(self) -> tuple[Held, ...]:
@@ -408,9 +420,10 @@ class Worker:
         if self._database is not None and database != self._database:
             log.info("the daemon's database is another one now (id %s -> %s)", self._database, database)
         self._database = database
+        self._session = welcome.session
         if database is not None and self._journal is not None:
             try:
-                self._journal.tie(database)
+                self._journal.tie(database, welcome.session)
             except JournalError as exc:  # it only decides what the next start says first
                 log.debug("%s", exc)
         self._welcomed = True
@@ -483,10 +496,15 @@ class Worker:
                     started.append([ctx.id, ctx.attempt])
                 continue
             if isinstance(report, Progress):
+                if not self._welcomed:  # (the next one goes to the daemon that welcomes us)
+                    log.debug("progress of task %s dropped: no daemon has welcomed this worker", ctx.id)
+                    continue
                 if started:  # in order: the daemon reads a start before the progress after it
                     self._send_started(started)
                     started = []
-                self._send(self.ssock, dataclasses.replace(report, worker_id=self.worker_id))
+                self._send(
+                    self.ssock, dataclasses.replace(report, worker_id=self.worker_id, session=self._session)
+                )
                 continue
             del self._running[ctx.id]
             # For the database its task came from (the daemon of another database refuses it).
@@ -520,12 +538,15 @@ class Worker:
             self._send_batch(bodies, starts)
 
     def _send_started(self, started: list[list[int]]) -> None:
-        self._send(self.ssock, Started(self.worker_id, tuple((i, a) for i, a in started)))
+        """(Not before a welcome: the next hello says which of its tasks have started.)"""
+        if self._welcomed:
+            self._send(self.ssock, Started(self.worker_id, tuple((i, a) for i, a in started), self._session))
 
     def _send_batch(self, bodies: list[bytes], started: list[list[int]] | None = None) -> None:
-        self._send_frames(
-            self.ssock, messages.ended(self.worker_id, bodies, started), f"{len(bodies)} outcome(s)"
-        )
+        """(Not before a welcome: outcomes wait in the outbox, and the welcome sends them.)"""
+        if self._welcomed:
+            frames = messages.ended(self.worker_id, bodies, started, self._session)
+            self._send_frames(self.ssock, frames, f"{len(bodies)} outcome(s)")
 
     def _timers(self, now: float) -> None:
         self._enforce_timecheck_limits(now)

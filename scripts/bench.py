@@ -831,7 +831,8 @@ def scenario_prune(args) -> dict:
 
 # N idle workers in one process: raw DEALER sockets that say hello, send a heartbeat once
 # an interval (spread evenly) and read what came for them; a task that comes is answered
-# at once as done, on one status socket shared by all (outcomes name their worker).
+# at once as done, on one status socket shared by all (outcomes name their worker, and
+# carry the session its welcome gave it).
 IDLE_PEERS = """
 import json, signal, sys, time, zmq
 from martinet import protocol
@@ -841,6 +842,7 @@ signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 ctx = zmq.Context()
 ctx.set(zmq.MAX_SOCKETS, n + 16)
 socks = []
+sessions = {}
 
 def dealer(url):
     sock = ctx.socket(zmq.DEALER)
@@ -867,10 +869,13 @@ def read(i):
             return
         if cmd is Cmd.HELLO_AGAIN:
             hello(i)
+        elif cmd is Cmd.WELCOME:
+            sessions[i] = h.get("session")
         elif cmd is Cmd.TASK:
             ended = [protocol.dumps({"id": t["id"], "attempt": t["attempt"], "ok": True, "result": None})
                      for t in h["tasks"]]
-            send(status, protocol.encode_batch(Cmd.ENDED, "ended", ended, {"worker_id": f"idle-{i}"}))
+            header = {"worker_id": f"idle-{i}", "session": sessions.get(i)}
+            send(status, protocol.encode_batch(Cmd.ENDED, "ended", ended, header))
 
 try:
     for i in range(n):

@@ -103,7 +103,8 @@ FREEZE = (4, 8)  # heartbeats
 # the gaps between faults are what is left of the load's time once they are counted.
 TAKES = {"kill": sum(DOWN) / 2 + 0.5, "freeze": sum(FREEZE) / 2 * HEARTBEAT + 0.1}
 
-# The limited mix: the limits declared in chaos_limited.py, and the queues' own.
+# The limited mix: the task names' limits (set by the run as an admin; chaos_limited.py's
+# decorators declare the same), and the queues' own.
 NAME_LIMITS = {"chaos.capped": (1, None), "chaos.rated": (None, (5, 1.0)), "chaos.both": (2, (8, 1.0))}
 QUEUE_LIMITS = {"q.capped": (2, None), "q.rated": (None, (20, 1.0))}
 QUEUES = ("default", "q.capped", "q.rated", "q.paused")
@@ -757,6 +758,10 @@ def run_limited(args: argparse.Namespace, workdir: Path, say: Callable = print) 
         m = run.client
         m.set_queue("q.capped", concurrency=QUEUE_LIMITS["q.capped"][0])
         m.set_queue("q.rated", rate="20/s")
+        for name, (concurrency, rate) in NAME_LIMITS.items():
+            m.set_task_limit(
+                name, concurrency or "none", "none" if rate is None else f"{rate[0]}/{rate[1]:g}s"
+            )
         m.pause_queue("q.paused")
         argv = {"runs_file": str(run.runs_file)}
 

@@ -71,8 +71,20 @@ class Core:
             on_hello(self.server, ident, hello_of(self.server, ident, header), out, self.now)
         return out
 
+    def signed(self, header: dict) -> dict:
+        """A status message's header as its worker sends it: with the session its welcome
+        gave it (unless the header says one, or its worker is not connected)."""
+        peer = self.server.peers.get(header.get("worker_id"))
+        if "session" in header or peer is None:
+            return header
+        return {**header, "session": peer.session}
+
     def reconnect(self, worker_id: str, names: list[str], capacity: int = 4, **fields: Any) -> None:
-        """A hello from `worker_id` on a new connection (another ident than `hello`'s)."""
+        """A hello from `worker_id` on a new connection (another ident than `hello`'s), with
+        the session its last welcome gave it, as a worker that reconnects says it."""
+        peer = self.server.peers.get(worker_id)
+        if peer is not None:
+            fields.setdefault("session", peer.session)
         header = {"worker_id": worker_id, "names": names, "capacity": capacity, **fields}
         with self.store.atomic():
             ident = f"{worker_id}/again".encode()
@@ -113,7 +125,7 @@ class Core:
     def status(self, *messages: tuple[Cmd, dict]) -> Outbox:
         """Messages from workers' status sockets, read in one turn (committed)."""
         out = Outbox()
-        msgs = [(b"status", protocol.encode(cmd, header)) for cmd, header in messages]
+        msgs = [(b"status", protocol.encode(cmd, self.signed(header))) for cmd, header in messages]
         with self.store.atomic():
             on_status_batch(self.server, msgs, out, self.now)
         return out
@@ -148,7 +160,10 @@ class Core:
         try:
             out = core.turn(
                 [(b"client", _frames(m)) for m in client],
-                [(b"status", _frames(m)) for m in status],
+                [
+                    (b"status", _frames(m if isinstance(m, list) else (m[0], self.signed(m[1]))))
+                    for m in status
+                ],
                 [(m[0], _frames(m[1:])) for m in worker],
                 self.now,
             )

@@ -104,6 +104,8 @@ class Cluster:
         self.workers: list[Proc] = []
         self._clients: list[martinet.Martinet] = []
         self._n = 0
+        # With keys: what the test's own clients connect with ({"key_file": ..., "server_key": ...}).
+        self.keys: dict[str, str] = {}
 
     @property
     def url(self) -> str:
@@ -125,7 +127,7 @@ class Cluster:
         proc = Proc(args, self._log("daemon"), env)
         self.daemons.append(proc)  # stopped at shutdown, even if it never answers
         if wait:
-            probe = martinet.Martinet.connect(self.url, timeout=START_TIMEOUT)
+            probe = martinet.Martinet.connect(self.url, timeout=START_TIMEOUT, **self.keys)
             try:  # a fresh client fails fast while nothing listens on the port yet: ask again
                 wait_for(lambda: _answers(probe), timeout=START_TIMEOUT, what="the daemon to start")
             except AssertionError:
@@ -135,14 +137,15 @@ class Cluster:
         self.daemon = proc
         return proc
 
-    def client(self, timeout: float = 10.0, url: str | None = None) -> martinet.Martinet:
-        """A client of the daemon (of those `url` lists, if given), closed at shutdown."""
-        m = martinet.Martinet.connect(url or self.url, timeout=timeout)
+    def client(self, timeout: float = 10.0, url: str | None = None, **keys: str) -> martinet.Martinet:
+        """A client of the daemon (of those `url` lists, if given), closed at shutdown;
+        with the cluster's keys, unless `keys` says others."""
+        m = martinet.Martinet.connect(url or self.url, timeout=timeout, **(keys or self.keys))
         self._clients.append(m)
         return m
 
     def workers_connected(self) -> int:
-        probe = martinet.Martinet.connect(self.url, timeout=5)
+        probe = martinet.Martinet.connect(self.url, timeout=5, **self.keys)
         try:
             return probe.ping()["workers"]
         finally:

@@ -1,4 +1,4 @@
-"""The commands about the system rather than one task: schedules, queues, ping, daemons."""
+"""The commands about the system rather than one task: schedules, queues, limits, ping, daemons."""
 
 from __future__ import annotations
 
@@ -56,15 +56,8 @@ def cmd_queues(m, args) -> int:
         changes = {k: v for k, v in changes.items() if v is not None}
         if not changes:
             raise MartinetError("nothing to set; give --concurrency, --rate, --weight or --order")
-        if args.concurrency is not None and not rules.means_none(args.concurrency):
-            text = args.concurrency.strip()
-            changes["concurrency"] = rules.check_count(
-                int(text) if text.isdecimal() else text,
-                "--concurrency",
-                most=rules.MAX_QUEUE_LIMIT,
-                clears=True,
-                whole=False,
-            )
+        if args.concurrency is not None:
+            changes["concurrency"] = _concurrency_flag(args.concurrency)
         if args.weight is not None:
             rules.check_count(args.weight, "--weight", most=rules.MAX_QUEUE_LIMIT, whole=False)
         if args.rate is not None and not rules.means_none(args.rate):
@@ -92,6 +85,44 @@ def cmd_queues(m, args) -> int:
             f"{q.get('order') or 'fifo':<6} {'-' if concurrency is None else concurrency:>11} "
             f"{(q.get('rate') or '-')[:12]:<12} {counts.get('running', 0):>7} {counts.get('queued', 0):>7} "
             f"{'-' if oldest is None else f'{oldest:.1f}s':>9}  {counts_text(counts)}"
+        )
+    return 0
+
+
+def _concurrency_flag(text: str) -> int | str:
+    """--concurrency N, or none: checked before the round trip."""
+    if rules.means_none(text):
+        return text
+    text = text.strip()
+    value = int(text) if text.isdecimal() else text
+    return rules.check_count(value, "--concurrency", most=rules.MAX_QUEUE_LIMIT, clears=True, whole=False)
+
+
+def cmd_limits(m, args) -> int:
+    """Task names' fleet-wide limits: list them, or set one's (an admin's request)."""
+    if args.action == "set":
+        if args.concurrency is None and args.rate is None:
+            raise MartinetError("nothing to set; give --concurrency or --rate ('none' clears one)")
+        concurrency = None if args.concurrency is None else _concurrency_flag(args.concurrency)
+        if args.rate is not None and not rules.means_none(args.rate):
+            when.parse_rate(args.rate)  # a friendly error before the round trip
+        m.set_task_limit(args.name, concurrency, args.rate)
+        changes = {k: v for k, v in (("concurrency", concurrency), ("rate", args.rate)) if v is not None}
+        emit(args, {"name": args.name, "status": "updated", **changes}, f"{args.name}: updated")
+        return 0
+    items = m.task_limits()
+    if args.json:
+        emit(args, items, "")
+        return 0
+    if not items:
+        print("no task name has limits (queues have their own: martinet queues)")
+        return 0
+    print(f"{'NAME':<24} {'CONCURRENCY':>11} {'RATE':<12} {'RUNNING':>7}")
+    for item in items:
+        concurrency = item.get("concurrency")
+        print(
+            f"{item['name'][:24]:<24} {'-' if concurrency is None else concurrency:>11} "
+            f"{(item.get('rate') or '-')[:12]:<12} {item.get('running', 0):>7}"
         )
     return 0
 

@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from martinet import config
-from martinet.cli.admin import cmd_daemons, cmd_ping, cmd_queues, cmd_schedules, cmd_workers
+from martinet.cli.admin import cmd_daemons, cmd_limits, cmd_ping, cmd_queues, cmd_schedules, cmd_workers
 from martinet.cli.output import setup_logging
 from martinet.cli.parser import build_parser
 from martinet.cli.tasks import (
@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
             from martinet.demo import run_demo
 
             return run_demo(args.tasks)
+        if args.command == "keys":
+            return new_keys(args)
         return _client_command(args)
     except MartinetError as exc:
         rid = getattr(exc, "request_id", None)
@@ -69,6 +71,11 @@ def serve(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
         "metrics": args.metrics,
         "log_format": args.log_format,
+        "server_secret_key": args.server_secret_key,
+        "worker_keys": args.worker_keys,
+        "client_keys": args.client_keys,
+        "admin_keys": args.admin_keys,
+        "insecure_bind": args.insecure_bind or None,
     }
     settings = config.load(args.config, flags)
     setup_logging(settings.log_level, settings.log_format)
@@ -76,7 +83,17 @@ def serve(args: argparse.Namespace) -> int:
     daemon.open()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: daemon.stop())
+    signal.signal(signal.SIGHUP, lambda *_: daemon.reload_keys())
     daemon.run()
+    return 0
+
+
+def new_keys(args: argparse.Namespace) -> int:
+    from martinet.keys import load_pair, new_pair
+
+    public, secret = new_pair(args.name, args.dir)
+    print(f"public key: {public} ({load_pair(secret).public.decode()})")
+    print(f"secret key: {secret} (readable by you only: give it to the {args.name} side alone)")
     return 0
 
 
@@ -89,9 +106,17 @@ def cmd_web(m: Any, args: argparse.Namespace) -> int:
 def _client_command(args: argparse.Namespace) -> int:
     from martinet.api import Martinet
 
-    settings = config.load(args.config, {"url": args.url, "timeout": args.timeout})
+    flags = {
+        "url": args.url,
+        "timeout": args.timeout,
+        "key_file": args.key_file,
+        "server_key": args.server_key,
+    }
+    settings = config.load(args.config, flags)
     setup_logging("WARNING")
-    m = Martinet.connect(settings.url, settings.timeout)
+    m = Martinet.connect(
+        settings.url, settings.timeout, key_file=settings.key_file, server_key=settings.server_key
+    )
     try:
         return COMMANDS[args.command](m, args)
     finally:
@@ -110,6 +135,7 @@ COMMANDS = {
     "list": cmd_list,
     "schedules": cmd_schedules,
     "queues": cmd_queues,
+    "limits": cmd_limits,
     "show": cmd_show,
     "wait": cmd_wait,
     "revoke": cmd_revoke,

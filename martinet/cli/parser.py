@@ -25,6 +25,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help=f"seconds to wait for the daemon's answer to a request, not for a task (default: {S.timeout:g})",
     )
     p.add_argument("--json", action="store_true", help="print machine-readable JSON (default: text)")
+    add_key_options(p)
+
+
+def add_key_options(p: argparse.ArgumentParser) -> None:
+    """A client's or a worker's CURVE keys (README "Security")."""
+    p.add_argument(
+        "--key-file", metavar="FILE", help="this side's key pair, a NAME.key_secret file (default: none)"
+    )
+    p.add_argument(
+        "--server-key",
+        metavar="FILE|KEY",
+        help="the daemon's public key: its NAME.key file, or the key (default: none)",
+    )
 
 
 def _add_task_options(p: argparse.ArgumentParser) -> None:
@@ -86,6 +99,24 @@ def _add_queue_commands(sub: argparse._SubParsersAction) -> None:
         "--order",
         choices=rules.QUEUE_ORDERS,
         help="which waiting task goes first: fifo (oldest) or random (default: unchanged)",
+    )
+    _add_common(q)
+
+
+def _add_limits_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("limits", help="task names' fleet-wide limits: list them, or set one's", epilog=EPILOG)
+    _add_common(p)
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    q = actions.add_parser("list", help="every task name with limits, and how many of it run (the default)")
+    _add_common(q)
+    q = actions.add_parser("set", help="change a task name's concurrency or rate (what is not given stays)")
+    q.add_argument("name", help="a task name, like charge")
+    q.add_argument(
+        "--concurrency",
+        help="at most this many of it held at once, fleet-wide ('none': no cap; default: unchanged)",
+    )
+    q.add_argument(
+        "--rate", help='at most this many start per period ("10/second"; none: no limit; default: unchanged)'
     )
     _add_common(q)
 
@@ -163,6 +194,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics (/metrics) and health checks (/healthz, /readyz) there, "
         "e.g. 127.0.0.1:9108 (default: none)",
     )
+    p.add_argument(
+        "--server-secret-key", metavar="FILE",
+        help="the daemon's key pair (NAME.key_secret): every socket is then CURVE (default: none, loopback only)",
+    )  # fmt: skip
+    for role, may in (
+        ("worker", "take tasks"),
+        ("client", "submit and read"),
+        ("admin", "also change and remove"),
+    ):
+        p.add_argument(
+            f"--{role}-keys", metavar="PATHS",
+            help=f"the public keys allowed to {may}: NAME.key files, folders of them or keys, "
+            "comma-separated (default: none)",
+        )  # fmt: skip
+    p.add_argument(
+        "--insecure-bind", action="store_true",
+        help="bind another address than loopback without keys: anyone reaching the ports may use them "
+        "(default: off)",
+    )  # fmt: skip
 
     p = sub.add_parser("execute", help="run a task now", epilog=f"With --wait, {EXIT_CODES}. {EPILOG}")
     _add_task_options(p)
@@ -236,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(q)
 
     _add_queue_commands(sub)
+    _add_limits_command(sub)
 
     p = sub.add_parser("show", help="a task or schedule with its history", epilog=EPILOG)
     p.add_argument("id", help="a task id (42) or a schedule id (s7)")
@@ -371,4 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tasks", type=int, default=2000, help="no-op tasks for the throughput line (default: 2000)"
     )
+
+    p = sub.add_parser("keys", help="make CURVE key pairs for the daemon, workers and clients", epilog=EPILOG)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = actions.add_parser("new", help="write NAME.key (public) and NAME.key_secret (its owner's only)")
+    q.add_argument("name", help="what the key is for, like daemon, worker-eu or ci")
+    q.add_argument("--dir", default=".", help="the folder to write them in (default: the current one)")
     return parser

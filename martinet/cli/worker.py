@@ -13,7 +13,7 @@ import sys
 from martinet import config
 from martinet.cli.inputs import queue_list
 from martinet.cli.output import add_logging_options, setup_logging
-from martinet.cli.parser import EPILOG
+from martinet.cli.parser import EPILOG, add_key_options
 from martinet.config import Settings as S
 from martinet.errors import MartinetError
 
@@ -84,6 +84,7 @@ def build_worker_parser() -> argparse.ArgumentParser:
         help="serve health checks there for an orchestrator: /healthz (the worker runs), /readyz "
         "(a daemon welcomed it), e.g. 127.0.0.1:9109 (default: none)",
     )
+    add_key_options(parser)
     return parser
 
 
@@ -100,6 +101,8 @@ def worker_main(argv: list[str] | None = None) -> int:
                 "log_level": args.log_level,
                 "log_format": args.log_format,
                 "health": args.health,
+                "key_file": args.key_file,
+                "server_key": args.server_key,
             },
         )
         queues = None if args.queues is None else queue_list(args.queues)
@@ -132,6 +135,8 @@ def worker_main(argv: list[str] | None = None) -> int:
                 queues=queues,
                 journal=False if args.no_journal else args.journal or True,
                 health=settings.health,
+                key_file=settings.key_file,
+                server_key=settings.server_key,
             )
         )
         if not worker.handlers:

@@ -17,6 +17,7 @@ from martinet.errors import (
     BadInput,
     BadSchedule,
     BadTime,
+    Forbidden,
     MartinetError,
     ProtocolError,
     StoreError,
@@ -26,7 +27,8 @@ from martinet.protocol import Cmd
 
 # The errors a reply may name, raised again as themselves on the client's side.
 ERRORS: dict[str, type[MartinetError]] = {
-    cls.__name__: cls for cls in (BadInput, BadTime, BadSchedule, ProtocolError, StoreError, TaskNotFound)
+    cls.__name__: cls
+    for cls in (BadInput, BadTime, BadSchedule, Forbidden, ProtocolError, StoreError, TaskNotFound)
 }
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import TypeGuard
+import secrets
+from typing import Any, TypeGuard
 
 from martinet import validate
 
@@ -28,3 +29,16 @@ def is_number(value: object) -> TypeGuard[int | float]:
 def is_positive(value: object) -> TypeGuard[int | float]:
     """A finite number above 0."""
     return is_number(value) and 0 < value < math.inf
+
+
+SESSION_LENGTH = 32  # hex digits of a session (secrets.token_hex(16))
+
+
+def new_session() -> str:
+    return secrets.token_hex(SESSION_LENGTH // 2)
+
+
+def session_of(h: dict[str, Any]) -> str | None:
+    """A header's "session", if it is one (of the length the daemon makes)."""
+    session = h.get("session")
+    return session if isinstance(session, str) and len(session) == SESSION_LENGTH else None

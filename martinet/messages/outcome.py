@@ -23,7 +23,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from martinet import protocol
 from martinet.errors import ProtocolError
-from martinet.messages.fields import is_id, is_worker_id
+from martinet.messages.fields import is_id, is_worker_id, session_of
 from martinet.protocol import Cmd
 from martinet.validate import MAX_ERROR_MESSAGE, MAX_TRACEBACK, clean_tail, clean_text, finite
 
@@ -156,10 +156,15 @@ class Outcome(NamedTuple):
         return cls.from_item(item, worker)
 
 
-def ended(worker_id: str, bodies: list[bytes], started: list[list[int]] | None = None) -> list[bytes]:
+def ended(
+    worker_id: str, bodies: list[bytes], started: list[list[int]] | None = None, session: str | None = None
+) -> list[bytes]:
     """An ENDED message: outcomes already encoded (`Outcome.body`), and the starts that
-    came before them (the daemon writes those first)."""
+    came before them (the daemon writes those first). `session`: what the worker's
+    welcome gave it (the daemon takes status messages only with it)."""
     header: dict[str, Any] = {"worker_id": worker_id}
+    if session is not None:
+        header["session"] = session
     if started:
         header["started"] = started
     return protocol.encode_batch(Cmd.ENDED, "ended", bodies, header)
@@ -174,9 +179,11 @@ class Ended:
     outcomes: tuple[Outcome, ...]
     started: tuple[tuple[int, int], ...] = ()
     dropped: int = 0
+    session: str | None = None
 
     def encode(self) -> list[bytes]:
-        return ended(self.worker_id, [o.body() for o in self.outcomes], [list(s) for s in self.started])
+        bodies = [o.body() for o in self.outcomes]
+        return ended(self.worker_id, bodies, [list(s) for s in self.started], self.session)
 
     @classmethod
     def from_header(cls, cmd: Cmd, h: dict[str, Any], max_payload: int | None = None) -> Ended:
@@ -196,7 +203,7 @@ class Ended:
                 outcomes.append(Outcome.from_item(item, worker_id, max_payload))
             except ProtocolError:
                 dropped += 1
-        return cls(worker_id, tuple(outcomes), started_items(h.get("started")), dropped)
+        return cls(worker_id, tuple(outcomes), started_items(h.get("started")), dropped, session_of(h))
 
 
 def started_items(value: Any, limit: int = 10_000) -> tuple[tuple[int, int], ...]:
@@ -216,20 +223,22 @@ class Started:
 
     worker_id: str
     started: tuple[tuple[int, int], ...]
+    session: str | None = None
 
     CMD: ClassVar[Cmd] = Cmd.STARTED
 
     def encode(self) -> list[bytes]:
-        return protocol.encode(
-            Cmd.STARTED, {"worker_id": self.worker_id, "started": [list(s) for s in self.started]}
-        )
+        header: dict[str, Any] = {"worker_id": self.worker_id, "started": [list(s) for s in self.started]}
+        if self.session is not None:
+            header["session"] = self.session
+        return protocol.encode(Cmd.STARTED, header)
 
     @classmethod
     def from_header(cls, h: dict[str, Any]) -> Started:
         worker_id = h.get("worker_id")
         if not is_worker_id(worker_id) or not isinstance(h.get("started"), list):
             raise ProtocolError("a STARTED without a valid worker_id")
-        return cls(worker_id, started_items(h["started"]))
+        return cls(worker_id, started_items(h["started"]), session_of(h))
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,16 +270,17 @@ class Progress:
     progress: float | None
     message: str | None
     worker_id: str = ""
+    session: str | None = None
 
     CMD: ClassVar[Cmd] = Cmd.PROGRESS
     MAX_MESSAGE: ClassVar[int] = 1000  # characters of a progress message the daemon keeps
 
     def encode(self) -> list[bytes]:
-        return protocol.encode(
-            Cmd.PROGRESS,
-            {"id": self.task_id, "attempt": self.attempt, "name": self.name, "progress": self.progress,
-             "message": self.message, "worker_id": self.worker_id},
-        )  # fmt: skip
+        header = {"id": self.task_id, "attempt": self.attempt, "name": self.name, "progress": self.progress,
+                  "message": self.message, "worker_id": self.worker_id}  # fmt: skip
+        if self.session is not None:
+            header["session"] = self.session
+        return protocol.encode(Cmd.PROGRESS, header)
 
     @classmethod
     def from_header(cls, h: dict[str, Any]) -> Progress:
@@ -283,5 +293,5 @@ class Progress:
         name = h.get("name")
         return cls(
             h["id"], h["attempt"], name if isinstance(name, str) else None, finite(h.get("progress")),
-            clean_text(h.get("message"), cls.MAX_MESSAGE), worker_id,
+            clean_text(h.get("message"), cls.MAX_MESSAGE), worker_id, session_of(h),
         )  # fmt: skip

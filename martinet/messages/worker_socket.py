@@ -12,7 +12,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from martinet import protocol
 from martinet.errors import ProtocolError
-from martinet.messages.fields import is_id, is_number, is_positive, is_worker_id
+from martinet.messages.fields import is_id, is_number, is_positive, is_worker_id, session_of
 from martinet.protocol import Cmd
 from martinet.validate import clean_text
 
@@ -67,14 +67,17 @@ class Hello:
     running: tuple[Held, ...] = ()
     kept: tuple[Held, ...] = ()  # outcomes kept for other databases (older daemons ignore it)
     queues: tuple[str, ...] | None = None  # None: every queue
-    limits: dict[str, dict[str, Any]] = field(default_factory=dict)  # by name, as declared
+    # By name, as its code declares them: the daemon compares, never applies (a worker
+    # cannot set fleet-wide limits; see server/workers.py).
+    limits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The session its last welcome gave it: proof that a hello on a new connection
+    # comes from the worker that held the id (a reconnect), not from a stranger.
+    session: str | None = None
 
     CMD: ClassVar[Cmd] = Cmd.HELLO
 
     def encode(self) -> list[bytes]:
-        return protocol.encode(
-            Cmd.HELLO,
-            {
+        header = {
                 "worker_id": self.worker_id,
                 "names": list(self.names),
                 "capacity": self.capacity,
@@ -85,8 +88,10 @@ class Hello:
                 "kept": [h.item() for h in self.kept],
                 "queues": None if self.queues is None else list(self.queues),
                 "limits": self.limits,
-            },
-        )
+        }  # fmt: skip
+        if self.session is not None:
+            header["session"] = self.session
+        return protocol.encode(Cmd.HELLO, header)
 
     @classmethod
     def from_header(cls, h: dict[str, Any], max_name_length: int = 200) -> Hello:
@@ -114,6 +119,7 @@ class Hello:
             kept=Held.read_all(h.get("kept")),
             queues=tuple(q for q in queues if isinstance(q, str)) if isinstance(queues, list) else None,
             limits=limits if isinstance(limits, dict) else {},
+            session=session_of(h),
         )
 
 
@@ -130,13 +136,14 @@ class Welcome:
     version: int = protocol.VERSION
     max_payload: int | None = None  # None: not said (an older daemon): the worker's default
     max_message: int | None = None
+    # A secret for this worker's connection: its status messages carry it, and only they
+    # may report its tasks' starts, progress and ends (a worker id is public: `show`).
+    session: str | None = None
 
     CMD: ClassVar[Cmd] = Cmd.WELCOME
 
     def encode(self) -> list[bytes]:
-        return protocol.encode(
-            Cmd.WELCOME,
-            {
+        header = {
                 "epoch": self.epoch,
                 "database": self.database,
                 "heartbeat_interval": self.heartbeat_interval,
@@ -145,8 +152,10 @@ class Welcome:
                 "version": self.version,
                 "max_payload": self.max_payload,
                 "max_message": self.max_message,
-            },
-        )
+        }  # fmt: skip
+        if self.session is not None:
+            header["session"] = self.session
+        return protocol.encode(Cmd.WELCOME, header)
 
     @classmethod
     def from_header(cls, h: dict[str, Any]) -> Welcome:
@@ -162,6 +171,7 @@ class Welcome:
             version=h["version"] if is_id(h.get("version")) else 0,
             max_payload=h["max_payload"] if is_id(h.get("max_payload")) and h["max_payload"] >= 1 else None,
             max_message=h["max_message"] if is_id(h.get("max_message")) else None,
+            session=session_of(h),
         )
 
 

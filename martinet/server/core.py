@@ -23,7 +23,8 @@ from typing import Any
 import peewee
 
 from martinet.dbhealth import describe
-from martinet.errors import BadInput, MartinetError
+from martinet.errors import BadInput, Forbidden, MartinetError
+from martinet.keys import ADMIN_OPS
 from martinet.messages import HelloAgain, Reply, Request
 from martinet.protocol import Cmd
 from martinet.server import claims, elsewhere, ops, outcomes, timers, workers
@@ -140,6 +141,18 @@ class Core(State):
         self.wakeup_dirty = self.dispatch_pending = True
         self.rate_wakeup = None
 
+    def _admin_only(self, op: str, ident: bytes) -> None:
+        """Forbidden unless the connection's key is an admin's (with keys)."""
+        assert self.keyring is not None
+        key = self.key_of("client", ident)
+        if self.keyring.role_of(key) != "admin":
+            name = self.keyring.names.get(key or "", "this connection's")
+            self.refused("client", ident, "admin_only", f"refused {op}: the key {name} is not an admin's")
+            raise Forbidden(
+                f"{op} is an admin's request, and the key {name} is a client's: "
+                "connect with a key listed in the daemon's admin_keys"
+            )
+
     def on_client(self, ident: bytes, frames: list[bytes], out: Outbox, now: float) -> None:
         cmd, header = self.decode("client", ident, frames, out)
         if cmd is None:
@@ -157,6 +170,8 @@ class Core(State):
             handler = ops.OPS.get(request.op)
             if handler is None:
                 raise BadInput(f"unknown request {op!r}")
+            if self.keyring is not None and request.op in ADMIN_OPS:
+                self._admin_only(request.op, ident)
             if len(frames[0]) > self.limits.max_payload:
                 raise BadInput(
                     f"request is {len(frames[0])} bytes, over the limit of "

@@ -22,7 +22,8 @@ import zmq
 
 from martinet import protocol
 from martinet.config import Settings, metrics_address
-from martinet.errors import MartinetError, StoreError
+from martinet.errors import ConfigError, MartinetError, StoreError
+from martinet.keys import SOCKET_ROLES, KeyPair, Keyring, is_loopback, load_pair, serve_with, sources_of
 from martinet.messages import Ack
 from martinet.retry import RetryPolicy
 from martinet.server import presence
@@ -31,6 +32,7 @@ from martinet.server.lanes import Lanes
 from martinet.server.outbox import Outbox
 from martinet.server.peers import Peer, Peers
 from martinet.server.state import Messages
+from martinet.server.zap import ZapHandler
 from martinet.store import Changes, Store, WalCheckpointer, listen_changes, open_database, redact
 
 log = logging.getLogger("martinet.daemon")
@@ -62,6 +64,12 @@ class Daemon:
         self._stopping = False
         self._wake_r, self._wake_w = os.pipe()
         self.ports: dict[str, int] = {}
+        # With keys (server_secret_key): its pair, the keys it allows, and their handshakes.
+        self.pair: KeyPair | None = None
+        self.keyring: Keyring | None = None
+        self._zap: ZapHandler | None = None
+        self._reload_keys = False
+        self._keys_checked = 0.0
 
     # What tests and callers look at, kept in the core.
     @property
@@ -89,9 +97,14 @@ class Daemon:
         s = self.settings
         self.ctx = zmq.Context()
         try:
+            self._secure(s)
             self.client = self._bind("client", s.client_port)
             self.worker = self._bind("worker", s.worker_port)
             self.status = self._bind("status", s.status_port)
+            if self._zap is not None:
+                for name, sock in (("client", self.client), ("worker", self.worker), ("status", self.status)):
+                    self._zap.watch(sock, name)
+                self._zap.start()
             db = open_database(s.db)
             self._changes = listen_changes(s.db)
         except BaseException:
@@ -102,6 +115,7 @@ class Daemon:
         retry = RetryPolicy(s.retry_base, s.retry_factor, s.retry_cap)
         store = Store(db, retry, s.poison_after, s.max_releases, daemon_id=self.epoch)
         self.core = Core(s, store, self.clock, self.epoch, store.database_id())
+        self.core.keyring = self.keyring
         try:
             with store.atomic():
                 now = self.clock()
@@ -130,6 +144,41 @@ class Daemon:
             self.core.database_id,
             self.epoch,
         )
+
+    def _secure(self, s: Settings) -> None:
+        """Keys (CURVE and a ZAP handler, before any socket is bound), or plain text bound
+        to loopback only, unless the operator says --insecure-bind."""
+        if not s.server_secret_key:
+            if not is_loopback(s.bind):
+                if not s.insecure_bind:
+                    raise ConfigError(
+                        f"martinet serve will not bind {s.bind} without keys: anyone who reaches its ports "
+                        "could submit, read, change and run tasks. Give it keys (server_secret_key and "
+                        'worker_keys, client_keys, admin_keys: README "Security"), bind 127.0.0.1, or '
+                        "start it with --insecure-bind on a network you trust"
+                    )
+                log.warning(
+                    "serving %s without keys (--insecure-bind): anyone who reaches the ports may submit, "
+                    "read, change and run tasks", s.bind,
+                )  # fmt: skip
+            return
+        assert self.ctx is not None
+        self.pair = load_pair(s.server_secret_key)
+        self.keyring = Keyring(
+            {"worker": sources_of(s.worker_keys), "client": sources_of(s.client_keys),
+             "admin": sources_of(s.admin_keys)}
+        )  # fmt: skip
+        self._zap = ZapHandler(self.ctx, self.keyring, self._refused_at_handshake)  # (started once bound)
+        log.info("keys: every socket is CURVE; allowed: %s", self.keyring.summary())
+
+    def _refused_at_handshake(self, sock_name: str, reason: str) -> None:
+        if self.core is not None and self.core.metrics is not None:
+            self.core.metrics.refused(sock_name, reason)
+
+    def reload_keys(self) -> None:
+        """Read the allowed keys again at the next turn (SIGHUP); safe from signal handlers."""
+        self._reload_keys = True
+        self.stop_waiting()
 
     def _serve_metrics(self, host: str, port: int) -> None:
         """Metrics and health checks on their own thread (metrics.py), which reads queue
@@ -168,6 +217,8 @@ class Daemon:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a gone peer raises, never vanishes
         sock.setsockopt(zmq.MAXMSGSIZE, protocol.max_message(self.settings.max_payload))
+        if self.pair is not None:
+            serve_with(sock, self.pair, role)
         if role == "worker":
             # A turn sends after its commit, all at once: as many welcomes as hellos it read
             # from one connection (up to DRAIN_LIMIT), cancels, and a batch of tasks. The
@@ -195,6 +246,10 @@ class Daemon:
     def stop(self) -> None:
         """Ask the loop to finish its turn and exit; safe from signal handlers and threads."""
         self._stopping = True
+        self.stop_waiting()
+
+    def stop_waiting(self) -> None:
+        """Wake the loop from its poll."""
         try:
             os.write(self._wake_w, b"x")
         except OSError:
@@ -216,6 +271,9 @@ class Daemon:
                     os.read(self._wake_r, 4096)
                 now = self.clock()
                 self.core.not_listening(now - before - wait / 1000)
+                if self.keyring is not None and (self._reload_keys or now >= self._keys_checked + 1.0):
+                    self.keyring.refresh(force=self._reload_keys)  # (a few stats a second)
+                    self._reload_keys, self._keys_checked = False, now
                 if not ready and now < deadline:
                     continue  # woke early, on purpose: see _poll_ms
                 try:
@@ -259,6 +317,8 @@ class Daemon:
         if self.ctx is not None:
             for sock in (self.client, self.worker, self.status):
                 sock.close(0)
+            if self._zap is not None:
+                self._zap.close()
             self.ctx.term()
             self.ctx = None
         if self._checkpointer is not None:
@@ -287,9 +347,9 @@ class Daemon:
         assert self.core is not None
         started = time.perf_counter()
         out = self.core.turn(
-            self._drain(self.client) if self.client in ready else [],
-            self._drain(self.status) if self.status in ready else [],
-            self._drain(self.worker) if self.worker in ready else [],
+            self._drain(self.client, "client") if self.client in ready else [],
+            self._drain(self.status, "status") if self.status in ready else [],
+            self._drain(self.worker, "worker") if self.worker in ready else [],
             now,
             heard,
         )
@@ -328,7 +388,9 @@ class Daemon:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("tasks %s sent to %s", [row["id"] for row in rows], peer.worker_id)
 
-    def _drain(self, sock: zmq.Socket[bytes]) -> Messages:
+    def _drain(self, sock: zmq.Socket[bytes], name: str) -> Messages:
+        if self.keyring is not None:
+            return self._drain_keyed(sock, name)
         msgs: Messages = []
         while len(msgs) < DRAIN_LIMIT:
             try:
@@ -336,6 +398,32 @@ class Daemon:
             except zmq.Again:
                 break
             msgs.append((frames[0], frames[1:]))
+        return msgs
+
+    def _drain_keyed(self, sock: zmq.Socket[bytes], name: str) -> Messages:
+        """With keys: each message with the key its connection authenticated with (its
+        User-Id), for the turn (State.key_of); a key no longer allowed on this socket (a
+        reload removed it since the connection opened) has its messages dropped."""
+        assert self.core is not None and self.keyring is not None
+        keys = self.core.keys[name] = {}
+        allowed = SOCKET_ROLES[name]
+        msgs: Messages = []
+        while len(msgs) < DRAIN_LIMIT:
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            ident, key = parts[0].bytes, str(parts[-1].get("User-Id"))
+            role = self.keyring.role_of(key)
+            if role is None or role not in allowed:
+                self.core.refused(
+                    name, ident, "revoked",
+                    f"dropped a message from a connection whose key {key[:8]}... is no longer allowed "
+                    f"on the {name} socket (the keys were reloaded since it connected)",
+                )  # fmt: skip
+                continue
+            keys[ident] = key
+            msgs.append((ident, [part.bytes for part in parts[1:]]))
         return msgs
 
     def _send_raw(self, sock: zmq.Socket[bytes], ident: bytes, frames: list[bytes]) -> bool:

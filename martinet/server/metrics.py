@@ -76,6 +76,10 @@ class DaemonMetrics:
         self.database_ok = Gauge(
             "martinet_database_ok", "1 while the daemon's commits succeed, else 0", registry=r
         )
+        self.refusals = Counter(
+            "martinet_refused", "Connections and messages refused for who sent them, by socket and reason "
+            "(unknown_key, role, id_taken, session, ...)", ["socket", "reason"], registry=r,
+        )  # fmt: skip
         self._labels: dict[str, set[str]] = {"queue": set(), "name": set()}
         self._children: dict[tuple[Any, ...], Any] = {}
         self._counts: dict[tuple[Any, tuple[str, ...]], int] = {}  # staged: (counter, labels) -> count
@@ -105,6 +109,10 @@ class DaemonMetrics:
             if status in TERMINAL:
                 key = (self.finished, (queue, name, status))
                 counts[key] = counts.get(key, 0) + 1
+
+    def refused(self, socket: str, reason: str) -> None:
+        """Counted at once, not staged: a refusal writes nothing (any thread may call it)."""
+        self.refusals.labels(socket, reason).inc()
 
     def dispatched(self, waits: Iterable[float]) -> None:
         self._observed.extend((self.dispatch, wait) for wait in waits)

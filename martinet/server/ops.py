@@ -359,6 +359,8 @@ OPS: dict[str, Callable[[Request], dict[str, Any] | None]] = {
     "pause_queue": queue_ops.pause_queue,
     "resume_queue": queue_ops.resume_queue,
     "set_queue": queue_ops.set_queue,
+    "limits": queue_ops.limits,
+    "set_limit": queue_ops.set_limit,
     "prune": queue_ops.prune,
     "subscribe": subscribe,
     "daemons": presence.daemons,

@@ -9,9 +9,9 @@ from typing import Any
 import peewee
 
 from martinet.errors import ProtocolError
-from martinet.logs import about
+from martinet.logs import about, size, told
 from martinet.messages import Outcome, OutcomeKind, Progress, Started
-from martinet.messages.fields import is_worker_id
+from martinet.messages.fields import is_worker_id, session_of
 from martinet.messages.outcome import started_items
 from martinet.models import QUEUED, STALLED, TERMINAL
 from martinet.protocol import Cmd
@@ -31,7 +31,7 @@ def on_status_batch(core: State, msgs: Messages, out: Outbox, now: float) -> Non
     starts: list[tuple[int, int, str]] = []  # (id, attempt, worker): written first
     for ident, frames in msgs:
         cmd, h = core.decode("status", ident, frames)
-        if cmd is None:
+        if cmd is None or not _from_its_worker(core, ident, cmd, h, now):
             continue
         if cmd is Cmd.STARTED:
             try:
@@ -40,7 +40,6 @@ def on_status_batch(core: State, msgs: Messages, out: Outbox, now: float) -> Non
                 log.warning("dropped a STARTED without a valid worker_id from %r", ident)
                 continue
             starts.extend((task_id, attempt, took.worker_id) for task_id, attempt in took.started)
-            core.peers.seen(took.worker_id, now)
         elif cmd is Cmd.PROGRESS:
             _progress(core, ident, h, progress, now)
         elif cmd is Cmd.ENDED or cmd is Cmd.DONE or cmd is Cmd.FAILED:
@@ -79,15 +78,36 @@ def on_status_batch(core: State, msgs: Messages, out: Outbox, now: float) -> Non
         on_outcomes(core, ended, out, now, folded)
 
 
+def _from_its_worker(core: State, ident: bytes, cmd: Cmd, h: dict[str, Any], now: float) -> bool:
+    """Whether a status message comes from the worker it names: it carries the session
+    that worker's welcome gave it (a worker id is public, a session is not), and with
+    keys its connection has that worker's key. Else it is refused, and nothing of it is
+    read: a forged outcome, or one sent before its worker's last hello (an outcome is
+    sent again until acknowledged, with the session of the worker's new welcome)."""
+    session = session_of(h)
+    peer = None if session is None else core.peers.by_session(session)
+    worker_id = h.get("worker_id")
+    if peer is None or peer.worker_id != worker_id or peer.key != core.key_of("status", ident):
+        reason = "session"
+        if session is None:
+            reason, why = "no_session", "without the session its worker's welcome gave it"
+        elif peer is None:
+            why = "with a session no connected worker holds (sent before its worker's last hello, or forged)"
+        elif peer.worker_id != worker_id:
+            why = f"naming worker {str(worker_id)[:80]!r} with the session of worker {peer.worker_id}"
+        else:
+            why = f"for worker {peer.worker_id} from a connection with another key than its own"
+        core.refused("status", ident, reason, f"refused a {cmd.name} {why}: not written")
+        return False
+    core.peers.seen(peer.worker_id, now)
+    return True
+
+
 def _progress(
     core: State, ident: bytes, h: dict[str, Any], progress: dict[tuple[int, int, str], Progress], now: float
 ) -> None:
     """A PROGRESS, read (messages.Progress) and kept if it is the attempt's latest."""
-    worker_id = h.get("worker_id")
-    if not is_worker_id(worker_id):
-        log.warning("dropped a PROGRESS without a valid worker_id from %r", ident)
-        return
-    core.peers.seen(worker_id, now)
+    worker_id = h["worker_id"]  # (checked by _from_its_worker)
     try:
         p = Progress.from_header(h)
     except ProtocolError:
@@ -112,7 +132,6 @@ def _outcomes(
     if not is_worker_id(worker_id) or not isinstance(items, list):
         log.warning("dropped a %s without a valid worker_id from %r", cmd.name, ident)
         return
-    core.peers.seen(worker_id, now)
     # A result may be over max_payload (from a worker that does not check it: older, or
     # not ours): it is stored as the failure a worker would have reported, like args refused.
     max_payload = core.limits.max_payload if size > core.limits.max_payload else None
@@ -211,10 +230,11 @@ def _ended(core: State, info: dict[str, Any], outcome: Outcome, out: Outbox, now
         )
     elif status == "failed":
         core.wakeup_dirty = True
+        # (an error's text, and a reason given back, are logged at DEBUG only, below: they
+        # often hold the task's data; told() says the error's type and size)
         log.warning(
-            "task %s %s attempt %s failed on %s: %s: %s; retry at %s",
-            task_id, info["name"], attempt, worker_id, error.get("type"), error.get("message"), info["run_at"],
-            extra=fields,
+            "task %s %s attempt %s failed on %s: %s; retry at %s",
+            task_id, info["name"], attempt, worker_id, told(error), info["run_at"], extra=fields,
         )  # fmt: skip
     elif status == "cancelled":
         log.info(
@@ -223,14 +243,18 @@ def _ended(core: State, info: dict[str, Any], outcome: Outcome, out: Outbox, now
     elif info["outcome"] == "released" and status != STALLED:
         core.dispatch_pending = core.wakeup_dirty = True
         log.info(
-            "task %s %s given back by %s: %s", task_id, info["name"], worker_id, info["reason"], extra=fields
-        )
+            "task %s %s given back by %s (%d bytes of reason)",
+            task_id, info["name"], worker_id, size(info["reason"] or ""), extra=fields,
+        )  # fmt: skip
     else:
         log.error(
-            "task %s %s attempt %s %s on %s: %s: %s",
-            task_id, info["name"], attempt, status, worker_id, error.get("type"), error.get("message"),
-            extra=fields,
+            "task %s %s attempt %s %s on %s: %s",
+            task_id, info["name"], attempt, status, worker_id,
+            told(error) if error else f"{size(info.get('reason') or '')} bytes of reason", extra=fields,
         )  # fmt: skip
+    if error or info.get("reason"):
+        log.debug("task %s attempt %s %s: error %s: %r; reason: %r", task_id, attempt, status,
+                  error.get("type"), error.get("message"), info.get("reason"), extra=fields)  # fmt: skip
     settled = info.pop("dependents")
     if settled["released"]:  # they may wait in other queues
         core.dispatch_pending = core.wakeup_dirty = True

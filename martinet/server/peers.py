@@ -62,6 +62,11 @@ class Peer:
     # It says when a handler starts a task (STARTED): its leased tasks wait in its prefetch,
     # and its running ones have their real start in the store. Else the clocks are a guess.
     reports_starts: bool = False
+    # The secret its welcome gave it: its status messages carry it (see Peers.by_session).
+    session: str = ""
+    # Its CURVE key (z85), when the daemon has keys: a worker id is bound to the key that
+    # said hello with it. None without keys.
+    key: str | None = None
 
     @property
     def credit(self) -> int:
@@ -94,6 +99,7 @@ class Peers:
     def __init__(self) -> None:
         self._by_id: dict[str, Peer] = {}
         self._by_ident: dict[bytes, str] = {}
+        self._by_session: dict[str, str] = {}  # session -> worker id
         self._owner: dict[int, str] = {}  # task id -> worker id
         self._free: dict[Kind, OrderedDict[str, Peer]] = {}  # with credit; the longest waiting first
         self._busy: set[str] = set()  # holding tasks
@@ -140,6 +146,8 @@ class Peers:
                 self._unindex(current)
                 if self._by_ident.get(current.ident) == worker_id:
                     del self._by_ident[current.ident]
+                if self._by_session.get(current.session) == worker_id:
+                    del self._by_session[current.session]
                 self._busy.discard(worker_id)
                 for task_id in current.inflight:
                     if self._owner.get(task_id) == worker_id:
@@ -154,6 +162,8 @@ class Peers:
             peer.names, peer.capacity, peer._kind = names, capacity, None
             self._by_id[worker_id] = peer
             self._by_ident[peer.ident] = worker_id
+            if peer.session:
+                self._by_session[peer.session] = worker_id
             for task_id in inflight:
                 self._owner[task_id] = worker_id
             if inflight:
@@ -183,14 +193,21 @@ class Peers:
         now: float,
         queues: set[str] | None = None,
         threads: int | None = None,
+        session: str = "",
+        key: str | None = None,
     ) -> Peer:
         """Register (or re-register) a worker. A repeated hello starts it afresh."""
         self._keep(worker_id)
         self.remove(worker_id)
         self._serves.clear()
-        peer = Peer(worker_id, ident, set(names), max(0, capacity), now, queues=queues, threads=threads)
+        peer = Peer(
+            worker_id, ident, set(names), max(0, capacity), now, queues=queues, threads=threads,
+            session=session, key=key,
+        )  # fmt: skip
         self._by_id[worker_id] = peer
         self._by_ident[ident] = worker_id
+        if session:
+            self._by_session[session] = worker_id
         self._by_seen[worker_id] = peer
         self._beats[worker_id] = now  # its welcome is on its way
         self._index(peer)
@@ -201,6 +218,11 @@ class Peers:
 
     def by_ident(self, ident: bytes) -> Peer | None:
         worker_id = self._by_ident.get(ident)
+        return None if worker_id is None else self._by_id.get(worker_id)
+
+    def by_session(self, session: str) -> Peer | None:
+        """The connected worker whose welcome gave it `session`."""
+        worker_id = self._by_session.get(session)
         return None if worker_id is None else self._by_id.get(worker_id)
 
     def seen(self, worker_id: str, now: float) -> None:
@@ -217,6 +239,7 @@ class Peers:
             self._serves.clear()
             self._unindex(peer)
             self._by_ident.pop(peer.ident, None)
+            self._by_session.pop(peer.session, None)
             self._by_seen.pop(worker_id, None)
             self._beats.pop(worker_id, None)
             self._busy.discard(worker_id)

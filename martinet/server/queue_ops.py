@@ -1,5 +1,5 @@
-"""Client requests about queues and old tasks: queues, pause_queue, resume_queue,
-set_queue, prune (in the table of ops.py)."""
+"""Client requests about queues, task names' limits and old tasks: queues, pause_queue,
+resume_queue, set_queue, limits, set_limit, prune (in the table of ops.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from martinet import rules, when
 from martinet.errors import BadInput
 from martinet.models import STATES, TERMINAL
 from martinet.present import iso
-from martinet.server.lanes import Queue, queue_columns
+from martinet.server.lanes import RATE_LOOKBACK, Queue, queue_columns
 from martinet.server.state import Request, State
 from martinet.store import PRUNE_BATCH
-from martinet.validate import is_id
+from martinet.validate import check_name, is_id
 
 log = logging.getLogger("martinet.daemon")
 
@@ -88,6 +88,61 @@ def apply_queue(core: State, h: dict[str, Any], now: float, changes: dict[str, A
     core.dispatch_pending = True
     log.info("queue %s: %s", name, changes)
     return {"name": name, "status": "paused" if core.lanes.queue(name).paused else "active"}
+
+
+def limits(r: Request) -> dict[str, Any] | None:
+    """The task names with fleet-wide limits: concurrency, rate, and how many of each run."""
+    items = [
+        {
+            "name": name,
+            "concurrency": lane.concurrency,
+            "rate": None if lane.rate is None else f"{lane.rate[0]}/{lane.rate[1]:g}s",
+            "running": lane.running,
+        }
+        for name, lane in sorted(r.core.lanes.names.items())
+    ]
+    return {"items": items}
+
+
+def set_limit(r: Request) -> dict[str, Any] | None:
+    """A task name's fleet-wide concurrency and rate (what is not given stays; "none"
+    clears). Limits come from here and from the daemon's config ([task_limits.NAME]), never
+    from a worker's hello: a worker cannot change what the whole fleet does."""
+    core, h, now = r.core, r.header, r.now
+    name = check_name(h.get("name"), core.limits)
+    lane = core.lanes.names.get(name)
+    concurrency, rate = (None, None) if lane is None else (lane.concurrency, lane.rate)
+    if h.get("concurrency") is None and h.get("rate") is None:
+        raise BadInput("nothing to set: give concurrency or rate ('none' clears one)")
+    if h.get("concurrency") is not None:
+        c = h["concurrency"]
+        concurrency = (
+            None if rules.means_none(c) else rules.check_count(c, "concurrency", most=rules.MAX_QUEUE_LIMIT)
+        )
+    if h.get("rate") is not None:
+        rate = None if rules.means_none(h["rate"]) else when.parse_rate(str(h["rate"]))
+    apply_limit(core, name, concurrency, rate, now)
+    return {
+        "name": name,
+        "concurrency": concurrency,
+        "rate": None if rate is None else f"{rate[0]}/{rate[1]:g}s",
+    }
+
+
+def apply_limit(
+    core: State, name: str, concurrency: int | None, rate: tuple[int, float] | None, now: float
+) -> None:
+    core.store.save_task_limit(name, concurrency, rate, now)
+    new = name not in core.lanes.names
+    core.lanes.limit_name(name, concurrency, rate)
+    lane = core.lanes.names.get(name)
+    if new and lane is not None:  # what of that name runs and started lately counts at once
+        state = core.store.lanes_state(now, RATE_LOOKBACK)
+        lane.running = sum(count for _queue, held, count in state["running"] if held == name)
+        lane.starts.extend(sorted(started for _queue, held, started in state["recent"] if held == name))
+    core.lanes.ready()  # a looser limit lets waiting tasks go
+    core.dispatch_pending = True
+    log.info("task %s limited to concurrency %s, rate %s", name, concurrency, rate)
 
 
 def prune(r: Request) -> dict[str, Any] | None:

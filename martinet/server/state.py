@@ -33,13 +33,16 @@ from martinet.server.outbox import Outbox
 from martinet.server.peers import Peer, Peers
 from martinet.store import Store
 from martinet.validate import Limits
+from martinet.when import parse_rate
 
 if TYPE_CHECKING:  # prometheus_client is imported only with --metrics
+    from martinet.keys import Keyring
     from martinet.server.metrics import DaemonMetrics
 
 log = logging.getLogger("martinet.daemon")
 
 Messages = list[tuple[bytes, list[bytes]]]  # (ident, frames) as read from a socket
+MAX_REFUSALS_TOLD = 10_000  # (socket, connection, reason) remembered as logged: memory stays bounded
 DB_ERRORS = (peewee.OperationalError, peewee.InterfaceError, peewee.DatabaseError)
 
 
@@ -89,12 +92,23 @@ class State:
         self.waiters_due = math.inf  # the earliest wait deadline (or earlier): scan only then
         self.ended_elsewhere: list[int] = []  # ended by a lost worker: their waiters are owed an answer
         self._turn_waits: list[tuple[int, tuple[bytes, str, float]]] = []  # waits added this turn
+        # With keys (CURVE): the key each connection that sent this turn's messages
+        # authenticated with, by socket then ident (set by the loop; empty without keys).
+        self.keys: dict[str, dict[bytes, str]] = {}
+        self.keyring: Keyring | None = None  # the keys allowed, by role (None: no keys)
+        self._refusals_told: set[tuple[str, bytes, str]] = set()  # logged once each (refused)
+        self.limits_told: set[tuple[str, Any, Any]] = set()  # declared limits named (workers.py)
 
     def load_lanes(self, now: float) -> None:
         """Queue settings (the config file's win at start), task-name limits, and what
         runs and started recently, so limits hold across a restart."""
         for name, settings in getattr(self.settings, "queues", {}).items():
             self.store.save_queue(name, now, **queue_columns(settings))
+        for name, limit in getattr(self.settings, "task_limits", {}).items():
+            rate = limit.get("rate")
+            self.store.save_task_limit(
+                name, limit.get("concurrency"), None if rate is None else parse_rate(rate), now
+            )
         state = self.store.lanes_state(now, RATE_LOOKBACK)
         for row in state["queues"]:
             self.lanes.configure(row["name"], **lane_settings(row))
@@ -200,10 +214,28 @@ class State:
             where += f" (worker {peer.worker_id})"
         self.hub.malformed(sock_name, where, why, size, self.clock())
         if self.hub.may_log():
-            log.warning(
-                "%s on the %s socket from %s: %s (%d bytes%s)",
-                what, sock_name, where, why, size, f": {shown}" if shown else "",
-            )  # fmt: skip
+            log.warning("%s on the %s socket from %s: %s (%d bytes)", what, sock_name, where, why, size)
+            if shown:  # its first bytes may be a task's args: at DEBUG only
+                log.debug("%s from %s began: %s", what, where, shown)
+
+    def key_of(self, sock_name: str, ident: bytes) -> str | None:
+        """The CURVE key (z85) a connection authenticated with; None without keys."""
+        keys = self.keys.get(sock_name)
+        return None if keys is None else keys.get(ident)
+
+    def refused(self, sock_name: str, ident: bytes, reason: str, message: str) -> None:
+        """A message refused for who sent it (not for what it says): logged once per
+        connection and reason, and counted in the metrics by reason."""
+        if self.metrics is not None:
+            self.metrics.refused(sock_name, reason)
+        told = (sock_name, ident, reason)
+        if told in self._refusals_told:
+            log.debug("%s", message)
+            return
+        if len(self._refusals_told) >= MAX_REFUSALS_TOLD:
+            self._refusals_told.clear()
+        self._refusals_told.add(told)
+        log.warning("%s (on the %s socket, from %s)", message, sock_name, ident[:16].hex())
 
     def wait(self, task_id: int, ident: bytes, rid: Any, deadline: float) -> None:
         """A client waits for the task's end (answered by answer_waiters, or at the deadline)."""

@@ -9,6 +9,7 @@ from typing import Any
 from martinet import protocol
 from martinet.errors import ProtocolError
 from martinet.messages import Hello, HelloAgain, Reject, Welcome
+from martinet.messages.fields import new_session
 from martinet.messages.worker_socket import MAX_HELD
 from martinet.protocol import Cmd
 from martinet.server.outbox import Outbox
@@ -19,6 +20,7 @@ from martinet.validate import clean_text, is_id, is_rate
 log = logging.getLogger("martinet.daemon")
 
 MAX_PEERS = 10_000  # connected workers at most: a flood of hellos cannot grow memory without bound
+MAX_COMPARED = 1_000  # declared limits compared per hello, and remembered as told
 
 
 def on_worker(core: State, ident: bytes, frames: list[bytes], out: Outbox, now: float) -> None:
@@ -79,18 +81,30 @@ def on_reject(core: State, peer: Peer, reject: Reject, now: float) -> None:
 def on_hello(core: State, ident: bytes, hello: Hello, out: Outbox, now: float) -> None:
     worker_id, capacity = hello.worker_id, hello.capacity
     names = set(hello.names)
+    key = core.key_of("worker", ident)
     old = core.peers.get(worker_id)
     if old is None and len(core.peers) >= MAX_PEERS:
         log.warning("refused a hello from %s: already %d workers connected", worker_id[:80], MAX_PEERS)
         return
     if old is not None and old.ident != ident:
+        if not same_worker(old, hello, key):
+            core.refused(
+                "worker", ident, "id_taken",
+                f"refused a hello for worker {worker_id[:80]}: that worker is connected on another "
+                f"connection{' with another key' if key != old.key else ''} and this hello does not "
+                "prove it is the same one (a reconnecting worker gives the session of its last "
+                "welcome); once that connection is silent for the liveness timeout, the id is free",
+            )  # fmt: skip
+            return
         log.info("worker %s reconnected", worker_id)
     out.hellos.append(ident)
     queues = None if hello.queues is None else set(hello.queues)
     # A hello repeated on the same connection (sent before our welcome came back): the
     # tasks leased to it are on their way there, in order, and still take its slots.
     in_transit = set(old.inflight) if old is not None and old.ident == ident else set()
-    peer = core.peers.hello(worker_id, ident, names, capacity, now, queues, hello.threads)
+    # The same worker keeps its session (its status messages in flight stay its own).
+    session = old.session if old is not None and old.key == key else new_session()
+    peer = core.peers.hello(worker_id, ident, names, capacity, now, queues, hello.threads, session, key)
     peer.reports_starts = hello.starts
     clocks = old.clocks if old is not None else {}  # a reconnect keeps when its tasks started
     if old is not None and in_transit:
@@ -98,7 +112,7 @@ def on_hello(core: State, ident: bytes, hello: Hello, out: Outbox, now: float) -
             core.peers.assign(peer, task_id, clocks.get(task_id, now))
     for queue in queues or ():
         core.lanes.queue(queue)
-    declare_limits(core, hello.limits, names, now)
+    compare_limits(core, worker_id, hello.limits, names)
     running = list(hello.running)
     foreign = [r for r in running if r.database not in ("", core.database_id)]
     if foreign:
@@ -149,7 +163,7 @@ def on_hello(core: State, ident: bytes, hello: Hello, out: Outbox, now: float) -
         if orphans:
             log.warning("worker %s came back without tasks %s: back to the queue", worker_id, orphans)
             core.wakeup_dirty = True
-    out.send(ident, welcome(core))
+    out.send(ident, welcome(core, session))
     core.dispatch_pending = True
     log.info(
         "worker %s ready: %d thread(s) and %d prefetch slot(s) for %s",
@@ -157,7 +171,15 @@ def on_hello(core: State, ident: bytes, hello: Hello, out: Outbox, now: float) -
     )  # fmt: skip
 
 
-def welcome(core: State) -> Welcome:
+def same_worker(old: Peer, hello: Hello, key: str | None) -> bool:
+    """Whether a hello on another connection than `old`'s is from the same worker: with
+    keys, the same key (a worker is its key); without, the session `old` was welcomed with."""
+    if key != old.key:
+        return False
+    return key is not None or (hello.session is not None and hello.session == old.session)
+
+
+def welcome(core: State, session: str) -> Welcome:
     s = core.settings
     return Welcome(
         epoch=core.epoch,
@@ -169,14 +191,17 @@ def welcome(core: State) -> Welcome:
         # send a message these sockets would drop.
         max_payload=s.max_payload,
         max_message=protocol.max_message(s.max_payload),
+        session=session,
     )
 
 
-def declare_limits(core: State, limits: dict[str, Any], names: set[str], now: float) -> None:
-    """Fleet-wide limits a worker declares for its task names (@martinet.task(concurrency=, rate=))."""
+def compare_limits(core: State, worker_id: str, limits: dict[str, Any], names: set[str]) -> None:
+    """Limits a worker's code declares for its task names (@martinet.task(concurrency=,
+    rate=)) are not applied: a worker cannot set fleet-wide limits (they come from the
+    daemon's config and from admins). One that differs from the fleet's is named once."""
     if not isinstance(limits, dict):
         return
-    for name, limit in limits.items():
+    for name, limit in list(limits.items())[:MAX_COMPARED]:
         if name not in names or not isinstance(limit, dict):
             continue
         concurrency = limit.get("concurrency")
@@ -184,10 +209,34 @@ def declare_limits(core: State, limits: dict[str, Any], names: set[str], now: fl
         rate = limit.get("rate")
         rate = (rate[0], float(rate[1])) if is_rate(rate) else None
         lane = core.lanes.names.get(name)
-        if lane is None or (lane.concurrency, lane.rate) != (concurrency, rate):
-            core.lanes.limit_name(name, concurrency, rate)
-            core.store.save_task_limit(name, concurrency, rate, now)
-            log.info("task %s limited to concurrency %s, rate %s", name, concurrency, rate)
+        fleet = (None, None) if lane is None else (lane.concurrency, lane.rate)
+        if fleet == (concurrency, rate) or (name, concurrency, rate) in core.limits_told:
+            continue
+        if len(core.limits_told) >= MAX_COMPARED:
+            core.limits_told.clear()
+        core.limits_told.add((name, concurrency, rate))
+        flags = " ".join(
+            f for f in (
+                f"--concurrency {concurrency}" if concurrency else "",
+                f"--rate {rate[0]}/{rate[1]:g}s" if rate else "",
+            ) if f
+        )  # fmt: skip
+        log.warning(
+            "worker %s declares limits for %s in its code (%s) that the fleet does not have (%s): "
+            "a worker cannot set fleet-wide limits. Set them with `martinet limits set %s %s`, "
+            "or in the daemon's config file as [task_limits.%s]",
+            worker_id[:80], name, describe_limit(concurrency, rate), describe_limit(*fleet), name,
+            flags or "--concurrency none --rate none", name,
+        )  # fmt: skip
+
+
+def describe_limit(concurrency: int | None, rate: tuple[int, float] | None) -> str:
+    parts = []
+    if concurrency is not None:
+        parts.append(f"concurrency {concurrency}")
+    if rate is not None:
+        parts.append(f"rate {rate[0]}/{rate[1]:g}s")
+    return ", ".join(parts) or "no limit"
 
 
 def lose_worker(core: State, worker_id: str, now: float, reason: str, outcome: str = "lost") -> None:

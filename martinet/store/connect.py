@@ -3,12 +3,10 @@ schema brought to this version, and a thread that checkpoints SQLite's log."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import sqlite3
 import threading
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import peewee
 from playhouse.db_url import connect as connect_url
@@ -16,6 +14,8 @@ from playhouse.db_url import parse as parse_url
 
 from martinet import migrations
 from martinet.errors import StoreError
+from martinet.files import create_private
+from martinet.logs import mask
 from martinet.store.listen import Changes
 from martinet.store.pg import PgDatabase
 
@@ -56,7 +56,7 @@ def open_database(url: str) -> peewee.Database:
             path, _, query = path.partition("?")
             if not path:
                 raise StoreError(f"SQLite URL {url!r} names no file; use sqlite:///path/to/file.db")
-            _private_file(path)
+            create_private(path)
             db = peewee.SqliteDatabase(
                 path,
                 lock_type="IMMEDIATE",  # one writer; no read-to-write upgrade deadlocks
@@ -85,12 +85,14 @@ def open_database(url: str) -> peewee.Database:
             db = connect_url(url)
         db.connect(reuse_if_open=True)
         migrations.upgrade(db)  # a new database gets the current schema; an older one is migrated
+    # (from None: the driver's error, which may quote the URL or its password, stays out of
+    # the traceback; its text is told with the password masked)
     except peewee.PeeweeException as exc:
-        raise StoreError(f"cannot open database {redact(url)}: {exc}") from None
+        raise StoreError(f"cannot open database {redact(url)}: {without_password(exc, url)}") from None
     except ValueError as exc:
-        raise StoreError(f"cannot read database URL {redact(url)}: {exc}") from None
+        raise StoreError(f"cannot read database URL {redact(url)}: {without_password(exc, url)}") from None
     except ImportError as exc:
-        raise StoreError(f"cannot open database {redact(url)}: {exc}") from None
+        raise StoreError(f"cannot open database {redact(url)}: {without_password(exc, url)}") from None
     return db
 
 
@@ -104,7 +106,7 @@ def listen_changes(url: str) -> Changes | None:
     try:
         return Changes(parse_url(url))
     except Exception as exc:  # psycopg2's errors: the server, the address or the login
-        raise StoreError(f"cannot listen on database {redact(url)}: {exc}") from None
+        raise StoreError(f"cannot listen on database {redact(url)}: {without_password(exc, url)}") from None
 
 
 def _require_driver(scheme: str) -> None:
@@ -162,16 +164,6 @@ class WalCheckpointer:
             conn.close()
 
 
-def _private_file(path: str) -> None:
-    """A new SQLite file is created readable and writable by its owner only: tasks' args and
-    results often hold tokens and personal data. SQLite gives its WAL and shared-memory
-    files the database file's permissions. An existing file keeps its own."""
-    if path == ":memory:" or path.startswith("file:"):
-        return
-    with contextlib.suppress(OSError):  # it exists; or no such directory: SQLite's own error says it
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-
-
 def _sqlite_synchronous(url: str, query: str) -> str:
     """`?synchronous=full` in a SQLite URL: every commit reaches the disk before it is
     acknowledged, so a power loss loses nothing acknowledged either. The default,
@@ -189,7 +181,25 @@ def _sqlite_synchronous(url: str, query: str) -> str:
 
 def redact(url: str) -> str:
     """The URL with its password, if any, as ***: fit for logs and errors."""
-    parsed = urlparse(url)
-    if parsed.password:
-        return url.replace(f":{parsed.password}@", ":***@")
+    try:
+        password = urlparse(url).password
+    except ValueError:  # (a port that is no number, say): mask what looks like one
+        return mask(url)
+    if password:
+        return url.replace(f":{password}@", ":***@")
     return url
+
+
+def without_password(exc: BaseException, url: str) -> str:
+    """An error's text with the password of `url` masked wherever it appears (a driver's
+    message may quote the connection string it was given), and anything else that
+    looks like one (logs.mask)."""
+    text = str(exc)
+    try:
+        password = urlparse(url).password
+    except ValueError:
+        password = None
+    if password:
+        for form in {password, unquote(password)}:
+            text = text.replace(form, "***")
+    return mask(text)

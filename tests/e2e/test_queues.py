@@ -10,9 +10,13 @@ def test_queue_settings_and_name_limits_survive_a_restart(cluster):
     m = cluster.client()
     m.set_queue("images", weight=5, concurrency=3, rate="10/minute", order="random")
     m.pause_queue("images")
+    m.set_task_limit("capped", concurrency=2, rate="5/second")
     cluster.daemon.kill9()
     cluster.start_daemon()
     images = {q["name"]: q for q in cluster.client().queues()}["images"]
     assert (images["weight"], images["concurrency"], images["rate"], images["order"], images["paused"]) == (
         5, 3, "10/60s", "random", True
     )  # fmt: skip
+    assert cluster.client().task_limits() == [
+        {"name": "capped", "concurrency": 2, "rate": "5/1s", "running": 0}
+    ]

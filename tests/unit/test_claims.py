@@ -38,7 +38,8 @@ def claim(core: Core) -> list[str]:
 
 
 def test_a_full_task_concurrency_limit_leaves_the_worker_its_other_names(core):
-    core.hello("w1", ["capped", "free"], capacity=4, limits={"capped": {"concurrency": 1}})
+    core.request("set_limit", name="capped", concurrency=1)
+    core.hello("w1", ["capped", "free"], capacity=4)
     first, _second = core.submit("capped"), core.submit("capped")
     assert claim(core) == ["capped"]
     assert claim(core) == []  # the second waits for the limit: the turn ends
@@ -49,7 +50,8 @@ def test_a_full_task_concurrency_limit_leaves_the_worker_its_other_names(core):
 
 
 def test_a_spent_task_rate_frees_by_the_clock_while_the_first_still_runs(core):
-    core.hello("w1", ["rated", "free"], capacity=4, limits={"rated": {"rate": [1, 1.0]}})
+    core.request("set_limit", name="rated", rate="1/second")
+    core.hello("w1", ["rated", "free"], capacity=4)
     core.submit("rated")
     core.submit("rated")
     core.submit("free")
@@ -101,7 +103,8 @@ def test_limits_of_both_kinds_at_once_on_two_workers(core):
     """Two workers with different names; a capped name, a rated queue: nothing spins,
     nothing runs beyond its limits, everything runs in the end."""
     core.request("set_queue", name="slow", rate="2/s")
-    core.hello("w1", ["capped", "a"], capacity=3, limits={"capped": {"concurrency": 1}})
+    core.request("set_limit", name="capped", concurrency=1)
+    core.hello("w1", ["capped", "a"], capacity=3)
     core.hello("w2", ["capped", "b"], capacity=3, queues=["slow", "default"])
     ids = [core.submit("capped") for _ in range(3)]
     ids += [core.submit("a", queue="slow") for _ in range(3)]

@@ -77,6 +77,27 @@ def test_cli_failures_are_one_line(live, sh):
     assert code == 3 and "ended dead: ValueError: kaboom" in err  # EXIT_DEAD
 
 
+def test_cli_task_limits(sh):
+    ok = sh.ok
+    assert ok("limits").startswith("no task name has limits")
+    assert (
+        ok("limits", "set", "charge", "--concurrency", "2", "--rate", "10/second").strip()
+        == "charge: updated"
+    )
+    assert ok("limits", "set", "charge", "--rate", "none").strip() == "charge: updated"
+    assert json.loads(ok("limits", "--json")) == [
+        {"name": "charge", "concurrency": 2, "rate": None, "running": 0}
+    ]
+    assert "charge" in ok("limits") and "CONCURRENCY" in ok("limits")
+    for args, message in (
+        (["limits", "set", "charge"], "nothing to set; give --concurrency or --rate"),
+        (["limits", "set", "charge", "--concurrency", "0"], "--concurrency must be 1 or more"),
+        (["limits", "set", "charge", "--rate", "fast"], "rate"),
+    ):
+        code, _out, err = sh.run(*args)
+        assert code == 1 and message in err, (args, err)
+
+
 def test_cli_schedules(sh):
     ok = sh.ok
     out = ok("every", "0 9 * * MON-FRI", "echo", "--timezone", "Europe/Berlin", "--misfire", "skip",

@@ -316,7 +316,8 @@ def test_the_database_url_can_come_from_a_private_file(tmp_path):
     assert load(environ={"MARTINET_DB": f"@{secret}"}).db.endswith("@db.internal/martinet")
     secret.chmod(0o644)
     with pytest.raises(
-        ConfigError, match="can be read by anyone on this host, and it holds the database's password"
+        ConfigError,
+        match=r"can be read by anyone on this host \(mode 644\), and it holds the database's password",
     ):
         load(flags={"db": f"@{secret}"}, environ={})
     with pytest.raises(ConfigError, match="cannot read the database URL file .*missing"):

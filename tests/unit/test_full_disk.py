@@ -180,6 +180,7 @@ def worker(tmp_path):
     """A worker with a journal and fake sockets; its handlers are run by the test."""
     w = Worker(handlers={"add": lambda task, a, b: a + b}, journal=tmp_path / "w.journal", worker_id="w1")
     w.wsock, w.ssock = FakeSocket(), FakeSocket()
+    w._welcomed = True  # (a worker reports to the daemon that welcomed it)
     yield w
     w._journal.close()
 

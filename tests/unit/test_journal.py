@@ -176,6 +176,7 @@ def start_worker(path) -> Worker:
     """A worker on journal `path` whose sockets the test reads; it runs what the test says."""
     w = Worker(handlers={"boom": boom}, journal=path, worker_id="w1")
     w.wsock, w.ssock = FakeSocket(), FakeSocket()
+    w._welcomed = True  # (a worker reports to the daemon that welcomed it)
     w._last_heard = w._next_heartbeat = 1e12  # no heartbeats or reconnects
     return w
 
@@ -263,14 +264,18 @@ def test_a_daemon_takes_no_held_attempt_or_outcome_marked_for_another_database(d
         assert [r["id"] for r in core.claim()["w1"]] == [tid]
         assert [m.database for _ident, m in sent if isinstance(m, Welcome)] == [me]  # the welcome says which
 
+        session = d.peers.get("w1").session  # (a reconnecting worker proves itself with it)
+
         def hello(ident: bytes, running=(), kept=()) -> None:
-            header = {"worker_id": "w1", "names": ["boom"], "capacity": 4, "running": running, "kept": kept}
+            header = {"worker_id": "w1", "names": ["boom"], "capacity": 4, "running": running, "kept": kept,
+                      "session": session}  # fmt: skip
             with core.store.atomic():
                 on_hello(d, ident, Hello.from_header(header), Outbox(), core.now)
 
         def ended(*outcomes: dict) -> Outbox:
             out = Outbox()
-            frames = protocol.encode(Cmd.ENDED, {"worker_id": "w1", "ended": list(outcomes)})
+            header = {"worker_id": "w1", "ended": list(outcomes), "session": session}
+            frames = protocol.encode(Cmd.ENDED, header)
             with core.store.atomic():
                 on_status_batch(d, [(b"status", frames)], out, core.now)
             return out

@@ -39,6 +39,7 @@ class FakeSocket:
 def make_worker(handlers: dict, **welcome) -> Worker:
     w = Worker(handlers=handlers, worker_id="w1")
     w.wsock, w.ssock = FakeSocket(), FakeSocket()
+    w._welcomed = True  # (a worker reports to the daemon that welcomed it)
     w._on_welcome(Welcome.from_header({"epoch": "e1", "heartbeat_interval": 1.0, "liveness": 3, **welcome}))
     return w
 

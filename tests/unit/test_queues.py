@@ -6,6 +6,7 @@ a restart.)"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from tests.core import Core
@@ -111,13 +112,50 @@ def test_a_rate_is_never_exceeded_across_workers(db_url, make_core):
     assert starts[-1] - starts[0] >= 1.0  # 12 starts at 5/s take over two seconds
 
 
-def test_a_task_name_limit_declared_by_the_decorator_holds_fleet_wide(db_url, make_core):
+def test_a_task_name_limit_set_by_an_admin_holds_fleet_wide(db_url, make_core):
     core = make_core(db_url)
-    limits = {"capped": {"concurrency": 1}}  # tests/tasks_limited.py's decorator, as its hello says it
-    core.hello("w1", ["capped"], capacity=4, limits=limits)
-    core.hello("w2", ["capped"], capacity=4, limits=limits)
+    core.request("set_limit", name="capped", concurrency=1)
+    core.hello("w1", ["capped"], capacity=4)
+    core.hello("w2", ["capped"], capacity=4)
     ids = [core.submit("capped") for _ in range(8)]
     assert most_at_once(core, ids) == 1
+
+
+def test_a_limit_set_while_tasks_run_counts_those_already_running(db_url, make_core):
+    core = make_core(db_url)
+    core.hello("w1", ["capped"], capacity=4)
+    ids = [core.submit("capped") for _ in range(4)]
+    assert len(core.claim()["w1"]) == 4
+    core.request("set_limit", name="capped", concurrency=2)
+    assert core.server.lanes.names["capped"].running == 4
+    more = core.submit("capped")
+    core.succeed(ids[0])
+    core.succeed(ids[1])
+    assert core.claim() == {}  # 2 still run: the limit is full
+    core.succeed(ids[2])
+    assert [row["id"] for row in core.claim()["w1"]] == [more]
+
+
+def test_a_hello_declaring_limits_changes_nothing_and_is_named_once(db_url, make_core, caplog):
+    """Limits come from the daemon's config and from admins, never from a worker: a hello
+    that declares some (a decorator's, or a stranger's) is not applied nor stored."""
+    core = make_core(db_url)
+    core.request("set_limit", name="capped", concurrency=3)
+    declared = {"capped": {"concurrency": 1}, "free": {"rate": [1, 1.0]}}
+    with caplog.at_level(logging.WARNING, "martinet.daemon"):
+        core.hello("w1", ["capped", "free"], capacity=4, limits=declared)
+        core.hello("w2", ["capped", "free"], capacity=4, limits=declared)
+    assert core.server.lanes.names["capped"].concurrency == 3
+    assert "free" not in core.server.lanes.names
+    assert {row["name"]: row["concurrency"] for row in core.store.lanes_state(core.now, 1.0)["names"]} == {
+        "capped": 3
+    }
+    told = [r.getMessage() for r in caplog.records if "declares limits" in r.getMessage()]
+    assert len(told) == 2  # once per name, not per worker
+    assert "martinet limits set capped --concurrency 1" in told[0]
+    assert core.request("limits")["items"] == [
+        {"name": "capped", "concurrency": 3, "rate": None, "running": 0}
+    ]
 
 
 def test_random_order_does_not_keep_submission_order(db_url, make_core):

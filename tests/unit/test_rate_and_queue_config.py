@@ -268,22 +268,59 @@ def test_bad_queue_settings_name_the_queue_and_key(tmp_path, table, message):
         load(write(tmp_path, table), environ={})
 
 
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ("[task_limits.charge]\nconcurency = 2\n", "unknown setting 'concurency' in [task_limits.charge]"),
+        ("[task_limits.charge]\nconcurrency = 0\n", "limits of 'charge' setting 'concurrency'"),
+        ('[task_limits.charge]\nrate = "fast"\n', "limits of 'charge' setting 'rate'"),
+        ("[task_limits]\ncharge = 3\n", "must be a table like [task_limits.charge]"),
+    ],
+)
+def test_bad_task_limits_name_the_task_and_key(tmp_path, table, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(write(tmp_path, table), environ={})
+
+
+def test_task_limits_from_the_config_file_apply_at_every_start(tmp_path, db_url):
+    from tests.core import Core
+
+    path = write(
+        tmp_path,
+        '[task_limits.charge]\nconcurrency = 2\nrate = "10/second"\n[task_limits.mail]\nrate = "5/minute"\n',
+    )
+    settings = load(path, environ={})
+    assert settings.task_limits == {
+        "charge": {"concurrency": 2, "rate": "10/second"},
+        "mail": {"rate": "5/minute"},
+    }
+    core = Core(db_url, task_limits=settings.task_limits)
+    try:
+        assert core.request("limits")["items"] == [
+            {"name": "charge", "concurrency": 2, "rate": "10/1s", "running": 0},
+            {"name": "mail", "concurrency": None, "rate": "5/60s", "running": 0},
+        ]
+    finally:
+        core.close()
+
+
 def test_check_queues_returns_a_copy():
     given = {"images": {"weight": 2}}
     checked = check_queues(given)
     assert checked == given and checked["images"] is not given["images"]
 
 
-def test_the_shipped_example_queue_is_valid(tmp_path):
-    """conf/martinet.toml's commented [queues.images] example, uncommented, loads."""
-    lines = CONF.read_text().splitlines()
-    start = lines.index("# [queues.images]")
-    example = [line[2:] for line in lines[start:] if line.startswith("# ")]
-    s = load(write(tmp_path, "\n".join(lines[:start] + example) + "\n"), environ={})
+def test_the_shipped_example_queue_and_task_limits_are_valid(tmp_path):
+    """conf/martinet.toml's commented [queues.images] and [task_limits.charge] examples,
+    uncommented, load."""
+    toml = re.compile(r"# (\[[a-z_.]+\]$|[a-z_]+ += )")
+    text = "\n".join(line[2:] if toml.match(line) else line for line in CONF.read_text().splitlines())
+    s = load(write(tmp_path, text + "\n"), environ={})
     assert s.queues == {
         "images": {"order": "fifo", "weight": 2, "concurrency": 8, "rate": "100/minute", "paused": False}
     }
-    assert read_file(CONF)["queues"] == {}  # as shipped, commented out: the default
+    assert s.task_limits == {"charge": {"concurrency": 2, "rate": "10/second"}}
+    assert read_file(CONF)["queues"] == read_file(CONF)["task_limits"] == {}  # as shipped: the default
 
 
 @pytest.mark.parametrize(

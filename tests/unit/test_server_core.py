@@ -43,14 +43,15 @@ def test_a_hello_in_a_failed_turn_is_asked_again_and_leaves_the_worker_as_it_was
     a = core.submit("t", max_attempts=1)  # not retried: a retry's jitter may make it due at once
     assert tasks_sent(core.turn()) == [a]
     # When the worker comes back on a new connection, holding nothing, in a turn that fails
-    sent = core.turn(worker=[hello(ident=b"w1-new")], fail=True)
+    session = core.server.peers.get("w1").session  # (what a reconnecting worker proves itself with)
+    sent = core.turn(worker=[hello(ident=b"w1-new", session=session)], fail=True)
     # Then it is not welcomed but asked to say hello again; its old picture stands
     assert sent_to(sent, Cmd.WELCOME) == [] and [i for i, _h in sent_to(sent, Cmd.HELLO_AGAIN)] == [b"w1-new"]
     peer = core.server.peers.get("w1")
     assert peer.ident == b"w1" and peer.inflight == {a} and core.server.peers.owner(a) is peer
     assert core.store.get_task(a).status == "leased"
     # When it says hello again: welcomed, and the attempt it came back without is lost
-    sent = core.turn(worker=[hello(ident=b"w1-new")])
+    sent = core.turn(worker=[hello(ident=b"w1-new", session=session)])
     assert [i for i, _h in sent_to(sent, Cmd.WELCOME)] == [b"w1-new"]
     assert [(t.attempt, t.outcome) for t in core.store.attempts(a)] == [(1, "lost")]
     assert core.server.peers.get("w1").inflight == set()
@@ -78,7 +79,9 @@ def test_a_worker_back_on_a_new_connection_keeps_what_it_still_runs(db_url, make
     core.turn(status=[(Cmd.STARTED, {"worker_id": "w1", "started": [[a, 1], [b, 1]]})])
     # When it reconnects saying it still runs A (B died with its old process)
     core.now += 1  # (MySQL counts changed rows only: a readopt in the claim's instant changes none)
-    sent = core.turn(worker=[hello(ident=b"w1-new", running=[{"id": a, "attempt": 1, "started": True}])])
+    session = core.server.peers.get("w1").session
+    running = [{"id": a, "attempt": 1, "started": True}]
+    sent = core.turn(worker=[hello(ident=b"w1-new", running=running, session=session)])
     # Then A stays its own; B's attempt is lost, and its slot is free
     assert core.store.get_task(a).status == "running" and core.server.peers.owner(a).ident == b"w1-new"
     assert [(t.attempt, t.outcome) for t in core.store.attempts(b)] == [(1, "lost")]
@@ -133,11 +136,12 @@ def test_a_wait_in_a_failed_turn_is_forgotten(db_url, make_core):
     assert [w[1] for w in core.server.waiters[a]] == ["r2"]
 
 
-def test_a_limit_declared_in_a_failed_turn_is_not_kept(db_url, make_core):
+def test_a_limit_set_in_a_failed_turn_is_not_kept(db_url, make_core):
     core = make_core(db_url)
-    core.turn(worker=[hello(limits={"t": {"concurrency": 1}})], fail=True)
+    request = {"op": "set_limit", "name": "t", "concurrency": 1, "rid": "r"}
+    core.turn(client=[(Cmd.REQUEST, request)], fail=True)
     assert "t" not in core.server.lanes.names
-    core.turn(worker=[hello(limits={"t": {"concurrency": 1}})])
+    core.turn(client=[(Cmd.REQUEST, request)])
     assert core.server.lanes.names["t"].concurrency == 1
 
 
@@ -212,10 +216,14 @@ def test_a_start_with_an_outcome_from_another_worker_is_fenced_as_its_own(db_url
     core.turn(worker=[hello()])
     a = core.submit("t")
     assert tasks_sent(core.turn()) == [a]
-    # When a stranger says it started A and ended it: neither is written
+    # When a stranger says it started A and ended it: neither is written, nor acknowledged
     sent = core.turn(status=[ended("w9", [[a, 1]], (a, True))])
     assert core.store.get_task(a).status == "leased" and core.store.get_task(a).started_at is None
-    assert sent_to(sent, Cmd.ACK) == [(b"status", {"acks": [[a, 1]]})]  # fenced out, acknowledged
+    assert sent_to(sent, Cmd.ACK) == []
+    # Nor when it names A's holder without the session the holder's welcome gave it
+    forged = {**ended("w1", [[a, 1]], (a, True))[1], "session": "0" * 32}
+    sent = core.turn(status=[(Cmd.ENDED, forged)])
+    assert core.store.get_task(a).status == "leased" and sent_to(sent, Cmd.ACK) == []
     # And its holder's own report still ends it
     core.turn(status=[ended("w1", [[a, 1]], (a, False))])
     assert [(t.started_at, t.outcome) for t in core.store.attempts(a)] == [(core.now, "failed")]

@@ -38,6 +38,7 @@ def test_a_task_sent_ahead_of_its_due_time_starts_then_or_never_if_cancelled_mea
         def send(cmd: Cmd, header: dict) -> None:
             work.send_multipart([ident, *protocol.encode(cmd, header)])
 
+        send(Cmd.WELCOME, {"epoch": "e1", "database": "d1", "session": "5" * 32})  # (it reports after one)
         starts: list[list[int]] = []
 
         def outcomes() -> list[dict]:

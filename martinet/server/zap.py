@@ -1,0 +1,130 @@
+"""The daemon's ZAP handler: with keys, every connection's CURVE handshake asks it whether
+the client's key may connect to that socket (ZeroMQ's authentication protocol, RFC 27).
+
+Each of the daemon's sockets has its own ZAP domain (its name: client, worker, status), so
+a key is refused at the handshake on a socket its role may not use: nothing from it
+reaches the loop. An allowed connection's messages carry its key as their User-Id; the
+loop checks it again at every message, since a key removed from the keyring (a reload)
+leaves its open connections open. A refusal is logged once per peer address and reason,
+and counted in the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import zmq
+import zmq.utils.z85
+
+from martinet.keys import SOCKET_ROLES, Keyring
+
+log = logging.getLogger("martinet.daemon")
+
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks, in the sockets' own context
+MAX_TOLD = 10_000  # (socket, address, reason) remembered as logged: memory stays bounded
+
+
+class ZapHandler:
+    def __init__(
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        keyring: Keyring,
+        refused: Callable[[str, str], None] = lambda s, r: None,
+    ) -> None:
+        self.keyring = keyring
+        self.refused = refused  # (socket, reason): counted in the metrics
+        self._sock = ctx.socket(zmq.REP)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.bind(ZAP_ENDPOINT)  # before any socket with a ZAP domain is bound
+        self._stop = threading.Event()
+        self._told: set[tuple[str, str, str]] = set()
+        self._monitors: dict[zmq.Socket[bytes], str] = {}  # a socket's handshake failures -> its name
+        self._thread = threading.Thread(target=self._run, name="martinet-zap", daemon=True)
+
+    def watch(self, sock: zmq.Socket[bytes], name: str) -> None:
+        """Also tell of the peers `sock` (the daemon's socket `name`) refuses before any
+        ZAP request: those that do not speak CURVE. (Before start: the thread owns it then.)"""
+        monitor = sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        )
+        self._monitors[monitor] = name
+
+    def start(self) -> ZapHandler:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        for sock in (self._sock, *self._monitors):
+            poller.register(sock, zmq.POLLIN)
+        while not self._stop.is_set():
+            for sock, _event in poller.poll(100):
+                if sock is self._sock:
+                    self._answer_one()
+                else:
+                    self._handshake_failed(sock)
+
+    def _answer_one(self) -> None:
+        request = self._sock.recv_multipart()
+        try:
+            reply = self.answer(request)
+        except Exception:  # a bug of ours refuses that one connection, never stops the thread
+            log.exception("the key check of a connection failed; it is refused")
+            reply = [b"1.0", request[1] if len(request) > 1 else b"", b"500", b"internal error", b"", b""]
+        self._sock.send_multipart(reply)
+
+    def _handshake_failed(self, monitor: zmq.Socket[bytes]) -> None:
+        """A peer refused at the handshake before any ZAP request (ZeroMQ does not say
+        its address there): one that does not speak CURVE, or a client that trusts
+        another daemon's key."""
+        monitor.recv_multipart()
+        name = self._monitors[monitor]
+        self._refuse(name, "", "plain_text", "it does not speak CURVE with this daemon's key (a peer "
+                     "without keys, or one given another daemon's public key); ZeroMQ does not say its address")  # fmt: skip
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for monitor in self._monitors:
+            monitor.close(0)
+        self._sock.close(0)
+
+    def answer(self, request: list[bytes]) -> list[bytes]:
+        """A ZAP reply to a ZAP request: 200 with the key as its User-Id, or 400 and why."""
+        if len(request) < 6:  # (libzmq sends six frames at least)
+            return [b"1.0", request[1] if len(request) > 1 else b"", b"400", b"malformed request", b"", b""]
+        _version, request_id, domain, address, _identity, mechanism, *credentials = request
+        sock_name = domain.decode("ascii", "replace")
+        where = address.decode("ascii", "replace")
+        key = ""
+        if mechanism != b"CURVE" or not credentials or len(credentials[0]) != 32:
+            reason, why = "plain_text", "it does not speak CURVE (a peer without keys)"
+        else:
+            key = zmq.utils.z85.encode(credentials[0]).decode()
+            role = self.keyring.role_of(key)
+            if role is None:
+                reason, why = "unknown_key", f"its key {key[:8]}... is not among the allowed keys"
+            elif role not in SOCKET_ROLES.get(sock_name, ()):
+                name = self.keyring.names.get(key, key[:8] + "...")
+                reason, why = (
+                    "role",
+                    f"its key {name} is a {role}'s, which may not use the {sock_name} socket",
+                )
+            else:
+                return [b"1.0", request_id, b"200", b"OK", key.encode(), b""]
+        self._refuse(sock_name, where, reason, why)
+        return [b"1.0", request_id, b"400", why.encode()[:200], b"", b""]
+
+    def _refuse(self, sock_name: str, where: str, reason: str, why: str) -> None:
+        self.refused(sock_name, reason)
+        told = (sock_name, where, reason)
+        if told in self._told:
+            return
+        if len(self._told) >= MAX_TOLD:
+            self._told.clear()
+        self._told.add(told)
+        log.warning(
+            "refused a connection to the %s socket%s: %s", sock_name, f" from {where}" if where else "", why
+        )
