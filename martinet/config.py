@@ -61,6 +61,9 @@ class Settings:
     # Limits on what one request may carry, so one client cannot exhaust memory.
     max_payload: int = 1_048_576
     max_name_length: int = 200
+    # Messages a second one connection may send to one socket (a second's worth at once);
+    # more are refused: a request is told so. 0: no limit (server/budget.py).
+    peer_rate: int = 20_000
     # Failed attempts are retried with exponential backoff and full jitter.
     max_attempts: int = 3
     retry_base: float = 1.0
@@ -418,6 +421,8 @@ def check(settings: Settings) -> Settings:
         "max_releases",
     ):
         rules.check_count(getattr(s, key), f"setting {key!r}", error=ConfigError)
+    if s.peer_rate != 0:
+        rules.check_count(s.peer_rate, "setting 'peer_rate' (0: no limit)", error=ConfigError)
     for key in ("keep_finished", "keep_dead", "keep_events"):
         keep_seconds(key, getattr(s, key))
     check_url(s.url)

@@ -38,6 +38,11 @@ class Forbidden(MartinetError):
     may make it (an admin's request from a client's key, say)."""
 
 
+class Busy(MartinetError):
+    """The daemon refused a request because its connection sent more a second than the
+    daemon's peer_rate allows: slow down, or spread the calls over more connections."""
+
+
 class BadTime(BadInput):
     """A time expression could not be read, or reads as something unintended."""
 

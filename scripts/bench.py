@@ -57,6 +57,9 @@ drain as a share of the lower floor, when throughput and floor both ran). Scenar
   web         the drain of --tasks with the dashboard open (martinet web: two live pages,
               the overview and a task's page reloaded every 2 s) against the drain without
               it, in turn (web_drain_x; target >= 0.9). Needs the 'web' extra
+  curve       what keys cost: with every socket CURVE (martinet keys) against plain text,
+              in turn: the drain of --tasks (bulk submitted, 2 workers) and --paced tasks at
+              200/s into idle workers (p50/p99 ms); curve_*_x: CURVE's over plain text's
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import martinet  # noqa: E402
+from martinet.keys import new_pair  # noqa: E402
 from martinet.store import TASK_DEFAULTS, open_database  # noqa: E402
 
 SQLITE_QUERY = ""  # "?synchronous=full" with --synchronous full
@@ -113,9 +117,11 @@ class Rig:
         concurrency: int | None = 8,
         db: str | None = None,
         quiet: bool = True,
+        curve: bool = False,
     ) -> None:
         """`concurrency` None: the workers' default; `quiet` False: the daemon's and the
-        workers' default log level (INFO) instead of WARNING."""
+        workers' default log level (INFO) instead of WARNING; `curve`: with keys (every
+        socket CURVE, the workers and the client with keys of their roles)."""
         self.dir = workdir
         self.db = db or f"sqlite:///{workdir / 'bench.db'}{SQLITE_QUERY}"
         if db:
@@ -136,6 +142,24 @@ class Rig:
         else:
             self.env.pop("MARTINET_LOG_LEVEL", None)
         self.log = open(workdir / "processes.log", "ab")  # noqa: SIM115
+        self.daemon_keys: list[str] = []
+        self.worker_keys: list[str] = []
+        self.client_keys: dict[str, str] = {}
+        if curve:
+            keys = workdir / "keys"
+            for name in ("daemon", "worker", "admin"):
+                new_pair(name, keys / name)
+            self.daemon_keys = ["--server-secret-key", str(keys / "daemon" / "daemon.key_secret"),
+                                "--worker-keys", str(keys / "worker" / "worker.key"),
+                                "--admin-keys", str(keys / "admin" / "admin.key")]  # fmt: skip
+            server = str(keys / "daemon" / "daemon.key")
+            self.worker_keys = [
+                "--key-file",
+                str(keys / "worker" / "worker.key_secret"),
+                "--server-key",
+                server,
+            ]
+            self.client_keys = {"key_file": str(keys / "admin" / "admin.key_secret"), "server_key": server}
 
     @property
     def url(self) -> str:
@@ -146,7 +170,7 @@ class Rig:
         flags = ["--client-port", str(self.ports[0]), "--worker-port", str(self.ports[1]),
                  "--status-port", str(self.ports[2])]  # fmt: skip
         self.daemon = subprocess.Popen(
-            [sys.executable, "-P", "-m", "martinet", "serve", "--db", self.db, *flags],
+            [sys.executable, "-P", "-m", "martinet", "serve", "--db", self.db, *flags, *self.daemon_keys],
             stdout=self.log, stderr=self.log, env=self.env,
         )  # fmt: skip
         return started
@@ -156,12 +180,12 @@ class Rig:
             threads = [] if self.concurrency is None else ["--concurrency", str(self.concurrency)]
             args = [sys.executable, "-P", "-c", WORKER_MAIN, "bench_tasks", "--worker-id", f"bench-{i}",
                     *threads, "--worker-port", str(self.ports[1]),
-                    "--status-port", str(self.ports[2]), *WORKER_FLAGS]  # fmt: skip
+                    "--status-port", str(self.ports[2]), *WORKER_FLAGS, *self.worker_keys]  # fmt: skip
             self.workers.append(subprocess.Popen(args, stdout=self.log, stderr=self.log, env=self.env))
 
     def client(self) -> martinet.Martinet:
         """A client the daemon has answered (a fresh one fails fast while nothing listens)."""
-        m = martinet.Martinet.connect(self.url, timeout=60)
+        m = martinet.Martinet.connect(self.url, timeout=60, **self.client_keys)
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -1249,6 +1273,26 @@ def scenario_web(args) -> dict:
     }
 
 
+def scenario_curve(args) -> dict:
+    """What keys cost: with every socket CURVE against plain text, in turn: the drain of
+    --tasks no-op tasks (bulk submitted, 2 workers), and --paced tasks at 200/s into idle
+    workers (execute call to handler start). *_x: CURVE's figure over plain text's."""
+    out: dict[str, float] = {}
+    for label in ("plain", "curve"):
+        with running(curve=label == "curve") as (rig, m):
+            start = time.time()
+            m.execute_many([({"name": "bench.noop"}, {}) for _ in range(args.tasks)])
+            out[f"drain_{label}_per_s"] = round(args.tasks / (wait_drained(rig.db) - start))
+            sent = paced(args.paced, lambda t0: (m.execute("bench.clock"), t0))
+            latencies = [(m.wait(tid, timeout=60) - t0) * 1000 for tid, t0 in sent]
+            for k, v in percentiles(latencies).items():
+                out[f"latency_{label}_{k}_ms"] = round(v, 2)
+    out["curve_drain_x"] = round(out["drain_curve_per_s"] / out["drain_plain_per_s"], 3)
+    for k in ("p50", "p99"):
+        out[f"curve_latency_{k}_x"] = round(out[f"latency_curve_{k}_ms"] / out[f"latency_plain_{k}_ms"], 3)
+    return out
+
+
 SCENARIOS = {
     "users": scenario_users,
     "throughput": scenario_throughput,
@@ -1264,6 +1308,7 @@ SCENARIOS = {
     "prune": scenario_prune,
     "idle": scenario_idle,
     "web": scenario_web,
+    "curve": scenario_curve,
 }
 
 

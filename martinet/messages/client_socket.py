@@ -17,6 +17,7 @@ from martinet.errors import (
     BadInput,
     BadSchedule,
     BadTime,
+    Busy,
     Forbidden,
     MartinetError,
     ProtocolError,
@@ -28,7 +29,7 @@ from martinet.protocol import Cmd
 # The errors a reply may name, raised again as themselves on the client's side.
 ERRORS: dict[str, type[MartinetError]] = {
     cls.__name__: cls
-    for cls in (BadInput, BadTime, BadSchedule, Forbidden, ProtocolError, StoreError, TaskNotFound)
+    for cls in (BadInput, BadTime, BadSchedule, Busy, Forbidden, ProtocolError, StoreError, TaskNotFound)
 }
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import peewee
 
+from martinet import protocol
 from martinet.dbhealth import describe
 from martinet.errors import BadInput, Forbidden, MartinetError
 from martinet.keys import ADMIN_OPS
@@ -50,6 +51,9 @@ class Core(State):
         commit), and say what to send: replies, acks, events, and tasks. `heard`: what
         other writers committed (elsewhere.py; None: some of it may have been missed)."""
         out = Outbox()
+        if self.budgets.rate:
+            client, status, worker = (self._within_budget(name, msgs, now, out) for name, msgs in (
+                ("client", client), ("status", status), ("worker", worker)))  # fmt: skip
         if self.notes_lost:  # a turn that held notes was rolled back: look at everything
             heard, self.notes_lost = None, False
         troubled = self.db_health.trouble is not None
@@ -140,6 +144,29 @@ class Core(State):
         self.hub.pending = []  # events made in the turn that was rolled back
         self.wakeup_dirty = self.dispatch_pending = True
         self.rate_wakeup = None
+
+    def _within_budget(self, sock_name: str, msgs: Messages, now: float, out: Outbox) -> Messages:
+        """The messages within their connection's budget (budget.py); a request over it is
+        refused with the reason, anything else dropped (outcomes are sent again)."""
+        allow = self.budgets.allow
+        kept = [(ident, frames) for ident, frames in msgs if allow(sock_name, ident, now)]
+        if len(kept) == len(msgs):
+            return msgs
+        rate = self.settings.peer_rate
+        kept_ids = {id(frames) for _ident, frames in kept}
+        for ident, frames in msgs:
+            if id(frames) in kept_ids:
+                continue
+            self.refused(
+                sock_name,
+                ident,
+                "rate",
+                f"refused messages over {rate} a second from one connection (peer_rate)",
+            )
+            if sock_name == "client" and (rid := protocol.recover_rid(frames)) is not None:
+                why = f"over {rate} requests a second from one connection (the daemon's peer_rate): slow down"
+                out.replies.append((ident, Reply(rid, False, error=error("Busy", why), rid_first=True)))
+        return kept
 
     def _admin_only(self, op: str, ident: bytes) -> None:
         """Forbidden unless the connection's key is an admin's (with keys)."""

@@ -26,6 +26,7 @@ from martinet.models import FAILED, QUEUED, SCHEDULED, STALLED, TERMINAL, WAITIN
 from martinet.present import maybe_task_info
 from martinet.protocol import Cmd
 from martinet.retention import Retention
+from martinet.server.budget import Budgets
 from martinet.server.events import EventHub, attempt_event
 from martinet.server.finished import FinishedPerMinute
 from martinet.server.lanes import RATE_LOOKBACK, Lanes, lane_settings, queue_columns, rate_of
@@ -98,6 +99,7 @@ class State:
         self.keyring: Keyring | None = None  # the keys allowed, by role (None: no keys)
         self._refusals_told: set[tuple[str, bytes, str]] = set()  # logged once each (refused)
         self.limits_told: set[tuple[str, Any, Any]] = set()  # declared limits named (workers.py)
+        self.budgets = Budgets(settings.peer_rate)  # messages a second a connection may send
 
     def load_lanes(self, now: float) -> None:
         """Queue settings (the config file's win at start), task-name limits, and what

@@ -99,6 +99,7 @@ def tick(core: State, out: Outbox, now: float) -> None:
         log.warning("leases expired for tasks %s: back to the queue", lost)
         core.wakeup_dirty = True
     time_limits(core, out, now)
+    core.budgets.forget(now)
     if core.metrics is not None:
         core.metrics.workers.set(len(core.peers))
         core.metrics.held.set(core.peers.held())

@@ -51,6 +51,13 @@ EXPECTED = {
     "users": {k for k in USERS if k.startswith("sqlite_")} | {"zmq_round_trips_per_s"},
     "throughput": {"submit_seq_per_s", "submit_bulk_per_s", "drain_per_s"},
     "web": {"drain_without_web_per_s", "drain_with_web_per_s", "web_drain_x", "web_live_messages"},
+    "curve": {
+        "drain_plain_per_s",
+        "drain_curve_per_s",
+        "curve_drain_x",
+        "latency_curve_p99_ms",
+        "curve_latency_p99_x",
+    },
     "shaping": {"submit_seq_per_s", "submit_bulk_per_s", "drain_per_s"},
     "latency": {"latency_p50_ms", "latency_p99_ms", "latency_max_ms"},
     "floor": {"zmq_floor_per_s", "sqlite_floor_per_s", "relay_latency_p50_ms", "relay_latency_p99_ms"},
@@ -91,7 +98,18 @@ def check_figures(results: dict[str, dict[str, float]]) -> None:
 
 def test_a_quick_run_runs_every_scenario_but_those_that_build_a_million_rows():
     results = bench(*TINY, "--quick", "--postgres", "")
-    quick = {"users", "throughput", "latency", "store", "floor", "shaping", "timers", "web", "targets"}
+    quick = {
+        "users",
+        "throughput",
+        "latency",
+        "store",
+        "floor",
+        "shaping",
+        "timers",
+        "web",
+        "curve",
+        "targets",
+    }
     assert set(results) == quick  # no backends without --postgres
     check_figures(results)
     assert {
@@ -102,6 +120,7 @@ def test_a_quick_run_runs_every_scenario_but_those_that_build_a_million_rows():
         "latency.latency_p99_ms",
     } <= set(results["targets"])
     assert 0 < results["floor"]["relay_latency_p50_ms"] <= results["floor"]["relay_latency_p99_ms"]
+    assert results["curve"]["curve_drain_x"] > 0 and results["curve"]["latency_curve_p99_ms"] > 0
 
 
 def test_the_scenarios_that_build_a_million_rows_run_with_tiny_numbers():

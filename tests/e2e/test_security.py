@@ -298,3 +298,21 @@ def test_keys_new_writes_a_private_secret_and_refuses_to_replace_it(tmp_path, ca
     assert "secret-key" not in (tmp_path / "ci.key").read_text()
     assert cli.main(["keys", "new", "ci", "--dir", str(tmp_path)]) == 1
     assert "ci.key exists already" in capsys.readouterr().err
+
+
+def test_a_flooding_connection_is_told_to_slow_down_and_the_others_are_served(cluster):
+    cluster.start_daemon(env={"MARTINET_PEER_RATE": "100"})
+    flood = Raw(cluster.client_port)
+    try:
+        for i in range(500):
+            flood.send(Cmd.REQUEST, {"op": "ping", "rid": f"f{i}"})
+        replies = []
+        while (answer := flood.receive(2000)) is not None and len(replies) < 500:
+            replies.append(answer[1])
+        busy = [r for r in replies if not r["ok"]]
+        assert len(replies) == 500 and 200 <= len(busy) <= 400  # a second's worth, then its rate
+        assert busy[0]["error"]["type"] == "Busy"
+        assert cluster.client().ping()["workers"] == 0  # another connection: served
+    finally:
+        flood.close()
+    assert "refused messages over 100 a second from one connection (peer_rate)" in cluster.daemon.log()
