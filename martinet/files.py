@@ -21,23 +21,20 @@ def create_private(path: str | os.PathLike) -> None:
 def refuse_if_others_write(path: str | os.PathLike, what: str) -> None:
     """ConfigError when someone other than the file's owner may write it: whoever can
     write a config or key file decides where tasks go and what runs."""
-    mode = os.stat(path).st_mode
-    if os.name == "posix" and mode & 0o022:
-        who = "anyone on this host" if mode & 0o002 else "its group"
-        raise ConfigError(
-            f"{what} {path} can be written by {who} (mode {mode & 0o777:o}), who could change what "
-            f"martinet connects to and runs; make it writable by its owner only: chmod go-w {path}"
-        )
+    _refuse(path, what, 0o022, "written", "who could change what martinet connects to and runs", "go-w")
 
 
 def refuse_if_others_read(path: str | os.PathLike, what: str, holds: str) -> None:
     """ConfigError when someone other than the file's owner may read it (or write it):
     for files that hold a secret (`holds` says which)."""
     refuse_if_others_write(path, what)
+    _refuse(path, what, 0o044, "read", f"and it holds {holds}", "go-r")
+
+
+def _refuse(path: str | os.PathLike, what: str, bits: int, verb: str, why: str, fix: str) -> None:
     mode = os.stat(path).st_mode
-    if os.name == "posix" and mode & 0o044:
-        who = "anyone on this host" if mode & 0o004 else "its group"
+    if os.name == "posix" and mode & bits:
+        who = "anyone on this host" if mode & bits & 0o007 else "its group"
         raise ConfigError(
-            f"{what} {path} can be read by {who} (mode {mode & 0o777:o}), and it holds {holds}: "
-            f"chmod go-r {path}"
+            f"{what} {path} can be {verb} by {who} (mode {mode & 0o777:o}), {why}: chmod {fix} {path}"
         )

@@ -60,8 +60,7 @@ def cmd_queues(m, args) -> int:
             changes["concurrency"] = _concurrency_flag(args.concurrency)
         if args.weight is not None:
             rules.check_count(args.weight, "--weight", most=rules.MAX_QUEUE_LIMIT, whole=False)
-        if args.rate is not None and not rules.means_none(args.rate):
-            when.parse_rate(args.rate)  # a friendly error before the round trip
+        _check_rate_flag(args.rate)
         m.set_queue(args.name, **changes)
         emit(args, {"name": args.name, "status": "updated", **changes}, f"{args.name}: updated")
         return 0
@@ -98,14 +97,19 @@ def _concurrency_flag(text: str) -> int | str:
     return rules.check_count(value, "--concurrency", most=rules.MAX_QUEUE_LIMIT, clears=True, whole=False)
 
 
+def _check_rate_flag(text: str | None) -> None:
+    """--rate R, or none: a friendly error before the round trip."""
+    if text is not None and not rules.means_none(text):
+        when.parse_rate(text)
+
+
 def cmd_limits(m, args) -> int:
     """Task names' fleet-wide limits: list them, or set one's (an admin's request)."""
     if args.action == "set":
         if args.concurrency is None and args.rate is None:
             raise MartinetError("nothing to set; give --concurrency or --rate ('none' clears one)")
         concurrency = None if args.concurrency is None else _concurrency_flag(args.concurrency)
-        if args.rate is not None and not rules.means_none(args.rate):
-            when.parse_rate(args.rate)  # a friendly error before the round trip
+        _check_rate_flag(args.rate)
         m.set_task_limit(args.name, concurrency, args.rate)
         changes = {k: v for k, v in (("concurrency", concurrency), ("rate", args.rate)) if v is not None}
         emit(args, {"name": args.name, "status": "updated", **changes}, f"{args.name}: updated")

@@ -148,20 +148,14 @@ class Core(State):
     def _within_budget(self, sock_name: str, msgs: Messages, now: float, out: Outbox) -> Messages:
         """The messages within their connection's budget (budget.py); a request over it is
         refused with the reason, anything else dropped (outcomes are sent again)."""
-        allow = self.budgets.allow
-        kept = [(ident, frames) for ident, frames in msgs if allow(sock_name, ident, now)]
-        if len(kept) == len(msgs):
-            return msgs
-        rate = self.settings.peer_rate
-        kept_ids = {id(frames) for _ident, frames in kept}
+        allow, rate = self.budgets.allow, self.settings.peer_rate
+        kept: Messages = []
         for ident, frames in msgs:
-            if id(frames) in kept_ids:
+            if allow(sock_name, ident, now):
+                kept.append((ident, frames))
                 continue
             self.refused(
-                sock_name,
-                ident,
-                "rate",
-                f"refused messages over {rate} a second from one connection (peer_rate)",
+                sock_name, ident, "rate", f"refused messages over {rate} a second from one connection"
             )
             if sock_name == "client" and (rid := protocol.recover_rid(frames)) is not None:
                 why = f"over {rate} requests a second from one connection (the daemon's peer_rate): slow down"
