@@ -64,6 +64,9 @@ class Settings:
     # Messages a second one connection may send to one socket (a second's worth at once);
     # more are refused: a request is told so. 0: no limit (server/budget.py).
     peer_rate: int = 20_000
+    # Connections open at once on the daemon's three sockets together; more are refused at
+    # their handshake. 0: what the process's open-files limit leaves (server/loop.py).
+    max_connections: int = 0
     # Failed attempts are retried with exponential backoff and full jitter.
     max_attempts: int = 3
     retry_base: float = 1.0
@@ -421,8 +424,9 @@ def check(settings: Settings) -> Settings:
         "max_releases",
     ):
         rules.check_count(getattr(s, key), f"setting {key!r}", error=ConfigError)
-    if s.peer_rate != 0:
-        rules.check_count(s.peer_rate, "setting 'peer_rate' (0: no limit)", error=ConfigError)
+    for key, zero in (("peer_rate", "no limit"), ("max_connections", "the open-files limit")):
+        if getattr(s, key) != 0:
+            rules.check_count(getattr(s, key), f"setting {key!r} (0: {zero})", error=ConfigError)
     for key in ("keep_finished", "keep_dead", "keep_events"):
         keep_seconds(key, getattr(s, key))
     check_url(s.url)

@@ -205,13 +205,11 @@ class ClientKeys:
         sock.curve_serverkey = self.server
 
 
-def serve_with(sock: zmq.Socket, pair: KeyPair, domain: str) -> None:
-    """Make `sock` (not yet bound) a CURVE server whose connections the ZAP handler checks
-    in `domain` (the socket's name)."""
+def serve_with(sock: zmq.Socket, pair: KeyPair) -> None:
+    """Make `sock` (not yet bound) a CURVE server."""
     sock.curve_server = True
     sock.curve_secretkey = pair.secret
     sock.curve_publickey = pair.public
-    sock.zap_domain = domain.encode()
 
 
 def is_loopback(host: str) -> bool:

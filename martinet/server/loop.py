@@ -39,6 +39,7 @@ log = logging.getLogger("martinet.daemon")
 
 LISTEN_RETRY = 1.0  # seconds between tries to listen again for other writers' tasks (PostgreSQL)
 DRAIN_LIMIT = 2000  # messages read from one socket per turn: bounds a turn's latency
+FD_ROOM = 128  # file descriptors kept for the database, the WAL, the metrics server and ZeroMQ itself
 SPIN = 0.001  # seconds before a deadline when the loop stops sleeping and polls without waiting
 
 
@@ -101,13 +102,16 @@ class Daemon:
             self.client = self._bind("client", s.client_port)
             self.worker = self._bind("worker", s.worker_port)
             self.status = self._bind("status", s.status_port)
-            if self._zap is not None:
-                for name, sock in (("client", self.client), ("worker", self.worker), ("status", self.status)):
-                    self._zap.watch(sock, name)
-                self._zap.start()
+            assert self._zap is not None
+            for name, sock in (("client", self.client), ("worker", self.worker), ("status", self.status)):
+                self._zap.watch(sock, name)
+            self._zap.start()
             db = open_database(s.db)
             self._changes = listen_changes(s.db)
         except BaseException:
+            if self._zap is not None:
+                self._zap.close()  # (its thread polls sockets of the context destroyed next)
+                self._zap = None
             self.ctx.destroy(linger=0)
             raise
         if isinstance(db, peewee.SqliteDatabase):
@@ -146,8 +150,18 @@ class Daemon:
         )
 
     def _secure(self, s: Settings) -> None:
-        """Keys (CURVE and a ZAP handler, before any socket is bound), or plain text bound
-        to loopback only, unless the operator says --insecure-bind."""
+        """Keys (CURVE), or plain text bound to loopback only, unless the operator says
+        --insecure-bind; and the ZAP handler, which checks every connection (before any
+        socket is bound: zap.py)."""
+        assert self.ctx is not None
+        if s.server_secret_key:
+            self.pair = load_pair(s.server_secret_key)
+            self.keyring = Keyring(
+                {"worker": sources_of(s.worker_keys), "client": sources_of(s.client_keys),
+                 "admin": sources_of(s.admin_keys)}
+            )  # fmt: skip
+            log.info("keys: every socket is CURVE; allowed: %s", self.keyring.summary())
+        self._zap = ZapHandler(self.ctx, self.keyring, max_connections(s), self._refused_at_handshake)
         if not s.server_secret_key:
             if not is_loopback(s.bind):
                 if not s.insecure_bind:
@@ -161,15 +175,6 @@ class Daemon:
                     "serving %s without keys (--insecure-bind): anyone who reaches the ports may submit, "
                     "read, change and run tasks", s.bind,
                 )  # fmt: skip
-            return
-        assert self.ctx is not None
-        self.pair = load_pair(s.server_secret_key)
-        self.keyring = Keyring(
-            {"worker": sources_of(s.worker_keys), "client": sources_of(s.client_keys),
-             "admin": sources_of(s.admin_keys)}
-        )  # fmt: skip
-        self._zap = ZapHandler(self.ctx, self.keyring, self._refused_at_handshake)  # (started once bound)
-        log.info("keys: every socket is CURVE; allowed: %s", self.keyring.summary())
 
     def _refused_at_handshake(self, sock_name: str, reason: str) -> None:
         if self.core is not None and self.core.metrics is not None:
@@ -217,8 +222,9 @@ class Daemon:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a gone peer raises, never vanishes
         sock.setsockopt(zmq.MAXMSGSIZE, protocol.max_message(self.settings.max_payload))
+        sock.zap_domain = role.encode()  # its connections' handshakes ask the ZAP handler (zap.py)
         if self.pair is not None:
-            serve_with(sock, self.pair, role)
+            serve_with(sock, self.pair)
         if role == "worker":
             # A turn sends after its commit, all at once: as many welcomes as hellos it read
             # from one connection (up to DRAIN_LIMIT), cancels, and a batch of tasks. The
@@ -447,6 +453,18 @@ class Daemon:
             log.debug("event subscriber %s gone: %s", ident.hex(), exc)
             return "gone"
         return "sent"
+
+
+def max_connections(s: Settings) -> int:
+    """The connections the daemon takes at once, on its three sockets together: the
+    setting, else what its open-files limit leaves once the database and its own files
+    have room (FD_ROOM)."""
+    import resource  # (POSIX: the daemon's only)
+
+    if s.max_connections:
+        return s.max_connections
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(16, (soft if soft != resource.RLIM_INFINITY else 65536) - FD_ROOM)
 
 
 def _poll_ms(wait: float) -> int:

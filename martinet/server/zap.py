@@ -1,12 +1,16 @@
-"""The daemon's ZAP handler: with keys, every connection's CURVE handshake asks it whether
-the client's key may connect to that socket (ZeroMQ's authentication protocol, RFC 27).
+"""The daemon's ZAP handler: every connection's handshake asks it whether the peer may
+connect to that socket (ZeroMQ's authentication protocol, RFC 27).
 
-Each of the daemon's sockets has its own ZAP domain (its name: client, worker, status), so
-a key is refused at the handshake on a socket its role may not use: nothing from it
-reaches the loop. An allowed connection's messages carry its key as their User-Id; the
-loop checks it again at every message, since a key removed from the keyring (a reload)
-leaves its open connections open. A refusal is logged once per peer address and reason,
-and counted in the metrics.
+Each of the daemon's sockets has its own ZAP domain (its name: client, worker, status).
+With keys (CURVE), a key is refused at the handshake on a socket its role may not use,
+and an unknown key anywhere: nothing from it reaches the loop. An allowed connection's
+messages carry its key as their User-Id; the loop checks it again at every message,
+since a key removed from the keyring (a reload) leaves its open connections open.
+
+With keys or without, the connections open at once are bounded (max_connections): each
+socket's monitor says when one is accepted and when one goes, and a handshake beyond the
+bound is refused, so that a peer cannot take the file descriptors the daemon needs.
+A refusal is logged once per socket, peer address and reason, and counted in the metrics.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Callable
 
 import zmq
 import zmq.utils.z85
+from zmq.utils.monitor import parse_monitor_message
 
 from martinet.keys import SOCKET_ROLES, Keyring
 
@@ -24,36 +29,48 @@ log = logging.getLogger("martinet.daemon")
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks, in the sockets' own context
 MAX_TOLD = 10_000  # (socket, address, reason) remembered as logged: memory stays bounded
+EVENTS = (
+    zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)  # fmt: skip
 
 
 class ZapHandler:
     def __init__(
         self,
         ctx: zmq.Context[zmq.Socket[bytes]],
-        keyring: Keyring,
+        keyring: Keyring | None,
+        max_connections: int,
         refused: Callable[[str, str], None] = lambda s, r: None,
     ) -> None:
-        self.keyring = keyring
+        self.keyring = keyring  # None: no keys (plain text, NULL handshakes)
+        self.max_connections = max_connections
         self.refused = refused  # (socket, reason): counted in the metrics
+        self.connections = 0  # open now, on all the watched sockets (handshakes under way included)
         self._sock = ctx.socket(zmq.REP)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.bind(ZAP_ENDPOINT)  # before any socket with a ZAP domain is bound
         self._stop = threading.Event()
         self._told: set[tuple[str, str, str]] = set()
-        self._monitors: dict[zmq.Socket[bytes], str] = {}  # a socket's handshake failures -> its name
+        self._monitors: dict[zmq.Socket[bytes], str] = {}  # a socket's monitor -> the socket's name
         self._thread = threading.Thread(target=self._run, name="martinet-zap", daemon=True)
 
     def watch(self, sock: zmq.Socket[bytes], name: str) -> None:
-        """Also tell of the peers `sock` (the daemon's socket `name`) refuses before any
-        ZAP request: those that do not speak CURVE. (Before start: the thread owns it then.)"""
-        monitor = sock.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-        )
-        self._monitors[monitor] = name
+        """Count `sock`'s connections (the daemon's socket `name`), and tell of the peers it
+        refuses before any ZAP request. (Before start: the thread owns the monitor then.)"""
+        self._monitors[sock.get_monitor_socket(EVENTS)] = name
 
     def start(self) -> ZapHandler:
         self._thread.start()
         return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.ident is not None:  # (started)
+            self._thread.join(5)
+        for monitor in self._monitors:
+            monitor.close(0)
+        self._sock.close(0)
 
     def _run(self) -> None:
         poller = zmq.Poller()
@@ -64,42 +81,48 @@ class ZapHandler:
                 if sock is self._sock:
                     self._answer_one()
                 else:
-                    self._handshake_failed(sock)
+                    self._read_events(sock)
 
     def _answer_one(self) -> None:
         request = self._sock.recv_multipart()
+        for monitor in self._monitors:  # the accept of this connection came first: count it
+            self._read_events(monitor)
         try:
             reply = self.answer(request)
         except Exception:  # a bug of ours refuses that one connection, never stops the thread
-            log.exception("the key check of a connection failed; it is refused")
+            log.exception("the check of a connection failed; it is refused")
             reply = [b"1.0", request[1] if len(request) > 1 else b"", b"500", b"internal error", b"", b""]
         self._sock.send_multipart(reply)
 
-    def _handshake_failed(self, monitor: zmq.Socket[bytes]) -> None:
-        """A peer refused at the handshake before any ZAP request (ZeroMQ does not say
-        its address there): one that does not speak CURVE, or a client that trusts
-        another daemon's key."""
-        monitor.recv_multipart()
-        name = self._monitors[monitor]
-        self._refuse(name, "", "plain_text", "it does not speak CURVE with this daemon's key (a peer "
-                     "without keys, or one given another daemon's public key); ZeroMQ does not say its address")  # fmt: skip
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        for monitor in self._monitors:
-            monitor.close(0)
-        self._sock.close(0)
+    def _read_events(self, monitor: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))["event"]
+            except zmq.Again:
+                return
+            if event == zmq.EVENT_ACCEPTED:
+                self.connections += 1
+            elif event == zmq.EVENT_DISCONNECTED:
+                self.connections = max(0, self.connections - 1)
+            elif self.keyring is not None:  # a handshake failed before any ZAP request
+                why = ("it does not speak CURVE with this daemon's key (a peer without keys, or one given "
+                       "another daemon's public key); ZeroMQ does not say its address")  # fmt: skip
+                self._refuse(self._monitors[monitor], "", "plain_text", why)
 
     def answer(self, request: list[bytes]) -> list[bytes]:
-        """A ZAP reply to a ZAP request: 200 with the key as its User-Id, or 400 and why."""
+        """A ZAP reply to a ZAP request: 200 (with keys, the key as its User-Id), or 400 and why."""
         if len(request) < 6:  # (libzmq sends six frames at least)
             return [b"1.0", request[1] if len(request) > 1 else b"", b"400", b"malformed request", b"", b""]
         _version, request_id, domain, address, _identity, mechanism, *credentials = request
         sock_name = domain.decode("ascii", "replace")
         where = address.decode("ascii", "replace")
         key = ""
-        if mechanism != b"CURVE" or not credentials or len(credentials[0]) != 32:
+        if self.connections > self.max_connections:
+            reason, why = "connections", f"{self.connections - 1} connections are open, the most allowed " \
+                f"(max_connections {self.max_connections})"  # fmt: skip
+        elif self.keyring is None:
+            return [b"1.0", request_id, b"200", b"OK", b"", b""]
+        elif mechanism != b"CURVE" or not credentials or len(credentials[0]) != 32:
             reason, why = "plain_text", "it does not speak CURVE (a peer without keys)"
         else:
             key = zmq.utils.z85.encode(credentials[0]).decode()

@@ -319,3 +319,23 @@ def test_a_flooding_connection_is_told_to_slow_down_and_the_others_are_served(cl
     finally:
         flood.close()
     assert "refused messages over 100 a second from one connection" in cluster.daemon.log()
+
+
+@pytest.mark.parametrize("with_keys", [False, True], ids=["plain", "curve"])
+def test_connections_beyond_max_connections_are_refused_until_some_go(cluster, keys, with_keys):
+    """Three sockets' worth of connections at most (here 6): the daemon's own file
+    descriptors stay its own, with keys or without."""
+    if with_keys:
+        cluster.keys = keys.as_("admin")
+    env = {"MARTINET_MAX_CONNECTIONS": "6"}
+    cluster.start_daemon(env=env, extra=keys.daemon_flags() if with_keys else [])
+    held = [cluster.client(timeout=2.0) for _ in range(6)]
+    for m in held:
+        m.ping()  # six connections open
+    assert refused(cluster, **cluster.keys)  # a seventh is refused at its handshake
+    held[0].close()
+    held[1].close()  # two go: there is room again
+    wait_for(lambda: not refused(cluster, **cluster.keys), timeout=10, what="room for a connection")
+    assert "refused a connection to the client socket from 127.0.0.1: 6 connections are open" in (
+        cluster.daemon.log()
+    )
