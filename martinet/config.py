@@ -65,7 +65,8 @@ class Settings:
     # more are refused: a request is told so. 0: no limit (server/budget.py).
     peer_rate: int = 20_000
     # Connections open at once on the daemon's three sockets together; more are refused at
-    # their handshake. 0: what the process's open-files limit leaves (server/loop.py).
+    # their handshake. 0: what the process's open-files limit leaves, with keys or
+    # insecure_bind, and no bound on loopback without keys (server/loop.py).
     max_connections: int = 0
     # Failed attempts are retried with exponential backoff and full jitter.
     max_attempts: int = 3

@@ -102,10 +102,10 @@ class Daemon:
             self.client = self._bind("client", s.client_port)
             self.worker = self._bind("worker", s.worker_port)
             self.status = self._bind("status", s.status_port)
-            assert self._zap is not None
-            for name, sock in (("client", self.client), ("worker", self.worker), ("status", self.status)):
-                self._zap.watch(sock, name)
-            self._zap.start()
+            if self._zap is not None:
+                for name, sock in (("client", self.client), ("worker", self.worker), ("status", self.status)):
+                    self._zap.watch(sock, name)
+                self._zap.start()
             db = open_database(s.db)
             self._changes = listen_changes(s.db)
         except BaseException:
@@ -151,8 +151,9 @@ class Daemon:
 
     def _secure(self, s: Settings) -> None:
         """Keys (CURVE), or plain text bound to loopback only, unless the operator says
-        --insecure-bind; and the ZAP handler, which checks every connection (before any
-        socket is bound: zap.py)."""
+        --insecure-bind; and, but on loopback without keys (this host's users are trusted
+        there, and a new connection saves the handshake's round trip to another thread),
+        the ZAP handler, which checks every connection (before any socket is bound: zap.py)."""
         assert self.ctx is not None
         if s.server_secret_key:
             self.pair = load_pair(s.server_secret_key)
@@ -161,7 +162,8 @@ class Daemon:
                  "admin": sources_of(s.admin_keys)}
             )  # fmt: skip
             log.info("keys: every socket is CURVE; allowed: %s", self.keyring.summary())
-        self._zap = ZapHandler(self.ctx, self.keyring, max_connections(s), self._refused_at_handshake)
+        if s.server_secret_key or s.insecure_bind or s.max_connections:
+            self._zap = ZapHandler(self.ctx, self.keyring, max_connections(s), self._refused_at_handshake)
         if not s.server_secret_key:
             if not is_loopback(s.bind):
                 if not s.insecure_bind:
@@ -222,7 +224,8 @@ class Daemon:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a gone peer raises, never vanishes
         sock.setsockopt(zmq.MAXMSGSIZE, protocol.max_message(self.settings.max_payload))
-        sock.zap_domain = role.encode()  # its connections' handshakes ask the ZAP handler (zap.py)
+        if self._zap is not None:
+            sock.zap_domain = role.encode()  # its connections' handshakes ask the ZAP handler (zap.py)
         if self.pair is not None:
             serve_with(sock, self.pair)
         if role == "worker":

@@ -327,7 +327,7 @@ def test_connections_beyond_max_connections_are_refused_until_some_go(cluster, k
     descriptors stay its own, with keys or without."""
     if with_keys:
         cluster.keys = keys.as_("admin")
-    env = {"MARTINET_MAX_CONNECTIONS": "6"}
+    env = {"MARTINET_MAX_CONNECTIONS": "6"}  # (set: bounded on loopback without keys too)
     cluster.start_daemon(env=env, extra=keys.daemon_flags() if with_keys else [])
     held = [cluster.client(timeout=2.0) for _ in range(6)]
     for m in held:
