@@ -339,3 +339,19 @@ def test_connections_beyond_max_connections_are_refused_until_some_go(cluster, k
     assert "refused a connection to the client socket from 127.0.0.1: 6 connections are open" in (
         cluster.daemon.log()
     )
+
+
+def test_the_cli_takes_its_keys_from_flags_or_the_environment(cluster, keys, capsys, monkeypatch):
+    from martinet import cli
+
+    start(cluster, keys)
+    flags = ["--url", cluster.url, "--timeout", "2"]
+    assert cli.main(["ping", *flags, "--key-file", keys.secret("admin"), "--server-key", keys.server]) == 0
+    assert "1 worker(s) connected" in capsys.readouterr().out
+    assert cli.main(["ping", *flags]) == 1  # no keys: no answer
+    assert "no answer from the martinet daemon" in capsys.readouterr().err
+    monkeypatch.setenv("MARTINET_KEY_FILE", keys.secret("client"))
+    monkeypatch.setenv("MARTINET_SERVER_KEY", keys.server)
+    assert cli.main(["queues", "pause", "default", *flags]) == 1  # a client's key: not an admin's request
+    assert "pause_queue is an admin's request" in capsys.readouterr().err
+    assert cli.main(["limits", *flags]) == 0
