@@ -1,13 +1,14 @@
 """Settings, in rising order of precedence: defaults < config file < environment < flags.
 
 Every tunable lives in DEFAULTS with a comment saying why it has that value.
-The config file is TOML (see conf/martinet.toml); each key may also be set
+The config file is TOML (`martinet config --sample` prints every setting: sample.toml); each key may also be set
 with an environment variable named MARTINET_<KEY> (MARTINET_DB, MARTINET_URL,
 MARTINET_CLIENT_PORT, ...), and the CLI flags win over both.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -209,6 +210,28 @@ def _queue_value(queue: str, key: str, value: Any, kind: str = "queue") -> Any:
     else:
         raise ConfigError(f"unknown setting {key!r} in queue {queue!r}; a queue has {', '.join(QUEUE_KEYS)}")
     return value
+
+
+def as_toml(settings: Settings) -> str:
+    """The settings as a TOML file sets them (read_file reads it back the same), the
+    database URL's password masked."""
+    lines, tables = [], []
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, dict):
+            tables += [f"\n[{f.name}.{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in table.items())
+                       for name, table in value.items()]  # fmt: skip
+        else:
+            lines.append(f"{f.name} = {_toml(logs.mask(value) if f.name == 'db' else value)}\n")
+    return "".join(lines) + "".join(tables)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string is a JSON string
 
 
 def read_file(path: str | os.PathLike) -> dict[str, Any]:

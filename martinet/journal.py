@@ -46,7 +46,6 @@ This is worker-local state, hence the stdlib ``sqlite3`` and not peewee.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import socket
@@ -55,6 +54,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from martinet.errors import JournalError
+
+try:  # POSIX: flock; Windows: msvcrt's byte-range lock (either is released with its descriptor)
+    import fcntl
+except ImportError:  # tested with fcntl hidden (tests/unit/test_portable.py)
+    fcntl = None  # type: ignore[assignment]
 from martinet.files import create_private
 
 FORMAT = "2"  # the journal's schema version, kept in its meta table; 2: outcomes keep their database
@@ -298,14 +302,29 @@ def _lock(path: Path) -> int | None:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise JournalError(f"cannot open {lock_path} ({exc}); pass another --journal PATH") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not _try_lock(fd):
         os.close(fd)
         return None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def _try_lock(fd: int) -> bool:
+    """An exclusive lock on the open file `fd`, without waiting: False if another holds it."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+    import msvcrt
+
+    try:  # its first byte, which the pid written after it does not need
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError:
+        return False
+    return True
 
 
 def _holder(path: Path) -> str:

@@ -11,6 +11,7 @@ import argparse
 import os
 import signal
 import sys
+from importlib import resources
 from typing import Any
 
 from martinet import config
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(args.tasks)
         if args.command == "keys":
             return new_keys(args)
+        if args.command == "config":
+            return show_config(args)
         return _client_command(args)
     except MartinetError as exc:
         rid = getattr(exc, "request_id", None)
@@ -85,6 +88,16 @@ def serve(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: daemon.stop())
     signal.signal(signal.SIGHUP, lambda *_: daemon.reload_keys())
     daemon.run()
+    return 0
+
+
+def show_config(args: argparse.Namespace) -> int:
+    """The sample file (every setting, its default, what it is for), or the settings in
+    effect here (file, environment), as a TOML file would set them, passwords masked."""
+    if args.sample:
+        print(resources.files("martinet").joinpath("sample.toml").read_text(encoding="utf-8"), end="")
+        return 0
+    print(config.as_toml(config.load(args.config)), end="")
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from martinet import rules
+from martinet import __version__, rules
 from martinet.cli.output import add_logging_options
 from martinet.cli.waiting import EXIT_CODES
 from martinet.config import Settings as S
@@ -17,7 +17,9 @@ ARGS_HELP = "the arguments, a JSON object; @FILE reads it from FILE, - from stdi
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="a TOML config file (see conf/martinet.toml; default: none)")
+    p.add_argument(
+        "--config", help="a TOML config file (`martinet config --sample` prints one; default: none)"
+    )
     p.add_argument("--url", help=f"the daemon's client address (default: MARTINET_URL, then {S.url})")
     p.add_argument(
         "--timeout",
@@ -178,6 +180,7 @@ def _add_wait_for(p: argparse.ArgumentParser, *more: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="martinet", description="A durable task system.", epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"martinet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the scheduler daemon", epilog=EPILOG)
@@ -421,6 +424,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--tasks", type=int, default=2000, help="no-op tasks for the throughput line (default: 2000)"
+    )
+
+    p = sub.add_parser(
+        "config", help="print the settings in effect, or a sample file of them all", epilog=EPILOG
+    )
+    p.add_argument("--config", help="a TOML config file (default: none)")
+    p.add_argument(
+        "--sample",
+        action="store_true",
+        help="print the sample file: every setting, its default, what it is for",
     )
 
     p = sub.add_parser("keys", help="make CURVE key pairs for the daemon, workers and clients", epilog=EPILOG)

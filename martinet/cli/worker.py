@@ -10,7 +10,7 @@ import signal
 import socket
 import sys
 
-from martinet import config
+from martinet import __version__, config
 from martinet.cli.inputs import queue_list
 from martinet.cli.output import add_logging_options, setup_logging
 from martinet.cli.parser import EPILOG, add_key_options
@@ -85,6 +85,7 @@ def build_worker_parser() -> argparse.ArgumentParser:
         "(a daemon welcomed it), e.g. 127.0.0.1:9109 (default: none)",
     )
     add_key_options(parser)
+    parser.add_argument("--version", action="version", version=f"martinet-worker {__version__}")
     return parser
 
 

@@ -223,7 +223,7 @@ def test_every_option_s_help_shows_its_default():
         for path, parser in _parsers(root, name)
         for action in parser._actions
         if action.option_strings and action.help != argparse.SUPPRESS and not action.required
-        and not isinstance(action, argparse._HelpAction)
+        and not isinstance(action, argparse._HelpAction | argparse._VersionAction)
         and "default" not in (action.help or "")
     ]  # fmt: skip
     assert missing == []

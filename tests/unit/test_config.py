@@ -10,7 +10,7 @@ import pytest
 from martinet.config import Settings, load, read_env, read_file, worker_endpoint
 from martinet.errors import ConfigError
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "martinet.toml"
+CONF = Path(__file__).resolve().parents[2] / "martinet" / "sample.toml"  # `martinet config --sample`
 
 
 def write(tmp_path: Path, text: str) -> Path:

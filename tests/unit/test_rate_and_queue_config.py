@@ -18,7 +18,7 @@ from martinet.when import parse_rate
 from martinet.worker import Worker, WorkerOptions
 from tests.fakes import header
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "martinet.toml"
+CONF = Path(__file__).resolve().parents[2] / "martinet" / "sample.toml"
 
 
 # ---- parse_rate -------------------------------------------------------------------
@@ -311,7 +311,7 @@ def test_check_queues_returns_a_copy():
 
 
 def test_the_shipped_example_queue_and_task_limits_are_valid(tmp_path):
-    """conf/martinet.toml's commented [queues.images] and [task_limits.charge] examples,
+    """The sample config's commented [queues.images] and [task_limits.charge] examples,
     uncommented, load."""
     toml = re.compile(r"# (\[[a-z_.]+\]$|[a-z_]+ += )")
     text = "\n".join(line[2:] if toml.match(line) else line for line in CONF.read_text().splitlines())
