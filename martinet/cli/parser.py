@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from martinet import __version__, rules
 from martinet.cli.output import add_logging_options
@@ -28,6 +29,27 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", action="store_true", help="print machine-readable JSON (default: text)")
     add_key_options(p)
+
+
+class _Completion(argparse.Action):
+    """--completion SHELL: print the shell's completion script for this command (shtab,
+    imported only then: 40 ms that no other command pays)."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None
+    ) -> None:
+        import shtab
+
+        print(shtab.complete(parser, shell=values))
+        parser.exit()
+
+
+def add_completion_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--completion", choices=("bash", "zsh", "tcsh"), action=_Completion,
+        help="print a completion script for this shell: eval \"$(%(prog)s --completion bash)\" in ~/.bashrc "
+        "(default: none)",
+    )  # fmt: skip
 
 
 def add_key_options(p: argparse.ArgumentParser) -> None:
@@ -181,6 +203,7 @@ def _add_wait_for(p: argparse.ArgumentParser, *more: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="martinet", description="A durable task system.", epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"martinet {__version__}")
+    add_completion_option(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the scheduler daemon", epilog=EPILOG)

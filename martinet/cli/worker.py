@@ -13,7 +13,7 @@ import sys
 from martinet import __version__, config
 from martinet.cli.inputs import queue_list
 from martinet.cli.output import add_logging_options, setup_logging
-from martinet.cli.parser import EPILOG, add_key_options
+from martinet.cli.parser import EPILOG, add_completion_option, add_key_options
 from martinet.config import Settings as S
 from martinet.errors import MartinetError
 
@@ -86,6 +86,7 @@ def build_worker_parser() -> argparse.ArgumentParser:
     )
     add_key_options(parser)
     parser.add_argument("--version", action="version", version=f"martinet-worker {__version__}")
+    add_completion_option(parser)
     return parser
 
 

@@ -77,3 +77,33 @@ def test_the_wheel_holds_the_license_the_metadata_and_the_package_data(tmp_path)
         "Operating System :: POSIX",
     ):
         assert f"Classifier: {classifier}" in metadata
+
+
+def test_shell_completion_scripts_complete_commands_and_flags(tmp_path, capsys):
+    """`martinet --completion bash` (and martinet-worker's), loaded in a real bash."""
+    scripts = {}
+    for main, name in ((cli.main, "martinet"), (worker_main, "martinet-worker")):
+        try:
+            main(["--completion", "bash"])
+        except SystemExit as exc:
+            assert exc.code == 0
+        scripts[name] = tmp_path / f"{name}.bash"
+        scripts[name].write_text(capsys.readouterr().out)
+
+    def complete(name: str, *words: str) -> list[str]:
+        function = "_shtab_" + name.replace("-", "_")
+        probe = f"source {scripts[name]}; COMP_WORDS=({name} {' '.join(words)}); COMP_CWORD={len(words)}; " \
+            f'{function}; echo "${{COMPREPLY[@]}}"'  # fmt: skip
+        return subprocess.run(
+            ["bash", "-c", probe], capture_output=True, text=True, timeout=30
+        ).stdout.split()
+
+    assert complete("martinet", "qu") == ["queues"]
+    assert complete("martinet", "queues", "set", "images", "--or") == ["--order"]
+    assert "--concurrency" in complete("martinet-worker", "app.tasks", "--con")
+    for shell in ("zsh", "tcsh"):
+        try:
+            cli.main(["--completion", shell])
+        except SystemExit:
+            pass
+        assert "martinet" in capsys.readouterr().out
