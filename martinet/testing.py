@@ -102,6 +102,8 @@ class Harness:
         assert self.daemon.core is not None
         self.daemon.core.clock_moved += seconds  # (said at DEBUG, not as a pause of the daemon)
         self.daemon.stop_waiting()
+        for _ in range(2):  # the second is read by a turn that began after the first's answer:
+            self.m.ping()  # at the new time, so what came due is ready now
 
     # ---- waiting and looking -------------------------------------------------------
 

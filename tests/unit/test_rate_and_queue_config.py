@@ -109,13 +109,18 @@ def test_decorator_records_limits(registry):
     def plain(task):
         return None
 
-    assert registry.REGISTRY == {"resize": resize, "fetch": fetch, "only_one": only_one, "plain": plain}
+    assert registry.REGISTRY == {
+        "resize": resize.fn,
+        "fetch": fetch.fn,
+        "only_one": only_one.fn,
+        "plain": plain.fn,
+    }
     assert registry.LIMITS == {
         "resize": {"concurrency": 3, "rate": [100, 60.0]},
         "fetch": {"concurrency": None, "rate": [5, 1.0]},
         "only_one": {"concurrency": 1, "rate": None},
     }
-    assert resize(None, 7) == 7  # the function itself is unchanged
+    assert resize(None, 7) == 7  # the handle calls the function (the worker calls the function itself)
 
     @worker.task("resize")  # registered again without limits: the old ones go
     def resize_again(task):
