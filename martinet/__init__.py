@@ -39,7 +39,7 @@ from martinet.errors import (
     WaitTimeout,
 )
 from martinet.query import Page
-from martinet.registry import task
+from martinet.registry import after_task, before_task, task
 from martinet.submit import ScheduleId, TaskId, TaskSpec, When
 from martinet.worker import Worker
 
@@ -66,6 +66,8 @@ __all__ = [
     "TaskTimeout",
     "WaitTimeout",
     "Worker",
+    "after_task",
+    "before_task",
     "compose",
     "configure",
     "count",
@@ -88,11 +90,11 @@ __all__ = [
     "schedules",
     "search",
     "set_queue",
-    "task_limits",
     "set_task_limit",
     "show",
     "stall",
     "task",
+    "task_limits",
     "update",
     "wait",
 ]

@@ -117,6 +117,29 @@ def task(
     return register
 
 
+# Called in the handler's thread around every attempt a worker runs (worker_hooks):
+# before(task) and after(task, outcome), outcome one of succeeded, failed, released,
+# cancelled. A framework's housekeeping: Django's old connections closed, a session reset.
+BEFORE: list[Callable[[Any], None]] = []
+AFTER: list[Callable[[Any, str], None]] = []
+
+
+def before_task(fn: Callable[[Any], None]) -> Callable[[Any], None]:
+    """Register `fn(task)`, called in the handler's thread before each attempt, in the
+    order registered. If it raises, the attempt fails with that error (the handler is
+    not called): retried by the task's policy."""
+    BEFORE.append(fn)
+    return fn
+
+
+def after_task(fn: Callable[[Any, str], None]) -> Callable[[Any, str], None]:
+    """Register `fn(task, outcome)`, called in the handler's thread after each attempt
+    (outcome: "succeeded", "failed", "released" or "cancelled"), whatever the handler
+    did. What it raises is logged; the attempt's end stands."""
+    AFTER.append(fn)
+    return fn
+
+
 def check_limits(name: str, concurrency: int | None, rate: str | None) -> dict[str, Any] | None:
     """The limits of task `name` as sent in the hello, checked; None if it has none."""
     if concurrency is not None and not rules.is_count(concurrency):

@@ -56,7 +56,7 @@ from martinet.messages import (
     Welcome,
 )
 from martinet.outbox import FRAME_ROOM, Outbox, Pending
-from martinet.registry import LIMITS, REGISTRY, check_limits, task  # noqa: F401 - martinet.worker.task still works
+from martinet.registry import AFTER, BEFORE, LIMITS, REGISTRY, check_limits, task  # noqa: F401 - martinet.worker.task still works
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,18 @@ MAX_START_IN = 1.0
 # right after it journaled an outcome and before it sends it (tests/test_journal.py).
 FAULT_EXIT_BEFORE_SEND = "exit_before_send"
 FAULT_EXIT = 86
+
+
+def _after_hooks_before(handler: Handler) -> Handler:
+    """The handler, called once the before_task hooks ran (in its attempt: what they raise
+    fails the attempt as the handler's own error would)."""
+
+    def with_hooks(ctx: TaskContext, **args: Any) -> Any:
+        for hook in BEFORE:
+            hook(ctx)
+        return handler(ctx, **args)
+
+    return with_hooks
 
 
 def default_prefetch(threads: int) -> int:
@@ -654,6 +666,15 @@ class Worker:
         return True
 
     def _execute(self, ctx: TaskContext) -> Outcome:
-        return run_attempt(
-            ctx, self.handlers[ctx.name], self.worker_id, self._max_payload, self._report, self._wake
-        )
+        handler = self.handlers[ctx.name]
+        if BEFORE:
+            handler = _after_hooks_before(handler)
+        outcome = run_attempt(ctx, handler, self.worker_id, self._max_payload, self._report, self._wake)
+        for hook in AFTER:
+            try:
+                hook(ctx, outcome.kind.value)
+            except Exception:  # noqa: BLE001 - a hook's failure is logged, the attempt's end stands
+                log.exception(
+                    "the after_task hook %s failed for task %s", getattr(hook, "__name__", hook), ctx.id
+                )
+        return outcome
