@@ -16,6 +16,7 @@ talks to, and only those are sent or said held in a hello; the others wait aside
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 import queue
@@ -59,6 +60,7 @@ from martinet.outbox import FRAME_ROOM, Outbox, Pending
 from martinet.registry import AFTER, BEFORE, LIMITS, REGISTRY, check_limits, task  # noqa: F401 - martinet.worker.task still works
 
 log = logging.getLogger(__name__)
+ASYNC_POLL = 0.05  # seconds a handler thread waits for an async handler between looks (time limits)
 
 Handler = Callable[..., Any]
 
@@ -199,6 +201,8 @@ class Worker:
         self._interval = o.heartbeat_interval
         self._liveness = o.liveness
         self._threads: list[threading.Thread] = []
+        self._loop: Any = None  # the asyncio event loop of async def handlers (_on_the_loop)
+        self._loop_lock = threading.Lock()
         self._limits: dict[str, dict | None] = {}  # set with on(); wins over LIMITS
         threads = max(1, o.concurrency)
         self.capacity = threads + max(0, default_prefetch(threads) if o.prefetch is None else o.prefetch)
@@ -262,6 +266,8 @@ class Worker:
         finally:
             if self._health is not None:
                 self._health.close()
+            if self._loop is not None:  # async handlers' loop: what still runs there is abandoned
+                self._loop.call_soon_threadsafe(self._loop.stop)
             self._close_sockets()
             self.ctx.term()
             self._close_journal()
@@ -632,6 +638,38 @@ class Worker:
 
     # ---- handler threads ------------------------------------------------------------
 
+    def _on_the_loop(self, handler: Handler) -> Handler:
+        """An `async def` handler, run on this worker's event loop (its own thread, started
+        with the first one) while the handler thread waits for it: its time limit (a
+        TaskTimeout in the waiting thread) and the worker's stop cancel the coroutine."""
+        import asyncio  # (only workers with async handlers pay for it: about 30 ms)
+        import concurrent.futures
+
+        with self._loop_lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="martinet-async-handlers", daemon=True
+                )
+                thread.start()
+                self._loop = loop
+
+        loop = self._loop
+
+        def wait_for(ctx: TaskContext, **args: Any) -> Any:
+            future = asyncio.run_coroutine_threadsafe(handler(ctx, **args), loop)
+            try:
+                while True:
+                    try:  # in short waits: a time limit's TaskTimeout lands between them
+                        return future.result(timeout=ASYNC_POLL)
+                    except concurrent.futures.TimeoutError:
+                        continue
+            except BaseException:
+                future.cancel()  # CancelledError in the coroutine, at its next await
+                raise
+
+        return wait_for
+
     def _start_thread(self) -> None:
         t = threading.Thread(
             target=self._pool_loop, name=f"martinet-handler-{len(self._threads)}", daemon=True
@@ -667,6 +705,8 @@ class Worker:
 
     def _execute(self, ctx: TaskContext) -> Outcome:
         handler = self.handlers[ctx.name]
+        if inspect.iscoroutinefunction(handler):
+            handler = self._on_the_loop(handler)
         if BEFORE:
             handler = _after_hooks_before(handler)
         outcome = run_attempt(ctx, handler, self.worker_id, self._max_payload, self._report, self._wake)
