@@ -133,3 +133,20 @@ def setup(level: str, form: str = "text") -> None:
     handler.setFormatter(JsonLines() if form == "json" else logging.Formatter(TEXT))
     handler.addFilter(Secrets())
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
+
+
+class Once:
+    """Keys whose line was logged: `first(key)` is True the first time only. Bounded: past
+    `most` keys it forgets them all (a line may then be said again), so memory stays flat."""
+
+    def __init__(self, most: int = 10_000) -> None:
+        self.most = most
+        self._seen: set[Any] = set()
+
+    def first(self, key: Any) -> bool:
+        if key in self._seen:
+            return False
+        if len(self._seen) >= self.most:
+            self._seen.clear()
+        self._seen.add(key)
+        return True

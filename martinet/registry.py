@@ -39,6 +39,11 @@ class TaskHandle(Generic[P, R]):
         via: Any = None,
     ) -> None:
         self.fn, self.name, self._options, self._via = fn, name, options or {}, via
+        self._signature = inspect.signature(fn)
+        # Its first parameter (the task context) and its **kwargs one, if any: not args by name.
+        parameters = list(self._signature.parameters.values())
+        self._context = parameters[0].name if parameters else ""
+        self._extra = next((p.name for p in parameters if p.kind is inspect.Parameter.VAR_KEYWORD), None)
         functools.update_wrapper(self, fn)
 
     def __call__(self, task: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -68,13 +73,11 @@ class TaskHandle(Generic[P, R]):
         """The call's arguments by name, as the wire carries them (checked against the
         handler's signature here, before anything is sent)."""
         try:
-            bound = inspect.signature(self.fn).bind(None, *args, **kwargs)
+            named = dict(self._signature.bind(None, *args, **kwargs).arguments)
         except TypeError as exc:
             raise BadInput(f"task {self.name!r}: {exc}") from None
-        named = dict(bound.arguments)
-        named.pop(next(iter(inspect.signature(self.fn).parameters)))  # the task context
-        var_keyword = _var_keyword(self.fn)
-        extra = named.pop(var_keyword, {}) if var_keyword else {}
+        named.pop(self._context, None)
+        extra = named.pop(self._extra, {}) if self._extra else {}
         return {**named, **extra}
 
     def _submitter(self) -> Any:
@@ -83,14 +86,6 @@ class TaskHandle(Generic[P, R]):
         import martinet  # (the registry is imported by the worker: the API only when used)
 
         return martinet._handle()
-
-
-def _var_keyword(fn: Callable[..., Any]) -> str | None:
-    """The name of fn's **kwargs parameter, if it has one."""
-    for parameter in inspect.signature(fn).parameters.values():
-        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
-            return parameter.name
-    return None
 
 
 def task(

@@ -248,16 +248,19 @@ class Inline:
                                 "queue": fields.get("queue", "default"), "status": "queued", "attempt": 0,
                                 "result": None, "error": None}  # fmt: skip
         self.tasks[task_id] = info
-        tries = 0
-        while info["attempt"] < fields.get("max_attempts", self.max_attempts) and tries < 100:
-            tries += 1
+        releases = 0
+        while info["attempt"] < fields.get("max_attempts", self.max_attempts):
             number = info["attempt"] + 1
             ctx = attempts.TaskContext(task_id, number, name, _wire(info["args"]), lambda report: None)
             end = attempts.run(
                 ctx, handler, "inline", self._limits.max_payload, lambda start: None, lambda: None
             )
-            if end.kind is OutcomeKind.RELEASED:
-                continue  # given back: no attempt spent, it runs again
+            if end.kind is OutcomeKind.RELEASED:  # given back: no attempt spent, it runs again...
+                releases += 1
+                if releases > config.Settings.max_releases:  # ...as often as the daemon allows
+                    info["status"] = "stalled"
+                    break
+                continue
             info["attempt"] = number
             if end.kind is OutcomeKind.SUCCEEDED:
                 info.update(status="succeeded", result=_wire(end.result), error=None)
@@ -265,7 +268,7 @@ class Inline:
             info["error"] = end.error
             if end.final:
                 break
-        if info["status"] != "succeeded":
+        if info["status"] not in ("succeeded", "stalled"):
             info["status"] = "dead"
         return TaskId(task_id)
 

@@ -162,8 +162,6 @@ class Daemon:
                  "admin": sources_of(s.admin_keys)}
             )  # fmt: skip
             log.info("keys: every socket is CURVE; allowed: %s", self.keyring.summary())
-        if s.server_secret_key or s.insecure_bind or s.max_connections:
-            self._zap = ZapHandler(self.ctx, self.keyring, max_connections(s), self._refused_at_handshake)
         if not s.server_secret_key:
             if not is_loopback(s.bind):
                 if not s.insecure_bind:
@@ -177,6 +175,8 @@ class Daemon:
                     "serving %s without keys (--insecure-bind): anyone who reaches the ports may submit, "
                     "read, change and run tasks", s.bind,
                 )  # fmt: skip
+        if s.server_secret_key or s.insecure_bind or s.max_connections:
+            self._zap = ZapHandler(self.ctx, self.keyring, max_connections(s), self._refused_at_handshake)
 
     def _refused_at_handshake(self, sock_name: str, reason: str) -> None:
         if self.core is not None and self.core.metrics is not None:

@@ -11,7 +11,7 @@ import peewee
 from martinet.errors import ProtocolError
 from martinet.logs import about, size, told
 from martinet.messages import Outcome, OutcomeKind, Progress, Started
-from martinet.messages.fields import is_worker_id, session_of
+from martinet.messages.fields import session_of
 from martinet.messages.outcome import started_items
 from martinet.models import QUEUED, STALLED, TERMINAL
 from martinet.protocol import Cmd
@@ -125,12 +125,12 @@ def _outcomes(
 ) -> None:  # fmt: skip
     """An ENDED's outcomes (a DONE's or a FAILED's: one), each read as messages.Outcome,
     and the starts an ENDED carries."""
-    worker_id = h.get("worker_id")
-    if is_worker_id(worker_id) and cmd is Cmd.ENDED and "started" in h:  # handlers took these first
+    worker_id = h["worker_id"]  # (checked by _from_its_worker)
+    if cmd is Cmd.ENDED and "started" in h:  # handlers took these first
         starts.extend((task_id, attempt, worker_id) for task_id, attempt in started_items(h["started"]))
     items = h.get("ended") if cmd is Cmd.ENDED else [{**h, "ok": cmd is Cmd.DONE}]
-    if not is_worker_id(worker_id) or not isinstance(items, list):
-        log.warning("dropped a %s without a valid worker_id from %r", cmd.name, ident)
+    if not isinstance(items, list):
+        log.warning("dropped a %s without a list of outcomes from %s", cmd.name, worker_id)
         return
     # A result may be over max_payload (from a worker that does not check it: older, or
     # not ours): it is stored as the failure a worker would have reported, like args refused.

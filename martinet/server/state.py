@@ -21,6 +21,7 @@ from martinet import protocol
 from martinet.config import Settings, keep_seconds
 from martinet.dbhealth import DbHealth
 from martinet.errors import ProtocolError
+from martinet.logs import Once
 from martinet.messages import Reply, Tasks
 from martinet.models import FAILED, QUEUED, SCHEDULED, STALLED, TERMINAL, WAITING
 from martinet.present import maybe_task_info
@@ -43,7 +44,6 @@ if TYPE_CHECKING:  # prometheus_client is imported only with --metrics
 log = logging.getLogger("martinet.daemon")
 
 Messages = list[tuple[bytes, list[bytes]]]  # (ident, frames) as read from a socket
-MAX_REFUSALS_TOLD = 10_000  # (socket, connection, reason) remembered as logged: memory stays bounded
 DB_ERRORS = (peewee.OperationalError, peewee.InterfaceError, peewee.DatabaseError)
 
 
@@ -97,8 +97,8 @@ class State:
         # authenticated with, by socket then ident (set by the loop; empty without keys).
         self.keys: dict[str, dict[bytes, str]] = {}
         self.keyring: Keyring | None = None  # the keys allowed, by role (None: no keys)
-        self._refusals_told: set[tuple[str, bytes, str]] = set()  # logged once each (refused)
-        self.limits_told: set[tuple[str, Any, Any]] = set()  # declared limits named (workers.py)
+        self._refusals_told = Once()  # (socket, connection, reason): logged once each (refused)
+        self.limits_told = Once(1_000)  # declared limits named (workers.py)
         self.budgets = Budgets(settings.peer_rate)  # messages a second a connection may send
         self.clock_moved = 0.0  # seconds a test moved the clock forward (martinet.testing): no pause
 
@@ -232,13 +232,9 @@ class State:
         connection and reason, and counted in the metrics by reason."""
         if self.metrics is not None:
             self.metrics.refused(sock_name, reason)
-        told = (sock_name, ident, reason)
-        if told in self._refusals_told:
+        if not self._refusals_told.first((sock_name, ident, reason)):
             log.debug("%s", message)
             return
-        if len(self._refusals_told) >= MAX_REFUSALS_TOLD:
-            self._refusals_told.clear()
-        self._refusals_told.add(told)
         log.warning("%s (on the %s socket, from %s)", message, sock_name, ident[:16].hex())
 
     def wait(self, task_id: int, ident: bytes, rid: Any, deadline: float) -> None:

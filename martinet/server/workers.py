@@ -20,7 +20,7 @@ from martinet.validate import clean_text, is_id, is_rate
 log = logging.getLogger("martinet.daemon")
 
 MAX_PEERS = 10_000  # connected workers at most: a flood of hellos cannot grow memory without bound
-MAX_COMPARED = 1_000  # declared limits compared per hello, and remembered as told
+MAX_COMPARED = 1_000  # declared limits compared per hello
 
 
 def on_worker(core: State, ident: bytes, frames: list[bytes], out: Outbox, now: float) -> None:
@@ -210,11 +210,8 @@ def compare_limits(core: State, worker_id: str, limits: dict[str, Any], names: s
         rate = (rate[0], float(rate[1])) if is_rate(rate) else None
         lane = core.lanes.names.get(name)
         fleet = (None, None) if lane is None else (lane.concurrency, lane.rate)
-        if fleet == (concurrency, rate) or (name, concurrency, rate) in core.limits_told:
+        if fleet == (concurrency, rate) or not core.limits_told.first((name, concurrency, rate)):
             continue
-        if len(core.limits_told) >= MAX_COMPARED:
-            core.limits_told.clear()
-        core.limits_told.add((name, concurrency, rate))
         flags = " ".join(
             f for f in (
                 f"--concurrency {concurrency}" if concurrency else "",

@@ -24,11 +24,11 @@ import zmq.utils.z85
 from zmq.utils.monitor import parse_monitor_message
 
 from martinet.keys import SOCKET_ROLES, Keyring
+from martinet.logs import Once
 
 log = logging.getLogger("martinet.daemon")
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks, in the sockets' own context
-MAX_TOLD = 10_000  # (socket, address, reason) remembered as logged: memory stays bounded
 EVENTS = (
     zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -51,7 +51,7 @@ class ZapHandler:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.bind(ZAP_ENDPOINT)  # before any socket with a ZAP domain is bound
         self._stop = threading.Event()
-        self._told: set[tuple[str, str, str]] = set()
+        self._told = Once()  # (socket, address, reason): logged once each
         self._monitors: dict[zmq.Socket[bytes], str] = {}  # a socket's monitor -> the socket's name
         self._thread = threading.Thread(target=self._run, name="martinet-zap", daemon=True)
 
@@ -142,12 +142,10 @@ class ZapHandler:
 
     def _refuse(self, sock_name: str, where: str, reason: str, why: str) -> None:
         self.refused(sock_name, reason)
-        told = (sock_name, where, reason)
-        if told in self._told:
-            return
-        if len(self._told) >= MAX_TOLD:
-            self._told.clear()
-        self._told.add(told)
-        log.warning(
-            "refused a connection to the %s socket%s: %s", sock_name, f" from {where}" if where else "", why
-        )
+        if self._told.first((sock_name, where, reason)):
+            log.warning(
+                "refused a connection to the %s socket%s: %s",
+                sock_name,
+                f" from {where}" if where else "",
+                why,
+            )
