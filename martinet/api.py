@@ -1,7 +1,9 @@
 """The `Martinet` object: every public call, against a remote or an embedded daemon.
 
 Time expressions are read here, in the client, so the daemon's loop never
-runs the (slow) English parser: it receives UTC timestamps.
+runs the (slow) English parser: it receives UTC timestamps. What a call sends and
+what its reply gives are read here once (`Handle`, `Plan`, `Many`), for `Martinet`
+and for martinet.aio's `AsyncMartinet` alike; each of them owns its sockets.
 """
 
 from __future__ import annotations
@@ -10,16 +12,17 @@ import builtins
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from martinet import config, protocol, when
 from martinet.client import Client, EventListener
 from martinet.errors import DaemonUnavailable, MartinetError, TaskFailed, WaitTimeout
 from martinet.hooks import EventHooks, Hook
 from martinet.keys import ClientKeys
-from martinet.messages import Request
+from martinet.messages import Reply, Request
 from martinet.query import Page, check_filter_names
 from martinet.rules import DEFAULT_QUEUE
 from martinet.submit import (
@@ -47,35 +50,40 @@ log = logging.getLogger(__name__)
 # for an hour at most), so a wait "until done" never depends on one long request.
 WAIT_ROUND = 60.0
 
+T = TypeVar("T")
 
-class Martinet(EventHooks):
-    """A handle on a martinet daemon.
 
-    `Martinet.connect(url)` talks to a running `martinet serve`;
-    `Martinet(db="sqlite:///app.db")` starts a daemon inside this process
-    (in a thread, reached through its socket like any other client).
-    """
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request of a Plan: its op and fields, and `timeout` and `resend` as
+    Client.request takes them."""
+
+    op: str
+    fields: dict[str, Any]
+    timeout: float | None = None
+    resend: bool = True
+
+
+# A call's requests and what it makes of their replies, written once for Martinet and
+# AsyncMartinet (a call that sends an id and reads one key of its reply does that
+# itself): a generator that yields each request (a Call), is sent its reply's fields
+# (or has the error it raised thrown in), and returns the call's result.
+Plan = Generator[Call, dict[str, Any], T]
+
+
+class Handle:
+    """What Martinet and martinet.aio.AsyncMartinet share: their settings, limits and
+    keys, an embedded daemon, and the calls' requests and what their replies give, read
+    and checked here (the sockets are their clients')."""
 
     def __init__(
-        self, db: str | None = None, *, url: str | None = None, timeout: float | None = None, **settings: Any
+        self, db: str | None, url: str | None, timeout: float | None, settings: dict[str, Any]
     ) -> None:
         self.settings = config.load(flags={"db": db, "url": url, "timeout": timeout, **settings})
         self.limits = Limits(self.settings.max_payload, self.settings.max_name_length)
         self._embedded: tuple[Daemon, threading.Thread] | None = None  # Martinet(db=...)
-        self._hooks: list[tuple[tuple[str, ...], str | None, Hook]] = []  # (kinds, name, fn)
-        self._listener: EventListener | None = None
-        self._since: int | None = None  # where a stopped listener left off
-        target = self.settings.url
-        if db is not None:
-            target = self._start_embedded()
-        self.client = Client(
-            target, self.settings.timeout, ClientKeys.of(self.settings.key_file, self.settings.server_key)
-        )
-
-    @classmethod
-    def connect(cls, url: str | None = None, timeout: float | None = None, **settings: Any) -> Martinet:
-        """A handle on the daemon at `url` (default: MARTINET_URL, then tcp://127.0.0.1:8008)."""
-        return cls(url=url, timeout=timeout, **settings)
+        self._target = self._start_embedded() if db is not None else self.settings.url  # its url(s)
+        self._keys = ClientKeys.of(self.settings.key_file, self.settings.server_key)
 
     def _start_embedded(self) -> str:
         from martinet.server.loop import Daemon  # only embedded users pay for the daemon's imports
@@ -95,21 +103,289 @@ class Martinet(EventHooks):
         """The ports of an embedded daemon (useful when they were chosen at random with 0)."""
         return dict(self._embedded[0].ports) if self._embedded else {}
 
-    def close(self) -> None:
-        """Stop the event listener and, when embedded, the daemon (after committing its turn)."""
-        self.stop_listening()
-        self.client.close()
+    def _stop_embedded(self) -> None:
+        """Stop an embedded daemon, if any (after committing its turn)."""
         if self._embedded is not None:
             daemon, thread = self._embedded
             daemon.stop()
             thread.join(timeout=10)
             self._embedded = None
 
+    def _task_fields(
+        self,
+        task: TaskSpec,
+        args: dict[str, Any] | None,
+        options: dict[str, Any],
+        known: set[str] = TASK_KEYS,
+    ) -> dict[str, Any]:
+        return task_fields(task, args, options, self.limits, known)
+
+    def _read_run_at(self, fields: dict[str, Any]) -> None:
+        read_run_at(fields, self.settings.timezone)
+
+    def _submission(
+        self, task: TaskSpec, args: dict[str, Any] | None, options: dict[str, Any]
+    ) -> tuple[dict[str, Any], bool]:
+        """execute's or schedule's fields, times read, and whether the request id is made here."""
+        made_rid = options.get("request_id") is None
+        fields = self._task_fields(task, args, options)
+        self._read_run_at(fields)
+        return fields, made_rid
+
+    def _submit(self, op: str, fields: dict[str, Any], made_rid: bool) -> Plan[TaskId]:
+        try:
+            reply = yield Call(op, {"rid": fields["request_id"], **fields})
+        except DaemonUnavailable as exc:
+            raise unconfirmed(exc, "the task", fields["request_id"]) from None
+        created = made_here(reply.get("created", True), made_rid, bool(fields.get("key")))
+        return TaskId(reply["id"], created, reply.get("warning"))
+
+    def _every(
+        self,
+        spec: str | timedelta | int | float,
+        task: TaskSpec,
+        args: dict[str, Any] | None,
+        options: dict[str, Any],
+    ) -> Plan[ScheduleId]:
+        fields = self._task_fields(task, args, options, TASK_KEYS | EVERY_KEYS)
+        tz = when.check_timezone(fields.pop("timezone", None) or self.settings.timezone)
+        # Early, clear errors; the daemon checks again, with its min_interval (the one that
+        # counts: 0 here keeps only the rules every daemon has).
+        recurrence = when.parse_every(spec, tz, 0)
+        fields["every"] = recurrence.spec if recurrence.kind == "cron" else float(recurrence.spec)
+        fields["timezone"] = tz
+        now = when.utcnow()
+        run_at = fields.pop("run_at", None)
+        if run_at is not None:
+            fields["first_due"] = when.parse_when(run_at, now, tz).timestamp()
+        if fields.get("until") is not None:
+            fields["until"] = when.parse_when(fields["until"], now, tz).timestamp()
+        grace = fields.get("misfire_grace")
+        if grace is not None and not isinstance(grace, (int, float)):
+            fields["misfire_grace"] = when.parse_interval(grace).total_seconds()
+        try:
+            reply = yield Call("every", {"rid": fields["request_id"], **fields})
+        except DaemonUnavailable as exc:
+            raise unconfirmed(exc, "the schedule", fields["request_id"]) from None
+        return ScheduleId(reply["id"], reply.get("created", True), reply.get("warning"))
+
+    def _search(self, limit: int, after: str | None, sort: str, filters: dict[str, Any]) -> Plan[Page]:
+        fields = {"filters": self._filters(filters), "limit": limit, "sort": sort, "after": after}
+        reply = yield Call("list", fields)
+        return Page(reply["items"], reply.get("next"))
+
+    def _filters(self, filters: dict[str, Any]) -> dict[str, Any]:
+        """Filters for the wire: Nones dropped, times read here (in the configured zone)."""
+        wire = check_filter_names({k: v for k, v in filters.items() if v is not None})
+        now = when.utcnow()
+        for key in ("since", "until"):
+            if key in wire:
+                wire[key] = when.parse_when(wire[key], now, self.settings.timezone).timestamp()
+        return wire
+
+    def _wait(self, task_id: int | str, timeout: float | None) -> Plan[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = WAIT_ROUND if deadline is None else max(0.0, deadline - time.monotonic())
+            reply = yield Call(
+                "wait",
+                {"id": task_id, "wait_for": min(left, WAIT_ROUND)},
+                timeout=min(left, WAIT_ROUND) + self.settings.timeout,
+                resend=False,
+            )
+            if reply.get("done") or (deadline is not None and time.monotonic() >= deadline):
+                break
+        if not reply.get("done"):
+            status, why = reply.get("status"), reply.get("waiting")
+            detail = (
+                f" (still {status}: {why})" if status and why else (f" (still {status})" if status else "")
+            )
+            raise WaitTimeout(f"task {task_id} did not finish within {timeout:g}s{detail}", status, why)
+        item = reply["item"]
+        if item["status"] != "succeeded":
+            error = item.get("error") or {}
+            detail = f": {error.get('type')}: {error.get('message')}" if error else ""
+            raise TaskFailed(f"task {task_id} {item['name']} ended {item['status']}{detail}", item)
+        return item["result"]
+
+    def _update(
+        self,
+        task_or_schedule_id: int | str,
+        args: dict[str, Any] | None,
+        every: str | timedelta | int | float | None,
+        timezone: str | None,
+    ) -> Plan[None]:
+        fields: dict[str, Any] = {"id": task_or_schedule_id}
+        if args is not None:
+            fields["args"] = check_args(args, self.limits)
+        if timezone is not None:
+            fields["timezone"] = when.check_timezone(timezone)
+        if every is not None:
+            recurrence = when.parse_every(every, timezone or self.settings.timezone, 0)  # see every()
+            fields["every"] = recurrence.spec if recurrence.kind == "cron" else float(recurrence.spec)
+        yield Call("update", fields)
+
+    def _prune(
+        self,
+        older_than: str | timedelta | int | float,
+        status: str | builtins.list[str] | None,
+        dry_run: bool,
+    ) -> Plan[dict[str, Any]]:
+        fields: dict[str, Any] = {
+            "older_than": when.parse_age(older_than),
+            "status": [status] if isinstance(status, str) else status,
+            "dry_run": dry_run,
+        }
+        tasks = attempts = 0
+        while True:
+            reply = yield Call("prune", fields)
+            tasks += reply["tasks"]
+            attempts += reply["attempts"]
+            if not reply["more"]:
+                break
+            fields.update(before=reply["before"], after=reply["after"])  # the same cutoff, onwards
+        before = datetime.fromtimestamp(reply["before"], UTC).isoformat(timespec="seconds")
+        return {"tasks": tasks, "attempts": attempts, "dry_run": dry_run, "before": before}
+
+
+class Many:
+    """One execute_many call: its tasks as requests, each made as the one before goes
+    out (`requests`), the ids their replies give (`take`), and the error to raise with
+    what was accepted all the same (`fail`, `result`)."""
+
+    def __init__(
+        self, handle: Handle, tasks: Sequence[tuple[TaskSpec, dict[str, Any] | None]], options: dict[str, Any]
+    ) -> None:
+        # One per item, so that a retried batch is safe; all from one base, so that the
+        # unique index on request ids takes a batch in one place.
+        self.made_rid = options.get("request_id") is None
+        self.base_rid = options.pop("request_id", None) or new_request_id()
+        self.handle, self.tasks, self.options = handle, tasks, options
+        self.ids: list[TaskId] = []
+        self.refused: MartinetError | None = None
+        self.spans: list[tuple[int, int]] = []  # each request's first and last task, as it is made
+        self.kinds: list[tuple[str, str]] = []  # each task's name and queue, for the daemon's warnings
+        self.keyed: list[bool] = []  # whether each task has a key (see made_here)
+        self.replies = 0
+
+    def requests(self) -> Iterator[tuple[str, list[bytes]]]:
+        """The tasks as execute_many requests of up to BATCH tasks and half of max_payload,
+        each task checked and encoded once, as the request before goes out; each request's
+        first and last task go to `spans`, each task's name and queue to `kinds`, whether
+        it has a key to `keyed`."""
+        chunk: list[bytes] = []
+        size = 0
+        for i, (task, args) in enumerate(self.tasks):
+            fields = self.handle._task_fields(
+                task, args, {**self.options, "request_id": f"{self.base_rid}:{i}"}
+            )
+            self.handle._read_run_at(fields)
+            self.kinds.append((fields["name"], fields.get("queue") or DEFAULT_QUEUE))
+            self.keyed.append(bool(fields.get("key")))
+            item = protocol.dumps(fields)
+            if chunk and (len(chunk) == BATCH or size + len(item) > self.handle.limits.max_payload // 2):
+                yield self._request(i - len(chunk), chunk)
+                chunk, size = [], 0
+            chunk.append(item)
+            size += len(item)
+        if chunk:
+            yield self._request(len(self.tasks) - len(chunk), chunk)
+
+    def _request(self, first: int, items: list[bytes]) -> tuple[str, list[bytes]]:
+        self.spans.append((first, first + len(items) - 1))
+        rid = f"{self.base_rid}:{first}"  # the first task's request id
+        return rid, Request.batch("execute_many", rid, "tasks", items)
+
+    def take(self, reply: Reply) -> None:
+        """The next request's reply: its tasks' ids, or its refusal (the first is kept)."""
+        n, self.replies = self.replies, self.replies + 1
+        if reply.ok:
+            got = reply.fields
+            warnings = {(w["name"], w["queue"]): w["warning"] for w in got.get("warnings") or ()}
+            first = self.spans[n][0]
+            self.ids.extend(
+                TaskId(
+                    i,
+                    made_here(c, self.made_rid, self.keyed[first + k]),
+                    warnings.get(self.kinds[first + k]) if warnings else None,
+                )
+                for k, (i, c) in enumerate(zip(got["ids"], got["created"], strict=True))
+            )
+        elif self.refused is None:
+            refused = reply.refusal()
+            self.refused = type(refused)(
+                f"{refused} (in the request of tasks {self.spans[n][0]} to {self.spans[n][1]})"
+            )
+
+    def fail(self, exc: MartinetError) -> None:
+        """The error that ended the exchange (a task that cannot be sent, no answer)."""
+        if isinstance(exc, DaemonUnavailable):
+            exc = unconfirmed(exc, "the tasks not confirmed yet", self.base_rid, "the same tasks and ")
+        self.refused = exc
+
+    def result(self) -> list[TaskId]:
+        """The tasks' ids, in order; or the error, with `accepted` and `request_id`."""
+        if self.refused is None:
+            return self.ids
+        refused = self.refused
+        if self.ids:
+            refused = type(refused)(
+                f"{refused}; {len(self.ids)} of the {len(self.tasks)} tasks were accepted (see .accepted)"
+            )
+        refused.accepted = self.ids
+        refused.request_id = self.base_rid
+        raise refused
+
+
+class Martinet(Handle, EventHooks):
+    """A handle on a martinet daemon.
+
+    `Martinet.connect(url)` talks to a running `martinet serve`;
+    `Martinet(db="sqlite:///app.db")` starts a daemon inside this process
+    (in a thread, reached through its socket like any other client).
+    """
+
+    def __init__(
+        self, db: str | None = None, *, url: str | None = None, timeout: float | None = None, **settings: Any
+    ) -> None:
+        super().__init__(db, url, timeout, settings)
+        self._hooks: list[tuple[tuple[str, ...], str | None, Hook]] = []  # (kinds, name, fn)
+        self._listener: EventListener | None = None
+        self._since: int | None = None  # where a stopped listener left off
+        self.client = Client(self._target, self.settings.timeout, self._keys)
+
+    @classmethod
+    def connect(cls, url: str | None = None, timeout: float | None = None, **settings: Any) -> Martinet:
+        """A handle on the daemon at `url` (default: MARTINET_URL, then tcp://127.0.0.1:8008)."""
+        return cls(url=url, timeout=timeout, **settings)
+
+    def close(self) -> None:
+        """Stop the event listener and, when embedded, the daemon (after committing its turn)."""
+        self.stop_listening()
+        self.client.close()
+        self._stop_embedded()
+
     def __enter__(self) -> Martinet:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    def _run(self, plan: Plan[T]) -> T:
+        """Make a plan's requests one after the other; each reply goes back to it, and so
+        does the error a request raised."""
+        resume: Callable[[Any], Call] = plan.send
+        answer: Any = None
+        while True:
+            try:
+                call = resume(answer)
+            except StopIteration as done:
+                return done.value
+            try:
+                answer = self.client.request(call.op, call.fields, timeout=call.timeout, resend=call.resend)
+                resume = plan.send
+            except MartinetError as exc:
+                answer, resume = exc, plan.throw
 
     # ---- submitting ----------------------------------------------------------
 
@@ -131,10 +407,7 @@ class Martinet(EventHooks):
         accepted all the same, and carries `request_id`: calling again with it
         returns that task if it was, and never creates a second one.
         """
-        made_rid = options.get("request_id") is None
-        fields = self._task_fields(task, args, options)
-        self._read_run_at(fields)
-        return self._submit("execute", fields, made_rid)
+        return self._run(self._submit("execute", *self._submission(task, args, options)))
 
     def enqueue_in(
         self, connection: Any, task: TaskSpec, args: dict[str, Any] | None = None, **options: Any
@@ -179,94 +452,20 @@ class Martinet(EventHooks):
         one was; and `request_id`, the one given or made here. Calling again with the
         same tasks and that `request_id` creates nothing twice.
         """
-        # One per item, so that a retried batch is safe; all from one base, so that the
-        # unique index on request ids takes a batch in one place.
-        made_rid = options.get("request_id") is None
-        base_rid = options.pop("request_id", None) or new_request_id()
-        ids: list[TaskId] = []
-        refused: MartinetError | None = None
-        spans: list[tuple[int, int]] = []  # each request's first and last task, as it is made
-        kinds: list[tuple[str, str]] = []  # each task's name and queue, for the daemon's warnings
-        keyed: list[bool] = []  # whether each task has a key (see made_here)
+        many = Many(self, tasks, options)
         try:
-            batches = self._batches(tasks, options, base_rid, spans, kinds, keyed)
-            for n, reply in enumerate(self.client.exchange(batches, in_flight=2)):
-                if reply.ok:
-                    got = reply.fields
-                    warnings = {(w["name"], w["queue"]): w["warning"] for w in got.get("warnings") or ()}
-                    first = spans[n][0]
-                    ids.extend(
-                        TaskId(
-                            i,
-                            made_here(c, made_rid, keyed[first + k]),
-                            warnings.get(kinds[first + k]) if warnings else None,
-                        )
-                        for k, (i, c) in enumerate(zip(got["ids"], got["created"], strict=True))
-                    )
-                elif refused is None:
-                    refused = reply.refusal()
-                    refused = type(refused)(
-                        f"{refused} (in the request of tasks {spans[n][0]} to {spans[n][1]})"
-                    )
-        except DaemonUnavailable as exc:
-            refused = unconfirmed(exc, "the tasks not confirmed yet", base_rid, "the same tasks and ")
+            for reply in self.client.exchange(many.requests(), in_flight=2):
+                many.take(reply)
         except MartinetError as exc:
-            refused = exc
-        if refused is None:
-            return ids
-        if ids:
-            refused = type(refused)(
-                f"{refused}; {len(ids)} of the {len(tasks)} tasks were accepted (see .accepted)"
-            )
-        refused.accepted = ids
-        refused.request_id = base_rid
-        raise refused
-
-    def _batches(
-        self,
-        tasks: Sequence[tuple[TaskSpec, dict[str, Any] | None]],
-        options: dict[str, Any],
-        base_rid: str,
-        spans: builtins.list[tuple[int, int]],
-        kinds: list[tuple[str, str]],
-        keyed: list[bool],
-    ) -> Iterator[tuple[str, list[bytes]]]:
-        """The tasks as execute_many requests of up to BATCH tasks and half of max_payload,
-        each task checked and encoded once, as the request before goes out; each request's
-        first and last task go to `spans`, each task's name and queue to `kinds`, whether
-        it has a key to `keyed`."""
-        chunk: list[bytes] = []
-        size = 0
-        for i, (task, args) in enumerate(tasks):
-            fields = self._task_fields(task, args, {**options, "request_id": f"{base_rid}:{i}"})
-            self._read_run_at(fields)
-            kinds.append((fields["name"], fields.get("queue") or DEFAULT_QUEUE))
-            keyed.append(bool(fields.get("key")))
-            item = protocol.dumps(fields)
-            if chunk and (len(chunk) == BATCH or size + len(item) > self.limits.max_payload // 2):
-                yield self._batch_request(base_rid, i - len(chunk), chunk, spans)
-                chunk, size = [], 0
-            chunk.append(item)
-            size += len(item)
-        if chunk:
-            yield self._batch_request(base_rid, len(tasks) - len(chunk), chunk, spans)
-
-    @staticmethod
-    def _batch_request(
-        base_rid: str, first: int, items: builtins.list[bytes], spans: builtins.list[tuple[int, int]]
-    ) -> tuple[str, builtins.list[bytes]]:
-        spans.append((first, first + len(items) - 1))
-        rid = f"{base_rid}:{first}"  # the first task's request id
-        return rid, Request.batch("execute_many", rid, "tasks", items)
+            many.fail(exc)
+        return many.result()
 
     def schedule(
         self, when_: When, task: TaskSpec, args: dict[str, Any] | None = None, **options: Any
     ) -> TaskId:
         """Run a task at a time: "in 20 minutes", "tomorrow at 9am", a datetime, a timedelta."""
-        made_rid = options.get("request_id") is None
-        fields = self._task_fields(task, args, {**options, "run_at": when_})
-        self._read_run_at(fields)
-        return self._submit("schedule", fields, made_rid)
+        options = {**options, "run_at": when_}
+        return self._run(self._submit("schedule", *self._submission(task, args, options)))
 
     def every(
         self,
@@ -286,47 +485,7 @@ class Martinet(EventHooks):
         `misfire_grace` (how late a missed run is still worth running: seconds
         or "10 minutes"). Returns the schedule's id, like "s3".
         """
-        fields = self._task_fields(task, args, options, TASK_KEYS | EVERY_KEYS)
-        tz = when.check_timezone(fields.pop("timezone", None) or self.settings.timezone)
-        # Early, clear errors; the daemon checks again, with its min_interval (the one that
-        # counts: 0 here keeps only the rules every daemon has).
-        recurrence = when.parse_every(spec, tz, 0)
-        fields["every"] = recurrence.spec if recurrence.kind == "cron" else float(recurrence.spec)
-        fields["timezone"] = tz
-        now = when.utcnow()
-        run_at = fields.pop("run_at", None)
-        if run_at is not None:
-            fields["first_due"] = when.parse_when(run_at, now, tz).timestamp()
-        if fields.get("until") is not None:
-            fields["until"] = when.parse_when(fields["until"], now, tz).timestamp()
-        grace = fields.get("misfire_grace")
-        if grace is not None and not isinstance(grace, (int, float)):
-            fields["misfire_grace"] = when.parse_interval(grace).total_seconds()
-        try:
-            reply = self.client.request("every", {"rid": fields["request_id"], **fields})
-        except DaemonUnavailable as exc:
-            raise unconfirmed(exc, "the schedule", fields["request_id"]) from None
-        return ScheduleId(reply["id"], reply.get("created", True), reply.get("warning"))
-
-    def _task_fields(
-        self,
-        task: TaskSpec,
-        args: dict[str, Any] | None,
-        options: dict[str, Any],
-        known: set[str] = TASK_KEYS,
-    ) -> dict[str, Any]:
-        return task_fields(task, args, options, self.limits, known)
-
-    def _read_run_at(self, fields: dict[str, Any]) -> None:
-        read_run_at(fields, self.settings.timezone)
-
-    def _submit(self, op: str, fields: dict[str, Any], made_rid: bool) -> TaskId:
-        try:
-            reply = self.client.request(op, {"rid": fields["request_id"], **fields})
-        except DaemonUnavailable as exc:
-            raise unconfirmed(exc, "the task", fields["request_id"]) from None
-        created = made_here(reply.get("created", True), made_rid, bool(fields.get("key")))
-        return TaskId(reply["id"], created, reply.get("warning"))
+        return self._run(self._every(spec, task, args, options))
 
     # ---- reading -----------------------------------------------------------------
 
@@ -370,22 +529,11 @@ class Martinet(EventHooks):
         `Page.next` as `after` for the following page (None: no more); pages
         stay exact while tasks are added.
         """
-        fields = {"filters": self._filters(filters), "limit": limit, "sort": sort, "after": after}
-        reply = self.client.request("list", fields)
-        return Page(reply["items"], reply.get("next"))
+        return self._run(self._search(limit, after, sort, filters))
 
     def count(self, **filters: Any) -> dict[str, int]:
         """How many tasks match the filters (as for `search`), by status: {"dead": 3, ...}."""
         return self.client.request("list", {"filters": self._filters(filters), "count": True})["counts"]
-
-    def _filters(self, filters: dict[str, Any]) -> dict[str, Any]:
-        """Filters for the wire: Nones dropped, times read here (in the configured zone)."""
-        wire = check_filter_names({k: v for k, v in filters.items() if v is not None})
-        now = when.utcnow()
-        for key in ("since", "until"):
-            if key in wire:
-                wire[key] = when.parse_when(wire[key], now, self.settings.timezone).timestamp()
-        return wire
 
     def schedules(self) -> builtins.list[dict[str, Any]]:
         """Every schedule that has not been removed (`show(sid)` adds its next five due times)."""
@@ -395,29 +543,7 @@ class Martinet(EventHooks):
         """Block until the task ends, at most `timeout` seconds (None: until it ends);
         return its result, or raise TaskFailed (dead or cancelled: `.info["status"]`) or
         WaitTimeout (with the task's `.status` and why it `.waiting`, when known)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = WAIT_ROUND if deadline is None else max(0.0, deadline - time.monotonic())
-            reply = self.client.request(
-                "wait",
-                {"id": task_id, "wait_for": min(left, WAIT_ROUND)},
-                timeout=min(left, WAIT_ROUND) + self.client.timeout,
-                resend=False,
-            )
-            if reply.get("done") or (deadline is not None and time.monotonic() >= deadline):
-                break
-        if not reply.get("done"):
-            status, why = reply.get("status"), reply.get("waiting")
-            detail = (
-                f" (still {status}: {why})" if status and why else (f" (still {status})" if status else "")
-            )
-            raise WaitTimeout(f"task {task_id} did not finish within {timeout:g}s{detail}", status, why)
-        item = reply["item"]
-        if item["status"] != "succeeded":
-            error = item.get("error") or {}
-            detail = f": {error.get('type')}: {error.get('message')}" if error else ""
-            raise TaskFailed(f"task {task_id} {item['name']} ended {item['status']}{detail}", item)
-        return item["result"]
+        return self._run(self._wait(task_id, timeout))
 
     def ping(self) -> dict[str, Any]:
         """The daemon's epoch, protocol version, number of connected workers, `database_id`
@@ -441,15 +567,7 @@ class Martinet(EventHooks):
     ) -> None:
         """New args for a schedule's future runs or a task not yet started; a schedule may
         also get a new `every` (its due times start afresh from now) and `timezone`."""
-        fields: dict[str, Any] = {"id": task_or_schedule_id}
-        if args is not None:
-            fields["args"] = check_args(args, self.limits)
-        if timezone is not None:
-            fields["timezone"] = when.check_timezone(timezone)
-        if every is not None:
-            recurrence = when.parse_every(every, timezone or self.settings.timezone, 0)  # see every()
-            fields["every"] = recurrence.spec if recurrence.kind == "cron" else float(recurrence.spec)
-        self.client.request("update", fields)
+        self._run(self._update(task_or_schedule_id, args, every, timezone))
 
     def retry(self, task_id: int, attempts: int | None = None) -> None:
         """Run a dead, stalled, cancelled or failed task again now, with a fresh set of attempts
@@ -534,21 +652,7 @@ class Martinet(EventHooks):
         held up for long; this repeats them until none is left. Tasks another unfinished
         task waits on, and those whose key is kept for good, stay (as with retention).
         """
-        fields: dict[str, Any] = {
-            "older_than": when.parse_age(older_than),
-            "status": [status] if isinstance(status, str) else status,
-            "dry_run": dry_run,
-        }
-        tasks = attempts = 0
-        while True:
-            reply = self.client.request("prune", fields)
-            tasks += reply["tasks"]
-            attempts += reply["attempts"]
-            if not reply["more"]:
-                break
-            fields.update(before=reply["before"], after=reply["after"])  # the same cutoff, onwards
-        before = datetime.fromtimestamp(reply["before"], UTC).isoformat(timespec="seconds")
-        return {"tasks": tasks, "attempts": attempts, "dry_run": dry_run, "before": before}
+        return self._run(self._prune(older_than, status, dry_run))
 
     def pause(self, schedule_id: str) -> None:
         """Stop a schedule from creating runs until `resume`."""

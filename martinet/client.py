@@ -8,6 +8,8 @@ no answer within the timeout raises DaemonUnavailable carrying its rid
 (`request_id`): the daemon may have done it all the same (a daemon paused longer
 than the timeout reads the copies waiting in its sockets when it resumes), and
 sending it again with that rid does not do it twice. Nothing ever waits forever.
+Those decisions are made once, without sockets (Exchange.steps): Client drives them
+on blocking sockets, martinet.aio's AsyncClient on asyncio's.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -54,13 +57,63 @@ PROBE_AFTER = 0.1
 REFUSED_FOR = 1.0
 
 
-class Client:
-    """A client of one daemon, or of several on one database: `url` may list them
-    ("tcp://a:8008,tcp://b:8008"). A request then goes to one of them; when it gets no
-    answer there (FIRST_TRY, or its port refuses connections on this host), its copies
-    go to the next one, and the calls after it too (sooner when the call's timeout is
-    shorter than FIRST_TRY a daemon: it is shared out). A resend creates nothing twice
-    whichever daemon reads it: request ids are decided by the shared database."""
+# The steps of an exchange (Exchange.steps): the I/O it asks of the client that drives
+# it, one at a time, each with what it is answered with.
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send request `rid` on the socket the calls use (answered with None)."""
+
+    rid: str
+    frames: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Receive:
+    """The reply to request `rid`, waited for until `until` (time.monotonic()): a Reply, or None."""
+
+    rid: str
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class Look:
+    """Whether anything listens at host:port (see _listens): a bool."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Discard:
+    """Throw away the socket request `rid` went on: its queue may hold a stale request.
+    Answered with True when another caller sharing it threw it away (and moved on) already."""
+
+    rid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resend:
+    """Send these (rid, frames) again, on a fresh socket (answered with None)."""
+
+    requests: list[tuple[str, list[bytes]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Hand this reply to the caller (answered with None)."""
+
+    reply: Reply
+
+
+Step = Send | Receive | Look | Discard | Resend | Deliver
+
+
+class Exchange:
+    """A client's decisions, without its sockets: which daemon of its list the calls go
+    to, and for each request when to send it again, look at a port, move on or give up
+    (`steps`). Client and aio.AsyncClient own the sockets and drive the steps."""
 
     def __init__(self, url: str, timeout: float = Settings.timeout, keys: ClientKeys | None = None) -> None:
         self.urls = daemons(url)
@@ -69,11 +122,6 @@ class Client:
         self.timeout = timeout
         self._local_port = _loopback_port(self.url)  # (host, port) when the daemon is on this host
         self._reached = False  # a reply ever came: a daemon that is down may be restarting
-        self._local = threading.local()
-        self._ctx: zmq.Context | None = None
-        self._pid = os.getpid()
-        self._sockets: list[zmq.Socket] = []
-        self._lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -86,6 +134,117 @@ class Client:
         self._at = (self._at + 1) % len(self.urls)
         self._local_port = _loopback_port(self.url)
         log.warning("no answer from the martinet daemon at %s: trying %s", gone, self.url)
+
+    def setup(self, sock: zmq.Socket) -> None:
+        """Make a new DEALER socket (not connected yet) one of this client's: no linger, its keys."""
+        sock.setsockopt(zmq.LINGER, 0)
+        if self.keys is not None:
+            self.keys.apply(sock)
+
+    def steps(
+        self, requests: Iterable[tuple[str, list[bytes]]], in_flight: int, timeout: float, resend: bool
+    ) -> Generator[Step, Any, None]:
+        """The steps of an exchange of `requests` (see Client.exchange)."""
+        todo = iter(requests)
+        flying: deque[tuple[str, list[bytes], float]] = deque()  # (rid, frames, deadline)
+        stop: BaseException | None = None
+        refused = False
+        started = time.monotonic()
+        while True:
+            while not refused and stop is None and len(flying) < in_flight:
+                try:
+                    request = next(todo, None)
+                except Exception as exc:  # the next request could not be made: the sent ones still count
+                    stop = exc
+                    break
+                if request is None:
+                    break
+                rid, frames = request
+                yield Send(rid, frames)
+                flying.append((rid, frames, time.monotonic() + timeout))
+            if not flying:
+                if stop is not None:
+                    raise stop
+                return
+            reply = yield from self._reply_to_first(flying, resend, timeout, started)
+            flying.popleft()
+            refused = refused or not reply.ok
+            yield Deliver(reply)
+
+    def _reply_to_first(
+        self,
+        flying: deque[tuple[str, list[bytes], float]],
+        resend: bool,
+        timeout: float,
+        started: float | None = None,
+    ) -> Generator[Step, Any, Reply]:
+        """The reply to the first request in flight; resends them all on a fresh socket
+        after FIRST_TRY seconds without it, then after twice as long, and so on up to
+        MAX_TRY seconds between resends, until its deadline. A local daemon that never
+        answered this client has its port looked at (see PROBE_AFTER) from `started`."""
+        rid, _frames, deadline = flying[0]
+        several = len(self.urls) > 1
+        # Several daemons: each gets its share of a short timeout, so the call reaches the next
+        window = min(FIRST_TRY, timeout / len(self.urls)) if several else FIRST_TRY
+        refused: set[str] = set()  # daemons of the list whose port refused connections
+        local = self._local_port if started is not None and not self._reached else None
+        look_at = time.monotonic() + PROBE_AFTER if local else math.inf
+        while True:
+            try_until = deadline if not resend else min(deadline, time.monotonic() + window)
+            reply = yield Receive(rid, min(try_until, look_at))
+            if reply is not None:
+                self._reached = True
+                return reply
+            now = time.monotonic()
+            if local and started is not None and now < try_until:  # time to look at the port
+                if (yield Look(*local)):
+                    look_at = math.inf  # something is there: wait as long as the timeout allows
+                    continue
+                if now - started < REFUSED_FOR and not several:
+                    look_at = now + PROBE_AFTER
+                    continue
+                refused.add(self.url)
+                if len(refused) == len(self.urls):
+                    yield Discard(rid)
+                    raise DaemonUnavailable(
+                        f"nothing listens at {', '.join(self.urls)}: connections to port {local[1]} "
+                        f"on {local[0]} were refused for {now - started:.1f}s "
+                        "(is `martinet serve` running there?)",
+                        request_id=rid,
+                    )
+            moved = yield Discard(rid)  # its queue may hold a stale request: start clean
+            if time.monotonic() >= deadline:
+                raise DaemonUnavailable(
+                    f"no answer from the martinet daemon at {', '.join(self.urls)} within {timeout:g}s "
+                    f"(is `martinet serve` running there?)",
+                    request_id=rid,
+                )
+            if several:
+                if not moved:
+                    self._move_on()
+                local = self._local_port if started is not None and self.url not in refused else None
+                look_at = time.monotonic() + PROBE_AFTER if local else math.inf
+            else:
+                window = min(window * 2, MAX_TRY)
+            log.debug("no reply to request %s yet; sending it again", rid)
+            yield Resend([(again, frames) for again, frames, _deadline in flying])  # not done twice
+
+
+class Client(Exchange):
+    """A client of one daemon, or of several on one database: `url` may list them
+    ("tcp://a:8008,tcp://b:8008"). A request then goes to one of them; when it gets no
+    answer there (FIRST_TRY, or its port refuses connections on this host), its copies
+    go to the next one, and the calls after it too (sooner when the call's timeout is
+    shorter than FIRST_TRY a daemon: it is shared out). A resend creates nothing twice
+    whichever daemon reads it: request ids are decided by the shared database."""
+
+    def __init__(self, url: str, timeout: float = Settings.timeout, keys: ClientKeys | None = None) -> None:
+        super().__init__(url, timeout, keys)
+        self._local = threading.local()
+        self._ctx: zmq.Context | None = None
+        self._pid = os.getpid()
+        self._sockets: list[zmq.Socket] = []
+        self._lock = threading.Lock()
 
     # ---- sockets ---------------------------------------------------------------
 
@@ -111,9 +270,7 @@ class Client:
     def dealer(self) -> zmq.Socket:
         """A new DEALER socket to a daemon, with this client's keys (not connected yet)."""
         sock = self.context().socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        if self.keys is not None:
-            self.keys.apply(sock)
+        self.setup(sock)
         return sock
 
     def _discard_socket(self) -> None:
@@ -149,8 +306,7 @@ class Client:
 
         `fields` may carry "rid", the request id (made here if missing).
         """
-        fields = dict(fields or {})
-        request = Request(op, fields, fields.pop("rid", None) or uuid.uuid4().hex)
+        request = new_request(op, fields)
         return next(self.exchange([(request.rid, request.encode())], timeout=timeout, resend=resend)).unwrap()
 
     def exchange(
@@ -171,91 +327,29 @@ class Client:
         Each reply must come within `timeout` of its send; requests are sent again on a
         fresh socket when none comes for a while (see FIRST_TRY, MAX_TRY). Raises
         DaemonUnavailable, with the rid of the first request still unanswered."""
-        timeout = self.timeout if timeout is None else timeout
-        todo = iter(requests)
-        flying: deque[tuple[str, list[bytes], float]] = deque()  # (rid, frames, deadline)
-        stop: BaseException | None = None
-        refused = False
-        started = time.monotonic()
+        steps = self.steps(requests, in_flight, self.timeout if timeout is None else timeout, resend)
+        answer: Any = None
         while True:
-            while not refused and stop is None and len(flying) < in_flight:
-                try:
-                    request = next(todo, None)
-                except Exception as exc:  # the next request could not be made: the sent ones still count
-                    stop = exc
-                    break
-                if request is None:
-                    break
-                rid, frames = request
-                self._socket().send_multipart(frames)
-                flying.append((rid, frames, time.monotonic() + timeout))
-            if not flying:
-                if stop is not None:
-                    raise stop
+            try:
+                step = steps.send(answer)
+            except StopIteration:
                 return
-            reply = self._reply_to_first(flying, resend, timeout, started)
-            flying.popleft()
-            refused = refused or not reply.ok
-            yield reply
-
-    def _reply_to_first(
-        self,
-        flying: deque[tuple[str, list[bytes], float]],
-        resend: bool,
-        timeout: float,
-        started: float | None = None,
-    ) -> Reply:
-        """The reply to the first request in flight; resends them all on a fresh socket
-        after FIRST_TRY seconds without it, then after twice as long, and so on up to
-        MAX_TRY seconds between resends, until its deadline. A local daemon that never
-        answered this client has its port looked at (see PROBE_AFTER) from `started`."""
-        rid, _frames, deadline = flying[0]
-        several = len(self.urls) > 1
-        # Several daemons: each gets its share of a short timeout, so the call reaches the next
-        window = min(FIRST_TRY, timeout / len(self.urls)) if several else FIRST_TRY
-        refused: set[str] = set()  # daemons of the list whose port refused connections
-        local = self._local_port if started is not None and not self._reached else None
-        look_at = time.monotonic() + PROBE_AFTER if local else math.inf
-        while True:
-            try_until = deadline if not resend else min(deadline, time.monotonic() + window)
-            reply = self._await_reply(self._socket(), rid, min(try_until, look_at))
-            if reply is not None:
-                self._reached = True
-                return reply
-            now = time.monotonic()
-            if local and started is not None and now < try_until:  # time to look at the port
-                if _listens(*local):
-                    look_at = math.inf  # something is there: wait as long as the timeout allows
-                    continue
-                if now - started < REFUSED_FOR and not several:
-                    look_at = now + PROBE_AFTER
-                    continue
-                refused.add(self.url)
-                if len(refused) == len(self.urls):
+            answer = None
+            match step:
+                case Send(frames=frames):
+                    self._socket().send_multipart(frames)
+                case Receive(rid, until):
+                    answer = self._await_reply(self._socket(), rid, until)
+                case Look(host, port):
+                    answer = _listens(host, port)
+                case Discard():
                     self._discard_socket()
-                    raise DaemonUnavailable(
-                        f"nothing listens at {', '.join(self.urls)}: connections to port {local[1]} "
-                        f"on {local[0]} were refused for {now - started:.1f}s "
-                        "(is `martinet serve` running there?)",
-                        request_id=rid,
-                    )
-            self._discard_socket()  # its queue may hold a stale request: start clean
-            if time.monotonic() >= deadline:
-                raise DaemonUnavailable(
-                    f"no answer from the martinet daemon at {', '.join(self.urls)} within {timeout:g}s "
-                    f"(is `martinet serve` running there?)",
-                    request_id=rid,
-                )
-            if several:
-                self._move_on()
-                local = self._local_port if started is not None and self.url not in refused else None
-                look_at = time.monotonic() + PROBE_AFTER if local else math.inf
-            else:
-                window = min(window * 2, MAX_TRY)
-            log.debug("no reply to request %s yet; sending it again", rid)
-            sock = self._socket()
-            for _rid, frames, _deadline in flying:  # a repeated rid is not done twice
-                sock.send_multipart(frames)
+                case Resend(again):
+                    sock = self._socket()
+                    for _rid, frames in again:
+                        sock.send_multipart(frames)
+                case Deliver(reply):
+                    yield reply
 
     def _await_reply(self, sock: zmq.Socket, rid: str, until: float) -> Reply | None:
         while True:
@@ -264,18 +358,30 @@ class Client:
                 return None
             if not sock.poll(int(remaining * 1000) + 1):
                 continue
-            frames = sock.recv_multipart()
-            try:
-                reply = messages.decode(frames)
-            except ProtocolError as exc:
-                if frames and f'"rid":"{rid}"'.encode() in frames[0]:  # ours: say so, rather than time out
-                    return Reply.refusing(
-                        rid, "ProtocolError", f"the daemon's reply could not be read: {exc}"
-                    )
-                log.warning("dropped a malformed reply: %s", exc)
-                continue
-            if isinstance(reply, Reply) and reply.rid == rid:
+            reply = read_reply(sock.recv_multipart(), (rid,))
+            if reply is not None:
                 return reply
+
+
+def new_request(op: str, fields: dict[str, Any] | None = None) -> Request:
+    """A request of `op` with `fields`; their "rid", if any, is its request id (else one is made)."""
+    fields = dict(fields or {})
+    return Request(op, fields, fields.pop("rid", None) or uuid.uuid4().hex)
+
+
+def read_reply(frames: list[bytes], waiting: Collection[str]) -> Reply | None:
+    """The reply in `frames` when it answers one of the request ids `waiting`, else None.
+    A reply that cannot be read but names one of them is that request's refusal (a
+    ProtocolError, rather than a timeout); any other malformed one is logged and dropped."""
+    try:
+        reply = messages.decode(frames)
+    except ProtocolError as exc:
+        for rid in waiting:
+            if frames and f'"rid":"{rid}"'.encode() in frames[0]:  # ours: say so, rather than time out
+                return Reply.refusing(rid, "ProtocolError", f"the daemon's reply could not be read: {exc}")
+        log.warning("dropped a malformed reply: %s", exc)
+        return None
+    return reply if isinstance(reply, Reply) and reply.rid in waiting else None
 
 
 def _loopback_port(url: str) -> tuple[str, int] | None:
