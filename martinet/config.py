@@ -100,7 +100,7 @@ class Settings:
     # Prometheus metrics and health checks (/metrics, /healthz, /readyz) on HOST:PORT, such
     # as 127.0.0.1:9108; empty: none (server/metrics.py). Port 0: any free one.
     metrics: str = ""
-    # CURVE keys (keys.py; README "Security"). The daemon's: its key pair (a NAME.key_secret
+    # CURVE keys (keys.py; docs/security.md). The daemon's: its key pair (a NAME.key_secret
     # file; "": no keys, plain text, and it binds loopback only) and the public keys it
     # allows in each role (NAME.key files, folders of them, or Z85 keys; comma-separated).
     server_secret_key: str = ""

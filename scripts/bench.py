@@ -721,7 +721,7 @@ def fill_search(db_url: str, n: int) -> None:
 
 
 def index_image_id(db_url: str) -> bool:
-    """The README's recipe for a payload field filtered often: an expression index
+    """The recipe in docs/finding-tasks.md for a payload field filtered often: an expression index
     (SQLite and PostgreSQL; MySQL's generated column is not measured here)."""
     db = open_database(db_url)
     if db_url.startswith("sqlite"):

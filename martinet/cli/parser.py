@@ -53,7 +53,7 @@ def add_completion_option(p: argparse.ArgumentParser) -> None:
 
 
 def add_key_options(p: argparse.ArgumentParser) -> None:
-    """A client's or a worker's CURVE keys (README "Security")."""
+    """A client's or a worker's CURVE keys (docs/security.md)."""
     p.add_argument(
         "--key-file", metavar="FILE", help="this side's key pair, a NAME.key_secret file (default: none)"
     )

@@ -168,7 +168,7 @@ class Daemon:
                     raise ConfigError(
                         f"martinet serve will not bind {s.bind} without keys: anyone who reaches its ports "
                         "could submit, read, change and run tasks. Give it keys (server_secret_key and "
-                        'worker_keys, client_keys, admin_keys: README "Security"), bind 127.0.0.1, or '
+                        "worker_keys, client_keys, admin_keys: docs/security.md), bind 127.0.0.1, or "
                         "start it with --insecure-bind on a network you trust"
                     )
                 log.warning(

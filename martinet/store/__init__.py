@@ -6,7 +6,7 @@ UPDATE that names (id, attempt) changes nothing when a newer attempt exists.
 
 This is the store's interface: what each method must do and guarantee, on every
 backend. tests/store is its conformance suite (`pytest tests/store --db URL` runs
-it on any database; README, "Adding a backend"). What holds for every method:
+it on any database; docs/backends.md). What holds for every method:
 
 - Transactions: no method commits the caller's work. Each runs in the caller's
   transaction (the daemon's `with store.atomic():` around a turn), so a turn's

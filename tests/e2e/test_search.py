@@ -1,4 +1,4 @@
-"""Finding tasks: the README's examples run as written, the CLI as a process. The API and
+"""Finding tasks: the examples of docs/finding-tasks.md run as written, the CLI as a process. The API and
 the pure rules: tests/unit/test_search.py; the CLI in process, tests/unit/test_cli_commands.py;
 the store's side, tests/store/test_search.py."""
 
@@ -24,9 +24,9 @@ def cli(url: str, *args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def test_the_readme_search_examples_run(cluster):
-    """Each `martinet list` line and the Python example of "Finding tasks" run as written."""
-    section = (ROOT / "README.md").read_text().split("## Finding tasks", 1)[1].split("\n## ", 1)[0]
+def test_the_documented_search_examples_run(cluster):
+    """Each `martinet list` line and the Python example of docs/finding-tasks.md run as written."""
+    section = (ROOT / "docs" / "finding-tasks.md").read_text()
     shell = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
     python = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     cluster.start_daemon()

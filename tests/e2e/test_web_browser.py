@@ -1,6 +1,6 @@
 """The dashboard in a real browser: Debian's chromium driven by Playwright, against a real
 daemon, a real worker and `martinet web`, each its own process. With
-MARTINET_SCREENSHOTS=1 it also draws docs/screenshots/ (the README links them), so the
+MARTINET_SCREENSHOTS=1 it also draws docs/screenshots/ (docs/dashboard.md links them), so the
 pictures show what the code does: `MARTINET_SCREENSHOTS=1 .venv/bin/python -m pytest
 tests/e2e/test_web_browser.py`.
 

@@ -287,14 +287,12 @@ def test_execute_many_that_got_no_answer_gives_its_request_id_and_calling_again_
     assert ids == [1, 2, 3, 4, 5] and not any(i.created for i in ids) and len(daemon.tasks) == 5
 
 
-def test_the_readmes_retry_pattern_makes_one_task_through_an_outage(scripted, monkeypatch):
-    """The README's example, run: a daemon that does not answer for longer than two
-    timeouts (it commits what it reads), then does."""
-    import re
+def test_the_documented_retry_pattern_makes_one_task_through_an_outage(scripted, monkeypatch):
+    """The example of docs/failures.md, run: a daemon that does not answer for longer than
+    two timeouts (it commits what it reads), then does."""
+    from tests.unit.test_docs import PAGES, python_blocks
 
-    from tests.unit.test_readme import README
-
-    (block,) = [b for b in re.findall(r"```python\n(.*?)```", README, re.S) if "def execute_surely" in b]
+    (block,) = [b for b in python_blocks(PAGES["docs/failures.md"]) if "def execute_surely" in b]
     monkeypatch.setattr(client_module, "FIRST_TRY", 0.1)
     monkeypatch.setattr(martinet, "_default", None)
     daemon = scripted()

@@ -1,5 +1,5 @@
 """What a turn costs on PostgreSQL, in round trips to the server: a few a turn, not one
-a statement (README, Performance). Counted at the driver, so a statement added to the
+a statement (docs/performance.md). Counted at the driver, so a statement added to the
 hot path, or one sent apart that could go with another, shows here."""
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def test_a_turn_of_starts_and_outcomes_costs_one_round_trip_a_kind_of_change(cor
 
 def test_through_a_pooled_url_nothing_is_prepared(pg_url, make_core):
     """A transaction-mode pooler keeps no session state: `postgresql+pool://` is the URL
-    for it (README, Performance)."""
+    for it (docs/performance.md)."""
     core = make_core(pg_url.replace("postgresql://", "postgresql+pool://", 1))
     core.turn()
     trips = Trips(core.store.db)

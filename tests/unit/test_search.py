@@ -1,7 +1,7 @@
 """Finding tasks: filters, payload fields, time ranges, sorts, keyset pages and counts,
 the rules of a search and its cursors, pure. The store's side is tests/store/test_search.py;
 the API against an embedded daemon, at the end; the CLI's list, tests/unit/test_cli_commands.py;
-the README's examples, tests/e2e/test_search.py."""
+the examples of docs/finding-tasks.md, tests/e2e/test_search.py."""
 
 from __future__ import annotations
 
