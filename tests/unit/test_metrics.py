@@ -171,7 +171,12 @@ def test_a_worker_is_ready_once_welcomed_and_no_longer_when_its_daemon_is_gone(m
     assert get(port, "/healthz")[0] == 200
     live.m.close()  # the daemon stops: after its liveness (3 heartbeats), the worker is not ready
     wait_for(lambda: get(port, "/readyz")[0] == 503, what="the worker to say it is not ready")
-    assert "reconnecting to the daemon at 127.0.0.1" in get(port, "/readyz")[1]["why"]
+    # First "nothing heard from the daemon for ...", then, once its loop has said hello again:
+    wait_for(
+        lambda: "reconnecting to the daemon at 127.0.0.1" in get(port, "/readyz")[1]["why"],
+        what="the worker to say it is reconnecting",
+    )
+    assert get(port, "/readyz")[0] == 503
     assert get(port, "/healthz")[0] == 200  # it still runs: alive, not ready
     assert get(port, "/metrics")[0] == 404  # a worker serves health checks only
 
