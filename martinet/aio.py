@@ -8,9 +8,9 @@ Starlette, aiohttp): a handler submits, reads and waits without blocking its loo
         result = await m.wait(task_id, timeout=10)
 
 Only what touches a socket is written here. Each call's request and what its reply
-gives are Martinet's own (api.Handle, Plan, Many); when to send a request again, look
+gives are Martinet's own (calls.Handle, Plan, Many); when to send a request again, look
 at a daemon's port, move on to the next daemon of the list or give up is decided by
-client.Exchange, which the blocking Client drives too. So a call resends, fails over
+exchange.Exchange, which the blocking client.Client drives too. So a call resends, fails over
 and raises as Martinet's does, with the same request ids and the same errors.
 
 The calls of one handle, however many coroutines make them, share one connection (a
@@ -35,9 +35,10 @@ from typing import Any, TypeVar
 import zmq
 import zmq.asyncio
 
-from martinet import client as _client
-from martinet.api import Call, Handle, Many, Plan
-from martinet.client import (
+from martinet.calls import Call, Handle, Many, Plan
+from martinet.config import Settings
+from martinet.errors import DaemonUnavailable, MartinetError
+from martinet.exchange import (
     Deliver,
     Discard,
     Exchange,
@@ -45,11 +46,10 @@ from martinet.client import (
     Receive,
     Resend,
     Send,
+    listens,
     new_request,
     read_reply,
 )
-from martinet.config import Settings
-from martinet.errors import DaemonUnavailable, MartinetError
 from martinet.keys import ClientKeys
 from martinet.messages import Reply
 from martinet.query import Page
@@ -218,7 +218,7 @@ class AsyncClient(Exchange):
                     case Receive(rid, until):
                         answer = await _receive(mine[rid][0], until)
                     case Look(host, port):
-                        answer = await asyncio.to_thread(_client._listens, host, port)
+                        answer = await asyncio.to_thread(listens, host, port)
                     case Discard(rid):
                         answer = self._discard(mine[rid][1])
                     case Resend(again):

@@ -13,6 +13,7 @@ import pytest
 
 import martinet
 from martinet import client as client_module
+from martinet import exchange
 from tests.harness import wait_for
 
 FAST = {"MARTINET_HEARTBEAT_INTERVAL": "0.2", "MARTINET_LEASE": "3"}  # a dead worker is seen in 0.6 s
@@ -152,7 +153,7 @@ def test_a_call_outlasts_a_paused_or_restarted_daemon_and_one_that_gives_up_is_f
     one, creating its task once; a call whose timeout runs out while the daemon is paused
     says its task may be in and names its request id, and calling again with that id,
     after a restart even, returns that task instead of making a second."""
-    monkeypatch.setattr(client_module, "FIRST_TRY", 0.2)
+    monkeypatch.setattr(exchange, "FIRST_TRY", 0.2)
     resends = threading.Semaphore(0)
     discard = client_module.Client._discard_socket
 

@@ -15,8 +15,7 @@ import time
 import pytest
 
 import martinet
-from martinet import aio
-from martinet import client as client_module
+from martinet import aio, exchange
 from martinet.aio import AsyncClient, AsyncMartinet
 from martinet.errors import Busy
 from martinet.keys import new_pair
@@ -197,7 +196,7 @@ def test_a_lost_reply_goes_again_on_a_fresh_socket_and_the_calls_awaiting_on_the
             waiting = asyncio.create_task(am.wait(held, timeout=10))
             await am.ping()  # the wait is on its way, on the first socket
             (first,) = am.client._lines
-            monkeypatch.setattr(client_module, "FIRST_TRY", 0.05)
+            monkeypatch.setattr(exchange, "FIRST_TRY", 0.05)
             assert (await am.client.request("ping", {"rid": "lost"}))["workers"] == 1
             assert len(copies) >= 2 and am.client._line is not first and first in am.client._lines
             opened.set()
@@ -262,7 +261,7 @@ def test_calls_with_curve_keys(tmp_path, sqlite_url):
 
 
 def test_an_unanswered_request_goes_again_with_the_same_rid_until_answered(scripted, monkeypatch):
-    monkeypatch.setattr(client_module, "FIRST_TRY", 0.05)
+    monkeypatch.setattr(exchange, "FIRST_TRY", 0.05)
     daemon = scripted(drop={"r1"}, drop_first=3)
 
     async def main() -> None:
@@ -279,7 +278,7 @@ def test_an_unanswered_request_goes_again_with_the_same_rid_until_answered(scrip
 def test_a_call_that_got_no_answer_may_be_in_and_calling_again_with_its_id_never_makes_two(
     scripted, monkeypatch
 ):
-    monkeypatch.setattr(client_module, "FIRST_TRY", 0.05)
+    monkeypatch.setattr(exchange, "FIRST_TRY", 0.05)
     daemon = scripted()
     daemon.silent.set()
     pairs = [("resize", {"image_id": i}) for i in range(3)]
@@ -301,7 +300,7 @@ def test_a_call_that_got_no_answer_may_be_in_and_calling_again_with_its_id_never
 
 
 def test_calls_at_once_move_together_to_the_next_daemon_when_the_first_is_silent(scripted, monkeypatch):
-    monkeypatch.setattr(client_module, "FIRST_TRY", 0.05)
+    monkeypatch.setattr(exchange, "FIRST_TRY", 0.05)
     first, second = scripted(), scripted()
     first.silent.set()
 
@@ -335,7 +334,7 @@ def test_a_daemon_of_the_list_that_is_not_running_is_passed_over_at_once(scripte
 
 
 def test_a_local_daemon_that_is_not_there_fails_fast(monkeypatch):
-    monkeypatch.setattr(client_module, "REFUSED_FOR", 0.2)
+    monkeypatch.setattr(exchange, "REFUSED_FOR", 0.2)
     (port,) = free_ports(1)
 
     async def main() -> None:

@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 import martinet
-from martinet import cli, protocol
-from martinet import client as client_module
+import martinet.calls
+from martinet import cli, exchange, protocol
 from tests.harness import wait_for
 from tests.live import Live
 
@@ -251,8 +251,8 @@ def test_worker_on_registration(live):
 def test_execute_many_accepts_all_in_one_commit_or_none(make_live, db_url, tmp_path, capsys, monkeypatch):
     # One try: a resend of a batch slow to commit would be answered "not created" (see the
     # xfail in tests/unit/test_client.py), although this call created them.
-    monkeypatch.setattr(client_module, "FIRST_TRY", 10.0)
-    monkeypatch.setattr(martinet.api, "BATCH", 100)  # 150 tasks go in two requests, as 1,500 would
+    monkeypatch.setattr(exchange, "FIRST_TRY", 10.0)
+    monkeypatch.setattr(martinet.calls, "BATCH", 100)  # 150 tasks go in two requests, as 1,500 would
     live = make_live(db_url)
     m = live.m
     ids = m.execute_many([("add", {"a": i, "b": 1}) for i in range(150)], request_id="batch-1")

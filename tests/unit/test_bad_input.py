@@ -206,7 +206,7 @@ def test_a_deeply_nested_request_gets_a_clear_error(live):
     started = time.monotonic()
     with pytest.raises(martinet.BadInput, match="levels deep"):  # a refusal, not a timeout
         m.client.request("get", {"id": deep})
-    assert time.monotonic() - started < 1.5  # answered, not resent (client.FIRST_TRY)
+    assert time.monotonic() - started < 1.5  # answered, not resent (exchange.FIRST_TRY)
     with pytest.raises(martinet.BadInput, match=f"more than {protocol.MAX_VALUE_DEPTH} levels deep"):
         m.execute("echo", {"a": deep})  # refused by the client's own check
     args: dict = {}

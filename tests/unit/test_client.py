@@ -12,8 +12,7 @@ import pytest
 import zmq
 
 import martinet
-from martinet import client as client_module
-from martinet import protocol
+from martinet import exchange, protocol
 from martinet.client import Client
 from martinet.errors import BadInput, DaemonUnavailable, ProtocolError
 from martinet.protocol import Cmd
@@ -121,7 +120,7 @@ def requests(*rids: str):
 
 
 def test_replies_come_in_order_and_a_lost_one_is_sent_again_with_those_after_it(scripted, monkeypatch):
-    monkeypatch.setattr(client_module, "FIRST_TRY", 0.2)
+    monkeypatch.setattr(exchange, "FIRST_TRY", 0.2)
     daemon = scripted(drop={"b"})
     c = Client(daemon.url, timeout=10)
     try:
@@ -189,7 +188,7 @@ def test_a_reply_too_deep_to_read_is_an_error_not_a_timeout(scripted):
 
 
 def test_an_unanswered_request_goes_again_with_the_same_rid_until_answered(scripted, monkeypatch):
-    monkeypatch.setattr(client_module, "FIRST_TRY", 0.05)
+    monkeypatch.setattr(exchange, "FIRST_TRY", 0.05)
     daemon = scripted(drop={"r1"}, drop_first=3)
     c = Client(daemon.url, timeout=10)
     try:
@@ -203,8 +202,8 @@ def test_an_unanswered_request_goes_again_with_the_same_rid_until_answered(scrip
 def test_resends_go_on_until_the_timeout_runs_out(scripted, monkeypatch):
     """A daemon that reads the copies but is killed before it answers them, then is back:
     a copy still goes after it, however long the call has waited already."""
-    monkeypatch.setattr(client_module, "FIRST_TRY", 0.05)
-    monkeypatch.setattr(client_module, "MAX_TRY", 0.2)
+    monkeypatch.setattr(exchange, "FIRST_TRY", 0.05)
+    monkeypatch.setattr(exchange, "MAX_TRY", 0.2)
     daemon = scripted()
     daemon.silent.set()  # copies sent at 0, 0.05, 0.15, 0.35, 0.75 are all lost
     back = threading.Timer(0.9, daemon.silent.clear)
@@ -218,7 +217,7 @@ def test_resends_go_on_until_the_timeout_runs_out(scripted, monkeypatch):
 
 
 def test_no_answer_within_the_timeout_raises_with_the_request_id(scripted, monkeypatch):
-    monkeypatch.setattr(client_module, "FIRST_TRY", 0.1)
+    monkeypatch.setattr(exchange, "FIRST_TRY", 0.1)
     daemon = scripted()
     daemon.silent.set()
     c = Client(daemon.url, timeout=0.5)
@@ -247,7 +246,7 @@ def test_a_call_that_got_no_answer_may_be_in_and_calling_again_with_its_id_never
     """Given a daemon that commits the request but whose answers never arrive (paused
     past the timeout, it reads the request when it resumes), the call raises an error
     that names its request id; calling again with it returns the same task, not a new one."""
-    monkeypatch.setattr(client_module, "FIRST_TRY", 0.1)
+    monkeypatch.setattr(exchange, "FIRST_TRY", 0.1)
     daemon = scripted()
     daemon.silent.set()
     m = martinet.Martinet.connect(daemon.url, timeout=0.3)
@@ -269,7 +268,7 @@ def test_a_call_that_got_no_answer_may_be_in_and_calling_again_with_its_id_never
 def test_execute_many_that_got_no_answer_gives_its_request_id_and_calling_again_makes_none_twice(
     scripted, monkeypatch
 ):
-    monkeypatch.setattr(client_module, "FIRST_TRY", 0.1)
+    monkeypatch.setattr(exchange, "FIRST_TRY", 0.1)
     daemon = scripted()
     daemon.silent.set()
     pairs = [("resize", {"image_id": i}) for i in range(5)]
@@ -293,7 +292,7 @@ def test_the_documented_retry_pattern_makes_one_task_through_an_outage(scripted,
     from tests.unit.test_docs import PAGES, python_blocks
 
     (block,) = [b for b in python_blocks(PAGES["docs/failures.md"]) if "def execute_surely" in b]
-    monkeypatch.setattr(client_module, "FIRST_TRY", 0.1)
+    monkeypatch.setattr(exchange, "FIRST_TRY", 0.1)
     monkeypatch.setattr(martinet, "_default", None)
     daemon = scripted()
     daemon.silent.set()
@@ -314,7 +313,7 @@ def test_the_documented_retry_pattern_makes_one_task_through_an_outage(scripted,
 
 
 def test_a_local_daemon_that_is_not_there_fails_fast_not_at_the_timeout(monkeypatch):
-    monkeypatch.setattr(client_module, "REFUSED_FOR", 0.3)
+    monkeypatch.setattr(exchange, "REFUSED_FOR", 0.3)
     (port,) = free_ports(1)
     c = Client(f"tcp://127.0.0.1:{port}", timeout=10)
     started = time.monotonic()
@@ -329,7 +328,7 @@ def test_a_local_daemon_that_is_not_there_fails_fast_not_at_the_timeout(monkeypa
 
 def test_a_daemon_starting_while_a_fresh_client_waits_is_waited_for(scripted, monkeypatch):
     """Its port opens before REFUSED_FOR: the call waits for its answer as usual."""
-    monkeypatch.setattr(client_module, "REFUSED_FOR", 1.0)
+    monkeypatch.setattr(exchange, "REFUSED_FOR", 1.0)
     (port,) = free_ports(1)
     later = threading.Timer(0.3, lambda: scripted(port=port))
     later.start()
@@ -345,8 +344,8 @@ def test_a_daemon_starting_while_a_fresh_client_waits_is_waited_for(scripted, mo
 def test_a_daemon_that_answered_before_is_waited_for_through_a_restart(scripted, monkeypatch):
     """Issue 22's promise: a daemon that restarts within the timeout gets the request, even
     one down for longer than REFUSED_FOR when the call begins."""
-    monkeypatch.setattr(client_module, "REFUSED_FOR", 0.2)
-    monkeypatch.setattr(client_module, "FIRST_TRY", 0.1)
+    monkeypatch.setattr(exchange, "REFUSED_FOR", 0.2)
+    monkeypatch.setattr(exchange, "FIRST_TRY", 0.1)
     first = scripted()
     c = Client(first.url, timeout=5)
     try:
@@ -376,13 +375,13 @@ def test_a_daemon_that_answered_before_is_waited_for_through_a_restart(scripted,
 )
 def test_only_a_daemon_on_this_host_is_looked_at(url, local):
     """A remote daemon that does not answer is waited for its whole timeout."""
-    assert client_module._loopback_port(url) == local
+    assert exchange.loopback_port(url) == local
 
 
 def test_a_call_that_made_its_request_id_knows_it_created_its_task_when_a_reply_was_lost(
     scripted, monkeypatch
 ):
-    monkeypatch.setattr(client_module, "FIRST_TRY", 0.1)
+    monkeypatch.setattr(exchange, "FIRST_TRY", 0.1)
     daemon = scripted(drop_every_first=True)  # commits each first copy, does not answer it
     m = martinet.Martinet.connect(daemon.url, timeout=3)
     try:
@@ -402,7 +401,7 @@ def test_a_call_that_made_its_request_id_knows_it_created_its_task_when_a_reply_
     "the task (submit.TaskId: 'whether this call created it')",
 )
 def test_a_call_whose_first_reply_was_lost_still_says_it_created_its_task(scripted, monkeypatch):
-    monkeypatch.setattr(client_module, "FIRST_TRY", 0.1)
+    monkeypatch.setattr(exchange, "FIRST_TRY", 0.1)
     daemon = scripted(drop={"order-9"})  # commits the first copy, does not answer it
     m = martinet.Martinet.connect(daemon.url, timeout=3)
     try:

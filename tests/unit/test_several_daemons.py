@@ -9,7 +9,7 @@ import time
 import pytest
 
 import martinet
-from martinet import client as client_module
+from martinet import exchange
 from martinet.config import check_url
 from martinet.errors import ConfigError, DaemonUnavailable
 
@@ -23,7 +23,7 @@ def free_tcp_port() -> int:
 
 
 def test_a_client_moves_to_the_next_daemon_when_its_own_stops(pg_url, make_live, monkeypatch):
-    monkeypatch.setattr(client_module, "FIRST_TRY", 0.3)  # the bound: one try, then the next daemon
+    monkeypatch.setattr(exchange, "FIRST_TRY", 0.3)  # the bound: one try, then the next daemon
     first, second = make_live(pg_url), make_live(pg_url)
     second.worker()
     m = martinet.Martinet.connect(f"{first.url},{second.url}", timeout=10)
@@ -47,7 +47,7 @@ def test_a_daemon_of_the_list_that_is_not_running_is_passed_over_at_once(pg_url,
     try:
         started = time.monotonic()
         assert m.ping()["workers"] == 0
-        assert time.monotonic() - started < client_module.FIRST_TRY  # refused: no wait for a reply
+        assert time.monotonic() - started < exchange.FIRST_TRY  # refused: no wait for a reply
     finally:
         m.close()
     lonely = martinet.Martinet.connect(f"{nothing},tcp://127.0.0.1:{free_tcp_port()}", timeout=10)
@@ -168,11 +168,11 @@ def test_a_call_with_a_short_timeout_still_reaches_the_next_daemon(pg_url, make_
     silent.setsockopt(zmq.LINGER, 0)
     port = silent.bind_to_random_port("tcp://127.0.0.1")
     # 2 s: the first resend's own wait (FIRST_TRY) would leave the second daemon no time
-    m = martinet.Martinet.connect(f"tcp://127.0.0.1:{port},{live.url}", timeout=client_module.FIRST_TRY)
+    m = martinet.Martinet.connect(f"tcp://127.0.0.1:{port},{live.url}", timeout=exchange.FIRST_TRY)
     try:
         started = time.monotonic()
         assert m.ping()["epoch"] == live.m.ping()["epoch"]
-        assert time.monotonic() - started < client_module.FIRST_TRY
+        assert time.monotonic() - started < exchange.FIRST_TRY
     finally:
         m.close()
         silent.close()
