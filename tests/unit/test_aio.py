@@ -361,15 +361,15 @@ def test_import_martinet_does_not_import_asyncio():
     assert done.returncode == 0, done.stderr
 
 
-def test_the_fastapi_example_of_the_page_runs(live, monkeypatch):
-    """docs/asyncio.md's FastAPI app, as the page shows it, with an HTTP client."""
+def test_the_fastapi_example_runs(live, monkeypatch):
+    """The README's FastAPI app (docs/asyncio.md includes it), as shown, with an HTTP client."""
     from fastapi.testclient import TestClient
 
-    (block,) = [b for b in python_blocks(PAGES["docs/asyncio.md"]) if "FastAPI(" in b]
+    (block,) = [b for b in python_blocks(PAGES["README.md"]) if "FastAPI(" in b]
     live.worker(handlers={"resize": lambda task, image_id: {"resized": image_id}})
     monkeypatch.setenv("MARTINET_URL", live.url)
     namespace: dict = {"__name__": "app"}
-    exec(compile(block, "docs/asyncio.md", "exec"), namespace)
+    exec(compile(block, "README.md", "exec"), namespace)
     with TestClient(namespace["app"]) as http:
         posted = http.post("/images/7/resize")
         assert posted.status_code == 202
