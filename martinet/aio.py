@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import os
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from contextlib import aclosing
@@ -81,6 +82,7 @@ class AsyncClient(Exchange):
     def __init__(self, url: str, timeout: float = Settings.timeout, keys: ClientKeys | None = None) -> None:
         super().__init__(url, timeout, keys)
         self._ctx: zmq.asyncio.Context | None = None
+        self._pid = os.getpid()  # the process its sockets belong to (see _forked)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._line: _Line | None = None  # the one new requests go on
         self._lines: set[_Line] = set()  # every open one (thrown away ones still awaited on too)
@@ -90,8 +92,17 @@ class AsyncClient(Exchange):
 
     # ---- sockets ---------------------------------------------------------------
 
+    def _forked(self) -> None:
+        """In a process forked after this client was used (gunicorn --preload, a
+        multiprocessing worker): the parent's context, sockets, loop and calls are not
+        this process's to touch; forget them, and make new ones here."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._ctx, self._loop, self._line, self._lines, self._waiting = None, None, None, set(), {}
+
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         """The running loop, which must be the one of the sockets (a closed one's are dropped)."""
+        self._forked()
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             if self._loop is not None and not self._loop.is_closed() and self._lines:
@@ -105,6 +116,7 @@ class AsyncClient(Exchange):
 
     def _current(self) -> _Line:
         """The line new requests go on (a new one, to the daemon the calls go to, if none)."""
+        self._forked()
         if self._line is None:
             if self._ctx is None:
                 self._ctx = zmq.asyncio.Context()

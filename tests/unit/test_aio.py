@@ -6,6 +6,7 @@ as Martinet's. Each test runs its coroutine on a loop of its own, bounded (run()
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import subprocess
 import sys
@@ -378,3 +379,22 @@ def test_the_fastapi_example_runs(live, monkeypatch):
         assert got.json()["status"] == "succeeded" and got.json()["result"] == {"resized": 7}
         assert http.get("/tasks/9999").status_code == 404
     assert live.m.get(task_id)["args"] == {"image_id": 7}
+
+
+def test_a_forked_process_calls_on_sockets_of_its_own(live):
+    """A handle used, then the process forked (gunicorn --preload): the child's calls go
+    on a context and sockets of its own, on its own loop, and the parent's still work."""
+    am = AsyncMartinet.connect(live.url, timeout=5)
+    assert run(am.ping())["workers"] == 0
+    pid = os.fork()
+    if pid == 0:  # the child: report by exit code only, never return into pytest
+        code = 1
+        try:
+            code = 0 if asyncio.run(asyncio.wait_for(am.execute("add", {"a": 1, "b": 2}), 5)) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert live.m.list()[0]["name"] == "add"  # the child's task is there
+    assert run(am.ping())["workers"] == 0  # the parent's handle still answers (a new loop)
+    run(am.close())
