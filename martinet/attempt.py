@@ -8,6 +8,7 @@ go back to the loop through the worker's queue.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import threading
@@ -19,7 +20,7 @@ from typing import Any, NamedTuple
 from martinet import protocol
 from martinet.errors import Fail, Release, Retry, TaskTimeout
 from martinet.journal import UNKNOWN
-from martinet.logs import about, told
+from martinet.logs import about, size, told
 from martinet.messages import Outcome, OutcomeKind, Progress
 from martinet.protocol import MAX_VALUE_DEPTH, deeper_than
 from martinet.validate import MAX_ERROR_MESSAGE, MAX_TRACEBACK, cut_end, keep_end
@@ -147,7 +148,7 @@ def run(
     except Release as exc:
         error = {"type": "Release", "message": str(exc)}
         log.info("task %s attempt %s given back (%d bytes of reason)", ctx.id, ctx.attempt,
-                 len(error["message"].encode()), extra=fields)  # fmt: skip
+                 size(error["message"]), extra=fields)  # fmt: skip
         log.debug("task %s attempt %s given back: %s", ctx.id, ctx.attempt, error["message"], extra=fields)
         return Outcome(ctx.id, ctx.attempt, worker_id, OutcomeKind.RELEASED, error=error,
                        retry_in=exc.in_seconds, database=ctx._database)  # fmt: skip
@@ -188,6 +189,12 @@ def run(
 def _debug_error(ctx: TaskContext, error: dict[str, Any], fields: dict[str, Any]) -> None:
     """A handler's error in full, traceback and all, at DEBUG (the INFO line told its size)."""
     log.debug("task %s attempt %s: %s", ctx.id, ctx.attempt, error["traceback"].rstrip(), extra=fields)
+
+
+def is_async(handler: Callable[..., Any]) -> bool:
+    """Whether `handler` is an `async def` function, itself or behind a wrapper that names
+    it (`__wrapped__`: a TaskHandle, functools.wraps)."""
+    return inspect.iscoroutinefunction(inspect.unwrap(handler))
 
 
 def failed(ctx: TaskContext, worker_id: str, error: dict[str, Any], **kwargs: Any) -> Outcome:

@@ -201,9 +201,7 @@ class Handle:
             raise WaitTimeout(f"task {task_id} did not finish within {timeout:g}s{detail}", status, why)
         item = reply["item"]
         if item["status"] != "succeeded":
-            error = item.get("error") or {}
-            detail = f": {error.get('type')}: {error.get('message')}" if error else ""
-            raise TaskFailed(f"task {task_id} {item['name']} ended {item['status']}{detail}", item)
+            raise TaskFailed.of(item)
         return item["result"]
 
     def _update(

@@ -96,6 +96,13 @@ class TaskFailed(MartinetError):
         super().__init__(message)
         self.info = info or {}
 
+    @classmethod
+    def of(cls, info: dict[str, Any]) -> TaskFailed:
+        """The error of a task that ended as its record `info` says (not succeeded)."""
+        error = info.get("error") or {}
+        detail = f": {error.get('type')}: {error.get('message')}" if error else ""
+        return cls(f"task {info['id']} {info['name']} ended {info['status']}{detail}", info)
+
 
 class WaitTimeout(MartinetError):
     """`wait()` gave up before the task reached an end. `status` is the task's state then

@@ -224,14 +224,19 @@ class Inline:
     Its limits, on purpose: a task runs at once, whatever its run_at (schedule and every
     run it once, now); its attempts follow each other at once (max_attempts, Retry, Fail
     and Release as a worker takes them, without the delays); queues, priorities, limits,
-    keys, dependencies and time limits are not applied; no events, no hooks. For those,
+    keys, dependencies and time limits are not applied; no events, no hooks (an `async def`
+    handler runs on an event loop of its own, each call). For those,
     use Harness: a real daemon."""
 
-    def __init__(self, handlers: dict[str, Handler] | list[str] | None = None, max_attempts: int = 3) -> None:
+    def __init__(
+        self,
+        handlers: dict[str, Handler] | list[str] | None = None,
+        max_attempts: int = config.Settings.max_attempts,
+    ) -> None:
         self.handlers = _handlers(handlers)
         self.max_attempts = max_attempts
         self.tasks: dict[int, dict[str, Any]] = {}
-        self._limits = Limits(config.Settings.max_payload, config.Settings.max_name_length)
+        self._limits = Limits()  # the defaults a daemon checks against
 
     def execute(self, task: TaskSpec, args: dict[str, Any] | None = None, **options: Any) -> TaskId:
         from martinet import attempt as attempts  # the worker's own way of running an attempt
@@ -243,6 +248,8 @@ class Inline:
             raise BadInput(
                 f"no handler for {name!r} here (Inline runs {', '.join(sorted(self.handlers)) or 'none'})"
             )
+        if attempts.is_async(handler):  # run to its end here, as a worker's event loop would
+            handler = _run_to_end(handler)
         task_id = len(self.tasks) + 1
         info: dict[str, Any] = {"id": task_id, "name": name, "args": _wire(fields.get("args") or {}),
                                 "queue": fields.get("queue", "default"), "status": "queued", "attempt": 0,
@@ -285,14 +292,21 @@ class Inline:
         """Its result, or TaskFailed as Martinet.wait raises it."""
         info = self.get(task_id)
         if info["status"] != "succeeded":
-            error = info["error"] or {}
-            raise TaskFailed(
-                f"task {task_id} {info['name']} ended dead: {error.get('type')}: {error.get('message')}", info
-            )
+            raise TaskFailed.of(info)
         return info["result"]
 
     def close(self) -> None:
         pass
+
+
+def _run_to_end(handler: Handler) -> Handler:
+    """An `async def` handler as a plain one: each call runs its coroutine on a loop of its own."""
+    import asyncio
+
+    def run(ctx: Any, **args: Any) -> Any:
+        return asyncio.run(handler(ctx, **args))
+
+    return run
 
 
 def _wire(value: Any) -> Any:

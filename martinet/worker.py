@@ -16,7 +16,6 @@ talks to, and only those are sent or said held in a hello; the others wait aside
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import os
 import queue
@@ -31,7 +30,7 @@ from typing import Any
 import zmq
 
 from martinet import messages, protocol
-from martinet.attempt import Start, TaskContext, failed, fit_error, past_limit, timeout_error
+from martinet.attempt import Start, TaskContext, failed, fit_error, is_async, past_limit, timeout_error
 from martinet.attempt import error_of as _error  # noqa: F401 - martinet.worker._error still works
 from martinet.attempt import run as run_attempt
 from martinet.compose import check as check_compositions
@@ -61,6 +60,7 @@ from martinet.registry import AFTER, BEFORE, LIMITS, REGISTRY, check_limits, tas
 
 log = logging.getLogger(__name__)
 ASYNC_POLL = 0.05  # seconds a handler thread waits for an async handler between looks (time limits)
+LOOP_STOP = 1.0  # seconds a stopping worker gives its async handlers' loop to cancel what runs there
 
 Handler = Callable[..., Any]
 
@@ -95,7 +95,7 @@ FAULT_EXIT_BEFORE_SEND = "exit_before_send"
 FAULT_EXIT = 86
 
 
-def _after_hooks_before(handler: Handler) -> Handler:
+def _with_before_hooks(handler: Handler) -> Handler:
     """The handler, called once the before_task hooks ran (in its attempt: what they raise
     fails the attempt as the handler's own error would)."""
 
@@ -202,6 +202,8 @@ class Worker:
         self._liveness = o.liveness
         self._threads: list[threading.Thread] = []
         self._loop: Any = None  # the asyncio event loop of async def handlers (_on_the_loop)
+        self._loop_thread: threading.Thread | None = None
+        self._callables: dict[str, Handler] = {}  # by name, as handler threads call them (_callable)
         self._loop_lock = threading.Lock()
         self._limits: dict[str, dict | None] = {}  # set with on(); wins over LIMITS
         threads = max(1, o.concurrency)
@@ -266,8 +268,8 @@ class Worker:
         finally:
             if self._health is not None:
                 self._health.close()
-            if self._loop is not None:  # async handlers' loop: what still runs there is abandoned
-                self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._loop is not None:
+                self._stop_loop()
             self._close_sockets()
             self.ctx.term()
             self._close_journal()
@@ -652,7 +654,7 @@ class Worker:
                     target=loop.run_forever, name="martinet-async-handlers", daemon=True
                 )
                 thread.start()
-                self._loop = loop
+                self._loop, self._loop_thread = loop, thread
 
         loop = self._loop
 
@@ -669,6 +671,29 @@ class Worker:
                 raise
 
         return wait_for
+
+    def _stop_loop(self) -> None:
+        """Stop the async handlers' loop: what still runs there is cancelled (its handler
+        threads, waiting on it, end with that), then the loop is closed."""
+        import asyncio
+        import concurrent.futures
+
+        async def cancel_all() -> None:
+            running = asyncio.all_tasks() - {asyncio.current_task()}
+            for pending in running:
+                pending.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+        loop, thread = self._loop, self._loop_thread
+        try:
+            asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(LOOP_STOP)
+        except concurrent.futures.TimeoutError:  # a coroutine that ignores cancellation: left behind
+            log.warning("async handlers still ran %ss after they were cancelled", LOOP_STOP)
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(LOOP_STOP)
+        if not loop.is_running():
+            loop.close()
 
     def _start_thread(self) -> None:
         t = threading.Thread(
@@ -698,18 +723,31 @@ class Worker:
                 log.info(
                     "task %s attempt %s returned after it was abandoned", ctx.id, ctx.attempt, extra=fields
                 )
+                self._after_hooks(ctx, outcome)
                 return False
             ctx._finished = True
         self._report(outcome)
+        self._after_hooks(ctx, outcome)
         return True
 
     def _execute(self, ctx: TaskContext) -> Outcome:
-        handler = self.handlers[ctx.name]
-        if inspect.iscoroutinefunction(handler):
-            handler = self._on_the_loop(handler)
+        handler = self._callable(ctx.name)
         if BEFORE:
-            handler = _after_hooks_before(handler)
-        outcome = run_attempt(ctx, handler, self.worker_id, self._max_payload, self._report, self._wake)
+            handler = _with_before_hooks(handler)
+        return run_attempt(ctx, handler, self.worker_id, self._max_payload, self._report, self._wake)
+
+    def _callable(self, name: str) -> Handler:
+        """The handler of `name` as a handler thread calls it: an `async def` one (or a
+        TaskHandle of one) wrapped to run on the worker's event loop, decided once a name."""
+        found = self._callables.get(name)
+        if found is None:
+            handler = self.handlers[name]
+            found = self._callables[name] = self._on_the_loop(handler) if is_async(handler) else handler
+        return found
+
+    def _after_hooks(self, ctx: TaskContext, outcome: Outcome) -> None:
+        """The after_task hooks, in the handler's thread, once its outcome is reported
+        (outside its time limit: a slow hook delays no outcome and fails no attempt)."""
         for hook in AFTER:
             try:
                 hook(ctx, outcome.kind.value)
@@ -717,4 +755,3 @@ class Worker:
                 log.exception(
                     "the after_task hook %s failed for task %s", getattr(hook, "__name__", hook), ctx.id
                 )
-        return outcome

@@ -81,6 +81,19 @@ def test_the_worker_tells_an_error_in_full_at_debug_only(caplog):
     assert any(SECRET in line and "Traceback" in line for line in debug)
 
 
+def test_a_release_whose_reason_is_not_valid_utf8_is_still_given_back(caplog):
+    """A reason holding a lone surrogate (a file name os.fsdecode read) is measured, not encoded strictly."""
+    ctx = TaskContext(7, 1, "copy", {}, report=lambda _progress: None)
+
+    def copy(task):
+        raise martinet.Release("file \udcff locked")
+
+    with caplog.at_level(logging.INFO, logger="martinet.worker"):
+        outcome = run(ctx, copy, "w1", 1 << 20, report=lambda _start: None, wake=lambda: None)
+    assert outcome.kind is OutcomeKind.RELEASED
+    assert [r.getMessage() for r in caplog.records] == ["task 7 attempt 1 given back (13 bytes of reason)"]
+
+
 def test_an_error_is_told_by_its_type_and_the_size_of_its_text():
     assert (
         told({"type": "ValueError", "message": "é" * 3, "traceback": "x" * 10})

@@ -55,8 +55,11 @@ def test_a_before_hook_that_raises_fails_the_attempt_and_an_after_hook_cannot(ho
     def refuse(task):
         raise RuntimeError("database unreachable")
 
+    called = threading.Event()
+
     @martinet.after_task
     def broken(task, outcome):
+        called.set()
         raise KeyError("ignored")
 
     h = make_martinet_harness(handlers=["hooked.never"])
@@ -64,3 +67,26 @@ def test_a_before_hook_that_raises_fails_the_attempt_and_an_after_hook_cannot(ho
     (ended,) = h.drain()
     assert ended["id"] == tid and ended["status"] == "dead"
     assert ended["error"]["type"] == "RuntimeError" and ended["error"]["message"] == "database unreachable"
+    assert called.wait(5)  # it ran, and what it raised changed nothing
+
+
+def test_a_slow_after_hook_holds_up_no_outcome(hooks, make_martinet_harness):
+    """After hooks run once the outcome is reported: housekeeping that takes its time
+    (a database connection closing) delays no task's end and fails none at its time limit."""
+    go_on = threading.Event()
+
+    @martinet.task("hooked.quick")
+    def quick(task):
+        return "done"
+
+    @martinet.after_task
+    def slow(task, outcome):
+        go_on.wait(10)
+
+    h = make_martinet_harness(handlers=["hooked.quick"])
+    try:
+        tid = h.m.execute({"name": "hooked.quick", "time_limit": 0.2})
+        (ended,) = h.drain()  # while the hook still waits
+        assert ended["id"] == tid and ended["status"] == "succeeded" and ended["result"] == "done"
+    finally:
+        go_on.set()
