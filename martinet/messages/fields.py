@@ -39,6 +39,8 @@ def new_session() -> str:
 
 
 def session_of(h: dict[str, Any]) -> str | None:
-    """A header's "session", if it is one (of the length the daemon makes)."""
+    """A header's "session", if it is one (of the length the daemon makes, in ASCII: it is
+    compared with hmac.compare_digest)."""
     session = h.get("session")
-    return session if isinstance(session, str) and len(session) == SESSION_LENGTH else None
+    ok = isinstance(session, str) and len(session) == SESSION_LENGTH and session.isascii()
+    return session if ok else None

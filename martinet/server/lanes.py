@@ -298,3 +298,8 @@ def lane_settings(row: dict[str, Any]) -> dict[str, Any]:
 def rate_of(row: dict[str, Any]) -> tuple[int, float] | None:
     """A stored rate (rate_count, rate_period) as (count, period), or None."""
     return (row["rate_count"], row["rate_period"]) if row.get("rate_count") else None
+
+
+def rate_text(rate: tuple[int, float] | None) -> str | None:
+    """A rate as requests and replies say it ("100/60s"), or None."""
+    return None if rate is None else f"{rate[0]}/{rate[1]:g}s"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Collection
 from typing import Any
@@ -85,16 +86,22 @@ def _from_its_worker(core: State, ident: bytes, cmd: Cmd, h: dict[str, Any], now
     read: a forged outcome, or one sent before its worker's last hello (an outcome is
     sent again until acknowledged, with the session of the worker's new welcome)."""
     session = session_of(h)
-    peer = None if session is None else core.peers.by_session(session)
     worker_id = h.get("worker_id")
-    if peer is None or peer.worker_id != worker_id or peer.key != core.key_of("status", ident):
+    peer = core.peers.get(worker_id) if isinstance(worker_id, str) else None
+    if (
+        session is None
+        or peer is None
+        or not hmac.compare_digest(peer.session, session)
+        or peer.key != core.key_of("status", ident)
+    ):
         reason = "session"
         if session is None:
             reason, why = "no_session", "without the session its worker's welcome gave it"
-        elif peer is None:
-            why = "with a session no connected worker holds (sent before its worker's last hello, or forged)"
-        elif peer.worker_id != worker_id:
-            why = f"naming worker {str(worker_id)[:80]!r} with the session of worker {peer.worker_id}"
+        elif peer is None or not hmac.compare_digest(peer.session, session):
+            why = (
+                f"with a session no connected worker holds as {str(worker_id)[:80]!r} "
+                "(sent before its worker's last hello, or forged)"
+            )
         else:
             why = f"for worker {peer.worker_id} from a connection with another key than its own"
         core.refused("status", ident, reason, f"refused a {cmd.name} {why}: not written")

@@ -62,7 +62,7 @@ class Peer:
     # It says when a handler starts a task (STARTED): its leased tasks wait in its prefetch,
     # and its running ones have their real start in the store. Else the clocks are a guess.
     reports_starts: bool = False
-    # The secret its welcome gave it: its status messages carry it (see Peers.by_session).
+    # The secret its welcome gave it: its status messages carry it (outcomes._from_its_worker).
     session: str = ""
     # Its CURVE key (z85), when the daemon has keys: a worker id is bound to the key that
     # said hello with it. None without keys.
@@ -99,7 +99,6 @@ class Peers:
     def __init__(self) -> None:
         self._by_id: dict[str, Peer] = {}
         self._by_ident: dict[bytes, str] = {}
-        self._by_session: dict[str, str] = {}  # session -> worker id
         self._owner: dict[int, str] = {}  # task id -> worker id
         self._free: dict[Kind, OrderedDict[str, Peer]] = {}  # with credit; the longest waiting first
         self._busy: set[str] = set()  # holding tasks
@@ -146,8 +145,6 @@ class Peers:
                 self._unindex(current)
                 if self._by_ident.get(current.ident) == worker_id:
                     del self._by_ident[current.ident]
-                if self._by_session.get(current.session) == worker_id:
-                    del self._by_session[current.session]
                 self._busy.discard(worker_id)
                 for task_id in current.inflight:
                     if self._owner.get(task_id) == worker_id:
@@ -162,8 +159,6 @@ class Peers:
             peer.names, peer.capacity, peer._kind = names, capacity, None
             self._by_id[worker_id] = peer
             self._by_ident[peer.ident] = worker_id
-            if peer.session:
-                self._by_session[peer.session] = worker_id
             for task_id in inflight:
                 self._owner[task_id] = worker_id
             if inflight:
@@ -206,8 +201,6 @@ class Peers:
         )  # fmt: skip
         self._by_id[worker_id] = peer
         self._by_ident[ident] = worker_id
-        if session:
-            self._by_session[session] = worker_id
         self._by_seen[worker_id] = peer
         self._beats[worker_id] = now  # its welcome is on its way
         self._index(peer)
@@ -218,11 +211,6 @@ class Peers:
 
     def by_ident(self, ident: bytes) -> Peer | None:
         worker_id = self._by_ident.get(ident)
-        return None if worker_id is None else self._by_id.get(worker_id)
-
-    def by_session(self, session: str) -> Peer | None:
-        """The connected worker whose welcome gave it `session`."""
-        worker_id = self._by_session.get(session)
         return None if worker_id is None else self._by_id.get(worker_id)
 
     def seen(self, worker_id: str, now: float) -> None:
@@ -239,7 +227,6 @@ class Peers:
             self._serves.clear()
             self._unindex(peer)
             self._by_ident.pop(peer.ident, None)
-            self._by_session.pop(peer.session, None)
             self._by_seen.pop(worker_id, None)
             self._beats.pop(worker_id, None)
             self._busy.discard(worker_id)

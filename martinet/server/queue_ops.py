@@ -11,7 +11,7 @@ from martinet import rules, when
 from martinet.errors import BadInput
 from martinet.models import STATES, TERMINAL
 from martinet.present import iso
-from martinet.server.lanes import RATE_LOOKBACK, Queue, queue_columns
+from martinet.server.lanes import RATE_LOOKBACK, Queue, queue_columns, rate_text
 from martinet.server.state import Request, State
 from martinet.store import PRUNE_BATCH
 from martinet.validate import check_name, is_id
@@ -34,7 +34,7 @@ def queues(r: Request) -> dict[str, Any] | None:
                 "weight": q.weight,
                 "order": q.order,
                 "concurrency": q.concurrency,
-                "rate": None if q.rate is None else f"{q.rate[0]}/{q.rate[1]:g}s",
+                "rate": rate_text(q.rate),
                 "running": q.running,
                 "counts": st["counts"],
                 "oldest_waiting_seconds": None
@@ -58,6 +58,21 @@ def resume_queue(r: Request) -> dict[str, Any] | None:
 
 def set_queue(r: Request) -> dict[str, Any] | None:
     core, h, now = r.core, r.header, r.now
+    changes = limit_changes(h)
+    if h.get("weight") is not None:
+        changes["weight"] = rules.check_count(h["weight"], "weight", most=rules.MAX_QUEUE_LIMIT)
+    if h.get("order") is not None:
+        if h["order"] not in rules.QUEUE_ORDERS:
+            raise BadInput(f"order must be 'fifo' or 'random', not {str(h['order'])[:40]!r}")
+        changes["order"] = h["order"]
+    if not changes:
+        raise BadInput("nothing to set: give concurrency, rate, weight or order")
+    return apply_queue(core, h, now, changes)
+
+
+def limit_changes(h: dict[str, Any]) -> dict[str, Any]:
+    """The concurrency and rate a request gives (a queue's or a task name's): each checked,
+    "none" as None (no limit), what is not given left out."""
     changes: dict[str, Any] = {}
     if h.get("concurrency") is not None:
         c = h["concurrency"]
@@ -69,15 +84,7 @@ def set_queue(r: Request) -> dict[str, Any] | None:
     if h.get("rate") is not None:
         rate = h["rate"]
         changes["rate"] = None if rules.means_none(rate) else when.parse_rate(str(rate))
-    if h.get("weight") is not None:
-        changes["weight"] = rules.check_count(h["weight"], "weight", most=rules.MAX_QUEUE_LIMIT)
-    if h.get("order") is not None:
-        if h["order"] not in rules.QUEUE_ORDERS:
-            raise BadInput(f"order must be 'fifo' or 'random', not {str(h['order'])[:40]!r}")
-        changes["order"] = h["order"]
-    if not changes:
-        raise BadInput("nothing to set: give concurrency, rate, weight or order")
-    return apply_queue(core, h, now, changes)
+    return changes
 
 
 def apply_queue(core: State, h: dict[str, Any], now: float, changes: dict[str, Any]) -> dict[str, Any]:
@@ -96,7 +103,7 @@ def limits(r: Request) -> dict[str, Any] | None:
         {
             "name": name,
             "concurrency": lane.concurrency,
-            "rate": None if lane.rate is None else f"{lane.rate[0]}/{lane.rate[1]:g}s",
+            "rate": rate_text(lane.rate),
             "running": lane.running,
         }
         for name, lane in sorted(r.core.lanes.names.items())
@@ -112,21 +119,12 @@ def set_limit(r: Request) -> dict[str, Any] | None:
     name = check_name(h.get("name"), core.limits)
     lane = core.lanes.names.get(name)
     concurrency, rate = (None, None) if lane is None else (lane.concurrency, lane.rate)
-    if h.get("concurrency") is None and h.get("rate") is None:
+    changes = limit_changes(h)
+    if not changes:
         raise BadInput("nothing to set: give concurrency or rate ('none' clears one)")
-    if h.get("concurrency") is not None:
-        c = h["concurrency"]
-        concurrency = (
-            None if rules.means_none(c) else rules.check_count(c, "concurrency", most=rules.MAX_QUEUE_LIMIT)
-        )
-    if h.get("rate") is not None:
-        rate = None if rules.means_none(h["rate"]) else when.parse_rate(str(h["rate"]))
+    concurrency, rate = changes.get("concurrency", concurrency), changes.get("rate", rate)
     apply_limit(core, name, concurrency, rate, now)
-    return {
-        "name": name,
-        "concurrency": concurrency,
-        "rate": None if rate is None else f"{rate[0]}/{rate[1]:g}s",
-    }
+    return {"name": name, "concurrency": concurrency, "rate": rate_text(rate)}
 
 
 def apply_limit(

@@ -3,6 +3,8 @@ and the `workers` request, which lists them."""
 
 from __future__ import annotations
 
+import hmac
+import itertools
 import logging
 from typing import Any
 
@@ -12,6 +14,7 @@ from martinet.messages import Hello, HelloAgain, Reject, Welcome
 from martinet.messages.fields import new_session
 from martinet.messages.worker_socket import MAX_HELD
 from martinet.protocol import Cmd
+from martinet.server.lanes import rate_text
 from martinet.server.outbox import Outbox
 from martinet.server.peers import Peer
 from martinet.server.state import Request, State
@@ -176,7 +179,7 @@ def same_worker(old: Peer, hello: Hello, key: str | None) -> bool:
     keys, the same key (a worker is its key); without, the session `old` was welcomed with."""
     if key != old.key:
         return False
-    return key is not None or (hello.session is not None and hello.session == old.session)
+    return key is not None or (hello.session is not None and hmac.compare_digest(hello.session, old.session))
 
 
 def welcome(core: State, session: str) -> Welcome:
@@ -201,7 +204,7 @@ def compare_limits(core: State, worker_id: str, limits: dict[str, Any], names: s
     daemon's config and from admins). One that differs from the fleet's is named once."""
     if not isinstance(limits, dict):
         return
-    for name, limit in list(limits.items())[:MAX_COMPARED]:
+    for name, limit in itertools.islice(limits.items(), MAX_COMPARED):
         if name not in names or not isinstance(limit, dict):
             continue
         concurrency = limit.get("concurrency")
@@ -215,7 +218,7 @@ def compare_limits(core: State, worker_id: str, limits: dict[str, Any], names: s
         flags = " ".join(
             f for f in (
                 f"--concurrency {concurrency}" if concurrency else "",
-                f"--rate {rate[0]}/{rate[1]:g}s" if rate else "",
+                f"--rate {rate_text(rate)}" if rate else "",
             ) if f
         )  # fmt: skip
         log.warning(
@@ -232,7 +235,7 @@ def describe_limit(concurrency: int | None, rate: tuple[int, float] | None) -> s
     if concurrency is not None:
         parts.append(f"concurrency {concurrency}")
     if rate is not None:
-        parts.append(f"rate {rate[0]}/{rate[1]:g}s")
+        parts.append(f"rate {rate_text(rate)}")
     return ", ".join(parts) or "no limit"
 
 

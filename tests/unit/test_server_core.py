@@ -224,8 +224,10 @@ def test_a_start_with_an_outcome_from_another_worker_is_fenced_as_its_own(db_url
     forged = {**ended("w1", [[a, 1]], (a, True))[1], "session": "0" * 32}
     sent = core.turn(status=[(Cmd.ENDED, forged)])
     assert core.store.get_task(a).status == "leased" and sent_to(sent, Cmd.ACK) == []
-    # And its holder's own report still ends it
-    core.turn(status=[ended("w1", [[a, 1]], (a, False))])
+    # And its holder's own report still ends it, in the same turn as one whose session is
+    # not even ASCII (refused, as a forgery, not compared)
+    garbled = {**ended("w1", [[a, 1]], (a, True))[1], "session": "é" * 32}
+    core.turn(status=[(Cmd.ENDED, garbled), ended("w1", [[a, 1]], (a, False))])
     assert [(t.started_at, t.outcome) for t in core.store.attempts(a)] == [(core.now, "failed")]
 
 
