@@ -16,7 +16,7 @@ import zmq
 
 from martinet import messages
 from martinet.config import Settings
-from martinet.errors import DaemonUnavailable, MartinetError, ProtocolError
+from martinet.errors import DaemonUnavailable, ProtocolError
 from martinet.exchange import (
     Deliver,
     Discard,
@@ -124,7 +124,7 @@ class Client(Exchange):
     ) -> Iterator[Reply]:
         """Send encoded requests, (rid, frames) pairs taken from `requests` as they are
         needed, with up to `in_flight` of them awaiting a reply; yield each reply in the
-        order sent, refusals included (see refusal()). The daemon reads one client's
+        order sent, refusals included (see Reply.refusal). The daemon reads one client's
         requests in order, so the next one waits at the daemon while it commits this one.
 
         After a refusal, or an error raised while making the next request, nothing more
@@ -166,11 +166,6 @@ class Client(Exchange):
             reply = read_reply(sock.recv_multipart(), (rid,))
             if reply is not None:
                 return reply
-
-
-def refusal(reply: Reply) -> MartinetError:
-    """A reply that says a request failed, as our error (of the class the daemon named)."""
-    return reply.refusal()
 
 
 class EventStream:

@@ -349,6 +349,12 @@ def daemons(value: str) -> list[str]:
     return [one.strip() for one in value.split(",") if one.strip()] or [value]
 
 
+def hosts_of(url: str) -> str:
+    """The hosts of a client URL (or of several, comma-separated), as a worker's `connect`
+    names them; ConfigError when one is not an address."""
+    return ",".join(_address(one, "url", "tcp://HOST:PORT")[1] for one in daemons(url))
+
+
 def check_url(url: str, key: str = "url") -> str:
     """A client URL, tcp://host:port (the scheme and the port are not optional), or
     several, comma-separated: daemons on one database, tried in turn (client.Client)."""

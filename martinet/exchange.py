@@ -79,7 +79,7 @@ class Receive:
 
 @dataclass(frozen=True, slots=True)
 class Look:
-    """Whether anything listens at host:port (see _listens): a bool."""
+    """Whether anything listens at host:port (see listens): a bool."""
 
     host: str
     port: int

@@ -25,6 +25,7 @@ import zmq.auth
 
 from martinet.errors import ConfigError
 from martinet.files import create_private, refuse_if_others_read, refuse_if_others_write
+from martinet.logs import Z85
 
 log = logging.getLogger("martinet.keys")
 
@@ -37,7 +38,7 @@ ADMIN_OPS = frozenset({
     "revoke", "retry", "stall", "update", "pause", "resume", "pause_queue", "resume_queue",
     "set_queue", "set_limit", "prune",
 })  # fmt: skip
-Z85_KEY = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
+Z85_KEY = re.compile(rf"[{Z85}]{{40}}")  # a CURVE key as Z85 text
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 

@@ -21,7 +21,6 @@ from django.utils.module_loading import import_string  # type: ignore[import-unt
 
 from martinet import config, rules
 from martinet.api import Martinet
-from martinet.config import daemons
 from martinet.django.compat import (
     TASK_MAX_PRIORITY,
     TASK_MIN_PRIORITY,
@@ -91,16 +90,16 @@ class MartinetBackend(BaseTaskBackend):
         except BadInput as exc:
             raise ImproperlyConfigured(f"{where}['task_options']: {exc}") from None
         self.settings: dict[str, Any] = options  # martinet's settings: the client's, and the worker's
+        self._handle_key = json.dumps(options, sort_keys=True, default=str)  # (see martinet)
         self.task_options: dict[str, Any] = dict(task_options)
 
     @property
     def martinet(self) -> Martinet:
         """The Martinet handle of these settings (made at first use, shared in the process)."""
-        key = json.dumps(self.settings, sort_keys=True, default=str)
         with _handles_lock:
-            handle = _handles.get(key)
+            handle = _handles.get(self._handle_key)
             if handle is None:
-                handle = _handles[key] = Martinet.connect(**self.settings)
+                handle = _handles[self._handle_key] = Martinet.connect(**self.settings)
             return handle
 
     def worker_settings(self) -> dict[str, Any]:
@@ -108,8 +107,7 @@ class MartinetBackend(BaseTaskBackend):
         `connect` from the host of `url` when OPTIONS name a url and no connect."""
         found = dict(self.settings)
         if "url" in found and "connect" not in found:
-            hosts = [one.split("://", 1)[-1].rsplit(":", 1)[0] for one in daemons(str(found["url"]))]
-            found["connect"] = ",".join(hosts)
+            found["connect"] = config.hosts_of(str(found["url"]))
         return found
 
     def validate_task(self, task: Task) -> None:

@@ -41,7 +41,7 @@ class ZapHandler:
         ctx: zmq.Context[zmq.Socket[bytes]],
         keyring: Keyring | None,
         max_connections: int,
-        refused: Callable[[str, str], None] = lambda s, r: None,
+        refused: Callable[[str, str], None],
     ) -> None:
         self.keyring = keyring  # None: no keys (plain text, NULL handshakes)
         self.max_connections = max_connections

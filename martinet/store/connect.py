@@ -56,7 +56,8 @@ def open_database(url: str) -> peewee.Database:
             path, _, query = path.partition("?")
             if not path:
                 raise StoreError(f"SQLite URL {url!r} names no file; use sqlite:///path/to/file.db")
-            create_private(path)
+            if path != ":memory:" and not path.startswith("file:"):  # (no file, or SQLite's own URI)
+                create_private(path)
             db = peewee.SqliteDatabase(
                 path,
                 lock_type="IMMEDIATE",  # one writer; no read-to-write upgrade deadlocks

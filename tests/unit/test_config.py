@@ -306,6 +306,14 @@ def test_a_new_sqlite_database_and_its_wal_are_readable_by_their_owner_only(tmp_
         db.close()
 
 
+def test_an_in_memory_sqlite_database_leaves_no_file(tmp_path, monkeypatch):
+    from martinet.store import open_database
+
+    monkeypatch.chdir(tmp_path)
+    open_database("sqlite:///:memory:").close()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_database_url_can_come_from_a_private_file(tmp_path):
     secret = tmp_path / "db-url"
     secret.write_text("postgresql://martinet:s3cret@db.internal/martinet\n")
