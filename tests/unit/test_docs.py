@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -82,7 +81,6 @@ def test_the_site_builds_strictly(tmp_path):
     """`mkdocs build --strict`: a broken link or anchor, a page missing from the nav, a
     nav entry without its page, or a README region the home page takes that is gone,
     fails. It takes about a second."""
-    started = time.monotonic()
     run = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
         cwd=ROOT,  # the snippets' base path: the README's regions are read from here
@@ -94,7 +92,6 @@ def test_the_site_builds_strictly(tmp_path):
     assert run.returncode == 0, "mkdocs build --strict fails:\n" + log
     assert "WARNING" not in log, log
     assert (tmp_path / "site" / "index.html").exists(), log
-    assert time.monotonic() - started < 60, "the site's build got slow:\n" + log
 
 
 def test_the_site_shows_the_readmes_own_parts_from_the_readme():
