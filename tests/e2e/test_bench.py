@@ -7,6 +7,8 @@ speed targets live in scripts/bench.py's figures, not in tests.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,14 +22,24 @@ TINY = ["--repeat", "1", "--tasks", "300", "--paced", "40", "--timers", "20", "-
 
 
 def bench(*args: str) -> dict[str, dict[str, float]]:
-    """Run scripts/bench.py; the medians of each scenario's JSON line."""
-    out = subprocess.run(
+    """Run scripts/bench.py; the medians of each scenario's JSON line. It runs in a process
+    group of its own, killed after, so that the daemons and workers it started go with it
+    even when the test is cut short (its time limit): none is left behind."""
+    proc = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "bench.py"), *args],
-        capture_output=True, text=True, timeout=240, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True,
     )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "median" in out.stdout  # the human table
-    records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "median" in stdout  # the human table
+    records = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     return {r["scenario"]: {k: v["median"] for k, v in r["results"].items()} for r in records}
 
 
