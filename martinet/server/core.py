@@ -32,6 +32,7 @@ from martinet.server import claims, elsewhere, ops, outcomes, timers, workers
 from martinet.server.outbox import Outbox
 from martinet.server.state import DB_ERRORS, Messages, State, error
 from martinet.server.state import Request as Call
+from martinet.store import DeferredWriteFailed
 
 log = logging.getLogger("martinet.daemon")
 
@@ -50,12 +51,36 @@ class Core(State):
         """Read what arrived, write it and the turn's claims in one transaction (group
         commit), and say what to send: replies, acks, events, and tasks. `heard`: what
         other writers committed (elsewhere.py; None: some of it may have been missed)."""
-        out = Outbox()
+        refusals: list[tuple[bytes, Reply]] = []
         if self.budgets.rate:
-            client, status, worker = (self._within_budget(name, msgs, now, out) for name, msgs in (
+            client, status, worker = (self._within_budget(name, msgs, now, refusals) for name, msgs in (
                 ("client", client), ("status", status), ("worker", worker)))  # fmt: skip
         if self.notes_lost:  # a turn that held notes was rolled back: look at everything
             heard, self.notes_lost = None, False
+        try:
+            out = self._written(client, status, worker, now, heard, refusals)
+        except DeferredWriteFailed as exc:
+            # Which write failed, and so whose error it is, is unknown (store/pg.py): the turn is
+            # taken again with every write sent on its own, so that a bad one costs only itself.
+            log.warning("%s; taking the turn again, each write sent on its own", exc)
+            with self.store.writes_at_once():
+                out = self._written(client, status, worker, now, heard, refusals)
+        self.answer_waiters(out)
+        return out
+
+    def _written(
+        self,
+        client: Messages,
+        status: Messages,
+        worker: Messages,
+        now: float,
+        heard: Sequence[dict[str, Any]] | None,
+        refusals: list[tuple[bytes, Reply]],
+    ) -> Outbox:
+        """The turn's transaction: what arrived and what it decides, written and committed
+        (or rolled back, its state changes undone); what to send once it is over."""
+        out = Outbox()
+        out.replies.extend(refusals)
         troubled = self.db_health.trouble is not None
         changes = self.store.changes() if troubled else None
         saved = self._begin()
@@ -82,6 +107,9 @@ class Core(State):
                 out.events = self.hub.record(self.store, out.events, now, ids=bool(self.hub.subscribers))
                 elsewhere.tell(self, out, recorded, now)
                 committing = time.perf_counter()
+        except DeferredWriteFailed:
+            self._undo(saved)  # (the transaction is rolled back): taken again by turn()
+            raise
         except DB_ERRORS as exc:
             self._rollback(saved, exc, out, now)
             self.notes_lost = heard is None or bool(heard)
@@ -99,7 +127,6 @@ class Core(State):
             # Elsewhere any commit ends the trouble (no cheap count there).
             if troubled and (changes is None or self.store.changes() != changes):
                 self.db_health.committed(now)
-        self.answer_waiters(out)
         return out
 
     def _begin(self) -> tuple[Any, ...]:
@@ -145,7 +172,9 @@ class Core(State):
         self.wakeup_dirty = self.dispatch_pending = True
         self.rate_wakeup = None
 
-    def _within_budget(self, sock_name: str, msgs: Messages, now: float, out: Outbox) -> Messages:
+    def _within_budget(
+        self, sock_name: str, msgs: Messages, now: float, refusals: list[tuple[bytes, Reply]]
+    ) -> Messages:
         """The messages within their connection's budget (budget.py); a request over it is
         refused with the reason, anything else dropped (outcomes are sent again)."""
         allow, rate = self.budgets.allow, self.settings.peer_rate
@@ -159,7 +188,7 @@ class Core(State):
             )
             if sock_name == "client" and (rid := protocol.recover_rid(frames)) is not None:
                 why = f"over {rate} requests a second from one connection (the daemon's peer_rate): slow down"
-                out.replies.append((ident, Reply(rid, False, error=error("Busy", why), rid_first=True)))
+                refusals.append((ident, Reply(rid, False, error=error("Busy", why), rid_first=True)))
         return kept
 
     def _admin_only(self, op: str, ident: bytes) -> None:

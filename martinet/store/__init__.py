@@ -80,6 +80,7 @@ from martinet.store.connect import (
 from martinet.store.daemons import Daemons
 from martinet.store.leases import Leases
 from martinet.store.listen import Changes
+from martinet.store.pg import DeferredWriteFailed
 from martinet.store.queues import Queues
 from martinet.store.retention import EVENT_COLUMNS, PRUNE_BATCH, Retention
 from martinet.store.rows import TASK_DEFAULTS, Pruned, RunningRow
@@ -89,6 +90,7 @@ from martinet.store.search import INFO_COLUMNS, TIME_COLUMNS, Reads
 __all__ = [
     "Changes",
     "DRIVERS",
+    "DeferredWriteFailed",
     "EVENT_COLUMNS",
     "INFO_COLUMNS",
     "PRUNE_BATCH",

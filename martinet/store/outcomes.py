@@ -187,16 +187,19 @@ class Outcomes(Dependents):
             shapes.setdefault(tuple(ending.changes), []).append(
                 [*ending.changes.values(), row.id, row.attempt]
             )
+        # On PostgreSQL both go with the next statement, unread: the rows were read FOR
+        # UPDATE by this transaction, so no one else changed them meanwhile.
+        later = self.is_postgres
         for columns, params in shapes.items():
-            changed = self._update_held(columns, params)
-            if changed != len(params):
+            changed = self._update_held(columns, params, counted=not later)
+            if changed is not None and changed != len(params):
                 raise StoreError(f"{len(params) - changed} of {len(params)} attempts changed meanwhile")
         attempts = [attempt_row(row, ending.outcome, ending.logged, now) for row, ending in ended]
         if self.is_mysql:
             for attempt in attempts:
                 self._insert("attempt", attempt)
         else:
-            self._insert_rows("attempt", attempts)
+            self._insert_rows("attempt", attempts, ids=not later)
 
     def _ended_info(self, row: RunningRow | Task, ending: Ending, now: float) -> dict[str, Any]:
         """What became of a task whose attempt ended (written): for the daemon's logs and events."""

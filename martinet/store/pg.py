@@ -16,6 +16,13 @@ statements they wrap; deferred, they cost none, and the isolation is the same:
 - A transaction that sent nothing commits or rolls back without a word to the server.
 - Rows whose ids no one reads (a turn's events when no one subscribes) are inserted
   with the COMMIT.
+- Writes whose result no one reads (a handler's start, an outcome's UPDATE and its
+  attempt row) go with the next statement too (`defer_prepared`), prepared as any other.
+  Should one of them fail, the statement it went with raises DeferredWriteFailed, an
+  OperationalError, never the error of the request or batch that happened to carry it
+  (whose savepoint would catch it and go on): the daemon rolls the turn back and takes
+  it again with every write sent at once (`writes_at_once`), so that an error is its
+  own statement's, and a bad outcome costs only itself.
 
 The statements the store runs again and again are prepared, once a connection, at
 their third use (`execute_prepared`): PostgreSQL then plans them once, where it
@@ -28,7 +35,8 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import peewee
@@ -39,12 +47,22 @@ _PLACEHOLDER = re.compile(r"%%|%s")
 _PREPARABLE = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b", re.IGNORECASE)  # not SAVEPOINT, ...
 
 
+class DeferredWriteFailed(peewee.OperationalError):
+    """A write deferred to go with a later statement failed (see the module): the
+    transaction as a whole failed, whatever statement carried it."""
+
+
+class _Write(str):
+    """A deferred statement that writes (see DeferredWriteFailed), not BEGIN or a savepoint."""
+
+
 class _Session(threading.local):
     """What belongs to one connection: peewee gives each thread its own (an embedded
     daemon opens its database in the caller's thread and runs its loop in another)."""
 
     def __init__(self) -> None:
         self.deferred: list[str] = []
+        self.at_once = False  # (writes_at_once)
         self.prepared: dict[str, tuple[str, int]] = {}  # sql: (name, parameter count)
         self.uses: dict[str, int] = {}
 
@@ -69,20 +87,42 @@ class PgDatabase(peewee.PostgresqlDatabase):
             database, register_unicode, encoding, isolation_level, prefer_psycopg3=prefer_psycopg3, **kwargs
         )
 
-    def defer(self, sql: str, params: Sequence[Any] = ()) -> None:
-        """Send `sql` (its parameters bound here; no result read) with the next statement."""
+    def defer(self, sql: str, params: Sequence[Any] = (), write: bool = False) -> None:
+        """Send `sql` (its parameters bound here; no result read) with the next statement.
+        `write`: its failure fails the transaction (DeferredWriteFailed)."""
         if params:
             sql = self.connection().cursor().mogrify(sql, params).decode()  # type: ignore[no-untyped-call]
         # A string sent with parameters is read for placeholders whole: a % of ours is doubled.
-        self._session.deferred.append(sql.replace("%", "%%"))
+        sql = sql.replace("%", "%%")
+        self._session.deferred.append(_Write(sql) if write else sql)
 
-    def take_back(self, sql: str) -> bool:
+    def defer_prepared(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """A write whose result no one reads, run as execute_prepared runs it, sent with
+        the next statement (the COMMIT at the latest); at once outside a transaction."""
+        if self.transaction_depth() == 0 or self._session.at_once:
+            self.execute_prepared(sql, params)
+            return
+        self.defer(self._prepared_text(sql), params, write=True)
+
+    @contextmanager
+    def writes_at_once(self) -> Iterator[None]:
+        """Within: defer_prepared sends each write at once, so that an error is its own."""
+        self._session.at_once = True
+        try:
+            yield
+        finally:
+            self._session.at_once = False
+
+    def take_back(self, sql: str, undo: bool = True) -> bool:
         """Forget `sql` (no parameters, no %) and what was deferred after it, if it was not
-        sent yet (True)."""
+        sent yet (True). Unless `undo`, only if nothing deferred after it writes."""
         deferred = self._session.deferred
         if sql not in deferred:
             return False
-        del deferred[deferred.index(sql) :]
+        at = deferred.index(sql)
+        if not undo and any(isinstance(d, _Write) for d in deferred[at:]):
+            return False
+        del deferred[at:]
         return True
 
     def forget_deferred(self) -> None:
@@ -97,6 +137,11 @@ class PgDatabase(peewee.PostgresqlDatabase):
         """`sql` (psycopg2's placeholders) as a prepared statement of this connection,
         prepared at its PREPARE_AT-th use. PREPARE outlives a rollback; one that fails (a parameter
         of no type PostgreSQL can tell) is undone by a savepoint and `sql` runs unprepared."""
+        return self.execute_sql(self._prepared_text(sql), params)
+
+    def _prepared_text(self, sql: str) -> str:
+        """What runs `sql`: EXECUTE of its prepared statement, prepared now if this is its
+        PREPARE_AT-th use; `sql` itself before that, or when it cannot be prepared."""
         session = self._session
         found = session.prepared.get(sql)
         if found is None:
@@ -105,19 +150,17 @@ class PgDatabase(peewee.PostgresqlDatabase):
                 or len(session.prepared) >= PREPARED_MAX
                 or not _PREPARABLE.match(sql)
             ):
-                return self.execute_sql(sql, params)
+                return sql
             if len(session.uses) > 10 * PREPARED_MAX:  # statements of one-off shapes: counted afresh
                 session.uses.clear()
             uses = session.uses[sql] = session.uses.get(sql, 0) + 1
             if uses < PREPARE_AT:
-                return self.execute_sql(sql, params)
+                return sql
             found = self._prepare(sql)
             if found is None:
-                return self.execute_sql(sql, params)
+                return sql
         name, count = found
-        return self.execute_sql(
-            f"EXECUTE {name}({', '.join(['%s'] * count)})" if count else f"EXECUTE {name}", params
-        )
+        return f"EXECUTE {name}({', '.join(['%s'] * count)})" if count else f"EXECUTE {name}"
 
     def _prepare(self, sql: str) -> tuple[str, int] | None:
         count = 0
@@ -148,11 +191,22 @@ class PgDatabase(peewee.PostgresqlDatabase):
         return name, count
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
+        if not self._session.deferred:
+            return super().execute_sql(sql, params)  # type: ignore[no-untyped-call]
+        return self._with_deferred([sql], params)
+
+    def _with_deferred(self, statements: list[str], params: Any) -> Any:
+        """What waits, then `statements`, in one query string (see DeferredWriteFailed)."""
         deferred = self._session.deferred
-        if deferred:
-            sql = "; ".join([*deferred, sql])
-            deferred.clear()
-        return super().execute_sql(sql, params)  # type: ignore[no-untyped-call]
+        writes = any(isinstance(d, _Write) for d in deferred)
+        sql = "; ".join([*deferred, *statements])
+        deferred.clear()
+        try:
+            return super().execute_sql(sql, params)  # type: ignore[no-untyped-call]
+        except peewee.DatabaseError as exc:
+            if not writes or isinstance(exc, peewee.OperationalError):
+                raise
+            raise DeferredWriteFailed(f"a write sent with a later statement failed: {exc}") from exc
 
     def cursor(self, named_cursor: Any = None) -> Any:
         """A cursor, with what waits sent first (for callers that execute on it directly)."""
@@ -161,11 +215,8 @@ class PgDatabase(peewee.PostgresqlDatabase):
 
     def _send_deferred(self) -> None:
         """What waits, sent now on its own (a round trip)."""
-        deferred = self._session.deferred
-        if deferred:
-            sql = "; ".join(deferred)
-            deferred.clear()
-            super().execute_sql(sql)  # type: ignore[no-untyped-call]  # (peewee binds, if only ())
+        if self._session.deferred:
+            self._with_deferred([], None)  # (peewee binds, if only ())
 
     def begin(self, isolation_level: Any = None) -> None:
         if isolation_level is None and not getattr(self, "_isolation_level", None):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
 
 import peewee
@@ -100,6 +101,17 @@ class SqlKit:
         cursor: Cursor = self.db.execute_sql(ready, tuple(params))
         return cursor
 
+    def _write_later(self, sql: str, params: Iterable[Any] = ()) -> None:
+        """A write whose result no one reads: on PostgreSQL sent with the next statement
+        (pg.PgDatabase.defer_prepared), elsewhere at once."""
+        if isinstance(self.db, PgDatabase):
+            ready = self._sql_cache.get(sql)
+            if ready is None:
+                ready = self._sql_cache[sql] = sql.replace("?", self.db.param)
+            self.db.defer_prepared(ready, tuple(params))
+            return
+        self._exec(sql, params)
+
     def _adapt(self, sql: str) -> str:
         """`?` placeholders to the driver's (not cached: for statements that vary without end)."""
         return sql.replace("?", self.db.param)
@@ -120,38 +132,42 @@ class SqlKit:
             return new_id
         return self._exec(sql, row.values()).lastrowid
 
-    def _insert_rows(self, table: str, rows: list[dict[str, Any]]) -> list[int]:
+    def _insert_rows(self, table: str, rows: list[dict[str, Any]], ids: bool = True) -> list[int]:
         """Rows in multi-row INSERTs, each run of rows with the same columns in one (a column
         a row leaves out is NULL: fewer values to bind, the larger part of a row's cost);
         on PostgreSQL an INSERT ... SELECT FROM unnest(arrays), a column an array, one text
-        whatever the count (prepared); returns their ids in order. Not on MySQL.
+        whatever the count (prepared); returns their ids in order. Not on MySQL. Without
+        `ids`, on PostgreSQL, sent with the next statement (_write_later), and [] returned.
 
         SQLite numbers the rows of one INSERT one after another (the transaction holds
         the only write lock), so the ids end at lastrowid; PostgreSQL draws each row's
         id from the table's sequence as it reads the rows, in order, so the ids it
         returns, sorted, are the rows' (whatever order RETURNING gives them in)."""
-        ids: list[int] = []
+        made: list[int] = []
         start = 0
         while start < len(rows):
             columns = rows[start].keys()
             end = start + 1
             while end < len(rows) and rows[end].keys() == columns:
                 end += 1
-            ids += self._insert_run(table, rows[start:end])
+            made += self._insert_run(table, rows[start:end], ids)
             start = end
-        return ids
+        return made
 
-    def _insert_run(self, table: str, rows: list[dict[str, Any]]) -> list[int]:
+    def _insert_run(self, table: str, rows: list[dict[str, Any]], ids: bool = True) -> list[int]:
         columns = list(rows[0])
         if self.is_postgres:  # one text whatever the count: prepared (pg.py)
             sql = self._insert_sql.get((table, ("unnest", *columns)))
             if sql is None:
                 sql = self._insert_sql[(table, ("unnest", *columns))] = (
                     f"INSERT INTO {table} ({', '.join(map(self._name, columns))})"
-                    f" SELECT * FROM unnest({self._arrays(table, columns)}) RETURNING id"
+                    f" SELECT * FROM unnest({self._arrays(table, columns)})"
                 )
             arrays = [[row[column] for row in rows] for column in columns]
-            return sorted(r[0] for r in self._exec(sql, arrays))
+            if not ids:
+                self._write_later(sql, arrays)
+                return []
+            return sorted(r[0] for r in self._exec(sql + " RETURNING id", arrays))
         per = max(1, self.max_params // len(columns))
         one = f"({', '.join('?' * len(columns))})"
         head = f"INSERT INTO {table} ({', '.join(map(self._name, columns))}) VALUES "
@@ -170,12 +186,14 @@ class SqlKit:
             sql = self._update_sql[(tuple(changes), where)] = f"UPDATE task SET {assignments} WHERE {where}"
         return self._exec(sql, [*changes.values(), *params]).rowcount
 
-    def _update_held(self, columns: tuple[str, ...], rows: list[list[Any]]) -> int:
+    def _update_held(
+        self, columns: tuple[str, ...], rows: list[list[Any]], counted: bool = True
+    ) -> int | None:
         """Held tasks' new values: each row is the values of `columns`, then the task's
         id and attempt (rows.FENCE); returns how many tasks changed. On PostgreSQL one
         UPDATE ... FROM unnest(arrays), a column an array: one text whatever the count,
-        prepared; elsewhere an executemany (SQLite runs it in process; MySQL, a statement
-        a row)."""
+        prepared, and not `counted`, sent with the next statement (_write_later; None);
+        elsewhere an executemany (SQLite runs it in process; MySQL, a statement a row)."""
         if not self.is_postgres:
             sql = self._update_sql.get((columns, "many"))
             if sql is None:  # kept with the driver's placeholders: this runs every turn
@@ -195,7 +213,11 @@ class SqlKit:
                 f" AS v({names}, fenced_id, fenced_attempt) WHERE task.id = v.fenced_id"
                 f" AND task.attempt = v.fenced_attempt AND (task.status || '') IN ({sql_list(HELD)})"  # by_id_status
             )
-        changed: int = self._exec(sql, [list(values) for values in zip(*rows, strict=True)]).rowcount
+        arrays = [list(values) for values in zip(*rows, strict=True)]
+        if not counted:
+            self._write_later(sql, arrays)
+            return None
+        changed: int = self._exec(sql, arrays).rowcount
         return changed
 
     def _arrays(self, table: str, columns: Iterable[str]) -> str:
@@ -218,6 +240,11 @@ class SqlKit:
         if self.db.transaction_depth() == 0:
             return _Transaction(self.db)
         return _Savepoint(self)
+
+    def writes_at_once(self) -> AbstractContextManager[None]:
+        """Within: every write is sent as it is made, none with a later statement (on
+        PostgreSQL; elsewhere they always are): see pg.DeferredWriteFailed."""
+        return self.db.writes_at_once() if isinstance(self.db, PgDatabase) else nullcontext()
 
     def changes(self) -> int | None:
         """Rows this connection has changed so far (SQLite), so that a caller can tell a
@@ -270,7 +297,9 @@ class _Savepoint:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         db = self.store.db
         if isinstance(db, PgDatabase):
-            if db.take_back(f"SAVEPOINT {self.name}"):  # nothing was sent inside it
+            if db.take_back(
+                f"SAVEPOINT {self.name}", undo=exc_type is not None
+            ):  # nothing was sent inside it
                 self.store.savepoints -= 1
                 return
             if exc_type is None:

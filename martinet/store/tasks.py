@@ -324,15 +324,16 @@ class Tasks(Dependents):
         )
         return row.queue, row.name
 
-    def start(self, starts: list[tuple[int, int, str]], now: float) -> int:
+    def start(self, starts: list[tuple[int, int, str]], now: float) -> None:
         """Handlers started these (id, attempt, worker): each leased task is running from
         `now` (started_at). Fenced like an outcome: an old attempt, another worker's, or
-        one already running or ended changes nothing. Returns how many started."""
+        one already running or ended changes nothing."""
         if not starts:
-            return 0
-        if self.is_postgres:  # one statement, not one round trip a start
+            return
+        if self.is_postgres:  # one statement, sent with the next one (no count is read)
             ids, attempts, workers = zip(*starts, strict=True)
-            return self._exec(_PG_START, (now, now, list(ids), list(attempts), list(workers))).rowcount
+            self._write_later(_PG_START, (now, now, list(ids), list(attempts), list(workers)))
+            return
         sql = self._update_sql.get((("status", "started_at"), "start"))
         if sql is None:
             sql = (
@@ -342,4 +343,3 @@ class Tasks(Dependents):
             self._update_sql[(("status", "started_at"), "start")] = sql
         cursor: Cursor = self.db.cursor()
         cursor.executemany(sql, [(now, now, task_id, attempt, worker) for task_id, attempt, worker in starts])
-        return cursor.rowcount

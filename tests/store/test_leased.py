@@ -19,19 +19,19 @@ def test_a_claimed_task_is_leased_until_a_handler_starts_it(store):
     info = maybe_task_info(store.get_task(task_id))
     assert (info["status"], info["worker"], info["started_at"]) == ("leased", "w1", None)
     # Fenced as an outcome is: another attempt, another worker, change nothing
-    assert store.start([(task_id, 2, "w1"), (task_id, 1, "w2"), (999, 1, "w1")], NOW + 1) == 0
+    store.start([(task_id, 2, "w1"), (task_id, 1, "w2"), (999, 1, "w1")], NOW + 1)
     assert row(task_id).status == "leased"
     # When its handler starts, it is running from then
-    assert store.start([(task_id, 1, "w1")], NOW + 2) == 1
+    store.start([(task_id, 1, "w1")], NOW + 2)
     r = row(task_id)
     assert (r.status, r.started_at, r.lease_expires) == ("running", NOW + 2, NOW + LEASE)
-    assert store.start([(task_id, 1, "w1")], NOW + 3) == 0  # a start counts once
+    store.start([(task_id, 1, "w1")], NOW + 3)  # a start counts once
     assert row(task_id).started_at == NOW + 2
     # Its attempt's duration counts from the start, not the claim
     store.complete(task_id, 1, "w1", "ok", NOW + 5)
     (attempt,) = attempt_infos(store.attempts(task_id))
     assert attempt["duration"] == 3.0
-    assert store.start([(task_id, 1, "w1")], NOW + 6) == 0  # ended: no start changes it
+    store.start([(task_id, 1, "w1")], NOW + 6)  # ended: no start changes it
     assert row(task_id).status == "succeeded"
 
 
@@ -41,7 +41,7 @@ def test_progress_or_an_outcome_before_the_start_report_implies_the_start(store)
     assert store.progress(a, 1, "w1", 0.5, "half", NOW + 1)
     assert (row(a).status, row(a).started_at) == ("running", NOW + 1)
     assert not store.progress(a, 1, "w2", 0.6, None, NOW + 2)  # fenced by worker
-    assert store.start([(a, 1, "w1")], NOW + 3) == 0  # the late report changes nothing
+    store.start([(a, 1, "w1")], NOW + 3)  # the late report changes nothing
     assert row(a).started_at == NOW + 1
     # An outcome of a leased attempt ends it: its start is unknown, so says its attempt row
     assert store.complete(b, 1, "w1", "ok", NOW + 4)["status"] == "succeeded"

@@ -127,12 +127,60 @@ def test_a_turn_of_starts_and_outcomes_costs_one_round_trip_a_kind_of_change(cor
     # Both workers' starts and outcomes in one turn, and a claim for each worker
     core.turn(status=both)
     sent = trips.take()
-    # the held rows read; their updates (the starts that came with them included); their
-    # attempt rows; 2 claims; the commit, with the events (no one subscribes: their ids
-    # are not read back)
-    assert len(sent) == 6, sent
+    # the held rows read (FOR UPDATE); their updates (the starts that came with them
+    # included) and their attempt rows, unread, sent with the first of 2 claims; the
+    # commit, with the events (no one subscribes: their ids are not read back)
+    assert len(sent) == 4, sent
+    assert "INSERT INTO attempt" not in sent[0] and "RETURNING" not in sent[1].split("; EXECUTE")[1]
     assert not any("status = 'running'" in s for s in sent), "a start written on its own"
     assert not any(s.lstrip().startswith(("SAVEPOINT", "RELEASE", "BEGIN")) and ";" not in s for s in sent)
+
+
+def test_a_turn_of_starts_alone_is_one_round_trip(core):
+    core.turn(worker=[hello("w1")])
+    tasks = [core.submit("t") for _ in range(PREPARE_AT + 2)]
+    core.turn()
+    trips = Trips(core.store.db)
+    for i, task_id in enumerate(tasks):  # (one at a time: the worker has one thread)
+        core.turn(status=[(Cmd.STARTED, {"worker_id": "w1", "started": [[task_id, 1]]})])
+        sent = trips.take()
+        assert core.store.get_task(task_id).status == "running"
+        if i >= PREPARE_AT:  # prepared: BEGIN, the start's UPDATE, COMMIT in one string
+            assert len(sent) == 1 and sent[0].startswith("BEGIN") and sent[0].endswith("COMMIT"), sent
+        core.turn(
+            status=[(Cmd.ENDED, {"worker_id": "w1", "ended": [{"id": task_id, "attempt": 1, "ok": True}]})]
+        )
+        trips.take()
+
+
+def test_a_write_sent_with_a_later_statement_that_fails_costs_only_itself(core, caplog):
+    """An outcome's UPDATE and attempt row go with the next statement. Should the server
+    refuse them, the statement that carried them fails, whoever's it is (here a worker's
+    hello, whose savepoint would drop that hello alone and go on): the turn is rolled back
+    and taken again with each write sent on its own, so the outcome fails alone and is
+    not acknowledged (its worker sends it again), and the rest of the turn stands."""
+    core.turn(worker=[hello("w1")])
+    task_id = core.submit("t")
+    core.turn()
+    done = (Cmd.ENDED, {"worker_id": "w1", "started": [[task_id, 1]],
+                        "ended": [{"id": task_id, "attempt": 1, "ok": True}]})  # fmt: skip
+    core.store.db.execute_sql(
+        "ALTER TABLE attempt ADD CONSTRAINT refuses_success CHECK (outcome <> 'succeeded')"
+    )
+    try:
+        sent = core.turn(status=[done], worker=[hello("w2")])
+        assert not [m for m in sent if m[0] == "status"], sent  # not acknowledged
+        assert [h for _s, ident, cmd, h in sent if ident == b"w2" and cmd is Cmd.WELCOME], sent
+        assert (
+            "a write sent with a later statement failed" in caplog.text and "refuses_success" in caplog.text
+        )
+        assert core.server.db_health.trouble is None  # a refusal, not the database in trouble
+        assert core.store.get_task(task_id).status == "running"  # its start stands
+    finally:
+        core.store.db.execute_sql("ALTER TABLE attempt DROP CONSTRAINT refuses_success")
+    sent = core.turn(status=[done])  # sent again: written, acknowledged
+    assert [h["acks"] for sock, _i, _c, h in sent if sock == "status"] == [[[task_id, 1]]]
+    assert core.store.get_task(task_id).status == "succeeded"
 
 
 def test_through_a_pooled_url_nothing_is_prepared(pg_url, make_core):
