@@ -25,7 +25,8 @@ drain as a share of the lower floor, when throughput and floor both ran). Scenar
   latency     2,000 tasks paced at 200/s into idle workers: execute call to handler start
   store       the daemon's store in one process, no sockets: turns of 20 tasks (as in a
               drain) and of 1 (as in a sequential call), each checked, submitted, claimed,
-              ended and committed; µs a task by phase. Little noise: for before and after
+              ended and committed; µs a task by phase. Little noise: for before and after.
+              PostgreSQL too with --postgres (pg_store_)
   floor       raw pyzmq to 2 processes with credit, and raw SQLite (and PostgreSQL, with
               --postgres) insert+update in batches
   backends    throughput and latency again on PostgreSQL (--postgres URL; its martinet
@@ -518,7 +519,20 @@ def scenario_store(args) -> dict:
     check and submit K tasks, claim them, end them and commit, as the daemon's turn does
     (with its checkpointer). µs a task by phase for K = 20 (a drain's turn), and the µs of
     a one-task turn and of its commit (a sequential call's). One process, so the figures
-    move far less than the whole system's: use them to compare a change of the hot path."""
+    move far less than the whole system's: use them to compare a change of the hot path.
+    On PostgreSQL too with --postgres (pg_store_...): there the phases' split says less
+    (writes whose result is not read go with the next statement, store/pg.py), the
+    totals what a turn costs, its round trips included."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = store_turns(args, f"sqlite:///{tmp}/store.db{SQLITE_QUERY}", "store")
+    if args.postgres:
+        drop_tables(args.postgres)
+        result.update(store_turns(args, args.postgres, "pg_store"))
+    return result
+
+
+def store_turns(args, db_url: str, label: str) -> dict:
+    """scenario_store on the database at `db_url`: its figures, named `label`_..."""
     from martinet.config import Settings
     from martinet.store import Outcome, Store, WalCheckpointer
     from martinet.validate import Limits, check_task
@@ -527,47 +541,47 @@ def scenario_store(args) -> dict:
     limits = Limits(defaults.max_payload, defaults.max_name_length)
     phases = ("check", "submit", "claim", "end", "commit")
     request_ids = itertools.count(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        db = open_database(f"sqlite:///{tmp}/store.db{SQLITE_QUERY}")
-        checkpointer = WalCheckpointer(db).start()
-        store = Store(db)
+    db = open_database(db_url)
+    checkpointer = WalCheckpointer(db).start() if db_url.startswith("sqlite") else None
+    store = Store(db)
 
-        def turns(count: int, per_turn: int) -> dict[str, float]:
-            spent = dict.fromkeys(phases, 0.0)
-            for _ in range(count):
-                now = time.time()
-                t0 = time.perf_counter()
-                with store.atomic():
-                    specs = [
-                        check_task({"name": "bench.noop", "args": {"n": i}, "request_id": f"b{next(request_ids):012d}"},
-                                   limits, defaults.max_attempts)
-                        for i in range(per_turn)
-                    ]  # fmt: skip
-                    t1 = time.perf_counter()
-                    store.submit_many(specs, now)
-                    t2 = time.perf_counter()
-                    rows = store.claim("bench-0", ["bench.noop"], per_turn, now, defaults.lease)
-                    t3 = time.perf_counter()
-                    store.end_attempts(
-                        [Outcome(r["id"], r["attempt"], "bench-0", "succeeded") for r in rows], now
-                    )
-                    t4 = time.perf_counter()
-                took = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, time.perf_counter() - t4)
-                for phase, seconds in zip(phases, took, strict=True):
-                    spent[phase] += seconds
-            return {phase: seconds / (count * per_turn) * 1e6 for phase, seconds in spent.items()}
+    def turns(count: int, per_turn: int) -> dict[str, float]:
+        spent = dict.fromkeys(phases, 0.0)
+        for _ in range(count):
+            now = time.time()
+            t0 = time.perf_counter()
+            with store.atomic():
+                specs = [
+                    check_task({"name": "bench.noop", "args": {"n": i}, "request_id": f"b{next(request_ids):012d}"},
+                               limits, defaults.max_attempts)
+                    for i in range(per_turn)
+                ]  # fmt: skip
+                t1 = time.perf_counter()
+                store.submit_many(specs, now)
+                t2 = time.perf_counter()
+                rows = store.claim("bench-0", ["bench.noop"], per_turn, now, defaults.lease)
+                t3 = time.perf_counter()
+                store.end_attempts(
+                    [Outcome(r["id"], r["attempt"], "bench-0", "succeeded") for r in rows], now
+                )
+                t4 = time.perf_counter()
+            took = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, time.perf_counter() - t4)
+            for phase, seconds in zip(phases, took, strict=True):
+                spent[phase] += seconds
+        return {phase: seconds / (count * per_turn) * 1e6 for phase, seconds in spent.items()}
 
-        try:
-            turns(50, 20)  # warm: statements prepared, pages cached
-            batch = turns(max(10, args.tasks // 20), 20)
-            single = turns(max(10, min(args.tasks, 2000)), 1)
-        finally:
+    try:
+        turns(50, 20)  # warm: statements prepared, pages cached
+        batch = turns(max(10, args.tasks // 20), 20)
+        single = turns(max(10, min(args.tasks, 2000)), 1)
+    finally:
+        if checkpointer is not None:
             checkpointer.stop()
-            db.close()
-    result = {f"store_{phase}_us": round(batch[phase], 1) for phase in phases}
-    result["store_us_per_task"] = round(sum(batch.values()), 1)
-    result["store_one_task_turn_us"] = round(sum(single.values()), 1)
-    result["store_one_task_commit_us"] = round(single["commit"], 1)
+        db.close()
+    result = {f"{label}_{phase}_us": round(batch[phase], 1) for phase in phases}
+    result[f"{label}_us_per_task"] = round(sum(batch.values()), 1)
+    result[f"{label}_one_task_turn_us"] = round(sum(single.values()), 1)
+    result[f"{label}_one_task_commit_us"] = round(single["commit"], 1)
     return result
 
 

@@ -143,8 +143,9 @@ def test_the_scenarios_that_build_a_million_rows_run_with_tiny_numbers():
 
 
 def test_the_backends_scenario_runs_on_postgresql():
-    results = bench(*TINY, "--postgres", backends.check("postgresql"), "backends", "floor", "users")
+    results = bench(*TINY, "--postgres", backends.check("postgresql"), "backends", "floor", "users", "store")
     assert USERS <= set(results["users"])  # as users run it, on SQLite and PostgreSQL
+    assert {"pg_store_us_per_task", "pg_store_one_task_turn_us"} <= set(results["store"])
     assert {"pg_drain_per_s", "pg_submit_seq_per_s", "pg_submit_bulk_per_s", "pg_latency_p99_ms"} <= set(
         results["backends"]
     )
