@@ -25,8 +25,8 @@ class Daemons(SqlKit):
         DaemonRow.insert(started_at=now, beat_at=now, **row).execute()
 
     def daemon_beat(self, daemon_id: str, now: float) -> None:
-        DaemonRow = self.DaemonRow
-        DaemonRow.update(beat_at=now).where(DaemonRow.id == daemon_id).execute()
+        """(On PostgreSQL sent with the next statement: no count is read.)"""
+        self._write_later("UPDATE daemon SET beat_at = ? WHERE id = ?", (now, daemon_id))
 
     def daemon_stopped(self, daemon_id: str, now: float) -> None:
         """A daemon stopped (or was found dead: its process is gone)."""

@@ -24,14 +24,14 @@ def test_renew_leases_extends_only_listed_workers_with_half_the_lease_gone(store
     theirs = submit(store, name="b")
     claim_one(store, worker="w1", name="a")
     claim_one(store, worker="w2", name="b")
-    assert store.renew_leases([], NOW + 20, LEASE) == 0
-    assert store.renew_leases(["w1"], NOW + 10, LEASE) == 0  # 20 s of 30 left: not yet
+    store.renew_leases([], NOW + 20, LEASE)
+    store.renew_leases(["w1"], NOW + 10, LEASE)  # 20 s of 30 left: not yet
     assert row(mine).lease_expires == NOW + LEASE
-    assert store.renew_leases(["w1", "ghost"], NOW + 16, LEASE) == 1  # 14 s left: renew
+    store.renew_leases(["w1", "ghost"], NOW + 16, LEASE)  # 14 s left: renew
     assert row(mine).lease_expires == NOW + 16 + LEASE
     assert row(theirs).lease_expires == NOW + LEASE
     queued = submit(store, name="c")
-    assert store.renew_leases(["w1", "w2"], NOW + 29, LEASE) == 1  # only w2's; queued untouched
+    store.renew_leases(["w1", "w2"], NOW + 29, LEASE)  # only w2's; queued untouched
     assert row(theirs).lease_expires == NOW + 29 + LEASE
     assert row(queued).lease_expires is None
 

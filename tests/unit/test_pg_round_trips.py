@@ -136,6 +136,31 @@ def test_a_turn_of_starts_and_outcomes_costs_one_round_trip_a_kind_of_change(cor
     assert not any(s.lstrip().startswith(("SAVEPOINT", "RELEASE", "BEGIN")) and ";" not in s for s in sent)
 
 
+def test_a_tick_sends_its_writes_with_its_reads(core):
+    """Each heartbeat interval: the leases of busy workers renewed and this daemon's beat
+    (writes no one reads) go with the reads of expired leases, overdue tasks and the
+    daemons, not on their own."""
+    core.turn(worker=[hello("w1")])
+    task_id = core.submit("t")
+    core.turn()  # leased to w1: a busy worker, whose leases a tick renews
+    lease = core.server.settings.lease
+    trips = Trips(core.store.db)
+    for _ in range(PREPARE_AT + 1):  # (the statements prepared by the last one)
+        core.now += lease * 0.6  # past half the lease: renewed, not expired
+        core.server.next_tick = core.now
+        trips.take()
+        core.turn()
+    sent = trips.take()  # (retention's reads too, at times)
+    renewal = [q for q in sent if "lease_expires" in q and "ARRAY['w1']" in q]
+    beat = [q for q in sent if "martinet_" in q and core.server.epoch in q]
+    assert len(renewal) == len(beat) == 1, sent
+    # each with the next read: the expired leases', and the daemons'
+    assert 'FROM "task"' in renewal[0].split("; ", 2)[-1] and 'FROM "daemon"' in beat[0], sent
+    (expires,) = core.store._exec("SELECT lease_expires FROM task WHERE id = ?", (task_id,)).fetchone()
+    assert expires == core.now + lease
+    assert {d["id"]: d["beat_at"] for d in core.store.daemons()}[core.server.epoch] == core.now
+
+
 def test_a_turn_of_starts_alone_is_one_round_trip(core):
     core.turn(worker=[hello("w1")])
     tasks = [core.submit("t") for _ in range(PREPARE_AT + 2)]
