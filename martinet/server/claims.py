@@ -33,7 +33,8 @@ def claim(core: State, out: Outbox, now: float) -> None:
     where this one stopped (State.claim_round): in a long drain, a worker's credit
     freed by its outcomes is filled in one claim (the cost: the turn in which such
     a queue runs dry may give one worker up to its whole free credit and the next
-    none); the first claim a queue cannot fill starts them from one thread's
+    none); the first claim that leaves its queue empty (a claim reads one task
+    past what it takes: Claimed.more) starts them from one thread's
     worth again, so the next short queue spreads as above.
 
     Workers come by kind (the names they run, the queues they serve): a kind for
@@ -73,7 +74,7 @@ def claim(core: State, out: Outbox, now: float) -> None:
         more = filled_any  # a queue may hold more, for when credit frees up
         if dry:  # a queue ran short: the next rounds (and turns) spread from the start
             scale = 1
-        elif not idle_first:
+        elif not idle_first and tried:  # (a round that found every queue known empty: as it was)
             scale = min(scale * 2, MAX_ROUND)
         if not filled_any:  # (a filled claim took a task: the rounds are finite)
             break
@@ -155,7 +156,7 @@ def claim_for(
                 core.lanes.started(queue, row["name"], row.get("run_at", now))  # (a later one: see claim)
             rows.extend(claimed)
             held_back |= refused
-            if len(claimed) == count:
+            if claimed.more:  # (it read one past what it took)
                 filled = True
             elif not refused:  # it saw every ready task of these names there
                 core.lanes.found_empty(names, queue)  # the next plans leave it out

@@ -33,6 +33,15 @@ _PG_START = (
 )
 
 
+class Claimed(list[dict[str, Any]]):
+    """A claim's rows, and `more`: whether a ready task it could have taken was left (read
+    one past its limit; with a limit on names, whether it took all it asked for)."""
+
+    def __init__(self, rows: Iterable[dict[str, Any]] = (), more: bool = False) -> None:
+        super().__init__(rows)
+        self.more = more
+
+
 class Tasks(Dependents):
     def submit(self, spec: dict[str, Any], now: float, mark_parents: bool = True) -> tuple[int, bool]:
         """Insert one task; returns (id, created).
@@ -217,7 +226,7 @@ class Tasks(Dependents):
         queue: str | None = None,
         order: str = "fifo",
         accept: Callable[[dict[str, Any]], bool] | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> Claimed:
         """Lease up to `limit` queued tasks with these names (in `queue`) to `worker`.
 
         fifo: higher priority first, then earlier due time, then submission
@@ -232,11 +241,11 @@ class Tasks(Dependents):
         run_at whether past or not: the daemon's dispatch latency) and, when it waited on
         others, their results (`parents`). Never hands one task to two workers,
         even to daemons claiming at once (see the module docstring). Fewer than
-        `limit` (or none) when fewer are ready.
+        `limit` (or none) when fewer are ready; Claimed.more says whether more are.
         """
         names = list(names)
         if limit <= 0 or not names:
-            return []
+            return Claimed()
         sql = f" FROM {self.ready_rows} WHERE status = {_QUEUED} AND name IN ({', '.join('?' * len(names))})"
         params: list[Any] = list(names)
         if queue is not None:
@@ -247,19 +256,23 @@ class Tasks(Dependents):
         else:
             sql += " ORDER BY priority DESC, run_at, id"
         sql += " LIMIT ?"
-        params.append(limit if accept is None else limit * 2 + 8)
+        # Without `accept`, one candidate more than the limit: whether any is left (Claimed.more)
+        params.append(limit + 1 if accept is None else limit * 2 + 8)
         if self.locks_rows:
             sql += " FOR UPDATE SKIP LOCKED"
         columns = ("id", "name", "queue", "args", "attempt", "timeout", "has_parents", "run_at")
         if self.is_postgres and accept is None:  # read and leased in one round trip
-            rows = self._lease_returning("SELECT id" + sql, params, worker, now, lease, order)
+            rows, more = self._lease_returning("SELECT id" + sql, params, limit, worker, now, lease, order)
         else:
             sql = f"SELECT {', '.join(columns)}{sql}"
             rows = [dict(zip(columns, r, strict=True)) for r in self._exec(sql, params).fetchall()]
+            more = len(rows) > limit
             if accept is not None:
                 rows = [r for r in rows if accept(r)][:limit]
+                more = len(rows) == limit  # (others may lie beyond the candidates read)
+            rows = rows[:limit]
             if not rows:
-                return []
+                return Claimed()
             ids = [r["id"] for r in rows]
             self._exec(
                 f"UPDATE task SET {_LEASE} WHERE id IN ({', '.join('?' * len(ids))}) AND {self.by_id_status} = {_QUEUED}",
@@ -276,31 +289,42 @@ class Tasks(Dependents):
                 del r["run_at"]
             if r["id"] in parents:
                 r["parents"] = parents[r["id"]]
-        return rows
+        return Claimed(rows, more=more)
 
     def _lease_returning(
-        self, candidates: str, params: list[Any], worker: str, now: float, lease: float, order: str
-    ) -> list[dict[str, Any]]:
-        """PostgreSQL: the candidates (claim's SELECT of their ids, locked) leased by one
-        UPDATE that returns them, put back in claim's order (RETURNING keeps none).
+        self,
+        candidates: str,
+        params: list[Any],
+        limit: int,
+        worker: str,
+        now: float,
+        lease: float,
+        order: str,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """PostgreSQL: the candidates (claim's SELECT of their ids, locked, one more than
+        `limit`) leased, the first `limit` of them, by one UPDATE that returns them, put
+        back in claim's order (RETURNING keeps none); and whether one was left over.
 
         Their ids are read first, as an array, and looked up by primary key: joined to the
-        table (WITH ... FROM) the plan may scan every queued task for them, and an
-        `IN (subquery)` may run the subquery again for each row. Locked, they are still
-        queued: no status to check again. (On SQLite the same UPDATE, `IN (subquery)`,
-        measured no faster than the SELECT and UPDATE it would replace.)"""
-        sql = (
-            f"UPDATE task SET {_LEASE} WHERE id = ANY(ARRAY({candidates}))"
-            " RETURNING id, name, queue, args, attempt, timeout, has_parents, run_at, priority"
+        table as rows the plan may scan every queued task for them, and an `IN (subquery)`
+        may run the subquery again for each row. Locked, they are still queued: no status
+        to check again. The one left over stays locked, and queued, until the commit. (On SQLite the same UPDATE, `IN (subquery)`, measured no
+        faster than the SELECT and UPDATE it would replace.)"""
+        sql = (  # (c, named twice, is computed once)
+            f"WITH c AS (SELECT ARRAY({candidates}) AS ids) UPDATE task SET {_LEASE}"
+            " WHERE id = ANY((SELECT ids FROM c)[1:?])"
+            " RETURNING id, name, queue, args, attempt, timeout, has_parents, run_at, priority,"
+            " (SELECT cardinality(ids) FROM c)"
         )
         columns = ("id", "name", "queue", "args", "attempt", "timeout", "has_parents", "run_at", "priority")
-        params = [worker, now + lease, now, self.daemon_id, *params]
-        rows = [dict(zip(columns, r, strict=True)) for r in self._exec(sql, params)]
+        params = [*params, worker, now + lease, now, self.daemon_id, limit]
+        found = list(self._exec(sql, params))
+        rows = [dict(zip(columns, r[:-1], strict=True)) for r in found]
         if order != "random":
             rows.sort(key=lambda r: (-r["priority"], r["run_at"], r["id"]))
         for r in rows:
             del r["priority"]
-        return rows
+        return rows, bool(found) and found[0][-1] > limit
 
     def unclaim(self, task_id: int, attempt: int, now: float) -> tuple[str, str] | None:
         """A worker could not take the task (unknown name): back to the queue, no attempt spent.

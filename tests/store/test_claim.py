@@ -63,6 +63,22 @@ def test_claim_filters_by_name_and_respects_limit(store):
     assert [r["id"] for r in store.claim("w3", ["mul", "add"], 5, NOW, LEASE)] == [mul]
 
 
+def test_a_claim_says_whether_it_left_a_ready_task_behind(store):
+    """It reads one past its limit (locked, not leased): a claim that takes exactly what
+    is ready says so, and the daemon need not claim again to find the queue empty."""
+    tasks = [submit(store) for _ in range(3)]
+    with store.atomic():
+        first = store.claim("w1", ["add"], 2, NOW, LEASE)
+    assert ([r["id"] for r in first], first.more) == (tasks[:2], True)
+    assert row(tasks[2]).status == "queued"  # the one read past the limit stays queued
+    with store.atomic():
+        last = store.claim("w2", ["add"], 1, NOW, LEASE)
+    assert ([r["id"] for r in last], last.more) == (tasks[2:], False)
+    with store.atomic():
+        none = store.claim("w2", ["add"], 1, NOW, LEASE)
+    assert (none, none.more) == ([], False)
+
+
 def test_unclaim_puts_the_task_back_without_spending_an_attempt(store):
     task_id = submit(store)
     claim_one(store)

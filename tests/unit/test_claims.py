@@ -164,3 +164,18 @@ def test_a_task_readopted_after_its_worker_was_lost_counts_toward_its_limit_agai
     assert claim(core) == []  # the second waits: the first holds the limit again
     core.succeed(first)
     assert claim(core) == ["a"]
+
+
+def test_a_task_into_idle_workers_costs_one_claim(core):
+    """The claim that takes the one ready task says none is left: no second claim (the
+    next idle worker's, or a prefetch) to find the queue empty, on the latency path."""
+    for w in ("w1", "w2"):
+        core.hello(w, ["t"], capacity=33, threads=1)  # one thread and the default prefetch
+    core.claim()
+    core.submit("t")
+    core.reset_claims()
+    calls = []
+    claim = core.store.claim
+    core.store.claim = lambda *a, **k: calls.append(1) or claim(*a, **k)
+    assert sum(len(rows) for rows in core.claim().values()) == 1
+    assert len(calls) == 1
