@@ -18,17 +18,46 @@ START_TIMEOUT = 20.0  # generous: a loaded CI machine imports slowly
 WORKER_MAIN = "import sys; from martinet.cli import worker_main; sys.exit(worker_main())"
 
 
-def free_ports(n: int) -> list[int]:
-    socks = []
+def _port_slice() -> range:
+    """The ports this test process picks from: below the kernel's ephemeral range, where
+    every outgoing connection (to a database, to a daemon) takes its local port, so that
+    none can take one between the pick and the daemon's bind (seen: "the status port
+    is already in use"); and a slice of their own for each xdist worker, so that tests
+    running at once never pick the same."""
     try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            low = int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    top = max(low, 12_000)
+    base = top - 10_000
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    size = 10_000 // 16
+    start = base + (index % 16) * size
+    return range(start, start + size)
+
+
+_PORTS = _port_slice()
+_next_port = (os.getpid() * 7) % len(_PORTS)  # (a test run after another starts elsewhere)
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` ports on 127.0.0.1 that nothing listens on now (see _port_slice)."""
+    global _next_port
+    ports: list[int] = []
+    for _ in range(len(_PORTS)):
+        port = _PORTS[_next_port]
+        _next_port = (_next_port + 1) % len(_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use, or in TIME_WAIT from a test before
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError(f"no {n} free ports in {_PORTS}")
 
 
 def _answers(m: martinet.Martinet) -> bool:
