@@ -266,11 +266,11 @@ class Tasks(Dependents):
         else:
             sql = f"SELECT {', '.join(columns)}{sql}"
             rows = [dict(zip(columns, r, strict=True)) for r in self._exec(sql, params).fetchall()]
-            more = len(rows) > limit
-            if accept is not None:
+            if accept is None:
+                more, rows = len(rows) > limit, rows[:limit]
+            else:
                 rows = [r for r in rows if accept(r)][:limit]
                 more = len(rows) == limit  # (others may lie beyond the candidates read)
-            rows = rows[:limit]
             if not rows:
                 return Claimed()
             ids = [r["id"] for r in rows]
