@@ -79,11 +79,11 @@ class Outcomes(Dependents):
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             # On PostgreSQL one array parameter: one statement, prepared once, whatever the count
-            listed = "= ANY(?)" if self.is_postgres else f"IN ({', '.join('?' * len(chunk))})"
+            listed = "= ANY(?::bigint[])" if self.is_postgres else f"IN ({', '.join('?' * len(chunk))})"
             sql = f"SELECT {', '.join(RunningRow._fields)} FROM task WHERE id {listed} AND {self.by_id_status} IN ({_HELD})"
             if self.locks_rows:
                 sql += " FOR UPDATE"
-            params: list[Any] = [chunk] if self.is_postgres else chunk
+            params: list[Any] = [self._array(chunk)] if self.is_postgres else chunk
             running.update((r[0], RunningRow(*r)) for r in self._exec(sql, params).fetchall())
         ended: list[tuple[int, RunningRow, Ending]] = []  # (index in outcomes, row, what becomes of it)
         late: list[tuple[int, Outcome]] = []

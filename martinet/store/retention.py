@@ -96,8 +96,8 @@ class Retention(SqlKit):
     def record_events(self, rows: list[dict[str, Any]], read_ids: bool = True) -> list[int]:
         """Append events (task_id, name, kind, at, body) in multi-row INSERTs, in the
         caller's transaction; returns their ids, in order. With `read_ids` False (no one
-        will read them) PostgreSQL inserts them with the commit (store/pg.py), saving
-        the turn a round trip, and this returns [].
+        will read them) PostgreSQL inserts them with the next statement, the commit at the
+        latest (SqlKit._write_later), saving the turn a round trip, and this returns [].
 
         MySQL's lastrowid is the first id of a multi-row INSERT, and InnoDB numbers a
         plain INSERT ... VALUES consecutively (it reserves them all at once).
@@ -111,16 +111,8 @@ class Retention(SqlKit):
             self.db.defer(EVENTS_LOCK)
         elif self.is_postgres:
             self._exec(EVENTS_LOCK)
-        if not read_ids and isinstance(self.db, PgDatabase):
-            per = max(1, self.max_params // len(EVENT_COLUMNS))
-            head = f"INSERT INTO event ({', '.join(EVENT_COLUMNS)}) VALUES "
-            for start in range(0, len(rows), per):
-                chunk = rows[start : start + per]
-                params = [row[column] for row in chunk for column in EVENT_COLUMNS]
-                self.db.defer(self._adapt(head + ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))), params)
-            return []
         if not self.is_mysql:
-            return self._insert_rows("event", rows)
+            return self._insert_rows("event", rows, ids=read_ids)
         ids: list[int] = []
         per = max(1, self.max_params // len(EVENT_COLUMNS))
         head = f"INSERT INTO event ({', '.join(EVENT_COLUMNS)}) VALUES "

@@ -163,7 +163,7 @@ class SqlKit:
                     f"INSERT INTO {table} ({', '.join(map(self._name, columns))})"
                     f" SELECT * FROM unnest({self._arrays(table, columns)})"
                 )
-            arrays = [[row[column] for row in rows] for column in columns]
+            arrays = [self._array([row[column] for row in rows]) for column in columns]
             if not ids:
                 self._write_later(sql, arrays)
                 return []
@@ -213,12 +213,17 @@ class SqlKit:
                 f" AS v({names}, fenced_id, fenced_attempt) WHERE task.id = v.fenced_id"
                 f" AND task.attempt = v.fenced_attempt AND (task.status || '') IN ({sql_list(HELD)})"  # by_id_status
             )
-        arrays = [list(values) for values in zip(*rows, strict=True)]
+        arrays = [self._array(values) for values in zip(*rows, strict=True)]
         if not counted:
             self._write_later(sql, arrays)
             return None
         changed: int = self._exec(sql, arrays).rowcount
         return changed
+
+    def _array(self, values: Sequence[Any]) -> Any:
+        """PostgreSQL: `values` as a `?::type[]` parameter, as cheap to send as the driver
+        allows (pg.Array)."""
+        return self.db.array(values) if isinstance(self.db, PgDatabase) else list(values)
 
     def _arrays(self, table: str, columns: Iterable[str]) -> str:
         """PostgreSQL: a `?::type[]` parameter for each of `table`'s `columns` (for unnest)."""

@@ -356,7 +356,9 @@ class Tasks(Dependents):
             return
         if self.is_postgres:  # one statement, sent with the next one (no count is read)
             ids, attempts, workers = zip(*starts, strict=True)
-            self._write_later(_PG_START, (now, now, list(ids), list(attempts), list(workers)))
+            self._write_later(
+                _PG_START, (now, now, self._array(ids), self._array(attempts), self._array(workers))
+            )
             return
         sql = self._update_sql.get((("status", "started_at"), "start"))
         if sql is None:

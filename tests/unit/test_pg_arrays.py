@@ -1,0 +1,81 @@
+"""Arrays sent to PostgreSQL as one literal (store/pg.py, Array): every value the store
+writes through `unnest` arrives as it was sent, whatever its quotes, backslashes,
+braces, commas or spelling of NULL, and a value the literal does not write falls back
+to psycopg2's own adaptation."""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+
+import pytest
+
+from martinet.store import open_database
+from martinet.store.pg import Array, PgDatabase
+
+AWKWARD = [
+    "",
+    "NULL",
+    "null",
+    "a,b",
+    "{x}",
+    "}",
+    'quote"d',
+    "back\\slash",
+    '\\"',
+    "it's",
+    "''",
+    " spaced ",
+    "ünïcödé ☃",
+    "line\nbreak\ttab",
+    '{"event": "failed", "error": "can\'t parse \\"x\\" at \\\\n"}',
+    "%s %% %(name)s",
+    None,
+]
+
+
+@pytest.fixture
+def pg(pg_url):
+    db = open_database(pg_url)
+    assert isinstance(db, PgDatabase)
+    yield db
+    db.close()
+
+
+def one(db, sql: str, *params):
+    return db.execute_sql(sql, params).fetchone()[0]
+
+
+def test_strings_and_nulls_arrive_as_sent(pg):
+    assert one(pg, "SELECT %s::text[]", pg.array(AWKWARD)) == AWKWARD
+    assert one(pg, "SELECT %s::varchar[] = %s::varchar[]", pg.array(AWKWARD), AWKWARD) is True
+    rows = pg.execute_sql("SELECT * FROM unnest(%s::text[]) WITH ORDINALITY", (pg.array(AWKWARD),)).fetchall()
+    assert [value for value, _n in rows] == AWKWARD
+
+
+def test_numbers_and_bools_arrive_as_sent(pg):
+    floats = [0.1, -0.0, 1e300, 5e-324, 1796612003.7395053, 2.0, math.inf, -math.inf, None]
+    assert one(pg, "SELECT %s::float8[]", pg.array(floats)) == floats
+    assert math.isnan(one(pg, "SELECT (%s::float8[])[1]", pg.array([math.nan])))
+    ints = [0, -1, 2**62, -(2**62), None]
+    assert one(pg, "SELECT %s::bigint[]", pg.array(ints)) == ints
+    assert one(pg, "SELECT %s::boolean[]", pg.array([True, False, None])) == [True, False, None]
+    assert one(pg, "SELECT %s::bigint[]", pg.array([])) == []
+
+
+def test_a_value_the_literal_does_not_write_goes_as_psycopg2_adapts_a_list(pg):
+    values = [Decimal("1.5"), None]
+    assert one(pg, "SELECT %s::numeric[]", Array(values)) == values
+    cursor = pg.cursor()
+    assert cursor.mogrify("%s", (Array(values),)) == cursor.mogrify("%s", (values,))
+
+
+def test_a_literal_is_one_quoted_string_not_a_value_by_value_array(pg):
+    sent = pg.cursor().mogrify("%s::text[]", (pg.array(["a", 'b"', None]),)).decode()
+    assert sent == '\'{"a","b\\"",NULL}\'::text[]'
+
+
+def test_with_another_driver_the_list_goes_as_it_is(pg_url):
+    pytest.importorskip("psycopg")
+    db = PgDatabase("test", prefer_psycopg3=True)
+    assert db.array([1, 2]) == [1, 2]
