@@ -266,13 +266,13 @@ class PgDatabase(peewee.PostgresqlDatabase):
         self._names += 1  # never reused: a PREPARE outlives the failure of what came with it
         name = f"martinet_{self._names}"
         prepare = f"PREPARE {name} AS {_PLACEHOLDER.sub(number, sql)}"
+        if again is not None:  # (like PREPARE, outlives a rollback; runs only if the PREPARE did)
+            prepare += f"; DEALLOCATE {again.name}"
         if self.transaction_depth() > 0:
             prepare = f"SAVEPOINT martinet_prepare; {prepare}; RELEASE SAVEPOINT martinet_prepare"
-        # (DEALLOCATE, like PREPARE, outlives a rollback; it runs only if the PREPARE did)
-        drop = "" if again is None else f"; DEALLOCATE {again.name}"
         self._send_deferred()  # first, so that an error here is the PREPARE's own
         try:
-            self.execute_sql(prepare + drop)
+            self.execute_sql(prepare)
         except peewee.ProgrammingError:
             if self.transaction_depth() > 0:
                 self.execute_sql("ROLLBACK TO SAVEPOINT martinet_prepare; RELEASE SAVEPOINT martinet_prepare")

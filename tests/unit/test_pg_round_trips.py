@@ -324,8 +324,12 @@ def test_a_plan_made_on_a_small_table_is_made_again_as_its_statement_is_used(pg_
             "INSERT INTO plan_probe SELECT n, repeat('x', 200) FROM generate_series(6, 50000) AS n"
         )
         assert "Seq Scan" in plan()  # kept as the table grew: no one analyzed it
-        run(REPLAN_FIRST + 6)
+        old = db._session.prepared[sql].name
+        with db.atomic():  # (as in a turn: the PREPARE in a savepoint of its own)
+            run(REPLAN_FIRST + 6)
         assert "Seq Scan" not in plan() and "plan_probe_pkey" in plan()
+        names = {r[0] for r in db.execute_sql("SELECT name FROM pg_prepared_statements").fetchall()}
+        assert db._session.prepared[sql].name in names and old not in names  # the old one dropped
         assert (
             sorted(r[0] for r in db.execute_prepared(sql, [7, 49_999, *ids[2:]]).fetchall())
             == [*ids[2:], 49_999]
