@@ -33,8 +33,9 @@ class Leases(Tasks, Outcomes):
             return
         if self.is_postgres:
             self._write_later(
-                f"UPDATE task SET lease_expires = ? WHERE status IN ({_HELD}) AND worker = ANY(?) AND lease_expires < ?",
-                (now + lease, workers, now + lease / 2),
+                f"UPDATE task SET lease_expires = ? WHERE status IN ({_HELD}) AND worker = ANY(?::text[])"
+                " AND lease_expires < ?",
+                (now + lease, self._array(workers), now + lease / 2),
             )
             return
         Task.update(lease_expires=now + lease).where(

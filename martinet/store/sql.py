@@ -89,12 +89,17 @@ class SqlKit:
         # Bound parameters per statement: SQLite before 3.32 allows 999.
         self.max_params = 999 if sqlite and sqlite3.sqlite_version_info < (3, 32) else 32_000
 
-    def _exec(self, sql: str, params: Iterable[Any] = (), cache: bool = True) -> Cursor:
+    def _ready(self, sql: str, cache: bool = True) -> str:
+        """`sql` with the driver's placeholders (kept, unless `cache` is false)."""
         ready = self._sql_cache.get(sql)
         if ready is None:
             ready = sql.replace("?", self.db.param)
             if cache:
                 self._sql_cache[sql] = ready
+        return ready
+
+    def _exec(self, sql: str, params: Iterable[Any] = (), cache: bool = True) -> Cursor:
+        ready = self._ready(sql, cache)
         if cache and isinstance(self.db, PgDatabase):  # run again and again: planned once
             prepared: Cursor = self.db.execute_prepared(ready, tuple(params))
             return prepared
@@ -105,10 +110,7 @@ class SqlKit:
         """A write whose result no one reads: on PostgreSQL sent with the next statement
         (pg.PgDatabase.defer_prepared), elsewhere at once."""
         if isinstance(self.db, PgDatabase):
-            ready = self._sql_cache.get(sql)
-            if ready is None:
-                ready = self._sql_cache[sql] = sql.replace("?", self.db.param)
-            self.db.defer_prepared(ready, tuple(params))
+            self.db.defer_prepared(self._ready(sql), tuple(params))
             return
         self._exec(sql, params)
 
@@ -302,9 +304,8 @@ class _Savepoint:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         db = self.store.db
         if isinstance(db, PgDatabase):
-            if db.take_back(
-                f"SAVEPOINT {self.name}", undo=exc_type is not None
-            ):  # nothing was sent inside it
+            nothing_sent = db.take_back(f"SAVEPOINT {self.name}", undo=exc_type is not None)
+            if nothing_sent:  # nothing inside it was sent, nor (if it succeeded) deferred to be written
                 self.store.savepoints -= 1
                 return
             if exc_type is None:

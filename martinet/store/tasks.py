@@ -308,8 +308,9 @@ class Tasks(Dependents):
         Their ids are read first, as an array, and looked up by primary key: joined to the
         table as rows the plan may scan every queued task for them, and an `IN (subquery)`
         may run the subquery again for each row. Locked, they are still queued: no status
-        to check again. The one left over stays locked, and queued, until the commit. (On SQLite the same UPDATE, `IN (subquery)`, measured no
-        faster than the SELECT and UPDATE it would replace.)"""
+        to check again. The one left over stays locked, and queued, until the commit. (On
+        SQLite the same UPDATE, `IN (subquery)`, measured no faster than the SELECT and
+        UPDATE it would replace.)"""
         sql = (  # (c, named twice, is computed once)
             f"WITH c AS (SELECT ARRAY({candidates}) AS ids) UPDATE task SET {_LEASE}"
             " WHERE id = ANY((SELECT ids FROM c)[1:?])"
