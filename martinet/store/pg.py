@@ -109,7 +109,7 @@ def _literal(values: Sequence[Any]) -> str | None:
     for value in values:
         kind = type(value)
         if kind is str:
-            items.append('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"')
+            items.append(_quoted(value))
         elif value is None:
             items.append("NULL")
         elif kind is bool:
@@ -119,9 +119,16 @@ def _literal(values: Sequence[Any]) -> str | None:
         elif kind is float:
             items.append(repr(value) if math.isfinite(value) else "NaN" if value != value else
                          "Infinity" if value > 0 else "-Infinity")  # fmt: skip
+        elif isinstance(value, str):  # a StrEnum (a task's status): its value
+            items.append(_quoted(str.__str__(value)))
         else:
             return None
     return "{" + ",".join(items) + "}"
+
+
+def _quoted(text: str) -> str:
+    """An array element: in double quotes, its backslashes and double quotes escaped."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class _Prepared:

@@ -10,6 +10,8 @@ from decimal import Decimal
 
 import pytest
 
+from martinet.messages.outcome import OutcomeKind
+from martinet.states import TaskState
 from martinet.store import open_database
 from martinet.store.pg import Array, PgDatabase
 
@@ -61,6 +63,13 @@ def test_numbers_and_bools_arrive_as_sent(pg):
     assert one(pg, "SELECT %s::bigint[]", pg.array(ints)) == ints
     assert one(pg, "SELECT %s::boolean[]", pg.array([True, False, None])) == [True, False, None]
     assert one(pg, "SELECT %s::bigint[]", pg.array([])) == []
+
+
+def test_a_str_enum_goes_as_its_value_in_the_literal(pg):
+    statuses = [TaskState.SUCCEEDED, OutcomeKind.RELEASED, "plain", None]
+    assert one(pg, "SELECT %s::varchar[]", pg.array(statuses)) == ["succeeded", "released", "plain", None]
+    sent = pg.cursor().mogrify("%s::varchar[]", (pg.array([TaskState.FAILED]),)).decode()
+    assert sent == "'{\"failed\"}'::varchar[]"  # one quoted literal, not psycopg2's ARRAY[...]
 
 
 def test_a_value_the_literal_does_not_write_goes_as_psycopg2_adapts_a_list(pg):
