@@ -62,7 +62,10 @@ class Core(State):
         except DeferredWriteFailed as exc:
             # Which write failed, and so whose error it is, is unknown (store/pg.py): the turn is
             # taken again with every write sent on its own, so that a bad one costs only itself.
-            log.warning("%s; taking the turn again, each write sent on its own", exc)
+            log.log(
+                logging.DEBUG if exc.sent_again else logging.WARNING,
+                "%s; taking the turn again, each write sent on its own", exc,
+            )  # fmt: skip
             with self.store.writes_at_once():
                 out = self._written(client, status, worker, now, heard, refusals)
         self.answer_waiters(out)

@@ -57,13 +57,21 @@ PREPARED_MAX = 200  # statements prepared a connection; more run unprepared
 PREPARE_AT = 3  # a statement's use on a connection at which it is prepared (the rare ones never are)
 REPLAN_FIRST = 64  # a prepared statement's use at which it is prepared again (see the module)
 REPLAN_GROWTH = 4  # ... and again each time its uses grow this many times
+REQUEST_ID_INDEX = "task_request_id"  # (models.Task: unique)
 _PLACEHOLDER = re.compile(r"%%|%s")
 _PREPARABLE = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b", re.IGNORECASE)  # not SAVEPOINT, ...
 
 
 class DeferredWriteFailed(peewee.OperationalError):
     """A write deferred to go with a later statement failed (see the module): the
-    transaction as a whole failed, whatever statement carried it."""
+    transaction as a whole failed, whatever statement carried it. `sent_again`: it was
+    a new task's INSERT whose request_id a task has already (Tasks._submit_plain: a
+    client's request sent again, expected now and then)."""
+
+    @property
+    def sent_again(self) -> bool:
+        diag = getattr(getattr(self.__cause__, "orig", None), "diag", None)
+        return getattr(diag, "constraint_name", None) == REQUEST_ID_INDEX
 
 
 class _Write(str):
@@ -190,10 +198,15 @@ class PgDatabase(peewee.PostgresqlDatabase):
     def defer_prepared(self, sql: str, params: Sequence[Any] = ()) -> None:
         """A write whose result no one reads, run as execute_prepared runs it, sent with
         the next statement (the COMMIT at the latest); at once outside a transaction."""
-        if self.transaction_depth() == 0 or self._session.at_once:
+        if not self.defers_writes():
             self.execute_prepared(sql, params)
             return
         self.defer(self._prepared_text(sql), params, write=True)
+
+    def defers_writes(self) -> bool:
+        """Whether defer_prepared sends a write later: in a transaction, unless within
+        writes_at_once."""
+        return self.transaction_depth() > 0 and not self._session.at_once
 
     @contextmanager
     def writes_at_once(self) -> Iterator[None]:

@@ -83,6 +83,7 @@ class SqlKit:
         self.ready_rows = "task INDEXED BY task_ready" if sqlite else "task"
         self.due_rows = "task INDEXED BY task_due" if sqlite else "task"
         self.savepoints = 0  # open _Savepoints: the next one's name
+        self._task_ids: list[int] = []  # PostgreSQL: ids taken ahead for new tasks (Tasks._task_id)
         self._sql_cache: dict[str, str] = {}
         self._insert_sql: dict[tuple[str, tuple[str, ...]], str] = {}
         self._update_sql: dict[tuple[tuple[str, ...], str], str] = {}

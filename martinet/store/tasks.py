@@ -17,6 +17,7 @@ from martinet.store.pg import PgDatabase
 from martinet.store.rows import task_row
 from martinet.store.sql import Cursor
 
+TASK_IDS_AHEAD = 64  # task ids taken from the sequence at once, for submits (Tasks._task_id)
 KEY_WAIT = 0.1  # seconds the daemon's insert of a key waits for another transaction inserting it
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's error when lock_timeout runs out
 _DUE = f"status IN ({sql_list(TIMED)}) AND run_at <= ?"  # timed tasks whose run_at has come
@@ -62,8 +63,8 @@ class Tasks(Dependents):
         """
         Task, Dependency = self.Task, self.Dependency
         rid, key = spec.get("request_id"), spec.get("key")
-        if rid and self.is_postgres and not key and not spec.get("after"):
-            return self._submit_once(spec, rid, now)
+        if self.is_postgres and not key and not spec.get("after"):
+            return self._submit_plain(spec, rid, now)
         if rid:
             existing = self._exec("SELECT id FROM task WHERE request_id = ?", (rid,)).fetchone()
             if existing is not None:
@@ -127,11 +128,28 @@ class Tasks(Dependents):
             ) from None
         self.db.defer("SET LOCAL lock_timeout = DEFAULT")
 
-    def _submit_once(self, spec: dict[str, Any], rid: str, now: float) -> tuple[int, bool]:
-        """PostgreSQL, a task with a request_id and neither key nor parents: one round trip
-        (the INSERT stands back for a known request_id; the task it made is read then)."""
+    def _submit_plain(self, spec: dict[str, Any], rid: str | None, now: float) -> tuple[int, bool]:
+        """PostgreSQL, a task with neither key nor parents. In the daemon's turn, no round
+        trip of its own: its id is one taken ahead (_task_id), and its INSERT goes with the
+        next statement, the COMMIT at the latest (an execute that no worker takes at once:
+        one round trip, BEGIN to COMMIT). A request_id known already fails that INSERT, and
+        so the turn (DeferredWriteFailed.sent_again), which the daemon takes again with each
+        write sent at once; and then, as outside a turn, it is one round trip: the INSERT
+        stands back for a known request_id, and the task it made is read."""
         row = task_row(spec, now)
         row["request_id"] = rid
+        if isinstance(self.db, PgDatabase) and self.db.defers_writes():
+            row = {"id": self._task_id(), **row}
+            sql = self._insert_sql.get(("task later", tuple(row)))
+            if sql is None:
+                columns = ", ".join(map(self._name, row))
+                sql = self._insert_sql[("task later", tuple(row))] = (
+                    f"INSERT INTO task ({columns}) VALUES ({', '.join('?' * len(row))})"
+                )
+            self._write_later(sql, row.values())
+            return row["id"], True
+        if rid is None:
+            return self._insert("task", row), True
         sql = self._insert_sql.get(("task once", tuple(row)))
         if sql is None:
             columns = ", ".join(map(self._name, row))
@@ -143,6 +161,16 @@ class Tasks(Dependents):
         if made is not None:
             return made[0], True
         return self._exec("SELECT id FROM task WHERE request_id = ?", (rid,)).fetchone()[0], False
+
+    def _task_id(self) -> int:
+        """PostgreSQL: an id for a new task, taken from the task table's sequence
+        TASK_IDS_AHEAD at a time (a round trip for that many submits). Like the sequence's
+        own, an id taken is never given again, used or not."""
+        if not self._task_ids:
+            sql = "SELECT nextval(pg_get_serial_sequence('task', 'id')) FROM generate_series(1, ?)"
+            taken = self._exec(sql, (TASK_IDS_AHEAD,)).fetchall()
+            self._task_ids = sorted((r[0] for r in taken), reverse=True)
+        return self._task_ids.pop()
 
     def submit_many(self, specs: list[dict[str, Any]], now: float) -> list[tuple[int, bool]]:
         """Insert many tasks; returns (id, created) for each, in order, as submit() would.

@@ -4,6 +4,7 @@ hot path, or one sent apart that could go with another, shows here."""
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from martinet.protocol import Cmd
 from martinet.store import open_database
 from martinet.store.pg import PREPARE_AT, REPLAN_FIRST
+from martinet.store.tasks import TASK_IDS_AHEAD
 
 
 class Trips:
@@ -48,25 +50,73 @@ def hello(worker_id: str) -> tuple[bytes, Cmd, dict]:
     return worker_id.encode(), Cmd.HELLO, {"worker_id": worker_id, "names": ["t"], "capacity": 1}
 
 
-def execute(rid: str) -> tuple[Cmd, dict]:
-    return Cmd.REQUEST, {"op": "execute", "rid": rid, "name": "t", "args": {}}
+def execute(rid: str, request_id: str | None = None) -> tuple[Cmd, dict]:
+    """An execute request; `request_id` as a client sends one (sent again with a retry)."""
+    header = {"op": "execute", "rid": rid, "name": "t", "args": {}}
+    return Cmd.REQUEST, header if request_id is None else {**header, "request_id": request_id}
 
 
-def test_an_execute_costs_two_round_trips_and_its_dispatch_one_more(core):
+@pytest.mark.parametrize("request_id", [False, True], ids=["no request id", "request id"])
+def test_an_execute_costs_one_round_trip_and_its_dispatch_one_more(core, request_id):
+    def call(rid: str) -> tuple[Cmd, dict]:
+        return execute(rid, f"req-{rid}" if request_id else None)
+
     core.turn()  # the first turn's tick (leases, retention, ...) out of the way
     for i in range(PREPARE_AT):  # the insert used often enough on this connection: prepared
-        core.turn(client=[execute(f"r0-{i}")])
+        core.turn(client=[call(f"r0-{i}")])
     trips = Trips(core.store.db)
-    # An execute with no worker connected: the insert (with BEGIN and its savepoint), the commit
-    core.turn(client=[execute("r1")])
+    # An execute with no worker connected: BEGIN, its savepoint, the insert (its id taken
+    # ahead), the commit, in one string
+    core.turn(client=[call("r1")])
     sent = trips.take()
-    assert len(sent) == 2 and "EXECUTE martinet_" in sent[0], sent
+    assert len(sent) == 1 and "EXECUTE martinet_" in sent[0] and sent[0].endswith("COMMIT"), sent
     core.turn(worker=[hello(f"w{i}") for i in range(PREPARE_AT + 2)])  # claims: prepared
     trips.take()
-    # With an idle worker: the insert, its claim (read, leased, returned at once), the commit
-    core.turn(client=[execute("r2")])
-    sent = trips.take()
-    assert len(sent) == 3, sent
+    # With an idle worker: the insert with its claim (read, leased, returned at once), the commit
+    sent = core.turn(client=[call("r2")])
+    (reply,) = [h for sock, _i, _c, h in sent if sock == "client"]
+    assert [m for m in sent if m[2] is Cmd.TASK and m[3]["tasks"][0]["id"] == reply["id"]], sent
+    assert len(trips.take()) == 2
+    assert core.store.get_task(reply["id"]).status == "leased"
+
+
+def test_a_request_sent_again_is_the_task_it_made_in_an_earlier_or_the_same_turn(core, caplog):
+    """A client sends its execute again when the reply is late: the insert (sent with the
+    commit) fails on the known request_id, and the turn is taken again, each write at
+    once, where the insert stands back and the first task is the answer. An expected
+    event, logged at DEBUG, not as a database's trouble."""
+    caplog.set_level(logging.DEBUG, logger="martinet.daemon")
+    core.turn()
+    (first,) = [h for sock, _i, _c, h in core.turn(client=[execute("a", "req-1")]) if sock == "client"]
+    assert first["created"] is True
+    sent = core.turn(client=[execute("b", "req-1"), execute("c", "req-2"), execute("d", "req-2")])
+    replies = {h["rid"]: h for sock, _i, _c, h in sent if sock == "client"}
+    assert (replies["b"]["id"], replies["b"]["created"]) == (first["id"], False)
+    assert replies["c"]["created"] is True
+    assert (replies["d"]["id"], replies["d"]["created"]) == (replies["c"]["id"], False)
+    assert core.store._exec("SELECT COUNT(*) FROM task").fetchone()[0] == 2
+    retakes = [r for r in caplog.records if "taking the turn again" in r.getMessage()]
+    assert retakes and all(r.levelno == logging.DEBUG for r in retakes)
+    assert core.server.db_health.trouble is None
+
+
+def test_two_daemons_taking_task_ids_ahead_never_take_the_same(pg_url, make_core):
+    """Each daemon takes its new tasks' ids from the table's sequence, a block at a time:
+    blocks of two daemons (and ids the sequence gives other writers) never overlap."""
+    one, two = make_core(pg_url), make_core(pg_url)
+    made = []
+    for i in range(TASK_IDS_AHEAD + 5):
+        for name, core in (("one", one), ("two", two)):
+            made += [
+                h["id"] for sock, _i, _c, h in core.turn(client=[execute(f"{name}{i}")]) if sock == "client"
+            ]
+    other = one.store._exec("INSERT INTO task (args, queue, priority, attempt, max_attempts, attempt_budget,"
+                            " releases, has_parents, has_dependents, cancel_requested, name, status, run_at,"
+                            " created_at, updated_at) VALUES ('{}', 'default', 0, 0, 1, 1, 0, false, false,"
+                            " false, 'elsewhere', 'queued', 0, 0, 0) RETURNING id", cache=False).fetchone()[0]  # fmt: skip
+    assert len(set(made)) == len(made) == 2 * (TASK_IDS_AHEAD + 5) and other not in made
+    rows = one.store._exec("SELECT id FROM task WHERE name = 't'").fetchall()
+    assert sorted(r[0] for r in rows) == sorted(made)
 
 
 def test_statements_run_again_and_again_are_prepared_once_a_connection(core):
