@@ -40,12 +40,17 @@ def claim(core: State, out: Outbox, now: float) -> None:
     Workers come by kind (the names they run, the queues they serve): a kind for
     which no queue may hold work is skipped whole, so idle workers cost nothing.
     Each round claims a task or ends the loop, and a turn makes CLAIMS_PER_TURN
-    queries at most: the loop ends whatever the state."""
+    queries at most: the loop ends whatever the state.
+
+    A worker alone with credit (in a drain, the one whose outcomes the turn read) has
+    its idle threads and its first prefetch round filled by one claim: no other worker
+    could take a task meanwhile (on PostgreSQL a round trip less a turn)."""
     if not core.dispatch_pending:
         return
     claimed: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
     budget = [CLAIMS_PER_TURN]
     idle_first, more = True, False
+    alone = core.peers.alone_with_credit()
     scale = core.claim_round  # a prefetch round's size, in threads
     while budget[0] > 0:
         tried = filled_any = dry = False
@@ -53,11 +58,13 @@ def claim(core: State, out: Outbox, now: float) -> None:
             for peer in core.peers.take_turns(kind):
                 if not core.lanes.open_queues(names_with_room(core, peer, now), peer.queues, now):
                     break  # nothing this kind may take: its other workers neither
-                room = (
-                    peer.idle_threads
-                    if idle_first
-                    else min(peer.credit, (peer.threads or peer.credit) * scale)
-                )
+                prefetch = min(peer.credit, (peer.threads or peer.credit) * scale)
+                if not idle_first:
+                    room = prefetch
+                elif alone and peer.idle_threads:  # (and the prefetch round after it: at once)
+                    room = min(peer.credit, peer.idle_threads + prefetch)
+                else:
+                    room = peer.idle_threads
                 if room <= 0:
                     continue
                 tried = True
@@ -74,7 +81,7 @@ def claim(core: State, out: Outbox, now: float) -> None:
         more = filled_any  # a queue may hold more, for when credit frees up
         if dry:  # a queue ran short: the next rounds (and turns) spread from the start
             scale = 1
-        elif not idle_first and tried:  # (a round that found every queue known empty: as it was)
+        elif (alone or not idle_first) and tried:  # (a round that found every queue known empty: as it was)
             scale = min(scale * 2, MAX_ROUND)
         if not filled_any:  # (a filled claim took a task: the rounds are finite)
             break

@@ -285,6 +285,10 @@ class Peers:
     def any_credit(self) -> bool:
         return bool(self._free)
 
+    def alone_with_credit(self) -> bool:
+        """Whether exactly one worker has credit."""
+        return len(self._free) == 1 and len(next(iter(self._free.values()))) == 1
+
     def kinds(self) -> list[Kind]:
         """What the workers with credit run and serve, one entry per kind, in an order
         that rotates between calls."""

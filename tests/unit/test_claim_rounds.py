@@ -35,10 +35,11 @@ def test_a_one_thread_worker_gets_its_whole_prefetch_in_a_few_claims(sqlite_url,
     asked = count_claims(core)
     # When the daemon claims for it
     claimed = core.claim()
-    # Then one turn fills its capacity, in rounds that double: 1 (its idle thread), 1, 2,
-    # 4, 8, 16, then the 1 left of its credit; not 33 claims of one task
+    # Then one turn fills its capacity, in rounds that double: 2 (its idle thread and the
+    # first round's 1, at once: no other worker has credit), 2, 4, 8, 16, then the 1 left
+    # of its credit; not 33 claims of one task
     assert len(claimed["a"]) == 33
-    assert asked == [1, 1, 2, 4, 8, 16, 1]
+    assert asked == [2, 2, 4, 8, 16, 1]
 
 
 def test_a_short_queue_still_spreads_over_workers_of_one_thread(sqlite_url, make_core):
@@ -80,6 +81,27 @@ def test_in_a_long_drain_a_worker_is_refilled_in_one_claim(sqlite_url, make_core
     refill = core.claim()["a"]
     # Then its 16 free slots are filled by one claim, not rounds of 1, 2, 4, 8 again
     assert len(refill) == 16 and asked == [16]
+
+
+def test_a_worker_alone_with_credit_gets_its_idle_thread_and_its_prefetch_in_one_claim(sqlite_url, make_core):
+    # Given two workers of one thread, filled from a long queue
+    core = thin_workers(make_core, sqlite_url, "ab", queued=200)
+    held = {w: [row["id"] for row in rows] for w, rows in core.claim().items()}
+    asked = count_claims(core)
+    # When every task of one of them ended (its thread idle, its prefetch empty), the
+    # other still holding its own
+    for task_id in held["a"]:
+        core.succeed(task_id)
+    # Then one claim fills it, where the idle thread's claim and the prefetch's were two
+    refill = core.claim()
+    assert {w: len(rows) for w, rows in refill.items()} == {"a": 33}
+    assert asked == [33]
+    # And when both have idle threads, each thread is filled before any prefetch
+    for task_id in [*held["b"], *[row["id"] for row in refill["a"]]]:
+        core.succeed(task_id)
+    asked.clear()
+    core.claim()
+    assert asked[:2] == [1, 1], asked
 
 
 def test_once_a_queue_ran_short_the_rounds_start_small_again(sqlite_url, make_core):
