@@ -85,6 +85,16 @@ ERROR_BYTES_MIN = 16_384  # an error may take this many bytes of JSON even when 
 # hoarded by one worker; for long tasks use --prefetch 0.
 PREFETCH_PER_THREAD = 4
 PREFETCH_MIN = 32
+# With the default prefetch, the daemon may fill it deeper than that while the tasks are
+# short, down to this many (per worker, or PREFETCH_DEEP_PER_THREAD a thread if more), by
+# the pace of the handlers that every ENDED carries (server/peers.py, Peer.depth): tiny
+# tasks then come hundreds at a time, and each daemon turn carries as many outcomes and
+# claims (a drain of no-op tasks at --concurrency 1 on PostgreSQL: 1.5-1.7x with 128-256
+# deep against 32, measured 2026-12-07). Tasks of 2 ms or more keep the prefetch above.
+PREFETCH_DEEP = 256
+PREFETCH_DEEP_PER_THREAD = 32
+NO_SLOT = "has no free slot"  # (a REJECT for want of one passes: Reject.passing)
+PACE_WEIGHT = 0.1  # the weight of a task's time in the handlers' pace (a moving average)
 # A task sent ahead of its due time (start_in, see daemon.TIMER_LEAD) is held this long
 # at most, whatever start_in says: a thread waits for it meanwhile.
 MAX_START_IN = 1.0
@@ -112,6 +122,12 @@ def default_prefetch(threads: int) -> int:
     return max(PREFETCH_PER_THREAD * threads, PREFETCH_MIN)
 
 
+def deepest_prefetch(threads: int) -> int:
+    """How deep the daemon may fill the default prefetch while tasks are short (see
+    PREFETCH_DEEP)."""
+    return max(PREFETCH_DEEP_PER_THREAD * threads, PREFETCH_DEEP)
+
+
 @dataclass
 class WorkerOptions:
     # The defaults of settings a worker shares with `martinet-worker` and the config file
@@ -123,7 +139,8 @@ class WorkerOptions:
     # Tasks held beyond `concurrency`, waiting for a free thread, so that a thread that
     # finishes finds its next task here instead of waiting for the daemon, and the daemon
     # writes many outcomes and claims in each commit. None: PREFETCH_PER_THREAD per
-    # thread, PREFETCH_MIN at least; 0: none (a worker holds only what it runs).
+    # thread, PREFETCH_MIN at least, and deeper while tasks are short (PREFETCH_DEEP);
+    # a number: that many, always; 0: none (a worker holds only what it runs).
     prefetch: int | None = None
     worker_id: str | None = None
     heartbeat_interval: float = Settings.heartbeat_interval  # until the daemon's welcome says otherwise
@@ -208,6 +225,13 @@ class Worker:
         self._limits: dict[str, dict | None] = {}  # set with on(); wins over LIMITS
         threads = max(1, o.concurrency)
         self.capacity = threads + max(0, default_prefetch(threads) if o.prefetch is None else o.prefetch)
+        self.prefetch_max = deepest_prefetch(threads) if o.prefetch is None else None
+        self.most = (
+            self.capacity if self.prefetch_max is None else threads + self.prefetch_max
+        )  # held at most
+        # Seconds its handlers took a task of late (a moving average, PACE_WEIGHT), for the
+        # daemon's depth of its prefetch; handler threads write it, the loop reads it.
+        self._pace: float | None = None
 
     def on(self, name: str, fn: Handler, *, concurrency: int | None = None, rate: str | None = None) -> None:
         """Serve task `name` with `fn(task, **args)`; limits as in `@martinet.task`."""
@@ -366,6 +390,7 @@ class Worker:
             queues=None if self.options.queues is None else tuple(self.options.queues),
             limits={n: dict(lim) for n, lim in limits.items() if lim},
             session=self._session,
+            prefetch_max=self.prefetch_max,
         )
 
     def _held_list(self) -> tuple[Held, ...]:
@@ -459,10 +484,10 @@ class Worker:
             reason = f"worker {self.worker_id} is shutting down"
         elif self.outbox.trouble:
             reason = f"worker {self.worker_id} cannot write its journal"
-        elif len(self._running) >= self.capacity:
-            reason = f"worker {self.worker_id} has no free slot"
+        elif len(self._running) >= self.most:
+            reason = f"worker {self.worker_id} {NO_SLOT}"
         if reason:
-            self._send(self.wsock, Reject(task_id, attempt, name, reason))
+            self._send(self.wsock, Reject(task_id, attempt, name, reason, passing=reason.endswith(NO_SLOT)))
             return
         ctx = TaskContext(task_id, attempt, name, leased.args, self._report, leased.timeout)
         ctx._database = self._database or UNKNOWN
@@ -565,7 +590,8 @@ class Worker:
     def _send_batch(self, bodies: list[bytes], started: list[list[int]] | None = None) -> None:
         """(Not before a welcome: outcomes wait in the outbox, and the welcome sends them.)"""
         if self._welcomed:
-            frames = messages.ended(self.worker_id, bodies, started, self._session)
+            pace = self._pace if self.prefetch_max is not None else None
+            frames = messages.ended(self.worker_id, bodies, started, self._session, pace)
             self._send_frames(self.ssock, frames, f"{len(bodies)} outcome(s)")
 
     def _timers(self, now: float) -> None:
@@ -708,10 +734,13 @@ class Worker:
 
     def _pool_step(self, ctx: TaskContext) -> bool:
         """Run one task and report its outcome; False when this thread must end."""
+        began = time.perf_counter()
         try:
             outcome = self._execute(ctx)
         except TaskTimeout:  # the interruption landed just after the handler returned
             outcome = failed(ctx, self.worker_id, timeout_error(ctx))
+        took, pace = time.perf_counter() - began, self._pace
+        self._pace = took if pace is None else pace + PACE_WEIGHT * (took - pace)
         if not outcome.ok:
             error = fit_error(outcome.error, max(self._max_payload, ERROR_BYTES_MIN))
             outcome = outcome._replace(error=error)

@@ -157,7 +157,7 @@ WORKERS_HEADER = f"{'WORKER':<32} {'SLOTS':>9} {'HOLDS':>5} {'HEARD':>7}  RUNS (
 
 def worker_line(w: dict) -> str:
     """A worker of `workers` as one line under WORKERS_HEADER (`workers`, `top`)."""
-    slots = f"{w['threads']}/{w['capacity']}"
+    slots = f"{w['threads']}/{w.get('depth', w['capacity'])}"  # (depth: older daemons have none)
     queues = "all queues" if w["queues"] is None else ", ".join(w["queues"])
     stuck = f", {len(w['stuck'])} stuck" if w["stuck"] else ""
     return (

@@ -39,7 +39,7 @@ def build_worker_parser() -> argparse.ArgumentParser:
 def add_worker_options(parser: argparse.ArgumentParser) -> None:
     """The options of `martinet-worker` but its modules, --version and --completion (Django's
     `manage.py martinet_worker` takes them too)."""
-    from martinet.worker import PREFETCH_MIN, PREFETCH_PER_THREAD, WorkerOptions
+    from martinet.worker import PREFETCH_DEEP, PREFETCH_MIN, PREFETCH_PER_THREAD, WorkerOptions
 
     parser.add_argument("--config", help="a TOML config file (default: none)")
     parser.add_argument(
@@ -62,7 +62,7 @@ def add_worker_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="tasks held beyond --concurrency, ready for the next free thread; 0 holds none "
         f"(default: {PREFETCH_PER_THREAD} per thread, --concurrency x {PREFETCH_PER_THREAD}, "
-        f"and at least {PREFETCH_MIN})",
+        f"and at least {PREFETCH_MIN}; deeper while tasks are short, up to {PREFETCH_DEEP})",
     )
     parser.add_argument(
         "--worker-id",

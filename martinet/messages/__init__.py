@@ -34,6 +34,7 @@ from martinet.messages.outcome import (
     Progress,
     Started,
     ended,
+    pace_of,
 )
 from martinet.messages.worker_socket import (
     Bye,
@@ -110,5 +111,6 @@ __all__ = [
     "Welcome",
     "decode",
     "ended",
+    "pace_of",
     "read",
 ]

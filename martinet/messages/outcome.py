@@ -23,7 +23,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from martinet import protocol
 from martinet.errors import ProtocolError
-from martinet.messages.fields import is_id, is_worker_id, session_of
+from martinet.messages.fields import is_id, is_positive, is_worker_id, session_of
 from martinet.protocol import Cmd
 from martinet.validate import MAX_ERROR_MESSAGE, MAX_TRACEBACK, clean_tail, clean_text, finite
 
@@ -157,17 +157,34 @@ class Outcome(NamedTuple):
 
 
 def ended(
-    worker_id: str, bodies: list[bytes], started: list[list[int]] | None = None, session: str | None = None
+    worker_id: str,
+    bodies: list[bytes],
+    started: list[list[int]] | None = None,
+    session: str | None = None,
+    pace: float | None = None,
 ) -> list[bytes]:
     """An ENDED message: outcomes already encoded (`Outcome.body`), and the starts that
     came before them (the daemon writes those first). `session`: what the worker's
-    welcome gave it (the daemon takes status messages only with it)."""
+    welcome gave it (the daemon takes status messages only with it). `pace`: the seconds
+    its handlers took a task of late (pace_of; older daemons ignore it)."""
     header: dict[str, Any] = {"worker_id": worker_id}
     if session is not None:
         header["session"] = session
     if started:
         header["started"] = started
+    if pace is not None:
+        header["pace"] = float(f"{pace:.3g}")
     return protocol.encode_batch(Cmd.ENDED, "ended", bodies, header)
+
+
+MAX_PACE = 86_400.0  # seconds a task, as a worker's pace says at most
+
+
+def pace_of(h: dict[str, Any]) -> float | None:
+    """An ENDED header's pace, if it is one: the seconds, above 0, its worker's handlers
+    took a task of late."""
+    pace = h.get("pace")
+    return float(pace) if is_positive(pace) and pace <= MAX_PACE else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,10 +197,11 @@ class Ended:
     started: tuple[tuple[int, int], ...] = ()
     dropped: int = 0
     session: str | None = None
+    pace: float | None = None
 
     def encode(self) -> list[bytes]:
         bodies = [o.body() for o in self.outcomes]
-        return ended(self.worker_id, bodies, [list(s) for s in self.started], self.session)
+        return ended(self.worker_id, bodies, [list(s) for s in self.started], self.session, self.pace)
 
     @classmethod
     def from_header(cls, cmd: Cmd, h: dict[str, Any], max_payload: int | None = None) -> Ended:
@@ -203,7 +221,9 @@ class Ended:
                 outcomes.append(Outcome.from_item(item, worker_id, max_payload))
             except ProtocolError:
                 dropped += 1
-        return cls(worker_id, tuple(outcomes), started_items(h.get("started")), dropped, session_of(h))
+        return cls(
+            worker_id, tuple(outcomes), started_items(h.get("started")), dropped, session_of(h), pace_of(h)
+        )
 
 
 def started_items(value: Any, limit: int = 10_000) -> tuple[tuple[int, int], ...]:

@@ -73,6 +73,10 @@ class Hello:
     # The session its last welcome gave it: proof that a hello on a new connection
     # comes from the worker that held the id (a reconnect), not from a stranger.
     session: str | None = None
+    # Its prefetch may go this deep while its tasks are short (server/peers.py, Peer.depth;
+    # the pace of its handlers comes with its outcomes). None: its capacity, always.
+    # Older daemons ignore it, and fill its capacity.
+    prefetch_max: int | None = None
 
     CMD: ClassVar[Cmd] = Cmd.HELLO
 
@@ -91,7 +95,17 @@ class Hello:
         }  # fmt: skip
         if self.session is not None:
             header["session"] = self.session
+        if self.prefetch_max is not None:
+            header["prefetch_max"] = self.prefetch_max
         return protocol.encode(Cmd.HELLO, header)
+
+    @property
+    def most(self) -> int:
+        """The tasks it may hold at most: its capacity, or its threads and its deepest
+        prefetch (prefetch_max)."""
+        if self.prefetch_max is None:
+            return self.capacity
+        return max(self.capacity, min(self.threads or self.capacity, self.capacity) + self.prefetch_max)
 
     @classmethod
     def from_header(cls, h: dict[str, Any], max_name_length: int = 200) -> Hello:
@@ -108,6 +122,7 @@ class Hello:
         queues = h.get("queues")
         threads = h.get("threads")
         limits = h.get("limits")
+        prefetch_max = h.get("prefetch_max")
         return cls(
             worker_id,
             tuple(names),
@@ -120,6 +135,7 @@ class Hello:
             queues=tuple(q for q in queues if isinstance(q, str)) if isinstance(queues, list) else None,
             limits=limits if isinstance(limits, dict) else {},
             session=session_of(h),
+            prefetch_max=prefetch_max if is_id(prefetch_max) and prefetch_max <= MAX_CAPACITY else None,
         )
 
 
@@ -264,17 +280,24 @@ class Tasks:
 
 @dataclass(frozen=True, slots=True)
 class Reject:
-    """Worker -> daemon: it cannot run this task (no handler, stopping, no free slot)."""
+    """Worker -> daemon: it cannot run this task (no handler, stopping, no free slot).
+    `passing`: not now, for want of a free slot; the worker still takes tasks of that
+    name. Otherwise (no handler, stopping, a journal it cannot write) the daemon sends it
+    no more of them, as it did with every REJECT before the field."""
 
     task_id: int
     attempt: int
     name: str | None
     reason: str
+    passing: bool = False
 
     CMD: ClassVar[Cmd] = Cmd.REJECT
 
     def encode(self) -> list[bytes]:
-        header = {"id": self.task_id, "attempt": self.attempt, "name": self.name, "reason": self.reason}
+        header: dict[str, Any] = {"id": self.task_id, "attempt": self.attempt, "name": self.name,
+                                  "reason": self.reason}  # fmt: skip
+        if self.passing:
+            header["passing"] = True
         return protocol.encode(Cmd.REJECT, header)
 
     @classmethod
@@ -284,7 +307,7 @@ class Reject:
         name = h.get("name")
         return cls(
             h["id"], h["attempt"], name if isinstance(name, str) and name else None,
-            clean_text(h.get("reason", ""), MAX_REASON) or "",
+            clean_text(h.get("reason", ""), MAX_REASON) or "", h.get("passing") is True,
         )  # fmt: skip
 
 

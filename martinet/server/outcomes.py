@@ -13,7 +13,7 @@ from martinet.errors import ProtocolError
 from martinet.logs import about, size, told
 from martinet.messages import Outcome, OutcomeKind, Progress, Started
 from martinet.messages.fields import session_of
-from martinet.messages.outcome import started_items
+from martinet.messages.outcome import pace_of, started_items
 from martinet.models import QUEUED, STALLED, TERMINAL
 from martinet.protocol import Cmd
 from martinet.server.events import attempt_event
@@ -135,6 +135,11 @@ def _outcomes(
     worker_id = h["worker_id"]  # (checked by _from_its_worker)
     if cmd is Cmd.ENDED and "started" in h:  # handlers took these first
         starts.extend((task_id, attempt, worker_id) for task_id, attempt in started_items(h["started"]))
+    pace = pace_of(h) if "pace" in h else None
+    if pace is not None:
+        peer = core.peers.get(worker_id)
+        if peer is not None:
+            core.peers.paced(peer, pace)
     items = h.get("ended") if cmd is Cmd.ENDED else [{**h, "ok": cmd is Cmd.DONE}]
     if not isinstance(items, list):
         log.warning("dropped a %s without a list of outcomes from %s", cmd.name, worker_id)

@@ -3,7 +3,9 @@
 A worker's credit is its capacity minus the tasks the daemon has leased to it
 and not yet seen end, so the daemon never sends more than a worker asked for.
 Its capacity counts the tasks it runs at once (threads) and those it holds ready
-for its next free thread (prefetch).
+for its next free thread (prefetch). A worker that lets it (its hello's
+prefetch_max: martinet-worker's default prefetch) has its prefetch filled deeper
+while its tasks are short, by the pace of its handlers (Peer.depth).
 
 A turn of the daemon must cost the same with five workers or five thousand idle
 ones, so the table keeps what a turn asks for at hand instead of scanning every
@@ -39,6 +41,14 @@ from typing import Any
 # What a worker runs and serves: its task names, and its queues (None: all of them).
 Kind = tuple[frozenset[str], frozenset[str] | None]
 
+# Seconds of its handlers' work a worker's prefetch holds a thread, at its pace, when it
+# lets the daemon fill it deeper than its capacity (Peer.depth). Tiny tasks then come in
+# batches of hundreds: each daemon turn carries that many outcomes and claims, where a
+# drain of them on PostgreSQL spent a third of its time on the turns' fixed costs (round
+# trips, the commit). Short enough that a worker never holds more than a blink of work
+# that another could take, and tasks of 2 ms or more get the capacity as before.
+PREFETCH_SECONDS = 0.05
+
 
 @dataclass(eq=False)
 class Peer:
@@ -67,10 +77,26 @@ class Peer:
     # Its CURVE key (z85), when the daemon has keys: a worker id is bound to the key that
     # said hello with it. None without keys.
     key: str | None = None
+    # How deep its prefetch may go while its tasks are short (its hello's; None: never
+    # beyond its capacity), and the seconds its handlers took a task of late (its ENDED's).
+    prefetch_max: int | None = None
+    pace: float | None = None
 
     @property
     def credit(self) -> int:
-        return max(0, self.capacity - len(self.inflight) - len(self.stuck))
+        return max(0, self.depth - len(self.inflight) - len(self.stuck))
+
+    @property
+    def depth(self) -> int:
+        """The tasks it may hold now: its capacity; or, with a prefetch_max and a pace,
+        PREFETCH_SECONDS of work a thread, as far down as prefetch_max allows, where
+        that is more than its capacity."""
+        if self.prefetch_max is None or self.pace is None:
+            return self.capacity
+        threads = self.thread_count
+        return max(
+            self.capacity, threads + min(self.prefetch_max, int(threads * PREFETCH_SECONDS / self.pace))
+        )
 
     @property
     def idle_threads(self) -> int:
@@ -190,6 +216,7 @@ class Peers:
         threads: int | None = None,
         session: str = "",
         key: str | None = None,
+        prefetch_max: int | None = None,
     ) -> Peer:
         """Register (or re-register) a worker. A repeated hello starts it afresh."""
         self._keep(worker_id)
@@ -197,7 +224,7 @@ class Peers:
         self._serves.clear()
         peer = Peer(
             worker_id, ident, set(names), max(0, capacity), now, queues=queues, threads=threads,
-            session=session, key=key,
+            session=session, key=key, prefetch_max=prefetch_max,
         )  # fmt: skip
         self._by_id[worker_id] = peer
         self._by_ident[ident] = worker_id
@@ -284,6 +311,17 @@ class Peers:
 
     def any_credit(self) -> bool:
         return bool(self._free)
+
+    def paced(self, peer: Peer, pace: float) -> None:
+        """Its handlers took `pace` seconds a task of late: its depth follows (a hint of
+        the wire, like liveness: not undone with a turn)."""
+        if peer.prefetch_max is None or pace == peer.pace:
+            return
+        peer.pace = pace
+        if peer.credit > 0:
+            self._index(peer)
+        else:
+            self._unindex(peer)
 
     def alone_with_credit(self) -> bool:
         """Whether exactly one worker has credit."""

@@ -66,14 +66,17 @@ def hello_of(core: State, ident: bytes, h: dict[str, Any]) -> Hello | None:
 
 
 def on_reject(core: State, peer: Peer, reject: Reject, now: float) -> None:
-    """The worker cannot run a task it was sent (it lacks its handler): it goes elsewhere."""
+    """The worker cannot run a task it was sent: it goes elsewhere, or to it later. A
+    worker that lacks its handler (or is stopping) is sent no more tasks of that name; a
+    refusal that passes (no free slot) takes nothing away: a worker that lost a name for
+    want of a slot would leave the tasks of that name queued for good."""
     task_id, attempt = reject.task_id, reject.attempt
     lane = core.store.unclaim(task_id, attempt, now) if core.peers.owner(task_id) is peer else None
     if lane is not None:
         core.peers.release(task_id, now)
         core.lanes.ended(*lane)
         core.lanes.ready(lane[0])
-        if reject.name:
+        if reject.name and not reject.passing:
             core.peers.drop_name(peer, reject.name)
         log.warning(
             "worker %s refused task %s: %s; it goes to another worker", peer.worker_id, task_id, reject.reason
@@ -107,7 +110,9 @@ def on_hello(core: State, ident: bytes, hello: Hello, out: Outbox, now: float) -
     in_transit = set(old.inflight) if old is not None and old.ident == ident else set()
     # The same worker keeps its session (its status messages in flight stay its own).
     session = old.session if old is not None and old.key == key else new_session()
-    peer = core.peers.hello(worker_id, ident, names, capacity, now, queues, hello.threads, session, key)
+    peer = core.peers.hello(
+        worker_id, ident, names, capacity, now, queues, hello.threads, session, key, hello.prefetch_max
+    )
     peer.reports_starts = hello.starts
     clocks = old.clocks if old is not None else {}  # a reconnect keeps when its tasks started
     if old is not None and in_transit:
@@ -129,9 +134,11 @@ def on_hello(core: State, ident: bytes, hello: Hello, out: Outbox, now: float) -
     # What it kept aside for other databases, of which this one may be (marked, always).
     ours = [r for r in hello.kept if r.database == core.database_id]
     running = (running + ours)[:MAX_HELD]
-    # It gets back at most what its capacity holds: a hello that says it runs more is
-    # not believed beyond that (the rest end as lost below). Attempts whose outcome is
-    # committed (acks lost in an outage) are not readopted, so they take no room.
+    # It gets back at most what its capacity holds (its deepest prefetch, when the daemon
+    # may fill that: Hello.most): a hello that says it runs more is not believed beyond
+    # that (the rest end as lost below). Attempts whose outcome is committed (acks lost
+    # in an outage) are not readopted, so they take no room.
+    capacity = hello.most
     room = max(0, capacity - len(in_transit - {r.task_id for r in running}))
     revived: list[tuple[str, str]] = []
     adopted = core.store.readopt(worker_id, running, now, core.settings.lease, limit=room, revived=revived)
@@ -169,8 +176,10 @@ def on_hello(core: State, ident: bytes, hello: Hello, out: Outbox, now: float) -
     out.send(ident, welcome(core, session))
     core.dispatch_pending = True
     log.info(
-        "worker %s ready: %d thread(s) and %d prefetch slot(s) for %s",
-        worker_id, peer.thread_count, peer.capacity - peer.thread_count, ", ".join(sorted(names)) or "nothing",
+        "worker %s ready: %d thread(s) and %d prefetch slot(s)%s for %s",
+        worker_id, peer.thread_count, peer.capacity - peer.thread_count,
+        "" if hello.prefetch_max is None else f" (up to {hello.prefetch_max} while its tasks are short)",
+        ", ".join(sorted(names)) or "nothing",
     )  # fmt: skip
 
 
@@ -252,8 +261,8 @@ def lose_worker(core: State, worker_id: str, now: float, reason: str, outcome: s
 
 def listing(r: Request) -> dict[str, Any] | None:
     """The `workers` request: this daemon's workers, by id: the names they run and the
-    queues they serve (None: all), their slots (capacity: tasks held at most, threads:
-    run at once), the tasks they hold (running or waiting in their prefetch), those stuck
+    queues they serve (None: all), their slots (capacity: tasks held at most, or depth
+    while their tasks are short; threads: run at once), the tasks they hold (running or waiting in their prefetch), those stuck
     past a time limit, and the seconds since each was last heard from."""
     items = [
         {
@@ -261,6 +270,7 @@ def listing(r: Request) -> dict[str, Any] | None:
             "names": sorted(p.names),
             "queues": None if p.queues is None else sorted(p.queues),
             "capacity": p.capacity,
+            "depth": p.depth,
             "threads": p.thread_count,
             "held": sorted(p.inflight),
             "stuck": sorted(p.stuck),

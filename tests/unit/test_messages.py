@@ -88,6 +88,10 @@ GOLDEN = [
         Reject(10, 1, "nope", "worker w1 has no handler for 'nope'"),
         P + b'\x14{"id":10,"attempt":1,"name":"nope","reason":"worker w1 has no handler for \'nope\'"}',
     ),
+    (
+        Reject(11, 2, "add", "worker w1 has no free slot", passing=True),
+        P + b'\x14{"id":11,"attempt":2,"name":"add","reason":"worker w1 has no free slot","passing":true}',
+    ),
     (Heartbeat(()), P + b'\x13{"running":[]}'),
     (Heartbeat(), P + b"\x13{}"),  # the daemon's
     (Bye(), P + b"\x16{}"),
@@ -164,6 +168,20 @@ def test_an_ended_message_carries_the_starts_before_its_outcomes():
         P + b'${"worker_id":"w1","started":[[1,2],[2,2]],"ended":[' + b",".join(bodies) + b"]}"
     ]
     assert messages.ended("w1", bodies[:1]) == [P + b'${"worker_id":"w1","ended":[' + bodies[0] + b"]}"]
+
+
+def test_an_ended_message_carries_its_handlers_pace_and_a_hello_how_deep_its_prefetch_may_go():
+    frames = messages.ended("w1", [], None, None, 0.000123456)
+    assert frames == [P + b'${"worker_id":"w1","pace":0.000123,"ended":[]}']
+    assert Ended.from_header(Cmd.ENDED, protocol.decode(frames)[1]).pace == 0.000123
+    for bad in (0, -1.0, True, "0.1", None, 1e9, [0.1]):
+        assert messages.pace_of({"pace": bad}) is None, bad
+    hello = Hello("w1", ("a",), 33, threads=1, prefetch_max=256)
+    header = protocol.decode(hello.encode())[1]
+    assert header["prefetch_max"] == 256 and Hello.from_header(header) == hello
+    assert hello.most == 257 and Hello("w1", ("a",), 33, threads=1).most == 33
+    for bad in (-1, 1.5, True, "256", 10**9):
+        assert Hello.from_header({**header, "prefetch_max": bad}).prefetch_max is None, bad
 
 
 def test_a_batch_request_and_events_write_items_encoded_once():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from martinet.server.peers import Peer, Peers
+from martinet.server.peers import PREFETCH_SECONDS, Peer, Peers
 
 T0 = 1000.0
 
@@ -215,3 +215,29 @@ def test_a_worker_of_unknown_threads_runs_its_whole_capacity_at_once():
     for task_id in (1, 2):
         peers.assign(peer, task_id, 5.0)
     assert (peer.clock(1), peer.clock(2), peer.prefetched) == (5.0, 5.0, {})
+
+
+def test_a_worker_that_lets_it_is_filled_deeper_while_its_tasks_are_short():
+    """A worker's hello may say how deep its prefetch may go (prefetch_max): its outcomes
+    then bring the pace of its handlers, and the daemon keeps PREFETCH_SECONDS of work a
+    thread in it, as deep as prefetch_max allows, never less than its capacity."""
+    peers = Peers()
+    paced = peers.hello("w1", b"w1", {"add"}, 33, T0, threads=1, prefetch_max=256)
+    fixed = peers.hello("w2", b"w2", {"add"}, 33, T0, threads=1)
+    assert (paced.depth, fixed.depth) == (33, 33)  # no pace heard yet: its capacity
+    for task_id in range(33):
+        peers.assign(paced, task_id)
+        peers.assign(fixed, 100 + task_id)
+    assert with_credit(peers) == []
+    peers.paced(paced, PREFETCH_SECONDS / 100)  # 100 tasks' worth a thread
+    peers.paced(fixed, PREFETCH_SECONDS / 100)  # (it did not ask for it: nothing changes)
+    assert (paced.depth, paced.credit, fixed.depth) == (101, 68, 33)
+    assert with_credit(peers) == [paced]
+    peers.paced(paced, PREFETCH_SECONDS / 10_000)  # tiny tasks: as deep as it said at most
+    assert paced.depth == 257
+    peers.paced(paced, 2.0)  # long ones: its capacity again, and no credit while it holds 33
+    assert (paced.depth, paced.credit) == (33, 0)
+    assert with_credit(peers) == []
+    eight = peers.hello("w3", b"w3", {"add"}, 40, T0, threads=8, prefetch_max=256)
+    peers.paced(eight, PREFETCH_SECONDS / 10)  # ten tasks' worth for each of its threads
+    assert eight.depth == 8 + 80

@@ -106,3 +106,54 @@ def test_refused_task_goes_elsewhere_without_spending_an_attempt(make_live, sqli
         liar.options.grace = 0
         liar.stop()
         threads[0].join(10)
+
+
+def test_a_worker_with_the_default_prefetch_holds_a_deeper_one_and_tells_its_pace():
+    """With the default prefetch the worker's hello lets the daemon fill its prefetch deeper
+    than its capacity (prefetch_max) and its outcomes carry its handlers' pace: it takes
+    tasks beyond its capacity, up to that depth, and refuses none of them."""
+    ctx = zmq.Context()
+    work, status = ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
+    ports = free_ports(2)
+
+    def nap(task, s):
+        time.sleep(s)
+
+    worker = Worker(handlers={"nap": nap}, worker_port=ports[0], status_port=ports[1], concurrency=1)
+    assert (worker.capacity, worker.prefetch_max, worker.most) == (33, 256, 257)
+    assert Worker(handlers={}, prefetch=4).prefetch_max is None  # a prefetch of its own: as asked
+    thread = threading.Thread(target=worker.run, daemon=True)
+    try:
+        for sock, port in ((work, ports[0]), (status, ports[1])):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.bind(f"tcp://127.0.0.1:{port}")
+        thread.start()
+        assert work.poll(10_000), "the worker did not say hello"
+        ident, frame = work.recv_multipart()
+        cmd, hello = protocol.decode([frame])
+        assert cmd is Cmd.HELLO and (hello["capacity"], hello["prefetch_max"]) == (33, 256)
+        work.send_multipart(
+            [ident, *protocol.encode(Cmd.WELCOME, {"epoch": "e", "database": "d", "session": "5" * 32})]
+        )
+        tasks = [{"id": i, "attempt": 1, "name": "nap", "args": {"s": 0.002}} for i in range(1, 41)]
+        work.send_multipart([ident, *protocol.encode(Cmd.TASK, {"tasks": tasks})])  # 40: more than 33
+        ended, paces = [], []
+        while len(ended) < 40:
+            assert status.poll(10_000), f"{len(ended)} of 40 outcomes came"
+            sender, *frames = status.recv_multipart()
+            cmd, header = protocol.decode(frames)
+            if cmd is Cmd.ENDED:
+                ended += [item["id"] for item in header["ended"] if item["ok"]]
+                paces.append(header["pace"])
+                acks = [[item["id"], item["attempt"]] for item in header["ended"]]
+                status.send_multipart([sender, *protocol.encode(Cmd.ACK, {"acks": acks})])
+        assert sorted(ended) == list(range(1, 41))  # every one run: none refused
+        assert not work.poll(0)  # (no REJECT came)
+        assert 0.002 <= paces[-1] < 1.0
+    finally:
+        worker.options.grace = 0
+        worker.stop()
+        thread.join(10)
+        work.close()
+        status.close()
+        ctx.term()
