@@ -261,9 +261,10 @@ def lose_worker(core: State, worker_id: str, now: float, reason: str, outcome: s
 
 def listing(r: Request) -> dict[str, Any] | None:
     """The `workers` request: this daemon's workers, by id: the names they run and the
-    queues they serve (None: all), their slots (capacity: tasks held at most, or depth
-    while their tasks are short; threads: run at once), the tasks they hold (running or waiting in their prefetch), those stuck
-    past a time limit, and the seconds since each was last heard from."""
+    queues they serve (None: all), their slots (capacity: tasks held at most; depth: as
+    many or more, while their tasks are short; threads: run at once), the tasks they hold
+    (running or waiting in their prefetch), those stuck past a time limit, and the
+    seconds since each was last heard from."""
     items = [
         {
             "id": p.worker_id,
