@@ -7,6 +7,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import zmq
 
@@ -17,14 +20,15 @@ from tests.harness import free_ports, wait_for
 from tests.live import HANDLERS
 
 
-def test_a_task_sent_ahead_of_its_due_time_starts_then_or_never_if_cancelled_meanwhile():
-    """The daemon leases a delayed task a moment before it is due (start_in, see
-    server/timers.py's TIMER_LEAD) and the worker holds it until then. A scripted daemon plays
-    the daemon's part here, so that the times are the test's own."""
+@contextmanager
+def scripted_daemon(**options: Any) -> Iterator[tuple[Worker, zmq.Socket, zmq.Socket, bytes, dict]]:
+    """A Worker (of `options`) in a thread, against a worker and a status socket the test
+    binds itself and plays the daemon on: (worker, worker socket, status socket, the
+    worker's ident, its hello's header). Stopped and closed after."""
     ctx = zmq.Context()
     work, status = ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
     ports = free_ports(2)
-    worker = Worker(handlers=HANDLERS, worker_port=ports[0], status_port=ports[1], concurrency=2)
+    worker = Worker(worker_port=ports[0], status_port=ports[1], **options)
     thread = threading.Thread(target=worker.run, daemon=True)
     try:
         for sock, port in ((work, ports[0]), (status, ports[1])):
@@ -33,7 +37,23 @@ def test_a_task_sent_ahead_of_its_due_time_starts_then_or_never_if_cancelled_mea
         thread.start()
         assert work.poll(10_000), "the worker did not say hello"
         ident, frame = work.recv_multipart()
-        assert protocol.decode([frame])[0] is Cmd.HELLO
+        cmd, hello = protocol.decode([frame])
+        assert cmd is Cmd.HELLO
+        yield worker, work, status, ident, hello
+    finally:
+        worker.options.grace = 0
+        worker.stop()
+        thread.join(10)
+        work.close()
+        status.close()
+        ctx.term()
+
+
+def test_a_task_sent_ahead_of_its_due_time_starts_then_or_never_if_cancelled_meanwhile():
+    """The daemon leases a delayed task a moment before it is due (start_in, see
+    server/timers.py's TIMER_LEAD) and the worker holds it until then. A scripted daemon plays
+    the daemon's part here, so that the times are the test's own."""
+    with scripted_daemon(handlers=HANDLERS, concurrency=2) as (_worker, work, status, ident, _hello):
 
         def send(cmd: Cmd, header: dict) -> None:
             work.send_multipart([ident, *protocol.encode(cmd, header)])
@@ -65,13 +85,6 @@ def test_a_task_sent_ahead_of_its_due_time_starts_then_or_never_if_cancelled_mea
         (outcome,) = outcomes()
         assert (outcome["id"], outcome["ok"], outcome["result"]) == (2, True, None)  # its handler never ran
         assert starts == [[1, 1]]  # so it never said it started
-    finally:
-        worker.options.grace = 0
-        worker.stop()
-        thread.join(10)
-        work.close()
-        status.close()
-        ctx.term()
 
 
 class LiarWorker(Worker):
@@ -112,29 +125,16 @@ def test_a_worker_with_the_default_prefetch_holds_a_deeper_one_and_tells_its_pac
     """With the default prefetch the worker's hello lets the daemon fill its prefetch deeper
     than its capacity (prefetch_max) and its outcomes carry its handlers' pace: it takes
     tasks beyond its capacity, up to that depth, and refuses none of them."""
-    ctx = zmq.Context()
-    work, status = ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
-    ports = free_ports(2)
 
     def nap(task, s):
         time.sleep(s)
 
-    worker = Worker(handlers={"nap": nap}, worker_port=ports[0], status_port=ports[1], concurrency=1)
-    assert (worker.capacity, worker.prefetch_max, worker.most) == (33, 256, 257)
     assert Worker(handlers={}, prefetch=4).prefetch_max is None  # a prefetch of its own: as asked
-    thread = threading.Thread(target=worker.run, daemon=True)
-    try:
-        for sock, port in ((work, ports[0]), (status, ports[1])):
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.bind(f"tcp://127.0.0.1:{port}")
-        thread.start()
-        assert work.poll(10_000), "the worker did not say hello"
-        ident, frame = work.recv_multipart()
-        cmd, hello = protocol.decode([frame])
-        assert cmd is Cmd.HELLO and (hello["capacity"], hello["prefetch_max"]) == (33, 256)
-        work.send_multipart(
-            [ident, *protocol.encode(Cmd.WELCOME, {"epoch": "e", "database": "d", "session": "5" * 32})]
-        )
+    with scripted_daemon(handlers={"nap": nap}, concurrency=1) as (worker, work, status, ident, hello):
+        assert (worker.capacity, worker.prefetch_max, worker.most) == (33, 256, 257)
+        assert (hello["capacity"], hello["prefetch_max"]) == (33, 256)
+        welcome = {"epoch": "e", "database": "d", "session": "5" * 32}
+        work.send_multipart([ident, *protocol.encode(Cmd.WELCOME, welcome)])
         tasks = [{"id": i, "attempt": 1, "name": "nap", "args": {"s": 0.002}} for i in range(1, 41)]
         work.send_multipart([ident, *protocol.encode(Cmd.TASK, {"tasks": tasks})])  # 40: more than 33
         ended, paces = [], []
@@ -150,10 +150,3 @@ def test_a_worker_with_the_default_prefetch_holds_a_deeper_one_and_tells_its_pac
         assert sorted(ended) == list(range(1, 41))  # every one run: none refused
         assert not work.poll(0)  # (no REJECT came)
         assert 0.002 <= paces[-1] < 1.0
-    finally:
-        worker.options.grace = 0
-        worker.stop()
-        thread.join(10)
-        work.close()
-        status.close()
-        ctx.term()
