@@ -88,11 +88,14 @@ PREFETCH_MIN = 32
 # With the default prefetch, the daemon may fill it deeper than that while the tasks are
 # short, down to this many (per worker, or PREFETCH_DEEP_PER_THREAD a thread if more), by
 # the pace of the handlers that every ENDED carries (server/peers.py, Peer.depth): tiny
-# tasks then come hundreds at a time, and each daemon turn carries as many outcomes and
-# claims (a drain of no-op tasks at --concurrency 1 on PostgreSQL: 1.5-1.7x with 128-256
-# deep against 32, measured 2026-12-07). Tasks of 2 ms or more keep the prefetch above.
-PREFETCH_DEEP = 256
-PREFETCH_DEEP_PER_THREAD = 32
+# tasks then come a hundred at a time, and each daemon turn carries as many outcomes and
+# claims (a drain of no-op tasks at --concurrency 1 on PostgreSQL: 1.3-1.5x with 128
+# deep against 32, 1.5-1.8x with 256, measured 2026-12-07). Not deeper: a turn that
+# takes 256 outcomes and claims as many keeps other requests waiting (execute_many
+# batches alongside an 8-thread drain went 0.6 times as fast with 256, as fast with 128).
+# Tasks of 2 ms or more keep the prefetch above.
+PREFETCH_DEEP = 128
+PREFETCH_DEEP_PER_THREAD = 16
 NO_SLOT = "has no free slot"  # (a REJECT for want of one passes: Reject.passing)
 PACE_WEIGHT = 0.1  # the weight of a task's time in the handlers' pace (a moving average)
 # A task sent ahead of its due time (start_in, see daemon.TIMER_LEAD) is held this long

@@ -43,7 +43,7 @@ Kind = tuple[frozenset[str], frozenset[str] | None]
 
 # Seconds of its handlers' work a worker's prefetch holds a thread, at its pace, when it
 # lets the daemon fill it deeper than its capacity (Peer.depth). Tiny tasks then come in
-# batches of hundreds: each daemon turn carries that many outcomes and claims, where a
+# batches of a hundred: each daemon turn carries that many outcomes and claims, where a
 # drain of them on PostgreSQL spent a third of its time on the turns' fixed costs (round
 # trips, the commit). Short enough that a worker never holds more than a blink of work
 # that another could take, and tasks of 2 ms or more get the capacity as before.

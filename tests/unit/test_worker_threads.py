@@ -131,8 +131,8 @@ def test_a_worker_with_the_default_prefetch_holds_a_deeper_one_and_tells_its_pac
 
     assert Worker(handlers={}, prefetch=4).prefetch_max is None  # a prefetch of its own: as asked
     with scripted_daemon(handlers={"nap": nap}, concurrency=1) as (worker, work, status, ident, hello):
-        assert (worker.capacity, worker.prefetch_max, worker.most) == (33, 256, 257)
-        assert (hello["capacity"], hello["prefetch_max"]) == (33, 256)
+        assert (worker.capacity, worker.prefetch_max, worker.most) == (33, 128, 129)
+        assert (hello["capacity"], hello["prefetch_max"]) == (33, 128)
         welcome = {"epoch": "e", "database": "d", "session": "5" * 32}
         work.send_multipart([ident, *protocol.encode(Cmd.WELCOME, welcome)])
         tasks = [{"id": i, "attempt": 1, "name": "nap", "args": {"s": 0.002}} for i in range(1, 41)]
