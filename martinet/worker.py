@@ -96,7 +96,6 @@ PREFETCH_MIN = 32
 # Tasks of 2 ms or more keep the prefetch above.
 PREFETCH_DEEP = 128
 PREFETCH_DEEP_PER_THREAD = 16
-NO_SLOT = "has no free slot"  # (a REJECT for want of one passes: Reject.passing)
 PACE_WEIGHT = 0.1  # the weight of a task's time in the handlers' pace (a moving average)
 # A task sent ahead of its due time (start_in, see daemon.TIMER_LEAD) is held this long
 # at most, whatever start_in says: a thread waits for it meanwhile.
@@ -229,9 +228,8 @@ class Worker:
         threads = max(1, o.concurrency)
         self.capacity = threads + max(0, default_prefetch(threads) if o.prefetch is None else o.prefetch)
         self.prefetch_max = deepest_prefetch(threads) if o.prefetch is None else None
-        self.most = (
-            self.capacity if self.prefetch_max is None else threads + self.prefetch_max
-        )  # held at most
+        # Tasks held at most: the capacity, or the deepest prefetch the daemon may fill.
+        self.most = self.capacity if self.prefetch_max is None else threads + self.prefetch_max
         # Seconds its handlers took a task of late (a moving average, PACE_WEIGHT), for the
         # daemon's depth of its prefetch; handler threads write it, the loop reads it.
         self._pace: float | None = None
@@ -480,7 +478,7 @@ class Worker:
 
     def _on_task(self, leased: Task) -> None:
         task_id, attempt, name = leased.task_id, leased.attempt, leased.name
-        reason = None
+        reason, passing = None, False  # passing: a refusal for want of a slot (Reject.passing)
         if name not in self.handlers:
             reason = f"worker {self.worker_id} has no handler for {name!r}"
         elif self._stopping:
@@ -488,9 +486,9 @@ class Worker:
         elif self.outbox.trouble:
             reason = f"worker {self.worker_id} cannot write its journal"
         elif len(self._running) >= self.most:
-            reason = f"worker {self.worker_id} {NO_SLOT}"
+            reason, passing = f"worker {self.worker_id} has no free slot", True
         if reason:
-            self._send(self.wsock, Reject(task_id, attempt, name, reason, passing=reason.endswith(NO_SLOT)))
+            self._send(self.wsock, Reject(task_id, attempt, name, reason, passing=passing))
             return
         ctx = TaskContext(task_id, attempt, name, leased.args, self._report, leased.timeout)
         ctx._database = self._database or UNKNOWN

@@ -135,8 +135,8 @@ def _outcomes(
     worker_id = h["worker_id"]  # (checked by _from_its_worker)
     if cmd is Cmd.ENDED and "started" in h:  # handlers took these first
         starts.extend((task_id, attempt, worker_id) for task_id, attempt in started_items(h["started"]))
-    pace, peer = pace_of(h), core.peers.get(worker_id)
-    if pace is not None and peer is not None:  # how deep its prefetch may go (Peer.depth)
+    pace = pace_of(h)
+    if pace is not None and (peer := core.peers.get(worker_id)) is not None:  # its depth (Peer.depth)
         core.peers.paced(peer, pace)
     items = h.get("ended") if cmd is Cmd.ENDED else [{**h, "ok": cmd is Cmd.DONE}]
     if not isinstance(items, list):

@@ -123,13 +123,18 @@ class SqlKit:
         """A quoted column name (`key` is reserved on MySQL)."""
         return f"{self.db.quote[0]}{column}{self.db.quote[1]}"
 
-    def _insert(self, table: str, row: dict[str, Any]) -> int:
+    def _insert_text(self, table: str, row: dict[str, Any]) -> str:
+        """`INSERT INTO table (row's columns) VALUES (?, ...)`, kept by table and columns."""
         sql = self._insert_sql.get((table, tuple(row)))
         if sql is None:
             columns = ", ".join(map(self._name, row))
             sql = self._insert_sql[(table, tuple(row))] = (
                 f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(row))})"
             )
+        return sql
+
+    def _insert(self, table: str, row: dict[str, Any]) -> int:
+        sql = self._insert_text(table, row)
         if self.returns_ids:
             new_id: int = self._exec(sql + " RETURNING id", row.values()).fetchone()[0]
             return new_id

@@ -140,23 +140,11 @@ class Tasks(Dependents):
         row["request_id"] = rid
         if isinstance(self.db, PgDatabase) and self.db.defers_writes():
             row = {"id": self._task_id(), **row}
-            sql = self._insert_sql.get(("task later", tuple(row)))
-            if sql is None:
-                columns = ", ".join(map(self._name, row))
-                sql = self._insert_sql[("task later", tuple(row))] = (
-                    f"INSERT INTO task ({columns}) VALUES ({', '.join('?' * len(row))})"
-                )
-            self._write_later(sql, row.values())
+            self._write_later(self._insert_text("task", row), row.values())
             return row["id"], True
         if rid is None:
             return self._insert("task", row), True
-        sql = self._insert_sql.get(("task once", tuple(row)))
-        if sql is None:
-            columns = ", ".join(map(self._name, row))
-            sql = self._insert_sql[("task once", tuple(row))] = (
-                f"INSERT INTO task ({columns}) VALUES ({', '.join('?' * len(row))})"
-                " ON CONFLICT (request_id) DO NOTHING RETURNING id"
-            )
+        sql = self._insert_text("task", row) + " ON CONFLICT (request_id) DO NOTHING RETURNING id"
         made = self._exec(sql, row.values()).fetchone()
         if made is not None:
             return made[0], True
