@@ -120,6 +120,8 @@ def _json(value: Any) -> str:
         return str(value)
     if kind is float and math.isfinite(value):
         return repr(value)  # as json.dumps writes it
+    if isinstance(value, str):  # a StrEnum (an attempt's status and outcome): its value
+        return encode_basestring_ascii(value)
     return json.dumps(value, separators=(",", ":"), default=str)
 
 

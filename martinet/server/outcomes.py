@@ -218,8 +218,11 @@ def on_outcomes(
 def _ended(core: State, info: dict[str, Any], outcome: Outcome, out: Outbox, now: float) -> None:
     """An attempt ended as its worker said: free its slot, log it, tell who listens."""
     task_id, attempt, worker_id = outcome.task_id, outcome.attempt, outcome.worker
-    fields = about(task_id, info["name"], attempt, worker_id)  # of its log lines (logs.py)
-    if info.pop("late", False):  # its slot was freed when the daemon thought it lost
+    late, status = info.pop("late", False), info["status"]
+    # The fields of its log lines (logs.py); a success logs none at INFO (most of a drain)
+    quiet = status == "succeeded" and not late and not log.isEnabledFor(logging.DEBUG)
+    fields = {} if quiet else about(task_id, info["name"], attempt, worker_id)
+    if late:  # its slot was freed when the daemon thought it lost
         log.warning(
             "task %s %s attempt %s succeeded on %s after all (it had been declared lost): result kept",
             task_id, info["name"], attempt, worker_id, extra=fields,
@@ -232,7 +235,6 @@ def _ended(core: State, info: dict[str, Any], outcome: Outcome, out: Outbox, now
     limited = lanes.queue(info["queue"]).concurrency is not None or info["name"] in lanes.names
     if limited or info["status"] == QUEUED:  # a limit has room again, or the task is back (released)
         lanes.ready(info["queue"])
-    status = info["status"]
     error = info["error"] or {}
     if status == "succeeded":
         log.debug(

@@ -291,7 +291,7 @@ class Outcomes(Dependents):
             "updated_at": now,
         }
         if outcome == AttemptOutcome.SUCCEEDED:
-            changes["result"] = json.dumps(result)
+            changes["result"] = "null" if result is None else json.dumps(result)
         if row.cancel_requested:  # the handler was asked to stop; however it ended, it is cancelled
             outcome, status = AttemptOutcome.CANCELLED, TaskState.CANCELLED
             changes["reason"] = "cancelled while running"

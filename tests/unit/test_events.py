@@ -196,11 +196,15 @@ def test_a_subscriber_far_behind_gets_bounded_pages(store):
 
 def test_an_attempts_end_is_written_as_json_would_write_it():
     from martinet.server.events import _body, attempt_event
+    from martinet.states import AttemptOutcome, TaskState
 
     info = {"id": 7, "name": 'say "hi" ☃', "queue": "default", "attempt": 2, "status": "failed",
             "outcome": "failed", "result": None, "error": {"type": "E", "message": "a\nb", "traceback": None},
             "run_at": "2027-01-15T08:00:01.000+00:00", "reason": None, "dependents": {}}  # fmt: skip
-    for changes in ({}, {"status": "succeeded", "outcome": "succeeded", "result": {"x": [1.5, None, True]}}):
+    # The store gives status and outcome as StrEnums: written as their values, like strings
+    as_stored = {"status": TaskState.SUCCEEDED, "outcome": AttemptOutcome.SUCCEEDED, "result": None}
+    for changes in ({}, {"status": "succeeded", "outcome": "succeeded", "result": {"x": [1.5, None, True]}},
+                    as_stored):  # fmt: skip
         event = attempt_event({**info, **changes})
         assert json.loads(_body(event)) == json.loads(json.dumps(dict(event)))
         assert _body(event) == _body(dict(event))  # the template and the general case agree
