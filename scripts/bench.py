@@ -16,8 +16,10 @@ drain as a share of the lower floor, when throughput and floor both ran). Scenar
               last handler start, and the steady rate from first start to last; then
               tasks paced at 200/s into 2 idle c1 workers (latency p50/p99, ms). Also
               the enqueue as a share of raw pyzmq round trips measured in the same run
-              (enqueue_of_round_trips_pct), and --users-clients (8) client processes
-              calling execute together, against one on the same daemon (clients8_x).
+              (enqueue_of_round_trips_pct), what a call costs in CPU, the client's
+              process and the daemon's (enqueue_client_cpu_us, enqueue_daemon_cpu_us),
+              and --users-clients (8) client processes calling execute together,
+              against one on the same daemon (clients8_x).
               SQLite, and PostgreSQL too with --postgres (pg_)
 
   throughput  one client calling execute in a loop (each waits for "accepted"); a bulk
@@ -1059,11 +1061,12 @@ def users_drain(args, db: str | None, concurrency: int | None) -> dict:
         try:
             rig.start_daemon()
             m = rig.client()
-            n = args.users_tasks
-            start = time.perf_counter()
+            n, pid = args.users_tasks, rig.daemon.pid if rig.daemon else 0
+            start, mine, daemon = time.perf_counter(), os.times(), cpu_seconds(pid)
             for i in range(n):
                 m.execute("bench.clock", {"x": i})
             enqueue_s = time.perf_counter() - start
+            mine_after, daemon_after = os.times(), cpu_seconds(pid)
             m.close()
             workers_at = time.time()
             rig.start_workers()
@@ -1078,8 +1081,12 @@ def users_drain(args, db: str | None, concurrency: int | None) -> dict:
     starts = sorted(json.loads(result) for (result,) in rows)
     if len(starts) != n:
         raise RuntimeError(f"users: {len(starts)} of {n} tasks ran")
+    client_cpu = mine_after.user + mine_after.system - mine.user - mine.system
     return {
         "enqueue_per_s": round(n / enqueue_s),
+        # What a call costs in CPU, all threads: the client's process (this one) and the daemon's
+        "enqueue_client_cpu_us": round(1e6 * client_cpu / n),
+        "enqueue_daemon_cpu_us": round(1e6 * (daemon_after - daemon) / n),
         "drain_per_s": round(n / (starts[-1] - workers_at)),
         "steady_per_s": round((n - 1) / (starts[-1] - starts[0])),
     }
@@ -1149,6 +1156,8 @@ def scenario_users(args) -> dict:
         c1 = users_drain(args, db, 1)
         out[f"{label}_enqueue_per_s"] = c1["enqueue_per_s"]
         out[f"{label}_enqueue_of_round_trips_pct"] = round(100 * c1["enqueue_per_s"] / trips, 1)
+        for side in ("client", "daemon"):
+            out[f"{label}_enqueue_{side}_cpu_us"] = c1[f"enqueue_{side}_cpu_us"]
         many = args.users_clients
         rates = users_clients(args, db, (1, many))
         out[f"{label}_clients{many}_per_s"] = round(rates[many])
