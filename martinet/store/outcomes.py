@@ -7,7 +7,6 @@ is the task's current one, held by that worker (see the package's docstring)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
 from typing import Any
 
@@ -20,7 +19,7 @@ from martinet.present import iso
 from martinet.retry import RetryPolicy
 from martinet.states import HELD, TERMINAL, AttemptOutcome, TaskState, sql_list
 from martinet.store.dependents import Dependents
-from martinet.store.rows import FENCE, Ending, RunningRow, attempt_row
+from martinet.store.rows import FENCE, Ending, RunningRow, attempt_row, result_text
 
 _HELD = sql_list(HELD)
 _CANCELLED = OutcomeKind.CANCELLED
@@ -291,7 +290,7 @@ class Outcomes(Dependents):
             "updated_at": now,
         }
         if outcome == AttemptOutcome.SUCCEEDED:
-            changes["result"] = "null" if result is None else json.dumps(result)
+            changes["result"] = result_text(result)
         if row.cancel_requested:  # the handler was asked to stop; however it ended, it is cancelled
             outcome, status = AttemptOutcome.CANCELLED, TaskState.CANCELLED
             changes["reason"] = "cancelled while running"

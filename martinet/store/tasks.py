@@ -3,7 +3,6 @@ due, claim (leased to a worker), unclaim, and start (running)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -14,7 +13,7 @@ from martinet.errors import StoreError
 from martinet.states import HELD, TIMED, ScheduleState, TaskState, sql_list
 from martinet.store.dependents import Dependents
 from martinet.store.pg import PgDatabase
-from martinet.store.rows import task_row
+from martinet.store.rows import decoded_args, task_row
 from martinet.store.sql import Cursor
 
 TASK_IDS_AHEAD = 64  # task ids taken from the sequence at once, for submits (Tasks._task_id)
@@ -298,8 +297,8 @@ class Tasks(Dependents):
                 r["attempt"] += 1
         waiting_on = [r["id"] for r in rows if r.pop("has_parents")]
         parents = self._parent_results(waiting_on) if waiting_on else {}
-        for r in rows:
-            r["args"] = json.loads(r["args"])
+        for r, args in zip(rows, decoded_args([r["args"] for r in rows]), strict=True):
+            r["args"] = args
             r["due"] = r["run_at"]
             if r["run_at"] <= now:
                 del r["run_at"]

@@ -177,3 +177,23 @@ def test_a_task_into_idle_workers_costs_one_claim(core):
     core.reset_claims()
     assert sum(len(rows) for rows in core.claim().values()) == 1
     assert core.claims_made() == 1
+
+
+def test_claimed_tasks_carry_their_args_as_submitted(core):
+    """A claim's args are decoded in one parse for all its rows (store.rows.decoded_args)."""
+    args = [{"n": 1}, {"text": 'a "quote", a \\ and ☃', "nested": {"l": [1, 2.5, None, True]}}, {}]
+    ids = [core.submit("a", args=a) for a in args]
+    core.hello("w1", ["a"], capacity=8)
+    rows = core.claim()["w1"]
+    assert {row["id"]: row["args"] for row in rows} == dict(zip(ids, args, strict=True))
+
+
+def test_args_that_are_not_one_json_value_a_row_fail_as_they_would_alone():
+    import json
+
+    from martinet.store.rows import decoded_args
+
+    assert decoded_args([]) == []
+    assert decoded_args(['{"a": [1, 2]}', "{}"]) == [{"a": [1, 2]}, {}]
+    with pytest.raises(json.JSONDecodeError):  # joined, "1, 2" would read as two rows' values
+        decoded_args(['{"a": 1}', "1, 2"])

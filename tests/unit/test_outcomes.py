@@ -285,3 +285,14 @@ def test_a_result_over_max_payload_from_a_worker_that_does_not_check_is_a_failur
         over["error"]["message"]
         == "the handler's result is 1001 bytes as JSON, over the limit of 1000 (max_payload)"
     )
+
+
+def test_a_result_is_stored_as_json_dumps_writes_it():
+    """store.rows.result_text writes None and numbers itself, the rest through json.dumps."""
+    import json
+
+    from martinet.store.rows import result_text
+
+    values = [None, 0, -5, 2**70, 1.5, -0.0, 1e300, 1796633208.3481057, float("nan"), float("inf"),
+              True, False, "s☃", {"a": [1, None]}, [1, "x"]]  # fmt: skip
+    assert [result_text(v) for v in values] == [json.dumps(v) for v in values]
