@@ -231,8 +231,7 @@ class Worker:
         threads = max(1, o.concurrency)
         self.capacity = threads + max(0, default_prefetch(threads) if o.prefetch is None else o.prefetch)
         self.prefetch_max = deepest_prefetch(threads) if o.prefetch is None else None
-        # Tasks held at most: the capacity, or the deepest prefetch the daemon may fill.
-        self.most = self.capacity if self.prefetch_max is None else threads + self.prefetch_max
+        self.most = messages.most_held(self.capacity, threads, self.prefetch_max)  # (as its hello says)
         # Seconds its handlers took a task of late (a moving average, PACE_WEIGHT), for the
         # daemon's depth of its prefetch; handler threads write it, the loop reads it.
         self._pace: float | None = None

@@ -47,6 +47,7 @@ from martinet.messages.worker_socket import (
     Task,
     Tasks,
     Welcome,
+    most_held,
 )
 from martinet.protocol import Cmd
 
@@ -111,6 +112,7 @@ __all__ = [
     "Welcome",
     "decode",
     "ended",
+    "most_held",
     "pace_of",
     "read",
 ]

@@ -54,6 +54,14 @@ class Held:
         )  # fmt: skip
 
 
+def most_held(capacity: int, threads: int | None, prefetch_max: int | None) -> int:
+    """The tasks a worker may hold at most: its capacity, or its threads and its deepest
+    prefetch (prefetch_max: the daemon fills it that deep while its tasks are short)."""
+    if prefetch_max is None:
+        return capacity
+    return max(capacity, min(threads or capacity, capacity) + prefetch_max)
+
+
 @dataclass(frozen=True, slots=True)
 class Hello:
     """Worker -> daemon: who it is, what it runs, and what it still holds."""
@@ -101,11 +109,7 @@ class Hello:
 
     @property
     def most(self) -> int:
-        """The tasks it may hold at most: its capacity, or its threads and its deepest
-        prefetch (prefetch_max)."""
-        if self.prefetch_max is None:
-            return self.capacity
-        return max(self.capacity, min(self.threads or self.capacity, self.capacity) + self.prefetch_max)
+        return most_held(self.capacity, self.threads, self.prefetch_max)
 
     @classmethod
     def from_header(cls, h: dict[str, Any], max_name_length: int = 200) -> Hello:

@@ -233,7 +233,7 @@ def _ended(core: State, info: dict[str, Any], outcome: Outcome, out: Outbox, now
     core.dispatch_pending = True
     lanes = core.lanes
     limited = lanes.queue(info["queue"]).concurrency is not None or info["name"] in lanes.names
-    if limited or info["status"] == QUEUED:  # a limit has room again, or the task is back (released)
+    if limited or status == QUEUED:  # a limit has room again, or the task is back (released)
         lanes.ready(info["queue"])
     error = info["error"] or {}
     if status == "succeeded":
