@@ -192,11 +192,17 @@ class Tasks(Dependents):
         return [(ids[index] if task_id is None else task_id, created) for task_id, index, created in slots]
 
     def _known_requests(self, request_ids: list[str]) -> dict[str, int]:
+        """The tasks these request ids made already, 500 ids a query. Never prepared: on
+        PostgreSQL, the plan a prepared statement keeps (from its sixth run) compares every
+        row read with each of its 500 parameters in turn, and reads the whole table on a
+        new one (not analyzed yet); planned for the ids themselves, it hashes them once,
+        or takes the index. Prepared, 20,000 tasks went in by execute_many at a fifth
+        of the rate, each batch slower than the one before."""
         known: dict[str, int] = {}
         for start in range(0, len(request_ids), 500):
             chunk = request_ids[start : start + 500]
             sql = f"SELECT request_id, id FROM task WHERE request_id IN ({', '.join('?' * len(chunk))})"
-            known.update(self._exec(sql, chunk).fetchall())
+            known.update(self._exec(sql, chunk, cache=False).fetchall())
         return known
 
     def promote_due(self, now: float, lead: float = 0.0) -> list[str]:
