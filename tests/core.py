@@ -31,6 +31,9 @@ class Core:
         self.server = self.daemon.core
         self.store = self.server.store
         self.cancels: list[tuple[bytes, int]] = []  # CANCELs the turns of claim() and tick() would send
+        # Tasks a request leased to an idle worker as it inserted them (claims.lease_at_once):
+        # sent with its turn's, so the next claim() or turn() returns them first.
+        self.leased: list[tuple[Any, list[dict]]] = []
 
     def close(self) -> None:
         self.daemon.close()
@@ -41,6 +44,7 @@ class Core:
         frames = protocol.encode(Cmd.REQUEST, {"op": op, "rid": "r", **fields})
         with self.store.atomic():
             self.server.on_client(b"client", frames, out, self.now)
+        self.leased += out.tasks
         (reply,) = [r.header() for _ident, r in out.replies]
         assert reply["ok"], reply
         return reply
@@ -100,7 +104,14 @@ class Core:
             timers.run(self.server, out, self.now)
             claims.claim(self.server, out, self.now)
         self.cancels += [(ident, m.task_id) for ident, m in out.worker if isinstance(m, Cancel)]
-        return {peer.worker_id: rows for peer, rows in out.tasks}
+        claimed: dict[str, list[dict]] = {}
+        for peer, rows in [*self._take_leased(), *out.tasks]:
+            claimed.setdefault(peer.worker_id, []).extend(rows)
+        return claimed
+
+    def _take_leased(self) -> list[tuple[Any, list[dict]]]:
+        taken, self.leased = self.leased, []
+        return taken
 
     def tick(self) -> None:
         """A turn's timers, the once-an-interval ones included; no worker heard from."""
@@ -173,7 +184,7 @@ class Core:
         sent += [("worker", ident, *protocol.decode(m.encode())) for ident, m in out.worker]
         sent += [("client", ident, *protocol.decode(r.encode())) for ident, r in [*out.replies, *out.answers]]
         sent += [("status", ident, *protocol.decode(Ack(tuple(a)).encode())) for ident, a in out.acks.items()]
-        tasks = core.task_messages(out.tasks, self.now, self.now)
+        tasks = core.task_messages([*self._take_leased(), *out.tasks], self.now, self.now)
         sent += [("worker", peer.ident, *protocol.decode(frames)) for peer, _rows, frames in tasks]
         return sent
 

@@ -87,6 +87,7 @@ class Core(State):
         troubled = self.db_health.trouble is not None
         changes = self.store.changes() if troubled else None
         saved = self._begin()
+        self.hearing = heard is None or bool(heard)
         try:
             with self.store.atomic():
                 for ident, frames in client:

@@ -27,7 +27,7 @@ from martinet.present import (
     task_page,
 )
 from martinet.rules import DEFAULT_QUEUE
-from martinet.server import elsewhere, presence, queue_ops, workers
+from martinet.server import claims, elsewhere, presence, queue_ops, workers
 from martinet.server.state import Request, State, no_worker, waiting_reason
 from martinet.states import Revoked
 from martinet.validate import check_args, check_every, check_task, clean_text, parse_ref
@@ -54,23 +54,42 @@ def ping(r: Request) -> dict[str, Any] | None:
 def execute(r: Request) -> dict[str, Any] | None:
     core, h, now = r.core, r.header, r.now
     spec = check_task(h, core.limits, core.settings.max_attempts)
-    task_id, created = core.store.submit(spec, now)
-    queue = spec.get("queue") or DEFAULT_QUEUE
+    name, queue = spec["name"], spec.get("queue") or DEFAULT_QUEUE
     later = bool(spec.get("run_at") and spec["run_at"] > now)
+    # An idle worker with nothing else to take gets it as it is inserted (claims.lease_at_once)
+    peer = (
+        None
+        if later or spec.get("key") or spec.get("after")
+        else claims.lease_at_once(core, name, queue, now)
+    )
+    lease = None if peer is None else (peer.worker_id, core.settings.lease)
+    task_id, created = core.store.submit(spec, now, lease=lease)
     if later:
         core.wakeup_dirty = True
-    core.lanes.ready(queue)
-    core.dispatch_pending = True
+    leased = peer is not None and created
+    if not leased:
+        core.lanes.ready(queue)
+        core.dispatch_pending = True
     if created and log.isEnabledFor(logging.DEBUG):  # a task's life is in its events; iso() costs µs
-        log.debug("task %s %s accepted (run at %s)", task_id, spec["name"], iso(spec.get("run_at") or now))
+        log.debug("task %s %s accepted (run at %s)", task_id, name, iso(spec.get("run_at") or now))
     reply: dict[str, Any] = {"id": task_id, "created": created}
-    warning = no_worker(core, spec["name"], queue)
+    warning = no_worker(core, name, queue)
     if warning:
         reply["warning"] = warning
-    if created and not later and (warning or not core.peers.any_credit()):
+    if created and not later and not leased and (warning or not core.peers.any_credit()):
         core.made_ready.add(queue)  # no worker here takes it now: maybe another daemon's
     if created and core.metrics is not None:
-        core.metrics.submitted_task(queue, spec["name"])
+        core.metrics.submitted_task(queue, name)
+    if leased:  # last: nothing after it may fail and leave the worker told of a task undone
+        assert peer is not None
+        core.peers.assign(peer, task_id, now)
+        core.lanes.started(queue, name, now)
+        if core.metrics is not None:
+            core.metrics.dispatched((0.0,))
+        # As a claim returns it (Store.claim's columns, in their order: messages.Tasks.of_rows)
+        row = {"id": task_id, "name": name, "queue": queue, "args": spec["args"], "attempt": 1,
+               "timeout": spec.get("timeout")}  # fmt: skip
+        r.out.tasks.append((peer, [row]))
     return reply
 
 

@@ -75,6 +75,7 @@ class State:
         self.wakeup_dirty = True
         self.other_daemons: set[str] = set()  # the other daemons serving the database, at the last tick
         self.notes_lost = False  # a rolled back turn held other writers' notes (elsewhere.py)
+        self.hearing = False  # this turn holds other writers' notes: claims.lease_at_once stands back
         self.remote_waits: set[int] = set()  # tasks other daemons' clients wait for (elsewhere.py)
         self.remote_watch_until = 0.0  # until when other daemons' clients watch events (elsewhere.py)
         # Queues in which this turn made tasks ready that other daemons' workers may take

@@ -43,8 +43,19 @@ class Claimed(list[dict[str, Any]]):
 
 
 class Tasks(Dependents):
-    def submit(self, spec: dict[str, Any], now: float, mark_parents: bool = True) -> tuple[int, bool]:
+    def submit(
+        self,
+        spec: dict[str, Any],
+        now: float,
+        mark_parents: bool = True,
+        lease: tuple[str, float] | None = None,
+    ) -> tuple[int, bool]:
         """Insert one task; returns (id, created).
+
+        With `lease`, (worker, seconds), a task due now with neither key nor parents is
+        inserted leased to that worker, as a claim would lease it (its first attempt,
+        held until now + seconds): the daemon's idle worker takes it with no claim
+        (server/claims.lease_at_once). A known request_id leases nothing.
 
         Idempotent by request_id: a retried submit returns the first one's id and
         created False, and changes nothing. Queued when `run_at` is missing or not
@@ -62,8 +73,10 @@ class Tasks(Dependents):
         """
         Task, Dependency = self.Task, self.Dependency
         rid, key = spec.get("request_id"), spec.get("key")
+        if lease is not None and (key or spec.get("after") or (spec.get("run_at") or now) > now):
+            raise ValueError("only a task due now with neither key nor parents is leased as it is inserted")
         if self.is_postgres and not key and not spec.get("after"):
-            return self._submit_plain(spec, rid, now)
+            return self._submit_plain(spec, rid, now, lease)
         if rid:
             existing = self._exec("SELECT id FROM task WHERE request_id = ?", (rid,)).fetchone()
             if existing is not None:
@@ -72,7 +85,7 @@ class Tasks(Dependents):
             holder = self._exec("SELECT id FROM task WHERE unique_key = ?", (key,)).fetchone()
             if holder is not None:
                 return holder[0], False
-        row = task_row(spec, now)
+        row = self._leased(task_row(spec, now), lease, now)
         row.update(request_id=rid, key=key, unique_key=key, key_mode=spec.get("unique") if key else None)
         parents = self._check_parents(spec.get("after") or [])
         if parents:
@@ -127,7 +140,17 @@ class Tasks(Dependents):
             ) from None
         self.db.defer("SET LOCAL lock_timeout = DEFAULT")
 
-    def _submit_plain(self, spec: dict[str, Any], rid: str | None, now: float) -> tuple[int, bool]:
+    def _leased(self, row: dict[str, Any], lease: tuple[str, float] | None, now: float) -> dict[str, Any]:
+        """A new task's row, leased as a claim leases (_LEASE) when `lease` says to whom."""
+        if lease is not None:
+            worker, seconds = lease
+            row.update(status=str(TaskState.LEASED), attempt=1, worker=worker, lease_expires=now + seconds,
+                       daemon=self.daemon_id)  # fmt: skip
+        return row
+
+    def _submit_plain(
+        self, spec: dict[str, Any], rid: str | None, now: float, lease: tuple[str, float] | None = None
+    ) -> tuple[int, bool]:
         """PostgreSQL, a task with neither key nor parents. In the daemon's turn, no round
         trip of its own: its id is one taken ahead (_task_id), and its INSERT goes with the
         next statement, the COMMIT at the latest (an execute that no worker takes at once:
@@ -135,7 +158,7 @@ class Tasks(Dependents):
         so the turn (DeferredWriteFailed.sent_again), which the daemon takes again with each
         write sent at once; and then, as outside a turn, it is one round trip: the INSERT
         stands back for a known request_id, and the task it made is read."""
-        row = task_row(spec, now)
+        row = self._leased(task_row(spec, now), lease, now)
         row["request_id"] = rid
         if isinstance(self.db, PgDatabase) and self.db.defers_writes():
             row = {"id": self._task_id(), **row}

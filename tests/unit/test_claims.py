@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from martinet import protocol
 from martinet.present import maybe_task_info
+from martinet.protocol import Cmd
 from martinet.server.lanes import rate_window
 from martinet.server.workers import lose_worker
 from tests.core import Core
@@ -167,16 +169,84 @@ def test_a_task_readopted_after_its_worker_was_lost_counts_toward_its_limit_agai
     assert claim(core) == ["a"]
 
 
-def test_a_task_into_idle_workers_costs_one_claim(core):
+def test_a_task_into_idle_workers_costs_one_claim_then_none(core):
     """The claim that takes the one ready task says none is left: no second claim (the
-    next idle worker's, or a prefetch) to find the queue empty, on the latency path."""
+    next idle worker's, or a prefetch) to find the queue empty, on the latency path.
+    Once a claim found the queue empty, the next task goes to an idle worker as it is
+    inserted, with no claim at all (claims.lease_at_once)."""
     for w in ("w1", "w2"):
         core.hello(w, ["t"], capacity=33, threads=1)  # one thread and the default prefetch
     core.claim()
-    core.submit("t")
+    first = core.submit("t")
     core.reset_claims()
     assert sum(len(rows) for rows in core.claim().values()) == 1
     assert core.claims_made() == 1
+    second = core.submit("t")
+    core.reset_claims()
+    sent = core.claim()
+    assert core.claims_made() == 0
+    (worker,) = [w for w, rows in sent.items() if [r["id"] for r in rows] == [second]]
+    task = core.store.get_task(second)
+    assert (task.status, task.worker, task.attempt) == ("leased", worker, 1)
+    assert core.server.peers.owner(second).worker_id == worker
+    # In a turn that holds another writer's notes (elsewhere.py), the claim decides
+    for task_id in (first, second):
+        core.succeed(task_id)
+    assert core.claim() == {}  # two idle workers, their queue known empty
+    core.reset_claims()
+    request = protocol.encode(Cmd.REQUEST, {"op": "execute", "rid": "r", "name": "t", "args": {}})
+    note = {"from": "another", "run_at": core.now + 60}  # (a task it scheduled)
+    out = core.server.turn([(b"client", request)], [], [], core.now, [note])
+    assert core.claims_made() == 1 and sum(len(rows) for _peer, rows in out.tasks) == 1
+
+
+def test_a_task_leased_as_it_is_inserted_never_passes_one_ready_before_it(core):
+    """Only a worker that could take nothing else gets a new task at its insert: a task
+    already waiting in its queue goes first, and a paused or rated queue, or a task name
+    at its limit, leaves the new task to the claims and their rules."""
+    core.hello("w1", ["t", "capped"], capacity=1)
+    first = core.submit("t", priority=5)
+    assert claim(core) == ["t"]  # (and the queue found empty)
+    waiting = core.submit("t", priority=5)  # no idle worker: it waits
+    core.succeed(first)
+    newer = core.submit("t", priority=5)  # an idle worker now, but a task is ahead of it
+    sent = core.claim()
+    assert [r["id"] for r in sent["w1"]] == [waiting] and core.store.get_task(newer).status == "queued"
+    core.succeed(waiting)
+    assert [r["id"] for r in core.claim()["w1"]] == [newer]
+    core.succeed(newer)
+    assert claim(core) == []  # idle, its queue known empty
+
+    core.request("set_limit", name="capped", concurrency=1)
+    core.hello("w2", ["capped"], capacity=1)  # holds the one it may run
+    held = core.submit("capped")
+    assert claim(core) == ["capped"]
+    capped = core.submit("capped")  # w1 is idle, but the name is at its limit
+    assert claim(core) == [] and core.store.get_task(capped).status == "queued"
+    core.succeed(held)
+    assert claim(core) == ["capped"]
+    core.succeed(capped)
+
+    core.request("pause_queue", name="default")
+    paused = core.submit("t")
+    assert claim(core) == [] and core.store.get_task(paused).status == "queued"
+    core.request("resume_queue", name="default")
+    assert claim(core) == ["t"]
+    core.succeed(paused)
+
+    core.request("set_queue", name="default", rate="100/s")
+    assert claim(core) == []
+    rated = core.submit("t")  # a rate's starts are counted by the claims, never at an insert
+    assert core.store.get_task(rated).status == "queued"
+    assert claim(core) == ["t"] and core.store.get_task(rated).status == "leased"
+    core.succeed(rated)
+    core.request("set_queue", name="default", rate="none")
+    assert claim(core) == []  # idle, its queue known empty
+
+    core.server.other_daemons = {"another"}  # (at its last tick) its tasks are in the table too
+    beside = core.submit("t")
+    assert core.store.get_task(beside).status == "queued"
+    assert claim(core) == ["t"]
 
 
 def test_claimed_tasks_carry_their_args_as_submitted(core):

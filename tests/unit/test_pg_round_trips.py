@@ -60,9 +60,10 @@ def execute(rid: str, request_id: str | None = None) -> tuple[Cmd, dict]:
 
 
 @pytest.mark.parametrize("request_id", [False, True], ids=["no request id", "request id"])
-def test_an_execute_costs_one_round_trip_and_its_dispatch_one_more(core, request_id):
-    def call(rid: str) -> tuple[Cmd, dict]:
-        return execute(rid, f"req-{rid}" if request_id else None)
+def test_an_execute_costs_one_round_trip_and_its_dispatch_none_or_one_more(core, request_id):
+    def call(rid: str, queue: str = "default") -> tuple[Cmd, dict]:
+        cmd, header = execute(rid, f"req-{rid}" if request_id else None)
+        return cmd, {**header, "queue": queue}
 
     core.turn()  # the first turn's tick (leases, retention, ...) out of the way
     for i in range(PREPARE_AT):  # the insert used often enough on this connection: prepared
@@ -73,14 +74,32 @@ def test_an_execute_costs_one_round_trip_and_its_dispatch_one_more(core, request
     core.turn(client=[call("r1")])
     sent = trips.take()
     assert len(sent) == 1 and "EXECUTE martinet_" in sent[0] and sent[0].endswith("COMMIT"), sent
-    core.turn(worker=[hello(f"w{i}") for i in range(PREPARE_AT + 2)])  # claims: prepared
+    # Workers of one thread: PREPARE_AT + 1 take the tasks above (the claims prepared, the
+    # queue found empty); the others are idle for the calls below
+    core.turn(worker=[hello(f"w{i}") for i in range(2 * PREPARE_AT + 4)])
     trips.take()
-    # With an idle worker: the insert with its claim (read, leased, returned at once), the commit
-    sent = core.turn(client=[call("r2")])
-    (reply,) = [h for sock, _i, _c, h in sent if sock == "client"]
-    assert [m for m in sent if m[2] is Cmd.TASK and m[3]["tasks"][0]["id"] == reply["id"]], sent
+
+    def leased(sent: list[tuple[str, bytes, Cmd, dict]]) -> int:
+        (reply,) = [h for sock, _i, _c, h in sent if sock == "client"]
+        assert [m for m in sent if m[2] is Cmd.TASK and m[3]["tasks"][0]["id"] == reply["id"]], sent
+        assert core.store.get_task(reply["id"]).status == "leased"
+        return reply["id"]
+
+    # With an idle worker and nothing else ready: the insert, leased to it as it goes in,
+    # with the commit (claims.lease_at_once); no claim
+    for i in range(PREPARE_AT):
+        leased(core.turn(client=[call(f"r2-{i}")]))
+    trips.take()
+    turn = core.turn(client=[call("r3")])
+    sent = trips.take()
+    assert len(sent) == 1 and sent[0].endswith("COMMIT") and "FOR UPDATE" not in sent[0], sent
+    assert core.store.get_task(leased(turn)).attempt == 1
+    # In a queue no claim has looked at yet: the insert with the claim (read, leased,
+    # returned at once), the commit
+    trips.take()
+    turn = core.turn(client=[call("r4", queue="fresh")])
     assert len(trips.take()) == 2
-    assert core.store.get_task(reply["id"]).status == "leased"
+    leased(turn)
 
 
 def test_a_request_sent_again_is_the_task_it_made_in_an_earlier_or_the_same_turn(core, caplog):
