@@ -123,10 +123,11 @@ def lease_at_once(core: State, name: str, queue: str, now: float) -> Any | None:
         for peer in core.peers.take_turns(kind):
             if name not in peer.names or (peer.queues is not None and queue not in peer.queues):
                 break  # (the kind's: its workers run the same names and serve the same queues)
+            if peer.idle_threads == 0:
+                continue
             if core.lanes.open_queues(names_with_room(core, peer, now), peer.queues, now):
                 break  # work of its kind may be ready: the claim shares it out
-            if peer.idle_threads > 0:
-                return peer
+            return peer
     return None
 
 

@@ -64,10 +64,11 @@ def execute(r: Request) -> dict[str, Any] | None:
     )
     lease = None if peer is None else (peer.worker_id, core.settings.lease)
     task_id, created = core.store.submit(spec, now, lease=lease)
+    if not created:
+        peer = None  # a known request id: nothing was inserted, nothing leased
     if later:
         core.wakeup_dirty = True
-    leased = peer is not None and created
-    if not leased:
+    if peer is None:
         core.lanes.ready(queue)
         core.dispatch_pending = True
     if created and log.isEnabledFor(logging.DEBUG):  # a task's life is in its events; iso() costs µs
@@ -76,12 +77,11 @@ def execute(r: Request) -> dict[str, Any] | None:
     warning = no_worker(core, name, queue)
     if warning:
         reply["warning"] = warning
-    if created and not later and not leased and (warning or not core.peers.any_credit()):
+    if created and not later and peer is None and (warning or not core.peers.any_credit()):
         core.made_ready.add(queue)  # no worker here takes it now: maybe another daemon's
     if created and core.metrics is not None:
         core.metrics.submitted_task(queue, name)
-    if leased:  # last: nothing after it may fail and leave the worker told of a task undone
-        assert peer is not None
+    if peer is not None:  # last: nothing after it may fail and leave the worker told of a task undone
         core.peers.assign(peer, task_id, now)
         core.lanes.started(queue, name, now)
         if core.metrics is not None:
