@@ -32,7 +32,7 @@ from martinet.server import claims, elsewhere, ops, outcomes, timers, workers
 from martinet.server.outbox import Outbox
 from martinet.server.state import DB_ERRORS, Messages, State, error
 from martinet.server.state import Request as Call
-from martinet.store import DeferredWriteFailed
+from martinet.store import TakeAgain
 
 log = logging.getLogger("martinet.daemon")
 
@@ -59,12 +59,14 @@ class Core(State):
             heard, self.notes_lost = None, False
         try:
             out = self._written(client, status, worker, now, heard, refusals)
-        except DeferredWriteFailed as exc:
-            # Which write failed, and so whose error it is, is unknown (store/pg.py): the turn is
-            # taken again with every write sent on its own, so that a bad one costs only itself.
+        except TakeAgain as exc:
+            # Whose error it was is unknown (a write sent with a later statement, store/pg.py;
+            # a request that failed where no savepoint was made, SqlKit.skipping_savepoints):
+            # the turn is taken again with each write's error its own, so that a bad one
+            # costs only itself.
             log.log(
-                logging.DEBUG if exc.sent_again else logging.WARNING,
-                "%s; taking the turn again, each write sent on its own", exc,
+                logging.DEBUG if exc.expected else logging.WARNING,
+                "%s; taking the turn again, each write on its own", exc,
             )  # fmt: skip
             with self.store.writes_at_once():
                 out = self._written(client, status, worker, now, heard, refusals)
@@ -89,7 +91,7 @@ class Core(State):
         saved = self._begin()
         self.hearing = heard is None or bool(heard)
         try:
-            with self.store.atomic():
+            with self.store.atomic(), self.store.skipping_savepoints():
                 for ident, frames in client:
                     self.on_client(ident, frames, out, now)
                 if status:
@@ -111,7 +113,7 @@ class Core(State):
                 out.events = self.hub.record(self.store, out.events, now, ids=bool(self.hub.subscribers))
                 elsewhere.tell(self, out, recorded, now)
                 committing = time.perf_counter()
-        except DeferredWriteFailed:
+        except TakeAgain:
             self._undo(saved)  # (the transaction is rolled back): taken again by turn()
             raise
         except DB_ERRORS as exc:

@@ -13,7 +13,10 @@ it on any database; docs/backends.md). What holds for every method:
   changes commit together or not at all; called outside one, each statement
   commits by itself. Methods that may lose a race for a unique index (submit and
   add_schedule with a key, retry_task taking a key back) wrap that insert in a
-  savepoint, so losing it spoils nothing else in the transaction.
+  savepoint, so losing it spoils nothing else in the transaction. (In the daemon's
+  turn on SQLite no savepoint is made: SQLite undoes a failed statement by itself,
+  and a block that fails after it wrote has its turn taken again with savepoints:
+  SqlKit.skipping_savepoints.)
 - Time: nothing reads the clock. Times come in as `now` (UTC epoch seconds) and
   are stored as such; a test passes any `now` it likes.
 - Fencing: an answer about an attempt (unclaim, start, progress, complete, fail,
@@ -80,7 +83,7 @@ from martinet.store.connect import (
 from martinet.store.daemons import Daemons
 from martinet.store.leases import Leases
 from martinet.store.listen import Changes
-from martinet.store.pg import DeferredWriteFailed
+from martinet.store.pg import DeferredWriteFailed, TakeAgain
 from martinet.store.queues import Queues
 from martinet.store.retention import EVENT_COLUMNS, PRUNE_BATCH, Retention
 from martinet.store.rows import TASK_DEFAULTS, Pruned, RunningRow
@@ -96,6 +99,7 @@ __all__ = [
     "PRUNE_BATCH",
     "SCHEMES",
     "TASK_DEFAULTS",
+    "TakeAgain",
     "TIME_COLUMNS",
     "WAL_BACKSTOP_PAGES",
     "Outcome",

@@ -63,11 +63,27 @@ _PLACEHOLDER = re.compile(r"%%|%s")
 _PREPARABLE = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b", re.IGNORECASE)  # not SAVEPOINT, ...
 
 
-class DeferredWriteFailed(peewee.OperationalError):
+class TakeAgain(peewee.OperationalError):
+    """The transaction failed in a way that does not say whose error it was: take it
+    again within `writes_at_once()` (SqlKit's), where each write's error is its own.
+    An OperationalError, so that no handler of one request or batch takes it for its
+    own error: like the database's own trouble, it fails the whole transaction.
+    `expected`: it comes now and then in normal work (logged quietly)."""
+
+    @property
+    def expected(self) -> bool:
+        return False
+
+
+class DeferredWriteFailed(TakeAgain):
     """A write deferred to go with a later statement failed (see the module): the
     transaction as a whole failed, whatever statement carried it. `sent_again`: it was
     a new task's INSERT whose request_id a task has already (Tasks._submit_plain: a
     client's request sent again, expected now and then)."""
+
+    @property
+    def expected(self) -> bool:
+        return self.sent_again
 
     @property
     def sent_again(self) -> bool:

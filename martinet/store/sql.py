@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Protocol
 
 import peewee
@@ -21,7 +21,7 @@ from martinet import models
 from martinet.errors import StoreError
 from martinet.retry import RetryPolicy
 from martinet.states import HELD, sql_list
-from martinet.store.pg import PgDatabase
+from martinet.store.pg import PgDatabase, TakeAgain
 from martinet.store.rows import FENCE
 
 log = logging.getLogger("martinet.store")
@@ -71,6 +71,8 @@ class SqlKit:
         self.is_mysql = isinstance(db, peewee.MySQLDatabase)
         self.is_postgres = isinstance(db, peewee.PostgresqlDatabase)
         self.returns_ids = self.is_postgres  # INSERT ... RETURNING id
+        # INSERT ... ON CONFLICT (column) DO NOTHING: PostgreSQL, and SQLite since 3.24.
+        self.upserts = self.is_postgres or (sqlite and sqlite3.sqlite_version_info >= (3, 24))
         # A task found by its id, its status checked: SQLite without statistics, and
         # PostgreSQL's generic plan of a prepared statement (pg.py), may serve `id = ANY(?)
         # AND status IN (...)` from task_status_created, which it believes holds a few
@@ -83,6 +85,9 @@ class SqlKit:
         self.ready_rows = "task INDEXED BY task_ready" if sqlite else "task"
         self.due_rows = "task INDEXED BY task_due" if sqlite else "task"
         self.savepoints = 0  # open _Savepoints: the next one's name
+        self.sqlite = sqlite
+        self._skipping = False  # (skipping_savepoints)
+        self._at_once = False  # (writes_at_once)
         self._task_ids: list[int] = []  # PostgreSQL: ids taken ahead for new tasks (Tasks._task_id)
         self._sql_cache: dict[str, str] = {}
         self._insert_sql: dict[tuple[str, tuple[str, ...]], str] = {}
@@ -255,9 +260,33 @@ class SqlKit:
         return _Savepoint(self)
 
     def writes_at_once(self) -> AbstractContextManager[None]:
-        """Within: every write is sent as it is made, none with a later statement (on
-        PostgreSQL; elsewhere they always are): see pg.DeferredWriteFailed."""
-        return self.db.writes_at_once() if isinstance(self.db, PgDatabase) else nullcontext()
+        """Within, each write's error is its own, so that a failure costs only the
+        request or batch it belongs to: on PostgreSQL every write is sent as it is made,
+        none with a later statement (pg.DeferredWriteFailed); on SQLite every savepoint is
+        made (skipping_savepoints). Where a TakeAgain is taken again."""
+        if isinstance(self.db, PgDatabase):
+            return self.db.writes_at_once()
+        return self._flag("_at_once") if self.sqlite else nullcontext()
+
+    def skipping_savepoints(self) -> AbstractContextManager[None]:
+        """Within, on SQLite (unless within writes_at_once): atomic() inside a transaction
+        makes no savepoint, for SQLite undoes a failed statement by itself: a block that
+        fails before it has changed a row leaves nothing to undo. One that fails after it
+        changed rows raises SavepointSkipped, a TakeAgain, in place of its error: the
+        caller takes its transaction again within writes_at_once. A turn's request or batch
+        of outcomes costs two statements fewer (SAVEPOINT and RELEASE); a request that
+        fails after it wrote costs its turn taken twice. Elsewhere nothing changes: on
+        PostgreSQL savepoints go with other statements (pg.py), and a failed statement on
+        MySQL may undo more than itself."""
+        return self._flag("_skipping") if self.sqlite else nullcontext()
+
+    @contextmanager
+    def _flag(self, name: str) -> Iterator[None]:
+        setattr(self, name, True)
+        try:
+            yield
+        finally:
+            setattr(self, name, False)
 
     def changes(self) -> int | None:
         """Rows this connection has changed so far (SQLite), so that a caller can tell a
@@ -286,15 +315,29 @@ class SqlKit:
         return database_id
 
 
+class SavepointSkipped(TakeAgain):
+    """A block whose savepoint was skipped (SqlKit.skipping_savepoints) failed after it
+    changed rows, which nothing can undo now but the whole transaction's rollback."""
+
+    @property
+    def expected(self) -> bool:
+        return True
+
+
 class _Savepoint:
     """A savepoint named by its depth, so that each level runs the same statements every
     turn, prepared once; peewee names each savepoint afresh (a uuid: a new statement to
-    prepare, about 5 µs more for each request and batch of outcomes)."""
+    prepare, about 5 µs more for each request and batch of outcomes). Within
+    skipping_savepoints, none is made: the rows changed so far are counted instead."""
 
     def __init__(self, store: SqlKit) -> None:
         self.store = store
+        self.changes: int | None = None  # (skipped: the connection's changes at the start)
 
     def __enter__(self) -> _Savepoint:
+        if self.store._skipping and not self.store._at_once:
+            self.changes = self.store.changes()
+            return self
         self.store.savepoints += 1
         self.name = f"martinet_{self.store.savepoints}"
         if isinstance(self.store.db, PgDatabase):  # sent with the first statement inside it
@@ -308,6 +351,15 @@ class _Savepoint:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.changes is not None:
+            troubled = isinstance(
+                exc, (peewee.OperationalError, peewee.InterfaceError)
+            )  # the turn fails anyway
+            if isinstance(exc, Exception) and not troubled and self.store.changes() != self.changes:
+                raise SavepointSkipped(
+                    f"a block without a savepoint failed after it changed rows: {exc!r}"
+                ) from exc
+            return
         db = self.store.db
         if isinstance(db, PgDatabase):
             nothing_sent = db.take_back(f"SAVEPOINT {self.name}", undo=exc_type is not None)

@@ -75,7 +75,7 @@ class Tasks(Dependents):
         rid, key = spec.get("request_id"), spec.get("key")
         if lease is not None and (key or spec.get("after") or (spec.get("run_at") or now) > now):
             raise ValueError("only a task due now with neither key nor parents is leased as it is inserted")
-        if self.is_postgres and not key and not spec.get("after"):
+        if self.upserts and not key and not spec.get("after"):
             return self._submit_plain(spec, rid, now, lease)
         if rid:
             existing = self._exec("SELECT id FROM task WHERE request_id = ?", (rid,)).fetchone()
@@ -151,8 +151,9 @@ class Tasks(Dependents):
     def _submit_plain(
         self, spec: dict[str, Any], rid: str | None, now: float, lease: tuple[str, float] | None = None
     ) -> tuple[int, bool]:
-        """PostgreSQL, a task with neither key nor parents. In the daemon's turn, no round
-        trip of its own: its id is one taken ahead (_task_id), and its INSERT goes with the
+        """A task with neither key nor parents, where an INSERT can stand back for a known
+        request_id (SQLite, PostgreSQL): one statement. On PostgreSQL, in the daemon's
+        turn, no round trip of its own: its id is one taken ahead (_task_id), and its INSERT goes with the
         next statement, the COMMIT at the latest (an execute that no worker takes at once:
         one round trip, BEGIN to COMMIT). A request_id known already fails that INSERT, and
         so the turn (DeferredWriteFailed.sent_again), which the daemon takes again with each
@@ -166,10 +167,15 @@ class Tasks(Dependents):
             return row["id"], True
         if rid is None:
             return self._insert("task", row), True
-        sql = self._insert_text("task", row) + " ON CONFLICT (request_id) DO NOTHING RETURNING id"
-        made = self._exec(sql, row.values()).fetchone()
-        if made is not None:
-            return made[0], True
+        sql = self._insert_text("task", row) + " ON CONFLICT (request_id) DO NOTHING"
+        if self.returns_ids:
+            made = self._exec(sql + " RETURNING id", row.values()).fetchone()
+            if made is not None:
+                return made[0], True
+        else:
+            cursor = self._exec(sql, row.values())
+            if cursor.rowcount == 1:  # (lastrowid is a stale one when nothing was inserted)
+                return cursor.lastrowid, True
         return self._exec("SELECT id FROM task WHERE request_id = ?", (rid,)).fetchone()[0], False
 
     def _task_id(self) -> int:
