@@ -207,10 +207,16 @@ class Task(NamedTuple):
     timeout: float | None = None  # seconds an attempt may run
     parents: dict[int, Any] | None = None  # what the tasks it waited on returned, by id
     start_in: float | None = None  # seconds from now: sent ahead of its due time, not before then
+    # With start_in: its due time by the daemon's clock (epoch seconds). start_in counts
+    # from when the daemon sent it, so the trip to the worker makes it late; a worker whose
+    # clock agrees starts it then (worker._on_task).
+    run_at: float | None = None
 
     def item(self) -> dict[str, Any]:
         """Its keys in the order of the claim's columns (what the daemon always sent)."""
-        task_id, attempt, name, args, queue, timeout, parents, start_in = self  # (faster than each field)
+        task_id, attempt, name, args, queue, timeout, parents, start_in, run_at = (
+            self  # (faster than each field)
+        )
         item: dict[str, Any] = {
             "id": task_id, "name": name, "queue": queue, "args": args, "attempt": attempt, "timeout": timeout,
         }  # fmt: skip
@@ -218,6 +224,8 @@ class Task(NamedTuple):
             item["parents"] = {str(k): v for k, v in parents.items()}
         if start_in is not None:
             item["start_in"] = start_in
+        if run_at is not None:
+            item["run_at"] = run_at
         return item
 
     @classmethod
@@ -228,7 +236,7 @@ class Task(NamedTuple):
         if get is None or not is_id(task_id := get("id")) or not is_id(attempt := get("attempt")):
             raise ProtocolError(f"a task without a valid id and attempt: {str(item)[:200]}")
         name, args, queue, timeout = get("name"), get("args"), get("queue"), get("timeout")
-        parents, start_in = get("parents"), get("start_in")
+        parents, start_in, run_at = get("parents"), get("start_in"), get("run_at")
         return cls(
             task_id,
             attempt,
@@ -239,6 +247,7 @@ class Task(NamedTuple):
             None if parents is None or type(parents) is not dict
             else {int(k): v for k, v in parents.items() if str(k).isdigit()},
             None if start_in is None or not is_number(start_in) else start_in,
+            None if run_at is None or not is_number(run_at) else run_at,
         )  # fmt: skip
 
 
@@ -262,12 +271,14 @@ class Tasks:
         its item made again cost about 0.9 µs a task more). Each row is a dict of id,
         name, queue, args, attempt and timeout, in that order (Store.claim's columns),
         then run_at while it is ahead and parents: it becomes its item in place, as
-        Task.item writes it (run_at goes; start_in says when to start, from when it was
-        sent). tests/unit/test_server_core.py checks that both write the same bytes."""
+        Task.item writes it (start_in says when to start, from when it was sent, and run_at
+        stays, after it, while it is ahead). tests/unit/test_server_core.py checks that both
+        write the same bytes."""
         for row in rows:
             run_at = row.pop("run_at", None)
             if run_at is not None and run_at > sent_at:
                 row["start_in"] = run_at - sent_at
+                row["run_at"] = run_at
         return protocol.encode(Cmd.TASK, {"tasks": rows})
 
     @classmethod

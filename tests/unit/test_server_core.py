@@ -98,6 +98,7 @@ def test_a_delayed_task_is_leased_just_before_it_is_due_and_says_when_to_start(d
     ((_ident, message),) = sent_to(core.turn(), Cmd.TASK)
     assert [row["id"] for row in message["tasks"]] == [a]
     assert abs(message["tasks"][0]["start_in"] - 0.01) < 1e-6
+    assert message["tasks"][0]["run_at"] == due  # (the worker's clock may say it sooner)
 
 
 def test_a_time_limit_is_enforced_once_committed_and_its_cancel_sent_then(db_url, make_core):
@@ -148,8 +149,8 @@ def test_a_limit_set_in_a_failed_turn_is_not_kept(db_url, make_core):
 def test_claimed_rows_leave_as_the_task_items_the_daemon_always_sent():
     """A claim's rows (Store.claim: run_at while still ahead, parents by id) leave as TASK
     items (messages.Tasks.of_rows, the daemon's fast path): the bytes of Task.item, and of
-    the dicts the daemon sent before messages (run_at dropped, start_in from when it was
-    sent, parents' ids as strings)."""
+    the dicts the daemon sent before messages (start_in from when it was sent, then run_at
+    while it is ahead, parents' ids as strings)."""
     from martinet import protocol
     from martinet.messages import Task, Tasks
 
@@ -163,12 +164,12 @@ def test_claimed_rows_leave_as_the_task_items_the_daemon_always_sent():
         protocol.PREFIX + bytes([Cmd.TASK])
         + b'{"tasks":[{"id":1,"name":"add","queue":"q","args":{"a":1},"attempt":1,"timeout":5.0},'
         b'{"id":2,"name":"add","queue":"default","args":{},"attempt":3,"timeout":null,'
-        b'"parents":{"1":[1,null]},"start_in":0.25},'
+        b'"parents":{"1":[1,null]},"start_in":0.25,"run_at":100.25},'
         b'{"id":3,"name":"add","queue":"default","args":{},"attempt":1,"timeout":null}]}'
     )  # fmt: skip
     tasks = (
         Task(1, 1, "add", {"a": 1}, "q", 5.0),
-        Task(2, 3, "add", {}, "default", None, {1: [1, None]}, 0.25),
+        Task(2, 3, "add", {}, "default", None, {1: [1, None]}, 0.25, 100.25),
         Task(3, 1, "add", {}, "default"),
     )
     assert Tasks(tasks).encode() == [frame]

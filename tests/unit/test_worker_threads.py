@@ -11,11 +11,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 import zmq
 
 from martinet import protocol
 from martinet.protocol import Cmd
-from martinet.worker import Worker
+from martinet.worker import MAX_START_IN, Worker, start_wait
 from tests.harness import free_ports, wait_for
 from tests.live import HANDLERS
 
@@ -85,6 +86,38 @@ def test_a_task_sent_ahead_of_its_due_time_starts_then_or_never_if_cancelled_mea
         (outcome,) = outcomes()
         assert (outcome["id"], outcome["ok"], outcome["result"]) == (2, True, None)  # its handler never ran
         assert starts == [[1, 1]]  # so it never said it started
+
+
+def test_a_task_sent_ahead_starts_when_the_workers_clock_reaches_its_run_at_not_a_trip_later():
+    """start_in counts from when the daemon sent it; the task's run_at, by a clock that
+    agrees, is when it starts: a trip of 0.6 s here (start_in 0.9, due in 0.3 by this
+    host's clock) does not make it late."""
+    with scripted_daemon(handlers=HANDLERS, concurrency=1) as (_worker, work, status, ident, _hello):
+        work.send_multipart([ident, *protocol.encode(Cmd.WELCOME, {"epoch": "e1", "database": "d1"})])
+        sent = time.time()
+        task = {"id": 1, "attempt": 1, "name": "clock", "args": {}, "start_in": 0.9, "run_at": sent + 0.3}
+        work.send_multipart([ident, *protocol.encode(Cmd.TASK, {"tasks": [task]})])
+        while True:
+            assert status.poll(10_000), "no outcome came"
+            cmd, header = protocol.decode(status.recv_multipart()[1:])
+            if cmd is Cmd.ENDED:
+                break
+        (outcome,) = header["ended"]
+        assert sent + 0.3 <= outcome["result"] < sent + 0.8
+
+
+@pytest.mark.parametrize(
+    ("start_in", "run_at", "wait"),
+    [
+        (0.3, None, 0.3),  # an older daemon's: from its arrival
+        (0.3, 100.1, 0.1),  # the trip here counted
+        (0.3, 95.0, 0.0),  # this clock is ahead of the daemon's: at once
+        (0.3, 110.0, 0.3),  # behind it: as start_in says
+        (5.0, None, MAX_START_IN),
+    ],
+)
+def test_how_long_a_task_sent_ahead_is_held(start_in, run_at, wait):
+    assert start_wait(start_in, run_at, now=100.0) == pytest.approx(wait)
 
 
 class LiarWorker(Worker):
