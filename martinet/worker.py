@@ -509,7 +509,9 @@ class Worker:
         ctx = TaskContext(task_id, attempt, name, leased.args, self._report, leased.timeout)
         ctx._database = self._database or UNKNOWN
         if leased.start_in is not None and leased.start_in > 0:
-            ctx._start_at = time.monotonic() + start_wait(leased.start_in, leased.run_at, time.time())
+            # This clock first: should the thread stop between the two reads, it starts later, never sooner.
+            wait = start_wait(leased.start_in, leased.run_at, time.time())
+            ctx._start_at = time.monotonic() + wait
         if leased.parents is not None:
             ctx.parents = leased.parents
         self._running[task_id] = ctx

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 import zmq
 
+import martinet.worker
 from martinet import protocol
+from martinet.messages import Task
 from martinet.protocol import Cmd
 from martinet.worker import MAX_START_IN, Worker, start_wait
 from tests.harness import free_ports, wait_for
@@ -104,6 +106,27 @@ def test_a_task_sent_ahead_starts_when_the_workers_clock_reaches_its_run_at_not_
                 break
         (outcome,) = header["ended"]
         assert sent + 0.3 <= outcome["result"] < sent + 0.8
+
+
+def test_a_task_sent_ahead_starts_later_never_sooner_when_its_thread_stops_between_two_clocks(monkeypatch):
+    """Its wait is read off this host's clock, then counted on the monotonic one: should
+    the thread stop between the two reads, the task starts later, never sooner. One clock
+    here for both, each read half a second after the last (a thread stopped each time)."""
+
+    class Stopping:
+        now = 1000.0
+
+        def time(self) -> float:
+            self.now += 0.5
+            return self.now
+
+        monotonic = time
+
+    worker = Worker(handlers=HANDLERS, worker_id="w", concurrency=1)
+    monkeypatch.setattr(martinet.worker, "time", Stopping())
+    worker._on_task(Task(1, 1, "clock", {}, start_in=0.02, run_at=1000.52))
+    (ctx,) = worker._running.values()
+    assert ctx._start_at >= 1000.52
 
 
 @pytest.mark.parametrize(
