@@ -43,6 +43,7 @@ class Actions(Dependents):
             return Revoked.CANCELLED, self._settle_dependents(row, TaskState.CANCELLED, now)["cancelled"]
         if row.status in HELD:
             Task.update(cancel_requested=True, updated_at=now).where(Task.id == task_id).execute()
+            self.held.pop(task_id, None)
             return Revoked.CANCELLING, []
         return row.status, []
 

@@ -120,6 +120,8 @@ class Dependents(SqlKit):
         if task_ids:
             Task = self.Task
             Task.update(has_dependents=True).where(Task.id.in_(task_ids)).execute()
+            for task_id in task_ids:
+                self.held.pop(task_id, None)
 
     def _cancel_waiting(self, child: Task, reason: str, now: float) -> None:
         changes: dict[str, Any] = {

@@ -73,6 +73,7 @@ class Leases(Tasks, Outcomes):
         for item in running:
             if limit is not None and len(adopted) >= limit:
                 break
+            self.held.pop(item.task_id, None)  # (its worker, start and lease may change)
             ended_by_worker = Attempt.select(Attempt.id).where(
                 Attempt.task_id == item.task_id,
                 Attempt.attempt == item.attempt,

@@ -19,6 +19,7 @@ from martinet.present import iso
 from martinet.retry import RetryPolicy
 from martinet.states import HELD, TERMINAL, AttemptOutcome, TaskState, sql_list
 from martinet.store.dependents import Dependents
+from martinet.store.pg import PgDatabase
 from martinet.store.rows import FENCE, Ending, RunningRow, attempt_row, result_text
 
 _HELD = sql_list(HELD)
@@ -51,6 +52,13 @@ class Outcomes(Dependents):
             )
             .execute()
         )
+        kept = self.held.get(task_id)
+        if (
+            n == 1
+            and kept is not None
+            and (kept.attempt, kept.worker, kept.started_at) == (attempt, worker, None)
+        ):
+            self.held[task_id] = kept._replace(started_at=now)
         return n == 1
 
     def end_attempts(
@@ -74,8 +82,9 @@ class Outcomes(Dependents):
         writes (locked FOR UPDATE on PostgreSQL and MySQL; SQLite's write lock). Should
         one change anyway, it raises StoreError, and the savepoint undoes the batch."""
         ids = sorted({o.task_id for o in outcomes})
-        running: dict[int, RunningRow] = {}
-        for start in range(0, len(ids), 500):
+        kept = self._kept_rows(outcomes)
+        running: dict[int, RunningRow] = {} if kept is None else kept
+        for start in range(0, len(ids) if kept is None else 0, 500):
             chunk = ids[start : start + 500]
             # On PostgreSQL one array parameter: one statement, prepared once, whatever the count
             listed = "= ANY(?::bigint[])" if self.is_postgres else f"IN ({', '.join('?' * len(chunk))})"
@@ -84,7 +93,10 @@ class Outcomes(Dependents):
                 sql += " FOR UPDATE"
             params: list[Any] = [self._array(chunk)] if self.is_postgres else chunk
             running.update((r[0], RunningRow(*r)) for r in self._exec(sql, params).fetchall())
+        for task_id in ids:
+            self.held.pop(task_id, None)  # (ended now, or not held by this store any more)
         ended: list[tuple[int, RunningRow, Ending]] = []  # (index in outcomes, row, what becomes of it)
+        fences: list[list[Any]] = []  # the kept rows' values that may change while held (as_kept)
         late: list[tuple[int, Outcome]] = []
         for index, o in enumerate(outcomes):
             if o.kind == _CANCELLED:
@@ -95,6 +107,7 @@ class Outcomes(Dependents):
                     late.append((index, o))
                 continue
             del running[o.task_id]  # an attempt ends once
+            fences.append([row.worker, row.started_at, row.cancel_requested, row.has_dependents])
             started_now = row.started_at is None and (o.task_id, o.attempt) in started
             if started_now:
                 row = row._replace(started_at=now)
@@ -103,7 +116,9 @@ class Outcomes(Dependents):
             if started_now:
                 ending.changes["started_at"] = now
             ended.append((index, row, ending))
-        self._write_endings([(row, ending) for _index, row, ending in ended], now)
+        self._write_endings(
+            [(row, ending) for _index, row, ending in ended], now, None if kept is None else fences
+        )
         infos: list[dict[str, Any] | None] = [None] * len(outcomes)
         for index, row, ending in ended:
             infos[index] = self._ended_info(row, ending, now)
@@ -111,6 +126,21 @@ class Outcomes(Dependents):
             if infos[index] is None:
                 infos[index] = self._late_outcome(o, now)
         return infos
+
+    def _kept_rows(self, outcomes: list[Outcome]) -> dict[int, RunningRow] | None:
+        """The held rows of these outcomes as this store kept them (SqlKit.held), when it
+        kept every one, for the attempt and worker that ended it, and its writes go with
+        the next statement (PostgreSQL, outside writes_at_once): an end's turn then costs
+        no round trip to read them. Else None: they are read (locked FOR UPDATE)."""
+        if not self.held or not isinstance(self.db, PgDatabase) or not self.db.defers_writes():
+            return None
+        rows: dict[int, RunningRow] = {}
+        for o in outcomes:
+            row = self.held.get(o.task_id)
+            if row is None or row.attempt != o.attempt or row.worker != o.worker:
+                return None
+            rows[o.task_id] = row
+        return rows
 
     def _late_outcome(self, o: Outcome, now: float) -> dict[str, Any] | None:
         """The outcome of an attempt the daemon had declared lost, not claimed again since:
@@ -173,24 +203,30 @@ class Outcomes(Dependents):
         ).where(Attempt.id == lost.id).execute()
         return {**self._ended_info(row, ending, now), "late": True}
 
-    def _write_endings(self, ended: list[tuple[RunningRow, Ending]], now: float) -> None:
+    def _write_endings(
+        self, ended: list[tuple[RunningRow, Ending]], now: float, fences: list[list[Any]] | None = None
+    ) -> None:
         """The task updates of many endings, one statement per shape of change, and their
         attempt rows in multi-row INSERTs. The rows were read in this transaction (locked
         on PostgreSQL and MySQL; SQLite's transaction holds the only write lock), so each
         update must match: if one does not, this raises and the caller's savepoint undoes
-        them all (Daemon._on_outcomes then ends them one by one, each fenced on its own)."""
+        them all (Daemon._on_outcomes then ends them one by one, each fenced on its own).
+        With `fences` (a list for each ending), the rows were kept, not read (_kept_rows):
+        each update is fenced by them too, and one that does not match fails the
+        transaction (SqlKit._update_held's as_kept)."""
         if not ended:
             return
         shapes: dict[tuple[str, ...], list[list[Any]]] = {}
-        for row, ending in ended:
+        for i, (row, ending) in enumerate(ended):
             shapes.setdefault(tuple(ending.changes), []).append(
-                [*ending.changes.values(), row.id, row.attempt]
+                [*ending.changes.values(), row.id, row.attempt, *(fences[i] if fences is not None else ())]
             )
         # On PostgreSQL both go with the next statement, unread: the rows were read FOR
-        # UPDATE by this transaction, so no one else changed them meanwhile.
+        # UPDATE by this transaction, so no one else changed them meanwhile (or, kept, the
+        # update checks that they did not).
         later = self.is_postgres
         for columns, params in shapes.items():
-            changed = self._update_held(columns, params, counted=not later)
+            changed = self._update_held(columns, params, counted=not later, as_kept=fences is not None)
             if changed is not None and changed != len(params):
                 raise StoreError(f"{len(params) - changed} of {len(params)} attempts changed meanwhile")
         attempts = [attempt_row(row, ending.outcome, ending.logged, now) for row, ending in ended]
@@ -265,6 +301,7 @@ class Outcomes(Dependents):
     ) -> dict[str, Any] | None:
         """End one attempt that ended without its worker's word (lost, interrupted), fenced
         by its number: None when it is no longer held."""
+        self.held.pop(row.id, None)
         ending = self._ending(row, outcome, now, error=error)
         if self._update_task(ending.changes, FENCE, (row.id, row.attempt)) != 1:
             return None

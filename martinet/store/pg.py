@@ -23,6 +23,12 @@ statements they wrap; deferred, they cost none, and the isolation is the same:
   (whose savepoint would catch it and go on): the daemon rolls the turn back and takes
   it again with every write sent at once (`writes_at_once`), so that an error is its
   own statement's, and a bad outcome costs only itself.
+- An attempt's end is written without its task's row read first when this daemon
+  leased it: the store keeps what a read would find (SqlKit.held), its own changes
+  keep that up to date, and the UPDATE is fenced by what may change while a task is
+  held (its worker, start, cancel request, dependents). Should another writer have
+  changed one, the statement fails (HELD_CHANGED), as a deferred write does, and the
+  turn is taken again, the rows read. An end's turn is then one round trip.
 
 Arrays (the `unnest` forms of the store's multi-row writes) go as one array literal
 each (`array`): psycopg2 adapts a list value by value, an adapter object and a quoting
@@ -59,6 +65,8 @@ PREPARE_AT = 3  # a statement's use on a connection at which it is prepared (the
 REPLAN_FIRST = 64  # a prepared statement's use at which it is prepared again (see the module)
 REPLAN_GROWTH = 4  # ... and again each time its uses grow this many times
 REQUEST_ID_INDEX = "task_request_id"  # (models.Task: unique)
+# What fails an end written without its rows read, when they changed (SqlKit._update_as_kept)
+HELD_CHANGED = "martinet: held tasks changed since this daemon last wrote them"
 _PLACEHOLDER = re.compile(r"%%|%s")
 _PREPARABLE = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b", re.IGNORECASE)  # not SAVEPOINT, ...
 
@@ -83,7 +91,7 @@ class DeferredWriteFailed(TakeAgain):
 
     @property
     def expected(self) -> bool:
-        return self.sent_again
+        return self.sent_again or HELD_CHANGED in str(self.__cause__)
 
     @property
     def sent_again(self) -> bool:

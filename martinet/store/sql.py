@@ -21,8 +21,8 @@ from martinet import models
 from martinet.errors import StoreError
 from martinet.retry import RetryPolicy
 from martinet.states import HELD, sql_list
-from martinet.store.pg import PgDatabase, TakeAgain
-from martinet.store.rows import FENCE
+from martinet.store.pg import HELD_CHANGED, PgDatabase, TakeAgain
+from martinet.store.rows import FENCE, RunningRow
 
 log = logging.getLogger("martinet.store")
 
@@ -89,6 +89,10 @@ class SqlKit:
         self._skipping = False  # (skipping_savepoints)
         self._at_once = False  # (writes_at_once)
         self._task_ids: list[int] = []  # PostgreSQL: ids taken ahead for new tasks (Tasks._task_id)
+        # PostgreSQL: the tasks this store leased, as a read would find them while held,
+        # kept up to date by its own changes; an end's turn writes without reading them
+        # first, fenced by what may change while a task is held (Outcomes.end_attempts).
+        self.held: dict[int, RunningRow] = {}
         self._sql_cache: dict[str, str] = {}
         self._insert_sql: dict[tuple[str, tuple[str, ...]], str] = {}
         self._update_sql: dict[tuple[tuple[str, ...], str], str] = {}
@@ -200,13 +204,19 @@ class SqlKit:
         return self._exec(sql, [*changes.values(), *params]).rowcount
 
     def _update_held(
-        self, columns: tuple[str, ...], rows: list[list[Any]], counted: bool = True
+        self, columns: tuple[str, ...], rows: list[list[Any]], counted: bool = True, as_kept: bool = False
     ) -> int | None:
         """Held tasks' new values: each row is the values of `columns`, then the task's
         id and attempt (rows.FENCE); returns how many tasks changed. On PostgreSQL one
         UPDATE ... FROM unnest(arrays), a column an array: one text whatever the count,
         prepared, and not `counted`, sent with the next statement (_write_later; None);
-        elsewhere an executemany (SQLite runs it in process; MySQL, a statement a row)."""
+        elsewhere an executemany (SQLite runs it in process; MySQL, a statement a row).
+        `as_kept` (PostgreSQL, not counted): each row goes on with the task's worker,
+        started_at, cancel_requested and has_dependents as this store kept them (held),
+        and the UPDATE fails the transaction unless every task still has them all."""
+        if as_kept:
+            self._update_as_kept(columns, rows)
+            return None
         if not self.is_postgres:
             sql = self._update_sql.get((columns, "many"))
             if sql is None:  # kept with the driver's placeholders: this runs every turn
@@ -232,6 +242,27 @@ class SqlKit:
             return None
         changed: int = self._exec(sql, arrays).rowcount
         return changed
+
+    def _update_as_kept(self, columns: tuple[str, ...], rows: list[list[Any]]) -> None:
+        """_update_held's `as_kept`: the rows were not read, so what may change while a task
+        is held is fenced too, and a count short of the rows fails the statement
+        (HELD_CHANGED), and so the transaction, which the daemon takes again reading them."""
+        sql = self._update_sql.get((columns, "kept"))
+        if sql is None:
+            names = ", ".join(self._name(c) for c in columns)
+            assignments = ", ".join(f"{self._name(c)} = v.{self._name(c)}" for c in columns)
+            kept = ("worker", "started_at", "cancel_requested", "has_dependents")
+            fenced = " AND ".join(f"task.{c} IS NOT DISTINCT FROM v.kept_{c}" for c in kept)
+            sql = self._update_sql[(columns, "kept")] = (
+                f"WITH changed AS (UPDATE task SET {assignments}"
+                f" FROM unnest({self._arrays('task', columns)}, ?::bigint[], ?::bigint[], {self._arrays('task', kept)})"
+                f" AS v({names}, fenced_id, fenced_attempt, {', '.join('kept_' + c for c in kept)})"
+                f" WHERE task.id = v.fenced_id AND task.attempt = v.fenced_attempt"
+                f" AND (task.status || '') IN ({sql_list(HELD)}) AND {fenced} RETURNING 1)"
+                f" SELECT CAST(CASE WHEN count(*) = ? THEN '0' ELSE '{HELD_CHANGED}' END AS integer) FROM changed"
+            )
+        arrays = [self._array(values) for values in zip(*rows, strict=True)]
+        self._write_later(sql, [*arrays, len(rows)])
 
     def _array(self, values: Sequence[Any]) -> Any:
         """PostgreSQL: `values` as a `?::type[]` parameter, as cheap to send as the driver

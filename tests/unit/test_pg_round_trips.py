@@ -200,13 +200,84 @@ def test_a_turn_of_starts_and_outcomes_costs_one_round_trip_a_kind_of_change(cor
     # Both workers' starts and outcomes in one turn, and a claim for each worker
     core.turn(status=both)
     sent = trips.take()
-    # the held rows read (FOR UPDATE); their updates (the starts that came with them
-    # included) and their attempt rows, unread, sent with the first of 2 claims; the
-    # commit, with the events (no one subscribes: their ids are not read back)
-    assert len(sent) == 4, sent
-    assert "INSERT INTO attempt" not in sent[0] and "RETURNING" not in sent[1].split("; EXECUTE")[1]
+    # the held rows not read (this daemon leased them: SqlKit.held); their updates (the
+    # starts that came with them included) and their attempt rows, unread, sent with the
+    # first of 2 claims; the commit, with the events (no one subscribes: their ids are
+    # not read back)
+    assert len(sent) == 3 and sent[0].startswith("BEGIN") and sent[-1].endswith("COMMIT"), sent
     assert not any("status = 'running'" in s for s in sent), "a start written on its own"
     assert not any(s.lstrip().startswith(("SAVEPOINT", "RELEASE", "BEGIN")) and ";" not in s for s in sent)
+
+
+def ended(task_id: int, worker: str = "w1") -> tuple[Cmd, dict]:
+    return Cmd.ENDED, {"worker_id": worker, "started": [[task_id, 1]],
+                       "ended": [{"id": task_id, "attempt": 1, "ok": True}]}  # fmt: skip
+
+
+def test_the_end_of_a_task_this_daemon_leased_costs_one_round_trip(core):
+    """This daemon keeps the rows of the tasks it leased as a read would find them
+    (SqlKit.held): their end is written with no read first, fenced by what may change
+    while a task is held, and goes with the commit. Leased as it was inserted, or
+    claimed."""
+    core.turn(worker=[hello("w1")])
+    trips = Trips(core.store.db)
+    for i in range(PREPARE_AT + 1):
+        (reply,) = [h for sock, _i, _c, h in core.turn(client=[execute(f"r{i}")]) if sock == "client"]
+        trips.take()
+        core.turn(status=[ended(reply["id"])])
+        sent = trips.take()
+        assert core.store.get_task(reply["id"]).status == "succeeded"
+    assert len(sent) == 1 and sent[0].endswith("COMMIT") and "FOR UPDATE" not in sent[0], sent
+    # Claimed: two tasks for one thread, the second claimed in the first's end's turn
+    first, second = core.submit("t"), core.submit("t")
+    core.turn()
+    core.turn(status=[ended(first)])
+    trips.take()
+    core.turn(status=[ended(second)])
+    sent = trips.take()
+    assert len(sent) == 1 and "FOR UPDATE" not in sent[0], sent
+    assert [core.store.get_task(t).status for t in (first, second)] == ["succeeded", "succeeded"]
+    assert core.store.held == {}
+
+
+@pytest.mark.parametrize(
+    ("change", "status"),
+    [
+        ("cancel_requested = true", "cancelled"),  # revoked by another daemon: ends cancelled
+        ("has_dependents = true", "succeeded"),  # a task waits on it now: settled as it ends
+        ("started_at = 1.0", "succeeded"),  # a start written elsewhere (its time kept)
+        ("worker = 'w9', attempt = attempt", "leased"),  # held by another worker now: fenced out
+    ],
+)
+def test_an_end_whose_task_changed_behind_this_daemon_is_written_as_its_row_is_now(
+    core, caplog, change, status
+):
+    """The daemon's own changes keep the rows it kept up to date; a change it did not make
+    (another daemon's, an operator's SQL) fails the fence, and the turn is taken again,
+    the rows read as they are."""
+    core.turn(worker=[hello("w1")])
+    (reply,) = [h for sock, _i, _c, h in core.turn(client=[execute("r1")]) if sock == "client"]
+    task_id = reply["id"]
+    core.store.db.execute_sql(f"UPDATE task SET {change} WHERE id = %s", (task_id,))
+    with caplog.at_level(logging.DEBUG, logger="martinet.daemon"):
+        sent = core.turn(status=[ended(task_id)])
+    assert "held tasks changed since this daemon last wrote them" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert [h["acks"] for sock, _i, _c, h in sent if sock == "status"] == [[[task_id, 1]]]
+    task = core.store.get_task(task_id)
+    assert task.status == status
+    if change.startswith("started_at"):
+        assert task.started_at == 1.0
+
+
+def test_a_revoke_through_this_daemon_ends_its_task_cancelled_with_no_second_take(core, caplog):
+    core.turn(worker=[hello("w1")])
+    (reply,) = [h for sock, _i, _c, h in core.turn(client=[execute("r1")]) if sock == "client"]
+    core.turn(client=[(Cmd.REQUEST, {"op": "revoke", "rid": "r2", "id": reply["id"]})])
+    with caplog.at_level(logging.DEBUG, logger="martinet.daemon"):
+        core.turn(status=[ended(reply["id"])])
+    assert "taking the turn again" not in caplog.text
+    assert core.store.get_task(reply["id"]).status == "cancelled"
 
 
 def test_a_tick_sends_its_writes_with_its_reads(core):
@@ -332,16 +403,19 @@ def test_no_statement_run_again_and_again_finds_tasks_by_id_through_a_status_ind
     core.turn(worker=[hello("w1"), hello("w2")])
     tasks = [core.submit("t") for _ in range(8 * PREPARE_AT)]
     core.turn()
-    for _ in range(2 * PREPARE_AT):  # starts on their own, then outcomes: each prepared
+    for i in range(2 * PREPARE_AT):  # starts on their own, then outcomes: each prepared
         held = [
             (t, core.store.get_task(t).worker) for t in tasks if core.store.get_task(t).status == "leased"
         ]
         core.turn(status=[(Cmd.STARTED, {"worker_id": w, "started": [[t, 1]]}) for t, w in held])
+        if i % 2:  # ended as read (FOR UPDATE), as another daemon's tasks are; else as kept
+            core.store.held.clear()
         core.turn(status=[(Cmd.ENDED, {"worker_id": w, "ended": [{"id": t, "attempt": 1, "ok": True}]})
                           for t, w in held])  # fmt: skip
     db = core.store.db
     prepared = dict(db._session.prepared)
     assert any("FOR UPDATE" in sql for sql in prepared) and any("running" in sql for sql in prepared)
+    assert any("WITH changed AS (UPDATE task" in sql for sql in prepared)
     # A table of finished tasks and a few leased ones, as statistics say it is in a drain
     columns = [c for c in core.store.Task._meta.columns if c not in ("id", "request_id", "status")]
     listed = ", ".join(f'"{c}"' for c in columns)
