@@ -243,6 +243,9 @@ def drop_tables(db_url: str) -> None:
     db.close()
 
 
+SLOW_DRAIN = 20.0  # seconds after which wait_drained says what is left (stderr)
+
+
 def wait_drained(db_url: str, timeout: float = 300.0) -> float:
     """When the last result was committed (epoch seconds), once no task is ready or
     running any more. Polls the database itself, so that measuring costs the daemon
@@ -252,16 +255,32 @@ def wait_drained(db_url: str, timeout: float = 300.0) -> float:
     the rows' times, not from when this returns."""
     db = open_database(db_url)
     try:
-        deadline = time.monotonic() + timeout
+        began = time.monotonic()
+        deadline, told = began + timeout, False
         while db.execute_sql(
             "SELECT 1 FROM task WHERE status IN ('queued', 'leased', 'running') LIMIT 1"
         ).fetchone():
             if time.monotonic() > deadline:
-                raise RuntimeError("the tasks did not drain in time")
+                raise RuntimeError(f"the tasks did not drain in time: {unfinished(db)}")
+            if not told and time.monotonic() > began + SLOW_DRAIN:  # (a hang shows what it holds)
+                print(f"not drained after {SLOW_DRAIN:.0f} s: {unfinished(db)}", file=sys.stderr, flush=True)
+                told = True
             time.sleep(0.05)
         return db.execute_sql("SELECT MAX(finished_at) FROM task").fetchone()[0]
     finally:
         db.close()
+
+
+def unfinished(db: Any) -> str:
+    """What holds a drain up: the unfinished tasks by status, and the first few of them."""
+    counts = db.execute_sql(
+        "SELECT status, COUNT(*) FROM task WHERE status IN ('queued', 'leased', 'running') GROUP BY status"
+    ).fetchall()
+    first = db.execute_sql(
+        "SELECT id, status, attempt, worker, daemon, lease_expires, updated_at FROM task"
+        " WHERE status IN ('queued', 'leased', 'running') ORDER BY id LIMIT 10"
+    ).fetchall()
+    return f"{dict(counts)}; the first: {first}"
 
 
 @contextmanager

@@ -13,9 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests import backends
 
 ROOT = Path(__file__).resolve().parents[2]
+TIME_LIMIT = 50  # seconds: under the suite's time limit a test, so that a hang says what it held
 TINY = ["--repeat", "1", "--tasks", "300", "--paced", "40", "--timers", "20", "--timers-ahead", "1",
         "--pending", "3000", "--schedules", "50", "--due", "300", "--users-tasks", "150",
         "--users-clients", "3", "--users-calls", "40"]  # fmt: skip
@@ -30,7 +33,13 @@ def bench(*args: str) -> dict[str, dict[str, float]]:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True,
     )  # fmt: skip
     try:
-        stdout, stderr = proc.communicate(timeout=240)
+        stdout, stderr = proc.communicate(timeout=TIME_LIMIT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(
+            f"scripts/bench.py {' '.join(args)} ran over {TIME_LIMIT} s; its stderr ends:\n{stderr[-3000:]}"
+        )
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
