@@ -83,16 +83,7 @@ class Outcomes(Dependents):
         one change anyway, it raises StoreError, and the savepoint undoes the batch."""
         ids = sorted({o.task_id for o in outcomes})
         kept = self._kept_rows(outcomes)
-        running: dict[int, RunningRow] = {} if kept is None else kept
-        for start in range(0, len(ids) if kept is None else 0, 500):
-            chunk = ids[start : start + 500]
-            # On PostgreSQL one array parameter: one statement, prepared once, whatever the count
-            listed = "= ANY(?::bigint[])" if self.is_postgres else f"IN ({', '.join('?' * len(chunk))})"
-            sql = f"SELECT {', '.join(RunningRow._fields)} FROM task WHERE id {listed} AND {self.by_id_status} IN ({_HELD})"
-            if self.locks_rows:
-                sql += " FOR UPDATE"
-            params: list[Any] = [self._array(chunk)] if self.is_postgres else chunk
-            running.update((r[0], RunningRow(*r)) for r in self._exec(sql, params).fetchall())
+        running = self._held_rows(ids) if kept is None else kept
         for task_id in ids:
             self.held.pop(task_id, None)  # (ended now, or not held by this store any more)
         ended: list[tuple[int, RunningRow, Ending]] = []  # (index in outcomes, row, what becomes of it)
@@ -126,6 +117,21 @@ class Outcomes(Dependents):
             if infos[index] is None:
                 infos[index] = self._late_outcome(o, now)
         return infos
+
+    def _held_rows(self, ids: list[int]) -> dict[int, RunningRow]:
+        """These tasks' rows while held (leased or running), read and locked (FOR UPDATE on
+        PostgreSQL and MySQL; SQLite's transaction holds the only write lock)."""
+        running: dict[int, RunningRow] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            # On PostgreSQL one array parameter: one statement, prepared once, whatever the count
+            listed = "= ANY(?::bigint[])" if self.is_postgres else f"IN ({', '.join('?' * len(chunk))})"
+            sql = f"SELECT {', '.join(RunningRow._fields)} FROM task WHERE id {listed} AND {self.by_id_status} IN ({_HELD})"
+            if self.locks_rows:
+                sql += " FOR UPDATE"
+            params: list[Any] = [self._array(chunk)] if self.is_postgres else chunk
+            running.update((r[0], RunningRow(*r)) for r in self._exec(sql, params).fetchall())
+        return running
 
     def _kept_rows(self, outcomes: list[Outcome]) -> dict[int, RunningRow] | None:
         """The held rows of these outcomes as this store kept them (SqlKit.held), when it
