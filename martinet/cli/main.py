@@ -83,10 +83,18 @@ def serve(args: argparse.Namespace) -> int:
     settings = config.load(args.config, flags)
     setup_logging(settings.log_level, settings.log_format)
     daemon = Daemon(settings)
-    daemon.open()
+
+    def stop(*_: object) -> None:
+        if daemon.core is None:  # still opening: it stops there (open undoes what it made)
+            raise KeyboardInterrupt
+        daemon.stop()  # (before run: run returns at once, and marks the daemon stopped)
+
+    # In place before it opens: a signal sent once it says it serves (its log line, its
+    # ports answering) stops it as any other, instead of killing it.
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: daemon.stop())
+        signal.signal(sig, stop)
     signal.signal(signal.SIGHUP, lambda *_: daemon.reload_keys())
+    daemon.open()
     daemon.run()
     return 0
 

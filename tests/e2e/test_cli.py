@@ -82,6 +82,42 @@ def test_serve_logs_json_lines_and_serves_metrics(tmp_path):
     assert stopped and {"time", "level", "logger"} <= set(stopped[0]), logged
 
 
+# A supervisor's SIGTERM the moment `martinet serve` says it serves (from within here: as
+# soon as open() returns, when it has logged its line and its ports answer).
+_TERM_WHEN_OPEN = """
+import os, signal, sys
+from martinet.cli.main import main
+from martinet.server.loop import Daemon
+opened = Daemon.open
+def open_then_term(self):
+    opened(self)
+    os.kill(os.getpid(), signal.SIGTERM)
+Daemon.open = open_then_term
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_sigterm_as_soon_as_serve_says_it_serves_stops_it_as_any_other(tmp_path):
+    """Its handlers are in place before the daemon opens: the signal stops it (exit 0, its
+    row marked stopped), where it used to kill it (-15) in the moment between its line
+    and its handlers."""
+    from martinet.store import Store, open_database
+
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MARTINET_")}
+    out = subprocess.run(
+        [sys.executable, "-c", _TERM_WHEN_OPEN, "serve", "--db", db,
+         "--client-port", "0", "--worker-port", "0", "--status-port", "0"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    store = Store(open_database(db))
+    try:
+        assert [row["stopped_at"] is not None for row in store.daemons()] == [True]
+    finally:
+        store.close()
+
+
 def test_top_redraws_in_a_terminal_and_quits_on_q(cluster):
     """`martinet top` in a real terminal (a pty): it redraws in place, and q quits it,
     leaving the terminal as it was (the cursor shown again)."""
