@@ -52,13 +52,8 @@ class Outcomes(Dependents):
             )
             .execute()
         )
-        kept = self.held.get(task_id)
-        if (
-            n == 1
-            and kept is not None
-            and (kept.attempt, kept.worker, kept.started_at) == (attempt, worker, None)
-        ):
-            self.held[task_id] = kept._replace(started_at=now)
+        if n == 1:
+            self._keep_start(task_id, attempt, worker, now)
         return n == 1
 
     def end_attempts(

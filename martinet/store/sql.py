@@ -26,6 +26,8 @@ from martinet.store.rows import FENCE, RunningRow
 
 log = logging.getLogger("martinet.store")
 
+HELD_KEPT_MAX = 100_000  # tasks kept in SqlKit.held at most; an outcome of one not kept reads its row
+
 
 class Cursor(Protocol):
     """What the store uses of a DB-API cursor (peewee's stubs leave its cursors untyped)."""
@@ -202,6 +204,19 @@ class SqlKit:
             assignments = ", ".join(f"{self._name(column)} = ?" for column in changes)
             sql = self._update_sql[(tuple(changes), where)] = f"UPDATE task SET {assignments} WHERE {where}"
         return self._exec(sql, [*changes.values(), *params]).rowcount
+
+    def _keep(self, row: dict[str, Any]) -> None:
+        """A task this store leased, as its outcome will find it (held): the RunningRow
+        columns of `row`, those it lacks None (started_at, until a start says otherwise)."""
+        if len(self.held) >= HELD_KEPT_MAX:  # tasks others ended (another daemon, an operator) stay in it
+            self.held.clear()
+        self.held[row["id"]] = RunningRow._make(row.get(field) for field in RunningRow._fields)
+
+    def _keep_start(self, task_id: int, attempt: int, worker: str, now: float) -> None:
+        """A kept task's handler started `now` (start, progress): as the UPDATE writes it."""
+        kept = self.held.get(task_id)
+        if kept is not None and (kept.attempt, kept.worker, kept.started_at) == (attempt, worker, None):
+            self.held[task_id] = kept._replace(started_at=now)
 
     def _update_held(
         self, columns: tuple[str, ...], rows: list[list[Any]], counted: bool = True, as_kept: bool = False
@@ -383,9 +398,8 @@ class _Savepoint:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self.changes is not None:
-            troubled = isinstance(
-                exc, (peewee.OperationalError, peewee.InterfaceError)
-            )  # the turn fails anyway
+            # (the database's own trouble fails the whole turn anyway)
+            troubled = isinstance(exc, (peewee.OperationalError, peewee.InterfaceError))
             if isinstance(exc, Exception) and not troubled and self.store.changes() != self.changes:
                 raise SavepointSkipped(
                     f"a block without a savepoint failed after it changed rows: {exc!r}"

@@ -13,7 +13,7 @@ from martinet.errors import StoreError
 from martinet.states import HELD, TIMED, ScheduleState, TaskState, sql_list
 from martinet.store.dependents import Dependents
 from martinet.store.pg import PgDatabase
-from martinet.store.rows import RunningRow, decoded_args, task_row
+from martinet.store.rows import decoded_args, task_row
 from martinet.store.sql import Cursor
 
 TASK_IDS_AHEAD = 64  # task ids taken from the sequence at once, for submits (Tasks._task_id)
@@ -25,7 +25,6 @@ _LEASE = (  # a claimed task, leased: its attempt counted, its last attempt's tr
     f"status = '{TaskState.LEASED}', attempt = attempt + 1, worker = ?, lease_expires = ?,"
     " started_at = NULL, updated_at = ?, progress = NULL, progress_message = NULL, daemon = ?"
 )
-HELD_KEPT_MAX = 100_000  # tasks kept in SqlKit.held at most; an outcome of one not kept reads its row
 # What an attempt's end needs of its task that a claim does not send the worker (RunningRow)
 _KEPT = ("max_attempts", "cancel_requested", "key_mode", "releases", "has_dependents",
          "retry_base", "retry_factor", "retry_cap")  # fmt: skip
@@ -168,12 +167,8 @@ class Tasks(Dependents):
         if isinstance(self.db, PgDatabase) and self.db.defers_writes():
             row = {"id": self._task_id(), **row}
             self._write_later(self._insert_text("task", row), row.values())
-            if lease is not None:  # as its outcome will find it (SqlKit.held)
-                self.held[row["id"]] = RunningRow(
-                    row["id"], row["name"], row["queue"], row["attempt"], row["max_attempts"], row["worker"],
-                    None, row["cancel_requested"], None, row["releases"], row["has_dependents"],
-                    row.get("retry_base"), row.get("retry_factor"), row.get("retry_cap"),
-                )  # fmt: skip
+            if lease is not None:
+                self._keep(row)
             return row["id"], True
         if rid is None:
             return self._insert("task", row), True
@@ -381,12 +376,8 @@ class Tasks(Dependents):
         params = [*params, worker, now + lease, now, self.daemon_id, limit]
         found = list(self._exec(sql, params))
         rows = [dict(zip(columns, r[:9], strict=True)) for r in found]
-        if len(self.held) > HELD_KEPT_MAX:  # tasks others ended (another daemon, an operator) stay in it
-            self.held.clear()
-        for r in found:  # as the outcome of this attempt will find it (SqlKit.held)
-            max_attempts, cancel_requested, key_mode, releases, has_dependents, base, factor, cap = r[9:-1]
-            self.held[r[0]] = RunningRow(r[0], r[1], r[2], r[4], max_attempts, worker, None, cancel_requested,
-                                         key_mode, releases, has_dependents, base, factor, cap)  # fmt: skip
+        for r in found:
+            self._keep({**dict(zip((*columns, *_KEPT), r[:-1], strict=True)), "worker": worker})
         if order != "random":
             rows.sort(key=lambda r: (-r["priority"], r["run_at"], r["id"]))
         for r in rows:
@@ -424,13 +415,7 @@ class Tasks(Dependents):
             return
         if self.is_postgres:  # one statement, sent with the next one (no count is read)
             for task_id, attempt, worker in starts:
-                kept = self.held.get(task_id)
-                if kept is not None and (kept.attempt, kept.worker, kept.started_at) == (
-                    attempt,
-                    worker,
-                    None,
-                ):
-                    self.held[task_id] = kept._replace(started_at=now)
+                self._keep_start(task_id, attempt, worker, now)
             ids, attempts, workers = zip(*starts, strict=True)
             self._write_later(
                 _PG_START, (now, now, self._array(ids), self._array(attempts), self._array(workers))
