@@ -19,8 +19,13 @@ drain as a share of the lower floor, when throughput and floor both ran). Scenar
               (enqueue_of_round_trips_pct), what a call costs in CPU, the client's
               process and the daemon's (enqueue_client_cpu_us, enqueue_daemon_cpu_us),
               and --users-clients (8) client processes calling execute together,
-              against one on the same daemon (clients8_x).
-              SQLite, and PostgreSQL too with --postgres (pg_)
+              against one on the same daemon (clients8_x), beside what raw pyzmq
+              round trips give from as many processes against one (zmq_clients8_x).
+              SQLite, and PostgreSQL too with --postgres (pg_); there also
+              martinet.enqueue_in one call at a time on an autocommitted connection
+              (pg_enqueue_in_per_s), and both enqueues as a share of a bare INSERT
+              autocommitted one at a time (pg_insert_commit_per_s), which is all a
+              PostgreSQL queue's own enqueue does
 
   throughput  one client calling execute in a loop (each waits for "accepted"); a bulk
               execute_many of N no-op tasks; the drain rate of those N with 2 workers running
@@ -1132,35 +1137,121 @@ def users_clients(args, db: str | None, counts: tuple[int, ...]) -> dict[int, fl
     """Calls a second of `count` client processes together, each calling execute one at a
     time (--users-calls calls each), for each count in `counts`, on one daemon with no
     worker: {count: calls/s}, from the first call's start to the last one's end."""
-    rates: dict[int, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         rig = Rig(Path(tmp), db=db, quiet=False)
         try:
             rig.start_daemon()
             rig.client().close()  # answered: the daemon listens
-            for count in counts:
-                procs = [
-                    subprocess.Popen([sys.executable, "-P", "-c", CLIENT_LOOP, rig.url, str(args.users_calls)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=rig.env, text=True)
-                    for _ in range(count)
-                ]  # fmt: skip
-                try:
-                    for p in procs:
-                        if p.stdout.readline().strip() != "ready":
-                            raise RuntimeError("a client process of users_clients did not start")
-                    for p in procs:
-                        p.stdin.write("go\n")
-                        p.stdin.flush()
-                    spans = [tuple(map(float, p.stdout.readline().split())) for p in procs]
-                finally:
-                    for p in procs:
-                        p.wait(60)
-                rates[count] = (
-                    count * args.users_calls / (max(e for _s, e in spans) - min(s for s, _e in spans))
-                )
+            argv = [sys.executable, "-P", "-c", CLIENT_LOOP, rig.url, str(args.users_calls)]
+            return {count: together(argv, count, rig.env) for count in counts}
         finally:
             rig.stop()
-    return rates
+
+
+# The floor of users_clients: a ROUTER that answers each request at once, and client
+# processes (DEALER) making one round trip at a time, as CLIENT_LOOP does with execute.
+ECHO_ROUTER = """
+import sys, zmq
+ctx = zmq.Context(); r = ctx.socket(zmq.ROUTER); r.bind(sys.argv[1])
+while True:
+    frames = r.recv_multipart()
+    if frames[1] == b"stop":
+        break
+    r.send_multipart([frames[0], b"ok", frames[2]])
+"""
+ECHO_CLIENT = """
+import json, sys, time, zmq
+ctx = zmq.Context(); d = ctx.socket(zmq.DEALER); d.connect(sys.argv[1]); n = int(sys.argv[2])
+body = json.dumps({"name": "bench.clock", "args": {"x": 1}}).encode()
+for _ in range(100):
+    d.send_multipart([b"call", body]); d.recv_multipart()
+print("ready", flush=True)
+sys.stdin.readline()
+start = time.time()
+for _ in range(n):
+    d.send_multipart([b"call", body]); d.recv_multipart()
+print(start, time.time(), flush=True)
+"""
+
+
+def together(argv: list[str], count: int, env: dict[str, str] | None = None) -> float:
+    """Calls a second of `count` processes of `argv` (CLIENT_LOOP, ECHO_CLIENT) started
+    together once all are warm: their calls over the first start to the last end."""
+    procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+             for _ in range(count)]  # fmt: skip
+    try:
+        for p in procs:
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError("a client process of users_clients or zmq_clients did not start")
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        spans = [tuple(map(float, p.stdout.readline().split())) for p in procs]
+    finally:
+        for p in procs:
+            p.wait(60)
+    return count * int(argv[-1]) / (max(e for _s, e in spans) - min(s for s, _e in spans))
+
+
+def zmq_clients(calls: int, counts: tuple[int, ...]) -> dict[int, float]:
+    """Raw pyzmq round trips a second of `count` client processes together against one
+    ECHO_ROUTER process, for each count: how far several processes calling one at a time
+    can scale on this machine at all, the floor of users_clients."""
+    port = free_ports(1)[0]
+    url = f"tcp://127.0.0.1:{port}"
+    router = subprocess.Popen([sys.executable, "-c", ECHO_ROUTER, url])
+    try:
+        return {
+            count: together([sys.executable, "-c", ECHO_CLIENT, url, str(calls)], count) for count in counts
+        }
+    finally:
+        import zmq
+
+        ctx = zmq.Context()
+        stop = ctx.socket(zmq.DEALER)
+        stop.connect(url)
+        stop.send_multipart([b"stop", b""])
+        try:
+            router.wait(10)
+        finally:
+            stop.close(0)
+            ctx.term()
+
+
+def enqueue_in_rate(db_url: str, n: int) -> dict[str, float]:
+    """PostgreSQL: martinet.enqueue_in one call at a time on a connection in autocommit
+    mode (each task committed as it is made, as a PostgreSQL queue's enqueue commits
+    it), and the floor of such a call: a bare INSERT of a task's row, autocommitted,
+    one at a time, through the same driver. Calls a second of each."""
+    import psycopg2
+
+    drop_tables(db_url)
+    open_database(db_url).close()  # the tables, as the daemon makes them
+    m = martinet.Martinet.connect("tcp://127.0.0.1:9")  # (enqueue_in sends nothing to a daemon)
+    conn = psycopg2.connect(db_url)
+    conn.autocommit = True
+    try:
+        for i in range(100):
+            m.enqueue_in(conn, "bench.clock", {"x": i})
+        start = time.perf_counter()
+        for i in range(n):
+            m.enqueue_in(conn, "bench.clock", {"x": i})
+        enqueue_in = n / (time.perf_counter() - start)
+        now = time.time()
+        row = {**TASK_DEFAULTS, "name": "bench.clock", "args": '{"x": 1}', "status": "queued", "run_at": now,
+               "created_at": now, "updated_at": now}  # fmt: skip
+        insert = f"INSERT INTO task ({','.join(row)}) VALUES ({','.join(['%s'] * len(row))}) RETURNING id"
+        with conn.cursor() as cursor:
+            start = time.perf_counter()
+            for _ in range(n):
+                cursor.execute(insert, list(row.values()))
+                cursor.fetchone()
+            insert_rate = n / (time.perf_counter() - start)
+    finally:
+        conn.close()
+        m.close()
+        drop_tables(db_url)
+    return {"enqueue_in_per_s": round(enqueue_in), "insert_commit_per_s": round(insert_rate)}
 
 
 def scenario_users(args) -> dict:
@@ -1170,13 +1261,15 @@ def scenario_users(args) -> dict:
     out: dict[str, float] = {}
     trips = zmq_round_trips()
     out["zmq_round_trips_per_s"] = round(trips)
+    many = args.users_clients
+    floor = zmq_clients(args.users_calls, (1, many))
+    out[f"zmq_clients{many}_x"] = round(floor[many] / floor[1], 2)  # what clients8_x can be here
     for label, db in backends:
         c1 = users_drain(args, db, 1)
         out[f"{label}_enqueue_per_s"] = c1["enqueue_per_s"]
         out[f"{label}_enqueue_of_round_trips_pct"] = round(100 * c1["enqueue_per_s"] / trips, 1)
         for side in ("client", "daemon"):
             out[f"{label}_enqueue_{side}_cpu_us"] = c1[f"enqueue_{side}_cpu_us"]
-        many = args.users_clients
         rates = users_clients(args, db, (1, many))
         out[f"{label}_clients{many}_per_s"] = round(rates[many])
         out[f"{label}_clients{many}_x"] = round(rates[many] / rates[1], 2)  # against one client, same daemon
@@ -1188,6 +1281,16 @@ def scenario_users(args) -> dict:
         # The harness's latency workload: 2 idle workers at --concurrency 1, defaults otherwise.
         latency = scenario_latency(args, db, concurrency=1, quiet=False)
         out.update({f"{label}_c1_{k}": v for k, v in latency.items() if not k.endswith("max_ms")})
+    if args.postgres:
+        direct = enqueue_in_rate(args.postgres, args.users_tasks)
+        out["pg_enqueue_in_per_s"] = direct["enqueue_in_per_s"]
+        out["pg_insert_commit_per_s"] = direct["insert_commit_per_s"]
+        out["pg_enqueue_in_of_insert_pct"] = round(
+            100 * direct["enqueue_in_per_s"] / direct["insert_commit_per_s"], 1
+        )
+        out["pg_enqueue_of_insert_pct"] = round(
+            100 * out["pg_enqueue_per_s"] / direct["insert_commit_per_s"], 1
+        )
     return out
 
 

@@ -58,16 +58,18 @@ def submit_in(connection: Any, spec: dict[str, Any], now: float) -> tuple[int, b
     """Insert the task `spec` (validate.check_task's) through `connection`, in its open
     transaction; returns (id, created) as Store.submit does, and tells listening
     daemons at the commit when it created one. A connection in autocommit mode has no
-    transaction to join: the task is committed at once, in one of its own."""
+    transaction to join: the task is committed at once, in one of its own (a task with
+    neither key nor parents is one statement, its NOTIFY in it: one round trip)."""
     store = _lent_store()
     conn = _dbapi(connection)
-    own = bool(getattr(conn, "autocommit", False))
+    plain = not spec.get("key") and not spec.get("after")
+    own = not plain and bool(getattr(conn, "autocommit", False))
     _db.lend(conn)
     try:
         if own:
             store._exec("BEGIN", cache=False)
         try:
-            task_id, created = _submit(store, spec, now)
+            task_id, created = _submit(store, spec, now, plain)
         except BaseException:
             if own:
                 store._exec("ROLLBACK", cache=False)
@@ -79,9 +81,15 @@ def submit_in(connection: Any, spec: dict[str, Any], now: float) -> tuple[int, b
     return task_id, created
 
 
-def _submit(store: Store, spec: dict[str, Any], now: float) -> tuple[int, bool]:
+def _submit(store: Store, spec: dict[str, Any], now: float, plain: bool) -> tuple[int, bool]:
+    """`plain`: with neither key nor parents, its note goes in the INSERT's statement."""
+    note: dict[str, Any] = {"queue": spec.get("queue") or "default"}
+    if spec.get("run_at") is not None and spec["run_at"] > now:
+        note["run_at"] = spec["run_at"]
     try:
-        task_id, created = store.submit(spec, now, mark_parents=False)
+        task_id, created = store.submit(
+            spec, now, mark_parents=False, note=json.dumps(note) if plain else None
+        )
     except peewee.ProgrammingError as exc:
         if "does not exist" in str(exc):
             raise StoreError(
@@ -89,10 +97,7 @@ def _submit(store: Store, spec: dict[str, Any], now: float) -> tuple[int, bool]:
                 "start `martinet serve` on it once to make them"
             ) from None
         raise
-    if created:
-        note: dict[str, Any] = {"queue": spec.get("queue") or "default"}
-        if spec.get("run_at") is not None and spec["run_at"] > now:
-            note["run_at"] = spec["run_at"]
+    if created and not plain:
         if spec.get("after"):
             note["waiting"] = [task_id]
         store._exec("SELECT pg_notify(?, ?)", (CHANGES, json.dumps(note)))

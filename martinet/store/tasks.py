@@ -11,6 +11,7 @@ import peewee
 
 from martinet.errors import StoreError
 from martinet.states import HELD, TIMED, ScheduleState, TaskState, sql_list
+from martinet.store.app_transaction import CHANGES
 from martinet.store.dependents import Dependents
 from martinet.store.pg import PgDatabase
 from martinet.store.rows import decoded_args, task_row
@@ -52,6 +53,7 @@ class Tasks(Dependents):
         now: float,
         mark_parents: bool = True,
         lease: tuple[str, float] | None = None,
+        note: str | None = None,
     ) -> tuple[int, bool]:
         """Insert one task; returns (id, created).
 
@@ -59,6 +61,11 @@ class Tasks(Dependents):
         inserted leased to that worker, as a claim would lease it (its first attempt,
         held until now + seconds): the daemon's idle worker takes it with no claim
         (server/claims.lease_at_once). A known request_id leases nothing.
+
+        With `note`, on PostgreSQL, a task with neither key nor parents: a NOTIFY on
+        CHANGES with this payload goes in the INSERT's own statement, made only when it
+        creates the task (app_transaction: one statement, so one round trip, and atomic
+        on a connection in autocommit mode).
 
         Idempotent by request_id: a retried submit returns the first one's id and
         created False, and changes nothing. Queued when `run_at` is missing or not
@@ -78,8 +85,12 @@ class Tasks(Dependents):
         rid, key = spec.get("request_id"), spec.get("key")
         if lease is not None and (key or spec.get("after") or (spec.get("run_at") or now) > now):
             raise ValueError("only a task due now with neither key nor parents is leased as it is inserted")
+        if note is not None and (key or spec.get("after") or not self.returns_ids):
+            raise ValueError(
+                "only a task with neither key nor parents, on PostgreSQL, is told with its insert"
+            )
         if self.upserts and not key and not spec.get("after"):
-            return self._submit_plain(spec, rid, now, lease)
+            return self._submit_plain(spec, rid, now, lease, note)
         if rid:
             existing = self._exec("SELECT id FROM task WHERE request_id = ?", (rid,)).fetchone()
             if existing is not None:
@@ -152,7 +163,12 @@ class Tasks(Dependents):
         return row
 
     def _submit_plain(
-        self, spec: dict[str, Any], rid: str | None, now: float, lease: tuple[str, float] | None = None
+        self,
+        spec: dict[str, Any],
+        rid: str | None,
+        now: float,
+        lease: tuple[str, float] | None = None,
+        note: str | None = None,
     ) -> tuple[int, bool]:
         """A task with neither key nor parents, where an INSERT can stand back for a known
         request_id (SQLite, PostgreSQL): one statement. On PostgreSQL, in the daemon's
@@ -161,7 +177,7 @@ class Tasks(Dependents):
         one round trip, BEGIN to COMMIT). A request_id known already fails that INSERT, and
         so the turn (DeferredWriteFailed.sent_again), which the daemon takes again with each
         write sent at once; and then, as outside a turn, it is one round trip: the INSERT
-        stands back for a known request_id, and the task it made is read."""
+        stands back for a known request_id, and the task it made is read. `note`: see submit."""
         row = self._leased(task_row(spec, now), lease, now)
         row["request_id"] = rid
         if isinstance(self.db, PgDatabase) and self.db.defers_writes():
@@ -170,13 +186,21 @@ class Tasks(Dependents):
             if lease is not None:
                 self._keep(row)
             return row["id"], True
-        if rid is None:
-            return self._insert("task", row), True
-        sql = self._insert_text("task", row) + " ON CONFLICT (request_id) DO NOTHING"
+        sql = self._insert_text("task", row)
+        if rid is not None:
+            sql += " ON CONFLICT (request_id) DO NOTHING"
         if self.returns_ids:
-            made = self._exec(sql + " RETURNING id", row.values()).fetchone()
+            sql, params = sql + " RETURNING id", list(row.values())
+            if note is not None:  # (called once per row made: none when it stood back)
+                sql, params = (
+                    f"WITH made AS ({sql}) SELECT id, pg_notify(?, ?) FROM made",
+                    [*params, CHANGES, note],
+                )
+            made = self._exec(sql, params).fetchone()
             if made is not None:
                 return made[0], True
+        elif rid is None:
+            return self._insert("task", row), True
         else:
             cursor = self._exec(sql, row.values())
             if cursor.rowcount == 1:  # (lastrowid is a stale one when nothing was inserted)

@@ -69,7 +69,7 @@ USERS = {
     )
 }
 EXPECTED = {
-    "users": {k for k in USERS if k.startswith("sqlite_")} | {"zmq_round_trips_per_s"},
+    "users": {k for k in USERS if k.startswith("sqlite_")} | {"zmq_round_trips_per_s", "zmq_clients3_x"},
     "throughput": {"submit_seq_per_s", "submit_bulk_per_s", "drain_per_s"},
     "web": {"drain_without_web_per_s", "drain_with_web_per_s", "web_drain_x", "web_live_messages"},
     "curve": {
@@ -154,6 +154,13 @@ def test_the_scenarios_that_build_a_million_rows_run_with_tiny_numbers():
 def test_the_backends_scenario_runs_on_postgresql():
     results = bench(*TINY, "--postgres", backends.check("postgresql"), "backends", "floor", "users", "store")
     assert USERS <= set(results["users"])  # as users run it, on SQLite and PostgreSQL
+    direct = {
+        "pg_enqueue_in_per_s",
+        "pg_insert_commit_per_s",
+        "pg_enqueue_in_of_insert_pct",
+        "pg_enqueue_of_insert_pct",
+    }
+    assert direct <= set(results["users"]) and all(results["users"][k] > 0 for k in direct)
     assert {"pg_store_us_per_task", "pg_store_one_task_turn_us"} <= set(results["store"])
     assert {"pg_drain_per_s", "pg_submit_seq_per_s", "pg_submit_bulk_per_s", "pg_latency_p99_ms"} <= set(
         results["backends"]

@@ -4,6 +4,8 @@ on PostgreSQL, with worker threads) dispatches it as soon as it is committed."""
 
 from __future__ import annotations
 
+import json
+import select
 import sqlite3
 import threading
 import time
@@ -268,3 +270,73 @@ def test_the_notes_of_a_turn_rolled_back_are_not_lost(pg_url, make_core, monkeyp
     monkeypatch.undo()
     server.turn([], [], [], core.now)  # heard nothing new
     assert core.request("get", id=child)["item"]["status"] in ("queued", "leased")
+
+
+class Counted:
+    """A psycopg2 connection that counts the statements sent on it (one round trip each)."""
+
+    def __init__(self, url: str, autocommit: bool) -> None:
+        sent: list[str] = []
+        self.sent = sent
+
+        class Counting(psycopg2.extensions.cursor):
+            def execute(self, sql, params=None):
+                sent.append(sql)
+                return super().execute(sql, params)
+
+        self.conn = psycopg2.connect(url, cursor_factory=Counting)
+        self.conn.autocommit = autocommit
+
+
+def notes(listener, app) -> list[dict]:
+    """The notes on CHANGES committed before now: those heard before a last one sent now
+    from `app`'s connection (PostgreSQL delivers them in commit order)."""
+    from martinet.store.app_transaction import CHANGES
+
+    with app.conn.cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, 'end')", (CHANGES,))
+    app.conn.commit()
+    got: list[dict] = []
+    deadline = time.monotonic() + WAIT
+    while True:
+        select.select([listener], [], [], max(0.0, deadline - time.monotonic()))
+        listener.poll()
+        while listener.notifies:
+            payload = listener.notifies.pop(0).payload
+            if payload == "end":
+                return got
+            got.append(json.loads(payload))
+        assert time.monotonic() < deadline, "the last note never came"
+
+
+@pytest.mark.parametrize("autocommit", [True, False])
+def test_a_task_with_neither_key_nor_parents_is_one_statement_and_told_only_when_made(pg_url, autocommit):
+    """Its INSERT and its NOTIFY go in one statement: one round trip, and in autocommit
+    mode no BEGIN and COMMIT of its own (the statement is atomic by itself). A request_id
+    already used makes nothing and tells nothing."""
+    from martinet.store import open_database
+    from martinet.store.app_transaction import CHANGES
+
+    open_database(pg_url).close()  # the tables, as `martinet serve` makes them
+    listener = psycopg2.connect(pg_url)
+    listener.autocommit = True
+    listener.cursor().execute(f"LISTEN {CHANGES}")
+    app = Counted(pg_url, autocommit)
+    try:
+        m = martinet.Martinet.connect("tcp://127.0.0.1:9")
+        tid = m.enqueue_in(app.conn, "add", {"a": 1, "b": 2}, request_id="once")
+        later = m.enqueue_in(app.conn, "add", {"a": 1, "b": 2}, queue="slow", run_at=60)
+        assert tid.created and later.created
+        assert len(app.sent) == 2 and all(sql.startswith("WITH made AS (INSERT") for sql in app.sent)
+        app.conn.commit()
+        (first, second) = notes(listener, app)
+        assert first == {"queue": "default"} and second["queue"] == "slow" and second["run_at"] > time.time()
+        app.sent.clear()
+        again = m.enqueue_in(app.conn, "add", {"a": 1, "b": 2}, request_id="once")
+        assert again == tid and not again.created
+        assert len(app.sent) == 2  # the INSERT that stood back, then the read of the task it names
+        app.conn.commit()
+        assert notes(listener, app) == []
+    finally:
+        app.conn.close()
+        listener.close()
