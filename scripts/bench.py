@@ -1606,6 +1606,13 @@ def print_targets(medians: dict[str, dict[str, float]]) -> None:
             record[f"floor.latency_{p}_of_relay_x"] = {
                 "median": value, "target": goal, "met": None if goal is None else value <= goal
             }  # fmt: skip
+    users = medians.get("users", {})
+    many = next((k for k in users if k.startswith("zmq_clients")), None)
+    if many is not None and f"sqlite_{many[4:]}" in users:
+        # The clients' target against what raw pyzmq's own round trips reach from as many
+        # processes on this machine: a ceiling for any one-call-at-a-time client.
+        print(f"  floor {many} (raw pyzmq, as many client processes against one) {users[many]:>6}")
+        record[f"users.{many}"] = {"median": users[many], "target": None, "met": None}
     print(json.dumps({"scenario": "targets", "results": record}))
 
 
