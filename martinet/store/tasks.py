@@ -180,7 +180,7 @@ class Tasks(Dependents):
         stands back for a known request_id, and the task it made is read. `note`: see submit."""
         row = self._leased(task_row(spec, now), lease, now)
         row["request_id"] = rid
-        if isinstance(self.db, PgDatabase) and self.db.defers_writes():
+        if note is None and isinstance(self.db, PgDatabase) and self.db.defers_writes():
             row = {"id": self._task_id(), **row}
             self._write_later(self._insert_text("task", row), row.values())
             if lease is not None:
