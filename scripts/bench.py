@@ -1143,7 +1143,7 @@ def users_clients(args, db: str | None, counts: tuple[int, ...]) -> dict[int, fl
             rig.start_daemon()
             rig.client().close()  # answered: the daemon listens
             argv = [sys.executable, "-P", "-c", CLIENT_LOOP, rig.url, str(args.users_calls)]
-            return {count: together(argv, count, rig.env) for count in counts}
+            return {count: together(argv, count, args.users_calls, rig.env) for count in counts}
         finally:
             rig.stop()
 
@@ -1154,10 +1154,8 @@ ECHO_ROUTER = """
 import sys, zmq
 ctx = zmq.Context(); r = ctx.socket(zmq.ROUTER); r.bind(sys.argv[1])
 while True:
-    frames = r.recv_multipart()
-    if frames[1] == b"stop":
-        break
-    r.send_multipart([frames[0], b"ok", frames[2]])
+    ident, _, body = r.recv_multipart()
+    r.send_multipart([ident, b"ok", body])
 """
 ECHO_CLIENT = """
 import json, sys, time, zmq
@@ -1174,9 +1172,9 @@ print(start, time.time(), flush=True)
 """
 
 
-def together(argv: list[str], count: int, env: dict[str, str] | None = None) -> float:
-    """Calls a second of `count` processes of `argv` (CLIENT_LOOP, ECHO_CLIENT) started
-    together once all are warm: their calls over the first start to the last end."""
+def together(argv: list[str], count: int, calls: int, env: dict[str, str] | None = None) -> float:
+    """Calls a second of `count` processes of `argv` (CLIENT_LOOP, ECHO_CLIENT: `calls`
+    calls each) started together once all are warm, over the first start to the last end."""
     procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
              for _ in range(count)]  # fmt: skip
     try:
@@ -1187,35 +1185,28 @@ def together(argv: list[str], count: int, env: dict[str, str] | None = None) -> 
             p.stdin.write("go\n")
             p.stdin.flush()
         spans = [tuple(map(float, p.stdout.readline().split())) for p in procs]
+    except BaseException:
+        for p in procs:
+            p.kill()
+        raise
     finally:
         for p in procs:
             p.wait(60)
-    return count * int(argv[-1]) / (max(e for _s, e in spans) - min(s for s, _e in spans))
+    return count * calls / (max(e for _s, e in spans) - min(s for s, _e in spans))
 
 
 def zmq_clients(calls: int, counts: tuple[int, ...]) -> dict[int, float]:
     """Raw pyzmq round trips a second of `count` client processes together against one
     ECHO_ROUTER process, for each count: how far several processes calling one at a time
     can scale on this machine at all, the floor of users_clients."""
-    port = free_ports(1)[0]
-    url = f"tcp://127.0.0.1:{port}"
+    url = f"tcp://127.0.0.1:{free_ports(1)[0]}"
     router = subprocess.Popen([sys.executable, "-c", ECHO_ROUTER, url])
     try:
-        return {
-            count: together([sys.executable, "-c", ECHO_CLIENT, url, str(calls)], count) for count in counts
-        }
+        argv = [sys.executable, "-c", ECHO_CLIENT, url, str(calls)]
+        return {count: together(argv, count, calls) for count in counts}
     finally:
-        import zmq
-
-        ctx = zmq.Context()
-        stop = ctx.socket(zmq.DEALER)
-        stop.connect(url)
-        stop.send_multipart([b"stop", b""])
-        try:
-            router.wait(10)
-        finally:
-            stop.close(0)
-            ctx.term()
+        router.kill()
+        router.wait()
 
 
 def enqueue_in_rate(db_url: str, n: int) -> dict[str, float]:
