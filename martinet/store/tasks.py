@@ -29,6 +29,9 @@ _LEASE = (  # a claimed task, leased: its attempt counted, its last attempt's tr
 # What an attempt's end needs of its task that a claim does not send the worker (RunningRow)
 _KEPT = ("max_attempts", "cancel_requested", "key_mode", "releases", "has_dependents",
          "retry_base", "retry_factor", "retry_cap")  # fmt: skip
+# The claim's columns (_lease_returning), then those kept
+_CLAIMED = ("id", "name", "queue", "args", "attempt", "timeout", "has_parents", "run_at", "priority")
+_CLAIMED_KEPT = (*_CLAIMED, *_KEPT)
 _PG_START = (
     f"UPDATE task SET status = '{TaskState.RUNNING}', started_at = ?, updated_at = ?"
     " FROM unnest(?::bigint[], ?::bigint[], ?::text[]) AS s(id, attempt, worker)"
@@ -393,15 +396,13 @@ class Tasks(Dependents):
         sql = (  # (c, named twice, is computed once)
             f"WITH c AS (SELECT ARRAY({candidates}) AS ids) UPDATE task SET {_LEASE}"
             " WHERE id = ANY((SELECT ids FROM c)[1:?])"
-            " RETURNING id, name, queue, args, attempt, timeout, has_parents, run_at, priority,"
-            f" {', '.join(_KEPT)}, (SELECT cardinality(ids) FROM c)"
+            f" RETURNING {', '.join(_CLAIMED_KEPT)}, (SELECT cardinality(ids) FROM c)"
         )
-        columns = ("id", "name", "queue", "args", "attempt", "timeout", "has_parents", "run_at", "priority")
         params = [*params, worker, now + lease, now, self.daemon_id, limit]
         found = list(self._exec(sql, params))
-        rows = [dict(zip(columns, r[:9], strict=True)) for r in found]
+        rows = [dict(zip(_CLAIMED, r[: len(_CLAIMED)], strict=True)) for r in found]
         for r in found:
-            self._keep({**dict(zip((*columns, *_KEPT), r[:-1], strict=True)), "worker": worker})
+            self._keep(dict(zip(_CLAIMED_KEPT, r[:-1], strict=True), worker=worker))
         if order != "random":
             rows.sort(key=lambda r: (-r["priority"], r["run_at"], r["id"]))
         for r in rows:
