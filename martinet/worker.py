@@ -229,6 +229,8 @@ class Worker:
         # hello on a new connection proves with it that this is the same worker. Kept in
         # the journal, so a restarted worker is known as itself at once.
         self._session: str | None = self._journal.session() if self._journal is not None else None
+        # This run's own id (Hello.incarnation): the session outlives a restart, this does not.
+        self._incarnation = uuid.uuid4().hex
         self._last_heard = 0.0
         self._turned_at = time.monotonic()  # the loop's last turn (/healthz)
         self._health: Any = None  # a health.HealthServer, with options.health
@@ -408,6 +410,7 @@ class Worker:
             limits={n: dict(lim) for n, lim in limits.items() if lim},
             session=self._session,
             prefetch_max=self.prefetch_max,
+            incarnation=self._incarnation,
         )
 
     def _held_list(self) -> tuple[Held, ...]:

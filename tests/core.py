@@ -83,15 +83,18 @@ class Core:
             return header
         return {**header, "session": peer.session}
 
-    def reconnect(self, worker_id: str, names: list[str], capacity: int = 4, **fields: Any) -> None:
-        """A hello from `worker_id` on a new connection (another ident than `hello`'s), with
-        the session its last welcome gave it, as a worker that reconnects says it."""
+    def reconnect(
+        self, worker_id: str, names: list[str], capacity: int = 4, connection: str = "again", **fields: Any
+    ) -> None:
+        """A hello from `worker_id` on a new connection (another ident than `hello`'s, named
+        by `connection`), with the session its last welcome gave it, as a worker that
+        reconnects says it."""
         peer = self.server.peers.get(worker_id)
         if peer is not None:
             fields.setdefault("session", peer.session)
         header = {"worker_id": worker_id, "names": names, "capacity": capacity, **fields}
         with self.store.atomic():
-            ident = f"{worker_id}/again".encode()
+            ident = f"{worker_id}/{connection}".encode()
             on_hello(self.server, ident, hello_of(self.server, ident, header), Outbox(), self.now)
 
     def claim(self) -> dict[str, list[dict]]:

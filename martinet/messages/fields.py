@@ -38,6 +38,13 @@ def new_session() -> str:
     return secrets.token_hex(SESSION_LENGTH // 2)
 
 
+def incarnation_of(h: dict[str, Any]) -> str | None:
+    """A hello's "incarnation", if it is one: a worker process's own id (ASCII, at most 64)."""
+    value = h.get("incarnation")
+    ok = isinstance(value, str) and 0 < len(value) <= 64 and value.isascii() and value.isprintable()
+    return value if ok else None
+
+
 def session_of(h: dict[str, Any]) -> str | None:
     """A header's "session", if it is one (of the length the daemon makes, in ASCII: it is
     compared with hmac.compare_digest)."""

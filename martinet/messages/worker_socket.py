@@ -12,7 +12,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from martinet import protocol
 from martinet.errors import ProtocolError
-from martinet.messages.fields import is_id, is_number, is_positive, is_worker_id, session_of
+from martinet.messages.fields import incarnation_of, is_id, is_number, is_positive, is_worker_id, session_of
 from martinet.protocol import Cmd
 from martinet.validate import clean_text
 
@@ -85,6 +85,11 @@ class Hello:
     # the pace of its handlers comes with its outcomes). None: its capacity, always.
     # Older daemons ignore it, and fill its capacity.
     prefetch_max: int | None = None
+    # This process's own id, new at each start (its session outlives it, in its journal):
+    # a hello on a new connection with the incarnation of the old one comes from the same
+    # process, which reports all it received, so a task sent on the old connection that it
+    # does not report never reached it (server/workers.py). Older daemons ignore it.
+    incarnation: str | None = None
 
     CMD: ClassVar[Cmd] = Cmd.HELLO
 
@@ -105,6 +110,8 @@ class Hello:
             header["session"] = self.session
         if self.prefetch_max is not None:
             header["prefetch_max"] = self.prefetch_max
+        if self.incarnation is not None:
+            header["incarnation"] = self.incarnation
         return protocol.encode(Cmd.HELLO, header)
 
     @property
@@ -140,6 +147,7 @@ class Hello:
             limits=limits if isinstance(limits, dict) else {},
             session=session_of(h),
             prefetch_max=prefetch_max if is_id(prefetch_max) and prefetch_max <= MAX_CAPACITY else None,
+            incarnation=incarnation_of(h),
         )
 
 

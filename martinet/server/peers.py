@@ -74,6 +74,8 @@ class Peer:
     reports_starts: bool = False
     # The secret its welcome gave it: its status messages carry it (outcomes._from_its_worker).
     session: str = ""
+    # Its process's own id (Hello.incarnation; None from older workers)
+    incarnation: str | None = None
     # Its CURVE key (z85), when the daemon has keys: a worker id is bound to the key that
     # said hello with it. None without keys.
     key: str | None = None

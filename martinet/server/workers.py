@@ -18,6 +18,7 @@ from martinet.server.lanes import rate_text
 from martinet.server.outbox import Outbox
 from martinet.server.peers import Peer
 from martinet.server.state import Request, State
+from martinet.states import AttemptOutcome
 from martinet.validate import clean_text, is_id, is_rate
 
 log = logging.getLogger("martinet.daemon")
@@ -114,6 +115,7 @@ def on_hello(core: State, ident: bytes, hello: Hello, out: Outbox, now: float) -
         worker_id, ident, names, capacity, now, queues, hello.threads, session, key, hello.prefetch_max
     )
     peer.reports_starts = hello.starts
+    peer.incarnation = hello.incarnation
     clocks = old.clocks if old is not None else {}  # a reconnect keeps when its tasks started
     if old is not None and in_transit:
         for task_id in [*old.clocks, *old.prefetched]:  # in the order sent
@@ -159,17 +161,25 @@ def on_hello(core: State, ident: bytes, hello: Hello, out: Outbox, now: float) -
         # A new connection (a restart, a reconnect, or this daemon restarted): tasks sent
         # on the old one and not reported were never received, or died with the process.
         # Unended, the worker's heartbeats would renew their leases for ever.
-        kept = set(adopted)
-        orphans = core.ended_all(
-            core.store.release_worker(
-                worker_id,
-                now,
-                "its worker came back without it"
-                + (f" or beyond its capacity of {capacity}" if over else ""),
-                keep={(r.task_id, r.attempt) for r in running if r.task_id in kept},
-            ),
+        reported = {(r.task_id, r.attempt) for r in running}
+        adopted_ids = set(adopted)
+        kept = {(r.task_id, r.attempt) for r in running if r.task_id in adopted_ids}
+        released = []
+        if old is not None and hello.incarnation is not None and hello.incarnation == old.incarnation:
+            # The same process, which reports all it received: what it does not report was
+            # sent on a connection it had left (this daemon paused, say), and never reached
+            # it. Back to the queue with no attempt spent, as if its send had failed.
+            released = core.store.release_worker(
+                worker_id, now, "sent on a connection its worker had left: never received",
+                AttemptOutcome.INTERRUPTED, keep=reported,
+            )  # fmt: skip
+        released += core.store.release_worker(
+            worker_id,
             now,
+            "its worker came back without it" + (f" or beyond its capacity of {capacity}" if over else ""),
+            keep=kept,
         )
+        orphans = core.ended_all(released, now)
         if orphans:
             log.warning("worker %s came back without tasks %s: back to the queue", worker_id, orphans)
             core.wakeup_dirty = True

@@ -75,3 +75,31 @@ def test_a_worker_stuck_past_a_time_limit_gets_no_more_work_until_it_answers(db_
     with core.store.atomic():  # the stuck handler returns at last: fenced out, its slot freed
         on_outcomes(core.server, [(b"status", Outcome(first, 1, "stuck", "succeeded"))], out, core.now)
     assert core.daemon.peers.get("stuck").credit == 1
+
+
+def test_a_task_sent_on_a_connection_its_worker_had_left_goes_back_unspent_a_restart_loses_it(
+    db_url, make_core
+):
+    """The send seemed to go (the daemon had not seen the old connection close: it was
+    paused, say), and the worker came back on a new one without the task. From the same
+    process (its incarnation) it never reached it: queued again with no attempt spent.
+    From a new process with the same session (its journal keeps it) it may have died
+    there: lost, as before."""
+    core = make_core(db_url)
+    core.hello("w1", ["add"], incarnation="run-1")
+    first = core.submit("add")
+    assert [row["id"] for row in core.claim()["w1"]] == [first]
+    core.reconnect("w1", ["add"], incarnation="run-1", running=[])
+    task = maybe_task_info(core.store.get_task(first))
+    (attempt,) = attempt_infos(core.store.attempts(first))
+    assert (task["status"], attempt["outcome"]) == ("queued", "interrupted")
+    assert "never received" in attempt["error"]["message"]
+    assert task["max_attempts"] - task["attempt"] == 3 - 0  # no attempt spent (3 by default)
+
+    assert [row["id"] for row in core.claim()["w1"]] == [first]
+    core.reconnect("w1", ["add"], connection="third", incarnation="run-2", running=[])  # restarted
+    (_, second) = attempt_infos(core.store.attempts(first))
+    assert (maybe_task_info(core.store.get_task(first))["status"], second["outcome"]) == (
+        "failed",
+        "lost",
+    )  # retried later

@@ -399,3 +399,12 @@ def test_the_daemon_and_messages_read_outcomes_alike():
     ]
     for item, expected in zip(items, theirs, strict=True):
         assert tuple(Outcome.from_item(item, "w"))[:8] == expected, item
+
+
+def test_a_hello_carries_its_processs_incarnation_and_a_bad_one_is_none():
+    hello = Hello("w1", ("a",), 4, incarnation="0f" * 16)
+    header = protocol.decode(hello.encode())[1]
+    assert header["incarnation"] == "0f" * 16 and Hello.from_header(header) == hello
+    assert "incarnation" not in protocol.decode(Hello("w1", ("a",), 4).encode())[1]  # (as older workers send)
+    for bad in ("", "x" * 65, 7, None, "é", "a\nb"):
+        assert Hello.from_header({**header, "incarnation": bad}).incarnation is None, bad
