@@ -65,6 +65,31 @@ def test_numbers_and_bools_arrive_as_sent(pg):
     assert one(pg, "SELECT %s::bigint[]", pg.array([])) == []
 
 
+def test_a_column_of_one_type_arrives_as_sent(pg):
+    """The daemon's arrays are columns of one type, written without a step a value (a
+    turn's times, mostly its own `now`, each distinct one written once)."""
+    now = 1796612003.7395053
+    times = [now, now, now + 1e-6, now, 2.0, 1e300, 5e-324, now]
+    assert one(pg, "SELECT %s::float8[]", pg.array(times)) == times
+    distinct = [0.1, 1.5, now]
+    assert one(pg, "SELECT %s::float8[]", pg.array(distinct)) == distinct
+    zeros = one(pg, "SELECT %s::float8[]", pg.array([0.0, -0.0, 0.0]))
+    assert [math.copysign(1, z) for z in zeros] == [1, -1, 1]  # equal, yet each its own
+    assert one(pg, "SELECT %s::float8[]", pg.array([math.inf, 1.0, -math.inf])) == [math.inf, 1.0, -math.inf]
+    strings = [text for text in AWKWARD if text is not None]
+    assert one(pg, "SELECT %s::text[]", pg.array(strings)) == strings
+    assert one(pg, "SELECT %s::varchar[]", pg.array([TaskState.FAILED] * 3)) == ["failed"] * 3
+    assert one(pg, "SELECT %s::bigint[]", pg.array([7, 2**62, -1])) == [7, 2**62, -1]
+    assert one(pg, "SELECT %s::boolean[]", pg.array([True, False])) == [True, False]
+    assert one(pg, "SELECT %s::bigint[]", pg.array([None, None])) == [None, None]
+
+
+def test_a_nul_in_a_string_is_refused_as_psycopg2_refuses_it(pg):
+    for values in (["a", "b\x00c"], ["a\x00", None]):  # a column of one type, and not
+        with pytest.raises(ValueError, match="NUL"):
+            pg.cursor().mogrify("%s::text[]", (pg.array(values),))
+
+
 def test_a_str_enum_goes_as_its_value_in_the_literal(pg):
     statuses = [TaskState.SUCCEEDED, OutcomeKind.RELEASED, "plain", None]
     assert one(pg, "SELECT %s::varchar[]", pg.array(statuses)) == ["succeeded", "released", "plain", None]
