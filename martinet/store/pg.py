@@ -186,7 +186,7 @@ def _of_one_type(kind: type, values: Sequence[Any]) -> str | None:
         text = "\x00".join(values)  # PostgreSQL's text holds no NUL: none is a value's own...
         if text.count("\x00") != len(values) - 1:
             return None  # ... unless one is (PostgreSQL refuses it, as it would value by value)
-        return '{"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\x00", '","') + '"}'
+        return "{" + _quoted(text).replace("\x00", '","') + "}"
     if kind is bool:
         return "{" + ",".join(["t" if value else "f" for value in values]) + "}"
     if kind is type(None):
