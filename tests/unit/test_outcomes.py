@@ -199,6 +199,8 @@ def test_the_loop_waits_no_longer_than_the_next_time_limit_and_a_start_wakes_it(
     w._on_task(
         Task.from_item({"id": 1, "attempt": 1, "name": "add", "args": {"a": 1, "b": 2}, "timeout": 0.03})
     )
+    assert w._start_check is not None  # it looks for the task's start soon (test_worker_threads)
+    w._start_check = None
     ctx = w._running[1]
     ctx._deadline = now + 0.03  # as the handler's thread sets it when it starts
     assert w._poll_timeout(now) == pytest.approx(0.03)

@@ -131,6 +131,61 @@ def test_a_task_sent_ahead_starts_later_never_sooner_when_its_thread_stops_betwe
     assert ctx._start_at >= 1000.52
 
 
+WELCOME = {"epoch": "e1", "database": "d1", "session": "5" * 32}  # (a worker reports after one)
+
+
+def _status_messages(status: zmq.Socket, until: Cmd, within: float = 10.0) -> list[tuple[Cmd, dict, float]]:
+    """What the worker sent on the status socket, up to the first `until`: (command,
+    header, when it came), in order; outcomes acknowledged as the daemon does."""
+    came: list[tuple[Cmd, dict, float]] = []
+    deadline = time.monotonic() + within
+    while not came or came[-1][0] is not until:
+        left = deadline - time.monotonic()
+        assert left > 0 and status.poll(int(left * 1000) + 1), f"no {until.name} came; got {came}"
+        sender, *frames = status.recv_multipart()
+        cmd, header = protocol.decode(frames)
+        came.append((cmd, header, time.monotonic()))
+        if cmd is Cmd.ENDED:
+            acks = [[item["id"], item["attempt"]] for item in header["ended"]]
+            status.send_multipart([sender, *protocol.encode(Cmd.ACK, {"acks": acks})])
+    return came
+
+
+def test_a_start_wakes_no_one_a_task_that_ends_before_the_loop_looks_says_it_started_in_its_outcome(
+    monkeypatch,
+):
+    """A handler's start does not wake the worker's loop (which would take the GIL from
+    the thread about to call the handler): a task that ends before the loop looks for
+    starts says it started in its ENDED, one message. (The look comes late here, so
+    that nothing but the outcome can wake the loop.)"""
+    monkeypatch.setattr(martinet.worker, "START_REPORT_WAIT", 30.0)
+    with scripted_daemon(handlers=HANDLERS, concurrency=1, heartbeat_interval=30.0) as scripted:
+        _worker, work, status, ident, _hello = scripted
+        work.send_multipart([ident, *protocol.encode(Cmd.WELCOME, WELCOME)])
+        task = {"id": 1, "attempt": 1, "name": "sleepy", "args": {"seconds": 0.05}}
+        work.send_multipart([ident, *protocol.encode(Cmd.TASK, {"tasks": [task]})])
+        ((cmd, header, _at),) = _status_messages(status, Cmd.ENDED)
+        assert header["started"] == [[1, 1]] and [item["id"] for item in header["ended"]] == [1]
+
+
+def test_a_task_that_runs_on_is_said_to_have_started_while_it_runs_with_no_heartbeat_due():
+    """The loop looks for starts a moment after a thread may take a task: a long task's
+    STARTED comes while it runs, long before the next heartbeat (30 s here) would wake
+    the loop, and so does the start of the next task once the first one's thread is free."""
+    with scripted_daemon(handlers=HANDLERS, concurrency=1, heartbeat_interval=30.0) as scripted:
+        _worker, work, status, ident, _hello = scripted
+        work.send_multipart([ident, *protocol.encode(Cmd.WELCOME, WELCOME)])
+        tasks = [{"id": i, "attempt": 1, "name": "sleepy", "args": {"seconds": 0.5}} for i in (1, 2)]
+        work.send_multipart([ident, *protocol.encode(Cmd.TASK, {"tasks": tasks})])
+        came = _status_messages(status, Cmd.ENDED)  # task 1's outcome: its start came before it
+        assert [(cmd, header["started"]) for cmd, header, _at in came[:-1]] == [(Cmd.STARTED, [[1, 1]])]
+        header = came[-1][1]
+        assert [item["id"] for item in header["ended"]] == [1]
+        if "started" not in header:  # task 2, in the thread task 1 left: with that outcome, or alone
+            ((cmd, header, _at),) = _status_messages(status, Cmd.STARTED)  # before its own outcome
+        assert header["started"] == [[2, 1]]
+
+
 @pytest.mark.parametrize(
     ("start_in", "run_at", "wait"),
     [
