@@ -52,6 +52,26 @@ def scripted_daemon(**options: Any) -> Iterator[tuple[Worker, zmq.Socket, zmq.So
         ctx.term()
 
 
+WELCOME = {"epoch": "e1", "database": "d1", "session": "5" * 32}  # (a worker reports after one)
+
+
+def _status_messages(status: zmq.Socket, until: Cmd, within: float = 10.0) -> list[tuple[Cmd, dict, float]]:
+    """What the worker sent on the status socket, up to the first `until`: (command,
+    header, when it came), in order; outcomes acknowledged as the daemon does."""
+    came: list[tuple[Cmd, dict, float]] = []
+    deadline = time.monotonic() + within
+    while not came or came[-1][0] is not until:
+        left = deadline - time.monotonic()
+        assert left > 0 and status.poll(int(left * 1000) + 1), f"no {until.name} came; got {came}"
+        sender, *frames = status.recv_multipart()
+        cmd, header = protocol.decode(frames)
+        came.append((cmd, header, time.monotonic()))
+        if cmd is Cmd.ENDED:
+            acks = [[item["id"], item["attempt"]] for item in header["ended"]]
+            status.send_multipart([sender, *protocol.encode(Cmd.ACK, {"acks": acks})])
+    return came
+
+
 def test_a_task_sent_ahead_of_its_due_time_starts_then_or_never_if_cancelled_meanwhile():
     """The daemon leases a delayed task a moment before it is due (start_in, see
     server/timers.py's TIMER_LEAD) and the worker holds it until then. A scripted daemon plays
@@ -61,22 +81,15 @@ def test_a_task_sent_ahead_of_its_due_time_starts_then_or_never_if_cancelled_mea
         def send(cmd: Cmd, header: dict) -> None:
             work.send_multipart([ident, *protocol.encode(cmd, header)])
 
-        send(Cmd.WELCOME, {"epoch": "e1", "database": "d1", "session": "5" * 32})  # (it reports after one)
+        send(Cmd.WELCOME, WELCOME)
         starts: list[list[int]] = []
 
         def outcomes() -> list[dict]:
-            while True:
-                assert status.poll(10_000), "no outcome came"
-                sender, *frames = status.recv_multipart()
-                cmd, header = protocol.decode(frames)
-                if cmd is not Cmd.STARTED:
-                    break
-                starts.extend(header["started"])  # a handler took it
-            assert cmd is Cmd.ENDED
-            starts.extend(header.get("started", []))  # or with the outcomes of the same pass
-            acks = [[item["id"], item["attempt"]] for item in header["ended"]]
-            status.send_multipart([sender, *protocol.encode(Cmd.ACK, {"acks": acks})])  # as the daemon does
-            return header["ended"]
+            came = _status_messages(status, Cmd.ENDED)
+            assert all(cmd is Cmd.STARTED for cmd, _header, _at in came[:-1])  # a handler took it
+            for _cmd, header, _at in came:
+                starts.extend(header.get("started", []))  # or with the outcomes of the same pass
+            return came[-1][1]["ended"]
 
         sent = time.time()
         send(Cmd.TASK, {"tasks": [{"id": 1, "attempt": 1, "name": "clock", "args": {}, "start_in": 0.3}]})
@@ -95,18 +108,11 @@ def test_a_task_sent_ahead_starts_when_the_workers_clock_reaches_its_run_at_not_
     agrees, is when it starts: a trip of 0.6 s here (start_in 0.9, due in 0.3 by this
     host's clock) does not make it late."""
     with scripted_daemon(handlers=HANDLERS, concurrency=1) as (_worker, work, status, ident, _hello):
-        work.send_multipart([ident, *protocol.encode(Cmd.WELCOME, {"epoch": "e1", "database": "d1"})])
+        work.send_multipart([ident, *protocol.encode(Cmd.WELCOME, WELCOME)])
         sent = time.time()
         task = {"id": 1, "attempt": 1, "name": "clock", "args": {}, "start_in": 0.9, "run_at": sent + 0.3}
         work.send_multipart([ident, *protocol.encode(Cmd.TASK, {"tasks": [task]})])
-        deadline = time.monotonic() + 10
-        while True:
-            left = deadline - time.monotonic()
-            assert left > 0 and status.poll(int(left * 1000) + 1), "no outcome came"
-            cmd, header = protocol.decode(status.recv_multipart()[1:])
-            if cmd is Cmd.ENDED:
-                break
-        (outcome,) = header["ended"]
+        (outcome,) = _status_messages(status, Cmd.ENDED)[-1][1]["ended"]
         assert sent + 0.3 <= outcome["result"] < sent + 0.8
 
 
@@ -129,26 +135,6 @@ def test_a_task_sent_ahead_starts_later_never_sooner_when_its_thread_stops_betwe
     worker._on_task(Task(1, 1, "clock", {}, start_in=0.02, run_at=1000.52))
     (ctx,) = worker._running.values()
     assert ctx._start_at >= 1000.52
-
-
-WELCOME = {"epoch": "e1", "database": "d1", "session": "5" * 32}  # (a worker reports after one)
-
-
-def _status_messages(status: zmq.Socket, until: Cmd, within: float = 10.0) -> list[tuple[Cmd, dict, float]]:
-    """What the worker sent on the status socket, up to the first `until`: (command,
-    header, when it came), in order; outcomes acknowledged as the daemon does."""
-    came: list[tuple[Cmd, dict, float]] = []
-    deadline = time.monotonic() + within
-    while not came or came[-1][0] is not until:
-        left = deadline - time.monotonic()
-        assert left > 0 and status.poll(int(left * 1000) + 1), f"no {until.name} came; got {came}"
-        sender, *frames = status.recv_multipart()
-        cmd, header = protocol.decode(frames)
-        came.append((cmd, header, time.monotonic()))
-        if cmd is Cmd.ENDED:
-            acks = [[item["id"], item["attempt"]] for item in header["ended"]]
-            status.send_multipart([sender, *protocol.encode(Cmd.ACK, {"acks": acks})])
-    return came
 
 
 def test_a_start_wakes_no_one_a_task_that_ends_before_the_loop_looks_says_it_started_in_its_outcome(
