@@ -1094,7 +1094,8 @@ def users_drain(args, db: str | None, concurrency: int | None) -> dict:
             m.close()
             workers_at = time.time()
             rig.start_workers()
-            wait_drained(rig.db)
+            with CpuSampler(pid, [p.pid for p in rig.workers], database_server_pids(db)) as cpu:
+                wait_drained(rig.db)
             database = open_database(rig.db)
             try:
                 rows = database.execute_sql("SELECT result FROM task WHERE name = 'bench.clock'").fetchall()
@@ -1105,14 +1106,103 @@ def users_drain(args, db: str | None, concurrency: int | None) -> dict:
     starts = sorted(json.loads(result) for (result,) in rows)
     if len(starts) != n:
         raise RuntimeError(f"users: {len(starts)} of {n} tasks ran")
-    return {
+    figures = {
         "enqueue_per_s": round(n / enqueue_s),
         # What a call costs in CPU, all threads: the client's process (this one) and the daemon's
         "enqueue_client_cpu_us": round(1e6 * (mine_after - mine) / n),
         "enqueue_daemon_cpu_us": round(1e6 * (daemon_after - daemon) / n),
         "drain_per_s": round(n / (starts[-1] - workers_at)),
         "steady_per_s": round((n - 1) / (starts[-1] - starts[0])),
+        "first_task_s": round(starts[0] - workers_at, 3),
     }
+    # Where the steady drain's CPU goes (first task to last), a task, by process, and how
+    # much of the machine it kept busy: the daemon alone near a core is its own bound, the
+    # machine's cores all busy the machine's.
+    spent = cpu.between(starts[0], starts[-1])
+    for name, seconds in spent.items():
+        if name == "cores_busy":
+            figures["drain_cores_busy"] = round(seconds / (starts[-1] - starts[0]), 2)
+        elif seconds or name != "server":
+            figures[f"drain_{name}_cpu_us"] = round(1e6 * seconds / (n - 1), 1)
+    return figures
+
+
+class CpuSampler:
+    """The CPU seconds of the daemon, the workers and the database server's processes,
+    and the machine's busy seconds, read every SAMPLE_EVERY seconds on a thread of its
+    own while in the block; `between(t0, t1)` what each spent between two epoch times."""
+
+    SAMPLE_EVERY = 0.02
+
+    def __init__(self, daemon: int, workers: list[int], server: list[int]) -> None:
+        self.pids = {"daemon": [daemon], "workers": workers, "server": server}
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _read(self) -> tuple[float, dict[str, float]]:
+        spent = {name: sum(_cpu_or_zero(pid) for pid in pids) for name, pids in self.pids.items()}
+        spent["cores_busy"] = machine_busy_seconds()
+        return time.time(), spent
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append(self._read())
+            if self._stop.wait(self.SAMPLE_EVERY):
+                self.samples.append(self._read())
+                return
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def between(self, t0: float, t1: float) -> dict[str, float]:
+        def at(t: float, name: str) -> float:  # interpolated between the samples around t
+            for (ta, a), (tb, b) in itertools.pairwise(self.samples):
+                if ta <= t <= tb:
+                    return a[name] + (b[name] - a[name]) * ((t - ta) / (tb - ta) if tb > ta else 0.0)
+            return self.samples[-1][1][name] if t > self.samples[-1][0] else self.samples[0][1][name]
+
+        return {name: at(t1, name) - at(t0, name) for name in self.samples[0][1]}
+
+
+def _cpu_or_zero(pid: int) -> float:
+    try:
+        return cpu_seconds(pid)
+    except OSError:  # gone
+        return 0.0
+
+
+def machine_busy_seconds() -> float:
+    """The machine's CPU seconds spent so far on anything but idling and waiting on I/O,
+    all cores together (/proc/stat; 10 ms ticks)."""
+    with open("/proc/stat") as fh:
+        ticks = [int(field) for field in fh.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def database_server_pids(db: str | None) -> list[int]:
+    """This machine's PostgreSQL processes (its server's and every connection's backend,
+    other users' too), when `db` is a PostgreSQL on this machine; else none (SQLite runs
+    in the daemon's process)."""
+    if (
+        not db
+        or not db.startswith("postgres")
+        or not any(host in db for host in ("@127.0.0.1", "@localhost", "@[::1]", "@/"))
+    ):
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and Path(f"/proc/{entry}/comm").read_text().strip() == "postgres":
+                pids.append(int(entry))
+        except OSError:  # gone meanwhile
+            continue
+    return pids
 
 
 # A client process of users_clients: warms up, says "ready", waits for a line on stdin,
@@ -1266,6 +1356,10 @@ def scenario_users(args) -> dict:
         out[f"{label}_clients{many}_x"] = round(rates[many] / rates[1], 2)  # against one client, same daemon
         out[f"{label}_c1_drain_per_s"] = c1["drain_per_s"]
         out[f"{label}_c1_steady_per_s"] = c1["steady_per_s"]
+        for figure in ("first_task_s", "drain_daemon_cpu_us", "drain_workers_cpu_us", "drain_server_cpu_us",
+                       "drain_cores_busy"):  # fmt: skip
+            if figure in c1:
+                out[f"{label}_c1_{figure}"] = c1[figure]
         defaults = users_drain(args, db, None)
         out[f"{label}_default_drain_per_s"] = defaults["drain_per_s"]
         out[f"{label}_default_steady_per_s"] = defaults["steady_per_s"]
