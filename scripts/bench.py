@@ -85,6 +85,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -1119,30 +1120,30 @@ def users_drain(args, db: str | None, concurrency: int | None) -> dict:
     # much of the machine it kept busy: the daemon alone near a core is its own bound, the
     # machine's cores all busy the machine's.
     spent = cpu.between(starts[0], starts[-1])
-    for name, seconds in spent.items():
-        if name == "cores_busy":
-            figures["drain_cores_busy"] = round(seconds / (starts[-1] - starts[0]), 2)
-        elif seconds or name != "server":
-            figures[f"drain_{name}_cpu_us"] = round(1e6 * seconds / (n - 1), 1)
+    figures["drain_cores_busy"] = round(spent.pop("machine") / (starts[-1] - starts[0]), 2)
+    figures.update(
+        {f"drain_{name}_cpu_us": round(1e6 * seconds / (n - 1), 1) for name, seconds in spent.items()}
+    )
     return figures
 
 
 class CpuSampler:
-    """The CPU seconds of the daemon, the workers and the database server's processes,
-    and the machine's busy seconds, read every SAMPLE_EVERY seconds on a thread of its
-    own while in the block; `between(t0, t1)` what each spent between two epoch times."""
+    """The CPU seconds of the daemon, the workers and the database server's processes
+    (when there are any), and the machine's busy seconds, read every SAMPLE_EVERY seconds
+    on a thread of its own while in the block; `between(t0, t1)` what each spent between
+    two epoch times."""
 
     SAMPLE_EVERY = 0.02
 
     def __init__(self, daemon: int, workers: list[int], server: list[int]) -> None:
-        self.pids = {"daemon": [daemon], "workers": workers, "server": server}
+        self.pids = {"daemon": [daemon], "workers": workers, **({"server": server} if server else {})}
         self.samples: list[tuple[float, dict[str, float]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _read(self) -> tuple[float, dict[str, float]]:
         spent = {name: sum(_cpu_or_zero(pid) for pid in pids) for name, pids in self.pids.items()}
-        spent["cores_busy"] = machine_busy_seconds()
+        spent["machine"] = machine_busy_seconds()
         return time.time(), spent
 
     def _run(self) -> None:
@@ -1185,15 +1186,16 @@ def machine_busy_seconds() -> float:
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
+def is_local(url: str) -> bool:
+    """Whether a database URL names a server on this machine (or its Unix socket)."""
+    return urllib.parse.urlsplit(url).hostname in (None, "127.0.0.1", "localhost", "::1")
+
+
 def database_server_pids(db: str | None) -> list[int]:
     """This machine's PostgreSQL processes (its server's and every connection's backend,
     other users' too), when `db` is a PostgreSQL on this machine; else none (SQLite runs
     in the daemon's process)."""
-    if (
-        not db
-        or not db.startswith("postgres")
-        or not any(host in db for host in ("@127.0.0.1", "@localhost", "@[::1]", "@/"))
-    ):
+    if not db or not db.startswith("postgres") or not is_local(db):
         return []
     pids = []
     for entry in os.listdir("/proc"):
