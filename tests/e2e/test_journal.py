@@ -112,14 +112,16 @@ def test_an_outcome_for_one_daemons_database_never_ends_the_same_task_id_of_anot
     b = Cluster(tmp_path / "b", f"sqlite:///{tmp_path / 'b.db'}")
     try:
         a.start_daemon(wait=False)
-        b.start_daemon()
+        # B stalls a task at its first loss: a retry's delay is drawn below retry_base (full
+        # jitter), so a failed one could be claimed again while the test looks at it.
+        b.start_daemon(env={"MARTINET_POISON_AFTER": "1"})
         ma, mb = a.client(timeout=START_TIMEOUT), b.client()
         ma.ping()
         journal = tmp_path / "w1.journal"
         # Given B's task 1 running (attempt 1) on worker w1, which dies
         worker = b.start_worker(worker_id="w1", extra=["--no-journal"])
         marker = tmp_path / "b-runs"
-        b1 = mb.execute({"name": "sleepy", "retry_base": 600}, {"seconds": 30, "marker": str(marker)})
+        b1 = mb.execute("sleepy", {"seconds": 30, "marker": str(marker)})
         wait_for(lambda: runs(marker), what="B's task 1 to start")
         worker.kill9()
         # And A's task 1, whose outcome w1 journaled (a result that cannot be stored: it ends
@@ -132,13 +134,13 @@ def test_an_outcome_for_one_daemons_database_never_ends_the_same_task_id_of_anot
         # When w1 starts again on that journal, pointed at B
         worker = b.start_worker(worker_id="w1", extra=["--journal", str(journal)], wait=False)
         # Then B's task 1 is not ended by A's outcome: its attempt is lost (its worker came back
-        # without it), and it waits for its retry
-        wait_for(lambda: mb.get(b1)["status"] == "failed", what="B's task 1 to be lost")
+        # without it), and it stays stalled
+        wait_for(lambda: mb.get(b1)["status"] == "stalled", what="B's task 1 to be lost")
         assert [(x["attempt"], x["outcome"]) for x in mb.show(b1)["attempts"]] == [(1, "lost")]
         # And the worker's log says why, where the outcome is and what to do; it is still there
         wait_for(lambda: "are for tasks of another database" in worker.log(), what="the log to say why")
         assert f"kept in the journal {journal}" in worker.log()
-        assert mb.get(b1)["status"] == "failed" and journal_rows(journal, "outcome") == 1
+        assert mb.get(b1)["status"] == "stalled" and journal_rows(journal, "outcome") == 1
         # When w1 is pointed back at A: the outcome goes to A's task 1
         assert worker.stop() == 0
         a.start_worker(worker_id="w1", extra=["--journal", str(journal)], wait=False)
