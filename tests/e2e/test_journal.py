@@ -43,15 +43,16 @@ def test_a_result_journaled_before_the_worker_died_arrives_after_its_restart(any
 
 
 def test_a_journaled_result_still_counts_after_the_daemon_declared_its_worker_lost(cluster, tmp_path):
-    # Given a worker that died before its result left, and a daemon that noticed (0.6 s)
-    cluster.start_daemon(env={"MARTINET_HEARTBEAT_INTERVAL": "0.2"})
+    # Given a worker that died before its result left, and a daemon that noticed (0.6 s);
+    # the loss stalls the task (no retry's jittered delay can hand it to another worker)
+    cluster.start_daemon(env={"MARTINET_HEARTBEAT_INTERVAL": "0.2", "MARTINET_POISON_AFTER": "1"})
     flags = ["--journal", str(tmp_path / "w1.journal")]
     worker = cluster.start_worker(worker_id="w1", extra=flags, env={"MARTINET_FAULT": FAULT_EXIT_BEFORE_SEND})
     m = cluster.client()
     marker = tmp_path / "runs"
-    tid = m.execute({"name": "sleepy", "retry_base": 600}, {"seconds": 0, "marker": str(marker)})
+    tid = m.execute("sleepy", {"seconds": 0, "marker": str(marker)})
     assert worker.popen.wait(15) == FAULT_EXIT
-    wait_for(lambda: m.get(tid)["status"] == "failed", timeout=10, what="the attempt to be lost")
+    wait_for(lambda: m.get(tid)["status"] == "stalled", timeout=10, what="the attempt to be lost")
     # When the worker comes back before the task ran anywhere else
     cluster.start_worker(worker_id="w1", extra=flags)
     # Then the daemon gives the attempt back to it, and its result counts
