@@ -252,7 +252,7 @@ class Worker:
         self._callables: dict[str, Handler] = {}  # by name, as handler threads call them (_callable)
         self._loop_lock = threading.Lock()
         self._limits: dict[str, dict | None] = {}  # set with on(); wins over LIMITS
-        threads = max(1, o.concurrency)
+        self.threads = threads = max(1, o.concurrency)  # handler threads
         self.capacity = threads + max(0, default_prefetch(threads) if o.prefetch is None else o.prefetch)
         self.prefetch_max = deepest_prefetch(threads) if o.prefetch is None else None
         self.most = messages.most_held(self.capacity, threads, self.prefetch_max)  # (as its hello says)
@@ -281,7 +281,7 @@ class Worker:
             log.warning("worker %s has no handlers registered", self.worker_id)
         if o.health:  # first: a port it cannot have stops it before anything started
             self._serve_health(o.health)
-        for _ in range(max(1, o.concurrency)):
+        for _ in range(self.threads):
             self._start_thread()
         self.ctx = zmq.Context()
         self._connect()
@@ -416,7 +416,7 @@ class Worker:
             self.worker_id,
             names,
             self.capacity,
-            threads=max(1, self.options.concurrency),
+            threads=self.threads,
             running=self._held_list(),
             # Older daemons ignore "kept".
             kept=self.outbox.kept(),
@@ -707,7 +707,7 @@ class Worker:
         that frees one looks again (_drain_events)."""
         waiting = [ctx for ctx in self._running.values() if not ctx._started]
         busy = sum(1 for ctx in self._running.values() if ctx._started and not ctx._finished)
-        if not waiting or busy >= max(1, self.options.concurrency):
+        if not waiting or busy >= self.threads:
             return None
         due = min(ctx._start_at or now for ctx in waiting)
         return max(due, now) + START_REPORT_WAIT
