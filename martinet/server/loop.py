@@ -369,7 +369,9 @@ class Daemon:
     def _send_out(self, out: Outbox, now: float) -> None:
         """What a turn decided, in order: to workers, replies, acks, events, waits, tasks.
         (Tasks before replies made sequential calls with busy workers 0.86x as fast, in 4
-        pairs of bench.py throughput: the client's next call waits for its reply.)"""
+        pairs of bench.py throughput: the client's next call waits for its reply. A lone
+        task leased at once sent before its reply, tried three times on 2026-12-07, did
+        not start sooner beyond the noise: docs/performance.md.)"""
         assert self.core is not None
         for ident, frames in out.always:
             self._send_raw(self.worker, ident, frames)
