@@ -97,7 +97,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import martinet  # noqa: E402
-from martinet.keys import new_pair  # noqa: E402
+from martinet.keys import is_loopback, new_pair  # noqa: E402
 from martinet.store import TASK_DEFAULTS, open_database  # noqa: E402
 
 SQLITE_QUERY = ""  # "?synchronous=full" with --synchronous full
@@ -1188,7 +1188,8 @@ def machine_busy_seconds() -> float:
 
 def is_local(url: str) -> bool:
     """Whether a database URL names a server on this machine (or its Unix socket)."""
-    return urllib.parse.urlsplit(url).hostname in (None, "127.0.0.1", "localhost", "::1")
+    host = urllib.parse.urlsplit(url).hostname
+    return host is None or is_loopback(host)
 
 
 def database_server_pids(db: str | None) -> list[int]:
