@@ -195,8 +195,8 @@ def claim_for(
                 due = row.pop("due")  # (not for the worker: only the metrics read it)
                 if core.metrics is not None:
                     core.metrics.dispatched((now - due,))
-                core.peers.assign(peer, row["id"], max(now, row.get("run_at", now)))
                 core.lanes.started(queue, row["name"], row.get("run_at", now))  # (a later one: see claim)
+            core.peers.assign_all(peer, [(row["id"], max(now, row.get("run_at", now))) for row in claimed])
             rows.extend(claimed)
             held_back |= refused
             if claimed.more:  # (it read one past what it took)

@@ -129,11 +129,13 @@ def _body(event: dict[str, Any]) -> str:
     """An event as a JSON object (its keys are ours: plain names, no escaping needed)."""
     if type(event) is _AttemptEvent:
         e = event
+        error, run_at, reason = e["error"], e["run_at"], e["reason"]  # (a success has none)
         body = (
             f'{{"event":{_json(e["event"])},"id":{e["id"]},"name":{_json(e["name"])},"queue":{_json(e["queue"])},'
             f'"attempt":{e["attempt"]},"status":{_json(e["status"])},"outcome":{_json(e["outcome"])},'
-            f'"result":{_json(e["result"])},"error":{_json(e["error"])},"run_at":{_json(e["run_at"])},'
-            f'"reason":{_json(e["reason"])}}}'
+            f'"result":{_json(e["result"])},"error":{"null" if error is None else _json(error)},'
+            f'"run_at":{"null" if run_at is None else _json(run_at)},'
+            f'"reason":{"null" if reason is None else _json(reason)}}}'
         )
     else:
         body = "{" + ",".join([f'"{key}":{_json(value)}' for key, value in event.items()]) + "}"

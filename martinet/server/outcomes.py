@@ -199,6 +199,7 @@ def on_outcomes(
             infos.append(_UNWRITTEN)
             with core.isolated(f"the outcome of task {outcome.task_id}"):
                 infos[-1] = core.store.end_attempts([outcome], now)[0]
+    freed: list[int] = []  # their slots, given back together once all are read
     for (ident, outcome), info in zip(ended, infos, strict=True):
         if info is _UNWRITTEN:
             continue
@@ -212,11 +213,14 @@ def on_outcomes(
                 extra=about(outcome.task_id, None, outcome.attempt, outcome.worker),
             )  # fmt: skip
         else:
-            _ended(core, info, outcome, out, now)
+            _ended(core, info, outcome, out, now, freed)
+    core.peers.release_all(freed, now)
 
 
-def _ended(core: State, info: dict[str, Any], outcome: Outcome, out: Outbox, now: float) -> None:
-    """An attempt ended as its worker said: free its slot, log it, tell who listens."""
+def _ended(
+    core: State, info: dict[str, Any], outcome: Outcome, out: Outbox, now: float, freed: list[int]
+) -> None:
+    """An attempt ended as its worker said: its slot to free (`freed`), log it, tell who listens."""
     task_id, attempt, worker_id = outcome.task_id, outcome.attempt, outcome.worker
     late, status = info.pop("late", False), info["status"]
     # The fields of its log lines (logs.py); a success logs none at INFO (most of a drain)
@@ -228,7 +232,7 @@ def _ended(core: State, info: dict[str, Any], outcome: Outcome, out: Outbox, now
             task_id, info["name"], attempt, worker_id, extra=fields,
         )  # fmt: skip
     else:
-        core.peers.release(task_id, now)
+        freed.append(task_id)
         core.lanes.ended(info["queue"], info["name"])
     core.dispatch_pending = True
     lanes = core.lanes
@@ -237,9 +241,15 @@ def _ended(core: State, info: dict[str, Any], outcome: Outcome, out: Outbox, now
         lanes.ready(info["queue"])
     error = info["error"] or {}
     if status == "succeeded":
-        log.debug(
-            "task %s %s attempt %s succeeded on %s", task_id, info["name"], attempt, worker_id, extra=fields
-        )
+        if not quiet:  # (not even the call, for most of a drain)
+            log.debug(
+                "task %s %s attempt %s succeeded on %s",
+                task_id,
+                info["name"],
+                attempt,
+                worker_id,
+                extra=fields,
+            )
     elif status == "failed":
         core.wakeup_dirty = True
         # (an error's text, and a reason given back, are logged at DEBUG only, below: they
@@ -277,6 +287,8 @@ def _ended(core: State, info: dict[str, Any], outcome: Outcome, out: Outbox, now
             "tasks %s cancelled: task %s they waited on ended %s", settled["cancelled"], task_id, status
         )
     out.events.append(attempt_event(info))
-    core.cancelled_events(out.events, settled["cancelled"])
+    if settled["cancelled"]:
+        core.cancelled_events(out.events, settled["cancelled"])
     if status in TERMINAL:
-        out.ended.extend([task_id, *settled["cancelled"]])
+        out.ended.append(task_id)
+        out.ended.extend(settled["cancelled"])

@@ -34,7 +34,7 @@ sent) is what happened on the wire, not a picture of the database: it is not und
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -357,19 +357,29 @@ class Peers:
         """The task is leased to this worker; its time limit counts from `now` (the time it
         was sent, or its due time if later) if the worker has a thread free for it, else
         from when one frees up (see release)."""
-        if task_id in peer.inflight:
-            return
-        if self._saved is not None and peer.worker_id not in self._saved:
-            self._keep(peer.worker_id)
-        peer.inflight.add(task_id)
-        self._owner[task_id] = peer.worker_id
-        self._busy.add(peer.worker_id)
-        if peer.credit == 0:
-            self._unindex(peer)
-        if len(peer.clocks) < peer.thread_count:
-            peer.clocks[task_id] = now
-        else:
-            peer.prefetched[task_id] = None
+        self.assign_all(peer, ((task_id, now),))
+
+    def assign_all(self, peer: Peer, leased: Iterable[tuple[int, float]]) -> None:
+        """Tasks leased to this worker, each with its `now` as assign's: the worker's
+        threads and credit looked at once, not once a task (a claim leases a hundred)."""
+        worker_id = peer.worker_id
+        if self._saved is not None and worker_id not in self._saved:
+            self._keep(worker_id)
+        inflight, clocks, prefetched, owner = peer.inflight, peer.clocks, peer.prefetched, self._owner
+        threads = peer.thread_count
+        for task_id, now in leased:
+            if task_id in inflight:
+                continue
+            inflight.add(task_id)
+            owner[task_id] = worker_id
+            if len(clocks) < threads:
+                clocks[task_id] = now
+            else:
+                prefetched[task_id] = None
+        if inflight:
+            self._busy.add(worker_id)
+            if peer.credit == 0:
+                self._unindex(peer)
 
     def release(self, task_id: int, now: float = 0.0) -> Peer | None:
         """The task's attempt ended: give its slot back to whoever held it. A thread it
@@ -377,22 +387,35 @@ class Peers:
         worker_id = self._owner.get(task_id)
         if worker_id is None:
             return None
-        if self._saved is not None and worker_id not in self._saved:
-            self._keep(worker_id)
-        del self._owner[task_id]
-        peer = self._by_id.get(worker_id)
-        if peer is not None and task_id in peer.inflight:
-            peer.inflight.discard(task_id)
+        self.release_all((task_id,), now)
+        return self._by_id.get(worker_id)
+
+    def release_all(self, task_ids: Iterable[int], now: float = 0.0) -> None:
+        """release's, for many tasks: each worker's credit and line looked at once."""
+        owner, saved = self._owner, self._saved
+        freed: dict[str, Peer] = {}
+        for task_id in task_ids:
+            worker_id = owner.get(task_id)
+            if worker_id is None:
+                continue
+            if saved is not None and worker_id not in saved:
+                self._keep(worker_id)
+            del owner[task_id]
+            peer = self._by_id.get(worker_id)
+            if peer is not None and task_id in peer.inflight:
+                peer.inflight.discard(task_id)
+                peer.prefetched.pop(task_id, None)
+                peer.clocks.pop(task_id, None)
+                freed[worker_id] = peer
+        for worker_id, peer in freed.items():
             if not peer.inflight:
-                self._busy.discard(peer.worker_id)
+                self._busy.discard(worker_id)
             self._index(peer)
-            peer.prefetched.pop(task_id, None)
-            if peer.clocks.pop(task_id, None) is not None:
-                while peer.prefetched and len(peer.clocks) < peer.thread_count:
-                    waiting = next(iter(peer.prefetched))
-                    del peer.prefetched[waiting]
-                    peer.clocks[waiting] = now
-        return peer
+            threads = peer.thread_count  # a thread freed goes to the task sent next
+            while peer.prefetched and len(peer.clocks) < threads:
+                waiting = next(iter(peer.prefetched))
+                del peer.prefetched[waiting]
+                peer.clocks[waiting] = now
 
     def stick(self, peer: Peer, task_id: int, now: float) -> None:
         """The daemon ended this task's attempt without its worker's word (its time limit
@@ -442,8 +465,12 @@ class Peers:
     def _index(self, peer: Peer) -> None:
         """Put a worker with credit in its kind's line (at the back), once."""
         if peer.credit > 0:
-            line = self._free.setdefault(peer.kind, OrderedDict())
-            line.setdefault(peer.worker_id, peer)
+            kind = peer.kind
+            line = self._free.get(kind)
+            if line is None:
+                line = self._free[kind] = OrderedDict()
+            if peer.worker_id not in line:
+                line[peer.worker_id] = peer
 
     def _unindex(self, peer: Peer) -> None:
         kind = peer.kind

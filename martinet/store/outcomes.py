@@ -23,6 +23,7 @@ from martinet.store.pg import PgDatabase
 from martinet.store.rows import FENCE, Ending, RunningRow, attempt_row, result_text
 
 _HELD = sql_list(HELD)
+_STARTED_AT = RunningRow._fields.index("started_at")
 _CANCELLED = OutcomeKind.CANCELLED
 # Where a lost attempt leaves its task until it is claimed again (or, dead, for good).
 _LOSS_LEFT = sql_list((TaskState.QUEUED, TaskState.FAILED, TaskState.STALLED, TaskState.DEAD))
@@ -95,8 +96,8 @@ class Outcomes(Dependents):
             del running[o.task_id]  # an attempt ends once
             fences.append([row.worker, row.started_at, row.cancel_requested, row.has_dependents])
             started_now = row.started_at is None and (o.task_id, o.attempt) in started
-            if started_now:
-                row = row._replace(started_at=now)
+            if started_now:  # (as _replace(started_at=now) would, in half its time: most of a drain)
+                row = RunningRow._make((*row[:_STARTED_AT], now, *row[_STARTED_AT + 1 :]))
             ending = self._ending(row, o.kind, now, result=o.result, error=o.error, retry_in=o.retry_in,
                                   final=o.final)  # fmt: skip
             if started_now:

@@ -209,6 +209,51 @@ def test_time_limits_count_from_when_a_thread_takes_the_task_not_from_the_prefet
     assert peer.clock(5) == 23.0 and peer.clock(1) is None and len(peer.inflight) == 2
 
 
+def test_a_turns_leases_and_ends_together_leave_what_one_by_one_would():
+    """assign_all and release_all (a claim's hundred tasks, a turn's outcomes) change the
+    table as assign and release would, task by task: slots, clocks, the line of workers
+    with credit, and what a failed turn puts back."""
+
+    def state(peers: Peers, *made: Peer) -> list:
+        return [[sorted(p.inflight), dict(p.clocks), list(p.prefetched), p.credit] for p in made] + [
+            [p.worker_id for p in with_credit(peers)],
+            sorted(peers.busy()),
+            peers.held(),
+        ]
+
+    def run(batched: bool) -> tuple[list, list, list]:
+        peers = Peers()
+        a = peers.hello("a", b"a", {"add"}, capacity=4, now=0.0, threads=2)
+        b = peers.hello("b", b"b", {"add"}, capacity=2, now=0.0, threads=1)
+        leases = {a: [(1, 10.0), (2, 11.0), (3, 12.0), (1, 99.0)], b: [(7, 13.0), (8, 14.0)]}
+        for peer, leased in leases.items():
+            if batched:
+                peers.assign_all(peer, leased)
+            else:
+                for task_id, now in leased:
+                    peers.assign(peer, task_id, now)
+        leased_state = state(peers, a, b)
+        peers.begin()
+        ended = [2, 3, 7, 8, 42]  # (42: no one's)
+        if batched:
+            peers.release_all(ended, 20.0)
+        else:
+            for task_id in ended:
+                peers.release(task_id, 20.0)
+        ended_state = state(peers, a, b)
+        peers.rollback()
+        return leased_state, ended_state, state(peers, a, b)
+
+    one_by_one, together = run(batched=False), run(batched=True)
+    assert together == one_by_one
+    leased, ended, rolled_back = together
+    assert leased[0] == [[1, 2, 3], {1: 10.0, 2: 11.0}, [3], 1]  # a: two threads, one waits
+    assert leased[1][3] == 0 and leased[2] == ["a"]  # b is full: out of the line
+    assert ended[0] == [[1], {1: 10.0}, [], 3] and ended[1] == [[], {}, [], 2]
+    assert ended[2:] == [["a", "b"], ["a"], 1]
+    assert rolled_back == leased
+
+
 def test_a_worker_of_unknown_threads_runs_its_whole_capacity_at_once():
     peers = Peers()
     peer = peers.hello("w1", b"i1", {"add"}, capacity=2, now=0.0)
