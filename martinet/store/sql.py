@@ -210,7 +210,7 @@ class SqlKit:
         columns of `row`, those it lacks None (started_at, until a start says otherwise)."""
         if len(self.held) >= HELD_KEPT_MAX:  # tasks others ended (another daemon, an operator) stay in it
             self.held.clear()
-        self.held[row["id"]] = RunningRow._make(row.get(field) for field in RunningRow._fields)
+        self.held[row["id"]] = RunningRow._make(map(row.get, RunningRow._fields))
 
     def _keep_start(self, task_id: int, attempt: int, worker: str, now: float) -> None:
         """A kept task's handler started `now` (start, progress): as the UPDATE writes it."""
