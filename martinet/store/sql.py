@@ -208,9 +208,13 @@ class SqlKit:
     def _keep(self, row: dict[str, Any]) -> None:
         """A task this store leased, as its outcome will find it (held): the RunningRow
         columns of `row`, those it lacks None (started_at, until a start says otherwise)."""
+        self._keep_running(RunningRow._make(map(row.get, RunningRow._fields)))
+
+    def _keep_running(self, row: RunningRow) -> None:
+        """_keep's, for a row made already."""
         if len(self.held) >= HELD_KEPT_MAX:  # tasks others ended (another daemon, an operator) stay in it
             self.held.clear()
-        self.held[row["id"]] = RunningRow._make(map(row.get, RunningRow._fields))
+        self.held[row.id] = row
 
     def _keep_start(self, task_id: int, attempt: int, worker: str, now: float) -> None:
         """A kept task's handler started `now` (start, progress): as the UPDATE writes it."""
