@@ -101,11 +101,11 @@ def attempt_event(info: dict[str, Any]) -> dict[str, Any]:
         kind = "interrupted"
     else:
         kind = status
-    event = {"event": kind, **info}
+    event = _AttemptEvent({"event": kind, **info})  # (made once: most of a drain's events are these)
     event.pop("dependents", None)
     if tuple(event) == _ATTEMPT_KEYS and type(event["id"]) is int and type(event["attempt"]) is int:
-        return _AttemptEvent(event)
-    return event
+        return event
+    return dict(event)
 
 
 def _json(value: Any) -> str:
