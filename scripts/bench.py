@@ -68,6 +68,12 @@ drain as a share of the lower floor, when throughput and floor both ran). Scenar
   curve       what keys cost: with every socket CURVE (martinet keys) against plain text,
               in turn: the drain of --tasks (bulk submitted, 2 workers) and --paced tasks at
               200/s into idle workers (p50/p99 ms); curve_*_x: CURVE's over plain text's
+  instructions  the daemon's instructions a task in a c1 drain (--instr-tasks bulk-submitted
+              tasks, 2 workers) and, on SQLite, a call (--instr-calls sequential execute),
+              counted by valgrind's callgrind in the daemon's process over the workload
+              alone; PostgreSQL's drain too with --postgres. Repeatable to about 1 % where
+              the machine's speed moves by up to 3x: for a change of the hot path, before
+              and after. Needs valgrind; a minute or two a figure; left out by --quick
 """
 
 from __future__ import annotations
@@ -77,6 +83,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -174,12 +181,13 @@ class Rig:
     def url(self) -> str:
         return f"tcp://127.0.0.1:{self.ports[0]}"
 
-    def start_daemon(self) -> float:
+    def start_daemon(self, under: tuple[str, ...] = ()) -> float:
+        """`under`: a command the daemon runs under (valgrind's, say)."""
         started = time.time()
         flags = ["--client-port", str(self.ports[0]), "--worker-port", str(self.ports[1]),
                  "--status-port", str(self.ports[2])]  # fmt: skip
         self.daemon = subprocess.Popen(
-            [sys.executable, "-P", "-m", "martinet", "serve", "--db", self.db, *flags, *self.daemon_keys],
+            [*under, sys.executable, "-P", "-m", "martinet", "serve", "--db", self.db, *flags, *self.daemon_keys],
             stdout=self.log, stderr=self.log, env=self.env,
         )  # fmt: skip
         return started
@@ -1528,6 +1536,66 @@ def scenario_curve(args) -> dict:
     return out
 
 
+def instructions_counted(args, db: str | None) -> dict[str, float]:
+    """The daemon's instructions a task in a c1 drain of --instr-tasks bulk-submitted
+    tasks, and (SQLite) a call of --instr-calls sequential execute calls, counted by
+    callgrind in the daemon's process (its threads too) from the workload's start to its
+    end: nothing else on the machine counts, so a change of a few percent shows in one
+    run where the drain's rate needs many pairs (the note of 2026-12-07, near midnight)."""
+    figures: dict[str, float] = {}
+    label = "pg_" if db else "sqlite_"
+    with tempfile.TemporaryDirectory() as tmp:
+        rig = Rig(Path(tmp), concurrency=1, db=db)
+        out = Path(tmp) / "callgrind.out"
+        try:
+            rig.start_daemon(under=("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"))
+            assert rig.daemon is not None
+            pid, m = str(rig.daemon.pid), rig.client()
+            if db is None:
+                for i in range(100):  # warm: the first calls import and prepare what the rest use
+                    m.execute("bench.noop", {"i": i})
+                subprocess.run(["callgrind_control", "--zero", pid], check=True, capture_output=True)
+                for i in range(args.instr_calls):
+                    m.execute("bench.noop", {"i": i})
+                subprocess.run(["callgrind_control", "--dump=calls", pid], check=True, capture_output=True)
+                figures["sqlite_call_instr_k"] = round(
+                    callgrind_total(tmp, "calls") / args.instr_calls / 1000, 1
+                )
+            n = args.instr_tasks
+            drained = n + (100 + args.instr_calls if db is None else 0)  # (the calls' tasks drain too)
+            for i in range(0, n, 500):
+                m.execute_many([("bench.clock", {"x": j}) for j in range(i, min(n, i + 500))])
+            m.close()
+            subprocess.run(["callgrind_control", "--zero", pid], check=True, capture_output=True)
+            rig.start_workers()
+            wait_drained(rig.db, timeout=600)
+            subprocess.run(["callgrind_control", "--dump=drain", pid], check=True, capture_output=True)
+            figures[f"{label}c1_drain_task_instr_k"] = round(
+                callgrind_total(tmp, "drain") / drained / 1000, 1
+            )
+        finally:
+            rig.stop()
+    return figures
+
+
+def callgrind_total(folder: str, trigger: str) -> int:
+    """The instructions of the callgrind dump in `folder` that `trigger` made."""
+    for dump in Path(folder).glob("callgrind.out*"):
+        head, _events, costs = dump.read_text(errors="replace").partition("\nevents:")
+        if f"\ndesc: Trigger: dump {trigger}\n" in head:
+            return int(costs.split("\nsummary:", 1)[1].split()[0])
+    raise RuntimeError(f"no callgrind dump of {trigger!r} in {folder}")
+
+
+def scenario_instructions(args) -> dict:
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("instructions: needs valgrind (callgrind and callgrind_control) on PATH")
+    figures = instructions_counted(args, None)
+    if args.postgres:
+        figures.update(instructions_counted(args, args.postgres))
+    return figures
+
+
 SCENARIOS = {
     "users": scenario_users,
     "throughput": scenario_throughput,
@@ -1544,6 +1612,7 @@ SCENARIOS = {
     "idle": scenario_idle,
     "web": scenario_web,
     "curve": scenario_curve,
+    "instructions": scenario_instructions,
 }
 
 
@@ -1599,6 +1668,18 @@ def main() -> int:
         "--no-journal", action="store_true", help="workers keep no journal (to measure what it costs)"
     )
     parser.add_argument("--prefetch", type=int, help="the workers' --prefetch (default: theirs)")
+    parser.add_argument(
+        "--instr-tasks",
+        type=int,
+        default=3000,
+        help="instructions: tasks drained under callgrind (default 3000)",
+    )
+    parser.add_argument(
+        "--instr-calls",
+        type=int,
+        default=500,
+        help="instructions: execute calls under callgrind (default 500)",
+    )
     args = parser.parse_args()
     global SQLITE_QUERY
     WORKER_FLAGS[:] = ["--no-journal"] if args.no_journal else []
@@ -1608,7 +1689,9 @@ def main() -> int:
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
-    chosen = args.scenarios or [n for n in SCENARIOS if not (args.quick and n in (*BIG_DATA, "idle"))]
+    chosen = args.scenarios or [
+        n for n in SCENARIOS if not (args.quick and n in (*BIG_DATA, "idle", "instructions"))
+    ]
     medians: dict[str, dict[str, float]] = {}
     for name in chosen:
         runs = [SCENARIOS[name](args) for _ in range(args.repeat)]

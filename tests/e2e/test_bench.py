@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,6 +117,7 @@ EXPECTED = {
     }
     | {f"{variant}_{figure}_x" for variant in ("other", "same") for figure in ("p50_ms", "calls_per_s")}
     | {"other_connect_s", "same_connect_s"},
+    "instructions": {"sqlite_call_instr_k", "sqlite_c1_drain_task_instr_k"},
 }
 
 
@@ -199,3 +201,11 @@ def test_the_idle_scenario_connects_idle_workers_and_compares_calls_with_them_an
     idle = results["idle"]
     for variant in ("other", "same"):
         assert idle[f"{variant}_connect_s"] > 0 and idle[f"{variant}_calls_per_s_x"] > 0
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind (callgrind), absent here")
+def test_the_instructions_scenario_counts_the_daemons_work_under_callgrind():
+    results = bench("instructions", "--repeat", "1", "--instr-tasks", "60", "--instr-calls", "5")
+    assert set(results) == {"instructions"}  # no targets of its own
+    check_figures(results)
+    assert all(value > 0 for value in results["instructions"].values()), results
