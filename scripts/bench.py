@@ -1552,30 +1552,35 @@ def instructions_counted(args, db: str | None) -> dict[str, float]:
             assert rig.daemon is not None
             pid, m = str(rig.daemon.pid), rig.client()
             if db is None:
-                for i in range(100):  # warm: the first calls import and prepare what the rest use
+                for i in range(WARM_CALLS):  # the first calls import and prepare what the rest use
                     m.execute("bench.noop", {"i": i})
-                subprocess.run(["callgrind_control", "--zero", pid], check=True, capture_output=True)
+                callgrind_control("--zero", pid)
                 for i in range(args.instr_calls):
                     m.execute("bench.noop", {"i": i})
-                subprocess.run(["callgrind_control", "--dump=calls", pid], check=True, capture_output=True)
+                callgrind_control("--dump=calls", pid)
                 figures["sqlite_call_instr_k"] = round(
                     callgrind_total(tmp, "calls") / args.instr_calls / 1000, 1
                 )
             n = args.instr_tasks
-            drained = n + (100 + args.instr_calls if db is None else 0)  # (the calls' tasks drain too)
+            drained = n + (WARM_CALLS + args.instr_calls if db is None else 0)  # (the calls' tasks drain too)
             for i in range(0, n, 500):
                 m.execute_many([("bench.clock", {"x": j}) for j in range(i, min(n, i + 500))])
             m.close()
-            subprocess.run(["callgrind_control", "--zero", pid], check=True, capture_output=True)
+            callgrind_control("--zero", pid)
             rig.start_workers()
             wait_drained(rig.db, timeout=600)
-            subprocess.run(["callgrind_control", "--dump=drain", pid], check=True, capture_output=True)
+            callgrind_control("--dump=drain", pid)
             figures[f"{label}c1_drain_task_instr_k"] = round(
                 callgrind_total(tmp, "drain") / drained / 1000, 1
             )
         finally:
             rig.stop()
     return figures
+
+
+def callgrind_control(*args: str) -> None:
+    """Tell the callgrind run of a process (its pid last) to zero or dump its counts."""
+    subprocess.run(["callgrind_control", *args], check=True, capture_output=True)
 
 
 def callgrind_total(folder: str, trigger: str) -> int:
@@ -1587,9 +1592,9 @@ def callgrind_total(folder: str, trigger: str) -> int:
     raise RuntimeError(f"no callgrind dump of {trigger!r} in {folder}")
 
 
-def scenario_instructions(args) -> dict:
+def scenario_instructions(args) -> dict | None:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
-        raise SystemExit("instructions: needs valgrind (callgrind and callgrind_control) on PATH")
+        return None  # (main says what it needs)
     figures = instructions_counted(args, None)
     if args.postgres:
         figures.update(instructions_counted(args, args.postgres))
@@ -1696,7 +1701,7 @@ def main() -> int:
     for name in chosen:
         runs = [SCENARIOS[name](args) for _ in range(args.repeat)]
         if None in runs:
-            print(f"\n{name}: skipped (give --postgres URL, or set MARTINET_BENCH_POSTGRES)")
+            print(f"\n{name}: skipped ({SKIPPED.get(name, SKIPPED_WITHOUT_POSTGRES)})")
             continue
         summary = {k: {"median": round(statistics.median(r[k] for r in runs), 3), "min": min(r[k] for r in runs),
                        "max": max(r[k] for r in runs)} for k in runs[0]}  # fmt: skip
@@ -1709,6 +1714,10 @@ def main() -> int:
     return 0
 
 
+WARM_CALLS = 100  # instructions: execute calls before the counted ones
+# Why a scenario returned None (it needs what this machine or the command line lacks)
+SKIPPED_WITHOUT_POSTGRES = "give --postgres URL, or set MARTINET_BENCH_POSTGRES"
+SKIPPED = {"instructions": "needs valgrind, with callgrind_control, on PATH"}
 BIG_DATA = ("scale", "search", "prune")  # build a million rows each; left out by --quick
 
 # The targets of issue 5 (2 cores, SQLite, 2 worker processes): (scenario, figure, goal, higher is better).

@@ -203,7 +203,10 @@ def test_the_idle_scenario_connects_idle_workers_and_compares_calls_with_them_an
         assert idle[f"{variant}_connect_s"] > 0 and idle[f"{variant}_calls_per_s_x"] > 0
 
 
-@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind (callgrind), absent here")
+@pytest.mark.skipif(
+    shutil.which("valgrind") is None or shutil.which("callgrind_control") is None,
+    reason="needs valgrind (callgrind and callgrind_control), absent here",
+)
 def test_the_instructions_scenario_counts_the_daemons_work_under_callgrind():
     results = bench("instructions", "--repeat", "1", "--instr-tasks", "60", "--instr-calls", "5")
     assert set(results) == {"instructions"}  # no targets of its own
