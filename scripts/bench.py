@@ -85,7 +85,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -106,20 +105,11 @@ sys.path.insert(0, str(HERE.parent))
 import martinet  # noqa: E402
 from martinet.keys import is_loopback, new_pair  # noqa: E402
 from martinet.store import TASK_DEFAULTS, open_database  # noqa: E402
+from tests.harness import free_ports  # noqa: E402
 
 SQLITE_QUERY = ""  # "?synchronous=full" with --synchronous full
 WORKER_FLAGS: list[str] = []  # ["--no-journal"] with --no-journal, ["--prefetch", N] with --prefetch N
 WORKER_MAIN = "import sys; from martinet.cli import worker_main; sys.exit(worker_main())"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class Rig:
@@ -201,7 +191,8 @@ class Rig:
             self.workers.append(subprocess.Popen(args, stdout=self.log, stderr=self.log, env=self.env))
 
     def client(self) -> martinet.Martinet:
-        """A client the daemon has answered (a fresh one fails fast while nothing listens)."""
+        """A client the daemon has answered (a fresh one fails fast while nothing listens);
+        if the daemon exits first, what it logged."""
         m = martinet.Martinet.connect(self.url, timeout=60, **self.client_keys)
         deadline = time.monotonic() + 60
         while True:
@@ -209,6 +200,10 @@ class Rig:
                 m.ping()
                 return m
             except martinet.DaemonUnavailable:
+                if self.daemon is not None and self.daemon.poll() is not None:
+                    self.log.flush()
+                    logged = (self.dir / "processes.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"the daemon exited ({self.daemon.returncode}):\n{logged}") from None
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)

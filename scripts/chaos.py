@@ -57,7 +57,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -77,6 +76,7 @@ from martinet import protocol  # noqa: E402
 from martinet.migrations import VERSION_TABLE  # noqa: E402
 from martinet.models import TABLES  # noqa: E402
 from martinet.protocol import Cmd  # noqa: E402
+from tests.harness import free_ports  # noqa: E402
 
 MIXES = ("kills", "limited", "pauses", "silent", "daemons")
 DEFAULT_MIXES = MIXES[:4]  # the daemons mix needs PostgreSQL: it runs when asked for
@@ -108,16 +108,6 @@ TAKES = {"kill": sum(DOWN) / 2 + 0.5, "freeze": sum(FREEZE) / 2 * HEARTBEAT + 0.
 NAME_LIMITS = {"chaos.capped": (1, None), "chaos.rated": (None, (5, 1.0)), "chaos.both": (2, (8, 1.0))}
 QUEUE_LIMITS = {"q.capped": (2, None), "q.rated": (None, (20, 1.0))}
 QUEUES = ("default", "q.capped", "q.rated", "q.paused")
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class Outages:

@@ -19,11 +19,11 @@ WORKER_MAIN = "import sys; from martinet.cli import worker_main; sys.exit(worker
 
 
 def _port_slice() -> range:
-    """The ports this test process picks from: below the kernel's ephemeral range, where
-    every outgoing connection (to a database, to a daemon) takes its local port, so that
-    none can take one between the pick and the daemon's bind (seen: "the status port
-    is already in use"); and a slice of their own for each xdist worker, so that tests
-    running at once never pick the same."""
+    """The ports this test process (and scripts/bench.py and chaos.py, which tests run)
+    picks from: below the kernel's ephemeral range, where every outgoing connection (to a
+    database, to a daemon) takes its local port, so that none can take one between the
+    pick and the daemon's bind (seen: "the status port is already in use"); and a slice
+    of their own for each xdist worker, so that tests running at once never pick the same."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
             low = int(fh.read().split()[0])
