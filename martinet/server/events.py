@@ -46,7 +46,7 @@ from martinet.errors import BadInput
 from martinet.messages import Events
 from martinet.models import STALLED
 from martinet.present import iso
-from martinet.store import Store
+from martinet.store import EventRows, Store
 
 log = logging.getLogger("martinet.daemon")
 
@@ -187,21 +187,14 @@ class EventHub:
             return []
         if self.foreign:  # sent from the table with the others' (follow): no ids to read
             ids, self.stale = False, True
-        rows = []
-        for event in events:
-            name = event.get("name")
-            rows.append(
-                {
-                    "task_id": event.get("id"),
-                    "name": name[:255] if isinstance(name, str) else None,
-                    "kind": event["event"],
-                    "at": now,
-                    "body": _body(event),
-                }
-            )
-        numbered = store.record_events(rows, read_ids=ids)
+        names = [name[:255] if isinstance(name := event.get("name"), str) else None for event in events]
+        bodies = [_body(event) for event in events]
+        rows = EventRows(
+            [event.get("id") for event in events], names, [event["event"] for event in events], bodies
+        )
+        numbered = store.record_events(rows, now, read_ids=ids)
         self.pending = []
-        return [(i, row["body"]) for i, row in zip(numbered, rows, strict=True)] if ids else []
+        return list(zip(numbered, bodies, strict=True)) if ids else []
 
     # ---- subscriptions ---------------------------------------------------------------
 

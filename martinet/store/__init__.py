@@ -85,7 +85,7 @@ from martinet.store.leases import Leases
 from martinet.store.listen import Changes
 from martinet.store.pg import DeferredWriteFailed, TakeAgain
 from martinet.store.queues import Queues
-from martinet.store.retention import EVENT_COLUMNS, PRUNE_BATCH, Retention
+from martinet.store.retention import PRUNE_BATCH, EventRows, Retention
 from martinet.store.rows import TASK_DEFAULTS, Pruned, RunningRow
 from martinet.store.schedules import Schedules
 from martinet.store.search import INFO_COLUMNS, TIME_COLUMNS, Reads
@@ -94,7 +94,7 @@ __all__ = [
     "Changes",
     "DRIVERS",
     "DeferredWriteFailed",
-    "EVENT_COLUMNS",
+    "EventRows",
     "INFO_COLUMNS",
     "PRUNE_BATCH",
     "SCHEMES",

@@ -3,7 +3,8 @@ each turn, read from an id on, pruned oldest first)."""
 
 from __future__ import annotations
 
-from typing import Any
+import itertools
+from typing import Any, NamedTuple
 
 from martinet.states import TERMINAL, sql_list
 from martinet.store.pg import PgDatabase
@@ -14,6 +15,17 @@ from martinet.store.sql import SqlKit
 # a few milliseconds, short enough to run inside a turn of the daemon's loop.
 PRUNE_BATCH = 500
 EVENT_COLUMNS = ("task_id", "name", "kind", "at", "body")  # what record_events writes
+
+
+class EventRows(NamedTuple):
+    """Events to record (Retention.record_events), column by column: one item an event."""
+
+    task_ids: list[int | None]
+    names: list[str | None]
+    kinds: list[str]
+    bodies: list[str]  # each a JSON object
+
+
 # A transaction-scoped advisory lock that every daemon on a PostgreSQL database takes
 # before it records events ("martinet" in ASCII): see record_events.
 EVENTS_LOCK = "SELECT pg_advisory_xact_lock(7881706667185694068)"
@@ -93,36 +105,73 @@ class Retention(SqlKit):
         deleted = self._exec(f"DELETE FROM task WHERE id IN ({marks})", ids, cache=False).rowcount
         return Pruned(deleted, attempts, more, last)
 
-    def record_events(self, rows: list[dict[str, Any]], read_ids: bool = True) -> list[int]:
-        """Append events (task_id, name, kind, at, body) in multi-row INSERTs, in the
-        caller's transaction; returns their ids, in order. With `read_ids` False (no one
-        will read them) PostgreSQL inserts them with the next statement, the commit at the
-        latest (SqlKit._write_later), saving the turn a round trip, and this returns [].
+    def record_events(self, events: EventRows, at: float, read_ids: bool = True) -> list[int]:
+        """Append events, all made `at`, in multi-row INSERTs, in the caller's transaction;
+        returns their ids, in order. With `read_ids` False (no one will read them)
+        PostgreSQL inserts them with the next statement, the commit at the latest
+        (SqlKit._write_later), saving the turn a round trip, and this returns [].
 
-        MySQL's lastrowid is the first id of a multi-row INSERT, and InnoDB numbers a
-        plain INSERT ... VALUES consecutively (it reserves them all at once).
+        On PostgreSQL the bodies go as one JSON array, its elements kept as they are
+        written (`json`, not `jsonb`): a text array would escape each body's quotes, and
+        the bodies are most of a turn's bytes. A body PostgreSQL might not take as JSON
+        (Python's NaN and Infinity, which json.dumps writes; an escaped surrogate, which
+        some versions refuse) sends the turn's bodies as a text array instead.
+
+        SQLite numbers the rows of one INSERT one after another (the transaction holds the
+        only write lock), so the ids end at lastrowid; MySQL's lastrowid is the first id
+        of a multi-row INSERT, and InnoDB numbers a plain INSERT ... VALUES consecutively
+        (it reserves them all at once).
 
         On PostgreSQL the ids are in commit order whatever the number of daemons: each
         takes EVENTS_LOCK first (held to its commit, in the commit's round trip when the
         ids are not read), so a reader after an id never skips one committed later by
         another daemon (server/events.py, EventHub.follow). One daemon alone waits on no
-        one: the lock costs it a function call in a string it sends anyway."""
-        if isinstance(self.db, PgDatabase):
-            self.db.defer(EVENTS_LOCK)
-        elif self.is_postgres:
-            self._exec(EVENTS_LOCK)
-        if not self.is_mysql:
-            return self._insert_rows("event", rows, ids=read_ids)
+        one: the lock costs it a function call in a string it sends anyway. Its rows are
+        drawn from the table's sequence in the order of the arrays, so the ids it returns,
+        sorted, are the events'."""
+        task_ids, names, kinds, bodies = events
+        if not bodies:
+            return []
+        if self.is_postgres:
+            if isinstance(self.db, PgDatabase):
+                self.db.defer(EVENTS_LOCK)
+            else:
+                self._exec(EVENTS_LOCK)
+            joined = ",".join(bodies)
+            as_json = not ("NaN" in joined or "Infinity" in joined or "\\ud" in joined)
+            sql = self._event_insert(as_json)
+            body_param = f"[{joined}]" if as_json else self._array(bodies)
+            params = [at, self._array(task_ids), self._array(names), self._array(kinds), body_param]
+            if not read_ids:
+                self._write_later(sql, params)
+                return []
+            return sorted(r[0] for r in self._exec(sql + " RETURNING id", params))
         ids: list[int] = []
+        rows = list(zip(task_ids, names, kinds, itertools.repeat(at), bodies))
         per = max(1, self.max_params // len(EVENT_COLUMNS))
         head = f"INSERT INTO event ({', '.join(EVENT_COLUMNS)}) VALUES "
         for start in range(0, len(rows), per):
             chunk = rows[start : start + per]
-            params = [row[column] for row in chunk for column in EVENT_COLUMNS]
             values = ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))
-            first = self._exec(head + values, params, cache=False).lastrowid
+            last = self._exec(head + values, [v for row in chunk for v in row], cache=False).lastrowid
+            first = last if self.is_mysql else last - len(chunk) + 1
             ids.extend(range(first, first + len(chunk)))
         return ids
+
+    def _event_insert(self, as_json: bool) -> str:
+        """PostgreSQL's INSERT of a turn's events (record_events), one text whatever their
+        count (prepared): the time, the columns as arrays, the bodies as a JSON array
+        (`as_json`) or a text array, zipped in order by ROWS FROM."""
+        key = ("event", ("json" if as_json else "text",))
+        sql = self._insert_sql.get(key)
+        if sql is None:
+            bodies = "json_array_elements(?::json)" if as_json else "unnest(?::TEXT[])"
+            arrays = [f"unnest({a})" for a in self._array_params("event", EVENT_COLUMNS[:3])]
+            sql = self._insert_sql[key] = (
+                f"INSERT INTO event ({', '.join(EVENT_COLUMNS)}) SELECT t, n, k, ?::DOUBLE PRECISION, b::TEXT"
+                f" FROM ROWS FROM ({', '.join(arrays)}, {bodies}) AS r(t, n, k, b)"
+            )
+        return sql
 
     def events_after(self, after: int, limit: int) -> list[tuple[int, float, str]]:
         """Up to `limit` events with an id above `after`, oldest first: (id, at, body)."""

@@ -290,10 +290,13 @@ class SqlKit:
 
     def _arrays(self, table: str, columns: Iterable[str]) -> str:
         """PostgreSQL: a `?::type[]` parameter for each of `table`'s `columns` (for unnest)."""
+        return ", ".join(self._array_params(table, columns))
+
+    def _array_params(self, table: str, columns: Iterable[str]) -> list[str]:
         model = {"task": self.Task, "attempt": self.Attempt, "event": self.Event}[table]
         fields = model._meta.columns
         types = self.db.get_context_options()["field_types"]
-        return ", ".join(f"?::{types[fields[c].field_type]}[]" for c in columns)
+        return [f"?::{types[fields[c].field_type]}[]" for c in columns]
 
     def _latest(self, query: peewee.Select) -> peewee.Select:
         """The query as a read of the latest committed rows: on MySQL, whose REPEATABLE READ

@@ -155,14 +155,14 @@ def test_events_are_numbered_in_commit_order_across_daemons(pg_url):
     (SQLite and MySQL serve one daemon: its events are in order.)"""
     import threading
 
-    from martinet.store import Store, open_database
+    from martinet.store import EventRows, Store, open_database
 
     store, other = Store(open_database(pg_url)), Store(open_database(pg_url))
-    row = {"task_id": None, "name": None, "kind": "malformed", "at": NOW, "body": "{}"}
+    row = EventRows([None], [None], ["malformed"], ["{}"])
     done: list[int] = []
     try:
         with store.atomic():
-            (mine,) = store.record_events([row])  # numbered, not committed yet
+            (mine,) = store.record_events(row, NOW)  # numbered, not committed yet
             thread = threading.Thread(target=lambda: done.extend(_record_on(other, row)))
             thread.start()
             waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
@@ -182,4 +182,4 @@ def test_events_are_numbered_in_commit_order_across_daemons(pg_url):
 
 def _record_on(store, row) -> list[int]:
     with store.atomic():
-        return store.record_events([row])
+        return store.record_events(row, NOW)

@@ -4,10 +4,11 @@ through a global (models.bind; the shared models stay unbound)."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 from martinet import models
-from martinet.store import Outcome, Store, open_database
+from martinet.store import EventRows, Outcome, Store, open_database
 from tests.store.support import LEASE, NOW
 
 ROUNDS = 12
@@ -57,11 +58,10 @@ def _daemon(tag: str, url: str, steps: threading.Barrier, errors: list[BaseExcep
                     steps.wait(WAIT)
                     store.end_attempts(outcomes, now + 1)
                     store.promote_due(now + 3600)
+                    ids = [t["id"] for t in claimed]
+                    body = json.dumps({"tag": tag})
                     store.record_events(
-                        [
-                            {"task_id": t["id"], "name": name, "kind": "succeeded", "at": now, "body": tag}
-                            for t in claimed
-                        ]
+                        EventRows(ids, [name] * len(ids), ["succeeded"] * len(ids), [body] * len(ids)), now
                     )
         finally:
             store.close()
@@ -104,7 +104,7 @@ def test_two_stores_in_two_threads_each_write_only_their_own_database(tmp_path):
             assert [(q.name, q.weight) for q in t.QueueSetting.select()] == [(f"q{tag}", ROUNDS)]
             assert [(lim.name, lim.concurrency) for lim in t.TaskLimit.select()] == [(f"{tag}.job", ROUNDS)]
             events = list(t.Event.select())
-            assert events and {e.body for e in events} == {tag}
+            assert events and {e.body for e in events} == {json.dumps({"tag": tag})}
             assert t.Dependency.select().count() == ROUNDS
         finally:
             db.close()

@@ -118,6 +118,30 @@ def test_events_are_numbered_in_commit_order_and_replayed_after_an_id(store):
     assert store.event_bounds() == (first[0], many[-1])
 
 
+def test_every_body_is_kept_as_written_whether_its_ids_are_read_or_not(store):
+    """On PostgreSQL a turn's bodies travel as one JSON array, or as a text array when one
+    of them is not JSON to PostgreSQL (NaN, Infinity) or may not be to some version (an
+    escaped surrogate): either way each body is kept to the character, in order."""
+    from martinet.server.events import _body
+
+    plain = [event(1, "succeeded", result='it\'s "quoted" \\ 100% {a,b} \n ☃'), event(2, "progress", progress=0.5),
+             event(None, "malformed", name=None, why="no id")]  # fmt: skip
+    odd = [event(3, "succeeded", result=float("nan")), event(4, "succeeded", result=[float("inf")]),
+           event(5, "succeeded", result="😀"), event(6, "succeeded", name="Infinity and NaN in a name")]  # fmt: skip
+    for events in (plain, odd, [*plain, *odd]):
+        for ids in (True, False):
+            hub = EventHub()
+            with store.atomic():
+                numbered = hub.record(store, events, NOW, ids=ids)
+            sql = f"SELECT id, task_id, name, kind, at, body FROM event ORDER BY id DESC LIMIT {len(events)}"
+            rows = list(reversed(store.db.execute_sql(sql).fetchall()))
+            assert [r[5] for r in rows] == [_body(e) for e in events]
+            assert [(r[1], r[2], r[3], r[4]) for r in rows] == [
+                (e["id"], e["name"], e["event"], NOW) for e in events
+            ]
+            assert numbered == ([(r[0], r[5]) for r in rows] if ids else [])
+
+
 def test_old_events_go_in_batches_and_the_newest_always_stays(store):
     old = record(store, NOW - 2 * DAY, *[event(i, "succeeded") for i in range(5)])
     new = record(store, NOW - 3600, event(10, "succeeded"), event(11, "succeeded"))
