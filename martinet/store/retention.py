@@ -15,6 +15,9 @@ from martinet.store.sql import SqlKit
 # a few milliseconds, short enough to run inside a turn of the daemon's loop.
 PRUNE_BATCH = 500
 EVENT_COLUMNS = ("task_id", "name", "kind", "at", "body")  # what record_events writes
+# A transaction-scoped advisory lock that every daemon on a PostgreSQL database takes
+# before it records events ("martinet" in ASCII): see record_events.
+EVENTS_LOCK = "SELECT pg_advisory_xact_lock(7881706667185694068)"
 
 
 class EventRows(NamedTuple):
@@ -24,11 +27,6 @@ class EventRows(NamedTuple):
     names: list[str | None]
     kinds: list[str]
     bodies: list[str]  # each a JSON object
-
-
-# A transaction-scoped advisory lock that every daemon on a PostgreSQL database takes
-# before it records events ("martinet" in ASCII): see record_events.
-EVENTS_LOCK = "SELECT pg_advisory_xact_lock(7881706667185694068)"
 
 
 class Retention(SqlKit):
