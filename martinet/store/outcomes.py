@@ -20,7 +20,16 @@ from martinet.retry import RetryPolicy
 from martinet.states import HELD, TERMINAL, AttemptOutcome, TaskState, sql_list
 from martinet.store.dependents import Dependents
 from martinet.store.pg import PgDatabase
-from martinet.store.rows import FENCE, Ending, RunningRow, attempt_row, result_text
+from martinet.store.rows import (
+    ATTEMPT_COLUMNS,
+    ERROR_COLUMNS,
+    FENCE,
+    Ending,
+    RunningRow,
+    attempt_row,
+    attempt_values,
+    result_text,
+)
 
 _HELD = sql_list(HELD)
 _STARTED_AT = RunningRow._fields.index("started_at")
@@ -231,12 +240,14 @@ class Outcomes(Dependents):
             changed = self._update_held(columns, params, counted=not later, as_kept=fences is not None)
             if changed is not None and changed != len(params):
                 raise StoreError(f"{len(params) - changed} of {len(params)} attempts changed meanwhile")
-        attempts = [attempt_row(row, ending.outcome, ending.logged, now) for row, ending in ended]
+        errors = any(ending.logged for _row, ending in ended)
+        columns = ATTEMPT_COLUMNS + ERROR_COLUMNS if errors else ATTEMPT_COLUMNS
+        attempts = [attempt_values(row, ending.outcome, ending.logged, now, errors) for row, ending in ended]
         if self.is_mysql:
             for attempt in attempts:
-                self._insert("attempt", attempt)
+                self._insert("attempt", dict(zip(columns, attempt, strict=True)))
         else:
-            self._insert_rows("attempt", attempts, ids=not later)
+            self._insert_values("attempt", columns, attempts, ids=not later)
 
     def _ended_info(self, row: RunningRow | Task, ending: Ending, now: float) -> dict[str, Any]:
         """What became of a task whose attempt ended (written): for the daemon's logs and events."""

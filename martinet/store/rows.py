@@ -159,22 +159,26 @@ def task_row(spec: dict[str, Any], now: float) -> dict[str, Any]:
     return row
 
 
+ATTEMPT_COLUMNS = ("task_id", "attempt", "worker", "started_at", "ended_at", "outcome")
+ERROR_COLUMNS = ("error_type", "error_message", "error_traceback")  # an attempt's, when logged
+
+
+def attempt_values(
+    row: RunningRow | Task, outcome: str, logged: dict[str, Any] | None, now: float, errors: bool
+) -> tuple[Any, ...]:
+    """An ended attempt's history row: the values of ATTEMPT_COLUMNS, then, with `errors`,
+    of ERROR_COLUMNS (None when nothing was `logged`)."""
+    if not errors:
+        return (row.id, row.attempt, row.worker, row.started_at, now, outcome)
+    logged = logged or {}
+    return (row.id, row.attempt, row.worker, row.started_at, now, outcome,
+            logged.get("type"), logged.get("message"), logged.get("traceback"))  # fmt: skip
+
+
 def attempt_row(
     row: RunningRow | Task, outcome: str, logged: dict[str, Any] | None, now: float
 ) -> dict[str, Any]:
     """An ended attempt's history row, without the columns it leaves NULL (see SqlKit._insert_rows)."""
-    attempt = {
-        "task_id": row.id,
-        "attempt": row.attempt,
-        "worker": row.worker,
-        "started_at": row.started_at,
-        "ended_at": now,
-        "outcome": outcome,
-    }
-    if logged:
-        attempt.update(
-            error_type=logged.get("type"),
-            error_message=logged.get("message"),
-            error_traceback=logged.get("traceback"),
-        )
-    return attempt
+    errors = bool(logged)
+    columns = ATTEMPT_COLUMNS + ERROR_COLUMNS if errors else ATTEMPT_COLUMNS
+    return dict(zip(columns, attempt_values(row, outcome, logged, now, errors), strict=True))

@@ -13,6 +13,7 @@ import logging
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from operator import itemgetter
 from typing import Any, Protocol
 
 import peewee
@@ -174,7 +175,14 @@ class SqlKit:
         return made
 
     def _insert_run(self, table: str, rows: list[dict[str, Any]], ids: bool = True) -> list[int]:
-        columns = list(rows[0])
+        columns = tuple(rows[0])
+        values = itemgetter(*columns)  # (a tuple of them: a row has more than one column)
+        return self._insert_values(table, columns, [values(row) for row in rows], ids)
+
+    def _insert_values(
+        self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]], ids: bool = True
+    ) -> list[int]:
+        """Rows as tuples of `columns`' values, as _insert_rows writes a run of them."""
         if self.is_postgres:  # one text whatever the count: prepared (pg.py)
             sql = self._insert_sql.get((table, ("unnest", *columns)))
             if sql is None:
@@ -182,7 +190,7 @@ class SqlKit:
                     f"INSERT INTO {table} ({', '.join(map(self._name, columns))})"
                     f" SELECT * FROM unnest({self._arrays(table, columns)})"
                 )
-            arrays = [self._array([row[column] for row in rows]) for column in columns]
+            arrays = [self._array(values) for values in zip(*rows, strict=True)]
             if not ids:
                 self._write_later(sql, arrays)
                 return []
@@ -193,7 +201,7 @@ class SqlKit:
         out: list[int] = []
         for start in range(0, len(rows), per):
             chunk = rows[start : start + per]
-            params = [row[column] for row in chunk for column in columns]
+            params = [value for row in chunk for value in row]
             last = self._exec(head + ", ".join([one] * len(chunk)), params, cache=False).lastrowid
             out.extend(range(last - len(chunk) + 1, last + 1))
         return out

@@ -59,6 +59,51 @@ def test_complete_succeeds_and_writes_an_attempt_row(store):
     ]
 
 
+def test_a_batch_of_ends_writes_each_attempts_row_with_its_own_error(store):
+    """One end_attempts call for successes, a failure and a release (the attempt rows then
+    carry error columns, NULL for the successes), and for successes alone."""
+    from martinet.store import Outcome
+
+    ids = [submit(store) for _ in range(5)]
+    with store.atomic():
+        claimed = store.claim("w1", ["add"], 5, NOW, LEASE)
+        store.start([(t["id"], t["attempt"], "w1") for t in claimed[:4]], NOW + 1)
+    boom = {"type": "ValueError", "message": "boom", "traceback": "Traceback ..."}
+    with store.atomic():
+        infos = store.end_attempts(
+            [
+                Outcome(ids[0], 1, "w1", "succeeded", result=1),
+                Outcome(ids[1], 1, "w1", "failed", error=boom),
+                Outcome(ids[2], 1, "w1", "released", error={"type": "Release", "message": "later"}),
+                Outcome(ids[3], 1, "w1", "succeeded", result=None),
+            ],
+            NOW + 2,
+        )
+        alone = store.end_attempts([Outcome(ids[4], 1, "w1", "succeeded", result="x")], NOW + 3)
+    assert [i["status"] for i in [*infos, *alone]] == [
+        "succeeded",
+        "failed",
+        "queued",
+        "succeeded",
+        "succeeded",
+    ]
+    rows = {a.task_id: a for a in Attempt.select()}
+    assert [(rows[t].outcome, rows[t].worker, rows[t].started_at, rows[t].ended_at) for t in ids] == [
+        ("succeeded", "w1", NOW + 1, NOW + 2),
+        ("failed", "w1", NOW + 1, NOW + 2),
+        ("released", "w1", NOW + 1, NOW + 2),
+        ("succeeded", "w1", NOW + 1, NOW + 2),
+        ("succeeded", "w1", None, NOW + 3),  # (never reported started)
+    ]
+    assert [(rows[t].error_type, rows[t].error_message, rows[t].error_traceback) for t in ids] == [
+        (None, None, None),
+        ("ValueError", "boom", "Traceback ..."),
+        ("Release", "later", None),
+        (None, None, None),
+        (None, None, None),
+    ]
+
+
 @pytest.mark.parametrize(
     "attempt, worker",
     [(2, "w1"), (0, "w1"), (1, "w2")],
