@@ -157,13 +157,18 @@ class Client(Exchange):
                     yield reply
 
     def _await_reply(self, sock: zmq.Socket, rid: str, until: float) -> Reply | None:
+        """The reply to `rid`, or None at `until`. A receive that waits (RCVTIMEO), not a
+        poll and then a receive: a poll makes a Poller and several system calls a call."""
         while True:
             remaining = until - time.monotonic()
             if remaining <= 0:
                 return None
-            if not sock.poll(int(remaining * 1000) + 1):
+            sock.setsockopt(zmq.RCVTIMEO, int(remaining * 1000) + 1)
+            try:
+                frames = sock.recv_multipart()
+            except zmq.Again:
                 continue
-            reply = read_reply(sock.recv_multipart(), (rid,))
+            reply = read_reply(frames, (rid,))
             if reply is not None:
                 return reply
 
