@@ -243,11 +243,7 @@ class Outcomes(Dependents):
         errors = any(ending.logged for _row, ending in ended)
         columns = ATTEMPT_COLUMNS + ERROR_COLUMNS if errors else ATTEMPT_COLUMNS
         attempts = [attempt_values(row, ending.outcome, ending.logged, now, errors) for row, ending in ended]
-        if self.is_mysql:
-            for attempt in attempts:
-                self._insert("attempt", dict(zip(columns, attempt, strict=True)))
-        else:
-            self._insert_values("attempt", columns, attempts, ids=not later)
+        self._insert_values("attempt", columns, attempts, ids=not later)
 
     def _ended_info(self, row: RunningRow | Task, ending: Ending, now: float) -> dict[str, Any]:
         """What became of a task whose attempt ended (written): for the daemon's logs and events."""

@@ -3,7 +3,7 @@ each turn, read from an id on, pruned oldest first)."""
 
 from __future__ import annotations
 
-import itertools
+from itertools import repeat
 from typing import Any, NamedTuple
 
 from martinet.states import TERMINAL, sql_list
@@ -115,11 +115,6 @@ class Retention(SqlKit):
         (Python's NaN and Infinity, which json.dumps writes; an escaped surrogate, which
         some versions refuse) sends the turn's bodies as a text array instead.
 
-        SQLite numbers the rows of one INSERT one after another (the transaction holds the
-        only write lock), so the ids end at lastrowid; MySQL's lastrowid is the first id
-        of a multi-row INSERT, and InnoDB numbers a plain INSERT ... VALUES consecutively
-        (it reserves them all at once).
-
         On PostgreSQL the ids are in commit order whatever the number of daemons: each
         takes EVENTS_LOCK first (held to its commit, in the commit's round trip when the
         ids are not read), so a reader after an id never skips one committed later by
@@ -144,17 +139,9 @@ class Retention(SqlKit):
                 self._write_later(sql, params)
                 return []
             return sorted(r[0] for r in self._exec(sql + " RETURNING id", params))
-        ids: list[int] = []
-        rows = list(zip(task_ids, names, kinds, itertools.repeat(at), bodies))
-        per = max(1, self.max_params // len(EVENT_COLUMNS))
-        head = f"INSERT INTO event ({', '.join(EVENT_COLUMNS)}) VALUES "
-        for start in range(0, len(rows), per):
-            chunk = rows[start : start + per]
-            values = ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))
-            last = self._exec(head + values, [v for row in chunk for v in row], cache=False).lastrowid
-            first = last if self.is_mysql else last - len(chunk) + 1
-            ids.extend(range(first, first + len(chunk)))
-        return ids
+        return self._insert_values(
+            "event", EVENT_COLUMNS, list(zip(task_ids, names, kinds, repeat(at), bodies))
+        )
 
     def _event_insert(self, as_json: bool) -> str:
         """PostgreSQL's INSERT of a turn's events (record_events), one text whatever their

@@ -182,7 +182,9 @@ class SqlKit:
     def _insert_values(
         self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]], ids: bool = True
     ) -> list[int]:
-        """Rows as tuples of `columns`' values, as _insert_rows writes a run of them."""
+        """Rows as tuples of `columns`' values, as _insert_rows writes a run of them. On
+        MySQL too: its lastrowid is the first id of a multi-row INSERT, and InnoDB numbers
+        a plain INSERT ... VALUES consecutively (it reserves them all at once)."""
         if self.is_postgres:  # one text whatever the count: prepared (pg.py)
             sql = self._insert_sql.get((table, ("unnest", *columns)))
             if sql is None:
@@ -203,7 +205,8 @@ class SqlKit:
             chunk = rows[start : start + per]
             params = [value for row in chunk for value in row]
             last = self._exec(head + ", ".join([one] * len(chunk)), params, cache=False).lastrowid
-            out.extend(range(last - len(chunk) + 1, last + 1))
+            first = last if self.is_mysql else last - len(chunk) + 1
+            out.extend(range(first, first + len(chunk)))
         return out
 
     def _update_task(self, changes: dict[str, Any], where: str, params: Iterable[Any]) -> int:
