@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from martinet.logs import about
+from martinet.server.events import attempt_event
 from martinet.server.outbox import Outbox
 from martinet.server.state import State
 
@@ -68,7 +70,7 @@ def claim(core: State, out: Outbox, now: float) -> None:
                 if room <= 0:
                     continue
                 tried = True
-                rows, filled = claim_for(core, peer, now, room, budget)
+                rows, filled = claim_for(core, out, peer, now, room, budget)
                 filled_any = filled_any or filled
                 dry = dry or not filled
                 if rows:
@@ -93,6 +95,21 @@ def claim(core: State, out: Outbox, now: float) -> None:
     out.tasks.extend(claimed.values())
     core.dispatch_pending = more
     core.rate_wakeup = core.lanes.next_deadline(now)
+
+
+def _unrunnable(core: State, info: dict[str, Any], out: Outbox) -> None:
+    """A task the claim leased and ended dead, for it cannot run (store.Claimed.ended):
+    said in the log, to who listens, and to who waits for it."""
+    task_id, settled = info["id"], info.pop("dependents")
+    log.error(
+        "task %s %s is dead without running: %s", task_id, info["name"], info["error"]["message"],
+        extra=about(task_id, info["name"], info["attempt"], None),
+    )  # fmt: skip
+    out.events.append(attempt_event(info))
+    if settled["cancelled"]:
+        log.warning("tasks %s cancelled: task %s they waited on ended dead", settled["cancelled"], task_id)
+        core.cancelled_events(out.events, settled["cancelled"])
+    out.ended.extend([task_id, *settled["cancelled"]])
 
 
 def lease_at_once(core: State, name: str, queue: str, now: float) -> Any | None:
@@ -139,7 +156,7 @@ def names_with_room(core: State, peer: Any, now: float) -> frozenset[str]:
 
 
 def claim_for(
-    core: State, peer: Any, now: float, room: int, budget: list[int]
+    core: State, out: Outbox, peer: Any, now: float, room: int, budget: list[int]
 ) -> tuple[list[dict[str, Any]], bool]:
     """Claim up to `room` tasks for one worker, queue by queue as the lanes share its
     credit out. Returns the rows and whether a queue may hold more ready work.
@@ -191,6 +208,8 @@ def claim_for(
                 queue=queue, order=core.lanes.queue(queue).order,
                 accept=accept if core.lanes.names else None,
             )  # fmt: skip
+            for info in claimed.ended:
+                _unrunnable(core, info, out)
             for row in claimed:
                 due = row.pop("due")  # (not for the worker: only the metrics read it)
                 if core.metrics is not None:

@@ -198,6 +198,17 @@ class Leases(Tasks, Outcomes):
         error = {"type": "TaskTimeout", "message": f"{message} (worker {row.worker})"}
         return self._end_attempt(row, AttemptOutcome.FAILED, now, error)
 
+    def _end_unrunnable(self, task_id: int, attempt: int, why: str, now: float) -> dict[str, Any] | None:
+        """A task just leased that no handler could run (Tasks.claim): its attempt failed
+        for good, the task dead with error UnreadableArgs and `why` (retrying would read
+        the same args). Fenced by attempt: None when it is no longer held."""
+        Task = self.Task
+        row = Task.get_or_none(Task.id == task_id, Task.attempt == attempt, Task.status.in_(HELD))
+        if row is None:
+            return None
+        error = {"type": "UnreadableArgs", "message": f"{why}: it cannot run"}
+        return self._end_attempt(row, AttemptOutcome.FAILED, now, error, final=True)
+
     def release_daemon(self, daemon_id: str, now: float) -> list[dict[str, Any]]:
         """A daemon stopped or went silent: the attempts it leased end as lost, as its
         workers' would, so that they run again without waiting for each lease to run out.

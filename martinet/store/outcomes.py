@@ -306,12 +306,12 @@ class Outcomes(Dependents):
         )[0]
 
     def _end_attempt(
-        self, row: Task, outcome: str, now: float, error: dict[str, Any]
+        self, row: Task, outcome: str, now: float, error: dict[str, Any], final: bool = False
     ) -> dict[str, Any] | None:
-        """End one attempt that ended without its worker's word (lost, interrupted), fenced
-        by its number: None when it is no longer held."""
+        """End one attempt that ended without its worker's word (lost, interrupted, timed
+        out; `final`: failed for good), fenced by its number: None when it is no longer held."""
         self.held.pop(row.id, None)
-        ending = self._ending(row, outcome, now, error=error)
+        ending = self._ending(row, outcome, now, error=error, final=final)
         if self._update_task(ending.changes, FENCE, (row.id, row.attempt)) != 1:
             return None
         self._insert("attempt", attempt_row(row, ending.outcome, ending.logged, now))

@@ -15,7 +15,7 @@ from martinet.states import HELD, TIMED, ScheduleState, TaskState, sql_list
 from martinet.store.app_transaction import CHANGES
 from martinet.store.dependents import Dependents
 from martinet.store.pg import PgDatabase
-from martinet.store.rows import RunningRow, decoded_args, task_row
+from martinet.store.rows import RunningRow, Unreadable, decoded_args, task_row
 from martinet.store.sql import Cursor
 
 TASK_IDS_AHEAD = 64  # task ids taken from the sequence at once, for submits (Tasks._task_id)
@@ -50,11 +50,18 @@ _PG_START = (
 
 class Claimed(list[dict[str, Any]]):
     """A claim's rows, and `more`: whether a ready task it could have taken was left (read
-    one past its limit; with a limit on names, whether it took all it asked for)."""
+    one past its limit; with a limit on names, whether it took all it asked for); and
+    `ended`: what became of the tasks it leased that cannot run (Tasks.claim), not rows."""
 
-    def __init__(self, rows: Iterable[dict[str, Any]] = (), more: bool = False) -> None:
+    def __init__(
+        self,
+        rows: Iterable[dict[str, Any]] = (),
+        more: bool = False,
+        ended: list[dict[str, Any]] | None = None,
+    ) -> None:
         super().__init__(rows)
         self.more = more
+        self.ended = ended or []
 
 
 class Tasks(Dependents):
@@ -372,14 +379,27 @@ class Tasks(Dependents):
                 r["attempt"] += 1
         waiting_on = [r["id"] for r in rows if r.pop("has_parents")]
         parents = self._parent_results(waiting_on) if waiting_on else {}
-        for r, args in zip(rows, decoded_args([r["args"] for r in rows]), strict=True):
+        decoded, readable = decoded_args([r["args"] for r in rows])
+        for r, args in zip(rows, decoded, strict=True):
             r["args"] = args
             r["due"] = r["run_at"]
             if r["run_at"] <= now:
                 del r["run_at"]
             if r["id"] in parents:
                 r["parents"] = parents[r["id"]]
-        return Claimed(rows, more=more)
+        if readable:
+            return Claimed(rows, more=more)
+        # Args no handler could be called with: ended dead at once, with why, not sent (a
+        # claim that raised instead would fail every turn in which a worker may take them).
+        ended = [
+            info for r in rows if type(r["args"]) is Unreadable
+            if (info := self._end_unrunnable(r["id"], r["attempt"], f"its args in the database are {r['args']}", now))
+        ]  # fmt: skip
+        return Claimed([r for r in rows if type(r["args"]) is not Unreadable], more=more, ended=ended)
+
+    def _end_unrunnable(self, task_id: int, attempt: int, why: str, now: float) -> dict[str, Any] | None:
+        """A task this store just leased that cannot run, ended dead (Leases)."""
+        raise NotImplementedError
 
     def _lease_returning(
         self,

@@ -9,7 +9,9 @@ import pytest
 from martinet import protocol
 from martinet.present import maybe_task_info
 from martinet.protocol import Cmd
+from martinet.server import claims
 from martinet.server.lanes import rate_window
+from martinet.server.outbox import Outbox
 from martinet.server.workers import lose_worker
 from tests.core import Core
 
@@ -258,12 +260,43 @@ def test_claimed_tasks_carry_their_args_as_submitted(core):
     assert {row["id"]: row["args"] for row in rows} == dict(zip(ids, args, strict=True))
 
 
-def test_args_that_are_not_one_json_value_a_row_fail_as_they_would_alone():
+def test_args_that_are_not_one_json_object_a_row_are_read_one_by_one():
     import json
 
-    from martinet.store.rows import decoded_args
+    from martinet.store.rows import Unreadable, decoded_args
 
-    assert decoded_args([]) == []
-    assert decoded_args(['{"a": [1, 2]}', "{}"]) == [{"a": [1, 2]}, {}]
-    with pytest.raises(json.JSONDecodeError):  # joined, "1, 2" would read as two rows' values
-        decoded_args(['{"a": 1}', "1, 2"])
+    assert decoded_args([]) == ([], True)
+    assert decoded_args(['{"a": [1, 2]}', "{}"]) == ([{"a": [1, 2]}, {}], True)
+    # Joined, "1, 2" would read as two rows' values, and '[{"a": 1}' with "2]" as one
+    for texts in (["1, 2", '{"a": 1}'], ['[{"a": 1}', "2]", "{}"], ["{bad", "{}"]):
+        decoded, readable = decoded_args(texts)
+        assert not readable and decoded[-1] == json.loads(texts[-1])
+        assert all(type(args) is Unreadable for args in decoded[:-1]), decoded
+
+
+def test_a_task_whose_stored_args_cannot_be_read_ends_dead_and_the_others_run(core):
+    """Only a database changed by hand holds such args: the claim must not raise (it would
+    fail every turn in which a worker may take the task), nor send args the handler never
+    got (a worker reads args that are not an object as {})."""
+    bad, listed, good = core.submit("a", args={"x": 1}), core.submit("a", args={"x": 2}), core.submit("a")
+    core.store.db.execute_sql(f"UPDATE task SET args = '{{bad' WHERE id = {bad}")
+    core.store.db.execute_sql(f"UPDATE task SET args = '[1, 2]' WHERE id = {listed}")
+    child = core.submit("a", after=[bad])
+    core.hello("w1", ["a"], capacity=8)
+    out = Outbox()
+    with core.store.atomic():
+        claims.claim(core.server, out, core.now)
+    ((_peer, rows),) = out.tasks
+    assert [row["id"] for row in rows] == [good]
+    for task_id, why in ((bad, "not JSON"), (listed, "JSON, but a list, not an object")):
+        task = core.store.get_task(task_id)  # (its info would read its args)
+        assert task.status == "dead" and task.worker is None and task.finished_at == core.now
+        assert task.error_type == "UnreadableArgs" and why in task.error_message
+    assert core.store.get_task(child).status == "cancelled"  # it waited on one that will never succeed
+    assert sorted(out.ended) == [bad, listed, child]
+    assert [(e["event"], e["id"]) for e in out.events] == [
+        ("dead", bad),
+        ("cancelled", child),
+        ("dead", listed),
+    ]
+    assert core.claim() == {}  # and the next turn claims as ever
