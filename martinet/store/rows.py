@@ -128,7 +128,7 @@ def decoded_args(texts: list[str]) -> tuple[list[Any], bool]:
     read on its own, and one that is not a JSON object is Unreadable in its place."""
     try:
         decoded = json.loads("[" + ",".join(texts) + "]") if texts else []
-    except ValueError:
+    except (ValueError, TypeError):  # (TypeError: a NULL among them)
         decoded = None
     if decoded is not None and len(decoded) == len(texts) and {*map(type, decoded)} <= {dict}:
         return decoded, True

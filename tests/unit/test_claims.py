@@ -268,7 +268,7 @@ def test_args_that_are_not_one_json_object_a_row_are_read_one_by_one():
     assert decoded_args([]) == ([], True)
     assert decoded_args(['{"a": [1, 2]}', "{}"]) == ([{"a": [1, 2]}, {}], True)
     # Joined, "1, 2" would read as two rows' values, and '[{"a": 1}' with "2]" as one
-    for texts in (["1, 2", '{"a": 1}'], ['[{"a": 1}', "2]", "{}"], ["{bad", "{}"]):
+    for texts in (["1, 2", '{"a": 1}'], ['[{"a": 1}', "2]", "{}"], ["{bad", "{}"], [None, "{}"]):
         decoded, readable = decoded_args(texts)
         assert not readable and decoded[-1] == json.loads(texts[-1])
         assert all(type(args) is Unreadable for args in decoded[:-1]), decoded
