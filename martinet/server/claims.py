@@ -6,8 +6,8 @@ import logging
 from typing import Any
 
 from martinet.logs import about
-from martinet.server.events import attempt_event
 from martinet.server.outbox import Outbox
+from martinet.server.outcomes import tell_ended
 from martinet.server.state import State
 
 log = logging.getLogger("martinet.daemon")
@@ -100,16 +100,11 @@ def claim(core: State, out: Outbox, now: float) -> None:
 def _unrunnable(core: State, info: dict[str, Any], out: Outbox) -> None:
     """A task the claim leased and ended dead, for it cannot run (store.Claimed.ended):
     said in the log, to who listens, and to who waits for it."""
-    task_id, settled = info["id"], info.pop("dependents")
     log.error(
-        "task %s %s is dead without running: %s", task_id, info["name"], info["error"]["message"],
-        extra=about(task_id, info["name"], info["attempt"], None),
+        "task %s %s is dead without running: %s", info["id"], info["name"], info["error"]["message"],
+        extra=about(info["id"], info["name"], info["attempt"], None),
     )  # fmt: skip
-    out.events.append(attempt_event(info))
-    if settled["cancelled"]:
-        log.warning("tasks %s cancelled: task %s they waited on ended dead", settled["cancelled"], task_id)
-        core.cancelled_events(out.events, settled["cancelled"])
-    out.ended.extend([task_id, *settled["cancelled"]])
+    tell_ended(core, info, info.pop("dependents")["cancelled"], out)
 
 
 def lease_at_once(core: State, name: str, queue: str, now: float) -> Any | None:

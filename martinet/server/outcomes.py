@@ -282,13 +282,17 @@ def _ended(
         core.dispatch_pending = core.wakeup_dirty = True
         core.queues_ready()
         log.info("tasks %s no longer wait: task %s succeeded", settled["released"], task_id)
-    if settled["cancelled"]:
-        log.warning(
-            "tasks %s cancelled: task %s they waited on ended %s", settled["cancelled"], task_id, status
-        )
+    tell_ended(core, info, settled["cancelled"], out)
+
+
+def tell_ended(core: State, info: dict[str, Any], cancelled: list[int], out: Outbox) -> None:
+    """An ended attempt told: its event, the tasks waiting on it that its end cancelled
+    (logged, and theirs), and, when the task is over, who waits for them."""
+    status = info["status"]
     out.events.append(attempt_event(info))
-    if settled["cancelled"]:
-        core.cancelled_events(out.events, settled["cancelled"])
+    if cancelled:
+        log.warning("tasks %s cancelled: task %s they waited on ended %s", cancelled, info["id"], status)
+        core.cancelled_events(out.events, cancelled)
     if status in TERMINAL:
-        out.ended.append(task_id)
-        out.ended.extend(settled["cancelled"])
+        out.ended.append(info["id"])
+        out.ended.extend(cancelled)

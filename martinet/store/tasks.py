@@ -391,11 +391,15 @@ class Tasks(Dependents):
             return Claimed(rows, more=more)
         # Args no handler could be called with: ended dead at once, with why, not sent (a
         # claim that raised instead would fail every turn in which a worker may take them).
-        ended = [
-            info for r in rows if type(r["args"]) is Unreadable
-            if (info := self._end_unrunnable(r["id"], r["attempt"], f"its args in the database are {r['args']}", now))
-        ]  # fmt: skip
-        return Claimed([r for r in rows if type(r["args"]) is not Unreadable], more=more, ended=ended)
+        runnable, ended = [], []
+        for r in rows:
+            if type(r["args"]) is not Unreadable:
+                runnable.append(r)
+            elif info := self._end_unrunnable(
+                r["id"], r["attempt"], f"its args in the database are {r['args']}", now
+            ):
+                ended.append(info)
+        return Claimed(runnable, more=more, ended=ended)
 
     def _end_unrunnable(self, task_id: int, attempt: int, why: str, now: float) -> dict[str, Any] | None:
         """A task this store just leased that cannot run, ended dead (Leases)."""
